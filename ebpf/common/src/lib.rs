@@ -1,0 +1,267 @@
+//! Map keys and values shared by Skiff's BPF programs and user space.
+//!
+//! Every type here is the single definition of a map layout: the BPF programs
+//! (`ebpf/programs`) and the node agent (`node-agent`) both use it, so the two sides can
+//! never disagree. Rules, checked at compile time where possible:
+//! - `#[repr(C)]`, explicit `_pad` fields, no `bool`/`Option`/enums, a size assertion;
+//! - addresses and ports are stored exactly as they appear on the wire (network byte
+//!   order); use [`addr_to_map`]/[`port_to_map`] and their inverses in user space;
+//! - a layout change is a new pinned name (bump the `_V1` suffix) plus a migration.
+//!
+//! This crate must stay `no_std` and free of aya-ebpf; the `user` feature adds the
+//! `aya::Pod` impls that user space needs.
+#![no_std]
+
+use core::mem::size_of;
+
+/// IP protocol numbers, as in the IPv4 header.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMP: u8 = 1;
+
+/// Pinned names of the load-balancer maps. The BPF statics carry the same names; the
+/// suffix is the layout version.
+pub mod pin {
+    pub const SERVICES: &str = "SERVICES_V1";
+    pub const BACKENDS: &str = "BACKENDS_V1";
+    pub const REV_NAT: &str = "REV_NAT_V1";
+    pub const CT: &str = "CT4_V1";
+    pub const AFFINITY: &str = "AFFINITY_V1";
+    pub const STATS: &str = "LB_STATS_V1";
+    pub const CONFIG: &str = "LB_CONFIG_V1";
+    /// Pinned program for tc ingress on a pod's host-side veth.
+    pub const PROG_FROM_POD: &str = "from_pod_v1";
+}
+
+/// Default capacities. User space may raise them at load time (benchmarks do); an
+/// existing pinned map keeps the size it was created with.
+pub mod capacity {
+    pub const SERVICES: u32 = 65_536;
+    pub const BACKENDS: u32 = 65_536;
+    pub const REV_NAT: u32 = 65_536;
+    pub const CT: u32 = 262_144;
+    pub const AFFINITY: u32 = 65_536;
+}
+
+/// Key of the services map: one frontend (VIP, port, protocol) and a slot.
+///
+/// Slot 0 is the frontend itself (its value carries the backend count and flags);
+/// slots `1..=count` carry backend ids. User space writes slots before slot 0's count,
+/// so a reader never sees a count larger than the slots written.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Service4Key {
+    /// Virtual IP, network byte order.
+    pub addr: u32,
+    /// Service port, network byte order.
+    pub dport: u16,
+    /// 0 = the frontend, 1..=count = backends.
+    pub backend_slot: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    /// Reserved for traffic scopes (externalTrafficPolicy); 0 today.
+    pub scope: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<Service4Key>() == 12);
+
+impl Service4Key {
+    pub const fn new(addr: u32, dport: u16, proto: u8, backend_slot: u16) -> Self {
+        Self { addr, dport, backend_slot, proto, scope: 0, _pad: [0; 2] }
+    }
+}
+
+/// The frontend has sessionAffinity: ClientIP.
+pub const SERVICE_FLAG_AFFINITY: u16 = 1 << 0;
+
+/// Value of the services map. In slot 0: `count`, `rev_nat_index`, `flags`,
+/// `affinity_timeout_s`. In slots 1..N: `backend_id` (and the same `rev_nat_index`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Service4Value {
+    pub backend_id: u32,
+    /// Number of backends that take new flows; 0 means "reject".
+    pub count: u16,
+    pub rev_nat_index: u16,
+    pub flags: u16,
+    pub _pad: u16,
+    pub affinity_timeout_s: u32,
+}
+const _: () = assert!(size_of::<Service4Value>() == 16);
+
+/// The backend is terminating: it keeps its established flows but gets no new ones,
+/// not even through session affinity.
+pub const BACKEND_FLAG_TERMINATING: u8 = 1 << 0;
+
+/// Value of the backends map (key: backend id, `u32`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend4 {
+    /// Pod IP, network byte order.
+    pub addr: u32,
+    /// Target port, network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub flags: u8,
+}
+const _: () = assert!(size_of::<Backend4>() == 8);
+
+/// Value of the reverse-NAT map (key: `rev_nat_index`, `u16`): what replies must look
+/// like they come from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RevNat4 {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<RevNat4>() == 8);
+
+/// Conntrack direction: the client's packets toward the VIP (key as the client sent it).
+pub const CT_DIR_FORWARD: u8 = 0;
+/// Conntrack direction: the backend's replies (key as the backend sends it, after DNAT
+/// and, for hairpin, SNAT).
+pub const CT_DIR_REPLY: u8 = 1;
+
+/// Conntrack key: a 5-tuple and a direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Ct4Key {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub dir: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<Ct4Key>() == 16);
+
+/// A FIN or RST was seen: the entry lives only `tcp_closing_timeout_s` more, and a new
+/// SYN on the same tuple selects a backend afresh.
+pub const CT_FLAG_CLOSING: u16 = 1 << 0;
+/// The client is its own backend: its source was rewritten to the hairpin address.
+pub const CT_FLAG_HAIRPIN: u16 = 1 << 1;
+
+/// Conntrack value.
+///
+/// A forward entry carries the backend's address itself, not only its id: like
+/// kube-proxy's conntrack, an established TCP flow keeps going to its backend even after
+/// the backend left the Service. UDP flows re-check that the backend id still exists,
+/// the way kube-proxy clears UDP conntrack entries of removed endpoints.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Ct4Entry {
+    /// `bpf_ktime_get_ns` of the last packet that refreshed the entry.
+    pub last_seen_ns: u64,
+    /// The chosen backend.
+    pub backend_id: u32,
+    pub backend_addr: u32,
+    pub backend_port: u16,
+    pub rev_nat_index: u16,
+    pub flags: u16,
+    pub _pad0: u16,
+    /// The client's own address (for reply entries of hairpin flows it differs from
+    /// the reply's destination).
+    pub client_addr: u32,
+    pub _pad1: u32,
+}
+const _: () = assert!(size_of::<Ct4Entry>() == 32);
+
+/// Key of the session-affinity map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Affinity4Key {
+    pub client_addr: u32,
+    pub rev_nat_index: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<Affinity4Key>() == 8);
+
+/// Value of the session-affinity map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Affinity4Value {
+    pub last_used_ns: u64,
+    pub backend_id: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Affinity4Value>() == 16);
+
+/// Runtime settings of the load balancer, slot 0 of a one-entry array map. Zero values
+/// fall back to the defaults below, so an unset map still works.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LbConfig {
+    pub tcp_timeout_s: u32,
+    pub tcp_closing_timeout_s: u32,
+    pub udp_timeout_s: u32,
+    /// Source address given to hairpin flows (a pod reaching itself through its own
+    /// Service), network byte order. The pod must route it to its gateway.
+    pub hairpin_addr: u32,
+}
+const _: () = assert!(size_of::<LbConfig>() == 16);
+
+/// Defaults, as in Cilium and kube-proxy's conntrack settings.
+pub const DEFAULT_TCP_TIMEOUT_S: u32 = 21_600;
+pub const DEFAULT_TCP_CLOSING_TIMEOUT_S: u32 = 10;
+pub const DEFAULT_UDP_TIMEOUT_S: u32 = 60;
+/// 169.254.42.1 in network byte order: link-local, never a pod or node address.
+pub const DEFAULT_HAIRPIN_ADDR: u32 = u32::from_ne_bytes([169, 254, 42, 1]);
+
+/// Indices of the per-CPU counters map.
+pub mod stat {
+    /// Packets toward a Service that were DNATed to a backend.
+    pub const TRANSLATED: u32 = 0;
+    /// Replies whose source was translated back to the Service.
+    pub const REV_TRANSLATED: u32 = 1;
+    /// Packets to a Service without ready backends (answered by a reject).
+    pub const NO_BACKEND: u32 = 2;
+    /// Packets dropped because a helper or map update failed.
+    pub const ERRORS: u32 = 3;
+    /// New conntrack entries (new flows).
+    pub const CT_NEW: u32 = 4;
+    /// Number of counters.
+    pub const COUNT: u32 = 8;
+
+    pub const NAMES: [&str; COUNT as usize] =
+        ["translated", "rev_translated", "no_backend", "errors", "ct_new", "", "", ""];
+}
+
+/// An IPv4 address as the maps store it.
+pub const fn addr_to_map(octets: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(octets)
+}
+
+/// The octets of an address read from a map.
+pub const fn addr_from_map(addr: u32) -> [u8; 4] {
+    addr.to_ne_bytes()
+}
+
+/// A port as the maps store it.
+pub const fn port_to_map(port: u16) -> u16 {
+    port.to_be()
+}
+
+/// A port read from a map.
+pub const fn port_from_map(port: u16) -> u16 {
+    u16::from_be(port)
+}
+
+#[cfg(feature = "user")]
+mod user {
+    #![expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait for plain map types")]
+    use super::*;
+
+    // SAFETY: each type is #[repr(C)], has no implicit padding (sizes asserted above)
+    // and every bit pattern is a valid value.
+    unsafe impl aya::Pod for Service4Key {}
+    unsafe impl aya::Pod for Service4Value {}
+    unsafe impl aya::Pod for Backend4 {}
+    unsafe impl aya::Pod for RevNat4 {}
+    unsafe impl aya::Pod for Ct4Key {}
+    unsafe impl aya::Pod for Ct4Entry {}
+    unsafe impl aya::Pod for Affinity4Key {}
+    unsafe impl aya::Pod for Affinity4Value {}
+    unsafe impl aya::Pod for LbConfig {}
+}

@@ -1,0 +1,204 @@
+//! Service load balancing: frontend lookup, backend selection (conntrack, session
+//! affinity, random), destination NAT toward the backend, and reverse NAT of replies.
+//!
+//! Map layout (see `skiff_ebpf_common`): slot 0 of a frontend carries the backend count
+//! and flags; slots 1..=count carry backend ids; the backends map gives addresses.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    programs::TcContext,
+};
+use skiff_ebpf_common::{
+    Affinity4Key, Affinity4Value, BACKEND_FLAG_TERMINATING, Backend4, CT_FLAG_HAIRPIN, Ct4Entry,
+    Ct4Key, PROTO_UDP, SERVICE_FLAG_AFFINITY, Service4Key, Service4Value, stat,
+};
+
+use crate::{
+    Drop, conntrack,
+    maps::{AFFINITY_V1, BACKENDS_V1, CT4_V1, Config, REV_NAT_V1, SERVICES_V1, config, count},
+    packet::{ETH_HLEN, IP_CHECK_OFF, IP_DADDR_OFF, IP_SADDR_OFF, L4_DPORT_OFF, L4_SPORT_OFF, Packet, TCP_FIN, TCP_RST},
+    reject,
+};
+
+/// Handles a packet leaving a pod: a Service frontend gets DNAT to a backend, a reply
+/// of a Service flow gets its source translated back to the Service; anything else
+/// passes untouched.
+#[inline(always)]
+pub fn from_pod(ctx: &TcContext) -> Result<i32, Drop> {
+    let Some(pkt) = crate::packet::parse(ctx) else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    let frontend = Service4Key::new(pkt.daddr, pkt.dport, pkt.proto, 0);
+    // SAFETY: the value is copied out at once; user space never rewrites slot 0 in
+    // place with a torn value (it replaces it with one map update).
+    if let Some(svc) = unsafe { SERVICES_V1.get(&frontend) }.copied() {
+        return to_service(ctx, &pkt, &frontend, &svc);
+    }
+    if let Some(entry) = CT4_V1.get_ptr_mut(conntrack::reply_key(&pkt)) {
+        // SAFETY: pointer from a successful lookup, used before returning.
+        let entry = unsafe { *entry };
+        return rev_nat(ctx, &pkt, &entry);
+    }
+    Ok(TC_ACT_OK as i32)
+}
+
+/// A packet toward a Service frontend.
+#[inline(always)]
+fn to_service(ctx: &TcContext, pkt: &Packet, frontend: &Service4Key, svc: &Service4Value) -> Result<i32, Drop> {
+    // SAFETY: a plain helper call without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let cfg = config();
+
+    // An established flow stays on its backend (see `Ct4Entry` for why UDP re-checks).
+    if let Some(entry_ptr) = conntrack::lookup_forward(pkt, now, &cfg) {
+        // SAFETY: pointer from a successful map lookup, used before returning.
+        let entry = unsafe { &mut *entry_ptr };
+        // SAFETY: only the presence is read.
+        if pkt.proto != PROTO_UDP || unsafe { BACKENDS_V1.get(entry.backend_id) }.is_some() {
+            conntrack::touch(entry, pkt, now);
+            let hairpin = entry.flags & CT_FLAG_HAIRPIN != 0;
+            return dnat(ctx, pkt, entry.backend_addr, entry.backend_port, hairpin, &cfg);
+        }
+    }
+
+    if svc.count == 0 {
+        count(stat::NO_BACKEND);
+        return reject::reject(ctx, pkt);
+    }
+    let (backend_id, backend) = select_backend(pkt, frontend, svc, now)?;
+    let hairpin = backend.addr == pkt.saddr;
+    let flags = if hairpin { CT_FLAG_HAIRPIN } else { 0 };
+    let fwd_entry = Ct4Entry {
+        last_seen_ns: now,
+        backend_id,
+        backend_addr: backend.addr,
+        backend_port: backend.port,
+        rev_nat_index: svc.rev_nat_index,
+        flags,
+        _pad0: 0,
+        client_addr: pkt.saddr,
+        _pad1: 0,
+    };
+    let reply = Ct4Key {
+        saddr: backend.addr,
+        daddr: if hairpin { cfg.hairpin_addr } else { pkt.saddr },
+        sport: backend.port,
+        dport: pkt.sport,
+        proto: pkt.proto,
+        dir: skiff_ebpf_common::CT_DIR_REPLY,
+        _pad: [0; 2],
+    };
+    conntrack::create(&conntrack::forward_key(pkt), &fwd_entry, &reply, &fwd_entry).map_err(|_| Drop)?;
+    count(stat::CT_NEW);
+    dnat(ctx, pkt, backend.addr, backend.port, hairpin, &cfg)
+}
+
+/// Picks the backend of a new flow: the client's affine backend if the Service has
+/// ClientIP affinity and it is still usable, else a random slot.
+#[inline(always)]
+fn select_backend(pkt: &Packet, frontend: &Service4Key, svc: &Service4Value, now: u64) -> Result<(u32, Backend4), Drop> {
+    let affinity = svc.flags & SERVICE_FLAG_AFFINITY != 0;
+    let akey = Affinity4Key { client_addr: pkt.saddr, rev_nat_index: svc.rev_nat_index, _pad: 0 };
+    if affinity {
+        // SAFETY: copied out at once.
+        if let Some(prev) = unsafe { AFFINITY_V1.get(&akey) }.copied() {
+            let fresh = now.saturating_sub(prev.last_used_ns) <= svc.affinity_timeout_s as u64 * 1_000_000_000;
+            if fresh {
+                // SAFETY: copied out at once.
+                if let Some(backend) = unsafe { BACKENDS_V1.get(prev.backend_id) }.copied() {
+                    if backend.flags & BACKEND_FLAG_TERMINATING == 0 {
+                        let value = Affinity4Value { last_used_ns: now, backend_id: prev.backend_id, _pad: 0 };
+                        let _ = AFFINITY_V1.insert(&akey, &value, 0);
+                        return Ok((prev.backend_id, backend));
+                    }
+                }
+            }
+        }
+    }
+    // SAFETY: a plain helper call without arguments.
+    let slot = unsafe { bpf_get_prandom_u32() } % svc.count as u32 + 1;
+    let slot_key = Service4Key { backend_slot: slot as u16, ..*frontend };
+    // SAFETY: copied out at once.
+    let backend_id = unsafe { SERVICES_V1.get(&slot_key) }.map(|s| s.backend_id).ok_or(Drop)?;
+    // SAFETY: copied out at once.
+    let backend = unsafe { BACKENDS_V1.get(backend_id) }.copied().ok_or(Drop)?;
+    if affinity {
+        let value = Affinity4Value { last_used_ns: now, backend_id, _pad: 0 };
+        let _ = AFFINITY_V1.insert(&akey, &value, 0);
+    }
+    Ok((backend_id, backend))
+}
+
+/// Flags for `l4_csum_replace`: a UDP checksum of 0 means "none" and must stay so.
+#[inline(always)]
+fn l4_flags(pkt: &Packet) -> u64 {
+    if pkt.proto == PROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 }
+}
+
+/// Rewrites a 4-byte address at `ip_off` (offset in the IP header) and patches both
+/// the IP checksum and the L4 pseudo-header checksum.
+#[inline(always)]
+fn rewrite_addr(ctx: &TcContext, pkt: &Packet, ip_off: usize, from: u32, to: u32) -> Result<(), Drop> {
+    if from == to {
+        return Ok(());
+    }
+    ctx.l4_csum_replace(pkt.l4_check_off(), from as u64, to as u64, BPF_F_PSEUDO_HDR as u64 | 4 | l4_flags(pkt))
+        .map_err(|_| Drop)?;
+    ctx.l3_csum_replace(ETH_HLEN + IP_CHECK_OFF, from as u64, to as u64, 4).map_err(|_| Drop)?;
+    ctx.store(ETH_HLEN + ip_off, &to, 0).map_err(|_| Drop)
+}
+
+/// Rewrites a port at `l4_port_off` (offset in the L4 header) and patches the L4 checksum.
+#[inline(always)]
+fn rewrite_port(ctx: &TcContext, pkt: &Packet, l4_port_off: usize, from: u16, to: u16) -> Result<(), Drop> {
+    if from == to {
+        return Ok(());
+    }
+    ctx.l4_csum_replace(pkt.l4_check_off(), from as u64, to as u64, 2 | l4_flags(pkt)).map_err(|_| Drop)?;
+    ctx.store(pkt.l4_off + l4_port_off, &to, 0).map_err(|_| Drop)
+}
+
+/// Destination NAT to the backend; for hairpin flows the source becomes the hairpin
+/// address too, or the pod would drop a packet that comes from its own address.
+#[inline(always)]
+fn dnat(ctx: &TcContext, pkt: &Packet, addr: u32, port: u16, hairpin: bool, cfg: &Config) -> Result<i32, Drop> {
+    rewrite_addr(ctx, pkt, IP_DADDR_OFF, pkt.daddr, addr)?;
+    rewrite_port(ctx, pkt, L4_DPORT_OFF, pkt.dport, port)?;
+    if hairpin {
+        rewrite_addr(ctx, pkt, IP_SADDR_OFF, pkt.saddr, cfg.hairpin_addr)?;
+    }
+    count(stat::TRANSLATED);
+    Ok(TC_ACT_OK as i32)
+}
+
+/// Reverse NAT of a backend's reply: the client only ever sees the Service address.
+#[inline(always)]
+fn rev_nat(ctx: &TcContext, pkt: &Packet, entry: &Ct4Entry) -> Result<i32, Drop> {
+    // SAFETY: copied out at once.
+    let Some(vip) = (unsafe { REV_NAT_V1.get(entry.rev_nat_index) }).copied() else {
+        // The Service is gone: nothing to translate back to.
+        return Ok(TC_ACT_OK as i32);
+    };
+    if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        // SAFETY: a plain helper call without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        let fwd = Ct4Key {
+            saddr: entry.client_addr,
+            daddr: vip.addr,
+            sport: pkt.dport,
+            dport: vip.port,
+            proto: pkt.proto,
+            dir: skiff_ebpf_common::CT_DIR_FORWARD,
+            _pad: [0; 2],
+        };
+        conntrack::mark_closing(&fwd, now);
+    }
+    rewrite_addr(ctx, pkt, IP_SADDR_OFF, pkt.saddr, vip.addr)?;
+    rewrite_port(ctx, pkt, L4_SPORT_OFF, pkt.sport, vip.port)?;
+    if entry.flags & CT_FLAG_HAIRPIN != 0 {
+        rewrite_addr(ctx, pkt, IP_DADDR_OFF, pkt.daddr, entry.client_addr)?;
+    }
+    count(stat::REV_TRANSLATED);
+    Ok(TC_ACT_OK as i32)
+}

@@ -1,0 +1,32 @@
+//! Skiff's BPF programs: the shared logic behind each attach point.
+//!
+//! Each binary under `src/bin/` is one attach point and only a thin entry point; the
+//! logic lives in these modules so that later attach points (the overlay's "from
+//! tunnel", XDP NodePort) reuse it:
+//! - [`maps`]: every map, with pinned names from `skiff_ebpf_common::pin`;
+//! - [`packet`]: header layouts and parsing of IPv4 TCP/UDP;
+//! - [`csum`]: checksum arithmetic for headers built from scratch;
+//! - [`conntrack`]: flow entries that keep a connection on its backend;
+//! - [`lb`]: Service lookup, backend selection, DNAT and reverse NAT;
+//! - [`reject`]: TCP RST and ICMP port-unreachable answers for Services without backends.
+//!
+//! Nothing here logs on the per-packet path; counters in `LB_STATS_V1` say what happened.
+#![no_std]
+#![expect(unsafe_code, reason = "BPF programs read packets and maps through raw pointers and helpers")]
+
+pub mod conntrack;
+pub mod csum;
+pub mod lb;
+pub mod maps;
+pub mod packet;
+pub mod reject;
+
+/// The error of a `try_*` function: the packet cannot be handled and is dropped
+/// (counted in `stat::ERRORS`).
+#[derive(Clone, Copy, Debug)]
+pub struct Drop;
+
+/// The license section the kernel reads; GPL-compatible so that every helper is allowed.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "license")]
+pub static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

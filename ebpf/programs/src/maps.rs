@@ -1,0 +1,76 @@
+//! Every map of the load balancer. Names are the pinned names (`skiff_ebpf_common::pin`),
+//! so a restarted agent and every program object share the same maps.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use skiff_ebpf_common::{
+    Affinity4Key, Affinity4Value, Backend4, Ct4Entry, Ct4Key, LbConfig, RevNat4, Service4Key,
+    Service4Value, capacity, stat,
+};
+
+#[map]
+pub static SERVICES_V1: HashMap<Service4Key, Service4Value> =
+    HashMap::pinned(capacity::SERVICES, 0);
+
+#[map]
+pub static BACKENDS_V1: HashMap<u32, Backend4> = HashMap::pinned(capacity::BACKENDS, 0);
+
+#[map]
+pub static REV_NAT_V1: HashMap<u16, RevNat4> = HashMap::pinned(capacity::REV_NAT, 0);
+
+#[map]
+pub static CT4_V1: LruHashMap<Ct4Key, Ct4Entry> = LruHashMap::pinned(capacity::CT, 0);
+
+#[map]
+pub static AFFINITY_V1: LruHashMap<Affinity4Key, Affinity4Value> =
+    LruHashMap::pinned(capacity::AFFINITY, 0);
+
+#[map]
+pub static LB_STATS_V1: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
+
+#[map]
+pub static LB_CONFIG_V1: Array<LbConfig> = Array::pinned(1, 0);
+
+/// Adds one to a per-CPU counter.
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(counter) = LB_STATS_V1.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot is only touched by this CPU, and programs do not
+        // preempt each other on one CPU.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// The load balancer's settings, with defaults for fields left at zero.
+#[derive(Clone, Copy)]
+pub struct Config {
+    pub tcp_timeout_ns: u64,
+    pub tcp_closing_timeout_ns: u64,
+    pub udp_timeout_ns: u64,
+    pub hairpin_addr: u32,
+}
+
+#[inline(always)]
+fn or_default(value: u32, default: u32) -> u64 {
+    (if value == 0 { default } else { value }) as u64 * 1_000_000_000
+}
+
+#[inline(always)]
+pub fn config() -> Config {
+    let raw = LB_CONFIG_V1.get(0).copied().unwrap_or_default();
+    Config {
+        tcp_timeout_ns: or_default(raw.tcp_timeout_s, skiff_ebpf_common::DEFAULT_TCP_TIMEOUT_S),
+        tcp_closing_timeout_ns: or_default(
+            raw.tcp_closing_timeout_s,
+            skiff_ebpf_common::DEFAULT_TCP_CLOSING_TIMEOUT_S,
+        ),
+        udp_timeout_ns: or_default(raw.udp_timeout_s, skiff_ebpf_common::DEFAULT_UDP_TIMEOUT_S),
+        hairpin_addr: if raw.hairpin_addr == 0 {
+            skiff_ebpf_common::DEFAULT_HAIRPIN_ADDR
+        } else {
+            raw.hairpin_addr
+        },
+    }
+}

@@ -1,0 +1,34 @@
+//! Finds the BPF objects that `cargo xtask build-ebpf` built, for `include_bytes!`.
+//! The node agent cannot work without them, so a missing object is a build error that
+//! says which command makes it.
+
+use std::{env, path::PathBuf};
+
+/// The BPF binaries the agent embeds (one per attach point).
+const OBJECTS: &[(&str, &str)] = &[("from-pod", "SKIFF_EBPF_FROM_POD")];
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=SKIFF_EBPF_DIR");
+    println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
+    let dir = match env::var_os("SKIFF_EBPF_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let target = env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| {
+                PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap()).join("../target")
+            });
+            target.join("bpfel-unknown-none/release")
+        }
+    };
+    for (bin, var) in OBJECTS {
+        let path = dir.join(bin);
+        println!("cargo:rerun-if-changed={}", path.display());
+        if !path.is_file() {
+            panic!(
+                "\n\nThe BPF object `{}` is missing.\nBuild the BPF programs first: `cargo xtask build-ebpf` \
+                 (it installs the toolchain it needs), or point SKIFF_EBPF_DIR at a directory holding them.\n",
+                path.display()
+            );
+        }
+        println!("cargo:rustc-env={var}={}", path.display());
+    }
+}

@@ -1,0 +1,186 @@
+//! The `skiff-node` command line and the agent's main loop.
+//!
+//! `run` ties the roles together: the datapath is loaded (or adopted) first, then the
+//! pod interfaces get the "from pod" program, then the proxy loop feeds Service and
+//! EndpointSlice changes to the reconciler until a signal stops the agent. Stopping
+//! leaves every pin in place, so traffic keeps flowing until the next agent adopts it.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use skiff_ebpf_common::LbConfig;
+use tracing::{error, info, warn};
+
+use crate::{
+    datapath::{self, Datapath, MapSizes},
+    proxy::{
+        maps::{AyaLbMaps, render_dump},
+        reconciler::LbReconciler,
+        source::{ManifestDirSource, ServiceSource},
+    },
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "skiff-node", version, about = "Skiff node agent: eBPF service proxy and datapath")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the datapath and keep the Service maps in line with the desired state.
+    Run(RunArgs),
+    /// Print the datapath's counters.
+    Stats(PinArgs),
+    /// Print the Service, backend and reverse-NAT maps.
+    Dump(PinArgs),
+    /// Remove every pin of this node: detaches the programs and drops the maps.
+    Reset(PinArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// The node's bpffs directory.
+    #[arg(long, default_value = "/sys/fs/bpf/skiff/node")]
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// This node's name.
+    #[arg(long, default_value = "node")]
+    pub node_name: String,
+    /// The node's bpffs directory (default: /sys/fs/bpf/skiff/<node-name>).
+    #[arg(long)]
+    pub pin_dir: Option<PathBuf>,
+    /// A directory of Service and EndpointSlice manifests (YAML or JSON), watched for
+    /// changes. Stands in for the API server until the control plane exists.
+    #[arg(long)]
+    pub manifests: PathBuf,
+    /// A pod's host-side interface to attach "from pod" to (repeatable).
+    #[arg(long = "pod-interface")]
+    pub pod_interfaces: Vec<String>,
+    /// How often to look for changes, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub sync_interval_ms: u64,
+    /// Idle timeout of UDP flows, in seconds.
+    #[arg(long, default_value_t = skiff_ebpf_common::DEFAULT_UDP_TIMEOUT_S)]
+    pub udp_timeout_s: u32,
+    /// Idle timeout of established TCP flows, in seconds.
+    #[arg(long, default_value_t = skiff_ebpf_common::DEFAULT_TCP_TIMEOUT_S)]
+    pub tcp_timeout_s: u32,
+    /// How long a TCP flow lives after FIN or RST, in seconds.
+    #[arg(long, default_value_t = skiff_ebpf_common::DEFAULT_TCP_CLOSING_TIMEOUT_S)]
+    pub tcp_closing_timeout_s: u32,
+    /// Capacity of the services map when it is first created.
+    #[arg(long, default_value_t = skiff_ebpf_common::capacity::SERVICES)]
+    pub services_max: u32,
+    /// Capacity of the backends map when it is first created.
+    #[arg(long, default_value_t = skiff_ebpf_common::capacity::BACKENDS)]
+    pub backends_max: u32,
+    /// Capacity of the conntrack map when it is first created.
+    #[arg(long, default_value_t = skiff_ebpf_common::capacity::CT)]
+    pub ct_max: u32,
+    /// A file to create once the first sync is done (for scripts and tests).
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+    /// Sync once and exit.
+    #[arg(long)]
+    pub once: bool,
+}
+
+pub fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Stats(args) => {
+            for (name, value) in datapath::read_stats(&args.pin_dir)? {
+                println!("{name}: {value}");
+            }
+            Ok(())
+        }
+        Command::Dump(args) => {
+            let maps = AyaLbMaps::open(&args.pin_dir).context("opening the Service maps")?;
+            print!("{}", render_dump(&maps)?);
+            Ok(())
+        }
+        Command::Reset(args) => {
+            datapath::remove_pins(&args.pin_dir)
+                .with_context(|| format!("removing {}", args.pin_dir.display()))?;
+            info!(pin_dir = %args.pin_dir.display(), "datapath removed");
+            Ok(())
+        }
+    }
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let pin_dir = args.pin_dir.clone().unwrap_or_else(|| Path::new("/sys/fs/bpf/skiff").join(&args.node_name));
+    let sizes = MapSizes { services: args.services_max, backends: args.backends_max, ct: args.ct_max };
+    let mut datapath = Datapath::load(&pin_dir, sizes).context("loading the datapath")?;
+    datapath.set_config(LbConfig {
+        tcp_timeout_s: args.tcp_timeout_s,
+        tcp_closing_timeout_s: args.tcp_closing_timeout_s,
+        udp_timeout_s: args.udp_timeout_s,
+        hairpin_addr: 0,
+    })?;
+    for interface in &args.pod_interfaces {
+        match datapath.attach_from_pod(interface) {
+            Ok(how) => info!(interface, ?how, "from_pod attached"),
+            Err(e) => error!(interface, error = %e, "cannot attach from_pod; traffic of this pod is not load-balanced"),
+        }
+    }
+
+    let maps = AyaLbMaps::open(&pin_dir).context("opening the Service maps")?;
+    let mut reconciler = LbReconciler::adopt(maps).context("adopting the existing Service maps")?;
+    let mut source = ManifestDirSource::new(&args.manifests);
+    info!(node = %args.node_name, pin_dir = %pin_dir.display(), manifests = %args.manifests.display(), "agent started");
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut tick = tokio::time::interval(Duration::from_millis(args.sync_interval_ms.max(10)));
+        let mut first = true;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = tokio::signal::ctrl_c() => break,
+                _ = sigterm.recv() => break,
+            }
+            match source.poll() {
+                Ok(events) => {
+                    for event in events {
+                        reconciler.apply(event);
+                    }
+                }
+                Err(e) => warn!(error = %e, "reading the Service source failed; keeping the last state"),
+            }
+            let summary = reconciler.sync();
+            if summary.changed() {
+                info!(%summary, "service maps synced");
+            }
+            if first {
+                first = false;
+                if let Some(path) = &args.ready_file {
+                    std::fs::write(path, b"ready\n").with_context(|| format!("writing {}", path.display()))?;
+                }
+            }
+            if args.once {
+                break;
+            }
+        }
+        info!("agent stopping; the datapath stays pinned and keeps forwarding");
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,12 @@
+//! skiff-node: the node agent. One process per node doing the work of kubelet,
+//! kube-proxy and flanneld. Modules by role:
+//! - [`datapath`]: loads, pins and attaches the BPF programs (never writes Service state);
+//! - [`proxy`]: Services + EndpointSlices → desired load-balancer state → the one
+//!   reconciler that writes the Service maps;
+//! - [`agent`]: the `skiff-node` command line and the main loop that ties roles together.
+//!
+//! Later issues add `kubelet`, `cri`, `overlay`, `node` and `server`.
+
+pub mod agent;
+pub mod datapath;
+pub mod proxy;

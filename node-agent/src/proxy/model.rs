@@ -1,0 +1,632 @@
+//! Desired load-balancer state, computed from Kubernetes objects by pure functions.
+//!
+//! [`plan_service`] turns one `Service` and the `EndpointSlice`s labelled with its name
+//! into the frontends the maps should hold: one per (cluster IP, port, protocol), each
+//! with its backends sorted and deduplicated. Whatever cannot be programmed (SCTP, a port
+//! out of range, a non-IPv4 cluster IP, a malformed endpoint address) comes back as a
+//! [`Error`] naming the Service, and only the part it names is left out: the other ports
+//! of the same Service are still planned.
+//!
+//! This module must not log, keep state, or touch the maps: the reconciler decides what
+//! to do with a plan and logs its problems.
+//!
+//! Kubernetes semantics followed here (see the EndpointSlice API docs):
+//! - `conditions.ready` nil means ready; only ready endpoints take new flows (as in
+//!   kube-proxy, which also sends new flows to a ready endpoint of a Service with
+//!   `publishNotReadyAddresses`, whatever its `terminating` says);
+//! - an endpoint that is not ready but still serving or terminating keeps its
+//!   established flows: it stays a backend, marked terminating, outside the slots;
+//! - only the first address of an endpoint is used (the addresses are fungible, and
+//!   kube-proxy does the same);
+//! - the target port comes from the slice's `ports`, matched by the Service port's name
+//!   and protocol; the Service's `targetPort` is already resolved there.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use skiff_ebpf_common::{PROTO_TCP, PROTO_UDP};
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset (the API default).
+pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
+/// The API's upper bound for the affinity timeout.
+pub const MAX_AFFINITY_TIMEOUT_S: u32 = 86_400;
+
+/// Namespace and name of an object; prints as `namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectRef {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self { namespace: namespace.into(), name: name.into() }
+    }
+
+    /// The object's namespace ("default" when unset) and name; `None` without a name.
+    pub fn from_meta(meta: &ObjectMeta) -> Option<Self> {
+        let name = meta.name.as_deref().filter(|n| !n.is_empty())?;
+        Some(Self::new(namespace_of(meta), name))
+    }
+}
+
+impl std::fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+fn namespace_of(meta: &ObjectMeta) -> &str {
+    meta.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or("default")
+}
+
+/// The Service an EndpointSlice belongs to, from its `kubernetes.io/service-name` label.
+pub fn slice_service(slice: &EndpointSlice) -> Option<ObjectRef> {
+    let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    if name.is_empty() {
+        return None;
+    }
+    Some(ObjectRef::new(namespace_of(&slice.metadata), name.clone()))
+}
+
+/// Transport protocols the datapath balances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number the maps store.
+    pub const fn ip_proto(self) -> u8 {
+        match self {
+            Self::Tcp => PROTO_TCP,
+            Self::Udp => PROTO_UDP,
+        }
+    }
+
+    pub const fn from_ip_proto(proto: u8) -> Option<Self> {
+        match proto {
+            PROTO_TCP => Some(Self::Tcp),
+            PROTO_UDP => Some(Self::Udp),
+            _ => None,
+        }
+    }
+
+    /// A Kubernetes protocol field; unset means TCP, as the API defaults it.
+    fn parse(value: Option<&str>) -> Result<Self, ErrorKind> {
+        match value.unwrap_or("TCP") {
+            "TCP" => Ok(Self::Tcp),
+            "UDP" => Ok(Self::Udp),
+            other => Err(ErrorKind::UnsupportedProtocol(other.to_owned())),
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+        })
+    }
+}
+
+/// What a client connects to: cluster IP, Service port, protocol. Ports in host order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FrontendKey {
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub proto: Protocol,
+}
+
+impl std::fmt::Display for FrontendKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}/{}", self.vip, self.port, self.proto)
+    }
+}
+
+/// Where traffic goes: endpoint address, target port, protocol. Ports in host order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendKey {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub proto: Protocol,
+}
+
+impl std::fmt::Display for BackendKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}/{}", self.addr, self.port, self.proto)
+    }
+}
+
+/// One frontend as it should be programmed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frontend {
+    pub key: FrontendKey,
+    pub service: ObjectRef,
+    /// The Service port's name ("" when unnamed).
+    pub port_name: String,
+    /// `Some(timeout)` for `sessionAffinity: ClientIP`.
+    pub affinity_timeout_s: Option<u32>,
+    /// Ready backends: they take new flows. Sorted, no duplicates.
+    pub backends: Vec<BackendKey>,
+    /// Backends that keep their established flows but take no new ones (terminating, or
+    /// serving but not ready). Sorted, no duplicates, disjoint from `backends`.
+    pub terminating: Vec<BackendKey>,
+}
+
+/// Everything [`plan_service`] found for one Service.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServicePlan {
+    /// Frontends to program, sorted by key.
+    pub frontends: Vec<Frontend>,
+    /// What was left out, and why. Each problem skipped only the part it names.
+    pub problems: Vec<Error>,
+}
+
+/// A part of a Service that cannot be programmed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    pub service: ObjectRef,
+    /// The Service port concerned (its name, or its number when unnamed); `None` when
+    /// the problem concerns the whole Service or one endpoint in all ports.
+    pub port: Option<String>,
+    pub kind: ErrorKind,
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Service {}", self.service)?;
+        if let Some(port) = &self.port {
+            write!(f, " port {port}")?;
+        }
+        write!(f, ": {}", self.kind)
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ErrorKind {
+    #[error("protocol {0:?} is not supported (only TCP and UDP); port skipped")]
+    UnsupportedProtocol(String),
+    #[error("port {0} is out of range 1-65535; port skipped")]
+    PortOutOfRange(i64),
+    #[error("cluster IP {0:?} is not a valid IP address; Service skipped")]
+    BadClusterIp(String),
+    #[error("no IPv4 cluster IP (IPv6-only Services are not supported yet); Service skipped")]
+    NoIpv4ClusterIp,
+    #[error("{0} is listed twice; the later port skipped")]
+    DuplicateFrontend(FrontendKey),
+    #[error("EndpointSlice {slice}: address {address:?} is not an IPv4 address; endpoint skipped")]
+    BadEndpointAddress { slice: String, address: String },
+    #[error("EndpointSlice {slice}: port {port} is out of range 1-65535; slice skipped for this port")]
+    BadEndpointPort { slice: String, port: i64 },
+    #[error("EndpointSlice {slice}: port {name:?} has no port number; slice skipped for this port")]
+    MissingEndpointPort { slice: String, name: String },
+    #[error("sessionAffinity timeout {0}s is out of range 1-{MAX_AFFINITY_TIMEOUT_S}; using {DEFAULT_AFFINITY_TIMEOUT_S}s")]
+    BadAffinityTimeout(i64),
+    #[error("sessionAffinity {0:?} is not supported; using None")]
+    UnsupportedAffinity(String),
+}
+
+/// Plans one Service. `slices` may contain any EndpointSlices: only those in the
+/// Service's namespace that carry its `kubernetes.io/service-name` label are used.
+///
+/// Headless Services (`clusterIP: None`), ExternalName Services and Services without a
+/// cluster IP yet have nothing to program and give an empty plan. For NodePort and
+/// LoadBalancer Services only the cluster IP is planned for now.
+pub fn plan_service<'a>(svc: &Service, slices: impl IntoIterator<Item = &'a EndpointSlice>) -> ServicePlan {
+    let mut plan = ServicePlan::default();
+    let Some(service) = ObjectRef::from_meta(&svc.metadata) else {
+        return plan;
+    };
+    let Some(spec) = &svc.spec else {
+        return plan;
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return plan;
+    }
+    let problem = |port: Option<String>, kind| Error { service: service.clone(), port, kind };
+
+    let vip = match cluster_ipv4(spec.cluster_ip.as_deref(), spec.cluster_ips.as_deref()) {
+        Ok(Some(vip)) => vip,
+        Ok(None) => return plan,
+        Err(kind) => {
+            plan.problems.push(problem(None, kind));
+            return plan;
+        }
+    };
+
+    let affinity_timeout_s = match spec.session_affinity.as_deref() {
+        None | Some("None") | Some("") => None,
+        Some("ClientIP") => {
+            let configured = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds);
+            match configured {
+                None => Some(DEFAULT_AFFINITY_TIMEOUT_S),
+                Some(t) if (1..=i64::from(MAX_AFFINITY_TIMEOUT_S)).contains(&i64::from(t)) => {
+                    Some(t.unsigned_abs())
+                }
+                Some(t) => {
+                    plan.problems.push(problem(None, ErrorKind::BadAffinityTimeout(t.into())));
+                    Some(DEFAULT_AFFINITY_TIMEOUT_S)
+                }
+            }
+        }
+        Some(other) => {
+            plan.problems.push(problem(None, ErrorKind::UnsupportedAffinity(other.to_owned())));
+            None
+        }
+    };
+
+    // Sorting the slices by name makes the order of problems deterministic; the
+    // backends are sorted anyway.
+    let mut own_slices: Vec<&EndpointSlice> =
+        slices.into_iter().filter(|s| slice_service(s).as_ref() == Some(&service)).collect();
+    own_slices.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+
+    let mut seen = BTreeSet::new();
+    for sp in spec.ports.as_deref().unwrap_or_default() {
+        let port_name = sp.name.clone().unwrap_or_default();
+        let port_label = || Some(if port_name.is_empty() { sp.port.to_string() } else { port_name.clone() });
+        let proto = match Protocol::parse(sp.protocol.as_deref()) {
+            Ok(p) => p,
+            Err(kind) => {
+                plan.problems.push(problem(port_label(), kind));
+                continue;
+            }
+        };
+        let Some(port) = valid_port(sp.port.into()) else {
+            plan.problems.push(problem(port_label(), ErrorKind::PortOutOfRange(sp.port.into())));
+            continue;
+        };
+        let key = FrontendKey { vip, port, proto };
+        if !seen.insert(key) {
+            plan.problems.push(problem(port_label(), ErrorKind::DuplicateFrontend(key)));
+            continue;
+        }
+
+        // Backend → takes new flows. The same endpoint may appear in two slices while
+        // the controller moves it; if any copy is ready, it is ready.
+        let mut found: BTreeMap<BackendKey, bool> = BTreeMap::new();
+        for slice in &own_slices {
+            // IPv6 and FQDN slices belong to other address families.
+            if slice.address_type != "IPv4" {
+                continue;
+            }
+            let slice_name = slice.metadata.name.clone().unwrap_or_default();
+            let Some(target) = slice.ports.as_deref().unwrap_or_default().iter().find(|p| {
+                p.name.as_deref().unwrap_or_default() == port_name
+                    && Protocol::parse(p.protocol.as_deref()).ok() == Some(proto)
+            }) else {
+                continue;
+            };
+            let target_port = match target.port {
+                None => {
+                    plan.problems.push(problem(
+                        port_label(),
+                        ErrorKind::MissingEndpointPort { slice: slice_name, name: port_name.clone() },
+                    ));
+                    continue;
+                }
+                Some(p) => match valid_port(p.into()) {
+                    Some(p) => p,
+                    None => {
+                        plan.problems.push(problem(
+                            port_label(),
+                            ErrorKind::BadEndpointPort { slice: slice_name, port: p.into() },
+                        ));
+                        continue;
+                    }
+                },
+            };
+            for endpoint in &slice.endpoints {
+                let cond = endpoint.conditions.as_ref();
+                let ready = cond.and_then(|c| c.ready).unwrap_or(true);
+                let serving = cond.and_then(|c| c.serving).unwrap_or(true);
+                let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
+                if !ready && !serving && !terminating {
+                    continue;
+                }
+                let Some(address) = endpoint.addresses.first() else {
+                    continue;
+                };
+                let Ok(addr) = address.parse::<Ipv4Addr>() else {
+                    // Reported without a port: the same endpoint is bad for every port,
+                    // and one message is enough.
+                    let e = problem(
+                        None,
+                        ErrorKind::BadEndpointAddress { slice: slice_name.clone(), address: address.clone() },
+                    );
+                    if !plan.problems.contains(&e) {
+                        plan.problems.push(e);
+                    }
+                    continue;
+                };
+                *found.entry(BackendKey { addr, port: target_port, proto }).or_insert(false) |= ready;
+            }
+        }
+
+        let (backends, terminating): (Vec<_>, Vec<_>) = found.into_iter().partition(|(_, ready)| *ready);
+        plan.frontends.push(Frontend {
+            key,
+            service: service.clone(),
+            port_name,
+            affinity_timeout_s,
+            backends: backends.into_iter().map(|(b, _)| b).collect(),
+            terminating: terminating.into_iter().map(|(b, _)| b).collect(),
+        });
+    }
+    plan.frontends.sort_by_key(|f| f.key);
+    plan
+}
+
+fn valid_port(port: i64) -> Option<u16> {
+    u16::try_from(port).ok().filter(|p| *p != 0)
+}
+
+/// The first IPv4 address among `clusterIPs` (or `clusterIP` when that list is empty).
+/// `Ok(None)`: headless or not allocated yet.
+fn cluster_ipv4(cluster_ip: Option<&str>, cluster_ips: Option<&[String]>) -> Result<Option<Ipv4Addr>, ErrorKind> {
+    let candidates: Vec<&str> = match cluster_ips {
+        Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
+        _ => cluster_ip.into_iter().collect(),
+    };
+    let candidates: Vec<&str> = candidates.into_iter().filter(|ip| !ip.is_empty()).collect();
+    if candidates.is_empty() || candidates.contains(&"None") {
+        return Ok(None);
+    }
+    for ip in &candidates {
+        match ip.parse::<IpAddr>() {
+            Ok(IpAddr::V4(v4)) => return Ok(Some(v4)),
+            Ok(IpAddr::V6(_)) => {}
+            Err(_) => return Err(ErrorKind::BadClusterIp((*ip).to_owned())),
+        }
+    }
+    Err(ErrorKind::NoIpv4ClusterIp)
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    //! Builders for Services and EndpointSlices, shared by the proxy's tests.
+    use super::*;
+    use k8s_openapi::api::core::v1::{ClientIPConfig, ServicePort, ServiceSpec, SessionAffinityConfig};
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+
+    pub fn meta(ns: &str, name: &str) -> ObjectMeta {
+        ObjectMeta { namespace: Some(ns.into()), name: Some(name.into()), ..Default::default() }
+    }
+
+    /// A ClusterIP Service; ports are (name, port, protocol).
+    pub fn service(ns: &str, name: &str, vip: &str, ports: &[(&str, i32, &str)]) -> Service {
+        Service {
+            metadata: meta(ns, name),
+            spec: Some(ServiceSpec {
+                cluster_ip: Some(vip.into()),
+                cluster_ips: Some(vec![vip.into()]),
+                type_: Some("ClusterIP".into()),
+                ports: Some(
+                    ports
+                        .iter()
+                        .map(|(n, p, proto)| ServicePort {
+                            name: (!n.is_empty()).then(|| n.to_string()),
+                            port: *p,
+                            protocol: Some(proto.to_string()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    pub fn with_affinity(mut svc: Service, timeout: Option<i32>) -> Service {
+        let spec = svc.spec.as_mut().unwrap();
+        spec.session_affinity = Some("ClientIP".into());
+        spec.session_affinity_config = timeout.map(|t| SessionAffinityConfig {
+            client_ip: Some(ClientIPConfig { timeout_seconds: Some(t) }),
+        });
+        svc
+    }
+
+    /// Endpoint conditions in a compact form.
+    #[derive(Clone, Copy)]
+    pub enum Cond {
+        Ready,
+        /// serving, terminating, not ready: a pod shutting down gracefully.
+        Terminating,
+        /// not ready, not serving, not terminating: failing its readiness probe.
+        NotReady,
+        /// no conditions at all (nil ready counts as ready).
+        Unset,
+    }
+
+    /// An IPv4 EndpointSlice for Service `svc`; ports are (name, port, protocol).
+    pub fn slice(
+        ns: &str,
+        name: &str,
+        svc: &str,
+        ports: &[(&str, i32, &str)],
+        endpoints: &[(&str, Cond)],
+    ) -> EndpointSlice {
+        let mut metadata = meta(ns, name);
+        metadata.labels = Some([(SERVICE_NAME_LABEL.to_owned(), svc.to_owned())].into());
+        EndpointSlice {
+            metadata,
+            address_type: "IPv4".into(),
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|(n, p, proto)| EndpointPort {
+                        name: (!n.is_empty()).then(|| n.to_string()),
+                        port: Some(*p),
+                        protocol: Some(proto.to_string()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            endpoints: endpoints
+                .iter()
+                .map(|(addr, cond)| Endpoint {
+                    addresses: vec![addr.to_string()],
+                    conditions: match cond {
+                        Cond::Unset => None,
+                        Cond::Ready => Some(EndpointConditions {
+                            ready: Some(true),
+                            serving: Some(true),
+                            terminating: Some(false),
+                        }),
+                        Cond::Terminating => Some(EndpointConditions {
+                            ready: Some(false),
+                            serving: Some(true),
+                            terminating: Some(true),
+                        }),
+                        Cond::NotReady => Some(EndpointConditions {
+                            ready: Some(false),
+                            serving: Some(false),
+                            terminating: Some(false),
+                        }),
+                    },
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::*;
+    use super::*;
+
+    fn b(addr: &str, port: u16) -> BackendKey {
+        BackendKey { addr: addr.parse().unwrap(), port, proto: Protocol::Tcp }
+    }
+
+    #[test]
+    fn ready_terminating_and_unready_endpoints() {
+        let svc = service("shop", "web", "10.96.0.10", &[("http", 80, "TCP")]);
+        let s1 = slice(
+            "shop",
+            "web-a",
+            "web",
+            &[("http", 8080, "TCP")],
+            &[
+                ("10.244.1.3", Cond::Ready),
+                ("10.244.1.2", Cond::Unset),
+                ("10.244.1.4", Cond::Terminating),
+                ("10.244.1.5", Cond::NotReady),
+            ],
+        );
+        // The same endpoint in a second slice, ready there: ready wins; duplicates fold.
+        let s2 = slice("shop", "web-b", "web", &[("http", 8080, "TCP")], &[("10.244.1.3", Cond::Ready)]);
+        // Another Service's slice and another namespace's slice are ignored.
+        let other = slice("shop", "api-a", "api", &[("http", 8080, "TCP")], &[("10.244.9.9", Cond::Ready)]);
+        let other_ns = slice("dev", "web-a", "web", &[("http", 8080, "TCP")], &[("10.244.8.8", Cond::Ready)]);
+        let plan = plan_service(&svc, [&s1, &s2, &other, &other_ns]);
+        assert_eq!(plan.problems, []);
+        assert_eq!(plan.frontends.len(), 1);
+        let f = &plan.frontends[0];
+        assert_eq!(f.key.to_string(), "10.96.0.10:80/TCP");
+        assert_eq!(f.backends, [b("10.244.1.2", 8080), b("10.244.1.3", 8080)]);
+        assert_eq!(f.terminating, [b("10.244.1.4", 8080)]);
+        assert_eq!(f.affinity_timeout_s, None);
+    }
+
+    #[test]
+    fn bad_port_skips_only_that_port() {
+        let svc = service(
+            "shop",
+            "mixed",
+            "10.96.0.20",
+            &[("sctp", 9000, "SCTP"), ("big", 70000, "TCP"), ("dns", 53, "UDP"), ("zero", 0, "TCP")],
+        );
+        let plan = plan_service(&svc, []);
+        assert_eq!(plan.frontends.iter().map(|f| f.key.to_string()).collect::<Vec<_>>(), ["10.96.0.20:53/UDP"]);
+        let msgs: Vec<String> = plan.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            msgs,
+            [
+                "Service shop/mixed port sctp: protocol \"SCTP\" is not supported (only TCP and UDP); port skipped",
+                "Service shop/mixed port big: port 70000 is out of range 1-65535; port skipped",
+                "Service shop/mixed port zero: port 0 is out of range 1-65535; port skipped",
+            ]
+        );
+    }
+
+    #[test]
+    fn headless_external_name_and_ipv6() {
+        let headless = service("a", "h", "None", &[("", 80, "TCP")]);
+        assert_eq!(plan_service(&headless, []), ServicePlan::default());
+
+        let mut ext = service("a", "e", "", &[("", 80, "TCP")]);
+        ext.spec.as_mut().unwrap().type_ = Some("ExternalName".into());
+        assert_eq!(plan_service(&ext, []), ServicePlan::default());
+
+        let v6 = service("a", "v6", "fd00::10", &[("", 80, "TCP")]);
+        let plan = plan_service(&v6, []);
+        assert!(plan.frontends.is_empty());
+        assert_eq!(plan.problems[0].kind, ErrorKind::NoIpv4ClusterIp);
+
+        // Dual stack with IPv6 first: the IPv4 family is still programmed.
+        let mut dual = service("a", "dual", "fd00::10", &[("", 80, "TCP")]);
+        dual.spec.as_mut().unwrap().cluster_ips = Some(vec!["fd00::10".into(), "10.96.0.5".into()]);
+        assert_eq!(plan_service(&dual, []).frontends[0].key.vip, Ipv4Addr::new(10, 96, 0, 5));
+
+        let garbage = service("a", "g", "10.96.0.300", &[("", 80, "TCP")]);
+        assert!(matches!(plan_service(&garbage, []).problems[0].kind, ErrorKind::BadClusterIp(_)));
+    }
+
+    #[test]
+    fn target_port_by_name_and_protocol() {
+        let svc = service("ns", "dns", "10.96.0.10", &[("dns", 53, "UDP"), ("dns-tcp", 53, "TCP")]);
+        let s = slice(
+            "ns",
+            "dns-1",
+            "dns",
+            &[("dns", 5353, "UDP"), ("dns-tcp", 5354, "TCP")],
+            &[("10.244.0.5", Cond::Ready), ("not-an-ip", Cond::Ready)],
+        );
+        let plan = plan_service(&svc, [&s]);
+        let got: Vec<String> =
+            plan.frontends.iter().map(|f| format!("{} -> {}", f.key, f.backends[0])).collect();
+        assert_eq!(got, ["10.96.0.10:53/TCP -> 10.244.0.5:5354/TCP", "10.96.0.10:53/UDP -> 10.244.0.5:5353/UDP"]);
+        // Reported once, not once per port.
+        assert_eq!(plan.problems.len(), 1);
+        assert!(plan.problems[0].to_string().contains("not-an-ip"), "{}", plan.problems[0]);
+    }
+
+    #[test]
+    fn session_affinity_timeouts() {
+        let base = service("ns", "s", "10.96.0.1", &[("", 80, "TCP")]);
+        let f = |svc: &Service| plan_service(svc, []).frontends[0].affinity_timeout_s;
+        assert_eq!(f(&with_affinity(base.clone(), None)), Some(DEFAULT_AFFINITY_TIMEOUT_S));
+        assert_eq!(f(&with_affinity(base.clone(), Some(60))), Some(60));
+        let bad = with_affinity(base, Some(0));
+        let plan = plan_service(&bad, []);
+        assert_eq!(plan.frontends[0].affinity_timeout_s, Some(DEFAULT_AFFINITY_TIMEOUT_S));
+        assert_eq!(plan.problems[0].kind, ErrorKind::BadAffinityTimeout(0));
+    }
+
+    #[test]
+    fn duplicate_frontend_is_reported() {
+        let svc = service("ns", "s", "10.96.0.1", &[("a", 80, "TCP"), ("b", 80, "TCP"), ("c", 80, "UDP")]);
+        let plan = plan_service(&svc, []);
+        assert_eq!(plan.frontends.len(), 2);
+        assert!(matches!(plan.problems[0].kind, ErrorKind::DuplicateFrontend(_)));
+    }
+}

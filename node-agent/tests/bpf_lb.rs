@@ -1,0 +1,456 @@
+//! BPF_PROG_TEST_RUN tests of the "from pod" program on crafted packets: the real
+//! program in the kernel, maps written directly (the reconciler has its own tests).
+//!
+//! Needs root and bpffs; skips without them, fails under CI=true. Each test uses its own
+//! bpffs pin directory, removed at the end.
+
+use std::{net::Ipv4Addr, sync::Mutex, time::Duration};
+
+use aya::{
+    maps::{HashMap, Map, MapData},
+    programs::{TestRun, TestRunOptions},
+};
+use skiff_ebpf_common::{
+    BACKEND_FLAG_TERMINATING, Backend4, CT_DIR_FORWARD, CT_FLAG_CLOSING, Ct4Entry, Ct4Key, DEFAULT_HAIRPIN_ADDR,
+    LbConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RevNat4, SERVICE_FLAG_AFFINITY, Service4Key, Service4Value, addr_to_map,
+    pin, port_to_map,
+};
+use skiff_node::datapath::{Datapath, MapSizes, read_stats};
+use skiff_tests::{PinDir, require_privileges, unique_tag};
+
+/// Privileged tests run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const VPORT: u16 = 80;
+const BACKENDS: [Ipv4Addr; 3] =
+    [Ipv4Addr::new(10, 244, 1, 11), Ipv4Addr::new(10, 244, 1, 12), Ipv4Addr::new(10, 244, 1, 13)];
+const BPORT: u16 = 8080;
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+// ---- packets ---------------------------------------------------------------------
+
+fn sum16(data: &[u8], mut acc: u32) -> u32 {
+    for chunk in data.chunks(2) {
+        let word = if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { u16::from_be_bytes([chunk[0], 0]) };
+        acc += word as u32;
+    }
+    acc
+}
+
+fn fold(mut acc: u32) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, segment: &[u8]) -> u16 {
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, proto]);
+    pseudo.extend_from_slice(&(segment.len() as u16).to_be_bytes());
+    fold(sum16(segment, sum16(&pseudo, 0)))
+}
+
+/// An Ethernet + IPv4 + TCP/UDP frame with valid checksums.
+fn packet(proto: u8, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), tcp_flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&src.1.to_be_bytes());
+    l4.extend_from_slice(&dst.1.to_be_bytes());
+    if proto == PROTO_TCP {
+        l4.extend_from_slice(&1000u32.to_be_bytes()); // seq
+        l4.extend_from_slice(&(if tcp_flags & TCP_ACK != 0 { 5000u32 } else { 0 }).to_be_bytes());
+        l4.extend_from_slice(&[5 << 4, tcp_flags, 0xff, 0xff, 0, 0, 0, 0]);
+    } else {
+        l4.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        l4.extend_from_slice(&[0, 0]);
+    }
+    l4.extend_from_slice(payload);
+    let csum = l4_checksum(src.0, dst.0, proto, &l4);
+    let off = if proto == PROTO_TCP { 16 } else { 6 };
+    l4[off..off + 2].copy_from_slice(&csum.to_be_bytes());
+
+    let mut ip = vec![0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, proto, 0, 0];
+    ip[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&src.0.octets());
+    ip.extend_from_slice(&dst.0.octets());
+    let csum = fold(sum16(&ip, 0));
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+
+    let mut frame = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00];
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&l4);
+    frame
+}
+
+/// A parsed output frame; checksums are verified while parsing.
+#[derive(Debug)]
+struct Parsed {
+    eth_dst: [u8; 6],
+    proto: u8,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    tcp_flags: u8,
+    l4: Vec<u8>,
+}
+
+fn parse(frame: &[u8]) -> Parsed {
+    assert!(frame.len() >= 34, "frame too short: {frame:?}");
+    let ip = &frame[14..34];
+    assert_eq!(ip[0], 0x45);
+    assert_eq!(fold(sum16(ip, 0)), 0, "IP header checksum is wrong: {ip:02x?}");
+    let tot_len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    assert_eq!(tot_len + 14, frame.len(), "IP total length disagrees with the frame length");
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let l4 = frame[34..].to_vec();
+    let proto = ip[9];
+    match proto {
+        PROTO_TCP | PROTO_UDP => {
+            let udp_no_csum = proto == PROTO_UDP && l4[6] == 0 && l4[7] == 0;
+            if !udp_no_csum {
+                assert_eq!(l4_checksum(src, dst, proto, &l4), 0, "L4 checksum is wrong");
+            }
+        }
+        PROTO_ICMP => assert_eq!(fold(sum16(&l4, 0)), 0, "ICMP checksum is wrong"),
+        _ => {}
+    }
+    let mut eth_dst = [0; 6];
+    eth_dst.copy_from_slice(&frame[..6]);
+    Parsed {
+        eth_dst,
+        proto,
+        src,
+        dst,
+        sport: u16::from_be_bytes([l4[0], l4[1]]),
+        dport: u16::from_be_bytes([l4[2], l4[3]]),
+        tcp_flags: if proto == PROTO_TCP { l4[13] } else { 0 },
+        l4,
+    }
+}
+
+// ---- a loaded datapath with directly written maps -----------------------------------
+
+struct Harness {
+    datapath: Datapath,
+    pins: PinDir,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let pins = PinDir::new(&unique_tag("bpf"));
+        let datapath = Datapath::load(&pins.path, MapSizes::default()).expect("load datapath");
+        Self { datapath, pins }
+    }
+
+    fn hash<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> HashMap<MapData, K, V> {
+        let data = MapData::from_pin(self.pins.path.join(name)).expect("open pinned map");
+        let map = if name == pin::CT || name == pin::AFFINITY { Map::LruHashMap(data) } else { Map::HashMap(data) };
+        HashMap::try_from(map).expect("hash map")
+    }
+
+    fn add_backend(&self, id: u32, addr: Ipv4Addr, proto: u8, flags: u8) {
+        let backend = Backend4 { addr: addr_to_map(addr.octets()), port: port_to_map(BPORT), proto, flags };
+        self.hash::<u32, Backend4>(pin::BACKENDS).insert(id, backend, 0).unwrap();
+    }
+
+    /// Writes a frontend (VIP:VPORT/proto) whose slots hold `ids`, as the reconciler
+    /// would: slots first, then slot 0.
+    fn set_service(&self, proto: u8, ids: &[u32], flags: u16, affinity_timeout_s: u32) {
+        let mut services = self.hash::<Service4Key, Service4Value>(pin::SERVICES);
+        let vip = addr_to_map(VIP.octets());
+        for (i, id) in ids.iter().enumerate() {
+            let key = Service4Key::new(vip, port_to_map(VPORT), proto, i as u16 + 1);
+            services.insert(key, Service4Value { backend_id: *id, rev_nat_index: 1, ..Default::default() }, 0).unwrap();
+        }
+        let front = Service4Value {
+            count: ids.len() as u16,
+            rev_nat_index: 1,
+            flags,
+            affinity_timeout_s,
+            ..Default::default()
+        };
+        services.insert(Service4Key::new(vip, port_to_map(VPORT), proto, 0), front, 0).unwrap();
+        let rev = RevNat4 { addr: vip, port: port_to_map(VPORT), _pad: 0 };
+        self.hash::<u16, RevNat4>(pin::REV_NAT).insert(1, rev, 0).unwrap();
+    }
+
+    fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; 512];
+        let program = self.datapath.from_pod_program().unwrap();
+        let result = program
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    fn stat(&self, name: &str) -> u64 {
+        read_stats(&self.pins.path).unwrap().into_iter().find(|(n, _)| *n == name).unwrap().1
+    }
+}
+
+fn backend_index(addr: Ipv4Addr) -> usize {
+    BACKENDS.iter().position(|b| *b == addr).unwrap_or_else(|| panic!("{addr} is not a backend"))
+}
+
+fn with_harness(test: &str, f: impl FnOnce(&mut Harness)) {
+    if !require_privileges(test) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut h = Harness::new();
+    f(&mut h);
+}
+
+// ---- tests --------------------------------------------------------------------------
+
+#[test]
+fn dnat_rewrites_address_and_port_with_valid_checksums() {
+    with_harness("dnat_rewrites_address_and_port_with_valid_checksums", |h| {
+        for proto in [PROTO_TCP, PROTO_UDP] {
+            h.add_backend(1, BACKENDS[0], proto, 0);
+            h.set_service(proto, &[1], 0, 0);
+            let flags = if proto == PROTO_TCP { TCP_SYN } else { 0 };
+            let (action, out) = h.run(&packet(proto, (CLIENT, 40000), (VIP, VPORT), flags, b"hello world"));
+            assert_eq!(action, TC_ACT_OK);
+            let p = parse(&out);
+            assert_eq!((p.src, p.sport), (CLIENT, 40000), "source must be untouched");
+            assert_eq!((p.dst, p.dport), (BACKENDS[0], BPORT), "destination must be the backend");
+            assert!(p.l4.ends_with(b"hello world"));
+        }
+        // A UDP packet without checksum keeps none.
+        let mut frame = packet(PROTO_UDP, (CLIENT, 40001), (VIP, VPORT), 0, b"x");
+        frame[40] = 0;
+        frame[41] = 0;
+        let (_, out) = h.run(&frame);
+        assert_eq!(&out[40..42], &[0, 0], "a zero UDP checksum must stay zero");
+        assert!(h.stat("translated") >= 3);
+        assert!(h.stat("ct_new") >= 3);
+    });
+}
+
+#[test]
+fn non_service_traffic_passes_untouched() {
+    with_harness("non_service_traffic_passes_untouched", |h| {
+        h.add_backend(1, BACKENDS[0], PROTO_TCP, 0);
+        h.set_service(PROTO_TCP, &[1], 0, 0);
+        for frame in [
+            packet(PROTO_TCP, (CLIENT, 40000), (BACKENDS[1], 80), TCP_SYN, b""),
+            packet(PROTO_TCP, (CLIENT, 40000), (VIP, 81), TCP_SYN, b""),
+            packet(PROTO_UDP, (CLIENT, 40000), (VIP, VPORT), 0, b""),
+        ] {
+            let (action, out) = h.run(&frame);
+            assert_eq!(action, TC_ACT_OK);
+            assert_eq!(out, frame);
+        }
+    });
+}
+
+#[test]
+fn replies_are_reverse_translated() {
+    with_harness("replies_are_reverse_translated", |h| {
+        for proto in [PROTO_TCP, PROTO_UDP] {
+            h.add_backend(1, BACKENDS[1], proto, 0);
+            h.set_service(proto, &[1], 0, 0);
+            let syn = if proto == PROTO_TCP { TCP_SYN } else { 0 };
+            h.run(&packet(proto, (CLIENT, 41000), (VIP, VPORT), syn, b""));
+            let synack = if proto == PROTO_TCP { TCP_SYN | TCP_ACK } else { 0 };
+            let (action, out) = h.run(&packet(proto, (BACKENDS[1], BPORT), (CLIENT, 41000), synack, b"reply"));
+            assert_eq!(action, TC_ACT_OK);
+            let p = parse(&out);
+            assert_eq!((p.src, p.sport), (VIP, VPORT), "the client must only ever see the VIP");
+            assert_eq!((p.dst, p.dport), (CLIENT, 41000));
+        }
+        assert!(h.stat("rev_translated") >= 2);
+    });
+}
+
+#[test]
+fn no_backend_tcp_gets_reset() {
+    with_harness("no_backend_tcp_gets_reset", |h| {
+        h.set_service(PROTO_TCP, &[], 0, 0);
+        let (action, out) = h.run(&packet(PROTO_TCP, (CLIENT, 42000), (VIP, VPORT), TCP_SYN, b""));
+        assert_eq!(action, TC_ACT_REDIRECT, "the reset goes back out toward the pod");
+        let p = parse(&out);
+        assert_eq!(p.eth_dst, [0x02, 0, 0, 0, 0, 0x02], "Ethernet addresses are swapped");
+        assert_eq!((p.src, p.sport), (VIP, VPORT));
+        assert_eq!((p.dst, p.dport), (CLIENT, 42000));
+        assert_eq!(p.tcp_flags, TCP_RST | TCP_ACK);
+        let ack = u32::from_be_bytes([p.l4[8], p.l4[9], p.l4[10], p.l4[11]]);
+        assert_eq!(ack, 1001, "RST acknowledges the SYN");
+        // A RST toward a Service without backends is dropped, never answered.
+        let (action, _) = h.run(&packet(PROTO_TCP, (CLIENT, 42000), (VIP, VPORT), TCP_RST, b""));
+        assert_eq!(action, TC_ACT_SHOT);
+        assert!(h.stat("no_backend") >= 2);
+    });
+}
+
+#[test]
+fn no_backend_udp_gets_port_unreachable() {
+    with_harness("no_backend_udp_gets_port_unreachable", |h| {
+        h.set_service(PROTO_UDP, &[], 0, 0);
+        let frame = packet(PROTO_UDP, (CLIENT, 43000), (VIP, VPORT), 0, b"some payload");
+        let (action, out) = h.run(&frame);
+        assert_eq!(action, TC_ACT_REDIRECT);
+        let p = parse(&out);
+        assert_eq!(p.proto, PROTO_ICMP);
+        assert_eq!((p.src, p.dst), (VIP, CLIENT));
+        assert_eq!(&p.l4[..2], &[3, 3], "ICMP destination unreachable, port unreachable");
+        assert_eq!(&p.l4[8..36], &frame[14..42], "the original IP header and 8 bytes follow");
+    });
+}
+
+#[test]
+fn affinity_pins_a_client_to_one_backend() {
+    with_harness("affinity_pins_a_client_to_one_backend", |h| {
+        for (i, b) in BACKENDS.iter().enumerate() {
+            h.add_backend(i as u32 + 1, *b, PROTO_TCP, 0);
+        }
+        h.set_service(PROTO_TCP, &[1, 2, 3], SERVICE_FLAG_AFFINITY, 10_800);
+        let mut seen = std::collections::BTreeSet::new();
+        for sport in 0..30 {
+            let (_, out) = h.run(&packet(PROTO_TCP, (CLIENT, 44000 + sport), (VIP, VPORT), TCP_SYN, b""));
+            seen.insert(parse(&out).dst);
+        }
+        assert_eq!(seen.len(), 1, "with ClientIP affinity every new flow goes to one backend: {seen:?}");
+        // Another client may land elsewhere, and is pinned too.
+        let other = Ipv4Addr::new(10, 244, 1, 20);
+        let mut seen_other = std::collections::BTreeSet::new();
+        for sport in 0..10 {
+            let (_, out) = h.run(&packet(PROTO_TCP, (other, 44000 + sport), (VIP, VPORT), TCP_SYN, b""));
+            seen_other.insert(parse(&out).dst);
+        }
+        assert_eq!(seen_other.len(), 1);
+
+        // Without affinity, 30 new flows spread over more than one backend.
+        h.set_service(PROTO_TCP, &[1, 2, 3], 0, 0);
+        let mut spread = std::collections::BTreeSet::new();
+        for sport in 0..30 {
+            let (_, out) = h.run(&packet(PROTO_TCP, (CLIENT, 45000 + sport), (VIP, VPORT), TCP_SYN, b""));
+            spread.insert(parse(&out).dst);
+        }
+        assert!(spread.len() > 1, "random selection must spread flows: {spread:?}");
+    });
+}
+
+#[test]
+fn affinity_skips_a_terminating_backend() {
+    with_harness("affinity_skips_a_terminating_backend", |h| {
+        for (i, b) in BACKENDS.iter().enumerate() {
+            h.add_backend(i as u32 + 1, *b, PROTO_TCP, 0);
+        }
+        h.set_service(PROTO_TCP, &[1, 2, 3], SERVICE_FLAG_AFFINITY, 10_800);
+        let (_, out) = h.run(&packet(PROTO_TCP, (CLIENT, 46000), (VIP, VPORT), TCP_SYN, b""));
+        let first = backend_index(parse(&out).dst);
+        let id = first as u32 + 1;
+        h.add_backend(id, BACKENDS[first], PROTO_TCP, BACKEND_FLAG_TERMINATING);
+        let rest: Vec<u32> = (1..=3).filter(|i| *i != id).collect();
+        h.set_service(PROTO_TCP, &rest, SERVICE_FLAG_AFFINITY, 10_800);
+        for sport in 1..10 {
+            let (_, out) = h.run(&packet(PROTO_TCP, (CLIENT, 46000 + sport), (VIP, VPORT), TCP_SYN, b""));
+            assert_ne!(parse(&out).dst, BACKENDS[first], "a terminating backend gets no new flows");
+        }
+    });
+}
+
+#[test]
+fn conntrack_keeps_a_flow_on_its_backend_after_the_backend_set_changes() {
+    with_harness("conntrack_keeps_a_flow_on_its_backend_after_the_backend_set_changes", |h| {
+        for (i, b) in BACKENDS.iter().enumerate() {
+            h.add_backend(i as u32 + 1, *b, PROTO_TCP, 0);
+        }
+        h.set_service(PROTO_TCP, &[1, 2, 3], 0, 0);
+        let (_, out) = h.run(&packet(PROTO_TCP, (CLIENT, 47000), (VIP, VPORT), TCP_SYN, b""));
+        let chosen = backend_index(parse(&out).dst);
+        // The chosen backend is now terminating: out of the slots, still in the backends map.
+        let id = chosen as u32 + 1;
+        h.add_backend(id, BACKENDS[chosen], PROTO_TCP, BACKEND_FLAG_TERMINATING);
+        let rest: Vec<u32> = (1..=3).filter(|i| *i != id).collect();
+        h.set_service(PROTO_TCP, &rest, 0, 0);
+        // Drop the now-stale slot 3 the way the reconciler does.
+        let mut services = h.hash::<Service4Key, Service4Value>(pin::SERVICES);
+        let _ = services.remove(&Service4Key::new(addr_to_map(VIP.octets()), port_to_map(VPORT), PROTO_TCP, 3));
+        for _ in 0..20 {
+            let (_, out) = h.run(&packet(PROTO_TCP, (CLIENT, 47000), (VIP, VPORT), TCP_ACK, b"data"));
+            assert_eq!(parse(&out).dst, BACKENDS[chosen], "an established flow stays on its backend");
+        }
+        for sport in 1..20 {
+            let (_, out) = h.run(&packet(PROTO_TCP, (CLIENT, 47000 + sport), (VIP, VPORT), TCP_SYN, b""));
+            assert_ne!(parse(&out).dst, BACKENDS[chosen], "new flows avoid the removed backend");
+        }
+    });
+}
+
+#[test]
+fn tcp_entries_close_after_fin_and_udp_entries_expire_when_idle() {
+    with_harness("tcp_entries_close_after_fin_and_udp_entries_expire_when_idle", |h| {
+        h.datapath
+            .set_config(LbConfig { udp_timeout_s: 1, tcp_closing_timeout_s: 1, ..Default::default() })
+            .unwrap();
+        for (i, b) in BACKENDS.iter().enumerate() {
+            h.add_backend(i as u32 + 1, *b, PROTO_TCP, 0);
+            h.add_backend(i as u32 + 11, *b, PROTO_UDP, 0);
+        }
+        h.set_service(PROTO_TCP, &[1], 0, 0);
+        h.set_service(PROTO_UDP, &[11], 0, 0);
+        h.run(&packet(PROTO_TCP, (CLIENT, 48000), (VIP, VPORT), TCP_SYN, b""));
+        h.run(&packet(PROTO_UDP, (CLIENT, 48001), (VIP, VPORT), 0, b""));
+        // A FIN from the backend marks the flow closing.
+        h.run(&packet(PROTO_TCP, (BACKENDS[0], BPORT), (CLIENT, 48000), TCP_FIN | TCP_ACK, b""));
+        let ct = h.hash::<Ct4Key, Ct4Entry>(pin::CT);
+        let key = Ct4Key {
+            saddr: addr_to_map(CLIENT.octets()),
+            daddr: addr_to_map(VIP.octets()),
+            sport: port_to_map(48000),
+            dport: port_to_map(VPORT),
+            proto: PROTO_TCP,
+            dir: CT_DIR_FORWARD,
+            _pad: [0; 2],
+        };
+        assert_ne!(ct.get(&key, 0).unwrap().flags & CT_FLAG_CLOSING, 0, "FIN must mark the entry closing");
+
+        // Move both Services to backend 2; live flows stay, expired ones move.
+        h.set_service(PROTO_TCP, &[2], 0, 0);
+        h.set_service(PROTO_UDP, &[12], 0, 0);
+        let (_, out) = h.run(&packet(PROTO_UDP, (CLIENT, 48001), (VIP, VPORT), 0, b""));
+        assert_eq!(parse(&out).dst, BACKENDS[0], "a live UDP flow stays");
+        std::thread::sleep(Duration::from_millis(2100));
+        let (_, out) = h.run(&packet(PROTO_UDP, (CLIENT, 48001), (VIP, VPORT), 0, b""));
+        assert_eq!(parse(&out).dst, BACKENDS[1], "an idle UDP flow expires and selects afresh");
+        let (_, out) = h.run(&packet(PROTO_TCP, (CLIENT, 48000), (VIP, VPORT), TCP_SYN, b""));
+        assert_eq!(parse(&out).dst, BACKENDS[1], "a SYN after FIN on the same tuple is a new flow");
+    });
+}
+
+#[test]
+fn hairpin_flows_are_source_translated_both_ways() {
+    with_harness("hairpin_flows_are_source_translated_both_ways", |h| {
+        // The client pod is the Service's only backend.
+        let backend = Backend4 { addr: addr_to_map(CLIENT.octets()), port: port_to_map(BPORT), proto: PROTO_TCP, flags: 0 };
+        h.hash::<u32, Backend4>(pin::BACKENDS).insert(1, backend, 0).unwrap();
+        h.set_service(PROTO_TCP, &[1], 0, 0);
+        let hairpin = Ipv4Addr::from(DEFAULT_HAIRPIN_ADDR.to_ne_bytes());
+        let (_, out) = h.run(&packet(PROTO_TCP, (CLIENT, 49000), (VIP, VPORT), TCP_SYN, b""));
+        let p = parse(&out);
+        assert_eq!((p.src, p.sport), (hairpin, 49000), "the source must not be the pod's own address");
+        assert_eq!((p.dst, p.dport), (CLIENT, BPORT));
+        let (_, out) = h.run(&packet(PROTO_TCP, (CLIENT, BPORT), (hairpin, 49000), TCP_SYN | TCP_ACK, b""));
+        let p = parse(&out);
+        assert_eq!((p.src, p.sport), (VIP, VPORT));
+        assert_eq!((p.dst, p.dport), (CLIENT, 49000));
+    });
+}

@@ -1,0 +1,82 @@
+//! `cargo xtask`: the project's one entry point for machine setup, BPF builds, tests,
+//! the demo and benchmarks. This file only parses the command line and dispatches;
+//! each subcommand lives in a module of its own.
+
+mod bench;
+mod build_ebpf;
+mod demo;
+mod setup;
+mod test;
+mod toolchain;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Skiff's developer tasks",
+    version
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what this machine lacks: Debian packages, the pinned nightly toolchain,
+    /// bpf-linker, and the bpffs mount. Fast when everything is already there.
+    Setup,
+    /// Build the BPF programs (ebpf/programs) into eBPF objects.
+    BuildEbpf {
+        /// Build with the dev profile instead of release.
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Run all tests: setup, build-ebpf, then `cargo test` for the whole workspace.
+    Test {
+        /// Extra arguments for `cargo test`, after `--`
+        /// (e.g. `cargo xtask test -- -p skiff-node -- --nocapture`).
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Bring up a local cluster on this machine and show a request crossing it.
+    Demo,
+    /// Run a benchmark of one area of the datapath or control plane.
+    Bench {
+        /// What to measure.
+        area: String,
+        /// Extra arguments for the benchmark, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Prints the error and its causes, one per line, without anyhow's backtrace (which
+/// `RUST_BACKTRACE=1` would otherwise add): these errors are for people, and say what to do.
+fn main() -> ExitCode {
+    match dispatch(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Setup => setup::run(),
+        Command::BuildEbpf { debug } => build_ebpf::run(!debug),
+        Command::Test { cargo_args } => test::run(&cargo_args),
+        Command::Demo => demo::run(),
+        Command::Bench { area, args } => bench::run(&area, &args),
+    }
+}

@@ -1,0 +1,160 @@
+//! `cargo xtask setup`: installs what a fresh machine lacks, idempotently — Debian
+//! packages, the BPF toolchain (see `toolchain`), and the bpffs mount. Every check
+//! runs without root and the whole command takes about a second when nothing is
+//! missing; only installing needs root, and then a clear error says so.
+//!
+//! It must not change kernel settings of the root network namespace (in particular
+//! `net.ipv4.ip_forward`): tests and the local cluster live in namespaces of their own.
+
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::toolchain;
+use crate::util::{is_root, progress, run_checked};
+
+/// Debian packages the project needs: networking tools for the datapath and tests,
+/// protoc for the CRI client's build, containerd/runc/CNI plugins and etcd for the
+/// local cluster.
+pub const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "iptables",
+    "nftables",
+    "bpftool",
+    "iperf3",
+    "protobuf-compiler",
+    "containerd",
+    "runc",
+    "containernetworking-plugins",
+    "etcd-server",
+    "etcd-client",
+    "tcpdump",
+    "ethtool",
+    "util-linux",
+    "procps",
+];
+
+/// Where bpffs must be mounted for pinning maps, programs and links.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+pub fn run() -> Result<()> {
+    let started = Instant::now();
+    ensure_packages()?;
+    let tc = toolchain::ensure()?;
+    ensure_bpffs()?;
+    progress(
+        "setup",
+        &format!(
+            "ready in {:.1} s: {} Debian packages, {} at {}, bpf-linker in {}, bpffs at {BPFFS}",
+            started.elapsed().as_secs_f64(),
+            DEBIAN_PACKAGES.len(),
+            toolchain::NIGHTLY,
+            tc.sysroot.display(),
+            tc.bpf_linker_bin_dir.display(),
+        ),
+    );
+    Ok(())
+}
+
+/// The packages of `DEBIAN_PACKAGES` that are not installed, by one `dpkg-query` call.
+pub fn missing_packages() -> Result<Vec<&'static str>> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Package} ${Status}\n"])
+        .args(DEBIAN_PACKAGES)
+        .output()
+        .context(
+            "cannot run dpkg-query: this does not look like a Debian-based machine; \
+             install the packages listed in xtask/src/setup.rs (DEBIAN_PACKAGES) by hand",
+        )?;
+    // dpkg-query exits 1 when some package is unknown; its stdout still lists the known ones.
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let installed: Vec<&str> = listed
+        .lines()
+        .filter_map(|l| l.strip_suffix(" install ok installed"))
+        .map(|name| name.split(':').next().unwrap_or(name))
+        .collect();
+    Ok(DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed.contains(p))
+        .collect())
+}
+
+/// Installs the missing Debian packages (one `apt-get update`, one `apt-get install`).
+pub fn ensure_packages() -> Result<()> {
+    let missing = missing_packages()?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list = missing.join(" ");
+    if !is_root() {
+        bail!(
+            "missing Debian packages: {list}. Install them as root \
+             (`sudo apt-get install -y --no-install-recommends {list}`) or run `cargo xtask setup` as root"
+        );
+    }
+    progress(
+        "setup",
+        &format!("installing Debian packages: {list}; apt-get update first (about 10 seconds)..."),
+    );
+    run_checked(
+        Command::new("apt-get")
+            .args(["-q", "update"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        "check the network and /etc/apt/sources.list, then run `cargo xtask setup` again",
+    )?;
+    progress(
+        "setup",
+        &format!("apt-get install {list} (up to a minute)..."),
+    );
+    run_checked(
+        Command::new("apt-get")
+            .args(["-q", "install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        "read apt's message above (a package unknown to this Debian release, or a held lock), \
+         fix it, then run `cargo xtask setup` again",
+    )?;
+    let still = missing_packages()?;
+    if !still.is_empty() {
+        bail!(
+            "apt-get reported success but these packages are still not installed: {}; check `dpkg --audit`",
+            still.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// Whether a bpf filesystem is mounted at `BPFFS`, according to /proc/mounts.
+pub fn bpffs_mounted() -> Result<bool> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("cannot read /proc/mounts")?;
+    Ok(mounts.lines().any(|line| {
+        let mut fields = line.split_whitespace().skip(1);
+        fields.next() == Some(BPFFS) && fields.next() == Some("bpf")
+    }))
+}
+
+/// Mounts bpffs at `BPFFS` unless it is there already.
+pub fn ensure_bpffs() -> Result<()> {
+    if bpffs_mounted()? {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "bpffs is not mounted at {BPFFS}; as root run `mount -t bpf bpf {BPFFS}` or `cargo xtask setup`"
+        );
+    }
+    progress("setup", &format!("mounting bpffs at {BPFFS}"));
+    std::fs::create_dir_all(BPFFS).with_context(|| format!("cannot create {BPFFS}"))?;
+    run_checked(
+        Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]),
+        "the kernel needs CONFIG_BPF_SYSCALL, and a container needs CAP_SYS_ADMIN to mount",
+    )?;
+    if !bpffs_mounted()? {
+        bail!(
+            "`mount -t bpf bpf {BPFFS}` succeeded but /proc/mounts shows no bpf filesystem there"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! `cargo xtask test`: the project's one test command (README and `.ci/run` name it).
+//! Checks the machine (packages, bpffs), builds the BPF objects, then runs `cargo test`
+//! for the workspace's default members (everything but the BPF crate) with
+//! `SKIFF_EBPF_DIR` pointing at the objects. Privileged tests need root: under CI
+//! (`CI=true`) not being root is an error; elsewhere they skip, with a warning here.
+//!
+//! Kept lean on purpose: no clippy, no release build of the workspace.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::build_ebpf::build_ebpf;
+use crate::setup;
+use crate::util::{display, is_ci, is_root, progress, workspace_root};
+
+/// The variable through which tests find the BPF objects.
+pub const EBPF_DIR_ENV: &str = "SKIFF_EBPF_DIR";
+
+pub fn run(cargo_args: &[String]) -> Result<()> {
+    let started = Instant::now();
+    let root = is_root();
+    if !root {
+        if is_ci() {
+            bail!(
+                "CI=true but not running as root: privileged tests (BPF, network namespaces) would be skipped; run CI as root"
+            );
+        }
+        progress(
+            "test",
+            "WARNING: not root, so privileged tests (BPF, network namespaces) will skip; run as root to run them all",
+        );
+    }
+
+    setup::ensure_packages()?;
+    if root {
+        setup::ensure_bpffs()?;
+    }
+    let ebpf_dir = build_ebpf(true)?;
+
+    // The cargo that runs xtask (stable), not whatever `cargo` PATH finds first.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["test", "--no-fail-fast"])
+        .args(cargo_args)
+        .current_dir(workspace_root())
+        .env(EBPF_DIR_ENV, &ebpf_dir)
+        .stdout(Stdio::piped());
+    progress(
+        "test",
+        &format!(
+            "running `{}` ({EBPF_DIR_ENV}={})...",
+            display(&cmd),
+            ebpf_dir.display()
+        ),
+    );
+
+    let mut child = cmd
+        .spawn()
+        .context("cannot start `cargo test`; is cargo on PATH?")?;
+    let stdout = child
+        .stdout
+        .take()
+        .context("cargo test's stdout was not captured")?;
+    // Pass the output through line by line and add up libtest's "test result:" lines.
+    let mut tally = Tally::default();
+    let mut out = std::io::stdout().lock();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("cannot read cargo test's output")?;
+        tally.add(&line);
+        // Best effort: if our stdout goes away (`| head`), keep draining so that cargo
+        // test still runs to its end and is waited for, instead of being orphaned.
+        let _ = writeln!(out, "{line}");
+    }
+    drop(out);
+    let status = child.wait().context("cannot wait for cargo test")?;
+
+    let secs = started.elapsed().as_secs_f64();
+    let skipped = if root {
+        ""
+    } else {
+        "; privileged tests skipped (not root)"
+    };
+    if status.success() {
+        progress("test", &format!("ok: {tally} in {secs:.0} s{skipped}"));
+        Ok(())
+    } else {
+        bail!(
+            "cargo test failed ({status}): {tally} in {secs:.0} s{skipped}; the failing tests and targets are listed above"
+        )
+    }
+}
+
+/// Totals over libtest's `test result: ok. 3 passed; 0 failed; 1 ignored; ...` lines.
+#[derive(Debug, Default, PartialEq)]
+struct Tally {
+    binaries: u32,
+    passed: u32,
+    failed: u32,
+    ignored: u32,
+}
+
+impl Tally {
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        self.binaries += 1;
+        for part in rest.split(['.', ';']) {
+            let mut words = part.split_whitespace();
+            let (Some(n), Some(what)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u32>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} passed, {} failed, {} ignored across {} test binaries",
+            self.passed, self.failed, self.ignored, self.binaries
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn tally_adds_libtest_result_lines() {
+        let mut t = Tally::default();
+        t.add("test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s");
+        t.add("test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 5 filtered out; finished in 1.20s");
+        t.add("running 3 tests");
+        assert_eq!(
+            t,
+            Tally {
+                binaries: 2,
+                passed: 4,
+                failed: 2,
+                ignored: 1
+            }
+        );
+    }
+}
