@@ -185,7 +185,7 @@ impl Harness {
         };
         services.insert(Service4Key::new(vip, port_to_map(VPORT), proto, 0), front, 0).unwrap();
         let rev = RevNat4 { addr: vip, port: port_to_map(VPORT), _pad: 0 };
-        self.hash::<u16, RevNat4>(pin::REV_NAT).insert(1, rev, 0).unwrap();
+        self.hash::<u32, RevNat4>(pin::REV_NAT).insert(1, rev, 0).unwrap();
     }
 
     fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {

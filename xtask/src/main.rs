@@ -5,6 +5,7 @@
 mod bench;
 mod build_ebpf;
 mod demo;
+mod lbsetup;
 mod setup;
 mod test;
 mod toolchain;

@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::build_ebpf::build_ebpf;
 use crate::setup;
-use crate::util::{display, is_ci, is_root, progress, workspace_root};
+use crate::util::{display, is_ci, is_root, progress, run_checked, workspace_root};
 
 /// The variable through which tests find the BPF objects.
 pub const EBPF_DIR_ENV: &str = "SKIFF_EBPF_DIR";
@@ -42,6 +42,16 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
 
     // The cargo that runs xtask (stable), not whatever `cargo` PATH finds first.
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // Integration tests run other packages' binaries (the agent, the echo app), which
+    // `cargo test` builds only for the package under test.
+    let mut build = Command::new(&cargo);
+    build
+        .args(["build", "--bins"])
+        .current_dir(workspace_root())
+        .env(EBPF_DIR_ENV, &ebpf_dir);
+    progress("test", &format!("building the binaries: `{}`...", display(&build)));
+    run_checked(&mut build, "fix the build errors above")?;
+
     let mut cmd = Command::new(cargo);
     cmd.args(["test", "--no-fail-fast"])
         .args(cargo_args)

@@ -36,7 +36,7 @@ pub mod pin {
 /// Default capacities. User space may raise them at load time (benchmarks do); an
 /// existing pinned map keeps the size it was created with.
 pub mod capacity {
-    pub const SERVICES: u32 = 65_536;
+    pub const SERVICES: u32 = 131_072;
     pub const BACKENDS: u32 = 65_536;
     pub const REV_NAT: u32 = 65_536;
     pub const CT: u32 = 262_144;
@@ -80,11 +80,12 @@ pub const SERVICE_FLAG_AFFINITY: u16 = 1 << 0;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Service4Value {
     pub backend_id: u32,
+    /// Index into the reverse-NAT map; 32 bits because a large cluster has more than
+    /// 65,535 Service ports.
+    pub rev_nat_index: u32,
     /// Number of backends that take new flows; 0 means "reject".
     pub count: u16,
-    pub rev_nat_index: u16,
     pub flags: u16,
-    pub _pad: u16,
     pub affinity_timeout_s: u32,
 }
 const _: () = assert!(size_of::<Service4Value>() == 16);
@@ -106,7 +107,7 @@ pub struct Backend4 {
 }
 const _: () = assert!(size_of::<Backend4>() == 8);
 
-/// Value of the reverse-NAT map (key: `rev_nat_index`, `u16`): what replies must look
+/// Value of the reverse-NAT map (key: `rev_nat_index`, `u32`): what replies must look
 /// like they come from.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -157,14 +158,13 @@ pub struct Ct4Entry {
     /// The chosen backend.
     pub backend_id: u32,
     pub backend_addr: u32,
+    pub rev_nat_index: u32,
     pub backend_port: u16,
-    pub rev_nat_index: u16,
     pub flags: u16,
-    pub _pad0: u16,
     /// The client's own address (for reply entries of hairpin flows it differs from
     /// the reply's destination).
     pub client_addr: u32,
-    pub _pad1: u32,
+    pub _pad: u32,
 }
 const _: () = assert!(size_of::<Ct4Entry>() == 32);
 
@@ -173,8 +173,7 @@ const _: () = assert!(size_of::<Ct4Entry>() == 32);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Affinity4Key {
     pub client_addr: u32,
-    pub rev_nat_index: u16,
-    pub _pad: u16,
+    pub rev_nat_index: u32,
 }
 const _: () = assert!(size_of::<Affinity4Key>() == 8);
 

@@ -73,12 +73,11 @@ fn to_service(ctx: &TcContext, pkt: &Packet, frontend: &Service4Key, svc: &Servi
         last_seen_ns: now,
         backend_id,
         backend_addr: backend.addr,
-        backend_port: backend.port,
         rev_nat_index: svc.rev_nat_index,
+        backend_port: backend.port,
         flags,
-        _pad0: 0,
         client_addr: pkt.saddr,
-        _pad1: 0,
+        _pad: 0,
     };
     let reply = Ct4Key {
         saddr: backend.addr,
@@ -99,7 +98,7 @@ fn to_service(ctx: &TcContext, pkt: &Packet, frontend: &Service4Key, svc: &Servi
 #[inline(always)]
 fn select_backend(pkt: &Packet, frontend: &Service4Key, svc: &Service4Value, now: u64) -> Result<(u32, Backend4), Drop> {
     let affinity = svc.flags & SERVICE_FLAG_AFFINITY != 0;
-    let akey = Affinity4Key { client_addr: pkt.saddr, rev_nat_index: svc.rev_nat_index, _pad: 0 };
+    let akey = Affinity4Key { client_addr: pkt.saddr, rev_nat_index: svc.rev_nat_index };
     if affinity {
         // SAFETY: copied out at once.
         if let Some(prev) = unsafe { AFFINITY_V1.get(&akey) }.copied() {

@@ -18,7 +18,7 @@ pub static SERVICES_V1: HashMap<Service4Key, Service4Value> =
 pub static BACKENDS_V1: HashMap<u32, Backend4> = HashMap::pinned(capacity::BACKENDS, 0);
 
 #[map]
-pub static REV_NAT_V1: HashMap<u16, RevNat4> = HashMap::pinned(capacity::REV_NAT, 0);
+pub static REV_NAT_V1: HashMap<u32, RevNat4> = HashMap::pinned(capacity::REV_NAT, 0);
 
 #[map]
 pub static CT4_V1: LruHashMap<Ct4Key, Ct4Entry> = LruHashMap::pinned(capacity::CT, 0);

@@ -34,10 +34,10 @@ pub enum Error {
     Load { object: &'static str, source: Box<aya::EbpfError> },
     #[error("program {program}: {source}")]
     Program { program: &'static str, source: Box<aya::programs::ProgramError> },
-    #[error("pinning {path}: {source}")]
-    Pin { path: PathBuf, source: String },
-    #[error("attaching {program} to interface {interface}: {source}")]
-    Attach { program: &'static str, interface: String, source: String },
+    #[error("pinning {path}: {reason}")]
+    Pin { path: PathBuf, reason: String },
+    #[error("attaching {program} to interface {interface}: {reason}")]
+    Attach { program: &'static str, interface: String, reason: String },
     #[error("map {map} under {dir}: {source}")]
     Map { map: &'static str, dir: PathBuf, source: Box<aya::maps::MapError> },
 }
@@ -86,9 +86,9 @@ impl Datapath {
         }
         let mut from_pod = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
-            .set_max_entries(pin::SERVICES, sizes.services)
-            .set_max_entries(pin::BACKENDS, sizes.backends)
-            .set_max_entries(pin::CT, sizes.ct)
+            .map_max_entries(pin::SERVICES, sizes.services)
+            .map_max_entries(pin::BACKENDS, sizes.backends)
+            .map_max_entries(pin::CT, sizes.ct)
             .load(FROM_POD_OBJ)
             .map_err(|source| Error::Load { object: "from-pod", source: Box::new(source) })?;
         let program = from_pod_program(&mut from_pod)?;
@@ -100,7 +100,7 @@ impl Datapath {
         let _ = std::fs::remove_file(&prog_pin);
         program
             .pin(&prog_pin)
-            .map_err(|e| Error::Pin { path: prog_pin.clone(), source: e.to_string() })?;
+            .map_err(|e| Error::Pin { path: prog_pin.clone(), reason: e.to_string() })?;
         info!(pin_dir = %pin_dir.display(), "datapath loaded");
         Ok(Self { pin_dir: pin_dir.to_path_buf(), from_pod })
     }
@@ -118,7 +118,7 @@ impl Datapath {
     /// atomically, so no packet meets an interface without a program.
     pub fn attach_from_pod(&mut self, interface: &str) -> Result<Attached> {
         let link_pin = self.link_pin(interface);
-        let attach_err = |source: String| Error::Attach { program: "from_pod", interface: interface.to_owned(), source };
+        let attach_err = |reason: String| Error::Attach { program: "from_pod", interface: interface.to_owned(), reason };
         let program = from_pod_program(&mut self.from_pod)?;
         match PinnedLink::from_pin(&link_pin) {
             Ok(old) => {
@@ -133,7 +133,7 @@ impl Datapath {
                 let id = program.attach(interface, TcAttachType::Ingress).map_err(|e| attach_err(e.to_string()))?;
                 let link = program.take_link(id).map_err(|e| attach_err(e.to_string()))?;
                 let fd_link: FdLink = link.try_into().map_err(|e: LinkError| attach_err(e.to_string()))?;
-                fd_link.pin(&link_pin).map_err(|e| Error::Pin { path: link_pin.clone(), source: e.to_string() })?;
+                fd_link.pin(&link_pin).map_err(|e| Error::Pin { path: link_pin.clone(), reason: e.to_string() })?;
                 debug!(interface, "attached new link");
                 Ok(Attached::New)
             }
@@ -146,7 +146,7 @@ impl Datapath {
         match std::fs::remove_file(self.link_pin(interface)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::Pin { path: self.link_pin(interface), source: e.to_string() }),
+            Err(e) => Err(Error::Pin { path: self.link_pin(interface), reason: e.to_string() }),
         }
     }
 
@@ -164,7 +164,7 @@ impl Datapath {
 fn from_pod_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
     let program = ebpf
         .program_mut("from_pod")
-        .ok_or_else(|| Error::Pin { path: PathBuf::from("from_pod"), source: "program missing from object".into() })?;
+        .ok_or_else(|| Error::Pin { path: PathBuf::from("from_pod"), reason: "program missing from object".into() })?;
     program
         .try_into()
         .map_err(|source| Error::Program { program: "from_pod", source: Box::new(source) })

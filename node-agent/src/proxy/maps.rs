@@ -15,8 +15,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use skiff_ebpf_common::{
-    BACKEND_FLAG_TERMINATING, Backend4, PROTO_TCP, PROTO_UDP, RevNat4, SERVICE_FLAG_AFFINITY,
-    Service4Key, Service4Value, addr_from_map, pin, port_from_map,
+    BACKEND_FLAG_TERMINATING, Backend4, PROTO_TCP, PROTO_UDP, RevNat4, SERVICE_FLAG_AFFINITY, Service4Key,
+    Service4Value, addr_from_map, pin, port_from_map,
 };
 
 /// Which of the three maps an error or a write is about.
@@ -98,15 +98,15 @@ pub trait LbMaps {
     fn delete_backend(&mut self, id: u32) -> Result<()>;
     fn upsert_service(&mut self, key: &Service4Key, value: &Service4Value) -> Result<()>;
     fn delete_service(&mut self, key: &Service4Key) -> Result<()>;
-    fn upsert_rev_nat(&mut self, index: u16, rev_nat: &RevNat4) -> Result<()>;
-    fn delete_rev_nat(&mut self, index: u16) -> Result<()>;
+    fn upsert_rev_nat(&mut self, index: u32, rev_nat: &RevNat4) -> Result<()>;
+    fn delete_rev_nat(&mut self, index: u32) -> Result<()>;
 
     /// Every entry of the services map, in no particular order.
     fn dump_services(&self) -> Result<Vec<(Service4Key, Service4Value)>>;
     /// Every entry of the backends map, in no particular order.
     fn dump_backends(&self) -> Result<Vec<(u32, Backend4)>>;
     /// Every entry of the reverse-NAT map, in no particular order.
-    fn dump_rev_nat(&self) -> Result<Vec<(u16, RevNat4)>>;
+    fn dump_rev_nat(&self) -> Result<Vec<(u32, RevNat4)>>;
 }
 
 impl<M: LbMaps + ?Sized> LbMaps for &mut M {
@@ -122,10 +122,10 @@ impl<M: LbMaps + ?Sized> LbMaps for &mut M {
     fn delete_service(&mut self, key: &Service4Key) -> Result<()> {
         (**self).delete_service(key)
     }
-    fn upsert_rev_nat(&mut self, index: u16, rev_nat: &RevNat4) -> Result<()> {
+    fn upsert_rev_nat(&mut self, index: u32, rev_nat: &RevNat4) -> Result<()> {
         (**self).upsert_rev_nat(index, rev_nat)
     }
-    fn delete_rev_nat(&mut self, index: u16) -> Result<()> {
+    fn delete_rev_nat(&mut self, index: u32) -> Result<()> {
         (**self).delete_rev_nat(index)
     }
     fn dump_services(&self) -> Result<Vec<(Service4Key, Service4Value)>> {
@@ -134,7 +134,7 @@ impl<M: LbMaps + ?Sized> LbMaps for &mut M {
     fn dump_backends(&self) -> Result<Vec<(u32, Backend4)>> {
         (**self).dump_backends()
     }
-    fn dump_rev_nat(&self) -> Result<Vec<(u16, RevNat4)>> {
+    fn dump_rev_nat(&self) -> Result<Vec<(u32, RevNat4)>> {
         (**self).dump_rev_nat()
     }
 }
@@ -156,13 +156,8 @@ fn ip(addr: u32) -> Ipv4Addr {
 
 /// `10.96.0.10:80/TCP slot 0` (scope shown only when set, which Skiff does not do yet).
 pub fn display_service_key(key: &Service4Key) -> String {
-    let mut s = format!(
-        "{}:{}/{} slot {}",
-        ip(key.addr),
-        port_from_map(key.dport),
-        proto_name(key.proto),
-        key.backend_slot
-    );
+    let mut s =
+        format!("{}:{}/{} slot {}", ip(key.addr), port_from_map(key.dport), proto_name(key.proto), key.backend_slot);
     if key.scope != 0 {
         let _ = write!(s, " scope {}", key.scope);
     }
@@ -212,9 +207,7 @@ pub fn render_dump<M: LbMaps + ?Sized>(maps: &M) -> Result<String> {
     let mut out = String::new();
 
     let mut services = maps.dump_services()?;
-    services.sort_by_key(|(k, _)| {
-        (ip(k.addr), port_from_map(k.dport), k.proto, k.scope, k.backend_slot)
-    });
+    services.sort_by_key(|(k, _)| (ip(k.addr), port_from_map(k.dport), k.proto, k.scope, k.backend_slot));
     for (key, value) in &services {
         if key.backend_slot == 0 {
             let _ = writeln!(
@@ -240,12 +233,7 @@ pub fn render_dump<M: LbMaps + ?Sized>(maps: &M) -> Result<String> {
     let mut backends = maps.dump_backends()?;
     backends.sort_by_key(|(id, _)| *id);
     for (id, backend) in &backends {
-        let _ = writeln!(
-            out,
-            "backend {id} {} flags={}",
-            display_backend(backend),
-            backend_flags(backend.flags)
-        );
+        let _ = writeln!(out, "backend {id} {} flags={}", display_backend(backend), backend_flags(backend.flags));
     }
 
     let mut rev_nat = maps.dump_rev_nat()?;
@@ -281,7 +269,7 @@ impl std::fmt::Display for WriteOp {
 pub struct FakeLbMaps {
     pub services: BTreeMap<Service4Key, Service4Value>,
     pub backends: BTreeMap<u32, Backend4>,
-    pub rev_nat: BTreeMap<u16, RevNat4>,
+    pub rev_nat: BTreeMap<u32, RevNat4>,
     services_capacity: Option<usize>,
     backends_capacity: Option<usize>,
     rev_nat_capacity: Option<usize>,
@@ -329,9 +317,7 @@ impl FakeLbMaps {
         key_text: impl FnOnce() -> String,
     ) -> Result<()> {
         match capacity {
-            Some(cap) if !map.contains_key(key) && map.len() >= cap => {
-                Err(Error::Full { map: kind, key: key_text() })
-            }
+            Some(cap) if !map.contains_key(key) && map.len() >= cap => Err(Error::Full { map: kind, key: key_text() }),
             _ => Ok(()),
         }
     }
@@ -343,9 +329,7 @@ impl FakeLbMaps {
 
 impl LbMaps for FakeLbMaps {
     fn upsert_backend(&mut self, id: u32, backend: &Backend4) -> Result<()> {
-        Self::check_room(&self.backends, self.backends_capacity, &id, MapKind::Backends, || {
-            format!("backend {id}")
-        })?;
+        Self::check_room(&self.backends, self.backends_capacity, &id, MapKind::Backends, || format!("backend {id}"))?;
         self.backends.insert(id, *backend);
         self.record(
             MapKind::Backends,
@@ -362,9 +346,7 @@ impl LbMaps for FakeLbMaps {
     }
 
     fn upsert_service(&mut self, key: &Service4Key, value: &Service4Value) -> Result<()> {
-        Self::check_room(&self.services, self.services_capacity, key, MapKind::Services, || {
-            display_service_key(key)
-        })?;
+        Self::check_room(&self.services, self.services_capacity, key, MapKind::Services, || display_service_key(key))?;
         self.services.insert(*key, *value);
         let text = if key.backend_slot == 0 {
             format!(
@@ -376,12 +358,7 @@ impl LbMaps for FakeLbMaps {
                 value.affinity_timeout_s
             )
         } else {
-            format!(
-                "service {} backend={} rev_nat={}",
-                display_service_key(key),
-                value.backend_id,
-                value.rev_nat_index
-            )
+            format!("service {} backend={} rev_nat={}", display_service_key(key), value.backend_id, value.rev_nat_index)
         };
         self.record(MapKind::Services, true, text);
         Ok(())
@@ -393,10 +370,8 @@ impl LbMaps for FakeLbMaps {
         Ok(())
     }
 
-    fn upsert_rev_nat(&mut self, index: u16, rev_nat: &RevNat4) -> Result<()> {
-        Self::check_room(&self.rev_nat, self.rev_nat_capacity, &index, MapKind::RevNat, || {
-            format!("rev_nat {index}")
-        })?;
+    fn upsert_rev_nat(&mut self, index: u32, rev_nat: &RevNat4) -> Result<()> {
+        Self::check_room(&self.rev_nat, self.rev_nat_capacity, &index, MapKind::RevNat, || format!("rev_nat {index}"))?;
         self.rev_nat.insert(index, *rev_nat);
         self.record(
             MapKind::RevNat,
@@ -406,7 +381,7 @@ impl LbMaps for FakeLbMaps {
         Ok(())
     }
 
-    fn delete_rev_nat(&mut self, index: u16) -> Result<()> {
+    fn delete_rev_nat(&mut self, index: u32) -> Result<()> {
         self.rev_nat.remove(&index);
         self.record(MapKind::RevNat, false, format!("rev_nat {index}"));
         Ok(())
@@ -420,7 +395,7 @@ impl LbMaps for FakeLbMaps {
         Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
-    fn dump_rev_nat(&self) -> Result<Vec<(u16, RevNat4)>> {
+    fn dump_rev_nat(&self) -> Result<Vec<(u32, RevNat4)>> {
         Ok(self.rev_nat.iter().map(|(k, v)| (*k, *v)).collect())
     }
 }
@@ -435,7 +410,7 @@ type AyaHashMap<K, V> = aya::maps::HashMap<aya::maps::MapData, K, V>;
 pub struct AyaLbMaps {
     services: AyaHashMap<Service4Key, Service4Value>,
     backends: AyaHashMap<u32, Backend4>,
-    rev_nat: AyaHashMap<u16, RevNat4>,
+    rev_nat: AyaHashMap<u32, RevNat4>,
 }
 
 impl AyaLbMaps {
@@ -465,18 +440,18 @@ fn open_hash<K: aya::Pod, V: aya::Pod>(dir: &Path, kind: MapKind) -> Result<AyaH
 /// a new key beyond `max_entries` with E2BIG (ENOSPC on some map types and kernels).
 fn classify(map: MapKind, op: &'static str, key: String, err: aya::maps::MapError) -> Error {
     match err {
-        aya::maps::MapError::SyscallError(e) => {
-            match e.io_error.raw_os_error() {
-                Some(libc::E2BIG) | Some(libc::ENOSPC) if op == "insert" => Error::Full { map, key },
-                _ => Error::Syscall { map, op, key, source: e.io_error },
-            }
-        }
+        aya::maps::MapError::SyscallError(e) => match e.io_error.raw_os_error() {
+            Some(libc::E2BIG) | Some(libc::ENOSPC) if op == "insert" => Error::Full { map, key },
+            _ => Error::Syscall { map, op, key, source: e.io_error },
+        },
         other => Error::Other { map, op, key, source: Box::new(other) },
     }
 }
 
 /// A deletion of a missing key is a success: the state we want is reached.
-fn ignore_missing(result: std::result::Result<(), aya::maps::MapError>) -> std::result::Result<(), aya::maps::MapError> {
+fn ignore_missing(
+    result: std::result::Result<(), aya::maps::MapError>,
+) -> std::result::Result<(), aya::maps::MapError> {
     match result {
         Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         Err(aya::maps::MapError::KeyNotFound | aya::maps::MapError::ElementNotFound) => Ok(()),
@@ -513,13 +488,13 @@ impl LbMaps for AyaLbMaps {
             .map_err(|e| classify(MapKind::Services, "delete", display_service_key(key), e))
     }
 
-    fn upsert_rev_nat(&mut self, index: u16, rev_nat: &RevNat4) -> Result<()> {
+    fn upsert_rev_nat(&mut self, index: u32, rev_nat: &RevNat4) -> Result<()> {
         self.rev_nat
             .insert(index, rev_nat, 0)
             .map_err(|e| classify(MapKind::RevNat, "insert", format!("rev_nat {index}"), e))
     }
 
-    fn delete_rev_nat(&mut self, index: u16) -> Result<()> {
+    fn delete_rev_nat(&mut self, index: u32) -> Result<()> {
         ignore_missing(self.rev_nat.remove(&index))
             .map_err(|e| classify(MapKind::RevNat, "delete", format!("rev_nat {index}"), e))
     }
@@ -532,7 +507,7 @@ impl LbMaps for AyaLbMaps {
         collect(&self.backends, MapKind::Backends)
     }
 
-    fn dump_rev_nat(&self) -> Result<Vec<(u16, RevNat4)>> {
+    fn dump_rev_nat(&self) -> Result<Vec<(u32, RevNat4)>> {
         collect(&self.rev_nat, MapKind::RevNat)
     }
 }
@@ -559,8 +534,11 @@ mod tests {
         let mut maps = FakeLbMaps::new();
         for (octet, port) in [(2u8, 80u16), (1, 443), (1, 80)] {
             let key = Service4Key::new(addr_to_map([10, 96, 0, octet]), port_to_map(port), PROTO_TCP, 0);
-            maps.upsert_service(&key, &Service4Value { count: 0, rev_nat_index: u16::from(octet), ..Default::default() })
-                .unwrap();
+            maps.upsert_service(
+                &key,
+                &Service4Value { count: 0, rev_nat_index: u32::from(octet), ..Default::default() },
+            )
+            .unwrap();
         }
         let dump = maps.dump();
         let lines: Vec<_> = dump.lines().collect();

@@ -212,7 +212,9 @@ pub enum ErrorKind {
     BadEndpointPort { slice: String, port: i64 },
     #[error("EndpointSlice {slice}: port {name:?} has no port number; slice skipped for this port")]
     MissingEndpointPort { slice: String, name: String },
-    #[error("sessionAffinity timeout {0}s is out of range 1-{MAX_AFFINITY_TIMEOUT_S}; using {DEFAULT_AFFINITY_TIMEOUT_S}s")]
+    #[error(
+        "sessionAffinity timeout {0}s is out of range 1-{MAX_AFFINITY_TIMEOUT_S}; using {DEFAULT_AFFINITY_TIMEOUT_S}s"
+    )]
     BadAffinityTimeout(i64),
     #[error("sessionAffinity {0:?} is not supported; using None")]
     UnsupportedAffinity(String),
@@ -256,9 +258,7 @@ pub fn plan_service<'a>(svc: &Service, slices: impl IntoIterator<Item = &'a Endp
                 .and_then(|c| c.timeout_seconds);
             match configured {
                 None => Some(DEFAULT_AFFINITY_TIMEOUT_S),
-                Some(t) if (1..=i64::from(MAX_AFFINITY_TIMEOUT_S)).contains(&i64::from(t)) => {
-                    Some(t.unsigned_abs())
-                }
+                Some(t) if (1..=i64::from(MAX_AFFINITY_TIMEOUT_S)).contains(&i64::from(t)) => Some(t.unsigned_abs()),
                 Some(t) => {
                     plan.problems.push(problem(None, ErrorKind::BadAffinityTimeout(t.into())));
                     Some(DEFAULT_AFFINITY_TIMEOUT_S)
@@ -437,9 +437,8 @@ pub(crate) mod testutil {
     pub fn with_affinity(mut svc: Service, timeout: Option<i32>) -> Service {
         let spec = svc.spec.as_mut().unwrap();
         spec.session_affinity = Some("ClientIP".into());
-        spec.session_affinity_config = timeout.map(|t| SessionAffinityConfig {
-            client_ip: Some(ClientIPConfig { timeout_seconds: Some(t) }),
-        });
+        spec.session_affinity_config =
+            timeout.map(|t| SessionAffinityConfig { client_ip: Some(ClientIPConfig { timeout_seconds: Some(t) }) });
         svc
     }
 
@@ -602,8 +601,7 @@ mod tests {
             &[("10.244.0.5", Cond::Ready), ("not-an-ip", Cond::Ready)],
         );
         let plan = plan_service(&svc, [&s]);
-        let got: Vec<String> =
-            plan.frontends.iter().map(|f| format!("{} -> {}", f.key, f.backends[0])).collect();
+        let got: Vec<String> = plan.frontends.iter().map(|f| format!("{} -> {}", f.key, f.backends[0])).collect();
         assert_eq!(got, ["10.96.0.10:53/TCP -> 10.244.0.5:5354/TCP", "10.96.0.10:53/UDP -> 10.244.0.5:5353/UDP"]);
         // Reported once, not once per port.
         assert_eq!(plan.problems.len(), 1);

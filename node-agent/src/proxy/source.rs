@@ -150,7 +150,8 @@ pub fn parse_manifests(text: &str, json: bool) -> Result<Vec<Object>, ParseError
         docs.push(serde_json::from_str::<serde_json::Value>(text).map_err(ParseError::Json)?);
     } else {
         for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-            let value = serde_json::Value::deserialize(doc).map_err(|source| ParseError::Yaml { doc: i + 1, source })?;
+            let value =
+                serde_json::Value::deserialize(doc).map_err(|source| ParseError::Yaml { doc: i + 1, source })?;
             docs.push(value);
         }
     }
@@ -189,8 +190,12 @@ fn collect_objects(value: serde_json::Value, doc: usize, out: &mut Vec<Object>) 
     };
     match (kind.as_str(), api_version.as_str()) {
         ("Service", "v1") => {
-            let mut svc: Service = serde_json::from_value(value.clone())
-                .map_err(|source| ParseError::Object { doc, kind: "Service", what: what(), source })?;
+            let mut svc: Service = serde_json::from_value(value.clone()).map_err(|source| ParseError::Object {
+                doc,
+                kind: "Service",
+                what: what(),
+                source,
+            })?;
             fill_meta(&mut svc.metadata, doc, "Service")?;
             out.push(Object::Service(Box::new(svc)));
         }
@@ -217,11 +222,14 @@ fn fill_meta(meta: &mut ObjectMeta, doc: usize, kind: &'static str) -> Result<()
 
 type ObjectKey = (ObjectKind, ObjectRef);
 
+/// Modification time and size: a file whose stamp is unchanged is not read again.
+type Stamp = (Option<SystemTime>, u64);
+
 /// What we know about one file: its stamp when last read, and the objects of the last
 /// version that parsed.
 #[derive(Debug)]
 struct FileState {
-    stamp: (Option<SystemTime>, u64),
+    stamp: Stamp,
     objects: BTreeMap<ObjectKey, Object>,
 }
 
@@ -246,7 +254,7 @@ impl ManifestDirSource {
         &self.dir
     }
 
-    fn list(&self) -> Result<Vec<(PathBuf, (Option<SystemTime>, u64))>> {
+    fn list(&self) -> Result<Vec<(PathBuf, Stamp)>> {
         let read_dir_err = |source| Error::ReadDir { dir: self.dir.clone(), source };
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.dir).map_err(read_dir_err)? {
@@ -268,7 +276,7 @@ impl ManifestDirSource {
 
     /// Re-reads one file. On failure the file's previous objects stay, and the new stamp
     /// is recorded so the same broken version is reported once, not on every poll.
-    fn refresh(&mut self, path: PathBuf, stamp: (Option<SystemTime>, u64)) {
+    fn refresh(&mut self, path: PathBuf, stamp: Stamp) {
         let json = path.extension().is_some_and(|e| e == "json");
         let parsed = std::fs::read_to_string(&path)
             .map_err(|e| e.to_string())
@@ -353,9 +361,8 @@ impl ServiceSource for ManifestDirSource {
         let current: BTreeMap<ObjectKey, Object> = current.into_iter().map(|(k, (o, _))| (k, o)).collect();
 
         let mut events = Vec::new();
-        for (key, old) in &self.reported {
+        for key in self.reported.keys() {
             if !current.contains_key(key) {
-                let _ = old;
                 events.push(deletion(key.0, key.1.clone()));
             }
         }
@@ -490,7 +497,10 @@ spec: {}
         // Half-saved: invalid YAML, then a valid YAML whose Service is malformed.
         dir.write("web.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: web\n");
         assert_eq!(src.poll().unwrap(), []);
-        dir.write("web.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: eighty}]}\n");
+        dir.write(
+            "web.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: eighty}]}\n",
+        );
         assert_eq!(src.poll().unwrap(), []);
 
         // Fixed again, now without the slice: only then is the slice deleted.
@@ -501,7 +511,8 @@ spec: {}
 
     #[test]
     fn parse_errors_name_the_document() {
-        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Service\nmetadata: {}\n";
+        let text =
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Service\nmetadata: {}\n";
         let err = parse_manifests(text, false).unwrap_err();
         assert_eq!(err.to_string(), "document 2: Service without metadata.name");
     }

@@ -1,0 +1,34 @@
+//! The service load balancer's control side: Kubernetes Services and EndpointSlices in,
+//! BPF map entries out. It does what kube-proxy does, for Skiff's eBPF datapath.
+//!
+//! The flow, one module per step:
+//! - [`source`]: where Services and EndpointSlices come from ([`source::ServiceSource`];
+//!   today a manifest directory, later the API watch), delivered as changes;
+//! - [`model`]: pure functions from those objects to the desired frontends and backends,
+//!   with invalid inputs reported per Service and port;
+//! - [`reconciler`]: the change tracker and the one writer of the maps, in an order that
+//!   never exposes a half-written Service, adopting the maps of an earlier run;
+//! - [`maps`]: the services, backends and reverse-NAT maps behind a trait, with the real
+//!   (pinned, aya) and a fake (in-memory) implementation.
+//!
+//! Typical use (the agent's main loop):
+//! ```ignore
+//! let mut reconciler = LbReconciler::adopt(AyaLbMaps::open(pin_dir)?)?;
+//! let mut source = ManifestDirSource::new(dir);
+//! loop {
+//!     for event in source.poll()? { reconciler.apply(event); }
+//!     let summary = reconciler.sync();
+//! }
+//! ```
+//!
+//! This module does not load or attach BPF programs, nor create the maps: the datapath
+//! loader does, and pins them where [`maps::AyaLbMaps::open`] finds them.
+
+pub mod maps;
+pub mod model;
+pub mod reconciler;
+pub mod source;
+
+pub use maps::{AyaLbMaps, FakeLbMaps, LbMaps, render_dump};
+pub use reconciler::{LbReconciler, SyncSummary};
+pub use source::{ManifestDirSource, ServiceSource, SourceEvent};
