@@ -139,7 +139,7 @@ impl Cluster {
     }
 
     fn start_agent(&mut self) {
-        let ready = self.pins.path.with_extension("ready");
+        let ready = std::env::temp_dir().join(format!("skiff-{}.ready", self.topo.tag));
         let _ = std::fs::remove_file(&ready);
         let mut args = vec![
             "run".to_owned(),

@@ -101,7 +101,7 @@ pub fn start_echo_servers(topo: &NodeTopology, bin: &Path, pods: &[&str]) -> Vec
 
 /// Starts `skiff-node run` in the node namespace and waits for its first sync.
 pub fn start_agent(topo: &NodeTopology, bin: &Path, pin_dir: &Path, manifests: &Path) -> Result<ChildGuard> {
-    let ready = pin_dir.with_extension("ready");
+    let ready = std::env::temp_dir().join(format!("skiff-{}.ready", topo.tag));
     let _ = std::fs::remove_file(&ready);
     let mut cmd = topo.node.command(bin.join("skiff-node").to_str().unwrap_or("skiff-node"));
     cmd.args(["run", "--node-name", &topo.tag, "--pin-dir"])
