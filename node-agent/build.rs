@@ -4,8 +4,9 @@
 
 use std::{env, path::PathBuf};
 
-/// The BPF binaries the agent embeds (one per attach point).
-const OBJECTS: &[(&str, &str)] = &[("from-pod", "SKIFF_EBPF_FROM_POD")];
+/// The BPF binaries the agent embeds (one per attach point; `noop` is the benchmarks'
+/// baseline).
+const OBJECTS: &[(&str, &str)] = &[("from-pod", "SKIFF_EBPF_FROM_POD"), ("noop", "SKIFF_EBPF_NOOP")];
 
 fn main() {
     println!("cargo:rerun-if-env-changed=SKIFF_EBPF_DIR");

@@ -77,6 +77,9 @@ pub struct RunArgs {
     /// How long a TCP flow lives after FIN or RST, in seconds.
     #[arg(long, default_value_t = skiff_ebpf_common::DEFAULT_TCP_CLOSING_TIMEOUT_S)]
     pub tcp_closing_timeout_s: u32,
+    /// The Service CIDR: only packets to it are looked up as Service traffic.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    pub service_cidr: String,
     /// Capacity of the services map when it is first created.
     #[arg(long, default_value_t = skiff_ebpf_common::capacity::SERVICES)]
     pub services_max: u32,
@@ -129,11 +132,14 @@ fn run(args: RunArgs) -> Result<()> {
     let pin_dir = args.pin_dir.clone().unwrap_or_else(|| Path::new("/sys/fs/bpf/skiff").join(&args.node_name));
     let sizes = MapSizes { services: args.services_max, backends: args.backends_max, ct: args.ct_max };
     let mut datapath = Datapath::load(&pin_dir, sizes).context("loading the datapath")?;
+    let (service_net, service_mask) = parse_cidr(&args.service_cidr)?;
     datapath.set_config(LbConfig {
         tcp_timeout_s: args.tcp_timeout_s,
         tcp_closing_timeout_s: args.tcp_closing_timeout_s,
         udp_timeout_s: args.udp_timeout_s,
         hairpin_addr: 0,
+        service_net,
+        service_mask,
     })?;
     for interface in &args.pod_interfaces {
         match datapath.attach_from_pod(interface) {
@@ -183,4 +189,17 @@ fn run(args: RunArgs) -> Result<()> {
         info!("agent stopping; the datapath stays pinned and keeps forwarding");
         anyhow::Ok(())
     })
+}
+
+/// An IPv4 CIDR as (network, mask) in the maps' byte order.
+fn parse_cidr(cidr: &str) -> Result<(u32, u32)> {
+    let (addr, len) = cidr.split_once('/').with_context(|| format!("`{cidr}` is not a CIDR like 10.96.0.0/12"))?;
+    let addr: std::net::Ipv4Addr = addr.parse().with_context(|| format!("`{cidr}`: bad address"))?;
+    let len: u32 = len.parse().ok().filter(|l| *l <= 32).with_context(|| format!("`{cidr}`: bad prefix length"))?;
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    let net = u32::from(addr) & mask;
+    Ok((
+        skiff_ebpf_common::addr_to_map(net.to_be_bytes()),
+        skiff_ebpf_common::addr_to_map(mask.to_be_bytes()),
+    ))
 }

@@ -158,7 +158,7 @@ impl Cluster {
             args.push("--pod-interface".into());
             args.push(interface);
         }
-        let child = self.topo.node.command(env!("CARGO_BIN_EXE_skiff-node")).args(&args).spawn().unwrap();
+        let child = self.topo.node.command(env!("CARGO_BIN_EXE_skiff-node")).args(&args).env("RUST_LOG", "warn").spawn().unwrap();
         self.agent = ChildGuard::new(child);
         assert!(wait_until(Duration::from_secs(20), || ready.exists()), "the agent did not become ready in 20 s");
         let _ = std::fs::remove_file(&ready);

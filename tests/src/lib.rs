@@ -6,6 +6,12 @@
 //! from the root namespace. Namespace names carry the creating process's id so that
 //! concurrent runs never share one.
 
+#[cfg(feature = "cri")]
+pub mod containerd;
+#[cfg(feature = "cri")]
+pub mod cri;
+#[cfg(feature = "cri")]
+pub mod image;
 pub mod netns;
 pub mod topology;
 

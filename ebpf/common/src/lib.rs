@@ -29,8 +29,15 @@ pub mod pin {
     pub const AFFINITY: &str = "AFFINITY_V1";
     pub const STATS: &str = "LB_STATS_V1";
     pub const CONFIG: &str = "LB_CONFIG_V1";
+    /// Local pods by IP (written by skiff-cni, read by the programs).
+    pub const ENDPOINTS: &str = "ENDPOINTS_V1";
+    /// Peer nodes by podCIDR (written by the agent's overlay role).
+    pub const NODES: &str = "NODES_V1";
     /// Pinned program for tc ingress on a pod's host-side veth.
     pub const PROG_FROM_POD: &str = "from_pod_v1";
+    /// Directory (under the node's pin directory) of pinned tc links, one file per
+    /// interface: `links/from_pod_<ifname>`.
+    pub const LINKS_DIR: &str = "links";
 }
 
 /// Default capacities. User space may raise them at load time (benchmarks do); an
@@ -41,6 +48,8 @@ pub mod capacity {
     pub const REV_NAT: u32 = 65_536;
     pub const CT: u32 = 262_144;
     pub const AFFINITY: u32 = 65_536;
+    pub const ENDPOINTS: u32 = 65_536;
+    pub const NODES: u32 = 16_384;
 }
 
 /// Key of the services map: one frontend (VIP, port, protocol) and a slot.
@@ -198,8 +207,39 @@ pub struct LbConfig {
     /// Source address given to hairpin flows (a pod reaching itself through its own
     /// Service), network byte order. The pod must route it to its gateway.
     pub hairpin_addr: u32,
+    /// The Service CIDR (network and mask, network byte order). Only packets to it are
+    /// looked up as Service traffic, so pod-to-pod packets skip that lookup. A zero
+    /// mask means every destination may be a Service.
+    pub service_net: u32,
+    pub service_mask: u32,
 }
-const _: () = assert!(size_of::<LbConfig>() == 16);
+const _: () = assert!(size_of::<LbConfig>() == 24);
+
+/// Value of the endpoints map (key: the pod's IPv4 address, network byte order, `u32`):
+/// a pod on this node, as skiff-cni created it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Endpoint4 {
+    /// Index of the pod's host-side veth in the node's network namespace.
+    pub ifindex: u32,
+    pub flags: u32,
+    /// MAC address of the pod's `eth0`.
+    pub pod_mac: [u8; 6],
+    /// MAC address of the host-side veth (the pod's gateway).
+    pub host_mac: [u8; 6],
+}
+const _: () = assert!(size_of::<Endpoint4>() == 20);
+
+/// Value of the nodes map, an LPM trie keyed by podCIDR (`lpm_trie::Key<u32>`: prefix
+/// length, then the network address in network byte order): the peer owning it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NodeInfo4 {
+    /// The peer's underlay (VXLAN endpoint) address, network byte order.
+    pub underlay_addr: u32,
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<NodeInfo4>() == 8);
 
 /// Defaults, as in Cilium and kube-proxy's conntrack settings.
 pub const DEFAULT_TCP_TIMEOUT_S: u32 = 21_600;
@@ -263,4 +303,6 @@ mod user {
     unsafe impl aya::Pod for Affinity4Key {}
     unsafe impl aya::Pod for Affinity4Value {}
     unsafe impl aya::Pod for LbConfig {}
+    unsafe impl aya::Pod for Endpoint4 {}
+    unsafe impl aya::Pod for NodeInfo4 {}
 }

@@ -22,3 +22,15 @@ pub unsafe fn sum(buf: *const u8, len: u32, seed: u32) -> Option<u64> {
     let r = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, buf as *mut u32, len, seed) };
     if r < 0 { None } else { Some(r as u64) }
 }
+
+/// Incremental update of a stored 16-bit checksum when a 32-bit field changes
+/// (RFC 1624: HC' = ~(~HC + ~m + m')). Works on values exactly as they sit in memory.
+#[inline(always)]
+pub fn replace4(check: u16, from: u32, to: u32) -> u16 {
+    let mut sum = (!check) as u32;
+    sum += (!(from as u16)) as u32 + (!((from >> 16) as u16)) as u32;
+    sum += (to as u16) as u32 + ((to >> 16) as u16) as u32;
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}

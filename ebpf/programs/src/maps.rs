@@ -50,6 +50,8 @@ pub struct Config {
     pub tcp_closing_timeout_ns: u64,
     pub udp_timeout_ns: u64,
     pub hairpin_addr: u32,
+    pub service_net: u32,
+    pub service_mask: u32,
 }
 
 #[inline(always)]
@@ -72,5 +74,18 @@ pub fn config() -> Config {
         } else {
             raw.hairpin_addr
         },
+        service_net: raw.service_net,
+        service_mask: raw.service_mask,
     }
 }
+
+/// Local pods by IP, written by skiff-cni when it creates a pod's veth.
+#[map]
+pub static ENDPOINTS_V1: HashMap<u32, skiff_ebpf_common::Endpoint4> =
+    HashMap::pinned(skiff_ebpf_common::capacity::ENDPOINTS, 0);
+
+/// Peer nodes by podCIDR (key: prefix length + network address in network byte order,
+/// aya's `lpm_trie::Key<u32>` on both sides), written by the agent's overlay role.
+#[map]
+pub static NODES_V1: aya_ebpf::maps::LpmTrie<u32, skiff_ebpf_common::NodeInfo4> =
+    aya_ebpf::maps::LpmTrie::pinned(skiff_ebpf_common::capacity::NODES, 0);

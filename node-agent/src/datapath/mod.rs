@@ -84,12 +84,15 @@ impl Datapath {
         for dir in [pin_dir.to_path_buf(), pin_dir.join("links")] {
             std::fs::create_dir_all(&dir).map_err(|source| Error::PinDir { path: dir.clone(), source })?;
         }
+        // A developer may point at a freshly built object instead of the embedded one.
+        let override_obj = std::env::var_os("SKIFF_FROM_POD_OBJECT").map(std::fs::read).transpose().map_err(|source| Error::PinDir { path: PathBuf::from("$SKIFF_FROM_POD_OBJECT"), source })?;
+        let object: &[u8] = override_obj.as_deref().unwrap_or(FROM_POD_OBJ);
         let mut from_pod = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .map_max_entries(pin::SERVICES, sizes.services)
             .map_max_entries(pin::BACKENDS, sizes.backends)
             .map_max_entries(pin::CT, sizes.ct)
-            .load(FROM_POD_OBJ)
+            .load(object)
             .map_err(|source| Error::Load { object: "from-pod", source: Box::new(source) })?;
         let program = from_pod_program(&mut from_pod)?;
         program

@@ -1,0 +1,135 @@
+//! What the node agent calls to set a node up for skiff-cni: the CNI configuration list
+//! and the plugin binary, both written atomically (containerd watches the conf dir and
+//! would read a half-written file; a runtime may exec the binary at any moment).
+
+use std::{
+    fs::{self, File},
+    io::{self, Write},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
+
+use crate::config::NodeNetConfig;
+
+/// File name of the configuration list in the CNI conf dir. `10-` sorts it before
+/// other lists, since containerd uses the first one.
+pub const CONFLIST_NAME: &str = "10-skiff.conflist";
+/// The network name in the list.
+pub const NETWORK_NAME: &str = "skiff";
+/// The plugin's `type`, which is also its binary name in the CNI bin dir.
+pub const PLUGIN_TYPE: &str = "skiff-cni";
+
+/// The configuration list for a node: one plugin (containerd configures `lo` itself).
+pub fn conflist(cfg: &NodeNetConfig) -> serde_json::Value {
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": NETWORK_NAME,
+        "plugins": [{
+            "type": PLUGIN_TYPE,
+            "podCIDR": cfg.pod_cidr,
+            "mtu": cfg.mtu,
+            "bpffsDir": cfg.bpffs_dir,
+            "dataDir": cfg.data_dir,
+        }],
+    })
+}
+
+/// Writes `<conf_dir>/10-skiff.conflist` through a temporary file and a rename, and
+/// returns its path. An unchanged file is left alone (no spurious reload).
+pub fn write_conflist(conf_dir: &Path, cfg: &NodeNetConfig) -> io::Result<PathBuf> {
+    cfg.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("skiff-cni configuration: {e}")))?;
+    fs::create_dir_all(conf_dir)?;
+    let path = conf_dir.join(CONFLIST_NAME);
+    let mut bytes = serde_json::to_vec_pretty(&conflist(cfg)).map_err(io::Error::other)?;
+    bytes.push(b'\n');
+    if fs::read(&path).is_ok_and(|old| old == bytes) {
+        return Ok(path);
+    }
+    // libcni loads only *.conf, *.conflist and *.json, so the temporary name is ignored.
+    let tmp = conf_dir.join(format!(".{CONFLIST_NAME}.{}.tmp", std::process::id()));
+    let written = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, &path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written.map(|()| path)
+}
+
+/// Copies the plugin binary `src` to `<bin_dir>/skiff-cni` through a temporary file and
+/// a rename, mode 0755. A runtime that executes the plugin meanwhile gets either the
+/// old or the new binary, never a partial one (and never ETXTBSY).
+pub fn install_binary(src: &Path, bin_dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(bin_dir)?;
+    let dest = bin_dir.join(PLUGIN_TYPE);
+    let tmp = bin_dir.join(format!(".{PLUGIN_TYPE}.{}.tmp", std::process::id()));
+    let copied = (|| {
+        fs::copy(src, &tmp)?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))?;
+        File::open(&tmp)?.sync_all()?;
+        fs::rename(&tmp, &dest)
+    })();
+    if copied.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    copied
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> NodeNetConfig {
+        NodeNetConfig {
+            pod_cidr: "10.244.1.0/24".parse().unwrap(),
+            mtu: 1450,
+            bpffs_dir: "/sys/fs/bpf/skiff/n1".into(),
+            data_dir: "/var/lib/skiff/n1/cni".into(),
+        }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("skiff-cni-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn conflist_round_trips_into_the_plugin_config() {
+        let dir = scratch("conf");
+        let path = write_conflist(&dir, &cfg()).unwrap();
+        assert_eq!(path, dir.join("10-skiff.conflist"));
+        let list: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(list["name"], "skiff");
+        // What containerd passes on stdin: the plugin with the list's name and version.
+        let mut plugin = list["plugins"][0].clone();
+        plugin["name"] = list["name"].clone();
+        plugin["cniVersion"] = list["cniVersion"].clone();
+        let conf = crate::config::NetConf::parse(plugin.to_string().as_bytes()).unwrap();
+        assert_eq!(conf.node(), cfg());
+        // Rewriting is idempotent and leaves no temporary files.
+        write_conflist(&dir, &cfg()).unwrap();
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+        let mut bad = cfg();
+        bad.mtu = 1;
+        assert_eq!(write_conflist(&dir, &bad).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn installs_an_executable() {
+        let dir = scratch("bin");
+        let src = scratch("src-file");
+        fs::write(&src, b"#!/bin/sh\n").unwrap();
+        install_binary(&src, &dir).unwrap();
+        install_binary(&src, &dir).unwrap();
+        let meta = fs::metadata(dir.join("skiff-cni")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o755);
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+        fs::remove_dir_all(&dir).unwrap();
+        fs::remove_file(&src).unwrap();
+    }
+}

@@ -1,0 +1,28 @@
+//! skiff-cni: the CNI plugin (spec 1.0.0) that containerd runs for each pod sandbox,
+//! and the helpers the node agent uses to install it.
+//!
+//! The plugin gives each pod a routed veth (no bridge, in the style of Calico and
+//! Cilium): `eth0` with a /32 from the node's podCIDR and a default route through the
+//! link-local gateway 169.254.1.1 (the host-side veth), a node route to the pod, the
+//! pod's entry in the pinned endpoints map and the "from pod" tc program on its host
+//! veth. Modules:
+//! - [`config`]: the network configuration (stdin) and the node's settings;
+//! - [`plugin`]: the commands, ADD/DEL/CHECK/VERSION;
+//! - [`ipam`]: addresses from the podCIDR, persisted under a file lock;
+//! - [`netlink`]: veth, addresses, routes, neighbours (kernel-facing);
+//! - [`datapath`]: the endpoints map and tc attach (opens skiff-node's pins only);
+//! - [`install`]: [`write_conflist`] and [`install_binary`] for the node agent;
+//! - [`result`], [`error`]: the CNI result and error objects.
+
+pub mod config;
+pub mod datapath;
+pub mod error;
+pub mod install;
+pub mod ipam;
+pub mod netlink;
+pub mod plugin;
+pub mod result;
+
+pub use config::{Ipv4Cidr, NetConf, NodeNetConfig};
+pub use error::CniError;
+pub use install::{CONFLIST_NAME, install_binary, write_conflist};

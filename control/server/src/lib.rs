@@ -1,0 +1,9 @@
+//! skiff-control: the Skiff control plane as a library; `main.rs` only parses flags and
+//! calls `server::run`.
+//!
+//! Modules by role: `store` (the object store trait and backends), `tls` (PKI on first
+//! start, TLS config), `auth` (who is asking, and may they), `apiserver` (the
+//! Kubernetes REST API over the store), `server` (wiring and the accept loop).
+
+pub mod store;
+pub mod tls;

@@ -1,0 +1,230 @@
+//! A minimal, synchronous CRI v1 client for tests: pod sandboxes and images over a
+//! containerd unix socket.
+//!
+//! It wraps the generated tonic clients of the `k8s-cri` crate in a private
+//! current-thread tokio runtime, so tests call plain functions. Every call has a timeout,
+//! so a wedged runtime fails a test instead of hanging it. It is not the node agent's
+//! CRI client (that one is async and sits behind a trait); it does only what tests need.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, anyhow};
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::{
+    self as cri, image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient,
+};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+pub use k8s_cri::v1::{PodSandbox, PodSandboxState, PodSandboxStatus};
+
+/// How long one CRI call may take (RunPodSandbox includes the CNI ADD).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a test asks for in RunPodSandbox.
+#[derive(Clone, Debug, Default)]
+pub struct SandboxSpec {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub attempt: u32,
+    pub labels: HashMap<String, String>,
+    /// Parent cgroup (cgroupfs path such as `/skiff-test-x`); empty leaves it to runc.
+    pub cgroup_parent: String,
+    /// Directory for container logs; empty leaves it unset.
+    pub log_directory: String,
+}
+
+impl SandboxSpec {
+    pub fn new(name: &str, namespace: &str, uid: &str) -> Self {
+        Self { name: name.into(), namespace: namespace.into(), uid: uid.into(), ..Self::default() }
+    }
+}
+
+/// A connected CRI client (runtime and image services on one channel).
+pub struct CriClient {
+    socket: PathBuf,
+    rt: tokio::runtime::Runtime,
+    runtime: RuntimeServiceClient<Channel>,
+    image: ImageServiceClient<Channel>,
+}
+
+impl std::fmt::Debug for CriClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CriClient").field("socket", &self.socket).finish_non_exhaustive()
+    }
+}
+
+impl CriClient {
+    /// Connects to the CRI endpoint at the unix socket `socket`.
+    pub fn connect(socket: &Path) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("building a tokio runtime for the CRI client")?;
+        let path = socket.to_path_buf();
+        let channel = rt
+            .block_on(async move {
+                // The URI is required by tonic but unused: the connector dials the socket.
+                Endpoint::try_from("http://[::1]:0")?
+                    .connect_timeout(Duration::from_secs(5))
+                    .connect_with_connector(tower::service_fn(move |_: Uri| {
+                        let path = path.clone();
+                        async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+                    }))
+                    .await
+            })
+            .with_context(|| format!("connecting to the CRI socket {}", socket.display()))?;
+        Ok(Self {
+            socket: socket.to_path_buf(),
+            rt,
+            runtime: RuntimeServiceClient::new(channel.clone()),
+            image: ImageServiceClient::new(channel),
+        })
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn call<T, F>(&self, what: &str, fut: F) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        // The timer must be created inside the runtime, hence the async block.
+        match self.rt.block_on(async { tokio::time::timeout(CALL_TIMEOUT, fut).await }) {
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Err(status)) => Err(anyhow!("CRI {what} on {}: {:?}: {}", self.socket.display(), status.code(), status.message())),
+            Err(_) => Err(anyhow!("CRI {what} on {}: no answer in {CALL_TIMEOUT:?}", self.socket.display())),
+        }
+    }
+
+    /// `Version`: the runtime's name and versions.
+    pub fn version(&mut self) -> Result<cri::VersionResponse> {
+        let mut c = self.runtime.clone();
+        self.call("Version", async move { c.version(cri::VersionRequest { version: "v1".into() }).await })
+    }
+
+    /// `Status`: the runtime and network conditions (NetworkReady is false until a CNI
+    /// config exists in the conf dir).
+    pub fn status(&mut self) -> Result<cri::StatusResponse> {
+        let mut c = self.runtime.clone();
+        self.call("Status", async move { c.status(cri::StatusRequest { verbose: false }).await })
+    }
+
+    /// Whether the runtime reports the condition `kind` (e.g. `NetworkReady`) as true.
+    pub fn condition(&mut self, kind: &str) -> Result<bool> {
+        let status = self.status()?;
+        Ok(status.status.is_some_and(|s| s.conditions.iter().any(|c| c.r#type == kind && c.status)))
+    }
+
+    /// `RunPodSandbox`: creates and starts a sandbox (containerd runs the CNI ADD);
+    /// returns its id.
+    pub fn run_pod_sandbox(&mut self, spec: &SandboxSpec) -> Result<String> {
+        let config = cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: spec.name.clone(),
+                uid: spec.uid.clone(),
+                namespace: spec.namespace.clone(),
+                attempt: spec.attempt,
+            }),
+            hostname: spec.name.clone(),
+            log_directory: spec.log_directory.clone(),
+            labels: spec.labels.clone(),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: spec.cgroup_parent.clone(),
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption::default()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut c = self.runtime.clone();
+        let what = format!("RunPodSandbox {}/{}", spec.namespace, spec.name);
+        let resp = self.call(&what, async move {
+            c.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() }).await
+        })?;
+        Ok(resp.pod_sandbox_id)
+    }
+
+    /// `PodSandboxStatus` (verbose, so that [`Self::pod_netns_path`] can read the spec).
+    pub fn pod_sandbox_status(&mut self, id: &str) -> Result<cri::PodSandboxStatusResponse> {
+        let mut c = self.runtime.clone();
+        let req = cri::PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: true };
+        self.call(&format!("PodSandboxStatus {id}"), async move { c.pod_sandbox_status(req).await })
+    }
+
+    /// Whether the sandbox is SANDBOX_READY.
+    pub fn is_ready(&mut self, id: &str) -> Result<bool> {
+        let status = self.pod_sandbox_status(id)?.status.context("PodSandboxStatus without status")?;
+        Ok(status.state == PodSandboxState::SandboxReady as i32)
+    }
+
+    /// The sandbox's primary IP from PodSandboxStatus, if it has one.
+    pub fn pod_ip(&mut self, id: &str) -> Result<Option<IpAddr>> {
+        let status = self.pod_sandbox_status(id)?.status.context("PodSandboxStatus without status")?;
+        match status.network.map(|n| n.ip).filter(|ip| !ip.is_empty()) {
+            None => Ok(None),
+            Some(ip) => Ok(Some(ip.parse().with_context(|| format!("sandbox {id} has IP {ip:?}"))?)),
+        }
+    }
+
+    /// The path of the sandbox's network namespace (`/var/run/netns/cni-...`), read from
+    /// the runtime spec in the verbose status.
+    pub fn pod_netns_path(&mut self, id: &str) -> Result<String> {
+        let resp = self.pod_sandbox_status(id)?;
+        let info = resp.info.get("info").context("PodSandboxStatus verbose info has no \"info\"")?;
+        let info: serde_json::Value = serde_json::from_str(info).context("parsing the verbose sandbox info")?;
+        info["runtimeSpec"]["linux"]["namespaces"]
+            .as_array()
+            .and_then(|nss| nss.iter().find(|ns| ns["type"] == "network"))
+            .and_then(|ns| ns["path"].as_str())
+            .map(str::to_owned)
+            .with_context(|| format!("sandbox {id}: no network namespace path in its runtime spec"))
+    }
+
+    /// `StopPodSandbox` (containerd runs the CNI DEL with the netns).
+    pub fn stop_pod_sandbox(&mut self, id: &str) -> Result<()> {
+        let mut c = self.runtime.clone();
+        let req = cri::StopPodSandboxRequest { pod_sandbox_id: id.into() };
+        self.call(&format!("StopPodSandbox {id}"), async move { c.stop_pod_sandbox(req).await }).map(drop)
+    }
+
+    /// `RemovePodSandbox` (containerd runs the CNI DEL again, without a netns).
+    pub fn remove_pod_sandbox(&mut self, id: &str) -> Result<()> {
+        let mut c = self.runtime.clone();
+        let req = cri::RemovePodSandboxRequest { pod_sandbox_id: id.into() };
+        self.call(&format!("RemovePodSandbox {id}"), async move { c.remove_pod_sandbox(req).await }).map(drop)
+    }
+
+    /// `ListPodSandbox` without a filter.
+    pub fn list_pod_sandboxes(&mut self) -> Result<Vec<PodSandbox>> {
+        let mut c = self.runtime.clone();
+        let resp = self.call("ListPodSandbox", async move { c.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await })?;
+        Ok(resp.items)
+    }
+
+    /// Stops and removes every sandbox; returns the first error after trying them all.
+    pub fn remove_all_sandboxes(&mut self) -> Result<()> {
+        let mut first = None;
+        for sb in self.list_pod_sandboxes()? {
+            if let Err(e) = self.stop_pod_sandbox(&sb.id).and_then(|()| self.remove_pod_sandbox(&sb.id)) {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// `ListImages`: the references (repo tags) of every image the CRI knows.
+    pub fn list_image_tags(&mut self) -> Result<Vec<String>> {
+        let mut c = self.image.clone();
+        let resp = self.call("ListImages", async move { c.list_images(cri::ListImagesRequest { filter: None }).await })?;
+        Ok(resp.images.into_iter().flat_map(|i| i.repo_tags).collect())
+    }
+}
