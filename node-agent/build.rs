@@ -6,7 +6,12 @@ use std::{env, path::PathBuf};
 
 /// The BPF binaries the agent embeds (one per attach point; `noop` is the benchmarks'
 /// baseline).
-const OBJECTS: &[(&str, &str)] = &[("from-pod", "SKIFF_EBPF_FROM_POD"), ("noop", "SKIFF_EBPF_NOOP")];
+const OBJECTS: &[(&str, &str)] = &[
+    ("from-pod", "SKIFF_EBPF_FROM_POD"),
+    ("from-overlay", "SKIFF_EBPF_FROM_OVERLAY"),
+    ("to-overlay", "SKIFF_EBPF_TO_OVERLAY"),
+    ("noop", "SKIFF_EBPF_NOOP"),
+];
 
 fn main() {
     println!("cargo:rerun-if-env-changed=SKIFF_EBPF_DIR");

@@ -12,11 +12,17 @@ use std::{
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use skiff_ebpf_common::LbConfig;
+use skiff_ebpf_common::{LbConfig, OverlayConfig};
 use tracing::{error, info, warn};
 
 use crate::{
-    datapath::{self, Datapath, MapSizes},
+    datapath::{self, Datapath, MapSizes, Prog},
+    overlay::{
+        Cidr,
+        device::{self, IpCommand},
+        reconciler::{AyaNodesMap, NodesReconciler},
+        source::{NodeSource, NodesFileSource},
+    },
     proxy::{
         maps::{AyaLbMaps, render_dump},
         reconciler::LbReconciler,
@@ -59,9 +65,20 @@ pub struct RunArgs {
     #[arg(long)]
     pub pin_dir: Option<PathBuf>,
     /// A directory of Service and EndpointSlice manifests (YAML or JSON), watched for
-    /// changes. Stands in for the API server until the control plane exists.
+    /// changes. Stands in for the API server until the control plane exists. Without
+    /// it the proxy role is off.
     #[arg(long)]
-    pub manifests: PathBuf,
+    pub manifests: Option<PathBuf>,
+    /// A file listing the cluster's nodes (name, podCIDR, underlayIP), watched for
+    /// changes; stands in for the Node watch. Without it the overlay role is off.
+    #[arg(long)]
+    pub nodes: Option<PathBuf>,
+    /// The underlay interface VXLAN runs over (its MTU sets the overlay's).
+    #[arg(long, default_value = "eth0")]
+    pub underlay_interface: String,
+    /// The cluster CIDR, cut into one podCIDR per node.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub cluster_cidr: String,
     /// A pod's host-side interface to attach "from pod" to (repeatable).
     #[arg(long = "pod-interface")]
     pub pod_interfaces: Vec<String>,
@@ -148,10 +165,19 @@ fn run(args: RunArgs) -> Result<()> {
         }
     }
 
-    let maps = AyaLbMaps::open(&pin_dir).context("opening the Service maps")?;
-    let mut reconciler = LbReconciler::adopt(maps).context("adopting the existing Service maps")?;
-    let mut source = ManifestDirSource::new(&args.manifests);
-    info!(node = %args.node_name, pin_dir = %pin_dir.display(), manifests = %args.manifests.display(), "agent started");
+    let mut proxy = match &args.manifests {
+        Some(dir) => {
+            let maps = AyaLbMaps::open(&pin_dir).context("opening the Service maps")?;
+            let reconciler = LbReconciler::adopt(maps).context("adopting the existing Service maps")?;
+            Some((reconciler, ManifestDirSource::new(dir)))
+        }
+        None => None,
+    };
+    let mut overlay = match &args.nodes {
+        Some(file) => Some(Overlay::start(&args, &pin_dir, file, &mut datapath)?),
+        None => None,
+    };
+    info!(node = %args.node_name, pin_dir = %pin_dir.display(), proxy = proxy.is_some(), overlay = overlay.is_some(), "agent started");
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -164,17 +190,22 @@ fn run(args: RunArgs) -> Result<()> {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = sigterm.recv() => break,
             }
-            match source.poll() {
-                Ok(events) => {
-                    for event in events {
-                        reconciler.apply(event);
+            if let Some((reconciler, source)) = &mut proxy {
+                match source.poll() {
+                    Ok(events) => {
+                        for event in events {
+                            reconciler.apply(event);
+                        }
                     }
+                    Err(e) => warn!(error = %e, "reading the Service source failed; keeping the last state"),
                 }
-                Err(e) => warn!(error = %e, "reading the Service source failed; keeping the last state"),
+                let summary = reconciler.sync();
+                if summary.changed() {
+                    info!(%summary, "service maps synced");
+                }
             }
-            let summary = reconciler.sync();
-            if summary.changed() {
-                info!(%summary, "service maps synced");
+            if let Some(overlay) = &mut overlay {
+                overlay.poll();
             }
             if first {
                 first = false;
@@ -202,4 +233,80 @@ fn parse_cidr(cidr: &str) -> Result<(u32, u32)> {
         skiff_ebpf_common::addr_to_map(net.to_be_bytes()),
         skiff_ebpf_common::addr_to_map(mask.to_be_bytes()),
     ))
+}
+
+/// The overlay role's state in the main loop.
+struct Overlay {
+    node_name: String,
+    pin_dir: PathBuf,
+    cluster: Cidr,
+    vxlan_ifindex: u32,
+    source: NodesFileSource,
+    reconciler: NodesReconciler<AyaNodesMap>,
+    local_pod_cidr: Option<Cidr>,
+}
+
+impl Overlay {
+    /// Sets up the VXLAN device and attaches the overlay programs to it.
+    fn start(args: &RunArgs, pin_dir: &Path, nodes_file: &Path, datapath: &mut Datapath) -> Result<Self> {
+        let cluster: Cidr = args.cluster_cidr.parse().map_err(anyhow::Error::msg).context("--cluster-cidr")?;
+        let (vxlan_ifindex, mtu) = device::setup(&mut IpCommand, &args.underlay_interface, cluster)
+            .context("setting up the VXLAN device")?;
+        for prog in [Prog::FromOverlay, Prog::ToOverlay] {
+            let how = datapath.attach(prog, device::VXLAN_DEVICE)?;
+            info!(program = prog.name(), ?how, "attached to the VXLAN device");
+        }
+        info!(device = device::VXLAN_DEVICE, mtu, cluster_cidr = %cluster, "overlay device ready");
+        let reconciler = NodesReconciler::new(&args.node_name, AyaNodesMap::open(pin_dir)?);
+        let mut overlay = Self {
+            node_name: args.node_name.clone(),
+            pin_dir: pin_dir.to_path_buf(),
+            cluster,
+            vxlan_ifindex,
+            source: NodesFileSource::new(nodes_file),
+            reconciler,
+            local_pod_cidr: None,
+        };
+        overlay.poll();
+        Ok(overlay)
+    }
+
+    fn poll(&mut self) {
+        let nodes = match self.source.poll() {
+            Ok(Some(nodes)) => nodes,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(error = %e, "reading the nodes failed; keeping the last state");
+                return;
+            }
+        };
+        let local = nodes.iter().find(|n| n.name == self.node_name).map(|n| n.pod_cidr);
+        if local.is_none() {
+            warn!(node = %self.node_name, "this node is not in the nodes file; its pods cannot be reached from other nodes");
+        }
+        if local != self.local_pod_cidr {
+            let (local_pod_net, local_pod_mask) = local.map(|c| c.to_map()).unwrap_or((u32::MAX, u32::MAX));
+            let (cluster_net, cluster_mask) = self.cluster.to_map();
+            let config = OverlayConfig {
+                vxlan_ifindex: self.vxlan_ifindex,
+                vni: skiff_ebpf_common::DEFAULT_VNI,
+                local_pod_net,
+                local_pod_mask,
+                cluster_net,
+                cluster_mask,
+            };
+            match datapath::set_overlay_config(&self.pin_dir, config) {
+                Ok(()) => {
+                    self.local_pod_cidr = local;
+                    info!(pod_cidr = ?local.map(|c| c.to_string()), "overlay configured");
+                }
+                Err(e) => error!(error = %e, "cannot write the overlay settings"),
+            }
+        }
+        match self.reconciler.sync(&nodes) {
+            Ok(0) => {}
+            Ok(changes) => info!(changes, nodes = nodes.len(), "nodes map synced"),
+            Err(e) => error!(error = %e, "cannot read the nodes map"),
+        }
+    }
 }

@@ -3,10 +3,12 @@
 //! - [`datapath`]: loads, pins and attaches the BPF programs (never writes Service state);
 //! - [`proxy`]: Services + EndpointSlices → desired load-balancer state → the one
 //!   reconciler that writes the Service maps;
+//! - [`overlay`]: the VXLAN device and the nodes map (peer podCIDR → underlay address);
 //! - [`agent`]: the `skiff-node` command line and the main loop that ties roles together.
 //!
-//! Later issues add `kubelet`, `cri`, `overlay`, `node` and `server`.
+//! Later issues add `kubelet`, `cri`, `node` and `server`.
 
 pub mod agent;
 pub mod datapath;
+pub mod overlay;
 pub mod proxy;

@@ -6,6 +6,9 @@
 //!   pod ns "b1"      eth0 10.244.1.11/32 ── skv1 ├─ node ns (gateway 10.244.1.1 on lo,
 //!   ...                                          ┘          ip_forward=1, no default route)
 //! ```
+//! [`Underlay`] joins several such nodes (see [`NodeTopology::node_of_cluster`]) on a
+//! bridge, for the overlay.
+//!
 //! The node namespace has no default route: a packet to an address nobody owns dies
 //! there instead of leaving the machine.
 
@@ -13,7 +16,12 @@ use std::net::Ipv4Addr;
 
 use crate::netns::Netns;
 
+/// The gateway address of node 1's pods (`10.244.<node>.1` in general), on the node's lo.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
+
+/// MTU of pod interfaces: what the CNI plugin gives pods on a 1500-byte underlay with
+/// VXLAN's 50 bytes of overhead.
+pub const POD_MTU: u32 = 1450;
 
 /// One pod: its namespace, address, and the host-side interface in the node namespace.
 #[derive(Debug)]
@@ -28,6 +36,8 @@ pub struct Pod {
 #[derive(Debug)]
 pub struct NodeTopology {
     pub tag: String,
+    /// The node's number: its pods live in 10.244.<index>.0/24.
+    pub index: u8,
     pub pods: Vec<Pod>,
     pub node: Netns,
 }
@@ -36,28 +46,41 @@ impl NodeTopology {
     /// Builds the node namespace and one pod namespace per name, with addresses
     /// 10.244.1.10, .11, ... in order.
     pub fn new(tag: &str, pod_names: &[&str]) -> Self {
-        let node = Netns::new(&format!("sk{tag}-node"));
+        Self::build(tag, &format!("sk{tag}-node"), 1, pod_names)
+    }
+
+    /// Node number `index` of a cluster: namespace `sk<tag>-n<index>`, pods in
+    /// 10.244.<index>.0/24 named `sk<tag>-n<index>-<pod>`.
+    pub fn node_of_cluster(tag: &str, index: u8, pod_names: &[&str]) -> Self {
+        Self::build(&format!("{tag}-n{index}"), &format!("sk{tag}-n{index}"), index, pod_names)
+    }
+
+    fn build(tag: &str, node_ns: &str, index: u8, pod_names: &[&str]) -> Self {
+        let node = Netns::new(node_ns);
+        let gateway = Ipv4Addr::new(10, 244, index, 1);
         node.sh(&format!(
             "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 && \
-             ip addr add {GATEWAY}/32 dev lo"
+             ip addr add {gateway}/32 dev lo"
         ));
-        let mut topo = Self { tag: tag.to_owned(), pods: Vec::new(), node };
+        let mut topo = Self { tag: tag.to_owned(), index, pods: Vec::new(), node };
         for (i, name) in pod_names.iter().enumerate() {
-            topo.add_pod(name, Ipv4Addr::new(10, 244, 1, 10 + i as u8), &format!("skv{i}"));
+            topo.add_pod(name, Ipv4Addr::new(10, 244, index, 10 + i as u8), &format!("skv{i}"));
         }
         topo
     }
 
     fn add_pod(&mut self, name: &str, ip: Ipv4Addr, host_if: &str) {
         let ns = Netns::new(&format!("sk{}-{name}", self.tag));
+        let gateway = Ipv4Addr::new(10, 244, self.index, 1);
         self.node.sh(&format!(
-            "ip link add {host_if} type veth peer name eth0 netns {pod} && ip link set {host_if} up && \
+            "ip link add {host_if} mtu {POD_MTU} type veth peer name eth0 mtu {POD_MTU} netns {pod} && \
+             ip link set {host_if} up && \
              sysctl -qw net.ipv4.conf.{host_if}.rp_filter=0 && ip route add {ip}/32 dev {host_if}",
             pod = ns.name
         ));
         ns.sh(&format!(
             "ip addr add {ip}/32 dev eth0 && ip link set eth0 up && \
-             ip route add {GATEWAY} dev eth0 scope link && ip route add default via {GATEWAY} dev eth0"
+             ip route add {gateway} dev eth0 scope link && ip route add default via {gateway} dev eth0"
         ));
         self.pods.push(Pod { name: name.to_owned(), ns, ip, host_if: host_if.to_owned() });
     }
@@ -66,8 +89,43 @@ impl NodeTopology {
         self.pods.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no pod {name}"))
     }
 
+    /// The node's underlay address once connected by [`Underlay::connect`].
+    pub fn underlay_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(192, 168, 77, 10 + self.index)
+    }
+
     /// Host-side interface names, for the agent's `--pod-interface` flags.
     pub fn host_interfaces(&self) -> Vec<String> {
         self.pods.iter().map(|p| p.host_if.clone()).collect()
+    }
+}
+
+/// The underlay network between nodes: a bridge in a namespace of its own, each node
+/// attached by a veth whose node end is `eth0` with 192.168.77.<10 + node>/24, MTU 1500.
+/// No other address exists on it, and no namespace here has a default route.
+#[derive(Debug)]
+pub struct Underlay {
+    pub ns: Netns,
+}
+
+impl Underlay {
+    pub fn new(tag: &str) -> Self {
+        let ns = Netns::new(&format!("sk{tag}-ul"));
+        ns.sh("ip link add br0 type bridge && ip link set br0 up");
+        Self { ns }
+    }
+
+    pub fn connect(&self, node: &NodeTopology) {
+        let port = format!("ul{}", node.index);
+        self.ns.sh(&format!(
+            "ip link add {port} type veth peer name eth0 netns {node_ns} && ip link set {port} master br0 up",
+            node_ns = node.node.name
+        ));
+        node.node.sh(&format!("ip addr add {}/24 dev eth0 && ip link set eth0 up", node.underlay_ip()));
+    }
+
+    /// Cuts a node off the underlay (its link down) or reconnects it.
+    pub fn set_link(&self, node: &NodeTopology, up: bool) {
+        self.ns.sh(&format!("ip link set ul{} {}", node.index, if up { "up" } else { "down" }));
     }
 }

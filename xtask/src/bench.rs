@@ -69,20 +69,27 @@ fn lb(args: &[String]) -> Result<()> {
         // `pins` drops here: the links go, and the programs are detached.
     };
 
-    // iptables: the same Services as kube-proxy's iptables mode writes them.
-    let iptables_rate = {
-        progress("bench", &format!("iptables: loading a kube-proxy-style ruleset with {services} Services..."));
+    // iptables: the same Services as kube-proxy's iptables mode writes them, with both
+    // of Debian's iptables back ends (nf_tables is the default; legacy is what many
+    // clusters' kube-proxy images still use).
+    let mut iptables_rates = Vec::new();
+    for backend in ["nft", "legacy"] {
+        progress("bench", &format!("iptables-{backend}: loading a kube-proxy-style ruleset with {services} Services..."));
         let started = std::time::Instant::now();
-        load_iptables(&topo.node, &specs)?;
-        progress("bench", &format!("iptables: ruleset loaded in {:.1} s", started.elapsed().as_secs_f64()));
+        load_iptables(&topo.node, &specs, backend)?;
+        progress("bench", &format!("iptables-{backend}: ruleset loaded in {:.1} s", started.elapsed().as_secs_f64()));
         let rate = conn_rate(&topo, &bin, seconds);
-        let _ = topo.node.sh_output("iptables -t nat -F && iptables -t nat -X");
-        rate?
-    };
+        let _ = topo.node.sh_output(&format!("iptables-{backend} -t nat -F && iptables-{backend} -t nat -X"));
+        iptables_rates.push((backend, rate?));
+    }
 
     println!("P2 conn-rate-ebpf@{services}: {ebpf_rate:.0} conn/s");
-    println!("P2 conn-rate-iptables@{services}: {iptables_rate:.0} conn/s");
-    println!("P2 conn-rate-vs-iptables@{services}: {:.2} x", ebpf_rate / iptables_rate);
+    for (backend, rate) in &iptables_rates {
+        println!("P2 conn-rate-iptables-{backend}@{services}: {rate:.0} conn/s");
+    }
+    for (backend, rate) in &iptables_rates {
+        println!("P2 conn-rate-vs-iptables-{backend}@{services}: {:.2} x", ebpf_rate / rate);
+    }
     Ok(())
 }
 
@@ -139,7 +146,7 @@ fn conn_rate(topo: &NodeTopology, bin: &std::path::Path, seconds: u64) -> Result
 /// Loads the nat-table rules kube-proxy's iptables mode writes for these Services:
 /// KUBE-SERVICES → KUBE-SVC-* (statistic random) → KUBE-SEP-* (DNAT), plus the
 /// masquerade marking chains, in one `iptables-restore`.
-fn load_iptables(node: &Netns, specs: &[ServiceSpec]) -> Result<()> {
+fn load_iptables(node: &Netns, specs: &[ServiceSpec], backend: &str) -> Result<()> {
     let mut rules = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n");
     rules.push_str(":KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-POSTROUTING - [0:0]\n");
     let mut sep_id = 0usize;
@@ -179,10 +186,10 @@ fn load_iptables(node: &Netns, specs: &[ServiceSpec]) -> Result<()> {
     rules.push_str("COMMIT\n");
     let path = std::env::temp_dir().join(format!("skiff-bench-{}.rules", std::process::id()));
     std::fs::write(&path, &rules)?;
-    let out = node.sh_output(&format!("iptables-restore < {}", path.display()));
+    let out = node.sh_output(&format!("iptables-{backend}-restore < {}", path.display()));
     let _ = std::fs::remove_file(&path);
     if !out.status.success() {
-        bail!("iptables-restore failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!("iptables-{backend}-restore failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
 }

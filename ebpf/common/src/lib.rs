@@ -33,8 +33,13 @@ pub mod pin {
     pub const ENDPOINTS: &str = "ENDPOINTS_V1";
     /// Peer nodes by podCIDR (written by the agent's overlay role).
     pub const NODES: &str = "NODES_V1";
+    /// The overlay's settings (one-entry array).
+    pub const OVERLAY_CONFIG: &str = "OVERLAY_CONFIG_V1";
     /// Pinned program for tc ingress on a pod's host-side veth.
     pub const PROG_FROM_POD: &str = "from_pod_v1";
+    /// Pinned programs for tc ingress and egress on the node's VXLAN device.
+    pub const PROG_FROM_OVERLAY: &str = "from_overlay_v1";
+    pub const PROG_TO_OVERLAY: &str = "to_overlay_v1";
     /// Directory (under the node's pin directory) of pinned tc links, one file per
     /// interface: `links/from_pod_<ifname>`.
     pub const LINKS_DIR: &str = "links";
@@ -241,6 +246,32 @@ pub struct NodeInfo4 {
 }
 const _: () = assert!(size_of::<NodeInfo4>() == 8);
 
+/// The overlay's settings, slot 0 of a one-entry array map written by the agent. A zero
+/// `vxlan_ifindex` means "no overlay": traffic for other nodes is left to the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct OverlayConfig {
+    /// The node's VXLAN device (external/collect_md mode).
+    pub vxlan_ifindex: u32,
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// This node's podCIDR (network and mask, network byte order).
+    pub local_pod_net: u32,
+    pub local_pod_mask: u32,
+    /// The cluster CIDR (network and mask, network byte order).
+    pub cluster_net: u32,
+    pub cluster_mask: u32,
+}
+const _: () = assert!(size_of::<OverlayConfig>() == 24);
+
+/// The default VXLAN network identifier and UDP port, as flannel's.
+pub const DEFAULT_VNI: u32 = 1;
+pub const VXLAN_PORT: u16 = 8472;
+
+/// skb mark bit: "from pod" already set this packet's tunnel key, so "to overlay" on the
+/// VXLAN device's egress need not look the peer up again.
+pub const MARK_TUNNEL_SET: u32 = 0x0000_5c00;
+
 /// Defaults, as in Cilium and kube-proxy's conntrack settings.
 pub const DEFAULT_TCP_TIMEOUT_S: u32 = 21_600;
 pub const DEFAULT_TCP_CLOSING_TIMEOUT_S: u32 = 10;
@@ -305,4 +336,5 @@ mod user {
     unsafe impl aya::Pod for LbConfig {}
     unsafe impl aya::Pod for Endpoint4 {}
     unsafe impl aya::Pod for NodeInfo4 {}
+    unsafe impl aya::Pod for OverlayConfig {}
 }

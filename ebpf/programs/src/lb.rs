@@ -56,15 +56,26 @@ pub fn from_pod(ctx: &TcContext) -> Result<i32, Drop> {
             return new_flow(ctx, &pkt, &frontend, &svc, now, &cfg);
         }
         if cfg.service_mask != 0 {
-            return Ok(TC_ACT_OK as i32);
+            return deliver(ctx, pkt.daddr);
         }
     }
     if let Some(entry) = CT4_V1.get_ptr_mut(conntrack::reply_key(&pkt)) {
         // SAFETY: pointer from a successful lookup, used before returning.
         let entry = unsafe { *entry };
-        return rev_nat(ctx, &pkt, &entry);
+        rev_nat(ctx, &pkt, &entry)?;
+        return deliver(ctx, entry.client_addr);
     }
-    Ok(TC_ACT_OK as i32)
+    deliver(ctx, pkt.daddr)
+}
+
+/// Where a packet goes after load balancing: into the tunnel if its destination is a
+/// pod on another node, else on to the node's stack.
+#[inline(always)]
+fn deliver(ctx: &TcContext, daddr: u32) -> Result<i32, Drop> {
+    match crate::overlay::to_remote_node(ctx, daddr)? {
+        Some(action) => Ok(action),
+        None => Ok(TC_ACT_OK as i32),
+    }
 }
 
 /// The first packet of a flow toward a Service frontend.
@@ -215,12 +226,12 @@ fn dnat(ctx: &TcContext, pkt: &Packet, addr: u32, port: u16, hairpin: bool, cfg:
         rewrite_addr(ctx, pkt, IP_SADDR_OFF, pkt.saddr, cfg.hairpin_addr)?;
     }
     count(stat::TRANSLATED);
-    Ok(TC_ACT_OK as i32)
+    deliver(ctx, addr)
 }
 
 /// Reverse NAT of a backend's reply: the client only ever sees the Service address.
 #[inline(always)]
-fn rev_nat(ctx: &TcContext, pkt: &Packet, entry: &Ct4Entry) -> Result<i32, Drop> {
+pub(crate) fn rev_nat(ctx: &TcContext, pkt: &Packet, entry: &Ct4Entry) -> Result<i32, Drop> {
     // SAFETY: copied out at once.
     let Some(vip) = (unsafe { REV_NAT_V1.get(entry.rev_nat_index) }).copied() else {
         // The Service is gone: nothing to translate back to.

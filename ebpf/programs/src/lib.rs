@@ -8,7 +8,8 @@
 //! - [`csum`]: checksum arithmetic for headers built from scratch;
 //! - [`conntrack`]: flow entries that keep a connection on its backend;
 //! - [`lb`]: Service lookup, backend selection, DNAT and reverse NAT;
-//! - [`reject`]: TCP RST and ICMP port-unreachable answers for Services without backends.
+//! - [`reject`]: TCP RST and ICMP port-unreachable answers for Services without backends;
+//! - [`overlay`]: the VXLAN overlay: tunnel keys toward peers, delivery from the tunnel.
 //!
 //! Nothing here logs on the per-packet path; counters in `LB_STATS_V1` say what happened.
 #![no_std]
@@ -18,6 +19,7 @@ pub mod conntrack;
 pub mod csum;
 pub mod lb;
 pub mod maps;
+pub mod overlay;
 pub mod packet;
 pub mod reject;
 

@@ -89,3 +89,6 @@ pub static ENDPOINTS_V1: HashMap<u32, skiff_ebpf_common::Endpoint4> =
 #[map]
 pub static NODES_V1: aya_ebpf::maps::LpmTrie<u32, skiff_ebpf_common::NodeInfo4> =
     aya_ebpf::maps::LpmTrie::pinned(skiff_ebpf_common::capacity::NODES, 0);
+
+#[map]
+pub static OVERLAY_CONFIG_V1: Array<skiff_ebpf_common::OverlayConfig> = Array::pinned(1, 0);

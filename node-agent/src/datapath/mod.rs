@@ -20,11 +20,69 @@ use aya::{
     },
     sys::SyscallError,
 };
-use skiff_ebpf_common::{LbConfig, pin, stat};
+use skiff_ebpf_common::{LbConfig, OverlayConfig, pin, stat};
 use tracing::{debug, info};
 
-/// The "from pod" object: tc ingress on pods' host-side veths.
-static FROM_POD_OBJ: &[u8] = aya::include_bytes_aligned!(env!("SKIFF_EBPF_FROM_POD"));
+/// One BPF program of the datapath: its object (one per attach point), program name,
+/// pinned name, and where it attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prog {
+    /// tc ingress on each pod's host-side veth: load balancing, then the overlay.
+    FromPod,
+    /// tc ingress on the VXLAN device: reverse NAT and delivery to local pods.
+    FromOverlay,
+    /// tc egress on the VXLAN device: tunnel keys for traffic the node's stack sends.
+    ToOverlay,
+}
+
+impl Prog {
+    pub const ALL: [Prog; 3] = [Prog::FromPod, Prog::FromOverlay, Prog::ToOverlay];
+
+    /// The function name in the object.
+    pub fn name(self) -> &'static str {
+        match self {
+            Prog::FromPod => "from_pod",
+            Prog::FromOverlay => "from_overlay",
+            Prog::ToOverlay => "to_overlay",
+        }
+    }
+
+    fn pin_name(self) -> &'static str {
+        match self {
+            Prog::FromPod => pin::PROG_FROM_POD,
+            Prog::FromOverlay => pin::PROG_FROM_OVERLAY,
+            Prog::ToOverlay => pin::PROG_TO_OVERLAY,
+        }
+    }
+
+    fn attach_type(self) -> TcAttachType {
+        match self {
+            Prog::ToOverlay => TcAttachType::Egress,
+            _ => TcAttachType::Ingress,
+        }
+    }
+
+    fn object(self) -> &'static [u8] {
+        static FROM_POD: &[u8] = aya::include_bytes_aligned!(env!("SKIFF_EBPF_FROM_POD"));
+        static FROM_OVERLAY: &[u8] = aya::include_bytes_aligned!(env!("SKIFF_EBPF_FROM_OVERLAY"));
+        static TO_OVERLAY: &[u8] = aya::include_bytes_aligned!(env!("SKIFF_EBPF_TO_OVERLAY"));
+        match self {
+            Prog::FromPod => FROM_POD,
+            Prog::FromOverlay => FROM_OVERLAY,
+            Prog::ToOverlay => TO_OVERLAY,
+        }
+    }
+
+    /// A developer may point at a freshly built object instead of the embedded one
+    /// (`SKIFF_FROM_POD_OBJECT=target/bpfel-unknown-none/release/from-pod`, ...).
+    fn override_var(self) -> &'static str {
+        match self {
+            Prog::FromPod => "SKIFF_FROM_POD_OBJECT",
+            Prog::FromOverlay => "SKIFF_FROM_OVERLAY_OBJECT",
+            Prog::ToOverlay => "SKIFF_TO_OVERLAY_OBJECT",
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -66,10 +124,11 @@ pub enum Attached {
     Adopted,
 }
 
-/// The loaded datapath of one node.
+/// The loaded datapath of one node: one loaded object per program, all sharing the
+/// pinned maps.
 pub struct Datapath {
     pin_dir: PathBuf,
-    from_pod: Ebpf,
+    objects: Vec<(Prog, Ebpf)>,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -79,65 +138,83 @@ impl std::fmt::Debug for Datapath {
 }
 
 impl Datapath {
-    /// Loads the programs, creating or adopting the pinned maps in `pin_dir`.
+    /// Loads the programs, creating or adopting the pinned maps in `pin_dir`, and pins
+    /// each program (so that skiff-cni can attach "from pod" to new pods).
     pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Self> {
-        for dir in [pin_dir.to_path_buf(), pin_dir.join("links")] {
+        for dir in [pin_dir.to_path_buf(), pin_dir.join(pin::LINKS_DIR)] {
             std::fs::create_dir_all(&dir).map_err(|source| Error::PinDir { path: dir.clone(), source })?;
         }
-        // A developer may point at a freshly built object instead of the embedded one.
-        let override_obj = std::env::var_os("SKIFF_FROM_POD_OBJECT").map(std::fs::read).transpose().map_err(|source| Error::PinDir { path: PathBuf::from("$SKIFF_FROM_POD_OBJECT"), source })?;
-        let object: &[u8] = override_obj.as_deref().unwrap_or(FROM_POD_OBJ);
-        let mut from_pod = EbpfLoader::new()
-            .default_map_pin_directory(pin_dir)
-            .map_max_entries(pin::SERVICES, sizes.services)
-            .map_max_entries(pin::BACKENDS, sizes.backends)
-            .map_max_entries(pin::CT, sizes.ct)
-            .load(object)
-            .map_err(|source| Error::Load { object: "from-pod", source: Box::new(source) })?;
-        let program = from_pod_program(&mut from_pod)?;
-        program
-            .load()
-            .map_err(|source| Error::Program { program: "from_pod", source: Box::new(source) })?;
-        // The program pin lets other processes (the CNI plugin) attach it to new pods.
-        let prog_pin = pin_dir.join(pin::PROG_FROM_POD);
-        let _ = std::fs::remove_file(&prog_pin);
-        program
-            .pin(&prog_pin)
-            .map_err(|e| Error::Pin { path: prog_pin.clone(), reason: e.to_string() })?;
+        let mut objects = Vec::new();
+        for prog in Prog::ALL {
+            let override_obj = std::env::var_os(prog.override_var())
+                .map(std::fs::read)
+                .transpose()
+                .map_err(|source| Error::PinDir { path: PathBuf::from(prog.override_var()), source })?;
+            let mut ebpf = EbpfLoader::new()
+                .default_map_pin_directory(pin_dir)
+                .map_max_entries(pin::SERVICES, sizes.services)
+                .map_max_entries(pin::BACKENDS, sizes.backends)
+                .map_max_entries(pin::CT, sizes.ct)
+                .load(override_obj.as_deref().unwrap_or(prog.object()))
+                .map_err(|source| Error::Load { object: prog.name(), source: Box::new(source) })?;
+            let program = program_of(&mut ebpf, prog)?;
+            program.load().map_err(|source| Error::Program { program: prog.name(), source: Box::new(source) })?;
+            let prog_pin = pin_dir.join(prog.pin_name());
+            let _ = std::fs::remove_file(&prog_pin);
+            program.pin(&prog_pin).map_err(|e| Error::Pin { path: prog_pin.clone(), reason: e.to_string() })?;
+            objects.push((prog, ebpf));
+        }
         info!(pin_dir = %pin_dir.display(), "datapath loaded");
-        Ok(Self { pin_dir: pin_dir.to_path_buf(), from_pod })
+        Ok(Self { pin_dir: pin_dir.to_path_buf(), objects })
     }
 
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
     }
 
-    fn link_pin(&self, interface: &str) -> PathBuf {
-        self.pin_dir.join("links").join(format!("from_pod_{interface}"))
+    fn link_pin(&self, prog: Prog, interface: &str) -> PathBuf {
+        self.pin_dir.join(pin::LINKS_DIR).join(format!("{}_{interface}", prog.name()))
     }
 
-    /// Attaches "from pod" at tc ingress of a pod's host-side interface. If a pinned
-    /// link exists (an earlier agent attached it), the program in it is replaced
-    /// atomically, so no packet meets an interface without a program.
+    /// The loaded program, for BPF_PROG_TEST_RUN in tests and benchmarks.
+    pub fn program(&mut self, prog: Prog) -> Result<&mut SchedClassifier> {
+        let ebpf = &mut self.objects.iter_mut().find(|(p, _)| *p == prog).expect("every program is loaded").1;
+        program_of(ebpf, prog)
+    }
+
+    /// The loaded "from pod" program, for BPF_PROG_TEST_RUN in tests and benchmarks.
+    pub fn from_pod_program(&mut self) -> Result<&mut SchedClassifier> {
+        self.program(Prog::FromPod)
+    }
+
+    /// Attaches "from pod" at tc ingress of a pod's host-side interface.
     pub fn attach_from_pod(&mut self, interface: &str) -> Result<Attached> {
-        let link_pin = self.link_pin(interface);
-        let attach_err = |reason: String| Error::Attach { program: "from_pod", interface: interface.to_owned(), reason };
-        let program = from_pod_program(&mut self.from_pod)?;
+        self.attach(Prog::FromPod, interface)
+    }
+
+    /// Attaches a program to an interface at its attach point. If a pinned link exists
+    /// (an earlier agent attached it), the program in it is replaced atomically, so no
+    /// packet meets an interface without a program.
+    pub fn attach(&mut self, prog: Prog, interface: &str) -> Result<Attached> {
+        let link_pin = self.link_pin(prog, interface);
+        let attach_err =
+            |reason: String| Error::Attach { program: prog.name(), interface: interface.to_owned(), reason };
+        let program = self.program(prog)?;
         match PinnedLink::from_pin(&link_pin) {
             Ok(old) => {
                 let link = FdLink::from(old).try_into().map_err(|e: LinkError| attach_err(e.to_string()))?;
                 let id = program.attach_to_link(link).map_err(|e| attach_err(e.to_string()))?;
                 // The pin keeps the link; this process's descriptor may go.
                 drop(program.take_link(id));
-                debug!(interface, "adopted pinned link");
+                debug!(interface, program = prog.name(), "adopted pinned link");
                 Ok(Attached::Adopted)
             }
             Err(LinkError::SyscallError(SyscallError { io_error, .. })) if io_error.kind() == io::ErrorKind::NotFound => {
-                let id = program.attach(interface, TcAttachType::Ingress).map_err(|e| attach_err(e.to_string()))?;
+                let id = program.attach(interface, prog.attach_type()).map_err(|e| attach_err(e.to_string()))?;
                 let link = program.take_link(id).map_err(|e| attach_err(e.to_string()))?;
                 let fd_link: FdLink = link.try_into().map_err(|e: LinkError| attach_err(e.to_string()))?;
                 fd_link.pin(&link_pin).map_err(|e| Error::Pin { path: link_pin.clone(), reason: e.to_string() })?;
-                debug!(interface, "attached new link");
+                debug!(interface, program = prog.name(), "attached new link");
                 Ok(Attached::New)
             }
             Err(e) => Err(attach_err(e.to_string())),
@@ -146,16 +223,12 @@ impl Datapath {
 
     /// Detaches "from pod" from an interface by removing its link pin.
     pub fn detach_from_pod(&mut self, interface: &str) -> Result<()> {
-        match std::fs::remove_file(self.link_pin(interface)) {
+        let link_pin = self.link_pin(Prog::FromPod, interface);
+        match std::fs::remove_file(&link_pin) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::Pin { path: self.link_pin(interface), reason: e.to_string() }),
+            Err(e) => Err(Error::Pin { path: link_pin, reason: e.to_string() }),
         }
-    }
-
-    /// The loaded "from pod" program, for BPF_PROG_TEST_RUN in tests and benchmarks.
-    pub fn from_pod_program(&mut self) -> Result<&mut SchedClassifier> {
-        from_pod_program(&mut self.from_pod)
     }
 
     /// Writes the load balancer's runtime settings.
@@ -164,16 +237,14 @@ impl Datapath {
     }
 }
 
-fn from_pod_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+fn program_of(ebpf: &mut Ebpf, prog: Prog) -> Result<&mut SchedClassifier> {
     let program = ebpf
-        .program_mut("from_pod")
-        .ok_or_else(|| Error::Pin { path: PathBuf::from("from_pod"), reason: "program missing from object".into() })?;
-    program
-        .try_into()
-        .map_err(|source| Error::Program { program: "from_pod", source: Box::new(source) })
+        .program_mut(prog.name())
+        .ok_or_else(|| Error::Pin { path: PathBuf::from(prog.name()), reason: "program missing from object".into() })?;
+    program.try_into().map_err(|source| Error::Program { program: prog.name(), source: Box::new(source) })
 }
 
-fn open_pinned(dir: &Path, map: &'static str) -> Result<MapData> {
+pub(crate) fn open_pinned(dir: &Path, map: &'static str) -> Result<MapData> {
     MapData::from_pin(dir.join(map)).map_err(|source| Error::Map { map, dir: dir.to_path_buf(), source: Box::new(source) })
 }
 
@@ -181,6 +252,15 @@ fn open_pinned(dir: &Path, map: &'static str) -> Result<MapData> {
 pub fn set_config(pin_dir: &Path, config: LbConfig) -> Result<()> {
     let map_err = |source| Error::Map { map: pin::CONFIG, dir: pin_dir.to_path_buf(), source: Box::new(source) };
     let mut array: Array<MapData, LbConfig> = Array::try_from(Map::Array(open_pinned(pin_dir, pin::CONFIG)?)).map_err(map_err)?;
+    array.set(0, config, 0).map_err(map_err)
+}
+
+/// Writes the overlay's settings into the pinned config map under `pin_dir`.
+pub fn set_overlay_config(pin_dir: &Path, config: OverlayConfig) -> Result<()> {
+    let map_err =
+        |source| Error::Map { map: pin::OVERLAY_CONFIG, dir: pin_dir.to_path_buf(), source: Box::new(source) };
+    let mut array: Array<MapData, OverlayConfig> =
+        Array::try_from(Map::Array(open_pinned(pin_dir, pin::OVERLAY_CONFIG)?)).map_err(map_err)?;
     array.set(0, config, 0).map_err(map_err)
 }
 
