@@ -162,15 +162,19 @@ impl NetConf {
     /// could be read.
     pub fn parse(stdin: &[u8]) -> Result<Self, CniError> {
         let value: serde_json::Value = serde_json::from_slice(stdin).map_err(|e| {
-            CniError::new(code::DECODE, "cannot decode the network configuration on stdin", format!("not valid JSON: {e}"))
+            CniError::new(
+                code::DECODE,
+                "cannot decode the network configuration on stdin",
+                format!("not valid JSON: {e}"),
+            )
         })?;
         let version = requested_version(&value)?;
         let conf: NetConf = serde_json::from_value(value).map_err(|e| {
             CniError::new(code::INVALID_CONFIG, "invalid network configuration", e.to_string()).with_version(&version)
         })?;
-        conf.node()
-            .validate()
-            .map_err(|e| CniError::new(code::INVALID_CONFIG, "invalid network configuration", e).with_version(&version))?;
+        conf.node().validate().map_err(|e| {
+            CniError::new(code::INVALID_CONFIG, "invalid network configuration", e).with_version(&version)
+        })?;
         Ok(conf)
     }
 
@@ -192,10 +196,18 @@ impl NetConf {
 /// The `cniVersion` of a decoded configuration, checked against [`SUPPORTED_VERSIONS`].
 pub fn requested_version(value: &serde_json::Value) -> Result<String, CniError> {
     let Some(version) = value.get("cniVersion") else {
-        return Err(CniError::new(code::INVALID_CONFIG, "invalid network configuration", "the field cniVersion is missing"));
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            "invalid network configuration",
+            "the field cniVersion is missing",
+        ));
     };
     let Some(version) = version.as_str() else {
-        return Err(CniError::new(code::INVALID_CONFIG, "invalid network configuration", "cniVersion must be a string"));
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            "invalid network configuration",
+            "cniVersion must be a string",
+        ));
     };
     if !SUPPORTED_VERSIONS.contains(&version) {
         return Err(CniError::new(
@@ -241,7 +253,10 @@ mod tests {
     #[test]
     fn classifies_bad_configurations() {
         assert_eq!(NetConf::parse(b"{not json").unwrap_err().code, code::DECODE);
-        assert_eq!(NetConf::parse(GOOD.replace("1.0.0", "9.9.9").as_bytes()).unwrap_err().code, code::INCOMPATIBLE_VERSION);
+        assert_eq!(
+            NetConf::parse(GOOD.replace("1.0.0", "9.9.9").as_bytes()).unwrap_err().code,
+            code::INCOMPATIBLE_VERSION
+        );
         let no_version = GOOD.replace(r#""cniVersion":"1.0.0","#, "");
         assert_eq!(NetConf::parse(no_version.as_bytes()).unwrap_err().code, code::INVALID_CONFIG);
         let bad_cidr = GOOD.replace("10.244.1.0/24", "10.244.1.0/31");

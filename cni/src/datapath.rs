@@ -89,7 +89,11 @@ impl Datapath {
         };
         match map.remove(&addr_to_map(ip.octets())) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(MapError::SyscallError(SyscallError { io_error, .. })) if io_error.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(MapError::SyscallError(SyscallError { io_error, .. }))
+                if io_error.kind() == io::ErrorKind::NotFound =>
+            {
+                Ok(())
+            }
             Err(e) => Err(Error::Map { path: self.dir.join(pin::ENDPOINTS), reason: format!("removing {ip}: {e}") }),
         }
     }
@@ -99,7 +103,8 @@ impl Datapath {
     /// process. A stale pin of an earlier veth of the same name is replaced.
     pub fn attach_from_pod(&self, host_veth: &str) -> Result<()> {
         let prog_path = self.dir.join(pin::PROG_FROM_POD);
-        let attach_err = |reason: String| Error::Attach { program: prog_path.clone(), interface: host_veth.to_owned(), reason };
+        let attach_err =
+            |reason: String| Error::Attach { program: prog_path.clone(), interface: host_veth.to_owned(), reason };
         let link_pin = self.link_pin(host_veth);
         let pin_err = |source| Error::LinkPin { path: link_pin.clone(), source };
         std::fs::create_dir_all(self.dir.join(pin::LINKS_DIR)).map_err(pin_err)?;

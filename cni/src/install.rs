@@ -59,13 +59,58 @@ pub fn write_conflist(conf_dir: &Path, cfg: &NodeNetConfig) -> io::Result<PathBu
     written.map(|()| path)
 }
 
+/// The `skiff-cni` binary beside the running executable (cargo builds skiff-node and
+/// skiff-cni into the same directory, and a node image ships them together): what the
+/// node agent passes to [`install_binary`].
+pub fn plugin_beside_current_exe() -> io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.with_file_name(PLUGIN_TYPE);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{} is missing: build it with `cargo build -p skiff-cni`", path.display()),
+        ))
+    }
+}
+
+/// Where Debian's `containernetworking-plugins` and the upstream tarball put the
+/// reference `loopback` plugin, which containerd runs for the pod's `lo`.
+pub const LOOPBACK_SOURCES: [&str; 2] = ["/usr/lib/cni/loopback", "/opt/cni/bin/loopback"];
+
 /// Copies the plugin binary `src` to `<bin_dir>/skiff-cni` through a temporary file and
 /// a rename, mode 0755. A runtime that executes the plugin meanwhile gets either the
 /// old or the new binary, never a partial one (and never ETXTBSY).
 pub fn install_binary(src: &Path, bin_dir: &Path) -> io::Result<()> {
+    install_as(src, bin_dir, PLUGIN_TYPE)
+}
+
+/// Installs the `loopback` plugin from the first of [`LOOPBACK_SOURCES`] that exists
+/// into `bin_dir` (unless `bin_dir` already holds it), and returns its path there.
+pub fn install_loopback(bin_dir: &Path) -> io::Result<PathBuf> {
+    let dest = bin_dir.join("loopback");
+    if dest.is_file() {
+        return Ok(dest);
+    }
+    let src = LOOPBACK_SOURCES.iter().map(Path::new).find(|p| p.is_file()).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "the CNI loopback plugin is not installed (looked in {}): install containernetworking-plugins",
+                LOOPBACK_SOURCES.join(", ")
+            ),
+        )
+    })?;
+    install_as(src, bin_dir, "loopback")?;
+    Ok(dest)
+}
+
+/// Copies `src` to `<bin_dir>/<name>` atomically, mode 0755.
+pub fn install_as(src: &Path, bin_dir: &Path, name: &str) -> io::Result<()> {
     fs::create_dir_all(bin_dir)?;
-    let dest = bin_dir.join(PLUGIN_TYPE);
-    let tmp = bin_dir.join(format!(".{PLUGIN_TYPE}.{}.tmp", std::process::id()));
+    let dest = bin_dir.join(name);
+    let tmp = bin_dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let copied = (|| {
         fs::copy(src, &tmp)?;
         fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))?;

@@ -92,8 +92,8 @@ impl State {
         };
         for i in 0..size {
             let candidate = Ipv4Addr::from(first + (start - first + i) % size);
-            if !self.allocations.contains_key(&candidate) {
-                self.allocations.insert(candidate, allocation);
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.allocations.entry(candidate) {
+                slot.insert(allocation);
                 self.last = Some(candidate);
                 return Ok(candidate);
             }
@@ -112,7 +112,9 @@ impl State {
 pub enum Error {
     #[error("IPAM state in {dir}: {source}")]
     Io { dir: PathBuf, source: io::Error },
-    #[error("IPAM state {path} is corrupt ({source}); move it aside only if no pod on this node uses an address from it")]
+    #[error(
+        "IPAM state {path} is corrupt ({source}); move it aside only if no pod on this node uses an address from it"
+    )]
     Corrupt { path: PathBuf, source: serde_json::Error },
 }
 
@@ -148,7 +150,8 @@ impl Store {
         lock.lock().map_err(io_err)?;
         let path = self.state_path();
         let before = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<State>(&bytes).map_err(|source| Error::Corrupt { path: path.clone(), source })?,
+            Ok(bytes) => serde_json::from_slice::<State>(&bytes)
+                .map_err(|source| Error::Corrupt { path: path.clone(), source })?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => State::default(),
             Err(e) => return Err(io_err(e)),
         };
@@ -231,7 +234,9 @@ mod tests {
         let threads: Vec<_> = (0..16)
             .map(|i| {
                 let dir = dir.clone();
-                std::thread::spawn(move || Store::new(&dir).update(|s| s.allocate(cidr, alloc(&i.to_string()))).unwrap().unwrap())
+                std::thread::spawn(move || {
+                    Store::new(&dir).update(|s| s.allocate(cidr, alloc(&i.to_string()))).unwrap().unwrap()
+                })
             })
             .collect();
         let mut ips: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();

@@ -34,7 +34,9 @@ impl Error {
     /// The errno of a netlink error, if the kernel sent one.
     pub fn errno(&self) -> Option<Errno> {
         match self {
-            Error::Netlink { source: rtnetlink::Error::NetlinkError(msg), .. } => Some(Errno::from_raw(-msg.raw_code())),
+            Error::Netlink { source: rtnetlink::Error::NetlinkError(msg), .. } => {
+                Some(Errno::from_raw(-msg.raw_code()))
+            }
             _ => None,
         }
     }
@@ -58,7 +60,8 @@ pub struct Link {
 
 impl Link {
     fn from_message(msg: &LinkMessage) -> Self {
-        let mut link = Link { index: msg.header.index, mac: [0; 6], mtu: 0, up: msg.header.flags.contains(LinkFlags::Up) };
+        let mut link =
+            Link { index: msg.header.index, mac: [0; 6], mtu: 0, up: msg.header.flags.contains(LinkFlags::Up) };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::Address(a) if a.len() == 6 => link.mac.copy_from_slice(a),
@@ -68,6 +71,15 @@ impl Link {
         }
         link
     }
+}
+
+/// An IPv4 route as the kernel reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub dst: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
 }
 
 /// A netlink connection in the calling thread's network namespace, driven by a
@@ -112,7 +124,8 @@ impl Netlink {
 
     /// The interface called `name`, or `None`.
     pub fn link(&self, name: &str) -> Result<Option<Link>> {
-        let result = self.rt.block_on(async { self.handle.link().get().match_name(name.to_owned()).execute().try_next().await });
+        let result =
+            self.rt.block_on(async { self.handle.link().get().match_name(name.to_owned()).execute().try_next().await });
         match result {
             Ok(msg) => Ok(msg.as_ref().map(Link::from_message)),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -(Errno::ENODEV as i32) => Ok(None),
@@ -173,8 +186,8 @@ impl Netlink {
             .map_err(nl_err(format!("adding route {dst}/{prefix} (interface index {oif}, gateway {gateway:?})")))
     }
 
-    /// IPv4 routes of the main table as (destination, prefix, gateway, oif).
-    pub fn routes(&self) -> Result<Vec<(Ipv4Addr, u8, Option<Ipv4Addr>, Option<u32>)>> {
+    /// IPv4 routes of the main table.
+    pub fn routes(&self) -> Result<Vec<Route>> {
         let msgs: Vec<_> = self
             .rt
             .block_on(self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute().try_collect())
@@ -192,7 +205,7 @@ impl Netlink {
                         _ => {}
                     }
                 }
-                (dst, m.header.destination_prefix_length, gw, oif)
+                Route { dst, prefix: m.header.destination_prefix_length, gateway: gw, oif }
             })
             .collect())
     }

@@ -71,7 +71,11 @@ impl CniResult {
             cni_version: version.to_owned(),
             interfaces: vec![
                 Interface { name: pod.host_veth.to_owned(), mac: pod.host_mac.to_owned(), sandbox: None },
-                Interface { name: pod.ifname.to_owned(), mac: pod.pod_mac.to_owned(), sandbox: Some(pod.netns.to_owned()) },
+                Interface {
+                    name: pod.ifname.to_owned(),
+                    mac: pod.pod_mac.to_owned(),
+                    sandbox: Some(pod.netns.to_owned()),
+                },
             ],
             ips: vec![IpConfig {
                 version: legacy.then(|| "4".to_owned()),

@@ -12,7 +12,13 @@
 //! every sandbox through the CRI, stop containerd (SIGTERM, then SIGKILL), force-delete
 //! what runc still has, kill the shims that named our socket, unmount whatever is still
 //! mounted under our directory, and delete the directory. It never touches another
-//! containerd's processes or files: everything is found through our own paths.
+//! containerd's processes or files: everything is found through our own paths. A run
+//! that died without dropping (abort, SIGKILL) is cleaned by the next
+//! [`ContainerdNode::start`] (see [`sweep_stale`]): each directory records its owner's
+//! pid, and only directories of dead owners are swept.
+//!
+//! Not cleaned here: the node's network namespace (the caller's `Netns` guard) and the
+//! shared `k8s.io` cgroup directory runc leaves empty in each hierarchy.
 
 use std::{
     fmt::Write as _,
@@ -76,8 +82,9 @@ impl ContainerdNode {
     /// answers, and imports `opts.images`. `name` must be unique among live nodes (use
     /// [`crate::unique_tag`]); its directory is `/tmp/skiff-ctd-NAME`.
     pub fn start(name: &str, netns_path: &str, opts: &ContainerdOptions) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("skiff-ctd-{name}"));
-        // A leftover from a killed run with the same name: clean it the same way.
+        sweep_stale();
+        let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{name}"));
+        // A leftover with the same name: clean it the same way.
         if dir.exists() {
             cleanup_dir(&dir);
         }
@@ -117,6 +124,7 @@ impl ContainerdNode {
         for d in [&self.dir, &self.cni_bin_dir, &self.cni_conf_dir, &self.cni_data_dir, &self.runc_root] {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
+        std::fs::write(self.dir.join(OWNER_FILE), std::process::id().to_string())?;
         self.install_system_cni_plugin("loopback")?;
         std::fs::write(self.dir.join("config.toml"), self.config_toml())?;
         Ok(())
@@ -232,7 +240,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             .output()
             .context("running ctr")?;
         if !out.status.success() {
-            bail!("ctr {} on {} failed ({}): {}", args.join(" "), self.name, out.status, String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "ctr {} on {} failed ({}): {}",
+                args.join(" "),
+                self.name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -262,11 +276,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         self.install_cni_plugin(&src, name)
     }
 
-    /// Writes a CNI config file into `conf_dir` (temporary file, then rename: containerd
-    /// watches the directory and would read a half-written file).
+    /// Writes a CNI config file into `conf_dir`: a temporary file, then a rename, both
+    /// inside `conf_dir`. containerd watches the directory and would read a half-written
+    /// file; and containerd 1.6 reloads on WRITE, RENAME and REMOVE events only, never on
+    /// CREATE, so a file renamed in from elsewhere (only a CREATE there) goes unnoticed.
+    /// The temporary name ends in `.tmp`, an extension libcni does not read.
     pub fn write_cni_config(&self, file_name: &str, contents: &str) -> Result<PathBuf> {
         let dest = self.cni_conf_dir.join(file_name);
-        let tmp = self.dir.join(format!(".{file_name}.tmp"));
+        let tmp = self.cni_conf_dir.join(format!(".{file_name}.tmp"));
         std::fs::write(&tmp, contents)?;
         std::fs::rename(&tmp, &dest).with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
         Ok(dest)
@@ -282,7 +299,15 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        bail!("containerd {}: CNI network not ready after {timeout:?}; its log:\n{}", self.name, self.log_tail())
+        let info = cri
+            .status()
+            .map(|s| s.info.get("lastCNILoadStatus").cloned().unwrap_or_else(|| format!("{:?}", s.status)))
+            .unwrap_or_else(|e| format!("{e:#}"));
+        bail!(
+            "containerd {}: CNI network not ready after {timeout:?}; lastCNILoadStatus: {info}; its log:\n{}",
+            self.name,
+            self.log_tail()
+        )
     }
 
     /// The pid of containerd, while it runs.
@@ -326,19 +351,60 @@ impl Drop for ContainerdNode {
     }
 }
 
+const DIR_PREFIX: &str = "skiff-ctd-";
+/// Holds the pid of the process that started the node, for [`sweep_stale`].
+const OWNER_FILE: &str = "owner.pid";
+
+/// Cleans up the directories of nodes whose owning process died without its drop
+/// running (an aborted or killed test run). A live owner's directory is never touched.
+pub fn sweep_stale() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(DIR_PREFIX) {
+            continue;
+        }
+        let owner = std::fs::read_to_string(e.path().join(OWNER_FILE)).ok().and_then(|p| p.trim().parse::<u32>().ok());
+        if let Some(pid) = owner
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            cleanup_dir(&e.path());
+        }
+    }
+}
+
 /// Removes what a (stopped) containerd left under `dir`: runc containers, shims, mounts,
 /// files. Each step is best effort; the next one still runs.
 fn cleanup_dir(dir: &Path) {
     let socket = dir.join("containerd.sock");
-    // runc v2 keeps each namespace's containers in Root/NAMESPACE.
+    // A containerd whose owner died names its config: stop it before it acts again.
+    kill_processes_naming(&dir.join("config.toml").to_string_lossy());
+    // runc v2 keeps each namespace's containers in Root/NAMESPACE. A sandbox that was
+    // never stopped also leaves its pod netns (a bind mount under /var/run/netns),
+    // named in runc's state.
     let runc_root = dir.join("runc").join(K8S_NAMESPACE);
+    let mut pod_netns = Vec::new();
     if let Ok(entries) = std::fs::read_dir(&runc_root) {
         for e in entries.flatten() {
             let id = e.file_name().to_string_lossy().into_owned();
+            if let Some(state) = std::fs::read(e.path().join("state.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            {
+                for ns in state["config"]["namespaces"].as_array().into_iter().flatten() {
+                    if let Some(path) = ns["path"].as_str().filter(|p| p.starts_with("/var/run/netns/cni-")) {
+                        pod_netns.push(path.to_owned());
+                    }
+                }
+            }
             let _ = Command::new("runc").arg("--root").arg(&runc_root).args(["delete", "--force", &id]).output();
         }
     }
+    // The shims name our socket.
     kill_processes_naming(&socket.to_string_lossy());
+    for path in pod_netns {
+        let _ = Command::new("umount").args(["-l", &path]).output();
+        let _ = std::fs::remove_file(&path);
+    }
     unmount_under(dir);
     let _ = std::fs::remove_dir_all(dir);
 }

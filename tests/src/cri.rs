@@ -98,7 +98,9 @@ impl CriClient {
         // The timer must be created inside the runtime, hence the async block.
         match self.rt.block_on(async { tokio::time::timeout(CALL_TIMEOUT, fut).await }) {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
-            Ok(Err(status)) => Err(anyhow!("CRI {what} on {}: {:?}: {}", self.socket.display(), status.code(), status.message())),
+            Ok(Err(status)) => {
+                Err(anyhow!("CRI {what} on {}: {:?}: {}", self.socket.display(), status.code(), status.message()))
+            }
             Err(_) => Err(anyhow!("CRI {what} on {}: no answer in {CALL_TIMEOUT:?}", self.socket.display())),
         }
     }
@@ -111,9 +113,10 @@ impl CriClient {
 
     /// `Status`: the runtime and network conditions (NetworkReady is false until a CNI
     /// config exists in the conf dir).
+    /// Verbose, so that `info` carries containerd's `lastCNILoadStatus`.
     pub fn status(&mut self) -> Result<cri::StatusResponse> {
         let mut c = self.runtime.clone();
-        self.call("Status", async move { c.status(cri::StatusRequest { verbose: false }).await })
+        self.call("Status", async move { c.status(cri::StatusRequest { verbose: true }).await })
     }
 
     /// Whether the runtime reports the condition `kind` (e.g. `NetworkReady`) as true.
@@ -189,6 +192,14 @@ impl CriClient {
             .with_context(|| format!("sandbox {id}: no network namespace path in its runtime spec"))
     }
 
+    /// The pid of the sandbox's pause process (from the verbose status), if it runs.
+    pub fn sandbox_pid(&mut self, id: &str) -> Result<Option<u32>> {
+        let resp = self.pod_sandbox_status(id)?;
+        let info = resp.info.get("info").context("PodSandboxStatus verbose info has no \"info\"")?;
+        let info: serde_json::Value = serde_json::from_str(info).context("parsing the verbose sandbox info")?;
+        Ok(info["pid"].as_u64().and_then(|p| u32::try_from(p).ok()).filter(|&p| p != 0))
+    }
+
     /// `StopPodSandbox` (containerd runs the CNI DEL with the netns).
     pub fn stop_pod_sandbox(&mut self, id: &str) -> Result<()> {
         let mut c = self.runtime.clone();
@@ -206,7 +217,9 @@ impl CriClient {
     /// `ListPodSandbox` without a filter.
     pub fn list_pod_sandboxes(&mut self) -> Result<Vec<PodSandbox>> {
         let mut c = self.runtime.clone();
-        let resp = self.call("ListPodSandbox", async move { c.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await })?;
+        let resp = self.call("ListPodSandbox", async move {
+            c.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await
+        })?;
         Ok(resp.items)
     }
 
@@ -224,7 +237,8 @@ impl CriClient {
     /// `ListImages`: the references (repo tags) of every image the CRI knows.
     pub fn list_image_tags(&mut self) -> Result<Vec<String>> {
         let mut c = self.image.clone();
-        let resp = self.call("ListImages", async move { c.list_images(cri::ListImagesRequest { filter: None }).await })?;
+        let resp =
+            self.call("ListImages", async move { c.list_images(cri::ListImagesRequest { filter: None }).await })?;
         Ok(resp.images.into_iter().flat_map(|i| i.repo_tags).collect())
     }
 }

@@ -45,9 +45,8 @@ pub fn workspace_root() -> PathBuf {
 /// Where static builds and cached image tarballs go (`target/static`, or
 /// `$CARGO_TARGET_DIR/static`).
 pub fn static_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
     target.join("static")
 }
 
@@ -80,10 +79,36 @@ pub fn build_static_binaries(bins: &[&str]) -> Result<Vec<PathBuf>> {
     bins.iter()
         .map(|bin| {
             let path = target_dir.join(TRIPLE).join("release").join(bin);
-            ensure!(is_static_elf(&path)?, "{} is not statically linked (it has a program interpreter)", path.display());
+            ensure!(
+                is_static_elf(&path)?,
+                "{} is not statically linked (it has a program interpreter)",
+                path.display()
+            );
             Ok(path)
         })
         .collect()
+}
+
+/// Builds the binary `bin` of workspace package `package` (dev profile, not static) into
+/// `target/harness`, and returns its path. For binaries a test runs but does not depend
+/// on, such as the CNI plugin containerd executes: cargo builds a package's own binaries
+/// before its tests, never other packages' binaries, and the `cargo test` that runs
+/// the test holds the lock on `target/debug`, so they are built here in a directory of
+/// their own. Cargo decides freshness; an up-to-date build costs about a second.
+pub fn build_binary(package: &str, bin: &str) -> Result<PathBuf> {
+    let target_dir = static_dir().with_file_name("harness");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(&cargo)
+        .current_dir(workspace_root())
+        .args(["build", "-p", package, "--bin", bin])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .output()
+        .with_context(|| format!("running {}", Path::new(&cargo).display()))?;
+    if !out.status.success() {
+        bail!("building {bin} of {package} failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(target_dir.join("debug").join(bin))
 }
 
 /// Whether `path` is an ELF64 executable without a program interpreter (`PT_INTERP`),
@@ -91,7 +116,11 @@ pub fn build_static_binaries(bins: &[&str]) -> Result<Vec<PathBuf>> {
 pub fn is_static_elf(path: &Path) -> Result<bool> {
     const PT_INTERP: u32 = 3;
     let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    ensure!(data.len() > 64 && data[..4] == *b"\x7fELF" && data[4] == 2 && data[5] == 1, "{} is not a little-endian ELF64 file", path.display());
+    ensure!(
+        data.len() > 64 && data[..4] == *b"\x7fELF" && data[4] == 2 && data[5] == 1,
+        "{} is not a little-endian ELF64 file",
+        path.display()
+    );
     let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
     let phoff = u64::from_le_bytes(data[32..40].try_into().expect("8 bytes")) as usize;
     let (phentsize, phnum) = (u16_at(54), u16_at(56));
@@ -105,17 +134,10 @@ pub fn is_static_elf(path: &Path) -> Result<bool> {
     Ok(true)
 }
 
-/// One file of an image: a file on disk and its absolute path inside the image. Files
-/// are stored with mode 0755 (they are binaries), owned by root.
-#[derive(Clone, Debug)]
-pub struct ImageFile {
-    pub src: PathBuf,
-    pub dest: String,
-}
-
 /// Writes a one-layer OCI image-layout tarball named `name` (e.g.
 /// `localhost/skiff/pause:1`) holding `files`, with the given entrypoint, to `out`
-/// (written to a temporary file, then renamed). Returns `out`.
+/// (written to a temporary file, then renamed). Each file is a `(file on disk, absolute
+/// path in the image)` pair, stored mode 0755 and owned by root. Returns `out`.
 pub fn build_image(name: &str, files: &[(&Path, &str)], entrypoint: &[&str], out: &Path) -> Result<PathBuf> {
     let layer_tar = layer_tar(files)?;
     let diff_id = sha256_hex(&layer_tar);
@@ -264,7 +286,9 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let bin = dir.join("hello");
         std::fs::write(&bin, b"#!/bin/true\n").unwrap();
-        let out = build_image("localhost/skiff/t:7", &[(&bin, "/usr/bin/hello")], &["/usr/bin/hello"], &dir.join("t.tar")).unwrap();
+        let out =
+            build_image("localhost/skiff/t:7", &[(&bin, "/usr/bin/hello")], &["/usr/bin/hello"], &dir.join("t.tar"))
+                .unwrap();
         let mut files = std::collections::HashMap::new();
         for e in tar::Archive::new(std::fs::File::open(&out).unwrap()).entries().unwrap() {
             let mut e = e.unwrap();
@@ -275,7 +299,9 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
         assert_eq!(index["manifests"][0]["annotations"]["io.containerd.image.name"], "localhost/skiff/t:7");
-        let blob = |d: &serde_json::Value| &files[&format!("blobs/sha256/{}", d.as_str().unwrap().strip_prefix("sha256:").unwrap())];
+        let blob = |d: &serde_json::Value| {
+            &files[&format!("blobs/sha256/{}", d.as_str().unwrap().strip_prefix("sha256:").unwrap())]
+        };
         let manifest: serde_json::Value = serde_json::from_slice(blob(&index["manifests"][0]["digest"])).unwrap();
         let config: serde_json::Value = serde_json::from_slice(blob(&manifest["config"]["digest"])).unwrap();
         let layer_gz = blob(&manifest["layers"][0]["digest"]);

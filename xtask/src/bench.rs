@@ -6,6 +6,9 @@
 //!   1, 10,000 and 100,000 Services (`skiff-lb-bench`); P2, new connections per second
 //!   through a ClusterIP with 10,000 Services installed, Skiff's eBPF load balancer
 //!   against a kube-proxy-style iptables ruleset, same topology, same run.
+//! - `overlay` (xtask/src/bench_overlay.rs): P3, throughput through a ClusterIP to a pod
+//!   on the other node against pod IP directly; P4, cross-node throughput and
+//!   request/response rate with the eBPF overlay against flannel-style kernel VXLAN.
 
 use std::{fmt::Write as _, process::Command, time::Duration};
 
@@ -20,7 +23,8 @@ use crate::{
 pub fn run(area: &str, args: &[String]) -> Result<()> {
     match area {
         "lb" => lb(args),
-        other => bail!("unknown benchmark area `{other}`; known: lb"),
+        "overlay" => crate::bench_overlay::run(args),
+        other => bail!("unknown benchmark area `{other}`; known: lb, overlay"),
     }
 }
 

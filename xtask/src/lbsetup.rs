@@ -99,15 +99,21 @@ pub fn start_echo_servers(topo: &NodeTopology, bin: &Path, pods: &[&str]) -> Vec
         .collect()
 }
 
-/// Starts `skiff-node run` in the node namespace and waits for its first sync.
+/// Starts `skiff-node run` in the node namespace with the proxy role fed from
+/// `manifests`, and waits for its first sync.
 pub fn start_agent(topo: &NodeTopology, bin: &Path, pin_dir: &Path, manifests: &Path) -> Result<ChildGuard> {
+    start_agent_with(topo, bin, pin_dir, &["--manifests".into(), manifests.display().to_string()])
+}
+
+/// Starts `skiff-node run` in the node namespace with extra arguments (roles), attached
+/// to the topology's pod interfaces, and waits for its first sync.
+pub fn start_agent_with(topo: &NodeTopology, bin: &Path, pin_dir: &Path, extra: &[String]) -> Result<ChildGuard> {
     let ready = std::env::temp_dir().join(format!("skiff-{}.ready", topo.tag));
     let _ = std::fs::remove_file(&ready);
     let mut cmd = topo.node.command(bin.join("skiff-node").to_str().unwrap_or("skiff-node"));
-    cmd.args(["run", "--node-name", &topo.tag, "--pin-dir"])
+    cmd.args(["run", "--node-name", &format!("n{}", topo.index), "--pin-dir"])
         .arg(pin_dir)
-        .arg("--manifests")
-        .arg(manifests)
+        .args(extra)
         .arg("--ready-file")
         .arg(&ready)
         .env("RUST_LOG", "warn");

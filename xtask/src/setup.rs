@@ -24,6 +24,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "iperf3",
     "protobuf-compiler",
+    "libc6-dev",
     "containerd",
     "runc",
     "containernetworking-plugins",

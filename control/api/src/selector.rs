@@ -69,8 +69,7 @@ fn split_top(s: &str) -> Vec<&str> {
 fn valid_key(k: &str) -> bool {
     !k.is_empty()
         && k.len() <= 317
-        && k.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
 }
 
 fn valid_value(v: &str) -> bool {
@@ -104,11 +103,8 @@ impl LabelSelector {
                     .strip_prefix('(')
                     .and_then(|x| x.strip_suffix(')'))
                     .ok_or_else(|| bad("set must be in parentheses"))?;
-                let values: Vec<String> = set
-                    .split(',')
-                    .map(|v| v.trim().to_string())
-                    .filter(|v| !v.is_empty())
-                    .collect();
+                let values: Vec<String> =
+                    set.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect();
                 if op == "in" {
                     Requirement::In(k.to_string(), values)
                 } else {
@@ -119,9 +115,7 @@ impl LabelSelector {
             };
             let (key, values): (&str, Vec<&str>) = match &req {
                 Requirement::Equals(k, v) | Requirement::NotEquals(k, v) => (k, vec![v.as_str()]),
-                Requirement::In(k, vs) | Requirement::NotIn(k, vs) => {
-                    (k, vs.iter().map(String::as_str).collect())
-                }
+                Requirement::In(k, vs) | Requirement::NotIn(k, vs) => (k, vs.iter().map(String::as_str).collect()),
                 Requirement::Exists(k) | Requirement::DoesNotExist(k) => (k, vec![]),
             };
             if !valid_key(key) {
@@ -225,11 +219,7 @@ fn split_set_op(part: &str) -> Option<(&str, (&'static str, &str))> {
 pub fn labels_of(obj: &serde_json::Value) -> BTreeMap<String, String> {
     obj.pointer("/metadata/labels")
         .and_then(|l| l.as_object())
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-                .collect()
-        })
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect())
         .unwrap_or_default()
 }
 
@@ -292,10 +282,7 @@ impl FieldSelector {
     /// The value this selector pins `field` to, if any (for example
     /// `metadata.name=x` lets a LIST become a GET).
     pub fn exact(&self, field: &str) -> Option<&str> {
-        self.requirements
-            .iter()
-            .find(|r| r.field == field && !r.negate)
-            .map(|r| r.value.as_str())
+        self.requirements.iter().find(|r| r.field == field && !r.negate).map(|r| r.value.as_str())
     }
 }
 

@@ -5,5 +5,8 @@
 //! start, TLS config), `auth` (who is asking, and may they), `apiserver` (the
 //! Kubernetes REST API over the store), `server` (wiring and the accept loop).
 
+pub mod apiserver;
+pub mod auth;
+pub mod server;
 pub mod store;
 pub mod tls;

@@ -1,7 +1,63 @@
-//! `skiff-control`: the control plane. Built by the control-plane issue; this binary
-//! only says so until then.
+//! `skiff-control`: the Skiff control plane. Parses flags and runs `server::run`; all
+//! behaviour lives in the library.
 
-fn main() {
-    eprintln!("skiff-control: the control plane is not built yet (see the control-plane issue)");
-    std::process::exit(2);
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use skiff_control::server::{self, Config};
+
+/// Kubernetes API server (HTTPS only) with an embedded store.
+#[derive(Debug, Parser)]
+#[command(name = "skiff-control", version)]
+struct Args {
+    /// Where the store, PKI, tokens file and admin kubeconfig live.
+    #[arg(long, env = "SKIFF_DATA_DIR", default_value = "/var/lib/skiff/control")]
+    data_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind_address: IpAddr,
+    /// HTTPS port.
+    #[arg(long, default_value_t = 6443)]
+    port: u16,
+    /// Address written into the kubeconfig and the serving certificate (default: the
+    /// bind address, or 127.0.0.1 when binding to all addresses).
+    #[arg(long)]
+    advertise_address: Option<IpAddr>,
+    /// Pod network; each node gets a /24 of it.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: String,
+    /// Service ClusterIP range; its first address is the `kubernetes` Service.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cidr: String,
+    /// Extra subject alternative name for the serving certificate (repeatable).
+    #[arg(long = "tls-san")]
+    tls_sans: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let a = Args::parse();
+    let cfg = Config {
+        data_dir: a.data_dir,
+        bind_address: a.bind_address,
+        port: a.port,
+        advertise_address: a.advertise_address,
+        cluster_cidr: a.cluster_cidr,
+        service_cidr: a.service_cidr,
+        tls_sans: a.tls_sans,
+    };
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler cannot fail on unix");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    server::run(cfg, shutdown).await.context("skiff-control failed")
 }

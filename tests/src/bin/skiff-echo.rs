@@ -8,6 +8,7 @@
 //! skiff-echo hold ADDR:PORT [--count N] [--interval-ms T] [--timeout-ms T]   one connection, N requests
 //! skiff-echo conn-rate ADDR:PORT --duration-ms D [--max N] [--threads T]
 //! skiff-echo bulk ADDR:PORT --bytes N                                          one transfer of N bytes
+//! skiff-echo rr ADDR:PORT --duration-ms D                                      requests/s on one connection
 //! ```
 //! `udp --size N` sends N bytes of payload per request (the server answers with its name).
 //! Clients print one line per request, `ok NAME` or `err WHY`, then a summary line
@@ -47,6 +48,7 @@ fn main() -> Result<()> {
             let size = num("--size", 5)? as usize;
             clients(count, interval, |_| udp_request(target()?, timeout, size))
         }
+        "rr" => request_response(target()?, Duration::from_millis(num("--duration-ms", 3000)?), timeout),
         "bulk" => {
             let bytes = num("--bytes", 1 << 20)?;
             clients(1, interval, |_| bulk(target()?, timeout, bytes))
@@ -152,6 +154,29 @@ fn udp_request(target: SocketAddr, timeout: Duration, size: usize) -> Result<Str
     let mut buf = [0u8; 2048];
     let n = sock.recv(&mut buf)?;
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// Request/response rate on one TCP connection: one line out, one line back, for
+/// `duration`.
+fn request_response(target: SocketAddr, duration: Duration, timeout: Duration) -> Result<()> {
+    let conn = TcpStream::connect_timeout(&target, timeout)?;
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_nodelay(true)?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < duration {
+        (&conn).write_all(b"ping\n")?;
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            bail!("connection closed after {n} requests");
+        }
+        n += 1;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    println!("requests={n} elapsed_s={elapsed:.3} rate={:.1}", n as f64 / elapsed);
+    Ok(())
 }
 
 /// One TCP connection carrying `bytes` bytes to the server, which reports how many

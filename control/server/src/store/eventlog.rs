@@ -31,11 +31,7 @@ struct LogInner {
 impl EventLog {
     pub(crate) fn new(current_revision: u64, capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(LIVE_BUFFER);
-        Self {
-            inner: Mutex::new(LogInner { events: VecDeque::new(), compacted: current_revision }),
-            tx,
-            capacity,
-        }
+        Self { inner: Mutex::new(LogInner { events: VecDeque::new(), compacted: current_revision }), tx, capacity }
     }
 
     /// Records an event; the caller holds the backend's write lock so revisions arrive in order.

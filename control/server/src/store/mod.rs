@@ -98,11 +98,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes `key`, returning the deleted value; with `expected_revision`, only if
     /// its mod_revision still equals it.
-    fn delete<'a>(
-        &'a self,
-        key: &'a str,
-        expected_revision: Option<u64>,
-    ) -> BoxFuture<'a, Result<KeyValue>>;
+    fn delete<'a>(&'a self, key: &'a str, expected_revision: Option<u64>) -> BoxFuture<'a, Result<KeyValue>>;
 
     /// Changes under `prefix` with revision > `after_revision`, then live changes.
     /// Fails with `Compacted` when that history is gone.

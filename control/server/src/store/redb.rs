@@ -72,9 +72,7 @@ impl RedbStore {
         };
         txn.commit().map_err(backend)?;
         tracing::info!(path = %path.display(), revision, "opened embedded store");
-        Ok(Self {
-            inner: Arc::new(Inner { db, write_lock: Mutex::new(()), log: EventLog::new(revision, HISTORY) }),
-        })
+        Ok(Self { inner: Arc::new(Inner { db, write_lock: Mutex::new(()), log: EventLog::new(revision, HISTORY) }) })
     }
 
     fn blocking<T: Send + 'static>(
@@ -82,9 +80,7 @@ impl RedbStore {
         f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
     ) -> BoxFuture<'static, Result<T>> {
         let inner = self.inner.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || f(&inner)).await.map_err(backend)?
-        })
+        Box::pin(async move { tokio::task::spawn_blocking(move || f(&inner)).await.map_err(backend)? })
     }
 }
 
@@ -166,7 +162,8 @@ impl Inner {
                         return Err(Error::AlreadyExists { key: key.to_string() });
                     }
                     table.insert(key, encode(revision, revision, &value).as_slice()).map_err(backend)?;
-                    let kv = KeyValue { key: key.to_string(), value, create_revision: revision, mod_revision: revision };
+                    let kv =
+                        KeyValue { key: key.to_string(), value, create_revision: revision, mod_revision: revision };
                     (kv.clone(), Event { kind: EventType::Put, kv, prev: None })
                 }
                 Op::Update(value, expected) => {

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -98,10 +98,7 @@ pub(crate) fn write_private(path: &Path, contents: &str, secret: bool) -> Result
 }
 
 fn this_year() -> i32 {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     1970 + (secs / 31_556_952) as i32
 }
 
@@ -210,16 +207,15 @@ impl Pki {
         for c in CertificateDer::pem_slice_iter(self.ca_cert_pem.as_bytes()) {
             roots.add(c.map_err(|e| pem_err("ca.crt", e))?).map_err(|e| Error::Tls(e.to_string()))?;
         }
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| Error::Tls(e.to_string()))?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| Error::Tls(e.to_string()))?;
         let chain = CertificateDer::pem_slice_iter(self.serving_cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| pem_err("apiserver.crt", e))?;
-        let key = PrivateKeyDer::from_pem_slice(self.serving_key_pem.as_bytes())
-            .map_err(|e| pem_err("apiserver.key", e))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(self.serving_key_pem.as_bytes()).map_err(|e| pem_err("apiserver.key", e))?;
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::Tls(e.to_string()))?

@@ -1,0 +1,193 @@
+//! ClusterIP and NodePort allocation for Services, done synchronously at create time
+//! (as the real API server's registry does), so a Service never exists without its IP.
+//!
+//! Pure functions over "what is in use"; the caller serialises allocations (one lock)
+//! and derives the used set from the stored Services. It must not write anything.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use serde_json::{Value, json};
+
+use super::status::Cause;
+
+/// The default NodePort range.
+pub const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
+
+/// The service CIDR (network address, prefix length).
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceCidr {
+    pub net: Ipv4Addr,
+    pub len: u8,
+}
+
+impl ServiceCidr {
+    fn size(&self) -> u32 {
+        1u32 << (32 - self.len as u32)
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX.checked_shl(32 - self.len as u32).unwrap_or(0);
+        u32::from(ip) & mask == u32::from(self.net)
+    }
+
+    /// The `kubernetes` Service's address: the first host address.
+    pub fn first(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.net) + 1)
+    }
+}
+
+/// The ClusterIPs and NodePorts that stored Services hold.
+#[derive(Debug, Default)]
+pub struct InUse {
+    pub ips: HashSet<Ipv4Addr>,
+    pub node_ports: HashSet<u16>,
+}
+
+impl InUse {
+    pub fn add(&mut self, svc: &Value) {
+        if let Some(ip) = svc.pointer("/spec/clusterIP").and_then(|v| v.as_str()).and_then(|s| s.parse().ok()) {
+            self.ips.insert(ip);
+        }
+        for p in svc.pointer("/spec/ports").and_then(|p| p.as_array()).into_iter().flatten() {
+            if let Some(n) = p.get("nodePort").and_then(|n| n.as_u64()) {
+                self.node_ports.insert(n as u16);
+            }
+        }
+    }
+}
+
+/// Fills `spec.clusterIP(s)` and node ports of a new Service, or explains why not.
+pub fn allocate(cidr: ServiceCidr, used: &InUse, svc: &mut Value) -> Result<(), Vec<Cause>> {
+    let ty = svc.pointer("/spec/type").and_then(|t| t.as_str()).unwrap_or("ClusterIP").to_string();
+    if ty == "ExternalName" {
+        return Ok(());
+    }
+    let requested = svc.pointer("/spec/clusterIP").and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let ip = match requested.as_str() {
+        "None" => None,
+        "" => {
+            // Offset scan from .2 upward: .1 is the `kubernetes` Service's.
+            let base = u32::from(cidr.net);
+            let found = (2..cidr.size() - 1).map(|o| Ipv4Addr::from(base + o)).find(|ip| !used.ips.contains(ip));
+            match found {
+                Some(ip) => Some(ip),
+                None => {
+                    return Err(vec![Cause::invalid(
+                        "spec.clusterIPs",
+                        &json!([]),
+                        "failed to allocate IP: range is full",
+                    )]);
+                }
+            }
+        }
+        s => {
+            let v = json!(s);
+            let ip: Ipv4Addr =
+                s.parse().map_err(|_| vec![Cause::invalid("spec.clusterIPs[0]", &v, "must be a valid IP address")])?;
+            if !cidr.contains(ip) {
+                return Err(vec![Cause::invalid(
+                    "spec.clusterIPs[0]",
+                    &v,
+                    format!(
+                        "the provided IP ({ip}) is not in the valid range. The range of valid IPs is {}/{}",
+                        cidr.net, cidr.len
+                    ),
+                )]);
+            }
+            if used.ips.contains(&ip) {
+                return Err(vec![Cause::invalid(
+                    "spec.clusterIPs[0]",
+                    &v,
+                    format!("failed to allocate IP {ip}: provided IP is already allocated"),
+                )]);
+            }
+            Some(ip)
+        }
+    };
+    let spec = svc["spec"].as_object_mut().expect("validated Service has a spec");
+    match ip {
+        Some(ip) => {
+            spec.insert("clusterIP".into(), json!(ip.to_string()));
+            spec.insert("clusterIPs".into(), json!([ip.to_string()]));
+        }
+        None => {
+            spec.insert("clusterIPs".into(), json!(["None"]));
+        }
+    }
+    spec.insert("ipFamilies".into(), json!(["IPv4"]));
+    spec.entry("ipFamilyPolicy").or_insert(json!("SingleStack"));
+    spec.entry("internalTrafficPolicy").or_insert(json!("Cluster"));
+    if ty == "NodePort" || ty == "LoadBalancer" {
+        spec.entry("externalTrafficPolicy").or_insert(json!("Cluster"));
+        let mut taken = used.node_ports.clone();
+        let mut causes = Vec::new();
+        if let Some(Value::Array(ports)) = spec.get_mut("ports") {
+            // Ports the client chose are reserved first, so automatic picks avoid them.
+            for (i, p) in ports.iter().enumerate() {
+                if let Some(n) = p.get("nodePort").and_then(|n| n.as_u64()) {
+                    let v = json!(n);
+                    if n > u16::MAX as u64 || !NODE_PORTS.contains(&(n as u16)) {
+                        causes.push(Cause::invalid(
+                            format!("spec.ports[{i}].nodePort"),
+                            &v,
+                            "provided port is not in the valid range. The range of valid ports is 30000-32767",
+                        ));
+                    } else if !taken.insert(n as u16) {
+                        causes.push(Cause::invalid(
+                            format!("spec.ports[{i}].nodePort"),
+                            &v,
+                            "provided port is already allocated",
+                        ));
+                    }
+                }
+            }
+            for (i, p) in ports.iter_mut().enumerate().filter(|(_, p)| p.get("nodePort").is_none()) {
+                match NODE_PORTS.clone().find(|n| !taken.contains(n)) {
+                    Some(n) => {
+                        taken.insert(n);
+                        p["nodePort"] = json!(n);
+                    }
+                    None => causes.push(Cause::invalid(
+                        format!("spec.ports[{i}].nodePort"),
+                        &Value::Null,
+                        "node port range is full",
+                    )),
+                }
+            }
+        }
+        if !causes.is_empty() {
+            return Err(causes);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocates_cluster_ips_and_node_ports() {
+        let cidr = ServiceCidr { net: "10.96.0.0".parse().unwrap(), len: 12 };
+        let mut used = InUse::default();
+        let mut a = json!({"spec": {"type": "ClusterIP", "ports": [{"port": 80}]}});
+        allocate(cidr, &used, &mut a).unwrap();
+        assert_eq!(a["spec"]["clusterIP"], "10.96.0.2");
+        used.add(&a);
+        let mut b = json!({"spec": {"type": "NodePort", "ports": [{"port": 80}, {"port": 81, "nodePort": 30000}]}});
+        allocate(cidr, &used, &mut b).unwrap();
+        assert_eq!(b["spec"]["clusterIP"], "10.96.0.3");
+        assert_eq!(b["spec"]["ports"][0]["nodePort"], 30001);
+        used.add(&b);
+        let mut dup = json!({"spec": {"clusterIP": "10.96.0.2", "ports": [{"port": 80}]}});
+        assert!(allocate(cidr, &used, &mut dup).is_err());
+        let mut out = json!({"spec": {"clusterIP": "192.168.0.1", "ports": [{"port": 80}]}});
+        assert!(allocate(cidr, &used, &mut out).is_err());
+        let mut np = json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30000}]}});
+        assert!(allocate(cidr, &used, &mut np).is_err());
+        let mut headless = json!({"spec": {"clusterIP": "None"}});
+        allocate(cidr, &used, &mut headless).unwrap();
+        assert_eq!(headless["spec"]["clusterIPs"], json!(["None"]));
+    }
+}

@@ -1,0 +1,85 @@
+//! Discovery documents (`/version`, `/api`, `/api/v1`, `/apis`, `/apis/<g>`,
+//! `/apis/<g>/<v>`) built from the resource table. Plain (legacy) discovery only: when
+//! kubectl asks for aggregated discovery in its Accept header, the plain documents with
+//! `Content-Type: application/json` make it fall back, which it does silently.
+
+use serde_json::{Value, json};
+
+use super::resources::{RESOURCES, ResourceDef, groups};
+
+pub fn version() -> Value {
+    json!({
+        "major": "1",
+        "minor": "33",
+        "gitVersion": "v1.33.0-skiff",
+        "gitCommit": "skiff",
+        "gitTreeState": "clean",
+        "buildDate": "2026-01-01T00:00:00Z",
+        "goVersion": "n/a (rust)",
+        "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a }),
+    })
+}
+
+pub fn core_versions() -> Value {
+    json!({
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}],
+    })
+}
+
+fn group_doc(group: &str, version: &str) -> Value {
+    let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
+    json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
+}
+
+pub fn group_list() -> Value {
+    let groups: Vec<Value> = groups().into_iter().map(|(g, v)| group_doc(g, v)).collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+pub fn group(name: &str) -> Option<Value> {
+    groups().into_iter().find(|(g, _)| *g == name).map(|(g, v)| {
+        let mut d = group_doc(g, v);
+        d["kind"] = json!("APIGroup");
+        d["apiVersion"] = json!("v1");
+        d
+    })
+}
+
+fn entries(r: &ResourceDef) -> Vec<Value> {
+    let mut main = json!({
+        "name": r.plural,
+        "singularName": r.singular,
+        "namespaced": r.namespaced,
+        "kind": r.kind,
+        "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+    });
+    if !r.short_names.is_empty() {
+        main["shortNames"] = json!(r.short_names);
+    }
+    if r.all {
+        main["categories"] = json!(["all"]);
+    }
+    let mut out = vec![main];
+    if r.scale {
+        out.push(json!({"name": format!("{}/scale", r.plural), "singularName": "", "namespaced": r.namespaced,
+            "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));
+    }
+    if r.status {
+        out.push(json!({"name": format!("{}/status", r.plural), "singularName": "", "namespaced": r.namespaced,
+            "kind": r.kind, "verbs": ["get", "patch", "update"]}));
+    }
+    out
+}
+
+pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+    let rs: Vec<&ResourceDef> = RESOURCES.iter().filter(|r| r.group == group && r.version == version).collect();
+    if rs.is_empty() {
+        return None;
+    }
+    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    let resources: Vec<Value> = rs.iter().flat_map(|r| entries(r)).collect();
+    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
+}

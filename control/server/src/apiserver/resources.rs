@@ -1,0 +1,132 @@
+//! The resource table: every served kind is one line here (group, version, kind,
+//! plural, short names, scope, subresources, and the k8s-openapi type that checks its
+//! shape). Handlers, discovery and tables are generic over it.
+//!
+//! It must not hold behaviour beyond "what is this resource": defaulting, validation
+//! and table columns live in their own modules, keyed by kind.
+
+use serde_json::Value;
+
+/// Checks an object's shape by decoding it into its k8s-openapi type and encoding it
+/// back: wrong field types are rejected and unknown fields dropped, as the real API
+/// server's decoder does.
+pub type Decode = fn(Value) -> Result<Value, String>;
+
+fn roundtrip<T: serde::de::DeserializeOwned + serde::Serialize>(v: Value) -> Result<Value, String> {
+    let typed: T = serde_json::from_value(v).map_err(|e| e.to_string())?;
+    serde_json::to_value(typed).map_err(|e| e.to_string())
+}
+
+#[derive(Debug)]
+pub struct ResourceDef {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub short_names: &'static [&'static str],
+    pub namespaced: bool,
+    /// Has a `/status` subresource (the main resource then ignores status changes).
+    pub status: bool,
+    /// Has a `/scale` subresource over `spec.replicas`.
+    pub scale: bool,
+    /// In `kubectl get all`.
+    pub all: bool,
+    pub decode: Decode,
+}
+
+impl ResourceDef {
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) }
+    }
+
+    /// The store key prefix of this resource (all namespaces).
+    pub fn prefix(&self) -> String {
+        if self.group.is_empty() {
+            format!("/registry/{}/", self.plural)
+        } else {
+            format!("/registry/{}.{}/", self.plural, self.group)
+        }
+    }
+
+    pub fn ns_prefix(&self, ns: Option<&str>) -> String {
+        match ns {
+            Some(ns) if self.namespaced => format!("{}{ns}/", self.prefix()),
+            _ => self.prefix(),
+        }
+    }
+
+    pub fn key(&self, ns: Option<&str>, name: &str) -> String {
+        format!("{}{name}", self.ns_prefix(ns))
+    }
+
+    /// Whether `metadata.generation` tracks spec changes (objects with a spec).
+    pub fn has_spec(&self) -> bool {
+        !matches!(self.kind, "ConfigMap" | "Secret" | "Event" | "Endpoints" | "EndpointSlice" | "ServiceAccount")
+    }
+}
+
+macro_rules! res {
+    ($ty:ty, $group:expr, $version:expr, $kind:expr, $plural:expr, $singular:expr, [$($short:expr),*], $ns:expr, status: $st:expr, scale: $sc:expr, all: $all:expr) => {
+        ResourceDef {
+            group: $group,
+            version: $version,
+            kind: $kind,
+            plural: $plural,
+            singular: $singular,
+            short_names: &[$($short),*],
+            namespaced: $ns,
+            status: $st,
+            scale: $sc,
+            all: $all,
+            decode: roundtrip::<$ty>,
+        }
+    };
+}
+
+use k8s_openapi::api::{
+    apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core, discovery::v1 as disc,
+    rbac::v1 as rbac,
+};
+
+/// Every served resource. Adding a kind is one line.
+pub static RESOURCES: &[ResourceDef] = &[
+    res!(core::Namespace, "", "v1", "Namespace", "namespaces", "namespace", ["ns"], false, status: true, scale: false, all: false),
+    res!(core::Node, "", "v1", "Node", "nodes", "node", ["no"], false, status: true, scale: false, all: false),
+    res!(core::Pod, "", "v1", "Pod", "pods", "pod", ["po"], true, status: true, scale: false, all: true),
+    res!(core::Service, "", "v1", "Service", "services", "service", ["svc"], true, status: true, scale: false, all: true),
+    res!(core::Endpoints, "", "v1", "Endpoints", "endpoints", "endpoints", ["ep"], true, status: false, scale: false, all: false),
+    res!(core::ConfigMap, "", "v1", "ConfigMap", "configmaps", "configmap", ["cm"], true, status: false, scale: false, all: false),
+    res!(core::Secret, "", "v1", "Secret", "secrets", "secret", [], true, status: false, scale: false, all: false),
+    res!(core::ServiceAccount, "", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", ["sa"], true, status: false, scale: false, all: false),
+    res!(core::Event, "", "v1", "Event", "events", "event", ["ev"], true, status: false, scale: false, all: false),
+    res!(apps::Deployment, "apps", "v1", "Deployment", "deployments", "deployment", ["deploy"], true, status: true, scale: true, all: true),
+    res!(apps::ReplicaSet, "apps", "v1", "ReplicaSet", "replicasets", "replicaset", ["rs"], true, status: true, scale: true, all: true),
+    res!(apps::DaemonSet, "apps", "v1", "DaemonSet", "daemonsets", "daemonset", ["ds"], true, status: true, scale: false, all: true),
+    res!(batch::Job, "batch", "v1", "Job", "jobs", "job", [], true, status: true, scale: false, all: true),
+    res!(coord::Lease, "coordination.k8s.io", "v1", "Lease", "leases", "lease", [], true, status: false, scale: false, all: false),
+    res!(rbac::Role, "rbac.authorization.k8s.io", "v1", "Role", "roles", "role", [], true, status: false, scale: false, all: false),
+    res!(rbac::ClusterRole, "rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", "clusterrole", [], false, status: false, scale: false, all: false),
+    res!(rbac::RoleBinding, "rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", [], true, status: false, scale: false, all: false),
+    res!(rbac::ClusterRoleBinding, "rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding", [], false, status: false, scale: false, all: false),
+    res!(disc::EndpointSlice, "discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", [], true, status: false, scale: false, all: false),
+];
+
+pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceDef> {
+    RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+pub fn by_kind(kind: &str) -> Option<&'static ResourceDef> {
+    RESOURCES.iter().find(|r| r.kind == kind)
+}
+
+/// The API groups (other than core) in the order discovery lists them.
+pub fn groups() -> Vec<(&'static str, &'static str)> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
+        if !out.contains(&(r.group, r.version)) {
+            out.push((r.group, r.version));
+        }
+    }
+    out
+}

@@ -1,0 +1,25 @@
+//! Who is asking (`authn`: x509 client certificates, static bearer tokens) and whether
+//! they may (`authz`: one `Authorizer` trait; `rbac` = bootstrap policy + RBAC rules).
+//!
+//! Nothing here reads request bodies or touches the store directly; the API server
+//! builds `Attributes` from the URL and asks.
+
+pub mod authn;
+pub mod authz;
+pub mod rbac;
+
+/// An authenticated user, as Kubernetes' `user.Info`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserInfo {
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+impl UserInfo {
+    pub fn in_group(&self, g: &str) -> bool {
+        self.groups.iter().any(|x| x == g)
+    }
+}
+
+pub const MASTERS: &str = "system:masters";
+pub const AUTHENTICATED: &str = "system:authenticated";

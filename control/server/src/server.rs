@@ -1,0 +1,210 @@
+//! Wiring and the accept loop: open the store, ensure the PKI and the admin
+//! kubeconfig, create the system namespaces, then serve HTTPS on one port (there is no
+//! insecure port). Each connection is TLS-terminated here and its verified client
+//! certificate subject handed to the API server with every request on it.
+//!
+//! It must not contain API semantics; those live in `apiserver`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::CertificateDer;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::apiserver::ApiServer;
+use crate::auth::authn::Authenticator;
+use crate::auth::rbac::RbacAuthorizer;
+use crate::store::{RedbStore, Store};
+use crate::tls::{Pki, San, x509};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::Error),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::authn::Error),
+    #[error("bootstrapping system objects failed: {0}")]
+    Bootstrap(crate::apiserver::status::ApiError),
+    #[error("cannot listen on {addr}: {source} (is another skiff-control running? pick another --port)")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("invalid --{flag} {value:?}: {reason}")]
+    Flag { flag: &'static str, value: String, reason: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The control plane's settings (the binary's flags).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub bind_address: IpAddr,
+    pub port: u16,
+    /// The address clients (and the kubeconfig) should use; defaults to the bind
+    /// address, or 127.0.0.1 when binding to all addresses.
+    pub advertise_address: Option<IpAddr>,
+    pub cluster_cidr: String,
+    pub service_cidr: String,
+    /// Extra subject alternative names (IPs or DNS names) for the serving certificate.
+    pub tls_sans: Vec<String>,
+}
+
+/// Parses "a.b.c.d/len" (IPv4 only for now).
+pub fn parse_cidr(flag: &'static str, s: &str) -> Result<(Ipv4Addr, u8)> {
+    let bad = |reason: &str| Error::Flag { flag, value: s.to_string(), reason: reason.to_string() };
+    let (ip, len) = s.split_once('/').ok_or_else(|| bad("expected address/prefix-length"))?;
+    let ip: Ipv4Addr = ip.parse().map_err(|_| bad("not an IPv4 address"))?;
+    let len: u8 = len.parse().map_err(|_| bad("bad prefix length"))?;
+    if len > 30 {
+        return Err(bad("prefix length must be at most 30"));
+    }
+    let mask = u32::MAX.checked_shl(32 - len as u32).unwrap_or(0);
+    if u32::from(ip) & !mask != 0 {
+        return Err(bad("host bits are set"));
+    }
+    Ok((ip, len))
+}
+
+impl Config {
+    /// The first address of the service CIDR: the `kubernetes` Service's ClusterIP.
+    pub fn kubernetes_service_ip(&self) -> Result<Ipv4Addr> {
+        let (ip, _) = parse_cidr("service-cidr", &self.service_cidr)?;
+        Ok(Ipv4Addr::from(u32::from(ip) + 1))
+    }
+
+    fn advertised(&self) -> IpAddr {
+        self.advertise_address.unwrap_or(if self.bind_address.is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            self.bind_address
+        })
+    }
+
+    fn sans(&self) -> Result<Vec<San>> {
+        let mut sans = vec![
+            San::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            San::Ip(IpAddr::V4(self.kubernetes_service_ip()?)),
+            San::Ip(self.advertised()),
+        ];
+        if !self.bind_address.is_unspecified() {
+            sans.push(San::Ip(self.bind_address));
+        }
+        for d in [
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ] {
+            sans.push(San::Dns(d.into()));
+        }
+        for s in &self.tls_sans {
+            sans.push(match s.parse::<IpAddr>() {
+                Ok(ip) => San::Ip(ip),
+                Err(_) => San::Dns(s.clone()),
+            });
+        }
+        Ok(sans)
+    }
+}
+
+/// A started server: where it listens and where its admin kubeconfig is.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub addr: SocketAddr,
+    pub kubeconfig: PathBuf,
+}
+
+/// Runs until `shutdown` completes.
+pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let (listener, api, acceptor, started) = start(&cfg).await?;
+    tracing::info!(addr = %started.addr, kubeconfig = %started.kubeconfig.display(), "skiff-control serving");
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => {
+                tracing::info!("shutting down");
+                return Ok(());
+            }
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let api = api.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let subject = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c: &CertificateDer<'_>| x509::subject(c));
+            let svc = service_fn(move |req| {
+                let api = api.clone();
+                let subject = subject.clone();
+                async move { Ok::<_, std::convert::Infallible>(api.serve(req, subject).await) }
+            });
+            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn start(cfg: &Config) -> Result<(TcpListener, Arc<ApiServer>, TlsAcceptor, Started)> {
+    parse_cidr("cluster-cidr", &cfg.cluster_cidr)?;
+    parse_cidr("service-cidr", &cfg.service_cidr)?;
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| Error::DataDir { path: cfg.data_dir.clone(), source })?;
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&cfg.data_dir.join("store.redb"))?);
+    let pki = Pki::ensure(&cfg.data_dir, &cfg.sans()?)?;
+    let authn = Authenticator::from_token_file(&cfg.data_dir.join("tokens.csv"))?;
+    let (net, len) = parse_cidr("service-cidr", &cfg.service_cidr)?;
+    let cidr = crate::apiserver::allocator::ServiceCidr { net, len };
+    let addr = SocketAddr::new(cfg.bind_address, cfg.port);
+    let listener = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
+    let addr = listener.local_addr().map_err(|source| Error::Bind { addr, source })?;
+    let info = crate::apiserver::BootstrapInfo {
+        service_ip: cfg.kubernetes_service_ip()?,
+        advertise: cfg.advertised(),
+        port: addr.port(),
+    };
+    crate::apiserver::bootstrap(store.as_ref(), &info).await.map_err(Error::Bootstrap)?;
+    let rbac = RbacAuthorizer::default();
+    rbac.spawn_sync(store.clone());
+    let api = Arc::new(ApiServer::new(store, authn, Box::new(rbac), cidr));
+    let acceptor = TlsAcceptor::from(pki.server_config()?);
+    let server = match cfg.advertised() {
+        IpAddr::V6(ip) => format!("https://[{ip}]:{}", addr.port()),
+        ip => format!("https://{ip}:{}", addr.port()),
+    };
+    let kubeconfig = cfg.data_dir.join("admin.kubeconfig");
+    crate::tls::write_private(&kubeconfig, &pki.admin_kubeconfig(&server), true)?;
+    Ok((listener, api, acceptor, Started { addr, kubeconfig }))
+}

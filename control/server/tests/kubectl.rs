@@ -1,0 +1,631 @@
+//! End-to-end tests of the API server with the real kubectl (v1.32 when installed as
+//! `kubectl.1.32` next to the dispatcher, else `kubectl` on PATH, or `$SKIFF_KUBECTL`)
+//! against `skiff-control` on 127.0.0.1 with a free port and a temporary data dir.
+//!
+//! Each test starts its own server through a guard that kills it on drop, so no
+//! process outlives a test. Without kubectl the tests say so and pass, except under
+//! `CI=true`, where a missing kubectl is a failure.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn kubectl_bin() -> Option<PathBuf> {
+    if let Ok(k) = std::env::var("SKIFF_KUBECTL") {
+        return Some(k.into());
+    }
+    let pinned = Path::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.32");
+    if pinned.exists() {
+        return Some(pinned.into());
+    }
+    let found = Command::new("kubectl").arg("version").arg("--client").output().is_ok();
+    if found {
+        return Some("kubectl".into());
+    }
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "kubectl is required under CI=true");
+    eprintln!("kubectl not found: skipping");
+    None
+}
+
+struct Server {
+    child: Option<Child>,
+    dir: PathBuf,
+    port: u16,
+    kubectl: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Server {
+    fn start() -> Option<Self> {
+        let kubectl = kubectl_bin()?;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let mut s = Server { child: None, dir, port: free_port(), kubectl, _tmp: tmp };
+        s.spawn();
+        Some(s)
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self._tmp.path().join("server.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_skiff-control"))
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["--bind-address", "127.0.0.1", "--port", &self.port.to_string()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start skiff-control");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if self.dir.join("admin.kubeconfig").exists()
+                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("skiff-control exited with {status}: {}", self.log());
+            }
+            assert!(Instant::now() < deadline, "skiff-control did not come up in 15 s: {}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._tmp.path().join("server.log")).unwrap_or_default()
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// kubectl with the admin kubeconfig (its cache under the temp dir, not $HOME).
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(&self.kubectl);
+        c.env("KUBECONFIG", self.dir.join("admin.kubeconfig")).env("HOME", self._tmp.path());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// Runs kubectl and panics with its output unless it succeeds; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs kubectl expecting failure; returns stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} should fail but printed {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    /// The list resourceVersion of a raw LIST (kubectl's own `-o json` lists drop it).
+    fn list_rv(&self, path: &str) -> u64 {
+        let v: serde_json::Value = serde_json::from_str(&self.ok(&["get", "--raw", path])).unwrap();
+        v["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap()
+    }
+
+    fn write(&self, name: &str, contents: &str) -> String {
+        let p = self._tmp.path().join(name);
+        std::fs::write(&p, contents).unwrap();
+        p.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One HTTPS GET without client credentials; returns the raw response.
+fn raw_https_get(port: u16, ca: &Path, path: &str) -> String {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), ServerName::try_from("127.0.0.1").unwrap()).unwrap();
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    write!(tls, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+const WEB: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.27
+        ports:
+        - containerPort: 80
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {app: web}
+  ports:
+  - port: 80
+    targetPort: 80
+"#;
+
+#[test]
+fn kubectl_apply_get_scale_label_annotate_delete_and_restart() {
+    let Some(mut s) = Server::start() else { return };
+    let f = s.write("web.yaml", WEB);
+    let out = s.ok(&["apply", "-f", &f]);
+    assert!(out.contains("deployment.apps/web created") && out.contains("service/web created"), "{out}");
+
+    let table = s.ok(&["get", "deployments"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], "{table}");
+    assert!(table.lines().nth(1).unwrap().starts_with("web "), "{table}");
+    let svc = s.ok(&["get", "svc", "web"]);
+    assert!(svc.contains("PORT(S)") && svc.contains("80/TCP"), "{svc}");
+    assert!(svc.contains("10.96.0.2"), "first free ClusterIP after the kubernetes Service's: {svc}");
+    let k = s.json(&["get", "svc", "kubernetes"]);
+    assert_eq!(k["spec"]["clusterIP"], "10.96.0.1");
+    let slice = s.json(&["get", "endpointslices", "kubernetes"]);
+    assert_eq!(slice["endpoints"][0]["addresses"][0], "127.0.0.1");
+    assert_eq!(slice["ports"][0]["port"], s.port);
+
+    let d = s.json(&["get", "deploy", "web"]);
+    assert_eq!(d["spec"]["replicas"], 2);
+    assert_eq!(d["metadata"]["generation"], 1);
+    assert_eq!(d["spec"]["strategy"]["type"], "RollingUpdate", "defaulted");
+    assert!(d["metadata"]["uid"].as_str().unwrap().len() == 36);
+    let yaml = s.ok(&["get", "deploy", "web", "-o", "yaml"]);
+    assert!(yaml.contains("kubectl.kubernetes.io/last-applied-configuration"), "{yaml}");
+
+    // Re-apply a change: client-side apply = GET + strategic merge PATCH.
+    s.write("web.yaml", &WEB.replace("replicas: 2", "replicas: 3").replace("nginx:1.27", "nginx:1.28"));
+    let out = s.ok(&["apply", "-f", &f]);
+    assert!(out.contains("deployment.apps/web configured"), "{out}");
+    assert!(out.contains("service/web unchanged"), "{out}");
+    assert_eq!(s.json(&["get", "svc", "web"])["spec"]["clusterIP"], "10.96.0.2", "kept across apply");
+    let d = s.json(&["get", "deploy", "web"]);
+    assert_eq!(d["spec"]["replicas"], 3);
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1.28");
+    assert_eq!(d["spec"]["template"]["spec"]["containers"].as_array().unwrap().len(), 1);
+    assert_eq!(d["metadata"]["generation"], 2);
+
+    assert!(s.ok(&["scale", "deploy", "web", "--replicas=5"]).contains("scaled"));
+    assert!(s.ok(&["label", "deploy", "web", "tier=front"]).contains("labeled"));
+    assert!(s.ok(&["annotate", "deploy", "web", "note=hello"]).contains("annotated"));
+    let d = s.json(&["get", "deploy", "web"]);
+    assert_eq!(d["spec"]["replicas"], 5);
+    assert_eq!(d["metadata"]["labels"]["tier"], "front");
+    assert_eq!(d["metadata"]["annotations"]["note"], "hello");
+    let sel = s.ok(&["get", "deploy", "-l", "tier=front", "-o", "name"]);
+    assert_eq!(sel.trim(), "deployment.apps/web");
+    assert_eq!(s.ok(&["get", "deploy", "-l", "tier=back", "-o", "name"]).trim(), "");
+
+    let desc = s.ok(&["describe", "deploy", "web"]);
+    assert!(desc.contains("Name:") && desc.contains("nginx:1.28") && desc.contains("tier=front"), "{desc}");
+
+    s.ok(&["create", "configmap", "cfg", "--from-literal=a=1", "--from-literal=b=2"]);
+    s.ok(&["create", "secret", "generic", "sec", "--from-literal=pw=hunter2"]);
+    let cm = s.json(&["get", "cm", "cfg"]);
+    assert_eq!(cm["data"]["b"], "2");
+    let sec = s.json(&["get", "secret", "sec"]);
+    assert_eq!(sec["type"], "Opaque");
+    assert_eq!(sec["data"]["pw"], "aHVudGVyMg==");
+
+    // Nothing is lost across a restart, and the revision carries on.
+    let rv_before = s.list_rv("/api/v1/configmaps");
+    s.restart();
+    let d = s.json(&["get", "deploy", "web"]);
+    assert_eq!(d["spec"]["replicas"], 5);
+    assert_eq!(s.json(&["get", "secret", "sec"])["data"]["pw"], "aHVudGVyMg==");
+    // Watch history does not survive a restart: an old resourceVersion is 410 Expired.
+    let raw = s.ok(&["get", "--raw", "/api/v1/configmaps?watch=1&resourceVersion=1&timeoutSeconds=2"]);
+    assert!(raw.contains("\"ERROR\"") && raw.contains("410"), "{raw}");
+    s.ok(&["create", "configmap", "after", "--from-literal=x=y"]);
+    let rv_after: u64 =
+        s.json(&["get", "cm", "after"])["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+    assert!(rv_after > rv_before, "revisions keep growing across restarts");
+
+    assert!(s.ok(&["delete", "-f", &f]).contains("deleted"));
+    s.ok(&["delete", "cm", "cfg"]);
+    assert!(s.fails(&["get", "deploy", "web"]).contains("NotFound"));
+    assert!(s.fails(&["get", "cm", "cfg"]).contains("not found"));
+}
+
+#[test]
+fn kubectl_get_watch_streams_changes() {
+    let Some(s) = Server::start() else { return };
+    s.ok(&["create", "configmap", "first", "--from-literal=a=1"]);
+    let mut w = s
+        .cmd()
+        .args(["get", "configmaps", "--watch", "--request-timeout=8s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    s.ok(&["create", "configmap", "second", "--from-literal=a=1"]);
+    s.ok(&["label", "configmap", "second", "x=y"]);
+    s.ok(&["delete", "configmap", "second"]);
+    std::thread::sleep(Duration::from_millis(1000));
+    let _ = w.kill();
+    let out = w.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("NAME"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("first ")), "{text}");
+    assert!(text.lines().filter(|l| l.starts_with("second ")).count() >= 2, "{text}");
+
+    // Raw watch from a known revision sees exactly the later changes, with bookmarks allowed.
+    let rv = s.list_rv("/api/v1/namespaces/default/configmaps");
+    s.ok(&["create", "configmap", "third", "--from-literal=a=1"]);
+    let raw = s.ok(&["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds=1")]);
+    let events: Vec<serde_json::Value> = raw.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.len(), 1, "{raw}");
+    assert_eq!(events[0]["type"], "ADDED");
+    assert_eq!(events[0]["object"]["metadata"]["name"], "third");
+
+    // With a label selector, entering the selection is ADDED and leaving it DELETED.
+    let rv = s.list_rv("/api/v1/namespaces/default/configmaps");
+    s.ok(&["label", "cm", "third", "sel=yes"]);
+    s.ok(&["label", "cm", "first", "other=1"]);
+    s.ok(&["label", "cm", "third", "sel-"]);
+    let raw = s.ok(&["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={rv}&labelSelector=sel%3Dyes&timeoutSeconds=1")]);
+    let types: Vec<String> = raw
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(types, ["ADDED", "DELETED"], "{raw}");
+    // A watch without a resourceVersion first replays the current state.
+    let ev = s
+        .cmd()
+        .args(["get", "--raw", "/api/v1/namespaces/default/configmaps?watch=1&timeoutSeconds=1"])
+        .output()
+        .unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&ev.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(first["type"], "ADDED", "a watch without resourceVersion starts with the current state");
+}
+
+#[test]
+fn anonymous_401_token_403_and_rbac_role_binding_grants() {
+    let Some(mut s) = Server::start() else { return };
+    std::fs::write(s.dir.join("tokens.csv"), "tok-bob,bob,1001,\"dev\"\n").unwrap();
+    s.restart();
+    let server = format!("https://127.0.0.1:{}", s.port);
+    let ca = s.dir.join("pki/ca.crt");
+    let empty = s.write("empty.kubeconfig", "apiVersion: v1\nkind: Config\n");
+    let base = |extra: &[&str]| {
+        let mut c = Command::new(&s.kubectl);
+        c.env("HOME", s._tmp.path()).env("KUBECONFIG", &empty);
+        c.args(["--server", &server, "--certificate-authority", ca.to_str().unwrap()]).args(extra);
+        c.args(["get", "pods"]).output().unwrap()
+    };
+    // kubectl prompts for a password without credentials, so anonymous is a raw request.
+    let anon = raw_https_get(s.port, &ca, "/api/v1/namespaces/default/pods");
+    assert!(anon.starts_with("HTTP/1.1 401"), "{anon}");
+    assert!(anon.contains(r#""kind":"Status""#) && anon.contains(r#""reason":"Unauthorized""#), "{anon}");
+    let anon = raw_https_get(s.port, &ca, "/version");
+    assert!(anon.starts_with("HTTP/1.1 401"), "even /version needs credentials: {anon}");
+    let bad = base(&["--token", "wrong"]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("provide credentials") || err.contains("Unauthorized"), "{err}");
+    let bob = base(&["--token", "tok-bob"]);
+    assert!(!bob.status.success());
+    let err = String::from_utf8_lossy(&bob.stderr);
+    assert!(err.contains("Forbidden") && err.contains("User \"bob\" cannot list resource \"pods\""), "{err}");
+    // Discovery stays open to authenticated users (kubectl needs it to say "forbidden").
+    let mut c = Command::new(&s.kubectl);
+    c.env("HOME", s._tmp.path()).env("KUBECONFIG", &empty);
+    let v = c
+        .args([
+            "--server",
+            &server,
+            "--certificate-authority",
+            ca.to_str().unwrap(),
+            "--token",
+            "tok-bob",
+            "get",
+            "--raw",
+            "/version",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&v.stdout).contains("gitVersion"));
+    // The admin certificate still works.
+    s.ok(&["get", "pods"]);
+
+    // Bootstrap RBAC objects exist (cluster-admin for system:masters, system:node for nodes).
+    let crbs = s.ok(&["get", "clusterrolebindings", "-o", "name"]);
+    assert!(crbs.contains("clusterrolebinding.rbac.authorization.k8s.io/system:node"), "{crbs}");
+
+    // RBAC: a Role and RoleBinding let bob read pods in default, and nothing else.
+    let rbac = s.write(
+        "rbac.yaml",
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: pod-reader, namespace: default}
+rules:
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: bob-reads-pods, namespace: default}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}
+subjects:
+- {kind: User, name: bob}
+"#,
+    );
+    s.ok(&["apply", "-f", &rbac]);
+    let bob_get = |ns: &str| base(&["--token", "tok-bob", "-n", ns]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !bob_get("default").status.success() {
+        assert!(Instant::now() < deadline, "the RoleBinding never took effect");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let other = bob_get("kube-system");
+    assert!(String::from_utf8_lossy(&other.stderr).contains("Forbidden"), "a Role grants only in its namespace");
+    s.ok(&["delete", "rolebinding", "bob-reads-pods"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while bob_get("default").status.success() {
+        assert!(Instant::now() < deadline, "deleting the RoleBinding never took effect");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn bad_input_gets_status_errors_and_changes_nothing() {
+    let Some(s) = Server::start() else { return };
+    s.ok(&["create", "configmap", "keep", "--from-literal=a=1"]);
+    let rv = s.list_rv("/api/v1/configmaps");
+    let post = |file: &str| s.fails(&["create", "--raw", "/api/v1/namespaces/default/configmaps", "-f", file]);
+
+    let malformed = s.write("bad.json", "{\"kind\": \"ConfigMap\", ");
+    let e = post(&malformed);
+    assert!(e.contains("error decoding JSON") || e.contains("BadRequest"), "{e}");
+    let wrong_kind = s.write("kind.json", r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"x"}}"#);
+    let e = post(&wrong_kind);
+    assert!(e.contains("cannot be handled as a ConfigMap"), "{e}");
+    let bad_name = s.write("name.json", r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"Bad_Name"}}"#);
+    let e = post(&bad_name);
+    assert!(e.contains("is invalid") && e.contains("metadata.name"), "{e}");
+    let big = format!(
+        r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"big"}},"data":{{"a":"{}"}}}}"#,
+        "x".repeat(3 * 1024 * 1024 + 10)
+    );
+    let big = s.write("big.json", &big);
+    let e = post(&big);
+    assert!(e.contains("too large"), "{e}");
+    let bad_type =
+        s.write("type.json", r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"t"},"data":{"a":5}}"#);
+    assert!(post(&bad_type).contains("cannot be handled"));
+
+    // Invalid Deployment: 422 with field causes.
+    let bad_deploy = s.write("d.yaml", &WEB.split("---").next().unwrap().replace("image: nginx:1.27", "image: \"\""));
+    let e = s.fails(&["apply", "-f", &bad_deploy]);
+    assert!(e.contains("is invalid") && e.contains("spec.template.spec.containers[0].image"), "{e}");
+
+    // Stale resourceVersion on update: 409 Conflict.
+    let mut cm = s.json(&["get", "cm", "keep"]);
+    cm["metadata"]["resourceVersion"] = serde_json::json!("1");
+    cm["data"]["a"] = serde_json::json!("changed");
+    let stale = s.write("stale.json", &cm.to_string());
+    let e = s.fails(&["replace", "-f", &stale]);
+    assert!(e.contains("Conflict") || e.contains("has been modified"), "{e}");
+
+    // Nothing above reached the store.
+    assert_eq!(s.list_rv("/api/v1/configmaps"), rv, "no write reached the store");
+    assert_eq!(s.json(&["get", "cm"])["items"].as_array().unwrap().len(), 1);
+    assert_eq!(s.json(&["get", "cm", "keep"])["data"]["a"], "1");
+    assert!(s.fails(&["get", "deploy", "web"]).contains("NotFound"));
+}
+
+#[test]
+fn api_semantics_paging_selectors_patches_subresources_strict_validation() {
+    let Some(s) = Server::start() else { return };
+    for i in 0..5 {
+        s.ok(&["create", "configmap", &format!("c{i}"), "--from-literal=a=1"]);
+    }
+    s.ok(&["label", "cm", "c1", "c3", "grp=a"]);
+
+    // limit/continue pages through everything exactly once.
+    let mut names = Vec::new();
+    let mut cont = String::new();
+    loop {
+        let path = format!(
+            "/api/v1/namespaces/default/configmaps?limit=2{}",
+            if cont.is_empty() { String::new() } else { format!("&continue={cont}") }
+        );
+        let page: serde_json::Value = serde_json::from_str(&s.ok(&["get", "--raw", &path])).unwrap();
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        names.extend(items.iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()));
+        match page["metadata"]["continue"].as_str() {
+            Some(c) => cont = c.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(names, ["c0", "c1", "c2", "c3", "c4"]);
+
+    let sel = s.ok(&["get", "cm", "-l", "grp=a", "-o", "name"]);
+    assert_eq!(sel.lines().collect::<Vec<_>>(), ["configmap/c1", "configmap/c3"]);
+    let sel = s.ok(&["get", "cm", "-l", "grp!=a", "-o", "name"]);
+    assert_eq!(sel.lines().count(), 3);
+    let f = s.ok(&["get", "cm", "--field-selector", "metadata.name=c2", "-o", "name"]);
+    assert_eq!(f.trim(), "configmap/c2");
+    let e = s.fails(&["get", "cm", "--field-selector", "data.a=1"]);
+    assert!(e.contains("field label not supported"), "{e}");
+
+    // generateName.
+    let g = s.write("gen.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  generateName: gen-\ndata: {a: b}\n");
+    let out = s.ok(&["create", "-f", &g]);
+    assert!(out.starts_with("configmap/gen-") && out.trim().len() == "configmap/gen-xxxxx created".len(), "{out}");
+
+    // JSON patch and merge patch.
+    s.ok(&[
+        "patch",
+        "cm",
+        "c0",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/data/z","value":"26"},{"op":"remove","path":"/data/a"}]"#,
+    ]);
+    s.ok(&["patch", "cm", "c0", "--type=merge", "-p", r#"{"data":{"m":"1"}}"#]);
+    assert_eq!(s.json(&["get", "cm", "c0"])["data"], serde_json::json!({"z": "26", "m": "1"}));
+    let e = s.fails(&["patch", "cm", "c0", "--type=json", "-p", r#"[{"op":"remove","path":"/data/nope"}]"#]);
+    assert!(e.contains("does not exist"), "{e}");
+
+    // Pods: table columns, status subresource, status.phase field selector.
+    let pod = s.write(
+        "pod.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - name: c\n    image: busybox\n",
+    );
+    s.ok(&["apply", "-f", &pod]);
+    let t = s.ok(&["get", "pods"]);
+    let header: Vec<&str> = t.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "STATUS", "RESTARTS", "AGE"], "{t}");
+    assert!(t.contains("0/1") && t.contains("Pending"), "{t}");
+    s.ok(&["patch", "pod", "p", "--subresource=status", "--type=merge", "-p", r#"{"status":{"phase":"Running"}}"#]);
+    s.ok(&[
+        "patch",
+        "pod",
+        "p",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Failed"},"metadata":{"labels":{"x":"y"}}}"#,
+    ]);
+    let p = s.json(&["get", "pod", "p"]);
+    assert_eq!(p["status"]["phase"], "Running", "the main resource ignores status");
+    assert_eq!(p["metadata"]["labels"]["x"], "y");
+    assert_eq!(p["spec"]["containers"][0]["imagePullPolicy"], "Always", "defaulted for an untagged image");
+    let running = s.ok(&["get", "pods", "--field-selector", "status.phase=Running", "-o", "name"]);
+    assert_eq!(running.trim(), "pod/p");
+
+    // pods/binding sets spec.nodeName once; the node agent then selects by it.
+    let binding = s.write(
+        "binding.json",
+        r#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"p"},"target":{"kind":"Node","name":"n1"}}"#,
+    );
+    s.ok(&["create", "--raw", "/api/v1/namespaces/default/pods/p/binding", "-f", &binding]);
+    assert_eq!(s.json(&["get", "pod", "p"])["spec"]["nodeName"], "n1");
+    let on_n1 = s.ok(&["get", "pods", "-A", "--field-selector", "spec.nodeName=n1", "-o", "name"]);
+    assert_eq!(on_n1.trim(), "pod/p");
+    let e = s.fails(&["create", "--raw", "/api/v1/namespaces/default/pods/p/binding", "-f", &binding]);
+    assert!(e.contains("already assigned"), "{e}");
+
+    // Strict field validation (kubectl's default) rejects unknown fields; --validate=false drops them.
+    let bogus = s.write(
+        "bogus.yaml",
+        &WEB.split("---").next().unwrap().replace("  replicas: 2", "  replicas: 2\n  bogus: true"),
+    );
+    let e = s.fails(&["apply", "-f", &bogus]);
+    assert!(e.contains(r#"unknown field "spec.bogus""#), "{e}");
+    s.ok(&["apply", "--validate=false", "-f", &bogus]);
+    assert!(s.json(&["get", "deploy", "web"])["spec"].get("bogus").is_none());
+
+    // The scale subresource.
+    let scale: serde_json::Value =
+        serde_json::from_str(&s.ok(&["get", "--raw", "/apis/apps/v1/namespaces/default/deployments/web/scale"]))
+            .unwrap();
+    assert_eq!(scale["kind"], "Scale");
+    assert_eq!(scale["spec"]["replicas"], 2);
+    assert_eq!(scale["status"]["selector"], "app=web");
+
+    // Finalizers hold a deletion until their owner removes them.
+    let fin = s.write(
+        "fin.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  finalizers: [example.com/keep]\n",
+    );
+    s.ok(&["create", "-f", &fin]);
+    s.ok(&["delete", "cm", "held", "--wait=false"]);
+    assert!(s.json(&["get", "cm", "held"])["metadata"]["deletionTimestamp"].is_string());
+    s.ok(&["patch", "cm", "held", "--type=merge", "-p", r#"{"metadata":{"finalizers":null}}"#]);
+    assert!(s.fails(&["get", "cm", "held"]).contains("not found"));
+
+    // A pod bound to a node terminates gracefully until the kubelet confirms (grace 0).
+    s.ok(&["delete", "pod", "p", "--wait=false"]);
+    let p = s.json(&["get", "pod", "p"]);
+    assert_eq!(p["metadata"]["deletionGracePeriodSeconds"], 30);
+    assert!(s.ok(&["get", "pod", "p"]).contains("Terminating"));
+    s.ok(&["delete", "pod", "p", "--grace-period=0", "--force"]);
+    assert!(s.fails(&["get", "pod", "p"]).contains("not found"));
+
+    // Jobs and DaemonSets are served too; a Job must choose OnFailure or Never.
+    let job = "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: once\nspec:\n  template:\n    spec:\n      containers:\n      - {name: c, image: busybox}\n";
+    let bad_job = s.write("job.yaml", job);
+    let e = s.fails(&["apply", "-f", &bad_job]);
+    assert!(e.contains("spec.template.spec.restartPolicy"), "{e}");
+    let good_job = s.write("job2.yaml", &format!("{job}      restartPolicy: Never\n"));
+    s.ok(&["apply", "-f", &good_job]);
+    let ds = s.write("ds.yaml", "apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: agent\nspec:\n  selector:\n    matchLabels: {app: agent}\n  template:\n    metadata:\n      labels: {app: agent}\n    spec:\n      containers:\n      - {name: c, image: busybox}\n");
+    s.ok(&["apply", "-f", &ds]);
+    let names = s.ok(&["get", "jobs,daemonsets", "-o", "name"]);
+    assert_eq!(names.lines().collect::<Vec<_>>(), ["job.batch/once", "daemonset.apps/agent"], "{names}");
+
+    // Deleting a namespace removes what was in it.
+    s.ok(&["create", "namespace", "scratch"]);
+    assert_eq!(s.json(&["get", "ns", "scratch"])["metadata"]["labels"]["kubernetes.io/metadata.name"], "scratch");
+    s.ok(&["create", "configmap", "x", "-n", "scratch", "--from-literal=a=1"]);
+    s.ok(&["delete", "namespace", "scratch"]);
+    assert!(s.fails(&["get", "cm", "x", "-n", "scratch"]).contains("not found"));
+    let e = s.fails(&["delete", "namespace", "default"]);
+    assert!(e.contains("may not be deleted"), "{e}");
+}
