@@ -76,6 +76,17 @@ pub struct RunArgs {
     /// The underlay interface VXLAN runs over (its MTU sets the overlay's).
     #[arg(long, default_value = "eth0")]
     pub underlay_interface: String,
+    /// Where containerd reads CNI configuration: the agent writes this node's
+    /// conflist there (podCIDR, MTU, bpffs path, data dir). Needs the overlay role.
+    #[arg(long)]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// Where containerd finds CNI plugins: the agent installs skiff-cni (from beside its
+    /// own binary) and loopback there.
+    #[arg(long)]
+    pub cni_bin_dir: Option<PathBuf>,
+    /// skiff-cni's data directory (IPAM state).
+    #[arg(long, default_value = "/var/lib/skiff/cni")]
+    pub cni_data_dir: PathBuf,
     /// The cluster CIDR, cut into one podCIDR per node.
     #[arg(long, default_value = "10.244.0.0/16")]
     pub cluster_cidr: String,
@@ -244,6 +255,9 @@ struct Overlay {
     source: NodesFileSource,
     reconciler: NodesReconciler<AyaNodesMap>,
     local_pod_cidr: Option<Cidr>,
+    mtu: u32,
+    cni_conf_dir: Option<PathBuf>,
+    cni_data_dir: PathBuf,
 }
 
 impl Overlay {
@@ -257,6 +271,14 @@ impl Overlay {
             info!(program = prog.name(), ?how, "attached to the VXLAN device");
         }
         info!(device = device::VXLAN_DEVICE, mtu, cluster_cidr = %cluster, "overlay device ready");
+        if let Some(bin_dir) = &args.cni_bin_dir {
+            let plugin = skiff_cni::install::plugin_beside_current_exe().context("finding skiff-cni beside skiff-node")?;
+            skiff_cni::install_binary(&plugin, bin_dir)
+                .with_context(|| format!("installing skiff-cni into {}", bin_dir.display()))?;
+            skiff_cni::install_loopback(bin_dir)
+                .with_context(|| format!("installing the loopback plugin into {}", bin_dir.display()))?;
+            info!(bin_dir = %bin_dir.display(), "CNI plugins installed");
+        }
         let reconciler = NodesReconciler::new(&args.node_name, AyaNodesMap::open(pin_dir)?);
         let mut overlay = Self {
             node_name: args.node_name.clone(),
@@ -266,9 +288,30 @@ impl Overlay {
             source: NodesFileSource::new(nodes_file),
             reconciler,
             local_pod_cidr: None,
+            mtu,
+            cni_conf_dir: args.cni_conf_dir.clone(),
+            cni_data_dir: args.cni_data_dir.clone(),
         };
         overlay.poll();
         Ok(overlay)
+    }
+
+    /// Writes this node's CNI configuration, which containerd picks up on its own.
+    fn write_cni_config(&self, conf_dir: &Path, cidr: Cidr) {
+        let pod_cidr = match cidr.to_string().parse() {
+            Ok(c) => c,
+            Err(e) => return error!(pod_cidr = %cidr, error = ?e, "podCIDR not accepted by skiff-cni"),
+        };
+        let config = skiff_cni::NodeNetConfig {
+            pod_cidr,
+            mtu: self.mtu,
+            bpffs_dir: self.pin_dir.clone(),
+            data_dir: self.cni_data_dir.clone(),
+        };
+        match skiff_cni::write_conflist(conf_dir, &config) {
+            Ok(path) => info!(path = %path.display(), pod_cidr = %cidr, mtu = self.mtu, "CNI configuration written"),
+            Err(e) => error!(conf_dir = %conf_dir.display(), error = %e, "cannot write the CNI configuration; pods cannot start"),
+        }
     }
 
     fn poll(&mut self) {
@@ -299,6 +342,9 @@ impl Overlay {
                 Ok(()) => {
                     self.local_pod_cidr = local;
                     info!(pod_cidr = ?local.map(|c| c.to_string()), "overlay configured");
+                    if let (Some(conf_dir), Some(cidr)) = (&self.cni_conf_dir, local) {
+                        self.write_cni_config(conf_dir, cidr);
+                    }
                 }
                 Err(e) => error!(error = %e, "cannot write the overlay settings"),
             }

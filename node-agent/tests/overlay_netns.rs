@@ -128,6 +128,12 @@ impl Cluster {
             ready.display().to_string(),
             "--sync-interval-ms".into(),
             "100".into(),
+            "--cni-conf-dir".into(),
+            self.dir.join(format!("cni-{i}/conf")).display().to_string(),
+            "--cni-bin-dir".into(),
+            self.dir.join(format!("cni-{i}/bin")).display().to_string(),
+            "--cni-data-dir".into(),
+            self.dir.join(format!("cni-{i}/data")).display().to_string(),
         ];
         for interface in node.host_interfaces() {
             args.push("--pod-interface".into());
@@ -189,6 +195,15 @@ fn pods_on_two_nodes_talk_over_the_ebpf_overlay() {
     assert!(c.node(1).node.sh("bridge fdb show dev skiff-vxlan").trim().is_empty(), "no FDB entries");
     let routes = c.node(1).node.sh("ip route show dev skiff-vxlan");
     assert_eq!(routes.lines().count(), 1, "one route for the cluster CIDR only: {routes}");
+
+    // The agent wrote each node's CNI configuration and installed the plugins.
+    for i in 0..2 {
+        let conf = std::fs::read_to_string(c.dir.join(format!("cni-{i}/conf/10-skiff.conflist"))).unwrap();
+        assert!(conf.contains(&format!("10.244.{}.0/24", i + 1)) && conf.contains("1450"), "{conf}");
+        for plugin in ["skiff-cni", "loopback"] {
+            assert!(c.dir.join(format!("cni-{i}/bin/{plugin}")).is_file(), "{plugin} not installed");
+        }
+    }
 
     // TCP and UDP pod to pod, both directions.
     assert_eq!(c.summary(1, "c1", &["tcp", "10.244.2.10:8080", "--count", "20"]), "sent=20 ok=20 failed=0");
