@@ -19,9 +19,9 @@ fn main() {
     let dir = match env::var_os("SKIFF_EBPF_DIR") {
         Some(dir) => PathBuf::from(dir),
         None => {
-            let target = env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| {
-                PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap()).join("../target")
-            });
+            let target = env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap()).join("../target"));
             target.join("bpfel-unknown-none/release")
         }
     };

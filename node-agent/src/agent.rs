@@ -148,8 +148,7 @@ pub fn main() -> Result<()> {
             Ok(())
         }
         Command::Reset(args) => {
-            datapath::remove_pins(&args.pin_dir)
-                .with_context(|| format!("removing {}", args.pin_dir.display()))?;
+            datapath::remove_pins(&args.pin_dir).with_context(|| format!("removing {}", args.pin_dir.display()))?;
             info!(pin_dir = %args.pin_dir.display(), "datapath removed");
             Ok(())
         }
@@ -240,10 +239,7 @@ fn parse_cidr(cidr: &str) -> Result<(u32, u32)> {
     let len: u32 = len.parse().ok().filter(|l| *l <= 32).with_context(|| format!("`{cidr}`: bad prefix length"))?;
     let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
     let net = u32::from(addr) & mask;
-    Ok((
-        skiff_ebpf_common::addr_to_map(net.to_be_bytes()),
-        skiff_ebpf_common::addr_to_map(mask.to_be_bytes()),
-    ))
+    Ok((skiff_ebpf_common::addr_to_map(net.to_be_bytes()), skiff_ebpf_common::addr_to_map(mask.to_be_bytes())))
 }
 
 /// The overlay role's state in the main loop.
@@ -264,15 +260,16 @@ impl Overlay {
     /// Sets up the VXLAN device and attaches the overlay programs to it.
     fn start(args: &RunArgs, pin_dir: &Path, nodes_file: &Path, datapath: &mut Datapath) -> Result<Self> {
         let cluster: Cidr = args.cluster_cidr.parse().map_err(anyhow::Error::msg).context("--cluster-cidr")?;
-        let (vxlan_ifindex, mtu) = device::setup(&mut IpCommand, &args.underlay_interface, cluster)
-            .context("setting up the VXLAN device")?;
+        let (vxlan_ifindex, mtu) =
+            device::setup(&mut IpCommand, &args.underlay_interface, cluster).context("setting up the VXLAN device")?;
         for prog in [Prog::FromOverlay, Prog::ToOverlay] {
             let how = datapath.attach(prog, device::VXLAN_DEVICE)?;
             info!(program = prog.name(), ?how, "attached to the VXLAN device");
         }
         info!(device = device::VXLAN_DEVICE, mtu, cluster_cidr = %cluster, "overlay device ready");
         if let Some(bin_dir) = &args.cni_bin_dir {
-            let plugin = skiff_cni::install::plugin_beside_current_exe().context("finding skiff-cni beside skiff-node")?;
+            let plugin =
+                skiff_cni::install::plugin_beside_current_exe().context("finding skiff-cni beside skiff-node")?;
             skiff_cni::install_binary(&plugin, bin_dir)
                 .with_context(|| format!("installing skiff-cni into {}", bin_dir.display()))?;
             skiff_cni::install_loopback(bin_dir)
@@ -310,7 +307,9 @@ impl Overlay {
         };
         match skiff_cni::write_conflist(conf_dir, &config) {
             Ok(path) => info!(path = %path.display(), pod_cidr = %cidr, mtu = self.mtu, "CNI configuration written"),
-            Err(e) => error!(conf_dir = %conf_dir.display(), error = %e, "cannot write the CNI configuration; pods cannot start"),
+            Err(e) => {
+                error!(conf_dir = %conf_dir.display(), error = %e, "cannot write the CNI configuration; pods cannot start")
+            }
         }
     }
 

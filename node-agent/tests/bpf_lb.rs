@@ -12,8 +12,8 @@ use aya::{
 };
 use skiff_ebpf_common::{
     BACKEND_FLAG_TERMINATING, Backend4, CT_DIR_FORWARD, CT_FLAG_CLOSING, Ct4Entry, Ct4Key, DEFAULT_HAIRPIN_ADDR,
-    LbConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RevNat4, SERVICE_FLAG_AFFINITY, Service4Key, Service4Value, addr_to_map,
-    pin, port_to_map,
+    LbConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RevNat4, SERVICE_FLAG_AFFINITY, Service4Key, Service4Value,
+    addr_to_map, pin, port_to_map,
 };
 use skiff_node::datapath::{Datapath, MapSizes, read_stats};
 use skiff_tests::{PinDir, require_privileges, unique_tag};
@@ -41,7 +41,8 @@ const TCP_ACK: u8 = 0x10;
 
 fn sum16(data: &[u8], mut acc: u32) -> u32 {
     for chunk in data.chunks(2) {
-        let word = if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { u16::from_be_bytes([chunk[0], 0]) };
+        let word =
+            if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { u16::from_be_bytes([chunk[0], 0]) };
         acc += word as u32;
     }
     acc
@@ -398,9 +399,7 @@ fn conntrack_keeps_a_flow_on_its_backend_after_the_backend_set_changes() {
 #[test]
 fn tcp_entries_close_after_fin_and_udp_entries_expire_when_idle() {
     with_harness("tcp_entries_close_after_fin_and_udp_entries_expire_when_idle", |h| {
-        h.datapath
-            .set_config(LbConfig { udp_timeout_s: 1, tcp_closing_timeout_s: 1, ..Default::default() })
-            .unwrap();
+        h.datapath.set_config(LbConfig { udp_timeout_s: 1, tcp_closing_timeout_s: 1, ..Default::default() }).unwrap();
         for (i, b) in BACKENDS.iter().enumerate() {
             h.add_backend(i as u32 + 1, *b, PROTO_TCP, 0);
             h.add_backend(i as u32 + 11, *b, PROTO_UDP, 0);
@@ -440,7 +439,8 @@ fn tcp_entries_close_after_fin_and_udp_entries_expire_when_idle() {
 fn hairpin_flows_are_source_translated_both_ways() {
     with_harness("hairpin_flows_are_source_translated_both_ways", |h| {
         // The client pod is the Service's only backend.
-        let backend = Backend4 { addr: addr_to_map(CLIENT.octets()), port: port_to_map(BPORT), proto: PROTO_TCP, flags: 0 };
+        let backend =
+            Backend4 { addr: addr_to_map(CLIENT.octets()), port: port_to_map(BPORT), proto: PROTO_TCP, flags: 0 };
         h.hash::<u32, Backend4>(pin::BACKENDS).insert(1, backend, 0).unwrap();
         h.set_service(PROTO_TCP, &[1], 0, 0);
         let hairpin = Ipv4Addr::from(DEFAULT_HAIRPIN_ADDR.to_ne_bytes());

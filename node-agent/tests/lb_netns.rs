@@ -115,7 +115,9 @@ impl Cluster {
             .iter()
             .map(|name| {
                 let pod = topo.pod(name);
-                let child = pod.ns.command(echo.to_str().unwrap())
+                let child = pod
+                    .ns
+                    .command(echo.to_str().unwrap())
                     .args(["serve", "--name", name, "--tcp", "8080", "--udp", "8080"])
                     .stdout(Stdio::null())
                     .spawn()
@@ -124,7 +126,8 @@ impl Cluster {
             })
             .collect();
         let mut cluster = Self { topo, pins, manifests, agent: ChildGuard(None), _servers: servers };
-        let all: Vec<Endpoint<'_>> = vec![("10.244.1.11", true, false), ("10.244.1.12", true, false), ("10.244.1.13", true, false)];
+        let all: Vec<Endpoint<'_>> =
+            vec![("10.244.1.11", true, false), ("10.244.1.12", true, false), ("10.244.1.13", true, false)];
         cluster.write_manifests(&web_manifests(&all, "10.244.1.11"));
         cluster.start_agent();
         cluster.wait_dump("10.96.0.10:80/TCP slot 0 count=3");
@@ -158,7 +161,14 @@ impl Cluster {
             args.push("--pod-interface".into());
             args.push(interface);
         }
-        let child = self.topo.node.command(env!("CARGO_BIN_EXE_skiff-node")).args(&args).env("RUST_LOG", "warn").spawn().unwrap();
+        let child = self
+            .topo
+            .node
+            .command(env!("CARGO_BIN_EXE_skiff-node"))
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap();
         self.agent = ChildGuard::new(child);
         assert!(wait_until(Duration::from_secs(20), || ready.exists()), "the agent did not become ready in 20 s");
         let _ = std::fs::remove_file(&ready);
@@ -182,7 +192,8 @@ impl Cluster {
 
     /// Runs skiff-echo in a pod and returns its stdout lines.
     fn echo(&self, pod: &str, args: &[&str]) -> Vec<String> {
-        let out = self.topo.pod(pod).ns.command(workspace_bin("skiff-echo").to_str().unwrap()).args(args).output().unwrap();
+        let out =
+            self.topo.pod(pod).ns.command(workspace_bin("skiff-echo").to_str().unwrap()).args(args).output().unwrap();
         assert!(out.status.success(), "skiff-echo {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
     }
@@ -241,10 +252,16 @@ fn clusterip_spreads_tcp_answers_udp_hairpins_and_rejects() {
     let (ok, errors) = tally(&cluster.echo("client", &["tcp", &format!("{EMPTY_VIP}:80"), "--count", "3"]));
     assert!(ok.is_empty());
     assert_eq!(errors.len(), 3);
-    assert!(errors.iter().all(|e| e.contains("refused")), "TCP to a Service without endpoints must be refused: {errors:?}");
+    assert!(
+        errors.iter().all(|e| e.contains("refused")),
+        "TCP to a Service without endpoints must be refused: {errors:?}"
+    );
     let (ok, errors) = tally(&cluster.echo("client", &["udp", &format!("{EMPTY_VIP}:53"), "--count", "3"]));
     assert!(ok.is_empty());
-    assert!(errors.iter().all(|e| e.contains("refused")), "UDP to a Service without endpoints must be refused: {errors:?}");
+    assert!(
+        errors.iter().all(|e| e.contains("refused")),
+        "UDP to a Service without endpoints must be refused: {errors:?}"
+    );
 }
 
 #[test]
@@ -253,7 +270,11 @@ fn removed_backend_gets_no_new_flows_but_keeps_open_connections() {
     let cluster = Cluster::new();
 
     // A long-lived connection: 40 requests, 100 ms apart.
-    let mut hold = cluster.topo.pod("client").ns.command(workspace_bin("skiff-echo").to_str().unwrap())
+    let mut hold = cluster
+        .topo
+        .pod("client")
+        .ns
+        .command(workspace_bin("skiff-echo").to_str().unwrap())
         .args(["hold", &format!("{VIP}:80"), "--count", "40", "--interval-ms", "100"])
         .stdout(Stdio::piped())
         .spawn()
@@ -293,7 +314,11 @@ fn removed_backend_gets_no_new_flows_but_keeps_open_connections() {
 fn terminating_backend_keeps_its_connection_and_gets_no_new_flows() {
     let Some(_serial) = privileged("terminating_backend_keeps_its_connection_and_gets_no_new_flows") else { return };
     let cluster = Cluster::new();
-    let mut hold = cluster.topo.pod("client").ns.command(workspace_bin("skiff-echo").to_str().unwrap())
+    let mut hold = cluster
+        .topo
+        .pod("client")
+        .ns
+        .command(workspace_bin("skiff-echo").to_str().unwrap())
         .args(["hold", &format!("{VIP}:80"), "--count", "30", "--interval-ms", "100"])
         .stdout(Stdio::piped())
         .spawn()
@@ -325,7 +350,11 @@ fn agent_restart_loses_no_requests() {
     let before = cluster.dump();
 
     // A steady, bounded loop: 200 requests, a new connection each, 20 ms apart.
-    let client = cluster.topo.pod("client").ns.command(workspace_bin("skiff-echo").to_str().unwrap())
+    let client = cluster
+        .topo
+        .pod("client")
+        .ns
+        .command(workspace_bin("skiff-echo").to_str().unwrap())
         .args(["tcp", &format!("{VIP}:80"), "--count", "200", "--interval-ms", "20", "--timeout-ms", "3000"])
         .stdout(Stdio::piped())
         .spawn()

@@ -84,7 +84,10 @@ impl Cluster {
         let echo = workspace_bin("skiff-echo");
         let mut servers = Vec::new();
         for (node, pod) in [(&n1, "s1"), (&n2, "s2")] {
-            let child = node.pod(pod).ns.command(echo.to_str().unwrap())
+            let child = node
+                .pod(pod)
+                .ns
+                .command(echo.to_str().unwrap())
                 .args(["serve", "--name", pod, "--tcp", "8080", "--udp", "8080"])
                 .stdout(Stdio::null())
                 .spawn()
@@ -92,15 +95,24 @@ impl Cluster {
             servers.push(ChildGuard::new(child));
         }
         // A server on node 2's own address, for pods reaching node addresses.
-        let child = n2.node.command(echo.to_str().unwrap())
+        let child = n2
+            .node
+            .command(echo.to_str().unwrap())
             .args(["serve", "--name", "node2", "--tcp", "9090"])
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
         servers.push(ChildGuard::new(child));
 
-        let mut cluster =
-            Self { tag, dir, agents: Vec::new(), _servers: servers, pins: Vec::new(), nodes: vec![n1, n2], _underlay: underlay };
+        let mut cluster = Self {
+            tag,
+            dir,
+            agents: Vec::new(),
+            _servers: servers,
+            pins: Vec::new(),
+            nodes: vec![n1, n2],
+            _underlay: underlay,
+        };
         for i in 0..2 {
             cluster.start_agent(i);
         }
@@ -139,7 +151,8 @@ impl Cluster {
             args.push("--pod-interface".into());
             args.push(interface);
         }
-        let child = node.node.command(env!("CARGO_BIN_EXE_skiff-node")).args(&args).env("RUST_LOG", "warn").spawn().unwrap();
+        let child =
+            node.node.command(env!("CARGO_BIN_EXE_skiff-node")).args(&args).env("RUST_LOG", "warn").spawn().unwrap();
         self.agents.push(ChildGuard::new(child));
         self.pins.push(pins);
         assert!(wait_until(Duration::from_secs(20), || ready.exists()), "agent on n{} not ready in 20 s", i + 1);
@@ -150,7 +163,14 @@ impl Cluster {
     }
 
     fn echo(&self, node: u8, pod: &str, args: &[&str]) -> Vec<String> {
-        let out = self.node(node).pod(pod).ns.command(workspace_bin("skiff-echo").to_str().unwrap()).args(args).output().unwrap();
+        let out = self
+            .node(node)
+            .pod(pod)
+            .ns
+            .command(workspace_bin("skiff-echo").to_str().unwrap())
+            .args(args)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "skiff-echo {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
     }
@@ -211,7 +231,10 @@ fn pods_on_two_nodes_talk_over_the_ebpf_overlay() {
     assert_eq!(c.summary(2, "c2", &["tcp", "10.244.1.11:8080", "--count", "20"]), "sent=20 ok=20 failed=0");
 
     // Large packets: a 1400-byte datagram, and a bulk TCP transfer (no MTU black hole).
-    assert_eq!(c.summary(1, "c1", &["udp", "10.244.2.10:8080", "--count", "5", "--size", "1400"]), "sent=5 ok=5 failed=0");
+    assert_eq!(
+        c.summary(1, "c1", &["udp", "10.244.2.10:8080", "--count", "5", "--size", "1400"]),
+        "sent=5 ok=5 failed=0"
+    );
     let bulk = c.echo(1, "c1", &["bulk", "10.244.2.10:8080", "--bytes", "20000000"]);
     assert_eq!(bulk[0], "ok s2 got 20000000", "{bulk:?}");
 
@@ -232,7 +255,11 @@ fn a_node_leaving_stops_traffic_to_it_and_nothing_else() {
     assert_eq!(c.summary(1, "c1", &["tcp", "10.244.2.10:8080", "--count", "5"]), "sent=5 ok=5 failed=0");
 
     // A long-lived local flow and a steady loop to a local pod keep going throughout.
-    let steady = c.node(1).pod("c1").ns.command(workspace_bin("skiff-echo").to_str().unwrap())
+    let steady = c
+        .node(1)
+        .pod("c1")
+        .ns
+        .command(workspace_bin("skiff-echo").to_str().unwrap())
         .args(["hold", "10.244.1.11:8080", "--count", "30", "--interval-ms", "100"])
         .stdout(Stdio::piped())
         .spawn()
@@ -242,7 +269,8 @@ fn a_node_leaving_stops_traffic_to_it_and_nothing_else() {
     c.write_nodes(&[c.node(1)]);
     assert!(
         wait_until(Duration::from_secs(10), || {
-            c.summary(1, "c1", &["tcp", "10.244.2.10:8080", "--count", "1", "--timeout-ms", "500"]) == "sent=1 ok=0 failed=1"
+            c.summary(1, "c1", &["tcp", "10.244.2.10:8080", "--count", "1", "--timeout-ms", "500"])
+                == "sent=1 ok=0 failed=1"
         }),
         "traffic to the node that left must stop"
     );
@@ -256,7 +284,8 @@ fn a_node_leaving_stops_traffic_to_it_and_nothing_else() {
     c.write_nodes(&[c.node(1), c.node(2)]);
     assert!(
         wait_until(Duration::from_secs(10), || {
-            c.summary(1, "c1", &["tcp", "10.244.2.10:8080", "--count", "1", "--timeout-ms", "500"]) == "sent=1 ok=1 failed=0"
+            c.summary(1, "c1", &["tcp", "10.244.2.10:8080", "--count", "1", "--timeout-ms", "500"])
+                == "sent=1 ok=1 failed=0"
         }),
         "traffic to the node that joined again must flow"
     );

@@ -81,6 +81,10 @@ pub fn target_bin_dir() -> PathBuf {
 /// packages' binaries).
 pub fn workspace_bin(name: &str) -> PathBuf {
     let path = target_bin_dir().join(name);
-    assert!(path.is_file(), "{} is missing: build it with `cargo build -p <its package>` (cargo xtask test does)", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo build -p <its package>` (cargo xtask test does)",
+        path.display()
+    );
     path
 }

@@ -78,7 +78,10 @@ fn lb(args: &[String]) -> Result<()> {
     // clusters' kube-proxy images still use).
     let mut iptables_rates = Vec::new();
     for backend in ["nft", "legacy"] {
-        progress("bench", &format!("iptables-{backend}: loading a kube-proxy-style ruleset with {services} Services..."));
+        progress(
+            "bench",
+            &format!("iptables-{backend}: loading a kube-proxy-style ruleset with {services} Services..."),
+        );
         let started = std::time::Instant::now();
         load_iptables(&topo.node, &specs, backend)?;
         progress("bench", &format!("iptables-{backend}: ruleset loaded in {:.1} s", started.elapsed().as_secs_f64()));
@@ -107,7 +110,11 @@ fn service_specs(count: usize, backends: &[String]) -> Vec<ServiceSpec> {
                 ServiceSpec { name: "web".into(), vip: TARGET_VIP.into(), endpoints: backends.to_vec() }
             } else {
                 let ip = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 100, 0, 0)) + i as u32);
-                ServiceSpec { name: format!("svc-{i}"), vip: ip.to_string(), endpoints: vec![backends[i % backends.len()].clone()] }
+                ServiceSpec {
+                    name: format!("svc-{i}"),
+                    vip: ip.to_string(),
+                    endpoints: vec![backends[i % backends.len()].clone()],
+                }
             }
         })
         .collect()
@@ -131,7 +138,14 @@ fn conn_rate(topo: &NodeTopology, bin: &std::path::Path, seconds: u64) -> Result
     let out = client
         .ns
         .command(bin.join("skiff-echo").to_str().unwrap_or("skiff-echo"))
-        .args(["conn-rate", &format!("{TARGET_VIP}:80"), "--duration-ms", &(seconds * 1000).to_string(), "--threads", "2"])
+        .args([
+            "conn-rate",
+            &format!("{TARGET_VIP}:80"),
+            "--duration-ms",
+            &(seconds * 1000).to_string(),
+            "--threads",
+            "2",
+        ])
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     progress("bench", text.trim());
@@ -151,7 +165,9 @@ fn conn_rate(topo: &NodeTopology, bin: &std::path::Path, seconds: u64) -> Result
 /// KUBE-SERVICES → KUBE-SVC-* (statistic random) → KUBE-SEP-* (DNAT), plus the
 /// masquerade marking chains, in one `iptables-restore`.
 fn load_iptables(node: &Netns, specs: &[ServiceSpec], backend: &str) -> Result<()> {
-    let mut rules = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n");
+    let mut rules = String::from(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n",
+    );
     rules.push_str(":KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-POSTROUTING - [0:0]\n");
     let mut sep_id = 0usize;
     let mut body = String::new();
@@ -163,7 +179,11 @@ fn load_iptables(node: &Netns, specs: &[ServiceSpec], backend: &str) -> Result<(
             "-A KUBE-SERVICES -d {}/32 -p tcp -m comment --comment \"default/{}:http cluster IP\" -m tcp --dport 80 -j {svc_chain}",
             s.vip, s.name
         );
-        let _ = writeln!(body, "-A {svc_chain} ! -s 10.244.0.0/16 -d {}/32 -p tcp -m tcp --dport 80 -j KUBE-MARK-MASQ", s.vip);
+        let _ = writeln!(
+            body,
+            "-A {svc_chain} ! -s 10.244.0.0/16 -d {}/32 -p tcp -m tcp --dport 80 -j KUBE-MARK-MASQ",
+            s.vip
+        );
         let n = s.endpoints.len();
         for (j, ep) in s.endpoints.iter().enumerate() {
             let sep_chain = format!("KUBE-SEP-{sep_id:016}");
@@ -171,7 +191,8 @@ fn load_iptables(node: &Netns, specs: &[ServiceSpec], backend: &str) -> Result<(
             let _ = writeln!(rules, ":{sep_chain} - [0:0]");
             if j + 1 < n {
                 let p = 1.0 / (n - j) as f64;
-                let _ = writeln!(body, "-A {svc_chain} -m statistic --mode random --probability {p:.11} -j {sep_chain}");
+                let _ =
+                    writeln!(body, "-A {svc_chain} -m statistic --mode random --probability {p:.11} -j {sep_chain}");
             } else {
                 let _ = writeln!(body, "-A {svc_chain} -j {sep_chain}");
             }

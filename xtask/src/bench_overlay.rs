@@ -57,7 +57,14 @@ pub fn run(args: &[String]) -> Result<()> {
     )?;
 
     let _iperf = ChildGuard::new(
-        server.ns.command("iperf3").args(["-s", "-p", "5201"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("starting iperf3 (cargo xtask setup installs it)")?,
+        server
+            .ns
+            .command("iperf3")
+            .args(["-s", "-p", "5201"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting iperf3 (cargo xtask setup installs it)")?,
     );
     let _echo = ChildGuard::new(
         server
@@ -140,8 +147,11 @@ fn iperf(n1: &NodeTopology, target: &str, seconds: u64) -> Result<f64> {
     let received = text.find("\"sum_received\"").context("no sum_received in iperf3's output")?;
     let rest = &text[received..];
     let key = rest.find("\"bits_per_second\"").context("no bits_per_second")?;
-    let value: String =
-        rest[key + 17..].chars().skip_while(|c| !c.is_ascii_digit()).take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+').collect();
+    let value: String = rest[key + 17..]
+        .chars()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+')
+        .collect();
     let bps: f64 = value.parse().with_context(|| format!("bits_per_second `{value}`"))?;
     progress("bench", &format!("  {:.2} Gbit/s", bps / 1e9));
     Ok(bps)

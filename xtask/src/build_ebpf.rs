@@ -19,15 +19,9 @@ pub fn run(release: bool) -> Result<()> {
     let dir = build_ebpf(release)?;
     let objects = objects(&dir)?;
     if objects.is_empty() {
-        progress(
-            "build-ebpf",
-            &format!("built, but found no eBPF objects in {}", dir.display()),
-        );
+        progress("build-ebpf", &format!("built, but found no eBPF objects in {}", dir.display()));
     } else {
-        progress(
-            "build-ebpf",
-            &format!("eBPF objects ({}) in {}:", objects.len(), dir.display()),
-        );
+        progress("build-ebpf", &format!("eBPF objects ({}) in {}:", objects.len(), dir.display()));
         for object in objects {
             println!("{}", object.display());
         }
@@ -41,29 +35,15 @@ pub fn run(release: bool) -> Result<()> {
 pub fn build_ebpf(release: bool) -> Result<PathBuf> {
     let tc = toolchain::ensure()?;
     let profile = if release { "release" } else { "debug" };
-    progress(
-        "build-ebpf",
-        &format!("building {BPF_PACKAGE} for {BPF_TARGET} with {NIGHTLY} ({profile})..."),
-    );
+    progress("build-ebpf", &format!("building {BPF_PACKAGE} for {BPF_TARGET} with {NIGHTLY} ({profile})..."));
 
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let path = std::env::join_paths(
-        std::iter::once(tc.bpf_linker_bin_dir.clone()).chain(std::env::split_paths(&path)),
-    )
-    .context("a PATH entry contains ':'; fix PATH")?;
+    let path = std::env::join_paths(std::iter::once(tc.bpf_linker_bin_dir.clone()).chain(std::env::split_paths(&path)))
+        .context("a PATH entry contains ':'; fix PATH")?;
 
     let mut cmd = Command::new("cargo");
     cmd.arg(format!("+{NIGHTLY}"))
-        .args([
-            "build",
-            "--package",
-            BPF_PACKAGE,
-            "--target",
-            BPF_TARGET,
-            "-Z",
-            "build-std=core",
-            "--bins",
-        ])
+        .args(["build", "--package", BPF_PACKAGE, "--target", BPF_TARGET, "-Z", "build-std=core", "--bins"])
         .current_dir(workspace_root())
         .env("PATH", path);
     if release {
@@ -71,10 +51,7 @@ pub fn build_ebpf(release: bool) -> Result<PathBuf> {
     }
     // `cargo xtask` runs under the stable toolchain's cargo; its choices must not leak
     // into the nightly build (RUSTUP_TOOLCHAIN would also fight `+nightly`).
-    for var in HOST_BUILD_ENV
-        .iter()
-        .chain(&["RUSTUP_TOOLCHAIN", "RUSTUP_TOOLCHAIN_SOURCE"])
-    {
+    for var in HOST_BUILD_ENV.iter().chain(&["RUSTUP_TOOLCHAIN", "RUSTUP_TOOLCHAIN_SOURCE"]) {
         cmd.env_remove(var);
     }
     run_checked(
@@ -87,12 +64,9 @@ pub fn build_ebpf(release: bool) -> Result<PathBuf> {
 /// The eBPF object files in `dir` (ELF files without an extension), sorted.
 pub fn objects(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut found = Vec::new();
-    let entries =
-        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
     for entry in entries {
-        let path = entry
-            .with_context(|| format!("cannot list {}", dir.display()))?
-            .path();
+        let path = entry.with_context(|| format!("cannot list {}", dir.display()))?.path();
         if path.is_file() && path.extension().is_none() && is_elf(&path) {
             found.push(path);
         }
@@ -103,8 +77,5 @@ pub fn objects(dir: &Path) -> Result<Vec<PathBuf>> {
 
 fn is_elf(path: &Path) -> bool {
     let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && magic == *b"\x7fELF"
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && magic == *b"\x7fELF"
 }

@@ -17,12 +17,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "cargo xtask",
-    bin_name = "cargo xtask",
-    about = "Skiff's developer tasks",
-    version
-)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "Skiff's developer tasks", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

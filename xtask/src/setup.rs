@@ -60,11 +60,8 @@ pub fn run() -> Result<()> {
 
 /// The packages of `DEBIAN_PACKAGES` that are not installed, by one `dpkg-query` call.
 pub fn missing_packages() -> Result<Vec<&'static str>> {
-    let out = Command::new("dpkg-query")
-        .args(["-W", "-f=${Package} ${Status}\n"])
-        .args(DEBIAN_PACKAGES)
-        .output()
-        .context(
+    let out =
+        Command::new("dpkg-query").args(["-W", "-f=${Package} ${Status}\n"]).args(DEBIAN_PACKAGES).output().context(
             "cannot run dpkg-query: this does not look like a Debian-based machine; \
              install the packages listed in xtask/src/setup.rs (DEBIAN_PACKAGES) by hand",
         )?;
@@ -75,11 +72,7 @@ pub fn missing_packages() -> Result<Vec<&'static str>> {
         .filter_map(|l| l.strip_suffix(" install ok installed"))
         .map(|name| name.split(':').next().unwrap_or(name))
         .collect();
-    Ok(DEBIAN_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !installed.contains(p))
-        .collect())
+    Ok(DEBIAN_PACKAGES.iter().copied().filter(|p| !installed.contains(p)).collect())
 }
 
 /// Installs the missing Debian packages (one `apt-get update`, one `apt-get install`).
@@ -95,20 +88,12 @@ pub fn ensure_packages() -> Result<()> {
              (`sudo apt-get install -y --no-install-recommends {list}`) or run `cargo xtask setup` as root"
         );
     }
-    progress(
-        "setup",
-        &format!("installing Debian packages: {list}; apt-get update first (about 10 seconds)..."),
-    );
+    progress("setup", &format!("installing Debian packages: {list}; apt-get update first (about 10 seconds)..."));
     run_checked(
-        Command::new("apt-get")
-            .args(["-q", "update"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
+        Command::new("apt-get").args(["-q", "update"]).env("DEBIAN_FRONTEND", "noninteractive"),
         "check the network and /etc/apt/sources.list, then run `cargo xtask setup` again",
     )?;
-    progress(
-        "setup",
-        &format!("apt-get install {list} (up to a minute)..."),
-    );
+    progress("setup", &format!("apt-get install {list} (up to a minute)..."));
     run_checked(
         Command::new("apt-get")
             .args(["-q", "install", "-y", "--no-install-recommends"])
@@ -142,9 +127,7 @@ pub fn ensure_bpffs() -> Result<()> {
         return Ok(());
     }
     if !is_root() {
-        bail!(
-            "bpffs is not mounted at {BPFFS}; as root run `mount -t bpf bpf {BPFFS}` or `cargo xtask setup`"
-        );
+        bail!("bpffs is not mounted at {BPFFS}; as root run `mount -t bpf bpf {BPFFS}` or `cargo xtask setup`");
     }
     progress("setup", &format!("mounting bpffs at {BPFFS}"));
     std::fs::create_dir_all(BPFFS).with_context(|| format!("cannot create {BPFFS}"))?;
@@ -153,9 +136,7 @@ pub fn ensure_bpffs() -> Result<()> {
         "the kernel needs CONFIG_BPF_SYSCALL, and a container needs CAP_SYS_ADMIN to mount",
     )?;
     if !bpffs_mounted()? {
-        bail!(
-            "`mount -t bpf bpf {BPFFS}` succeeded but /proc/mounts shows no bpf filesystem there"
-        );
+        bail!("`mount -t bpf bpf {BPFFS}` succeeded but /proc/mounts shows no bpf filesystem there");
     }
     Ok(())
 }

@@ -45,10 +45,7 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
     // Integration tests run other packages' binaries (the agent, the echo app), which
     // `cargo test` builds only for the package under test.
     let mut build = Command::new(&cargo);
-    build
-        .args(["build", "--bins"])
-        .current_dir(workspace_root())
-        .env(EBPF_DIR_ENV, &ebpf_dir);
+    build.args(["build", "--bins"]).current_dir(workspace_root()).env(EBPF_DIR_ENV, &ebpf_dir);
     progress("test", &format!("building the binaries: `{}`...", display(&build)));
     run_checked(&mut build, "fix the build errors above")?;
 
@@ -58,7 +55,15 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
     // up to date.
     let mut static_build = Command::new(&cargo);
     static_build
-        .args(["build", "--release", "-p", "skiff-tests", "--no-default-features", "--target", "x86_64-unknown-linux-gnu"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "skiff-tests",
+            "--no-default-features",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+        ])
         .args(["--target-dir", "target/static", "--bin", "skiff-pause", "--bin", "skiff-echo"])
         .current_dir(workspace_root())
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
@@ -79,22 +84,10 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
         .current_dir(workspace_root())
         .env(EBPF_DIR_ENV, &ebpf_dir)
         .stdout(Stdio::piped());
-    progress(
-        "test",
-        &format!(
-            "running `{}` ({EBPF_DIR_ENV}={})...",
-            display(&cmd),
-            ebpf_dir.display()
-        ),
-    );
+    progress("test", &format!("running `{}` ({EBPF_DIR_ENV}={})...", display(&cmd), ebpf_dir.display()));
 
-    let mut child = cmd
-        .spawn()
-        .context("cannot start `cargo test`; is cargo on PATH?")?;
-    let stdout = child
-        .stdout
-        .take()
-        .context("cargo test's stdout was not captured")?;
+    let mut child = cmd.spawn().context("cannot start `cargo test`; is cargo on PATH?")?;
+    let stdout = child.stdout.take().context("cargo test's stdout was not captured")?;
     // Pass the output through line by line and add up libtest's "test result:" lines.
     let mut tally = Tally::default();
     let mut out = std::io::stdout().lock();
@@ -109,11 +102,7 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
     let status = child.wait().context("cannot wait for cargo test")?;
 
     let secs = started.elapsed().as_secs_f64();
-    let skipped = if root {
-        ""
-    } else {
-        "; privileged tests skipped (not root)"
-    };
+    let skipped = if root { "" } else { "; privileged tests skipped (not root)" };
     if status.success() {
         progress("test", &format!("ok: {tally} in {secs:.0} s{skipped}"));
         Ok(())
@@ -175,14 +164,6 @@ mod tests {
         t.add("test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s");
         t.add("test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 5 filtered out; finished in 1.20s");
         t.add("running 3 tests");
-        assert_eq!(
-            t,
-            Tally {
-                binaries: 2,
-                passed: 4,
-                failed: 2,
-                ignored: 1
-            }
-        );
+        assert_eq!(t, Tally { binaries: 2, passed: 4, failed: 2, ignored: 1 });
     }
 }

@@ -64,10 +64,7 @@ pub fn tools_dir() -> Result<PathBuf> {
 pub fn ensure() -> Result<Toolchain> {
     let sysroot = ensure_nightly()?;
     let bpf_linker_bin_dir = ensure_bpf_linker(&sysroot)?;
-    Ok(Toolchain {
-        sysroot,
-        bpf_linker_bin_dir,
-    })
+    Ok(Toolchain { sysroot, bpf_linker_bin_dir })
 }
 
 /// The pinned nightly's sysroot, or `None` when the toolchain is not installed.
@@ -91,10 +88,7 @@ fn ensure_nightly() -> Result<PathBuf> {
         if has_rust_src(&sysroot) {
             return Ok(sysroot);
         }
-        progress(
-            "setup",
-            &format!("adding rust-src to {NIGHTLY} (about 30 seconds)..."),
-        );
+        progress("setup", &format!("adding rust-src to {NIGHTLY} (about 30 seconds)..."));
         run_checked(
             Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]),
             "check the network, then run `cargo xtask setup` again",
@@ -107,10 +101,7 @@ fn ensure_nightly() -> Result<PathBuf> {
                  `cargo xtask setup` again"
             );
         }
-        progress(
-            "setup",
-            &format!("installing toolchain {NIGHTLY} with rust-src (about 90 seconds)..."),
-        );
+        progress("setup", &format!("installing toolchain {NIGHTLY} with rust-src (about 90 seconds)..."));
         run_checked(
             Command::new("rustup").args([
                 "toolchain",
@@ -139,19 +130,11 @@ fn ensure_nightly() -> Result<PathBuf> {
 /// The nightly's libLLVM file, e.g. `<sysroot>/lib/libLLVM.so.22.1-rust-1.97.0-nightly`.
 fn find_libllvm(sysroot: &Path) -> Result<PathBuf> {
     let lib = sysroot.join("lib");
-    let entries = std::fs::read_dir(&lib).with_context(|| {
-        format!(
-            "cannot list {} (the {NIGHTLY} sysroot's lib directory)",
-            lib.display()
-        )
-    })?;
+    let entries = std::fs::read_dir(&lib)
+        .with_context(|| format!("cannot list {} (the {NIGHTLY} sysroot's lib directory)", lib.display()))?;
     for entry in entries {
         let entry = entry.with_context(|| format!("cannot list {}", lib.display()))?;
-        if entry
-            .file_name()
-            .to_string_lossy()
-            .starts_with(LIBLLVM_PREFIX)
-        {
+        if entry.file_name().to_string_lossy().starts_with(LIBLLVM_PREFIX) {
             return Ok(entry.path());
         }
     }
@@ -169,17 +152,11 @@ fn ensure_symlink(link: &Path, target: &Path) -> Result<bool> {
         return Ok(false);
     }
     if link.symlink_metadata().is_ok() {
-        std::fs::remove_file(link).with_context(|| {
-            format!("cannot remove stale {} (remove it by hand)", link.display())
-        })?;
+        std::fs::remove_file(link)
+            .with_context(|| format!("cannot remove stale {} (remove it by hand)", link.display()))?;
     }
-    std::os::unix::fs::symlink(target, link).with_context(|| {
-        format!(
-            "cannot create symlink {} -> {}",
-            link.display(),
-            target.display()
-        )
-    })?;
+    std::os::unix::fs::symlink(target, link)
+        .with_context(|| format!("cannot create symlink {} -> {}", link.display(), target.display()))?;
     Ok(true)
 }
 
@@ -189,15 +166,10 @@ fn ensure_llvm_prefix(tools: &Path, sysroot: &Path) -> Result<PathBuf> {
     let prefix = tools.join("llvm");
     let lib = prefix.join("lib");
     std::fs::create_dir_all(&lib).with_context(|| format!("cannot create {}", lib.display()))?;
-    let soname = libllvm
-        .file_name()
-        .context("libLLVM path has no file name")?
-        .to_os_string();
+    let soname = libllvm.file_name().context("libLLVM path has no file name")?.to_os_string();
 
     // Links left by an older nightly (another soname) would only confuse a reader.
-    for entry in
-        std::fs::read_dir(&lib).with_context(|| format!("cannot list {}", lib.display()))?
-    {
+    for entry in std::fs::read_dir(&lib).with_context(|| format!("cannot list {}", lib.display()))? {
         let entry = entry.with_context(|| format!("cannot list {}", lib.display()))?;
         let name = entry.file_name();
         if name != "libLLVM.so" && name != soname && name.to_string_lossy().starts_with("libLLVM") {
@@ -210,10 +182,7 @@ fn ensure_llvm_prefix(tools: &Path, sysroot: &Path) -> Result<PathBuf> {
         changed |= ensure_symlink(&lib.join(name), &libllvm)?;
     }
     if changed {
-        progress(
-            "setup",
-            &format!("linked {} -> {}", lib.display(), libllvm.display()),
-        );
+        progress("setup", &format!("linked {} -> {}", lib.display(), libllvm.display()));
     }
     Ok(prefix)
 }
@@ -239,11 +208,7 @@ fn ensure_bpf_linker(sysroot: &Path) -> Result<PathBuf> {
     );
     let mut cmd = Command::new("cargo");
     cmd.args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
-        .args([
-            "--no-default-features",
-            "--features",
-            BPF_LINKER_LLVM_FEATURE,
-        ])
+        .args(["--no-default-features", "--features", BPF_LINKER_LLVM_FEATURE])
         .arg("--root")
         .arg(&root)
         // bpf-linker ships its Cargo.lock; --locked keeps its dependencies at the tested versions.
@@ -288,11 +253,6 @@ mod tests {
             .find_map(|l| l.trim().strip_prefix("channel"))
             .and_then(|rest| rest.split('"').nth(1))
             .unwrap_or_else(|| panic!("no channel = \"...\" line in {}", path.display()));
-        assert_eq!(
-            channel,
-            NIGHTLY,
-            "{} and xtask/src/toolchain.rs must name the same nightly",
-            path.display()
-        );
+        assert_eq!(channel, NIGHTLY, "{} and xtask/src/toolchain.rs must name the same nightly", path.display());
     }
 }

@@ -53,19 +53,13 @@ pub fn cargo_home() -> Result<PathBuf> {
 
 /// The command line of `cmd` as a person would type it, for messages.
 pub fn display(cmd: &Command) -> String {
-    std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(OsStr::to_string_lossy)
-        .collect::<Vec<_>>()
-        .join(" ")
+    std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(OsStr::to_string_lossy).collect::<Vec<_>>().join(" ")
 }
 
 /// Runs `cmd` with inherited stdio and fails, saying `hint`, unless it exits with 0.
 pub fn run_checked(cmd: &mut Command, hint: &str) -> Result<()> {
     let shown = display(cmd);
-    let status = cmd
-        .status()
-        .with_context(|| format!("could not start `{shown}`: is it installed and on PATH?"))?;
+    let status = cmd.status().with_context(|| format!("could not start `{shown}`: is it installed and on PATH?"))?;
     if !status.success() {
         bail!("`{shown}` failed ({status}); {hint}");
     }
@@ -75,12 +69,6 @@ pub fn run_checked(cmd: &mut Command, hint: &str) -> Result<()> {
 /// Runs `cmd` capturing its output; `Ok(None)` when it cannot start or exits non-zero.
 /// For probes whose failure only means "not there yet".
 pub fn probe(cmd: &mut Command) -> Option<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let out = cmd.stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }

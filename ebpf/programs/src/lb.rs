@@ -10,14 +10,17 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use skiff_ebpf_common::{
-    Affinity4Key, Affinity4Value, BACKEND_FLAG_TERMINATING, Backend4, CT_FLAG_HAIRPIN, Ct4Entry,
-    Ct4Key, PROTO_UDP, SERVICE_FLAG_AFFINITY, Service4Key, Service4Value, stat,
+    Affinity4Key, Affinity4Value, BACKEND_FLAG_TERMINATING, Backend4, CT_FLAG_HAIRPIN, Ct4Entry, Ct4Key, PROTO_UDP,
+    SERVICE_FLAG_AFFINITY, Service4Key, Service4Value, stat,
 };
 
 use crate::{
     Drop, conntrack, csum,
     maps::{AFFINITY_V1, BACKENDS_V1, CT4_V1, Config, REV_NAT_V1, SERVICES_V1, config, count},
-    packet::{ETH_HLEN, IPV4_HLEN, IP_CHECK_OFF, Ipv4Hdr, IP_DADDR_OFF, IP_SADDR_OFF, L4_DPORT_OFF, L4_SPORT_OFF, Packet, TCP_FIN, TCP_RST},
+    packet::{
+        ETH_HLEN, IP_CHECK_OFF, IP_DADDR_OFF, IP_SADDR_OFF, IPV4_HLEN, Ipv4Hdr, L4_DPORT_OFF, L4_SPORT_OFF, Packet,
+        TCP_FIN, TCP_RST,
+    },
     reject,
 };
 
@@ -122,7 +125,12 @@ fn new_flow(
 /// Picks the backend of a new flow: the client's affine backend if the Service has
 /// ClientIP affinity and it is still usable, else a random slot.
 #[inline(always)]
-fn select_backend(pkt: &Packet, frontend: &Service4Key, svc: &Service4Value, now: u64) -> Result<(u32, Backend4), Drop> {
+fn select_backend(
+    pkt: &Packet,
+    frontend: &Service4Key,
+    svc: &Service4Value,
+    now: u64,
+) -> Result<(u32, Backend4), Drop> {
     let affinity = svc.flags & SERVICE_FLAG_AFFINITY != 0;
     let akey = Affinity4Key { client_addr: pkt.saddr, rev_nat_index: svc.rev_nat_index };
     if affinity {

@@ -28,6 +28,18 @@ pub mod reject;
 #[derive(Clone, Copy, Debug)]
 pub struct Drop;
 
+/// The return value of an entry point: the action, or a drop counted as an error.
+#[inline(always)]
+pub fn verdict(result: Result<i32, Drop>) -> i32 {
+    match result {
+        Ok(action) => action,
+        Err(Drop) => {
+            maps::count(skiff_ebpf_common::stat::ERRORS);
+            aya_ebpf::bindings::TC_ACT_SHOT as i32
+        }
+    }
+}
+
 /// The license section the kernel reads; GPL-compatible so that every helper is allowed.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "license")]

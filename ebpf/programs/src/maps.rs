@@ -6,13 +6,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use skiff_ebpf_common::{
-    Affinity4Key, Affinity4Value, Backend4, Ct4Entry, Ct4Key, LbConfig, RevNat4, Service4Key,
-    Service4Value, capacity, stat,
+    Affinity4Key, Affinity4Value, Backend4, Ct4Entry, Ct4Key, LbConfig, RevNat4, Service4Key, Service4Value, capacity,
+    stat,
 };
 
 #[map]
-pub static SERVICES_V1: HashMap<Service4Key, Service4Value> =
-    HashMap::pinned(capacity::SERVICES, 0);
+pub static SERVICES_V1: HashMap<Service4Key, Service4Value> = HashMap::pinned(capacity::SERVICES, 0);
 
 #[map]
 pub static BACKENDS_V1: HashMap<u32, Backend4> = HashMap::pinned(capacity::BACKENDS, 0);
@@ -24,8 +23,7 @@ pub static REV_NAT_V1: HashMap<u32, RevNat4> = HashMap::pinned(capacity::REV_NAT
 pub static CT4_V1: LruHashMap<Ct4Key, Ct4Entry> = LruHashMap::pinned(capacity::CT, 0);
 
 #[map]
-pub static AFFINITY_V1: LruHashMap<Affinity4Key, Affinity4Value> =
-    LruHashMap::pinned(capacity::AFFINITY, 0);
+pub static AFFINITY_V1: LruHashMap<Affinity4Key, Affinity4Value> = LruHashMap::pinned(capacity::AFFINITY, 0);
 
 #[map]
 pub static LB_STATS_V1: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
@@ -64,16 +62,9 @@ pub fn config() -> Config {
     let raw = LB_CONFIG_V1.get(0).copied().unwrap_or_default();
     Config {
         tcp_timeout_ns: or_default(raw.tcp_timeout_s, skiff_ebpf_common::DEFAULT_TCP_TIMEOUT_S),
-        tcp_closing_timeout_ns: or_default(
-            raw.tcp_closing_timeout_s,
-            skiff_ebpf_common::DEFAULT_TCP_CLOSING_TIMEOUT_S,
-        ),
+        tcp_closing_timeout_ns: or_default(raw.tcp_closing_timeout_s, skiff_ebpf_common::DEFAULT_TCP_CLOSING_TIMEOUT_S),
         udp_timeout_ns: or_default(raw.udp_timeout_s, skiff_ebpf_common::DEFAULT_UDP_TIMEOUT_S),
-        hairpin_addr: if raw.hairpin_addr == 0 {
-            skiff_ebpf_common::DEFAULT_HAIRPIN_ADDR
-        } else {
-            raw.hairpin_addr
-        },
+        hairpin_addr: if raw.hairpin_addr == 0 { skiff_ebpf_common::DEFAULT_HAIRPIN_ADDR } else { raw.hairpin_addr },
         service_net: raw.service_net,
         service_mask: raw.service_mask,
     }

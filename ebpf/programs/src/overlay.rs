@@ -53,9 +53,7 @@ fn set_tunnel_key(ctx: &TcContext, daddr: u32, cfg: &OverlayConfig) -> Result<bo
     key.__bindgen_anon_1.remote_ipv4 = u32::from_be(peer.underlay_addr);
     key.tunnel_ttl = TUNNEL_TTL;
     // SAFETY: `key` is a stack value of the size passed; flags 0 = IPv4.
-    let r = unsafe {
-        bpf_skb_set_tunnel_key(ctx.skb.skb, &mut key, core::mem::size_of::<bpf_tunnel_key>() as u32, 0)
-    };
+    let r = unsafe { bpf_skb_set_tunnel_key(ctx.skb.skb, &mut key, core::mem::size_of::<bpf_tunnel_key>() as u32, 0) };
     if r != 0 {
         return Err(Drop);
     }

@@ -147,14 +147,8 @@ fn tcp_reset(ctx: &TcContext, pkt: &Packet) -> Result<i32, Drop> {
 fn icmp_unreachable(ctx: &TcContext, pkt: &Packet) -> Result<i32, Drop> {
     let orig_ip: Ipv4Hdr = ctx.load(ETH_HLEN).map_err(|_| Drop)?;
     let orig_l4: UdpHdr = ctx.load(pkt.l4_off).map_err(|_| Drop)?;
-    let mut icmp = IcmpUnreach {
-        kind: ICMP_DEST_UNREACH,
-        code: ICMP_PORT_UNREACH,
-        check: 0,
-        unused: 0,
-        orig_ip,
-        orig_l4,
-    };
+    let mut icmp =
+        IcmpUnreach { kind: ICMP_DEST_UNREACH, code: ICMP_PORT_UNREACH, check: 0, unused: 0, orig_ip, orig_l4 };
     let icmp_len = core::mem::size_of::<IcmpUnreach>();
     // SAFETY: `icmp` is a 36-byte stack value.
     let sum = unsafe { csum::sum(&icmp as *const IcmpUnreach as *const u8, icmp_len as u32, 0) }.ok_or(Drop)?;

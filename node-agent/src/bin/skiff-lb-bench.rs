@@ -42,7 +42,9 @@ fn main() -> Result<()> {
             "--services" => counts = value()?.split(',').map(str::parse).collect::<Result<_, _>>()?,
             "--repeat" => repeat = value()?.parse()?,
             "--rounds" => rounds = value()?.parse()?,
-            other => bail!("unknown argument {other}; usage: skiff-lb-bench [--services 1,10000,100000] [--repeat N] [--rounds N]"),
+            other => bail!(
+                "unknown argument {other}; usage: skiff-lb-bench [--services 1,10000,100000] [--repeat N] [--rounds N]"
+            ),
         }
     }
     for services in counts {
@@ -97,11 +99,21 @@ fn measure(services: u32, repeat: u32, rounds: usize) -> Result<f64> {
         let program = datapath.from_pod_program()?;
         // Two warm-up runs create both conntrack entries.
         let mut out = vec![0u8; 256];
-        program.test_run(TestRunOptions { data_in: Some(&frame), data_out: Some(&mut out), repeat: 2, ..Default::default() })?;
+        program.test_run(TestRunOptions {
+            data_in: Some(&frame),
+            data_out: Some(&mut out),
+            repeat: 2,
+            ..Default::default()
+        })?;
         let mut samples = Vec::new();
         for _ in 0..rounds {
             let mut out = vec![0u8; 256];
-            let r = program.test_run(TestRunOptions { data_in: Some(&frame), data_out: Some(&mut out), repeat, ..Default::default() })?;
+            let r = program.test_run(TestRunOptions {
+                data_in: Some(&frame),
+                data_out: Some(&mut out),
+                repeat,
+                ..Default::default()
+            })?;
             if r.return_value != 0 {
                 bail!("the program returned {} instead of TC_ACT_OK", r.return_value);
             }
@@ -118,13 +130,24 @@ fn install(dir: &std::path::Path, services: u32) -> Result<()> {
     let mut svc = open::<Service4Key, Service4Value>(dir, pin::SERVICES)?;
     let mut backends = open::<u32, Backend4>(dir, pin::BACKENDS)?;
     let mut rev_nat = open::<u32, RevNat4>(dir, pin::REV_NAT)?;
-    let frontend = |vip: Ipv4Addr, port: u16, slot: u16| Service4Key::new(addr_to_map(vip.octets()), port_to_map(port), PROTO_TCP, slot);
-    let backend = |ip: Ipv4Addr, port: u16| Backend4 { addr: addr_to_map(ip.octets()), port: port_to_map(port), proto: PROTO_TCP, flags: 0 };
+    let frontend = |vip: Ipv4Addr, port: u16, slot: u16| {
+        Service4Key::new(addr_to_map(vip.octets()), port_to_map(port), PROTO_TCP, slot)
+    };
+    let backend = |ip: Ipv4Addr, port: u16| Backend4 {
+        addr: addr_to_map(ip.octets()),
+        port: port_to_map(port),
+        proto: PROTO_TCP,
+        flags: 0,
+    };
     // The measured pair: A:80 -> B:8080 -> A:80.
     backends.insert(1, backend(VIP_B, 8080), 0)?;
     backends.insert(2, backend(VIP_A, 80), 0)?;
     for (id, vip, port) in [(1u32, VIP_A, 80u16), (2, VIP_B, 8080)] {
-        svc.insert(frontend(vip, port, 1), Service4Value { backend_id: id, rev_nat_index: id, ..Default::default() }, 0)?;
+        svc.insert(
+            frontend(vip, port, 1),
+            Service4Value { backend_id: id, rev_nat_index: id, ..Default::default() },
+            0,
+        )?;
         svc.insert(frontend(vip, port, 0), Service4Value { count: 1, rev_nat_index: id, ..Default::default() }, 0)?;
         rev_nat.insert(id, RevNat4 { addr: addr_to_map(vip.octets()), port: port_to_map(port), _pad: 0 }, 0)?;
     }
@@ -135,7 +158,11 @@ fn install(dir: &std::path::Path, services: u32) -> Result<()> {
     for i in 0..services.saturating_sub(2) {
         let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + i);
         let id = 100 + i % FILLER_BACKENDS;
-        svc.insert(frontend(vip, 80, 1), Service4Value { backend_id: id, rev_nat_index: 3 + i, ..Default::default() }, 0)?;
+        svc.insert(
+            frontend(vip, 80, 1),
+            Service4Value { backend_id: id, rev_nat_index: 3 + i, ..Default::default() },
+            0,
+        )?;
         svc.insert(frontend(vip, 80, 0), Service4Value { count: 1, rev_nat_index: 3 + i, ..Default::default() }, 0)?;
     }
     Ok(())

@@ -86,7 +86,9 @@ impl Prog {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot create the bpffs directory {path}: {source} (is bpffs mounted at /sys/fs/bpf? `cargo xtask setup` mounts it)")]
+    #[error(
+        "cannot create the bpffs directory {path}: {source} (is bpffs mounted at /sys/fs/bpf? `cargo xtask setup` mounts it)"
+    )]
     PinDir { path: PathBuf, source: io::Error },
     #[error("loading the BPF object {object} failed: {source}")]
     Load { object: &'static str, source: Box<aya::EbpfError> },
@@ -209,7 +211,9 @@ impl Datapath {
                 debug!(interface, program = prog.name(), "adopted pinned link");
                 Ok(Attached::Adopted)
             }
-            Err(LinkError::SyscallError(SyscallError { io_error, .. })) if io_error.kind() == io::ErrorKind::NotFound => {
+            Err(LinkError::SyscallError(SyscallError { io_error, .. }))
+                if io_error.kind() == io::ErrorKind::NotFound =>
+            {
                 let id = program.attach(interface, prog.attach_type()).map_err(|e| attach_err(e.to_string()))?;
                 let link = program.take_link(id).map_err(|e| attach_err(e.to_string()))?;
                 let fd_link: FdLink = link.try_into().map_err(|e: LinkError| attach_err(e.to_string()))?;
@@ -245,13 +249,18 @@ fn program_of(ebpf: &mut Ebpf, prog: Prog) -> Result<&mut SchedClassifier> {
 }
 
 pub(crate) fn open_pinned(dir: &Path, map: &'static str) -> Result<MapData> {
-    MapData::from_pin(dir.join(map)).map_err(|source| Error::Map { map, dir: dir.to_path_buf(), source: Box::new(source) })
+    MapData::from_pin(dir.join(map)).map_err(|source| Error::Map {
+        map,
+        dir: dir.to_path_buf(),
+        source: Box::new(source),
+    })
 }
 
 /// Writes the load balancer's settings into the pinned config map under `pin_dir`.
 pub fn set_config(pin_dir: &Path, config: LbConfig) -> Result<()> {
     let map_err = |source| Error::Map { map: pin::CONFIG, dir: pin_dir.to_path_buf(), source: Box::new(source) };
-    let mut array: Array<MapData, LbConfig> = Array::try_from(Map::Array(open_pinned(pin_dir, pin::CONFIG)?)).map_err(map_err)?;
+    let mut array: Array<MapData, LbConfig> =
+        Array::try_from(Map::Array(open_pinned(pin_dir, pin::CONFIG)?)).map_err(map_err)?;
     array.set(0, config, 0).map_err(map_err)
 }
 

@@ -51,7 +51,8 @@ pub struct IpCommand;
 
 fn ip(args: &[&str]) -> Result<String> {
     let command = format!("ip {}", args.join(" "));
-    let out = Command::new("ip").args(args).output().map_err(|source| Error::Spawn { command: command.clone(), source })?;
+    let out =
+        Command::new("ip").args(args).output().map_err(|source| Error::Spawn { command: command.clone(), source })?;
     if !out.status.success() {
         return Err(Error::Command { command, stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() });
     }
@@ -72,17 +73,18 @@ fn field<'a>(text: &'a str, word: &str) -> Option<&'a str> {
 impl LinkOps for IpCommand {
     fn mtu(&mut self, interface: &str) -> Result<u32> {
         let text = ip(&["-o", "link", "show", "dev", interface])?;
-        field(&text, "mtu")
-            .and_then(|m| m.parse().ok())
-            .ok_or_else(|| Error::Interface { interface: interface.into(), reason: "no MTU in `ip link` output".into() })
+        field(&text, "mtu").and_then(|m| m.parse().ok()).ok_or_else(|| Error::Interface {
+            interface: interface.into(),
+            reason: "no MTU in `ip link` output".into(),
+        })
     }
 
     fn ifindex(&mut self, interface: &str) -> Result<u32> {
         let text = ip(&["-o", "link", "show", "dev", interface])?;
-        text.split(':')
-            .next()
-            .and_then(|i| i.trim().parse().ok())
-            .ok_or_else(|| Error::Interface { interface: interface.into(), reason: "no index in `ip link` output".into() })
+        text.split(':').next().and_then(|i| i.trim().parse().ok()).ok_or_else(|| Error::Interface {
+            interface: interface.into(),
+            reason: "no index in `ip link` output".into(),
+        })
     }
 
     fn ensure_vxlan(&mut self, name: &str, port: u16, mtu: u32) -> Result<()> {

@@ -51,7 +51,8 @@ impl std::str::FromStr for Cidr {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (addr, len) = s.split_once('/').ok_or_else(|| format!("`{s}` is not a CIDR like 10.244.1.0/24"))?;
         let addr = addr.parse().map_err(|_| format!("`{s}`: `{addr}` is not an IPv4 address"))?;
-        let prefix_len = len.parse::<u8>().ok().filter(|l| *l <= 32).ok_or_else(|| format!("`{s}`: bad prefix length"))?;
+        let prefix_len =
+            len.parse::<u8>().ok().filter(|l| *l <= 32).ok_or_else(|| format!("`{s}`: bad prefix length"))?;
         Ok(Self { addr, prefix_len })
     }
 }

@@ -166,7 +166,8 @@ mod tests {
     #[test]
     fn join_and_leave_touch_one_entry_each() {
         let mut r = NodesReconciler::new("a", FakeNodes::default());
-        let mut nodes = vec![node("a", "10.244.1.0/24", [192, 168, 77, 11]), node("b", "10.244.2.0/24", [192, 168, 77, 12])];
+        let mut nodes =
+            vec![node("a", "10.244.1.0/24", [192, 168, 77, 11]), node("b", "10.244.2.0/24", [192, 168, 77, 12])];
         assert_eq!(r.sync(&nodes).unwrap(), 1, "the local node is not a peer");
         nodes.push(node("c", "10.244.3.0/24", [192, 168, 77, 13]));
         assert_eq!(r.sync(&nodes).unwrap(), 1, "a joining node writes one entry");

@@ -120,7 +120,11 @@ mod tests {
         .unwrap();
         assert_eq!(nodes.len(), 2);
         assert_eq!(nodes[1].underlay_ip, Ipv4Addr::new(192, 168, 77, 12));
-        assert!(parse_nodes("nodes:\n- {name: a, podCIDR: 10.244.1.0, underlayIP: 1.2.3.4}\n").unwrap_err().contains("node a"));
+        assert!(
+            parse_nodes("nodes:\n- {name: a, podCIDR: 10.244.1.0, underlayIP: 1.2.3.4}\n")
+                .unwrap_err()
+                .contains("node a")
+        );
         assert!(parse_nodes("nodes:\n- {name: a, podCIDR: 10.244.1.0/24, underlayIP: x}\n").is_err());
         let dup = "nodes:\n- {name: a, podCIDR: 10.244.1.0/24, underlayIP: 1.1.1.1}\n- {name: b, podCIDR: 10.244.1.0/24, underlayIP: 1.1.1.2}\n";
         assert!(parse_nodes(dup).unwrap_err().contains("same podCIDR"));

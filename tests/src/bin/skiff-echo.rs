@@ -29,15 +29,12 @@ use anyhow::{Context, Result, bail};
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else { bail!("usage: skiff-echo serve|tcp|udp|hold|conn-rate ...") };
-    let flag = |name: &str| -> Option<String> {
-        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
-    };
+    let flag =
+        |name: &str| -> Option<String> { args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned() };
     let num = |name: &str, default: u64| -> Result<u64> {
         flag(name).map(|v| v.parse().with_context(|| format!("{name} {v}"))).transpose().map(|v| v.unwrap_or(default))
     };
-    let target = || -> Result<SocketAddr> {
-        args.get(1).context("missing ADDR:PORT")?.parse().context("ADDR:PORT")
-    };
+    let target = || -> Result<SocketAddr> { args.get(1).context("missing ADDR:PORT")?.parse().context("ADDR:PORT") };
     let timeout = Duration::from_millis(num("--timeout-ms", 2000)?);
     let count = num("--count", 1)?;
     let interval = Duration::from_millis(num("--interval-ms", 0)?);

@@ -2,19 +2,12 @@
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
-use skiff_ebpf_common::stat;
-use skiff_ebpf_programs::{maps::count, overlay};
+use aya_ebpf::{macros::classifier, programs::TcContext};
+use skiff_ebpf_programs::{overlay, verdict};
 
 #[classifier]
 pub fn from_overlay(ctx: TcContext) -> i32 {
-    match overlay::from_overlay(&ctx) {
-        Ok(action) => action,
-        Err(_) => {
-            count(stat::ERRORS);
-            TC_ACT_SHOT as i32
-        }
-    }
+    verdict(overlay::from_overlay(&ctx))
 }
 
 #[cfg(not(test))]

@@ -2,19 +2,12 @@
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
-use skiff_ebpf_common::stat;
-use skiff_ebpf_programs::{lb, maps::count};
+use aya_ebpf::{macros::classifier, programs::TcContext};
+use skiff_ebpf_programs::{lb, verdict};
 
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
-    match lb::from_pod(&ctx) {
-        Ok(action) => action,
-        Err(_) => {
-            count(stat::ERRORS);
-            TC_ACT_SHOT as i32
-        }
-    }
+    verdict(lb::from_pod(&ctx))
 }
 
 #[cfg(not(test))]
