@@ -190,6 +190,26 @@ impl Cluster {
         );
     }
 
+    /// Opens one long-lived connection from the client to the VIP that makes `count`
+    /// requests 100 ms apart; returns the process, its remaining output lines, and the
+    /// backend that answered the first request.
+    fn hold(&self, count: u32) -> (std::process::Child, std::io::Lines<BufReader<std::process::ChildStdout>>, String) {
+        let mut hold = self
+            .topo
+            .pod("client")
+            .ns
+            .command(workspace_bin("skiff-echo").to_str().unwrap())
+            .args(["hold", &format!("{VIP}:80"), "--count", &count.to_string(), "--interval-ms", "100"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(hold.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "connected");
+        let first = lines.next().unwrap().unwrap();
+        let held = first.strip_prefix("ok ").unwrap_or_else(|| panic!("first answer: {first}")).to_owned();
+        (hold, lines, held)
+    }
+
     /// Runs skiff-echo in a pod and returns its stdout lines.
     fn echo(&self, pod: &str, args: &[&str]) -> Vec<String> {
         let out =
@@ -270,19 +290,7 @@ fn removed_backend_gets_no_new_flows_but_keeps_open_connections() {
     let cluster = Cluster::new();
 
     // A long-lived connection: 40 requests, 100 ms apart.
-    let mut hold = cluster
-        .topo
-        .pod("client")
-        .ns
-        .command(workspace_bin("skiff-echo").to_str().unwrap())
-        .args(["hold", &format!("{VIP}:80"), "--count", "40", "--interval-ms", "100"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(hold.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().unwrap().unwrap(), "connected");
-    let first = lines.next().unwrap().unwrap();
-    let held = first.strip_prefix("ok ").unwrap_or_else(|| panic!("first answer: {first}")).to_owned();
+    let (mut hold, lines, held) = cluster.hold(40);
     let held_ip = match held.as_str() {
         "b1" => "10.244.1.11",
         "b2" => "10.244.1.12",
@@ -314,19 +322,7 @@ fn removed_backend_gets_no_new_flows_but_keeps_open_connections() {
 fn terminating_backend_keeps_its_connection_and_gets_no_new_flows() {
     let Some(_serial) = privileged("terminating_backend_keeps_its_connection_and_gets_no_new_flows") else { return };
     let cluster = Cluster::new();
-    let mut hold = cluster
-        .topo
-        .pod("client")
-        .ns
-        .command(workspace_bin("skiff-echo").to_str().unwrap())
-        .args(["hold", &format!("{VIP}:80"), "--count", "30", "--interval-ms", "100"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(hold.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().unwrap().unwrap(), "connected");
-    let first = lines.next().unwrap().unwrap();
-    let held = first.strip_prefix("ok ").unwrap().to_owned();
+    let (mut hold, lines, held) = cluster.hold(30);
     let eps: Vec<Endpoint<'_>> = [("b1", "10.244.1.11"), ("b2", "10.244.1.12"), ("b3", "10.244.1.13")]
         .into_iter()
         .map(|(name, ip)| if name == held { (ip, false, true) } else { (ip, true, false) })

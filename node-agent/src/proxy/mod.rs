@@ -12,7 +12,7 @@
 //!   (pinned, aya) and a fake (in-memory) implementation.
 //!
 //! Typical use (the agent's main loop):
-//! ```ignore
+//! ```text
 //! let mut reconciler = LbReconciler::adopt(AyaLbMaps::open(pin_dir)?)?;
 //! let mut source = ManifestDirSource::new(dir);
 //! loop {
