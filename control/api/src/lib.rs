@@ -1,9 +1,24 @@
-//! Object-model helpers over k8s-openapi and the API client every Skiff component uses.
+//! The client side of the Kubernetes API, shared by every Skiff component: the typed
+//! client (`client`), how it reaches a server (`transport`, `kubeconfig`), the
+//! list-then-watch cache (`reflector`), the work queue reconcilers drain (`workqueue`),
+//! and label/field selectors that server and clients must agree on (`selector`).
 //!
-//! Today this holds what both the API server and its clients need to agree on:
-//! label and field selector parsing and matching (`selector`). The hyper client
-//! (list, watch, apply, informer/reflector) follows in a later session; until then the
-//! node agent reads its desired state from manifest files (`skiff_node::proxy::source`).
 //! This crate must not depend on the server: it is the client side of the contract.
 
+pub mod client;
+pub mod kubeconfig;
+pub mod reflector;
 pub mod selector;
+pub mod transport;
+pub mod workqueue;
+
+pub use client::{Client, ListParams, ObjectKey, Patch, WatchEvent};
+
+/// Errors of building a client.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Kubeconfig(#[from] kubeconfig::Error),
+    #[error(transparent)]
+    Transport(#[from] transport::Error),
+}

@@ -34,6 +34,15 @@ struct Args {
     /// Extra subject alternative name for the serving certificate (repeatable).
     #[arg(long = "tls-san")]
     tls_sans: Vec<String>,
+    /// Serve the API only: do not run the scheduler and controllers in this replica.
+    #[arg(long)]
+    disable_controllers: bool,
+    /// A node whose heartbeat Lease is older than this is marked NotReady (seconds).
+    #[arg(long, default_value_t = 40)]
+    node_monitor_grace_period: u64,
+    /// Pods on a NotReady node are evicted after this (seconds).
+    #[arg(long, default_value_t = 300)]
+    pod_eviction_timeout: u64,
 }
 
 #[tokio::main]
@@ -50,6 +59,9 @@ async fn main() -> anyhow::Result<()> {
         cluster_cidr: a.cluster_cidr,
         service_cidr: a.service_cidr,
         tls_sans: a.tls_sans,
+        run_controllers: !a.disable_controllers,
+        node_monitor_grace_period: std::time::Duration::from_secs(a.node_monitor_grace_period),
+        pod_eviction_timeout: std::time::Duration::from_secs(a.pod_eviction_timeout),
     };
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -56,6 +56,11 @@ pub struct Config {
     pub service_cidr: String,
     /// Extra subject alternative names (IPs or DNS names) for the serving certificate.
     pub tls_sans: Vec<String>,
+    /// Run the scheduler and controllers (under leader election); off for a replica
+    /// that should only serve the API.
+    pub run_controllers: bool,
+    pub node_monitor_grace_period: Duration,
+    pub pod_eviction_timeout: Duration,
 }
 
 /// Parses "a.b.c.d/len" (IPv4 only for now).
@@ -128,6 +133,17 @@ pub struct Started {
 pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let (listener, api, acceptor, started) = start(&cfg).await?;
     tracing::info!(addr = %started.addr, kubeconfig = %started.kubeconfig.display(), "skiff-control serving");
+    let controllers = cfg.run_controllers.then(|| {
+        let config = crate::controllers::ControllerConfig {
+            cluster_cidr: cfg.cluster_cidr.clone(),
+            node_monitor_grace_period: cfg.node_monitor_grace_period,
+            pod_eviction_timeout: cfg.pod_eviction_timeout,
+            identity: format!("{}_{}", hostname(), uuid::Uuid::new_v4()),
+        };
+        tokio::spawn(crate::controllers::run(api.clone(), config))
+    });
+    // Dropping the server also stops the controllers (tests run several in one process).
+    let _stop_controllers = AbortOnDrop(controllers);
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -176,6 +192,22 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
             }
         });
     }
+}
+
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "skiff".into())
 }
 
 async fn start(cfg: &Config) -> Result<(TcpListener, Arc<ApiServer>, TlsAcceptor, Started)> {

@@ -1035,12 +1035,20 @@ async fn bootstrap_rbac(store: &dyn store::Store) -> ApiResult<()> {
         put(store, &role_def.key(None, name), &obj).await?;
     }
     let binding_def = by_kind("ClusterRoleBinding").unwrap();
-    for (name, role, group) in
-        [("cluster-admin", "cluster-admin", "system:masters"), ("system:node", "system:node", "system:nodes")]
-    {
+    let subject = |kind: &str, name: &str| json!([{"apiGroup": G, "kind": kind, "name": name}]);
+    let controllers = json!([
+        {"apiGroup": G, "kind": "User", "name": crate::controllers::CONTROLLER_USER},
+        {"apiGroup": G, "kind": "User", "name": crate::controllers::SCHEDULER_USER}]);
+    for (name, role, subjects) in [
+        ("cluster-admin", "cluster-admin", subject("Group", "system:masters")),
+        ("system:node", "system:node", subject("Group", "system:nodes")),
+        // The in-process scheduler and controllers own most kinds; rather than one role
+        // per controller (as upstream), one binding to cluster-admin, named for them.
+        ("system:skiff-controllers", "cluster-admin", controllers),
+    ] {
         let obj = json!({"kind": "ClusterRoleBinding", "apiVersion": format!("{G}/v1"), "metadata": meta(name),
             "roleRef": {"apiGroup": G, "kind": "ClusterRole", "name": role},
-            "subjects": [{"apiGroup": G, "kind": "Group", "name": group}]});
+            "subjects": subjects});
         put(store, &binding_def.key(None, name), &obj).await?;
     }
     Ok(())

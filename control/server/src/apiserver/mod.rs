@@ -24,6 +24,7 @@ use crate::tls::x509::Subject;
 pub mod allocator;
 pub mod discovery;
 mod handlers;
+pub mod local;
 pub mod meta;
 mod openapi;
 pub mod patch;
