@@ -1,0 +1,182 @@
+//! `skiff-api-bench`: the client side of `cargo xtask bench api` (P7). Against a running
+//! skiff-control (by kubeconfig) it measures, over HTTPS with the same client every Skiff
+//! component uses:
+//! - creates per second: `--pods` Pods created by `--clients` concurrent clients;
+//! - LIST latency: a full (unpaginated) LIST of those pods, median of several, and the
+//!   paged LIST kubectl does (500 per page);
+//! - watch delivery latency: the time from a create being sent to its ADDED event
+//!   arriving on an open watch, at a steady rate, p50/p99.
+//!
+//! Prints `P7 <metric>@<label>: value unit` lines. It never asserts on timings: the
+//! goals are judged by a person reading the figures.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::BodyExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use skiff_api::{Client, ListParams, WatchEvent};
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// Suffix of the metric names (the store under test).
+    #[arg(long, default_value = "embedded")]
+    label: String,
+    #[arg(long, default_value = "bench")]
+    namespace: String,
+    /// Pods to create (and then LIST).
+    #[arg(long, default_value_t = 10_000)]
+    pods: usize,
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Only create the pods (P8 measures memory afterwards).
+    #[arg(long)]
+    create_only: bool,
+    /// Watch events to sample.
+    #[arg(long, default_value_t = 500)]
+    watch_events: usize,
+    /// Rate of the watched writes, per second.
+    #[arg(long, default_value_t = 200)]
+    watch_rate: u64,
+}
+
+fn pod(name: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "bench", "shard": (name.len() % 7).to_string()}},
+        "spec": {"containers": [{"name": "c", "image": "skiff/echo:bench",
+                 "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}
+    }))
+    .expect("static pod is valid")
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let client = Client::from_kubeconfig(&a.kubeconfig, "skiff-api-bench")?;
+    let ns = a.namespace.clone();
+    let nsobj: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?;
+    match client.create(None, &nsobj).await {
+        Ok(_) => {}
+        Err(e) if e.is_already_exists() => {}
+        Err(e) => return Err(e).context("creating the bench namespace"),
+    }
+
+    // Creates with concurrent clients.
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..a.clients {
+        let (client, next, ns) = (client.clone(), next.clone(), ns.clone());
+        let total = a.pods;
+        tasks.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let name = format!("p-{i:06}");
+                match client.create(Some(&ns), &pod(&name)).await {
+                    Ok(_) => {}
+                    Err(e) if e.is_already_exists() => {}
+                    Err(e) => return Err(e).with_context(|| format!("creating pod {name}")),
+                }
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("created {} pods with {} clients in {secs:.1} s", a.pods, a.clients);
+    println!("P7 creates-per-s@{}: {:.0} creates/s", a.label, a.pods as f64 / secs);
+    if a.create_only {
+        return Ok(());
+    }
+
+    // LIST: the whole collection in one response, as an informer's first list does.
+    let path = format!("/api/v1/namespaces/{ns}/pods");
+    let mut full = Vec::new();
+    let mut count = 0;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let resp = client.send_raw(http::Method::GET, &path, None, Bytes::new()).await?;
+        let body = resp.into_body().collect().await.map_err(|e| anyhow::anyhow!("{e}"))?.to_bytes();
+        full.push(t.elapsed().as_secs_f64() * 1e3);
+        let v: serde_json::Value = serde_json::from_slice(&body)?;
+        count = v["items"].as_array().map_or(0, Vec::len);
+    }
+    if count < a.pods {
+        bail!("LIST returned {count} pods, expected at least {}", a.pods);
+    }
+    full.sort_by(f64::total_cmp);
+    println!("P7 list-{count}-pods@{}: {:.0} ms", a.label, percentile(&full, 0.5));
+    eprintln!("full LIST of {count} pods, 5 runs: {full:.0?} ms");
+    let t = Instant::now();
+    let (items, _) = client.list_all::<Pod>(Some(&ns), &ListParams::default().limit(500)).await?;
+    println!("P7 list-{}-pods-paged-500-decoded@{}: {:.0} ms", items.len(), a.label, t.elapsed().as_secs_f64() * 1e3);
+
+    // Watch delivery latency.
+    let (_, rv) = client.list_all::<ConfigMap>(Some(&ns), &ListParams::default()).await?;
+    let mut stream = client.watch::<ConfigMap>(Some(&ns), &ListParams::default(), &rv, 120).await?;
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let writer = {
+        let (client, ns, sent) = (client.clone(), ns.clone(), sent.clone());
+        let (n, rate) = (a.watch_events, a.watch_rate.max(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+            for i in 0..n {
+                tick.tick().await;
+                let name = format!("w-{i:05}");
+                let cm: ConfigMap = serde_json::from_value(
+                    serde_json::json!({"metadata": {"name": name}, "data": {"i": i.to_string()}}),
+                )?;
+                sent.lock().unwrap().insert(name.clone(), Instant::now());
+                client.create(Some(&ns), &cm).await.with_context(|| format!("creating configmap {name}"))?;
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+    };
+    let mut lat = Vec::with_capacity(a.watch_events);
+    let deadline = Instant::now() + Duration::from_secs(60 + a.watch_events as u64 / a.watch_rate.max(1));
+    while lat.len() < a.watch_events && Instant::now() < deadline {
+        let ev = match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+            Ok(Some(ev)) => ev?,
+            Ok(None) => bail!("the watch ended early"),
+            Err(_) => bail!("no watch event for 10 s ({} of {} seen)", lat.len(), a.watch_events),
+        };
+        if let WatchEvent::Added(cm) = ev {
+            let name = cm.metadata.name.unwrap_or_default();
+            if let Some(t) = sent.lock().unwrap().get(&name) {
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    writer.await??;
+    lat.sort_by(f64::total_cmp);
+    println!("P7 watch-latency-p50@{}: {:.1} ms", a.label, percentile(&lat, 0.5));
+    println!("P7 watch-latency-p99@{}: {:.1} ms", a.label, percentile(&lat, 0.99));
+    eprintln!(
+        "watch latency over {} events at {}/s; max {:.1} ms",
+        lat.len(),
+        a.watch_rate,
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
+    Ok(())
+}
