@@ -192,6 +192,24 @@ impl NodeUsage {
         self.requested = combine(self.requested, req, Resources::add);
         self.pod_count += 1;
     }
+
+    /// Undoes [`NodeUsage::add_pod`] for the same pod, for callers that maintain usage
+    /// incrementally from a watch. Pass the version that was added (the old object
+    /// when a pod turns Succeeded/Failed or is deleted): requests are immutable for
+    /// the fields counted here, but the phase is not, and a terminal version is
+    /// ignored just as `add_pod` ignores it. Never goes below zero.
+    pub fn remove_pod(&mut self, pod: &Pod) {
+        if is_terminal(pod) {
+            return;
+        }
+        let req = pod_requests(pod).unwrap_or_default();
+        let sub = |a: Resources, b: Resources| Resources {
+            milli_cpu: a.milli_cpu.saturating_sub(b.milli_cpu).max(0),
+            memory: a.memory.saturating_sub(b.memory).max(0),
+        };
+        self.requested = combine(self.requested, req, sub);
+        self.pod_count = (self.pod_count - 1).max(0);
+    }
 }
 
 /// Groups pods by `spec.nodeName` into [`NodeUsage`]s. Pods without a node and terminal
@@ -319,5 +337,21 @@ mod tests {
         let a = &usage["a"];
         assert_eq!(a.pod_count, 2);
         assert_eq!(a.requested.requested.milli_cpu, 1000);
+    }
+
+    #[test]
+    fn remove_pod_undoes_add_pod() {
+        let a = pod_req("1", "1Gi");
+        let b = pod_req("250m", "64Mi");
+        let mut usage = NodeUsage::default();
+        usage.add_pod(&a);
+        usage.add_pod(&b);
+        usage.remove_pod(&a);
+        let mut only_b = NodeUsage::default();
+        only_b.add_pod(&b);
+        assert_eq!(usage, only_b);
+        usage.remove_pod(&b);
+        usage.remove_pod(&b);
+        assert_eq!(usage, NodeUsage::default());
     }
 }
