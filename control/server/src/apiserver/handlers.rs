@@ -571,6 +571,8 @@ impl ApiServer {
                 ));
             }
             let mut new = match sub {
+                // pods/binding sets spec.nodeName and the PodScheduled condition together.
+                Some("binding") => desired,
                 Some("status") => {
                     let mut n = cur.clone();
                     n["status"] = desired.get("status").cloned().unwrap_or(Value::Null);
@@ -813,9 +815,15 @@ impl ApiServer {
             }
             let mut o = cur.clone();
             o["spec"]["nodeName"] = json!(node);
+            // As upstream's binding storage: the pod now says it is scheduled.
+            let cond = json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": meta::now()});
+            let conds = o["status"]["conditions"].as_array().cloned().unwrap_or_default();
+            let mut conds: Vec<Value> = conds.into_iter().filter(|c| c["type"] != "PodScheduled").collect();
+            conds.push(cond);
+            o["status"]["conditions"] = Value::Array(conds);
             Ok(o)
         };
-        self.write_update(def, ns, name, None, ctx, &mutate).await?;
+        self.write_update(def, ns, name, Some("binding"), ctx, &mutate).await?;
         Ok(json_response(
             StatusCode::CREATED,
             &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),

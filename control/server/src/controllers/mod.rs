@@ -148,11 +148,12 @@ pub async fn run(api: Arc<ApiServer>, config: ControllerConfig) {
         .await;
 }
 
-async fn lead(client: Client, _scheduler_client: Client, config: ControllerConfig) {
+async fn lead(client: Client, scheduler_client: Client, config: ControllerConfig) {
     let mut tasks = tokio::task::JoinSet::new();
     let informers = Informers::start(&client, &mut tasks);
     informers.wait_synced().await;
     let events = events::Recorder::new(client.clone(), "skiff-controller-manager");
+    tasks.spawn(crate::scheduler::run::run(scheduler_client, informers.clone()));
     let ctx = Arc::new(Context { client, informers, config, events });
     for (name, start) in CONTROLLERS {
         tracing::info!(controller = name, "starting controller");

@@ -22,6 +22,7 @@
 pub mod filter;
 pub mod quantity;
 pub mod resources;
+pub mod run;
 pub mod score;
 #[cfg(test)]
 mod testutil;

@@ -46,10 +46,13 @@ struct Pending {
     committing: bool,
 }
 
+/// Where a queued write's outcome goes.
+type Reply = SyncSender<Result<KeyValue>>;
+
 struct PendingWrite {
     key: String,
     op: Op,
-    reply: SyncSender<Result<KeyValue>>,
+    reply: Reply,
 }
 
 fn backend<E: std::fmt::Display>(e: E) -> Error {
@@ -190,8 +193,7 @@ impl Inner {
     /// Applies `batch` in one transaction, one revision per successful write, then
     /// commits, publishes the events and answers every writer.
     fn commit_batch(&self, batch: Vec<PendingWrite>) {
-        let mut outcomes: Vec<(SyncSender<Result<KeyValue>>, Result<(KeyValue, Event)>)> =
-            Vec::with_capacity(batch.len());
+        let mut outcomes: Vec<(Reply, Result<(KeyValue, Event)>)> = Vec::with_capacity(batch.len());
         let txn = match self.db.begin_write() {
             Ok(t) => t,
             Err(e) => {

@@ -1,0 +1,201 @@
+//! The scheduler loop: watches for pods this scheduler is responsible for, runs the pure
+//! algorithm (`super::schedule`) over the cached nodes and pods, and binds through
+//! `pods/binding` as user `system:kube-scheduler`.
+//!
+//! One worker, as kube-scheduler: pods are placed one at a time so each decision sees
+//! the ones before it. A pod bound but not yet seen bound in the cache is "assumed" on
+//! its node, so two quick decisions never overcommit a node. Unschedulable pods get a
+//! PodScheduled=False condition and a FailedScheduling event, and are retried with
+//! backoff and whenever a node changes. It must not write anything but bindings, pod
+//! status conditions and events.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use skiff_api::reflector::Change;
+use skiff_api::workqueue::{Action, WorkQueue, run_workers};
+use skiff_api::{Client, ObjectKey, Patch};
+
+use super::{ScheduleError, responsible_for, schedule, tie_breaker_for, usage_by_node};
+use crate::controllers::Informers;
+use crate::controllers::events::{EventType, Recorder};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("binding pod {pod} to node {node}: {source}")]
+    Bind { pod: ObjectKey, node: String, source: skiff_api::client::Error },
+}
+
+/// How long an unschedulable pod waits before it is tried again without any node change.
+const UNSCHEDULABLE_RETRY: Duration = Duration::from_secs(30);
+
+struct Scheduler {
+    client: Client,
+    informers: Informers,
+    events: Recorder,
+    /// Pods bound by us that the cache does not show bound yet: uid → bound copy.
+    assumed: Mutex<HashMap<String, Pod>>,
+    /// Pods that did not fit, retried when nodes change.
+    unschedulable: Mutex<std::collections::HashSet<ObjectKey>>,
+}
+
+/// Runs the scheduler until aborted.
+pub async fn run(client: Client, informers: Informers) {
+    let sched = Arc::new(Scheduler {
+        events: Recorder::new(client.clone(), "default-scheduler"),
+        client,
+        informers,
+        assumed: Mutex::default(),
+        unschedulable: Mutex::default(),
+    });
+    let queue: WorkQueue<ObjectKey> = WorkQueue::new();
+    let mut pods = sched.informers.pods.subscribe();
+    let mut nodes = sched.informers.nodes.subscribe();
+    let feeder = {
+        let (queue, sched) = (queue.clone(), sched.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    Some(change) = pods.recv() => match change {
+                        Change::Applied(p) => {
+                            if responsible_for(&p) {
+                                queue.add(ObjectKey::of(p.as_ref()));
+                            } else {
+                                sched.forget_assumed_if_seen(&p);
+                            }
+                        }
+                        Change::Deleted(p) => {
+                            sched.forget(&p);
+                        }
+                    },
+                    Some(_) = nodes.recv() => {
+                        // A node appeared or changed: pods that did not fit may fit now.
+                        let waiting: Vec<ObjectKey> = sched.unschedulable.lock().unwrap().drain().collect();
+                        for k in waiting {
+                            queue.add(k);
+                        }
+                    }
+                    else => return,
+                }
+            }
+        })
+    };
+    let s = sched.clone();
+    run_workers("scheduler", queue, 1, move |key: ObjectKey| {
+        let s = s.clone();
+        async move { s.schedule_one(key).await }
+    })
+    .await;
+    feeder.abort();
+}
+
+impl Scheduler {
+    fn forget_assumed_if_seen(&self, pod: &Pod) {
+        if pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
+            && let Some(uid) = &pod.metadata.uid
+        {
+            self.assumed.lock().unwrap().remove(uid);
+        }
+    }
+
+    fn forget(&self, pod: &Pod) {
+        if let Some(uid) = &pod.metadata.uid {
+            self.assumed.lock().unwrap().remove(uid);
+        }
+        self.unschedulable.lock().unwrap().remove(&ObjectKey::of(pod));
+    }
+
+    async fn schedule_one(&self, key: ObjectKey) -> Result<Action, Error> {
+        let Some(pod) = self.informers.pods.get(&key) else { return Ok(Action::Done) };
+        if !responsible_for(&pod) {
+            return Ok(Action::Done);
+        }
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if self.assumed.lock().unwrap().contains_key(&uid) {
+            return Ok(Action::Done); // bound already; the cache has not caught up
+        }
+        let nodes: Vec<_> = self.informers.nodes.list().iter().map(|n| n.as_ref().clone()).collect();
+        let cached = self.informers.pods.list();
+        let usage = {
+            let assumed = self.assumed.lock().unwrap();
+            let bound = cached
+                .iter()
+                .map(|p| p.as_ref())
+                .filter(|p| !assumed.contains_key(p.metadata.uid.as_deref().unwrap_or("")));
+            usage_by_node(bound.chain(assumed.values()))
+        };
+        match schedule(&pod, &nodes, &usage, tie_breaker_for(&pod)) {
+            Ok(result) => {
+                let node = result.node_name;
+                self.bind(&key, &pod, &node).await?;
+                let mut bound = pod.as_ref().clone();
+                bound.spec.get_or_insert_with(Default::default).node_name = Some(node.clone());
+                self.assumed.lock().unwrap().insert(uid, bound);
+                tracing::info!(pod = %key, node = %node, feasible = result.feasible_nodes, "scheduled");
+                self.events
+                    .record(
+                        pod.as_ref(),
+                        EventType::Normal,
+                        "Scheduled",
+                        &format!("Successfully assigned {key} to {node}"),
+                    )
+                    .await;
+                Ok(Action::Done)
+            }
+            Err(ScheduleError::AlreadyAssigned(_)) => Ok(Action::Done),
+            Err(e) => {
+                let message = e.to_string();
+                tracing::info!(pod = %key, reason = %message, "unschedulable");
+                self.unschedulable.lock().unwrap().insert(key.clone());
+                self.mark_unschedulable(&key, &pod, &message).await;
+                Ok(Action::RequeueAfter(UNSCHEDULABLE_RETRY))
+            }
+        }
+    }
+
+    async fn bind(&self, key: &ObjectKey, pod: &Pod, node: &str) -> Result<(), Error> {
+        let binding = Binding {
+            metadata: ObjectMeta {
+                name: pod.metadata.name.clone(),
+                namespace: pod.metadata.namespace.clone(),
+                uid: pod.metadata.uid.clone(),
+                ..Default::default()
+            },
+            target: ObjectReference { kind: Some("Node".into()), name: Some(node.to_string()), ..Default::default() },
+        };
+        match self
+            .client
+            .create_subresource::<Pod, _, serde_json::Value>(key.ns(), &key.name, "binding", &binding)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Deleted meanwhile, or bound by someone else: nothing left to do.
+            Err(e) if e.is_not_found() || e.code() == Some(409) => Ok(()),
+            Err(source) => Err(Error::Bind { pod: key.clone(), node: node.to_string(), source }),
+        }
+    }
+
+    /// PodScheduled=False with the reason, as `kubectl describe pod` shows, plus an event;
+    /// written only when the message changed, so retries do not churn the pod.
+    async fn mark_unschedulable(&self, key: &ObjectKey, pod: &Pod, message: &str) {
+        let current = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled"));
+        if current.is_some_and(|c| c.status == "False" && c.message.as_deref() == Some(message)) {
+            return;
+        }
+        let patch = serde_json::json!({"status": {"conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message,
+            "lastTransitionTime": crate::apiserver::meta::now(),
+        }]}});
+        if let Err(e) = self.client.patch::<Pod>(key.ns(), &key.name, Some("status"), &Patch::Strategic(patch)).await {
+            tracing::debug!(pod = %key, error = %e, "recording PodScheduled=False failed");
+        }
+        self.events.record(pod, EventType::Warning, "FailedScheduling", message).await;
+    }
+}

@@ -1,0 +1,190 @@
+//! Shared by the control plane's integration tests: a guard that runs `skiff-control` on
+//! 127.0.0.1 with a free port and a temporary data dir (killed on drop, even when the
+//! test panics), kubectl helpers bound to its admin kubeconfig, and a bounded wait.
+//!
+//! kubectl is v1.32 when installed as `kubectl.1.32` next to Google Cloud's dispatcher,
+//! else `kubectl` on PATH, or `$SKIFF_KUBECTL`. Without it tests skip, except under
+//! `CI=true`, where a missing kubectl is a failure.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn kubectl_bin() -> Option<PathBuf> {
+    if let Ok(k) = std::env::var("SKIFF_KUBECTL") {
+        return Some(k.into());
+    }
+    let pinned = Path::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.32");
+    if pinned.exists() {
+        return Some(pinned.into());
+    }
+    if Command::new("kubectl").arg("version").arg("--client").output().is_ok() {
+        return Some("kubectl".into());
+    }
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "kubectl is required under CI=true");
+    eprintln!("kubectl not found: skipping");
+    None
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `f` every 100 ms until it is true; panics naming `what` after `timeout`.
+pub fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub port: u16,
+    kubectl: PathBuf,
+    args: Vec<String>,
+    pub tmp: tempfile::TempDir,
+}
+
+impl Server {
+    pub fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Starts skiff-control with extra flags.
+    pub fn start_with(args: &[&str]) -> Option<Self> {
+        let kubectl = kubectl_bin()?;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let args = args.iter().map(|s| s.to_string()).collect();
+        let mut s = Server { child: None, dir, port: free_port(), kubectl, args, tmp };
+        s.spawn();
+        Some(s)
+    }
+
+    pub fn spawn(&mut self) {
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.tmp.path().join("server.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_skiff-control"))
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["--bind-address", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start skiff-control");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if self.kubeconfig().exists() && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("skiff-control exited with {status}: {}", self.log());
+            }
+            assert!(Instant::now() < deadline, "skiff-control did not come up in 15 s: {}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("admin.kubeconfig")
+    }
+
+    /// An API client with the admin credentials.
+    pub fn client(&self) -> skiff_api::Client {
+        skiff_api::Client::from_kubeconfig(&self.kubeconfig(), "skiff-control-tests").unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.tmp.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// kubectl with the admin kubeconfig (its cache under the temp dir, not $HOME).
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(&self.kubectl);
+        c.env("KUBECONFIG", self.kubeconfig()).env("HOME", self.tmp.path());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// Runs kubectl and panics with its output unless it succeeds; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs kubectl expecting failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} should fail but printed {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    /// Writes a file under the temp dir and returns its path.
+    pub fn write(&self, name: &str, contents: &str) -> String {
+        let p = self.tmp.path().join(name);
+        std::fs::write(&p, contents).unwrap();
+        p.to_string_lossy().into_owned()
+    }
+
+    /// `kubectl apply -f` of an inline manifest.
+    pub fn apply(&self, name: &str, manifest: &str) -> String {
+        let f = self.write(name, manifest);
+        self.ok(&["apply", "-f", &f])
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A fake Node manifest: Ready, with the given allocatable cpu/memory, labels and taints
+/// (YAML flow snippets).
+pub fn node_manifest(name: &str, cpu: &str, memory: &str, labels: &str, taints: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{kubernetes.io/hostname: {name}{labels}}}}}\n\
+         spec: {{taints: [{taints}]}}\n\
+         status:\n  allocatable: {{cpu: \"{cpu}\", memory: {memory}, pods: \"110\"}}\n  capacity: {{cpu: \"{cpu}\", memory: {memory}, pods: \"110\"}}\n  \
+         conditions: [{{type: Ready, status: \"True\", reason: KubeletReady}}]\n"
+    )
+}
