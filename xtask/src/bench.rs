@@ -9,6 +9,8 @@
 //! - `overlay` (xtask/src/bench_overlay.rs): P3, throughput through a ClusterIP to a pod
 //!   on the other node against pod IP directly; P4, cross-node throughput and
 //!   request/response rate with the eBPF overlay against flannel-style kernel VXLAN.
+//! - `api` (xtask/src/bench_api.rs): P7, API creates/s, LIST and watch latency; P8,
+//!   control-plane memory holding 1,000 pods.
 
 use std::{fmt::Write as _, process::Command, time::Duration};
 
@@ -24,7 +26,8 @@ pub fn run(area: &str, args: &[String]) -> Result<()> {
     match area {
         "lb" => lb(args),
         "overlay" => crate::bench_overlay::run(args),
-        other => bail!("unknown benchmark area `{other}`; known: lb, overlay"),
+        "api" => crate::bench_api::run(args),
+        other => bail!("unknown benchmark area `{other}`; known: lb, overlay, api"),
     }
 }
 

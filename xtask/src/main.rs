@@ -3,6 +3,7 @@
 //! each subcommand lives in a module of its own.
 
 mod bench;
+mod bench_api;
 mod bench_overlay;
 mod build_ebpf;
 mod demo;
