@@ -71,6 +71,11 @@ fn entries(r: &ResourceDef) -> Vec<Value> {
         out.push(json!({"name": format!("{}/status", r.plural), "singularName": "", "namespaced": r.namespaced,
             "kind": r.kind, "verbs": ["get", "patch", "update"]}));
     }
+    if r.kind == "ServiceAccount" {
+        // The TokenRequest API; `kubectl create token` looks for it here.
+        out.push(json!({"name": "serviceaccounts/token", "singularName": "", "namespaced": true,
+            "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]}));
+    }
     out
 }
 
