@@ -204,6 +204,17 @@ fn create_token_rbac_audience_tampering_and_revocation() {
     let sa_uid = s.ok(&["get", "sa", "bot", "-n", "team", "-o", "jsonpath={.metadata.uid}"]);
     assert_eq!(claims["kubernetes.io"]["serviceaccount"]["uid"], sa_uid.as_str());
 
+    // `kubectl auth whoami` (SelfSubjectReview) is open to every authenticated user.
+    let who = check_ok(&["auth", "whoami"], s.with_token(&token, &["auth", "whoami", "-o", "json"]));
+    let who: serde_json::Value = serde_json::from_str(&who).unwrap();
+    assert_eq!(who["status"]["userInfo"]["username"], "system:serviceaccount:team:bot", "{who}");
+    assert_eq!(
+        who["status"]["userInfo"]["groups"],
+        serde_json::json!(["system:serviceaccounts", "system:serviceaccounts:team", "system:authenticated"])
+    );
+    let who = s.ok(&["auth", "whoami"]);
+    assert!(who.contains("Username") && who.contains("admin") && who.contains("system:masters"), "{who}");
+
     // Authenticated, but RBAC grants nothing yet.
     let e = check_fails(&["get", "pods"], s.with_token(&token, &["get", "pods", "-n", "team"]));
     assert!(

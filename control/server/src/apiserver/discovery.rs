@@ -54,7 +54,9 @@ fn entries(r: &ResourceDef) -> Vec<Value> {
         "singularName": r.singular,
         "namespaced": r.namespaced,
         "kind": r.kind,
-        "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+        "verbs": if r.create_only() { json!(["create"]) } else {
+            json!(["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"])
+        },
     });
     if !r.short_names.is_empty() {
         main["shortNames"] = json!(r.short_names);

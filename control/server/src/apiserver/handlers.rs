@@ -994,8 +994,9 @@ pub async fn bootstrap(store: &dyn store::Store, info: &BootstrapInfo) -> ApiRes
 }
 
 /// Bootstrap RBAC policy, reconciled on every start: `cluster-admin` for
-/// `system:masters`, `view` for read-only users to bind, and `system:node` for the node
-/// agents (group `system:nodes`; their client certificates carry `O=system:nodes`).
+/// `system:masters`, `view` for read-only users to bind, `system:node` for the node
+/// agents (group `system:nodes`; their client certificates carry `O=system:nodes`), and
+/// `system:basic-user` (ask "who am I") for every authenticated user.
 async fn bootstrap_rbac(store: &dyn store::Store) -> ApiResult<()> {
     const G: &str = "rbac.authorization.k8s.io";
     let read = json!(["get", "list", "watch"]);
@@ -1027,6 +1028,10 @@ async fn bootstrap_rbac(store: &dyn store::Store) -> ApiResult<()> {
             {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "update", "patch"]},
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update", "patch"]}]),
         ),
+        (
+            "system:basic-user",
+            json!([{"apiGroups": ["authentication.k8s.io"], "resources": ["selfsubjectreviews"], "verbs": ["create"]}]),
+        ),
     ];
     let role_def = by_kind("ClusterRole").unwrap();
     for (name, rules) in roles {
@@ -1035,9 +1040,11 @@ async fn bootstrap_rbac(store: &dyn store::Store) -> ApiResult<()> {
         put(store, &role_def.key(None, name), &obj).await?;
     }
     let binding_def = by_kind("ClusterRoleBinding").unwrap();
-    for (name, role, group) in
-        [("cluster-admin", "cluster-admin", "system:masters"), ("system:node", "system:node", "system:nodes")]
-    {
+    for (name, role, group) in [
+        ("cluster-admin", "cluster-admin", "system:masters"),
+        ("system:node", "system:node", "system:nodes"),
+        ("system:basic-user", "system:basic-user", crate::auth::AUTHENTICATED),
+    ] {
         let obj = json!({"kind": "ClusterRoleBinding", "apiVersion": format!("{G}/v1"), "metadata": meta(name),
             "roleRef": {"apiGroup": G, "kind": "ClusterRole", "name": role},
             "subjects": [{"apiGroup": G, "kind": "Group", "name": group}]});

@@ -263,6 +263,12 @@ impl ApiServer {
                 return Err(ApiError::path_not_found());
             }
         }
+        if r.def.create_only() {
+            return match (r.verb, name, sub) {
+                ("create", None, None) => tokenrequest::self_subject_review(&ctx.user),
+                (verb, _, _) => Err(ApiError::method_not_allowed(verb)),
+            };
+        }
         match (r.verb, name) {
             ("get", Some(n)) => self.get(r.def, ns, n, sub, &ctx).await,
             ("list", _) => self.list(r.def, ns, &ctx).await,

@@ -1,8 +1,9 @@
-//! ServiceAccount tokens on the API side: the TokenRequest subresource
+//! ServiceAccount tokens on the API side, and "who am I": the TokenRequest subresource
 //! (`POST /api/v1/namespaces/NS/serviceaccounts/NAME/token`, what `kubectl create token`
 //! calls) and the store half of authenticating a token (the ServiceAccount, and the Pod a
 //! token is bound to, must still exist with the uids signed into it, so deleting and
-//! recreating either revokes old tokens).
+//! recreating either revokes old tokens). Also SelfSubjectReview (`kubectl auth
+//! whoami`), which shows who a token — or any credential — authenticates as.
 //!
 //! Signing and signature checks live in `auth::serviceaccount`; this module must not
 //! parse or sign JWTs itself, and must never log a token.
@@ -110,6 +111,20 @@ fn parse_spec(body: &Value, name: &str, default_audiences: &[String]) -> ApiResu
         }
     };
     Ok(Spec { audiences, ttl, pod })
+}
+
+/// `POST /apis/authentication.k8s.io/v1/selfsubjectreviews`: the caller's own user
+/// info. The body carries nothing the answer depends on, so it is not read.
+pub(crate) fn self_subject_review(user: &UserInfo) -> ApiResult<Resp> {
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({
+            "kind": "SelfSubjectReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": meta::now()},
+            "status": {"userInfo": {"username": user.name, "groups": user.groups}},
+        }),
+    ))
 }
 
 impl ApiServer {
