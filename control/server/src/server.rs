@@ -1,6 +1,6 @@
 //! Wiring and the accept loop: open the store, ensure the PKI, the ServiceAccount
-//! signing key and the admin kubeconfig, create the system namespaces, then serve HTTPS on one port (there is no
-//! insecure port). Each connection is TLS-terminated here and its verified client
+//! signing key and the admin kubeconfig, create the system namespaces, then serve
+//! HTTPS on one port (there is no insecure port). Each connection is TLS-terminated here and its verified client
 //! certificate subject handed to the API server with every request on it.
 //!
 //! It must not contain API semantics; those live in `apiserver`.

@@ -2,7 +2,7 @@
 //! to a handler. The request path is kept short and visible here:
 //! `serve` → `authenticate` → `route` → `authorize` → `handlers::*` → store.
 //! (A ServiceAccount token is authenticated in two steps: `auth` checks the signature,
-//! then `tokenrequest` checks the store that its ServiceAccount still exists.)
+//! then `authentication` checks the store that its ServiceAccount still exists.)
 //!
 //! This module owns HTTP concerns (body limits, content negotiation, Status errors);
 //! it must not hold per-kind behaviour (see `validation`, `table`, `resources`) or
@@ -25,6 +25,7 @@ use crate::store::Store;
 use crate::tls::x509::Subject;
 
 pub mod allocator;
+mod authentication;
 pub mod discovery;
 mod handlers;
 pub mod meta;
@@ -36,7 +37,6 @@ pub mod resources;
 mod robustness;
 pub mod status;
 pub mod table;
-mod tokenrequest;
 pub mod validation;
 mod watch;
 
@@ -265,7 +265,7 @@ impl ApiServer {
         }
         if r.def.create_only() {
             return match (r.verb, name, sub) {
-                ("create", None, None) => tokenrequest::self_subject_review(&ctx.user),
+                ("create", None, None) => authentication::self_subject_review(&ctx.user),
                 (verb, _, _) => Err(ApiError::method_not_allowed(verb)),
             };
         }

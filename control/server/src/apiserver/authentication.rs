@@ -1,9 +1,9 @@
-//! ServiceAccount tokens on the API side, and "who am I": the TokenRequest subresource
+//! The authentication.k8s.io side of the API: the TokenRequest subresource
 //! (`POST /api/v1/namespaces/NS/serviceaccounts/NAME/token`, what `kubectl create token`
-//! calls) and the store half of authenticating a token (the ServiceAccount, and the Pod a
-//! token is bound to, must still exist with the uids signed into it, so deleting and
-//! recreating either revokes old tokens). Also SelfSubjectReview (`kubectl auth
-//! whoami`), which shows who a token — or any credential — authenticates as.
+//! calls), SelfSubjectReview (`kubectl auth whoami`), and the store half of
+//! authenticating a ServiceAccount token (the ServiceAccount, and the Pod a token is
+//! bound to, must still exist with the uids signed into it, so deleting and recreating
+//! either revokes old tokens).
 //!
 //! Signing and signature checks live in `auth::serviceaccount`; this module must not
 //! parse or sign JWTs itself, and must never log a token.
