@@ -267,6 +267,51 @@ mod tests {
         assert_eq!(parse_spec(&json!({"kind": "Pod"}), "bot", &aud()).unwrap_err().code, 400);
     }
 
+    /// The store half of token authentication, without HTTP or kubectl.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tokens_die_with_their_service_account_or_pod() {
+        use std::sync::Arc;
+
+        use crate::auth::authn::Authenticator;
+        use crate::auth::authz::BootstrapAuthorizer;
+        use crate::auth::serviceaccount::Keys;
+        use crate::store::{RedbStore, Store};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("store.redb")).unwrap());
+        let keys = Arc::new(Keys::load_or_generate(&dir.path().join("sa-signer.key")).unwrap());
+        let cidr = crate::apiserver::allocator::ServiceCidr { net: "10.96.0.0".parse().unwrap(), len: 12 };
+        let api = ApiServer::new(store.clone(), Authenticator::default(), Box::new(BootstrapAuthorizer), cidr, keys);
+        let put = |kind: &str, name: &str, uid: &str| {
+            let key = by_kind(kind).unwrap().key(Some("ns"), name);
+            let obj = json!({"kind": kind, "metadata": {"name": name, "namespace": "ns", "uid": uid}});
+            let store = store.clone();
+            async move {
+                let _ = store.delete(&key, None).await;
+                store.create(&key, serde_json::to_vec(&obj).unwrap().into()).await.unwrap();
+            }
+        };
+        let now = crate::auth::serviceaccount::unix_now();
+        let claims = Claims::new(now, 600, vec![], "ns", ObjectRef { name: "bot".into(), uid: "sa-1".into() });
+        assert_eq!(api.service_account_user(&claims).await, Err("ServiceAccount of the token no longer exists"));
+        put("ServiceAccount", "bot", "sa-1").await;
+        assert_eq!(api.service_account_user(&claims).await.unwrap().name, "system:serviceaccount:ns:bot");
+
+        let mut bound = claims.clone();
+        bound.kubernetes.pod = Some(ObjectRef { name: "p".into(), uid: "pod-1".into() });
+        assert_eq!(api.service_account_user(&bound).await, Err("Pod the token is bound to no longer exists"));
+        put("Pod", "p", "pod-1").await;
+        assert!(api.service_account_user(&bound).await.is_ok());
+        put("Pod", "p", "pod-2").await;
+        assert_eq!(api.service_account_user(&bound).await, Err("Pod the token is bound to was deleted and recreated"));
+
+        put("ServiceAccount", "bot", "sa-2").await;
+        assert_eq!(
+            api.service_account_user(&claims).await,
+            Err("ServiceAccount of the token was deleted and recreated")
+        );
+    }
+
     #[test]
     fn deletion_grace() {
         let now = 1_000_000;
