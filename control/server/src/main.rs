@@ -12,7 +12,7 @@ use skiff_control::server::{self, Config};
 #[derive(Debug, Parser)]
 #[command(name = "skiff-control", version)]
 struct Args {
-    /// Where the store, PKI, tokens file and admin kubeconfig live.
+    /// Where the store, PKI, tokens file, ServiceAccount signing key and admin kubeconfig live.
     #[arg(long, env = "SKIFF_DATA_DIR", default_value = "/var/lib/skiff/control")]
     data_dir: PathBuf,
     /// Address to listen on.

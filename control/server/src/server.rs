@@ -1,6 +1,6 @@
-//! Wiring and the accept loop: open the store, ensure the PKI and the admin
-//! kubeconfig, create the system namespaces, then serve HTTPS on one port (there is no
-//! insecure port). Each connection is TLS-terminated here and its verified client
+//! Wiring and the accept loop: open the store, ensure the PKI, the ServiceAccount
+//! signing key and the admin kubeconfig, create the system namespaces, then serve
+//! HTTPS on one port (there is no insecure port). Each connection is TLS-terminated here and its verified client
 //! certificate subject handed to the API server with every request on it.
 //!
 //! It must not contain API semantics; those live in `apiserver`.
@@ -20,6 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::apiserver::ApiServer;
 use crate::auth::authn::Authenticator;
 use crate::auth::rbac::RbacAuthorizer;
+use crate::auth::serviceaccount::Keys;
 use crate::store::{RedbStore, Store};
 use crate::tls::{Pki, San, x509};
 
@@ -33,6 +34,8 @@ pub enum Error {
     Tls(#[from] crate::tls::Error),
     #[error(transparent)]
     Auth(#[from] crate::auth::authn::Error),
+    #[error(transparent)]
+    ServiceAccountKey(#[from] crate::auth::serviceaccount::Error),
     #[error("bootstrapping system objects failed: {0}")]
     Bootstrap(crate::apiserver::status::ApiError),
     #[error("cannot listen on {addr}: {source} (is another skiff-control running? pick another --port)")]
@@ -216,7 +219,9 @@ async fn start(cfg: &Config) -> Result<(TcpListener, Arc<ApiServer>, TlsAcceptor
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| Error::DataDir { path: cfg.data_dir.clone(), source })?;
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&cfg.data_dir.join("store.redb"))?);
     let pki = Pki::ensure(&cfg.data_dir, &cfg.sans()?)?;
-    let authn = Authenticator::from_token_file(&cfg.data_dir.join("tokens.csv"))?;
+    let sa_keys = Arc::new(Keys::load_or_generate(&cfg.data_dir.join("sa-signer.key"))?);
+    let authn =
+        Authenticator::from_token_file(&cfg.data_dir.join("tokens.csv"))?.with_service_account_keys(sa_keys.clone());
     let (net, len) = parse_cidr("service-cidr", &cfg.service_cidr)?;
     let cidr = crate::apiserver::allocator::ServiceCidr { net, len };
     let addr = SocketAddr::new(cfg.bind_address, cfg.port);
@@ -230,7 +235,7 @@ async fn start(cfg: &Config) -> Result<(TcpListener, Arc<ApiServer>, TlsAcceptor
     crate::apiserver::bootstrap(store.as_ref(), &info).await.map_err(Error::Bootstrap)?;
     let rbac = RbacAuthorizer::default();
     rbac.spawn_sync(store.clone());
-    let api = Arc::new(ApiServer::new(store, authn, Box::new(rbac), cidr));
+    let api = Arc::new(ApiServer::new(store, authn, Box::new(rbac), cidr, sa_keys));
     let acceptor = TlsAcceptor::from(pki.server_config()?);
     let server = match cfg.advertised() {
         IpAddr::V6(ip) => format!("https://[{ip}]:{}", addr.port()),

@@ -54,7 +54,9 @@ fn entries(r: &ResourceDef) -> Vec<Value> {
         "singularName": r.singular,
         "namespaced": r.namespaced,
         "kind": r.kind,
-        "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+        "verbs": if r.create_only() { json!(["create"]) } else {
+            json!(["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"])
+        },
     });
     if !r.short_names.is_empty() {
         main["shortNames"] = json!(r.short_names);
@@ -70,6 +72,11 @@ fn entries(r: &ResourceDef) -> Vec<Value> {
     if r.status {
         out.push(json!({"name": format!("{}/status", r.plural), "singularName": "", "namespaced": r.namespaced,
             "kind": r.kind, "verbs": ["get", "patch", "update"]}));
+    }
+    if r.kind == "ServiceAccount" {
+        // The TokenRequest API; `kubectl create token` looks for it here.
+        out.push(json!({"name": "serviceaccounts/token", "singularName": "", "namespaced": true,
+            "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]}));
     }
     out
 }

@@ -1002,8 +1002,9 @@ pub async fn bootstrap(store: &dyn store::Store, info: &BootstrapInfo) -> ApiRes
 }
 
 /// Bootstrap RBAC policy, reconciled on every start: `cluster-admin` for
-/// `system:masters`, `view` for read-only users to bind, and `system:node` for the node
-/// agents (group `system:nodes`; their client certificates carry `O=system:nodes`).
+/// `system:masters`, `view` for read-only users to bind, `system:node` for the node
+/// agents (group `system:nodes`; their client certificates carry `O=system:nodes`), and
+/// `system:basic-user` (ask "who am I") for every authenticated user.
 async fn bootstrap_rbac(store: &dyn store::Store) -> ApiResult<()> {
     const G: &str = "rbac.authorization.k8s.io";
     let read = json!(["get", "list", "watch"]);
@@ -1035,6 +1036,10 @@ async fn bootstrap_rbac(store: &dyn store::Store) -> ApiResult<()> {
             {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "update", "patch"]},
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update", "patch"]}]),
         ),
+        (
+            "system:basic-user",
+            json!([{"apiGroups": ["authentication.k8s.io"], "resources": ["selfsubjectreviews"], "verbs": ["create"]}]),
+        ),
     ];
     let role_def = by_kind("ClusterRole").unwrap();
     for (name, rules) in roles {
@@ -1050,6 +1055,7 @@ async fn bootstrap_rbac(store: &dyn store::Store) -> ApiResult<()> {
     for (name, role, subjects) in [
         ("cluster-admin", "cluster-admin", subject("Group", "system:masters")),
         ("system:node", "system:node", subject("Group", "system:nodes")),
+        ("system:basic-user", "system:basic-user", subject("Group", crate::auth::AUTHENTICATED)),
         // The in-process scheduler and controllers own most kinds; rather than one role
         // per controller (as upstream), one binding to cluster-admin, named for them.
         ("system:skiff-controllers", "cluster-admin", controllers),

@@ -1,6 +1,8 @@
 //! The Kubernetes REST API over the store: authenticate, route, authorize, then hand
 //! to a handler. The request path is kept short and visible here:
 //! `serve` → `authenticate` → `route` → `authorize` → `handlers::*` → store.
+//! (A ServiceAccount token is authenticated in two steps: `auth` checks the signature,
+//! then `authentication` checks the store that its ServiceAccount still exists.)
 //!
 //! This module owns HTTP concerns (body limits, content negotiation, Status errors);
 //! it must not hold per-kind behaviour (see `validation`, `table`, `resources`) or
@@ -18,10 +20,12 @@ use serde_json::Value;
 use crate::auth::UserInfo;
 use crate::auth::authn::{Authenticator, Outcome};
 use crate::auth::authz::{Attributes, Authorizer, Decision};
+use crate::auth::serviceaccount::Keys;
 use crate::store::Store;
 use crate::tls::x509::Subject;
 
 pub mod allocator;
+mod authentication;
 pub mod discovery;
 mod handlers;
 pub mod local;
@@ -107,6 +111,8 @@ pub struct ApiServer {
     pub(crate) service_cidr: allocator::ServiceCidr,
     /// Serialises Service creation so two Services never get the same ClusterIP.
     pub(crate) alloc_lock: tokio::sync::Mutex<()>,
+    /// Signs the tokens the TokenRequest subresource hands out.
+    pub(crate) sa_keys: Arc<Keys>,
 }
 
 impl ApiServer {
@@ -115,8 +121,9 @@ impl ApiServer {
         authn: Authenticator,
         authz: Box<dyn Authorizer>,
         service_cidr: allocator::ServiceCidr,
+        sa_keys: Arc<Keys>,
     ) -> Self {
-        Self { store, authn, authz, service_cidr, alloc_lock: tokio::sync::Mutex::new(()) }
+        Self { store, authn, authz, service_cidr, alloc_lock: tokio::sync::Mutex::new(()), sa_keys }
     }
 
     /// Serves one request from a connection whose verified client certificate (if any)
@@ -154,6 +161,13 @@ impl ApiServer {
                 tracing::info!(reason = why, "rejected credentials");
                 return (error_response(&ApiError::unauthorized()), None);
             }
+            Outcome::ServiceAccount(claims) => match self.service_account_user(&claims).await {
+                Ok(u) => u,
+                Err(why) => {
+                    tracing::info!(reason = why, user = %claims.username(), "rejected ServiceAccount token");
+                    return (error_response(&ApiError::unauthorized()), None);
+                }
+            },
         };
         let name = Some(user.name.clone());
         let (parts, body) = req.into_parts();
@@ -244,10 +258,17 @@ impl ApiServer {
         if let Some(s) = sub {
             let allowed = (s == "status" && r.def.status)
                 || (s == "scale" && r.def.scale)
-                || (s == "binding" && r.def.kind == "Pod" && r.verb == "create");
+                || (s == "binding" && r.def.kind == "Pod" && r.verb == "create")
+                || (s == "token" && r.def.kind == "ServiceAccount" && r.verb == "create");
             if !allowed {
                 return Err(ApiError::path_not_found());
             }
+        }
+        if r.def.create_only() {
+            return match (r.verb, name, sub) {
+                ("create", None, None) => authentication::self_subject_review(&ctx.user),
+                (verb, _, _) => Err(ApiError::method_not_allowed(verb)),
+            };
         }
         match (r.verb, name) {
             ("get", Some(n)) => self.get(r.def, ns, n, sub, &ctx).await,
@@ -255,6 +276,10 @@ impl ApiServer {
             ("watch", _) => self.watch(r.def, ns, name, &ctx).await,
             ("create", None) => self.create(r.def, ns, &ctx).await,
             ("create", Some(n)) if sub == Some("binding") => self.bind(r.def, ns, n, &ctx).await,
+            ("create", Some(n)) if sub == Some("token") => match ns {
+                Some(ns) => self.create_token(ns, n, &ctx).await,
+                None => Err(ApiError::path_not_found()),
+            },
             ("update", Some(n)) => self.update(r.def, ns, n, sub, &ctx).await,
             ("patch", Some(n)) => self.patch(r.def, ns, n, sub, &ctx).await,
             ("delete", Some(n)) => self.delete(r.def, ns, n, &ctx).await,
@@ -295,6 +320,8 @@ fn route(method: &Method, path: &str, query: &HashMap<String, String>) -> ApiRes
         (&Method::POST, None) => "create",
         // pods/binding: the scheduler's way to set spec.nodeName exactly once.
         (&Method::POST, Some(_)) if sub == Some("binding") && def.kind == "Pod" => "create",
+        // serviceaccounts/token: the TokenRequest API (`kubectl create token`).
+        (&Method::POST, Some(_)) if sub == Some("token") && def.kind == "ServiceAccount" => "create",
         (&Method::PUT, Some(_)) => "update",
         (&Method::PATCH, Some(_)) => "patch",
         (&Method::DELETE, Some(_)) => "delete",

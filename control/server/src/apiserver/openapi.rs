@@ -59,7 +59,12 @@ pub fn group_version(path: &str) -> Option<Value> {
                 "responses": {"200": {"description": "OK"}},
             })
         };
-        paths.insert(p, json!({"get": op("get"), "put": op("put"), "patch": op("patch"), "delete": op("delete")}));
+        if r.create_only() {
+            let collection = p.trim_end_matches("/{name}").to_string();
+            paths.insert(collection, json!({"post": op("post")}));
+        } else {
+            paths.insert(p, json!({"get": op("get"), "put": op("put"), "patch": op("patch"), "delete": op("delete")}));
+        }
     }
     if paths.is_empty() {
         return None;

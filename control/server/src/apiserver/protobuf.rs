@@ -1,6 +1,7 @@
 //! Decoding of the Kubernetes protobuf wire format for the kinds `kubectl create`
-//! sends as protobuf (ConfigMap, Secret, Namespace): client-go prefers protobuf for
-//! built-in types and does not fall back to JSON on 415. Other kinds get 415.
+//! sends as protobuf (ConfigMap, Secret, Namespace, ServiceAccount, RoleBinding,
+//! ClusterRoleBinding, and the TokenRequest of `kubectl create token`): client-go prefers protobuf for built-in
+//! types and does not fall back to JSON on 415. Other kinds get 415.
 //!
 //! Envelope: the magic `k8s\0`, then `runtime.Unknown{typeMeta=1, raw=2}` whose `raw`
 //! is the object's message. This module only turns bytes into JSON; it must not
@@ -183,6 +184,101 @@ fn namespace(b: &[u8]) -> Res<Value> {
     Ok(Value::Object(o))
 }
 
+fn service_account(b: &[u8]) -> Res<Value> {
+    let mut o = Map::new();
+    for (n, f) in fields(b)? {
+        match (n, f) {
+            (1, Field::Bytes(x)) => {
+                o.insert("metadata".into(), object_meta(x)?);
+            }
+            (4, Field::Varint(v)) => {
+                o.insert("automountServiceAccountToken".into(), json!(v != 0));
+            }
+            // secrets and imagePullSecrets: not sent by `kubectl create serviceaccount`.
+            _ => {}
+        }
+    }
+    Ok(Value::Object(o))
+}
+
+/// A message of string fields only, by field number.
+fn strings(b: &[u8], names: &[(u64, &str)]) -> Res<Value> {
+    let mut o = Map::new();
+    for (n, f) in fields(b)? {
+        if let (Some((_, key)), Field::Bytes(x)) = (names.iter().find(|(m, _)| *m == n), f)
+            && !x.is_empty()
+        {
+            o.insert((*key).into(), json!(string(x)?));
+        }
+    }
+    Ok(Value::Object(o))
+}
+
+/// rbac/v1 RoleBinding and ClusterRoleBinding: metadata=1, subjects=2
+/// (kind=1, apiGroup=2, name=3, namespace=4), roleRef=3 (apiGroup=1, kind=2, name=3).
+fn role_binding(b: &[u8]) -> Res<Value> {
+    let mut o = Map::new();
+    for (n, f) in fields(b)? {
+        match (n, f) {
+            (1, Field::Bytes(x)) => {
+                o.insert("metadata".into(), object_meta(x)?);
+            }
+            (2, Field::Bytes(x)) => {
+                let s = strings(x, &[(1, "kind"), (2, "apiGroup"), (3, "name"), (4, "namespace")])?;
+                o.entry("subjects").or_insert_with(|| json!([])).as_array_mut().unwrap().push(s);
+            }
+            (3, Field::Bytes(x)) => {
+                o.insert("roleRef".into(), strings(x, &[(1, "apiGroup"), (2, "kind"), (3, "name")])?);
+            }
+            _ => {}
+        }
+    }
+    Ok(Value::Object(o))
+}
+
+/// authentication.k8s.io/v1 BoundObjectReference: kind=1, apiVersion=2, name=3, uid=4.
+fn bound_object_ref(b: &[u8]) -> Res<Value> {
+    strings(b, &[(1, "kind"), (2, "apiVersion"), (3, "name"), (4, "uid")])
+}
+
+/// TokenRequest: metadata=1, spec=2 (audiences=1, boundObjectRef=3,
+/// expirationSeconds=4); the status (3) is the server's to fill.
+fn token_request(b: &[u8]) -> Res<Value> {
+    let mut o = Map::new();
+    let mut spec = Map::new();
+    for (n, f) in fields(b)? {
+        match (n, f) {
+            (1, Field::Bytes(x)) => {
+                o.insert("metadata".into(), object_meta(x)?);
+            }
+            (2, Field::Bytes(x)) => {
+                for (m, g) in fields(x)? {
+                    match (m, g) {
+                        (1, Field::Bytes(a)) => {
+                            spec.entry("audiences")
+                                .or_insert_with(|| json!([]))
+                                .as_array_mut()
+                                .unwrap()
+                                .push(json!(string(a)?));
+                        }
+                        (3, Field::Bytes(r)) => {
+                            spec.insert("boundObjectRef".into(), bound_object_ref(r)?);
+                        }
+                        // int64 on the wire: a negative value arrives as its two's complement.
+                        (4, Field::Varint(v)) => {
+                            spec.insert("expirationSeconds".into(), json!(v as i64));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    o.insert("spec".into(), Value::Object(spec));
+    Ok(Value::Object(o))
+}
+
 /// Decodes an enveloped protobuf object into JSON (with kind and apiVersion set).
 pub fn decode(body: &[u8]) -> Res<Value> {
     let rest = body.strip_prefix(b"k8s\0").ok_or("missing the k8s protobuf magic prefix")?;
@@ -207,6 +303,9 @@ pub fn decode(body: &[u8]) -> Res<Value> {
         "ConfigMap" => config_map(raw)?,
         "Secret" => secret(raw)?,
         "Namespace" => namespace(raw)?,
+        "ServiceAccount" => service_account(raw)?,
+        "TokenRequest" => token_request(raw)?,
+        "RoleBinding" | "ClusterRoleBinding" => role_binding(raw)?,
         other => return Err(format!("protobuf is not supported for kind {other:?}; send JSON")),
     };
     obj["kind"] = json!(kind);
@@ -238,5 +337,36 @@ mod tests {
         );
         assert!(decode(b"nope").is_err());
         assert!(decode(&body[..body.len() - 3]).is_err());
+    }
+
+    #[test]
+    fn decodes_role_binding_envelope() {
+        let subject = [ld(1, b"ServiceAccount"), ld(3, b"bot"), ld(4, b"team")].concat();
+        let role_ref = [ld(1, b"rbac.authorization.k8s.io"), ld(2, b"ClusterRole"), ld(3, b"view")].concat();
+        let rb = [ld(1, &ld(1, b"bot-view")), ld(2, &subject), ld(3, &role_ref)].concat();
+        let tm = [ld(1, b"rbac.authorization.k8s.io/v1"), ld(2, b"RoleBinding")].concat();
+        let body = [b"k8s\0".to_vec(), ld(1, &tm), ld(2, &rb)].concat();
+        assert_eq!(
+            decode(&body).unwrap(),
+            json!({"kind": "RoleBinding", "apiVersion": "rbac.authorization.k8s.io/v1", "metadata": {"name": "bot-view"},
+                "subjects": [{"kind": "ServiceAccount", "name": "bot", "namespace": "team"}],
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"}})
+        );
+    }
+
+    #[test]
+    fn decodes_token_request_envelope() {
+        let bound = [ld(1, b"Pod"), ld(2, b"v1"), ld(3, b"p")].concat();
+        // expirationSeconds = 7200: field 4, varint 0xa0 0x38.
+        let spec = [ld(1, b"vault"), ld(1, b"api"), ld(3, &bound), vec![4 << 3, 0xa0, 0x38]].concat();
+        let tr = [ld(1, &ld(1, b"bot")), ld(2, &spec)].concat();
+        let tm = [ld(1, b"authentication.k8s.io/v1"), ld(2, b"TokenRequest")].concat();
+        let body = [b"k8s\0".to_vec(), ld(1, &tm), ld(2, &tr)].concat();
+        assert_eq!(
+            decode(&body).unwrap(),
+            json!({"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1", "metadata": {"name": "bot"},
+                "spec": {"audiences": ["vault", "api"], "expirationSeconds": 7200,
+                         "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "p"}}})
+        );
     }
 }

@@ -60,6 +60,12 @@ impl ResourceDef {
         format!("{}{name}", self.ns_prefix(ns))
     }
 
+    /// Kinds that are never stored: the only verb is create, answered from the request
+    /// itself (SelfSubjectReview = "who am I", `kubectl auth whoami`).
+    pub fn create_only(&self) -> bool {
+        self.kind == "SelfSubjectReview"
+    }
+
     /// Whether `metadata.generation` tracks spec changes (objects with a spec).
     pub fn has_spec(&self) -> bool {
         !matches!(self.kind, "ConfigMap" | "Secret" | "Event" | "Endpoints" | "EndpointSlice" | "ServiceAccount")
@@ -85,8 +91,8 @@ macro_rules! res {
 }
 
 use k8s_openapi::api::{
-    apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core, discovery::v1 as disc,
-    rbac::v1 as rbac,
+    apps::v1 as apps, authentication::v1 as authn, batch::v1 as batch, coordination::v1 as coord, core::v1 as core,
+    discovery::v1 as disc, rbac::v1 as rbac,
 };
 
 /// Every served resource. Adding a kind is one line.
@@ -109,6 +115,7 @@ pub static RESOURCES: &[ResourceDef] = &[
     res!(rbac::ClusterRole, "rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", "clusterrole", [], false, status: false, scale: false, all: false),
     res!(rbac::RoleBinding, "rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", [], true, status: false, scale: false, all: false),
     res!(rbac::ClusterRoleBinding, "rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding", [], false, status: false, scale: false, all: false),
+    res!(authn::SelfSubjectReview, "authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", "selfsubjectreview", [], false, status: false, scale: false, all: false),
     res!(disc::EndpointSlice, "discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", [], true, status: false, scale: false, all: false),
 ];
 

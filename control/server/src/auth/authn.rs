@@ -1,13 +1,21 @@
-//! Authentication: maps a verified client certificate (user = CN, groups = O) or a
-//! bearer token from the static token file to a `UserInfo`.
+//! Authentication: maps a verified client certificate (user = CN, groups = O), a
+//! bearer token from the static token file, or a ServiceAccount JWT signed by this
+//! cluster to a `UserInfo`.
 //!
 //! The token file is Kubernetes' `--token-auth-file` format, one
 //! `token,user,uid[,"group1,group2"]` per line. It must not accept unverified
 //! certificates: rustls has checked the chain against our CA before we see it.
+//!
+//! A ServiceAccount token is only half-checked here (signature, expiry, audience): it
+//! comes back as `Outcome::ServiceAccount`, and the caller must confirm against the
+//! store that the ServiceAccount (and bound Pod) still exist before trusting it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
+use super::serviceaccount::{self, Claims, Keys};
 use super::{AUTHENTICATED, UserInfo};
 use crate::tls::x509::Subject;
 
@@ -29,11 +37,16 @@ pub enum Outcome {
     Anonymous,
     /// Credentials that did not check out (unknown token): also 401, but logged.
     Invalid(&'static str),
+    /// A ServiceAccount token with a valid signature, issuer, lifetime and audience.
+    /// Not yet a user: the ServiceAccount (and Pod) it names must still exist with the
+    /// uids in the claims, which only the store can tell.
+    ServiceAccount(Box<Claims>),
 }
 
 #[derive(Debug, Default)]
 pub struct Authenticator {
     tokens: HashMap<String, UserInfo>,
+    service_accounts: Option<Arc<Keys>>,
 }
 
 /// Splits a CSV line honouring double quotes (the groups field is quoted).
@@ -80,7 +93,13 @@ impl Authenticator {
             tokens.insert(f[0].clone(), UserInfo { name: f[1].clone(), groups });
         }
         tracing::info!(path = %path.display(), count = tokens.len(), "loaded static tokens");
-        Ok(Self { tokens })
+        Ok(Self { tokens, service_accounts: None })
+    }
+
+    /// Also accept ServiceAccount tokens signed with `keys`.
+    pub fn with_service_account_keys(mut self, keys: Arc<Keys>) -> Self {
+        self.service_accounts = Some(keys);
+        self
     }
 
     pub fn authenticate(&self, cert_subject: Option<&Subject>, authorization: Option<&str>) -> Outcome {
@@ -88,9 +107,18 @@ impl Authenticator {
             let Some(token) = h.strip_prefix("Bearer ").map(str::trim) else {
                 return Outcome::Invalid("unsupported Authorization scheme");
             };
-            return match self.tokens.get(token) {
-                Some(u) => Outcome::User(u.clone()),
-                None => Outcome::Invalid("unknown bearer token"),
+            // Static tokens first: a hash lookup, so they never pay for JWT parsing.
+            if let Some(u) = self.tokens.get(token) {
+                return Outcome::User(u.clone());
+            }
+            return match &self.service_accounts {
+                Some(keys) if serviceaccount::looks_like_jwt(token) => {
+                    match keys.verify(token, serviceaccount::unix_now()) {
+                        Ok(claims) => Outcome::ServiceAccount(Box::new(claims)),
+                        Err(why) => Outcome::Invalid(why.as_str()),
+                    }
+                }
+                _ => Outcome::Invalid("unknown bearer token"),
             };
         }
         if let Some(s) = cert_subject {
@@ -132,5 +160,26 @@ mod tests {
         std::fs::write(&p, "justone\n").unwrap();
         assert!(Authenticator::from_token_file(&p).is_err());
         assert!(Authenticator::from_token_file(&dir.path().join("missing")).is_ok());
+    }
+
+    #[test]
+    fn service_account_tokens_are_verified_but_not_yet_users() {
+        use crate::auth::serviceaccount::{ISSUER, ObjectRef};
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Arc::new(Keys::load_or_generate(&dir.path().join("sa.key")).unwrap());
+        let now = serviceaccount::unix_now();
+        let sa = ObjectRef { name: "bot".into(), uid: "u".into() };
+        let t = keys.issue(&Claims::new(now, 600, vec![ISSUER.into()], "ns", sa.clone())).unwrap();
+        let bearer = format!("Bearer {t}");
+        // Without keys configured a JWT is just an unknown token.
+        let plain = Authenticator::default();
+        assert_eq!(plain.authenticate(None, Some(&bearer)), Outcome::Invalid("unknown bearer token"));
+        let a = Authenticator::default().with_service_account_keys(keys.clone());
+        match a.authenticate(None, Some(&bearer)) {
+            Outcome::ServiceAccount(c) => assert_eq!(c.user_info().name, "system:serviceaccount:ns:bot"),
+            o => panic!("{o:?}"),
+        }
+        let old = keys.issue(&Claims::new(now - 7200, 600, vec![ISSUER.into()], "ns", sa)).unwrap();
+        assert_eq!(a.authenticate(None, Some(&format!("Bearer {old}"))), Outcome::Invalid("JWT is expired"));
     }
 }

@@ -1,12 +1,15 @@
-//! Who is asking (`authn`: x509 client certificates, static bearer tokens) and whether
-//! they may (`authz`: one `Authorizer` trait; `rbac` = bootstrap policy + RBAC rules).
+//! Who is asking (`authn`: x509 client certificates, static bearer tokens,
+//! ServiceAccount JWTs from `serviceaccount`) and whether they may (`authz`: one
+//! `Authorizer` trait; `rbac` = bootstrap policy + RBAC rules).
 //!
 //! Nothing here reads request bodies or touches the store directly; the API server
-//! builds `Attributes` from the URL and asks.
+//! builds `Attributes` from the URL and asks, and checks that a ServiceAccount token's
+//! objects still exist.
 
 pub mod authn;
 pub mod authz;
 pub mod rbac;
+pub mod serviceaccount;
 
 /// An authenticated user, as Kubernetes' `user.Info`.
 #[derive(Debug, Clone, PartialEq, Eq)]
