@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use skiff_control::server::{self, Config};
+use skiff_control::store::EtcdConfig;
 
-/// Kubernetes API server (HTTPS only) with an embedded store.
+/// Kubernetes API server (HTTPS only) with an embedded store or etcd.
 #[derive(Debug, Parser)]
 #[command(name = "skiff-control", version)]
 struct Args {
@@ -34,6 +35,13 @@ struct Args {
     /// Extra subject alternative name for the serving certificate (repeatable).
     #[arg(long = "tls-san")]
     tls_sans: Vec<String>,
+    /// Keep objects in etcd at these client URLs (comma-separated, http://host:port)
+    /// instead of the embedded store; the PKI and kubeconfig stay in --data-dir.
+    #[arg(long, value_delimiter = ',')]
+    etcd_servers: Vec<String>,
+    /// Key prefix in etcd, so several clusters can share one etcd.
+    #[arg(long, default_value = skiff_control::store::etcd::DEFAULT_PREFIX)]
+    etcd_prefix: String,
 }
 
 #[tokio::main]
@@ -50,6 +58,8 @@ async fn main() -> anyhow::Result<()> {
         cluster_cidr: a.cluster_cidr,
         service_cidr: a.service_cidr,
         tls_sans: a.tls_sans,
+        etcd: (!a.etcd_servers.is_empty())
+            .then(|| EtcdConfig { endpoints: a.etcd_servers, prefix: a.etcd_prefix }),
     };
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

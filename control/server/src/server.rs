@@ -1,4 +1,5 @@
-//! Wiring and the accept loop: open the store, ensure the PKI and the admin
+//! Wiring and the accept loop: open the store (embedded redb, or etcd with
+//! `Config::etcd`), ensure the PKI and the admin
 //! kubeconfig, create the system namespaces, then serve HTTPS on one port (there is no
 //! insecure port). Each connection is TLS-terminated here and its verified client
 //! certificate subject handed to the API server with every request on it.
@@ -20,7 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::apiserver::ApiServer;
 use crate::auth::authn::Authenticator;
 use crate::auth::rbac::RbacAuthorizer;
-use crate::store::{RedbStore, Store};
+use crate::store::{EtcdConfig, EtcdStore, RedbStore, Store};
 use crate::tls::{Pki, San, x509};
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +57,9 @@ pub struct Config {
     pub service_cidr: String,
     /// Extra subject alternative names (IPs or DNS names) for the serving certificate.
     pub tls_sans: Vec<String>,
+    /// Keep objects in this etcd cluster instead of the embedded store in `data_dir`
+    /// (the PKI, tokens and kubeconfig stay in `data_dir` either way).
+    pub etcd: Option<EtcdConfig>,
 }
 
 /// Parses "a.b.c.d/len" (IPv4 only for now).
@@ -182,7 +186,10 @@ async fn start(cfg: &Config) -> Result<(TcpListener, Arc<ApiServer>, TlsAcceptor
     parse_cidr("cluster-cidr", &cfg.cluster_cidr)?;
     parse_cidr("service-cidr", &cfg.service_cidr)?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| Error::DataDir { path: cfg.data_dir.clone(), source })?;
-    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&cfg.data_dir.join("store.redb"))?);
+    let store: Arc<dyn Store> = match &cfg.etcd {
+        Some(etcd) => Arc::new(EtcdStore::connect(etcd).await?),
+        None => Arc::new(RedbStore::open(&cfg.data_dir.join("store.redb"))?),
+    };
     let pki = Pki::ensure(&cfg.data_dir, &cfg.sans()?)?;
     let authn = Authenticator::from_token_file(&cfg.data_dir.join("tokens.csv"))?;
     let (net, len) = parse_cidr("service-cidr", &cfg.service_cidr)?;
