@@ -50,6 +50,12 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let a = Args::parse();
+    // No --etcd-servers: the embedded store in --data-dir.
+    let etcd = if a.etcd_servers.is_empty() {
+        None
+    } else {
+        Some(EtcdConfig { endpoints: a.etcd_servers, prefix: a.etcd_prefix })
+    };
     let cfg = Config {
         data_dir: a.data_dir,
         bind_address: a.bind_address,
@@ -58,8 +64,7 @@ async fn main() -> anyhow::Result<()> {
         cluster_cidr: a.cluster_cidr,
         service_cidr: a.service_cidr,
         tls_sans: a.tls_sans,
-        etcd: (!a.etcd_servers.is_empty())
-            .then(|| EtcdConfig { endpoints: a.etcd_servers, prefix: a.etcd_prefix }),
+        etcd,
     };
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -70,8 +70,11 @@ impl Etcd {
         let members: Vec<Member> = (0..n)
             .map(|i| Member { name: format!("m{i}"), client_port: free_port(), peer_port: free_port(), child: None })
             .collect();
-        let initial_cluster =
-            members.iter().map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port)).collect::<Vec<_>>().join(",");
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
         let mut c = Etcd { etcd, etcdctl, members, initial_cluster, tmp };
         for i in 0..n {
             c.spawn(i);
@@ -189,7 +192,15 @@ impl Drop for Etcd {
     }
 }
 
+/// Store logs in the test output (shown for failing tests, or with --nocapture), at
+/// `$RUST_LOG` or debug for the store.
+fn logs() {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "skiff_control::store=debug".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
 fn cfg(endpoints: Vec<String>, prefix: &str) -> EtcdConfig {
+    logs();
     EtcdConfig { endpoints, prefix: prefix.into() }
 }
 
@@ -275,7 +286,8 @@ impl Server {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.tmp.path().join("server.log")).unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.tmp.path().join("server.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_skiff-control"))
             .arg("--data-dir")
             .arg(&self.dir)
@@ -342,7 +354,8 @@ impl Server {
 
     fn configmaps(&self) -> Vec<String> {
         let (out, _) = self.ok(&["get", "configmaps", "-o", "name"]);
-        let mut names: Vec<String> = out.lines().filter_map(|l| l.strip_prefix("configmap/")).map(String::from).collect();
+        let mut names: Vec<String> =
+            out.lines().filter_map(|l| l.strip_prefix("configmap/")).map(String::from).collect();
         names.retain(|n| n.starts_with("cm-"));
         names.sort();
         names
@@ -386,7 +399,8 @@ fn kubectl_keeps_working_when_the_etcd_leader_dies() {
         let (_, t3) = s.ok(&["get", "configmaps"]);
         slowest = slowest.max(t1).max(t2).max(t3);
     }
-    eprintln!("slowest request with a member down: {slowest:?}");
+    let retried = s.log().matches("succeeded after retrying").count();
+    eprintln!("slowest request with a member down: {slowest:?}; {retried} store requests needed retries");
     assert!(slowest < Duration::from_secs(15), "requests stayed within the retry window");
     assert_eq!(s.configmaps(), names(0..25));
     assert!(etcd.leader().is_some_and(|l| l != leader), "a new leader was elected");
@@ -404,4 +418,88 @@ fn kubectl_keeps_working_when_the_etcd_leader_dies() {
     assert_eq!(keys.lines().filter(|l| l.contains("/configmaps/default/cm-")).count(), 25, "{keys}");
     s.ok(&["delete", "configmap", "cm-000"]);
     assert_eq!(s.configmaps(), names(1..25));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_wait_out_a_short_outage() {
+    let Some(mut etcd) = Etcd::start(1) else { return };
+    let store = EtcdStore::connect(&cfg(etcd.urls(), "/skiff")).await.unwrap();
+    store.create("/o/a", Bytes::from_static(b"1")).await.unwrap();
+    etcd.kill(0);
+    // The only member is down for about a second: inside the store's retry window, so
+    // the request waits and then succeeds instead of failing.
+    let restart = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        etcd.spawn(0);
+        etcd.wait_healthy(&[0]);
+        etcd
+    });
+    let started = Instant::now();
+    let kv = store.create("/o/b", Bytes::from_static(b"2")).await.expect("the request outlasts a short outage");
+    assert!(started.elapsed() >= Duration::from_millis(900), "it really waited: {:?}", started.elapsed());
+    let _etcd = restart.join().unwrap();
+    assert_eq!(store.get("/o/b").await.unwrap().unwrap(), kv, "written exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_survives_member_restarts() {
+    let Some(mut etcd) = Etcd::start(3) else { return };
+    let store = EtcdStore::connect(&cfg(etcd.urls(), "/skiff")).await.unwrap();
+    let start = store.revision().await.unwrap();
+    let mut w = store.watch("/w/", start).await.unwrap();
+    let mut written = Vec::new();
+    // The watch stream lives on one member; restarting each in turn takes it down at
+    // least once, and the watch must resume after the last event it delivered.
+    for i in 0..3 {
+        etcd.kill(i);
+        written.push(store.create(&format!("/w/{i}"), Bytes::from_static(b"x")).await.unwrap().mod_revision);
+        etcd.spawn(i);
+        etcd.wait_healthy(&[0, 1, 2]);
+        written.push(store.update(&format!("/w/{i}"), Bytes::from_static(b"y"), None).await.unwrap().mod_revision);
+    }
+    let mut seen = Vec::new();
+    while seen.len() < written.len() {
+        let e = tokio::time::timeout(Duration::from_secs(15), w.next())
+            .await
+            .expect("events keep arriving across member restarts")
+            .expect("the watch does not end")
+            .expect("the watch does not fail");
+        seen.push(e.kv.mod_revision);
+    }
+    assert_eq!(seen, written, "every change once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_by_another_client_is_compacted() {
+    let Some(etcd) = Etcd::start(1) else { return };
+    let store = EtcdStore::connect(&cfg(etcd.urls(), "/skiff")).await.unwrap();
+    let a = store.create("/c/a", Bytes::from_static(b"1")).await.unwrap();
+    store.update("/c/a", Bytes::from_static(b"2"), None).await.unwrap();
+    let head = store.update("/c/a", Bytes::from_static(b"3"), None).await.unwrap().mod_revision;
+    // etcdctl, not this store, compacts: only etcd knows, and the watch must still say so.
+    let out = etcd.etcdctl(&etcd.urls(), &["compact", &head.to_string()]);
+    assert!(out.status.success(), "etcdctl compact: {}", String::from_utf8_lossy(&out.stderr));
+    match store.watch("/c/", a.mod_revision).await {
+        Err(skiff_control::store::Error::Compacted { requested, .. }) => assert_eq!(requested, a.mod_revision),
+        other => panic!("a watch into compacted history must fail with Compacted, got {other:?}"),
+    }
+    assert!(store.watch("/c/", head - 1).await.is_ok(), "etcd keeps the compaction revision itself");
+}
+
+#[test]
+fn skiff_control_names_unreachable_etcd() {
+    if etcd_bins().is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff-control"))
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .args(["--bind-address", "127.0.0.1", "--port", &free_port().to_string(), "--etcd-servers", &url])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "skiff-control must not start without its store: {err}");
+    assert!(err.contains(&url) && err.contains("check that etcd is running"), "{err}");
 }

@@ -405,10 +405,9 @@ impl EtcdStore {
                     Ok(Ok(Some(r))) if r.created() && !r.canceled() => {
                         Ok((stream, r.header().map(|h| rev(h.revision())).unwrap_or(0)))
                     }
-                    Ok(Ok(Some(r))) => Err(etcd_client::Error::WatchError(format!(
-                        "watch not created: {}",
-                        r.cancel_reason()
-                    ))),
+                    Ok(Ok(Some(r))) => {
+                        Err(etcd_client::Error::WatchError(format!("watch not created: {}", r.cancel_reason())))
+                    }
                     Ok(Ok(None)) => Err(etcd_client::Error::WatchError("watch stream closed".into())),
                     Ok(Err(e)) => Err(e),
                     Err(_) => Err(etcd_client::Error::WatchError("no answer to the watch request".into())),
@@ -459,13 +458,7 @@ impl EtcdStore {
             }
         }
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        let task = WatchTask {
-            store: self.clone(),
-            user_prefix: prefix.to_string(),
-            full,
-            last: after,
-            tx,
-        };
+        let task = WatchTask { store: self.clone(), user_prefix: prefix.to_string(), full, last: after, tx };
         tokio::spawn(task.run(stream));
         Ok(Watch::from_channel(prefix.to_string(), rx))
     }

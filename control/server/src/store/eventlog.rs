@@ -95,7 +95,10 @@ enum Source {
     Log(LogWatch),
     /// Events (or the error that ends the stream) sent by a backend task; the task
     /// notices the receiver being dropped and cancels its remote watch.
-    Channel { prefix: String, rx: mpsc::Receiver<Result<Arc<Event>>> },
+    Channel {
+        prefix: String,
+        rx: mpsc::Receiver<Result<Arc<Event>>>,
+    },
 }
 
 struct LogWatch {
