@@ -96,6 +96,28 @@ fn retryable(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// An etcd error for people: etcd's own message, or the transport's message with its
+/// root cause ("tcp connect error: Connection refused") instead of nested debug output.
+fn describe(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            let mut root = None;
+            let mut source = std::error::Error::source(s);
+            // Bounded: error chains are short, and this stops at 16 links regardless.
+            for _ in 0..16 {
+                let Some(x) = source else { break };
+                root = Some(x);
+                source = x.source();
+            }
+            match root {
+                Some(r) => format!("{}: {r}", s.message()),
+                None => s.message().to_string(),
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
 fn is_compacted(e: &etcd_client::Error) -> bool {
     matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("required revision has been compacted"))
 }
@@ -149,12 +171,24 @@ impl EtcdStore {
             endpoints: endpoints.clone(),
             compacted: Arc::new(AtomicU64::new(0)),
         };
-        let revision = store.current_revision().await.map_err(|e| {
-            Error::Backend(format!(
-                "etcd at {endpoints} does not answer ({e}); check that etcd is running and that \
-                 --etcd-servers lists its client URLs (etcdctl --endpoints {endpoints} endpoint health)"
-            ))
-        })?;
+        let key = store.full("");
+        let probe = store
+            .retry_raw("read revision at", "", |mut kv, _| {
+                let key = key.clone();
+                async move { kv.get(key, Some(GetOptions::new().with_count_only())).await }
+            })
+            .await;
+        let revision = match probe {
+            Ok(resp) => resp.header().map(|h| rev(h.revision())).unwrap_or(0),
+            Err(e) => {
+                return Err(Error::Backend(format!(
+                    "etcd at {endpoints} did not answer within {}s ({}); check that etcd is running and \
+                     that --etcd-servers lists its client URLs (etcdctl --endpoints {endpoints} endpoint health)",
+                    RETRY_FOR.as_secs(),
+                    describe(&e)
+                )));
+            }
+        };
         tracing::info!(endpoints = %endpoints, prefix = %store.prefix, revision, "connected to etcd");
         Ok(store)
     }
@@ -180,12 +214,20 @@ impl EtcdStore {
     }
 
     fn backend(&self, what: &str, key: &str, e: etcd_client::Error) -> Error {
-        Error::Backend(format!("etcd at {}: {what} {key}: {e}", self.endpoints))
+        Error::Backend(format!("etcd at {}: {what} {key}: {}", self.endpoints, describe(&e)))
     }
 
     /// Runs `op` until it succeeds, fails for good, or `RETRY_FOR` has passed. `op` is
     /// told whether an earlier attempt failed (and so may have been applied).
-    async fn retry<T, F, Fut>(&self, what: &str, key: &str, mut op: F) -> Result<T>
+    async fn retry<T, F, Fut>(&self, what: &str, key: &str, op: F) -> Result<T>
+    where
+        F: FnMut(KvClient, bool) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.retry_raw(what, key, op).await.map_err(|e| self.backend(what, key, e))
+    }
+
+    async fn retry_raw<T, F, Fut>(&self, what: &str, key: &str, mut op: F) -> Result<T, etcd_client::Error>
     where
         F: FnMut(KvClient, bool) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
@@ -204,15 +246,15 @@ impl EtcdStore {
                     return Ok(v);
                 }
                 Err(e) if retryable(&e) && Instant::now() + backoff < deadline => {
-                    tracing::debug!(what, key, attempt, error = %e, "etcd unavailable, retrying");
+                    tracing::debug!(what, key, attempt, error = %describe(&e), "etcd unavailable, retrying");
                     retried = true;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(500));
                 }
-                Err(e) => return Err(self.backend(what, key, e)),
+                Err(e) => return Err(e),
             }
         }
-        Err(Error::Backend(format!("etcd at {}: {what} {key}: gave up retrying", self.endpoints)))
+        Err(etcd_client::Error::Internal("gave up retrying".into()))
     }
 
     async fn current_revision(&self) -> Result<u64> {
