@@ -36,13 +36,19 @@ use super::{BoxFuture, Error, Event, EventType, KeyValue, ListPage, Result, Stor
 pub const DEFAULT_PREFIX: &str = "/skiff";
 
 /// How long one request keeps retrying `Unavailable` answers. It covers a leader
-/// election (about one to two election timeouts, 1 s each by default) and the balancer
+/// election (one to two election timeouts, 1 s each by default) and the balancer
 /// picking a dead member a few times in a row, and stays well inside Kubernetes
-/// clients' own request timeouts.
-const RETRY_FOR: Duration = Duration::from_secs(10);
+/// clients' own request timeouts; a longer outage is an error the client sees.
+const RETRY_FOR: Duration = Duration::from_secs(6);
+/// How long start-up waits for etcd to answer: on boot etcd may be starting alongside.
+const START_WAIT: Duration = Duration::from_secs(15);
 /// Upper bound of one attempt, so a request stuck on a member that stopped answering
-/// (but kept its connection) is retried elsewhere.
+/// (but kept its connection) is retried elsewhere within `RETRY_FOR`. It bounds the
+/// wait for a unary answer or for a watch to start, not a watch's lifetime.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Largest message accepted from etcd (the client's default is 4 MiB): a full list of
+/// a large prefix is one message.
+const MAX_MESSAGE: usize = 256 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// HTTP/2 pings detect a silently dead connection (e.g. a partitioned member), which
 /// matters most for long-lived watch streams.
@@ -165,7 +171,7 @@ impl EtcdStore {
             .await
             .map_err(|e| Error::Backend(format!("cannot connect to etcd at {endpoints}: {e}")))?;
         let store = Self {
-            kv: client.kv_client(),
+            kv: client.kv_client().max_decoding_message_size(MAX_MESSAGE),
             client,
             prefix: cfg.prefix.trim_end_matches('/').to_string(),
             endpoints: endpoints.clone(),
@@ -173,7 +179,7 @@ impl EtcdStore {
         };
         let key = store.full("");
         let probe = store
-            .retry_raw("read revision at", "", |mut kv, _| {
+            .retry_raw(START_WAIT, "read revision at", "", |mut kv, _| {
                 let key = key.clone();
                 async move { kv.get(key, Some(GetOptions::new().with_count_only())).await }
             })
@@ -184,7 +190,7 @@ impl EtcdStore {
                 return Err(Error::Backend(format!(
                     "etcd at {endpoints} did not answer within {}s ({}); check that etcd is running and \
                      that --etcd-servers lists its client URLs (etcdctl --endpoints {endpoints} endpoint health)",
-                    RETRY_FOR.as_secs(),
+                    START_WAIT.as_secs(),
                     describe(&e)
                 )));
             }
@@ -224,15 +230,21 @@ impl EtcdStore {
         F: FnMut(KvClient, bool) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        self.retry_raw(what, key, op).await.map_err(|e| self.backend(what, key, e))
+        self.retry_raw(RETRY_FOR, what, key, op).await.map_err(|e| self.backend(what, key, e))
     }
 
-    async fn retry_raw<T, F, Fut>(&self, what: &str, key: &str, mut op: F) -> Result<T, etcd_client::Error>
+    async fn retry_raw<T, F, Fut>(
+        &self,
+        within: Duration,
+        what: &str,
+        key: &str,
+        mut op: F,
+    ) -> Result<T, etcd_client::Error>
     where
         F: FnMut(KvClient, bool) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        let deadline = Instant::now() + RETRY_FOR;
+        let deadline = Instant::now() + within;
         let mut backoff = Duration::from_millis(25);
         let mut retried = false;
         // Bounded by the deadline; the attempt cap only guards against a clock that
@@ -439,7 +451,7 @@ impl EtcdStore {
                 .with_range(end.clone())
                 .with_start_revision(i64::try_from(start).unwrap_or(i64::MAX))
                 .with_prev_key();
-            let mut wc = self.client.watch_client();
+            let mut wc = self.client.watch_client().max_decoding_message_size(MAX_MESSAGE);
             let res = async {
                 let mut stream = wc.watch(full.to_vec(), Some(opts)).await?;
                 // etcd answers a create request first, before any event.
@@ -500,7 +512,15 @@ impl EtcdStore {
             }
         }
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        let task = WatchTask { store: self.clone(), user_prefix: prefix.to_string(), full, last: after, tx };
+        let task = WatchTask {
+            store: self.clone(),
+            user_prefix: prefix.to_string(),
+            full,
+            last: after,
+            tx,
+            quick_reopens: 0,
+            opened_at: Instant::now(),
+        };
         tokio::spawn(task.run(stream));
         Ok(Watch::from_channel(prefix.to_string(), rx))
     }
@@ -542,7 +562,15 @@ struct WatchTask {
     /// Revision of the last event sent; a resumed watch starts after it.
     last: u64,
     tx: mpsc::Sender<Result<Arc<Event>>>,
+    /// Re-opens in a row that did not last (see `reopen`).
+    quick_reopens: u32,
+    opened_at: Instant,
 }
+
+/// A watch stream that ends this many times in a row, each time within
+/// `STABLE_WATCH` of being opened, is given up on: etcd keeps refusing it.
+const MAX_QUICK_REOPENS: u32 = 10;
+const STABLE_WATCH: Duration = Duration::from_secs(10);
 
 impl WatchTask {
     fn convert(&self, ev: &etcd_client::Event) -> Option<Event> {
@@ -606,6 +634,23 @@ impl WatchTask {
     /// A new watch from after the last delivered revision, or `None` after sending the
     /// error that ends this one.
     async fn reopen(&mut self) -> Option<WatchStream> {
+        if self.opened_at.elapsed() < STABLE_WATCH {
+            self.quick_reopens += 1;
+            if self.quick_reopens > MAX_QUICK_REOPENS {
+                let e = Error::Backend(format!(
+                    "etcd at {}: watch {}: the stream ended {MAX_QUICK_REOPENS} times in a row",
+                    self.store.endpoints, self.user_prefix
+                ));
+                tracing::warn!(prefix = %self.user_prefix, "giving up on an etcd watch that keeps ending");
+                let _ = self.tx.send(Err(e)).await;
+                return None;
+            }
+            // Not a tight loop against a member that keeps refusing.
+            tokio::time::sleep(Duration::from_millis(100) * self.quick_reopens).await;
+        } else {
+            self.quick_reopens = 0;
+        }
+        self.opened_at = Instant::now();
         tokio::select! {
             _ = self.tx.closed() => None,
             r = self.store.open_watch(&self.user_prefix, &self.full, self.last + 1) => match r {
