@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use skiff_control::server::{self, Config};
+use skiff_control::store::EtcdConfig;
 
-/// Kubernetes API server (HTTPS only) with an embedded store.
+/// Kubernetes API server (HTTPS only) with an embedded store or etcd.
 #[derive(Debug, Parser)]
 #[command(name = "skiff-control", version)]
 struct Args {
@@ -43,6 +44,13 @@ struct Args {
     /// Pods on a NotReady node are evicted after this (seconds).
     #[arg(long, default_value_t = 300)]
     pod_eviction_timeout: u64,
+    /// Keep objects in etcd at these client URLs (comma-separated, http://host:port)
+    /// instead of the embedded store; the PKI and kubeconfig stay in --data-dir.
+    #[arg(long, value_delimiter = ',')]
+    etcd_servers: Vec<String>,
+    /// Key prefix in etcd, so several clusters can share one etcd.
+    #[arg(long, default_value = skiff_control::store::etcd::DEFAULT_PREFIX)]
+    etcd_prefix: String,
 }
 
 #[tokio::main]
@@ -51,6 +59,12 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let a = Args::parse();
+    // No --etcd-servers: the embedded store in --data-dir.
+    let etcd = if a.etcd_servers.is_empty() {
+        None
+    } else {
+        Some(EtcdConfig { endpoints: a.etcd_servers, prefix: a.etcd_prefix })
+    };
     let cfg = Config {
         data_dir: a.data_dir,
         bind_address: a.bind_address,
@@ -62,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
         run_controllers: !a.disable_controllers,
         node_monitor_grace_period: std::time::Duration::from_secs(a.node_monitor_grace_period),
         pod_eviction_timeout: std::time::Duration::from_secs(a.pod_eviction_timeout),
+        etcd,
     };
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -1,6 +1,7 @@
-//! Wiring and the accept loop: open the store, ensure the PKI, the ServiceAccount
-//! signing key and the admin kubeconfig, create the system namespaces, then serve
-//! HTTPS on one port (there is no insecure port). Each connection is TLS-terminated here and its verified client
+//! Wiring and the accept loop: open the store (embedded redb, or etcd with
+//! `Config::etcd`), ensure the PKI, the ServiceAccount signing key and the admin
+//! kubeconfig, create the system namespaces, then serve HTTPS on one port (there is no
+//! insecure port). Each connection is TLS-terminated here and its verified client
 //! certificate subject handed to the API server with every request on it.
 //!
 //! It must not contain API semantics; those live in `apiserver`.
@@ -21,7 +22,7 @@ use crate::apiserver::ApiServer;
 use crate::auth::authn::Authenticator;
 use crate::auth::rbac::RbacAuthorizer;
 use crate::auth::serviceaccount::Keys;
-use crate::store::{RedbStore, Store};
+use crate::store::{EtcdConfig, EtcdStore, RedbStore, Store};
 use crate::tls::{Pki, San, x509};
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +65,9 @@ pub struct Config {
     pub run_controllers: bool,
     pub node_monitor_grace_period: Duration,
     pub pod_eviction_timeout: Duration,
+    /// Keep objects in this etcd cluster instead of the embedded store in `data_dir`
+    /// (the PKI, tokens and kubeconfig stay in `data_dir` either way).
+    pub etcd: Option<EtcdConfig>,
 }
 
 /// Parses "a.b.c.d/len" (IPv4 only for now).
@@ -217,7 +221,10 @@ async fn start(cfg: &Config) -> Result<(TcpListener, Arc<ApiServer>, TlsAcceptor
     parse_cidr("cluster-cidr", &cfg.cluster_cidr)?;
     parse_cidr("service-cidr", &cfg.service_cidr)?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| Error::DataDir { path: cfg.data_dir.clone(), source })?;
-    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&cfg.data_dir.join("store.redb"))?);
+    let store: Arc<dyn Store> = match &cfg.etcd {
+        Some(etcd) => Arc::new(EtcdStore::connect(etcd).await?),
+        None => Arc::new(RedbStore::open(&cfg.data_dir.join("store.redb"))?),
+    };
     let pki = Pki::ensure(&cfg.data_dir, &cfg.sans()?)?;
     let sa_keys = Arc::new(Keys::load_or_generate(&cfg.data_dir.join("sa-signer.key"))?);
     let authn =

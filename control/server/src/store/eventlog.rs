@@ -1,4 +1,6 @@
-//! Recent change history and live fan-out for backends without a native watch (redb).
+//! Recent change history and live fan-out for backends without a native watch (redb),
+//! and `Watch`, the stream every backend's `Store::watch` returns (fed either by this
+//! log or by a backend's own task through a channel).
 //!
 //! Writers append events in revision order while holding the backend's write lock, so a
 //! watcher that subscribes under the same lock sees no gap and no duplicate. It must not
@@ -8,7 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use super::{Error, Event, Result};
 
@@ -70,12 +72,36 @@ impl EventLog {
         // Subscribing under the lock: every later append lands in `rx`, none twice.
         let rx = self.tx.subscribe();
         let last = backlog.back().map(|e| e.kv.mod_revision).unwrap_or(after_revision);
-        Ok(Watch { prefix: prefix.to_string(), backlog, rx, last, compacted_hint: inner.compacted })
+        Ok(Watch {
+            source: Source::Log(LogWatch {
+                prefix: prefix.to_string(),
+                backlog,
+                rx,
+                last,
+                compacted_hint: inner.compacted,
+            }),
+        })
     }
 }
 
-/// A stream of changes under one prefix, in revision order.
+/// A stream of changes under one prefix, in revision order. Backends without a native
+/// watch fill it from an `EventLog`; backends with one (etcd) feed it through a channel
+/// from a task that owns the remote stream.
 pub struct Watch {
+    source: Source,
+}
+
+enum Source {
+    Log(LogWatch),
+    /// Events (or the error that ends the stream) sent by a backend task; the task
+    /// notices the receiver being dropped and cancels its remote watch.
+    Channel {
+        prefix: String,
+        rx: mpsc::Receiver<Result<Arc<Event>>>,
+    },
+}
+
+struct LogWatch {
     prefix: String,
     backlog: VecDeque<Arc<Event>>,
     rx: broadcast::Receiver<Arc<Event>>,
@@ -86,14 +112,32 @@ pub struct Watch {
 
 impl std::fmt::Debug for Watch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Watch").field("prefix", &self.prefix).field("last", &self.last).finish()
+        match &self.source {
+            Source::Log(l) => f.debug_struct("Watch").field("prefix", &l.prefix).field("last", &l.last).finish(),
+            Source::Channel { prefix, .. } => f.debug_struct("Watch").field("prefix", prefix).finish(),
+        }
     }
 }
 
 impl Watch {
+    /// A watch fed by a backend task. The task must send events in revision order,
+    /// already filtered to the prefix, and end with at most one `Err`.
+    pub(crate) fn from_channel(prefix: String, rx: mpsc::Receiver<Result<Arc<Event>>>) -> Self {
+        Self { source: Source::Channel { prefix, rx } }
+    }
+
     /// The next change; `None` when the store shut down, `Err(Compacted)` when this
     /// watcher fell too far behind.
     pub async fn next(&mut self) -> Option<Result<Arc<Event>>> {
+        match &mut self.source {
+            Source::Log(l) => l.next().await,
+            Source::Channel { rx, .. } => rx.recv().await,
+        }
+    }
+}
+
+impl LogWatch {
+    async fn next(&mut self) -> Option<Result<Arc<Event>>> {
         if let Some(e) = self.backlog.pop_front() {
             self.last = e.kv.mod_revision;
             return Some(Ok(e));

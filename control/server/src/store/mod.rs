@@ -1,6 +1,6 @@
 //! The object store: one trait, shaped like etcd (a single global revision, keys in
 //! prefix ranges, watch from a revision, compaction), so that the embedded redb backend
-//! and a later etcd backend are interchangeable and pass the same `conformance` suite.
+//! and the etcd backend are interchangeable and pass the same `conformance` suite.
 //!
 //! The store knows keys, bytes and revisions only; it must not know about Kubernetes
 //! objects, resourceVersions in JSON, selectors or HTTP. The API server maps
@@ -12,9 +12,11 @@ use std::pin::Pin;
 use bytes::Bytes;
 
 pub mod conformance;
+pub mod etcd;
 mod eventlog;
 pub mod redb;
 
+pub use self::etcd::{EtcdConfig, EtcdStore};
 pub use self::eventlog::Watch;
 pub use self::redb::RedbStore;
 

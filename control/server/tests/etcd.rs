@@ -1,0 +1,505 @@
+//! Tests of the etcd store backend against real etcd processes (Debian's etcd 3.4 at
+//! /usr/bin/etcd, or `$SKIFF_ETCD`; etcdctl next to it), never a mock: the shared
+//! conformance suite on one member, restart without loss, key prefixes, the start-up
+//! error, and skiff-control with kubectl on a three-member cluster that loses its leader.
+//!
+//! Every etcd and skiff-control process is owned by a guard that kills it on drop, so
+//! none outlives a test, even one that panics. Everything listens on 127.0.0.1 only.
+//! Without etcd the tests say so and pass, except under `CI=true`, where it is a failure.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use skiff_control::store::{EtcdConfig, EtcdStore, Store};
+
+fn required<T>(what: &str) -> Option<T> {
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{what} is required under CI=true");
+    eprintln!("{what} not found: skipping");
+    None
+}
+
+/// etcd and etcdctl, or `None` (after a skip message) when they are not installed.
+fn etcd_bins() -> Option<(PathBuf, PathBuf)> {
+    let etcd = PathBuf::from(std::env::var("SKIFF_ETCD").unwrap_or_else(|_| "/usr/bin/etcd".into()));
+    let etcdctl = etcd.with_file_name("etcdctl");
+    if etcd.exists() && etcdctl.exists() { Some((etcd, etcdctl)) } else { required("etcd (package etcd-server)") }
+}
+
+fn kubectl_bin() -> Option<PathBuf> {
+    if let Ok(k) = std::env::var("SKIFF_KUBECTL") {
+        return Some(k.into());
+    }
+    let pinned = Path::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.32");
+    if pinned.exists() {
+        return Some(pinned.into());
+    }
+    if Command::new("kubectl").arg("version").arg("--client").output().is_ok() {
+        return Some("kubectl".into());
+    }
+    required("kubectl")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+/// An etcd cluster of local processes in a temporary directory.
+struct Etcd {
+    etcd: PathBuf,
+    etcdctl: PathBuf,
+    members: Vec<Member>,
+    initial_cluster: String,
+    tmp: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// Starts `n` members and waits until the cluster answers.
+    fn start(n: usize) -> Option<Self> {
+        let (etcd, etcdctl) = etcd_bins()?;
+        let tmp = tempfile::tempdir().unwrap();
+        let members: Vec<Member> = (0..n)
+            .map(|i| Member { name: format!("m{i}"), client_port: free_port(), peer_port: free_port(), child: None })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Etcd { etcd, etcdctl, members, initial_cluster, tmp };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        c.wait_healthy(&(0..n).collect::<Vec<_>>());
+        Some(c)
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let m = &self.members[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.tmp.path().join(format!("{}.log", m.name)))
+            .unwrap();
+        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let child = Command::new(&self.etcd)
+            .args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(self.tmp.path().join(&m.name))
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", &format!("skiff-test-{}", std::process::id())])
+            // Faster elections than the 100 ms / 1 s defaults keep the failover test short;
+            // the client's retry window is sized for the defaults.
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start etcd");
+        self.members[i].child = Some(child);
+    }
+
+    fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[i].client_port)
+    }
+
+    fn urls(&self) -> Vec<String> {
+        (0..self.members.len()).map(|i| self.url(i)).collect()
+    }
+
+    fn log(&self) -> String {
+        let mut out = String::new();
+        for m in &self.members {
+            let l = std::fs::read_to_string(self.tmp.path().join(format!("{}.log", m.name))).unwrap_or_default();
+            let tail: Vec<&str> = l.lines().rev().take(20).collect();
+            out += &format!("--- {} (last lines)\n{}\n", m.name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
+        out
+    }
+
+    fn etcdctl(&self, endpoints: &[String], args: &[&str]) -> Output {
+        Command::new(&self.etcdctl)
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", endpoints.join(",")))
+            .arg("--command-timeout=2s")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn wait_healthy(&mut self, members: &[usize]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let eps: Vec<String> = members.iter().map(|&i| self.url(i)).collect();
+        loop {
+            for &i in members {
+                if let Some(status) = self.members[i].child.as_mut().unwrap().try_wait().unwrap() {
+                    panic!("etcd {} exited with {status}:\n{}", self.members[i].name, self.log());
+                }
+            }
+            if self.etcdctl(&eps, &["endpoint", "health"]).status.success() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "etcd did not become healthy in 30 s:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The index of the current leader, from `etcdctl endpoint status` on the live members.
+    fn leader(&self) -> Option<usize> {
+        let live: Vec<usize> = (0..self.members.len()).filter(|&i| self.members[i].child.is_some()).collect();
+        let eps: Vec<String> = live.iter().map(|&i| self.url(i)).collect();
+        let out = self.etcdctl(&eps, &["endpoint", "status", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        for (n, st) in v.as_array()?.iter().enumerate() {
+            let s = &st["Status"];
+            if s["header"]["member_id"].is_u64() && s["header"]["member_id"] == s["leader"] {
+                return Some(live[n]);
+            }
+        }
+        None
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+        self.wait_healthy(&[i]);
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Store logs in the test output (shown for failing tests, or with --nocapture), at
+/// `$RUST_LOG` or debug for the store.
+fn logs() {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "skiff_control::store=debug".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
+fn cfg(endpoints: Vec<String>, prefix: &str) -> EtcdConfig {
+    logs();
+    EtcdConfig { endpoints, prefix: prefix.into() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_passes_conformance_suite() {
+    let Some(etcd) = Etcd::start(1) else { return };
+    let store = EtcdStore::connect(&cfg(etcd.urls(), "/skiff")).await.unwrap();
+    skiff_control::store::conformance::run_all(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_restart_loses_nothing() {
+    let Some(mut etcd) = Etcd::start(1) else { return };
+    let (a, b) = {
+        let store = EtcdStore::connect(&cfg(etcd.urls(), "/skiff")).await.unwrap();
+        let a = store.create("/r/a", Bytes::from_static(b"1")).await.unwrap();
+        store.update("/r/a", Bytes::from_static(b"2"), Some(a.mod_revision)).await.unwrap();
+        let b = store.create("/r/b", Bytes::from_static(b"x")).await.unwrap();
+        store.delete("/r/b", None).await.unwrap();
+        let b2 = store.create("/r/b", Bytes::from_static(b"y")).await.unwrap();
+        (store.get("/r/a").await.unwrap().unwrap(), (b, b2))
+    };
+    let rev = b.1.mod_revision;
+    etcd.restart(0);
+    let store = EtcdStore::connect(&cfg(etcd.urls(), "/skiff")).await.unwrap();
+    assert_eq!(store.get("/r/a").await.unwrap().unwrap(), a, "value and revisions survive");
+    assert_eq!(store.get("/r/b").await.unwrap().unwrap(), b.1);
+    assert_eq!(store.revision().await.unwrap(), rev, "the revision survives");
+    let page = store.list("/r/", None, 0).await.unwrap();
+    assert_eq!(page.kvs.len(), 2);
+    // Unlike the embedded store, etcd keeps history across restarts.
+    let mut w = store.watch("/r/", b.0.mod_revision - 1).await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(5), w.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(e.kv.mod_revision, b.0.mod_revision);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_prefixes_keep_clusters_apart() {
+    let Some(etcd) = Etcd::start(1) else { return };
+    let one = EtcdStore::connect(&cfg(etcd.urls(), "/one/")).await.unwrap();
+    let two = EtcdStore::connect(&cfg(etcd.urls(), "/two")).await.unwrap();
+    one.create("/k", Bytes::from_static(b"1")).await.unwrap();
+    assert!(two.get("/k").await.unwrap().is_none(), "another prefix does not see the key");
+    two.create("/k", Bytes::from_static(b"2")).await.unwrap();
+    assert_eq!(one.list("/", None, 0).await.unwrap().kvs.len(), 1);
+    let out = etcd.etcdctl(&etcd.urls(), &["get", "--prefix", "--keys-only", "/"]);
+    let keys = String::from_utf8_lossy(&out.stdout);
+    let keys: Vec<&str> = keys.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(keys, ["/one/k", "/two/k"], "keys are stored under their prefix");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_etcd_is_a_clear_error() {
+    if etcd_bins().is_none() {
+        return;
+    }
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    let err = EtcdStore::connect(&cfg(vec![url.clone()], "/skiff")).await.unwrap_err().to_string();
+    assert!(err.contains(&url) && err.contains("check that etcd is running"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30), "gave up in bounded time");
+    let err = EtcdStore::connect(&cfg(vec!["127.0.0.1:2379".into()], "/skiff")).await.unwrap_err().to_string();
+    assert!(err.contains("http://host:port"), "{err}");
+}
+
+/// skiff-control on the etcd cluster, with the admin kubeconfig in its data dir.
+struct Server {
+    child: Option<Child>,
+    dir: PathBuf,
+    port: u16,
+    kubectl: PathBuf,
+    etcd_servers: String,
+    tmp: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(kubectl: PathBuf, etcd_servers: String) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let mut s = Server { child: None, dir, port: free_port(), kubectl, etcd_servers, tmp };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.tmp.path().join("server.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_skiff-control"))
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["--bind-address", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--etcd-servers", &self.etcd_servers])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start skiff-control");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.dir.join("admin.kubeconfig").exists()
+                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("skiff-control exited with {status}: {}", self.log());
+            }
+            assert!(Instant::now() < deadline, "skiff-control did not come up in 30 s: {}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.tmp.path().join("server.log")).unwrap_or_default()
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        // A fresh kubeconfig proves the new process is the one answering.
+        let _ = std::fs::remove_file(self.dir.join("admin.kubeconfig"));
+        self.spawn();
+    }
+
+    /// Runs kubectl (admin kubeconfig, cache under the temp dir) and panics with its
+    /// output and the server log unless it succeeds; returns stdout and how long it took.
+    fn ok(&self, args: &[&str]) -> (String, Duration) {
+        let started = Instant::now();
+        let out = Command::new(&self.kubectl)
+            .env("KUBECONFIG", self.dir.join("admin.kubeconfig"))
+            .env("HOME", self.tmp.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}\n{}\nserver log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout),
+            self.log()
+        );
+        (String::from_utf8(out.stdout).unwrap(), started.elapsed())
+    }
+
+    fn configmaps(&self) -> Vec<String> {
+        let (out, _) = self.ok(&["get", "configmaps", "-o", "name"]);
+        let mut names: Vec<String> =
+            out.lines().filter_map(|l| l.strip_prefix("configmap/")).map(String::from).collect();
+        names.retain(|n| n.starts_with("cm-"));
+        names.sort();
+        names
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn names(range: std::ops::Range<usize>) -> Vec<String> {
+    let mut v: Vec<String> = range.map(|i| format!("cm-{i:03}")).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn kubectl_keeps_working_when_the_etcd_leader_dies() {
+    let Some(mut etcd) = Etcd::start(3) else { return };
+    let Some(kubectl) = kubectl_bin() else { return };
+    let mut s = Server::start(kubectl, etcd.urls().join(","));
+    for i in 0..5 {
+        s.ok(&["create", "configmap", &format!("cm-{i:03}"), &format!("--from-literal=n={i}")]);
+    }
+    assert_eq!(s.configmaps(), names(0..5));
+
+    let leader = etcd.leader().expect("the cluster has a leader");
+    etcd.kill(leader);
+    eprintln!("killed etcd leader m{leader}");
+    // Every request must succeed while the member is down: the server retries
+    // Unavailable answers for a bounded time (a new election plus the balancer
+    // skipping the dead member), so kubectl itself never retries.
+    let mut slowest = Duration::ZERO;
+    for i in 5..25 {
+        let name = format!("cm-{i:03}");
+        let (_, t1) = s.ok(&["create", "configmap", &name, &format!("--from-literal=n={i}")]);
+        let (out, t2) = s.ok(&["get", "configmap", &name, "-o", "jsonpath={.data.n}"]);
+        assert_eq!(out, i.to_string());
+        let (_, t3) = s.ok(&["get", "configmaps"]);
+        slowest = slowest.max(t1).max(t2).max(t3);
+    }
+    let retried = s.log().matches("succeeded after retrying").count();
+    eprintln!("slowest request with a member down: {slowest:?}; {retried} store requests needed retries");
+    assert!(slowest < Duration::from_secs(15), "requests stayed within the retry window");
+    assert_eq!(s.configmaps(), names(0..25));
+    assert!(etcd.leader().is_some_and(|l| l != leader), "a new leader was elected");
+
+    // A restart with one member still down: start-up and every object survive.
+    s.restart();
+    assert_eq!(s.configmaps(), names(0..25), "nothing lost across a skiff-control restart");
+    let (out, _) = s.ok(&["get", "configmap", "cm-017", "-o", "jsonpath={.data.n}"]);
+    assert_eq!(out, "17");
+
+    // The member rejoins and catches up.
+    etcd.restart(leader);
+    let only = etcd.etcdctl(&[etcd.url(leader)], &["get", "--prefix", "--keys-only", "/skiff/"]);
+    let keys = String::from_utf8_lossy(&only.stdout);
+    assert_eq!(keys.lines().filter(|l| l.contains("/configmaps/default/cm-")).count(), 25, "{keys}");
+    s.ok(&["delete", "configmap", "cm-000"]);
+    assert_eq!(s.configmaps(), names(1..25));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_wait_out_a_short_outage() {
+    let Some(mut etcd) = Etcd::start(1) else { return };
+    let store = EtcdStore::connect(&cfg(etcd.urls(), "/skiff")).await.unwrap();
+    store.create("/o/a", Bytes::from_static(b"1")).await.unwrap();
+    etcd.kill(0);
+    // The only member is down for about a second: inside the store's retry window, so
+    // the request waits and then succeeds instead of failing.
+    let restart = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        etcd.spawn(0);
+        etcd.wait_healthy(&[0]);
+        etcd
+    });
+    let started = Instant::now();
+    let kv = store.create("/o/b", Bytes::from_static(b"2")).await.expect("the request outlasts a short outage");
+    assert!(started.elapsed() >= Duration::from_millis(900), "it really waited: {:?}", started.elapsed());
+    let _etcd = restart.join().unwrap();
+    assert_eq!(store.get("/o/b").await.unwrap().unwrap(), kv, "written exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_survives_member_restarts() {
+    let Some(mut etcd) = Etcd::start(3) else { return };
+    let store = EtcdStore::connect(&cfg(etcd.urls(), "/skiff")).await.unwrap();
+    let start = store.revision().await.unwrap();
+    let mut w = store.watch("/w/", start).await.unwrap();
+    let mut written = Vec::new();
+    // The watch stream lives on one member; restarting each in turn takes it down at
+    // least once, and the watch must resume after the last event it delivered.
+    for i in 0..3 {
+        etcd.kill(i);
+        written.push(store.create(&format!("/w/{i}"), Bytes::from_static(b"x")).await.unwrap().mod_revision);
+        etcd.spawn(i);
+        etcd.wait_healthy(&[0, 1, 2]);
+        written.push(store.update(&format!("/w/{i}"), Bytes::from_static(b"y"), None).await.unwrap().mod_revision);
+    }
+    let mut seen = Vec::new();
+    while seen.len() < written.len() {
+        let e = tokio::time::timeout(Duration::from_secs(15), w.next())
+            .await
+            .expect("events keep arriving across member restarts")
+            .expect("the watch does not end")
+            .expect("the watch does not fail");
+        seen.push(e.kv.mod_revision);
+    }
+    assert_eq!(seen, written, "every change once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_by_another_client_is_compacted() {
+    let Some(etcd) = Etcd::start(1) else { return };
+    let store = EtcdStore::connect(&cfg(etcd.urls(), "/skiff")).await.unwrap();
+    let a = store.create("/c/a", Bytes::from_static(b"1")).await.unwrap();
+    store.update("/c/a", Bytes::from_static(b"2"), None).await.unwrap();
+    let head = store.update("/c/a", Bytes::from_static(b"3"), None).await.unwrap().mod_revision;
+    // etcdctl, not this store, compacts: only etcd knows, and the watch must still say so.
+    let out = etcd.etcdctl(&etcd.urls(), &["compact", &head.to_string()]);
+    assert!(out.status.success(), "etcdctl compact: {}", String::from_utf8_lossy(&out.stderr));
+    match store.watch("/c/", a.mod_revision).await {
+        Err(skiff_control::store::Error::Compacted { requested, .. }) => assert_eq!(requested, a.mod_revision),
+        other => panic!("a watch into compacted history must fail with Compacted, got {other:?}"),
+    }
+    assert!(store.watch("/c/", head - 1).await.is_ok(), "etcd keeps the compaction revision itself");
+}
+
+#[test]
+fn skiff_control_names_unreachable_etcd() {
+    if etcd_bins().is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff-control"))
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .args(["--bind-address", "127.0.0.1", "--port", &free_port().to_string(), "--etcd-servers", &url])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "skiff-control must not start without its store: {err}");
+    assert!(err.contains(&url) && err.contains("check that etcd is running"), "{err}");
+}
