@@ -6,153 +6,24 @@
 //! process outlives a test. Without kubectl the tests say so and pass, except under
 //! `CI=true`, where a missing kubectl is a failure.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn kubectl_bin() -> Option<PathBuf> {
-    if let Ok(k) = std::env::var("SKIFF_KUBECTL") {
-        return Some(k.into());
-    }
-    let pinned = Path::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.32");
-    if pinned.exists() {
-        return Some(pinned.into());
-    }
-    let found = Command::new("kubectl").arg("version").arg("--client").output().is_ok();
-    if found {
-        return Some("kubectl".into());
-    }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "kubectl is required under CI=true");
-    eprintln!("kubectl not found: skipping");
-    None
+use support::Server;
+
+/// API semantics only: the leader Lease renewals and controllers would move the store
+/// revision these tests compare (controllers have their own tests).
+fn start() -> Option<Server> {
+    Server::start_with(&["--disable-controllers"])
 }
 
-struct Server {
-    child: Option<Child>,
-    dir: PathBuf,
-    port: u16,
-    kubectl: PathBuf,
-    _tmp: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-impl Server {
-    fn start() -> Option<Self> {
-        let kubectl = kubectl_bin()?;
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("data");
-        let mut s = Server { child: None, dir, port: free_port(), kubectl, _tmp: tmp };
-        s.spawn();
-        Some(s)
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::File::create(self._tmp.path().join("server.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_skiff-control"))
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .args(["--bind-address", "127.0.0.1", "--port", &self.port.to_string()])
-            // API semantics only: the leader Lease renewals and controllers would move the
-            // store revision these tests compare (controllers have their own tests).
-            .arg("--disable-controllers")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("cannot start skiff-control");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if self.dir.join("admin.kubeconfig").exists()
-                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-            {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("skiff-control exited with {status}: {}", self.log());
-            }
-            assert!(Instant::now() < deadline, "skiff-control did not come up in 15 s: {}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self._tmp.path().join("server.log")).unwrap_or_default()
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn restart(&mut self) {
-        self.stop();
-        self.spawn();
-    }
-
-    /// kubectl with the admin kubeconfig (its cache under the temp dir, not $HOME).
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(&self.kubectl);
-        c.env("KUBECONFIG", self.dir.join("admin.kubeconfig")).env("HOME", self._tmp.path());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().unwrap()
-    }
-
-    /// Runs kubectl and panics with its output unless it succeeds; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Runs kubectl expecting failure; returns stderr.
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            !out.status.success(),
-            "kubectl {args:?} should fail but printed {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8(out.stderr).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut a = args.to_vec();
-        a.extend(["-o", "json"]);
-        serde_json::from_str(&self.ok(&a)).unwrap()
-    }
-
-    /// The list resourceVersion of a raw LIST (kubectl's own `-o json` lists drop it).
-    fn list_rv(&self, path: &str) -> u64 {
-        let v: serde_json::Value = serde_json::from_str(&self.ok(&["get", "--raw", path])).unwrap();
-        v["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap()
-    }
-
-    fn write(&self, name: &str, contents: &str) -> String {
-        let p = self._tmp.path().join(name);
-        std::fs::write(&p, contents).unwrap();
-        p.to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// The list resourceVersion of a raw LIST (kubectl's own `-o json` lists drop it).
+fn list_rv(s: &Server, path: &str) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(&s.ok(&["get", "--raw", path])).unwrap();
+    v["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap()
 }
 
 /// One HTTPS GET without client credentials; returns the raw response.
@@ -212,7 +83,7 @@ spec:
 
 #[test]
 fn kubectl_apply_get_scale_label_annotate_delete_and_restart() {
-    let Some(mut s) = Server::start() else { return };
+    let Some(mut s) = start() else { return };
     let f = s.write("web.yaml", WEB);
     let out = s.ok(&["apply", "-f", &f]);
     assert!(out.contains("deployment.apps/web created") && out.contains("service/web created"), "{out}");
@@ -273,7 +144,7 @@ fn kubectl_apply_get_scale_label_annotate_delete_and_restart() {
     assert_eq!(sec["data"]["pw"], "aHVudGVyMg==");
 
     // Nothing is lost across a restart, and the revision carries on.
-    let rv_before = s.list_rv("/api/v1/configmaps");
+    let rv_before = list_rv(&s, "/api/v1/configmaps");
     s.restart();
     let d = s.json(&["get", "deploy", "web"]);
     assert_eq!(d["spec"]["replicas"], 5);
@@ -294,7 +165,7 @@ fn kubectl_apply_get_scale_label_annotate_delete_and_restart() {
 
 #[test]
 fn kubectl_get_watch_streams_changes() {
-    let Some(s) = Server::start() else { return };
+    let Some(s) = start() else { return };
     s.ok(&["create", "configmap", "first", "--from-literal=a=1"]);
     let mut w = s
         .cmd()
@@ -316,7 +187,7 @@ fn kubectl_get_watch_streams_changes() {
     assert!(text.lines().filter(|l| l.starts_with("second ")).count() >= 2, "{text}");
 
     // Raw watch from a known revision sees exactly the later changes, with bookmarks allowed.
-    let rv = s.list_rv("/api/v1/namespaces/default/configmaps");
+    let rv = list_rv(&s, "/api/v1/namespaces/default/configmaps");
     s.ok(&["create", "configmap", "third", "--from-literal=a=1"]);
     let raw = s.ok(&["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds=1")]);
     let events: Vec<serde_json::Value> = raw.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -325,7 +196,7 @@ fn kubectl_get_watch_streams_changes() {
     assert_eq!(events[0]["object"]["metadata"]["name"], "third");
 
     // With a label selector, entering the selection is ADDED and leaving it DELETED.
-    let rv = s.list_rv("/api/v1/namespaces/default/configmaps");
+    let rv = list_rv(&s, "/api/v1/namespaces/default/configmaps");
     s.ok(&["label", "cm", "third", "sel=yes"]);
     s.ok(&["label", "cm", "first", "other=1"]);
     s.ok(&["label", "cm", "third", "sel-"]);
@@ -348,7 +219,7 @@ fn kubectl_get_watch_streams_changes() {
 
 #[test]
 fn anonymous_401_token_403_and_rbac_role_binding_grants() {
-    let Some(mut s) = Server::start() else { return };
+    let Some(mut s) = start() else { return };
     std::fs::write(s.dir.join("tokens.csv"), "tok-bob,bob,1001,\"dev\"\n").unwrap();
     s.restart();
     let server = format!("https://127.0.0.1:{}", s.port);
@@ -356,7 +227,7 @@ fn anonymous_401_token_403_and_rbac_role_binding_grants() {
     let empty = s.write("empty.kubeconfig", "apiVersion: v1\nkind: Config\n");
     let base = |extra: &[&str]| {
         let mut c = Command::new(&s.kubectl);
-        c.env("HOME", s._tmp.path()).env("KUBECONFIG", &empty);
+        c.env("HOME", s.tmp.path()).env("KUBECONFIG", &empty);
         c.args(["--server", &server, "--certificate-authority", ca.to_str().unwrap()]).args(extra);
         c.args(["get", "pods"]).output().unwrap()
     };
@@ -375,7 +246,7 @@ fn anonymous_401_token_403_and_rbac_role_binding_grants() {
     assert!(err.contains("Forbidden") && err.contains("User \"bob\" cannot list resource \"pods\""), "{err}");
     // Discovery stays open to authenticated users (kubectl needs it to say "forbidden").
     let mut c = Command::new(&s.kubectl);
-    c.env("HOME", s._tmp.path()).env("KUBECONFIG", &empty);
+    c.env("HOME", s.tmp.path()).env("KUBECONFIG", &empty);
     let v = c
         .args([
             "--server",
@@ -436,9 +307,9 @@ subjects:
 
 #[test]
 fn bad_input_gets_status_errors_and_changes_nothing() {
-    let Some(s) = Server::start() else { return };
+    let Some(s) = start() else { return };
     s.ok(&["create", "configmap", "keep", "--from-literal=a=1"]);
-    let rv = s.list_rv("/api/v1/configmaps");
+    let rv = list_rv(&s, "/api/v1/configmaps");
     let post = |file: &str| s.fails(&["create", "--raw", "/api/v1/namespaces/default/configmaps", "-f", file]);
 
     let malformed = s.write("bad.json", "{\"kind\": \"ConfigMap\", ");
@@ -475,7 +346,7 @@ fn bad_input_gets_status_errors_and_changes_nothing() {
     assert!(e.contains("Conflict") || e.contains("has been modified"), "{e}");
 
     // Nothing above reached the store.
-    assert_eq!(s.list_rv("/api/v1/configmaps"), rv, "no write reached the store");
+    assert_eq!(list_rv(&s, "/api/v1/configmaps"), rv, "no write reached the store");
     assert_eq!(s.json(&["get", "cm"])["items"].as_array().unwrap().len(), 1);
     assert_eq!(s.json(&["get", "cm", "keep"])["data"]["a"], "1");
     assert!(s.fails(&["get", "deploy", "web"]).contains("NotFound"));
@@ -483,7 +354,7 @@ fn bad_input_gets_status_errors_and_changes_nothing() {
 
 #[test]
 fn api_semantics_paging_selectors_patches_subresources_strict_validation() {
-    let Some(s) = Server::start() else { return };
+    let Some(s) = start() else { return };
     for i in 0..5 {
         s.ok(&["create", "configmap", &format!("c{i}"), "--from-literal=a=1"]);
     }

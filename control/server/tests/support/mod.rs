@@ -45,7 +45,7 @@ pub struct Server {
     child: Option<Child>,
     pub dir: PathBuf,
     pub port: u16,
-    kubectl: PathBuf,
+    pub kubectl: PathBuf,
     args: Vec<String>,
     pub tmp: tempfile::TempDir,
 }
