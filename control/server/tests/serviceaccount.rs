@@ -6,104 +6,18 @@
 //! Each test starts its own `skiff-control` through a guard that kills it on drop.
 //! Without kubectl the tests say so and pass, except under `CI=true`.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+mod support;
+
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-fn kubectl_bin() -> Option<PathBuf> {
-    if let Ok(k) = std::env::var("SKIFF_KUBECTL") {
-        return Some(k.into());
-    }
-    let pinned = Path::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.32");
-    if pinned.exists() {
-        return Some(pinned.into());
-    }
-    if Command::new("kubectl").arg("version").arg("--client").output().is_ok() {
-        return Some("kubectl".into());
-    }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "kubectl is required under CI=true");
-    eprintln!("kubectl not found: skipping");
-    None
+use support::Server;
+
+trait TokenCalls {
+    fn with_token(&self, token: &str, args: &[&str]) -> Output;
 }
 
-struct Server {
-    child: Option<Child>,
-    dir: PathBuf,
-    port: u16,
-    kubectl: PathBuf,
-    tmp: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Option<Self> {
-        let kubectl = kubectl_bin()?;
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("data");
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut s = Server { child: None, dir, port, kubectl, tmp };
-        s.spawn();
-        Some(s)
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_skiff-control"))
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .args(["--bind-address", "127.0.0.1", "--port", &self.port.to_string()])
-            .env("RUST_LOG", "info")
-            // tracing writes to stdout; the log assertions below read both streams.
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("cannot start skiff-control");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if self.dir.join("admin.kubeconfig").exists()
-                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-            {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("skiff-control exited with {status}: {}", self.log());
-            }
-            assert!(Instant::now() < deadline, "skiff-control did not come up in 15 s: {}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.tmp.path().join("server.log")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn restart(&mut self) {
-        self.stop();
-        self.spawn();
-    }
-
-    /// kubectl as the admin (client certificate).
-    fn admin(&self, args: &[&str]) -> Output {
-        Command::new(&self.kubectl)
-            .env("KUBECONFIG", self.dir.join("admin.kubeconfig"))
-            .env("HOME", self.tmp.path())
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
+impl TokenCalls for Server {
     /// kubectl with only a bearer token (an empty kubeconfig, so no certificate).
     fn with_token(&self, token: &str, args: &[&str]) -> Output {
         let empty = self.tmp.path().join("empty.kubeconfig");
@@ -117,26 +31,6 @@ impl Server {
             .args(args)
             .output()
             .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        check_ok(args, self.admin(args))
-    }
-
-    fn fails(&self, args: &[&str]) -> String {
-        check_fails(args, self.admin(args))
-    }
-
-    fn write(&self, name: &str, contents: &str) -> String {
-        let p = self.tmp.path().join(name);
-        std::fs::write(&p, contents).unwrap();
-        p.to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 

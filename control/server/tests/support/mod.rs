@@ -9,7 +9,7 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 pub fn kubectl_bin() -> Option<PathBuf> {
@@ -75,7 +75,8 @@ impl Server {
             .args(["--bind-address", "127.0.0.1", "--port", &self.port.to_string()])
             .args(&self.args)
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            // tracing writes to stdout; keep both streams in the log.
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("cannot start skiff-control");
