@@ -296,6 +296,10 @@ impl Selectors {
         Ok(Self { labels, fields })
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.fields.is_empty()
+    }
+
     pub fn matches(&self, def: &ResourceDef, obj: &Value) -> bool {
         self.labels.matches_object(obj) && self.fields.matches(|f| field_value(def, obj, f).ok().flatten())
     }
@@ -395,6 +399,11 @@ impl ApiServer {
             }
             None => (None, None),
         };
+        if sel.is_empty() && !ctx.wants_table() {
+            if let Some(resp) = self.list_raw(def, &prefix, start.as_deref(), first_rv, limit).await? {
+                return Ok(resp);
+            }
+        }
         let mut items = Vec::new();
         let mut cont = None;
         // Page through the store until `limit` matching items or the end; filtering
@@ -436,6 +445,51 @@ impl ApiServer {
             "metadata": list_meta,
             "items": items,
         }))
+    }
+
+    /// An unfiltered LIST as one store page spliced into the response without decoding
+    /// each object (see `rawjson`); `None` if a stored object is not in the expected
+    /// shape, and the caller takes the decoding path.
+    async fn list_raw(
+        &self,
+        def: &ResourceDef,
+        prefix: &str,
+        start: Option<&str>,
+        continued_rv: Option<u64>,
+        limit: usize,
+    ) -> ApiResult<Option<Resp>> {
+        let page = self.store.list(prefix, start, limit).await?;
+        let rv = continued_rv.unwrap_or(page.revision);
+        let mut meta = json!({"resourceVersion": rv.to_string()});
+        if page.more
+            && let Some(last) = page.kvs.last()
+        {
+            meta["continue"] = json!(encode_continue(rv, &last.key));
+        }
+        let head = format!(
+            "{{\"kind\":\"{}List\",\"apiVersion\":\"{}\",\"metadata\":{},\"items\":[",
+            def.kind,
+            def.api_version(),
+            meta
+        );
+        let mut out = Vec::with_capacity(head.len() + page.kvs.iter().map(|kv| kv.value.len() + 40).sum::<usize>() + 2);
+        out.extend_from_slice(head.as_bytes());
+        for (i, kv) in page.kvs.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            if !super::rawjson::append_with_revision(&mut out, &kv.value, kv.mod_revision) {
+                return Ok(None);
+            }
+        }
+        out.extend_from_slice(b"]}");
+        Ok(Some(
+            http::Response::builder()
+                .status(StatusCode::OK)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(super::full(out))
+                .unwrap(),
+        ))
     }
 
     pub(crate) async fn create(&self, def: &ResourceDef, ns: Option<&str>, ctx: &Ctx) -> ApiResult<Resp> {

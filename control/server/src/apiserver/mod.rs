@@ -33,6 +33,7 @@ pub mod meta;
 mod openapi;
 pub mod patch;
 mod protobuf;
+mod rawjson;
 pub mod resources;
 #[cfg(test)]
 mod robustness;

@@ -104,11 +104,11 @@ async fn main() -> anyhow::Result<()> {
         r??;
     }
     let secs = started.elapsed().as_secs_f64();
-    eprintln!("created {} pods with {} clients in {secs:.1} s", a.pods, a.clients);
-    println!("P7 creates-per-s@{}: {:.0} creates/s", a.label, a.pods as f64 / secs);
+    eprintln!("created {} pods with {} clients in {secs:.1} s ({:.0}/s)", a.pods, a.clients, a.pods as f64 / secs);
     if a.create_only {
         return Ok(());
     }
+    println!("P7 creates-per-s@{}: {:.0} creates/s", a.label, a.pods as f64 / secs);
 
     // LIST: the whole collection in one response, as an informer's first list does.
     let path = format!("/api/v1/namespaces/{ns}/pods");
