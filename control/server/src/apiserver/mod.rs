@@ -22,6 +22,7 @@ use crate::store::Store;
 use crate::tls::x509::Subject;
 
 pub mod allocator;
+pub mod decode;
 pub mod discovery;
 mod handlers;
 pub mod meta;
