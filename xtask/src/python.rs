@@ -48,7 +48,7 @@ fn base_python() -> PathBuf {
 }
 
 /// Creates the venv and installs the pinned client unless both are there. Takes a
-/// fraction of a second when nothing is missing; installing takes about 20 seconds.
+/// fraction of a second when nothing is missing; installing takes about a minute.
 pub fn ensure() -> Result<PathBuf> {
     let dir = venv_dir()?;
     let python = venv_python()?;
@@ -66,7 +66,7 @@ pub fn ensure() -> Result<PathBuf> {
     }
     progress(
         "setup",
-        &format!("installing the Python kubernetes client {KUBERNETES_CLIENT_VERSION} from PyPI (about 20 seconds)..."),
+        &format!("installing the Python kubernetes client {KUBERNETES_CLIENT_VERSION} from PyPI (about a minute)..."),
     );
     run_checked(
         Command::new(&python)

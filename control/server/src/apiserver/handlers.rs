@@ -215,6 +215,20 @@ impl Selectors {
     }
 }
 
+/// What a completed DELETE returns. As in Kubernetes, pods, services and namespaces
+/// return the deleted object and every other kind a Success Status naming it: typed
+/// clients (the Python client's `V1Status`, client-go's) decode the response by kind.
+fn deleted_response(def: &ResourceDef, obj: Value) -> Value {
+    if matches!(def.kind, "Pod" | "Service" | "Namespace") {
+        return obj;
+    }
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+        "details": {"name": obj["metadata"]["name"], "group": def.group, "kind": def.plural,
+                    "uid": obj["metadata"]["uid"]},
+    })
+}
+
 fn ok(v: &Value) -> ApiResult<Resp> {
     Ok(json_response(StatusCode::OK, v))
 }
@@ -772,7 +786,7 @@ impl ApiServer {
         match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
             Ok(d) => {
                 tracing::info!(kind = def.kind, namespace = ns.unwrap_or(""), name, rv = d.mod_revision, user = %ctx.user.name, "deleted");
-                ok(&cur)
+                ok(&deleted_response(def, cur))
             }
             Err(store::Error::Conflict { .. }) => {
                 Err(ApiError::conflict(def.plural, def.group, name, "the object has been modified; please retry"))

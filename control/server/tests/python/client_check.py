@@ -108,7 +108,10 @@ def main():
         # A list body goes out as a JSON patch.
         p = v1.patch_namespaced_config_map("crud", NS, [{"op": "replace", "path": "/data/k", "value": "v3"}])
         assert p.data == {"k": "v3", "m": "merge"}, p.data
-        v1.delete_namespaced_config_map("crud", NS)
+        # Deletes of most kinds answer with a Status, which this client returns as a dict.
+        st = v1.delete_namespaced_config_map("crud", NS)
+        assert st["kind"] == "Status" and st["status"] == "Success", st
+        assert st["details"]["name"] == "crud" and st["details"]["uid"] == created.metadata.uid, st
         expect_status(404, v1.read_namespaced_config_map, "crud", NS)
 
     @check("service: create assigns a ClusterIP, read, replace keeps it, patch, delete")
@@ -163,7 +166,8 @@ def main():
         assert pat.spec.replicas == 3, pat.spec.replicas
         scale = apps.read_namespaced_deployment_scale("dep", NS)
         assert scale.spec.replicas == 3, scale.spec
-        apps.delete_namespaced_deployment("dep", NS)
+        st = apps.delete_namespaced_deployment("dep", NS)
+        assert st["status"] == "Success" and st["details"]["kind"] == "deployments", st
         expect_status(404, apps.read_namespaced_deployment, "dep", NS)
 
     @check("pod: create, read, replace, patch, delete")
@@ -181,7 +185,8 @@ def main():
         pat = v1.patch_namespaced_pod("crud-pod", NS, {"metadata": {"annotations": {"a": "b"}}})
         assert pat.metadata.annotations == {"a": "b"}, pat.metadata.annotations
         # An unbound pod has no kubelet to wait for, so it goes at once.
-        v1.delete_namespaced_pod("crud-pod", NS)
+        gone = v1.delete_namespaced_pod("crud-pod", NS)
+        assert isinstance(gone, client.V1Pod) and gone.metadata.name == "crud-pod", gone
         expect_status(404, v1.read_namespaced_pod, "crud-pod", NS)
 
     @check("list: label selectors (equality, in, notin, !key)")
