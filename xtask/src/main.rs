@@ -8,6 +8,7 @@ mod bench_overlay;
 mod build_ebpf;
 mod demo;
 mod lbsetup;
+mod python;
 mod setup;
 mod test;
 mod toolchain;

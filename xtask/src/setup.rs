@@ -1,5 +1,6 @@
 //! `cargo xtask setup`: installs what a fresh machine lacks, idempotently — Debian
-//! packages, the BPF toolchain (see `toolchain`), and the bpffs mount. Every check
+//! packages, the BPF toolchain (see `toolchain`), the Python client's venv (see
+//! `python`), and the bpffs mount. Every check
 //! runs without root and the whole command takes about a second when nothing is
 //! missing; only installing needs root, and then a clear error says so.
 //!
@@ -11,12 +12,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::toolchain;
 use crate::util::{is_root, progress, run_checked};
+use crate::{python, toolchain};
 
 /// Debian packages the project needs: networking tools for the datapath and tests,
 /// protoc for the CRI client's build, containerd/runc/CNI plugins and etcd for the
-/// local cluster.
+/// local cluster, Python with venv for the Python client test.
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "iptables",
@@ -34,6 +35,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "ethtool",
     "util-linux",
     "procps",
+    "python3",
+    "python3-venv",
 ];
 
 /// Where bpffs must be mounted for pinning maps, programs and links.
@@ -43,16 +46,19 @@ pub fn run() -> Result<()> {
     let started = Instant::now();
     ensure_packages()?;
     let tc = toolchain::ensure()?;
+    let py = python::ensure()?;
     ensure_bpffs()?;
     progress(
         "setup",
         &format!(
-            "ready in {:.1} s: {} Debian packages, {} at {}, bpf-linker in {}, bpffs at {BPFFS}",
+            "ready in {:.1} s: {} Debian packages, {} at {}, bpf-linker in {}, Python client {} in {}, bpffs at {BPFFS}",
             started.elapsed().as_secs_f64(),
             DEBIAN_PACKAGES.len(),
             toolchain::NIGHTLY,
             tc.sysroot.display(),
             tc.bpf_linker_bin_dir.display(),
+            python::KUBERNETES_CLIENT_VERSION,
+            py.display(),
         ),
     );
     Ok(())

@@ -84,6 +84,12 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
         .current_dir(workspace_root())
         .env(EBPF_DIR_ENV, &ebpf_dir)
         .stdout(Stdio::piped());
+    // The Python client test runs the venv `cargo xtask setup` made; naming it here
+    // keeps the test independent of how CARGO_HOME is set in its environment.
+    let py = crate::python::venv_python()?;
+    if py.exists() {
+        cmd.env(crate::python::PYTHON_ENV, &py);
+    }
     progress("test", &format!("running `{}` ({EBPF_DIR_ENV}={})...", display(&cmd), ebpf_dir.display()));
 
     let mut child = cmd.spawn().context("cannot start `cargo test`; is cargo on PATH?")?;

@@ -11,7 +11,7 @@ use skiff_api::selector::{FieldSelector, LabelSelector};
 
 use super::resources::{RESOURCES, ResourceDef, by_kind};
 use super::status::{ApiError, ApiResult};
-use super::{ApiServer, Ctx, Resp, json_response, meta, patch, table, validation};
+use super::{ApiServer, Ctx, Resp, decode, json_response, meta, table, validation};
 use crate::store::{self, KeyValue};
 
 /// Namespaces that always exist and may not be deleted.
@@ -36,26 +36,18 @@ fn to_bytes(obj: &Value) -> Bytes {
     Bytes::from(serde_json::to_vec(&o).unwrap_or_default())
 }
 
-/// Decodes a request body as JSON or YAML (by Content-Type, else by sniffing).
-pub(crate) fn decode_body(ctx: &Ctx) -> ApiResult<Value> {
-    if ctx.body.is_empty() {
-        return Err(ApiError::bad_request("the request body is empty"));
-    }
-    if ctx.content_type.contains("protobuf") {
-        return super::protobuf::decode(&ctx.body)
-            .map_err(|e| ApiError::bad_request(format!("error decoding protobuf: {e}")));
-    }
-    let yaml = ctx.content_type.contains("yaml");
-    let v: Value = if yaml {
-        serde_yaml::from_slice(&ctx.body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
-    } else {
-        serde_json::from_slice(&ctx.body).map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}")))?
-    };
-    Ok(v)
-}
-
 fn str_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
     v.pointer(ptr).and_then(|x| x.as_str()).filter(|s| !s.is_empty())
+}
+
+/// The request body, decoded by its Content-Type (see `decode::decode_body`).
+pub(crate) fn decode_body(ctx: &Ctx) -> ApiResult<Value> {
+    decode::decode_body(&ctx.content_type, &ctx.body)
+}
+
+/// The typed decode, strict when the client asked for `fieldValidation=Strict`.
+fn typed_decode(def: &ResourceDef, obj: Value, ctx: &Ctx) -> ApiResult<Value> {
+    decode::typed_decode(def, obj, ctx.q("fieldValidation") == Some("Strict"))
 }
 
 fn rv_of(v: &Value) -> ApiResult<Option<u64>> {
@@ -66,84 +58,6 @@ fn rv_of(v: &Value) -> ApiResult<Option<u64>> {
             .map(Some)
             .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {s:?}: must be an unsigned integer"))),
     }
-}
-
-/// The body must be an object of this resource's kind and apiVersion (both may be
-/// omitted); afterwards both are set.
-fn check_type(def: &ResourceDef, obj: &mut Value) -> ApiResult<()> {
-    let Some(m) = obj.as_object_mut() else {
-        return Err(ApiError::bad_request(format!("the body must be a JSON object of kind {}", def.kind)));
-    };
-    let av = def.api_version();
-    if let Some(kind) = m.get("kind").and_then(|k| k.as_str())
-        && kind != def.kind
-    {
-        return Err(ApiError::bad_request(format!(
-            "{kind} in version \"{}\" cannot be handled as a {}: the kind of the object does not match the resource",
-            m.get("apiVersion").and_then(|a| a.as_str()).unwrap_or(""),
-            def.kind
-        )));
-    }
-    if let Some(a) = m.get("apiVersion").and_then(|k| k.as_str())
-        && a != av
-    {
-        return Err(ApiError::bad_request(format!(
-            "the API version in the data ({a}) does not match the expected API version ({av})"
-        )));
-    }
-    m.insert("kind".into(), json!(def.kind));
-    m.insert("apiVersion".into(), json!(av));
-    if !m.get("metadata").is_some_and(Value::is_object) {
-        if m.get("metadata").is_some_and(|v| !v.is_null()) {
-            return Err(ApiError::bad_request("metadata must be an object"));
-        }
-        m.insert("metadata".into(), json!({}));
-    }
-    Ok(())
-}
-
-/// Paths of fields in `input` that the typed decode dropped: the unknown fields.
-fn unknown_fields(input: &Value, decoded: &Value, path: &str, out: &mut Vec<String>) {
-    match (input, decoded) {
-        (Value::Object(i), Value::Object(d)) => {
-            for (k, v) in i {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-                match d.get(k) {
-                    None if !v.is_null() => out.push(p),
-                    Some(dv) => unknown_fields(v, dv, &p, out),
-                    None => {}
-                }
-            }
-        }
-        (Value::Array(i), Value::Array(d)) => {
-            for (n, (iv, dv)) in i.iter().zip(d).enumerate() {
-                unknown_fields(iv, dv, &format!("{path}[{n}]"), out);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// Decodes through the typed model; with `fieldValidation=Strict` (what kubectl sends
-/// by default) unknown fields are an error instead of being dropped.
-fn typed_decode(def: &ResourceDef, obj: Value, ctx: &Ctx) -> ApiResult<Value> {
-    let strict = ctx.q("fieldValidation") == Some("Strict");
-    let input = if strict { Some(obj.clone()) } else { None };
-    let decoded = (def.decode)(obj).map_err(|e| {
-        ApiError::bad_request(format!(
-            "{} in version \"{}\" cannot be handled as a {}: {e}",
-            def.kind, def.version, def.kind
-        ))
-    })?;
-    if let Some(input) = input {
-        let mut unknown = Vec::new();
-        unknown_fields(&input, &decoded, "", &mut unknown);
-        if !unknown.is_empty() {
-            let list: Vec<String> = unknown.iter().map(|u| format!("unknown field \"{u}\"")).collect();
-            return Err(ApiError::bad_request(format!("strict decoding error: {}", list.join(", "))));
-        }
-    }
-    Ok(decoded)
 }
 
 fn invalid(def: &ResourceDef, obj: &Value, causes: Vec<super::status::Cause>) -> ApiError {
@@ -303,6 +217,20 @@ impl Selectors {
     pub fn matches(&self, def: &ResourceDef, obj: &Value) -> bool {
         self.labels.matches_object(obj) && self.fields.matches(|f| field_value(def, obj, f).ok().flatten())
     }
+}
+
+/// What a completed DELETE returns. As in Kubernetes, pods, services and namespaces
+/// return the deleted object and every other kind a Success Status naming it: typed
+/// clients (the Python client's `V1Status`, client-go's) decode the response by kind.
+fn deleted_response(def: &ResourceDef, obj: Value) -> Value {
+    if matches!(def.kind, "Pod" | "Service" | "Namespace") {
+        return obj;
+    }
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+        "details": {"name": obj["metadata"]["name"], "group": def.group, "kind": def.plural,
+                    "uid": obj["metadata"]["uid"]},
+    })
 }
 
 fn ok(v: &Value) -> ApiResult<Resp> {
@@ -493,8 +421,7 @@ impl ApiServer {
     }
 
     pub(crate) async fn create(&self, def: &ResourceDef, ns: Option<&str>, ctx: &Ctx) -> ApiResult<Resp> {
-        let mut obj = decode_body(ctx)?;
-        check_type(def, &mut obj)?;
+        let mut obj = decode::decode_object(def, &ctx.content_type, &ctx.body)?;
         let m = obj["metadata"].as_object_mut().unwrap();
         if def.namespaced {
             let url_ns =
@@ -596,7 +523,7 @@ impl ApiServer {
             let mut desired = mutate(&cur)?;
             let scale = sub == Some("scale");
             if !scale {
-                check_type(def, &mut desired)?;
+                decode::check_type(def, &mut desired)?;
             }
             let client_rv = rv_of(&desired)?;
             if let Some(rv) = client_rv
@@ -757,37 +684,8 @@ impl ApiServer {
         sub: Option<&str>,
         ctx: &Ctx,
     ) -> ApiResult<Resp> {
-        let ct = ctx.content_type.split(';').next().unwrap_or("").trim().to_string();
-        let kind = match ct.as_str() {
-            "application/merge-patch+json" => 0,
-            "application/strategic-merge-patch+json" => 1,
-            "application/json-patch+json" => 2,
-            "application/apply-patch+yaml" => {
-                return Err(ApiError::unsupported_media_type(
-                    "application/apply-patch+yaml (server-side apply is not supported yet; use client-side kubectl apply)",
-                ));
-            }
-            other => return Err(ApiError::unsupported_media_type(other)),
-        };
-        let p: Value = serde_json::from_slice(&ctx.body)
-            .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
-        let apply = |target: &Value| -> ApiResult<Value> {
-            let mut t = target.clone();
-            match kind {
-                0 => {
-                    if !p.is_object() {
-                        return Err(ApiError::bad_request("a merge patch must be a JSON object"));
-                    }
-                    patch::merge_patch(&mut t, &p);
-                }
-                1 => patch::strategic_merge(&mut t, &p).map_err(|e| ApiError::bad_request(e.to_string()))?,
-                _ => patch::json_patch(&mut t, &p).map_err(|e| match e {
-                    patch::Error::TestFailed(_) => ApiError::invalid(def.kind, def.group, name, vec![]),
-                    e => ApiError::bad_request(e.to_string()),
-                })?,
-            }
-            Ok(t)
-        };
+        let (kind, p) = decode::decode_patch(&ctx.content_type, &ctx.body)?;
+        let apply = |target: &Value| decode::apply_patch(kind, &p, target, def, name);
         let mutate = |cur: &Value| -> ApiResult<Value> {
             if sub == Some("scale") {
                 let patched = apply(&scale_of(cur))?;
@@ -950,7 +848,7 @@ impl ApiServer {
         match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
             Ok(d) => {
                 tracing::info!(kind = def.kind, namespace = ns.unwrap_or(""), name, rv = d.mod_revision, user = %ctx.user.name, "deleted");
-                ok(&cur)
+                ok(&deleted_response(def, cur))
             }
             Err(store::Error::Conflict { .. }) => {
                 Err(ApiError::conflict(def.plural, def.group, name, "the object has been modified; please retry"))

@@ -26,6 +26,7 @@ use crate::tls::x509::Subject;
 
 pub mod allocator;
 mod authentication;
+pub mod decode;
 pub mod discovery;
 mod handlers;
 pub mod local;

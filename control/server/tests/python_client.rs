@@ -1,0 +1,162 @@
+//! The official Python `kubernetes` client against `skiff-control` on 127.0.0.1 (a CI
+//! requirement: CRUD, list with selectors, watch). The checks themselves are in
+//! `tests/python/client_check.py`; this file starts a server with a temporary data dir,
+//! runs the script with the admin kubeconfig and fails with its output.
+//!
+//! The interpreter is `$SKIFF_PYTHON`, else the venv `cargo xtask setup` creates at
+//! `$CARGO_HOME/skiff-tools/python` (`~/.cargo` when CARGO_HOME is unset). Without it
+//! (or without the `kubernetes` package) the test says so and passes, except under
+//! `CI=true`, where that is a failure.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The script may take this long; a hung watch must not hang CI.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn is_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+fn venv_python() -> Option<PathBuf> {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
+    Some(cargo_home.join("skiff-tools/python/bin/python"))
+}
+
+/// A Python that can `import kubernetes`, or `None` (after saying why) when there is none.
+fn python() -> Option<PathBuf> {
+    let candidate = match std::env::var_os("SKIFF_PYTHON").filter(|p| !p.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => venv_python().unwrap_or_else(|| "python3".into()),
+    };
+    let works = Command::new(&candidate)
+        .args(["-c", "import kubernetes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if works {
+        return Some(candidate);
+    }
+    let why = format!(
+        "{} cannot `import kubernetes`; run `cargo xtask setup` (it creates the venv) or set SKIFF_PYTHON",
+        candidate.display()
+    );
+    assert!(!is_ci(), "the Python client is required under CI=true: {why}");
+    eprintln!("skipping: {why}");
+    None
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `skiff-control` on 127.0.0.1 with a temporary data dir, killed on drop.
+struct Server {
+    child: Child,
+    dir: PathBuf,
+    tmp: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let port = free_port();
+        let log = std::fs::File::create(tmp.path().join("server.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_skiff-control"))
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--bind-address", "127.0.0.1", "--port", &port.to_string()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start skiff-control");
+        let mut s = Server { child, dir, tmp };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if s.kubeconfig().exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return s;
+            }
+            if let Some(status) = s.child.try_wait().unwrap() {
+                panic!("skiff-control exited with {status}: {}", s.log());
+            }
+            assert!(Instant::now() < deadline, "skiff-control did not come up in 15 s: {}", s.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("admin.kubeconfig")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.tmp.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `cmd` to completion or kills it after `timeout`; returns (success, stdout+stderr).
+fn run_bounded(cmd: &mut Command, timeout: Duration) -> (bool, String) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("cannot start python");
+    // Drained on threads so a chatty script cannot block on a full pipe.
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let text = format!("{}{}", out_t.join().unwrap(), err_t.join().unwrap());
+    match status {
+        Some(st) => (st.success(), text),
+        None => (false, format!("{text}\n(killed after {} s)", timeout.as_secs())),
+    }
+}
+
+#[test]
+fn python_client_crud_selectors_watch_and_errors() {
+    let Some(python) = python() else { return };
+    let server = Server::start();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client_check.py");
+    let mut cmd = Command::new(&python);
+    cmd.arg(&script)
+        .arg(server.kubeconfig())
+        // Keep the client's caches and any stray config under the temp dir.
+        .env("HOME", server.tmp.path())
+        .env_remove("KUBECONFIG")
+        .env("PYTHONUNBUFFERED", "1");
+    let (ok, output) = run_bounded(&mut cmd, SCRIPT_TIMEOUT);
+    assert!(ok, "client_check.py failed:\n{output}\n--- server log ---\n{}", server.log());
+    println!("{output}");
+}
