@@ -5,19 +5,20 @@
 //!
 //! Every wait is bounded in time; every server is killed when its guard drops. kubectl
 //! (v1.32 when installed as `kubectl.1.32`, else on PATH, or `$SKIFF_KUBECTL`) is used
-//! where a user would use it; without it those checks are skipped.
+//! where a user would use it; without it those checks are skipped. A failing test
+//! prints its server's log; `SKIFF_TEST_LOG=1` prints it always.
 
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, Endpoints, Event, Namespace, Node, NodeCondition, NodeStatus, Pod, PodCondition,
-    PodIP, PodSpec, PodStatus, Service, ServiceAccount, ServicePort, ServiceSpec, Toleration,
+    Container, ContainerPort, Endpoints, Event, Namespace, Node, NodeCondition, NodeStatus, Pod, PodCondition, PodIP,
+    PodSpec, PodStatus, Service, ServiceAccount, ServicePort, ServiceSpec, Toleration,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
@@ -64,7 +65,8 @@ impl Control {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.tmp.path().join("server.log")).unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.tmp.path().join("server.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_skiff-control"))
             .arg("--data-dir")
             .arg(&self.dir)
@@ -72,7 +74,8 @@ impl Control {
             .args(["--node-monitor-grace-period", "3", "--pod-eviction-timeout", "6"])
             .args(&self.args)
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            // tracing writes to stdout.
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("cannot start skiff-control");
@@ -134,7 +137,7 @@ impl Control {
 impl Drop for Control {
     fn drop(&mut self) {
         self.stop();
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("SKIFF_TEST_LOG").is_some() {
             eprintln!("--- skiff-control log ---\n{}", self.log());
         }
     }
@@ -304,8 +307,11 @@ async fn endpoint_slices_endpoints_and_service_accounts_follow_pods() {
 
     // Minimal writes: with nothing changing, the slice's resourceVersion stays.
     let rv = s.metadata.resource_version.clone();
+    let eps_rv = eps.metadata.resource_version.clone();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(slices_of(&c, "web").await[0].metadata.resource_version, rv, "slice rewritten without a change");
+    let again = c.get::<Endpoints>(Some("default"), "web").await.unwrap();
+    assert_eq!(again.metadata.resource_version, eps_rv, "Endpoints rewritten without a change");
 
     // web-a goes not ready: it moves to notReadyAddresses.
     set_pod_status(&c, "web-a", "10.244.1.10", false).await;
@@ -507,8 +513,14 @@ fn ready_of(n: &Node) -> (String, Option<String>) {
 }
 
 fn taints_of(n: &Node) -> Vec<(String, String)> {
-    let mut t: Vec<_> =
-        n.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default().into_iter().map(|t| (t.key, t.effect)).collect();
+    let mut t: Vec<_> = n
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| (t.key, t.effect))
+        .collect();
     t.sort();
     t
 }
@@ -537,7 +549,9 @@ async fn silent_nodes_are_marked_tainted_and_evicted_and_recover() {
     c.create(Some("default"), &web_pod("plain", "silent", "http", 80)).await.unwrap();
     c.create(Some("default"), &tolerating("short", "silent", Some(1))).await.unwrap();
     c.create(Some("default"), &tolerating("forever", "silent", None)).await.unwrap();
-    for (p, ip) in [("on-alive", "10.244.5.1"), ("plain", "10.244.6.1"), ("short", "10.244.6.2"), ("forever", "10.244.6.3")] {
+    for (p, ip) in
+        [("on-alive", "10.244.5.1"), ("plain", "10.244.6.1"), ("short", "10.244.6.2"), ("forever", "10.244.6.3")]
+    {
         set_pod_status(&c, p, ip, true).await;
     }
 

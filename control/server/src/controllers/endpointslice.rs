@@ -121,8 +121,7 @@ pub struct SliceKey {
 
 impl SliceKey {
     fn of(slice: &EndpointSlice) -> Self {
-        let mut ports: Vec<PortSpec> =
-            slice.ports.iter().flatten().filter_map(PortSpec::from_slice_port).collect();
+        let mut ports: Vec<PortSpec> = slice.ports.iter().flatten().filter_map(PortSpec::from_slice_port).collect();
         ports.sort();
         Self { address_type: slice.address_type.clone(), ports }
     }
@@ -353,8 +352,7 @@ pub fn plan_slices(
         let mut kept: Vec<(&EndpointSlice, Vec<Endpoint>)> = Vec::new();
         for slice in existing.iter().copied().filter(|s| SliceKey::of(s) == key) {
             handled.insert(slice.metadata.name.clone().unwrap_or_default());
-            let eps: Vec<Endpoint> =
-                slice.endpoints.iter().filter_map(|e| remaining.remove(endpoint_id(e)?)).collect();
+            let eps: Vec<Endpoint> = slice.endpoints.iter().filter_map(|e| remaining.remove(endpoint_id(e)?)).collect();
             kept.push((slice, eps));
         }
         // Fill slices that have room, then open new ones.
@@ -370,7 +368,8 @@ pub fn plan_slices(
         let rest: Vec<Endpoint> = rest.collect();
         let mut have_slice = false;
         for (slice, eps) in kept {
-            if eps.is_empty() && !(placeholder && !have_slice) {
+            // The first empty slice stays as the placeholder of a Service without endpoints.
+            if eps.is_empty() && (have_slice || !placeholder) {
                 plan.delete.push(slice.metadata.name.clone().unwrap_or_default());
                 continue;
             }
@@ -389,10 +388,29 @@ pub fn plan_slices(
         }
     }
     // Slices whose key is no longer wanted (ports or family changed) go.
-    for slice in existing {
+    for slice in &existing {
         let name = slice.metadata.name.clone().unwrap_or_default();
         if !handled.contains(&name) {
             plan.delete.push(name);
+        }
+    }
+    // A slice about to be deleted is rewritten instead of creating a new one (one write
+    // instead of two); only within an address family, which is immutable.
+    for mut want in std::mem::take(&mut plan.create) {
+        let reusable = plan.delete.iter().position(|name| {
+            existing.iter().any(|s| s.metadata.name.as_ref() == Some(name) && s.address_type == want.address_type)
+        });
+        match reusable {
+            Some(i) => {
+                let name = plan.delete.remove(i);
+                let old = existing.iter().find(|s| s.metadata.name.as_ref() == Some(&name)).expect("listed above");
+                let mut metadata = old.metadata.clone();
+                metadata.labels = want.metadata.labels.take();
+                metadata.owner_references = want.metadata.owner_references.take();
+                want.metadata = metadata;
+                plan.update.push(want);
+            }
+            None => plan.create.push(want),
         }
     }
     plan
@@ -592,10 +610,9 @@ async fn reconcile(ctx: &Context, expectations: &Expectations, key: &ObjectKey) 
             plan_slices(s, desired_endpoints(s, &pods, &zone_of), &refs)
         }
         // Gone, or no selector (any more): our slices are stale; others' are not ours.
-        _ => SlicePlan {
-            delete: managed.iter().filter_map(|s| s.metadata.name.clone()).collect(),
-            ..Default::default()
-        },
+        _ => {
+            SlicePlan { delete: managed.iter().filter_map(|s| s.metadata.name.clone()).collect(), ..Default::default() }
+        }
     };
     apply_slice_plan(ctx, expectations, key, plan).await?;
     sync_endpoints(ctx, key, svc.as_deref(), &pods).await?;
@@ -616,7 +633,8 @@ async fn apply_slice_plan(ctx: &Context, expectations: &Expectations, key: &Obje
         );
     }
     for s in &plan.create {
-        let created = ctx.client.create(Some(ns), s).await.map_err(api_err("creating", "EndpointSlice", ns, &key.name))?;
+        let created =
+            ctx.client.create(Some(ns), s).await.map_err(api_err("creating", "EndpointSlice", ns, &key.name))?;
         if let Some(name) = created.metadata.name.clone() {
             expectations.expect(key, name, rv_number(&created.metadata).or(Some(0)));
         }
@@ -628,10 +646,12 @@ async fn apply_slice_plan(ctx: &Context, expectations: &Expectations, key: &Obje
         expectations.expect(key, name, rv_number(&updated.metadata).or(Some(0)));
     }
     for name in &plan.delete {
-        ctx.client
-            .delete::<EndpointSlice>(Some(ns), name, None)
-            .await
-            .map_err(api_err("deleting", "EndpointSlice", ns, name))?;
+        ctx.client.delete::<EndpointSlice>(Some(ns), name, None).await.map_err(api_err(
+            "deleting",
+            "EndpointSlice",
+            ns,
+            name,
+        ))?;
         expectations.expect(key, name.clone(), None);
     }
     Ok(())
@@ -654,10 +674,12 @@ async fn sync_endpoints(ctx: &Context, key: &ObjectKey, svc: Option<&Service>, p
             == Some(&"true".to_string());
         if ours && svc.is_none() {
             tracing::info!(service = %key, "deleting Endpoints of a deleted Service");
-            ctx.client
-                .delete::<Endpoints>(Some(ns), &key.name, None)
-                .await
-                .map_err(api_err("deleting", "Endpoints", ns, &key.name))?;
+            ctx.client.delete::<Endpoints>(Some(ns), &key.name, None).await.map_err(api_err(
+                "deleting",
+                "Endpoints",
+                ns,
+                &key.name,
+            ))?;
         }
         return Ok(());
     };
@@ -673,10 +695,12 @@ async fn sync_endpoints(ctx: &Context, key: &ObjectKey, svc: Option<&Service>, p
             want.subsets = Some(subsets);
             want.metadata.labels = Some(labels);
             tracing::info!(service = %key, "updating Endpoints");
-            ctx.client
-                .replace(Some(ns), &key.name, &want)
-                .await
-                .map_err(api_err("updating", "Endpoints", ns, &key.name))?;
+            ctx.client.replace(Some(ns), &key.name, &want).await.map_err(api_err(
+                "updating",
+                "Endpoints",
+                ns,
+                &key.name,
+            ))?;
         }
         None => {
             let want = Endpoints {
@@ -697,9 +721,7 @@ async fn sync_endpoints(ctx: &Context, key: &ObjectKey, svc: Option<&Service>, p
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::{
-        Container, ContainerPort, PodCondition, PodIP, PodSpec, PodStatus, ServiceSpec,
-    };
+    use k8s_openapi::api::core::v1::{Container, ContainerPort, PodCondition, PodIP, PodSpec, PodStatus, ServiceSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::*;
@@ -842,7 +864,9 @@ mod tests {
         let d = desired_endpoints(&s, &pods, &no_zone);
         let mut by_port: Vec<(Vec<i32>, Vec<String>)> = d
             .iter()
-            .map(|(k, v)| (k.ports.iter().map(|p| p.port).collect(), v.iter().map(|e| e.addresses[0].clone()).collect()))
+            .map(|(k, v)| {
+                (k.ports.iter().map(|p| p.port).collect(), v.iter().map(|e| e.addresses[0].clone()).collect())
+            })
             .collect();
         by_port.sort();
         assert_eq!(
@@ -861,8 +885,9 @@ mod tests {
     #[test]
     fn slices_are_capped_stable_and_written_only_on_change() {
         let s = svc(IntOrString::Int(8080));
-        let pods: Vec<Arc<Pod>> =
-            (0..250).map(|i| pod(&format!("p{i}"), &format!("10.1.{}.{}", i / 200, i % 200), true, "http", 8080)).collect();
+        let pods: Vec<Arc<Pod>> = (0..250)
+            .map(|i| pod(&format!("p{i}"), &format!("10.1.{}.{}", i / 200, i % 200), true, "http", 8080))
+            .collect();
         let mut existing = Vec::new();
         let plan = plan_slices(&s, desired_endpoints(&s, &pods, &no_zone), &[]);
         assert_eq!(plan.create.len(), 3);
@@ -894,17 +919,19 @@ mod tests {
         // All pods gone: one empty placeholder slice (no ports) replaces them, and
         // planning again against it changes nothing.
         let plan = plan_slices(&s, desired_endpoints(&s, &[], &no_zone), &refs);
-        assert_eq!((plan.create.len(), plan.update.len(), plan.delete.len()), (1, 0, 3));
-        assert!(plan.create[0].endpoints.is_empty());
+        assert_eq!((plan.create.len(), plan.update.len(), plan.delete.len()), (0, 1, 2));
+        assert!(plan.update[0].endpoints.is_empty());
+        assert!(plan.update[0].ports.as_ref().unwrap().is_empty());
         let mut empty = existing.clone();
         materialise(&plan, &mut empty);
         let empty_refs: Vec<&EndpointSlice> = empty.iter().collect();
         assert!(plan_slices(&s, desired_endpoints(&s, &[], &no_zone), &empty_refs).is_empty());
 
-        // The target port changes: old slices go, new ones come.
+        // The target port changes: the old slices are rewritten with the new port.
         let s2 = svc(IntOrString::Int(9000));
         let plan = plan_slices(&s2, desired_endpoints(&s2, &pods, &no_zone), &refs);
-        assert_eq!((plan.create.len(), plan.update.len(), plan.delete.len()), (3, 0, 3));
+        assert_eq!((plan.create.len(), plan.update.len(), plan.delete.len()), (0, 3, 0));
+        assert!(plan.update.iter().all(|u| u.ports.as_ref().unwrap()[0].port == Some(9000)));
     }
 
     #[test]

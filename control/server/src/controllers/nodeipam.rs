@@ -31,7 +31,9 @@ pub const NODE_MASK: u8 = 24;
 pub enum CidrError {
     #[error("{0:?} is not an IPv4 CIDR (a.b.c.d/n)")]
     Parse(String),
-    #[error("cluster CIDR {cidr} is smaller than one /{NODE_MASK} node range; give a prefix of /{NODE_MASK} or shorter")]
+    #[error(
+        "cluster CIDR {cidr} is smaller than one /{NODE_MASK} node range; give a prefix of /{NODE_MASK} or shorter"
+    )]
     TooSmall { cidr: String },
     #[error("{0} is not a /{NODE_MASK} inside the cluster CIDR")]
     OutOfRange(String),

@@ -153,7 +153,7 @@ pub fn desired_taints(current: &[Taint], ready: &str, now: Timestamp) -> Option<
                     effect: effect.into(),
                     value: None,
                     // Eviction counts from the NoExecute taint's timeAdded, as upstream.
-                    time_added: (effect == "NoExecute").then(|| Time(now)),
+                    time_added: (effect == "NoExecute").then_some(Time(now)),
                 });
             }
         }
@@ -216,6 +216,8 @@ struct Seen {
     /// The Ready condition we replaced with Unknown, to put back if the Lease is renewed
     /// before the kubelet posts its status again.
     replaced_ready: Option<NodeCondition>,
+    /// The Ready status at the last reconcile, to record transitions as events.
+    last_ready: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -289,7 +291,12 @@ async fn reconcile(ctx: &Context, state: &State, name: &str) -> Result<Action> {
     // Step 1.
     let observed_for = {
         let mut seen = state.seen.lock().unwrap();
-        let s = seen.entry(name.to_string()).or_insert(Seen { heartbeat_us: hb, since: Instant::now(), replaced_ready: None });
+        let s = seen.entry(name.to_string()).or_insert(Seen {
+            heartbeat_us: hb,
+            since: Instant::now(),
+            replaced_ready: None,
+            last_ready: ready_condition(&node).map(|c| c.status.clone()),
+        });
         if s.heartbeat_us != hb {
             s.heartbeat_us = hb;
             s.since = Instant::now();
@@ -303,14 +310,15 @@ async fn reconcile(ctx: &Context, state: &State, name: &str) -> Result<Action> {
     if stale {
         if let Some(conds) = stale_conditions(&node, now) {
             let before = ready_condition(&node).cloned();
-            if let Some(b) = before.filter(|b| b.status != "Unknown") {
-                if let Some(s) = state.seen.lock().unwrap().get_mut(name) {
-                    s.replaced_ready = Some(b);
-                }
+            if let Some(b) = before.filter(|b| b.status != "Unknown")
+                && let Some(s) = state.seen.lock().unwrap().get_mut(name)
+            {
+                s.replaced_ready = Some(b);
             }
             new_conditions = Some(conds);
         }
-    } else if ready_condition(&node).is_some_and(|c| c.status == "Unknown" && c.reason.as_deref() == Some(REASON_UNKNOWN))
+    } else if ready_condition(&node)
+        .is_some_and(|c| c.status == "Unknown" && c.reason.as_deref() == Some(REASON_UNKNOWN))
         && lease.is_some()
     {
         new_conditions = restore(&node, state, name, now);
@@ -325,10 +333,24 @@ async fn reconcile(ctx: &Context, state: &State, name: &str) -> Result<Action> {
             .map_err(api_err("updating the status of", format!("node {name}")))?;
         let is_ready = ready_condition(&node).map(|c| c.status.clone());
         tracing::info!(node = name, from = ?was_ready, to = ?is_ready, "node Ready condition changed");
-        if is_ready.as_deref() == Some("Unknown") {
+    }
+    // Events on every Ready transition we see, whoever wrote it (us or the kubelet).
+    let ready_now = ready_condition(&node).map(|c| c.status.clone());
+    let ready_before = state.seen.lock().unwrap().get_mut(name).and_then(|s| {
+        let before = s.last_ready.clone();
+        s.last_ready = ready_now.clone();
+        before
+    });
+    match (ready_before.as_deref(), ready_now.as_deref()) {
+        (Some("True"), Some(now)) if now != "True" => {
             let msg = format!("Node {name} status is now: NodeNotReady");
             ctx.events.record(&node, EventType::Normal, "NodeNotReady", &msg).await;
         }
+        (Some(before), Some("True")) if before != "True" => {
+            let msg = format!("Node {name} status is now: NodeReady");
+            ctx.events.record(&node, EventType::Normal, "NodeReady", &msg).await;
+        }
+        _ => {}
     }
 
     // Step 3.
@@ -338,7 +360,11 @@ async fn reconcile(ctx: &Context, state: &State, name: &str) -> Result<Action> {
         if let Some(taints) = desired_taints(&current, ready, now) {
             tracing::info!(node = name, ready, "updating node lifecycle taints");
             node.spec.get_or_insert_with(Default::default).taints = Some(taints).filter(|t| !t.is_empty());
-            node = ctx.client.replace(None, name, &node).await.map_err(api_err("updating the taints of", format!("node {name}")))?;
+            node = ctx
+                .client
+                .replace(None, name, &node)
+                .await
+                .map_err(api_err("updating the taints of", format!("node {name}")))?;
         }
     }
 
@@ -364,7 +390,12 @@ async fn reconcile(ctx: &Context, state: &State, name: &str) -> Result<Action> {
             if deadline <= now_us {
                 tracing::info!(node = name, namespace = %ns, pod = %pod_name, "evicting pod from node that is not ready");
                 ctx.events
-                    .record(pod.as_ref(), EventType::Normal, "TaintManagerEviction", &format!("Marking for deletion Pod {ns}/{pod_name}"))
+                    .record(
+                        pod.as_ref(),
+                        EventType::Normal,
+                        "TaintManagerEviction",
+                        &format!("Marking for deletion Pod {ns}/{pod_name}"),
+                    )
                     .await;
                 ctx.client
                     .delete::<Pod>(Some(&ns), &pod_name, None)

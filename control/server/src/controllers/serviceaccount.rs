@@ -76,11 +76,7 @@ async fn reconcile(ctx: &Context, ns: &str) -> Result<Action> {
         return Ok(Action::Done);
     }
     let sa = ServiceAccount {
-        metadata: ObjectMeta {
-            name: Some(DEFAULT_NAME.into()),
-            namespace: Some(ns.to_string()),
-            ..Default::default()
-        },
+        metadata: ObjectMeta { name: Some(DEFAULT_NAME.into()), namespace: Some(ns.to_string()), ..Default::default() },
         ..Default::default()
     };
     match ctx.client.create(Some(ns), &sa).await {
