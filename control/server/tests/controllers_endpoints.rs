@@ -52,7 +52,16 @@ struct Control {
 
 impl Control {
     fn start(args: &[&str]) -> Self {
+        Self::start_with_tokens(args, "")
+    }
+
+    /// Starts with a static token file (`token,user,uid,"groups"` lines) in place.
+    fn start_with_tokens(args: &[&str], tokens: &str) -> Self {
         let tmp = tempfile::tempdir().unwrap();
+        if !tokens.is_empty() {
+            std::fs::create_dir_all(tmp.path().join("data")).unwrap();
+            std::fs::write(tmp.path().join("data/tokens.csv"), tokens).unwrap();
+        }
         let mut c = Control {
             child: None,
             dir: tmp.path().join("data"),
@@ -113,6 +122,19 @@ impl Control {
 
     fn client(&self) -> Client {
         Client::from_kubeconfig(&self.dir.join("admin.kubeconfig"), "controllers-endpoints-test").unwrap()
+    }
+
+    /// A client authenticating with a bearer token (e.g. a node's).
+    fn token_client(&self, token: &str) -> Client {
+        let path = self.tmp.path().join(format!("{token}.kubeconfig"));
+        let ca = self.dir.join("pki/ca.crt");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: t\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority: {}\ncontexts:\n- name: t\n  context: {{cluster: c, user: u}}\nusers:\n- name: u\n  user:\n    token: {token}\n",
+            self.port,
+            ca.display()
+        );
+        std::fs::write(&path, text).unwrap();
+        Client::from_kubeconfig(&path, "controllers-endpoints-test-node").unwrap()
     }
 
     /// `kubectl <args>` with the admin kubeconfig; `None` when kubectl is not installed.
@@ -487,6 +509,8 @@ fn ready_node(name: &str) -> Node {
 }
 
 /// Creates or renews a node's Lease, as the kubelet does every few seconds.
+/// Panics on any error but a conflict: the node's own credentials must be allowed to
+/// create and update its Lease (RBAC `system:node`).
 async fn renew(c: &Client, node: &str) {
     let ns = Some("kube-node-lease");
     let spec = LeaseSpec {
@@ -499,7 +523,11 @@ async fn renew(c: &Client, node: &str) {
         Some(mut l) => {
             l.spec = Some(spec);
             // A conflict means someone renewed in between; the next round wins.
-            let _ = c.replace(ns, node, &l).await;
+            match c.replace(ns, node, &l).await {
+                Ok(_) => {}
+                Err(e) if e.is_conflict() => {}
+                Err(e) => panic!("renewing Lease {node} failed: {e}"),
+            }
         }
         None => {
             c.create(ns, &Lease { metadata: meta(ns, node), spec: Some(spec) }).await.unwrap();
@@ -539,12 +567,15 @@ fn tolerating(name: &str, node: &str, seconds: Option<i64>) -> Pod {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_nodes_are_marked_tainted_and_evicted_and_recover() {
-    let cp = Control::start(&[]);
+    // "silent" acts with a node's identity (group system:nodes), as its agent would.
+    let cp = Control::start_with_tokens(&[], "tok-silent,system:node:silent,2001,\"system:nodes\"\n");
     let c = cp.client();
+    let node_client = cp.token_client("tok-silent");
     for n in ["alive", "silent"] {
         c.create(None, &ready_node(n)).await.unwrap();
-        renew(&c, n).await;
     }
+    renew(&c, "alive").await;
+    renew(&node_client, "silent").await;
     c.create(Some("default"), &web_pod("on-alive", "alive", "http", 80)).await.unwrap();
     c.create(Some("default"), &web_pod("plain", "silent", "http", 80)).await.unwrap();
     c.create(Some("default"), &tolerating("short", "silent", Some(1))).await.unwrap();
@@ -644,7 +675,7 @@ async fn silent_nodes_are_marked_tainted_and_evicted_and_recover() {
 
     // The kubelet comes back: renewing the Lease clears the taints.
     let back = eventually("silent to lose its taints after renewing", T, || async {
-        renew(&c, "silent").await;
+        renew(&node_client, "silent").await;
         let n: Node = c.get(None, "silent").await.unwrap();
         taints_of(&n).is_empty().then_some(n)
     })

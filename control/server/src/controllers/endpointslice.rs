@@ -462,16 +462,25 @@ pub fn desired_subsets(svc: &Service, pods: &[Arc<Pod>]) -> Vec<EndpointSubset> 
 }
 
 /// Our writes the cache has not shown yet, per Service. Acting on a cache that lags
-/// our own creates would create the same endpoints twice in new slices, so a Service
-/// with unmet expectations waits (briefly) for its cache to catch up.
+/// our own creates would create the same endpoints twice in new slices (and on one
+/// that lags our updates, fail with conflicts), so a Service with unmet expectations
+/// waits (briefly) for its cache to catch up.
 #[derive(Debug, Default)]
 struct Expectations {
     by_service: Mutex<HashMap<ObjectKey, Vec<Expected>>>,
 }
 
+/// Expectations for the two kinds this controller writes.
+#[derive(Debug, Default)]
+struct Tracker {
+    slices: Expectations,
+    endpoints: Expectations,
+}
+
 #[derive(Debug)]
 struct Expected {
-    slice: String,
+    /// The object's name.
+    name: String,
     /// `Some(rv)`: present at `rv` or later; `None`: gone.
     rv: Option<u64>,
     since: Instant,
@@ -484,11 +493,11 @@ fn rv_number(meta: &ObjectMeta) -> Option<u64> {
 }
 
 impl Expectations {
-    fn expect(&self, svc: &ObjectKey, slice: String, rv: Option<u64>) {
+    fn expect(&self, svc: &ObjectKey, name: String, rv: Option<u64>) {
         let mut m = self.by_service.lock().unwrap();
         let v = m.entry(svc.clone()).or_default();
-        v.retain(|e| e.slice != slice);
-        v.push(Expected { slice, rv, since: Instant::now() });
+        v.retain(|e| e.name != name);
+        v.push(Expected { name, rv, since: Instant::now() });
     }
 
     /// Whether the cache shows every write we made for this Service (drops the met ones).
@@ -497,10 +506,10 @@ impl Expectations {
         let Some(v) = m.get_mut(svc) else { return true };
         v.retain(|e| {
             if e.since.elapsed() > EXPECTATION_TIMEOUT {
-                tracing::warn!(service = %svc, slice = %e.slice, "cache never showed our write; trusting it anyway");
+                tracing::warn!(service = %svc, object = %e.name, "cache never showed our write; trusting it anyway");
                 return false;
             }
-            match (e.rv, cached(&e.slice)) {
+            match (e.rv, cached(&e.name)) {
                 (None, None) => false,
                 (None, Some(_)) => true,
                 (Some(_), None) => true,
@@ -519,7 +528,7 @@ impl Expectations {
 pub async fn run(ctx: Arc<Context>) {
     let queue: WorkQueue<ObjectKey> = WorkQueue::new();
     let feeder = feed(ctx.clone(), queue.clone());
-    let expectations = Arc::new(Expectations::default());
+    let expectations = Arc::new(Tracker::default());
     let workers = run_workers("endpointslice", queue, 2, move |key: ObjectKey| {
         let ctx = ctx.clone();
         let expectations = expectations.clone();
@@ -582,12 +591,14 @@ async fn feed(ctx: Arc<Context>, queue: WorkQueue<ObjectKey>) {
     }
 }
 
-async fn reconcile(ctx: &Context, expectations: &Expectations, key: &ObjectKey) -> Result<Action> {
+async fn reconcile(ctx: &Context, expectations: &Tracker, key: &ObjectKey) -> Result<Action> {
     let ns = key.ns().unwrap_or("default");
     let slices_cache = &ctx.informers.endpoint_slices;
     let cached_rv = |name: &str| slices_cache.get_named(Some(ns), name).map(|s| rv_number(&s.metadata));
-    if !expectations.met(key, &cached_rv) {
-        tracing::debug!(service = %key, "waiting for the cache to show our slice writes");
+    let eps_cache = &ctx.informers.endpoints;
+    let cached_eps_rv = |name: &str| eps_cache.get_named(Some(ns), name).map(|e| rv_number(&e.metadata));
+    if !expectations.slices.met(key, &cached_rv) || !expectations.endpoints.met(key, &cached_eps_rv) {
+        tracing::debug!(service = %key, "waiting for the cache to show our writes");
         return Ok(Action::RequeueAfter(Duration::from_millis(100)));
     }
     let svc = ctx.informers.services.get(key);
@@ -614,8 +625,8 @@ async fn reconcile(ctx: &Context, expectations: &Expectations, key: &ObjectKey) 
             SlicePlan { delete: managed.iter().filter_map(|s| s.metadata.name.clone()).collect(), ..Default::default() }
         }
     };
-    apply_slice_plan(ctx, expectations, key, plan).await?;
-    sync_endpoints(ctx, key, svc.as_deref(), &pods).await?;
+    apply_slice_plan(ctx, &expectations.slices, key, plan).await?;
+    sync_endpoints(ctx, &expectations.endpoints, key, svc.as_deref(), &pods).await?;
     Ok(Action::Done)
 }
 
@@ -663,7 +674,13 @@ fn norm_subsets(s: &Option<Vec<EndpointSubset>>) -> &[EndpointSubset] {
 
 /// Keeps the legacy Endpoints object of a Service with a selector, and deletes ours
 /// (labelled skip-mirror) when the Service is gone or lost its selector.
-async fn sync_endpoints(ctx: &Context, key: &ObjectKey, svc: Option<&Service>, pods: &[Arc<Pod>]) -> Result<()> {
+async fn sync_endpoints(
+    ctx: &Context,
+    expectations: &Expectations,
+    key: &ObjectKey,
+    svc: Option<&Service>,
+    pods: &[Arc<Pod>],
+) -> Result<()> {
     let ns = key.ns().unwrap_or("default");
     if ns == "default" && key.name == "kubernetes" {
         return Ok(());
@@ -680,6 +697,7 @@ async fn sync_endpoints(ctx: &Context, key: &ObjectKey, svc: Option<&Service>, p
                 ns,
                 &key.name,
             ))?;
+            expectations.expect(key, key.name.clone(), None);
         }
         return Ok(());
     };
@@ -695,12 +713,13 @@ async fn sync_endpoints(ctx: &Context, key: &ObjectKey, svc: Option<&Service>, p
             want.subsets = Some(subsets);
             want.metadata.labels = Some(labels);
             tracing::info!(service = %key, "updating Endpoints");
-            ctx.client.replace(Some(ns), &key.name, &want).await.map_err(api_err(
+            let updated = ctx.client.replace(Some(ns), &key.name, &want).await.map_err(api_err(
                 "updating",
                 "Endpoints",
                 ns,
                 &key.name,
             ))?;
+            expectations.expect(key, key.name.clone(), rv_number(&updated.metadata).or(Some(0)));
         }
         None => {
             let want = Endpoints {
@@ -713,7 +732,9 @@ async fn sync_endpoints(ctx: &Context, key: &ObjectKey, svc: Option<&Service>, p
                 subsets: Some(subsets),
             };
             tracing::info!(service = %key, "creating Endpoints");
-            ctx.client.create(Some(ns), &want).await.map_err(api_err("creating", "Endpoints", ns, &key.name))?;
+            let created =
+                ctx.client.create(Some(ns), &want).await.map_err(api_err("creating", "Endpoints", ns, &key.name))?;
+            expectations.expect(key, key.name.clone(), rv_number(&created.metadata).or(Some(0)));
         }
     }
     Ok(())
