@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{ListableResource, Metadata};
@@ -28,8 +29,12 @@ use skiff_api::{Client, ListParams};
 use crate::apiserver::ApiServer;
 use crate::apiserver::local::LocalTransport;
 
+pub mod endpointslice;
 pub mod events;
 pub mod leader;
+pub mod nodeipam;
+pub mod nodelifecycle;
+pub mod serviceaccount;
 
 /// The user the controller manager acts as (RBAC: `system:skiff-controllers`).
 pub const CONTROLLER_USER: &str = "system:kube-controller-manager";
@@ -62,6 +67,9 @@ pub struct Informers {
     pub jobs: Cache<Job>,
     pub namespaces: Cache<Namespace>,
     pub service_accounts: Cache<ServiceAccount>,
+    pub endpoints: Cache<Endpoints>,
+    /// Node heartbeat Leases (namespace `kube-node-lease` only).
+    pub node_leases: Cache<Lease>,
 }
 
 impl Informers {
@@ -71,7 +79,13 @@ impl Informers {
         where
             K: ListableResource + Metadata<Ty = ObjectMeta> + DeserializeOwned + Send + Sync + 'static,
         {
-            let (cache, fut) = reflector::reflector::<K>(client.clone(), None, ListParams::default());
+            in_namespace(client, tasks, None)
+        }
+        fn in_namespace<K>(client: &Client, tasks: &mut tokio::task::JoinSet<()>, ns: Option<&str>) -> Cache<K>
+        where
+            K: ListableResource + Metadata<Ty = ObjectMeta> + DeserializeOwned + Send + Sync + 'static,
+        {
+            let (cache, fut) = reflector::reflector::<K>(client.clone(), ns.map(String::from), ListParams::default());
             tasks.spawn(fut);
             cache
         }
@@ -86,6 +100,10 @@ impl Informers {
             jobs: one(client, tasks),
             namespaces: one(client, tasks),
             service_accounts: one(client, tasks),
+            endpoints: one(client, tasks),
+            // Only node heartbeats: the leader-election Leases in kube-system change every
+            // two seconds and no controller needs them.
+            node_leases: in_namespace(client, tasks, Some(nodelifecycle::LEASE_NAMESPACE)),
         }
     }
 
@@ -101,6 +119,8 @@ impl Informers {
         self.jobs.wait_synced().await;
         self.namespaces.wait_synced().await;
         self.service_accounts.wait_synced().await;
+        self.endpoints.wait_synced().await;
+        self.node_leases.wait_synced().await;
     }
 }
 
@@ -125,7 +145,12 @@ type ControllerFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub type StartFn = fn(Arc<Context>) -> ControllerFuture;
 
 /// The controllers, by name. Each runs until its task is aborted (leadership lost).
-pub const CONTROLLERS: &[(&str, StartFn)] = &[];
+pub const CONTROLLERS: &[(&str, StartFn)] = &[
+    ("endpointslice", |ctx| Box::pin(endpointslice::run(ctx))),
+    ("nodeipam", |ctx| Box::pin(nodeipam::run(ctx))),
+    ("nodelifecycle", |ctx| Box::pin(nodelifecycle::run(ctx))),
+    ("serviceaccount", |ctx| Box::pin(serviceaccount::run(ctx))),
+];
 
 /// Campaigns for the controller-manager Lease and, while leading, runs the informers,
 /// every controller and the scheduler. Losing the Lease stops them all; they start
