@@ -145,7 +145,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
             cluster_cidr: cfg.cluster_cidr.clone(),
             node_monitor_grace_period: cfg.node_monitor_grace_period,
             pod_eviction_timeout: cfg.pod_eviction_timeout,
-            identity: format!("{}_{}", hostname(), uuid::Uuid::new_v4()),
+            identity: identity(&cfg.data_dir),
         };
         tokio::spawn(crate::controllers::run(api.clone(), config))
     });
@@ -209,6 +209,24 @@ impl Drop for AbortOnDrop {
             h.abort();
         }
     }
+}
+
+/// This replica's leader-election identity: the host name and an id kept in the data
+/// dir, so a restarted process reclaims its own Lease at once instead of waiting for it
+/// to lapse, while two replicas (two data dirs) never share one.
+fn identity(data_dir: &std::path::Path) -> String {
+    let path = data_dir.join("identity");
+    let id = match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => id.trim().to_string(),
+        _ => {
+            let id = uuid::Uuid::new_v4().to_string();
+            if let Err(e) = std::fs::write(&path, &id) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot keep the leader-election identity");
+            }
+            id
+        }
+    };
+    format!("{}_{id}", hostname())
 }
 
 fn hostname() -> String {
