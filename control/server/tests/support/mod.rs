@@ -7,6 +7,8 @@
 //! `CI=true`, where a missing kubectl is a failure.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod etcd;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
