@@ -28,8 +28,10 @@ use skiff_api::{Client, ListParams};
 use crate::apiserver::ApiServer;
 use crate::apiserver::local::LocalTransport;
 
+pub mod deployment;
 pub mod events;
 pub mod leader;
+pub mod replicaset;
 
 /// The user the controller manager acts as (RBAC: `system:skiff-controllers`).
 pub const CONTROLLER_USER: &str = "system:kube-controller-manager";
@@ -125,7 +127,8 @@ type ControllerFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub type StartFn = fn(Arc<Context>) -> ControllerFuture;
 
 /// The controllers, by name. Each runs until its task is aborted (leadership lost).
-pub const CONTROLLERS: &[(&str, StartFn)] = &[];
+pub const CONTROLLERS: &[(&str, StartFn)] =
+    &[("replicaset", replicaset::start), ("deployment", deployment::start)];
 
 /// Campaigns for the controller-manager Lease and, while leading, runs the informers,
 /// every controller and the scheduler. Losing the Lease stops them all; they start
