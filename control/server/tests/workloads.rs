@@ -474,6 +474,7 @@ fn deployment_rollout_undo_scale_with_kubectl() {
     let out = s.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
     assert!(out.contains("successfully rolled out"), "{out}");
     let seen = cluster.sample(false);
+    eprintln!("set image: {seen:?}");
     assert!(seen.count >= 3, "the sampler ran: {seen:?}");
     assert!(seen.max_live <= 4, "more than replicas + maxSurge pods: {seen:?}");
     assert!(seen.min_ready >= 3, "fewer than replicas - maxUnavailable ready pods: {seen:?}");
@@ -501,7 +502,8 @@ fn deployment_rollout_undo_scale_with_kubectl() {
     let out = s.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
     assert!(out.contains("successfully rolled out"), "{out}");
     let seen = cluster.sample(false);
-    assert!(seen.max_live <= 4 && seen.min_ready >= 3, "{seen:?}");
+    eprintln!("undo: {seen:?}");
+    assert!(seen.count >= 3 && seen.max_live <= 4 && seen.min_ready >= 3, "{seen:?}");
     let d = s.json(&["get", "deploy", "web"]);
     assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1.27");
     let rs1 = rs_by_image(&s, "nginx:1.27");

@@ -84,8 +84,9 @@ async fn run(ctx: Arc<Context>) {
                 }
                 Some(c) = pod_rx.recv() => {
                     // Only Recreate waits on pods: for the old ones to be gone.
-                    let pod = match c { Change::Deleted(p) => p, Change::Applied(_) => continue };
-                    if let Some(k) = deployment_of_pod(&feed, &pod) {
+                    if let Change::Deleted(pod) = c
+                        && let Some(k) = deployment_of_pod(&feed, &pod)
+                    {
                         q.add(k);
                     }
                 }
@@ -273,15 +274,39 @@ pub fn pod_template_hash(template: &PodTemplateSpec, collision_count: i32) -> St
     String::from_utf8(s).unwrap_or_default()
 }
 
-/// The template as JSON without the `pod-template-hash` label, for comparisons.
+/// Drops nulls, empty objects and empty lists: clients that decode into typed structs
+/// and encode again (kubectl's `rollout undo` does) add `resources: {}` and the like,
+/// which must not make the same template look new.
+fn normalize(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for x in m.values_mut() {
+                normalize(x);
+            }
+            m.retain(|_, x| !is_empty_value(x));
+        }
+        Value::Array(a) => a.iter_mut().for_each(normalize),
+        _ => {}
+    }
+}
+
+fn is_empty_value(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
+/// The template as normalized JSON without the `pod-template-hash` label: what the hash
+/// and the comparison of templates look at.
 fn template_without_hash(t: &PodTemplateSpec) -> Value {
     let mut v = serde_json::to_value(t).unwrap_or_default();
     if let Some(labels) = v.pointer_mut("/metadata/labels").and_then(|l| l.as_object_mut()) {
         labels.remove(HASH_LABEL);
-        if labels.is_empty() {
-            v["metadata"].as_object_mut().map(|m| m.remove("labels"));
-        }
     }
+    normalize(&mut v);
     v
 }
 
@@ -360,7 +385,7 @@ pub fn made_progress(old: &DeploymentStatus, new: &DeploymentStatus) -> bool {
 // Reconcile.
 
 /// What one pass knows about a Deployment.
-struct Sync<'a> {
+struct Pass<'a> {
     ctx: &'a Context,
     key: &'a ObjectKey,
     d: Deployment,
@@ -414,7 +439,7 @@ async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Action> {
     }
     rss.sort_by_key(|rs| (rs.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()), rs.metadata.name.clone()));
     let conds = d.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
-    let mut s = Sync { ctx, key, d, replicas, max_surge, max_unavailable, rss, conds, now: super::now().as_second() };
+    let mut s = Pass { ctx, key, d, replicas, max_surge, max_unavailable, rss, conds, now: super::now().as_second() };
 
     if deleting {
         return s.write_status(None).await;
@@ -429,7 +454,7 @@ async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Action> {
     if recreate { s.recreate().await } else { s.rolling().await }
 }
 
-impl Sync<'_> {
+impl Pass<'_> {
     fn api(&self, what: &'static str) -> impl FnOnce(skiff_api::client::Error) -> Error + '_ {
         move |source| Error::Api { key: self.key.clone(), what, source }
     }
@@ -799,8 +824,11 @@ mod tests {
         assert_eq!(old_rs_scale_down(3, 0, 1, 1, &[(3, 3)]), vec![2]);
         // New pod not yet available: nothing may go.
         assert_eq!(old_rs_scale_down(3, 0, 1, 0, &[(3, 3)]), vec![3]);
-        // Unhealthy old pods go first and cost no availability.
-        assert_eq!(old_rs_scale_down(3, 0, 1, 0, &[(3, 2)]), vec![2]);
+        // Unhealthy old pods go first and cost no availability; no further one may go.
+        assert_eq!(old_rs_scale_down(3, 0, 1, 1, &[(3, 2)]), vec![2]);
+        // While the new pod is unavailable, nothing may go, not even unhealthy pods
+        // (the surge budget is spent), as in Kubernetes.
+        assert_eq!(old_rs_scale_down(3, 0, 1, 0, &[(3, 2)]), vec![3]);
         // maxUnavailable 1: one available old pod may go even before the new one is up.
         assert_eq!(old_rs_scale_down(4, 1, 1, 0, &[(4, 4)]), vec![3]);
         // Oldest first across several old ReplicaSets.
@@ -835,6 +863,12 @@ mod tests {
         assert_eq!(pod_template_hash(&labeled, 0), h);
         assert!(equal_ignore_hash(&labeled, &a));
         assert!(!equal_ignore_hash(&labeled, &template("nginx:1.28")));
+        // Re-encoded by a typed client: empty fields do not make a new revision.
+        let mut reencoded = a.clone();
+        reencoded.spec.as_mut().unwrap().containers[0].resources = Some(Default::default());
+        reencoded.spec.as_mut().unwrap().volumes = Some(vec![]);
+        assert!(equal_ignore_hash(&reencoded, &a));
+        assert_eq!(pod_template_hash(&reencoded, 0), h);
     }
 
     #[test]
@@ -853,12 +887,12 @@ mod tests {
 
     #[test]
     fn completeness_and_progress() {
-        let s = |replicas, updated, ready, available, gen| DeploymentStatus {
+        let s = |replicas, updated, ready, available, generation| DeploymentStatus {
             replicas: Some(replicas),
             updated_replicas: Some(updated),
             ready_replicas: Some(ready),
             available_replicas: Some(available),
-            observed_generation: Some(gen),
+            observed_generation: Some(generation),
             ..Default::default()
         };
         assert!(is_complete(3, 2, &s(3, 3, 3, 3, 2)));
