@@ -381,7 +381,9 @@ fn web_pods(s: &Server) -> Vec<Value> {
 }
 
 fn ready(p: &Value) -> bool {
-    p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    p["status"]["conditions"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
 fn rs_by_image(s: &Server, image: &str) -> Value {
@@ -490,7 +492,8 @@ fn deployment_rollout_undo_scale_with_kubectl() {
     assert!(desc.contains(&format!("Scaled down replica set {rs1_name}")), "{desc}");
 
     let hist = s.ok(&["rollout", "history", "deployment/web"]);
-    let revs: Vec<&str> = hist.lines().filter_map(|l| l.split_whitespace().next()).filter(|w| w.parse::<u32>().is_ok()).collect();
+    let revs: Vec<&str> =
+        hist.lines().filter_map(|l| l.split_whitespace().next()).filter(|w| w.parse::<u32>().is_ok()).collect();
     assert_eq!(revs, ["1", "2"], "{hist}");
     let rev1 = s.ok(&["rollout", "history", "deployment/web", "--revision=1"]);
     assert!(rev1.contains("nginx:1.27"), "{rev1}");
@@ -516,7 +519,8 @@ fn deployment_rollout_undo_scale_with_kubectl() {
         pods.len() == 3 && pods.iter().all(|p| p["spec"]["containers"][0]["image"] == "nginx:1.27" && ready(p))
     });
     let hist = s.ok(&["rollout", "history", "deployment/web"]);
-    let revs: Vec<&str> = hist.lines().filter_map(|l| l.split_whitespace().next()).filter(|w| w.parse::<u32>().is_ok()).collect();
+    let revs: Vec<&str> =
+        hist.lines().filter_map(|l| l.split_whitespace().next()).filter(|w| w.parse::<u32>().is_ok()).collect();
     assert_eq!(revs, ["2", "3"], "{hist}");
 
     // Scaling.

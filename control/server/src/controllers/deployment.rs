@@ -337,7 +337,15 @@ fn available(rs: &ReplicaSet) -> i32 {
 
 /// Sets a condition: a changed status moves lastTransitionTime; `touch` refreshes
 /// lastUpdateTime even when nothing else changed (progress was made).
-pub fn set_condition(conds: &mut Vec<DeploymentCondition>, type_: &str, status: &str, reason: &str, message: &str, now: i64, touch: bool) {
+pub fn set_condition(
+    conds: &mut Vec<DeploymentCondition>,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    now: i64,
+    touch: bool,
+) {
     let t = Time(k8s_openapi::jiff::Timestamp::from_second(now).unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
     if let Some(c) = conds.iter_mut().find(|c| c.type_ == type_) {
         if c.status == status && c.reason.as_deref() == Some(reason) && !touch {
@@ -466,7 +474,9 @@ impl Pass<'_> {
     /// The index of the ReplicaSet running the current template (the oldest such).
     fn find_new(&self) -> Option<usize> {
         let t = &self.d.spec.as_ref()?.template;
-        self.rss.iter().position(|rs| rs.spec.as_ref().and_then(|s| s.template.as_ref()).is_some_and(|rt| equal_ignore_hash(rt, t)))
+        self.rss.iter().position(|rs| {
+            rs.spec.as_ref().and_then(|s| s.template.as_ref()).is_some_and(|rt| equal_ignore_hash(rt, t))
+        })
     }
 
     fn olds(&self, new: Option<usize>) -> Vec<usize> {
@@ -505,7 +515,12 @@ impl Pass<'_> {
                 let mut upd = rs.clone();
                 upd.metadata.annotations = Some(ann);
                 let rs_name = upd.metadata.name.clone().unwrap_or_default();
-                self.rss[i] = self.ctx.client.replace(self.key.ns(), &rs_name, &upd).await.map_err(self.api("updating the new ReplicaSet's annotations"))?;
+                self.rss[i] = self
+                    .ctx
+                    .client
+                    .replace(self.key.ns(), &rs_name, &upd)
+                    .await
+                    .map_err(self.api("updating the new ReplicaSet's annotations"))?;
                 if reused {
                     let msg = format!("Found new replica set \"{rs_name}\"");
                     set_condition(&mut self.conds, "Progressing", "True", "FoundNewReplicaSet", &msg, self.now, true);
@@ -547,15 +562,29 @@ impl Pass<'_> {
             Ok(c) => c,
             Err(e) if e.is_already_exists() => {
                 // Ours but not yet in the cache, or another template's: tell them apart.
-                let existing: ReplicaSet = self.ctx.client.get(self.key.ns(), &rs_name).await.map_err(self.api("reading an existing ReplicaSet"))?;
-                let ours = controller_ref(&existing.metadata).is_some_and(|r| Some(&r.uid) == self.d.metadata.uid.as_ref());
-                let same = existing.spec.as_ref().and_then(|s| s.template.as_ref()).is_some_and(|t| equal_ignore_hash(t, &spec.template));
+                let existing: ReplicaSet = self
+                    .ctx
+                    .client
+                    .get(self.key.ns(), &rs_name)
+                    .await
+                    .map_err(self.api("reading an existing ReplicaSet"))?;
+                let ours =
+                    controller_ref(&existing.metadata).is_some_and(|r| Some(&r.uid) == self.d.metadata.uid.as_ref());
+                let same = existing
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.template.as_ref())
+                    .is_some_and(|t| equal_ignore_hash(t, &spec.template));
                 if ours && same {
                     self.rss.push(existing);
                     return Ok(self.rss.len() - 1);
                 }
                 let patch = json!({"status": {"collisionCount": collisions + 1}});
-                self.ctx.client.patch::<Deployment>(self.key.ns(), self.name(), Some("status"), &Patch::Merge(patch)).await.map_err(self.api("raising collisionCount"))?;
+                self.ctx
+                    .client
+                    .patch::<Deployment>(self.key.ns(), self.name(), Some("status"), &Patch::Merge(patch))
+                    .await
+                    .map_err(self.api("raising collisionCount"))?;
                 return Err(Error::HashCollision { key: self.key.clone(), name: rs_name });
             }
             Err(e) => return Err(self.api("creating a ReplicaSet")(e)),
@@ -601,7 +630,8 @@ impl Pass<'_> {
         upd.spec.get_or_insert_with(Default::default).replicas = Some(to);
         upd.metadata.annotations = Some(ann);
         let rs_name = upd.metadata.name.clone().unwrap_or_default();
-        self.rss[i] = self.ctx.client.replace(self.key.ns(), &rs_name, &upd).await.map_err(self.api("scaling a ReplicaSet"))?;
+        self.rss[i] =
+            self.ctx.client.replace(self.key.ns(), &rs_name, &upd).await.map_err(self.api("scaling a ReplicaSet"))?;
         if from != to {
             let dir = if to > from { "up" } else { "down" };
             tracing::info!(deployment = %self.key, replicaset = %rs_name, from, to, "scaled ReplicaSet");
@@ -644,8 +674,10 @@ impl Pass<'_> {
             return self.write_status(Some(new)).await;
         }
         let olds = self.olds(Some(new));
-        let shape: Vec<(i32, i32)> = olds.iter().map(|&i| (spec_replicas(&self.rss[i]), available(&self.rss[i]))).collect();
-        let targets = old_rs_scale_down(self.replicas, self.max_unavailable, new_spec, available(&self.rss[new]), &shape);
+        let shape: Vec<(i32, i32)> =
+            olds.iter().map(|&i| (spec_replicas(&self.rss[i]), available(&self.rss[i]))).collect();
+        let targets =
+            old_rs_scale_down(self.replicas, self.max_unavailable, new_spec, available(&self.rss[new]), &shape);
         let mut scaled = false;
         for (&i, &to) in olds.iter().zip(&targets) {
             if to != spec_replicas(&self.rss[i]) {
@@ -670,10 +702,13 @@ impl Pass<'_> {
         if scaled {
             return self.write_status(new).await;
         }
-        let old_uids: Vec<String> = self.olds(new).into_iter().filter_map(|i| self.rss[i].metadata.uid.clone()).collect();
+        let old_uids: Vec<String> =
+            self.olds(new).into_iter().filter_map(|i| self.rss[i].metadata.uid.clone()).collect();
         let old_pods_left = self.ctx.informers.pods.list_namespace(self.key.ns().unwrap_or_default()).iter().any(|p| {
             let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
-            controller_ref(&p.metadata).is_some_and(|r| old_uids.contains(&r.uid)) && phase != "Succeeded" && phase != "Failed"
+            controller_ref(&p.metadata).is_some_and(|r| old_uids.contains(&r.uid))
+                && phase != "Succeeded"
+                && phase != "Failed"
         });
         if old_pods_left {
             return self.write_status(new).await;
@@ -700,12 +735,16 @@ impl Pass<'_> {
             return Ok(());
         }
         idle.sort_by_key(|rs| revision_of(rs));
-        let doomed: Vec<(String, Option<String>)> =
-            idle[..idle.len() - limit].iter().map(|rs| (rs.metadata.name.clone().unwrap_or_default(), rs.metadata.uid.clone())).collect();
+        let doomed: Vec<(String, Option<String>)> = idle[..idle.len() - limit]
+            .iter()
+            .map(|rs| (rs.metadata.name.clone().unwrap_or_default(), rs.metadata.uid.clone()))
+            .collect();
         for (name, uid) in doomed {
             let opts = json!({"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": uid}});
             match self.ctx.client.delete::<ReplicaSet>(self.key.ns(), &name, Some(&opts)).await {
-                Ok(_) => tracing::info!(deployment = %self.key, replicaset = %name, "deleted old ReplicaSet beyond revisionHistoryLimit"),
+                Ok(_) => {
+                    tracing::info!(deployment = %self.key, replicaset = %name, "deleted old ReplicaSet beyond revisionHistoryLimit")
+                }
                 Err(e) if e.is_conflict() => {}
                 Err(e) => return Err(self.api("deleting an old ReplicaSet")(e)),
             }
@@ -732,12 +771,29 @@ impl Pass<'_> {
         };
         let mut conds = std::mem::take(&mut self.conds);
         if available_total >= self.replicas - self.max_unavailable {
-            set_condition(&mut conds, "Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability.", self.now, false);
+            set_condition(
+                &mut conds,
+                "Available",
+                "True",
+                "MinimumReplicasAvailable",
+                "Deployment has minimum availability.",
+                self.now,
+                false,
+            );
         } else {
-            set_condition(&mut conds, "Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.", self.now, false);
+            set_condition(
+                &mut conds,
+                "Available",
+                "False",
+                "MinimumReplicasUnavailable",
+                "Deployment does not have minimum availability.",
+                self.now,
+                false,
+            );
         }
         let paused = self.d.spec.as_ref().and_then(|s| s.paused) == Some(true);
-        let deadline = self.d.spec.as_ref().and_then(|s| s.progress_deadline_seconds).filter(|&s| s > 0 && s != i32::MAX);
+        let deadline =
+            self.d.spec.as_ref().and_then(|s| s.progress_deadline_seconds).filter(|&s| s > 0 && s != i32::MAX);
         let generation = self.d.metadata.generation.unwrap_or(0);
         let complete = is_complete(self.replicas, generation, &status);
         let new_name = new.and_then(|i| self.rss[i].metadata.name.clone()).unwrap_or_default();
@@ -759,7 +815,15 @@ impl Pass<'_> {
                 if left < 0 {
                     let msg = format!("ReplicaSet \"{new_name}\" has timed out progressing.");
                     tracing::warn!(deployment = %self.key, replicaset = %new_name, "rollout exceeded its progress deadline");
-                    set_condition(&mut conds, "Progressing", "False", "ProgressDeadlineExceeded", &msg, self.now, false);
+                    set_condition(
+                        &mut conds,
+                        "Progressing",
+                        "False",
+                        "ProgressDeadlineExceeded",
+                        &msg,
+                        self.now,
+                        false,
+                    );
                 } else {
                     requeue = Some(left + 1);
                 }
@@ -771,7 +835,12 @@ impl Pass<'_> {
         }
         if status != old {
             let patch = json!({"status": serde_json::to_value(&status).unwrap_or_default()});
-            match self.ctx.client.patch::<Deployment>(self.key.ns(), self.name(), Some("status"), &Patch::Merge(patch)).await {
+            match self
+                .ctx
+                .client
+                .patch::<Deployment>(self.key.ns(), self.name(), Some("status"), &Patch::Merge(patch))
+                .await
+            {
                 Ok(_) => {}
                 Err(e) if e.is_not_found() => return Ok(Action::Done),
                 Err(e) => return Err(self.api("updating status")(e)),

@@ -127,8 +127,7 @@ type ControllerFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub type StartFn = fn(Arc<Context>) -> ControllerFuture;
 
 /// The controllers, by name. Each runs until its task is aborted (leadership lost).
-pub const CONTROLLERS: &[(&str, StartFn)] =
-    &[("replicaset", replicaset::start), ("deployment", deployment::start)];
+pub const CONTROLLERS: &[(&str, StartFn)] = &[("replicaset", replicaset::start), ("deployment", deployment::start)];
 
 /// Campaigns for the controller-manager Lease and, while leading, runs the informers,
 /// every controller and the scheduler. Losing the Lease stops them all; they start

@@ -107,7 +107,10 @@ fn owners_to_sync(ctx: &Context, pod: &Pod) -> Vec<ObjectKey> {
         .replica_sets
         .list_namespace(ns.unwrap_or_default())
         .iter()
-        .filter(|rs| selector_of(&rs.spec.as_ref().map(|s| s.selector.clone()).unwrap_or_default()).is_ok_and(|s| !s.is_empty() && s.matches(&labels)))
+        .filter(|rs| {
+            selector_of(&rs.spec.as_ref().map(|s| s.selector.clone()).unwrap_or_default())
+                .is_ok_and(|s| !s.is_empty() && s.matches(&labels))
+        })
         .map(|rs| ObjectKey::of(rs.as_ref()))
         .collect()
 }
@@ -414,9 +417,7 @@ async fn create_pods(ctx: &Context, exp: &Expectations, rs: &ReplicaSet, key: &O
                     ctx.events.record(rs, EventType::Normal, "SuccessfulCreate", &format!("Created pod: {name}")).await;
                 }
                 Err(e) => {
-                    ctx.events
-                        .record(rs, EventType::Warning, "FailedCreate", &format!("Error creating: {e}"))
-                        .await;
+                    ctx.events.record(rs, EventType::Warning, "FailedCreate", &format!("Error creating: {e}")).await;
                     first_err.get_or_insert(e);
                 }
             }
@@ -431,12 +432,7 @@ async fn create_pods(ctx: &Context, exp: &Expectations, rs: &ReplicaSet, key: &O
 }
 
 /// Issues `size` creates of `pod` concurrently.
-async fn futures_join(
-    ctx: &Context,
-    key: &ObjectKey,
-    pod: &Pod,
-    size: usize,
-) -> Vec<skiff_api::client::Result<Pod>> {
+async fn futures_join(ctx: &Context, key: &ObjectKey, pod: &Pod, size: usize) -> Vec<skiff_api::client::Result<Pod>> {
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..size {
         let client = ctx.client.clone();
@@ -453,7 +449,13 @@ async fn futures_join(
     out
 }
 
-async fn delete_pods(ctx: &Context, exp: &Expectations, rs: &ReplicaSet, key: &ObjectKey, victims: &[&Pod]) -> Result<()> {
+async fn delete_pods(
+    ctx: &Context,
+    exp: &Expectations,
+    rs: &ReplicaSet,
+    key: &ObjectKey,
+    victims: &[&Pod],
+) -> Result<()> {
     for pod in victims {
         let name = pod.metadata.name.clone().unwrap_or_default();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -494,8 +496,7 @@ async fn adopt(ctx: &Context, rs: &ReplicaSet, pod: &Pod) -> skiff_api::client::
 
 /// Drops our controller reference from a pod that no longer matches the selector.
 async fn release(ctx: &Context, pod: &Pod, uid: &str) -> skiff_api::client::Result<()> {
-    let refs: Vec<&OwnerReference> =
-        pod.metadata.owner_references.iter().flatten().filter(|r| r.uid != uid).collect();
+    let refs: Vec<&OwnerReference> = pod.metadata.owner_references.iter().flatten().filter(|r| r.uid != uid).collect();
     let patch = json!({"metadata": {
         "ownerReferences": refs,
         "uid": pod.metadata.uid,
@@ -597,7 +598,10 @@ mod tests {
         let b = pod("b", Some("n"), "Running", Some(95), 0);
         let c = pod("c", None, "Pending", None, 0);
         let s = compute_status(&rs, &[&a, &b, &c], 100);
-        assert_eq!(s, json!({"replicas": 3, "fullyLabeledReplicas": 1, "readyReplicas": 2, "availableReplicas": 1, "observedGeneration": 3}));
+        assert_eq!(
+            s,
+            json!({"replicas": 3, "fullyLabeledReplicas": 1, "readyReplicas": 2, "availableReplicas": 1, "observedGeneration": 3})
+        );
     }
 
     #[test]
