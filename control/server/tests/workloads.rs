@@ -152,6 +152,8 @@ struct Samples {
     count: u32,
     max_live: usize,
     min_ready: usize,
+    /// The most distinct images among live pods at one instant.
+    max_images: usize,
 }
 
 /// The fake nodes and the sampler, on their own runtime; stopped and joined on drop.
@@ -159,6 +161,7 @@ struct FakeCluster {
     stop: Arc<AtomicBool>,
     sampling: Arc<AtomicBool>,
     samples: Arc<Mutex<Samples>>,
+    selector: Arc<Mutex<String>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -168,21 +171,28 @@ impl FakeCluster {
         let stop = Arc::new(AtomicBool::new(false));
         let sampling = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Samples::default()));
-        let (st, sa, sm) = (stop.clone(), sampling.clone(), samples.clone());
+        let selector = Arc::new(Mutex::new("app=web".to_string()));
+        let (st, sa, sm, sel) = (stop.clone(), sampling.clone(), samples.clone(), selector.clone());
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
                 register_nodes(&client).await;
                 let kubelet = tokio::spawn(fake_kubelet(client.clone(), st.clone()));
-                let sampler = tokio::spawn(sampler(client, st.clone(), sa, sm));
+                let sampler = tokio::spawn(sampler(client, st.clone(), sa, sm, sel));
                 let _ = kubelet.await;
                 let _ = sampler.await;
             });
         });
-        Self { stop, sampling, samples, thread: Some(thread) }
+        Self { stop, sampling, samples, selector, thread: Some(thread) }
     }
 
-    /// Starts a fresh sampling window.
+    /// Starts sampling pods with this label selector from now on.
+    fn sample_pods(&self, selector: &str) -> Samples {
+        *self.selector.lock().unwrap() = selector.to_string();
+        self.sample(true)
+    }
+
+    /// Starts a fresh sampling window (`true`), or ends it and returns what it saw.
     fn sample(&self, on: bool) -> Samples {
         if on {
             *self.samples.lock().unwrap() = Samples { min_ready: usize::MAX, ..Default::default() };
@@ -317,14 +327,20 @@ async fn handle_pod(client: &Client, p: &Pod, next_ip: &HashMap<&str, AtomicU32>
 
 /// While sampling is on, records the most live (not terminating) `app=web` pods and
 /// the fewest ready ones, every 50 ms.
-async fn sampler(client: Client, stop: Arc<AtomicBool>, on: Arc<AtomicBool>, out: Arc<Mutex<Samples>>) {
+async fn sampler(
+    client: Client,
+    stop: Arc<AtomicBool>,
+    on: Arc<AtomicBool>,
+    out: Arc<Mutex<Samples>>,
+    selector: Arc<Mutex<String>>,
+) {
     while !stop.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(50)).await;
         if !on.load(Ordering::SeqCst) {
             continue;
         }
-        let Ok((pods, _)) = client.list_all::<Pod>(Some("default"), &ListParams::default().labels("app=web")).await
-        else {
+        let params = ListParams::default().labels(selector.lock().unwrap().clone());
+        let Ok((pods, _)) = client.list_all::<Pod>(Some("default"), &params).await else {
             continue;
         };
         let live: Vec<&Pod> = pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
@@ -342,6 +358,9 @@ async fn sampler(client: Client, stop: Arc<AtomicBool>, on: Arc<AtomicBool>, out
             s.count += 1;
             s.max_live = s.max_live.max(live.len());
             s.min_ready = s.min_ready.min(ready);
+            let images: std::collections::BTreeSet<_> =
+                live.iter().filter_map(|p| p.spec.as_ref()?.containers.first()?.image.clone()).collect();
+            s.max_images = s.max_images.max(images.len());
         }
     }
 }
@@ -591,4 +610,77 @@ spec:
     }
     let desc = s.ok(&["describe", "rs", "cache"]);
     assert!(desc.contains("SuccessfulCreate"), "{desc}");
+}
+
+const REC: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: rec
+spec:
+  replicas: 2
+  strategy: {type: Recreate}
+  selector:
+    matchLabels: {app: rec}
+  template:
+    metadata:
+      labels: {app: rec}
+    spec:
+      containers:
+      - name: c
+        image: busybox:1
+"#;
+
+fn images(s: &Server, selector: &str) -> Vec<String> {
+    let pods = s.json(&["get", "pods", "-l", selector]);
+    pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| p["spec"]["containers"][0]["image"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn recreate_strategy_and_pause_resume() {
+    let Some(s) = Server::start() else { return };
+    let cluster = FakeCluster::start(&s.kubeconfig());
+    let f = s.write("rec.yaml", REC);
+    s.ok(&["apply", "-f", &f]);
+    let out = s.ok(&["rollout", "status", "deployment/rec", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+
+    // Recreate: the old pods are all gone before any new one exists.
+    cluster.sample_pods("app=rec");
+    s.ok(&["set", "image", "deployment/rec", "c=busybox:2"]);
+    let out = s.ok(&["rollout", "status", "deployment/rec", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let seen = cluster.sample(false);
+    eprintln!("recreate: {seen:?}");
+    assert!(seen.count >= 3 && seen.max_images == 1 && seen.max_live <= 2, "old and new pods overlapped: {seen:?}");
+    s.wait_for(20, "two busybox:2 pods", || images(&s, "app=rec") == ["busybox:2", "busybox:2"]);
+
+    // Paused: a template change makes no new ReplicaSet, but scaling still applies.
+    s.ok(&["rollout", "pause", "deployment/rec"]);
+    s.ok(&["set", "image", "deployment/rec", "c=busybox:3"]);
+    s.ok(&["scale", "deployment/rec", "--replicas=3"]);
+    s.wait_for(20, "3 busybox:2 pods while paused", || images(&s, "app=rec") == ["busybox:2"; 3]);
+    let rss = s.json(&["get", "rs", "-l", "app=rec"]);
+    assert_eq!(rss["items"].as_array().unwrap().len(), 2, "no ReplicaSet for the paused template: {rss}");
+    let d = s.json(&["get", "deploy", "rec"]);
+    let progressing =
+        d["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Progressing").cloned();
+    assert_eq!(progressing.as_ref().map(|c| c["reason"].clone()), Some(json!("DeploymentPaused")), "{d}");
+
+    cluster.sample_pods("app=rec");
+    s.ok(&["rollout", "resume", "deployment/rec"]);
+    let out = s.ok(&["rollout", "status", "deployment/rec", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let seen = cluster.sample(false);
+    assert!(seen.max_images == 1, "{seen:?}");
+    s.wait_for(20, "three busybox:3 pods", || images(&s, "app=rec") == ["busybox:3"; 3]);
+    let hist = s.ok(&["rollout", "history", "deployment/rec"]);
+    let revs: Vec<&str> =
+        hist.lines().filter_map(|l| l.split_whitespace().next()).filter(|w| w.parse::<u32>().is_ok()).collect();
+    assert_eq!(revs, ["1", "2", "3"], "{hist}");
 }

@@ -389,6 +389,52 @@ pub fn made_progress(old: &DeploymentStatus, new: &DeploymentStatus) -> bool {
         || new_old < old_old
 }
 
+/// What decides the Progressing condition.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// progressDeadlineSeconds (None: no deadline).
+    pub deadline: Option<i32>,
+    pub paused: bool,
+    pub complete: bool,
+    /// The status moved forward since the last one (`made_progress`).
+    pub progressed: bool,
+}
+
+/// Updates the Progressing condition: NewReplicaSetAvailable once complete,
+/// ReplicaSetUpdated (refreshing lastUpdateTime) on progress, ProgressDeadlineExceeded
+/// when the last progress is older than the deadline. Returns the seconds after which
+/// the deadline must be checked again, if it is running.
+pub fn update_progressing(
+    conds: &mut Vec<DeploymentCondition>,
+    p: &Progress,
+    new_rs: Option<&str>,
+    now: i64,
+) -> Option<i64> {
+    let (Some(deadline), false, Some(new_rs)) = (p.deadline, p.paused, new_rs) else { return None };
+    let deadline = i64::from(deadline);
+    if p.complete {
+        let msg = format!("ReplicaSet \"{new_rs}\" has successfully progressed.");
+        set_condition(conds, "Progressing", "True", "NewReplicaSetAvailable", &msg, now, false);
+        return None;
+    }
+    if p.progressed {
+        let msg = format!("ReplicaSet \"{new_rs}\" is progressing.");
+        set_condition(conds, "Progressing", "True", "ReplicaSetUpdated", &msg, now, true);
+        return Some(deadline + 1);
+    }
+    let c = conds.iter().find(|c| c.type_ == "Progressing")?;
+    if c.status != "True" || c.reason.as_deref() == Some("NewReplicaSetAvailable") {
+        return None;
+    }
+    let left = c.last_update_time.as_ref().map_or(now, |t| t.0.as_second()) + deadline - now;
+    if left >= 0 {
+        return Some(left + 1);
+    }
+    let msg = format!("ReplicaSet \"{new_rs}\" has timed out progressing.");
+    set_condition(conds, "Progressing", "False", "ProgressDeadlineExceeded", &msg, now, false);
+    None
+}
+
 // ---------------------------------------------------------------------------------
 // Reconcile.
 
@@ -796,38 +842,12 @@ impl Pass<'_> {
             self.d.spec.as_ref().and_then(|s| s.progress_deadline_seconds).filter(|&s| s > 0 && s != i32::MAX);
         let generation = self.d.metadata.generation.unwrap_or(0);
         let complete = is_complete(self.replicas, generation, &status);
-        let new_name = new.and_then(|i| self.rss[i].metadata.name.clone()).unwrap_or_default();
-        let mut requeue = None;
-        if let (Some(deadline), false) = (deadline, paused) {
-            if complete && new.is_some() {
-                let msg = format!("ReplicaSet \"{new_name}\" has successfully progressed.");
-                set_condition(&mut conds, "Progressing", "True", "NewReplicaSetAvailable", &msg, self.now, false);
-            } else if made_progress(&old, &status) && new.is_some() {
-                let msg = format!("ReplicaSet \"{new_name}\" is progressing.");
-                set_condition(&mut conds, "Progressing", "True", "ReplicaSetUpdated", &msg, self.now, true);
-                requeue = Some(i64::from(deadline));
-            } else if let Some(c) = conds.iter().find(|c| c.type_ == "Progressing")
-                && c.reason.as_deref() != Some("NewReplicaSetAvailable")
-                && c.status == "True"
-            {
-                let since = c.last_update_time.as_ref().map_or(self.now, |t| t.0.as_second());
-                let left = since + i64::from(deadline) - self.now;
-                if left < 0 {
-                    let msg = format!("ReplicaSet \"{new_name}\" has timed out progressing.");
-                    tracing::warn!(deployment = %self.key, replicaset = %new_name, "rollout exceeded its progress deadline");
-                    set_condition(
-                        &mut conds,
-                        "Progressing",
-                        "False",
-                        "ProgressDeadlineExceeded",
-                        &msg,
-                        self.now,
-                        false,
-                    );
-                } else {
-                    requeue = Some(left + 1);
-                }
-            }
+        let new_name = new.and_then(|i| self.rss[i].metadata.name.clone());
+        let progress = Progress { deadline, paused, complete, progressed: made_progress(&old, &status) };
+        let requeue = update_progressing(&mut conds, &progress, new_name.as_deref(), self.now);
+        let exceeded = |c: &DeploymentCondition| c.reason.as_deref() == Some("ProgressDeadlineExceeded");
+        if conds.iter().any(exceeded) && !old.conditions.iter().flatten().any(exceeded) {
+            tracing::warn!(deployment = %self.key, replicaset = new_name.as_deref(), "rollout exceeded its progress deadline");
         }
         status.conditions = Some(conds);
         if complete {
@@ -952,6 +972,29 @@ mod tests {
         set_condition(&mut c, "Progressing", "False", "ProgressDeadlineExceeded", "late", 900, false);
         assert_eq!(c[0].last_transition_time.as_ref().unwrap().0.as_second(), 900);
         assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn progress_deadline() {
+        let p = Progress { deadline: Some(60), paused: false, complete: false, progressed: true };
+        let mut c = Vec::new();
+        assert_eq!(update_progressing(&mut c, &p, Some("web-1"), 1000), Some(61));
+        assert_eq!(c[0].reason.as_deref(), Some("ReplicaSetUpdated"));
+        let stuck = Progress { progressed: false, ..p };
+        assert_eq!(update_progressing(&mut c, &stuck, Some("web-1"), 1030), Some(31), "30 s left");
+        assert_eq!(update_progressing(&mut c, &stuck, Some("web-1"), 1061), None);
+        assert_eq!((c[0].status.as_str(), c[0].reason.as_deref()), ("False", Some("ProgressDeadlineExceeded")));
+        assert_eq!(c[0].message.as_deref(), Some("ReplicaSet \"web-1\" has timed out progressing."));
+        // Progress after the deadline makes it True again; completion settles it.
+        update_progressing(&mut c, &p, Some("web-1"), 1100);
+        assert_eq!(c[0].status, "True");
+        let done = Progress { complete: true, ..stuck };
+        assert_eq!(update_progressing(&mut c, &done, Some("web-1"), 1200), None);
+        assert_eq!(c[0].reason.as_deref(), Some("NewReplicaSetAvailable"));
+        // A complete rollout never times out, and a paused one is not judged.
+        assert_eq!(update_progressing(&mut c, &stuck, Some("web-1"), 9999), None);
+        assert_eq!(c[0].reason.as_deref(), Some("NewReplicaSetAvailable"));
+        assert_eq!(update_progressing(&mut c, &Progress { paused: true, ..p }, Some("web-1"), 9999), None);
     }
 
     #[test]
