@@ -59,7 +59,7 @@ impl Server {
             .arg(&dir)
             .args(["--bind-address", "127.0.0.1", "--port", &port.to_string()])
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("cannot start skiff-control");
@@ -134,6 +134,10 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // The server's log explains a failure; SKIFF_SHOW_LOG shows it on success too.
+        if std::thread::panicking() || std::env::var_os("SKIFF_SHOW_LOG").is_some() {
+            eprintln!("--- skiff-control log ---\n{}", self.log());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
