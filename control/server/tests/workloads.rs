@@ -622,6 +622,7 @@ metadata:
   name: rec
 spec:
   replicas: 2
+  revisionHistoryLimit: 1
   strategy: {type: Recreate}
   selector:
     matchLabels: {app: rec}
@@ -683,8 +684,15 @@ fn recreate_strategy_and_pause_resume() {
     let seen = cluster.sample(false);
     assert!(seen.max_images == 1, "{seen:?}");
     s.wait_for(20, "three busybox:3 pods", || images(&s, "app=rec") == ["busybox:3"; 3]);
-    let hist = s.ok(&["rollout", "history", "deployment/rec"]);
-    let revs: Vec<&str> =
-        hist.lines().filter_map(|l| l.split_whitespace().next()).filter(|w| w.parse::<u32>().is_ok()).collect();
-    assert_eq!(revs, ["1", "2", "3"], "{hist}");
+    // revisionHistoryLimit 1: the oldest idle ReplicaSet is deleted, one is kept for undo.
+    s.wait_for(20, "history trimmed to one old ReplicaSet", || {
+        let hist = s.ok(&["rollout", "history", "deployment/rec"]);
+        let revs: Vec<String> = hist
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|w| w.parse::<u32>().is_ok())
+            .map(String::from)
+            .collect();
+        revs == ["2", "3"]
+    });
 }
