@@ -29,11 +29,13 @@ use skiff_api::{Client, ListParams};
 use crate::apiserver::ApiServer;
 use crate::apiserver::local::LocalTransport;
 
+pub mod deployment;
 pub mod endpointslice;
 pub mod events;
 pub mod leader;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod replicaset;
 pub mod serviceaccount;
 
 /// The user the controller manager acts as (RBAC: `system:skiff-controllers`).
@@ -146,6 +148,8 @@ pub type StartFn = fn(Arc<Context>) -> ControllerFuture;
 
 /// The controllers, by name. Each runs until its task is aborted (leadership lost).
 pub const CONTROLLERS: &[(&str, StartFn)] = &[
+    ("replicaset", replicaset::start),
+    ("deployment", deployment::start),
     ("endpointslice", |ctx| Box::pin(endpointslice::run(ctx))),
     ("nodeipam", |ctx| Box::pin(nodeipam::run(ctx))),
     ("nodelifecycle", |ctx| Box::pin(nodelifecycle::run(ctx))),
