@@ -745,6 +745,33 @@ impl ApiServer {
         Self::finish_write(def, sub, obj)
     }
 
+    /// Adds `finalizer` to the stored object (compare-and-swap on its revision) so the
+    /// deletion that follows waits for the garbage collector.
+    async fn add_finalizer(
+        &self,
+        def: &ResourceDef,
+        kv: &KeyValue,
+        cur: &Value,
+        finalizer: &str,
+    ) -> ApiResult<(KeyValue, Value)> {
+        let mut o = cur.clone();
+        let list = o["metadata"].as_object_mut().map(|m| m.entry("finalizers").or_insert(json!([])));
+        if let Some(Value::Array(fs)) = list {
+            fs.push(json!(finalizer));
+        }
+        let name = str_at(cur, "/metadata/name").unwrap_or("");
+        match self.store.update(&kv.key, to_bytes(&o), Some(kv.mod_revision)).await {
+            Ok(kv) => {
+                let obj = to_obj(&kv)?;
+                Ok((kv, obj))
+            }
+            Err(store::Error::Conflict { .. }) => {
+                Err(ApiError::conflict(def.plural, def.group, name, "the object has been modified; please retry"))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Finalizers and graceful pod deletion: instead of removing the object, stamp
     /// `deletionTimestamp` and let the finalizer owners (or the kubelet, for pods bound to
     /// a node) finish. `None` means delete now.
@@ -869,6 +896,11 @@ impl ApiServer {
             Some(g) => Some(g.parse().map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}")))?),
             None => opts.get("gracePeriodSeconds").and_then(|g| g.as_i64()),
         };
+        let policy = propagation_policy(ctx, &opts)?;
+        let (kv, cur) = match policy_finalizer(def, &cur, policy) {
+            Some(f) => self.add_finalizer(def, &kv, &cur, f).await?,
+            None => (kv, cur),
+        };
         if let Some(obj) = self.begin_graceful_delete(def, &kv, &cur, grace).await? {
             return ok(&obj);
         }
@@ -918,6 +950,59 @@ impl ApiServer {
         ok(&json!({"kind": format!("{}List", def.kind), "apiVersion": def.api_version(),
                    "metadata": {"resourceVersion": page.revision.to_string()}, "items": items}))
     }
+}
+
+/// How a DELETE treats the object's dependents (DeleteOptions.propagationPolicy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Propagation {
+    /// Delete the owner now; the garbage collector removes dependents afterwards.
+    Background,
+    /// The owner stays (terminating) until dependents that block it are gone.
+    Foreground,
+    /// Dependents lose their ownerReference and stay.
+    Orphan,
+}
+
+/// The policy from the query (`propagationPolicy`, legacy `orphanDependents`) or the
+/// DeleteOptions body; Background when neither says, as for every kind kubectl deletes.
+fn propagation_policy(ctx: &Ctx, opts: &Value) -> ApiResult<Propagation> {
+    let named = ctx.q("propagationPolicy").or_else(|| opts.get("propagationPolicy").and_then(|p| p.as_str()));
+    let orphan = match ctx.q("orphanDependents") {
+        Some(v) => Some(v == "true"),
+        None => opts.get("orphanDependents").and_then(|o| o.as_bool()),
+    };
+    match (named, orphan) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "orphanDependents and propagationPolicy may not both be set; use propagationPolicy",
+        )),
+        (Some("Background"), None) | (None, None | Some(false)) => Ok(Propagation::Background),
+        (Some("Foreground"), None) => Ok(Propagation::Foreground),
+        (Some("Orphan"), None) | (None, Some(true)) => Ok(Propagation::Orphan),
+        (Some(other), None) => Err(ApiError::bad_request(format!(
+            "unsupported propagationPolicy {other:?}: must be Background, Foreground or Orphan"
+        ))),
+    }
+}
+
+/// The finalizer a Foreground or Orphan delete must add before the object can go,
+/// or `None` when nothing needs adding. Only kinds the garbage collector watches get
+/// one (anything else would wait forever), and an object already being deleted keeps
+/// the policy it was deleted with.
+fn policy_finalizer(def: &ResourceDef, cur: &Value, policy: Propagation) -> Option<&'static str> {
+    use crate::controllers::gc;
+    let f = match policy {
+        Propagation::Background => return None,
+        Propagation::Foreground => gc::FOREGROUND_FINALIZER,
+        Propagation::Orphan => gc::ORPHAN_FINALIZER,
+    };
+    if !gc::WATCHED_KINDS.contains(&def.kind) || cur.pointer("/metadata/deletionTimestamp").is_some() {
+        return None;
+    }
+    let present = cur
+        .pointer("/metadata/finalizers")
+        .and_then(|f| f.as_array())
+        .is_some_and(|fs| fs.iter().any(|x| x.as_str() == Some(f)));
+    (!present).then_some(f)
 }
 
 /// What the bootstrap objects need to know about this server.

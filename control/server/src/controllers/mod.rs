@@ -28,8 +28,12 @@ use skiff_api::{Client, ListParams};
 use crate::apiserver::ApiServer;
 use crate::apiserver::local::LocalTransport;
 
+pub mod daemonset;
 pub mod events;
+pub mod gc;
+pub mod job;
 pub mod leader;
+pub mod owned_pods;
 
 /// The user the controller manager acts as (RBAC: `system:skiff-controllers`).
 pub const CONTROLLER_USER: &str = "system:kube-controller-manager";
@@ -125,7 +129,11 @@ type ControllerFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub type StartFn = fn(Arc<Context>) -> ControllerFuture;
 
 /// The controllers, by name. Each runs until its task is aborted (leadership lost).
-pub const CONTROLLERS: &[(&str, StartFn)] = &[];
+pub const CONTROLLERS: &[(&str, StartFn)] = &[
+    ("daemonset", |ctx| Box::pin(daemonset::run(ctx))),
+    ("job", |ctx| Box::pin(job::run(ctx))),
+    ("garbage-collector", |ctx| Box::pin(gc::run(ctx))),
+];
 
 /// Campaigns for the controller-manager Lease and, while leading, runs the informers,
 /// every controller and the scheduler. Losing the Lease stops them all; they start
