@@ -137,9 +137,7 @@ async fn create_node(c: &Client, name: &str, taint: Option<(&str, &str)>) {
 
 async fn pods_of(c: &Client, owner_uid: &str) -> Vec<Pod> {
     let (pods, _) = c.list_all::<Pod>(Some(NS), &ListParams::default()).await.unwrap();
-    pods.into_iter()
-        .filter(|p| p.metadata.owner_references.iter().flatten().any(|o| o.uid == owner_uid))
-        .collect()
+    pods.into_iter().filter(|p| p.metadata.owner_references.iter().flatten().any(|o| o.uid == owner_uid)).collect()
 }
 
 fn name(p: &Pod) -> String {

@@ -146,7 +146,7 @@ fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
     }
     exprs.iter().all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
         && fields.iter().all(|r| {
-            let v = (r.key == "metadata.name").then(|| node.metadata.name.as_deref()).flatten();
+            let v = (r.key == "metadata.name").then_some(node.metadata.name.as_deref()).flatten();
             r.key == "metadata.name" && requirement_matches(r, v)
         })
 }
@@ -431,17 +431,20 @@ async fn reconcile(ctx: &Context, exp: &Expectations, key: ObjectKey) -> Result<
             let name = created.metadata.name.clone().unwrap_or_default();
             exp.created(&uid, &name);
             tracing::info!(daemonset = %key, node = %node, pod = %name, "created daemon pod");
-            ctx.events.record(ds.as_ref(), EventType::Normal, "SuccessfulCreate", &format!("Created pod: {name}")).await;
+            ctx.events
+                .record(ds.as_ref(), EventType::Normal, "SuccessfulCreate", &format!("Created pod: {name}"))
+                .await;
         }
         for d in &plan.delete {
             let mut opts = json!({"preconditions": {"uid": d.uid}});
             if d.force {
                 opts["gracePeriodSeconds"] = json!(0);
             }
-            ctx.client
-                .delete::<Pod>(Some(ns), &d.name, Some(&opts))
-                .await
-                .map_err(|source| Error::Pod { action: "deleting", ds: key.clone(), source })?;
+            ctx.client.delete::<Pod>(Some(ns), &d.name, Some(&opts)).await.map_err(|source| Error::Pod {
+                action: "deleting",
+                ds: key.clone(),
+                source,
+            })?;
             exp.deleted(&uid, &d.uid);
             tracing::info!(daemonset = %key, pod = %d.name, force = d.force, "deleted daemon pod");
             ctx.events
@@ -501,7 +504,8 @@ mod tests {
 
     #[test]
     fn toleration_matching() {
-        let taint = Taint { key: "k".into(), value: Some("v".into()), effect: "NoSchedule".into(), ..Default::default() };
+        let taint =
+            Taint { key: "k".into(), value: Some("v".into()), effect: "NoSchedule".into(), ..Default::default() };
         assert!(tolerates(&tol("k", "Equal", Some("v"), None), &taint));
         assert!(!tolerates(&tol("k", "Equal", Some("w"), None), &taint));
         assert!(tolerates(&tol("k", "Exists", None, Some("NoSchedule")), &taint));

@@ -96,11 +96,16 @@ pub fn count(pods: &[Arc<Pod>], previous: Option<&JobStatus>) -> Counts {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Keep this many pods active (create or delete the difference).
-    Run { want_active: i32 },
+    Run {
+        want_active: i32,
+    },
     /// Every active pod goes; the Job stays unfinished.
     Suspend,
     Complete,
-    Fail { reason: &'static str, message: String },
+    Fail {
+        reason: &'static str,
+        message: String,
+    },
 }
 
 /// The pure part of a sync: from the spec, the counts and how long the Job has been
@@ -117,7 +122,10 @@ pub fn decide(job: &Job, c: &Counts, running_for: Option<i64>) -> Decision {
     if let (Some(limit), Some(ran)) = (spec.active_deadline_seconds, running_for)
         && ran >= limit
     {
-        return Decision::Fail { reason: "DeadlineExceeded", message: "Job was active longer than specified deadline".into() };
+        return Decision::Fail {
+            reason: "DeadlineExceeded",
+            message: "Job was active longer than specified deadline".into(),
+        };
     }
     match spec.completions {
         Some(n) if c.succeeded >= n => return Decision::Complete,
@@ -138,7 +146,9 @@ pub fn decide(job: &Job, c: &Counts, running_for: Option<i64>) -> Decision {
 }
 
 pub fn has_condition(status: Option<&JobStatus>, type_: &str) -> bool {
-    status.and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
+    status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
 }
 
 /// Finished: Complete or Failed.
@@ -268,7 +278,7 @@ async fn reconcile(ctx: &Context, exp: &Expectations, key: ObjectKey) -> Result<
     let prev = job.status.clone().unwrap_or_default();
     let counts = count(&pods, Some(&prev));
     let suspended = job.spec.as_ref().and_then(|s| s.suspend) == Some(true);
-    let start = prev.start_time.clone().or_else(|| (!suspended).then(|| Time(now)));
+    let start = prev.start_time.clone().or_else(|| (!suspended).then_some(Time(now)));
     let running_for = start.as_ref().map(|t| now_s - t.0.as_second());
     let decision = decide(&job, &counts, running_for);
     let mut active: Vec<&Arc<Pod>> = pods
@@ -311,8 +321,20 @@ async fn reconcile(ctx: &Context, exp: &Expectations, key: ObjectKey) -> Result<
     status.terminating = Some(counts.terminating + excess as i32);
     match &decision {
         Decision::Complete => {
-            set_condition(&mut conds, condition("SuccessCriteriaMet", true, "CompletionsReached", "Reached expected number of succeeded pods", &t));
-            set_condition(&mut conds, condition("Complete", true, "CompletionsReached", "Reached expected number of succeeded pods", &t));
+            set_condition(
+                &mut conds,
+                condition(
+                    "SuccessCriteriaMet",
+                    true,
+                    "CompletionsReached",
+                    "Reached expected number of succeeded pods",
+                    &t,
+                ),
+            );
+            set_condition(
+                &mut conds,
+                condition("Complete", true, "CompletionsReached", "Reached expected number of succeeded pods", &t),
+            );
             status.completion_time = Some(t.clone());
             tracing::info!(job = %key, succeeded = counts.succeeded, "job complete");
             ctx.events.record(job.as_ref(), EventType::Normal, "Completed", "Job completed").await;
@@ -342,11 +364,16 @@ async fn reconcile(ctx: &Context, exp: &Expectations, key: ObjectKey) -> Result<
             body["status"]["startTime"] = serde_json::Value::Null;
         }
         let patch = Patch::Merge(body);
-        ctx.client.patch::<Job>(Some(&ns), &key.name, Some("status"), &patch).await.map_err(err("updating the status"))?;
+        ctx.client
+            .patch::<Job>(Some(&ns), &key.name, Some("status"), &patch)
+            .await
+            .map_err(err("updating the status"))?;
     }
     let spec = job.spec.clone().unwrap_or_default();
     Ok(match (&decision, spec.active_deadline_seconds, running_for) {
-        (Decision::Run { .. }, Some(limit), Some(ran)) => Action::RequeueAfter(Duration::from_secs((limit - ran).max(1) as u64)),
+        (Decision::Run { .. }, Some(limit), Some(ran)) => {
+            Action::RequeueAfter(Duration::from_secs((limit - ran).max(1) as u64))
+        }
         (Decision::Complete | Decision::Fail { .. }, _, _) if spec.ttl_seconds_after_finished.is_some() => {
             Action::RequeueAfter(Duration::from_secs(spec.ttl_seconds_after_finished.unwrap_or(0).max(0) as u64))
         }
