@@ -148,6 +148,23 @@ fn node_of(p: &Pod) -> String {
     p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default()
 }
 
+/// A merge patch, retried (at most 20 times) on 409: skiff's PATCH currently treats the
+/// resourceVersion it read as a precondition, so a concurrent controller write (the
+/// DaemonSet status, say) makes it fail instead of being retried by the server.
+async fn patch_retry<K>(c: &Client, ns: Option<&str>, name: &str, patch: Value)
+where
+    K: k8s_openapi::Resource + serde::de::DeserializeOwned,
+{
+    for _ in 0..20 {
+        match c.patch::<K>(ns, name, None, &Patch::Merge(patch.clone())).await {
+            Ok(_) => return,
+            Err(e) if e.is_conflict() => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("patching {} {name} failed: {e}", K::KIND),
+        }
+    }
+    panic!("patching {} {name} kept conflicting", K::KIND);
+}
+
 /// Acts as the kubelet: sets the pod's phase, and for Running a Ready condition.
 async fn set_phase(c: &Client, pod: &str, phase: &str) {
     let ready = if phase == "Running" { "True" } else { "False" };
@@ -230,9 +247,37 @@ async fn daemonset_runs_one_pod_per_eligible_node() {
     c.delete::<Node>(None, "n4", None).await.unwrap();
     eventually("the pod of the removed node gone", 30, || on_nodes(vec!["n1", "n2", "n3"])).await;
 
+    // A NoSchedule taint keeps the running pod (misscheduled); NoExecute evicts it.
+    let taint = |effect: &str| json!({"spec": {"taints": [{"key": "dedicated", "value": "x", "effect": effect}]}});
+    patch_retry::<Node>(&c, None, "n3", taint("NoSchedule")).await;
+    eventually("n3's pod counted misscheduled", 30, || {
+        let c = c.clone();
+        async move {
+            let st = c.get::<DaemonSet>(Some(NS), "agent").await.unwrap().status?;
+            (st.number_misscheduled == 1 && st.desired_number_scheduled == 2).then_some(())
+        }
+    })
+    .await;
+    on_nodes(vec!["n1", "n2", "n3"]).await.expect("a NoSchedule taint does not evict");
+    patch_retry::<Node>(&c, None, "n3", taint("NoExecute")).await;
+    eventually("n3's pod evicted by the NoExecute taint", 30, || {
+        let (c, uid) = (c.clone(), uid.clone());
+        async move {
+            let pods = pods_of(&c, &uid).await;
+            finish_deletions(&c, &pods).await;
+            (pods.iter().all(|p| node_of(p) != "n3")).then_some(())
+        }
+    })
+    .await;
+    patch_retry::<Node>(&c, None, "n3", json!({"spec": {"taints": null}})).await;
+    let back = eventually("a pod back on n3", 30, || on_nodes(vec!["n1", "n2", "n3"])).await;
+    for p in back.iter().filter(|p| node_of(p) == "n3") {
+        set_phase(&c, &name(p), "Running").await;
+    }
+
     // Rolling update: a template change replaces every pod, at most one unavailable.
     let patch = json!({"spec": {"template": {"metadata": {"annotations": {"rev": "2"}}}}});
-    c.patch::<DaemonSet>(Some(NS), "agent", None, &Patch::Merge(patch)).await.unwrap();
+    patch_retry::<DaemonSet>(&c, Some(NS), "agent", patch).await;
     eventually("all pods at the new revision and available", 60, || {
         let (c, uid) = (c.clone(), uid.clone());
         async move {

@@ -656,6 +656,42 @@ mod tests {
     }
 
     #[test]
+    fn on_delete_leaves_old_pods_alone() {
+        let nodes = vec![node("a", &[], &[]), node("b", &[], &[])];
+        let pods = vec![pod("p-a", "a", "old", true), pod("p-b", "b", "old", false)];
+        let mut d = ds(1);
+        d.spec.as_mut().unwrap().update_strategy = Some(k8s_openapi::api::apps::v1::DaemonSetUpdateStrategy {
+            type_: Some("OnDelete".into()),
+            ..Default::default()
+        });
+        let p = plan(&d, &nodes, &pods, "new", 1000);
+        assert!(p.delete.is_empty() && p.create_on.is_empty());
+        assert_eq!(p.status.updated_number_scheduled, Some(0));
+        assert_eq!(p.status.number_unavailable, Some(1));
+    }
+
+    #[test]
+    fn noschedule_taint_keeps_running_pod_as_misscheduled() {
+        let nodes = vec![node("a", &[], &[("dedicated", "NoSchedule")])];
+        let p = plan(&ds(1), &nodes, &[pod("p-a", "a", "h", true)], "h", 1000);
+        assert!(p.delete.is_empty());
+        assert_eq!((p.status.desired_number_scheduled, p.status.number_misscheduled), (0, 1));
+    }
+
+    #[test]
+    fn min_ready_seconds_delays_availability() {
+        let mut d = ds(1);
+        d.spec.as_mut().unwrap().min_ready_seconds = Some(30);
+        let nodes = vec![node("a", &[], &[])];
+        // Ready since the epoch: available at 30.
+        let p = plan(&d, &nodes, &[pod("p-a", "a", "h", true)], "h", 10);
+        assert_eq!((p.status.number_ready, p.status.number_available), (1, Some(0)));
+        assert_eq!(p.requeue_after, Some(Duration::from_secs(20)));
+        let p = plan(&d, &nodes, &[pod("p-a", "a", "h", true)], "h", 30);
+        assert_eq!(p.status.number_available, Some(1));
+    }
+
+    #[test]
     fn percentages_round_up() {
         assert_eq!(scaled(Some(&IntOrString::String("10%".into())), 3), 1);
         assert_eq!(scaled(Some(&IntOrString::String("50%".into())), 3), 2);

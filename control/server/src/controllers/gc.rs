@@ -284,6 +284,12 @@ impl Gc {
             tracing::debug!(kind = %o.kind, api_version = %o.api_version, "owner kind not served; keeping dependent");
             return Ok(false);
         };
+        if def.namespaced && dependent_ns.is_none() {
+            // A cluster-scoped object cannot be owned by a namespaced one; such a
+            // reference cannot be resolved, so it never counts as absent.
+            tracing::debug!(kind = %o.kind, name = %o.name, "namespaced owner of a cluster-scoped object ignored");
+            return Ok(false);
+        }
         let ns = if def.namespaced { dependent_ns } else { None };
         let path = object_path(def, ns, &o.name);
         match self.get_json(&path).await? {
