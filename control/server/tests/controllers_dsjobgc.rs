@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, ReplicaSet};
@@ -51,7 +51,7 @@ impl Server {
             .arg(&dir)
             .args(["--bind-address", "127.0.0.1", "--port", &port.to_string()])
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("cannot start skiff-control");
@@ -100,7 +100,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("SKIFF_TEST_SHOW_LOG").is_some() {
             eprintln!("--- skiff-control log ---\n{}", self.log());
         }
     }

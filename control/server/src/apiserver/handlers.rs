@@ -1138,3 +1138,48 @@ async fn bootstrap_rbac(store: &dyn store::Store) -> ApiResult<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(query: &[(&str, &str)]) -> Ctx {
+        Ctx {
+            query: query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            accept: String::new(),
+            content_type: String::new(),
+            body: Bytes::new(),
+            user: crate::auth::UserInfo { name: "test".into(), groups: vec![] },
+        }
+    }
+
+    #[test]
+    fn propagation_policy_from_query_or_body() {
+        let none = json!({});
+        assert_eq!(propagation_policy(&ctx(&[]), &none).unwrap(), Propagation::Background);
+        let fg = json!({"propagationPolicy": "Foreground"});
+        assert_eq!(propagation_policy(&ctx(&[]), &fg).unwrap(), Propagation::Foreground);
+        let q = ctx(&[("propagationPolicy", "Orphan")]);
+        assert_eq!(propagation_policy(&q, &none).unwrap(), Propagation::Orphan);
+        let legacy = json!({"orphanDependents": true});
+        assert_eq!(propagation_policy(&ctx(&[]), &legacy).unwrap(), Propagation::Orphan);
+        assert!(propagation_policy(&ctx(&[("propagationPolicy", "Sideways")]), &none).is_err());
+        assert!(propagation_policy(&q, &legacy).is_err());
+    }
+
+    #[test]
+    fn finalizers_only_for_collected_kinds_and_live_objects() {
+        let rs = by_kind("ReplicaSet").unwrap();
+        let live = json!({"metadata": {"name": "x"}});
+        assert_eq!(policy_finalizer(rs, &live, Propagation::Foreground), Some("foregroundDeletion"));
+        assert_eq!(policy_finalizer(rs, &live, Propagation::Orphan), Some("orphan"));
+        assert_eq!(policy_finalizer(rs, &live, Propagation::Background), None);
+        let has = json!({"metadata": {"name": "x", "finalizers": ["orphan"]}});
+        assert_eq!(policy_finalizer(rs, &has, Propagation::Orphan), None);
+        let terminating = json!({"metadata": {"name": "x", "deletionTimestamp": "2020-01-01T00:00:00Z"}});
+        assert_eq!(policy_finalizer(rs, &terminating, Propagation::Foreground), None);
+        // The collector does not watch ConfigMaps or Namespaces: their deletes stay Background.
+        assert_eq!(policy_finalizer(by_kind("ConfigMap").unwrap(), &live, Propagation::Orphan), None);
+        assert_eq!(policy_finalizer(by_kind("Namespace").unwrap(), &live, Propagation::Foreground), None);
+    }
+}

@@ -114,11 +114,15 @@ impl Expectations {
         let mut m = self.pending.lock().unwrap();
         let Some(p) = m.get_mut(owner) else { return true };
         p.creates.retain(|name| pods.get_named(Some(namespace), name).is_none());
-        p.deletes.retain(|uid| {
-            pods.list_namespace(namespace)
+        if !p.deletes.is_empty() {
+            let live: HashSet<String> = pods
+                .list_namespace(namespace)
                 .iter()
-                .any(|pod| pod.metadata.uid.as_deref() == Some(uid.as_str()) && !is_terminating(pod))
-        });
+                .filter(|pod| !is_terminating(pod))
+                .filter_map(|pod| pod.metadata.uid.clone())
+                .collect();
+            p.deletes.retain(|uid| live.contains(uid));
+        }
         let done = (p.creates.is_empty() && p.deletes.is_empty()) || p.since.elapsed() > self.ttl;
         if done {
             m.remove(owner);
