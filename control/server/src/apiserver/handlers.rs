@@ -699,6 +699,33 @@ impl ApiServer {
         Self::finish_write(def, sub, obj)
     }
 
+    /// Adds `finalizer` to the stored object (compare-and-swap on its revision) so the
+    /// deletion that follows waits for the garbage collector.
+    async fn add_finalizer(
+        &self,
+        def: &ResourceDef,
+        kv: &KeyValue,
+        cur: &Value,
+        finalizer: &str,
+    ) -> ApiResult<(KeyValue, Value)> {
+        let mut o = cur.clone();
+        let list = o["metadata"].as_object_mut().map(|m| m.entry("finalizers").or_insert(json!([])));
+        if let Some(Value::Array(fs)) = list {
+            fs.push(json!(finalizer));
+        }
+        let name = str_at(cur, "/metadata/name").unwrap_or("");
+        match self.store.update(&kv.key, to_bytes(&o), Some(kv.mod_revision)).await {
+            Ok(kv) => {
+                let obj = to_obj(&kv)?;
+                Ok((kv, obj))
+            }
+            Err(store::Error::Conflict { .. }) => {
+                Err(ApiError::conflict(def.plural, def.group, name, "the object has been modified; please retry"))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Finalizers and graceful pod deletion: instead of removing the object, stamp
     /// `deletionTimestamp` and let the finalizer owners (or the kubelet, for pods bound to
     /// a node) finish. `None` means delete now.
@@ -829,6 +856,11 @@ impl ApiServer {
             Some(g) => Some(g.parse().map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}")))?),
             None => opts.get("gracePeriodSeconds").and_then(|g| g.as_i64()),
         };
+        let policy = propagation_policy(ctx, &opts)?;
+        let (kv, cur) = match policy_finalizer(def, &cur, policy) {
+            Some(f) => self.add_finalizer(def, &kv, &cur, f).await?,
+            None => (kv, cur),
+        };
         if let Some(obj) = self.begin_graceful_delete(def, &kv, &cur, grace).await? {
             return ok(&obj);
         }
@@ -878,6 +910,59 @@ impl ApiServer {
         ok(&json!({"kind": format!("{}List", def.kind), "apiVersion": def.api_version(),
                    "metadata": {"resourceVersion": page.revision.to_string()}, "items": items}))
     }
+}
+
+/// How a DELETE treats the object's dependents (DeleteOptions.propagationPolicy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Propagation {
+    /// Delete the owner now; the garbage collector removes dependents afterwards.
+    Background,
+    /// The owner stays (terminating) until dependents that block it are gone.
+    Foreground,
+    /// Dependents lose their ownerReference and stay.
+    Orphan,
+}
+
+/// The policy from the query (`propagationPolicy`, legacy `orphanDependents`) or the
+/// DeleteOptions body; Background when neither says, as for every kind kubectl deletes.
+fn propagation_policy(ctx: &Ctx, opts: &Value) -> ApiResult<Propagation> {
+    let named = ctx.q("propagationPolicy").or_else(|| opts.get("propagationPolicy").and_then(|p| p.as_str()));
+    let orphan = match ctx.q("orphanDependents") {
+        Some(v) => Some(v == "true"),
+        None => opts.get("orphanDependents").and_then(|o| o.as_bool()),
+    };
+    match (named, orphan) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "orphanDependents and propagationPolicy may not both be set; use propagationPolicy",
+        )),
+        (Some("Background"), None) | (None, None | Some(false)) => Ok(Propagation::Background),
+        (Some("Foreground"), None) => Ok(Propagation::Foreground),
+        (Some("Orphan"), None) | (None, Some(true)) => Ok(Propagation::Orphan),
+        (Some(other), None) => Err(ApiError::bad_request(format!(
+            "unsupported propagationPolicy {other:?}: must be Background, Foreground or Orphan"
+        ))),
+    }
+}
+
+/// The finalizer a Foreground or Orphan delete must add before the object can go,
+/// or `None` when nothing needs adding. Only kinds the garbage collector watches get
+/// one (anything else would wait forever), and an object already being deleted keeps
+/// the policy it was deleted with.
+fn policy_finalizer(def: &ResourceDef, cur: &Value, policy: Propagation) -> Option<&'static str> {
+    use crate::controllers::gc;
+    let f = match policy {
+        Propagation::Background => return None,
+        Propagation::Foreground => gc::FOREGROUND_FINALIZER,
+        Propagation::Orphan => gc::ORPHAN_FINALIZER,
+    };
+    if !gc::WATCHED_KINDS.contains(&def.kind) || cur.pointer("/metadata/deletionTimestamp").is_some() {
+        return None;
+    }
+    let present = cur
+        .pointer("/metadata/finalizers")
+        .and_then(|f| f.as_array())
+        .is_some_and(|fs| fs.iter().any(|x| x.as_str() == Some(f)));
+    (!present).then_some(f)
 }
 
 /// What the bootstrap objects need to know about this server.
@@ -1018,4 +1103,49 @@ async fn bootstrap_rbac(store: &dyn store::Store) -> ApiResult<()> {
         put(store, &binding_def.key(None, name), &obj).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(query: &[(&str, &str)]) -> Ctx {
+        Ctx {
+            query: query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            accept: String::new(),
+            content_type: String::new(),
+            body: Bytes::new(),
+            user: crate::auth::UserInfo { name: "test".into(), groups: vec![] },
+        }
+    }
+
+    #[test]
+    fn propagation_policy_from_query_or_body() {
+        let none = json!({});
+        assert_eq!(propagation_policy(&ctx(&[]), &none).unwrap(), Propagation::Background);
+        let fg = json!({"propagationPolicy": "Foreground"});
+        assert_eq!(propagation_policy(&ctx(&[]), &fg).unwrap(), Propagation::Foreground);
+        let q = ctx(&[("propagationPolicy", "Orphan")]);
+        assert_eq!(propagation_policy(&q, &none).unwrap(), Propagation::Orphan);
+        let legacy = json!({"orphanDependents": true});
+        assert_eq!(propagation_policy(&ctx(&[]), &legacy).unwrap(), Propagation::Orphan);
+        assert!(propagation_policy(&ctx(&[("propagationPolicy", "Sideways")]), &none).is_err());
+        assert!(propagation_policy(&q, &legacy).is_err());
+    }
+
+    #[test]
+    fn finalizers_only_for_collected_kinds_and_live_objects() {
+        let rs = by_kind("ReplicaSet").unwrap();
+        let live = json!({"metadata": {"name": "x"}});
+        assert_eq!(policy_finalizer(rs, &live, Propagation::Foreground), Some("foregroundDeletion"));
+        assert_eq!(policy_finalizer(rs, &live, Propagation::Orphan), Some("orphan"));
+        assert_eq!(policy_finalizer(rs, &live, Propagation::Background), None);
+        let has = json!({"metadata": {"name": "x", "finalizers": ["orphan"]}});
+        assert_eq!(policy_finalizer(rs, &has, Propagation::Orphan), None);
+        let terminating = json!({"metadata": {"name": "x", "deletionTimestamp": "2020-01-01T00:00:00Z"}});
+        assert_eq!(policy_finalizer(rs, &terminating, Propagation::Foreground), None);
+        // The collector does not watch ConfigMaps or Namespaces: their deletes stay Background.
+        assert_eq!(policy_finalizer(by_kind("ConfigMap").unwrap(), &live, Propagation::Orphan), None);
+        assert_eq!(policy_finalizer(by_kind("Namespace").unwrap(), &live, Propagation::Foreground), None);
+    }
 }

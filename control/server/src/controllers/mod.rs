@@ -29,12 +29,16 @@ use skiff_api::{Client, ListParams};
 use crate::apiserver::ApiServer;
 use crate::apiserver::local::LocalTransport;
 
+pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
 pub mod events;
+pub mod gc;
+pub mod job;
 pub mod leader;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod owned_pods;
 pub mod replicaset;
 pub mod serviceaccount;
 
@@ -154,6 +158,9 @@ pub const CONTROLLERS: &[(&str, StartFn)] = &[
     ("nodeipam", |ctx| Box::pin(nodeipam::run(ctx))),
     ("nodelifecycle", |ctx| Box::pin(nodelifecycle::run(ctx))),
     ("serviceaccount", |ctx| Box::pin(serviceaccount::run(ctx))),
+    ("daemonset", |ctx| Box::pin(daemonset::run(ctx))),
+    ("job", |ctx| Box::pin(job::run(ctx))),
+    ("garbage-collector", |ctx| Box::pin(gc::run(ctx))),
 ];
 
 /// Campaigns for the controller-manager Lease and, while leading, runs the informers,
