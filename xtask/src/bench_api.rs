@@ -68,14 +68,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 &ns,
                 &bin,
                 &dir.join("p7"),
-                &[
-                    "--label",
-                    store,
-                    "--pods",
-                    &pods.to_string(),
-                    "--clients",
-                    &clients.to_string(),
-                ],
+                &["--label", store, "--pods", &pods.to_string(), "--clients", &clients.to_string()],
             )?;
         }
         progress("bench", &format!("P8 on the {store} store: memory holding 1000 pods, controllers running..."));
@@ -84,7 +77,12 @@ pub fn run(args: &[String]) -> Result<()> {
             let server = start_server(&ns, &bin, &dir.join("p8"), store, true)?;
             let pid = server.id().context("server pid")?;
             let idle = rss_mb(pid)?;
-            bench(&ns, &bin, &dir.join("p8"), &["--label", store, "--pods", "1000", "--clients", "8", "--create-only"])?;
+            bench(
+                &ns,
+                &bin,
+                &dir.join("p8"),
+                &["--label", store, "--pods", "1000", "--clients", "8", "--create-only"],
+            )?;
             // Let the controllers and scheduler catch up with the new pods before reading.
             std::thread::sleep(Duration::from_secs(5));
             let held = rss_mb(pid)?;
@@ -143,7 +141,8 @@ fn start_server(ns: &Netns, bin: &Path, dir: &Path, store: &str, controllers: bo
         cmd.arg("--disable-controllers");
     }
     let log = std::fs::File::create(dir.with_extension("log"))?;
-    let child = cmd.env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(log).spawn().context("starting skiff-control")?;
+    let child =
+        cmd.env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(log).spawn().context("starting skiff-control")?;
     let guard = ChildGuard::new(child);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !dir.join("admin.kubeconfig").exists()

@@ -57,8 +57,11 @@ fn one_leader_at_a_time_and_failover() {
     });
     assert!(follower.log().contains("became leader"));
     follower.apply("p2.yaml", &pod("after"));
-    wait_for(Duration::from_secs(20), "the new leader's scheduler to bind a pod", || node_of(&follower, "after") == "n1");
-    let transitions = follower.ok(&["get", "lease", "-n", "kube-system", LEASE, "-o", "jsonpath={.spec.leaseTransitions}"]);
+    wait_for(Duration::from_secs(20), "the new leader's scheduler to bind a pod", || {
+        node_of(&follower, "after") == "n1"
+    });
+    let transitions =
+        follower.ok(&["get", "lease", "-n", "kube-system", LEASE, "-o", "jsonpath={.spec.leaseTransitions}"]);
     assert_eq!(transitions.trim(), "1", "one handover");
     drop(etcd);
 }

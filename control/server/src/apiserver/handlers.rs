@@ -14,6 +14,10 @@ use super::status::{ApiError, ApiResult};
 use super::{ApiServer, Ctx, Resp, decode, json_response, meta, table, validation};
 use crate::store::{self, KeyValue};
 
+/// The message of a 409 caused by a concurrent write rather than by a client's
+/// precondition; `delete` retries these.
+const RACED: &str = "the object has been modified; please retry";
+
 /// Namespaces that always exist and may not be deleted.
 pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
 
@@ -327,10 +331,11 @@ impl ApiServer {
             }
             None => (None, None),
         };
-        if sel.is_empty() && !ctx.wants_table() {
-            if let Some(resp) = self.list_raw(def, &prefix, start.as_deref(), first_rv, limit).await? {
-                return Ok(resp);
-            }
+        if sel.is_empty()
+            && !ctx.wants_table()
+            && let Some(resp) = self.list_raw(def, &prefix, start.as_deref(), first_rv, limit).await?
+        {
+            return Ok(resp);
         }
         let mut items = Vec::new();
         let mut cont = None;
@@ -692,7 +697,16 @@ impl ApiServer {
                 // The Scale carries the object's resourceVersion; an unchanged one is no precondition.
                 apply_scale(def, cur, &patched)
             } else {
-                apply(cur)
+                let mut patched = apply(cur)?;
+                // The resourceVersion the patch was applied to is no precondition: only one
+                // the patch itself sets is. Otherwise a patch racing a controller's write
+                // would fail with 409 instead of being applied to the newer object.
+                if patched.pointer("/metadata/resourceVersion") == cur.pointer("/metadata/resourceVersion")
+                    && let Some(m) = patched.get_mut("metadata").and_then(|m| m.as_object_mut())
+                {
+                    m.remove("resourceVersion");
+                }
+                Ok(patched)
             }
         };
         let obj = self.write_update(def, ns, name, sub, ctx, &mutate).await?;
@@ -719,9 +733,7 @@ impl ApiServer {
                 let obj = to_obj(&kv)?;
                 Ok((kv, obj))
             }
-            Err(store::Error::Conflict { .. }) => {
-                Err(ApiError::conflict(def.plural, def.group, name, "the object has been modified; please retry"))
-            }
+            Err(store::Error::Conflict { .. }) => Err(ApiError::conflict(def.plural, def.group, name, RACED)),
             Err(e) => Err(e.into()),
         }
     }
@@ -764,9 +776,7 @@ impl ApiServer {
                 tracing::info!(kind = def.kind, name, grace = g, finalizers = has_finalizers, "deletion started");
                 Ok(Some(to_obj(&kv)?))
             }
-            Err(store::Error::Conflict { .. }) => {
-                Err(ApiError::conflict(def.plural, def.group, name, "the object has been modified; please retry"))
-            }
+            Err(store::Error::Conflict { .. }) => Err(ApiError::conflict(def.plural, def.group, name, RACED)),
             Err(e) => Err(e.into()),
         }
     }
@@ -809,7 +819,22 @@ impl ApiServer {
         ))
     }
 
+    /// DELETE. A concurrent write by someone else (a controller updating status, say) is
+    /// no reason to fail a delete that named no precondition: like the real API server's
+    /// update loop, it is tried again on the newer object. A stated precondition that
+    /// fails is still a 409.
     pub(crate) async fn delete(&self, def: &ResourceDef, ns: Option<&str>, name: &str, ctx: &Ctx) -> ApiResult<Resp> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.delete_attempt(def, ns, name, ctx).await {
+                Err(e) if attempts < 16 && e.code == 409 && e.message.ends_with(RACED) => continue,
+                r => return r,
+            }
+        }
+    }
+
+    async fn delete_attempt(&self, def: &ResourceDef, ns: Option<&str>, name: &str, ctx: &Ctx) -> ApiResult<Resp> {
         let opts: Value = if ctx.body.is_empty() {
             json!({})
         } else {
@@ -882,9 +907,7 @@ impl ApiServer {
                 tracing::info!(kind = def.kind, namespace = ns.unwrap_or(""), name, rv = d.mod_revision, user = %ctx.user.name, "deleted");
                 ok(&deleted_response(def, cur))
             }
-            Err(store::Error::Conflict { .. }) => {
-                Err(ApiError::conflict(def.plural, def.group, name, "the object has been modified; please retry"))
-            }
+            Err(store::Error::Conflict { .. }) => Err(ApiError::conflict(def.plural, def.group, name, RACED)),
             Err(store::Error::NotFound { .. }) => Err(ApiError::not_found(def.plural, def.group, name)),
             Err(e) => Err(e.into()),
         }

@@ -19,6 +19,20 @@ import traceback
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
+
+def replace_retrying(read, change, replace, attempts=10):
+    """Read, change, replace; on 409 (a controller wrote the object in between) read
+    again, as client-go's RetryOnConflict does."""
+    for attempt in range(attempts):
+        obj = read()
+        change(obj)
+        try:
+            return replace(obj)
+        except ApiException as e:
+            if e.status != 409 or attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
+
 NS = "py-check"
 failures = []
 
@@ -158,9 +172,13 @@ def main():
         created = apps.create_namespaced_deployment(NS, dep)
         assert created.api_version == "apps/v1" and created.kind == "Deployment", created.kind
         assert created.metadata.generation == 1, created.metadata.generation
-        got = apps.read_namespaced_deployment("dep", NS)
-        got.spec.replicas = 2
-        rep = apps.replace_namespaced_deployment("dep", NS, got)
+        # The Deployment controller writes status and the revision annotation right
+        # after the create, so the read-modify-replace may meet a 409.
+        def more(d):
+            d.spec.replicas = 2
+        rep = replace_retrying(
+            lambda: apps.read_namespaced_deployment("dep", NS), more,
+            lambda d: apps.replace_namespaced_deployment("dep", NS, d))
         assert rep.spec.replicas == 2 and rep.metadata.generation == 2, (rep.spec.replicas, rep.metadata)
         pat = apps.patch_namespaced_deployment("dep", NS, {"spec": {"replicas": 3}})
         assert pat.spec.replicas == 3, pat.spec.replicas
@@ -178,9 +196,12 @@ def main():
         )
         created = v1.create_namespaced_pod(NS, pod)
         assert created.status.phase == "Pending", created.status
-        got = v1.read_namespaced_pod("crud-pod", NS)
-        got.metadata.labels["replaced"] = "yes"
-        rep = v1.replace_namespaced_pod("crud-pod", NS, got)
+        # The scheduler records PodScheduled=False on the unbound pod meanwhile.
+        def label(p):
+            p.metadata.labels["replaced"] = "yes"
+        rep = replace_retrying(
+            lambda: v1.read_namespaced_pod("crud-pod", NS), label,
+            lambda p: v1.replace_namespaced_pod("crud-pod", NS, p))
         assert rep.metadata.labels["replaced"] == "yes"
         pat = v1.patch_namespaced_pod("crud-pod", NS, {"metadata": {"annotations": {"a": "b"}}})
         assert pat.metadata.annotations == {"a": "b"}, pat.metadata.annotations
