@@ -11,142 +11,19 @@
 //!
 //! Every process is killed and every task stopped on drop; every loop is bounded.
 
+mod support;
+
 use std::collections::HashMap;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use serde_json::{Value, json};
 use skiff_api::{Client, ListParams, Patch, WatchEvent};
-
-fn kubectl_bin() -> Option<PathBuf> {
-    if let Ok(k) = std::env::var("SKIFF_KUBECTL") {
-        return Some(k.into());
-    }
-    let pinned = Path::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.32");
-    if pinned.exists() {
-        return Some(pinned.into());
-    }
-    if Command::new("kubectl").arg("version").arg("--client").output().is_ok() {
-        return Some("kubectl".into());
-    }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "kubectl is required under CI=true");
-    eprintln!("kubectl not found: skipping");
-    None
-}
-
-/// skiff-control on a free port with a temporary data dir; killed on drop.
-struct Server {
-    child: Child,
-    dir: PathBuf,
-    kubectl: PathBuf,
-    tmp: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Option<Self> {
-        let kubectl = kubectl_bin()?;
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("data");
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let log = std::fs::File::create(tmp.path().join("server.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_skiff-control"))
-            .arg("--data-dir")
-            .arg(&dir)
-            .args(["--bind-address", "127.0.0.1", "--port", &port.to_string()])
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("cannot start skiff-control");
-        let mut s = Server { child, dir, kubectl, tmp };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if s.dir.join("admin.kubeconfig").exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(s);
-            }
-            if let Some(status) = s.child.try_wait().unwrap() {
-                panic!("skiff-control exited with {status}: {}", s.log());
-            }
-            assert!(Instant::now() < deadline, "skiff-control did not come up in 15 s: {}", s.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.tmp.path().join("server.log")).unwrap_or_default()
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.dir.join("admin.kubeconfig")
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(&self.kubectl);
-        c.env("KUBECONFIG", self.kubeconfig()).env("HOME", self.tmp.path());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}\n{}\n--- server log tail ---\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout),
-            tail(&self.log(), 60)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.extend(["-o", "json"]);
-        serde_json::from_str(&self.ok(&a)).unwrap()
-    }
-
-    fn write(&self, name: &str, contents: &str) -> String {
-        let p = self.tmp.path().join(name);
-        std::fs::write(&p, contents).unwrap();
-        p.to_string_lossy().into_owned()
-    }
-
-    /// Polls `check` (every 200 ms, at most `secs`) until it holds; panics with `what`.
-    fn wait_for(&self, secs: u64, what: &str, mut check: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while Instant::now() < deadline {
-            if check() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!("timed out after {secs} s waiting for {what}\n--- server log tail ---\n{}", tail(&self.log(), 80));
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // The server's log explains a failure; SKIFF_SHOW_LOG shows it on success too.
-        if std::thread::panicking() || std::env::var_os("SKIFF_SHOW_LOG").is_some() {
-            eprintln!("--- skiff-control log ---\n{}", self.log());
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
+use support::Server;
 
 const NODES: [&str; 2] = ["node-a", "node-b"];
 

@@ -132,16 +132,31 @@ impl Server {
         self.cmd().args(args).output().unwrap()
     }
 
-    /// Runs kubectl and panics with its output unless it succeeds; returns stdout.
+    /// Runs kubectl and panics with its output (and the server log's tail) unless it
+    /// succeeds; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
         assert!(
             out.status.success(),
-            "kubectl {args:?} failed: {}\n{}",
+            "kubectl {args:?} failed: {}\n{}\n--- server log tail ---\n{}",
             String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
+            String::from_utf8_lossy(&out.stdout),
+            tail(&self.log(), 60)
         );
         String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Polls `check` (every 200 ms, at most `secs`) until it holds; panics naming `what`,
+    /// with the server log's tail.
+    pub fn wait_for(&self, secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if check() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("timed out after {secs} s waiting for {what}\n--- server log tail ---\n{}", tail(&self.log(), 80));
     }
 
     /// Runs kubectl expecting failure; returns stderr.
@@ -177,8 +192,18 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // The server's log explains a failure; SKIFF_SHOW_LOG shows it on success too.
+        if std::thread::panicking() || std::env::var_os("SKIFF_SHOW_LOG").is_some() {
+            eprintln!("--- skiff-control log ---\n{}", self.log());
+        }
         self.stop();
     }
+}
+
+/// The last `n` lines of `s`.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// A fake Node manifest: Ready, with the given allocatable cpu/memory, labels and taints
