@@ -8,11 +8,14 @@
 //! (or without the `kubernetes` package) the test says so and passes, except under
 //! `CI=true`, where that is a failure.
 
+mod support;
+
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use support::Server;
 
 /// The script may take this long; a hung watch must not hang CI.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -53,62 +56,6 @@ fn python() -> Option<PathBuf> {
     None
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// `skiff-control` on 127.0.0.1 with a temporary data dir, killed on drop.
-struct Server {
-    child: Child,
-    dir: PathBuf,
-    tmp: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("data");
-        let port = free_port();
-        let log = std::fs::File::create(tmp.path().join("server.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_skiff-control"))
-            .arg("--data-dir")
-            .arg(&dir)
-            .args(["--bind-address", "127.0.0.1", "--port", &port.to_string()])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("cannot start skiff-control");
-        let mut s = Server { child, dir, tmp };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if s.kubeconfig().exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return s;
-            }
-            if let Some(status) = s.child.try_wait().unwrap() {
-                panic!("skiff-control exited with {status}: {}", s.log());
-            }
-            assert!(Instant::now() < deadline, "skiff-control did not come up in 15 s: {}", s.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.dir.join("admin.kubeconfig")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.tmp.path().join("server.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Runs `cmd` to completion or kills it after `timeout`; returns (success, stdout+stderr).
 fn run_bounded(cmd: &mut Command, timeout: Duration) -> (bool, String) {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("cannot start python");
@@ -147,7 +94,7 @@ fn run_bounded(cmd: &mut Command, timeout: Duration) -> (bool, String) {
 #[test]
 fn python_client_crud_selectors_watch_and_errors() {
     let Some(python) = python() else { return };
-    let server = Server::start();
+    let server = Server::start_without_kubectl(&[]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client_check.py");
     let mut cmd = Command::new(&python);
     cmd.arg(&script)

@@ -59,13 +59,22 @@ impl Server {
 
     /// Starts skiff-control with extra flags.
     pub fn start_with(args: &[&str]) -> Option<Self> {
-        let kubectl = kubectl_bin()?;
+        Some(Self::launch(args, kubectl_bin()?))
+    }
+
+    /// Starts skiff-control for a test that does not use kubectl (`kubectl` is then
+    /// whatever is on PATH).
+    pub fn start_without_kubectl(args: &[&str]) -> Self {
+        Self::launch(args, "kubectl".into())
+    }
+
+    fn launch(args: &[&str], kubectl: PathBuf) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("data");
         let args = args.iter().map(|s| s.to_string()).collect();
         let mut s = Server { child: None, dir, port: free_port(), kubectl, args, tmp };
         s.spawn();
-        Some(s)
+        s
     }
 
     pub fn spawn(&mut self) {
