@@ -8,10 +8,9 @@
 //! deletions of bound pods themselves. Nodes are plain API objects. Every wait is
 //! bounded in time, and the server is killed when its guard drops.
 
+mod support;
+
 use std::future::Future;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, ReplicaSet};
@@ -19,91 +18,15 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use serde_json::{Value, json};
 use skiff_api::{Client, ListParams, Patch};
+use support::Server;
 
 const NS: &str = "default";
 
-fn kubectl_bin() -> Option<PathBuf> {
-    if let Ok(k) = std::env::var("SKIFF_KUBECTL") {
-        return Some(k.into());
-    }
-    let pinned = Path::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.32");
-    if pinned.exists() {
-        return Some(pinned.into());
-    }
-    Command::new("kubectl").args(["version", "--client"]).output().ok().map(|_| "kubectl".into())
-}
-
-struct Server {
-    child: Child,
-    dir: PathBuf,
-    tmp: tempfile::TempDir,
-    kubectl: Option<PathBuf>,
-}
-
-impl Server {
-    fn start() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("data");
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let log = std::fs::File::create(tmp.path().join("server.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_skiff-control"))
-            .arg("--data-dir")
-            .arg(&dir)
-            .args(["--bind-address", "127.0.0.1", "--port", &port.to_string()])
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("cannot start skiff-control");
-        let mut s = Server { child, dir, tmp, kubectl: kubectl_bin() };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if s.dir.join("admin.kubeconfig").exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return s;
-            }
-            if let Some(status) = s.child.try_wait().unwrap() {
-                panic!("skiff-control exited with {status}: {}", s.log());
-            }
-            assert!(Instant::now() < deadline, "skiff-control did not come up in 20 s: {}", s.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.tmp.path().join("server.log")).unwrap_or_default()
-    }
-
-    fn client(&self) -> Client {
-        Client::from_kubeconfig(&self.dir.join("admin.kubeconfig"), "skiff-tests/dsjobgc").unwrap()
-    }
-
-    /// Runs kubectl (if there is one) and panics unless it succeeds; `None` without kubectl.
-    fn kubectl(&self, args: &[&str]) -> Option<String> {
-        let bin = self.kubectl.as_ref()?;
-        let out = Command::new(bin)
-            .args(args)
-            .env("KUBECONFIG", self.dir.join("admin.kubeconfig"))
-            .env("HOME", self.tmp.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        Some(String::from_utf8(out.stdout).unwrap())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() || std::env::var_os("SKIFF_TEST_SHOW_LOG").is_some() {
-            eprintln!("--- skiff-control log ---\n{}", self.log());
-        }
-    }
+/// Runs kubectl and panics unless it succeeds; `None` when there is no kubectl (outside
+/// CI), so the test falls back to the API.
+fn kubectl(s: &Server, args: &[&str]) -> Option<String> {
+    support::kubectl_bin()?;
+    Some(s.ok(args))
 }
 
 /// Polls `f` every 200 ms until it returns `Some`, for at most `secs` seconds.
@@ -187,7 +110,7 @@ async fn finish_deletions(c: &Client, pods: &[Pod]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemonset_runs_one_pod_per_eligible_node() {
-    let s = Server::start();
+    let s = Server::start_without_kubectl(&[]);
     let c = s.client();
     for n in ["n1", "n2", "n3"] {
         create_node(&c, n, None).await;
@@ -244,7 +167,7 @@ async fn daemonset_runs_one_pod_per_eligible_node() {
         (4, 4, 4, 0)
     );
     assert_eq!(st.updated_number_scheduled, Some(4));
-    if let Some(out) = s.kubectl(&["rollout", "status", "ds/agent", "--timeout=30s"]) {
+    if let Some(out) = kubectl(&s, &["rollout", "status", "ds/agent", "--timeout=30s"]) {
         assert!(out.contains("successfully rolled out"), "{out}");
     }
 
@@ -308,7 +231,7 @@ async fn daemonset_runs_one_pod_per_eligible_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_complete_fail_and_expire() {
-    let s = Server::start();
+    let s = Server::start_without_kubectl(&[]);
     let c = s.client();
     let job = |name: &str, completions: i32, parallelism: i32, extra: Value| -> Job {
         let mut j = json!({"metadata": {"name": name}, "spec": {
@@ -433,7 +356,7 @@ async fn rs_with_pods(c: &Client, rs: &str, hold_first: bool) -> (String, [Strin
 /// `kubectl delete rs NAME --cascade=...` (the same DeleteOptions without kubectl).
 async fn delete_rs(s: &Server, c: &Client, rs: &str, cascade: &str) {
     let flag = format!("--cascade={cascade}");
-    if s.kubectl(&["delete", "rs", rs, &flag, "--wait=false"]).is_none() {
+    if kubectl(s, &["delete", "rs", rs, &flag, "--wait=false"]).is_none() {
         let policy = match cascade {
             "orphan" => "Orphan",
             "foreground" => "Foreground",
@@ -445,7 +368,7 @@ async fn delete_rs(s: &Server, c: &Client, rs: &str, cascade: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_collection_background_orphan_foreground() {
-    let s = Server::start();
+    let s = Server::start_without_kubectl(&[]);
     let c = s.client();
 
     // Background (kubectl's default): the owner goes at once, the pods after it.

@@ -8,11 +8,10 @@
 //! where a user would use it; without it those checks are skipped. A failing test
 //! prints its server's log; `SKIFF_TEST_LOG=1` prints it always.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -25,144 +24,42 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use skiff_api::{Client, ListParams};
+use support::Server;
 
-fn kubectl_bin() -> Option<PathBuf> {
-    if let Ok(k) = std::env::var("SKIFF_KUBECTL") {
-        return Some(k.into());
-    }
-    let pinned = Path::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.32");
-    if pinned.exists() {
-        return Some(pinned.into());
-    }
-    Command::new("kubectl").arg("version").arg("--client").output().ok().map(|_| "kubectl".into())
+/// skiff-control with short node-lifecycle timings.
+fn start(args: &[&str]) -> Server {
+    let mut all = vec!["--node-monitor-grace-period", "3", "--pod-eviction-timeout", "6"];
+    all.extend_from_slice(args);
+    Server::start_without_kubectl(&all)
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// `start`, then a static token file (`token,user,uid,"groups"` lines) and a restart to
+/// load it.
+fn start_with_tokens(args: &[&str], tokens: &str) -> Server {
+    let mut s = start(args);
+    std::fs::write(s.dir.join("tokens.csv"), tokens).unwrap();
+    s.restart();
+    s
 }
 
-/// One skiff-control process; killed on drop.
-struct Control {
-    child: Option<Child>,
-    dir: PathBuf,
-    port: u16,
-    args: Vec<String>,
-    tmp: tempfile::TempDir,
+/// A client authenticating with a bearer token (e.g. a node's).
+fn token_client(s: &Server, token: &str) -> Client {
+    let path = s.tmp.path().join(format!("{token}.kubeconfig"));
+    let ca = s.dir.join("pki/ca.crt");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: t\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority: {}\ncontexts:\n- name: t\n  context: {{cluster: c, user: u}}\nusers:\n- name: u\n  user:\n    token: {token}\n",
+        s.port,
+        ca.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    Client::from_kubeconfig(&path, "controllers-endpoints-test-node").unwrap()
 }
 
-impl Control {
-    fn start(args: &[&str]) -> Self {
-        Self::start_with_tokens(args, "")
-    }
-
-    /// Starts with a static token file (`token,user,uid,"groups"` lines) in place.
-    fn start_with_tokens(args: &[&str], tokens: &str) -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        if !tokens.is_empty() {
-            std::fs::create_dir_all(tmp.path().join("data")).unwrap();
-            std::fs::write(tmp.path().join("data/tokens.csv"), tokens).unwrap();
-        }
-        let mut c = Control {
-            child: None,
-            dir: tmp.path().join("data"),
-            port: free_port(),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            tmp,
-        };
-        c.spawn();
-        c
-    }
-
-    fn spawn(&mut self) {
-        let log =
-            std::fs::OpenOptions::new().create(true).append(true).open(self.tmp.path().join("server.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_skiff-control"))
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .args(["--bind-address", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--node-monitor-grace-period", "3", "--pod-eviction-timeout", "6"])
-            .args(&self.args)
-            .env("RUST_LOG", "info")
-            // tracing writes to stdout.
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("cannot start skiff-control");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if self.dir.join("admin.kubeconfig").exists()
-                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-            {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("skiff-control exited with {status}: {}", self.log());
-            }
-            assert!(Instant::now() < deadline, "skiff-control did not come up in 20 s: {}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.tmp.path().join("server.log")).unwrap_or_default()
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn restart(&mut self) {
-        self.stop();
-        self.spawn();
-    }
-
-    fn client(&self) -> Client {
-        Client::from_kubeconfig(&self.dir.join("admin.kubeconfig"), "controllers-endpoints-test").unwrap()
-    }
-
-    /// A client authenticating with a bearer token (e.g. a node's).
-    fn token_client(&self, token: &str) -> Client {
-        let path = self.tmp.path().join(format!("{token}.kubeconfig"));
-        let ca = self.dir.join("pki/ca.crt");
-        let text = format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: t\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority: {}\ncontexts:\n- name: t\n  context: {{cluster: c, user: u}}\nusers:\n- name: u\n  user:\n    token: {token}\n",
-            self.port,
-            ca.display()
-        );
-        std::fs::write(&path, text).unwrap();
-        Client::from_kubeconfig(&path, "controllers-endpoints-test-node").unwrap()
-    }
-
-    /// `kubectl <args>` with the admin kubeconfig; `None` when kubectl is not installed.
-    fn kubectl(&self, args: &[&str]) -> Option<String> {
-        let bin = kubectl_bin()?;
-        let out = Command::new(bin)
-            .env("KUBECONFIG", self.dir.join("admin.kubeconfig"))
-            .env("HOME", self.tmp.path())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        Some(String::from_utf8(out.stdout).unwrap())
-    }
-}
-
-impl Drop for Control {
-    fn drop(&mut self) {
-        self.stop();
-        if std::thread::panicking() || std::env::var_os("SKIFF_TEST_LOG").is_some() {
-            eprintln!("--- skiff-control log ---\n{}", self.log());
-        }
-    }
+/// `kubectl <args>` with the admin kubeconfig; `None` when kubectl is not installed
+/// (outside CI).
+fn kubectl(s: &Server, args: &[&str]) -> Option<String> {
+    support::kubectl_bin()?;
+    Some(s.ok(args))
 }
 
 /// Polls `f` every 100 ms until it gives `Some`, for at most `timeout`.
@@ -284,7 +181,7 @@ const T: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_slices_endpoints_and_service_accounts_follow_pods() {
-    let cp = Control::start(&[]);
+    let cp = start(&[]);
     let c = cp.client();
     c.create(Some("default"), &service("web", Some("web"), IntOrString::Int(8080))).await.unwrap();
     c.create(Some("default"), &service("manual", None, IntOrString::Int(8080))).await.unwrap();
@@ -323,7 +220,7 @@ async fn endpoint_slices_endpoints_and_service_accounts_follow_pods() {
     let subset = &eps.subsets.as_ref().unwrap()[0];
     assert_eq!(ips(&subset.addresses), ["10.244.1.10"]);
     assert_eq!(subset.ports.as_ref().unwrap()[0].port, 8080);
-    if let Some(out) = cp.kubectl(&["get", "endpoints", "web"]) {
+    if let Some(out) = kubectl(&cp, &["get", "endpoints", "web"]) {
         assert!(out.contains("10.244.1.10:8080"), "{out}");
     }
 
@@ -384,7 +281,7 @@ async fn endpoint_slices_endpoints_and_service_accounts_follow_pods() {
     })
     .await;
     assert_eq!(ports, [(8080, "10.244.2.10".to_string()), (9090, "10.244.2.11".to_string())]);
-    if let Some(out) = cp.kubectl(&["get", "endpoints", "named", "-o", "jsonpath={.subsets[*].ports[*].port}"]) {
+    if let Some(out) = kubectl(&cp, &["get", "endpoints", "named", "-o", "jsonpath={.subsets[*].ports[*].port}"]) {
         let mut got: Vec<&str> = out.split_whitespace().collect();
         got.sort();
         assert_eq!(got, ["8080", "9090"]);
@@ -417,7 +314,7 @@ async fn endpoint_slices_endpoints_and_service_accounts_follow_pods() {
         c.get_opt::<ServiceAccount>(Some("team"), "default").await.unwrap()
     })
     .await;
-    if let Some(out) = cp.kubectl(&["get", "serviceaccounts", "-n", "team", "-o", "name"]) {
+    if let Some(out) = kubectl(&cp, &["get", "serviceaccounts", "-n", "team", "-o", "name"]) {
         assert_eq!(out.trim(), "serviceaccount/default");
     }
 }
@@ -436,7 +333,7 @@ async fn wait_cidr(c: &Client, node: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_get_distinct_ranges_that_survive_a_restart() {
-    let mut cp = Control::start(&[]);
+    let mut cp = start(&[]);
     let c = cp.client();
     let mut seen = BTreeSet::new();
     for n in ["n1", "n2", "n3"] {
@@ -449,7 +346,7 @@ async fn nodes_get_distinct_ranges_that_survive_a_restart() {
         assert!(seen.insert(cidr.clone()), "{cidr} given twice");
         before.push(cidr);
     }
-    if let Some(out) = cp.kubectl(&["get", "nodes", "-o", "jsonpath={.items[*].spec.podCIDR}"]) {
+    if let Some(out) = kubectl(&cp, &["get", "nodes", "-o", "jsonpath={.items[*].spec.podCIDR}"]) {
         assert_eq!(out.split_whitespace().count(), 3, "{out}");
     }
 
@@ -466,7 +363,7 @@ async fn nodes_get_distinct_ranges_that_survive_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_range_warns_and_freed_ranges_are_reused() {
-    let cp = Control::start(&["--cluster-cidr", "10.250.0.0/23"]);
+    let cp = start(&["--cluster-cidr", "10.250.0.0/23"]);
     let c = cp.client();
     for n in ["a", "b"] {
         c.create(None, &Node { metadata: meta(None, n), ..Default::default() }).await.unwrap();
@@ -568,9 +465,9 @@ fn tolerating(name: &str, node: &str, seconds: Option<i64>) -> Pod {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_nodes_are_marked_tainted_and_evicted_and_recover() {
     // "silent" acts with a node's identity (group system:nodes), as its agent would.
-    let cp = Control::start_with_tokens(&[], "tok-silent,system:node:silent,2001,\"system:nodes\"\n");
+    let cp = start_with_tokens(&[], "tok-silent,system:node:silent,2001,\"system:nodes\"\n");
     let c = cp.client();
-    let node_client = cp.token_client("tok-silent");
+    let node_client = token_client(&cp, "tok-silent");
     for n in ["alive", "silent"] {
         c.create(None, &ready_node(n)).await.unwrap();
     }
@@ -681,7 +578,7 @@ async fn silent_nodes_are_marked_tainted_and_evicted_and_recover() {
     })
     .await;
     assert_eq!(ready_of(&back).0, "True");
-    if let Some(out) = cp.kubectl(&["get", "node", "silent"]) {
+    if let Some(out) = kubectl(&cp, &["get", "node", "silent"]) {
         assert!(out.contains("Ready"), "{out}");
     }
 }
