@@ -84,3 +84,27 @@ fn spreads_identical_pods_and_respects_cordon() {
     // Least-requested scoring fills the emptier node first, so neither takes them all.
     assert!(on.get("n1").copied().unwrap_or(0) >= 2 && on.get("n2").copied().unwrap_or(0) >= 2, "{on:?}");
 }
+
+#[test]
+fn pods_of_a_deleted_node_are_collected() {
+    let Some(s) = Server::start() else { return };
+    s.apply("a.yaml", &node_manifest("stays", "2", "4Gi", "", ""));
+    s.apply("b.yaml", &node_manifest("goes", "2", "4Gi", "", ""));
+    s.apply("p1.yaml", &pod("on-stays", "100m", "  nodeSelector: {kubernetes.io/hostname: stays}\n"));
+    s.apply("p2.yaml", &pod("on-goes", "100m", "  nodeSelector: {kubernetes.io/hostname: goes}\n"));
+    s.apply("p3.yaml", &pod("terminating-on-goes", "100m", "  nodeSelector: {kubernetes.io/hostname: goes}\n"));
+    wait_for(Duration::from_secs(20), "three pods bound", || {
+        ["on-stays", "on-goes", "terminating-on-goes"].iter().all(|p| !node_of(&s, p).is_empty())
+    });
+    // A bound pod being deleted waits for its kubelet, which this node no longer has.
+    s.ok(&["delete", "pod", "terminating-on-goes", "--wait=false"]);
+    let ts = s.ok(&["get", "pod", "terminating-on-goes", "-o", "jsonpath={.metadata.deletionTimestamp}"]);
+    assert!(!ts.is_empty(), "a bound pod is deleted gracefully");
+
+    s.ok(&["delete", "node", "goes"]);
+    wait_for(Duration::from_secs(20), "the pods of the deleted node to be collected", || {
+        let names = s.ok(&["get", "pods", "-o", "name"]);
+        !names.contains("on-goes")
+    });
+    assert_eq!(s.ok(&["get", "pods", "-o", "name"]).trim(), "pod/on-stays", "pods on live nodes stay");
+}

@@ -39,6 +39,7 @@ pub mod leader;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod owned_pods;
+pub mod podgc;
 pub mod replicaset;
 pub mod serviceaccount;
 
@@ -161,6 +162,7 @@ pub const CONTROLLERS: &[(&str, StartFn)] = &[
     ("daemonset", |ctx| Box::pin(daemonset::run(ctx))),
     ("job", |ctx| Box::pin(job::run(ctx))),
     ("garbage-collector", |ctx| Box::pin(gc::run(ctx))),
+    ("pod-garbage-collector", |ctx| Box::pin(podgc::run(ctx))),
 ];
 
 /// Campaigns for the controller-manager Lease and, while leading, runs the informers,
