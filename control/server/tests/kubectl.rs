@@ -503,3 +503,36 @@ fn api_semantics_paging_selectors_patches_subresources_strict_validation() {
     let e = s.fails(&["delete", "namespace", "default"]);
     assert!(e.contains("may not be deleted"), "{e}");
 }
+
+/// `kubectl create deployment|job|service` build their objects in kubectl and send them
+/// as protobuf; the decoded objects must say what the flags said.
+#[test]
+fn kubectl_create_generators_over_protobuf() {
+    let Some(s) = start() else { return };
+    s.ok(&["create", "deployment", "web", "--image=nginx:1.27", "--replicas=0", "--port=80"]);
+    let d = s.json(&["get", "deployment", "web"]);
+    assert_eq!(d["spec"]["replicas"], 0, "a pointer field keeps its zero");
+    assert_eq!(d["spec"]["selector"]["matchLabels"]["app"], "web");
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["image"], "nginx:1.27");
+    assert_eq!(c["ports"][0], serde_json::json!({"containerPort": 80, "protocol": "TCP"}), "no zero-valued noise");
+
+    s.ok(&["create", "job", "pi", "--image=busybox:1.36", "--", "echo", "hi"]);
+    let j = s.json(&["get", "job", "pi"]);
+    let spec = &j["spec"]["template"]["spec"];
+    assert_eq!(spec["containers"][0]["command"], serde_json::json!(["echo", "hi"]));
+    assert_eq!(spec["restartPolicy"], "Never");
+    let uid = j["metadata"]["uid"].as_str().unwrap();
+    assert_eq!(j["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"], uid);
+    assert_eq!(j["spec"]["template"]["metadata"]["labels"]["job-name"], "pi");
+
+    s.ok(&["create", "service", "clusterip", "s1", "--tcp=80:8080"]);
+    let svc = s.json(&["get", "service", "s1"]);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+    assert!(svc["spec"]["ports"][0].get("nodePort").is_none());
+    s.ok(&["create", "service", "nodeport", "np", "--tcp=81:http"]);
+    let np = s.json(&["get", "service", "np"]);
+    assert_eq!(np["spec"]["ports"][0]["targetPort"], "http");
+    let node_port = np["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+    assert!((30000..=32767).contains(&node_port), "a NodePort is allocated: {node_port}");
+}

@@ -468,12 +468,16 @@ impl ApiServer {
         let mut obj = typed_decode(def, obj, ctx)?;
         reset_status_on_create(def, &mut obj);
         validation::default(def.kind, &mut obj);
+        let uid = meta::new_uid();
+        if def.kind == "Job" {
+            validation::default_job_selector(&mut obj, &uid);
+        }
         let causes = validation::validate(def.kind, def.namespaced, &obj);
         if !causes.is_empty() {
             return Err(invalid(def, &obj, causes));
         }
         let m = obj["metadata"].as_object_mut().unwrap();
-        m.insert("uid".into(), json!(meta::new_uid()));
+        m.insert("uid".into(), json!(uid));
         m.insert("creationTimestamp".into(), json!(meta::now()));
         if def.has_spec() {
             m.insert("generation".into(), json!(1));

@@ -34,6 +34,7 @@ pub mod meta;
 mod openapi;
 pub mod patch;
 mod protobuf;
+mod protobuf_workloads;
 mod rawjson;
 pub mod resources;
 #[cfg(test)]

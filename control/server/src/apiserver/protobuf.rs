@@ -1,6 +1,7 @@
 //! Decoding of the Kubernetes protobuf wire format for the kinds `kubectl create`
 //! sends as protobuf (ConfigMap, Secret, Namespace, ServiceAccount, RoleBinding,
-//! ClusterRoleBinding, and the TokenRequest of `kubectl create token`): client-go prefers protobuf for built-in
+//! ClusterRoleBinding, and the TokenRequest of `kubectl create token`; Deployment, Job
+//! and Service by table in `protobuf_workloads`): client-go prefers protobuf for built-in
 //! types and does not fall back to JSON on 415. Other kinds get 415.
 //!
 //! Envelope: the magic `k8s\0`, then `runtime.Unknown{typeMeta=1, raw=2}` whose `raw`
@@ -10,13 +11,13 @@
 use base64::Engine;
 use serde_json::{Map, Value, json};
 
-type Res<T> = Result<T, String>;
+pub(super) type Res<T> = Result<T, String>;
 
 struct Reader<'a> {
     buf: &'a [u8],
 }
 
-enum Field<'a> {
+pub(super) enum Field<'a> {
     Varint(u64),
     Bytes(&'a [u8]),
 }
@@ -65,7 +66,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn fields(buf: &[u8]) -> Res<Vec<(u64, Field<'_>)>> {
+pub(super) fn fields(buf: &[u8]) -> Res<Vec<(u64, Field<'_>)>> {
     let mut r = Reader { buf };
     let mut out = Vec::new();
     while let Some(f) = r.next()? {
@@ -74,12 +75,12 @@ fn fields(buf: &[u8]) -> Res<Vec<(u64, Field<'_>)>> {
     Ok(out)
 }
 
-fn string(b: &[u8]) -> Res<String> {
+pub(super) fn string(b: &[u8]) -> Res<String> {
     String::from_utf8(b.to_vec()).map_err(|_| "invalid UTF-8 in string field".to_string())
 }
 
 /// A `map<string, string|bytes>` entry: key=1, value=2.
-fn map_entry(b: &[u8], bytes_value: bool) -> Res<(String, Value)> {
+pub(super) fn map_entry(b: &[u8], bytes_value: bool) -> Res<(String, Value)> {
     let mut k = String::new();
     let mut v = Value::String(String::new());
     for (n, f) in fields(b)? {
@@ -95,11 +96,11 @@ fn map_entry(b: &[u8], bytes_value: bool) -> Res<(String, Value)> {
     Ok((k, v))
 }
 
-fn insert_map(obj: &mut Map<String, Value>, key: &str, entry: (String, Value)) {
+pub(super) fn insert_map(obj: &mut Map<String, Value>, key: &str, entry: (String, Value)) {
     obj.entry(key).or_insert_with(|| json!({}))[&entry.0] = entry.1;
 }
 
-fn object_meta(b: &[u8]) -> Res<Value> {
+pub(super) fn object_meta(b: &[u8]) -> Res<Value> {
     let mut m = Map::new();
     for (n, f) in fields(b)? {
         match (n, f) {
@@ -306,7 +307,10 @@ pub fn decode(body: &[u8]) -> Res<Value> {
         "ServiceAccount" => service_account(raw)?,
         "TokenRequest" => token_request(raw)?,
         "RoleBinding" | "ClusterRoleBinding" => role_binding(raw)?,
-        other => return Err(format!("protobuf is not supported for kind {other:?}; send JSON")),
+        other => match super::protobuf_workloads::decode(other, raw) {
+            Some(obj) => obj?,
+            None => return Err(format!("protobuf is not supported for kind {other:?}; send JSON")),
+        },
     };
     obj["kind"] = json!(kind);
     obj["apiVersion"] = json!(api_version);

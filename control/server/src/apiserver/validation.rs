@@ -55,6 +55,32 @@ fn default_pod_spec(spec: &mut Value) {
 }
 
 /// Fills defaults in place.
+/// A new Job's selector, as the real API server sets it: unless `spec.manualSelector`,
+/// the selector is the Job's own uid, and the pod template carries the labels that
+/// match it (so `kubectl describe job` and `kubectl logs job/NAME` find the pods).
+/// User labels on the template are kept.
+pub fn default_job_selector(obj: &mut Value, uid: &str) {
+    if obj.pointer("/spec/manualSelector") == Some(&json!(true))
+        || obj.pointer("/spec/selector").is_some_and(|s| !s.is_null())
+    {
+        return;
+    }
+    let name = obj.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("").to_string();
+    set_default(obj, "/spec/selector", json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}));
+    set_default(obj, "/spec/template/metadata", json!({}));
+    set_default(obj, "/spec/template/metadata/labels", json!({}));
+    if let Some(labels) = obj.pointer_mut("/spec/template/metadata/labels").and_then(|l| l.as_object_mut()) {
+        for (k, v) in [
+            ("batch.kubernetes.io/controller-uid", uid),
+            ("controller-uid", uid),
+            ("batch.kubernetes.io/job-name", name.as_str()),
+            ("job-name", name.as_str()),
+        ] {
+            labels.entry(k).or_insert_with(|| json!(v));
+        }
+    }
+}
+
 pub fn default(kind: &str, obj: &mut Value) {
     match kind {
         "Pod" => {
@@ -354,6 +380,23 @@ pub fn validate(kind: &str, namespaced: bool, obj: &Value) -> Vec<Cause> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn jobs_get_a_selector_on_their_uid() {
+        let mut job = json!({"metadata": {"name": "pi"}, "spec": {"template": {
+            "metadata": {"labels": {"app": "pi", "job-name": "mine"}}, "spec": {"containers": []}}}});
+        default_job_selector(&mut job, "u-1");
+        assert_eq!(job["spec"]["selector"], json!({"matchLabels": {"batch.kubernetes.io/controller-uid": "u-1"}}));
+        let labels = &job["spec"]["template"]["metadata"]["labels"];
+        assert_eq!(labels["batch.kubernetes.io/controller-uid"], "u-1");
+        assert_eq!(labels["batch.kubernetes.io/job-name"], "pi");
+        assert_eq!(labels["app"], "pi");
+        assert_eq!(labels["job-name"], "mine", "user labels win");
+        let mut manual = json!({"spec": {"manualSelector": true, "template": {"spec": {}}}});
+        default_job_selector(&mut manual, "u-2");
+        assert!(manual["spec"].get("selector").is_none());
+    }
+
     use super::*;
 
     #[test]
