@@ -7,7 +7,7 @@
 //! none outlives a test, even one that panics. Everything listens on 127.0.0.1 only.
 //! Without etcd the tests say so and pass, except under `CI=true`, where it is a failure.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,22 +16,8 @@ use skiff_control::store::{EtcdConfig, EtcdStore, Store};
 
 mod support;
 
-use support::etcd::{Etcd, etcd_bins, required};
+use support::etcd::{Etcd, etcd_bins};
 use support::free_port;
-
-fn kubectl_bin() -> Option<PathBuf> {
-    if let Ok(k) = std::env::var("SKIFF_KUBECTL") {
-        return Some(k.into());
-    }
-    let pinned = Path::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.32");
-    if pinned.exists() {
-        return Some(pinned.into());
-    }
-    if Command::new("kubectl").arg("version").arg("--client").output().is_ok() {
-        return Some("kubectl".into());
-    }
-    required("kubectl")
-}
 
 /// Store logs in the test output (shown for failing tests, or with --nocapture), at
 /// `$RUST_LOG` or debug for the store.
@@ -218,7 +204,7 @@ fn names(range: std::ops::Range<usize>) -> Vec<String> {
 #[test]
 fn kubectl_keeps_working_when_the_etcd_leader_dies() {
     let Some(mut etcd) = Etcd::start(3) else { return };
-    let Some(kubectl) = kubectl_bin() else { return };
+    let Some(kubectl) = support::kubectl_bin() else { return };
     let mut s = Server::start(kubectl, etcd.urls().join(","));
     for i in 0..5 {
         s.ok(&["create", "configmap", &format!("cm-{i:03}"), &format!("--from-literal=n={i}")]);

@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::{
     EndpointAddress, EndpointPort as LegacyPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service, ServicePort,
 };
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use skiff_api::ObjectKey;
 use skiff_api::reflector::Change;
@@ -285,17 +285,6 @@ impl SlicePlan {
     }
 }
 
-fn owner_ref(svc: &Service) -> OwnerReference {
-    OwnerReference {
-        api_version: "v1".into(),
-        kind: "Service".into(),
-        name: svc.metadata.name.clone().unwrap_or_default(),
-        uid: svc.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
 fn slice_labels(svc: &Service) -> BTreeMap<String, String> {
     let mut l = svc.metadata.labels.clone().unwrap_or_default();
     l.insert(SERVICE_NAME_LABEL.into(), svc.metadata.name.clone().unwrap_or_default());
@@ -319,7 +308,7 @@ pub fn plan_slices(
 ) -> SlicePlan {
     let mut plan = SlicePlan::default();
     let labels = slice_labels(svc);
-    let owners = vec![owner_ref(svc)];
+    let owners = vec![super::owned_pods::controller_ref(svc)];
     let placeholder = desired.is_empty();
     if placeholder {
         let fam = families(svc).into_iter().next().unwrap_or_else(|| "IPv4".into());

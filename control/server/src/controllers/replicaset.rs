@@ -16,10 +16,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::Resource;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector as MetaSelector, ObjectMeta, OwnerReference};
-use k8s_openapi::{Metadata, Resource};
 use serde_json::json;
 use skiff_api::reflector::Change;
 use skiff_api::selector::LabelSelector;
@@ -204,17 +204,7 @@ pub(crate) fn controller_ref(meta: &ObjectMeta) -> Option<&OwnerReference> {
 }
 
 /// A controller owner reference to `owner` (blocking its deletion until the dependent is gone).
-pub(crate) fn owner_ref<K: Resource + Metadata<Ty = ObjectMeta>>(owner: &K) -> OwnerReference {
-    let m = owner.metadata();
-    OwnerReference {
-        api_version: K::API_VERSION.to_string(),
-        kind: K::KIND.to_string(),
-        name: m.name.clone().unwrap_or_default(),
-        uid: m.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
+pub(crate) use super::owned_pods::controller_ref as owner_ref;
 
 /// The matcher of a `metav1.LabelSelector`.
 pub(crate) fn selector_of(s: &MetaSelector) -> Result<LabelSelector, skiff_api::selector::Error> {
