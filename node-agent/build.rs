@@ -25,16 +25,22 @@ fn main() {
             target.join("bpfel-unknown-none/release")
         }
     };
+    let mut missing = Vec::new();
     for (bin, var) in OBJECTS {
         let path = dir.join(bin);
         println!("cargo:rerun-if-changed={}", path.display());
         if !path.is_file() {
-            panic!(
-                "\n\nThe BPF object `{}` is missing.\nBuild the BPF programs first: `cargo xtask build-ebpf` \
-                 (it installs the toolchain it needs), or point SKIFF_EBPF_DIR at a directory holding them.\n",
-                path.display()
-            );
+            missing.push(*bin);
         }
         println!("cargo:rustc-env={var}={}", path.display());
+    }
+    if !missing.is_empty() {
+        // One line, no panic backtrace: cargo prints `error: ...` and stops the build.
+        println!(
+            "cargo::error=the BPF objects ({}) are not in {}: run `cargo xtask build-ebpf` first \
+             (it installs the toolchain it needs), or set SKIFF_EBPF_DIR to a directory holding them",
+            missing.join(", "),
+            dir.display()
+        );
     }
 }

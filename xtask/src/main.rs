@@ -28,7 +28,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Install what this machine lacks: Debian packages, the pinned nightly toolchain,
-    /// bpf-linker, and the bpffs mount. Fast when everything is already there.
+    /// bpf-linker, the Python client's venv, and the bpffs mount. Fast when everything
+    /// is already there. `SKIFF_TOOLS_DIR` moves the tools it builds (default
+    /// `$CARGO_HOME/skiff-tools`).
     Setup,
     /// Build the BPF programs (ebpf/programs) into eBPF objects.
     BuildEbpf {
@@ -36,7 +38,7 @@ enum Command {
         #[arg(long)]
         debug: bool,
     },
-    /// Run all tests: setup, build-ebpf, then `cargo test` for the whole workspace.
+    /// Run all tests: the whole of `setup`, build-ebpf, then `cargo test` for the workspace.
     Test {
         /// Extra arguments for `cargo test`, after `--`
         /// (e.g. `cargo xtask test -- -p skiff-node -- --nocapture`).
@@ -72,7 +74,7 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Setup => setup::run(),
+        Command::Setup => setup::run().map(drop),
         Command::BuildEbpf { debug } => build_ebpf::run(!debug),
         Command::Test { cargo_args } => test::run(&cargo_args),
         Command::Demo => demo::run(),

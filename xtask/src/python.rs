@@ -2,7 +2,8 @@
 //! `python_client` test of skiff-control runs against the API server.
 //!
 //! Like the BPF tools (see `toolchain`), it lives outside any clone, at
-//! `$CARGO_HOME/skiff-tools/python`, so a second `cargo xtask setup` (or CI's next
+//! `<tools>/python` (`$CARGO_HOME/skiff-tools/python` unless `SKIFF_TOOLS_DIR` names
+//! another place), so a second `cargo xtask setup` (or CI's next
 //! fresh clone) finds it and skips the install. The test looks for `$SKIFF_PYTHON`, then
 //! `<venv>/bin/python`; `cargo xtask test` sets the former.
 //!
@@ -25,7 +26,7 @@ pub const KUBERNETES_CLIENT_VERSION: &str = "37.0.2";
 /// The environment variable naming the venv's interpreter for the test.
 pub const PYTHON_ENV: &str = "SKIFF_PYTHON";
 
-/// `$CARGO_HOME/skiff-tools/python`.
+/// `<tools>/python` (see `toolchain::tools_dir`).
 pub fn venv_dir() -> Result<PathBuf> {
     Ok(tools_dir()?.join("python"))
 }

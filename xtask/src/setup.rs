@@ -15,9 +15,12 @@ use anyhow::{Context, Result, bail};
 use crate::util::{is_root, progress, run_checked};
 use crate::{python, toolchain};
 
-/// Debian packages the project needs: networking tools for the datapath and tests,
-/// protoc for the CRI client's build, containerd/runc/CNI plugins and etcd for the
-/// local cluster, Python with venv for the Python client test.
+/// Debian packages the project's build and tests use that a fresh machine may lack:
+/// networking tools for the datapath and tests, protoc with the well-known `.proto`
+/// files (`libprotobuf-dev`: `google/protobuf/*.proto`, which etcd-client's build
+/// script needs) for the gRPC clients' builds, containerd/runc/CNI plugins and etcd for
+/// the local cluster, Python with venv for the Python client test. A unit test checks
+/// that every tool the code runs comes from this list or from what a fresh machine has.
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "iptables",
@@ -25,6 +28,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "iperf3",
     "protobuf-compiler",
+    "libprotobuf-dev",
     "libc6-dev",
     "containerd",
     "runc",
@@ -42,12 +46,23 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
 /// Where bpffs must be mounted for pinning maps, programs and links.
 pub const BPFFS: &str = "/sys/fs/bpf";
 
-pub fn run() -> Result<()> {
+/// What `setup` found or installed, for the commands that run after it.
+pub struct Ready {
+    /// The Python venv's interpreter, which the Python client test runs.
+    pub python: std::path::PathBuf,
+}
+
+pub fn run() -> Result<Ready> {
     let started = Instant::now();
     ensure_packages()?;
     let tc = toolchain::ensure()?;
     let py = python::ensure()?;
-    ensure_bpffs()?;
+    if is_root() {
+        ensure_bpffs()?;
+    } else if !bpffs_mounted()? {
+        // Only root can mount it, and only root runs the tests that pin to it.
+        progress("setup", &format!("WARNING: bpffs is not mounted at {BPFFS}; as root, setup mounts it"));
+    }
     progress(
         "setup",
         &format!(
@@ -61,7 +76,7 @@ pub fn run() -> Result<()> {
             py.display(),
         ),
     );
-    Ok(())
+    Ok(Ready { python: py })
 }
 
 /// The packages of `DEBIAN_PACKAGES` that are not installed, by one `dpkg-query` call.

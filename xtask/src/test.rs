@@ -1,5 +1,6 @@
 //! `cargo xtask test`: the project's one test command (README and `.ci/run` name it).
-//! Checks the machine (packages, bpffs), builds the BPF objects, then runs `cargo test`
+//! Runs all of `setup` first (packages, toolchain, the Python venv, bpffs), so that it
+//! passes on a fresh machine, builds the BPF objects, then runs `cargo test`
 //! for the workspace's default members (everything but the BPF crate) with
 //! `SKIFF_EBPF_DIR` pointing at the objects. Privileged tests need root: under CI
 //! (`CI=true`) not being root is an error; elsewhere they skip, with a warning here.
@@ -34,10 +35,7 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
         );
     }
 
-    setup::ensure_packages()?;
-    if root {
-        setup::ensure_bpffs()?;
-    }
+    let ready = setup::run()?;
     let ebpf_dir = build_ebpf(true)?;
 
     // The cargo that runs xtask (stable), not whatever `cargo` PATH finds first.
@@ -84,12 +82,9 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
         .current_dir(workspace_root())
         .env(EBPF_DIR_ENV, &ebpf_dir)
         .stdout(Stdio::piped());
-    // The Python client test runs the venv `cargo xtask setup` made; naming it here
-    // keeps the test independent of how CARGO_HOME is set in its environment.
-    let py = crate::python::venv_python()?;
-    if py.exists() {
-        cmd.env(crate::python::PYTHON_ENV, &py);
-    }
+    // The Python client test runs the venv setup made; naming it here keeps the test
+    // independent of CARGO_HOME and SKIFF_TOOLS_DIR in its environment.
+    cmd.env(crate::python::PYTHON_ENV, &ready.python);
     progress("test", &format!("running `{}` ({EBPF_DIR_ENV}={})...", display(&cmd), ebpf_dir.display()));
 
     let mut child = cmd.spawn().context("cannot start `cargo test`; is cargo on PATH?")?;

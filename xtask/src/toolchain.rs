@@ -54,9 +54,18 @@ pub struct Toolchain {
     pub bpf_linker_bin_dir: PathBuf,
 }
 
-/// `$CARGO_HOME/skiff-tools`: where tools built for this project live.
+/// Names another tools directory than `$CARGO_HOME/skiff-tools`. An empty directory
+/// there makes `setup` redo every install outside apt, which is how a fresh machine is
+/// checked without one: `SKIFF_TOOLS_DIR=$(mktemp -d) CI=true bash .ci/run`.
+pub const TOOLS_DIR_ENV: &str = "SKIFF_TOOLS_DIR";
+
+/// Where tools built for this project live: `$SKIFF_TOOLS_DIR`, else
+/// `$CARGO_HOME/skiff-tools`.
 pub fn tools_dir() -> Result<PathBuf> {
-    Ok(cargo_home()?.join("skiff-tools"))
+    match std::env::var_os(TOOLS_DIR_ENV).filter(|d| !d.is_empty()) {
+        Some(dir) => Ok(PathBuf::from(dir)),
+        None => Ok(cargo_home()?.join("skiff-tools")),
+    }
 }
 
 /// Checks the pinned nightly and bpf-linker, installing what is missing. Takes well

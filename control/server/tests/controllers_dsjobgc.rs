@@ -1,8 +1,7 @@
 //! End-to-end tests of the DaemonSet and Job controllers and the garbage collector
 //! against a real `skiff-control` process on 127.0.0.1 (free port, temporary data dir),
 //! through `skiff_api::Client` and, where a user would, the real kubectl (v1.32 when
-//! installed as `kubectl.1.32`, else `kubectl` on PATH, or `$SKIFF_KUBECTL`; without
-//! one the same requests are made through the client).
+//! installed as `kubectl.1.32`, else `kubectl` on PATH, or `$SKIFF_KUBECTL`).
 //!
 //! There is no kubelet: the tests act as one by writing pods/status, and finish graceful
 //! deletions of bound pods themselves. Nodes are plain API objects. Every wait is
@@ -21,13 +20,6 @@ use skiff_api::{Client, ListParams, Patch};
 use support::Server;
 
 const NS: &str = "default";
-
-/// Runs kubectl and panics unless it succeeds; `None` when there is no kubectl (outside
-/// CI), so the test falls back to the API.
-fn kubectl(s: &Server, args: &[&str]) -> Option<String> {
-    support::kubectl_bin()?;
-    Some(s.ok(args))
-}
 
 /// Polls `f` every 200 ms until it returns `Some`, for at most `secs` seconds.
 async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
@@ -110,7 +102,7 @@ async fn finish_deletions(c: &Client, pods: &[Pod]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemonset_runs_one_pod_per_eligible_node() {
-    let s = Server::start_without_kubectl(&[]);
+    let s = Server::start_with(&[]);
     let c = s.client();
     for n in ["n1", "n2", "n3"] {
         create_node(&c, n, None).await;
@@ -167,9 +159,8 @@ async fn daemonset_runs_one_pod_per_eligible_node() {
         (4, 4, 4, 0)
     );
     assert_eq!(st.updated_number_scheduled, Some(4));
-    if let Some(out) = kubectl(&s, &["rollout", "status", "ds/agent", "--timeout=30s"]) {
-        assert!(out.contains("successfully rolled out"), "{out}");
-    }
+    let out = s.ok(&["rollout", "status", "ds/agent", "--timeout=30s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
 
     // A removed node loses its pod (nobody is left to confirm a graceful deletion).
     c.delete::<Node>(None, "n4", None).await.unwrap();
@@ -231,7 +222,7 @@ async fn daemonset_runs_one_pod_per_eligible_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_complete_fail_and_expire() {
-    let s = Server::start_without_kubectl(&[]);
+    let s = Server::start_with(&[]);
     let c = s.client();
     let job = |name: &str, completions: i32, parallelism: i32, extra: Value| -> Job {
         let mut j = json!({"metadata": {"name": name}, "spec": {
@@ -368,7 +359,7 @@ async fn delete_rs(s: &Server, c: &Client, rs: &str, cascade: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_collection_background_orphan_foreground() {
-    let s = Server::start_without_kubectl(&[]);
+    let s = Server::start_with(&[]);
     let c = s.client();
 
     // Background (kubectl's default): the owner goes at once, the pods after it.

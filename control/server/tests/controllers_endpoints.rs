@@ -5,7 +5,7 @@
 //!
 //! Every wait is bounded in time; every server is killed when its guard drops. kubectl
 //! (v1.32 when installed as `kubectl.1.32`, else on PATH, or `$SKIFF_KUBECTL`) is used
-//! where a user would use it; without it those checks are skipped. A failing test
+//! where a user would use it. A failing test
 //! prints its server's log; `SKIFF_TEST_LOG=1` prints it always.
 
 mod support;
@@ -30,7 +30,7 @@ use support::Server;
 fn start(args: &[&str]) -> Server {
     let mut all = vec!["--node-monitor-grace-period", "3", "--pod-eviction-timeout", "6"];
     all.extend_from_slice(args);
-    Server::start_without_kubectl(&all)
+    Server::start_with(&all)
 }
 
 /// `start`, then a static token file (`token,user,uid,"groups"` lines) and a restart to
@@ -53,13 +53,6 @@ fn token_client(s: &Server, token: &str) -> Client {
     );
     std::fs::write(&path, text).unwrap();
     Client::from_kubeconfig(&path, "controllers-endpoints-test-node").unwrap()
-}
-
-/// `kubectl <args>` with the admin kubeconfig; `None` when kubectl is not installed
-/// (outside CI).
-fn kubectl(s: &Server, args: &[&str]) -> Option<String> {
-    support::kubectl_bin()?;
-    Some(s.ok(args))
 }
 
 /// Polls `f` every 100 ms until it gives `Some`, for at most `timeout`.
@@ -220,9 +213,8 @@ async fn endpoint_slices_endpoints_and_service_accounts_follow_pods() {
     let subset = &eps.subsets.as_ref().unwrap()[0];
     assert_eq!(ips(&subset.addresses), ["10.244.1.10"]);
     assert_eq!(subset.ports.as_ref().unwrap()[0].port, 8080);
-    if let Some(out) = kubectl(&cp, &["get", "endpoints", "web"]) {
-        assert!(out.contains("10.244.1.10:8080"), "{out}");
-    }
+    let out = cp.ok(&["get", "endpoints", "web"]);
+    assert!(out.contains("10.244.1.10:8080"), "{out}");
 
     // Minimal writes: with nothing changing, the slice's resourceVersion stays.
     let rv = s.metadata.resource_version.clone();
@@ -281,11 +273,10 @@ async fn endpoint_slices_endpoints_and_service_accounts_follow_pods() {
     })
     .await;
     assert_eq!(ports, [(8080, "10.244.2.10".to_string()), (9090, "10.244.2.11".to_string())]);
-    if let Some(out) = kubectl(&cp, &["get", "endpoints", "named", "-o", "jsonpath={.subsets[*].ports[*].port}"]) {
-        let mut got: Vec<&str> = out.split_whitespace().collect();
-        got.sort();
-        assert_eq!(got, ["8080", "9090"]);
-    }
+    let out = cp.ok(&["get", "endpoints", "named", "-o", "jsonpath={.subsets[*].ports[*].port}"]);
+    let mut got: Vec<&str> = out.split_whitespace().collect();
+    got.sort();
+    assert_eq!(got, ["8080", "9090"]);
 
     // The Service without a selector is left alone.
     assert!(slices_of(&c, "manual").await.is_empty());
@@ -314,9 +305,8 @@ async fn endpoint_slices_endpoints_and_service_accounts_follow_pods() {
         c.get_opt::<ServiceAccount>(Some("team"), "default").await.unwrap()
     })
     .await;
-    if let Some(out) = kubectl(&cp, &["get", "serviceaccounts", "-n", "team", "-o", "name"]) {
-        assert_eq!(out.trim(), "serviceaccount/default");
-    }
+    let out = cp.ok(&["get", "serviceaccounts", "-n", "team", "-o", "name"]);
+    assert_eq!(out.trim(), "serviceaccount/default");
 }
 
 async fn pod_cidr(c: &Client, node: &str) -> Option<String> {
@@ -346,9 +336,8 @@ async fn nodes_get_distinct_ranges_that_survive_a_restart() {
         assert!(seen.insert(cidr.clone()), "{cidr} given twice");
         before.push(cidr);
     }
-    if let Some(out) = kubectl(&cp, &["get", "nodes", "-o", "jsonpath={.items[*].spec.podCIDR}"]) {
-        assert_eq!(out.split_whitespace().count(), 3, "{out}");
-    }
+    let out = cp.ok(&["get", "nodes", "-o", "jsonpath={.items[*].spec.podCIDR}"]);
+    assert_eq!(out.split_whitespace().count(), 3, "{out}");
 
     cp.restart();
     let c = cp.client();
@@ -578,7 +567,6 @@ async fn silent_nodes_are_marked_tainted_and_evicted_and_recover() {
     })
     .await;
     assert_eq!(ready_of(&back).0, "True");
-    if let Some(out) = kubectl(&cp, &["get", "node", "silent"]) {
-        assert!(out.contains("Ready"), "{out}");
-    }
+    let out = cp.ok(&["get", "node", "silent"]);
+    assert!(out.contains("Ready"), "{out}");
 }

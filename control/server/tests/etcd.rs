@@ -5,7 +5,7 @@
 //!
 //! Every etcd and skiff-control process is owned by a guard that kills it on drop, so
 //! none outlives a test, even one that panics. Everything listens on 127.0.0.1 only.
-//! Without etcd the tests say so and pass, except under `CI=true`, where it is a failure.
+//! Without etcd installed the tests that need it fail, saying what to install.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -16,7 +16,7 @@ use skiff_control::store::{EtcdConfig, EtcdStore, Store};
 
 mod support;
 
-use support::etcd::{Etcd, etcd_bins};
+use support::etcd::Etcd;
 use support::free_port;
 
 /// Store logs in the test output (shown for failing tests, or with --nocapture), at
@@ -33,14 +33,14 @@ fn cfg(endpoints: Vec<String>, prefix: &str) -> EtcdConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_passes_conformance_suite() {
-    let Some(etcd) = Etcd::start(1) else { return };
+    let etcd = Etcd::start(1);
     let store = EtcdStore::connect(&cfg(etcd.urls(), "/skiff")).await.unwrap();
     skiff_control::store::conformance::run_all(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_restart_loses_nothing() {
-    let Some(mut etcd) = Etcd::start(1) else { return };
+    let mut etcd = Etcd::start(1);
     let (a, b) = {
         let store = EtcdStore::connect(&cfg(etcd.urls(), "/skiff")).await.unwrap();
         let a = store.create("/r/a", Bytes::from_static(b"1")).await.unwrap();
@@ -66,7 +66,7 @@ async fn etcd_restart_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_prefixes_keep_clusters_apart() {
-    let Some(etcd) = Etcd::start(1) else { return };
+    let etcd = Etcd::start(1);
     let one = EtcdStore::connect(&cfg(etcd.urls(), "/one/")).await.unwrap();
     let two = EtcdStore::connect(&cfg(etcd.urls(), "/two")).await.unwrap();
     one.create("/k", Bytes::from_static(b"1")).await.unwrap();
@@ -81,9 +81,6 @@ async fn etcd_prefixes_keep_clusters_apart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_etcd_is_a_clear_error() {
-    if etcd_bins().is_none() {
-        return;
-    }
     let url = format!("http://127.0.0.1:{}", free_port());
     let started = Instant::now();
     let err = EtcdStore::connect(&cfg(vec![url.clone()], "/skiff")).await.unwrap_err().to_string();
@@ -203,8 +200,8 @@ fn names(range: std::ops::Range<usize>) -> Vec<String> {
 
 #[test]
 fn kubectl_keeps_working_when_the_etcd_leader_dies() {
-    let Some(mut etcd) = Etcd::start(3) else { return };
-    let Some(kubectl) = support::kubectl_bin() else { return };
+    let mut etcd = Etcd::start(3);
+    let kubectl = support::kubectl_bin();
     let mut s = Server::start(kubectl, etcd.urls().join(","));
     for i in 0..5 {
         s.ok(&["create", "configmap", &format!("cm-{i:03}"), &format!("--from-literal=n={i}")]);
@@ -249,7 +246,7 @@ fn kubectl_keeps_working_when_the_etcd_leader_dies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_wait_out_a_short_outage() {
-    let Some(mut etcd) = Etcd::start(1) else { return };
+    let mut etcd = Etcd::start(1);
     let store = EtcdStore::connect(&cfg(etcd.urls(), "/skiff")).await.unwrap();
     store.create("/o/a", Bytes::from_static(b"1")).await.unwrap();
     etcd.kill(0);
@@ -270,7 +267,7 @@ async fn requests_wait_out_a_short_outage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_survives_member_restarts() {
-    let Some(mut etcd) = Etcd::start(3) else { return };
+    let mut etcd = Etcd::start(3);
     let store = EtcdStore::connect(&cfg(etcd.urls(), "/skiff")).await.unwrap();
     let start = store.revision().await.unwrap();
     let mut w = store.watch("/w/", start).await.unwrap();
@@ -298,7 +295,7 @@ async fn watch_survives_member_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_by_another_client_is_compacted() {
-    let Some(etcd) = Etcd::start(1) else { return };
+    let etcd = Etcd::start(1);
     let store = EtcdStore::connect(&cfg(etcd.urls(), "/skiff")).await.unwrap();
     let a = store.create("/c/a", Bytes::from_static(b"1")).await.unwrap();
     store.update("/c/a", Bytes::from_static(b"2"), None).await.unwrap();
@@ -315,9 +312,6 @@ async fn compaction_by_another_client_is_compacted() {
 
 #[test]
 fn skiff_control_names_unreachable_etcd() {
-    if etcd_bins().is_none() {
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
     let url = format!("http://127.0.0.1:{}", free_port());
     let out = Command::new(env!("CARGO_BIN_EXE_skiff-control"))

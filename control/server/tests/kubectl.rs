@@ -3,8 +3,7 @@
 //! against `skiff-control` on 127.0.0.1 with a free port and a temporary data dir.
 //!
 //! Each test starts its own server through a guard that kills it on drop, so no
-//! process outlives a test. Without kubectl the tests say so and pass, except under
-//! `CI=true`, where a missing kubectl is a failure.
+//! process outlives a test. A missing kubectl fails them, saying how to get one.
 
 mod support;
 
@@ -16,7 +15,7 @@ use support::Server;
 
 /// API semantics only: the leader Lease renewals and controllers would move the store
 /// revision these tests compare (controllers have their own tests).
-fn start() -> Option<Server> {
+fn start() -> Server {
     Server::start_with(&["--disable-controllers"])
 }
 
@@ -83,7 +82,7 @@ spec:
 
 #[test]
 fn kubectl_apply_get_scale_label_annotate_delete_and_restart() {
-    let Some(mut s) = start() else { return };
+    let mut s = start();
     let f = s.write("web.yaml", WEB);
     let out = s.ok(&["apply", "-f", &f]);
     assert!(out.contains("deployment.apps/web created") && out.contains("service/web created"), "{out}");
@@ -165,7 +164,7 @@ fn kubectl_apply_get_scale_label_annotate_delete_and_restart() {
 
 #[test]
 fn kubectl_get_watch_streams_changes() {
-    let Some(s) = start() else { return };
+    let s = start();
     s.ok(&["create", "configmap", "first", "--from-literal=a=1"]);
     let mut w = s
         .cmd()
@@ -219,7 +218,7 @@ fn kubectl_get_watch_streams_changes() {
 
 #[test]
 fn anonymous_401_token_403_and_rbac_role_binding_grants() {
-    let Some(mut s) = start() else { return };
+    let mut s = start();
     std::fs::write(s.dir.join("tokens.csv"), "tok-bob,bob,1001,\"dev\"\n").unwrap();
     s.restart();
     let server = format!("https://127.0.0.1:{}", s.port);
@@ -307,7 +306,7 @@ subjects:
 
 #[test]
 fn bad_input_gets_status_errors_and_changes_nothing() {
-    let Some(s) = start() else { return };
+    let s = start();
     s.ok(&["create", "configmap", "keep", "--from-literal=a=1"]);
     let rv = list_rv(&s, "/api/v1/configmaps");
     let post = |file: &str| s.fails(&["create", "--raw", "/api/v1/namespaces/default/configmaps", "-f", file]);
@@ -354,7 +353,7 @@ fn bad_input_gets_status_errors_and_changes_nothing() {
 
 #[test]
 fn api_semantics_paging_selectors_patches_subresources_strict_validation() {
-    let Some(s) = start() else { return };
+    let s = start();
     for i in 0..5 {
         s.ok(&["create", "configmap", &format!("c{i}"), "--from-literal=a=1"]);
     }
@@ -508,7 +507,7 @@ fn api_semantics_paging_selectors_patches_subresources_strict_validation() {
 /// as protobuf; the decoded objects must say what the flags said.
 #[test]
 fn kubectl_create_generators_over_protobuf() {
-    let Some(s) = start() else { return };
+    let s = start();
     s.ok(&["create", "deployment", "web", "--image=nginx:1.27", "--replicas=0", "--port=80"]);
     let d = s.json(&["get", "deployment", "web"]);
     assert_eq!(d["spec"]["replicas"], 0, "a pointer field keeps its zero");

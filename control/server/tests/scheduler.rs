@@ -20,7 +20,7 @@ fn pod(name: &str, cpu: &str, extra: &str) -> String {
 
 #[test]
 fn places_pods_by_resources_selectors_and_taints() {
-    let Some(s) = Server::start() else { return };
+    let s = Server::start();
     s.apply("a.yaml", &node_manifest("small", "1", "2Gi", ", disk: ssd", ""));
     s.apply("b.yaml", &node_manifest("big", "4", "8Gi", "", ""));
     s.apply("c.yaml", &node_manifest("tainted", "16", "32Gi", "", "{key: dedicated, value: gpu, effect: NoSchedule}"));
@@ -62,7 +62,7 @@ fn places_pods_by_resources_selectors_and_taints() {
 
 #[test]
 fn spreads_identical_pods_and_respects_cordon() {
-    let Some(s) = Server::start() else { return };
+    let s = Server::start();
     s.apply("a.yaml", &node_manifest("n1", "2", "4Gi", "", ""));
     s.apply("b.yaml", &node_manifest("n2", "2", "4Gi", "", ""));
     s.ok(&["cordon", "n2"]);
@@ -87,7 +87,7 @@ fn spreads_identical_pods_and_respects_cordon() {
 
 #[test]
 fn pods_of_a_deleted_node_are_collected() {
-    let Some(s) = Server::start() else { return };
+    let s = Server::start();
     s.apply("a.yaml", &node_manifest("stays", "2", "4Gi", "", ""));
     s.apply("b.yaml", &node_manifest("goes", "2", "4Gi", "", ""));
     s.apply("p1.yaml", &pod("on-stays", "100m", "  nodeSelector: {kubernetes.io/hostname: stays}\n"));

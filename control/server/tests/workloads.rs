@@ -299,7 +299,7 @@ fn rs_by_image(s: &Server, image: &str) -> Value {
 
 #[test]
 fn deployment_rollout_undo_scale_with_kubectl() {
-    let Some(s) = Server::start() else { return };
+    let s = Server::start();
     let cluster = FakeCluster::start(&s.kubeconfig());
     s.wait_for(15, "two Ready nodes", || {
         let out = s.ok(&["get", "nodes"]);
@@ -445,7 +445,7 @@ fn deployment_rollout_undo_scale_with_kubectl() {
 
 #[test]
 fn replicaset_adopts_orphans_and_replaces_deleted_pods() {
-    let Some(s) = Server::start() else { return };
+    let s = Server::start();
     let _cluster = FakeCluster::start(&s.kubeconfig());
     // An orphan that matches the selector is adopted and counts as a replica.
     s.ok(&["run", "orphan", "--image=busybox", "--labels=app=cache", "--restart=Always"]);
@@ -525,7 +525,7 @@ fn images(s: &Server, selector: &str) -> Vec<String> {
 
 #[test]
 fn recreate_strategy_and_pause_resume() {
-    let Some(s) = Server::start() else { return };
+    let s = Server::start();
     let cluster = FakeCluster::start(&s.kubeconfig());
     let f = s.write("rec.yaml", REC);
     s.ok(&["apply", "-f", &f]);

@@ -1,7 +1,6 @@
 //! Local etcd clusters for tests: Debian's etcd 3.4 at /usr/bin/etcd (or `$SKIFF_ETCD`,
 //! etcdctl next to it) as processes on 127.0.0.1 with free ports and a temporary data
-//! dir, killed on drop. Without etcd, `Etcd::start` says so and returns `None`, except
-//! under `CI=true`, where it panics.
+//! dir, killed on drop. Without etcd, `Etcd::start` panics saying how to install it.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -9,17 +8,17 @@ use std::time::{Duration, Instant};
 
 use super::free_port;
 
-pub fn required<T>(what: &str) -> Option<T> {
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{what} is required under CI=true");
-    eprintln!("{what} not found: skipping");
-    None
-}
-
-/// etcd and etcdctl, or `None` (after a skip message) when they are not installed.
-pub fn etcd_bins() -> Option<(PathBuf, PathBuf)> {
+/// etcd and etcdctl; panics with what to install when they are missing.
+pub fn etcd_bins() -> (PathBuf, PathBuf) {
     let etcd = PathBuf::from(std::env::var("SKIFF_ETCD").unwrap_or_else(|_| "/usr/bin/etcd".into()));
     let etcdctl = etcd.with_file_name("etcdctl");
-    if etcd.exists() && etcdctl.exists() { Some((etcd, etcdctl)) } else { required("etcd (package etcd-server)") }
+    assert!(
+        etcd.exists() && etcdctl.exists(),
+        "{} or {} is missing: run `cargo xtask setup` (Debian packages etcd-server, etcd-client) or set SKIFF_ETCD",
+        etcd.display(),
+        etcdctl.display()
+    );
+    (etcd, etcdctl)
 }
 
 pub struct Member {
@@ -40,8 +39,8 @@ pub struct Etcd {
 
 impl Etcd {
     /// Starts `n` members and waits until the cluster answers.
-    pub fn start(n: usize) -> Option<Self> {
-        let (etcd, etcdctl) = etcd_bins()?;
+    pub fn start(n: usize) -> Self {
+        let (etcd, etcdctl) = etcd_bins();
         let tmp = tempfile::tempdir().unwrap();
         let members: Vec<Member> = (0..n)
             .map(|i| Member { name: format!("m{i}"), client_port: free_port(), peer_port: free_port(), child: None })
@@ -56,7 +55,7 @@ impl Etcd {
             c.spawn(i);
         }
         c.wait_healthy(&(0..n).collect::<Vec<_>>());
-        Some(c)
+        c
     }
 
     pub fn spawn(&mut self, i: usize) {
