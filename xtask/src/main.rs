@@ -45,7 +45,8 @@ enum Command {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
-    /// Bring up a local cluster on this machine and show a request crossing it.
+    /// Show the eBPF load balancer on one node in network namespaces: a ClusterIP
+    /// Service with three pods, programmed through the real agent, answering a client.
     Demo,
     /// Run a benchmark of one area of the datapath or control plane.
     Bench {

@@ -161,3 +161,132 @@ pub fn ensure_bpffs() -> Result<()> {
     }
     Ok(())
 }
+
+/// Every program the build, the tests, the demo and the benchmarks run, and the Debian
+/// package it comes from. Each package must be in `DEBIAN_PACKAGES` or on a fresh
+/// machine already (`fresh-machine-packages.txt`, a copy of the project's shared list);
+/// a unit test checks both, and another that the code runs no program missing here.
+/// `None` marks the programs that come with rustup, not from Debian.
+pub const TOOLS: &[(&str, Option<&str>)] = &[
+    ("cargo", None),
+    ("rustup", None),
+    ("cc", Some("gcc")),
+    ("protoc", Some("protobuf-compiler")),
+    ("apt-get", Some("apt")),
+    ("dpkg-query", Some("dpkg")),
+    ("sh", Some("dash")),
+    ("cat", Some("coreutils")),
+    ("ip", Some("iproute2")),
+    ("bridge", Some("iproute2")),
+    ("ss", Some("iproute2")),
+    ("nsenter", Some("util-linux")),
+    ("mount", Some("mount")),
+    ("umount", Some("mount")),
+    ("kill", Some("procps")),
+    ("sysctl", Some("procps")),
+    ("iptables", Some("iptables")),
+    ("iptables-", Some("iptables")),
+    ("nft", Some("nftables")),
+    ("bpftool", Some("bpftool")),
+    ("iperf3", Some("iperf3")),
+    ("containerd", Some("containerd")),
+    ("ctr", Some("containerd")),
+    ("runc", Some("runc")),
+    ("loopback", Some("containernetworking-plugins")),
+    ("etcd", Some("etcd-server")),
+    ("etcdctl", Some("etcd-client")),
+    ("kubectl", Some("kubectl")),
+    ("python3", Some("python3")),
+];
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use super::{DEBIAN_PACKAGES, TOOLS};
+    use crate::util::workspace_root;
+
+    /// What a fresh machine of the project's kind has before setup runs.
+    const FRESH_MACHINE_PACKAGES: &str = include_str!("fresh-machine-packages.txt");
+
+    #[test]
+    fn every_tools_package_is_installed_by_setup_or_on_a_fresh_machine() {
+        let fresh: BTreeSet<&str> = FRESH_MACHINE_PACKAGES.lines().map(str::trim).collect();
+        for (tool, package) in TOOLS {
+            let Some(package) = package else { continue };
+            assert!(
+                DEBIAN_PACKAGES.contains(package) || fresh.contains(package),
+                "`{tool}` comes from the Debian package {package}, which a fresh machine lacks: \
+                 add it to DEBIAN_PACKAGES in xtask/src/setup.rs"
+            );
+        }
+    }
+
+    /// The programs the workspace's Rust code starts by name: the first word of the
+    /// string literal after `Command::new(`, or after the netns helpers `.run(`,
+    /// `.command(`, `.sh(` and `.sh_output(` (with or without `&format!(`).
+    fn programs_started(text: &str) -> BTreeSet<String> {
+        const CALLS: &[&str] = &["Command::new(", ".run(", ".command(", ".sh(", ".sh_output("];
+        let mut found = BTreeSet::new();
+        for call in CALLS {
+            for (at, _) in text.match_indices(call) {
+                let rest = &text[at + call.len()..];
+                let rest = rest.strip_prefix("&format!(").unwrap_or(rest);
+                let Some(literal) = rest.strip_prefix('"') else { continue };
+                let word: String =
+                    literal.chars().take_while(|c| !c.is_whitespace() && *c != '"' && *c != '{').collect();
+                let program = word.rsplit('/').next().unwrap_or(&word).to_string();
+                // Other string literals after such a call (this test's own table) are no programs.
+                let is_name = program.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+                if !program.is_empty() && is_name {
+                    found.insert(program);
+                }
+            }
+        }
+        found
+    }
+
+    fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy();
+            if path.is_dir() {
+                if name != "target" && !name.starts_with('.') {
+                    rust_files(&path, out);
+                }
+            } else if name.ends_with(".rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn every_program_the_code_runs_is_in_the_tools_table() {
+        let mut files = Vec::new();
+        rust_files(&workspace_root(), &mut files);
+        assert!(files.len() > 50, "found only {} Rust files under {}", files.len(), workspace_root().display());
+        let known: BTreeSet<&str> = TOOLS.iter().map(|(tool, _)| *tool).collect();
+        let mut unknown = Vec::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap();
+            for program in programs_started(&text) {
+                if !known.contains(program.as_str()) {
+                    unknown.push(format!("{program} (in {})", file.display()));
+                }
+            }
+        }
+        assert!(
+            unknown.is_empty(),
+            "programs run by the code but missing from TOOLS in xtask/src/setup.rs: {unknown:?}; \
+             add each with its Debian package"
+        );
+    }
+
+    #[test]
+    fn programs_started_reads_the_first_word_of_the_command() {
+        let text = r#"Command::new("ip").args(x); ns.sh(&format!("iptables-{b}-restore < f")); ns.run("/usr/bin/etcd", &[]); Command::new(bin)"#;
+        let found: Vec<String> = programs_started(text).into_iter().collect();
+        assert_eq!(found, ["etcd", "ip", "iptables-"]);
+    }
+}

@@ -509,7 +509,7 @@ impl ApiServer {
             }
             Err(e) => return Err(e.into()),
         };
-        tracing::info!(kind = def.kind, namespace = ns.unwrap_or(""), name = %name, rv = kv.mod_revision, user = %ctx.user.name, "created");
+        tracing::debug!(kind = def.kind, namespace = ns.unwrap_or(""), name = %name, rv = kv.mod_revision, user = %ctx.user.name, "created");
         Ok(json_response(StatusCode::CREATED, &to_obj(&kv)?))
     }
 
@@ -621,7 +621,7 @@ impl ApiServer {
                 // The last finalizer is gone: the deletion that was asked for completes now.
                 match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
                     Ok(d) => {
-                        tracing::info!(
+                        tracing::debug!(
                             kind = def.kind,
                             namespace = ns.unwrap_or(""),
                             name,
@@ -642,7 +642,7 @@ impl ApiServer {
             }
             match self.store.update(&kv.key, bytes, Some(kv.mod_revision)).await {
                 Ok(kv) => {
-                    tracing::info!(kind = def.kind, namespace = ns.unwrap_or(""), name, subresource = sub.unwrap_or(""), rv = kv.mod_revision, user = %ctx.user.name, "updated");
+                    tracing::debug!(kind = def.kind, namespace = ns.unwrap_or(""), name, subresource = sub.unwrap_or(""), rv = kv.mod_revision, user = %ctx.user.name, "updated");
                     return to_obj(&kv);
                 }
                 Err(store::Error::Conflict { .. }) if client_rv.is_none() => continue,
@@ -777,7 +777,7 @@ impl ApiServer {
         let name = str_at(cur, "/metadata/name").unwrap_or("");
         match self.store.update(&kv.key, to_bytes(&o), Some(kv.mod_revision)).await {
             Ok(kv) => {
-                tracing::info!(kind = def.kind, name, grace = g, finalizers = has_finalizers, "deletion started");
+                tracing::debug!(kind = def.kind, name, grace = g, finalizers = has_finalizers, "deletion started");
                 Ok(Some(to_obj(&kv)?))
             }
             Err(store::Error::Conflict { .. }) => Err(ApiError::conflict(def.plural, def.group, name, RACED)),
@@ -908,7 +908,7 @@ impl ApiServer {
         }
         match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
             Ok(d) => {
-                tracing::info!(kind = def.kind, namespace = ns.unwrap_or(""), name, rv = d.mod_revision, user = %ctx.user.name, "deleted");
+                tracing::debug!(kind = def.kind, namespace = ns.unwrap_or(""), name, rv = d.mod_revision, user = %ctx.user.name, "deleted");
                 ok(&deleted_response(def, cur))
             }
             Err(store::Error::Conflict { .. }) => Err(ApiError::conflict(def.plural, def.group, name, RACED)),
