@@ -1,11 +1,13 @@
 //! The client side of the Kubernetes API, shared by every Skiff component: the typed
 //! client (`client`), how it reaches a server (`transport`, `kubeconfig`), the
 //! list-then-watch cache (`reflector`), the work queue reconcilers drain (`workqueue`),
-//! and label/field selectors that server and clients must agree on (`selector`).
+//! and what server and clients must agree on: label/field selectors (`selector`) and
+//! the finalizers of cascading deletion (`finalizers`).
 //!
 //! This crate must not depend on the server: it is the client side of the contract.
 
 pub mod client;
+pub mod finalizers;
 pub mod kubeconfig;
 pub mod reflector;
 pub mod selector;

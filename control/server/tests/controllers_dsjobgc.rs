@@ -344,17 +344,9 @@ async fn rs_with_pods(c: &Client, rs: &str, hold_first: bool) -> (String, [Strin
     (uid, names)
 }
 
-/// `kubectl delete rs NAME --cascade=...` (the same DeleteOptions without kubectl).
-async fn delete_rs(s: &Server, c: &Client, rs: &str, cascade: &str) {
-    let flag = format!("--cascade={cascade}");
-    if kubectl(s, &["delete", "rs", rs, &flag, "--wait=false"]).is_none() {
-        let policy = match cascade {
-            "orphan" => "Orphan",
-            "foreground" => "Foreground",
-            _ => "Background",
-        };
-        c.delete::<ReplicaSet>(Some(NS), rs, Some(&json!({"propagationPolicy": policy}))).await.unwrap();
-    }
+/// `kubectl delete rs NAME --cascade=...`.
+fn delete_rs(s: &Server, rs: &str, cascade: &str) {
+    s.ok(&["delete", "rs", rs, &format!("--cascade={cascade}"), "--wait=false"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,7 +356,7 @@ async fn garbage_collection_background_orphan_foreground() {
 
     // Background (kubectl's default): the owner goes at once, the pods after it.
     let (_, bg) = rs_with_pods(&c, "bg", false).await;
-    delete_rs(&s, &c, "bg", "background").await;
+    delete_rs(&s, "bg", "background");
     eventually("pods of a deleted ReplicaSet collected", 30, || {
         let (c, bg) = (c.clone(), bg.clone());
         async move {
@@ -391,7 +383,7 @@ async fn garbage_collection_background_orphan_foreground() {
 
     // Orphan: the owner goes, the pods stay without the reference.
     let (_, or) = rs_with_pods(&c, "or", false).await;
-    delete_rs(&s, &c, "or", "orphan").await;
+    delete_rs(&s, "or", "orphan");
     eventually("orphaning ReplicaSet gone", 30, || {
         let c = c.clone();
         async move { c.get_opt::<ReplicaSet>(Some(NS), "or").await.unwrap().is_none().then_some(()) }
@@ -407,7 +399,7 @@ async fn garbage_collection_background_orphan_foreground() {
 
     // Foreground: the owner waits, terminating, until its pods are gone.
     let (_, fg) = rs_with_pods(&c, "fg", true).await;
-    delete_rs(&s, &c, "fg", "foreground").await;
+    delete_rs(&s, "fg", "foreground");
     eventually("the unheld pod deleted and the held one terminating", 30, || {
         let (c, fg) = (c.clone(), fg.clone());
         async move {

@@ -7,6 +7,7 @@ use base64::Engine;
 use bytes::Bytes;
 use http::StatusCode;
 use serde_json::{Value, json};
+use skiff_api::finalizers;
 use skiff_api::selector::{FieldSelector, LabelSelector};
 
 use super::resources::{RESOURCES, ResourceDef, by_kind};
@@ -976,13 +977,13 @@ fn propagation_policy(ctx: &Ctx, opts: &Value) -> ApiResult<Propagation> {
 /// one (anything else would wait forever), and an object already being deleted keeps
 /// the policy it was deleted with.
 fn policy_finalizer(def: &ResourceDef, cur: &Value, policy: Propagation) -> Option<&'static str> {
-    use crate::controllers::gc;
     let f = match policy {
         Propagation::Background => return None,
-        Propagation::Foreground => gc::FOREGROUND_FINALIZER,
-        Propagation::Orphan => gc::ORPHAN_FINALIZER,
+        Propagation::Foreground => finalizers::FOREGROUND_DELETION,
+        Propagation::Orphan => finalizers::ORPHAN,
     };
-    if !gc::WATCHED_KINDS.contains(&def.kind) || cur.pointer("/metadata/deletionTimestamp").is_some() {
+    if !finalizers::GARBAGE_COLLECTED_KINDS.contains(&def.kind) || cur.pointer("/metadata/deletionTimestamp").is_some()
+    {
         return None;
     }
     let present = cur
@@ -1114,8 +1115,8 @@ async fn bootstrap_rbac(store: &dyn store::Store) -> ApiResult<()> {
     let binding_def = by_kind("ClusterRoleBinding").unwrap();
     let subject = |kind: &str, name: &str| json!([{"apiGroup": G, "kind": kind, "name": name}]);
     let controllers = json!([
-        {"apiGroup": G, "kind": "User", "name": crate::controllers::CONTROLLER_USER},
-        {"apiGroup": G, "kind": "User", "name": crate::controllers::SCHEDULER_USER}]);
+        {"apiGroup": G, "kind": "User", "name": crate::auth::CONTROLLER_USER},
+        {"apiGroup": G, "kind": "User", "name": crate::auth::SCHEDULER_USER}]);
     for (name, role, subjects) in [
         ("cluster-admin", "cluster-admin", subject("Group", "system:masters")),
         ("system:node", "system:node", subject("Group", "system:nodes")),

@@ -25,4 +25,8 @@ impl UserInfo {
 }
 
 pub const MASTERS: &str = "system:masters";
+/// The user the controller manager acts as (RBAC: `system:skiff-controllers`).
+pub const CONTROLLER_USER: &str = "system:kube-controller-manager";
+/// The user the scheduler acts as.
+pub const SCHEDULER_USER: &str = "system:kube-scheduler";
 pub const AUTHENTICATED: &str = "system:authenticated";

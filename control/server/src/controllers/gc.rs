@@ -14,7 +14,7 @@
 //! - Orphan: dependents of a terminating owner with `orphan` lose their reference to it,
 //!   then the finalizer is removed.
 //!
-//! Scope: objects of the kinds in `WATCHED_KINDS` (those with an informer in
+//! Scope: objects of the kinds in `skiff_api::finalizers::GARBAGE_COLLECTED_KINDS` (those with an informer in
 //! `Context`). Namespaces, ConfigMaps, Secrets, Endpoints, Events, Leases and RBAC
 //! objects are not watched: they are never collected as dependents, and the API server
 //! treats Foreground/Orphan deletes of them as Background (otherwise their finalizer
@@ -41,14 +41,7 @@ use tokio::sync::mpsc;
 use super::Context;
 use crate::apiserver::resources::{ResourceDef, by_kind};
 
-/// Added by the API server on `propagationPolicy=Foreground`.
-pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
-/// Added by the API server on `propagationPolicy=Orphan` (`kubectl delete --cascade=orphan`).
-pub const ORPHAN_FINALIZER: &str = "orphan";
-
-/// Kinds whose objects the collector sees (one informer each in `Context`).
-pub const WATCHED_KINDS: &[&str] =
-    &["Pod", "Node", "Service", "EndpointSlice", "Deployment", "ReplicaSet", "DaemonSet", "Job", "ServiceAccount"];
+use skiff_api::finalizers::{FOREGROUND_DELETION as FOREGROUND_FINALIZER, ORPHAN as ORPHAN_FINALIZER};
 
 /// Dependents are looked at this long after they change, so that at start-up the owners'
 /// snapshots (which arrive from other caches in no particular order) are in the graph

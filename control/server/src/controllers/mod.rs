@@ -28,6 +28,7 @@ use skiff_api::{Client, ListParams};
 
 use crate::apiserver::ApiServer;
 use crate::apiserver::local::LocalTransport;
+use crate::auth::{CONTROLLER_USER, SCHEDULER_USER};
 
 pub mod daemonset;
 pub mod deployment;
@@ -42,11 +43,6 @@ pub mod owned_pods;
 pub mod podgc;
 pub mod replicaset;
 pub mod serviceaccount;
-
-/// The user the controller manager acts as (RBAC: `system:skiff-controllers`).
-pub const CONTROLLER_USER: &str = "system:kube-controller-manager";
-/// The user the scheduler acts as.
-pub const SCHEDULER_USER: &str = "system:kube-scheduler";
 
 /// Settings of the controllers (flags of skiff-control).
 #[derive(Debug, Clone)]
