@@ -4,6 +4,7 @@
 //! - [`proxy`]: Services + EndpointSlices → desired load-balancer state → the one
 //!   reconciler that writes the Service maps;
 //! - [`overlay`]: the VXLAN device and the nodes map (peer podCIDR → underlay address);
+//! - [`runner`]: when each role syncs (after changes, bounded in frequency);
 //! - [`agent`]: the `skiff-node` command line and the main loop that ties roles together.
 //!
 //! Later issues add `kubelet`, `cri`, `node` and `server`.
@@ -12,3 +13,4 @@ pub mod agent;
 pub mod datapath;
 pub mod overlay;
 pub mod proxy;
+pub mod runner;
