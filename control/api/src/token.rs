@@ -109,11 +109,17 @@ pub fn read(path: &Path) -> Result<String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_token_file_is_read_again_after_its_period() {
+    /// A temp dir holding a file `token` with `text`.
+    fn token_file(text: &str) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
-        std::fs::write(&path, "one\n").unwrap();
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn a_token_file_is_read_again_after_its_period() {
+        let (_dir, path) = token_file("one\n");
         let f = TokenFile::new(&path, Some(&read(&path).unwrap()), Duration::from_millis(50)).unwrap();
         assert_eq!(f.header().unwrap(), "Bearer one");
         std::fs::write(&path, "two\n").unwrap();
@@ -125,9 +131,7 @@ mod tests {
 
     #[test]
     fn a_vanished_token_file_keeps_the_last_token_but_never_invents_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("token");
-        std::fs::write(&path, "one").unwrap();
+        let (dir, path) = token_file("one");
         let f = TokenFile::new(&path, None, Duration::ZERO).unwrap();
         assert_eq!(f.header().unwrap(), "Bearer one");
         std::fs::remove_file(&path).unwrap();
