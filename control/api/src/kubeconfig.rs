@@ -50,6 +50,7 @@ impl std::fmt::Debug for Credentials {
             .field("server", &self.server)
             .field("client_cert", &self.client_cert_pem.is_some())
             .field("token", &self.token.is_some())
+            .field("token_file", &self.token_file)
             .finish()
     }
 }
@@ -183,6 +184,20 @@ mod tests {
         assert_eq!(c.ca_pem, b"CA");
         assert_eq!(c.token.as_deref(), Some("abc"));
         assert!(c.client_cert_pem.is_none());
+    }
+
+    #[test]
+    fn a_token_file_is_remembered_for_rereading_and_bad_base64_keeps_its_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tok"), "abc\n").unwrap();
+        let text = "current-context: a\nclusters:\n- name: c\n  cluster: {server: https://h, certificate-authority-data: Q0E=}\ncontexts:\n- name: a\n  context: {cluster: c, user: u}\nusers:\n- name: u\n  user: {token-file: tok}\n";
+        let c = parse(text, &dir.path().join("config")).unwrap();
+        assert_eq!(c.token.as_deref(), Some("abc"));
+        assert_eq!(c.token_file, Some(dir.path().join("tok")));
+
+        let e = parse(&text.replace("Q0E=", "not base64!"), Path::new("/tmp/x")).unwrap_err();
+        assert!(matches!(e, Error::Base64 { field: "certificate-authority", .. }), "{e}");
+        assert!(std::error::Error::source(&e).is_some());
     }
 
     #[test]
