@@ -26,10 +26,16 @@ pub enum Error {
     Api { code: u16, reason: String, message: String, status: Box<Status> },
     #[error(transparent)]
     Transport(#[from] transport::Error),
-    #[error("cannot decode the API server's response to {what}: {reason}")]
-    Decode { what: String, reason: String },
-    #[error("reading the response body of {what} failed: {reason}")]
-    Body { what: String, reason: String },
+    #[error("cannot build the request {what}: {source}")]
+    Request { what: String, source: http::Error },
+    #[error("cannot encode the request body: {source}")]
+    Encode { source: serde_json::Error },
+    #[error("cannot decode the API server's response to {what}: {source}")]
+    Decode { what: String, source: serde_json::Error },
+    #[error("the API server sent a watch event of unknown type {kind:?} on {what}")]
+    UnknownEvent { what: String, kind: String },
+    #[error("reading the response body of {what} failed: {source}")]
+    Body { what: String, source: transport::BoxError },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -186,9 +192,18 @@ impl Client {
 
     /// A client from a kubeconfig file (its current context), over HTTPS.
     pub fn from_kubeconfig(path: &std::path::Path, user_agent: &str) -> Result<Self, crate::Error> {
-        let creds = crate::kubeconfig::load(path)?;
-        let t = transport::HttpsTransport::new(&creds)?;
-        Ok(Self::new(Arc::new(t), user_agent))
+        Self::from_credentials(&crate::kubeconfig::load(path)?, user_agent)
+    }
+
+    /// A client of the cluster this process runs in, as its pod's ServiceAccount
+    /// (see `incluster`); the pod's namespace is in `incluster::load()`.
+    pub fn in_cluster(user_agent: &str) -> Result<Self, crate::Error> {
+        Self::from_credentials(&crate::incluster::load()?.credentials, user_agent)
+    }
+
+    /// A client over HTTPS with resolved credentials.
+    pub fn from_credentials(creds: &crate::kubeconfig::Credentials, user_agent: &str) -> Result<Self, crate::Error> {
+        Ok(Self::new(Arc::new(transport::HttpsTransport::new(creds)?), user_agent))
     }
 
     /// Sends a request and returns the streaming response, turning non-2xx into `Error::Api`.
@@ -207,7 +222,7 @@ impl Client {
         if let Some(ct) = content_type {
             b = b.header(header::CONTENT_TYPE, ct);
         }
-        let req = b.body(body).map_err(|e| Error::Decode { what: path_and_query.into(), reason: e.to_string() })?;
+        let req = b.body(body).map_err(|source| Error::Request { what: path_and_query.into(), source })?;
         let resp = self.transport.send(req).await?;
         if resp.status().is_success() {
             return Ok(resp);
@@ -226,13 +241,11 @@ impl Client {
     ) -> Result<T> {
         let resp = self.send_raw(method, path, content_type, body).await?;
         let bytes = read_body(resp.into_body(), path).await?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::Decode { what: path.into(), reason: e.to_string() })
+        serde_json::from_slice(&bytes).map_err(|source| Error::Decode { what: path.into(), source })
     }
 
     fn encode<T: Serialize>(v: &T) -> Result<Bytes> {
-        serde_json::to_vec(v)
-            .map(Bytes::from)
-            .map_err(|e| Error::Decode { what: "request body".into(), reason: e.to_string() })
+        serde_json::to_vec(v).map(Bytes::from).map_err(|source| Error::Encode { source })
     }
 
     pub async fn get<K: Resource + DeserializeOwned>(&self, namespace: Option<&str>, name: &str) -> Result<K> {
@@ -386,7 +399,7 @@ impl Client {
 }
 
 async fn read_body(body: ResponseBody, what: &str) -> Result<Bytes> {
-    body.collect().await.map(|c| c.to_bytes()).map_err(|e| Error::Body { what: what.into(), reason: e.to_string() })
+    body.collect().await.map(|c| c.to_bytes()).map_err(|source| Error::Body { what: what.into(), source })
 }
 
 fn status_error(code: StatusCode, body: &[u8]) -> Error {
@@ -444,7 +457,7 @@ impl<K: DeserializeOwned> WatchStream<K> {
             }
             match self.body.frame().await {
                 None => return None,
-                Some(Err(e)) => return Some(Err(Error::Body { what: self.what.clone(), reason: e.to_string() })),
+                Some(Err(source)) => return Some(Err(Error::Body { what: self.what.clone(), source })),
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
                         self.buf.extend_from_slice(&data);
@@ -455,9 +468,9 @@ impl<K: DeserializeOwned> WatchStream<K> {
     }
 
     fn decode(&self, line: &[u8]) -> Result<WatchEvent<K>> {
-        let bad = |reason: String| Error::Decode { what: self.what.clone(), reason };
-        let raw: RawEvent = serde_json::from_slice(line).map_err(|e| bad(e.to_string()))?;
-        let obj = |v: serde_json::Value| serde_json::from_value::<K>(v).map_err(|e| bad(e.to_string()));
+        let bad = |source: serde_json::Error| Error::Decode { what: self.what.clone(), source };
+        let raw: RawEvent = serde_json::from_slice(line).map_err(bad)?;
+        let obj = |v: serde_json::Value| serde_json::from_value::<K>(v).map_err(bad);
         match raw.kind.as_str() {
             "ADDED" => Ok(WatchEvent::Added(obj(raw.object)?)),
             "MODIFIED" => Ok(WatchEvent::Modified(obj(raw.object)?)),
@@ -470,11 +483,11 @@ impl<K: DeserializeOwned> WatchStream<K> {
                     .to_string(),
             )),
             "ERROR" => {
-                let status: Status = serde_json::from_value(raw.object).map_err(|e| bad(e.to_string()))?;
+                let status: Status = serde_json::from_value(raw.object).map_err(bad)?;
                 let code = status.code.unwrap_or(500) as u16;
                 Err(status_to_error(code, status))
             }
-            other => Err(bad(format!("unknown watch event type {other:?}"))),
+            other => Err(Error::UnknownEvent { what: self.what.clone(), kind: other.to_string() }),
         }
     }
 }

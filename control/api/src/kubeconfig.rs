@@ -13,10 +13,20 @@ use serde::Deserialize;
 pub enum Error {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Token(#[from] crate::token::Error),
     #[error("kubeconfig {path} is not valid YAML: {source}")]
-    Parse { path: PathBuf, source: serde_yaml::Error },
-    #[error("kubeconfig {path}: {reason}")]
-    Invalid { path: PathBuf, reason: String },
+    Parse { path: PathBuf, source: serde_norway::Error },
+    #[error("kubeconfig {path} has no contexts")]
+    NoContexts { path: PathBuf },
+    #[error("kubeconfig {path}: current-context {context:?} is not among the contexts")]
+    UnknownContext { path: PathBuf, context: String },
+    #[error("kubeconfig {path}: context {context:?} names unknown cluster {cluster:?}")]
+    UnknownCluster { path: PathBuf, context: String, cluster: String },
+    #[error("kubeconfig {path}: cluster {cluster:?} has no certificate-authority")]
+    NoCa { path: PathBuf, cluster: String },
+    #[error("kubeconfig {path}: {field}-data is not base64: {source}")]
+    Base64 { path: PathBuf, field: &'static str, source: base64::DecodeError },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -29,6 +39,8 @@ pub struct Credentials {
     pub client_cert_pem: Option<Vec<u8>>,
     pub client_key_pem: Option<Vec<u8>>,
     pub token: Option<String>,
+    /// Where `token` was read from; a transport re-reads it, since such tokens rotate.
+    pub token_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -38,6 +50,7 @@ impl std::fmt::Debug for Credentials {
             .field("server", &self.server)
             .field("client_cert", &self.client_cert_pem.is_some())
             .field("token", &self.token.is_some())
+            .field("token_file", &self.token_file)
             .finish()
     }
 }
@@ -103,10 +116,9 @@ pub fn load(path: &Path) -> Result<Credentials> {
 
 /// Parses kubeconfig text; relative file paths resolve against `path`'s directory.
 pub fn parse(text: &str, path: &Path) -> Result<Credentials> {
-    let invalid = |reason: String| Error::Invalid { path: path.into(), reason };
-    let cfg: Kubeconfig = serde_yaml::from_str(text).map_err(|source| Error::Parse { path: path.into(), source })?;
+    let cfg: Kubeconfig = serde_norway::from_str(text).map_err(|source| Error::Parse { path: path.into(), source })?;
     let ctx_name = if cfg.current_context.is_empty() {
-        cfg.contexts.first().map(|c| c.name.clone()).ok_or_else(|| invalid("no contexts".into()))?
+        cfg.contexts.first().map(|c| c.name.clone()).ok_or_else(|| Error::NoContexts { path: path.into() })?
     } else {
         cfg.current_context.clone()
     };
@@ -114,20 +126,20 @@ pub fn parse(text: &str, path: &Path) -> Result<Credentials> {
         .contexts
         .iter()
         .find(|c| c.name == ctx_name)
-        .ok_or_else(|| invalid(format!("current-context {ctx_name:?} is not among the contexts")))?;
-    let cluster = cfg
-        .clusters
-        .iter()
-        .find(|c| c.name == ctx.value.cluster)
-        .ok_or_else(|| invalid(format!("context {ctx_name:?} names unknown cluster {:?}", ctx.value.cluster)))?;
+        .ok_or_else(|| Error::UnknownContext { path: path.into(), context: ctx_name.clone() })?;
+    let cluster = cfg.clusters.iter().find(|c| c.name == ctx.value.cluster).ok_or_else(|| Error::UnknownCluster {
+        path: path.into(),
+        context: ctx_name.clone(),
+        cluster: ctx.value.cluster.clone(),
+    })?;
     let user = cfg.users.iter().find(|u| u.name == ctx.value.user).map(|u| &u.user);
     let dir = path.parent().unwrap_or(Path::new("."));
-    let material = |data: &Option<String>, file: &Option<PathBuf>, what: &str| -> Result<Option<Vec<u8>>> {
+    let material = |data: &Option<String>, file: &Option<PathBuf>, field: &'static str| -> Result<Option<Vec<u8>>> {
         if let Some(d) = data {
             return base64::engine::general_purpose::STANDARD
                 .decode(d.trim())
                 .map(Some)
-                .map_err(|e| invalid(format!("{what}-data is not base64: {e}")));
+                .map_err(|source| Error::Base64 { path: path.into(), field, source });
         }
         match file {
             Some(f) => {
@@ -142,19 +154,20 @@ pub fn parse(text: &str, path: &Path) -> Result<Credentials> {
         &cluster.value.certificate_authority,
         "certificate-authority",
     )?
-    .ok_or_else(|| invalid(format!("cluster {:?} has no certificate-authority", cluster.name)))?;
+    .ok_or_else(|| Error::NoCa { path: path.into(), cluster: cluster.name.clone() })?;
     let mut creds = Credentials { server: cluster.value.server.clone(), ca_pem, ..Default::default() };
     if let Some(u) = user {
         creds.client_cert_pem = material(&u.client_certificate_data, &u.client_certificate, "client-certificate")?;
         creds.client_key_pem = material(&u.client_key_data, &u.client_key, "client-key")?;
-        creds.token = match (&u.token, &u.token_file) {
-            (Some(t), _) => Some(t.clone()),
+        match (&u.token, &u.token_file) {
+            (Some(t), _) => creds.token = Some(t.clone()),
             (None, Some(f)) => {
                 let f = dir.join(f);
-                Some(std::fs::read_to_string(&f).map_err(|source| Error::Read { path: f, source })?.trim().to_string())
+                creds.token = Some(crate::token::read(&f)?);
+                creds.token_file = Some(f);
             }
-            (None, None) => None,
-        };
+            (None, None) => {}
+        }
     }
     Ok(creds)
 }
@@ -171,6 +184,20 @@ mod tests {
         assert_eq!(c.ca_pem, b"CA");
         assert_eq!(c.token.as_deref(), Some("abc"));
         assert!(c.client_cert_pem.is_none());
+    }
+
+    #[test]
+    fn a_token_file_is_remembered_for_rereading_and_bad_base64_keeps_its_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tok"), "abc\n").unwrap();
+        let text = "current-context: a\nclusters:\n- name: c\n  cluster: {server: https://h, certificate-authority-data: Q0E=}\ncontexts:\n- name: a\n  context: {cluster: c, user: u}\nusers:\n- name: u\n  user: {token-file: tok}\n";
+        let c = parse(text, &dir.path().join("config")).unwrap();
+        assert_eq!(c.token.as_deref(), Some("abc"));
+        assert_eq!(c.token_file, Some(dir.path().join("tok")));
+
+        let e = parse(&text.replace("Q0E=", "not base64!"), Path::new("/tmp/x")).unwrap_err();
+        assert!(matches!(e, Error::Base64 { field: "certificate-authority", .. }), "{e}");
+        assert!(std::error::Error::source(&e).is_some());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The client side of the Kubernetes API, shared by every Skiff component: the typed
-//! client (`client`), how it reaches a server (`transport`, `kubeconfig`), the
+//! client (`client`), how it reaches a server (`transport`, and the credentials from
+//! `kubeconfig` or `incluster`, with `token` for bearer tokens that rotate), the
 //! list-then-watch cache (`reflector`), the work queue reconcilers drain (`workqueue`),
 //! and what server and clients must agree on: label/field selectors (`selector`) and
 //! the finalizers of cascading deletion (`finalizers`).
@@ -8,9 +9,11 @@
 
 pub mod client;
 pub mod finalizers;
+pub mod incluster;
 pub mod kubeconfig;
 pub mod reflector;
 pub mod selector;
+pub mod token;
 pub mod transport;
 pub mod workqueue;
 
@@ -21,6 +24,8 @@ pub use client::{Client, ListParams, ObjectKey, Patch, WatchEvent};
 pub enum Error {
     #[error(transparent)]
     Kubeconfig(#[from] kubeconfig::Error),
+    #[error(transparent)]
+    InCluster(#[from] incluster::Error),
     #[error(transparent)]
     Transport(#[from] transport::Error),
 }

@@ -203,3 +203,46 @@ fn create_token_rbac_audience_tampering_and_revocation() {
     // Static tokens and certificates are unaffected: the admin still works.
     s.ok(&["get", "ns", "team"]);
 }
+
+/// skiff-api's in-cluster configuration, as a pod would use it: the token and CA laid
+/// out as the kubelet mounts them, the Service's host and port in the environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_cluster_config_acts_as_the_service_account() {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    use k8s_openapi::api::core::v1::Pod;
+    use skiff_api::incluster;
+
+    let s = Server::start();
+    s.ok(&["create", "namespace", "team"]);
+    s.ok(&["create", "serviceaccount", "bot", "-n", "team"]);
+    s.ok(&["create", "rolebinding", "bot-view", "-n", "team", "--clusterrole=view", "--serviceaccount=team:bot"]);
+    let token = s.ok(&["create", "token", "bot", "-n", "team"]);
+
+    let sa_dir = s.tmp.path().join("serviceaccount");
+    std::fs::create_dir(&sa_dir).unwrap();
+    std::fs::write(sa_dir.join(incluster::TOKEN_FILE), &token).unwrap();
+    std::fs::copy(s.dir.join("pki/ca.crt"), sa_dir.join(incluster::CA_FILE)).unwrap();
+    std::fs::write(sa_dir.join(incluster::NAMESPACE_FILE), "team").unwrap();
+    let port = s.port.to_string();
+    let env = |var: &str| match var {
+        incluster::HOST_ENV => Some("127.0.0.1".to_string()),
+        incluster::PORT_ENV => Some(port.clone()),
+        _ => None,
+    };
+    let config = incluster::load_from(&sa_dir, env).unwrap();
+    assert_eq!(config.namespace, "team");
+    let client = skiff_api::Client::from_credentials(&config.credentials, "in-cluster-test").unwrap();
+
+    let review: SelfSubjectReview = client.create(None, &SelfSubjectReview::default()).await.unwrap();
+    let user = review.status.and_then(|s| s.user_info).unwrap_or_default();
+    assert_eq!(user.username.as_deref(), Some("system:serviceaccount:team:bot"));
+
+    // RBAC applies to it as to any ServiceAccount; the binding arrives through a watch.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while let Err(e) = client.list::<Pod>(Some(&config.namespace), &Default::default()).await {
+        assert!(e.is_forbidden() && std::time::Instant::now() < deadline, "{e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let e = client.list::<Pod>(Some("default"), &Default::default()).await.unwrap_err();
+    assert!(e.is_forbidden(), "{e}");
+}
