@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::proxy::model::{ObjectRef, ServicePlan, plan_service, slice_service};
 
@@ -48,14 +49,7 @@ impl Inputs {
     }
 
     pub(super) fn upsert_service(&mut self, svc: Service) {
-        let Some(r) = ObjectRef::from_meta(&svc.metadata) else {
-            tracing::warn!("ignoring Service without metadata.name");
-            return;
-        };
-        // A resync that repeats the same object must cost nothing.
-        if self.services.get(&r) == Some(&svc) {
-            return;
-        }
+        let Some(r) = changed(&self.services, &svc.metadata, &svc, "Service") else { return };
         self.services.insert(r.clone(), svc);
         self.dirty.insert(r);
     }
@@ -69,13 +63,7 @@ impl Inputs {
     }
 
     pub(super) fn upsert_endpoint_slice(&mut self, slice: EndpointSlice) {
-        let Some(r) = ObjectRef::from_meta(&slice.metadata) else {
-            tracing::warn!("ignoring EndpointSlice without metadata.name");
-            return;
-        };
-        if self.slices.get(&r) == Some(&slice) {
-            return;
-        }
+        let Some(r) = changed(&self.slices, &slice.metadata, &slice, "EndpointSlice") else { return };
         let new_owner = slice_service(&slice);
         if new_owner.is_none() {
             tracing::debug!(slice = %r, "EndpointSlice has no kubernetes.io/service-name label; ignored");
@@ -105,4 +93,20 @@ impl Inputs {
             self.dirty.insert(old);
         }
     }
+}
+
+/// The object's reference if it is new or differs from what `known` holds; `None` when
+/// there is nothing to do: an object without a name, or a resync that repeats the same
+/// object (which must cost nothing).
+fn changed<T: PartialEq>(
+    known: &BTreeMap<ObjectRef, T>,
+    meta: &ObjectMeta,
+    object: &T,
+    kind: &'static str,
+) -> Option<ObjectRef> {
+    let Some(r) = ObjectRef::from_meta(meta) else {
+        tracing::warn!(kind, "ignoring object without metadata.name");
+        return None;
+    };
+    (known.get(&r) != Some(object)).then_some(r)
 }

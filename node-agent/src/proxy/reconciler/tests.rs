@@ -48,6 +48,15 @@ fn web_slice(endpoints: &[(&str, Cond)]) -> EndpointSlice {
     slice("shop", "web-abc", "web", &[("http", 8080, "TCP")], endpoints)
 }
 
+/// A reconciler that has programmed `web` with its three endpoints.
+fn web_synced() -> LbReconciler<FakeLbMaps> {
+    let mut r = reconciler();
+    r.upsert_service(web());
+    r.upsert_endpoint_slice(web_slice(&THREE));
+    r.sync();
+    r
+}
+
 fn log(r: &mut LbReconciler<FakeLbMaps>) -> Vec<String> {
     r.maps_mut().take_log().iter().map(ToString::to_string).collect()
 }
@@ -69,10 +78,7 @@ fn one_service_three_backends() {
 
 #[test]
 fn endpoints_change_keeps_slots_of_remaining_backends() {
-    let mut r = reconciler();
-    r.upsert_service(web());
-    r.upsert_endpoint_slice(web_slice(&THREE));
-    r.sync();
+    let mut r = web_synced();
     // .2 goes away, .5 arrives: .5 takes .2's slot, .3 and .4 stay where they were.
     r.upsert_endpoint_slice(web_slice(&[
         ("10.244.1.3", Cond::Ready),
@@ -91,10 +97,7 @@ fn endpoints_change_keeps_slots_of_remaining_backends() {
 
 #[test]
 fn terminating_endpoint_keeps_its_backend_entry() {
-    let mut r = reconciler();
-    r.upsert_service(web());
-    r.upsert_endpoint_slice(web_slice(&THREE));
-    r.sync();
+    let mut r = web_synced();
     r.upsert_endpoint_slice(web_slice(&[
         ("10.244.1.2", Cond::Ready),
         ("10.244.1.3", Cond::Terminating),
@@ -119,10 +122,7 @@ fn terminating_endpoint_keeps_its_backend_entry() {
 
 #[test]
 fn terminating_flag_is_set_only_after_the_slots_let_go() {
-    let mut r = reconciler();
-    r.upsert_service(web());
-    r.upsert_endpoint_slice(web_slice(&THREE));
-    r.sync();
+    let mut r = web_synced();
     log(&mut r);
     r.upsert_endpoint_slice(web_slice(&[
         ("10.244.1.2", Cond::Terminating),
@@ -313,13 +313,9 @@ fn backends_map_full() {
     assert!(!dump.contains("10.96.0.40"), "{dump}");
 }
 
-#[test]
-fn adopt_after_restart_keeps_ids_and_writes_nothing() {
-    let mut r = reconciler();
-    // Create and delete a first Service so ids and indices do not start at 1.
-    r.upsert_service(service("x", "gone", "10.96.0.50", &[("", 80, "TCP")]));
-    r.upsert_endpoint_slice(slice("x", "gone-1", "gone", &[("", 80, "TCP")], &[("10.244.5.5", Cond::Ready)]));
-    r.sync();
+/// The objects of the restart test: `web` with a terminating endpoint, `cart` with
+/// affinity. Fed before and after the restart alike.
+fn feed_web_and_cart(r: &mut LbReconciler<FakeLbMaps>) {
     r.upsert_service(web());
     r.upsert_endpoint_slice(web_slice(&[
         ("10.244.1.2", Cond::Ready),
@@ -328,6 +324,16 @@ fn adopt_after_restart_keeps_ids_and_writes_nothing() {
     ]));
     r.upsert_service(with_affinity(service("shop", "cart", "10.96.0.11", &[("", 80, "TCP")]), Some(60)));
     r.upsert_endpoint_slice(slice("shop", "cart-1", "cart", &[("", 80, "TCP")], &THREE[..1]));
+}
+
+#[test]
+fn adopt_after_restart_keeps_ids_and_writes_nothing() {
+    let mut r = reconciler();
+    // Create and delete a first Service so ids and indices do not start at 1.
+    r.upsert_service(service("x", "gone", "10.96.0.50", &[("", 80, "TCP")]));
+    r.upsert_endpoint_slice(slice("x", "gone-1", "gone", &[("", 80, "TCP")], &[("10.244.5.5", Cond::Ready)]));
+    r.sync();
+    feed_web_and_cart(&mut r);
     r.sync();
     r.delete_service(&ObjectRef::new("x", "gone"));
     r.sync();
@@ -338,14 +344,7 @@ fn adopt_after_restart_keeps_ids_and_writes_nothing() {
     let mut maps = r.into_maps();
     maps.take_log();
     let mut r = LbReconciler::adopt(maps).unwrap();
-    r.upsert_service(web());
-    r.upsert_endpoint_slice(web_slice(&[
-        ("10.244.1.2", Cond::Ready),
-        ("10.244.1.3", Cond::Terminating),
-        ("10.244.2.4", Cond::Ready),
-    ]));
-    r.upsert_service(with_affinity(service("shop", "cart", "10.96.0.11", &[("", 80, "TCP")]), Some(60)));
-    r.upsert_endpoint_slice(slice("shop", "cart-1", "cart", &[("", 80, "TCP")], &THREE[..1]));
+    feed_web_and_cart(&mut r);
     let s = r.sync();
     assert_eq!(log(&mut r), Vec::<String>::new(), "an unchanged restart must not write");
     assert_eq!((s.frontends_unchanged, s.errors), (2, 0));
@@ -388,10 +387,7 @@ fn adopt_removes_what_no_service_wants() {
 
 #[test]
 fn write_order_for_an_update() {
-    let mut r = reconciler();
-    r.upsert_service(web());
-    r.upsert_endpoint_slice(web_slice(&THREE));
-    r.sync();
+    let mut r = web_synced();
     assert_eq!(
         log(&mut r),
         [
