@@ -1,11 +1,15 @@
 //! Service load balancing: frontend lookup, backend selection (conntrack, session
 //! affinity, random), destination NAT toward the backend, and reverse NAT of replies.
 //!
+//! [`balance`] and [`reverse`] say where a packet goes next ([`Outcome`]); they do not
+//! deliver it. Delivery (the overlay, the node's stack) is the pipelines' business
+//! (`crate::pipeline`), so this module must not call into `overlay`.
+//!
 //! Map layout (see `skiff_ebpf_common`): slot 0 of a frontend carries the backend count
 //! and flags; slots 1..=count carry backend ids; the backends map gives addresses.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
     programs::TcContext,
 };
@@ -24,61 +28,69 @@ use crate::{
     reject,
 };
 
-/// Handles a packet leaving a pod: a Service frontend gets DNAT to a backend, a reply
-/// of a Service flow gets its source translated back to the Service; anything else
-/// passes untouched.
+/// What load balancing decided for a packet.
+#[derive(Clone, Copy)]
+pub enum Outcome {
+    /// Carry on toward this destination (the backend after DNAT, the client after
+    /// reverse NAT, or the packet's own destination when no Service is involved).
+    Forward(u32),
+    /// Answered here (a reject for a Service without backends): return this action.
+    Done(i32),
+}
+
+/// Load balancing for a packet that left a pod: a Service frontend gets DNAT to a
+/// backend, a reply of a Service flow gets its source translated back to the Service;
+/// anything else passes untouched.
 ///
 /// Lookups, cheapest path first: a packet to the Service CIDR tries its conntrack
 /// entry (established flows need nothing else), then the frontend (new flows); any
 /// other packet can only be a reply, one lookup in the reply direction.
 #[inline(always)]
-pub fn from_pod(ctx: &TcContext) -> Result<i32, Drop> {
-    let Some(pkt) = crate::packet::parse(ctx) else {
-        return Ok(TC_ACT_OK as i32);
-    };
+pub fn balance(ctx: &TcContext, pkt: &Packet) -> Result<Outcome, Drop> {
     let cfg = config();
     if pkt.daddr & cfg.service_mask == cfg.service_net {
         // SAFETY: a plain helper call without arguments; the coarse clock costs a
         // fraction of bpf_ktime_get_ns and its few milliseconds are plenty for timeouts.
         let now = unsafe { bpf_ktime_get_coarse_ns() };
         // An established flow stays on its backend (see `Ct4Entry` for why UDP re-checks).
-        if let Some(entry_ptr) = conntrack::lookup_forward(&pkt, now, &cfg) {
+        if let Some(entry_ptr) = conntrack::lookup_forward(pkt, now, &cfg) {
             // SAFETY: pointer from a successful map lookup, used before returning.
             let entry = unsafe { &mut *entry_ptr };
             // SAFETY: only the presence is read.
             if pkt.proto != PROTO_UDP || unsafe { BACKENDS_V1.get(entry.backend_id) }.is_some() {
-                conntrack::touch(entry, &pkt, now);
+                conntrack::touch(entry, pkt, now);
                 let hairpin = entry.flags & CT_FLAG_HAIRPIN != 0;
-                return dnat(ctx, &pkt, entry.backend_addr, entry.backend_port, hairpin, &cfg);
+                return dnat(ctx, pkt, entry.backend_addr, entry.backend_port, hairpin, &cfg);
             }
         }
         let frontend = Service4Key::new(pkt.daddr, pkt.dport, pkt.proto, 0);
         // SAFETY: the value is copied out at once; user space replaces slot 0 with one
         // map update, never in place.
         if let Some(svc) = unsafe { SERVICES_V1.get(&frontend) }.copied() {
-            return new_flow(ctx, &pkt, &frontend, &svc, now, &cfg);
+            return new_flow(ctx, pkt, &frontend, &svc, now, &cfg);
         }
         if cfg.service_mask != 0 {
-            return deliver(ctx, pkt.daddr);
+            return Ok(Outcome::Forward(pkt.daddr));
         }
     }
-    if let Some(entry) = CT4_V1.get_ptr_mut(conntrack::reply_key(&pkt)) {
-        // SAFETY: pointer from a successful lookup, used before returning.
-        let entry = unsafe { *entry };
-        rev_nat(ctx, &pkt, &entry)?;
-        return deliver(ctx, entry.client_addr);
+    if let Some(client) = reverse(ctx, pkt)? {
+        return Ok(Outcome::Forward(client));
     }
-    deliver(ctx, pkt.daddr)
+    Ok(Outcome::Forward(pkt.daddr))
 }
 
-/// Where a packet goes after load balancing: into the tunnel if its destination is a
-/// pod on another node, else on to the node's stack.
+/// Reverse NAT if `pkt` is a backend's reply of a Service flow: the client only ever
+/// sees the Service address. Returns the client's address, where the reply goes now;
+/// `None` for any other packet (left untouched).
 #[inline(always)]
-fn deliver(ctx: &TcContext, daddr: u32) -> Result<i32, Drop> {
-    match crate::overlay::to_remote_node(ctx, daddr)? {
-        Some(action) => Ok(action),
-        None => Ok(TC_ACT_OK as i32),
-    }
+pub fn reverse(ctx: &TcContext, pkt: &Packet) -> Result<Option<u32>, Drop> {
+    let Some(entry) = CT4_V1.get_ptr_mut(conntrack::reply_key(pkt)) else {
+        return Ok(None);
+    };
+    // SAFETY: pointer from a successful lookup, copied at once.
+    let entry = unsafe { *entry };
+    rev_nat(ctx, pkt, &entry)?;
+    Ok(Some(entry.client_addr))
 }
 
 /// The first packet of a flow toward a Service frontend.
@@ -90,10 +102,10 @@ fn new_flow(
     svc: &Service4Value,
     now: u64,
     cfg: &Config,
-) -> Result<i32, Drop> {
+) -> Result<Outcome, Drop> {
     if svc.count == 0 {
         count(stat::NO_BACKEND);
-        return reject::reject(ctx, pkt);
+        return reject::reject(ctx, pkt).map(Outcome::Done);
     }
     let (backend_id, backend) = select_backend(pkt, frontend, svc, now)?;
     let hairpin = backend.addr == pkt.saddr;
@@ -228,22 +240,22 @@ fn rewrite_addr(ctx: &TcContext, pkt: &Packet, ip_off: usize, from: u32, to: u32
 /// Destination NAT to the backend; for hairpin flows the source becomes the hairpin
 /// address too, or the pod would drop a packet that comes from its own address.
 #[inline(always)]
-fn dnat(ctx: &TcContext, pkt: &Packet, addr: u32, port: u16, hairpin: bool, cfg: &Config) -> Result<i32, Drop> {
+fn dnat(ctx: &TcContext, pkt: &Packet, addr: u32, port: u16, hairpin: bool, cfg: &Config) -> Result<Outcome, Drop> {
     rewrite(ctx, pkt, IP_DADDR_OFF, (pkt.daddr, addr), L4_DPORT_OFF, (pkt.dport, port))?;
     if hairpin {
         rewrite_addr(ctx, pkt, IP_SADDR_OFF, pkt.saddr, cfg.hairpin_addr)?;
     }
     count(stat::TRANSLATED);
-    deliver(ctx, addr)
+    Ok(Outcome::Forward(addr))
 }
 
-/// Reverse NAT of a backend's reply: the client only ever sees the Service address.
+/// Reverse NAT of a backend's reply to the Service address of its flow.
 #[inline(always)]
-pub(crate) fn rev_nat(ctx: &TcContext, pkt: &Packet, entry: &Ct4Entry) -> Result<i32, Drop> {
+fn rev_nat(ctx: &TcContext, pkt: &Packet, entry: &Ct4Entry) -> Result<(), Drop> {
     // SAFETY: copied out at once.
     let Some(vip) = (unsafe { REV_NAT_V1.get(entry.rev_nat_index) }).copied() else {
         // The Service is gone: nothing to translate back to.
-        return Ok(TC_ACT_OK as i32);
+        return Ok(());
     };
     if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         // SAFETY: a plain helper call without arguments.
@@ -264,5 +276,5 @@ pub(crate) fn rev_nat(ctx: &TcContext, pkt: &Packet, entry: &Ct4Entry) -> Result
         rewrite_addr(ctx, pkt, IP_DADDR_OFF, pkt.daddr, entry.client_addr)?;
     }
     count(stat::REV_TRANSLATED);
-    Ok(TC_ACT_OK as i32)
+    Ok(())
 }

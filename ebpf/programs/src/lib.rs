@@ -1,8 +1,10 @@
 //! Skiff's BPF programs: the shared logic behind each attach point.
 //!
-//! Each binary under `src/bin/` is one attach point and only a thin entry point; the
-//! logic lives in these modules so that later attach points (the overlay's "from
-//! tunnel", XDP NodePort) reuse it:
+//! Each binary under `src/bin/` is one attach point and only a thin entry point into
+//! its [`pipeline`], which composes the modules below in that attach point's order.
+//! `lb` and `overlay` never call each other, so a later attach point (XDP NodePort) is a
+//! new pipeline over the same parts:
+//! - [`pipeline`]: `from_pod`, `from_overlay`, `to_overlay`;
 //! - [`maps`]: every map, with pinned names from `skiff_ebpf_common::pin`;
 //! - [`packet`]: header layouts and parsing of IPv4 TCP/UDP;
 //! - [`csum`]: checksum arithmetic for headers built from scratch;
@@ -10,6 +12,9 @@
 //! - [`lb`]: Service lookup, backend selection, DNAT and reverse NAT;
 //! - [`reject`]: TCP RST and ICMP port-unreachable answers for Services without backends;
 //! - [`overlay`]: the VXLAN overlay: tunnel keys toward peers, delivery from the tunnel.
+//!
+//! Imports run one way: `pipeline` → `lb`, `overlay` → `conntrack`, `reject`, `csum`,
+//! `packet`, `maps`.
 //!
 //! Nothing here logs on the per-packet path; counters in `LB_STATS_V1` say what happened.
 #![no_std]
@@ -21,6 +26,7 @@ pub mod lb;
 pub mod maps;
 pub mod overlay;
 pub mod packet;
+pub mod pipeline;
 pub mod reject;
 
 /// The error of a `try_*` function: the packet cannot be handled and is dropped

@@ -169,24 +169,42 @@ pub fn display_backend(backend: &Backend4) -> String {
     format!("{}:{}/{}", ip(backend.addr), port_from_map(backend.port), proto_name(backend.proto))
 }
 
+/// One services-map entry: slot 0 with the frontend's count, flags and affinity, other
+/// slots with their backend id.
+fn display_service_entry(key: &Service4Key, value: &Service4Value) -> String {
+    if key.backend_slot == 0 {
+        format!(
+            "service {} count={} rev_nat={} flags={} affinity={}s",
+            display_service_key(key),
+            value.count,
+            value.rev_nat_index,
+            service_flags(value.flags),
+            value.affinity_timeout_s
+        )
+    } else {
+        format!("service {} backend={} rev_nat={}", display_service_key(key), value.backend_id, value.rev_nat_index)
+    }
+}
+
 fn service_flags(flags: u16) -> String {
-    let mut names = Vec::new();
-    if flags & SERVICE_FLAG_AFFINITY != 0 {
-        names.push("affinity".to_owned());
-    }
-    let rest = flags & !SERVICE_FLAG_AFFINITY;
-    if rest != 0 {
-        names.push(format!("{rest:#x}"));
-    }
-    if names.is_empty() { "0".to_owned() } else { names.join("|") }
+    flag_names(flags.into(), &[(SERVICE_FLAG_AFFINITY.into(), "affinity")])
 }
 
 fn backend_flags(flags: u8) -> String {
+    flag_names(flags.into(), &[(BACKEND_FLAG_TERMINATING.into(), "terminating")])
+}
+
+/// The names of the `known` bits set in `flags`, joined by `|`, then any other bits in
+/// hex; "0" when none is set.
+fn flag_names(flags: u32, known: &[(u32, &str)]) -> String {
     let mut names = Vec::new();
-    if flags & BACKEND_FLAG_TERMINATING != 0 {
-        names.push("terminating".to_owned());
+    let mut rest = flags;
+    for (bit, name) in known {
+        if flags & bit != 0 {
+            names.push((*name).to_owned());
+            rest &= !bit;
+        }
     }
-    let rest = flags & !BACKEND_FLAG_TERMINATING;
     if rest != 0 {
         names.push(format!("{rest:#x}"));
     }
@@ -209,25 +227,7 @@ pub fn render_dump<M: LbMaps + ?Sized>(maps: &M) -> Result<String> {
     let mut services = maps.dump_services()?;
     services.sort_by_key(|(k, _)| (ip(k.addr), port_from_map(k.dport), k.proto, k.scope, k.backend_slot));
     for (key, value) in &services {
-        if key.backend_slot == 0 {
-            let _ = writeln!(
-                out,
-                "service {} count={} rev_nat={} flags={} affinity={}s",
-                display_service_key(key),
-                value.count,
-                value.rev_nat_index,
-                service_flags(value.flags),
-                value.affinity_timeout_s
-            );
-        } else {
-            let _ = writeln!(
-                out,
-                "service {} backend={} rev_nat={}",
-                display_service_key(key),
-                value.backend_id,
-                value.rev_nat_index
-            );
-        }
+        let _ = writeln!(out, "{}", display_service_entry(key, value));
     }
 
     let mut backends = maps.dump_backends()?;
@@ -348,19 +348,7 @@ impl LbMaps for FakeLbMaps {
     fn upsert_service(&mut self, key: &Service4Key, value: &Service4Value) -> Result<()> {
         Self::check_room(&self.services, self.services_capacity, key, MapKind::Services, || display_service_key(key))?;
         self.services.insert(*key, *value);
-        let text = if key.backend_slot == 0 {
-            format!(
-                "service {} count={} rev_nat={} flags={} affinity={}s",
-                display_service_key(key),
-                value.count,
-                value.rev_nat_index,
-                service_flags(value.flags),
-                value.affinity_timeout_s
-            )
-        } else {
-            format!("service {} backend={} rev_nat={}", display_service_key(key), value.backend_id, value.rev_nat_index)
-        };
-        self.record(MapKind::Services, true, text);
+        self.record(MapKind::Services, true, display_service_entry(key, value));
         Ok(())
     }
 

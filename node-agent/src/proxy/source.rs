@@ -122,7 +122,7 @@ pub enum ParseError {
     Yaml {
         doc: usize,
         #[source]
-        source: serde_yaml::Error,
+        source: serde_norway::Error,
     },
     #[error("not valid JSON")]
     Json(#[source] serde_json::Error),
@@ -149,7 +149,7 @@ pub fn parse_manifests(text: &str, json: bool) -> Result<Vec<Object>, ParseError
     if json {
         docs.push(serde_json::from_str::<serde_json::Value>(text).map_err(ParseError::Json)?);
     } else {
-        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
             let value =
                 serde_json::Value::deserialize(doc).map_err(|source| ParseError::Yaml { doc: i + 1, source })?;
             docs.push(value);

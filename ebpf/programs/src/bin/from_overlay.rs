@@ -3,11 +3,11 @@
 #![no_main]
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
-use skiff_ebpf_programs::{overlay, verdict};
+use skiff_ebpf_programs::{pipeline, verdict};
 
 #[classifier]
 pub fn from_overlay(ctx: TcContext) -> i32 {
-    verdict(overlay::from_overlay(&ctx))
+    verdict(pipeline::from_overlay(&ctx))
 }
 
 #[cfg(not(test))]

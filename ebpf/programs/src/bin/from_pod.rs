@@ -3,11 +3,11 @@
 #![no_main]
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
-use skiff_ebpf_programs::{lb, verdict};
+use skiff_ebpf_programs::{pipeline, verdict};
 
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
-    verdict(lb::from_pod(&ctx))
+    verdict(pipeline::from_pod(&ctx))
 }
 
 #[cfg(not(test))]

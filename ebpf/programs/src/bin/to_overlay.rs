@@ -3,11 +3,11 @@
 #![no_main]
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
-use skiff_ebpf_programs::{overlay, verdict};
+use skiff_ebpf_programs::{pipeline, verdict};
 
 #[classifier]
 pub fn to_overlay(ctx: TcContext) -> i32 {
-    verdict(overlay::to_overlay(&ctx))
+    verdict(pipeline::to_overlay(&ctx))
 }
 
 #[cfg(not(test))]

@@ -1,0 +1,19 @@
+//! tc ingress on the node's VXLAN device: decapsulated packets from other nodes.
+
+use aya_ebpf::programs::TcContext;
+
+use crate::{Drop, lb, overlay, packet};
+
+/// Reverse NAT for replies of Service flows whose client lives here (the backend was
+/// on the sending node), then delivery to the local pod, or else to the node's stack.
+#[inline(always)]
+pub fn from_overlay(ctx: &TcContext) -> Result<i32, Drop> {
+    let Some(pkt) = packet::parse(ctx) else {
+        return overlay::to_host(ctx);
+    };
+    let daddr = lb::reverse(ctx, &pkt)?.unwrap_or(pkt.daddr);
+    if let Some(action) = overlay::to_local_pod(ctx, daddr)? {
+        return Ok(action);
+    }
+    overlay::to_host(ctx)
+}

@@ -1,0 +1,23 @@
+//! tc ingress on a pod's host-side veth: traffic that leaves a pod.
+
+use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+
+use crate::{
+    Drop,
+    lb::{self, Outcome},
+    overlay, packet,
+};
+
+/// Load balancing first (a Service's backend may live on another node), then delivery:
+/// into the tunnel if the destination is a pod on another node, else on to the node's
+/// stack. Packets that are not IPv4 TCP/UDP pass untouched.
+#[inline(always)]
+pub fn from_pod(ctx: &TcContext) -> Result<i32, Drop> {
+    let Some(pkt) = packet::parse(ctx) else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    match lb::balance(ctx, &pkt)? {
+        Outcome::Forward(daddr) => Ok(overlay::to_remote_node(ctx, daddr)?.unwrap_or(TC_ACT_OK as i32)),
+        Outcome::Done(action) => Ok(action),
+    }
+}

@@ -1,0 +1,20 @@
+//! One pipeline per attach point: the order in which a packet meets the leaf modules
+//! (`packet`, `lb`, `overlay`), and nothing else. The binaries in `src/bin/` call these.
+//!
+//! - [`from_pod`]: tc ingress on a pod's host-side veth: load balancing, then delivery
+//!   into the tunnel or on to the node's stack;
+//! - [`from_overlay`]: tc ingress on the VXLAN device: reverse NAT of replies whose
+//!   client lives here, then delivery to the local pod or the node's stack;
+//! - [`to_overlay`]: tc egress on the VXLAN device: the tunnel key for packets the node's
+//!   own stack routes there.
+//!
+//! A pipeline must not hold packet logic of its own: what it needs beyond the order of
+//! calls belongs in a leaf module.
+
+mod from_overlay;
+mod from_pod;
+mod to_overlay;
+
+pub use from_overlay::from_overlay;
+pub use from_pod::from_pod;
+pub use to_overlay::to_overlay;
