@@ -89,7 +89,7 @@ fn containerd_runs_pod_sandboxes_on_skiff_cni() {
             Some(IpAddr::V4(ip)) => ip,
             other => panic!("sandbox {id} has IP {other:?}; containerd log:\n{}", node.log_tail()),
         };
-        assert!(cfg.pod_cidr.contains(ip), "{ip} is outside {}", cfg.pod_cidr);
+        assert!(cfg.pod_cidr.contains(&ip), "{ip} is outside {}", cfg.pod_cidr);
         let netns = ok("netns path", cri.pod_netns_path(&id));
         let eth0 = ns.sh(&format!("nsenter --net={netns} ip -4 -o addr show dev eth0"));
         assert!(eth0.contains(&format!("{ip}/32")), "{eth0}");

@@ -61,8 +61,8 @@ impl Node {
         // default.rp_filter=1 (Debian's default), so that the plugin's own
         // rp_filter=0 on each host veth is what the tests see.
         let gateway = {
-            let net: skiff_cni::Ipv4Cidr = cidr.parse().unwrap();
-            net.gateway()
+            let net: skiff_datapath::Ipv4Net = cidr.parse().unwrap();
+            net.hosts().next().unwrap()
         };
         ns.sh(&format!(
             "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=1 && \
