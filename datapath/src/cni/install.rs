@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{ConfigError, NodeNetConfig};
+use super::config::{ConfigError, NodeNetConfig};
 
 /// File name of the configuration list in the CNI conf dir. `10-` sorts it before
 /// other lists, since containerd uses the first one.

@@ -84,3 +84,18 @@ impl Netlink {
         Ok(index)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_settings_that_decide_keeping_a_device() {
+        let msg = LinkMessageBuilder::<LinkVxlan>::new("skiff-vxlan").collect_metadata(true).port(8472).build();
+        assert_eq!(VxlanSettings::from_message(&msg), Some(VxlanSettings { external: true, port: Some(8472) }));
+        let plain = LinkMessageBuilder::<LinkVxlan>::new("v").port(4789).build();
+        assert_eq!(VxlanSettings::from_message(&plain), Some(VxlanSettings { external: false, port: Some(4789) }));
+        let not_vxlan = LinkUnspec::new_with_name("eth0").build();
+        assert_eq!(VxlanSettings::from_message(&not_vxlan), None);
+    }
+}

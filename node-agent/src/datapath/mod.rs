@@ -1,5 +1,7 @@
 //! The datapath loader: loads the embedded BPF objects, pins maps, programs and links
-//! under the node's bpffs directory, and attaches programs to interfaces.
+//! under the node's bpffs directory, and attaches programs to interfaces. The layout of
+//! that directory and the attach policies are `skiff_datapath`'s (shared with
+//! skiff-cni); what is here is what only the agent does: embedding and loading.
 //!
 //! Everything it creates is pinned, so traffic keeps flowing while the agent is down,
 //! and a restarted agent adopts what it finds: maps by name (their contents, conntrack

@@ -3,7 +3,7 @@
 //! node joining or leaving touches one entry and no other flow notices.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aya::maps::{LpmTrie, Map, MapData, lpm_trie::Key};
 use skiff_datapath::{Ipv4Net, Pins};
@@ -16,7 +16,7 @@ use super::source::NodeNet;
 pub enum Error {
     #[error("nodes map under {dir}: {source}")]
     Map {
-        dir: String,
+        dir: PathBuf,
         #[source]
         source: Box<aya::maps::MapError>,
     },
@@ -33,7 +33,7 @@ pub trait NodesMap {
 
 /// The pinned nodes map.
 pub struct AyaNodesMap {
-    dir: String,
+    dir: PathBuf,
     map: LpmTrie<MapData, u32, NodeInfo4>,
 }
 
@@ -45,7 +45,7 @@ impl std::fmt::Debug for AyaNodesMap {
 
 impl AyaNodesMap {
     pub fn open(pin_dir: &Path) -> Result<Self> {
-        let dir = pin_dir.display().to_string();
+        let dir = pin_dir.to_path_buf();
         let err = |source| Error::Map { dir: dir.clone(), source: Box::new(source) };
         let data = MapData::from_pin(Pins::new(pin_dir).map(pin::NODES)).map_err(err)?;
         let map = LpmTrie::try_from(Map::LpmTrie(data)).map_err(err)?;
