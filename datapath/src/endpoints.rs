@@ -2,13 +2,13 @@
 //! skiff-cni when a pod is set up and read by the programs. This module only opens the
 //! pinned map; the node agent creates it when it loads the datapath.
 
-use std::{io, net::Ipv4Addr, path::PathBuf};
+use std::{collections::BTreeMap, io, net::Ipv4Addr, path::PathBuf};
 
 use aya::{
     maps::{HashMap, Map, MapData, MapError},
     sys::SyscallError,
 };
-use skiff_ebpf_common::{Endpoint4, addr_to_map, pin};
+use skiff_ebpf_common::{Endpoint4, addr_from_map, addr_to_map, pin};
 
 use crate::pins::Pins;
 
@@ -19,6 +19,7 @@ pub enum Op {
     Insert(Ipv4Addr),
     Read(Ipv4Addr),
     Remove(Ipv4Addr),
+    List,
 }
 
 impl std::fmt::Display for Op {
@@ -28,6 +29,7 @@ impl std::fmt::Display for Op {
             Op::Insert(ip) => write!(f, "inserting {ip}"),
             Op::Read(ip) => write!(f, "reading {ip}"),
             Op::Remove(ip) => write!(f, "removing {ip}"),
+            Op::List => f.write_str("listing"),
         }
     }
 }
@@ -79,6 +81,15 @@ impl EndpointsMap {
             Err(MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(self.err(Op::Read(ip))(e)),
         }
+    }
+
+    /// Every entry, by pod address.
+    pub fn entries(&self) -> Result<BTreeMap<Ipv4Addr, Endpoint4>> {
+        self.map
+            .iter()
+            .map(|entry| entry.map(|(k, v)| (Ipv4Addr::from(addr_from_map(k)), v)))
+            .collect::<Result<_, _>>()
+            .map_err(self.err(Op::List))
     }
 
     /// Removes the entry of `ip`; a missing entry is fine.
