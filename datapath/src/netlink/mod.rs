@@ -21,7 +21,7 @@ use rtnetlink::{
     Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage},
-        route::{RouteAddress, RouteAttribute, RouteScope},
+        route::{RouteAddress, RouteAttribute, RouteProtocol, RouteScope},
     },
 };
 
@@ -213,12 +213,15 @@ impl Netlink {
             .map_err(nl_err(format!("adding route {dst}/{prefix} (interface index {oif}, gateway {gateway:?})")))
     }
 
-    /// Adds or replaces the on-link (scope link) route `dst/prefix dev oif`.
+    /// Adds or replaces the on-link (scope link) route `dst/prefix dev oif`, with the
+    /// protocol `ip route replace` gives a route (boot), so it looks the same to people
+    /// and tools as the one the agent used to make with iproute2.
     pub fn replace_route(&self, dst: Ipv4Addr, prefix: u8, oif: u32) -> Result<()> {
         let msg = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst, prefix)
             .output_interface(oif)
             .scope(RouteScope::Link)
+            .protocol(RouteProtocol::Boot)
             .build();
         self.rt
             .block_on(self.handle.route().add(msg).replace().execute())
