@@ -12,10 +12,9 @@ use std::{
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use skiff_datapath::{Ipv4Net, Pins, cidr, cni};
 use skiff_ebpf_common::{LbConfig, OverlayConfig};
 use tracing::{error, info, warn};
-
-use skiff_datapath::{Ipv4Net, Pins, cidr, cni};
 
 use crate::{
     datapath::{self, Datapath, MapSizes, Prog},

@@ -19,7 +19,8 @@ use aya::{
     pin::PinError,
     programs::SchedClassifier,
 };
-pub use skiff_datapath::{Pins, Prog, attach::Attached};
+use skiff_datapath::Pins;
+pub use skiff_datapath::{Prog, attach::Attached};
 use skiff_ebpf_common::{LbConfig, OverlayConfig, pin, stat};
 use tracing::info;
 
