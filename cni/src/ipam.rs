@@ -20,7 +20,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Ipv4Cidr;
+use skiff_datapath::cidr::{Ipv4Net, pod_range};
 
 const STATE_FILE: &str = "ipam.json";
 const LOCK_FILE: &str = "ipam.lock";
@@ -62,7 +62,7 @@ pub struct State {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("no free address in {cidr}: all {size} pod addresses are in use")]
 pub struct Exhausted {
-    pub cidr: Ipv4Cidr,
+    pub cidr: Ipv4Net,
     pub size: u32,
 }
 
@@ -80,8 +80,8 @@ impl State {
     }
 
     /// Reserves the next free address of `cidr` for `allocation`.
-    pub fn allocate(&mut self, cidr: Ipv4Cidr, allocation: Allocation) -> Result<Ipv4Addr, Exhausted> {
-        let Some((first, last)) = cidr.pod_range() else {
+    pub fn allocate(&mut self, cidr: Ipv4Net, allocation: Allocation) -> Result<Ipv4Addr, Exhausted> {
+        let Some((first, last)) = pod_range(cidr) else {
             return Err(Exhausted { cidr, size: 0 });
         };
         let (first, last) = (u32::from(first), u32::from(last));
@@ -196,7 +196,7 @@ mod tests {
 
     #[test]
     fn allocates_from_dot_two_round_robin_and_exhausts() {
-        let cidr: Ipv4Cidr = "10.0.0.0/29".parse().unwrap();
+        let cidr: Ipv4Net = "10.0.0.0/29".parse().unwrap();
         let mut s = State::default();
         let ips: Vec<_> = (0..5).map(|i| s.allocate(cidr, alloc(&i.to_string())).unwrap()).collect();
         assert_eq!(ips.first(), Some(&Ipv4Addr::new(10, 0, 0, 2)));
@@ -210,7 +210,7 @@ mod tests {
 
     #[test]
     fn does_not_reuse_a_released_address_at_once() {
-        let cidr: Ipv4Cidr = "10.0.0.0/24".parse().unwrap();
+        let cidr: Ipv4Net = "10.0.0.0/24".parse().unwrap();
         let mut s = State::default();
         let a = s.allocate(cidr, alloc("a")).unwrap();
         s.release("a", "eth0");
@@ -220,7 +220,7 @@ mod tests {
 
     #[test]
     fn tiny_range_has_one_address() {
-        let cidr: Ipv4Cidr = "10.0.0.4/30".parse().unwrap();
+        let cidr: Ipv4Net = "10.0.0.4/30".parse().unwrap();
         let mut s = State::default();
         assert_eq!(s.allocate(cidr, alloc("a")), Ok(Ipv4Addr::new(10, 0, 0, 6)));
         assert!(s.allocate(cidr, alloc("b")).is_err());
@@ -230,7 +230,7 @@ mod tests {
     fn store_survives_concurrent_updates() {
         let dir = std::env::temp_dir().join(format!("skiff-cni-ipam-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        let cidr: Ipv4Cidr = "10.0.0.0/24".parse().unwrap();
+        let cidr: Ipv4Net = "10.0.0.0/24".parse().unwrap();
         let threads: Vec<_> = (0..16)
             .map(|i| {
                 let dir = dir.clone();

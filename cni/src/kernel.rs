@@ -4,14 +4,14 @@
 //!
 //! Every method reports a [`CniError`] in the runtime's `cniVersion`.
 
-use std::{fs::File, io, net::Ipv4Addr};
+use std::{fs::File, net::Ipv4Addr};
 
+use skiff_datapath::netlink::{self, Link, Netlink, in_netns};
 use skiff_ebpf_common::Endpoint4;
 
 use crate::{
     datapath::{self, Datapath},
     error::{CniError, code},
-    netlink::{self, Link, Netlink, in_netns},
     result::GATEWAY,
 };
 
@@ -116,10 +116,7 @@ impl Kernel for System {
     fn configure_pod(&self, netns: &File, ifname: &str, ip: Ipv4Addr, host_mac: [u8; 6]) -> Result<[u8; 6], CniError> {
         in_netns(netns, || {
             let nl = Netlink::new()?;
-            let pod = nl.link(ifname)?.ok_or_else(|| netlink::Error::Io {
-                op: format!("finding {ifname} in the pod's namespace"),
-                source: io::Error::from(io::ErrorKind::NotFound),
-            })?;
+            let pod = nl.require_link(ifname)?;
             nl.set_up(ifname, pod.index)?;
             nl.add_address(ifname, pod.index, ip, 32)?;
             nl.add_route(GATEWAY, 32, pod.index, None)?;

@@ -28,6 +28,7 @@ use std::{
     process::ExitCode,
 };
 
+use skiff_datapath::netlink::{Netlink, in_netns};
 use skiff_ebpf_common::Endpoint4;
 
 use crate::{
@@ -36,7 +37,6 @@ use crate::{
     error::{CniError, code},
     ipam::{Allocation, Completed, Store},
     kernel::{Kernel, System, dp_err, nl_err},
-    netlink::{Netlink, in_netns},
     result::{CniResult, GATEWAY, PodNetwork, format_mac, parse_mac},
 };
 
@@ -442,7 +442,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::netlink::Link;
+    use skiff_datapath::netlink::Link;
 
     /// The kernel as a few sets; any step can be made to fail.
     #[derive(Default)]

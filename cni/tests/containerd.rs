@@ -12,10 +12,8 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{HashMap, Map, MapData};
-use nix::sched::CloneFlags;
 use skiff_cni::{NodeNetConfig, ipam::Store, plugin::host_veth_name};
-use skiff_ebpf_common::{Endpoint4, pin};
+use skiff_datapath::{Pins, endpoints::EndpointsMap, netlink::in_netns};
 use skiff_node::datapath::{Datapath, MapSizes};
 use skiff_tests::{
     PinDir,
@@ -31,21 +29,13 @@ fn ok<T>(what: &str, r: anyhow::Result<T>) -> T {
 }
 
 fn endpoints(pins: &Path) -> usize {
-    let data = MapData::from_pin(pins.join(pin::ENDPOINTS)).expect("open the endpoints map");
-    let map: HashMap<_, u32, Endpoint4> = HashMap::try_from(Map::HashMap(data)).unwrap();
-    map.keys().count()
+    let map = EndpointsMap::open(&Pins::new(pins)).expect("open the endpoints map");
+    map.entries().expect("list the endpoints map").len()
 }
 
 fn in_ns<T: Send>(path: &str, f: impl FnOnce() -> T + Send) -> T {
     let ns = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .unwrap()
-    })
+    in_netns(&ns, || Ok(f())).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 #[test]
@@ -89,7 +79,7 @@ fn containerd_runs_pod_sandboxes_on_skiff_cni() {
             Some(IpAddr::V4(ip)) => ip,
             other => panic!("sandbox {id} has IP {other:?}; containerd log:\n{}", node.log_tail()),
         };
-        assert!(cfg.pod_cidr.contains(ip), "{ip} is outside {}", cfg.pod_cidr);
+        assert!(cfg.pod_cidr.contains(&ip), "{ip} is outside {}", cfg.pod_cidr);
         let netns = ok("netns path", cri.pod_netns_path(&id));
         let eth0 = ns.sh(&format!("nsenter --net={netns} ip -4 -o addr show dev eth0"));
         assert!(eth0.contains(&format!("{ip}/32")), "{eth0}");

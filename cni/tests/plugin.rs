@@ -8,6 +8,7 @@
 //! the test created.
 
 use std::{
+    collections::BTreeMap,
     fs::File,
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
@@ -17,11 +18,10 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{HashMap, Map, MapData};
-use nix::sched::CloneFlags;
 use serde_json::{Value, json};
 use skiff_cni::{ipam::Store, plugin::host_veth_name};
-use skiff_ebpf_common::{Endpoint4, pin};
+use skiff_datapath::{Pins, Prog, endpoints::EndpointsMap, netlink::in_netns};
+use skiff_ebpf_common::Endpoint4;
 use skiff_node::datapath::{Datapath, MapSizes};
 use skiff_tests::{PinDir, netns::Netns, require_privileges, unique_tag};
 
@@ -61,8 +61,8 @@ impl Node {
         // default.rp_filter=1 (Debian's default), so that the plugin's own
         // rp_filter=0 on each host veth is what the tests see.
         let gateway = {
-            let net: skiff_cni::Ipv4Cidr = cidr.parse().unwrap();
-            net.gateway()
+            let net: skiff_datapath::Ipv4Net = cidr.parse().unwrap();
+            net.hosts().next().unwrap()
         };
         ns.sh(&format!(
             "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=1 && \
@@ -104,21 +104,20 @@ impl Node {
     }
 
     fn link_pin(&self, container_id: &str) -> PathBuf {
-        self.pins.path.join(pin::LINKS_DIR).join(format!("from_pod_{}", host_veth_name(container_id, "eth0")))
+        Pins::new(&self.pins.path).link(Prog::FromPod, &host_veth_name(container_id, "eth0"))
     }
 
     fn has_link(&self, name: &str) -> bool {
         self.ns.sh_output(&format!("ip link show dev {name}")).status.success()
     }
 
-    fn endpoints(&self) -> Vec<(Ipv4Addr, Endpoint4)> {
-        let data = MapData::from_pin(self.pins.path.join(pin::ENDPOINTS)).expect("open the endpoints map");
-        let map: HashMap<_, u32, Endpoint4> = HashMap::try_from(Map::HashMap(data)).unwrap();
-        map.iter().map(|r| r.unwrap()).map(|(k, v)| (Ipv4Addr::from(skiff_ebpf_common::addr_from_map(k)), v)).collect()
+    fn endpoints(&self) -> BTreeMap<Ipv4Addr, Endpoint4> {
+        let map = EndpointsMap::open(&Pins::new(&self.pins.path)).expect("open the endpoints map");
+        map.entries().expect("list the endpoints map")
     }
 
     fn endpoint(&self, ip: Ipv4Addr) -> Option<Endpoint4> {
-        self.endpoints().into_iter().find(|(k, _)| *k == ip).map(|(_, v)| v)
+        self.endpoints().remove(&ip)
     }
 
     fn ipam_holds(&self, container_id: &str) -> bool {
@@ -233,14 +232,7 @@ fn cni_env(node: &Node, stdin: &str, vars: &[(&str, &str)]) -> Outcome {
 /// in that namespace.
 fn in_ns<T: Send>(path: &str, f: impl FnOnce() -> T + Send) -> T {
     let ns = File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .unwrap()
-    })
+    in_netns(&ns, || Ok(f())).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 #[test]
@@ -411,7 +403,7 @@ fn fifty_concurrent_adds_get_distinct_addresses() {
     assert_eq!(node.sk_links(), 0);
     assert!(node.endpoints().is_empty());
     assert!(Store::new(&node.data.0).read().unwrap().allocations.is_empty());
-    assert_eq!(std::fs::read_dir(node.pins.path.join(pin::LINKS_DIR)).unwrap().count(), 0, "link pins left");
+    assert_eq!(std::fs::read_dir(Pins::new(&node.pins.path).links_dir()).unwrap().count(), 0, "link pins left");
 }
 
 #[test]

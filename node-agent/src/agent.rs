@@ -12,14 +12,14 @@ use std::{
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use skiff_datapath::{Ipv4Net, Pins, cidr, cni};
 use skiff_ebpf_common::{LbConfig, OverlayConfig};
 use tracing::{error, info, warn};
 
 use crate::{
     datapath::{self, Datapath, MapSizes, Prog},
     overlay::{
-        Cidr,
-        device::{self, IpCommand},
+        device::{self, Rtnetlink},
         reconciler::{AyaNodesMap, NodesReconciler},
         source::{NodeSource, NodesFileSource},
     },
@@ -89,7 +89,7 @@ pub struct RunArgs {
     pub cni_data_dir: PathBuf,
     /// The cluster CIDR, cut into one podCIDR per node.
     #[arg(long, default_value = "10.244.0.0/16")]
-    pub cluster_cidr: String,
+    pub cluster_cidr: Ipv4Net,
     /// A pod's host-side interface to attach "from pod" to (repeatable).
     #[arg(long = "pod-interface")]
     pub pod_interfaces: Vec<String>,
@@ -107,7 +107,7 @@ pub struct RunArgs {
     pub tcp_closing_timeout_s: u32,
     /// The Service CIDR: only packets to it are looked up as Service traffic.
     #[arg(long, default_value = "10.96.0.0/12")]
-    pub service_cidr: String,
+    pub service_cidr: Ipv4Net,
     /// Capacity of the services map when it is first created.
     #[arg(long, default_value_t = skiff_ebpf_common::capacity::SERVICES)]
     pub services_max: u32,
@@ -158,10 +158,10 @@ pub fn main() -> Result<()> {
 }
 
 fn run(args: RunArgs) -> Result<()> {
-    let pin_dir = args.pin_dir.clone().unwrap_or_else(|| Path::new("/sys/fs/bpf/skiff").join(&args.node_name));
+    let pin_dir = args.pin_dir.clone().unwrap_or_else(|| Pins::for_node(&args.node_name).dir().to_path_buf());
     let sizes = MapSizes { services: args.services_max, backends: args.backends_max, ct: args.ct_max };
     let mut datapath = Datapath::load(&pin_dir, sizes).context("loading the datapath")?;
-    let (service_net, service_mask) = parse_cidr(&args.service_cidr)?;
+    let (service_net, service_mask) = cidr::to_map(args.service_cidr);
     datapath.set_config(LbConfig {
         tcp_timeout_s: args.tcp_timeout_s,
         tcp_closing_timeout_s: args.tcp_closing_timeout_s,
@@ -234,25 +234,15 @@ fn run(args: RunArgs) -> Result<()> {
     })
 }
 
-/// An IPv4 CIDR as (network, mask) in the maps' byte order.
-fn parse_cidr(cidr: &str) -> Result<(u32, u32)> {
-    let (addr, len) = cidr.split_once('/').with_context(|| format!("`{cidr}` is not a CIDR like 10.96.0.0/12"))?;
-    let addr: std::net::Ipv4Addr = addr.parse().with_context(|| format!("`{cidr}`: bad address"))?;
-    let len: u32 = len.parse().ok().filter(|l| *l <= 32).with_context(|| format!("`{cidr}`: bad prefix length"))?;
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    let net = u32::from(addr) & mask;
-    Ok((skiff_ebpf_common::addr_to_map(net.to_be_bytes()), skiff_ebpf_common::addr_to_map(mask.to_be_bytes())))
-}
-
 /// The overlay role's state in the main loop.
 struct Overlay {
     node_name: String,
     pin_dir: PathBuf,
-    cluster: Cidr,
+    cluster: Ipv4Net,
     vxlan_ifindex: u32,
     source: NodesFileSource,
     reconciler: NodesReconciler<AyaNodesMap>,
-    local_pod_cidr: Option<Cidr>,
+    local_pod_cidr: Option<Ipv4Net>,
     mtu: u32,
     cni_conf_dir: Option<PathBuf>,
     cni_data_dir: PathBuf,
@@ -261,21 +251,19 @@ struct Overlay {
 impl Overlay {
     /// Sets up the VXLAN device and attaches the overlay programs to it.
     fn start(args: &RunArgs, pin_dir: &Path, nodes_file: &Path, datapath: &mut Datapath) -> Result<Self> {
-        let cluster: Cidr = args.cluster_cidr.parse().map_err(anyhow::Error::msg).context("--cluster-cidr")?;
+        let cluster = args.cluster_cidr.trunc();
+        let mut link_ops = Rtnetlink::new().context("opening a netlink socket")?;
         let (vxlan_ifindex, mtu) =
-            device::setup(&mut IpCommand, &args.underlay_interface, cluster).context("setting up the VXLAN device")?;
+            device::setup(&mut link_ops, &args.underlay_interface, cluster).context("setting up the VXLAN device")?;
         for prog in [Prog::FromOverlay, Prog::ToOverlay] {
             let how = datapath.attach(prog, device::VXLAN_DEVICE)?;
             info!(program = prog.name(), ?how, "attached to the VXLAN device");
         }
         info!(device = device::VXLAN_DEVICE, mtu, cluster_cidr = %cluster, "overlay device ready");
         if let Some(bin_dir) = &args.cni_bin_dir {
-            let plugin =
-                skiff_cni::install::plugin_beside_current_exe().context("finding skiff-cni beside skiff-node")?;
-            skiff_cni::install_binary(&plugin, bin_dir)
-                .with_context(|| format!("installing skiff-cni into {}", bin_dir.display()))?;
-            skiff_cni::install_loopback(bin_dir)
-                .with_context(|| format!("installing the loopback plugin into {}", bin_dir.display()))?;
+            let plugin = cni::plugin_beside_current_exe().context("finding skiff-cni beside skiff-node")?;
+            cni::install_binary(&plugin, bin_dir)?;
+            cni::install_loopback(bin_dir)?;
             info!(bin_dir = %bin_dir.display(), "CNI plugins installed");
         }
         let reconciler = NodesReconciler::new(&args.node_name, AyaNodesMap::open(pin_dir)?);
@@ -296,19 +284,15 @@ impl Overlay {
     }
 
     /// Writes this node's CNI configuration, which containerd picks up on its own.
-    fn write_cni_config(&self, conf_dir: &Path, cidr: Cidr) {
-        let pod_cidr = match cidr.to_string().parse() {
-            Ok(c) => c,
-            Err(e) => return error!(pod_cidr = %cidr, error = ?e, "podCIDR not accepted by skiff-cni"),
-        };
-        let config = skiff_cni::NodeNetConfig {
+    fn write_cni_config(&self, conf_dir: &Path, pod_cidr: Ipv4Net) {
+        let config = cni::NodeNetConfig {
             pod_cidr,
             mtu: self.mtu,
             bpffs_dir: self.pin_dir.clone(),
             data_dir: self.cni_data_dir.clone(),
         };
-        match skiff_cni::write_conflist(conf_dir, &config) {
-            Ok(path) => info!(path = %path.display(), pod_cidr = %cidr, mtu = self.mtu, "CNI configuration written"),
+        match cni::write_conflist(conf_dir, &config) {
+            Ok(path) => info!(path = %path.display(), %pod_cidr, mtu = self.mtu, "CNI configuration written"),
             Err(e) => {
                 error!(conf_dir = %conf_dir.display(), error = %e, "cannot write the CNI configuration; pods cannot start")
             }
@@ -329,8 +313,8 @@ impl Overlay {
             warn!(node = %self.node_name, "this node is not in the nodes file; its pods cannot be reached from other nodes");
         }
         if local != self.local_pod_cidr {
-            let (local_pod_net, local_pod_mask) = local.map(|c| c.to_map()).unwrap_or((u32::MAX, u32::MAX));
-            let (cluster_net, cluster_mask) = self.cluster.to_map();
+            let (local_pod_net, local_pod_mask) = local.map(cidr::to_map).unwrap_or((u32::MAX, u32::MAX));
+            let (cluster_net, cluster_mask) = cidr::to_map(self.cluster);
             let config = OverlayConfig {
                 vxlan_ifindex: self.vxlan_ifindex,
                 vni: skiff_ebpf_common::DEFAULT_VNI,

@@ -1,6 +1,8 @@
 //! skiff-node: the node agent. One process per node doing the work of kubelet,
 //! kube-proxy and flanneld. Modules by role:
-//! - [`datapath`]: loads, pins and attaches the BPF programs (never writes Service state);
+//! - [`datapath`]: loads the embedded BPF programs and pins them (never writes Service
+//!   state); the pin layout, attach, netlink and the CNI conflist it shares with
+//!   skiff-cni are in the `skiff_datapath` library;
 //! - [`proxy`]: Services + EndpointSlices → desired load-balancer state → the one
 //!   reconciler that writes the Service maps;
 //! - [`overlay`]: the VXLAN device and the nodes map (peer podCIDR → underlay address);

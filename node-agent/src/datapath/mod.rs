@@ -1,5 +1,7 @@
 //! The datapath loader: loads the embedded BPF objects, pins maps, programs and links
-//! under the node's bpffs directory, and attaches programs to interfaces.
+//! under the node's bpffs directory, and attaches programs to interfaces. The layout of
+//! that directory and the attach policies are `skiff_datapath`'s (shared with
+//! skiff-cni); what is here is what only the agent does: embedding and loading.
 //!
 //! Everything it creates is pinned, so traffic keeps flowing while the agent is down,
 //! and a restarted agent adopts what it finds: maps by name (their contents, conntrack
@@ -14,73 +16,33 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, Map, MapData, PerCpuArray},
-    programs::{
-        SchedClassifier, TcAttachType,
-        links::{FdLink, LinkError, PinnedLink},
-    },
-    sys::SyscallError,
+    pin::PinError,
+    programs::SchedClassifier,
 };
+use skiff_datapath::Pins;
+pub use skiff_datapath::{Prog, attach::Attached};
 use skiff_ebpf_common::{LbConfig, OverlayConfig, pin, stat};
-use tracing::{debug, info};
+use tracing::info;
 
-/// One BPF program of the datapath: its object (one per attach point), program name,
-/// pinned name, and where it attaches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Prog {
-    /// tc ingress on each pod's host-side veth: load balancing, then the overlay.
-    FromPod,
-    /// tc ingress on the VXLAN device: reverse NAT and delivery to local pods.
-    FromOverlay,
-    /// tc egress on the VXLAN device: tunnel keys for traffic the node's stack sends.
-    ToOverlay,
+/// The embedded object of a program (one object per attach point).
+fn object(prog: Prog) -> &'static [u8] {
+    static FROM_POD: &[u8] = aya::include_bytes_aligned!(env!("SKIFF_EBPF_FROM_POD"));
+    static FROM_OVERLAY: &[u8] = aya::include_bytes_aligned!(env!("SKIFF_EBPF_FROM_OVERLAY"));
+    static TO_OVERLAY: &[u8] = aya::include_bytes_aligned!(env!("SKIFF_EBPF_TO_OVERLAY"));
+    match prog {
+        Prog::FromPod => FROM_POD,
+        Prog::FromOverlay => FROM_OVERLAY,
+        Prog::ToOverlay => TO_OVERLAY,
+    }
 }
 
-impl Prog {
-    pub const ALL: [Prog; 3] = [Prog::FromPod, Prog::FromOverlay, Prog::ToOverlay];
-
-    /// The function name in the object.
-    pub fn name(self) -> &'static str {
-        match self {
-            Prog::FromPod => "from_pod",
-            Prog::FromOverlay => "from_overlay",
-            Prog::ToOverlay => "to_overlay",
-        }
-    }
-
-    fn pin_name(self) -> &'static str {
-        match self {
-            Prog::FromPod => pin::PROG_FROM_POD,
-            Prog::FromOverlay => pin::PROG_FROM_OVERLAY,
-            Prog::ToOverlay => pin::PROG_TO_OVERLAY,
-        }
-    }
-
-    fn attach_type(self) -> TcAttachType {
-        match self {
-            Prog::ToOverlay => TcAttachType::Egress,
-            _ => TcAttachType::Ingress,
-        }
-    }
-
-    fn object(self) -> &'static [u8] {
-        static FROM_POD: &[u8] = aya::include_bytes_aligned!(env!("SKIFF_EBPF_FROM_POD"));
-        static FROM_OVERLAY: &[u8] = aya::include_bytes_aligned!(env!("SKIFF_EBPF_FROM_OVERLAY"));
-        static TO_OVERLAY: &[u8] = aya::include_bytes_aligned!(env!("SKIFF_EBPF_TO_OVERLAY"));
-        match self {
-            Prog::FromPod => FROM_POD,
-            Prog::FromOverlay => FROM_OVERLAY,
-            Prog::ToOverlay => TO_OVERLAY,
-        }
-    }
-
-    /// A developer may point at a freshly built object instead of the embedded one
-    /// (`SKIFF_FROM_POD_OBJECT=target/bpfel-unknown-none/release/from-pod`, ...).
-    fn override_var(self) -> &'static str {
-        match self {
-            Prog::FromPod => "SKIFF_FROM_POD_OBJECT",
-            Prog::FromOverlay => "SKIFF_FROM_OVERLAY_OBJECT",
-            Prog::ToOverlay => "SKIFF_TO_OVERLAY_OBJECT",
-        }
+/// A developer may point at a freshly built object instead of the embedded one
+/// (`SKIFF_FROM_POD_OBJECT=target/bpfel-unknown-none/release/from-pod`, ...).
+fn override_var(prog: Prog) -> &'static str {
+    match prog {
+        Prog::FromPod => "SKIFF_FROM_POD_OBJECT",
+        Prog::FromOverlay => "SKIFF_FROM_OVERLAY_OBJECT",
+        Prog::ToOverlay => "SKIFF_TO_OVERLAY_OBJECT",
     }
 }
 
@@ -89,17 +51,47 @@ pub enum Error {
     #[error(
         "cannot create the bpffs directory {path}: {source} (is bpffs mounted at /sys/fs/bpf? `cargo xtask setup` mounts it)"
     )]
-    PinDir { path: PathBuf, source: io::Error },
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading the BPF object {path} (named by {var}): {source}")]
+    ReadObject {
+        var: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("loading the BPF object {object} failed: {source}")]
-    Load { object: &'static str, source: Box<aya::EbpfError> },
+    Load {
+        object: &'static str,
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    #[error("the BPF object {object} has no program {object}")]
+    MissingProgram { object: &'static str },
     #[error("program {program}: {source}")]
-    Program { program: &'static str, source: Box<aya::programs::ProgramError> },
-    #[error("pinning {path}: {reason}")]
-    Pin { path: PathBuf, reason: String },
-    #[error("attaching {program} to interface {interface}: {reason}")]
-    Attach { program: &'static str, interface: String, reason: String },
+    Program {
+        program: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("pinning {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: PinError,
+    },
+    #[error(transparent)]
+    Attach(#[from] skiff_datapath::attach::Error),
     #[error("map {map} under {dir}: {source}")]
-    Map { map: &'static str, dir: PathBuf, source: Box<aya::maps::MapError> },
+    Map {
+        map: &'static str,
+        dir: PathBuf,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -119,23 +111,16 @@ impl Default for MapSizes {
     }
 }
 
-/// Whether an attach created a new link or adopted a pinned one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Attached {
-    New,
-    Adopted,
-}
-
 /// The loaded datapath of one node: one loaded object per program, all sharing the
 /// pinned maps.
 pub struct Datapath {
-    pin_dir: PathBuf,
+    pins: Pins,
     objects: Vec<(Prog, Ebpf)>,
 }
 
 impl std::fmt::Debug for Datapath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Datapath").field("pin_dir", &self.pin_dir).finish_non_exhaustive()
+        f.debug_struct("Datapath").field("pin_dir", &self.pins.dir()).finish_non_exhaustive()
     }
 }
 
@@ -143,39 +128,37 @@ impl Datapath {
     /// Loads the programs, creating or adopting the pinned maps in `pin_dir`, and pins
     /// each program (so that skiff-cni can attach "from pod" to new pods).
     pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Self> {
-        for dir in [pin_dir.to_path_buf(), pin_dir.join(pin::LINKS_DIR)] {
+        let pins = Pins::new(pin_dir);
+        for dir in [pin_dir.to_path_buf(), pins.links_dir()] {
             std::fs::create_dir_all(&dir).map_err(|source| Error::PinDir { path: dir.clone(), source })?;
         }
         let mut objects = Vec::new();
         for prog in Prog::ALL {
-            let override_obj = std::env::var_os(prog.override_var())
-                .map(std::fs::read)
-                .transpose()
-                .map_err(|source| Error::PinDir { path: PathBuf::from(prog.override_var()), source })?;
+            let var = override_var(prog);
+            let override_obj = match std::env::var_os(var).map(PathBuf::from) {
+                Some(path) => Some(std::fs::read(&path).map_err(|source| Error::ReadObject { var, path, source })?),
+                None => None,
+            };
             let mut ebpf = EbpfLoader::new()
                 .default_map_pin_directory(pin_dir)
                 .map_max_entries(pin::SERVICES, sizes.services)
                 .map_max_entries(pin::BACKENDS, sizes.backends)
                 .map_max_entries(pin::CT, sizes.ct)
-                .load(override_obj.as_deref().unwrap_or(prog.object()))
+                .load(override_obj.as_deref().unwrap_or(object(prog)))
                 .map_err(|source| Error::Load { object: prog.name(), source: Box::new(source) })?;
             let program = program_of(&mut ebpf, prog)?;
             program.load().map_err(|source| Error::Program { program: prog.name(), source: Box::new(source) })?;
-            let prog_pin = pin_dir.join(prog.pin_name());
+            let prog_pin = pins.prog(prog);
             let _ = std::fs::remove_file(&prog_pin);
-            program.pin(&prog_pin).map_err(|e| Error::Pin { path: prog_pin.clone(), reason: e.to_string() })?;
+            program.pin(&prog_pin).map_err(|source| Error::Pin { path: prog_pin.clone(), source })?;
             objects.push((prog, ebpf));
         }
         info!(pin_dir = %pin_dir.display(), "datapath loaded");
-        Ok(Self { pin_dir: pin_dir.to_path_buf(), objects })
+        Ok(Self { pins, objects })
     }
 
     pub fn pin_dir(&self) -> &Path {
-        &self.pin_dir
-    }
-
-    fn link_pin(&self, prog: Prog, interface: &str) -> PathBuf {
-        self.pin_dir.join(pin::LINKS_DIR).join(format!("{}_{interface}", prog.name()))
+        self.pins.dir()
     }
 
     /// The loaded program, for BPF_PROG_TEST_RUN in tests and benchmarks.
@@ -198,53 +181,24 @@ impl Datapath {
     /// (an earlier agent attached it), the program in it is replaced atomically, so no
     /// packet meets an interface without a program.
     pub fn attach(&mut self, prog: Prog, interface: &str) -> Result<Attached> {
-        let link_pin = self.link_pin(prog, interface);
-        let attach_err =
-            |reason: String| Error::Attach { program: prog.name(), interface: interface.to_owned(), reason };
+        let link_pin = self.pins.link(prog, interface);
         let program = self.program(prog)?;
-        match PinnedLink::from_pin(&link_pin) {
-            Ok(old) => {
-                let link = FdLink::from(old).try_into().map_err(|e: LinkError| attach_err(e.to_string()))?;
-                let id = program.attach_to_link(link).map_err(|e| attach_err(e.to_string()))?;
-                // The pin keeps the link; this process's descriptor may go.
-                drop(program.take_link(id));
-                debug!(interface, program = prog.name(), "adopted pinned link");
-                Ok(Attached::Adopted)
-            }
-            Err(LinkError::SyscallError(SyscallError { io_error, .. }))
-                if io_error.kind() == io::ErrorKind::NotFound =>
-            {
-                let id = program.attach(interface, prog.attach_type()).map_err(|e| attach_err(e.to_string()))?;
-                let link = program.take_link(id).map_err(|e| attach_err(e.to_string()))?;
-                let fd_link: FdLink = link.try_into().map_err(|e: LinkError| attach_err(e.to_string()))?;
-                fd_link.pin(&link_pin).map_err(|e| Error::Pin { path: link_pin.clone(), reason: e.to_string() })?;
-                debug!(interface, program = prog.name(), "attached new link");
-                Ok(Attached::New)
-            }
-            Err(e) => Err(attach_err(e.to_string())),
-        }
+        Ok(skiff_datapath::attach::attach_or_adopt(program, prog, interface, &link_pin)?)
     }
 
     /// Detaches "from pod" from an interface by removing its link pin.
     pub fn detach_from_pod(&mut self, interface: &str) -> Result<()> {
-        let link_pin = self.link_pin(Prog::FromPod, interface);
-        match std::fs::remove_file(&link_pin) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::Pin { path: link_pin, reason: e.to_string() }),
-        }
+        Ok(skiff_datapath::attach::detach(&self.pins.link(Prog::FromPod, interface))?)
     }
 
     /// Writes the load balancer's runtime settings.
     pub fn set_config(&self, config: LbConfig) -> Result<()> {
-        set_config(&self.pin_dir, config)
+        set_config(self.pins.dir(), config)
     }
 }
 
 fn program_of(ebpf: &mut Ebpf, prog: Prog) -> Result<&mut SchedClassifier> {
-    let program = ebpf
-        .program_mut(prog.name())
-        .ok_or_else(|| Error::Pin { path: PathBuf::from(prog.name()), reason: "program missing from object".into() })?;
+    let program = ebpf.program_mut(prog.name()).ok_or(Error::MissingProgram { object: prog.name() })?;
     program.try_into().map_err(|source| Error::Program { program: prog.name(), source: Box::new(source) })
 }
 

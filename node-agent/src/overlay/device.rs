@@ -3,15 +3,14 @@
 //! cluster CIDR through it (so the node's own traffic to pods reaches the tunnel), and
 //! the forwarding sysctls. No per-peer FDB, neighbour or route entries.
 //!
-//! The kernel is reached through [`LinkOps`]; [`IpCommand`] drives iproute2 and
-//! /proc/sys. Everything here is idempotent: a restarted agent finds the device and
-//! keeps it, so traffic never stops.
+//! The kernel is reached through [`LinkOps`]; [`Rtnetlink`] is the real one (rtnetlink
+//! through `skiff_datapath::netlink`, and /proc/sys), the unit tests use a fake.
+//! Everything here is idempotent: a restarted agent finds the device and keeps it, so
+//! traffic never stops.
 
-use std::process::Command;
+use std::path::PathBuf;
 
-use tracing::info;
-
-use super::Cidr;
+use skiff_datapath::{Ipv4Net, netlink::Netlink};
 
 /// Name of the node's VXLAN device.
 pub const VXLAN_DEVICE: &str = "skiff-vxlan";
@@ -20,12 +19,15 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("`{command}` failed: {stderr}")]
-    Command { command: String, stderr: String },
-    #[error("cannot run `{command}`: {source} (is iproute2 installed?)")]
-    Spawn { command: String, source: std::io::Error },
-    #[error("interface {interface}: {reason}")]
-    Interface { interface: String, reason: String },
+    #[error(transparent)]
+    Netlink(#[from] skiff_datapath::netlink::Error),
+    #[error("writing {value} to {path}: {source}")]
+    Sysctl {
+        path: PathBuf,
+        value: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -34,101 +36,59 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub trait LinkOps {
     /// MTU of an interface.
     fn mtu(&mut self, interface: &str) -> Result<u32>;
-    /// Index of an interface.
-    fn ifindex(&mut self, interface: &str) -> Result<u32>;
     /// Creates the VXLAN device if missing (or with the wrong settings), sets its MTU,
-    /// turns ARP off (peers are found by the nodes map, not by ARP) and brings it up.
-    fn ensure_vxlan(&mut self, name: &str, port: u16, mtu: u32) -> Result<()>;
+    /// turns ARP off (peers are found by the nodes map, not by ARP), brings it up and
+    /// returns its index.
+    fn ensure_vxlan(&mut self, name: &str, port: u16, mtu: u32) -> Result<u32>;
     /// Adds or replaces a route to `cidr` through `interface`.
-    fn ensure_route(&mut self, cidr: Cidr, interface: &str) -> Result<()>;
+    fn ensure_route(&mut self, cidr: Ipv4Net, interface: &str) -> Result<()>;
     /// Writes a sysctl under /proc/sys (e.g. `net/ipv4/ip_forward`).
     fn sysctl(&mut self, key: &str, value: &str) -> Result<()>;
 }
 
-/// [`LinkOps`] through iproute2 and /proc/sys, in the agent's network namespace.
-#[derive(Debug, Default)]
-pub struct IpCommand;
-
-fn ip(args: &[&str]) -> Result<String> {
-    let command = format!("ip {}", args.join(" "));
-    let out =
-        Command::new("ip").args(args).output().map_err(|source| Error::Spawn { command: command.clone(), source })?;
-    if !out.status.success() {
-        return Err(Error::Command { command, stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+/// [`LinkOps`] over rtnetlink and /proc/sys, in the agent's network namespace.
+#[derive(Debug)]
+pub struct Rtnetlink {
+    nl: Netlink,
 }
 
-/// The value after `word` in `ip -d link show` output.
-fn field<'a>(text: &'a str, word: &str) -> Option<&'a str> {
-    let mut words = text.split_whitespace();
-    while let Some(w) = words.next() {
-        if w == word {
-            return words.next();
-        }
+impl Rtnetlink {
+    pub fn new() -> Result<Self> {
+        Ok(Self { nl: Netlink::new()? })
     }
-    None
 }
 
-impl LinkOps for IpCommand {
+impl LinkOps for Rtnetlink {
     fn mtu(&mut self, interface: &str) -> Result<u32> {
-        let text = ip(&["-o", "link", "show", "dev", interface])?;
-        field(&text, "mtu").and_then(|m| m.parse().ok()).ok_or_else(|| Error::Interface {
-            interface: interface.into(),
-            reason: "no MTU in `ip link` output".into(),
-        })
+        Ok(self.nl.require_link(interface)?.mtu)
     }
 
-    fn ifindex(&mut self, interface: &str) -> Result<u32> {
-        let text = ip(&["-o", "link", "show", "dev", interface])?;
-        text.split(':').next().and_then(|i| i.trim().parse().ok()).ok_or_else(|| Error::Interface {
-            interface: interface.into(),
-            reason: "no index in `ip link` output".into(),
-        })
+    fn ensure_vxlan(&mut self, name: &str, port: u16, mtu: u32) -> Result<u32> {
+        Ok(self.nl.ensure_vxlan(name, port, mtu)?)
     }
 
-    fn ensure_vxlan(&mut self, name: &str, port: u16, mtu: u32) -> Result<()> {
-        let port_s = port.to_string();
-        match ip(&["-d", "-o", "link", "show", "dev", name]) {
-            Ok(text) if text.contains("external") && field(&text, "dstport") == Some(port_s.as_str()) => {}
-            Ok(_) => {
-                info!(device = name, "replacing a VXLAN device with other settings");
-                ip(&["link", "del", name])?;
-                ip(&["link", "add", name, "type", "vxlan", "external", "dstport", &port_s, "nolearning"])?;
-            }
-            Err(_) => {
-                info!(device = name, port, "creating the VXLAN device");
-                ip(&["link", "add", name, "type", "vxlan", "external", "dstport", &port_s, "nolearning"])?;
-            }
-        }
-        ip(&["link", "set", "dev", name, "mtu", &mtu.to_string(), "arp", "off", "up"])?;
-        Ok(())
-    }
-
-    fn ensure_route(&mut self, cidr: Cidr, interface: &str) -> Result<()> {
-        ip(&["route", "replace", &cidr.to_string(), "dev", interface, "scope", "link"])?;
-        Ok(())
+    fn ensure_route(&mut self, cidr: Ipv4Net, interface: &str) -> Result<()> {
+        let index = self.nl.require_link(interface)?.index;
+        Ok(self.nl.replace_route(cidr.network(), cidr.prefix_len(), index)?)
     }
 
     fn sysctl(&mut self, key: &str, value: &str) -> Result<()> {
-        let path = format!("/proc/sys/{key}");
-        std::fs::write(&path, value)
-            .map_err(|source| Error::Spawn { command: format!("write {value} to {path}"), source })
+        let path = PathBuf::from(format!("/proc/sys/{key}"));
+        std::fs::write(&path, value).map_err(|source| Error::Sysctl { path, value: value.to_owned(), source })
     }
 }
 
-/// Sets up the node for the overlay and returns the VXLAN device's index.
-pub fn setup(ops: &mut dyn LinkOps, underlay: &str, cluster_cidr: Cidr) -> Result<(u32, u32)> {
+/// Sets up the node for the overlay; returns the VXLAN device's index and MTU.
+pub fn setup(ops: &mut dyn LinkOps, underlay: &str, cluster_cidr: Ipv4Net) -> Result<(u32, u32)> {
     let mtu = ops.mtu(underlay)?.saturating_sub(VXLAN_OVERHEAD);
-    ops.ensure_vxlan(VXLAN_DEVICE, skiff_ebpf_common::VXLAN_PORT, mtu)?;
-    ops.ensure_route(cluster_cidr, VXLAN_DEVICE)?;
+    let ifindex = ops.ensure_vxlan(VXLAN_DEVICE, skiff_ebpf_common::VXLAN_PORT, mtu)?;
+    ops.ensure_route(cluster_cidr.trunc(), VXLAN_DEVICE)?;
     // A node forwards for its pods; replies translated back to a VIP arrive on an
     // interface the VIP is not routed through, which strict reverse-path filtering drops.
     ops.sysctl("net/ipv4/ip_forward", "1")?;
     for conf in ["all", "default", VXLAN_DEVICE] {
         ops.sysctl(&format!("net/ipv4/conf/{conf}/rp_filter"), "0")?;
     }
-    let ifindex = ops.ifindex(VXLAN_DEVICE)?;
     Ok((ifindex, mtu))
 }
 
@@ -145,14 +105,11 @@ mod tests {
         fn mtu(&mut self, _: &str) -> Result<u32> {
             Ok(1500)
         }
-        fn ifindex(&mut self, _: &str) -> Result<u32> {
+        fn ensure_vxlan(&mut self, name: &str, port: u16, mtu: u32) -> Result<u32> {
+            self.log.push(format!("vxlan {name} port {port} mtu {mtu}"));
             Ok(7)
         }
-        fn ensure_vxlan(&mut self, name: &str, port: u16, mtu: u32) -> Result<()> {
-            self.log.push(format!("vxlan {name} port {port} mtu {mtu}"));
-            Ok(())
-        }
-        fn ensure_route(&mut self, cidr: Cidr, interface: &str) -> Result<()> {
+        fn ensure_route(&mut self, cidr: Ipv4Net, interface: &str) -> Result<()> {
             self.log.push(format!("route {cidr} dev {interface}"));
             Ok(())
         }
@@ -170,12 +127,7 @@ mod tests {
         assert_eq!(ops.log[0], "vxlan skiff-vxlan port 8472 mtu 1450");
         assert_eq!(ops.log[1], "route 10.244.0.0/16 dev skiff-vxlan");
         assert_eq!(ops.log.iter().filter(|l| l.starts_with("route")).count(), 1, "no per-peer routes");
-    }
-
-    #[test]
-    fn field_reads_ip_output() {
-        let text = "5: skiff-vxlan: <BROADCAST,NOARP,UP> mtu 1450 qdisc noqueue \\ vxlan external id 0 srcport 0 0 dstport 8472 nolearning";
-        assert_eq!(field(text, "mtu"), Some("1450"));
-        assert_eq!(field(text, "dstport"), Some("8472"));
+        assert!(ops.log.contains(&"sysctl net/ipv4/ip_forward=1".to_owned()));
+        assert!(ops.log.contains(&"sysctl net/ipv4/conf/skiff-vxlan/rp_filter=0".to_owned()));
     }
 }

@@ -3,32 +3,37 @@
 //! node joining or leaving touches one entry and no other flow notices.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aya::maps::{LpmTrie, Map, MapData, lpm_trie::Key};
+use skiff_datapath::{Ipv4Net, Pins};
 use skiff_ebpf_common::{NodeInfo4, addr_to_map, pin};
 use tracing::{info, warn};
 
-use super::{Cidr, source::NodeNet};
+use super::source::NodeNet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("nodes map under {dir}: {source}")]
-    Map { dir: String, source: Box<aya::maps::MapError> },
+    Map {
+        dir: PathBuf,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The nodes map, as the reconciler needs it.
 pub trait NodesMap {
-    fn upsert(&mut self, cidr: Cidr, info: NodeInfo4) -> Result<()>;
-    fn delete(&mut self, cidr: Cidr) -> Result<()>;
-    fn dump(&self) -> Result<BTreeMap<Cidr, NodeInfo4>>;
+    fn upsert(&mut self, cidr: Ipv4Net, info: NodeInfo4) -> Result<()>;
+    fn delete(&mut self, cidr: Ipv4Net) -> Result<()>;
+    fn dump(&self) -> Result<BTreeMap<Ipv4Net, NodeInfo4>>;
 }
 
 /// The pinned nodes map.
 pub struct AyaNodesMap {
-    dir: String,
+    dir: PathBuf,
     map: LpmTrie<MapData, u32, NodeInfo4>,
 }
 
@@ -40,9 +45,9 @@ impl std::fmt::Debug for AyaNodesMap {
 
 impl AyaNodesMap {
     pub fn open(pin_dir: &Path) -> Result<Self> {
-        let dir = pin_dir.display().to_string();
+        let dir = pin_dir.to_path_buf();
         let err = |source| Error::Map { dir: dir.clone(), source: Box::new(source) };
-        let data = MapData::from_pin(pin_dir.join(pin::NODES)).map_err(err)?;
+        let data = MapData::from_pin(Pins::new(pin_dir).map(pin::NODES)).map_err(err)?;
         let map = LpmTrie::try_from(Map::LpmTrie(data)).map_err(err)?;
         Ok(Self { dir, map })
     }
@@ -52,16 +57,16 @@ impl AyaNodesMap {
     }
 }
 
-fn key(cidr: Cidr) -> Key<u32> {
-    Key::new(u32::from(cidr.prefix_len), addr_to_map(cidr.network().octets()))
+fn key(cidr: Ipv4Net) -> Key<u32> {
+    Key::new(u32::from(cidr.prefix_len()), addr_to_map(cidr.network().octets()))
 }
 
 impl NodesMap for AyaNodesMap {
-    fn upsert(&mut self, cidr: Cidr, info: NodeInfo4) -> Result<()> {
+    fn upsert(&mut self, cidr: Ipv4Net, info: NodeInfo4) -> Result<()> {
         self.map.insert(&key(cidr), info, 0).map_err(|e| self.err(e))
     }
 
-    fn delete(&mut self, cidr: Cidr) -> Result<()> {
+    fn delete(&mut self, cidr: Ipv4Net) -> Result<()> {
         match self.map.remove(&key(cidr)) {
             Ok(()) => Ok(()),
             Err(aya::maps::MapError::KeyNotFound) => Ok(()),
@@ -69,12 +74,21 @@ impl NodesMap for AyaNodesMap {
         }
     }
 
-    fn dump(&self) -> Result<BTreeMap<Cidr, NodeInfo4>> {
+    fn dump(&self) -> Result<BTreeMap<Ipv4Net, NodeInfo4>> {
         let mut out = BTreeMap::new();
         for item in self.map.iter() {
             let (k, v) = item.map_err(|e| self.err(e))?;
             let addr = std::net::Ipv4Addr::from(skiff_ebpf_common::addr_from_map(k.data()));
-            out.insert(Cidr { addr, prefix_len: k.prefix_len() as u8 }, v);
+            let prefix_len = u8::try_from(k.prefix_len()).ok().filter(|l| *l <= 32);
+            let cidr = prefix_len.and_then(|l| Ipv4Net::new(addr, l).ok());
+            match cidr {
+                Some(cidr) => {
+                    out.insert(cidr, v);
+                }
+                // Only this reconciler writes the map; a bad key is kept out of the
+                // desired-state comparison rather than failing the whole sync.
+                None => warn!(prefix_len = k.prefix_len(), "nodes map entry with an impossible prefix length"),
+            }
         }
         Ok(out)
     }
@@ -99,13 +113,10 @@ impl<M: NodesMap> NodesReconciler<M> {
     /// Writes the differences between the map and `nodes`; returns how many entries
     /// were written or deleted. A failed entry is logged and retried on the next call.
     pub fn sync(&mut self, nodes: &[NodeNet]) -> Result<usize> {
-        let desired: BTreeMap<Cidr, NodeInfo4> = nodes
+        let desired: BTreeMap<Ipv4Net, NodeInfo4> = nodes
             .iter()
             .filter(|n| n.name != self.local_node)
-            .map(|n| {
-                let cidr = Cidr { addr: n.pod_cidr.network(), prefix_len: n.pod_cidr.prefix_len };
-                (cidr, NodeInfo4 { underlay_addr: addr_to_map(n.underlay_ip.octets()), flags: 0 })
-            })
+            .map(|n| (n.pod_cidr.trunc(), NodeInfo4 { underlay_addr: addr_to_map(n.underlay_ip.octets()), flags: 0 }))
             .collect();
         let current = self.map.dump()?;
         let mut changes = 0;
@@ -139,22 +150,22 @@ mod tests {
 
     #[derive(Default)]
     struct FakeNodes {
-        entries: BTreeMap<Cidr, NodeInfo4>,
+        entries: BTreeMap<Ipv4Net, NodeInfo4>,
         writes: usize,
     }
 
     impl NodesMap for FakeNodes {
-        fn upsert(&mut self, cidr: Cidr, info: NodeInfo4) -> Result<()> {
+        fn upsert(&mut self, cidr: Ipv4Net, info: NodeInfo4) -> Result<()> {
             self.writes += 1;
             self.entries.insert(cidr, info);
             Ok(())
         }
-        fn delete(&mut self, cidr: Cidr) -> Result<()> {
+        fn delete(&mut self, cidr: Ipv4Net) -> Result<()> {
             self.writes += 1;
             self.entries.remove(&cidr);
             Ok(())
         }
-        fn dump(&self) -> Result<BTreeMap<Cidr, NodeInfo4>> {
+        fn dump(&self) -> Result<BTreeMap<Ipv4Net, NodeInfo4>> {
             Ok(self.entries.clone())
         }
     }

@@ -17,15 +17,45 @@ use std::{
 };
 
 use serde::Deserialize;
-
-use super::Cidr;
+use skiff_datapath::Ipv4Net;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("reading the nodes file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("the nodes file {path} does not parse: {reason}")]
-    Parse { path: PathBuf, reason: String },
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the nodes file {path} does not parse: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: ParseError,
+    },
+}
+
+/// What is wrong in a nodes file.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("{0}")]
+    Yaml(#[from] serde_yaml::Error),
+    #[error("node {node}: podCIDR `{value}`: {source}")]
+    PodCidr {
+        node: String,
+        value: String,
+        #[source]
+        source: ipnet::AddrParseError,
+    },
+    #[error("node {node}: underlayIP `{value}` is not an IPv4 address")]
+    UnderlayIp {
+        node: String,
+        value: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    #[error("nodes {first} and {second} have the same podCIDR {pod_cidr}")]
+    SamePodCidr { first: String, second: String, pod_cidr: Ipv4Net },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -34,7 +64,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeNet {
     pub name: String,
-    pub pod_cidr: Cidr,
+    /// The node's podCIDR, as its network address.
+    pub pod_cidr: Ipv4Net,
     pub underlay_ip: Ipv4Addr,
 }
 
@@ -61,18 +92,21 @@ struct NodeEntry {
 }
 
 /// Parses a nodes file's text.
-pub fn parse_nodes(text: &str) -> std::result::Result<Vec<NodeNet>, String> {
-    let file: NodesFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+pub fn parse_nodes(text: &str) -> std::result::Result<Vec<NodeNet>, ParseError> {
+    let file: NodesFile = serde_yaml::from_str(text)?;
     let mut seen = BTreeMap::new();
     let mut out = Vec::new();
     for entry in file.nodes {
-        let pod_cidr: Cidr = entry.pod_cidr.parse().map_err(|e| format!("node {}: {e}", entry.name))?;
-        let underlay_ip: Ipv4Addr = entry
-            .underlay_ip
-            .parse()
-            .map_err(|_| format!("node {}: underlayIP `{}` is not an IPv4 address", entry.name, entry.underlay_ip))?;
-        if let Some(other) = seen.insert(pod_cidr, entry.name.clone()) {
-            return Err(format!("nodes {other} and {} have the same podCIDR {pod_cidr}", entry.name));
+        let pod_cidr = match entry.pod_cidr.parse::<Ipv4Net>() {
+            Ok(net) => net.trunc(),
+            Err(source) => return Err(ParseError::PodCidr { node: entry.name, value: entry.pod_cidr, source }),
+        };
+        let underlay_ip: Ipv4Addr = match entry.underlay_ip.parse() {
+            Ok(ip) => ip,
+            Err(source) => return Err(ParseError::UnderlayIp { node: entry.name, value: entry.underlay_ip, source }),
+        };
+        if let Some(first) = seen.insert(pod_cidr, entry.name.clone()) {
+            return Err(ParseError::SamePodCidr { first, second: entry.name, pod_cidr });
         }
         out.push(NodeNet { name: entry.name, pod_cidr, underlay_ip });
     }
@@ -103,7 +137,7 @@ impl NodeSource for NodesFileSource {
         let text = std::fs::read_to_string(&self.path).map_err(read_err)?;
         // Remember the stamp even on a parse error: the same broken file is reported once.
         self.stamp = Some(stamp);
-        let nodes = parse_nodes(&text).map_err(|reason| Error::Parse { path: self.path.clone(), reason })?;
+        let nodes = parse_nodes(&text).map_err(|source| Error::Parse { path: self.path.clone(), source })?;
         Ok(Some(nodes))
     }
 }
@@ -123,11 +157,12 @@ mod tests {
         assert!(
             parse_nodes("nodes:\n- {name: a, podCIDR: 10.244.1.0, underlayIP: 1.2.3.4}\n")
                 .unwrap_err()
+                .to_string()
                 .contains("node a")
         );
         assert!(parse_nodes("nodes:\n- {name: a, podCIDR: 10.244.1.0/24, underlayIP: x}\n").is_err());
         let dup = "nodes:\n- {name: a, podCIDR: 10.244.1.0/24, underlayIP: 1.1.1.1}\n- {name: b, podCIDR: 10.244.1.0/24, underlayIP: 1.1.1.2}\n";
-        assert!(parse_nodes(dup).unwrap_err().contains("same podCIDR"));
+        assert!(parse_nodes(dup).unwrap_err().to_string().contains("same podCIDR"));
         assert!(parse_nodes("nodes: [").is_err());
     }
 

@@ -1,10 +1,13 @@
-//! Kernel-facing network setup over rtnetlink: the pod's veth pair, its addresses,
-//! routes and gateway neighbour entry.
+//! Kernel-facing network setup over rtnetlink: veth pairs, addresses, routes,
+//! neighbour entries and (in [`vxlan`]) the node's VXLAN device.
 //!
 //! A netlink socket talks to the network namespace it was created in, and `setns`
 //! switches only the calling thread, so pod-side work runs on a short-lived thread that
-//! enters the pod's namespace first ([`in_netns`]); the process's main thread stays in
-//! the node's namespace. This module never touches IPAM or BPF state.
+//! enters the pod's namespace first ([`in_netns`]); the calling thread stays where it
+//! is. [`Netlink`] drives its own single-threaded runtime, so it must not be used from
+//! inside another tokio runtime. This module never touches IPAM or BPF state.
+
+pub mod vxlan;
 
 use std::{
     fs::File,
@@ -18,16 +21,26 @@ use rtnetlink::{
     Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage},
-        route::{RouteAddress, RouteAttribute, RouteScope},
+        route::{RouteAddress, RouteAttribute, RouteProtocol, RouteScope},
     },
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{op}: {source}")]
-    Netlink { op: String, source: rtnetlink::Error },
+    Netlink {
+        op: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
     #[error("{op}: {source}")]
-    Io { op: String, source: std::io::Error },
+    Io {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("there is no interface {name} in this network namespace")]
+    NoSuchLink { name: String },
 }
 
 impl Error {
@@ -47,6 +60,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 fn nl_err(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
     let op = op.into();
     move |source| Error::Netlink { op, source }
+}
+
+fn is_errno(e: &rtnetlink::Error, errno: Errno) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(msg) if msg.raw_code() == -(errno as i32))
 }
 
 /// An interface as the kernel reports it.
@@ -97,7 +114,7 @@ impl std::fmt::Debug for Netlink {
 
 impl Netlink {
     pub fn new() -> Result<Self> {
-        let io_err = |source| Error::Io { op: "opening a netlink socket".into(), source };
+        let io_err = |source| Error::Io { op: "opening a netlink socket", source };
         let rt = tokio::runtime::Builder::new_current_thread().enable_io().build().map_err(io_err)?;
         let handle = {
             let _guard = rt.enter();
@@ -122,15 +139,25 @@ impl Netlink {
             .map_err(nl_err(format!("creating veth pair {host} (node) / {peer} (pod)")))
     }
 
-    /// The interface called `name`, or `None`.
-    pub fn link(&self, name: &str) -> Result<Option<Link>> {
+    /// The raw message of interface `name`, or `None`.
+    fn link_message(&self, name: &str) -> Result<Option<LinkMessage>> {
         let result =
             self.rt.block_on(async { self.handle.link().get().match_name(name.to_owned()).execute().try_next().await });
         match result {
-            Ok(msg) => Ok(msg.as_ref().map(Link::from_message)),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -(Errno::ENODEV as i32) => Ok(None),
+            Ok(msg) => Ok(msg),
+            Err(e) if is_errno(&e, Errno::ENODEV) => Ok(None),
             Err(source) => Err(Error::Netlink { op: format!("looking up interface {name}"), source }),
         }
+    }
+
+    /// The interface called `name`, or `None`.
+    pub fn link(&self, name: &str) -> Result<Option<Link>> {
+        Ok(self.link_message(name)?.as_ref().map(Link::from_message))
+    }
+
+    /// The interface called `name`, which must exist.
+    pub fn require_link(&self, name: &str) -> Result<Link> {
+        self.link(name)?.ok_or_else(|| Error::NoSuchLink { name: name.to_owned() })
     }
 
     pub fn set_up(&self, name: &str, index: u32) -> Result<()> {
@@ -143,7 +170,7 @@ impl Netlink {
         let msg = LinkUnspec::new_with_name(name).build();
         match self.rt.block_on(self.handle.link().del_with_message(msg).execute()) {
             Ok(()) => Ok(true),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -(Errno::ENODEV as i32) => Ok(false),
+            Err(e) if is_errno(&e, Errno::ENODEV) => Ok(false),
             Err(source) => Err(Error::Netlink { op: format!("deleting interface {name}"), source }),
         }
     }
@@ -186,6 +213,21 @@ impl Netlink {
             .map_err(nl_err(format!("adding route {dst}/{prefix} (interface index {oif}, gateway {gateway:?})")))
     }
 
+    /// Adds or replaces the on-link (scope link) route `dst/prefix dev oif`, with the
+    /// protocol `ip route replace` gives a route (boot), so it looks the same to people
+    /// and tools as the one the agent used to make with iproute2.
+    pub fn replace_route(&self, dst: Ipv4Addr, prefix: u8, oif: u32) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, prefix)
+            .output_interface(oif)
+            .scope(RouteScope::Link)
+            .protocol(RouteProtocol::Boot)
+            .build();
+        self.rt
+            .block_on(self.handle.route().add(msg).replace().execute())
+            .map_err(nl_err(format!("replacing route {dst}/{prefix} (interface index {oif})")))
+    }
+
     /// IPv4 routes of the main table.
     pub fn routes(&self) -> Result<Vec<Route>> {
         let msgs: Vec<_> = self
@@ -225,7 +267,7 @@ pub fn in_netns<T: Send>(netns: &File, f: impl FnOnce() -> Result<T> + Send) -> 
         scope
             .spawn(|| {
                 nix::sched::setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| Error::Io { op: "entering the pod's network namespace".into(), source: e.into() })?;
+                    .map_err(|e| Error::Io { op: "entering the pod's network namespace", source: e.into() })?;
                 f()
             })
             .join()
