@@ -30,8 +30,9 @@ pub trait Role {
     type Change;
     /// Records a change; must not touch the kernel.
     fn apply(&mut self, change: Self::Change);
-    /// Makes the kernel state match everything applied so far.
-    fn sync(&mut self, reason: SyncReason);
+    /// Makes the kernel state match everything applied so far. Returns whether work is
+    /// left that failed and should be retried (after `min_interval`, like a change).
+    fn sync(&mut self, reason: SyncReason) -> bool;
 }
 
 /// How often a role may and must sync.
@@ -57,13 +58,12 @@ pub async fn run<R: Role>(
     let Some(first) = changes.recv().await else { return };
     role.apply(first);
     drain(role, changes);
-    role.sync(SyncReason::Changed);
+    let mut dirty = role.sync(SyncReason::Changed);
     first_synced();
     if schedule.once {
         return;
     }
     let mut last_sync = Instant::now();
-    let mut dirty = false;
     loop {
         let deadline = if dirty { last_sync + schedule.min_interval } else { last_sync + schedule.max_interval };
         tokio::select! {
@@ -78,9 +78,33 @@ pub async fn run<R: Role>(
             },
             () = tokio::time::sleep_until(deadline) => {}
         }
-        role.sync(if dirty { SyncReason::Changed } else { SyncReason::Periodic });
+        dirty = role.sync(if dirty { SyncReason::Changed } else { SyncReason::Periodic });
         last_sync = Instant::now();
-        dirty = false;
+    }
+}
+
+/// Runs a source that can only be asked, not waited on (a file, a directory): `poll`
+/// every `period` on a task of its own, pushing what it returns to the role. Ends when
+/// the role is gone, or with `once` after the first poll, so that a role whose source
+/// has nothing to say does not wait for ever.
+pub async fn poll_source<C>(
+    period: Duration,
+    once: bool,
+    mut poll: impl FnMut() -> Option<C>,
+    changes: mpsc::UnboundedSender<C>,
+) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Some(change) = poll()
+            && changes.send(change).is_err()
+        {
+            return;
+        }
+        if once {
+            return;
+        }
     }
 }
 
@@ -108,9 +132,12 @@ mod tests {
         fn apply(&mut self, change: u32) {
             self.applied.push(change);
         }
-        fn sync(&mut self, reason: SyncReason) {
+        fn sync(&mut self, reason: SyncReason) -> bool {
             let ms = self.start.map_or(0, |s| s.elapsed().as_millis() as u64);
             self.syncs.push((ms, reason, self.applied.len()));
+            // Change 99 stands for one that fails until it is retried once.
+            let failed = self.applied.last() == Some(&99) && self.syncs.iter().filter(|s| s.2 == self.applied.len()).count() == 1;
+            failed
         }
     }
 
@@ -161,6 +188,41 @@ mod tests {
             r.syncs,
             [(0, SyncReason::Changed, 1), (10_000, SyncReason::Periodic, 1), (20_000, SyncReason::Periodic, 1)]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_sync_is_retried_after_min_interval() {
+        let r = play(SCHEDULE, &[(0, 1), (1000, 99)], 1500).await;
+        assert_eq!(
+            r.syncs,
+            [(0, SyncReason::Changed, 1), (1000, SyncReason::Changed, 2), (1100, SyncReason::Changed, 2)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_polled_source_pushes_what_it_finds() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut polls = 0;
+        let poller = tokio::spawn(poll_source(
+            Duration::from_millis(200),
+            false,
+            move || {
+                polls += 1;
+                (polls % 2 == 1).then_some(polls)
+            },
+            tx,
+        ));
+        assert_eq!(rx.recv().await, Some(1), "the first poll is at once");
+        assert_eq!(rx.recv().await, Some(3), "polls that find nothing push nothing");
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(1), poller).await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_polled_source_with_once_stops_after_one_poll() {
+        let (tx, mut rx) = mpsc::unbounded_channel::<u32>();
+        poll_source(Duration::from_millis(200), true, || None, tx).await;
+        assert_eq!(rx.recv().await, None, "the channel closes, so the role ends without a sync");
     }
 
     #[tokio::test(start_paused = true)]

@@ -39,7 +39,7 @@ pub enum Error {
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
     #[error("{0}")]
-    Yaml(#[from] serde_yaml::Error),
+    Yaml(#[from] serde_norway::Error),
     #[error("node {node}: podCIDR `{value}`: {source}")]
     PodCidr {
         node: String,
@@ -93,7 +93,7 @@ struct NodeEntry {
 
 /// Parses a nodes file's text.
 pub fn parse_nodes(text: &str) -> std::result::Result<Vec<NodeNet>, ParseError> {
-    let file: NodesFile = serde_yaml::from_str(text)?;
+    let file: NodesFile = serde_norway::from_str(text)?;
     let mut seen = BTreeMap::new();
     let mut out = Vec::new();
     for entry in file.nodes {
