@@ -11,10 +11,13 @@
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use super::handlers::{decode_body, to_obj};
+use super::api_server::ApiServer;
+use super::decode::decode_body;
+use super::meta;
+use super::object::{str_at, to_obj};
+use super::request::{Ctx, Resp, json_response};
 use super::resources::by_kind;
 use super::status::{ApiError, ApiResult, Cause};
-use super::{ApiServer, Ctx, Resp, json_response, meta};
 use crate::auth::UserInfo;
 use crate::auth::serviceaccount::{Claims, ObjectRef};
 
@@ -27,10 +30,6 @@ const MAX_TTL: i64 = 48 * 3600;
 /// A Pod being deleted keeps its tokens this long after its deletionTimestamp, so its
 /// containers can still talk to the API server while they shut down.
 const DELETION_GRACE: i64 = 60;
-
-fn str_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
-    v.pointer(ptr).and_then(|x| x.as_str()).filter(|s| !s.is_empty())
-}
 
 /// Whether the object was deleted long enough ago that its tokens are dead.
 fn gone_by(obj: &Value, now: i64) -> bool {
@@ -173,7 +172,7 @@ impl ApiServer {
 
     /// `POST serviceaccounts/<name>/token`: issues a token for an existing ServiceAccount.
     pub(crate) async fn create_token(&self, ns: &str, name: &str, ctx: &Ctx) -> ApiResult<Resp> {
-        let body = decode_body(ctx)?;
+        let body = decode_body(&ctx.content_type, &ctx.body)?;
         let spec = parse_spec(&body, name, self.sa_keys.api_audiences())?;
         let sa = self
             .live_object("ServiceAccount", ns, name)
