@@ -7,7 +7,8 @@
 
 use std::sync::Arc;
 
-use super::allocator::ServiceCidr;
+use ipnet::Ipv4Net;
+
 use crate::auth::authn::Authenticator;
 use crate::auth::authz::Authorizer;
 use crate::auth::serviceaccount::Keys;
@@ -17,7 +18,7 @@ pub struct ApiServer {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) authn: Authenticator,
     pub(crate) authz: Box<dyn Authorizer>,
-    pub(crate) service_cidr: ServiceCidr,
+    pub(crate) service_cidr: Ipv4Net,
     /// Serialises Service creation so two Services never get the same ClusterIP.
     pub(crate) alloc_lock: tokio::sync::Mutex<()>,
     /// Signs the tokens the TokenRequest subresource hands out.
@@ -29,9 +30,16 @@ impl ApiServer {
         store: Arc<dyn Store>,
         authn: Authenticator,
         authz: Box<dyn Authorizer>,
-        service_cidr: ServiceCidr,
+        service_cidr: impl Into<Ipv4Net>,
         sa_keys: Arc<Keys>,
     ) -> Self {
-        Self { store, authn, authz, service_cidr, alloc_lock: tokio::sync::Mutex::new(()), sa_keys }
+        Self {
+            store,
+            authn,
+            authz,
+            service_cidr: service_cidr.into(),
+            alloc_lock: tokio::sync::Mutex::new(()),
+            sa_keys,
+        }
     }
 }

@@ -24,7 +24,7 @@ pub fn decode_body(content_type: &str, body: &[u8]) -> ApiResult<Value> {
             .map_err(|e| ApiError::bad_request(format!("error decoding protobuf: {e}")));
     }
     if content_type.contains("yaml") {
-        serde_yaml::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+        serde_norway::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
     } else {
         serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}")))
     }
@@ -165,7 +165,7 @@ pub fn apply_patch(
         }
         PatchKind::Json => patch::json_patch(&mut t, patch_doc).map_err(|e| match e {
             patch::Error::TestFailed(_) => ApiError::invalid(def.kind, def.group, name, vec![]),
-            e => ApiError::bad_request(e.to_string()),
+            e => ApiError::bad_request(with_causes(&e)),
         })?,
     }
     Ok(t)
@@ -183,6 +183,18 @@ pub struct NewObject<'a> {
     pub uid: &'a str,
     /// Appended to `metadata.generateName` when the body names no object.
     pub name_suffix: &'a str,
+}
+
+/// An error's message followed by its sources' (a client sees only the message).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        cur = s.source();
+    }
+    msg
 }
 
 /// Everything a create does to a body that does not need the store: decode, check the
