@@ -17,8 +17,7 @@ pub fn new_object(strict: bool) -> NewObject<'static> {
     NewObject { namespace: Some("default"), strict, uid: "00000000-0000-0000-0000-000000000000", name_suffix: "fuzzz" }
 }
 
-/// The fuzz harness's body, here rather than in the fuzz crate so that the seed-corpus
-/// unit test (stable, no libFuzzer) and `cargo fuzz` run exactly the same code.
+/// Runs one fuzz input through the decoding paths the handlers use.
 ///
 /// Input layout: byte 0 picks what to exercise (low 3 bits) and strict field
 /// validation (bit 7), byte 1 picks the resource kind, the rest is the request body (or

@@ -6,9 +6,19 @@
 use bytes::Bytes;
 use serde_json::{Value, json};
 
+use super::request::Subresource;
 use super::resources::ResourceDef;
 use super::status::{ApiError, ApiResult, Cause};
 use crate::store::KeyValue;
+
+/// The object a request names: its resource, namespace, name and subresource.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Named<'a> {
+    pub def: &'a ResourceDef,
+    pub ns: Option<&'a str>,
+    pub name: &'a str,
+    pub sub: Option<Subresource>,
+}
 
 /// Parses a stored value and stamps its resourceVersion (= the store revision).
 pub(crate) fn to_obj(kv: &KeyValue) -> ApiResult<Value> {

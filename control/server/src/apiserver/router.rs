@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 
 use super::api_server::ApiServer;
+use super::object::Named;
 use super::request::{Ctx, Resp, Subresource, Verb, error_response, full, json_response};
 use super::resources::{self, ResourceDef};
 use super::status::{ApiError, ApiResult};
@@ -193,7 +194,7 @@ impl ApiServer {
             };
         }
         match (r.verb, name, sub) {
-            (Verb::Get, Some(n), _) => self.get(r.def, ns, n, sub, &ctx).await,
+            (Verb::Get, Some(n), _) => self.get(Named { def: r.def, ns, name: n, sub }, &ctx).await,
             (Verb::List, _, _) => self.list(r.def, ns, &ctx).await,
             (Verb::Watch, _, _) => self.watch(r.def, ns, name, &ctx).await,
             (Verb::Create, None, _) => self.create(r.def, ns, &ctx).await,
@@ -202,8 +203,8 @@ impl ApiServer {
                 Some(ns) => self.create_token(ns, n, &ctx).await,
                 None => Err(ApiError::path_not_found()),
             },
-            (Verb::Update, Some(n), _) => self.update(r.def, ns, n, sub, &ctx).await,
-            (Verb::Patch, Some(n), _) => self.patch(r.def, ns, n, sub, &ctx).await,
+            (Verb::Update, Some(n), _) => self.update(Named { def: r.def, ns, name: n, sub }, &ctx).await,
+            (Verb::Patch, Some(n), _) => self.patch(Named { def: r.def, ns, name: n, sub }, &ctx).await,
             (Verb::Delete, Some(n), _) => self.delete(r.def, ns, n, &ctx).await,
             (Verb::DeleteCollection, None, _) => self.delete_collection(r.def, ns, &ctx).await,
             (verb, _, _) => Err(ApiError::method_not_allowed(verb.as_str())),

@@ -6,7 +6,7 @@ use http::StatusCode;
 use serde_json::{Value, json};
 
 use super::super::api_server::ApiServer;
-use super::super::object::to_obj;
+use super::super::object::{Named, to_obj};
 use super::super::request::{Ctx, Resp, Subresource, full, ok};
 use super::super::resources::ResourceDef;
 use super::super::selectors::Selectors;
@@ -35,14 +35,8 @@ impl ApiServer {
         self.store.get(&def.key(ns, name)).await?.ok_or_else(|| ApiError::not_found(def.plural, def.group, name))
     }
 
-    pub(crate) async fn get(
-        &self,
-        def: &ResourceDef,
-        ns: Option<&str>,
-        name: &str,
-        sub: Option<Subresource>,
-        ctx: &Ctx,
-    ) -> ApiResult<Resp> {
+    pub(crate) async fn get(&self, target: Named<'_>, ctx: &Ctx) -> ApiResult<Resp> {
+        let Named { def, ns, name, sub } = target;
         let obj = to_obj(&self.get_kv(def, ns, name).await?)?;
         if sub == Some(Subresource::Scale) {
             return ok(&scale_of(&obj));

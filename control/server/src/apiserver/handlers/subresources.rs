@@ -8,7 +8,7 @@ use skiff_api::selector::LabelSelector;
 use super::super::api_server::ApiServer;
 use super::super::decode;
 use super::super::meta;
-use super::super::object::{invalid, str_at};
+use super::super::object::{Named, invalid, str_at};
 use super::super::request::{Ctx, Resp, Subresource, json_response};
 use super::super::resources::ResourceDef;
 use super::super::status::{ApiError, ApiResult, Cause};
@@ -94,7 +94,7 @@ impl ApiServer {
             o["status"]["conditions"] = Value::Array(conds);
             Ok(o)
         };
-        self.write_update(def, ns, name, Some(Subresource::Binding), ctx, &mutate).await?;
+        self.write_update(Named { def, ns, name, sub: Some(Subresource::Binding) }, ctx, &mutate).await?;
         Ok(json_response(
             StatusCode::CREATED,
             &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),

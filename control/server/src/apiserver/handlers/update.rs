@@ -5,25 +5,19 @@ use serde_json::Value;
 
 use super::super::api_server::ApiServer;
 use super::super::decode;
+use super::super::object::Named;
 use super::super::request::{Ctx, Resp, Subresource, ok};
-use super::super::resources::ResourceDef;
 use super::super::status::{ApiError, ApiResult};
 use super::subresources::{apply_scale, scale_of};
 
 impl ApiServer {
-    fn finish_write(def: &ResourceDef, sub: Option<Subresource>, obj: Value) -> ApiResult<Resp> {
-        let _ = def;
+    /// What a write returns: the object, or its Scale for the scale subresource.
+    fn finish_write(sub: Option<Subresource>, obj: Value) -> ApiResult<Resp> {
         if sub == Some(Subresource::Scale) { ok(&scale_of(&obj)) } else { ok(&obj) }
     }
 
-    pub(crate) async fn update(
-        &self,
-        def: &ResourceDef,
-        ns: Option<&str>,
-        name: &str,
-        sub: Option<Subresource>,
-        ctx: &Ctx,
-    ) -> ApiResult<Resp> {
+    pub(crate) async fn update(&self, target: Named<'_>, ctx: &Ctx) -> ApiResult<Resp> {
+        let Named { def, sub, .. } = target;
         let body = decode::decode_body(&ctx.content_type, &ctx.body)?;
         if !body.is_object() {
             return Err(ApiError::bad_request("the body must be a JSON object"));
@@ -31,18 +25,12 @@ impl ApiServer {
         let mutate = |cur: &Value| -> ApiResult<Value> {
             if sub == Some(Subresource::Scale) { apply_scale(def, cur, &body) } else { Ok(body.clone()) }
         };
-        let obj = self.write_update(def, ns, name, sub, ctx, &mutate).await?;
-        Self::finish_write(def, sub, obj)
+        let obj = self.write_update(target, ctx, &mutate).await?;
+        Self::finish_write(sub, obj)
     }
 
-    pub(crate) async fn patch(
-        &self,
-        def: &ResourceDef,
-        ns: Option<&str>,
-        name: &str,
-        sub: Option<Subresource>,
-        ctx: &Ctx,
-    ) -> ApiResult<Resp> {
+    pub(crate) async fn patch(&self, target: Named<'_>, ctx: &Ctx) -> ApiResult<Resp> {
+        let Named { def, name, sub, .. } = target;
         let (kind, p) = decode::decode_patch(&ctx.content_type, &ctx.body)?;
         let apply = |target: &Value| decode::apply_patch(kind, &p, target, def, name);
         let mutate = |cur: &Value| -> ApiResult<Value> {
@@ -63,7 +51,7 @@ impl ApiServer {
                 Ok(patched)
             }
         };
-        let obj = self.write_update(def, ns, name, sub, ctx, &mutate).await?;
-        Self::finish_write(def, sub, obj)
+        let obj = self.write_update(target, ctx, &mutate).await?;
+        Self::finish_write(sub, obj)
     }
 }

@@ -4,9 +4,8 @@ use serde_json::{Value, json};
 
 use super::super::api_server::ApiServer;
 use super::super::decode;
-use super::super::object::{has_finalizers, invalid, rv_of, spec_part, str_at, to_bytes, to_obj};
+use super::super::object::{Named, has_finalizers, invalid, rv_of, spec_part, str_at, to_bytes, to_obj};
 use super::super::request::{Ctx, Subresource};
-use super::super::resources::ResourceDef;
 use super::super::status::{ApiError, ApiResult};
 use crate::store;
 
@@ -17,13 +16,11 @@ impl ApiServer {
     /// Races with other writers retry unless the client pinned a resourceVersion.
     pub(super) async fn write_update(
         &self,
-        def: &ResourceDef,
-        ns: Option<&str>,
-        name: &str,
-        sub: Option<Subresource>,
+        target: Named<'_>,
         ctx: &Ctx,
         mutate: &(dyn Fn(&Value) -> ApiResult<Value> + Send + Sync),
     ) -> ApiResult<Value> {
+        let Named { def, ns, name, sub } = target;
         for _attempt in 0..16 {
             let kv = self.get_kv(def, ns, name).await?;
             let cur = to_obj(&kv)?;
