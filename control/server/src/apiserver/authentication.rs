@@ -135,7 +135,7 @@ impl ApiServer {
     /// The store half of ServiceAccount token authentication: the user, or why not
     /// (for the log; the client gets 401 either way).
     pub(crate) async fn service_account_user(&self, claims: &Claims) -> Result<UserInfo, &'static str> {
-        let now = crate::auth::serviceaccount::unix_now();
+        let now = meta::unix_now();
         let k = &claims.kubernetes;
         let sa = match self.live_object("ServiceAccount", &k.namespace, &k.serviceaccount.name).await {
             Ok(Some(sa)) => sa,
@@ -180,7 +180,7 @@ impl ApiServer {
             .ok_or_else(|| ApiError::not_found("serviceaccounts", "", name))?;
         let sa_uid = str_at(&sa, "/metadata/uid")
             .ok_or_else(|| ApiError::internal(format!("ServiceAccount {ns}/{name} has no uid")))?;
-        let now = crate::auth::serviceaccount::unix_now();
+        let now = meta::unix_now();
         let mut claims =
             Claims::new(now, spec.ttl, spec.audiences.clone(), ns, ObjectRef { name: name.into(), uid: sa_uid.into() });
         let mut bound = Value::Null;
@@ -290,7 +290,7 @@ mod tests {
                 store.create(&key, serde_json::to_vec(&obj).unwrap().into()).await.unwrap();
             }
         };
-        let now = crate::auth::serviceaccount::unix_now();
+        let now = meta::unix_now();
         let claims = Claims::new(now, 600, vec![], "ns", ObjectRef { name: "bot".into(), uid: "sa-1".into() });
         assert_eq!(api.service_account_user(&claims).await, Err("ServiceAccount of the token no longer exists"));
         put("ServiceAccount", "bot", "sa-1").await;
