@@ -23,7 +23,7 @@ fn seed_corpus_runs_without_panics() {
     assert!(seeds.len() >= 10, "the seed corpus has only {} inputs", seeds.len());
     for (name, data) in seeds {
         eprintln!("seed {name}");
-        skiff_control::apiserver::decode::fuzz_one(&data);
+        skiff_control::apiserver::fuzz::fuzz_one(&data);
     }
 }
 
@@ -31,7 +31,7 @@ fn seed_corpus_runs_without_panics() {
 /// and rarely reaches the typed decode and validation behind the first checks.
 #[test]
 fn body_seeds_are_accepted() {
-    use skiff_control::apiserver::{decode, resources::RESOURCES};
+    use skiff_control::apiserver::{decode, fuzz, resources::RESOURCES};
     for (name, data) in inputs("fuzz/corpus/decode_request") {
         let ct = match data[0] & 0x07 {
             0 => "application/json",
@@ -43,7 +43,7 @@ fn body_seeds_are_accepted() {
             continue;
         }
         let def = &RESOURCES[usize::from(data[1]) % RESOURCES.len()];
-        if let Err(e) = decode::decode_and_validate(def, Some("default"), ct, &data[2..], data[0] & 0x80 != 0) {
+        if let Err(e) = decode::decode_for_create(def, ct, &data[2..], &fuzz::new_object(data[0] & 0x80 != 0)) {
             panic!("seed {name} ({}) is rejected: {e}", def.kind);
         }
     }

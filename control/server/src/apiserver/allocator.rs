@@ -7,6 +7,8 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
+
 use serde_json::{Value, json};
 
 use super::status::Cause;
@@ -14,26 +16,19 @@ use super::status::Cause;
 /// The default NodePort range.
 pub const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
 
-/// The service CIDR (network address, prefix length).
+/// The service CIDR as server.rs hands it over today (network address, prefix length).
+/// `ApiServer::new` takes anything that converts to an `Ipv4Net`, so once the flag is
+/// parsed into an `Ipv4Net` directly this struct can go.
 #[derive(Debug, Clone, Copy)]
 pub struct ServiceCidr {
     pub net: Ipv4Addr,
     pub len: u8,
 }
 
-impl ServiceCidr {
-    fn size(&self) -> u32 {
-        1u32 << (32 - self.len as u32)
-    }
-
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX.checked_shl(32 - self.len as u32).unwrap_or(0);
-        u32::from(ip) & mask == u32::from(self.net)
-    }
-
-    /// The `kubernetes` Service's address: the first host address.
-    pub fn first(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.net) + 1)
+impl From<ServiceCidr> for Ipv4Net {
+    fn from(c: ServiceCidr) -> Self {
+        // The flag parser refuses prefixes over 30; 0.0.0.0/0 is never reached.
+        Ipv4Net::new(c.net, c.len).map(|n| n.trunc()).unwrap_or_default()
     }
 }
 
@@ -58,7 +53,7 @@ impl InUse {
 }
 
 /// Fills `spec.clusterIP(s)` and node ports of a new Service, or explains why not.
-pub fn allocate(cidr: ServiceCidr, used: &InUse, svc: &mut Value) -> Result<(), Vec<Cause>> {
+pub fn allocate(cidr: Ipv4Net, used: &InUse, svc: &mut Value) -> Result<(), Vec<Cause>> {
     let ty = svc.pointer("/spec/type").and_then(|t| t.as_str()).unwrap_or("ClusterIP").to_string();
     if ty == "ExternalName" {
         return Ok(());
@@ -68,8 +63,7 @@ pub fn allocate(cidr: ServiceCidr, used: &InUse, svc: &mut Value) -> Result<(), 
         "None" => None,
         "" => {
             // Offset scan from .2 upward: .1 is the `kubernetes` Service's.
-            let base = u32::from(cidr.net);
-            let found = (2..cidr.size() - 1).map(|o| Ipv4Addr::from(base + o)).find(|ip| !used.ips.contains(ip));
+            let found = cidr.hosts().skip(1).find(|ip| !used.ips.contains(ip));
             match found {
                 Some(ip) => Some(ip),
                 None => {
@@ -85,14 +79,11 @@ pub fn allocate(cidr: ServiceCidr, used: &InUse, svc: &mut Value) -> Result<(), 
             let v = json!(s);
             let ip: Ipv4Addr =
                 s.parse().map_err(|_| vec![Cause::invalid("spec.clusterIPs[0]", &v, "must be a valid IP address")])?;
-            if !cidr.contains(ip) {
+            if !cidr.contains(&ip) {
                 return Err(vec![Cause::invalid(
                     "spec.clusterIPs[0]",
                     &v,
-                    format!(
-                        "the provided IP ({ip}) is not in the valid range. The range of valid IPs is {}/{}",
-                        cidr.net, cidr.len
-                    ),
+                    format!("the provided IP ({ip}) is not in the valid range. The range of valid IPs is {cidr}"),
                 )]);
             }
             if used.ips.contains(&ip) {
@@ -169,7 +160,7 @@ mod tests {
 
     #[test]
     fn allocates_cluster_ips_and_node_ports() {
-        let cidr = ServiceCidr { net: "10.96.0.0".parse().unwrap(), len: 12 };
+        let cidr: Ipv4Net = "10.96.0.0/12".parse().unwrap();
         let mut used = InUse::default();
         let mut a = json!({"spec": {"type": "ClusterIP", "ports": [{"port": 80}]}});
         allocate(cidr, &used, &mut a).unwrap();

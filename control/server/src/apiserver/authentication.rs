@@ -11,10 +11,13 @@
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use super::handlers::{decode_body, to_obj};
+use super::api_server::ApiServer;
+use super::decode::decode_body;
+use super::meta;
+use super::object::{str_at, to_obj};
+use super::request::{Ctx, Resp, json_response};
 use super::resources::by_kind;
 use super::status::{ApiError, ApiResult, Cause};
-use super::{ApiServer, Ctx, Resp, json_response, meta};
 use crate::auth::UserInfo;
 use crate::auth::serviceaccount::{Claims, ObjectRef};
 
@@ -27,10 +30,6 @@ const MAX_TTL: i64 = 48 * 3600;
 /// A Pod being deleted keeps its tokens this long after its deletionTimestamp, so its
 /// containers can still talk to the API server while they shut down.
 const DELETION_GRACE: i64 = 60;
-
-fn str_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
-    v.pointer(ptr).and_then(|x| x.as_str()).filter(|s| !s.is_empty())
-}
 
 /// Whether the object was deleted long enough ago that its tokens are dead.
 fn gone_by(obj: &Value, now: i64) -> bool {
@@ -136,7 +135,7 @@ impl ApiServer {
     /// The store half of ServiceAccount token authentication: the user, or why not
     /// (for the log; the client gets 401 either way).
     pub(crate) async fn service_account_user(&self, claims: &Claims) -> Result<UserInfo, &'static str> {
-        let now = crate::auth::serviceaccount::unix_now();
+        let now = meta::unix_now();
         let k = &claims.kubernetes;
         let sa = match self.live_object("ServiceAccount", &k.namespace, &k.serviceaccount.name).await {
             Ok(Some(sa)) => sa,
@@ -173,7 +172,7 @@ impl ApiServer {
 
     /// `POST serviceaccounts/<name>/token`: issues a token for an existing ServiceAccount.
     pub(crate) async fn create_token(&self, ns: &str, name: &str, ctx: &Ctx) -> ApiResult<Resp> {
-        let body = decode_body(ctx)?;
+        let body = decode_body(&ctx.content_type, &ctx.body)?;
         let spec = parse_spec(&body, name, self.sa_keys.api_audiences())?;
         let sa = self
             .live_object("ServiceAccount", ns, name)
@@ -181,7 +180,7 @@ impl ApiServer {
             .ok_or_else(|| ApiError::not_found("serviceaccounts", "", name))?;
         let sa_uid = str_at(&sa, "/metadata/uid")
             .ok_or_else(|| ApiError::internal(format!("ServiceAccount {ns}/{name} has no uid")))?;
-        let now = crate::auth::serviceaccount::unix_now();
+        let now = meta::unix_now();
         let mut claims =
             Claims::new(now, spec.ttl, spec.audiences.clone(), ns, ObjectRef { name: name.into(), uid: sa_uid.into() });
         let mut bound = Value::Null;
@@ -291,7 +290,7 @@ mod tests {
                 store.create(&key, serde_json::to_vec(&obj).unwrap().into()).await.unwrap();
             }
         };
-        let now = crate::auth::serviceaccount::unix_now();
+        let now = meta::unix_now();
         let claims = Claims::new(now, 600, vec![], "ns", ObjectRef { name: "bot".into(), uid: "sa-1".into() });
         assert_eq!(api.service_account_user(&claims).await, Err("ServiceAccount of the token no longer exists"));
         put("ServiceAccount", "bot", "sa-1").await;

@@ -1,7 +1,7 @@
 //! Request body decoding as pure functions: bytes and a Content-Type in, a JSON value
 //! (or an `ApiError` with the status a client should see) out. Handlers call these;
-//! the fuzz target in `control/server/fuzz` calls them too, which is why they take
-//! plain bytes and strings instead of the request context.
+//! the fuzz target in `control/server/fuzz` (through `fuzz`) calls them too, which is
+//! why they take plain bytes and strings instead of the request context.
 //!
 //! This module must not touch the store, the clock or anything random: the same input
 //! must always give the same result, so a fuzzer's crash input reproduces.
@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use super::patch;
 use super::resources::ResourceDef;
 use super::status::{ApiError, ApiResult};
+use super::strategy;
 
 /// Decodes a request body as protobuf, YAML or JSON, chosen by the Content-Type
 /// (JSON when it names neither of the others).
@@ -23,7 +24,7 @@ pub fn decode_body(content_type: &str, body: &[u8]) -> ApiResult<Value> {
             .map_err(|e| ApiError::bad_request(format!("error decoding protobuf: {e}")));
     }
     if content_type.contains("yaml") {
-        serde_yaml::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+        serde_norway::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
     } else {
         serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}")))
     }
@@ -164,33 +165,105 @@ pub fn apply_patch(
         }
         PatchKind::Json => patch::json_patch(&mut t, patch_doc).map_err(|e| match e {
             patch::Error::TestFailed(_) => ApiError::invalid(def.kind, def.group, name, vec![]),
-            e => ApiError::bad_request(e.to_string()),
+            e => ApiError::bad_request(with_causes(&e)),
         })?,
     }
     Ok(t)
 }
 
-/// Everything a create does to a body that does not need the store: decode, check the
-/// type, take the namespace from the URL (`namespace`) when the body has none, decode
-/// through the typed model, default and validate. The fuzz target's main entry;
-/// handlers run the same steps with store-dependent work in between.
-pub fn decode_and_validate(
-    def: &ResourceDef,
-    namespace: Option<&str>,
-    content_type: &str,
-    body: &[u8],
-    strict: bool,
-) -> ApiResult<Value> {
-    let mut obj = decode_object(def, content_type, body)?;
-    if def.namespaced
-        && let (Some(ns), Some(m)) = (namespace, obj["metadata"].as_object_mut())
-        && m.get("namespace").is_none_or(|n| n.as_str().is_none_or(str::is_empty))
-    {
-        m.insert("namespace".into(), json!(ns));
+/// What a create knows besides the body. The uid and the generated name's suffix are
+/// handed in, so that this path stays deterministic (the fuzz target passes fixed ones).
+#[derive(Debug, Clone, Copy)]
+pub struct NewObject<'a> {
+    /// The namespace in the URL.
+    pub namespace: Option<&'a str>,
+    /// `fieldValidation=Strict`: unknown fields are an error.
+    pub strict: bool,
+    /// The new object's uid (a Job's selector is made of it).
+    pub uid: &'a str,
+    /// Appended to `metadata.generateName` when the body names no object.
+    pub name_suffix: &'a str,
+}
+
+/// An error's message followed by its sources' (a client sees only the message).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        cur = s.source();
     }
-    let mut obj = typed_decode(def, obj, strict)?;
-    super::validation::default(def.kind, &mut obj);
-    let causes = super::validation::validate(def.kind, def.namespaced, &obj);
+    msg
+}
+
+/// Everything a create does to a body that does not need the store: decode, check the
+/// type, reconcile the namespace with the URL's, drop the fields the server owns, fill
+/// a generated name, decode through the typed model, let the kind's strategy prepare
+/// the object, default and validate. `create` runs exactly this, and so does the fuzz
+/// target; what follows in `create` (uid and timestamp, namespace existence, ClusterIP
+/// allocation, the store) needs the store or the clock.
+pub fn decode_for_create(def: &ResourceDef, content_type: &str, body: &[u8], new: &NewObject) -> ApiResult<Value> {
+    let mut obj = decode_object(def, content_type, body)?;
+    prepare_metadata(def, &mut obj, new)?;
+    let mut obj = typed_decode(def, obj, new.strict)?;
+    def.strategy.prepare_for_create(&mut obj, new.uid);
+    default_and_validate(def, obj)
+}
+
+/// The metadata rules of a create, on a body that passed `check_type`.
+fn prepare_metadata(def: &ResourceDef, obj: &mut Value, new: &NewObject) -> ApiResult<()> {
+    let Some(m) = obj["metadata"].as_object_mut() else {
+        return Err(ApiError::bad_request("metadata must be an object"));
+    };
+    if def.namespaced {
+        let url_ns = new
+            .namespace
+            .ok_or_else(|| ApiError::bad_request(format!("{} must be created in a namespace", def.plural)))?;
+        match m.get("namespace").and_then(|n| n.as_str()).filter(|n| !n.is_empty()) {
+            Some(n) if n != url_ns => {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+            _ => {
+                m.insert("namespace".into(), json!(url_ns));
+            }
+        }
+    } else {
+        m.remove("namespace");
+    }
+    if m.get("resourceVersion").and_then(|r| r.as_str()).is_some_and(|r| !r.is_empty()) {
+        return Err(ApiError::bad_request("resourceVersion should not be set on objects to be created"));
+    }
+    let unnamed = m.get("name").and_then(|n| n.as_str()).is_none_or(str::is_empty);
+    if unnamed && let Some(g) = m.get("generateName").and_then(|g| g.as_str()).filter(|g| !g.is_empty()) {
+        let name = format!("{g}{}", new.name_suffix);
+        m.insert("name".into(), json!(name));
+    }
+    for k in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "managedFields",
+        "selfLink",
+    ] {
+        m.remove(k);
+    }
+    Ok(())
+}
+
+/// The end of every write's decoding: the typed decode, then defaults and validation
+/// by the kind's strategy (422 with the causes when invalid).
+pub fn decode_update(def: &ResourceDef, obj: Value, strict: bool) -> ApiResult<Value> {
+    default_and_validate(def, typed_decode(def, obj, strict)?)
+}
+
+fn default_and_validate(def: &ResourceDef, mut obj: Value) -> ApiResult<Value> {
+    def.strategy.default(&mut obj);
+    let causes = strategy::validate(def.strategy, def.namespaced, &obj);
     if !causes.is_empty() {
         let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
         return Err(ApiError::invalid(def.kind, def.group, name, causes));
@@ -198,86 +271,14 @@ pub fn decode_and_validate(
     Ok(obj)
 }
 
-/// The fuzz harness's body, here rather than in the fuzz crate so that the seed-corpus
-/// unit test (stable, no libFuzzer) and `cargo fuzz` run exactly the same code.
-///
-/// Input layout: byte 0 picks what to exercise (low 3 bits) and strict field
-/// validation (bit 7), byte 1 picks the resource kind, the rest is the request body (or
-/// selector string). Errors are expected; only panics and broken invariants are bugs.
-#[doc(hidden)]
-pub fn fuzz_one(data: &[u8]) {
-    let [mode, kind, body @ ..] = data else { return };
-    let resources = super::resources::RESOURCES;
-    let def = &resources[usize::from(*kind) % resources.len()];
-    let strict = mode & 0x80 != 0;
-    match mode & 0x07 {
-        m @ 0..=2 => {
-            let ct = ["application/json", "application/yaml", "application/vnd.kubernetes.protobuf"][usize::from(m)];
-            if let Ok(obj) = decode_and_validate(def, Some("default"), ct, body, strict) {
-                // What passed validation is what gets stored: it must be an object of
-                // this kind that serialises, and decoding it again must accept it.
-                assert_eq!(obj["kind"], def.kind);
-                let again = serde_json::to_vec(&obj).expect("a decoded object serialises");
-                decode_object(def, "application/json", &again).expect("a decoded object decodes again");
-            }
-        }
-        m @ 3..=5 => {
-            let ct = [
-                "application/merge-patch+json",
-                "application/strategic-merge-patch+json",
-                "application/json-patch+json",
-            ][usize::from(m - 3)];
-            if let Ok((kind, p)) = decode_patch(ct, body)
-                && let Ok(patched) = apply_patch(kind, &p, &fuzz_target_object(def), def, "x")
-            {
-                // The patch handler's next steps: type check, typed decode, validation.
-                let mut patched = patched;
-                if check_type(def, &mut patched).is_ok()
-                    && let Ok(mut obj) = typed_decode(def, patched, strict)
-                {
-                    super::validation::default(def.kind, &mut obj);
-                    let _ = super::validation::validate(def.kind, def.namespaced, &obj);
-                }
-            }
-        }
-        6 => {
-            let s = String::from_utf8_lossy(body);
-            if let Ok(sel) = skiff_api::selector::LabelSelector::parse(&s) {
-                let _ = sel.matches_object(&fuzz_target_object(def));
-                // A parsed selector prints as a string that parses to the same selector.
-                let shown = sel.to_string();
-                let back = skiff_api::selector::LabelSelector::parse(&shown)
-                    .unwrap_or_else(|e| panic!("{s:?} parsed, but its display {shown:?} does not: {e}"));
-                assert_eq!(back, sel, "{s:?} -> {shown:?}");
-            }
-        }
-        _ => {
-            let s = String::from_utf8_lossy(body);
-            if let Ok(sel) = skiff_api::selector::FieldSelector::parse(&s) {
-                let obj = fuzz_target_object(def);
-                let _ = sel.matches(|f| super::handlers::field_value(def, &obj, f).ok().flatten());
-            }
-        }
-    }
-}
-
-/// A small valid-looking object of `def`'s kind for patches and selectors to work on.
-fn fuzz_target_object(def: &ResourceDef) -> Value {
-    json!({
-        "apiVersion": def.api_version(),
-        "kind": def.kind,
-        "metadata": {"name": "x", "namespace": "default", "labels": {"app": "x", "tier": "db"},
-                     "finalizers": ["a", "b"]},
-        "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 80}]}],
-                 "ports": [{"port": 80, "protocol": "TCP"}], "replicas": 1},
-        "data": {"k": "v"},
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::apiserver::resources::by_kind;
+
+    fn new_object(namespace: Option<&str>, strict: bool) -> NewObject<'_> {
+        NewObject { namespace, strict, uid: "u", name_suffix: "x" }
+    }
 
     #[test]
     fn json_yaml_and_empty_bodies() {
@@ -298,15 +299,16 @@ mod tests {
     fn strict_decoding_names_unknown_fields() {
         let cm = by_kind("ConfigMap").unwrap();
         let body = br#"{"metadata":{"name":"a"},"bogus":1}"#;
-        let e = decode_and_validate(cm, Some("ns"), "application/json", body, true).unwrap_err();
+        let e = decode_for_create(cm, "application/json", body, &new_object(Some("ns"), true)).unwrap_err();
         assert!(e.message.contains("unknown field \"bogus\""), "{e}");
-        assert!(decode_and_validate(cm, Some("ns"), "application/json", body, false).is_ok());
+        assert!(decode_for_create(cm, "application/json", body, &new_object(Some("ns"), false)).is_ok());
     }
 
     #[test]
     fn invalid_names_are_422() {
         let cm = by_kind("ConfigMap").unwrap();
-        let e = decode_and_validate(cm, Some("ns"), "application/json", br#"{"metadata":{"name":"Not_Valid"}}"#, false);
+        let body = br#"{"metadata":{"name":"Not_Valid"}}"#;
+        let e = decode_for_create(cm, "application/json", body, &new_object(Some("ns"), false));
         assert_eq!(e.unwrap_err().code, 422);
     }
 

@@ -1,64 +1,27 @@
-//! Object metadata helpers: timestamps, uids, generated names and name validation.
-//! Pure functions; they must not touch the store.
+//! Object metadata helpers: timestamps (RFC 3339 through `jiff`), uids, generated
+//! names and name validation. Pure functions; they must not touch the store.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use jiff::Timestamp;
 
-/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
+/// Seconds since the Unix epoch, now.
 pub fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    Timestamp::now().as_second()
 }
 
-/// RFC 3339 in UTC with second precision, as `metav1.Time` serialises.
+/// RFC 3339 in UTC with second precision, as `metav1.Time` serialises. Seconds beyond
+/// what `jiff` represents (±9999 years; no clock or grace period reaches them) clamp.
 pub fn format_time(secs: i64) -> String {
-    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
-    let s = secs.rem_euclid(86_400);
-    format!("{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z", s / 3600, s % 3600 / 60, s % 60)
+    let t = Timestamp::from_second(secs).unwrap_or(if secs < 0 { Timestamp::MIN } else { Timestamp::MAX });
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 pub fn now() -> String {
     format_time(unix_now())
 }
 
-/// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`.
+/// Parses an RFC 3339 time (`YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`) into Unix seconds.
 pub fn parse_time(t: &str) -> Option<i64> {
-    let b = t.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
-        return None;
-    }
-    let n = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
-    let days = days_from_civil(n(0..4)?, n(5..7)? as u32, n(8..10)? as u32);
-    let mut secs = days * 86_400 + n(11..13)? * 3600 + n(14..16)? * 60 + n(17..19)?;
-    let rest = t[19..].trim_start_matches(|c: char| c == '.' || c.is_ascii_digit());
-    if let Some(off) = rest.strip_prefix('+').or_else(|| rest.strip_prefix('-')) {
-        let sign = if rest.starts_with('+') { -1 } else { 1 };
-        let h: i64 = off.get(0..2)?.parse().ok()?;
-        let m: i64 = off.get(3..5)?.parse().ok()?;
-        secs += sign * (h * 3600 + m * 60);
-    }
-    Some(secs)
+    t.parse::<Timestamp>().ok().map(|t| t.as_second())
 }
 
 /// `kubectl`-style short age ("5s", "3m20s", "4h", "12d").

@@ -1,5 +1,5 @@
-//! The three PATCH formats on JSON values: JSON merge patch (RFC 7386), JSON patch
-//! (RFC 6902) and strategic merge patch (lists merged by key, `$patch` /
+//! The three PATCH formats on JSON values: JSON merge patch (RFC 7386) and JSON patch
+//! (RFC 6902), both from the `json-patch` crate, and strategic merge patch (lists merged by key, `$patch` /
 //! `$setElementOrder` / `$retainKeys` / `$deleteFromPrimitiveList` directives), which
 //! `kubectl apply`, `label`, `annotate` and `scale` send.
 //!
@@ -9,10 +9,21 @@
 
 use serde_json::{Map, Value};
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid patch: {0}")]
     Invalid(String),
+    #[error("invalid patch: not a JSON patch (an array of operations)")]
+    NotJsonPatch(#[source] serde_json::Error),
+    /// A path (or a `from`) that the document does not have.
+    #[error("invalid patch: path {path} does not exist")]
+    Missing {
+        path: String,
+        #[source]
+        source: json_patch::PatchError,
+    },
+    #[error("invalid patch: operation {} at {} failed", .0.operation, .0.path)]
+    Failed(#[source] json_patch::PatchError),
     #[error("the test operation at {0} failed")]
     TestFailed(String),
 }
@@ -21,125 +32,19 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// RFC 7386.
 pub fn merge_patch(target: &mut Value, patch: &Value) {
-    match patch {
-        Value::Object(p) => {
-            if !target.is_object() {
-                *target = Value::Object(Map::new());
-            }
-            let t = target.as_object_mut().unwrap();
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-        other => *target = other.clone(),
-    }
+    json_patch::merge(target, patch);
 }
 
-fn unescape(token: &str) -> String {
-    token.replace("~1", "/").replace("~0", "~")
-}
-
-fn split_pointer(path: &str) -> Result<(String, String)> {
-    if !path.starts_with('/') {
-        return Err(Error::Invalid(format!("path {path:?} must start with /")));
-    }
-    let (parent, last) = path.rsplit_once('/').unwrap();
-    Ok((parent.to_string(), unescape(last)))
-}
-
-fn json_add(doc: &mut Value, path: &str, value: Value) -> Result<()> {
-    if path.is_empty() {
-        *doc = value;
-        return Ok(());
-    }
-    let (parent, last) = split_pointer(path)?;
-    match doc.pointer_mut(&parent) {
-        Some(Value::Object(m)) => {
-            m.insert(last, value);
-            Ok(())
-        }
-        Some(Value::Array(a)) => {
-            let idx = if last == "-" {
-                a.len()
-            } else {
-                last.parse::<usize>().map_err(|_| Error::Invalid(format!("bad array index in {path}")))?
-            };
-            if idx > a.len() {
-                return Err(Error::Invalid(format!("index out of range in {path}")));
-            }
-            a.insert(idx, value);
-            Ok(())
-        }
-        _ => Err(Error::Invalid(format!("path {path} does not exist"))),
-    }
-}
-
-fn json_remove(doc: &mut Value, path: &str) -> Result<Value> {
-    let (parent, last) = split_pointer(path)?;
-    let missing = || Error::Invalid(format!("path {path} does not exist"));
-    match doc.pointer_mut(&parent) {
-        Some(Value::Object(m)) => m.remove(&last).ok_or_else(missing),
-        Some(Value::Array(a)) => {
-            let idx: usize = last.parse().map_err(|_| missing())?;
-            if idx >= a.len() {
-                return Err(missing());
-            }
-            Ok(a.remove(idx))
-        }
-        _ => Err(missing()),
-    }
-}
-
-/// RFC 6902: all operations apply or none (the caller keeps the original on error).
+/// RFC 6902: all operations apply or none.
 pub fn json_patch(doc: &mut Value, patch: &Value) -> Result<()> {
-    let ops = patch.as_array().ok_or_else(|| Error::Invalid("a JSON patch must be an array of operations".into()))?;
-    for op in ops {
-        let name =
-            op.get("op").and_then(|o| o.as_str()).ok_or_else(|| Error::Invalid("operation without op".into()))?;
-        let path =
-            op.get("path").and_then(|o| o.as_str()).ok_or_else(|| Error::Invalid(format!("{name} without path")))?;
-        let value =
-            || op.get("value").cloned().ok_or_else(|| Error::Invalid(format!("{name} at {path} without value")));
-        let from = || {
-            op.get("from")
-                .and_then(|f| f.as_str())
-                .ok_or_else(|| Error::Invalid(format!("{name} at {path} without from")))
-        };
-        match name {
-            "add" => json_add(doc, path, value()?)?,
-            "remove" => {
-                json_remove(doc, path)?;
-            }
-            "replace" => {
-                if doc.pointer(path).is_none() {
-                    return Err(Error::Invalid(format!("path {path} does not exist")));
-                }
-                *doc.pointer_mut(path).unwrap() = value()?;
-            }
-            "move" => {
-                let v = json_remove(doc, from()?)?;
-                json_add(doc, path, v)?;
-            }
-            "copy" => {
-                let v = doc
-                    .pointer(from()?)
-                    .cloned()
-                    .ok_or_else(|| Error::Invalid(format!("from path of copy to {path} does not exist")))?;
-                json_add(doc, path, v)?;
-            }
-            "test" => {
-                if doc.pointer(path) != Some(&value()?) {
-                    return Err(Error::TestFailed(path.to_string()));
-                }
-            }
-            other => return Err(Error::Invalid(format!("unknown operation {other:?}"))),
+    let ops: json_patch::Patch = serde_json::from_value(patch.clone()).map_err(Error::NotJsonPatch)?;
+    json_patch::patch(doc, &ops).map_err(|source| match source.kind {
+        json_patch::PatchErrorKind::TestFailed => Error::TestFailed(source.path.to_string()),
+        json_patch::PatchErrorKind::InvalidPointer | json_patch::PatchErrorKind::InvalidFromPointer => {
+            Error::Missing { path: source.path.to_string(), source }
         }
-    }
-    Ok(())
+        _ => Error::Failed(source),
+    })
 }
 
 /// The merge key of a list field, from the Kubernetes types' `patchMergeKey` tags.

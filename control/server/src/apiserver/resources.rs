@@ -7,6 +7,8 @@
 
 use serde_json::Value;
 
+use super::strategy::{self, Strategy};
+
 /// Checks an object's shape by decoding it into its k8s-openapi type and encoding it
 /// back: wrong field types are rejected and unknown fields dropped, as the real API
 /// server's decoder does.
@@ -33,6 +35,8 @@ pub struct ResourceDef {
     /// In `kubectl get all`.
     pub all: bool,
     pub decode: Decode,
+    /// The kind's behaviour in the generic verbs.
+    pub(crate) strategy: &'static dyn Strategy,
 }
 
 impl ResourceDef {
@@ -73,7 +77,7 @@ impl ResourceDef {
 }
 
 macro_rules! res {
-    ($ty:ty, $group:expr, $version:expr, $kind:expr, $plural:expr, $singular:expr, [$($short:expr),*], $ns:expr, status: $st:expr, scale: $sc:expr, all: $all:expr) => {
+    ($ty:ty, $group:expr, $version:expr, $kind:expr, $plural:expr, $singular:expr, [$($short:expr),*], $ns:expr, status: $st:expr, scale: $sc:expr, all: $all:expr, $strategy:expr) => {
         ResourceDef {
             group: $group,
             version: $version,
@@ -86,6 +90,7 @@ macro_rules! res {
             scale: $sc,
             all: $all,
             decode: roundtrip::<$ty>,
+            strategy: &$strategy,
         }
     };
 }
@@ -97,26 +102,26 @@ use k8s_openapi::api::{
 
 /// Every served resource. Adding a kind is one line.
 pub static RESOURCES: &[ResourceDef] = &[
-    res!(core::Namespace, "", "v1", "Namespace", "namespaces", "namespace", ["ns"], false, status: true, scale: false, all: false),
-    res!(core::Node, "", "v1", "Node", "nodes", "node", ["no"], false, status: true, scale: false, all: false),
-    res!(core::Pod, "", "v1", "Pod", "pods", "pod", ["po"], true, status: true, scale: false, all: true),
-    res!(core::Service, "", "v1", "Service", "services", "service", ["svc"], true, status: true, scale: false, all: true),
-    res!(core::Endpoints, "", "v1", "Endpoints", "endpoints", "endpoints", ["ep"], true, status: false, scale: false, all: false),
-    res!(core::ConfigMap, "", "v1", "ConfigMap", "configmaps", "configmap", ["cm"], true, status: false, scale: false, all: false),
-    res!(core::Secret, "", "v1", "Secret", "secrets", "secret", [], true, status: false, scale: false, all: false),
-    res!(core::ServiceAccount, "", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", ["sa"], true, status: false, scale: false, all: false),
-    res!(core::Event, "", "v1", "Event", "events", "event", ["ev"], true, status: false, scale: false, all: false),
-    res!(apps::Deployment, "apps", "v1", "Deployment", "deployments", "deployment", ["deploy"], true, status: true, scale: true, all: true),
-    res!(apps::ReplicaSet, "apps", "v1", "ReplicaSet", "replicasets", "replicaset", ["rs"], true, status: true, scale: true, all: true),
-    res!(apps::DaemonSet, "apps", "v1", "DaemonSet", "daemonsets", "daemonset", ["ds"], true, status: true, scale: false, all: true),
-    res!(batch::Job, "batch", "v1", "Job", "jobs", "job", [], true, status: true, scale: false, all: true),
-    res!(coord::Lease, "coordination.k8s.io", "v1", "Lease", "leases", "lease", [], true, status: false, scale: false, all: false),
-    res!(rbac::Role, "rbac.authorization.k8s.io", "v1", "Role", "roles", "role", [], true, status: false, scale: false, all: false),
-    res!(rbac::ClusterRole, "rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", "clusterrole", [], false, status: false, scale: false, all: false),
-    res!(rbac::RoleBinding, "rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", [], true, status: false, scale: false, all: false),
-    res!(rbac::ClusterRoleBinding, "rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding", [], false, status: false, scale: false, all: false),
-    res!(authn::SelfSubjectReview, "authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", "selfsubjectreview", [], false, status: false, scale: false, all: false),
-    res!(disc::EndpointSlice, "discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", [], true, status: false, scale: false, all: false),
+    res!(core::Namespace, "", "v1", "Namespace", "namespaces", "namespace", ["ns"], false, status: true, scale: false, all: false, strategy::Namespace),
+    res!(core::Node, "", "v1", "Node", "nodes", "node", ["no"], false, status: true, scale: false, all: false, strategy::Node),
+    res!(core::Pod, "", "v1", "Pod", "pods", "pod", ["po"], true, status: true, scale: false, all: true, strategy::Pod),
+    res!(core::Service, "", "v1", "Service", "services", "service", ["svc"], true, status: true, scale: false, all: true, strategy::Service),
+    res!(core::Endpoints, "", "v1", "Endpoints", "endpoints", "endpoints", ["ep"], true, status: false, scale: false, all: false, strategy::Generic),
+    res!(core::ConfigMap, "", "v1", "ConfigMap", "configmaps", "configmap", ["cm"], true, status: false, scale: false, all: false, strategy::ConfigMap),
+    res!(core::Secret, "", "v1", "Secret", "secrets", "secret", [], true, status: false, scale: false, all: false, strategy::Secret),
+    res!(core::ServiceAccount, "", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", ["sa"], true, status: false, scale: false, all: false, strategy::ServiceAccount),
+    res!(core::Event, "", "v1", "Event", "events", "event", ["ev"], true, status: false, scale: false, all: false, strategy::Event),
+    res!(apps::Deployment, "apps", "v1", "Deployment", "deployments", "deployment", ["deploy"], true, status: true, scale: true, all: true, strategy::Deployment),
+    res!(apps::ReplicaSet, "apps", "v1", "ReplicaSet", "replicasets", "replicaset", ["rs"], true, status: true, scale: true, all: true, strategy::ReplicaSet),
+    res!(apps::DaemonSet, "apps", "v1", "DaemonSet", "daemonsets", "daemonset", ["ds"], true, status: true, scale: false, all: true, strategy::DaemonSet),
+    res!(batch::Job, "batch", "v1", "Job", "jobs", "job", [], true, status: true, scale: false, all: true, strategy::Job),
+    res!(coord::Lease, "coordination.k8s.io", "v1", "Lease", "leases", "lease", [], true, status: false, scale: false, all: false, strategy::Generic),
+    res!(rbac::Role, "rbac.authorization.k8s.io", "v1", "Role", "roles", "role", [], true, status: false, scale: false, all: false, strategy::Generic),
+    res!(rbac::ClusterRole, "rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", "clusterrole", [], false, status: false, scale: false, all: false, strategy::Generic),
+    res!(rbac::RoleBinding, "rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", [], true, status: false, scale: false, all: false, strategy::Generic),
+    res!(rbac::ClusterRoleBinding, "rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding", [], false, status: false, scale: false, all: false, strategy::Generic),
+    res!(authn::SelfSubjectReview, "authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", "selfsubjectreview", [], false, status: false, scale: false, all: false, strategy::Generic),
+    res!(disc::EndpointSlice, "discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", [], true, status: false, scale: false, all: false, strategy::Generic),
 ];
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceDef> {

@@ -54,7 +54,6 @@ fn default_pod_spec(spec: &mut Value) {
     }
 }
 
-/// Fills defaults in place.
 /// A new Job's selector, as the real API server sets it: unless `spec.manualSelector`,
 /// the selector is the Job's own uid, and the pod template carries the labels that
 /// match it (so `kubectl describe job` and `kubectl logs job/NAME` find the pods).
@@ -81,84 +80,95 @@ pub fn default_job_selector(obj: &mut Value, uid: &str) {
     }
 }
 
-pub fn default(kind: &str, obj: &mut Value) {
-    match kind {
-        "Pod" => {
-            if let Some(spec) = obj.get_mut("spec") {
-                default_pod_spec(spec);
-            }
-            set_default(obj, "/status", json!({}));
-            set_default(obj, "/status/phase", json!("Pending"));
-        }
-        "DaemonSet" | "Job" => {
-            if kind == "Job" {
-                // The template must say OnFailure or Never itself; only counters default.
-                set_default(obj, "/spec/backoffLimit", json!(6));
-                set_default(obj, "/spec/completions", json!(1));
-                set_default(obj, "/spec/parallelism", json!(1));
-            } else {
-                set_default(
-                    obj,
-                    "/spec/updateStrategy",
-                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
-                );
-                set_default(obj, "/spec/revisionHistoryLimit", json!(10));
-            }
-            if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
-                let explicit = spec.get("restartPolicy").is_some();
-                default_pod_spec(spec);
-                if kind == "Job" && !explicit {
-                    // Leave restartPolicy unset so validation asks for it, as Kubernetes does.
-                    spec.as_object_mut().map(|m| m.remove("restartPolicy"));
-                }
-            }
-        }
-        "Deployment" | "ReplicaSet" => {
-            set_default(obj, "/spec/replicas", json!(1));
-            if kind == "Deployment" {
-                set_default(obj, "/spec/strategy", json!({}));
-                set_default(obj, "/spec/strategy/type", json!("RollingUpdate"));
-                if obj.pointer("/spec/strategy/type") == Some(&json!("RollingUpdate")) {
-                    set_default(obj, "/spec/strategy/rollingUpdate", json!({}));
-                    set_default(obj, "/spec/strategy/rollingUpdate/maxUnavailable", json!("25%"));
-                    set_default(obj, "/spec/strategy/rollingUpdate/maxSurge", json!("25%"));
-                }
-                set_default(obj, "/spec/revisionHistoryLimit", json!(10));
-                set_default(obj, "/spec/progressDeadlineSeconds", json!(600));
-            }
-            if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
-                default_pod_spec(spec);
-            }
-        }
-        "Service" => {
-            set_default(obj, "/spec/type", json!("ClusterIP"));
-            set_default(obj, "/spec/sessionAffinity", json!("None"));
-            if let Some(Value::Array(ports)) = obj.pointer_mut("/spec/ports") {
-                for p in ports.iter_mut().filter(|p| p.is_object()) {
-                    set_default(p, "/protocol", json!("TCP"));
-                    if let Some(port) = p.get("port").cloned() {
-                        set_default(p, "/targetPort", port);
-                    }
-                }
-            }
-            set_default(obj, "/status", json!({"loadBalancer": {}}));
-        }
-        "Namespace" => {
-            // The immutable name label lets selectors (e.g. NetworkPolicy) pick namespaces.
-            if let Some(name) = obj.pointer("/metadata/name").and_then(|n| n.as_str()).map(String::from)
-                && let Some(meta) = obj.get_mut("metadata").and_then(|m| m.as_object_mut())
-            {
-                let labels = meta.entry("labels").or_insert(json!({}));
-                if let Some(l) = labels.as_object_mut() {
-                    l.insert("kubernetes.io/metadata.name".into(), json!(name));
-                }
-            }
-            set_default(obj, "/spec", json!({"finalizers": ["kubernetes"]}));
-            set_default(obj, "/status", json!({"phase": "Active"}));
-        }
-        "Secret" => set_default(obj, "/type", json!("Opaque")),
-        _ => {}
+/// Pod defaults (also the template of every workload).
+pub fn default_pod(obj: &mut Value) {
+    if let Some(spec) = obj.get_mut("spec") {
+        default_pod_spec(spec);
     }
+    set_default(obj, "/status", json!({}));
+    set_default(obj, "/status/phase", json!("Pending"));
+}
+
+pub fn default_daemon_set(obj: &mut Value) {
+    set_default(
+        obj,
+        "/spec/updateStrategy",
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+    );
+    set_default(obj, "/spec/revisionHistoryLimit", json!(10));
+    if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
+        default_pod_spec(spec);
+    }
+}
+
+pub fn default_job(obj: &mut Value) {
+    // The template must say OnFailure or Never itself; only counters default.
+    set_default(obj, "/spec/backoffLimit", json!(6));
+    set_default(obj, "/spec/completions", json!(1));
+    set_default(obj, "/spec/parallelism", json!(1));
+    if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
+        let explicit = spec.get("restartPolicy").is_some();
+        default_pod_spec(spec);
+        if !explicit {
+            // Leave restartPolicy unset so validation asks for it, as Kubernetes does.
+            spec.as_object_mut().map(|m| m.remove("restartPolicy"));
+        }
+    }
+}
+
+pub fn default_replica_set(obj: &mut Value) {
+    set_default(obj, "/spec/replicas", json!(1));
+    if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
+        default_pod_spec(spec);
+    }
+}
+
+pub fn default_deployment(obj: &mut Value) {
+    set_default(obj, "/spec/replicas", json!(1));
+    set_default(obj, "/spec/strategy", json!({}));
+    set_default(obj, "/spec/strategy/type", json!("RollingUpdate"));
+    if obj.pointer("/spec/strategy/type") == Some(&json!("RollingUpdate")) {
+        set_default(obj, "/spec/strategy/rollingUpdate", json!({}));
+        set_default(obj, "/spec/strategy/rollingUpdate/maxUnavailable", json!("25%"));
+        set_default(obj, "/spec/strategy/rollingUpdate/maxSurge", json!("25%"));
+    }
+    set_default(obj, "/spec/revisionHistoryLimit", json!(10));
+    set_default(obj, "/spec/progressDeadlineSeconds", json!(600));
+    if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
+        default_pod_spec(spec);
+    }
+}
+
+pub fn default_service(obj: &mut Value) {
+    set_default(obj, "/spec/type", json!("ClusterIP"));
+    set_default(obj, "/spec/sessionAffinity", json!("None"));
+    if let Some(Value::Array(ports)) = obj.pointer_mut("/spec/ports") {
+        for p in ports.iter_mut().filter(|p| p.is_object()) {
+            set_default(p, "/protocol", json!("TCP"));
+            if let Some(port) = p.get("port").cloned() {
+                set_default(p, "/targetPort", port);
+            }
+        }
+    }
+    set_default(obj, "/status", json!({"loadBalancer": {}}));
+}
+
+pub fn default_namespace(obj: &mut Value) {
+    // The immutable name label lets selectors (e.g. NetworkPolicy) pick namespaces.
+    if let Some(name) = obj.pointer("/metadata/name").and_then(|n| n.as_str()).map(String::from)
+        && let Some(meta) = obj.get_mut("metadata").and_then(|m| m.as_object_mut())
+    {
+        let labels = meta.entry("labels").or_insert(json!({}));
+        if let Some(l) = labels.as_object_mut() {
+            l.insert("kubernetes.io/metadata.name".into(), json!(name));
+        }
+    }
+    set_default(obj, "/spec", json!({"finalizers": ["kubernetes"]}));
+    set_default(obj, "/status", json!({"phase": "Active"}));
+}
+
+pub fn default_secret(obj: &mut Value) {
+    set_default(obj, "/type", json!("Opaque"));
 }
 
 fn validate_containers(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
@@ -211,7 +221,7 @@ fn validate_containers(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
     }
 }
 
-fn validate_replicated(obj: &Value, causes: &mut Vec<Cause>) {
+pub fn validate_replicated(obj: &Value, causes: &mut Vec<Cause>) {
     if let Some(r) = obj.pointer("/spec/replicas").and_then(|r| r.as_i64())
         && r < 0
     {
@@ -248,7 +258,7 @@ fn validate_replicated(obj: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
-fn validate_service(obj: &Value, causes: &mut Vec<Cause>) {
+pub fn validate_service(obj: &Value, causes: &mut Vec<Cause>) {
     let ty = obj.pointer("/spec/type").and_then(|t| t.as_str()).unwrap_or("ClusterIP");
     const TYPES: &[&str] = &["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"];
     if !TYPES.contains(&ty) {
@@ -300,14 +310,12 @@ fn validate_data_keys(obj: &Value, field: &str, causes: &mut Vec<Cause>) {
     }
 }
 
-/// Validates names, labels and kind-specific fields; empty means valid.
-pub fn validate(kind: &str, namespaced: bool, obj: &Value) -> Vec<Cause> {
+/// Validates what every kind has: name (a DNS label when `name_is_label`, else a DNS
+/// subdomain), namespace and labels. Kind-specific checks are the strategies'.
+pub fn validate_meta(obj: &Value, namespaced: bool, name_is_label: bool) -> Vec<Cause> {
     let mut causes = Vec::new();
     let name = obj.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("");
-    let name_err = match kind {
-        "Namespace" | "Service" => dns_label_error(name),
-        _ => dns_subdomain_error(name),
-    };
+    let name_err = if name_is_label { dns_label_error(name) } else { dns_subdomain_error(name) };
     if name.is_empty() {
         causes.push(Cause {
             reason: "FieldValueRequired",
@@ -347,39 +355,45 @@ pub fn validate(kind: &str, namespaced: bool, obj: &Value) -> Vec<Cause> {
             }
         }
     }
-    match kind {
-        "Pod" => match obj.get("spec") {
-            Some(spec) => validate_containers(spec, "spec", &mut causes),
-            None => causes.push(Cause::required("spec.containers")),
-        },
-        "Deployment" | "ReplicaSet" | "DaemonSet" => validate_replicated(obj, &mut causes),
-        "Job" => match obj.pointer("/spec/template/spec") {
-            Some(spec) => {
-                validate_containers(spec, "spec.template.spec", &mut causes);
-                let rp = spec.get("restartPolicy").and_then(|r| r.as_str()).unwrap_or("");
-                if !["OnFailure", "Never"].contains(&rp) {
-                    causes.push(Cause::not_supported(
-                        "spec.template.spec.restartPolicy",
-                        &json!(rp),
-                        &["OnFailure", "Never"],
-                    ));
-                }
-            }
-            None => causes.push(Cause::required("spec.template.spec.containers")),
-        },
-        "Service" => validate_service(obj, &mut causes),
-        "ConfigMap" => {
-            validate_data_keys(obj, "data", &mut causes);
-            validate_data_keys(obj, "binaryData", &mut causes);
-        }
-        "Secret" => validate_data_keys(obj, "data", &mut causes),
-        _ => {}
-    }
     causes
+}
+
+pub fn validate_pod(obj: &Value, causes: &mut Vec<Cause>) {
+    match obj.get("spec") {
+        Some(spec) => validate_containers(spec, "spec", causes),
+        None => causes.push(Cause::required("spec.containers")),
+    }
+}
+
+pub fn validate_job(obj: &Value, causes: &mut Vec<Cause>) {
+    match obj.pointer("/spec/template/spec") {
+        Some(spec) => {
+            validate_containers(spec, "spec.template.spec", causes);
+            let rp = spec.get("restartPolicy").and_then(|r| r.as_str()).unwrap_or("");
+            if !["OnFailure", "Never"].contains(&rp) {
+                causes.push(Cause::not_supported(
+                    "spec.template.spec.restartPolicy",
+                    &json!(rp),
+                    &["OnFailure", "Never"],
+                ));
+            }
+        }
+        None => causes.push(Cause::required("spec.template.spec.containers")),
+    }
+}
+
+pub fn validate_config_map(obj: &Value, causes: &mut Vec<Cause>) {
+    validate_data_keys(obj, "data", causes);
+    validate_data_keys(obj, "binaryData", causes);
+}
+
+pub fn validate_secret(obj: &Value, causes: &mut Vec<Cause>) {
+    validate_data_keys(obj, "data", causes);
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn jobs_get_a_selector_on_their_uid() {
@@ -395,33 +409,5 @@ mod tests {
         let mut manual = json!({"spec": {"manualSelector": true, "template": {"spec": {}}}});
         default_job_selector(&mut manual, "u-2");
         assert!(manual["spec"].get("selector").is_none());
-    }
-
-    use super::*;
-
-    #[test]
-    fn deployment_defaults_and_validation() {
-        let mut d = json!({"metadata": {"name": "web", "namespace": "default"},
-            "spec": {"selector": {"matchLabels": {"app": "web"}},
-                     "template": {"metadata": {"labels": {"app": "web"}},
-                                  "spec": {"containers": [{"name": "c", "image": "nginx:1.27", "ports": [{"containerPort": 80}]}]}}}});
-        default("Deployment", &mut d);
-        assert_eq!(d.pointer("/spec/replicas"), Some(&json!(1)));
-        assert_eq!(d.pointer("/spec/template/spec/containers/0/imagePullPolicy"), Some(&json!("IfNotPresent")));
-        assert_eq!(d.pointer("/spec/template/spec/containers/0/ports/0/protocol"), Some(&json!("TCP")));
-        assert!(validate("Deployment", true, &d).is_empty());
-        d["spec"]["template"]["metadata"]["labels"]["app"] = json!("other");
-        d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("");
-        let causes = validate("Deployment", true, &d);
-        let fields: Vec<_> = causes.iter().map(|c| c.field.as_str()).collect();
-        assert_eq!(fields, ["spec.template.metadata.labels", "spec.template.spec.containers[0].image"]);
-    }
-
-    #[test]
-    fn bad_names_and_service() {
-        let s = json!({"metadata": {"name": "Bad_Name", "namespace": "default"}, "spec": {"ports": [{"port": 70000}]}});
-        let causes = validate("Service", true, &s);
-        assert_eq!(causes[0].field, "metadata.name");
-        assert_eq!(causes[1].field, "spec.ports[0].port");
     }
 }

@@ -19,10 +19,13 @@ use hyper::body::Frame;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::handlers::{Selectors, to_obj};
+use super::api_server::ApiServer;
+use super::object::to_obj;
+use super::request::{Ctx, Resp};
 use super::resources::ResourceDef;
+use super::selectors::Selectors;
 use super::status::{ApiError, ApiResult};
-use super::{ApiServer, Ctx, Resp, table};
+use super::table;
 use crate::store::{self, EventType};
 
 /// How often an idle watch sends a bookmark (when the client allows them).

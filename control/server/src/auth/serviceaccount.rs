@@ -88,7 +88,7 @@ impl std::error::Error for Reject {}
 
 /// Seconds since the Unix epoch, the unit of `iat`/`nbf`/`exp`.
 pub fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    jiff::Timestamp::now().as_second()
 }
 
 /// A reference to the object a token names (ServiceAccount or Pod).

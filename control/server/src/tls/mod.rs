@@ -98,8 +98,7 @@ pub(crate) fn write_private(path: &Path, contents: &str, secret: bool) -> Result
 }
 
 fn this_year() -> i32 {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    1970 + (secs / 31_556_952) as i32
+    i32::from(jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).year())
 }
 
 fn validity(params: &mut CertificateParams, years: i32) {

@@ -8,7 +8,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::protobuf::{Field, Res, fields, insert_map, map_entry, object_meta, string};
+use super::wire::{Field, Res, fields, insert_map, map_entry, object_meta, string};
 
 /// How one field is turned into JSON.
 #[derive(Clone, Copy)]

@@ -1,0 +1,60 @@
+//! POST of a new object: the decoding path the fuzz target runs
+//! (`decode::decode_for_create`), then what needs the store and the clock: uid and
+//! timestamp, the namespace's existence, ClusterIP allocation, the store.
+
+use http::StatusCode;
+use serde_json::json;
+
+use super::super::allocator;
+use super::super::api_server::ApiServer;
+use super::super::decode::{self, NewObject};
+use super::super::meta;
+use super::super::object::{invalid, str_at, to_bytes, to_obj};
+use super::super::request::{Ctx, Resp, json_response};
+use super::super::resources::{ResourceDef, by_kind};
+use super::super::status::{ApiError, ApiResult};
+use crate::store;
+
+impl ApiServer {
+    pub(crate) async fn create(&self, def: &ResourceDef, ns: Option<&str>, ctx: &Ctx) -> ApiResult<Resp> {
+        let uid = meta::new_uid();
+        let name_suffix = meta::name_suffix();
+        let new = NewObject { namespace: ns, strict: ctx.strict(), uid: &uid, name_suffix: &name_suffix };
+        let mut obj = decode::decode_for_create(def, &ctx.content_type, &ctx.body, &new)?;
+        let m = obj["metadata"].as_object_mut().unwrap();
+        m.insert("uid".into(), json!(uid));
+        m.insert("creationTimestamp".into(), json!(meta::now()));
+        if def.has_spec() {
+            m.insert("generation".into(), json!(1));
+        }
+        let name = str_at(&obj, "/metadata/name").unwrap_or("").to_string();
+        if def.namespaced {
+            let nsdef = by_kind("Namespace").unwrap();
+            let ns = ns.unwrap_or("");
+            if self.store.get(&nsdef.key(None, ns)).await?.is_none() {
+                return Err(ApiError::not_found("namespaces", "", ns));
+            }
+        }
+        // Held until the object is stored, so concurrent creates see each other's IPs.
+        let _alloc = if def.strategy.allocates_cluster_ip() { Some(self.alloc_lock.lock().await) } else { None };
+        if def.strategy.allocates_cluster_ip() {
+            let mut used = allocator::InUse::default();
+            for kv in self.store.list(&def.prefix(), None, 0).await?.kvs {
+                used.add(&to_obj(&kv)?);
+            }
+            allocator::allocate(self.service_cidr, &used, &mut obj).map_err(|c| invalid(def, &obj, c))?;
+        }
+        if ctx.dry_run() {
+            return Ok(json_response(StatusCode::CREATED, &obj));
+        }
+        let kv = match self.store.create(&def.key(ns, &name), to_bytes(&obj)).await {
+            Ok(kv) => kv,
+            Err(store::Error::AlreadyExists { .. }) => {
+                return Err(ApiError::already_exists(def.plural, def.group, &name));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        tracing::debug!(kind = def.kind, namespace = ns.unwrap_or(""), name = %name, rv = kv.mod_revision, user = %ctx.user.name, "created");
+        Ok(json_response(StatusCode::CREATED, &to_obj(&kv)?))
+    }
+}

@@ -1,0 +1,16 @@
+//! The verbs over the store, one module per verb: `read` (get, list), `create`,
+//! `update` (PUT and PATCH, on top of the shared update pipeline in `write`), `delete`
+//! (delete, deletecollection) and `subresources` (scale, binding). Watch is `watch`'s.
+//! Every write goes through `create` or `write`, which decode, default and validate
+//! (`decode`, with the kind's strategy) and only then touch the store, so bad input
+//! never changes stored state.
+//!
+//! Handlers must not compare kind names: what differs per kind is the strategy's
+//! (`strategy`), what a DELETE does to dependents is `deletion`'s.
+
+mod create;
+mod delete;
+mod read;
+mod subresources;
+mod update;
+mod write;

@@ -1,0 +1,103 @@
+//! The `scale` view (autoscaling/v1 Scale) and `pods/binding`. The `status`
+//! subresource needs no code of its own: `write` keeps everything but the status.
+
+use http::StatusCode;
+use serde_json::{Value, json};
+use skiff_api::selector::LabelSelector;
+
+use super::super::api_server::ApiServer;
+use super::super::decode;
+use super::super::meta;
+use super::super::object::{Named, invalid, str_at};
+use super::super::request::{Ctx, Resp, Subresource, json_response};
+use super::super::resources::ResourceDef;
+use super::super::status::{ApiError, ApiResult, Cause};
+
+/// The autoscaling/v1 Scale view of a Deployment or ReplicaSet.
+pub(super) fn scale_of(obj: &Value) -> Value {
+    let selector = obj
+        .pointer("/spec/selector")
+        .and_then(|s| LabelSelector::from_json(s).ok())
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    let m = &obj["metadata"];
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": m["name"], "namespace": m["namespace"], "uid": m["uid"],
+            "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"],
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
+        "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector},
+    })
+}
+
+/// Applies a Scale (as the client sent it) to the object.
+pub(super) fn apply_scale(def: &ResourceDef, obj: &Value, scale: &Value) -> ApiResult<Value> {
+    if let Some(k) = scale.get("kind").and_then(|k| k.as_str())
+        && k != "Scale"
+    {
+        return Err(ApiError::bad_request(format!("expected kind Scale, got {k}")));
+    }
+    let replicas = match scale.pointer("/spec/replicas") {
+        None | Some(Value::Null) => json!(0),
+        Some(Value::Number(n)) if n.as_i64().is_some() => Value::Number(n.clone()),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("Scale.spec.replicas must be an integer, got {other}")));
+        }
+    };
+    if replicas.as_i64().unwrap_or(0) < 0 {
+        return Err(invalid(
+            def,
+            obj,
+            vec![Cause::invalid("spec.replicas", &replicas, "must be greater than or equal to 0")],
+        ));
+    }
+    let mut o = obj.clone();
+    o["spec"]["replicas"] = replicas;
+    if let Some(rv) = scale.pointer("/metadata/resourceVersion") {
+        o["metadata"]["resourceVersion"] = rv.clone();
+    }
+    Ok(o)
+}
+
+impl ApiServer {
+    /// `POST pods/<name>/binding`: sets `spec.nodeName` of an unbound pod; binding an
+    /// already bound pod is a 409, as in Kubernetes.
+    pub(crate) async fn bind(&self, def: &ResourceDef, ns: Option<&str>, name: &str, ctx: &Ctx) -> ApiResult<Resp> {
+        let b = decode::decode_body(&ctx.content_type, &ctx.body)?;
+        if let Some(k) = b.get("kind").and_then(|k| k.as_str())
+            && k != "Binding"
+        {
+            return Err(ApiError::bad_request(format!("expected kind Binding, got {k}")));
+        }
+        let node = str_at(&b, "/target/name")
+            .ok_or_else(|| ApiError::invalid("Binding", "", name, vec![Cause::required("target.name")]))?
+            .to_string();
+        let mutate = |cur: &Value| -> ApiResult<Value> {
+            if let Some(existing) = str_at(cur, "/spec/nodeName") {
+                return Err(ApiError::conflict(
+                    def.plural,
+                    def.group,
+                    name,
+                    &format!("pod {name} is already assigned to node \"{existing}\""),
+                ));
+            }
+            let mut o = cur.clone();
+            o["spec"]["nodeName"] = json!(node);
+            // As upstream's binding storage: the pod now says it is scheduled.
+            let cond = json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": meta::now()});
+            let conds = o["status"]["conditions"].as_array().cloned().unwrap_or_default();
+            let mut conds: Vec<Value> = conds.into_iter().filter(|c| c["type"] != "PodScheduled").collect();
+            conds.push(cond);
+            o["status"]["conditions"] = Value::Array(conds);
+            Ok(o)
+        };
+        self.write_update(Named { def, ns, name, sub: Some(Subresource::Binding) }, ctx, &mutate).await?;
+        Ok(json_response(
+            StatusCode::CREATED,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        ))
+    }
+}

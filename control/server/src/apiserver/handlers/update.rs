@@ -1,0 +1,57 @@
+//! PUT and PATCH of an object or its `status`/`scale` subresource: each turns the
+//! request into a `mutate` for the shared update pipeline (`write`).
+
+use serde_json::Value;
+
+use super::super::api_server::ApiServer;
+use super::super::decode;
+use super::super::object::Named;
+use super::super::request::{Ctx, Resp, Subresource, ok};
+use super::super::status::{ApiError, ApiResult};
+use super::subresources::{apply_scale, scale_of};
+
+impl ApiServer {
+    /// What a write returns: the object, or its Scale for the scale subresource.
+    fn finish_write(sub: Option<Subresource>, obj: Value) -> ApiResult<Resp> {
+        if sub == Some(Subresource::Scale) { ok(&scale_of(&obj)) } else { ok(&obj) }
+    }
+
+    pub(crate) async fn update(&self, target: Named<'_>, ctx: &Ctx) -> ApiResult<Resp> {
+        let Named { def, sub, .. } = target;
+        let body = decode::decode_body(&ctx.content_type, &ctx.body)?;
+        if !body.is_object() {
+            return Err(ApiError::bad_request("the body must be a JSON object"));
+        }
+        let mutate = |cur: &Value| -> ApiResult<Value> {
+            if sub == Some(Subresource::Scale) { apply_scale(def, cur, &body) } else { Ok(body.clone()) }
+        };
+        let obj = self.write_update(target, ctx, &mutate).await?;
+        Self::finish_write(sub, obj)
+    }
+
+    pub(crate) async fn patch(&self, target: Named<'_>, ctx: &Ctx) -> ApiResult<Resp> {
+        let Named { def, name, sub, .. } = target;
+        let (kind, p) = decode::decode_patch(&ctx.content_type, &ctx.body)?;
+        let apply = |target: &Value| decode::apply_patch(kind, &p, target, def, name);
+        let mutate = |cur: &Value| -> ApiResult<Value> {
+            if sub == Some(Subresource::Scale) {
+                let patched = apply(&scale_of(cur))?;
+                // The Scale carries the object's resourceVersion; an unchanged one is no precondition.
+                apply_scale(def, cur, &patched)
+            } else {
+                let mut patched = apply(cur)?;
+                // The resourceVersion the patch was applied to is no precondition: only one
+                // the patch itself sets is. Otherwise a patch racing a controller's write
+                // would fail with 409 instead of being applied to the newer object.
+                if patched.pointer("/metadata/resourceVersion") == cur.pointer("/metadata/resourceVersion")
+                    && let Some(m) = patched.get_mut("metadata").and_then(|m| m.as_object_mut())
+                {
+                    m.remove("resourceVersion");
+                }
+                Ok(patched)
+            }
+        };
+        let obj = self.write_update(target, ctx, &mutate).await?;
+        Self::finish_write(sub, obj)
+    }
+}

@@ -1,0 +1,261 @@
+//! One request's way through the server: `serve` → authenticate → `route` →
+//! authorize → read the body → dispatch to a handler (`handlers`, `watch`,
+//! `authentication`). It owns the HTTP concerns (body limits, the non-resource paths,
+//! Status errors) and must not hold per-kind behaviour or storage details.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use serde_json::Value;
+
+use super::api_server::ApiServer;
+use super::object::Named;
+use super::request::{Ctx, Resp, Subresource, Verb, error_response, full, json_response};
+use super::resources::{self, ResourceDef};
+use super::status::{ApiError, ApiResult};
+use super::{authentication, discovery, openapi};
+use crate::auth::authn::Outcome;
+use crate::auth::authz::{Attributes, Decision};
+use crate::tls::x509::Subject;
+
+/// Request bodies above this are refused with 413, as the real API server does.
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// What the URL addresses.
+#[derive(Debug)]
+enum Target {
+    NonResource,
+    Resource(ResourceRequest),
+}
+
+#[derive(Debug)]
+struct ResourceRequest {
+    def: &'static ResourceDef,
+    namespace: Option<String>,
+    name: Option<String>,
+    /// As the URL says it (RBAC sees it so); `resource` turns it into a `Subresource`.
+    subresource: Option<String>,
+    verb: Verb,
+}
+
+impl ApiServer {
+    /// Serves one request from a connection whose verified client certificate (if any)
+    /// has `subject`.
+    pub async fn serve<B>(self: Arc<Self>, req: http::Request<B>, subject: Option<Subject>) -> Resp
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let started = std::time::Instant::now();
+        let (resp, user) = self.serve_inner(req, subject).await;
+        tracing::debug!(
+            method = %method,
+            path = %path,
+            user = user.as_deref().unwrap_or("-"),
+            code = resp.status().as_u16(),
+            ms = started.elapsed().as_millis() as u64,
+            "request"
+        );
+        resp
+    }
+
+    async fn serve_inner<B>(&self, req: http::Request<B>, subject: Option<Subject>) -> (Resp, Option<String>)
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let header = |h: header::HeaderName| req.headers().get(h).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let user = match self.authn.authenticate(subject.as_ref(), header(header::AUTHORIZATION).as_deref()) {
+            Outcome::User(u) => u,
+            Outcome::Anonymous => return (error_response(&ApiError::unauthorized()), None),
+            Outcome::Invalid(why) => {
+                tracing::info!(reason = why, "rejected credentials");
+                return (error_response(&ApiError::unauthorized()), None);
+            }
+            Outcome::ServiceAccount(claims) => match self.service_account_user(&claims).await {
+                Ok(u) => u,
+                Err(why) => {
+                    tracing::info!(reason = why, user = %claims.username(), "rejected ServiceAccount token");
+                    return (error_response(&ApiError::unauthorized()), None);
+                }
+            },
+        };
+        let name = Some(user.name.clone());
+        let (parts, body) = req.into_parts();
+        let query: HashMap<String, String> =
+            parts.uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
+        let target = match route(&parts.method, parts.uri.path(), &query) {
+            Ok(t) => t,
+            Err(e) => return (error_response(&e), name),
+        };
+        let attrs = match &target {
+            Target::NonResource => Attributes::NonResource {
+                verb: parts.method.as_str().to_lowercase(),
+                path: parts.uri.path().to_string(),
+            },
+            Target::Resource(r) => Attributes::Resource {
+                verb: r.verb.as_str().to_string(),
+                group: r.def.group.to_string(),
+                resource: r.def.plural.to_string(),
+                subresource: r.subresource.clone(),
+                namespace: r.namespace.clone(),
+                name: r.name.clone(),
+            },
+        };
+        if let Decision::Deny(why) = self.authz.authorize(&user, &attrs) {
+            let msg = match &target {
+                Target::Resource(r) => {
+                    let res = if r.def.group.is_empty() {
+                        r.def.plural.to_string()
+                    } else {
+                        format!("{}.{}", r.def.plural, r.def.group)
+                    };
+                    match &r.name {
+                        Some(n) => format!("{res} \"{n}\" is forbidden: {why}"),
+                        None => format!("{res} is forbidden: {why}"),
+                    }
+                }
+                Target::NonResource => format!("forbidden: {why}"),
+            };
+            return (error_response(&ApiError::forbidden(msg)), name);
+        }
+        // Bodies are read only after authorization, so strangers cannot make us buffer 3 MiB.
+        let body = match Limited::new(body, MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                let err = if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    ApiError::too_large()
+                } else {
+                    ApiError::bad_request(format!("cannot read request body: {e}"))
+                };
+                return (error_response(&err), name);
+            }
+        };
+        let h = |n: header::HeaderName| parts.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let ctx = Ctx { query, accept: h(header::ACCEPT), content_type: h(header::CONTENT_TYPE), body, user };
+        let result = match target {
+            Target::NonResource => self.non_resource(parts.uri.path()),
+            Target::Resource(r) => self.resource(r, ctx).await,
+        };
+        (result.unwrap_or_else(|e| error_response(&e)), name)
+    }
+
+    fn non_resource(&self, path: &str) -> ApiResult<Resp> {
+        let path = path.trim_end_matches('/');
+        let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        match segs.as_slice() {
+            ["version"] => ok(discovery::version()),
+            ["healthz"] | ["livez"] | ["readyz"] => {
+                Ok(Response::builder().header(header::CONTENT_TYPE, "text/plain").body(full("ok")).unwrap())
+            }
+            ["api"] => ok(discovery::core_versions()),
+            ["api", v] => discovery::resource_list("", v).map_or_else(|| Err(ApiError::path_not_found()), ok),
+            ["apis"] => ok(discovery::group_list()),
+            ["apis", g] => discovery::group(g).map_or_else(|| Err(ApiError::path_not_found()), ok),
+            ["apis", g, v] => discovery::resource_list(g, v).map_or_else(|| Err(ApiError::path_not_found()), ok),
+            ["openapi", "v3"] => ok(openapi::root()),
+            ["openapi", "v3", rest @ ..] => {
+                openapi::group_version(&rest.join("/")).map_or_else(|| Err(ApiError::path_not_found()), ok)
+            }
+            _ => Err(ApiError::path_not_found()),
+        }
+    }
+
+    async fn resource(&self, r: ResourceRequest, ctx: Ctx) -> ApiResult<Resp> {
+        let ns = r.namespace.as_deref();
+        let name = r.name.as_deref();
+        let sub = match r.subresource.as_deref() {
+            None => None,
+            Some(s) => {
+                let sub = Subresource::parse(s).ok_or_else(ApiError::path_not_found)?;
+                let allowed = match sub {
+                    Subresource::Status => r.def.status,
+                    Subresource::Scale => r.def.scale,
+                    Subresource::Binding | Subresource::Token => {
+                        r.verb == Verb::Create && r.def.strategy.create_subresource() == Some(sub)
+                    }
+                };
+                if !allowed {
+                    return Err(ApiError::path_not_found());
+                }
+                Some(sub)
+            }
+        };
+        if r.def.create_only() {
+            return match (r.verb, name, sub) {
+                (Verb::Create, None, None) => authentication::self_subject_review(&ctx.user),
+                (verb, _, _) => Err(ApiError::method_not_allowed(verb.as_str())),
+            };
+        }
+        match (r.verb, name, sub) {
+            (Verb::Get, Some(n), _) => self.get(Named { def: r.def, ns, name: n, sub }, &ctx).await,
+            (Verb::List, _, _) => self.list(r.def, ns, &ctx).await,
+            (Verb::Watch, _, _) => self.watch(r.def, ns, name, &ctx).await,
+            (Verb::Create, None, _) => self.create(r.def, ns, &ctx).await,
+            (Verb::Create, Some(n), Some(Subresource::Binding)) => self.bind(r.def, ns, n, &ctx).await,
+            (Verb::Create, Some(n), Some(Subresource::Token)) => match ns {
+                Some(ns) => self.create_token(ns, n, &ctx).await,
+                None => Err(ApiError::path_not_found()),
+            },
+            (Verb::Update, Some(n), _) => self.update(Named { def: r.def, ns, name: n, sub }, &ctx).await,
+            (Verb::Patch, Some(n), _) => self.patch(Named { def: r.def, ns, name: n, sub }, &ctx).await,
+            (Verb::Delete, Some(n), _) => self.delete(r.def, ns, n, &ctx).await,
+            (Verb::DeleteCollection, None, _) => self.delete_collection(r.def, ns, &ctx).await,
+            (verb, _, _) => Err(ApiError::method_not_allowed(verb.as_str())),
+        }
+    }
+}
+
+/// Maps method + path to a target. Non-resource paths (discovery, version, health)
+/// are everything that is not `/api/v1/...` or `/apis/<g>/<v>/...` with a resource.
+fn route(method: &Method, path: &str, query: &HashMap<String, String>) -> ApiResult<Target> {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", v, rest @ ..] if !rest.is_empty() => ("", *v, rest),
+        ["apis", g, v, rest @ ..] if !rest.is_empty() => (*g, *v, rest),
+        _ => return Ok(Target::NonResource),
+    };
+    let (namespace, plural, name, sub) = match rest {
+        ["namespaces", ns, plural, tail @ ..] if *plural != "status" && *plural != "finalize" => {
+            (Some(ns.to_string()), *plural, tail.first().copied(), tail.get(1).copied())
+        }
+        [plural, tail @ ..] => (None, *plural, tail.first().copied(), tail.get(1).copied()),
+        [] => return Ok(Target::NonResource),
+    };
+    if rest.len() > 5 {
+        return Err(ApiError::path_not_found());
+    }
+    let def = resources::find(group, version, plural).ok_or_else(ApiError::path_not_found)?;
+    if namespace.is_some() && !def.namespaced {
+        return Err(ApiError::path_not_found());
+    }
+    let is_watch = matches!(query.get("watch").map(String::as_str), Some("1" | "true"));
+    // pods/binding (the scheduler's way to set spec.nodeName exactly once) and
+    // serviceaccounts/token (the TokenRequest API) are created on a named object.
+    let creates_sub = sub.and_then(Subresource::parse).is_some_and(|s| def.strategy.create_subresource() == Some(s));
+    let verb = match (method, name) {
+        (&Method::GET, _) if is_watch => Verb::Watch,
+        (&Method::GET, Some(_)) => Verb::Get,
+        (&Method::GET, None) => Verb::List,
+        (&Method::POST, None) => Verb::Create,
+        (&Method::POST, Some(_)) if creates_sub => Verb::Create,
+        (&Method::PUT, Some(_)) => Verb::Update,
+        (&Method::PATCH, Some(_)) => Verb::Patch,
+        (&Method::DELETE, Some(_)) => Verb::Delete,
+        (&Method::DELETE, None) => Verb::DeleteCollection,
+        (m, _) => return Err(ApiError::method_not_allowed(m.as_str())),
+    };
+    Ok(Target::Resource(ResourceRequest {
+        def,
+        namespace,
+        name: name.map(str::to_string),
+        subresource: sub.map(str::to_string),
+        verb,
+    }))
+}
