@@ -18,10 +18,14 @@ use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use skiff_api::Client;
+
 use crate::apiserver::ApiServer;
+use crate::apiserver::local::LocalTransport;
 use crate::auth::authn::Authenticator;
 use crate::auth::rbac::RbacAuthorizer;
 use crate::auth::serviceaccount::Keys;
+use crate::auth::{CONTROLLER_USER, SCHEDULER_USER};
 use crate::store::{EtcdConfig, EtcdStore, RedbStore, Store};
 use crate::tls::{Pki, San, x509};
 
@@ -141,13 +145,13 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
     let (listener, api, acceptor, started) = start(&cfg).await?;
     tracing::info!(addr = %started.addr, kubeconfig = %started.kubeconfig.display(), "skiff-control serving");
     let controllers = cfg.run_controllers.then(|| {
-        let config = crate::controllers::ControllerConfig {
+        let config = skiff_controllers::Config {
             cluster_cidr: cfg.cluster_cidr.clone(),
             node_monitor_grace_period: cfg.node_monitor_grace_period,
             pod_eviction_timeout: cfg.pod_eviction_timeout,
             identity: identity(&cfg.data_dir),
         };
-        tokio::spawn(crate::controllers::run(api.clone(), config))
+        tokio::spawn(skiff_controllers::run(in_process_clients(&api), config))
     });
     // Dropping the server also stops the controllers (tests run several in one process).
     let _stop_controllers = AbortOnDrop(controllers);
@@ -198,6 +202,16 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
+    }
+}
+
+/// The controller manager's and the scheduler's clients: in-process, each as its own
+/// user, so they get the same authentication, RBAC and validation as remote clients.
+fn in_process_clients(api: &Arc<ApiServer>) -> skiff_controllers::Clients {
+    let client = |user: &str, agent: &str| Client::new(Arc::new(LocalTransport::new(api.clone(), user, &[])), agent);
+    skiff_controllers::Clients {
+        controllers: client(CONTROLLER_USER, "skiff-control/controller-manager"),
+        scheduler: client(SCHEDULER_USER, "skiff-control/scheduler"),
     }
 }
 

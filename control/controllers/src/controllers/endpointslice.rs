@@ -821,7 +821,7 @@ mod tests {
     fn conditions_follow_readiness_and_termination() {
         let s = svc(IntOrString::Int(8080));
         let mut terminating = (*pod("c", "10.0.0.3", true, "http", 8080)).clone();
-        terminating.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        terminating.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
         let mut other = (*pod("d", "10.0.0.4", true, "http", 8080)).clone();
         other.metadata.labels = Some([("app".to_string(), "db".to_string())].into());
         let pods = vec![

@@ -26,8 +26,8 @@ use skiff_api::selector::LabelSelector;
 use skiff_api::workqueue::{Action, WorkQueue, run_workers};
 use skiff_api::{ObjectKey, Patch};
 
-use super::events::EventType;
 use super::{Context, ControllerFuture};
+use crate::events::EventType;
 
 /// Pods created at most per reconcile; the rest come on the next pass.
 const BURST: usize = 500;
@@ -356,7 +356,7 @@ async fn reconcile(ctx: &Context, exp: &Expectations, key: &ObjectKey) -> Result
         }
     }
 
-    let now = super::now().as_second();
+    let now = jiff::Timestamp::now().as_second();
     let status = compute_status(&rs, &active, now);
     if status_differs(&rs, &status) {
         let name = key.name.as_str();
@@ -505,9 +505,9 @@ async fn release(ctx: &Context, pod: &Pod, uid: &str) -> skiff_api::client::Resu
 
 #[cfg(test)]
 mod tests {
+    use jiff::Timestamp;
     use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use k8s_openapi::jiff::Timestamp;
 
     use super::*;
 

@@ -37,8 +37,8 @@ use skiff_api::workqueue::{Action, WorkQueue, run_workers};
 use skiff_api::{ObjectKey, Patch};
 
 use super::Context;
-use super::events::EventType;
 use super::owned_pods::{self, Expectations};
+use crate::events::EventType;
 
 /// The label carrying the template hash on every daemon pod.
 pub const REVISION_LABEL: &str = "controller-revision-hash";
@@ -419,7 +419,7 @@ async fn reconcile(ctx: &Context, exp: &Expectations, key: ObjectKey) -> Result<
     let hash = template_hash(&spec.template);
     let nodes = ctx.informers.nodes.list();
     let pods = owned_pods::controlled_by(&ctx.informers.pods, ns, "DaemonSet", &uid);
-    let now = super::now().as_second();
+    let now = jiff::Timestamp::now().as_second();
     let plan = plan(&ds, &nodes, &pods, &hash, now);
     if exp.satisfied(&uid, ns, &ctx.informers.pods) {
         for node in &plan.create_on {
@@ -603,7 +603,7 @@ mod tests {
             vec![PodCondition {
                 type_: "Ready".into(),
                 status: "True".into(),
-                last_transition_time: Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)),
+                last_transition_time: Some(Time(jiff::Timestamp::UNIX_EPOCH)),
                 ..Default::default()
             }]
         });

@@ -22,7 +22,7 @@ use skiff_api::reflector::Change;
 use skiff_api::workqueue::{Action, WorkQueue, run_workers};
 
 use super::Context;
-use super::events::EventType;
+use crate::events::EventType;
 
 /// The size of each node's range, as upstream's default `--node-cidr-mask-size`.
 pub const NODE_MASK: u8 = 24;

@@ -25,9 +25,9 @@ use skiff_api::reflector::Change;
 use skiff_api::workqueue::{Action, WorkQueue, run_workers};
 use skiff_api::{ObjectKey, Patch};
 
-use super::events::EventType;
 use super::replicaset::{controller_ref, owner_ref, selector_of};
 use super::{Context, ControllerFuture};
+use crate::events::EventType;
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 pub const DESIRED_REPLICAS: &str = "deployment.kubernetes.io/desired-replicas";
@@ -346,7 +346,7 @@ pub fn set_condition(
     now: i64,
     touch: bool,
 ) {
-    let t = Time(k8s_openapi::jiff::Timestamp::from_second(now).unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+    let t = Time(jiff::Timestamp::from_second(now).unwrap_or(jiff::Timestamp::UNIX_EPOCH));
     if let Some(c) = conds.iter_mut().find(|c| c.type_ == type_) {
         if c.status == status && c.reason.as_deref() == Some(reason) && !touch {
             return;
@@ -493,7 +493,8 @@ async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Action> {
     }
     rss.sort_by_key(|rs| (rs.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()), rs.metadata.name.clone()));
     let conds = d.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
-    let mut s = Pass { ctx, key, d, replicas, max_surge, max_unavailable, rss, conds, now: super::now().as_second() };
+    let mut s =
+        Pass { ctx, key, d, replicas, max_surge, max_unavailable, rss, conds, now: jiff::Timestamp::now().as_second() };
 
     if deleting {
         return s.write_status(None).await;
