@@ -28,6 +28,7 @@ use skiff_api::{ObjectKey, Patch};
 use super::replicaset::{controller_ref, owner_ref, selector_of};
 use super::{Context, ControllerFuture};
 use crate::events::EventType;
+use crate::helpers::hash::fnv1a_32;
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 pub const DESIRED_REPLICAS: &str = "deployment.kubernetes.io/desired-replicas";
@@ -256,12 +257,8 @@ fn canonical(v: &Value, out: &mut String) {
 pub fn pod_template_hash(template: &PodTemplateSpec, collision_count: i32) -> String {
     let mut text = String::new();
     canonical(&template_without_hash(template), &mut text);
-    let mut h: u32 = 0x811c_9dc5;
-    let bytes = text.bytes().chain(if collision_count > 0 { collision_count.to_le_bytes().to_vec() } else { vec![] });
-    for b in bytes {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
+    let collisions = if collision_count > 0 { collision_count.to_le_bytes().to_vec() } else { vec![] };
+    let mut h = fnv1a_32(text.bytes().chain(collisions));
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut s = Vec::new();
     loop {

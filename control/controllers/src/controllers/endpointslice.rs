@@ -16,8 +16,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
     EndpointAddress, EndpointPort as LegacyPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service, ServicePort,
@@ -30,6 +30,7 @@ use skiff_api::reflector::Change;
 use skiff_api::workqueue::{Action, WorkQueue, run_workers};
 
 use super::Context;
+use crate::helpers::expectations::{Expect, Seen};
 
 /// The label naming the Service a slice belongs to.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -450,29 +451,23 @@ pub fn desired_subsets(svc: &Service, pods: &[Arc<Pod>]) -> Vec<EndpointSubset> 
         .collect()
 }
 
-/// Our writes the cache has not shown yet, per Service. Acting on a cache that lags
-/// our own creates would create the same endpoints twice in new slices (and on one
-/// that lags our updates, fail with conflicts), so a Service with unmet expectations
-/// waits (briefly) for its cache to catch up.
-#[derive(Debug, Default)]
-struct Expectations {
-    by_service: Mutex<HashMap<ObjectKey, Vec<Expected>>>,
-}
+/// Our writes the cache has not shown yet, per Service, by object name. Acting on a
+/// cache that lags our own creates would create the same endpoints twice in new slices
+/// (and on one that lags our updates, fail with conflicts), so a Service with unmet
+/// expectations waits (briefly) for its cache to catch up.
+type Expectations = crate::helpers::expectations::Expectations<ObjectKey>;
 
 /// Expectations for the two kinds this controller writes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Tracker {
     slices: Expectations,
     endpoints: Expectations,
 }
 
-#[derive(Debug)]
-struct Expected {
-    /// The object's name.
-    name: String,
-    /// `Some(rv)`: present at `rv` or later; `None`: gone.
-    rv: Option<u64>,
-    since: Instant,
+impl Default for Tracker {
+    fn default() -> Self {
+        Self { slices: Expectations::new(EXPECTATION_TIMEOUT), endpoints: Expectations::new(EXPECTATION_TIMEOUT) }
+    }
 }
 
 fn rv_number(meta: &ObjectMeta) -> Option<u64> {
@@ -481,36 +476,18 @@ fn rv_number(meta: &ObjectMeta) -> Option<u64> {
     meta.resource_version.as_deref().and_then(|r| r.parse().ok())
 }
 
-impl Expectations {
-    fn expect(&self, svc: &ObjectKey, name: String, rv: Option<u64>) {
-        let mut m = self.by_service.lock().unwrap();
-        let v = m.entry(svc.clone()).or_default();
-        v.retain(|e| e.name != name);
-        v.push(Expected { name, rv, since: Instant::now() });
+/// What a write leaves in the cache: the object at (at least) the revision the server
+/// answered with, or (`None`) no object.
+fn written(meta: Option<&ObjectMeta>) -> Expect {
+    match meta {
+        Some(m) => Expect::Present { min_rv: rv_number(m).unwrap_or(0) },
+        None => Expect::Gone,
     }
+}
 
-    /// Whether the cache shows every write we made for this Service (drops the met ones).
-    fn met(&self, svc: &ObjectKey, cached: &dyn Fn(&str) -> Option<Option<u64>>) -> bool {
-        let mut m = self.by_service.lock().unwrap();
-        let Some(v) = m.get_mut(svc) else { return true };
-        v.retain(|e| {
-            if e.since.elapsed() > EXPECTATION_TIMEOUT {
-                tracing::warn!(service = %svc, object = %e.name, "cache never showed our write; trusting it anyway");
-                return false;
-            }
-            match (e.rv, cached(&e.name)) {
-                (None, None) => false,
-                (None, Some(_)) => true,
-                (Some(_), None) => true,
-                (Some(want), Some(have)) => have.is_some_and(|h| h < want),
-            }
-        });
-        let done = v.is_empty();
-        if done {
-            m.remove(svc);
-        }
-        done
-    }
+/// What the cache shows of an object, given its cached revision (`None`: absent).
+fn seen(cached: Option<Option<u64>>) -> Option<Seen> {
+    Some(cached.map_or(Seen::Absent, Seen::Present))
 }
 
 /// Runs the controller until aborted.
@@ -586,7 +563,9 @@ async fn reconcile(ctx: &Context, expectations: &Tracker, key: &ObjectKey) -> Re
     let cached_rv = |name: &str| slices_cache.get_named(Some(ns), name).map(|s| rv_number(&s.metadata));
     let eps_cache = &ctx.informers.endpoints;
     let cached_eps_rv = |name: &str| eps_cache.get_named(Some(ns), name).map(|e| rv_number(&e.metadata));
-    if !expectations.slices.met(key, &cached_rv) || !expectations.endpoints.met(key, &cached_eps_rv) {
+    if !expectations.slices.satisfied_in(key, |name, _| seen(cached_rv(name)))
+        || !expectations.endpoints.satisfied_in(key, |name, _| seen(cached_eps_rv(name)))
+    {
         tracing::debug!(service = %key, "waiting for the cache to show our writes");
         return Ok(Action::RequeueAfter(Duration::from_millis(100)));
     }
@@ -636,14 +615,14 @@ async fn apply_slice_plan(ctx: &Context, expectations: &Expectations, key: &Obje
         let created =
             ctx.client.create(Some(ns), s).await.map_err(api_err("creating", "EndpointSlice", ns, &key.name))?;
         if let Some(name) = created.metadata.name.clone() {
-            expectations.expect(key, name, rv_number(&created.metadata).or(Some(0)));
+            expectations.expect(key, &name, written(Some(&created.metadata)));
         }
     }
     for s in &plan.update {
         let name = s.metadata.name.clone().unwrap_or_default();
         let updated =
             ctx.client.replace(Some(ns), &name, s).await.map_err(api_err("updating", "EndpointSlice", ns, &name))?;
-        expectations.expect(key, name, rv_number(&updated.metadata).or(Some(0)));
+        expectations.expect(key, &name, written(Some(&updated.metadata)));
     }
     for name in &plan.delete {
         ctx.client.delete::<EndpointSlice>(Some(ns), name, None).await.map_err(api_err(
@@ -652,7 +631,7 @@ async fn apply_slice_plan(ctx: &Context, expectations: &Expectations, key: &Obje
             ns,
             name,
         ))?;
-        expectations.expect(key, name.clone(), None);
+        expectations.expect(key, name, written(None));
     }
     Ok(())
 }
@@ -686,7 +665,7 @@ async fn sync_endpoints(
                 ns,
                 &key.name,
             ))?;
-            expectations.expect(key, key.name.clone(), None);
+            expectations.expect(key, &key.name, written(None));
         }
         return Ok(());
     };
@@ -708,7 +687,7 @@ async fn sync_endpoints(
                 ns,
                 &key.name,
             ))?;
-            expectations.expect(key, key.name.clone(), rv_number(&updated.metadata).or(Some(0)));
+            expectations.expect(key, &key.name, written(Some(&updated.metadata)));
         }
         None => {
             let want = Endpoints {
@@ -723,7 +702,7 @@ async fn sync_endpoints(
             tracing::info!(service = %key, "creating Endpoints");
             let created =
                 ctx.client.create(Some(ns), &want).await.map_err(api_err("creating", "Endpoints", ns, &key.name))?;
-            expectations.expect(key, key.name.clone(), rv_number(&created.metadata).or(Some(0)));
+            expectations.expect(key, &key.name, written(Some(&created.metadata)));
         }
     }
     Ok(())

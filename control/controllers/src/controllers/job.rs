@@ -32,7 +32,7 @@ use skiff_api::workqueue::{Action, WorkQueue, run_workers};
 use skiff_api::{ObjectKey, Patch};
 
 use super::Context;
-use super::owned_pods::{self, Expectations};
+use super::owned_pods::{self, PodExpectations};
 use crate::events::EventType;
 
 #[derive(Debug, thiserror::Error)]
@@ -256,7 +256,7 @@ fn new_pod(job: &Job) -> Pod {
 /// Entry point (see `CONTROLLERS`).
 pub async fn run(ctx: Arc<Context>) {
     let queue: WorkQueue<ObjectKey> = WorkQueue::new();
-    let exp = Arc::new(Expectations::default());
+    let exp = Arc::new(PodExpectations::default());
     let q = queue.clone();
     let mut job_rx = ctx.informers.jobs.subscribe();
     let mut pod_rx = ctx.informers.pods.subscribe();
@@ -287,7 +287,7 @@ pub async fn run(ctx: Arc<Context>) {
     feeder.abort();
 }
 
-async fn reconcile(ctx: &Context, exp: &Expectations, key: ObjectKey) -> Result<Action> {
+async fn reconcile(ctx: &Context, exp: &PodExpectations, key: ObjectKey) -> Result<Action> {
     let Some(job) = ctx.informers.jobs.get(&key) else { return Ok(Action::Done) };
     let ns = key.ns().unwrap_or("default").to_string();
     let uid = job.metadata.uid.clone().unwrap_or_default();

@@ -33,6 +33,7 @@ use skiff_api::workqueue::{Action, WorkQueue, run_workers};
 
 use super::Context;
 use crate::events::EventType;
+use crate::helpers::taints::tolerates;
 
 /// Where nodes keep their heartbeat Leases.
 pub use crate::informers::NODE_LEASE_NAMESPACE as LEASE_NAMESPACE;
@@ -159,17 +160,6 @@ pub fn desired_taints(current: &[Taint], ready: &str, now: Timestamp) -> Option<
         }
     }
     (out != current).then_some(out)
-}
-
-fn tolerates(tol: &Toleration, taint: &Taint) -> bool {
-    if tol.effect.as_deref().is_some_and(|e| !e.is_empty() && e != taint.effect) {
-        return false;
-    }
-    let key = tol.key.as_deref().unwrap_or("");
-    match tol.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => key.is_empty() || key == taint.key,
-        _ => key == taint.key && tol.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
-    }
 }
 
 /// When a pod on a node with these taints is to be evicted (µs since the epoch), or

@@ -3,3 +3,8 @@
 //! components can never disagree about them.
 //!
 //! Pure code: no I/O, no API calls, no logging of decisions.
+
+pub mod expectations;
+pub mod hash;
+pub mod node_affinity;
+pub mod taints;
