@@ -14,6 +14,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use ipnet::Ipv4Net;
 use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -60,7 +61,8 @@ pub struct Config {
     /// The address clients (and the kubeconfig) should use; defaults to the bind
     /// address, or 127.0.0.1 when binding to all addresses.
     pub advertise_address: Option<IpAddr>,
-    pub cluster_cidr: String,
+    /// The pod network; each node gets a /24 of it.
+    pub cluster_cidr: Ipv4Net,
     pub service_cidr: String,
     /// Extra subject alternative names (IPs or DNS names) for the serving certificate.
     pub tls_sans: Vec<String>,
@@ -88,6 +90,18 @@ pub fn parse_cidr(flag: &'static str, s: &str) -> Result<(Ipv4Addr, u8)> {
         return Err(bad("host bits are set"));
     }
     Ok((ip, len))
+}
+
+/// The checks `parse_cidr` makes, for the cluster CIDR that clap parsed.
+fn check_cluster_cidr(net: Ipv4Net) -> Result<()> {
+    let bad = |reason: &str| Error::Flag { flag: "cluster-cidr", value: net.to_string(), reason: reason.to_string() };
+    if net.prefix_len() > 30 {
+        return Err(bad("prefix length must be at most 30"));
+    }
+    if net != net.trunc() {
+        return Err(bad("host bits are set"));
+    }
+    Ok(())
 }
 
 impl Config {
@@ -146,7 +160,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
     tracing::info!(addr = %started.addr, kubeconfig = %started.kubeconfig.display(), "skiff-control serving");
     let controllers = cfg.run_controllers.then(|| {
         let config = skiff_controllers::Config {
-            cluster_cidr: cfg.cluster_cidr.clone(),
+            cluster_cidr: cfg.cluster_cidr,
             node_monitor_grace_period: cfg.node_monitor_grace_period,
             pod_eviction_timeout: cfg.pod_eviction_timeout,
             identity: identity(&cfg.data_dir),
@@ -250,7 +264,7 @@ fn hostname() -> String {
 }
 
 async fn start(cfg: &Config) -> Result<(TcpListener, Arc<ApiServer>, TlsAcceptor, Started)> {
-    parse_cidr("cluster-cidr", &cfg.cluster_cidr)?;
+    check_cluster_cidr(cfg.cluster_cidr)?;
     parse_cidr("service-cidr", &cfg.service_cidr)?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| Error::DataDir { path: cfg.data_dir.clone(), source })?;
     let store: Arc<dyn Store> = match &cfg.etcd {

@@ -34,7 +34,7 @@ pub mod serviceaccount;
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The pod network; node IPAM cuts a /24 per node from it.
-    pub cluster_cidr: String,
+    pub cluster_cidr: ipnet::Ipv4Net,
     /// A node whose Lease is older than this becomes NotReady.
     pub node_monitor_grace_period: Duration,
     /// Pods on a NotReady node are evicted after this.
