@@ -14,11 +14,14 @@
 //! - Orphan: dependents of a terminating owner with `orphan` lose their reference to it,
 //!   then the finalizer is removed.
 //!
-//! Scope: objects of the kinds in `skiff_api::finalizers::GARBAGE_COLLECTED_KINDS` (those with an informer in
-//! `Context`). Namespaces, ConfigMaps, Secrets, Endpoints, Events, Leases and RBAC
-//! objects are not watched: they are never collected as dependents, and the API server
-//! treats Foreground/Orphan deletes of them as Background (otherwise their finalizer
-//! would never be removed). Owners of any served kind are recognised.
+//! Scope: objects of the kinds in `skiff_api::finalizers::GARBAGE_COLLECTED_KINDS`
+//! (those with an informer in `Context`). Namespaces, ConfigMaps, Secrets, Endpoints,
+//! Events, Leases and RBAC objects are not watched: they are never collected as
+//! dependents, and the API server treats Foreground/Orphan deletes of them as
+//! Background (otherwise their finalizer would never be removed). Owners of any served
+//! kind are recognised: an owner's (apiVersion, kind) is resolved through the server's
+//! discovery documents, and every request goes through `skiff_api::dynamic`, so the
+//! collector knows no kind's URL itself.
 //!
 //! It must not delete anything whose owner it has not confirmed absent, and it only
 //! writes ownerReferences and its own two finalizers besides deleting.
