@@ -34,12 +34,12 @@ mod template;
 
 pub use rollout::{new_rs_replicas, old_rs_scale_down, resolve_fenceposts, scaled_value};
 pub use status::{Progress, is_complete, made_progress, set_condition, update_progressing};
-pub use template::{equal_ignore_hash, pod_template_hash};
+pub use template::{HASH_LABEL, equal_ignore_hash, pod_template_hash};
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 pub const DESIRED_REPLICAS: &str = "deployment.kubernetes.io/desired-replicas";
 pub const MAX_REPLICAS: &str = "deployment.kubernetes.io/max-replicas";
-pub const HASH_LABEL: &str = "pod-template-hash";
+
 /// Deployment annotations that describe the rollout itself and are not copied to its
 /// ReplicaSets (kubectl's rollback skips the same set when copying back).
 const NOT_COPIED: &[&str] = &[

@@ -4,8 +4,10 @@
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use serde_json::Value;
 
-use super::HASH_LABEL;
 use crate::helpers::hash::fnv1a_32;
+
+/// The label that ties a ReplicaSet and its pods to one template revision.
+pub const HASH_LABEL: &str = "pod-template-hash";
 
 /// Sorts object keys so the JSON is the same whatever order a map iterated in.
 fn canonical(v: &Value, out: &mut String) {
