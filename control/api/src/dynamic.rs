@@ -207,10 +207,15 @@ impl Discovery {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::Full;
     use k8s_openapi::api::apps::v1::ReplicaSet;
     use k8s_openapi::api::core::v1::{Node, Pod};
+    use serde_json::json;
 
     use super::*;
+    use crate::transport::{BoxFuture, ResponseBody, Transport};
 
     #[test]
     fn resources_of_types() {
@@ -223,5 +228,48 @@ mod tests {
         assert!(!node.namespaced);
         assert_eq!(node.object_path(Some("a"), "n"), "/api/v1/nodes/n");
         assert_eq!(node.collection_path(None), "/api/v1/nodes");
+    }
+
+    /// Serves one discovery document and a 404 for everything else, counting requests.
+    struct FakeServer {
+        requests: AtomicUsize,
+    }
+
+    impl Transport for FakeServer {
+        fn send(
+            &self,
+            req: http::Request<Bytes>,
+        ) -> BoxFuture<'_, crate::transport::Result<http::Response<ResponseBody>>> {
+            self.requests.fetch_add(1, Ordering::SeqCst);
+            let (status, body) = match req.uri().path() {
+                "/apis/apps/v1" => (
+                    200,
+                    json!({"kind": "APIResourceList", "groupVersion": "apps/v1", "resources": [
+                        {"name": "deployments", "singularName": "", "namespaced": true, "kind": "Deployment", "verbs": ["get"]},
+                        {"name": "deployments/scale", "singularName": "", "namespaced": true, "kind": "Scale", "verbs": ["get"]},
+                    ]}),
+                ),
+                _ => (404, json!({"kind": "Status", "apiVersion": "v1", "code": 404, "reason": "NotFound"})),
+            };
+            let body = Full::new(Bytes::from(body.to_string())).map_err(|never| match never {}).boxed();
+            Box::pin(async move { Ok(http::Response::builder().status(status).body(body).unwrap()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn discovery_resolves_and_remembers() {
+        let server = Arc::new(FakeServer { requests: AtomicUsize::new(0) });
+        let discovery = Discovery::new(Client::new(server.clone(), "test"));
+        let d = discovery.resolve("apps/v1", "Deployment").await.unwrap().unwrap();
+        assert_eq!(
+            (d.group.as_str(), d.version.as_str(), d.plural.as_str(), d.namespaced),
+            ("apps", "v1", "deployments", true)
+        );
+        assert_eq!(discovery.resolve("apps/v1", "Scale").await.unwrap(), None, "subresources are not kinds");
+        assert_eq!(discovery.resolve("example.com/v1", "Widget").await.unwrap(), None, "a group not served");
+        assert_eq!(discovery.resolve("example.com/v1", "Widget").await.unwrap(), None);
+        assert_eq!(server.requests.load(Ordering::SeqCst), 2, "each group version is fetched once");
+        let api = DynamicApi::new(Client::new(server.clone(), "test"), d);
+        assert_eq!(api.get(Some("ns"), "gone").await.unwrap(), None);
     }
 }
