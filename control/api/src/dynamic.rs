@@ -245,8 +245,10 @@ mod tests {
                 "/apis/apps/v1" => (
                     200,
                     json!({"kind": "APIResourceList", "groupVersion": "apps/v1", "resources": [
-                        {"name": "deployments", "singularName": "", "namespaced": true, "kind": "Deployment", "verbs": ["get"]},
-                        {"name": "deployments/scale", "singularName": "", "namespaced": true, "kind": "Scale", "verbs": ["get"]},
+                        {"name": "deployments", "singularName": "", "namespaced": true,
+                            "kind": "Deployment", "verbs": ["get"]},
+                        {"name": "deployments/scale", "singularName": "", "namespaced": true,
+                            "kind": "Scale", "verbs": ["get"]},
                     ]}),
                 ),
                 _ => (404, json!({"kind": "Status", "apiVersion": "v1", "code": 404, "reason": "NotFound"})),

@@ -18,6 +18,8 @@ pub use crate::controllers::Config;
 
 /// The name of the leader-election Lease (in kube-system).
 pub const LEASE_NAME: &str = "skiff-controller-manager";
+/// The `source.component` of the controllers' events.
+const EVENT_SOURCE: &str = "skiff-controller-manager";
 
 /// The API clients, one per identity, as upstream runs the controller manager and the
 /// scheduler under users of their own (`system:kube-controller-manager`,
@@ -47,7 +49,7 @@ async fn lead(clients: Clients, config: Config) {
     let mut tasks = tokio::task::JoinSet::new();
     let informers = Informers::start(&client, &mut tasks);
     informers.wait_synced().await;
-    let events = Recorder::new(client.clone(), LEASE_NAME);
+    let events = Recorder::new(client.clone(), EVENT_SOURCE);
     tasks.spawn(crate::scheduler::run::run(clients.scheduler, informers.clone()));
     let ctx = Arc::new(Context { client, informers, config, events });
     for (name, start) in CONTROLLERS {
