@@ -398,7 +398,8 @@ impl Client {
     }
 }
 
-async fn read_body(body: ResponseBody, what: &str) -> Result<Bytes> {
+/// A whole response body (also for the dynamic API).
+pub(crate) async fn read_body(body: ResponseBody, what: &str) -> Result<Bytes> {
     body.collect().await.map(|c| c.to_bytes()).map_err(|source| Error::Body { what: what.into(), source })
 }
 

@@ -8,6 +8,7 @@
 //! This crate must not depend on the server: it is the client side of the contract.
 
 pub mod client;
+pub mod dynamic;
 pub mod finalizers;
 pub mod incluster;
 pub mod kubeconfig;

@@ -28,10 +28,10 @@ struct Args {
     advertise_address: Option<IpAddr>,
     /// Pod network; each node gets a /24 of it.
     #[arg(long, default_value = "10.244.0.0/16")]
-    cluster_cidr: String,
+    cluster_cidr: ipnet::Ipv4Net,
     /// Service ClusterIP range; its first address is the `kubernetes` Service.
     #[arg(long, default_value = "10.96.0.0/12")]
-    service_cidr: String,
+    service_cidr: ipnet::Ipv4Net,
     /// Extra subject alternative name for the serving certificate (repeatable).
     #[arg(long = "tls-san")]
     tls_sans: Vec<String>,

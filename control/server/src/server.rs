@@ -14,14 +14,19 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use ipnet::Ipv4Net;
 use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use skiff_api::Client;
+
 use crate::apiserver::ApiServer;
+use crate::apiserver::local::LocalTransport;
 use crate::auth::authn::Authenticator;
 use crate::auth::rbac::RbacAuthorizer;
 use crate::auth::serviceaccount::Keys;
+use crate::auth::{CONTROLLER_USER, SCHEDULER_USER};
 use crate::store::{EtcdConfig, EtcdStore, RedbStore, Store};
 use crate::tls::{Pki, San, x509};
 
@@ -56,8 +61,10 @@ pub struct Config {
     /// The address clients (and the kubeconfig) should use; defaults to the bind
     /// address, or 127.0.0.1 when binding to all addresses.
     pub advertise_address: Option<IpAddr>,
-    pub cluster_cidr: String,
-    pub service_cidr: String,
+    /// The pod network; each node gets a /24 of it.
+    pub cluster_cidr: Ipv4Net,
+    /// The ClusterIP range; its first address is the `kubernetes` Service.
+    pub service_cidr: Ipv4Net,
     /// Extra subject alternative names (IPs or DNS names) for the serving certificate.
     pub tls_sans: Vec<String>,
     /// Run the scheduler and controllers (under leader election); off for a replica
@@ -70,27 +77,25 @@ pub struct Config {
     pub etcd: Option<EtcdConfig>,
 }
 
-/// Parses "a.b.c.d/len" (IPv4 only for now).
-pub fn parse_cidr(flag: &'static str, s: &str) -> Result<(Ipv4Addr, u8)> {
-    let bad = |reason: &str| Error::Flag { flag, value: s.to_string(), reason: reason.to_string() };
-    let (ip, len) = s.split_once('/').ok_or_else(|| bad("expected address/prefix-length"))?;
-    let ip: Ipv4Addr = ip.parse().map_err(|_| bad("not an IPv4 address"))?;
-    let len: u8 = len.parse().map_err(|_| bad("bad prefix length"))?;
-    if len > 30 {
+/// What clap's parsing of a CIDR flag lets through but a range of addresses to hand
+/// out must not have: host bits (a typo more often than not) or room for fewer than
+/// four addresses.
+fn check_cidr(flag: &'static str, net: Ipv4Net) -> Result<()> {
+    let bad = |reason: &str| Error::Flag { flag, value: net.to_string(), reason: reason.to_string() };
+    if net.prefix_len() > 30 {
         return Err(bad("prefix length must be at most 30"));
     }
-    let mask = u32::MAX.checked_shl(32 - len as u32).unwrap_or(0);
-    if u32::from(ip) & !mask != 0 {
+    if net != net.trunc() {
         return Err(bad("host bits are set"));
     }
-    Ok((ip, len))
+    Ok(())
 }
 
 impl Config {
     /// The first address of the service CIDR: the `kubernetes` Service's ClusterIP.
     pub fn kubernetes_service_ip(&self) -> Result<Ipv4Addr> {
-        let (ip, _) = parse_cidr("service-cidr", &self.service_cidr)?;
-        Ok(Ipv4Addr::from(u32::from(ip) + 1))
+        check_cidr("service-cidr", self.service_cidr)?;
+        Ok(Ipv4Addr::from(u32::from(self.service_cidr.network()) + 1))
     }
 
     fn advertised(&self) -> IpAddr {
@@ -141,13 +146,13 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
     let (listener, api, acceptor, started) = start(&cfg).await?;
     tracing::info!(addr = %started.addr, kubeconfig = %started.kubeconfig.display(), "skiff-control serving");
     let controllers = cfg.run_controllers.then(|| {
-        let config = crate::controllers::ControllerConfig {
-            cluster_cidr: cfg.cluster_cidr.clone(),
+        let config = skiff_controllers::Config {
+            cluster_cidr: cfg.cluster_cidr,
             node_monitor_grace_period: cfg.node_monitor_grace_period,
             pod_eviction_timeout: cfg.pod_eviction_timeout,
             identity: identity(&cfg.data_dir),
         };
-        tokio::spawn(crate::controllers::run(api.clone(), config))
+        tokio::spawn(skiff_controllers::run(in_process_clients(&api), config))
     });
     // Dropping the server also stops the controllers (tests run several in one process).
     let _stop_controllers = AbortOnDrop(controllers);
@@ -201,6 +206,16 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
     }
 }
 
+/// The controller manager's and the scheduler's clients: in-process, each as its own
+/// user, so they get the same authentication, RBAC and validation as remote clients.
+fn in_process_clients(api: &Arc<ApiServer>) -> skiff_controllers::Clients {
+    let client = |user: &str, agent: &str| Client::new(Arc::new(LocalTransport::new(api.clone(), user, &[])), agent);
+    skiff_controllers::Clients {
+        controllers: client(CONTROLLER_USER, "skiff-control/controller-manager"),
+        scheduler: client(SCHEDULER_USER, "skiff-control/scheduler"),
+    }
+}
+
 struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
 
 impl Drop for AbortOnDrop {
@@ -236,8 +251,8 @@ fn hostname() -> String {
 }
 
 async fn start(cfg: &Config) -> Result<(TcpListener, Arc<ApiServer>, TlsAcceptor, Started)> {
-    parse_cidr("cluster-cidr", &cfg.cluster_cidr)?;
-    parse_cidr("service-cidr", &cfg.service_cidr)?;
+    check_cidr("cluster-cidr", cfg.cluster_cidr)?;
+    check_cidr("service-cidr", cfg.service_cidr)?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| Error::DataDir { path: cfg.data_dir.clone(), source })?;
     let store: Arc<dyn Store> = match &cfg.etcd {
         Some(etcd) => Arc::new(EtcdStore::connect(etcd).await?),
@@ -247,8 +262,6 @@ async fn start(cfg: &Config) -> Result<(TcpListener, Arc<ApiServer>, TlsAcceptor
     let sa_keys = Arc::new(Keys::load_or_generate(&cfg.data_dir.join("sa-signer.key"))?);
     let authn =
         Authenticator::from_token_file(&cfg.data_dir.join("tokens.csv"))?.with_service_account_keys(sa_keys.clone());
-    let (net, len) = parse_cidr("service-cidr", &cfg.service_cidr)?;
-    let cidr = crate::apiserver::allocator::ServiceCidr { net, len };
     let addr = SocketAddr::new(cfg.bind_address, cfg.port);
     let listener = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
     let addr = listener.local_addr().map_err(|source| Error::Bind { addr, source })?;
@@ -260,7 +273,7 @@ async fn start(cfg: &Config) -> Result<(TcpListener, Arc<ApiServer>, TlsAcceptor
     crate::apiserver::bootstrap(store.as_ref(), &info).await.map_err(Error::Bootstrap)?;
     let rbac = RbacAuthorizer::default();
     rbac.spawn_sync(store.clone());
-    let api = Arc::new(ApiServer::new(store, authn, Box::new(rbac), cidr, sa_keys));
+    let api = Arc::new(ApiServer::new(store, authn, Box::new(rbac), cfg.service_cidr, sa_keys));
     let acceptor = TlsAcceptor::from(pki.server_config()?);
     let server = match cfg.advertised() {
         IpAddr::V6(ip) => format!("https://[{ip}]:{}", addr.port()),

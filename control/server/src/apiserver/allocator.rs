@@ -16,22 +16,6 @@ use super::status::Cause;
 /// The default NodePort range.
 pub const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
 
-/// The service CIDR as server.rs hands it over today (network address, prefix length).
-/// `ApiServer::new` takes anything that converts to an `Ipv4Net`, so once the flag is
-/// parsed into an `Ipv4Net` directly this struct can go.
-#[derive(Debug, Clone, Copy)]
-pub struct ServiceCidr {
-    pub net: Ipv4Addr,
-    pub len: u8,
-}
-
-impl From<ServiceCidr> for Ipv4Net {
-    fn from(c: ServiceCidr) -> Self {
-        // The flag parser refuses prefixes over 30; 0.0.0.0/0 is never reached.
-        Ipv4Net::new(c.net, c.len).map(|n| n.trunc()).unwrap_or_default()
-    }
-}
-
 /// The ClusterIPs and NodePorts that stored Services hold.
 #[derive(Debug, Default)]
 pub struct InUse {

@@ -279,7 +279,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("store.redb")).unwrap());
         let keys = Arc::new(Keys::load_or_generate(&dir.path().join("sa-signer.key")).unwrap());
-        let cidr = crate::apiserver::allocator::ServiceCidr { net: "10.96.0.0".parse().unwrap(), len: 12 };
+        let cidr: ipnet::Ipv4Net = "10.96.0.0/12".parse().unwrap();
         let api = ApiServer::new(store.clone(), Authenticator::default(), Box::new(BootstrapAuthorizer), cidr, keys);
         let put = |kind: &str, name: &str, uid: &str| {
             let key = by_kind(kind).unwrap().key(Some("ns"), name);

@@ -20,8 +20,8 @@ use skiff_api::workqueue::{Action, WorkQueue, run_workers};
 use skiff_api::{Client, ObjectKey, Patch};
 
 use super::{ScheduleError, responsible_for, schedule, tie_breaker_for, usage_by_node};
-use crate::controllers::Informers;
-use crate::controllers::events::{EventType, Recorder};
+use crate::events::{EventType, Recorder};
+use crate::informers::Informers;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -191,7 +191,7 @@ impl Scheduler {
         }
         let patch = serde_json::json!({"status": {"conditions": [{
             "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message,
-            "lastTransitionTime": crate::apiserver::meta::now(),
+            "lastTransitionTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
         }]}});
         if let Err(e) = self.client.patch::<Pod>(key.ns(), &key.name, Some("status"), &Patch::Strategic(patch)).await {
             tracing::debug!(pod = %key, error = %e, "recording PodScheduled=False failed");

@@ -11,9 +11,9 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::Timestamp;
 use skiff_api::Client;
 
 const NAMESPACE: &str = "kube-system";
@@ -88,7 +88,7 @@ impl LeaderElection {
 
     /// One attempt: `Ok(true)` when this replica holds the Lease afterwards.
     async fn try_acquire_or_renew(&self) -> skiff_api::client::Result<bool> {
-        let now = MicroTime(super::now());
+        let now = MicroTime(jiff::Timestamp::now());
         let duration_s = LEASE_DURATION.as_secs() as i32;
         let Some(mut lease) = self.client.get_opt::<Lease>(Some(NAMESPACE), &self.name).await? else {
             let lease = Lease {

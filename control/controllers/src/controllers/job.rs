@@ -32,8 +32,8 @@ use skiff_api::workqueue::{Action, WorkQueue, run_workers};
 use skiff_api::{ObjectKey, Patch};
 
 use super::Context;
-use super::events::EventType;
-use super::owned_pods::{self, Expectations};
+use super::owned_pods::{self, PodExpectations};
+use crate::events::EventType;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -256,7 +256,7 @@ fn new_pod(job: &Job) -> Pod {
 /// Entry point (see `CONTROLLERS`).
 pub async fn run(ctx: Arc<Context>) {
     let queue: WorkQueue<ObjectKey> = WorkQueue::new();
-    let exp = Arc::new(Expectations::default());
+    let exp = Arc::new(PodExpectations::default());
     let q = queue.clone();
     let mut job_rx = ctx.informers.jobs.subscribe();
     let mut pod_rx = ctx.informers.pods.subscribe();
@@ -287,7 +287,7 @@ pub async fn run(ctx: Arc<Context>) {
     feeder.abort();
 }
 
-async fn reconcile(ctx: &Context, exp: &Expectations, key: ObjectKey) -> Result<Action> {
+async fn reconcile(ctx: &Context, exp: &PodExpectations, key: ObjectKey) -> Result<Action> {
     let Some(job) = ctx.informers.jobs.get(&key) else { return Ok(Action::Done) };
     let ns = key.ns().unwrap_or("default").to_string();
     let uid = job.metadata.uid.clone().unwrap_or_default();
@@ -299,7 +299,7 @@ async fn reconcile(ctx: &Context, exp: &Expectations, key: ObjectKey) -> Result<
         exp.forget(&uid);
         return Ok(Action::Done);
     }
-    let now = super::now();
+    let now = jiff::Timestamp::now();
     let now_s = now.as_second();
     if is_finished(&job) {
         return ttl(ctx, &job, &key, &uid, now_s).await;
@@ -521,7 +521,7 @@ mod tests {
     fn failed_pods_are_replaced_after_a_backoff() {
         let failed_at = |secs: i64| {
             let mut p = (*pod("Failed", "Never", 0)).clone();
-            p.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap()));
+            p.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(secs).unwrap()));
             Arc::new(p)
         };
         assert_eq!(backoff_remaining(&[], 0, 100), None);
@@ -534,8 +534,8 @@ mod tests {
 
     #[test]
     fn conditions_keep_transition_time() {
-        let t0 = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
-        let t1 = Time(k8s_openapi::jiff::Timestamp::from_second(100).unwrap());
+        let t0 = Time(jiff::Timestamp::UNIX_EPOCH);
+        let t1 = Time(jiff::Timestamp::from_second(100).unwrap());
         let mut conds = vec![condition("Suspended", true, "JobSuspended", "", &t0)];
         set_condition(&mut conds, condition("Suspended", true, "JobSuspended", "", &t1));
         assert_eq!(conds[0].last_transition_time, Some(t0));

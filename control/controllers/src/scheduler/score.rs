@@ -9,8 +9,10 @@
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 
-use super::filter::{allocatable, effective_taints, term_matches, tolerates};
+use super::filter::{allocatable, effective_taints};
 use super::resources::{NodeUsage, PodRequests, Resources};
+use crate::helpers::node_affinity::term_matches;
+use crate::helpers::taints::tolerated;
 
 pub const MAX_NODE_SCORE: i64 = 100;
 /// kube-scheduler's default plugin weights.
@@ -82,10 +84,8 @@ pub fn preferred_affinity_weight(pod: &Pod, node: &Node) -> i64 {
 /// normalisation).
 pub fn untolerated_prefer_no_schedule(pod: &Pod, node: &Node) -> i64 {
     let tolerations = pod.spec.as_ref().and_then(|s| s.tolerations.as_deref()).unwrap_or(&[]);
-    effective_taints(node)
-        .iter()
-        .filter(|t| t.effect == "PreferNoSchedule" && !tolerations.iter().any(|tol| tolerates(tol, t)))
-        .count() as i64
+    effective_taints(node).iter().filter(|t| t.effect == "PreferNoSchedule" && !tolerated(tolerations, t)).count()
+        as i64
 }
 
 /// Scales raw values so the largest becomes 100 (or, `reverse`, the smallest count

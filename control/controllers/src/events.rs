@@ -50,7 +50,7 @@ impl Recorder {
     ) {
         let involved = object_ref(obj);
         let ns = involved.namespace.clone().unwrap_or_else(|| "default".into());
-        let now = Time(super::now());
+        let now = Time(jiff::Timestamp::now());
         let name =
             format!("{}.{:x}", involved.name.as_deref().unwrap_or("object"), uuid::Uuid::new_v4().as_u128() as u64);
         let ev = Event {

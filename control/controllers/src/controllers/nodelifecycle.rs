@@ -24,18 +24,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, PodCondition, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
 use skiff_api::reflector::Change;
 use skiff_api::workqueue::{Action, WorkQueue, run_workers};
 
 use super::Context;
-use super::events::EventType;
+use crate::events::EventType;
+use crate::helpers::taints::tolerates;
 
 /// Where nodes keep their heartbeat Leases.
-pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+pub use crate::informers::NODE_LEASE_NAMESPACE as LEASE_NAMESPACE;
 pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
 pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
 pub const REASON_UNKNOWN: &str = "NodeStatusUnknown";
@@ -161,17 +162,6 @@ pub fn desired_taints(current: &[Taint], ready: &str, now: Timestamp) -> Option<
     (out != current).then_some(out)
 }
 
-fn tolerates(tol: &Toleration, taint: &Taint) -> bool {
-    if tol.effect.as_deref().is_some_and(|e| !e.is_empty() && e != taint.effect) {
-        return false;
-    }
-    let key = tol.key.as_deref().unwrap_or("");
-    match tol.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => key.is_empty() || key == taint.key,
-        _ => key == taint.key && tol.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
-    }
-}
-
 /// When a pod on a node with these taints is to be evicted (µs since the epoch), or
 /// `None` if it may stay (it tolerates every lifecycle NoExecute taint forever, or there
 /// is none).
@@ -285,7 +275,7 @@ async fn reconcile(ctx: &Context, state: &State, name: &str) -> Result<Action> {
     let grace = ctx.config.node_monitor_grace_period;
     let lease = ctx.informers.node_leases.get_named(Some(LEASE_NAMESPACE), name);
     let hb = heartbeat_us(&node, lease.as_deref());
-    let now = super::now();
+    let now = jiff::Timestamp::now();
     let now_us = micros(&now);
 
     // Step 1.

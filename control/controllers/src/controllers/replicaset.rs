@@ -12,9 +12,8 @@
 //! writes pods it owns or adopts, and ReplicaSet status.
 
 use std::cmp::Reverse;
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::Resource;
 use k8s_openapi::api::apps::v1::ReplicaSet;
@@ -26,8 +25,9 @@ use skiff_api::selector::LabelSelector;
 use skiff_api::workqueue::{Action, WorkQueue, run_workers};
 use skiff_api::{ObjectKey, Patch};
 
-use super::events::EventType;
 use super::{Context, ControllerFuture};
+use crate::events::EventType;
+use crate::helpers::expectations::{Expect, Seen};
 
 /// Pods created at most per reconcile; the rest come on the next pass.
 const BURST: usize = 500;
@@ -52,7 +52,7 @@ pub fn start(ctx: Arc<Context>) -> ControllerFuture {
 
 async fn run(ctx: Arc<Context>) {
     let queue: WorkQueue<ObjectKey> = WorkQueue::new();
-    let expectations = Arc::new(Expectations::default());
+    let expectations = Arc::new(Expectations::new(EXPECTATION_TIMEOUT));
     let mut rs_rx = ctx.informers.replica_sets.subscribe();
     let mut pod_rx = ctx.informers.pods.subscribe();
     let q = queue.clone();
@@ -75,7 +75,7 @@ async fn run(ctx: Arc<Context>) {
                         Change::Deleted(p) => (p, true),
                     };
                     for key in owners_to_sync(&feed_ctx, &pod) {
-                        exp.observe(&key, &pod, deleted);
+                        observe_pod(&exp, &key, &pod, deleted);
                         q.add(key);
                     }
                 }
@@ -115,87 +115,20 @@ fn owners_to_sync(ctx: &Context, pod: &Pod) -> Vec<ObjectKey> {
         .collect()
 }
 
-/// Creates and deletes issued but not yet seen in the pod cache, per ReplicaSet.
-#[derive(Debug, Default)]
-struct Expectations {
-    inner: Mutex<HashMap<ObjectKey, Pending>>,
-}
+/// Creates and deletes issued but not yet seen in the pod cache, per ReplicaSet, by pod uid.
+type Expectations = crate::helpers::expectations::Expectations<ObjectKey>;
 
-#[derive(Debug)]
-struct Pending {
-    creates: HashSet<String>,
-    deletes: HashSet<String>,
-    since: Instant,
-}
-
-impl Expectations {
-    fn entry<'a>(map: &'a mut HashMap<ObjectKey, Pending>, key: &ObjectKey) -> &'a mut Pending {
-        map.entry(key.clone()).or_insert_with(|| Pending {
-            creates: HashSet::new(),
-            deletes: HashSet::new(),
-            since: Instant::now(),
-        })
-    }
-
-    /// Records a created pod unless the cache already has it (its event may have raced
-    /// ahead of the create's response); the check and the insert happen under the lock
-    /// `observe` takes, so the event cannot slip between them.
-    fn created(&self, key: &ObjectKey, uid: &str, in_cache: impl Fn() -> bool) {
-        let mut m = self.inner.lock().unwrap();
-        if !in_cache() {
-            let p = Self::entry(&mut m, key);
-            p.creates.insert(uid.to_string());
-            p.since = Instant::now();
-        }
-    }
-
-    /// Records a pod about to be deleted (before the call, so its event cannot race).
-    fn deleting(&self, key: &ObjectKey, uid: &str) {
-        let mut m = self.inner.lock().unwrap();
-        let p = Self::entry(&mut m, key);
-        p.deletes.insert(uid.to_string());
-        p.since = Instant::now();
-    }
-
-    /// A delete that failed will never be observed.
-    fn delete_failed(&self, key: &ObjectKey, uid: &str) {
-        if let Some(p) = self.inner.lock().unwrap().get_mut(key) {
-            p.deletes.remove(uid);
-        }
-    }
-
-    fn observe(&self, key: &ObjectKey, pod: &Pod, deleted: bool) {
-        let Some(uid) = pod.metadata.uid.as_deref() else { return };
-        let mut m = self.inner.lock().unwrap();
-        if let Some(p) = m.get_mut(key) {
-            p.creates.remove(uid);
-            if deleted || pod.metadata.deletion_timestamp.is_some() {
-                p.deletes.remove(uid);
-            }
-            if p.creates.is_empty() && p.deletes.is_empty() {
-                m.remove(key);
-            }
-        }
-    }
-
-    /// Whether the cache reflects every write made for `key`.
-    fn satisfied(&self, key: &ObjectKey) -> bool {
-        let mut m = self.inner.lock().unwrap();
-        match m.get(key) {
-            None => true,
-            Some(p) if p.creates.is_empty() && p.deletes.is_empty() => true,
-            Some(p) if p.since.elapsed() > EXPECTATION_TIMEOUT => {
-                tracing::warn!(replicaset = %key, creates = p.creates.len(), deletes = p.deletes.len(), "expectations timed out; resyncing");
-                m.remove(key);
-                true
-            }
-            Some(_) => false,
-        }
-    }
-
-    fn forget(&self, key: &ObjectKey) {
-        self.inner.lock().unwrap().remove(key);
-    }
+/// Tells the expectations of `key` what a pod event shows.
+fn observe_pod(exp: &Expectations, key: &ObjectKey, pod: &Pod, deleted: bool) {
+    let Some(uid) = pod.metadata.uid.as_deref() else { return };
+    let seen = if deleted {
+        Seen::Deleted
+    } else if pod.metadata.deletion_timestamp.is_some() {
+        Seen::Terminating
+    } else {
+        Seen::Present(None)
+    };
+    exp.observe(key, uid, seen);
 }
 
 /// The owner reference with `controller: true`, if any.
@@ -356,7 +289,7 @@ async fn reconcile(ctx: &Context, exp: &Expectations, key: &ObjectKey) -> Result
         }
     }
 
-    let now = super::now().as_second();
+    let now = jiff::Timestamp::now().as_second();
     let status = compute_status(&rs, &active, now);
     if status_differs(&rs, &status) {
         let name = key.name.as_str();
@@ -397,7 +330,7 @@ async fn create_pods(ctx: &Context, exp: &Expectations, rs: &ReplicaSet, key: &O
                 Ok(created) => {
                     let name = created.metadata.name.clone().unwrap_or_default();
                     let uid = created.metadata.uid.clone().unwrap_or_default();
-                    exp.created(key, &uid, || {
+                    exp.expect_unless(key, &uid, Expect::Present { min_rv: 0 }, || {
                         ctx.informers
                             .pods
                             .get_named(key.ns(), &name)
@@ -449,7 +382,7 @@ async fn delete_pods(
     for pod in victims {
         let name = pod.metadata.name.clone().unwrap_or_default();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        exp.deleting(key, &uid);
+        exp.expect(key, &uid, Expect::Gone);
         // The UID precondition keeps us from deleting a same-named successor.
         let opts = json!({"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": uid}});
         match ctx.client.delete::<Pod>(key.ns(), &name, Some(&opts)).await {
@@ -457,10 +390,10 @@ async fn delete_pods(
                 tracing::info!(replicaset = %key, pod = %name, "deleted pod");
                 ctx.events.record(rs, EventType::Normal, "SuccessfulDelete", &format!("Deleted pod: {name}")).await;
             }
-            Ok(false) => exp.delete_failed(key, &uid),
-            Err(e) if e.is_conflict() => exp.delete_failed(key, &uid),
+            Ok(false) => exp.cancel(key, &uid),
+            Err(e) if e.is_conflict() => exp.cancel(key, &uid),
             Err(source) => {
-                exp.delete_failed(key, &uid);
+                exp.cancel(key, &uid);
                 return Err(Error::Api { key: key.clone(), what: "deleting a pod", source });
             }
         }
@@ -505,9 +438,9 @@ async fn release(ctx: &Context, pod: &Pod, uid: &str) -> skiff_api::client::Resu
 
 #[cfg(test)]
 mod tests {
+    use jiff::Timestamp;
     use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use k8s_openapi::jiff::Timestamp;
 
     use super::*;
 
@@ -595,24 +528,19 @@ mod tests {
     }
 
     #[test]
-    fn expectations_block_until_observed() {
-        let e = Expectations::default();
+    fn pod_events_meet_expectations() {
+        let e = Expectations::new(EXPECTATION_TIMEOUT);
         let k = ObjectKey::new(Some("ns"), "rs");
         let mut p = pod("p", None, "Pending", None, 0);
         p.metadata.uid = Some("u1".into());
-        e.created(&k, "u1", || false);
-        assert!(!e.satisfied(&k));
-        e.observe(&k, &p, false);
+        e.expect(&k, "u1", Expect::Present { min_rv: 0 });
+        observe_pod(&e, &k, &p, false);
         assert!(e.satisfied(&k));
-        // Already in the cache when the create returned: nothing to wait for.
-        e.created(&k, "u2", || true);
-        assert!(e.satisfied(&k));
-        e.deleting(&k, "u1");
-        assert!(!e.satisfied(&k));
-        e.observe(&k, &p, false);
+        e.expect(&k, "u1", Expect::Gone);
+        observe_pod(&e, &k, &p, false);
         assert!(!e.satisfied(&k), "still running: the delete is not yet seen");
         p.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(5).unwrap()));
-        e.observe(&k, &p, false);
+        observe_pod(&e, &k, &p, false);
         assert!(e.satisfied(&k));
     }
 }

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
-use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
@@ -37,8 +37,11 @@ use skiff_api::workqueue::{Action, WorkQueue, run_workers};
 use skiff_api::{ObjectKey, Patch};
 
 use super::Context;
-use super::events::EventType;
-use super::owned_pods::{self, Expectations};
+use super::owned_pods::{self, PodExpectations};
+use crate::events::EventType;
+use crate::helpers::hash::fnv1a_64;
+use crate::helpers::node_affinity;
+use crate::helpers::taints::tolerated;
 
 /// The label carrying the template hash on every daemon pod.
 pub const REVISION_LABEL: &str = "controller-revision-hash";
@@ -100,71 +103,9 @@ pub fn daemon_tolerations(spec: &PodSpec) -> Vec<Toleration> {
     out
 }
 
-/// Kubernetes' toleration matching: an empty effect matches every effect, an empty key
-/// with `Exists` matches every taint, `Equal` (the default) compares values.
-pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    if t.effect.as_deref().is_some_and(|e| !e.is_empty() && e != taint.effect) {
-        return false;
-    }
-    let key = t.key.as_deref().unwrap_or("");
-    let exists = t.operator.as_deref() == Some("Exists");
-    if key.is_empty() {
-        return exists;
-    }
-    if key != taint.key {
-        return false;
-    }
-    exists || t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
-}
-
-fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
-    let values = r.values.as_deref().unwrap_or_default();
-    let num = |s: &str| s.parse::<i64>().ok();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
-        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(v), Some(bound)) = (value.and_then(num), values.first().and_then(|b| num(b))) else {
-                return false;
-            };
-            if r.operator == "Gt" { v > bound } else { v < bound }
-        }
-        _ => false,
-    }
-}
-
-/// A term matches when all its expressions (on labels) and fields (`metadata.name`) do;
-/// an empty term matches nothing, as upstream.
-fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    let exprs = term.match_expressions.as_deref().unwrap_or_default();
-    let fields = term.match_fields.as_deref().unwrap_or_default();
-    if exprs.is_empty() && fields.is_empty() {
-        return false;
-    }
-    exprs.iter().all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
-        && fields.iter().all(|r| {
-            let v = (r.key == "metadata.name").then_some(node.metadata.name.as_deref()).flatten();
-            r.key == "metadata.name" && requirement_matches(r, v)
-        })
-}
-
 /// Whether a daemon pod with `spec` belongs on `node` (see the module doc).
 pub fn node_fit(node: &Node, spec: &PodSpec) -> Fit {
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    let selector_ok = spec.node_selector.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
-    let affinity_ok = match spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|n| n.required_during_scheduling_ignored_during_execution.as_ref())
-    {
-        None => true,
-        Some(sel) => sel.node_selector_terms.iter().any(|t| term_matches(t, node)),
-    };
-    if !selector_ok || !affinity_ok {
+    if !node_affinity::required_matches(spec, node) {
         return Fit { should_run: false, should_continue: false };
     }
     let tolerations = daemon_tolerations(spec);
@@ -175,7 +116,7 @@ pub fn node_fit(node: &Node, spec: &PodSpec) -> Fit {
             .into_iter()
             .flatten()
             .filter(|t| t.effect == effect)
-            .any(|taint| !tolerations.iter().any(|t| tolerates(t, taint)))
+            .any(|taint| !tolerated(&tolerations, taint))
     };
     let no_execute = untolerated("NoExecute");
     let no_schedule = untolerated("NoSchedule");
@@ -185,12 +126,7 @@ pub fn node_fit(node: &Node, spec: &PodSpec) -> Fit {
 /// A stable hash of the pod template (FNV-1a over its JSON, whose field order
 /// k8s-openapi fixes), so restarts of skiff-control never look like a template change.
 pub fn template_hash(template: &k8s_openapi::api::core::v1::PodTemplateSpec) -> String {
-    let bytes = serde_json::to_vec(template).unwrap_or_default();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = fnv1a_64(serde_json::to_vec(template).unwrap_or_default());
     format!("{:x}", h & 0xff_ffff_ffff)
 }
 
@@ -370,7 +306,7 @@ fn new_pod(ds: &DaemonSet, node: &str, hash: &str) -> Pod {
 /// Entry point (see `CONTROLLERS`).
 pub async fn run(ctx: Arc<Context>) {
     let queue: WorkQueue<ObjectKey> = WorkQueue::new();
-    let exp = Arc::new(Expectations::default());
+    let exp = Arc::new(PodExpectations::default());
     let mut tasks = tokio::task::JoinSet::new();
     let (c, q) = (ctx.clone(), queue.clone());
     let mut ds_rx = ctx.informers.daemon_sets.subscribe();
@@ -407,7 +343,7 @@ pub async fn run(ctx: Arc<Context>) {
     .await;
 }
 
-async fn reconcile(ctx: &Context, exp: &Expectations, key: ObjectKey) -> Result<Action> {
+async fn reconcile(ctx: &Context, exp: &PodExpectations, key: ObjectKey) -> Result<Action> {
     let Some(ds) = ctx.informers.daemon_sets.get(&key) else { return Ok(Action::Done) };
     let uid = ds.metadata.uid.clone().unwrap_or_default();
     let ns = key.ns().unwrap_or("default");
@@ -419,7 +355,7 @@ async fn reconcile(ctx: &Context, exp: &Expectations, key: ObjectKey) -> Result<
     let hash = template_hash(&spec.template);
     let nodes = ctx.informers.nodes.list();
     let pods = owned_pods::controlled_by(&ctx.informers.pods, ns, "DaemonSet", &uid);
-    let now = super::now().as_second();
+    let now = jiff::Timestamp::now().as_second();
     let plan = plan(&ds, &nodes, &pods, &hash, now);
     if exp.satisfied(&uid, ns, &ctx.informers.pods) {
         for node in &plan.create_on {
@@ -466,7 +402,8 @@ async fn reconcile(ctx: &Context, exp: &Expectations, key: ObjectKey) -> Result<
 mod tests {
     use k8s_openapi::api::apps::v1::DaemonSetSpec;
     use k8s_openapi::api::core::v1::{
-        Affinity, NodeAffinity, NodeSelector, NodeSpec, PodCondition, PodStatus, PodTemplateSpec,
+        Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, NodeSpec, PodCondition,
+        PodStatus, PodTemplateSpec, Taint,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -500,18 +437,6 @@ mod tests {
             effect: effect.map(Into::into),
             ..Default::default()
         }
-    }
-
-    #[test]
-    fn toleration_matching() {
-        let taint =
-            Taint { key: "k".into(), value: Some("v".into()), effect: "NoSchedule".into(), ..Default::default() };
-        assert!(tolerates(&tol("k", "Equal", Some("v"), None), &taint));
-        assert!(!tolerates(&tol("k", "Equal", Some("w"), None), &taint));
-        assert!(tolerates(&tol("k", "Exists", None, Some("NoSchedule")), &taint));
-        assert!(!tolerates(&tol("k", "Exists", None, Some("NoExecute")), &taint));
-        assert!(tolerates(&tol("", "Exists", None, None), &taint));
-        assert!(!tolerates(&tol("other", "Exists", None, None), &taint));
     }
 
     #[test]
@@ -603,7 +528,7 @@ mod tests {
             vec![PodCondition {
                 type_: "Ready".into(),
                 status: "True".into(),
-                last_transition_time: Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)),
+                last_transition_time: Some(Time(jiff::Timestamp::UNIX_EPOCH)),
                 ..Default::default()
             }]
         });

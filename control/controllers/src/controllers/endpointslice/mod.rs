@@ -16,8 +16,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
     EndpointAddress, EndpointPort as LegacyPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service, ServicePort,
@@ -30,6 +30,7 @@ use skiff_api::reflector::Change;
 use skiff_api::workqueue::{Action, WorkQueue, run_workers};
 
 use super::Context;
+use crate::helpers::expectations::{Expect, Seen};
 
 /// The label naming the Service a slice belongs to.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -450,29 +451,23 @@ pub fn desired_subsets(svc: &Service, pods: &[Arc<Pod>]) -> Vec<EndpointSubset> 
         .collect()
 }
 
-/// Our writes the cache has not shown yet, per Service. Acting on a cache that lags
-/// our own creates would create the same endpoints twice in new slices (and on one
-/// that lags our updates, fail with conflicts), so a Service with unmet expectations
-/// waits (briefly) for its cache to catch up.
-#[derive(Debug, Default)]
-struct Expectations {
-    by_service: Mutex<HashMap<ObjectKey, Vec<Expected>>>,
-}
+/// Our writes the cache has not shown yet, per Service, by object name. Acting on a
+/// cache that lags our own creates would create the same endpoints twice in new slices
+/// (and on one that lags our updates, fail with conflicts), so a Service with unmet
+/// expectations waits (briefly) for its cache to catch up.
+type Expectations = crate::helpers::expectations::Expectations<ObjectKey>;
 
 /// Expectations for the two kinds this controller writes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Tracker {
     slices: Expectations,
     endpoints: Expectations,
 }
 
-#[derive(Debug)]
-struct Expected {
-    /// The object's name.
-    name: String,
-    /// `Some(rv)`: present at `rv` or later; `None`: gone.
-    rv: Option<u64>,
-    since: Instant,
+impl Default for Tracker {
+    fn default() -> Self {
+        Self { slices: Expectations::new(EXPECTATION_TIMEOUT), endpoints: Expectations::new(EXPECTATION_TIMEOUT) }
+    }
 }
 
 fn rv_number(meta: &ObjectMeta) -> Option<u64> {
@@ -481,36 +476,18 @@ fn rv_number(meta: &ObjectMeta) -> Option<u64> {
     meta.resource_version.as_deref().and_then(|r| r.parse().ok())
 }
 
-impl Expectations {
-    fn expect(&self, svc: &ObjectKey, name: String, rv: Option<u64>) {
-        let mut m = self.by_service.lock().unwrap();
-        let v = m.entry(svc.clone()).or_default();
-        v.retain(|e| e.name != name);
-        v.push(Expected { name, rv, since: Instant::now() });
+/// What a write leaves in the cache: the object at (at least) the revision the server
+/// answered with, or (`None`) no object.
+fn written(meta: Option<&ObjectMeta>) -> Expect {
+    match meta {
+        Some(m) => Expect::Present { min_rv: rv_number(m).unwrap_or(0) },
+        None => Expect::Gone,
     }
+}
 
-    /// Whether the cache shows every write we made for this Service (drops the met ones).
-    fn met(&self, svc: &ObjectKey, cached: &dyn Fn(&str) -> Option<Option<u64>>) -> bool {
-        let mut m = self.by_service.lock().unwrap();
-        let Some(v) = m.get_mut(svc) else { return true };
-        v.retain(|e| {
-            if e.since.elapsed() > EXPECTATION_TIMEOUT {
-                tracing::warn!(service = %svc, object = %e.name, "cache never showed our write; trusting it anyway");
-                return false;
-            }
-            match (e.rv, cached(&e.name)) {
-                (None, None) => false,
-                (None, Some(_)) => true,
-                (Some(_), None) => true,
-                (Some(want), Some(have)) => have.is_some_and(|h| h < want),
-            }
-        });
-        let done = v.is_empty();
-        if done {
-            m.remove(svc);
-        }
-        done
-    }
+/// What the cache shows of an object, given its cached revision (`None`: absent).
+fn seen(cached: Option<Option<u64>>) -> Option<Seen> {
+    Some(cached.map_or(Seen::Absent, Seen::Present))
 }
 
 /// Runs the controller until aborted.
@@ -586,7 +563,9 @@ async fn reconcile(ctx: &Context, expectations: &Tracker, key: &ObjectKey) -> Re
     let cached_rv = |name: &str| slices_cache.get_named(Some(ns), name).map(|s| rv_number(&s.metadata));
     let eps_cache = &ctx.informers.endpoints;
     let cached_eps_rv = |name: &str| eps_cache.get_named(Some(ns), name).map(|e| rv_number(&e.metadata));
-    if !expectations.slices.met(key, &cached_rv) || !expectations.endpoints.met(key, &cached_eps_rv) {
+    if !expectations.slices.satisfied_in(key, |name, _| seen(cached_rv(name)))
+        || !expectations.endpoints.satisfied_in(key, |name, _| seen(cached_eps_rv(name)))
+    {
         tracing::debug!(service = %key, "waiting for the cache to show our writes");
         return Ok(Action::RequeueAfter(Duration::from_millis(100)));
     }
@@ -636,14 +615,14 @@ async fn apply_slice_plan(ctx: &Context, expectations: &Expectations, key: &Obje
         let created =
             ctx.client.create(Some(ns), s).await.map_err(api_err("creating", "EndpointSlice", ns, &key.name))?;
         if let Some(name) = created.metadata.name.clone() {
-            expectations.expect(key, name, rv_number(&created.metadata).or(Some(0)));
+            expectations.expect(key, &name, written(Some(&created.metadata)));
         }
     }
     for s in &plan.update {
         let name = s.metadata.name.clone().unwrap_or_default();
         let updated =
             ctx.client.replace(Some(ns), &name, s).await.map_err(api_err("updating", "EndpointSlice", ns, &name))?;
-        expectations.expect(key, name, rv_number(&updated.metadata).or(Some(0)));
+        expectations.expect(key, &name, written(Some(&updated.metadata)));
     }
     for name in &plan.delete {
         ctx.client.delete::<EndpointSlice>(Some(ns), name, None).await.map_err(api_err(
@@ -652,7 +631,7 @@ async fn apply_slice_plan(ctx: &Context, expectations: &Expectations, key: &Obje
             ns,
             name,
         ))?;
-        expectations.expect(key, name.clone(), None);
+        expectations.expect(key, name, written(None));
     }
     Ok(())
 }
@@ -686,7 +665,7 @@ async fn sync_endpoints(
                 ns,
                 &key.name,
             ))?;
-            expectations.expect(key, key.name.clone(), None);
+            expectations.expect(key, &key.name, written(None));
         }
         return Ok(());
     };
@@ -708,7 +687,7 @@ async fn sync_endpoints(
                 ns,
                 &key.name,
             ))?;
-            expectations.expect(key, key.name.clone(), rv_number(&updated.metadata).or(Some(0)));
+            expectations.expect(key, &key.name, written(Some(&updated.metadata)));
         }
         None => {
             let want = Endpoints {
@@ -723,247 +702,11 @@ async fn sync_endpoints(
             tracing::info!(service = %key, "creating Endpoints");
             let created =
                 ctx.client.create(Some(ns), &want).await.map_err(api_err("creating", "Endpoints", ns, &key.name))?;
-            expectations.expect(key, key.name.clone(), rv_number(&created.metadata).or(Some(0)));
+            expectations.expect(key, &key.name, written(Some(&created.metadata)));
         }
     }
     Ok(())
 }
 
 #[cfg(test)]
-mod tests {
-    use k8s_openapi::api::core::v1::{Container, ContainerPort, PodCondition, PodIP, PodSpec, PodStatus, ServiceSpec};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-
-    use super::*;
-
-    fn svc(target: IntOrString) -> Service {
-        Service {
-            metadata: ObjectMeta {
-                name: Some("web".into()),
-                namespace: Some("ns".into()),
-                uid: Some("svc-uid".into()),
-                ..Default::default()
-            },
-            spec: Some(ServiceSpec {
-                selector: Some([("app".to_string(), "web".to_string())].into()),
-                ports: Some(vec![ServicePort {
-                    name: Some("http".into()),
-                    port: 80,
-                    protocol: Some("TCP".into()),
-                    target_port: Some(target),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    fn pod(name: &str, ip: &str, ready: bool, port_name: &str, port: i32) -> Arc<Pod> {
-        Arc::new(Pod {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some("ns".into()),
-                uid: Some(format!("{name}-uid")),
-                labels: Some([("app".to_string(), "web".to_string())].into()),
-                ..Default::default()
-            },
-            spec: Some(PodSpec {
-                node_name: Some("n1".into()),
-                containers: vec![Container {
-                    name: "c".into(),
-                    ports: Some(vec![ContainerPort {
-                        name: Some(port_name.into()),
-                        container_port: port,
-                        ..Default::default()
-                    }]),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            status: Some(PodStatus {
-                pod_ip: Some(ip.into()).filter(|i: &String| !i.is_empty()),
-                pod_ips: Some(vec![PodIP { ip: ip.into() }]).filter(|_| !ip.is_empty()),
-                conditions: Some(vec![PodCondition {
-                    type_: "Ready".into(),
-                    status: if ready { "True" } else { "False" }.into(),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-        })
-    }
-
-    fn no_zone(_: &str) -> Option<String> {
-        None
-    }
-
-    fn conditions(ep: &Endpoint) -> (bool, bool, bool) {
-        let c = ep.conditions.as_ref().unwrap();
-        (c.ready.unwrap(), c.serving.unwrap(), c.terminating.unwrap())
-    }
-
-    /// Creates the planned slices as the server would (names, resourceVersions).
-    fn materialise(plan: &SlicePlan, existing: &mut Vec<EndpointSlice>) {
-        existing.retain(|s| !plan.delete.contains(s.metadata.name.as_ref().unwrap()));
-        for u in &plan.update {
-            let i = existing.iter().position(|s| s.metadata.name == u.metadata.name).unwrap();
-            existing[i] = u.clone();
-        }
-        for (i, c) in plan.create.iter().enumerate() {
-            let mut c = c.clone();
-            c.metadata.name = Some(format!("web-{}{i}", existing.len()));
-            existing.push(c);
-        }
-    }
-
-    #[test]
-    fn conditions_follow_readiness_and_termination() {
-        let s = svc(IntOrString::Int(8080));
-        let mut terminating = (*pod("c", "10.0.0.3", true, "http", 8080)).clone();
-        terminating.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
-        let mut other = (*pod("d", "10.0.0.4", true, "http", 8080)).clone();
-        other.metadata.labels = Some([("app".to_string(), "db".to_string())].into());
-        let pods = vec![
-            pod("a", "10.0.0.1", true, "http", 8080),
-            pod("b", "10.0.0.2", false, "http", 8080),
-            Arc::new(terminating),
-            Arc::new(other),
-            pod("e", "", true, "http", 8080),
-        ];
-        let d = desired_endpoints(&s, &pods, &no_zone);
-        assert_eq!(d.len(), 1);
-        let (key, eps) = d.iter().next().unwrap();
-        assert_eq!(key.ports[0].port, 8080);
-        assert_eq!(key.ports[0].name, "http");
-        let got: Vec<_> = eps.iter().map(|e| (e.addresses[0].as_str(), conditions(e))).collect();
-        assert_eq!(
-            got,
-            vec![
-                ("10.0.0.1", (true, true, false)),
-                ("10.0.0.2", (false, false, false)),
-                ("10.0.0.3", (false, true, true)),
-            ]
-        );
-        assert_eq!(eps[0].target_ref.as_ref().unwrap().name.as_deref(), Some("a"));
-        assert_eq!(eps[0].node_name.as_deref(), Some("n1"));
-
-        // publishNotReadyAddresses: everyone is ready.
-        let mut s2 = s.clone();
-        s2.spec.as_mut().unwrap().publish_not_ready_addresses = Some(true);
-        let d = desired_endpoints(&s2, &pods, &no_zone);
-        assert!(d.values().next().unwrap().iter().all(|e| conditions(e).0));
-
-        // Legacy Endpoints: ready / not ready, terminating left out.
-        let subsets = desired_subsets(&s, &pods);
-        assert_eq!(subsets.len(), 1);
-        let ips = |a: &Option<Vec<EndpointAddress>>| a.iter().flatten().map(|a| a.ip.clone()).collect::<Vec<_>>();
-        assert_eq!(ips(&subsets[0].addresses), vec!["10.0.0.1"]);
-        assert_eq!(ips(&subsets[0].not_ready_addresses), vec!["10.0.0.2"]);
-        assert_eq!(subsets[0].ports.as_ref().unwrap()[0].port, 8080);
-    }
-
-    #[test]
-    fn named_ports_resolve_per_pod_into_separate_slices() {
-        let s = svc(IntOrString::String("web".into()));
-        let pods = vec![
-            pod("a", "10.0.0.1", true, "web", 8080),
-            pod("b", "10.0.0.2", true, "web", 9090),
-            pod("c", "10.0.0.3", true, "other", 7070),
-        ];
-        let d = desired_endpoints(&s, &pods, &no_zone);
-        let mut by_port: Vec<(Vec<i32>, Vec<String>)> = d
-            .iter()
-            .map(|(k, v)| {
-                (k.ports.iter().map(|p| p.port).collect(), v.iter().map(|e| e.addresses[0].clone()).collect())
-            })
-            .collect();
-        by_port.sort();
-        assert_eq!(
-            by_port,
-            vec![
-                (vec![], vec!["10.0.0.3".to_string()]),
-                (vec![8080], vec!["10.0.0.1".to_string()]),
-                (vec![9090], vec!["10.0.0.2".to_string()]),
-            ]
-        );
-        let plan = plan_slices(&s, d, &[]);
-        assert_eq!(plan.create.len(), 3);
-        assert_eq!(desired_subsets(&s, &pods).len(), 3);
-    }
-
-    #[test]
-    fn slices_are_capped_stable_and_written_only_on_change() {
-        let s = svc(IntOrString::Int(8080));
-        let pods: Vec<Arc<Pod>> = (0..250)
-            .map(|i| pod(&format!("p{i}"), &format!("10.1.{}.{}", i / 200, i % 200), true, "http", 8080))
-            .collect();
-        let mut existing = Vec::new();
-        let plan = plan_slices(&s, desired_endpoints(&s, &pods, &no_zone), &[]);
-        assert_eq!(plan.create.len(), 3);
-        assert!(plan.create.iter().all(|c| c.endpoints.len() <= MAX_ENDPOINTS_PER_SLICE));
-        let c = &plan.create[0];
-        assert_eq!(c.metadata.generate_name.as_deref(), Some("web-"));
-        let labels = c.metadata.labels.as_ref().unwrap();
-        assert_eq!(labels[SERVICE_NAME_LABEL], "web");
-        assert_eq!(labels[MANAGED_BY_LABEL], MANAGED_BY);
-        assert_eq!(c.metadata.owner_references.as_ref().unwrap()[0].uid, "svc-uid");
-        materialise(&plan, &mut existing);
-
-        // Nothing changed: nothing to write.
-        let refs: Vec<&EndpointSlice> = existing.iter().collect();
-        assert!(plan_slices(&s, desired_endpoints(&s, &pods, &no_zone), &refs).is_empty());
-
-        // One pod becomes not ready: exactly one slice is updated.
-        let mut pods2 = pods.clone();
-        pods2[7] = pod("p7", "10.1.0.7", false, "http", 8080);
-        let plan = plan_slices(&s, desired_endpoints(&s, &pods2, &no_zone), &refs);
-        assert_eq!((plan.create.len(), plan.update.len(), plan.delete.len()), (0, 1, 0));
-
-        // A new pod fills the slice with room instead of opening a new one.
-        let mut pods3 = pods.clone();
-        pods3.push(pod("new", "10.9.9.9", true, "http", 8080));
-        let plan = plan_slices(&s, desired_endpoints(&s, &pods3, &no_zone), &refs);
-        assert_eq!((plan.create.len(), plan.update.len(), plan.delete.len()), (0, 1, 0));
-
-        // All pods gone: one empty placeholder slice (no ports) replaces them, and
-        // planning again against it changes nothing.
-        let plan = plan_slices(&s, desired_endpoints(&s, &[], &no_zone), &refs);
-        assert_eq!((plan.create.len(), plan.update.len(), plan.delete.len()), (0, 1, 2));
-        assert!(plan.update[0].endpoints.is_empty());
-        assert!(plan.update[0].ports.as_ref().unwrap().is_empty());
-        let mut empty = existing.clone();
-        materialise(&plan, &mut empty);
-        let empty_refs: Vec<&EndpointSlice> = empty.iter().collect();
-        assert!(plan_slices(&s, desired_endpoints(&s, &[], &no_zone), &empty_refs).is_empty());
-
-        // The target port changes: the old slices are rewritten with the new port.
-        let s2 = svc(IntOrString::Int(9000));
-        let plan = plan_slices(&s2, desired_endpoints(&s2, &pods, &no_zone), &refs);
-        assert_eq!((plan.create.len(), plan.update.len(), plan.delete.len()), (0, 3, 0));
-        assert!(plan.update.iter().all(|u| u.ports.as_ref().unwrap()[0].port == Some(9000)));
-    }
-
-    #[test]
-    fn duplicated_endpoints_from_a_stale_view_are_dropped() {
-        let s = svc(IntOrString::Int(8080));
-        let pods = vec![pod("a", "10.0.0.1", true, "http", 8080)];
-        let plan = plan_slices(&s, desired_endpoints(&s, &pods, &no_zone), &[]);
-        let mut existing = Vec::new();
-        materialise(&plan, &mut existing);
-        materialise(&plan, &mut existing);
-        assert_eq!(existing.len(), 2);
-        let refs: Vec<&EndpointSlice> = existing.iter().collect();
-        let plan = plan_slices(&s, desired_endpoints(&s, &pods, &no_zone), &refs);
-        assert_eq!((plan.create.len(), plan.update.len(), plan.delete.len()), (0, 0, 1));
-    }
-
-    #[test]
-    fn services_without_selector_get_nothing() {
-        let mut s = svc(IntOrString::Int(8080));
-        s.spec.as_mut().unwrap().selector = None;
-        let pods = vec![pod("a", "10.0.0.1", true, "http", 8080)];
-        assert!(desired_endpoints(&s, &pods, &no_zone).is_empty());
-        assert!(desired_subsets(&s, &pods).is_empty());
-    }
-}
+mod tests;

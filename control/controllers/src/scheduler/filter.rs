@@ -15,13 +15,14 @@
 //!
 //! Pure code: no I/O, no logging.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
 
 use super::quantity;
 use super::resources::{NodeUsage, PodRequests};
+use crate::helpers::node_affinity;
+use crate::helpers::taints::tolerated;
 
 pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
 pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
@@ -68,37 +69,8 @@ impl fmt::Display for Reason {
     }
 }
 
-fn node_name(node: &Node) -> &str {
-    node.metadata.name.as_deref().unwrap_or("")
-}
-
 fn tolerations(pod: &Pod) -> &[Toleration] {
     pod.spec.as_ref().and_then(|s| s.tolerations.as_deref()).unwrap_or(&[])
-}
-
-/// Does `toleration` tolerate `taint`? Kubernetes' rule: an empty toleration effect
-/// matches every effect; operator Exists with an empty key matches every taint;
-/// operator Equal (the default) needs the same key and value (absent value = "").
-pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    if let Some(effect) = toleration.effect.as_deref()
-        && !effect.is_empty()
-        && effect != taint.effect
-    {
-        return false;
-    }
-    let key = toleration.key.as_deref().unwrap_or("");
-    match toleration.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => key.is_empty() || key == taint.key,
-        // Validation forbids Equal with an empty key, so we do not treat it as a wildcard.
-        "Equal" | "" => {
-            key == taint.key && toleration.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
-        }
-        _ => false,
-    }
-}
-
-fn tolerated(tolerations: &[Toleration], taint: &Taint) -> bool {
-    tolerations.iter().any(|t| tolerates(t, taint))
 }
 
 fn condition_taint(key: &str) -> Taint {
@@ -153,76 +125,13 @@ pub fn check_taints(pod: &Pod, node: &Node) -> Result<(), Reason> {
     }
 }
 
-fn requirement_matches(req: &NodeSelectorRequirement, value: Option<&str>) -> bool {
-    let values = req.values.as_deref().unwrap_or(&[]);
-    let contains = |v: &str| values.iter().any(|x| x == v);
-    // Gt/Lt compare integers; anything unparsable (label or operand) does not match.
-    let compare = |ordering: std::cmp::Ordering| {
-        let [operand] = values else { return false };
-        match (value.and_then(|v| v.parse::<i64>().ok()), operand.parse::<i64>().ok()) {
-            (Some(v), Some(o)) => v.cmp(&o) == ordering,
-            _ => false,
-        }
-    };
-    match req.operator.as_str() {
-        "In" => value.is_some_and(contains),
-        "NotIn" => !value.is_some_and(contains),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" => compare(std::cmp::Ordering::Greater),
-        "Lt" => compare(std::cmp::Ordering::Less),
-        // Unknown operators are rejected by validation; never match rather than guess.
-        _ => false,
-    }
-}
-
-/// Does one node selector term match? Expressions (labels) and fields are ANDed. A term
-/// with neither matches nothing, as in Kubernetes. The only field is `metadata.name`,
-/// with operators In and NotIn.
-pub fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
-    let expressions = term.match_expressions.as_deref().unwrap_or(&[]);
-    let fields = term.match_fields.as_deref().unwrap_or(&[]);
-    if expressions.is_empty() && fields.is_empty() {
-        return false;
-    }
-    let labels = node.metadata.labels.as_ref();
-    let labels_ok =
-        expressions.iter().all(|r| requirement_matches(r, labels.and_then(|l| l.get(&r.key)).map(String::as_str)));
-    let fields_ok = fields.iter().all(|r| {
-        r.key == "metadata.name"
-            && matches!(r.operator.as_str(), "In" | "NotIn")
-            && requirement_matches(r, Some(node_name(node)))
-    });
-    labels_ok && fields_ok
-}
-
-fn node_selector_matches(selector: &BTreeMap<String, String>, node: &Node) -> bool {
-    let labels = node.metadata.labels.as_ref();
-    selector.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
-}
-
 /// NodeAffinity: `spec.nodeSelector` (all labels equal) and required node affinity
 /// (terms ORed; an empty term list matches no node).
 pub fn check_node_affinity(pod: &Pod, node: &Node) -> Result<(), Reason> {
-    let Some(spec) = pod.spec.as_ref() else {
-        return Ok(());
-    };
-    if let Some(selector) = spec.node_selector.as_ref()
-        && !node_selector_matches(selector, node)
-    {
-        return Err(Reason::NodeAffinity);
+    match pod.spec.as_ref() {
+        Some(spec) if !node_affinity::required_matches(spec, node) => Err(Reason::NodeAffinity),
+        _ => Ok(()),
     }
-    let required = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|na| na.required_during_scheduling_ignored_during_execution.as_ref());
-    if let Some(required) = required
-        && !required.node_selector_terms.iter().any(|t| term_matches(t, node))
-    {
-        return Err(Reason::NodeAffinity);
-    }
-    Ok(())
 }
 
 /// Allocatable cpu (milli), memory (bytes) and pod count of a node. A missing entry is
@@ -274,14 +183,6 @@ mod tests {
 
     fn with_tolerations(tolerations: Value) -> Pod {
         pod(json!({"containers": [ctr("c", json!(null))], "tolerations": tolerations}))
-    }
-
-    fn toleration(v: Value) -> Toleration {
-        serde_json::from_value(v).unwrap()
-    }
-
-    fn taint(v: Value) -> Taint {
-        serde_json::from_value(v).unwrap()
     }
 
     fn with_node_affinity(terms: Value) -> Pod {
@@ -351,31 +252,6 @@ mod tests {
     }
 
     #[test]
-    fn toleration_rules() {
-        let t = taint(json!({"key": "k", "value": "v", "effect": "NoSchedule"}));
-        let no_value = taint(json!({"key": "k", "effect": "NoSchedule"}));
-        let cases = [
-            (json!({"key": "k", "operator": "Equal", "value": "v", "effect": "NoSchedule"}), &t, true),
-            (json!({"key": "k", "value": "v"}), &t, true),
-            (json!({"key": "k", "value": "other"}), &t, false),
-            (json!({"key": "k"}), &t, false),
-            (json!({"key": "k"}), &no_value, true),
-            (json!({"key": "k", "operator": "Exists"}), &t, true),
-            (json!({"key": "other", "operator": "Exists"}), &t, false),
-            (json!({"operator": "Exists"}), &t, true),
-            (json!({"operator": "Exists", "effect": "NoExecute"}), &t, false),
-            (json!({"key": "k", "operator": "Exists", "effect": ""}), &t, true),
-            (json!({"key": "k", "operator": "Exists", "effect": "NoSchedule"}), &t, true),
-            (json!({"key": "k", "operator": "Exists", "effect": "PreferNoSchedule"}), &t, false),
-            (json!({"value": "v"}), &t, false),
-            (json!({"key": "k", "operator": "Bogus"}), &t, false),
-        ];
-        for (tol, taint, want) in cases {
-            assert_eq!(tolerates(&toleration(tol.clone()), taint), want, "{tol}");
-        }
-    }
-
-    #[test]
     fn taint_effects() {
         let p = pod_req("1", "1");
         let n = tainted("a", json!([{"key": "soft", "effect": "PreferNoSchedule"}]));
@@ -397,6 +273,16 @@ mod tests {
     }
 
     #[test]
+    fn required_affinity_filters() {
+        // The matching rules are tested in `helpers::node_affinity`; this checks the
+        // filter applies them.
+        let n = labelled("a", json!({"zone": "z1"}));
+        let zone = |op: &str| with_node_affinity(json!([{"matchExpressions": [{"key": "zone", "operator": op}]}]));
+        assert_eq!(check_node_affinity(&zone("Exists"), &n), Ok(()));
+        assert_eq!(check_node_affinity(&zone("DoesNotExist"), &n), Err(Reason::NodeAffinity));
+    }
+
+    #[test]
     fn node_selector() {
         let n = labelled("a", json!({"disk": "ssd", "zone": "z1"}));
         let want = |sel: Value| {
@@ -409,77 +295,6 @@ mod tests {
         assert_eq!(want(json!({"disk": "hdd"})), Err(Reason::NodeAffinity));
         assert_eq!(want(json!({"gpu": "yes"})), Err(Reason::NodeAffinity));
         assert_eq!(Reason::NodeAffinity.to_string(), "node(s) didn't match Pod's node affinity/selector");
-    }
-
-    #[test]
-    fn required_affinity_operators() {
-        let n = labelled("a", json!({"zone": "z1", "cores": "8"}));
-        let expr = |key: &str, op: &str, values: Value| {
-            let p = with_node_affinity(json!([{"matchExpressions": [{"key": key, "operator": op, "values": values}]}]));
-            check_node_affinity(&p, &n).is_ok()
-        };
-        assert!(expr("zone", "In", json!(["z0", "z1"])));
-        assert!(!expr("zone", "In", json!(["z2"])));
-        assert!(!expr("missing", "In", json!(["z1"])));
-        assert!(expr("zone", "NotIn", json!(["z2"])));
-        assert!(!expr("zone", "NotIn", json!(["z1"])));
-        assert!(expr("missing", "NotIn", json!(["z1"])));
-        assert!(expr("zone", "Exists", json!(null)));
-        assert!(!expr("missing", "Exists", json!(null)));
-        assert!(expr("missing", "DoesNotExist", json!(null)));
-        assert!(!expr("zone", "DoesNotExist", json!(null)));
-        assert!(expr("cores", "Gt", json!(["4"])));
-        assert!(!expr("cores", "Gt", json!(["8"])));
-        assert!(expr("cores", "Lt", json!(["16"])));
-        assert!(!expr("cores", "Lt", json!(["8"])));
-        assert!(!expr("zone", "Gt", json!(["1"])));
-        assert!(!expr("cores", "Gt", json!(["1", "2"])));
-        assert!(!expr("missing", "Lt", json!(["100"])));
-        assert!(!expr("zone", "Matches", json!(["z1"])));
-    }
-
-    #[test]
-    fn required_affinity_terms_ored_expressions_anded() {
-        let n = labelled("a", json!({"zone": "z1", "disk": "ssd"}));
-        let check = |terms: Value| check_node_affinity(&with_node_affinity(terms), &n).is_ok();
-        let zone = |z: &str| json!({"key": "zone", "operator": "In", "values": [z]});
-        let disk = |d: &str| json!({"key": "disk", "operator": "In", "values": [d]});
-        assert!(check(json!([{"matchExpressions": [zone("z1"), disk("ssd")]}])));
-        assert!(!check(json!([{"matchExpressions": [zone("z1"), disk("hdd")]}])));
-        assert!(check(json!([{"matchExpressions": [zone("z9")]}, {"matchExpressions": [disk("ssd")]}])));
-        assert!(!check(json!([{"matchExpressions": [zone("z9")]}, {"matchExpressions": [disk("hdd")]}])));
-        // Empty terms match nothing.
-        assert!(!check(json!([])));
-        assert!(!check(json!([{}])));
-        assert!(!check(json!([{"matchExpressions": []}])));
-    }
-
-    #[test]
-    fn required_affinity_match_fields() {
-        let n = labelled("node-1", json!({}));
-        let check = |terms: Value| check_node_affinity(&with_node_affinity(terms), &n).is_ok();
-        let field =
-            |op: &str, v: &str| json!([{"matchFields": [{"key": "metadata.name", "operator": op, "values": [v]}]}]);
-        assert!(check(field("In", "node-1")));
-        assert!(!check(field("In", "node-2")));
-        assert!(check(field("NotIn", "node-2")));
-        assert!(!check(field("NotIn", "node-1")));
-        assert!(!check(field("Exists", "node-1")));
-        assert!(!check(json!([{"matchFields": [{"key": "metadata.uid", "operator": "In", "values": ["node-1"]}]}])));
-        // Fields and expressions in one term are ANDed.
-        assert!(!check(json!([{
-            "matchFields": [{"key": "metadata.name", "operator": "In", "values": ["node-1"]}],
-            "matchExpressions": [{"key": "zone", "operator": "Exists"}],
-        }])));
-    }
-
-    #[test]
-    fn node_selector_and_affinity_both_apply() {
-        let n = labelled("a", json!({"zone": "z1"}));
-        let mut p = with_node_affinity(json!([{"matchExpressions": [{"key": "zone", "operator": "Exists"}]}]));
-        assert_eq!(check_node_affinity(&p, &n), Ok(()));
-        p.spec.as_mut().unwrap().node_selector = Some([("zone".to_string(), "z2".to_string())].into());
-        assert_eq!(check_node_affinity(&p, &n), Err(Reason::NodeAffinity));
     }
 
     #[test]

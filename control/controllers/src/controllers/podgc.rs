@@ -16,7 +16,7 @@ use skiff_api::ObjectKey;
 use skiff_api::reflector::Change;
 
 use super::Context;
-use super::events::EventType;
+use crate::events::EventType;
 
 /// How often the pods are checked against the nodes.
 const SWEEP: Duration = Duration::from_secs(5);

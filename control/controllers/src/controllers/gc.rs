@@ -14,11 +14,14 @@
 //! - Orphan: dependents of a terminating owner with `orphan` lose their reference to it,
 //!   then the finalizer is removed.
 //!
-//! Scope: objects of the kinds in `skiff_api::finalizers::GARBAGE_COLLECTED_KINDS` (those with an informer in
-//! `Context`). Namespaces, ConfigMaps, Secrets, Endpoints, Events, Leases and RBAC
-//! objects are not watched: they are never collected as dependents, and the API server
-//! treats Foreground/Orphan deletes of them as Background (otherwise their finalizer
-//! would never be removed). Owners of any served kind are recognised.
+//! Scope: objects of the kinds in `skiff_api::finalizers::GARBAGE_COLLECTED_KINDS`
+//! (those with an informer in `Context`). Namespaces, ConfigMaps, Secrets, Endpoints,
+//! Events, Leases and RBAC objects are not watched: they are never collected as
+//! dependents, and the API server treats Foreground/Orphan deletes of them as
+//! Background (otherwise their finalizer would never be removed). Owners of any served
+//! kind are recognised: an owner's (apiVersion, kind) is resolved through the server's
+//! discovery documents, and every request goes through `skiff_api::dynamic`, so the
+//! collector knows no kind's URL itself.
 //!
 //! It must not delete anything whose owner it has not confirmed absent, and it only
 //! writes ownerReferences and its own two finalizers besides deleting.
@@ -28,20 +31,19 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::Method;
-use http_body_util::BodyExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::{Metadata, Resource};
 use serde_json::{Value, json};
+use skiff_api::Patch;
+use skiff_api::dynamic::{ApiResource, Discovery, DynamicApi};
+use skiff_api::finalizers::{
+    FOREGROUND_DELETION as FOREGROUND_FINALIZER, GARBAGE_COLLECTED_KINDS, ORPHAN as ORPHAN_FINALIZER,
+};
 use skiff_api::reflector::{Cache, Change};
 use skiff_api::workqueue::{Action, WorkQueue, run_workers};
 use tokio::sync::mpsc;
 
 use super::Context;
-use crate::apiserver::resources::{ResourceDef, by_kind};
-
-use skiff_api::finalizers::{FOREGROUND_DELETION as FOREGROUND_FINALIZER, ORPHAN as ORPHAN_FINALIZER};
 
 /// Dependents are looked at this long after they change, so that at start-up the owners'
 /// snapshots (which arrive from other caches in no particular order) are in the graph
@@ -50,14 +52,21 @@ const SETTLE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("API request {what} failed: {source}")]
+    #[error("{verb} of {kind} {name} failed: {source}")]
     Api {
-        what: String,
+        verb: &'static str,
+        kind: String,
+        name: String,
         #[source]
         source: skiff_api::client::Error,
     },
-    #[error("reading the answer to {what} failed: {reason}")]
-    Body { what: String, reason: String },
+    #[error("discovering the resource of {kind} ({api_version}) failed: {source}")]
+    Discovery {
+        api_version: String,
+        kind: String,
+        #[source]
+        source: skiff_api::client::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -135,10 +144,17 @@ struct Seen {
     deleted: bool,
 }
 
-fn forward<K>(cache: &Cache<K>, tx: mpsc::UnboundedSender<Seen>, tasks: &mut tokio::task::JoinSet<()>)
-where
+/// Feeds one cache's changes to the collector and records its resource in `watched`.
+fn forward<K>(
+    cache: &Cache<K>,
+    tx: mpsc::UnboundedSender<Seen>,
+    watched: &mut HashMap<&'static str, ApiResource>,
+    tasks: &mut tokio::task::JoinSet<()>,
+) where
     K: Resource + Metadata<Ty = ObjectMeta> + Send + Sync + 'static,
+    K::Scope: 'static,
 {
+    watched.insert(K::KIND, ApiResource::of::<K>());
     let mut rx = cache.subscribe();
     tasks.spawn(async move {
         while let Some(c) = rx.recv().await {
@@ -156,6 +172,10 @@ where
 struct Gc {
     ctx: Arc<Context>,
     graph: Mutex<Graph>,
+    /// The resources of the watched kinds, by kind.
+    watched: HashMap<&'static str, ApiResource>,
+    /// Resolves owners of kinds that are not watched.
+    discovery: Discovery,
 }
 
 /// Entry point (see `CONTROLLERS`).
@@ -163,16 +183,24 @@ pub async fn run(ctx: Arc<Context>) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut tasks = tokio::task::JoinSet::new();
     let i = &ctx.informers;
-    forward(&i.pods, tx.clone(), &mut tasks);
-    forward(&i.nodes, tx.clone(), &mut tasks);
-    forward(&i.services, tx.clone(), &mut tasks);
-    forward(&i.endpoint_slices, tx.clone(), &mut tasks);
-    forward(&i.deployments, tx.clone(), &mut tasks);
-    forward(&i.replica_sets, tx.clone(), &mut tasks);
-    forward(&i.daemon_sets, tx.clone(), &mut tasks);
-    forward(&i.jobs, tx.clone(), &mut tasks);
-    forward(&i.service_accounts, tx, &mut tasks);
-    let gc = Arc::new(Gc { ctx: ctx.clone(), graph: Mutex::new(Graph::default()) });
+    let mut w = HashMap::new();
+    forward(&i.pods, tx.clone(), &mut w, &mut tasks);
+    forward(&i.nodes, tx.clone(), &mut w, &mut tasks);
+    forward(&i.services, tx.clone(), &mut w, &mut tasks);
+    forward(&i.endpoint_slices, tx.clone(), &mut w, &mut tasks);
+    forward(&i.deployments, tx.clone(), &mut w, &mut tasks);
+    forward(&i.replica_sets, tx.clone(), &mut w, &mut tasks);
+    forward(&i.daemon_sets, tx.clone(), &mut w, &mut tasks);
+    forward(&i.jobs, tx.clone(), &mut w, &mut tasks);
+    forward(&i.service_accounts, tx, &mut w, &mut tasks);
+    // The API server adds the cascading-deletion finalizers to exactly these kinds; one
+    // it adds them to but nobody watches would never lose them.
+    debug_assert!(
+        GARBAGE_COLLECTED_KINDS.iter().all(|k| w.contains_key(k)) && w.len() == GARBAGE_COLLECTED_KINDS.len(),
+        "the garbage collector must watch exactly skiff_api::finalizers::GARBAGE_COLLECTED_KINDS"
+    );
+    let discovery = Discovery::new(ctx.client.clone());
+    let gc = Arc::new(Gc { ctx: ctx.clone(), graph: Mutex::new(Graph::default()), watched: w, discovery });
     let queue: WorkQueue<Item> = WorkQueue::new();
     let g = gc.clone();
     let workers = tokio::spawn(run_workers("garbage-collector", queue.clone(), 2, move |item| {
@@ -252,15 +280,15 @@ impl Gc {
         if absent.is_empty() {
             return Ok(Action::Done);
         }
-        let Some(def) = by_kind(node.kind) else { return Ok(Action::Done) };
+        let Some(def) = self.api(node.kind) else { return Ok(Action::Done) };
         if absent.len() == node.owners.len() {
             tracing::info!(kind = node.kind, namespace = node.namespace.as_deref().unwrap_or(""), name = %node.name,
                 owners = ?absent, "deleting object whose owners are gone");
-            self.delete(def, &node, uid, "Background").await?;
+            self.delete(&def, &node, uid, "Background").await?;
         } else {
             tracing::info!(kind = node.kind, namespace = node.namespace.as_deref().unwrap_or(""), name = %node.name,
                 owners = ?absent, "removing references to absent owners");
-            self.drop_refs(def, &node, &absent).await?;
+            self.drop_refs(&def, &node, &absent).await?;
         }
         Ok(Action::Done)
     }
@@ -272,8 +300,12 @@ impl Gc {
         if self.graph.lock().unwrap().objects.contains_key(&o.uid) {
             return Ok(false);
         }
-        let group = o.api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
-        let Some(def) = by_kind(&o.kind).filter(|d| d.group == group) else {
+        let resolved = self.discovery.resolve(&o.api_version, &o.kind).await.map_err(|source| Error::Discovery {
+            api_version: o.api_version.clone(),
+            kind: o.kind.clone(),
+            source,
+        })?;
+        let Some(def) = resolved else {
             tracing::debug!(kind = %o.kind, api_version = %o.api_version, "owner kind not served; keeping dependent");
             return Ok(false);
         };
@@ -283,9 +315,14 @@ impl Gc {
             tracing::debug!(kind = %o.kind, name = %o.name, "namespaced owner of a cluster-scoped object ignored");
             return Ok(false);
         }
-        let ns = if def.namespaced { dependent_ns } else { None };
-        let path = object_path(def, ns, &o.name);
-        match self.get_json(&path).await? {
+        let api = DynamicApi::new(self.ctx.client.clone(), def);
+        let found = api.get(dependent_ns, &o.name).await.map_err(|source| Error::Api {
+            verb: "GET",
+            kind: o.kind.clone(),
+            name: o.name.clone(),
+            source,
+        })?;
+        match found {
             None => Ok(true),
             Some(v) => Ok(v.pointer("/metadata/uid").and_then(|u| u.as_str()) != Some(o.uid.as_str())),
         }
@@ -309,15 +346,15 @@ impl Gc {
         if !node.deleting {
             return Ok(Action::Done);
         }
-        let Some(def) = by_kind(node.kind) else { return Ok(Action::Done) };
+        let Some(def) = self.api(node.kind) else { return Ok(Action::Done) };
         if node.finalizers.iter().any(|f| f == ORPHAN_FINALIZER) {
             for (_, d) in &dependents {
-                if let Some(ddef) = by_kind(d.kind) {
-                    self.drop_refs(ddef, d, &[uid.to_string()]).await?;
+                if let Some(ddef) = self.api(d.kind) {
+                    self.drop_refs(&ddef, d, &[uid.to_string()]).await?;
                 }
             }
             tracing::info!(kind = node.kind, name = %node.name, orphaned = dependents.len(), "dependents orphaned");
-            self.remove_finalizer(def, &node, ORPHAN_FINALIZER).await?;
+            self.remove_finalizer(&def, &node, ORPHAN_FINALIZER).await?;
             return Ok(Action::Done);
         }
         if !node.finalizers.iter().any(|f| f == FOREGROUND_FINALIZER) {
@@ -330,12 +367,12 @@ impl Gc {
                 blocking += 1;
             }
             if !d.deleting
-                && let Some(ddef) = by_kind(d.kind)
+                && let Some(ddef) = self.api(d.kind)
             {
                 // A dependent that may own things itself is deleted in the foreground
                 // too, so the whole tree is gone before the owner.
                 let policy = if d.kind == "Pod" { "Background" } else { "Foreground" };
-                self.delete(ddef, d, duid, policy).await?;
+                self.delete(&ddef, d, duid, policy).await?;
             }
         }
         if blocking > 0 {
@@ -345,93 +382,50 @@ impl Gc {
             return Ok(Action::RequeueAfter(Duration::from_secs(30)));
         }
         tracing::info!(kind = node.kind, name = %node.name, "dependents gone; finishing foreground deletion");
-        self.remove_finalizer(def, &node, FOREGROUND_FINALIZER).await?;
+        self.remove_finalizer(&def, &node, FOREGROUND_FINALIZER).await?;
         Ok(Action::Done)
     }
 
-    async fn delete(&self, def: &ResourceDef, node: &Node, uid: &str, policy: &str) -> Result<()> {
-        let path = object_path(def, node.namespace.as_deref(), &node.name);
-        let body = json!({"kind": "DeleteOptions", "apiVersion": "v1",
+    /// The dynamic API of a watched kind.
+    fn api(&self, kind: &str) -> Option<DynamicApi> {
+        self.watched.get(kind).map(|r| DynamicApi::new(self.ctx.client.clone(), r.clone()))
+    }
+
+    async fn delete(&self, api: &DynamicApi, node: &Node, uid: &str, policy: &str) -> Result<()> {
+        let options = json!({"kind": "DeleteOptions", "apiVersion": "v1",
             "preconditions": {"uid": uid}, "propagationPolicy": policy});
-        match self.ctx.client.send_raw(Method::DELETE, &path, Some("application/json"), json_bytes(&body)).await {
-            Ok(r) => {
-                let _ = r.into_body().collect().await;
-                Ok(())
-            }
-            // Gone already, or a different object under the same name now.
-            Err(e) if e.is_not_found() || e.code() == Some(409) => Ok(()),
-            Err(source) => Err(Error::Api { what: format!("DELETE {path}"), source }),
+        match api.delete(node.namespace.as_deref(), &node.name, &options).await {
+            Ok(_) => Ok(()),
+            // A different object under the same name now.
+            Err(e) if e.code() == Some(409) => Ok(()),
+            Err(source) => Err(Error::Api { verb: "DELETE", kind: node.kind.into(), name: node.name.clone(), source }),
         }
     }
 
     /// Removes the references to `owner_uids` from a dependent (conditional on the
     /// revision the graph saw; a conflict retries with a fresher graph).
-    async fn drop_refs(&self, def: &ResourceDef, node: &Node, owner_uids: &[String]) -> Result<()> {
+    async fn drop_refs(&self, api: &DynamicApi, node: &Node, owner_uids: &[String]) -> Result<()> {
         let keep: Vec<&OwnerReference> = node.owners.iter().filter(|o| !owner_uids.contains(&o.uid)).collect();
         if keep.len() == node.owners.len() {
             return Ok(());
         }
         let refs = if keep.is_empty() { Value::Null } else { json!(keep) };
         let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": node.resource_version}});
-        self.merge_patch(def, node, &patch).await
+        self.merge_patch(api, node, patch).await
     }
 
-    async fn remove_finalizer(&self, def: &ResourceDef, node: &Node, finalizer: &str) -> Result<()> {
+    async fn remove_finalizer(&self, api: &DynamicApi, node: &Node, finalizer: &str) -> Result<()> {
         let rest: Vec<&String> = node.finalizers.iter().filter(|f| *f != finalizer).collect();
         let patch = json!({"metadata": {"finalizers": rest, "resourceVersion": node.resource_version}});
-        self.merge_patch(def, node, &patch).await
+        self.merge_patch(api, node, patch).await
     }
 
-    async fn merge_patch(&self, def: &ResourceDef, node: &Node, patch: &Value) -> Result<()> {
-        let path = object_path(def, node.namespace.as_deref(), &node.name);
-        match self
-            .ctx
-            .client
-            .send_raw(Method::PATCH, &path, Some("application/merge-patch+json"), json_bytes(patch))
+    /// A merge patch; a missing object is fine (it is gone, which is what we wanted).
+    async fn merge_patch(&self, api: &DynamicApi, node: &Node, patch: Value) -> Result<()> {
+        api.patch(node.namespace.as_deref(), &node.name, &Patch::Merge(patch))
             .await
-        {
-            Ok(r) => {
-                let _ = r.into_body().collect().await;
-                Ok(())
-            }
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(source) => Err(Error::Api { what: format!("PATCH {path}"), source }),
-        }
-    }
-
-    async fn get_json(&self, path: &str) -> Result<Option<Value>> {
-        match self.ctx.client.send_raw(Method::GET, path, None, Bytes::new()).await {
-            Ok(r) => {
-                let body = r
-                    .into_body()
-                    .collect()
-                    .await
-                    .map_err(|e| Error::Body { what: format!("GET {path}"), reason: e.to_string() })?
-                    .to_bytes();
-                serde_json::from_slice(&body)
-                    .map(Some)
-                    .map_err(|e| Error::Body { what: format!("GET {path}"), reason: e.to_string() })
-            }
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(source) => Err(Error::Api { what: format!("GET {path}"), source }),
-        }
-    }
-}
-
-fn json_bytes(v: &Value) -> Bytes {
-    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
-}
-
-/// The REST path of one object of a served kind.
-fn object_path(def: &ResourceDef, ns: Option<&str>, name: &str) -> String {
-    let base = if def.group.is_empty() {
-        format!("/api/{}", def.version)
-    } else {
-        format!("/apis/{}/{}", def.group, def.version)
-    };
-    match ns.filter(|_| def.namespaced) {
-        Some(ns) => format!("{base}/namespaces/{ns}/{}/{name}", def.plural),
-        None => format!("{base}/{}/{name}", def.plural),
+            .map(|_| ())
+            .map_err(|source| Error::Api { verb: "PATCH", kind: node.kind.into(), name: node.name.clone(), source })
     }
 }
 
@@ -463,15 +457,5 @@ mod tests {
         assert_eq!(g.dependents["rs1"].iter().collect::<Vec<_>>(), ["p1"]);
         g.unlink("p1");
         assert!(!g.dependents.contains_key("rs1"));
-    }
-
-    #[test]
-    fn paths_of_served_kinds() {
-        assert_eq!(object_path(by_kind("Pod").unwrap(), Some("a"), "x"), "/api/v1/namespaces/a/pods/x");
-        assert_eq!(
-            object_path(by_kind("ReplicaSet").unwrap(), Some("a"), "x"),
-            "/apis/apps/v1/namespaces/a/replicasets/x"
-        );
-        assert_eq!(object_path(by_kind("Node").unwrap(), Some("a"), "n"), "/api/v1/nodes/n");
     }
 }

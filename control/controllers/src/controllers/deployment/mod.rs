@@ -17,22 +17,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec};
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use serde_json::{Value, json};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::json;
 use skiff_api::reflector::Change;
 use skiff_api::workqueue::{Action, WorkQueue, run_workers};
 use skiff_api::{ObjectKey, Patch};
 
-use super::events::EventType;
 use super::replicaset::{controller_ref, owner_ref, selector_of};
 use super::{Context, ControllerFuture};
+use crate::events::EventType;
+
+mod rollout;
+mod status;
+mod template;
+
+pub use rollout::{new_rs_replicas, old_rs_scale_down, resolve_fenceposts, scaled_value};
+pub use status::{Progress, is_complete, made_progress, set_condition, update_progressing};
+pub use template::{HASH_LABEL, equal_ignore_hash, pod_template_hash};
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 pub const DESIRED_REPLICAS: &str = "deployment.kubernetes.io/desired-replicas";
 pub const MAX_REPLICAS: &str = "deployment.kubernetes.io/max-replicas";
-pub const HASH_LABEL: &str = "pod-template-hash";
+
 /// Deployment annotations that describe the rollout itself and are not copied to its
 /// ReplicaSets (kubectl's rollback skips the same set when copying back).
 const NOT_COPIED: &[&str] = &[
@@ -128,193 +135,6 @@ fn deployment_of_pod(ctx: &Context, pod: &Pod) -> Option<ObjectKey> {
     Some(ObjectKey::new(ns, &d.name))
 }
 
-// ---------------------------------------------------------------------------------
-// Pure logic.
-
-/// An int, or a percentage of `total` rounded up (`round_up`) or down.
-pub fn scaled_value(v: &IntOrString, total: i32, round_up: bool) -> Option<i32> {
-    match v {
-        IntOrString::Int(i) => Some(*i),
-        IntOrString::String(s) => {
-            let pct: i64 = s.strip_suffix('%')?.trim().parse().ok()?;
-            let x = pct * i64::from(total);
-            let v = if round_up { (x + 99).div_euclid(100) } else { x.div_euclid(100) };
-            i32::try_from(v).ok()
-        }
-    }
-}
-
-/// maxSurge (rounded up) and maxUnavailable (rounded down) for `replicas`; both zero
-/// would deadlock a rollout, so maxUnavailable becomes 1 then, as in Kubernetes.
-pub fn resolve_fenceposts(
-    surge: Option<&IntOrString>,
-    unavailable: Option<&IntOrString>,
-    replicas: i32,
-) -> Result<(i32, i32), (&'static str, String)> {
-    let pct25 = IntOrString::String("25%".into());
-    let s = surge.unwrap_or(&pct25);
-    let u = unavailable.unwrap_or(&pct25);
-    let show = |v: &IntOrString| match v {
-        IntOrString::Int(i) => i.to_string(),
-        IntOrString::String(s) => s.clone(),
-    };
-    let surge = scaled_value(s, replicas, true).ok_or_else(|| ("maxSurge", show(s)))?.max(0);
-    let unavailable = scaled_value(u, replicas, false).ok_or_else(|| ("maxUnavailable", show(u)))?.max(0);
-    if surge == 0 && unavailable == 0 {
-        return Ok((0, 1));
-    }
-    Ok((surge, unavailable))
-}
-
-/// The replicas the new ReplicaSet may have during a rolling update: up to `replicas`,
-/// without the total of all ReplicaSets' desired pods exceeding `replicas + max_surge`.
-pub fn new_rs_replicas(replicas: i32, max_surge: i32, total_spec: i32, new_spec: i32) -> i32 {
-    let max_total = replicas + max_surge;
-    if total_spec >= max_total {
-        return new_spec;
-    }
-    let room = max_total - total_spec;
-    new_spec + room.min((replicas - new_spec).max(0))
-}
-
-/// New desired replicas of the old ReplicaSets (given oldest first as `(spec,
-/// available)`) during a rolling update: first drop their unavailable pods, then
-/// available ones, never taking availability below `replicas - max_unavailable`.
-pub fn old_rs_scale_down(
-    replicas: i32,
-    max_unavailable: i32,
-    new_spec: i32,
-    new_available: i32,
-    old: &[(i32, i32)],
-) -> Vec<i32> {
-    let mut out: Vec<i32> = old.iter().map(|&(s, _)| s).collect();
-    let old_total: i32 = out.iter().sum();
-    if old_total == 0 {
-        return out;
-    }
-    let all = new_spec + old_total;
-    let min_available = replicas - max_unavailable;
-    let new_unavailable = (new_spec - new_available).max(0);
-    let max_scaled_down = all - min_available - new_unavailable;
-    if max_scaled_down <= 0 {
-        return out;
-    }
-    // Unhealthy old pods first: removing them costs no availability.
-    let mut cleaned = 0;
-    for (i, &(_, avail)) in old.iter().enumerate() {
-        if cleaned >= max_scaled_down {
-            break;
-        }
-        let unhealthy = (out[i] - avail).max(0);
-        let n = unhealthy.min(max_scaled_down - cleaned);
-        out[i] -= n;
-        cleaned += n;
-    }
-    let available: i32 = new_available + old.iter().zip(&out).map(|(&(_, a), &s)| a.min(s)).sum::<i32>();
-    let budget = available - min_available;
-    let mut scaled = 0;
-    for s in out.iter_mut() {
-        if scaled >= budget {
-            break;
-        }
-        let n = (*s).min(budget - scaled);
-        *s -= n;
-        scaled += n;
-    }
-    out
-}
-
-/// Sorts object keys so the JSON is the same whatever order a map iterated in.
-fn canonical(v: &Value, out: &mut String) {
-    match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            out.push('{');
-            for k in keys {
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                canonical(&m[k], out);
-                out.push(',');
-            }
-            out.push('}');
-        }
-        Value::Array(a) => {
-            out.push('[');
-            for x in a {
-                canonical(x, out);
-                out.push(',');
-            }
-            out.push(']');
-        }
-        other => out.push_str(&other.to_string()),
-    }
-}
-
-/// A stable, label-safe hash of a pod template (FNV-1a over its canonical JSON and the
-/// collision count), spelled without vowels so it never forms words.
-pub fn pod_template_hash(template: &PodTemplateSpec, collision_count: i32) -> String {
-    let mut text = String::new();
-    canonical(&template_without_hash(template), &mut text);
-    let mut h: u32 = 0x811c_9dc5;
-    let bytes = text.bytes().chain(if collision_count > 0 { collision_count.to_le_bytes().to_vec() } else { vec![] });
-    for b in bytes {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut s = Vec::new();
-    loop {
-        s.push(ALPHABET[(h % ALPHABET.len() as u32) as usize]);
-        h /= ALPHABET.len() as u32;
-        if h == 0 {
-            break;
-        }
-    }
-    String::from_utf8(s).unwrap_or_default()
-}
-
-/// Drops nulls, empty objects and empty lists: clients that decode into typed structs
-/// and encode again (kubectl's `rollout undo` does) add `resources: {}` and the like,
-/// which must not make the same template look new.
-fn normalize(v: &mut Value) {
-    match v {
-        Value::Object(m) => {
-            for x in m.values_mut() {
-                normalize(x);
-            }
-            m.retain(|_, x| !is_empty_value(x));
-        }
-        Value::Array(a) => a.iter_mut().for_each(normalize),
-        _ => {}
-    }
-}
-
-fn is_empty_value(v: &Value) -> bool {
-    match v {
-        Value::Null => true,
-        Value::Object(m) => m.is_empty(),
-        Value::Array(a) => a.is_empty(),
-        _ => false,
-    }
-}
-
-/// The template as normalized JSON without the `pod-template-hash` label: what the hash
-/// and the comparison of templates look at.
-fn template_without_hash(t: &PodTemplateSpec) -> Value {
-    let mut v = serde_json::to_value(t).unwrap_or_default();
-    if let Some(labels) = v.pointer_mut("/metadata/labels").and_then(|l| l.as_object_mut()) {
-        labels.remove(HASH_LABEL);
-    }
-    normalize(&mut v);
-    v
-}
-
-/// Same template apart from the hash label (how a ReplicaSet is matched to a revision).
-pub fn equal_ignore_hash(a: &PodTemplateSpec, b: &PodTemplateSpec) -> bool {
-    template_without_hash(a) == template_without_hash(b)
-}
-
 fn revision_of(rs: &ReplicaSet) -> i64 {
     rs.metadata.annotations.as_ref().and_then(|a| a.get(REVISION)).and_then(|r| r.parse().ok()).unwrap_or(0)
 }
@@ -333,106 +153,6 @@ fn pods_bound(rs: &ReplicaSet) -> i32 {
 
 fn available(rs: &ReplicaSet) -> i32 {
     rs.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0)
-}
-
-/// Sets a condition: a changed status moves lastTransitionTime; `touch` refreshes
-/// lastUpdateTime even when nothing else changed (progress was made).
-pub fn set_condition(
-    conds: &mut Vec<DeploymentCondition>,
-    type_: &str,
-    status: &str,
-    reason: &str,
-    message: &str,
-    now: i64,
-    touch: bool,
-) {
-    let t = Time(k8s_openapi::jiff::Timestamp::from_second(now).unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
-    if let Some(c) = conds.iter_mut().find(|c| c.type_ == type_) {
-        if c.status == status && c.reason.as_deref() == Some(reason) && !touch {
-            return;
-        }
-        if c.status != status {
-            c.last_transition_time = Some(t.clone());
-        }
-        c.status = status.into();
-        c.reason = Some(reason.into());
-        c.message = Some(message.into());
-        c.last_update_time = Some(t);
-        return;
-    }
-    conds.push(DeploymentCondition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: Some(reason.into()),
-        message: Some(message.into()),
-        last_transition_time: Some(t.clone()),
-        last_update_time: Some(t),
-    });
-}
-
-/// The rollout is done: every desired pod is updated and available and nothing old is left.
-pub fn is_complete(replicas: i32, generation: i64, s: &DeploymentStatus) -> bool {
-    s.updated_replicas.unwrap_or(0) == replicas
-        && s.replicas.unwrap_or(0) == replicas
-        && s.available_replicas.unwrap_or(0) == replicas
-        && s.observed_generation.unwrap_or(0) >= generation
-}
-
-/// Progress since the last status: more updated, ready or available pods, or fewer old ones.
-pub fn made_progress(old: &DeploymentStatus, new: &DeploymentStatus) -> bool {
-    let n = |x: Option<i32>| x.unwrap_or(0);
-    let old_old = n(old.replicas) - n(old.updated_replicas);
-    let new_old = n(new.replicas) - n(new.updated_replicas);
-    n(new.updated_replicas) > n(old.updated_replicas)
-        || n(new.ready_replicas) > n(old.ready_replicas)
-        || n(new.available_replicas) > n(old.available_replicas)
-        || new_old < old_old
-}
-
-/// What decides the Progressing condition.
-#[derive(Debug, Clone, Copy)]
-pub struct Progress {
-    /// progressDeadlineSeconds (None: no deadline).
-    pub deadline: Option<i32>,
-    pub paused: bool,
-    pub complete: bool,
-    /// The status moved forward since the last one (`made_progress`).
-    pub progressed: bool,
-}
-
-/// Updates the Progressing condition: NewReplicaSetAvailable once complete,
-/// ReplicaSetUpdated (refreshing lastUpdateTime) on progress, ProgressDeadlineExceeded
-/// when the last progress is older than the deadline. Returns the seconds after which
-/// the deadline must be checked again, if it is running.
-pub fn update_progressing(
-    conds: &mut Vec<DeploymentCondition>,
-    p: &Progress,
-    new_rs: Option<&str>,
-    now: i64,
-) -> Option<i64> {
-    let (Some(deadline), false, Some(new_rs)) = (p.deadline, p.paused, new_rs) else { return None };
-    let deadline = i64::from(deadline);
-    if p.complete {
-        let msg = format!("ReplicaSet \"{new_rs}\" has successfully progressed.");
-        set_condition(conds, "Progressing", "True", "NewReplicaSetAvailable", &msg, now, false);
-        return None;
-    }
-    if p.progressed {
-        let msg = format!("ReplicaSet \"{new_rs}\" is progressing.");
-        set_condition(conds, "Progressing", "True", "ReplicaSetUpdated", &msg, now, true);
-        return Some(deadline + 1);
-    }
-    let c = conds.iter().find(|c| c.type_ == "Progressing")?;
-    if c.status != "True" || c.reason.as_deref() == Some("NewReplicaSetAvailable") {
-        return None;
-    }
-    let left = c.last_update_time.as_ref().map_or(now, |t| t.0.as_second()) + deadline - now;
-    if left >= 0 {
-        return Some(left + 1);
-    }
-    let msg = format!("ReplicaSet \"{new_rs}\" has timed out progressing.");
-    set_condition(conds, "Progressing", "False", "ProgressDeadlineExceeded", &msg, now, false);
-    None
 }
 
 // ---------------------------------------------------------------------------------
@@ -493,7 +213,8 @@ async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Action> {
     }
     rss.sort_by_key(|rs| (rs.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()), rs.metadata.name.clone()));
     let conds = d.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
-    let mut s = Pass { ctx, key, d, replicas, max_surge, max_unavailable, rss, conds, now: super::now().as_second() };
+    let mut s =
+        Pass { ctx, key, d, replicas, max_surge, max_unavailable, rss, conds, now: jiff::Timestamp::now().as_second() };
 
     if deleting {
         return s.write_status(None).await;
@@ -874,144 +595,4 @@ impl Pass<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use k8s_openapi::api::core::v1::{Container, PodSpec};
-
-    use super::*;
-
-    fn pct(s: &str) -> IntOrString {
-        IntOrString::String(s.into())
-    }
-
-    #[test]
-    fn percentages_round_surge_up_and_unavailable_down() {
-        assert_eq!(resolve_fenceposts(None, None, 3), Ok((1, 0)));
-        // 25% of 3: surge ceil(0.75) = 1, unavailable floor(0.75) = 0.
-        assert_eq!(resolve_fenceposts(Some(&pct("25%")), Some(&pct("25%")), 3), Ok((1, 0)));
-        assert_eq!(resolve_fenceposts(Some(&pct("25%")), Some(&pct("25%")), 10), Ok((3, 2)));
-        assert_eq!(resolve_fenceposts(Some(&IntOrString::Int(2)), Some(&pct("50%")), 5), Ok((2, 2)));
-        // Both zero would never make progress: one may be unavailable.
-        assert_eq!(resolve_fenceposts(Some(&IntOrString::Int(0)), Some(&pct("0%")), 5), Ok((0, 1)));
-        assert_eq!(resolve_fenceposts(Some(&pct("x")), None, 5), Err(("maxSurge", "x".to_string())));
-        assert_eq!(resolve_fenceposts(None, Some(&pct("7")), 5), Err(("maxUnavailable", "7".to_string())));
-    }
-
-    #[test]
-    fn new_replica_set_grows_within_surge() {
-        // 3 replicas, surge 1: old RS has 3 → new may get 1.
-        assert_eq!(new_rs_replicas(3, 1, 3, 0), 1);
-        // Already at max total: no growth.
-        assert_eq!(new_rs_replicas(3, 1, 4, 1), 1);
-        // Old shrank to 1: new can go to 3 but no further.
-        assert_eq!(new_rs_replicas(3, 1, 2, 1), 3);
-        assert_eq!(new_rs_replicas(3, 5, 0, 0), 3);
-    }
-
-    #[test]
-    fn old_replica_sets_shrink_within_unavailable() {
-        // 3 replicas, maxUnavailable 0, new has 1 spec and 1 available, old 3/3: drop 1.
-        assert_eq!(old_rs_scale_down(3, 0, 1, 1, &[(3, 3)]), vec![2]);
-        // New pod not yet available: nothing may go.
-        assert_eq!(old_rs_scale_down(3, 0, 1, 0, &[(3, 3)]), vec![3]);
-        // Unhealthy old pods go first and cost no availability; no further one may go.
-        assert_eq!(old_rs_scale_down(3, 0, 1, 1, &[(3, 2)]), vec![2]);
-        // While the new pod is unavailable, nothing may go, not even unhealthy pods
-        // (the surge budget is spent), as in Kubernetes.
-        assert_eq!(old_rs_scale_down(3, 0, 1, 0, &[(3, 2)]), vec![3]);
-        // maxUnavailable 1: one available old pod may go even before the new one is up.
-        assert_eq!(old_rs_scale_down(4, 1, 1, 0, &[(4, 4)]), vec![3]);
-        // Oldest first across several old ReplicaSets.
-        assert_eq!(old_rs_scale_down(4, 0, 4, 4, &[(1, 1), (2, 2)]), vec![0, 0]);
-        assert_eq!(old_rs_scale_down(3, 0, 3, 3, &[(0, 0)]), vec![0]);
-    }
-
-    fn template(image: &str) -> PodTemplateSpec {
-        PodTemplateSpec {
-            metadata: Some(ObjectMeta {
-                labels: Some([("app".to_string(), "web".to_string())].into()),
-                ..Default::default()
-            }),
-            spec: Some(PodSpec {
-                containers: vec![Container { name: "web".into(), image: Some(image.into()), ..Default::default() }],
-                ..Default::default()
-            }),
-        }
-    }
-
-    #[test]
-    fn template_hash_is_stable_label_safe_and_ignores_its_own_label() {
-        let a = template("nginx:1.27");
-        let h = pod_template_hash(&a, 0);
-        assert_eq!(h, pod_template_hash(&a.clone(), 0));
-        assert!(!h.is_empty() && h.len() <= 7 && h.chars().all(|c| c.is_ascii_alphanumeric()), "{h}");
-        assert!(!h.chars().any(|c| "aeiou".contains(c)));
-        assert_ne!(h, pod_template_hash(&template("nginx:1.28"), 0));
-        assert_ne!(h, pod_template_hash(&a, 1), "a collision count gives a new name");
-        let mut labeled = a.clone();
-        labeled.metadata.as_mut().unwrap().labels.as_mut().unwrap().insert(HASH_LABEL.into(), h.clone());
-        assert_eq!(pod_template_hash(&labeled, 0), h);
-        assert!(equal_ignore_hash(&labeled, &a));
-        assert!(!equal_ignore_hash(&labeled, &template("nginx:1.28")));
-        // Re-encoded by a typed client: empty fields do not make a new revision.
-        let mut reencoded = a.clone();
-        reencoded.spec.as_mut().unwrap().containers[0].resources = Some(Default::default());
-        reencoded.spec.as_mut().unwrap().volumes = Some(vec![]);
-        assert!(equal_ignore_hash(&reencoded, &a));
-        assert_eq!(pod_template_hash(&reencoded, 0), h);
-    }
-
-    #[test]
-    fn conditions_keep_transition_time_unless_status_changes() {
-        let mut c = Vec::new();
-        set_condition(&mut c, "Progressing", "True", "ReplicaSetUpdated", "m", 100, true);
-        set_condition(&mut c, "Progressing", "True", "ReplicaSetUpdated", "m", 200, true);
-        assert_eq!(c[0].last_transition_time.as_ref().unwrap().0.as_second(), 100);
-        assert_eq!(c[0].last_update_time.as_ref().unwrap().0.as_second(), 200);
-        set_condition(&mut c, "Progressing", "True", "ReplicaSetUpdated", "m", 300, false);
-        assert_eq!(c[0].last_update_time.as_ref().unwrap().0.as_second(), 200, "no progress, no touch");
-        set_condition(&mut c, "Progressing", "False", "ProgressDeadlineExceeded", "late", 900, false);
-        assert_eq!(c[0].last_transition_time.as_ref().unwrap().0.as_second(), 900);
-        assert_eq!(c.len(), 1);
-    }
-
-    #[test]
-    fn progress_deadline() {
-        let p = Progress { deadline: Some(60), paused: false, complete: false, progressed: true };
-        let mut c = Vec::new();
-        assert_eq!(update_progressing(&mut c, &p, Some("web-1"), 1000), Some(61));
-        assert_eq!(c[0].reason.as_deref(), Some("ReplicaSetUpdated"));
-        let stuck = Progress { progressed: false, ..p };
-        assert_eq!(update_progressing(&mut c, &stuck, Some("web-1"), 1030), Some(31), "30 s left");
-        assert_eq!(update_progressing(&mut c, &stuck, Some("web-1"), 1061), None);
-        assert_eq!((c[0].status.as_str(), c[0].reason.as_deref()), ("False", Some("ProgressDeadlineExceeded")));
-        assert_eq!(c[0].message.as_deref(), Some("ReplicaSet \"web-1\" has timed out progressing."));
-        // Progress after the deadline makes it True again; completion settles it.
-        update_progressing(&mut c, &p, Some("web-1"), 1100);
-        assert_eq!(c[0].status, "True");
-        let done = Progress { complete: true, ..stuck };
-        assert_eq!(update_progressing(&mut c, &done, Some("web-1"), 1200), None);
-        assert_eq!(c[0].reason.as_deref(), Some("NewReplicaSetAvailable"));
-        // A complete rollout never times out, and a paused one is not judged.
-        assert_eq!(update_progressing(&mut c, &stuck, Some("web-1"), 9999), None);
-        assert_eq!(c[0].reason.as_deref(), Some("NewReplicaSetAvailable"));
-        assert_eq!(update_progressing(&mut c, &Progress { paused: true, ..p }, Some("web-1"), 9999), None);
-    }
-
-    #[test]
-    fn completeness_and_progress() {
-        let s = |replicas, updated, ready, available, generation| DeploymentStatus {
-            replicas: Some(replicas),
-            updated_replicas: Some(updated),
-            ready_replicas: Some(ready),
-            available_replicas: Some(available),
-            observed_generation: Some(generation),
-            ..Default::default()
-        };
-        assert!(is_complete(3, 2, &s(3, 3, 3, 3, 2)));
-        assert!(!is_complete(3, 2, &s(4, 3, 3, 3, 2)), "an old pod is left");
-        assert!(!is_complete(3, 3, &s(3, 3, 3, 3, 2)), "not yet observed");
-        assert!(made_progress(&s(3, 0, 3, 3, 1), &s(4, 1, 3, 3, 2)));
-        assert!(made_progress(&s(4, 1, 4, 4, 2), &s(3, 1, 3, 3, 2)), "an old pod went away");
-        assert!(!made_progress(&s(4, 1, 4, 4, 2), &s(4, 1, 4, 4, 2)));
-    }
-}
+mod tests;

@@ -5,14 +5,17 @@
 //!
 //! It must not talk to the API server: callers do their own writes.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::cell::OnceCell;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::{Metadata, Resource};
 use skiff_api::reflector::Cache;
+
+use crate::helpers::expectations::{Expect, Expectations, Seen};
 
 /// The controller reference (`controller: true`) that makes `obj` the owner of a pod.
 pub fn controller_ref<K: Resource + Metadata<Ty = ObjectMeta>>(obj: &K) -> OwnerReference {
@@ -60,77 +63,52 @@ pub fn is_terminating(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_some()
 }
 
-/// Writes an owner made that its cache has not shown yet.
+/// Per owner uid, the pod creations (by pod name) and deletions (by pod uid) not yet
+/// seen in the pod cache; an owner with pending writes is not acted on (its view is
+/// stale). The rule itself is `helpers::expectations`; this adapts it to the pod cache.
 #[derive(Debug)]
-struct Pending {
-    /// Names of pods created.
-    creates: HashSet<String>,
-    /// Uids of pods deleted.
-    deletes: HashSet<String>,
-    since: Instant,
-}
+pub struct PodExpectations(Expectations<String>);
 
-/// Per owner uid, the pod creations and deletions not yet seen in the pod cache. An
-/// owner with pending writes is not acted on (its view is stale); pending writes that
-/// the cache never shows (e.g. a create that failed after the server stored it) are
-/// forgotten after `ttl`.
-#[derive(Debug)]
-pub struct Expectations {
-    pending: Mutex<HashMap<String, Pending>>,
-    ttl: Duration,
-}
-
-impl Default for Expectations {
+impl Default for PodExpectations {
     fn default() -> Self {
-        Self::new(Duration::from_secs(30))
+        Self(Expectations::new(Duration::from_secs(30)))
     }
 }
 
-impl Expectations {
-    pub fn new(ttl: Duration) -> Self {
-        Self { pending: Mutex::new(HashMap::new()), ttl }
-    }
-
-    fn entry<R>(&self, owner: &str, f: impl FnOnce(&mut Pending) -> R) -> R {
-        let mut m = self.pending.lock().unwrap();
-        let p = m.entry(owner.to_string()).or_insert_with(|| Pending {
-            creates: HashSet::new(),
-            deletes: HashSet::new(),
-            since: Instant::now(),
-        });
-        f(p)
-    }
-
+impl PodExpectations {
     pub fn created(&self, owner: &str, pod_name: &str) {
-        self.entry(owner, |p| p.creates.insert(pod_name.to_string()));
+        self.0.expect(&owner.to_string(), pod_name, Expect::Present { min_rv: 0 });
     }
 
     pub fn deleted(&self, owner: &str, pod_uid: &str) {
-        self.entry(owner, |p| p.deletes.insert(pod_uid.to_string()));
+        self.0.expect(&owner.to_string(), pod_uid, Expect::Gone);
     }
 
     /// Whether the cache reflects every write made for `owner` (in `namespace`).
     pub fn satisfied(&self, owner: &str, namespace: &str, pods: &Cache<Pod>) -> bool {
-        let mut m = self.pending.lock().unwrap();
-        let Some(p) = m.get_mut(owner) else { return true };
-        p.creates.retain(|name| pods.get_named(Some(namespace), name).is_none());
-        if !p.deletes.is_empty() {
-            let live: HashSet<String> = pods
-                .list_namespace(namespace)
-                .iter()
-                .filter(|pod| !is_terminating(pod))
-                .filter_map(|pod| pod.metadata.uid.clone())
-                .collect();
-            p.deletes.retain(|uid| live.contains(uid));
-        }
-        let done = (p.creates.is_empty() && p.deletes.is_empty()) || p.since.elapsed() > self.ttl;
-        if done {
-            m.remove(owner);
-        }
-        done
+        // Uids of the pods not being deleted, computed once and only if a delete is pending.
+        let live: OnceCell<HashSet<String>> = OnceCell::new();
+        self.0.satisfied_in(&owner.to_string(), |id, expect| {
+            Some(match expect {
+                Expect::Present { .. } => match pods.get_named(Some(namespace), id) {
+                    Some(_) => Seen::Present(None),
+                    None => Seen::Absent,
+                },
+                Expect::Gone => {
+                    let live = live.get_or_init(|| {
+                        pods.list_namespace(namespace)
+                            .iter()
+                            .filter(|pod| !is_terminating(pod))
+                            .filter_map(|pod| pod.metadata.uid.clone())
+                            .collect()
+                    });
+                    if live.contains(id) { Seen::Present(None) } else { Seen::Absent }
+                }
+            })
+        })
     }
 
     pub fn forget(&self, owner: &str) {
-        self.pending.lock().unwrap().remove(owner);
+        self.0.forget(&owner.to_string());
     }
 }

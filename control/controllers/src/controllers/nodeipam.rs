@@ -12,29 +12,33 @@
 //! IPv4 only.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 use skiff_api::Patch;
 use skiff_api::reflector::Change;
 use skiff_api::workqueue::{Action, WorkQueue, run_workers};
 
 use super::Context;
-use super::events::EventType;
+use crate::events::EventType;
 
 /// The size of each node's range, as upstream's default `--node-cidr-mask-size`.
 pub const NODE_MASK: u8 = 24;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CidrError {
-    #[error("{0:?} is not an IPv4 CIDR (a.b.c.d/n)")]
-    Parse(String),
+    #[error("{cidr:?} is not an IPv4 CIDR (a.b.c.d/n)")]
+    Parse {
+        cidr: String,
+        #[source]
+        source: ipnet::AddrParseError,
+    },
     #[error(
         "cluster CIDR {cidr} is smaller than one /{NODE_MASK} node range; give a prefix of /{NODE_MASK} or shorter"
     )]
-    TooSmall { cidr: String },
+    TooSmall { cidr: Ipv4Net },
     #[error("{0} is not a /{NODE_MASK} inside the cluster CIDR")]
     OutOfRange(String),
     #[error("{cidr} is already allocated to node {owner}")]
@@ -54,57 +58,44 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-fn parse_cidr(s: &str) -> Result<(u32, u8), CidrError> {
-    let bad = || CidrError::Parse(s.to_string());
-    let (ip, len) = s.trim().split_once('/').ok_or_else(bad)?;
-    let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
-    let len: u8 = len.parse().map_err(|_| bad())?;
-    if len > 32 {
-        return Err(bad());
-    }
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    Ok((u32::from(ip) & mask, len))
-}
-
 /// The /24s of the cluster CIDR and who holds each.
 #[derive(Debug, Clone)]
 pub struct CidrSet {
-    base: u32,
-    count: u32,
-    /// Range index → node.
-    used: BTreeMap<u32, String>,
+    /// The cluster CIDR, host bits cleared.
+    cluster: Ipv4Net,
+    /// Node range → node.
+    used: BTreeMap<Ipv4Net, String>,
 }
 
 impl CidrSet {
-    pub fn new(cluster_cidr: &str) -> Result<Self, CidrError> {
-        let (base, len) = parse_cidr(cluster_cidr)?;
-        if len > NODE_MASK {
-            return Err(CidrError::TooSmall { cidr: cluster_cidr.to_string() });
+    pub fn new(cluster_cidr: Ipv4Net) -> Result<Self, CidrError> {
+        if cluster_cidr.prefix_len() > NODE_MASK {
+            return Err(CidrError::TooSmall { cidr: cluster_cidr });
         }
-        Ok(Self { base, count: 1 << (NODE_MASK - len), used: BTreeMap::new() })
+        Ok(Self { cluster: cluster_cidr.trunc(), used: BTreeMap::new() })
     }
 
-    fn index_of(&self, cidr: &str) -> Result<u32, CidrError> {
-        let out = || CidrError::OutOfRange(cidr.to_string());
-        let (net, len) = parse_cidr(cidr)?;
-        if len != NODE_MASK || net < self.base {
-            return Err(out());
+    /// The node range `cidr` names (host bits ignored), if it is one of ours.
+    fn range_of(&self, cidr: &str) -> Result<Ipv4Net, CidrError> {
+        let net: Ipv4Net = cidr.trim().parse().map_err(|source| CidrError::Parse { cidr: cidr.to_string(), source })?;
+        if net.prefix_len() != NODE_MASK || !self.cluster.contains(&net) {
+            return Err(CidrError::OutOfRange(cidr.to_string()));
         }
-        let idx = (net - self.base) >> (32 - NODE_MASK);
-        if idx >= self.count { Err(out()) } else { Ok(idx) }
+        Ok(net.trunc())
     }
 
-    fn cidr_of(&self, idx: u32) -> String {
-        format!("{}/{NODE_MASK}", Ipv4Addr::from(self.base + (idx << (32 - NODE_MASK))))
+    fn ranges(&self) -> impl Iterator<Item = Ipv4Net> {
+        // `new` checked that the cluster CIDR holds at least one node range.
+        self.cluster.subnets(NODE_MASK).into_iter().flatten()
     }
 
     /// Records a node's existing range (recovery, or a node created with one).
     pub fn occupy(&mut self, node: &str, cidr: &str) -> Result<(), CidrError> {
-        let idx = self.index_of(cidr)?;
-        match self.used.get(&idx) {
+        let range = self.range_of(cidr)?;
+        match self.used.get(&range) {
             Some(owner) if owner != node => Err(CidrError::Taken { cidr: cidr.to_string(), owner: owner.clone() }),
             _ => {
-                self.used.insert(idx, node.to_string());
+                self.used.insert(range, node.to_string());
                 Ok(())
             }
         }
@@ -115,13 +106,13 @@ impl CidrSet {
         if let Some(c) = self.held_by(node) {
             return Some(c);
         }
-        let idx = (0..self.count).find(|i| !self.used.contains_key(i))?;
-        self.used.insert(idx, node.to_string());
-        Some(self.cidr_of(idx))
+        let range = self.ranges().find(|r| !self.used.contains_key(r))?;
+        self.used.insert(range, node.to_string());
+        Some(range.to_string())
     }
 
     pub fn held_by(&self, node: &str) -> Option<String> {
-        self.used.iter().find(|(_, n)| n.as_str() == node).map(|(i, _)| self.cidr_of(*i))
+        self.used.iter().find(|(_, n)| n.as_str() == node).map(|(r, _)| r.to_string())
     }
 
     /// Frees whatever `node` holds.
@@ -132,7 +123,8 @@ impl CidrSet {
     }
 
     pub fn free(&self) -> u32 {
-        self.count - self.used.len() as u32
+        let count = 1u32 << (NODE_MASK - self.cluster.prefix_len());
+        count - self.used.len() as u32
     }
 }
 
@@ -148,7 +140,7 @@ struct State {
 
 /// Runs the controller until aborted.
 pub async fn run(ctx: Arc<Context>) {
-    let mut cidrs = match CidrSet::new(&ctx.config.cluster_cidr) {
+    let mut cidrs = match CidrSet::new(ctx.config.cluster_cidr) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(cluster_cidr = %ctx.config.cluster_cidr, error = %e, "node IPAM disabled: bad --cluster-cidr");
@@ -241,9 +233,13 @@ async fn reconcile(ctx: &Context, state: &State, name: &str) -> Result<Action> {
 mod tests {
     use super::*;
 
+    fn cidr(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn allocates_lowest_free_and_reuses_released() {
-        let mut s = CidrSet::new("10.244.0.0/16").unwrap();
+        let mut s = CidrSet::new(cidr("10.244.0.0/16")).unwrap();
         assert_eq!(s.free(), 256);
         assert_eq!(s.allocate("a").as_deref(), Some("10.244.0.0/24"));
         assert_eq!(s.allocate("b").as_deref(), Some("10.244.1.0/24"));
@@ -254,7 +250,7 @@ mod tests {
 
     #[test]
     fn recovery_prevents_sharing() {
-        let mut s = CidrSet::new("10.244.0.0/16").unwrap();
+        let mut s = CidrSet::new(cidr("10.244.0.0/16")).unwrap();
         s.occupy("old", "10.244.0.0/24").unwrap();
         s.occupy("old2", "10.244.2.0/24").unwrap();
         assert_eq!(s.allocate("new").as_deref(), Some("10.244.1.0/24"));
@@ -266,13 +262,13 @@ mod tests {
 
     #[test]
     fn exhaustion_and_bad_config() {
-        let mut s = CidrSet::new("10.0.0.0/23").unwrap();
+        let mut s = CidrSet::new(cidr("10.0.0.0/23")).unwrap();
         assert!(s.allocate("a").is_some());
         assert_eq!(s.allocate("b").as_deref(), Some("10.0.1.0/24"));
         assert_eq!(s.allocate("c"), None);
-        assert!(matches!(CidrSet::new("10.0.0.0/25"), Err(CidrError::TooSmall { .. })));
-        assert!(matches!(CidrSet::new("nonsense"), Err(CidrError::Parse(_))));
+        assert!(matches!(CidrSet::new(cidr("10.0.0.0/25")), Err(CidrError::TooSmall { .. })));
+        assert!(matches!(s.occupy("x", "nonsense"), Err(CidrError::Parse { .. })));
         // Host bits in the flag are ignored, as a network address is meant.
-        assert_eq!(CidrSet::new("10.1.2.3/16").unwrap().allocate("a").as_deref(), Some("10.1.0.0/24"));
+        assert_eq!(CidrSet::new(cidr("10.1.2.3/16")).unwrap().allocate("a").as_deref(), Some("10.1.0.0/24"));
     }
 }

@@ -116,7 +116,7 @@ pub fn tie_breaker_for(pod: &Pod) -> u64 {
             pod.metadata.name.as_deref().unwrap_or("")
         ),
     };
-    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    crate::helpers::hash::fnv1a_64(key.bytes())
 }
 
 /// Picks a node for `pod`.
