@@ -136,9 +136,7 @@ mod tests {
             let ms = self.start.map_or(0, |s| s.elapsed().as_millis() as u64);
             self.syncs.push((ms, reason, self.applied.len()));
             // Change 99 stands for one that fails until it is retried once.
-            let failed = self.applied.last() == Some(&99)
-                && self.syncs.iter().filter(|s| s.2 == self.applied.len()).count() == 1;
-            failed
+            self.applied.last() == Some(&99) && self.syncs.iter().filter(|s| s.2 == self.applied.len()).count() == 1
         }
     }
 

@@ -167,6 +167,13 @@ pub fn ensure_bpffs() -> Result<()> {
 /// machine already (`fresh-machine-packages.txt`, a copy of the project's shared list);
 /// a unit test checks both, and another that the code runs no program missing here.
 /// `None` marks the programs that come with rustup, not from Debian.
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "only the unit tests below read it; it lives beside DEBIAN_PACKAGES so both change together"
+    )
+)]
 pub const TOOLS: &[(&str, Option<&str>)] = &[
     ("cargo", None),
     ("rustup", None),

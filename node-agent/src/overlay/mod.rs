@@ -12,4 +12,5 @@
 
 pub mod device;
 pub mod reconciler;
+pub mod role;
 pub mod source;

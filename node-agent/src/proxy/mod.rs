@@ -27,6 +27,7 @@
 pub mod maps;
 pub mod model;
 pub mod reconciler;
+pub mod role;
 pub mod source;
 
 pub use maps::{AyaLbMaps, FakeLbMaps, LbMaps, render_dump};

@@ -1,0 +1,147 @@
+//! The `skiff-node` command line: the flags of each subcommand and the dispatch to
+//! them. `run` itself is the composition root in `agent/mod.rs`; the small
+//! subcommands (stats, dump, reset) are done here.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use skiff_datapath::Ipv4Net;
+use tracing::info;
+
+use crate::{
+    datapath,
+    proxy::maps::{AyaLbMaps, render_dump},
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "skiff-node", version, about = "Skiff node agent: eBPF service proxy and datapath")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the datapath and keep the Service maps in line with the desired state.
+    Run(Box<RunArgs>),
+    /// Print the datapath's counters.
+    Stats(PinArgs),
+    /// Print the Service, backend and reverse-NAT maps.
+    Dump(PinArgs),
+    /// Remove every pin of this node: detaches the programs and drops the maps.
+    Reset(PinArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// The node's bpffs directory.
+    #[arg(long, default_value = "/sys/fs/bpf/skiff/node")]
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// This node's name.
+    #[arg(long, default_value = "node")]
+    pub node_name: String,
+    /// The node's bpffs directory (default: /sys/fs/bpf/skiff/<node-name>).
+    #[arg(long)]
+    pub pin_dir: Option<PathBuf>,
+    /// A directory of Service and EndpointSlice manifests (YAML or JSON), watched for
+    /// changes. Stands in for the API server until the control plane exists. Without
+    /// it the proxy role is off.
+    #[arg(long)]
+    pub manifests: Option<PathBuf>,
+    /// A file listing the cluster's nodes (name, podCIDR, underlayIP), watched for
+    /// changes; stands in for the Node watch. Without it the overlay role is off.
+    #[arg(long)]
+    pub nodes: Option<PathBuf>,
+    /// The underlay interface VXLAN runs over (its MTU sets the overlay's).
+    #[arg(long, default_value = "eth0")]
+    pub underlay_interface: String,
+    /// Where containerd reads CNI configuration: the agent writes this node's
+    /// conflist there (podCIDR, MTU, bpffs path, data dir). Needs the overlay role.
+    #[arg(long)]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// Where containerd finds CNI plugins: the agent installs skiff-cni (from beside its
+    /// own binary) and loopback there.
+    #[arg(long)]
+    pub cni_bin_dir: Option<PathBuf>,
+    /// skiff-cni's data directory (IPAM state).
+    #[arg(long, default_value = "/var/lib/skiff/cni")]
+    pub cni_data_dir: PathBuf,
+    /// The cluster CIDR, cut into one podCIDR per node.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub cluster_cidr: Ipv4Net,
+    /// A pod's host-side interface to attach "from pod" to (repeatable).
+    #[arg(long = "pod-interface")]
+    pub pod_interfaces: Vec<String>,
+    /// How often the file sources (--manifests, --nodes) look for changes, and the
+    /// least time between two syncs of a role, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub sync_interval_ms: u64,
+    /// The most time between two syncs of a role even without changes, in seconds: a
+    /// sync re-asserts the desired state.
+    #[arg(long, default_value_t = 30)]
+    pub resync_interval_s: u64,
+    /// Idle timeout of UDP flows, in seconds.
+    #[arg(long, default_value_t = skiff_ebpf_common::DEFAULT_UDP_TIMEOUT_S)]
+    pub udp_timeout_s: u32,
+    /// Idle timeout of established TCP flows, in seconds.
+    #[arg(long, default_value_t = skiff_ebpf_common::DEFAULT_TCP_TIMEOUT_S)]
+    pub tcp_timeout_s: u32,
+    /// How long a TCP flow lives after FIN or RST, in seconds.
+    #[arg(long, default_value_t = skiff_ebpf_common::DEFAULT_TCP_CLOSING_TIMEOUT_S)]
+    pub tcp_closing_timeout_s: u32,
+    /// The Service CIDR: only packets to it are looked up as Service traffic.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    pub service_cidr: Ipv4Net,
+    /// Capacity of the services map when it is first created.
+    #[arg(long, default_value_t = skiff_ebpf_common::capacity::SERVICES)]
+    pub services_max: u32,
+    /// Capacity of the backends map when it is first created.
+    #[arg(long, default_value_t = skiff_ebpf_common::capacity::BACKENDS)]
+    pub backends_max: u32,
+    /// Capacity of the conntrack map when it is first created.
+    #[arg(long, default_value_t = skiff_ebpf_common::capacity::CT)]
+    pub ct_max: u32,
+    /// A file to create once the first sync is done (for scripts and tests).
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+    /// Sync each role once, after its source was first read, and exit.
+    #[arg(long)]
+    pub once: bool,
+}
+
+pub fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal; a log file must stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => super::run(*args),
+        Command::Stats(args) => {
+            for (name, value) in datapath::read_stats(&args.pin_dir)? {
+                println!("{name}: {value}");
+            }
+            Ok(())
+        }
+        Command::Dump(args) => {
+            let maps = AyaLbMaps::open(&args.pin_dir).context("opening the Service maps")?;
+            print!("{}", render_dump(&maps)?);
+            Ok(())
+        }
+        Command::Reset(args) => {
+            datapath::remove_pins(&args.pin_dir).with_context(|| format!("removing {}", args.pin_dir.display()))?;
+            info!(pin_dir = %args.pin_dir.display(), "datapath removed");
+            Ok(())
+        }
+    }
+}

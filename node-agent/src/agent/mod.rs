@@ -1,0 +1,191 @@
+//! The composition root of `skiff-node run`: the one place that knows every role and
+//! wires it to its source. Order matters: the datapath is loaded (or adopted from the
+//! pins of an earlier run) first, then the pod interfaces get the "from pod" program,
+//! then each enabled role starts with its source on tasks of their own:
+//!
+//! ```text
+//! source task (polls a file or directory) --changes--> role task (runner::run)
+//! ```
+//!
+//! A role applies changes as they come and syncs after them, bounded in frequency (see
+//! `runner`). A signal stops the tasks; every pin stays, so traffic keeps flowing until
+//! the next agent adopts it.
+//!
+//! Roles to come (kubelet, node registration, the API watch as a source) are wired here
+//! too; nothing else in the agent may start a task that outlives a call.
+
+mod cli;
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use skiff_datapath::{Pins, cidr};
+use skiff_ebpf_common::LbConfig;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+pub use cli::{Cli, Command, PinArgs, RunArgs, main};
+
+use crate::datapath::{Datapath, MapSizes};
+use crate::overlay::role::{OverlayRole, OverlaySettings};
+use crate::overlay::source::{NodeSource, NodesFileSource};
+use crate::proxy::maps::AyaLbMaps;
+use crate::proxy::reconciler::LbReconciler;
+use crate::proxy::role::ProxyRole;
+use crate::proxy::source::{ManifestDirSource, ServiceSource};
+use crate::runner::{self, Role, Schedule};
+
+fn run(args: RunArgs) -> Result<()> {
+    let pin_dir = args.pin_dir.clone().unwrap_or_else(|| Pins::for_node(&args.node_name).dir().to_path_buf());
+    let mut datapath = load_datapath(&args, &pin_dir)?;
+
+    let proxy = match &args.manifests {
+        Some(dir) => {
+            let maps = AyaLbMaps::open(&pin_dir).context("opening the Service maps")?;
+            let reconciler = LbReconciler::adopt(maps).context("adopting the existing Service maps")?;
+            Some((ProxyRole::new(reconciler), ManifestDirSource::new(dir)))
+        }
+        None => None,
+    };
+    let overlay = match &args.nodes {
+        Some(file) => {
+            let settings = OverlaySettings {
+                node_name: args.node_name.clone(),
+                pin_dir: pin_dir.clone(),
+                cluster_cidr: args.cluster_cidr,
+                underlay_interface: args.underlay_interface.clone(),
+                cni_conf_dir: args.cni_conf_dir.clone(),
+                cni_bin_dir: args.cni_bin_dir.clone(),
+                cni_data_dir: args.cni_data_dir.clone(),
+            };
+            Some((OverlayRole::start(settings, &mut datapath)?, NodesFileSource::new(file)))
+        }
+        None => None,
+    };
+    info!(node = %args.node_name, pin_dir = %pin_dir.display(), proxy = proxy.is_some(), overlay = overlay.is_some(), "agent started");
+
+    let period = Duration::from_millis(args.sync_interval_ms.max(10));
+    let schedule = Schedule {
+        min_interval: period,
+        max_interval: Duration::from_secs(args.resync_interval_s.max(1)),
+        once: args.once,
+    };
+    let mut waiting_for_first_sync = usize::from(proxy.is_some()) + usize::from(overlay.is_some());
+    let (synced_tx, mut synced_rx) = mpsc::unbounded_channel::<&'static str>();
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // One thread: the roles own aya maps and never wait on each other, so they share it.
+    let tasks = tokio::task::LocalSet::new();
+    tasks.block_on(&runtime, async {
+        let mut roles = tokio::task::JoinSet::new();
+        if let Some((role, mut source)) = proxy {
+            let mut first = true;
+            let poll = move || match source.poll() {
+                // The first poll is the snapshot, even when empty; later ones only matter when something changed.
+                Ok(events) if first || !events.is_empty() => {
+                    first = false;
+                    Some(events)
+                }
+                Ok(_) => None,
+                Err(e) => {
+                    warn!(error = %e, "reading the Service source failed; keeping the last state");
+                    None
+                }
+            };
+            spawn_role(&mut roles, "proxy", role, poll, period, schedule, synced_tx.clone());
+        }
+        if let Some((role, mut source)) = overlay {
+            let poll = move || match source.poll() {
+                Ok(nodes) => nodes,
+                Err(e) => {
+                    warn!(error = %e, "reading the nodes failed; keeping the last state");
+                    None
+                }
+            };
+            spawn_role(&mut roles, "overlay", role, poll, period, schedule, synced_tx.clone());
+        }
+        if waiting_for_first_sync == 0 {
+            write_ready_file(args.ready_file.as_deref())?;
+        }
+
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = sigterm.recv() => break,
+                Some(role) = synced_rx.recv() => first_sync_done(role, &mut waiting_for_first_sync, args.ready_file.as_deref())?,
+                done = roles.join_next() => match done {
+                    // Roles end by themselves only with --once.
+                    None => break,
+                    Some(Err(e)) if e.is_panic() => anyhow::bail!("a role of the agent panicked: {e}"),
+                    Some(_) => {}
+                },
+            }
+        }
+        // With --once the roles may end before their news was read.
+        while let Ok(role) = synced_rx.try_recv() {
+            first_sync_done(role, &mut waiting_for_first_sync, args.ready_file.as_deref())?;
+        }
+        info!("agent stopping; the datapath stays pinned and keeps forwarding");
+        anyhow::Ok(())
+    })
+}
+
+/// Loads (or adopts) the datapath, sets the load balancer's settings, and attaches
+/// "from pod" to the interfaces named on the command line.
+fn load_datapath(args: &RunArgs, pin_dir: &Path) -> Result<Datapath> {
+    let sizes = MapSizes { services: args.services_max, backends: args.backends_max, ct: args.ct_max };
+    let mut datapath = Datapath::load(pin_dir, sizes).context("loading the datapath")?;
+    let (service_net, service_mask) = cidr::to_map(args.service_cidr);
+    datapath.set_config(LbConfig {
+        tcp_timeout_s: args.tcp_timeout_s,
+        tcp_closing_timeout_s: args.tcp_closing_timeout_s,
+        udp_timeout_s: args.udp_timeout_s,
+        hairpin_addr: 0,
+        service_net,
+        service_mask,
+    })?;
+    for interface in &args.pod_interfaces {
+        match datapath.attach_from_pod(interface) {
+            Ok(how) => info!(interface, ?how, "from_pod attached"),
+            Err(e) => error!(interface, error = %e, "cannot attach from_pod; traffic of this pod is not load-balanced"),
+        }
+    }
+    Ok(datapath)
+}
+
+/// Starts a role and the task that polls its source.
+fn spawn_role<R: Role + 'static>(
+    roles: &mut tokio::task::JoinSet<()>,
+    name: &'static str,
+    mut role: R,
+    poll: impl FnMut() -> Option<R::Change> + 'static,
+    period: Duration,
+    schedule: Schedule,
+    synced: mpsc::UnboundedSender<&'static str>,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    roles.spawn_local(runner::poll_source(period, schedule.once, poll, tx));
+    roles.spawn_local(async move {
+        runner::run(&mut role, schedule, &mut rx, || {
+            let _ = synced.send(name);
+        })
+        .await;
+    });
+}
+
+/// Counts a role's first sync; the last one makes the agent ready.
+fn first_sync_done(role: &str, waiting: &mut usize, ready_file: Option<&Path>) -> Result<()> {
+    info!(role, "first sync done");
+    *waiting = waiting.saturating_sub(1);
+    if *waiting == 0 { write_ready_file(ready_file) } else { Ok(()) }
+}
+
+/// Tells scripts and tests that every role has synced once (`--ready-file`).
+fn write_ready_file(path: Option<&Path>) -> Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, b"ready\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! The overlay as a role of the agent: it sets up the node's VXLAN device and the
+//! programs on it once, then takes each new set of nodes from its source and syncs the
+//! overlay settings (this node's podCIDR), the CNI configuration that follows from
+//! them, and the nodes map (see `runner` for when).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use skiff_datapath::{Ipv4Net, cidr, cni};
+use skiff_ebpf_common::OverlayConfig;
+use tracing::{error, info, warn};
+
+use super::device::{self, Rtnetlink};
+use super::reconciler::{AyaNodesMap, NodesReconciler};
+use super::source::NodeNet;
+use crate::datapath::{self, Datapath, Prog};
+use crate::runner::{Role, SyncReason};
+
+/// What the overlay role needs to know about its node.
+#[derive(Debug, Clone)]
+pub struct OverlaySettings {
+    pub node_name: String,
+    pub pin_dir: PathBuf,
+    /// The cluster CIDR, cut into one podCIDR per node.
+    pub cluster_cidr: Ipv4Net,
+    /// The interface VXLAN runs over (its MTU sets the overlay's).
+    pub underlay_interface: String,
+    /// Where to write this node's CNI conflist, once its podCIDR is known.
+    pub cni_conf_dir: Option<PathBuf>,
+    /// Where to install skiff-cni and loopback.
+    pub cni_bin_dir: Option<PathBuf>,
+    /// skiff-cni's data directory (IPAM state), written into the conflist.
+    pub cni_data_dir: PathBuf,
+}
+
+/// The overlay role: owns the VXLAN device's settings, the nodes map and the conflist.
+pub struct OverlayRole {
+    settings: OverlaySettings,
+    vxlan_ifindex: u32,
+    mtu: u32,
+    reconciler: NodesReconciler<AyaNodesMap>,
+    /// The latest set of nodes from the source.
+    nodes: Vec<NodeNet>,
+    /// This node's podCIDR as last written to the overlay settings.
+    local_pod_cidr: Option<Ipv4Net>,
+}
+
+impl OverlayRole {
+    /// Sets up the VXLAN device, attaches the overlay programs to it and installs the
+    /// CNI plugins; the nodes come later, from the source.
+    pub fn start(settings: OverlaySettings, datapath: &mut Datapath) -> Result<Self> {
+        let cluster = settings.cluster_cidr.trunc();
+        let mut link_ops = Rtnetlink::new().context("opening a netlink socket")?;
+        let (vxlan_ifindex, mtu) = device::setup(&mut link_ops, &settings.underlay_interface, cluster)
+            .context("setting up the VXLAN device")?;
+        for prog in [Prog::FromOverlay, Prog::ToOverlay] {
+            let how = datapath.attach(prog, device::VXLAN_DEVICE)?;
+            info!(program = prog.name(), ?how, "attached to the VXLAN device");
+        }
+        info!(device = device::VXLAN_DEVICE, mtu, cluster_cidr = %cluster, "overlay device ready");
+        if let Some(bin_dir) = &settings.cni_bin_dir {
+            let plugin = cni::plugin_beside_current_exe().context("finding skiff-cni beside skiff-node")?;
+            cni::install_binary(&plugin, bin_dir)?;
+            cni::install_loopback(bin_dir)?;
+            info!(bin_dir = %bin_dir.display(), "CNI plugins installed");
+        }
+        let reconciler = NodesReconciler::new(&settings.node_name, AyaNodesMap::open(&settings.pin_dir)?);
+        Ok(Self { settings, vxlan_ifindex, mtu, reconciler, nodes: Vec::new(), local_pod_cidr: None })
+    }
+
+    /// Writes this node's CNI configuration, which containerd picks up on its own.
+    fn write_cni_config(&self, conf_dir: &Path, pod_cidr: Ipv4Net) {
+        let config = cni::NodeNetConfig {
+            pod_cidr,
+            mtu: self.mtu,
+            bpffs_dir: self.settings.pin_dir.clone(),
+            data_dir: self.settings.cni_data_dir.clone(),
+        };
+        match cni::write_conflist(conf_dir, &config) {
+            Ok(path) => info!(path = %path.display(), %pod_cidr, mtu = self.mtu, "CNI configuration written"),
+            Err(e) => {
+                error!(conf_dir = %conf_dir.display(), error = %e, "cannot write the CNI configuration; pods cannot start")
+            }
+        }
+    }
+
+    /// Points the programs at this node's podCIDR when it changed. Returns whether that
+    /// failed (and must be retried).
+    fn sync_local_pod_cidr(&mut self) -> bool {
+        let local = self.nodes.iter().find(|n| n.name == self.settings.node_name).map(|n| n.pod_cidr);
+        if local.is_none() {
+            warn!(node = %self.settings.node_name, "this node is not in the nodes file; its pods cannot be reached from other nodes");
+        }
+        if local == self.local_pod_cidr {
+            return false;
+        }
+        let (local_pod_net, local_pod_mask) = local.map(cidr::to_map).unwrap_or((u32::MAX, u32::MAX));
+        let (cluster_net, cluster_mask) = cidr::to_map(self.settings.cluster_cidr.trunc());
+        let config = OverlayConfig {
+            vxlan_ifindex: self.vxlan_ifindex,
+            vni: skiff_ebpf_common::DEFAULT_VNI,
+            local_pod_net,
+            local_pod_mask,
+            cluster_net,
+            cluster_mask,
+        };
+        match datapath::set_overlay_config(&self.settings.pin_dir, config) {
+            Ok(()) => {
+                self.local_pod_cidr = local;
+                info!(pod_cidr = ?local.map(|c| c.to_string()), "overlay configured");
+                if let (Some(conf_dir), Some(cidr)) = (&self.settings.cni_conf_dir, local) {
+                    self.write_cni_config(conf_dir, cidr);
+                }
+                false
+            }
+            Err(e) => {
+                error!(error = %e, "cannot write the overlay settings; will retry");
+                true
+            }
+        }
+    }
+}
+
+impl Role for OverlayRole {
+    /// The whole set of nodes, each time it changes.
+    type Change = Vec<NodeNet>;
+
+    fn apply(&mut self, nodes: Vec<NodeNet>) {
+        self.nodes = nodes;
+    }
+
+    fn sync(&mut self, _reason: SyncReason) -> bool {
+        let failed = self.sync_local_pod_cidr();
+        match self.reconciler.sync(&self.nodes) {
+            Ok(0) => failed,
+            Ok(changes) => {
+                info!(changes, nodes = self.nodes.len(), "nodes map synced");
+                failed
+            }
+            Err(e) => {
+                error!(error = %e, "cannot read the nodes map; will retry");
+                true
+            }
+        }
+    }
+}
