@@ -21,12 +21,8 @@ use skiff_tests::{
     cri::SandboxSpec,
     image,
     netns::Netns,
-    require_privileges, unique_tag,
+    ok, require_privileges, unique_tag,
 };
-
-fn ok<T>(what: &str, r: anyhow::Result<T>) -> T {
-    r.unwrap_or_else(|e| panic!("{what}: {e:#}"))
-}
 
 fn endpoints(pins: &Path) -> usize {
     let map = EndpointsMap::open(&Pins::new(pins)).expect("open the endpoints map");

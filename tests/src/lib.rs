@@ -38,6 +38,11 @@ pub fn require_privileges(test: &str) -> bool {
     false
 }
 
+/// The value of a harness step, or a panic naming the step and the whole error chain.
+pub fn ok<T>(what: &str, r: anyhow::Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("{what}: {e:#}"))
+}
+
 /// A unique, short tag for names of this run's namespaces and pins.
 pub fn unique_tag(kind: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

@@ -22,23 +22,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ipnet::{IpNet, Ipv4Net};
 use skiff_tests::{
     containerd::{ContainerdNode, ContainerdOptions},
     cri::SandboxSpec,
     image,
     netns::Netns,
-    require_privileges, unique_tag,
+    ok, require_privileges, unique_tag,
 };
-
-fn ok<T>(what: &str, r: anyhow::Result<T>) -> T {
-    r.unwrap_or_else(|e| panic!("{what}: {e:#}"))
-}
-
-fn in_subnet(ip: IpAddr, net: Ipv4Addr, prefix: u32) -> bool {
-    let IpAddr::V4(ip) = ip else { return false };
-    let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
-    u32::from(ip) & mask == u32::from(net) & mask
-}
 
 /// The IPv4 addresses on `eth0` inside the network namespace at `path`.
 fn eth0_addrs(netns_path: &str) -> String {
@@ -83,7 +74,7 @@ fn containerd_runs_a_pod_sandbox_with_a_reference_cni() {
 
     ok("installing bridge", node.install_system_cni_plugin("bridge"));
     ok("installing host-local", node.install_system_cni_plugin("host-local"));
-    let subnet = Ipv4Addr::new(10, 244, 99, 0);
+    let subnet = Ipv4Net::new(Ipv4Addr::new(10, 244, 99, 0), 24).expect("subnet");
     let conflist = serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "ref",
@@ -94,7 +85,7 @@ fn containerd_runs_a_pod_sandbox_with_a_reference_cni() {
             "ipMasq": false,
             "ipam": {
                 "type": "host-local",
-                "ranges": [[{ "subnet": format!("{subnet}/24") }]],
+                "ranges": [[{ "subnet": subnet.to_string() }]],
                 "dataDir": node.cni_data_dir.join("host-local"),
             },
         }],
@@ -117,7 +108,7 @@ fn containerd_runs_a_pod_sandbox_with_a_reference_cni() {
         node.log_tail()
     );
     let ip = ok("PodSandboxStatus", cri.pod_ip(&id)).unwrap_or_else(|| panic!("sandbox {id} has no IP"));
-    assert!(in_subnet(ip, subnet, 24), "sandbox IP {ip} is outside {subnet}/24");
+    assert!(IpNet::from(subnet).contains(&ip), "sandbox IP {ip} is outside {subnet}");
     let netns_path = ok("netns path", cri.pod_netns_path(&id));
     let addrs = eth0_addrs(&netns_path);
     assert!(addrs.contains(&format!("inet {ip}/24")), "eth0 in {netns_path} lacks {ip}: {addrs}");
@@ -148,7 +139,7 @@ struct SkiffNode {
     ns: Netns,
     _datapath: skiff_node::datapath::Datapath,
     _pins: skiff_tests::PinDir,
-    cidr: Ipv4Addr,
+    cidr: Ipv4Net,
 }
 
 impl SkiffNode {
@@ -160,9 +151,9 @@ impl SkiffNode {
             .unwrap_or_else(|e| panic!("loading the datapath into {}: {e}", pins.path.display()));
         let opts = ContainerdOptions { images: vec![pause.to_path_buf()], ..ContainerdOptions::default() };
         let containerd = ok("starting containerd", ContainerdNode::start(&tag, &ns.path(), &opts));
-        let cidr = Ipv4Addr::new(10, 244, index, 0);
+        let cidr = Ipv4Net::new(Ipv4Addr::new(10, 244, index, 0), 24).expect("podCIDR");
         let cfg = skiff_cni::NodeNetConfig {
-            pod_cidr: format!("{cidr}/24").parse().expect("podCIDR"),
+            pod_cidr: cidr,
             mtu: 1450,
             bpffs_dir: pins.path.clone(),
             data_dir: containerd.cni_data_dir.join("skiff"),
@@ -200,7 +191,7 @@ fn two_nodes_pods_get_ips_from_their_pod_cidrs_via_skiff_cni() {
             });
             assert!(ok("PodSandboxStatus", cri.is_ready(&id)), "sandbox {name} is not READY");
             let ip = ok("PodSandboxStatus", cri.pod_ip(&id)).unwrap_or_else(|| panic!("sandbox {name} has no IP"));
-            assert!(in_subnet(ip, node.cidr, 24), "{name} on node {n} got {ip}, outside {}/24", node.cidr);
+            assert!(IpNet::from(node.cidr).contains(&ip), "{name} on node {n} got {ip}, outside {}", node.cidr);
             let netns_path = ok("netns path", cri.pod_netns_path(&id));
             let addrs = eth0_addrs(&netns_path);
             assert!(addrs.contains(&format!("inet {ip}/")), "eth0 of {name} ({netns_path}) lacks {ip}: {addrs}");
@@ -232,7 +223,7 @@ fn two_nodes_pods_get_ips_from_their_pod_cidrs_via_skiff_cni() {
         let mut cri = ok("connecting to the CRI", nodes[0].containerd.cri());
         let id = ok("RunPodSandbox again", cri.run_pod_sandbox(&SandboxSpec::new("again", "default", "uid-again")));
         let ip = ok("PodSandboxStatus", cri.pod_ip(&id)).expect("IP");
-        assert!(in_subnet(ip, nodes[0].cidr, 24), "{ip}");
+        assert!(IpNet::from(nodes[0].cidr).contains(&ip), "{ip}");
         ok("StopPodSandbox", cri.stop_pod_sandbox(&id));
         ok("RemovePodSandbox", cri.remove_pod_sandbox(&id));
     }

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, Endpoints, Event, Namespace, Node, NodeCondition, NodeStatus, Pod, PodCondition, PodIP,
-    PodSpec, PodStatus, Service, ServiceAccount, ServicePort, ServiceSpec, Toleration,
+    Endpoints, Event, Namespace, Node, NodeCondition, NodeStatus, Pod, PodCondition, PodIP, PodStatus, Service,
+    ServiceAccount, ServicePort, ServiceSpec, Toleration,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
@@ -80,28 +80,17 @@ fn meta(ns: Option<&str>, name: &str) -> ObjectMeta {
     ObjectMeta { name: Some(name.into()), namespace: ns.map(String::from), ..Default::default() }
 }
 
+/// A pod of the `web` app as a user would write it: one nginx container with one named
+/// port, bound to `node`, no status yet.
 fn web_pod(name: &str, node: &str, port_name: &str, port: i32) -> Pod {
-    Pod {
-        metadata: ObjectMeta {
-            labels: Some([("app".to_string(), "web".to_string())].into()),
-            ..meta(Some("default"), name)
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}},
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "web", "image": "nginx:1.27", "ports": [{"name": port_name, "containerPort": port}]}],
         },
-        spec: Some(PodSpec {
-            node_name: Some(node.into()),
-            containers: vec![Container {
-                name: "web".into(),
-                image: Some("nginx:1.27".into()),
-                ports: Some(vec![ContainerPort {
-                    name: Some(port_name.into()),
-                    container_port: port,
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        status: None,
-    }
+    }))
+    .expect("a valid Pod")
 }
 
 /// What the kubelet would post: running, with an IP, Ready or not.

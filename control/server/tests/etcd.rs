@@ -7,8 +7,7 @@
 //! none outlives a test, even one that panics. Everything listens on 127.0.0.1 only.
 //! Without etcd installed the tests that need it fail, saying what to install.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,7 +16,7 @@ use skiff_control::store::{EtcdConfig, EtcdStore, Store};
 mod support;
 
 use support::etcd::Etcd;
-use support::free_port;
+use support::{Server, free_port};
 
 /// Store logs in the test output (shown for failing tests, or with --nocapture), at
 /// `$RUST_LOG` or debug for the store.
@@ -90,106 +89,31 @@ async fn unreachable_etcd_is_a_clear_error() {
     assert!(err.contains("http://host:port"), "{err}");
 }
 
-/// skiff-control on the etcd cluster, with the admin kubeconfig in its data dir.
-struct Server {
-    child: Option<Child>,
-    dir: PathBuf,
-    port: u16,
-    kubectl: PathBuf,
-    etcd_servers: String,
-    tmp: tempfile::TempDir,
+/// skiff-control on every member of `etcd`.
+fn start_on(etcd: &Etcd) -> Server {
+    Server::start_with(&["--etcd-servers", &etcd.urls().join(",")])
 }
 
-impl Server {
-    fn start(kubectl: PathBuf, etcd_servers: String) -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("data");
-        let mut s = Server { child: None, dir, port: free_port(), kubectl, etcd_servers, tmp };
-        s.spawn();
-        s
-    }
-
-    fn spawn(&mut self) {
-        let log =
-            std::fs::OpenOptions::new().create(true).append(true).open(self.tmp.path().join("server.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_skiff-control"))
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .args(["--bind-address", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--etcd-servers", &self.etcd_servers])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("cannot start skiff-control");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if self.dir.join("admin.kubeconfig").exists()
-                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-            {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("skiff-control exited with {status}: {}", self.log());
-            }
-            assert!(Instant::now() < deadline, "skiff-control did not come up in 30 s: {}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.tmp.path().join("server.log")).unwrap_or_default()
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn restart(&mut self) {
-        self.stop();
-        // A fresh kubeconfig proves the new process is the one answering.
-        let _ = std::fs::remove_file(self.dir.join("admin.kubeconfig"));
-        self.spawn();
-    }
-
-    /// Runs kubectl (admin kubeconfig, cache under the temp dir) and panics with its
-    /// output and the server log unless it succeeds; returns stdout and how long it took.
-    fn ok(&self, args: &[&str]) -> (String, Duration) {
-        let started = Instant::now();
-        let out = Command::new(&self.kubectl)
-            .env("KUBECONFIG", self.dir.join("admin.kubeconfig"))
-            .env("HOME", self.tmp.path())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}\n{}\nserver log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout),
-            self.log()
-        );
-        (String::from_utf8(out.stdout).unwrap(), started.elapsed())
-    }
-
-    fn configmaps(&self) -> Vec<String> {
-        let (out, _) = self.ok(&["get", "configmaps", "-o", "name"]);
-        let mut names: Vec<String> =
-            out.lines().filter_map(|l| l.strip_prefix("configmap/")).map(String::from).collect();
-        names.retain(|n| n.starts_with("cm-"));
-        names.sort();
-        names
-    }
+/// Restarts skiff-control; a fresh kubeconfig proves the new process is the one answering.
+fn restart(s: &mut Server) {
+    s.stop();
+    let _ = std::fs::remove_file(s.kubeconfig());
+    s.spawn();
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// Runs kubectl like `Server::ok`; returns stdout and how long it took.
+fn timed(s: &Server, args: &[&str]) -> (String, Duration) {
+    let started = Instant::now();
+    let out = s.ok(args);
+    (out, started.elapsed())
+}
+
+fn configmaps(s: &Server) -> Vec<String> {
+    let out = s.ok(&["get", "configmaps", "-o", "name"]);
+    let mut names: Vec<String> = out.lines().filter_map(|l| l.strip_prefix("configmap/")).map(String::from).collect();
+    names.retain(|n| n.starts_with("cm-"));
+    names.sort();
+    names
 }
 
 fn names(range: std::ops::Range<usize>) -> Vec<String> {
@@ -201,12 +125,11 @@ fn names(range: std::ops::Range<usize>) -> Vec<String> {
 #[test]
 fn kubectl_keeps_working_when_the_etcd_leader_dies() {
     let mut etcd = Etcd::start(3);
-    let kubectl = support::kubectl_bin();
-    let mut s = Server::start(kubectl, etcd.urls().join(","));
+    let mut s = start_on(&etcd);
     for i in 0..5 {
         s.ok(&["create", "configmap", &format!("cm-{i:03}"), &format!("--from-literal=n={i}")]);
     }
-    assert_eq!(s.configmaps(), names(0..5));
+    assert_eq!(configmaps(&s), names(0..5));
 
     let leader = etcd.leader().expect("the cluster has a leader");
     etcd.kill(leader);
@@ -217,22 +140,22 @@ fn kubectl_keeps_working_when_the_etcd_leader_dies() {
     let mut slowest = Duration::ZERO;
     for i in 5..25 {
         let name = format!("cm-{i:03}");
-        let (_, t1) = s.ok(&["create", "configmap", &name, &format!("--from-literal=n={i}")]);
-        let (out, t2) = s.ok(&["get", "configmap", &name, "-o", "jsonpath={.data.n}"]);
+        let (_, t1) = timed(&s, &["create", "configmap", &name, &format!("--from-literal=n={i}")]);
+        let (out, t2) = timed(&s, &["get", "configmap", &name, "-o", "jsonpath={.data.n}"]);
         assert_eq!(out, i.to_string());
-        let (_, t3) = s.ok(&["get", "configmaps"]);
+        let (_, t3) = timed(&s, &["get", "configmaps"]);
         slowest = slowest.max(t1).max(t2).max(t3);
     }
     let retried = s.log().matches("succeeded after retrying").count();
     eprintln!("slowest request with a member down: {slowest:?}; {retried} store requests needed retries");
     assert!(slowest < Duration::from_secs(15), "requests stayed within the retry window");
-    assert_eq!(s.configmaps(), names(0..25));
+    assert_eq!(configmaps(&s), names(0..25));
     assert!(etcd.leader().is_some_and(|l| l != leader), "a new leader was elected");
 
     // A restart with one member still down: start-up and every object survive.
-    s.restart();
-    assert_eq!(s.configmaps(), names(0..25), "nothing lost across a skiff-control restart");
-    let (out, _) = s.ok(&["get", "configmap", "cm-017", "-o", "jsonpath={.data.n}"]);
+    restart(&mut s);
+    assert_eq!(configmaps(&s), names(0..25), "nothing lost across a skiff-control restart");
+    let out = s.ok(&["get", "configmap", "cm-017", "-o", "jsonpath={.data.n}"]);
     assert_eq!(out, "17");
 
     // The member rejoins and catches up.
@@ -241,7 +164,7 @@ fn kubectl_keeps_working_when_the_etcd_leader_dies() {
     let keys = String::from_utf8_lossy(&only.stdout);
     assert_eq!(keys.lines().filter(|l| l.contains("/configmaps/default/cm-")).count(), 25, "{keys}");
     s.ok(&["delete", "configmap", "cm-000"]);
-    assert_eq!(s.configmaps(), names(1..25));
+    assert_eq!(configmaps(&s), names(1..25));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

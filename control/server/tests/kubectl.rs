@@ -50,40 +50,10 @@ fn raw_https_get(port: u16, ca: &Path, path: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-const WEB: &str = r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-  labels: {app: web}
-spec:
-  replicas: 2
-  selector:
-    matchLabels: {app: web}
-  template:
-    metadata:
-      labels: {app: web}
-    spec:
-      containers:
-      - name: web
-        image: nginx:1.27
-        ports:
-        - containerPort: 80
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: web
-spec:
-  selector: {app: web}
-  ports:
-  - port: 80
-    targetPort: 80
-"#;
-
 #[test]
 fn kubectl_apply_get_scale_label_annotate_delete_and_restart() {
     let mut s = start();
-    let f = s.write("web.yaml", WEB);
+    let f = s.write("web.yaml", &support::web_manifest(2));
     let out = s.ok(&["apply", "-f", &f]);
     assert!(out.contains("deployment.apps/web created") && out.contains("service/web created"), "{out}");
 
@@ -109,7 +79,7 @@ fn kubectl_apply_get_scale_label_annotate_delete_and_restart() {
     assert!(yaml.contains("kubectl.kubernetes.io/last-applied-configuration"), "{yaml}");
 
     // Re-apply a change: client-side apply = GET + strategic merge PATCH.
-    s.write("web.yaml", &WEB.replace("replicas: 2", "replicas: 3").replace("nginx:1.27", "nginx:1.28"));
+    s.write("web.yaml", &support::web_manifest(3).replace("nginx:1.27", "nginx:1.28"));
     let out = s.ok(&["apply", "-f", &f]);
     assert!(out.contains("deployment.apps/web configured"), "{out}");
     assert!(out.contains("service/web unchanged"), "{out}");
@@ -332,7 +302,10 @@ fn bad_input_gets_status_errors_and_changes_nothing() {
     assert!(post(&bad_type).contains("cannot be handled"));
 
     // Invalid Deployment: 422 with field causes.
-    let bad_deploy = s.write("d.yaml", &WEB.split("---").next().unwrap().replace("image: nginx:1.27", "image: \"\""));
+    let bad_deploy = s.write(
+        "d.yaml",
+        &support::web_manifest(2).split("---").next().unwrap().replace("image: nginx:1.27", "image: \"\""),
+    );
     let e = s.fails(&["apply", "-f", &bad_deploy]);
     assert!(e.contains("is invalid") && e.contains("spec.template.spec.containers[0].image"), "{e}");
 
@@ -447,7 +420,7 @@ fn api_semantics_paging_selectors_patches_subresources_strict_validation() {
     // Strict field validation (kubectl's default) rejects unknown fields; --validate=false drops them.
     let bogus = s.write(
         "bogus.yaml",
-        &WEB.split("---").next().unwrap().replace("  replicas: 2", "  replicas: 2\n  bogus: true"),
+        &support::web_manifest(2).split("---").next().unwrap().replace("  replicas: 2", "  replicas: 2\n  bogus: true"),
     );
     let e = s.fails(&["apply", "-f", &bogus]);
     assert!(e.contains(r#"unknown field "spec.bogus""#), "{e}");

@@ -246,36 +246,6 @@ async fn sampler(
     }
 }
 
-const WEB: &str = r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-  labels: {app: web}
-spec:
-  replicas: 3
-  selector:
-    matchLabels: {app: web}
-  template:
-    metadata:
-      labels: {app: web}
-    spec:
-      containers:
-      - name: web
-        image: nginx:1.27
-        ports:
-        - containerPort: 80
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: web
-spec:
-  selector: {app: web}
-  ports:
-  - port: 80
-    targetPort: 80
-"#;
-
 fn web_pods(s: &Server) -> Vec<Value> {
     s.json(&["get", "pods", "-l", "app=web"])["items"].as_array().unwrap().clone()
 }
@@ -306,7 +276,7 @@ fn deployment_rollout_undo_scale_with_kubectl() {
         out.lines().filter(|l| l.contains(" Ready ")).count() == 2
     });
 
-    let f = s.write("web.yaml", WEB);
+    let f = s.write("web.yaml", &support::web_manifest(3));
     let out = s.ok(&["apply", "-f", &f]);
     assert!(out.contains("deployment.apps/web created") && out.contains("service/web created"), "{out}");
     let out = s.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);

@@ -23,8 +23,8 @@ use crate::tls::x509::Subject;
 pub enum Error {
     #[error("cannot read token file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("token file {path} line {line}: {reason}")]
-    Parse { path: PathBuf, line: usize, reason: String },
+    #[error("token file {path} line {line}: expected token,user,uid[,\"groups\"]")]
+    Malformed { path: PathBuf, line: usize },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -79,11 +79,7 @@ impl Authenticator {
             }
             let f = csv_fields(line);
             if f.len() < 3 || f[0].is_empty() || f[1].is_empty() {
-                return Err(Error::Parse {
-                    path: path.into(),
-                    line: i + 1,
-                    reason: "expected token,user,uid[,\"groups\"]".into(),
-                });
+                return Err(Error::Malformed { path: path.into(), line: i + 1 });
             }
             let mut groups: Vec<String> = f
                 .get(3)

@@ -36,10 +36,10 @@ pub enum Error {
     #[error("cannot read the ServiceAccount signing key {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error(
-        "the ServiceAccount signing key {path} is unusable ({reason}); restore it from a backup, or delete it to \
+        "the ServiceAccount signing key {path} is unusable ({source}); restore it from a backup, or delete it to \
          generate a new one (every issued token then stops working)"
     )]
-    BadKey { path: PathBuf, reason: String },
+    BadKey { path: PathBuf, source: KeyProblem },
     #[error("cannot write the ServiceAccount signing key: {0}")]
     Write(#[from] crate::tls::Error),
     #[error("generating or using the ServiceAccount signing key failed")]
@@ -47,6 +47,18 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What is wrong with a signing key file that exists.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyProblem {
+    #[error(transparent)]
+    Pem(#[from] rustls::pki_types::pem::Error),
+    #[error("not a PKCS#8 key")]
+    NotPkcs8,
+    /// Not an ECDSA P-256 key, or a malformed one.
+    #[error(transparent)]
+    Rejected(#[from] ring::error::KeyRejected),
+}
 
 /// Why a token was refused. The text goes to the log (never to the client, which only
 /// sees 401) and never contains the token.
@@ -189,7 +201,7 @@ impl Keys {
     fn from_pkcs8(der: &[u8], path: &Path) -> Result<Self> {
         let rng = SystemRandom::new();
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng)
-            .map_err(|e| Error::BadKey { path: path.into(), reason: e.to_string() })?;
+            .map_err(|e| Error::BadKey { path: path.into(), source: e.into() })?;
         // Kubernetes derives the key id from the public key; any stable digest of it
         // lets verifiers pick the right key once there is more than one.
         let digest = ring::digest::digest(&ring::digest::SHA256, pair.public_key().as_ref());
@@ -206,9 +218,9 @@ impl Keys {
         match std::fs::read(path) {
             Ok(pem) => {
                 let key = PrivateKeyDer::from_pem_slice(&pem)
-                    .map_err(|e| Error::BadKey { path: path.into(), reason: e.to_string() })?;
+                    .map_err(|e| Error::BadKey { path: path.into(), source: e.into() })?;
                 let PrivateKeyDer::Pkcs8(der) = key else {
-                    return Err(Error::BadKey { path: path.into(), reason: "not a PKCS#8 key".into() });
+                    return Err(Error::BadKey { path: path.into(), source: KeyProblem::NotPkcs8 });
                 };
                 Self::from_pkcs8(der.secret_pkcs8_der(), path)
             }

@@ -30,7 +30,7 @@ use etcd_client::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{BoxFuture, Error, Event, EventType, KeyValue, ListPage, Result, Store, Watch};
+use super::{Error, Event, EventType, KeyValue, ListPage, Result, Store, StoreFuture, Watch};
 
 /// The key prefix used when none is configured.
 pub const DEFAULT_PREFIX: &str = "/skiff";
@@ -666,45 +666,35 @@ impl WatchTask {
 }
 
 impl Store for EtcdStore {
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<KeyValue>>> {
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<KeyValue>> {
         Box::pin(self.get_impl(key))
     }
 
-    fn list<'a>(
-        &'a self,
-        prefix: &'a str,
-        start_after: Option<&'a str>,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<ListPage>> {
+    fn list<'a>(&'a self, prefix: &'a str, start_after: Option<&'a str>, limit: usize) -> StoreFuture<'a, ListPage> {
         Box::pin(self.list_impl(prefix, start_after, limit))
     }
 
-    fn create<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<KeyValue>> {
+    fn create<'a>(&'a self, key: &'a str, value: Bytes) -> StoreFuture<'a, KeyValue> {
         Box::pin(self.create_impl(key, value))
     }
 
-    fn update<'a>(
-        &'a self,
-        key: &'a str,
-        value: Bytes,
-        expected_revision: Option<u64>,
-    ) -> BoxFuture<'a, Result<KeyValue>> {
+    fn update<'a>(&'a self, key: &'a str, value: Bytes, expected_revision: Option<u64>) -> StoreFuture<'a, KeyValue> {
         Box::pin(self.update_impl(key, value, expected_revision))
     }
 
-    fn delete<'a>(&'a self, key: &'a str, expected_revision: Option<u64>) -> BoxFuture<'a, Result<KeyValue>> {
+    fn delete<'a>(&'a self, key: &'a str, expected_revision: Option<u64>) -> StoreFuture<'a, KeyValue> {
         Box::pin(self.delete_impl(key, expected_revision))
     }
 
-    fn watch<'a>(&'a self, prefix: &'a str, after_revision: u64) -> BoxFuture<'a, Result<Watch>> {
+    fn watch<'a>(&'a self, prefix: &'a str, after_revision: u64) -> StoreFuture<'a, Watch> {
         Box::pin(self.watch_impl(prefix, after_revision))
     }
 
-    fn revision(&self) -> BoxFuture<'_, Result<u64>> {
+    fn revision(&self) -> StoreFuture<'_, u64> {
         Box::pin(self.current_revision())
     }
 
-    fn compact(&self, revision: u64) -> BoxFuture<'_, Result<()>> {
+    fn compact(&self, revision: u64) -> StoreFuture<'_, ()> {
         Box::pin(self.compact_impl(revision))
     }
 }

@@ -24,6 +24,9 @@ pub use self::redb::RedbStore;
 /// backend at start-up) without an extra crate for async traits.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What every `Store` method returns: a boxed future of a store result.
+pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T>>;
+
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum Error {
     #[error("key {key} not found")]
@@ -76,39 +79,29 @@ pub struct ListPage {
 
 /// The store every control-plane component goes through (via the API server).
 pub trait Store: Send + Sync + 'static {
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<KeyValue>>>;
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<KeyValue>>;
 
     /// Keys starting with `prefix`, in key order, strictly after `start_after`, at most
     /// `limit` (0 = unlimited).
-    fn list<'a>(
-        &'a self,
-        prefix: &'a str,
-        start_after: Option<&'a str>,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<ListPage>>;
+    fn list<'a>(&'a self, prefix: &'a str, start_after: Option<&'a str>, limit: usize) -> StoreFuture<'a, ListPage>;
 
     /// Creates `key`; fails with `AlreadyExists` if it is present.
-    fn create<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<KeyValue>>;
+    fn create<'a>(&'a self, key: &'a str, value: Bytes) -> StoreFuture<'a, KeyValue>;
 
     /// Replaces `key`; with `expected_revision`, only if its mod_revision still equals it.
-    fn update<'a>(
-        &'a self,
-        key: &'a str,
-        value: Bytes,
-        expected_revision: Option<u64>,
-    ) -> BoxFuture<'a, Result<KeyValue>>;
+    fn update<'a>(&'a self, key: &'a str, value: Bytes, expected_revision: Option<u64>) -> StoreFuture<'a, KeyValue>;
 
     /// Deletes `key`, returning the deleted value; with `expected_revision`, only if
     /// its mod_revision still equals it.
-    fn delete<'a>(&'a self, key: &'a str, expected_revision: Option<u64>) -> BoxFuture<'a, Result<KeyValue>>;
+    fn delete<'a>(&'a self, key: &'a str, expected_revision: Option<u64>) -> StoreFuture<'a, KeyValue>;
 
     /// Changes under `prefix` with revision > `after_revision`, then live changes.
     /// Fails with `Compacted` when that history is gone.
-    fn watch<'a>(&'a self, prefix: &'a str, after_revision: u64) -> BoxFuture<'a, Result<Watch>>;
+    fn watch<'a>(&'a self, prefix: &'a str, after_revision: u64) -> StoreFuture<'a, Watch>;
 
     /// The revision of the last change.
-    fn revision(&self) -> BoxFuture<'_, Result<u64>>;
+    fn revision(&self) -> StoreFuture<'_, u64>;
 
     /// Forgets history up to and including `revision`; watches from before it then fail.
-    fn compact(&self, revision: u64) -> BoxFuture<'_, Result<()>>;
+    fn compact(&self, revision: u64) -> StoreFuture<'_, ()>;
 }

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::eventlog::EventLog;
-use super::{BoxFuture, Error, Event, EventType, KeyValue, ListPage, Result, Store, Watch};
+use super::{Error, Event, EventType, KeyValue, ListPage, Result, Store, StoreFuture, Watch};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -107,7 +107,7 @@ impl RedbStore {
     fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
-    ) -> BoxFuture<'static, Result<T>> {
+    ) -> StoreFuture<'static, T> {
         let inner = self.inner.clone();
         Box::pin(async move { tokio::task::spawn_blocking(move || f(&inner)).await.map_err(backend)? })
     }
@@ -282,51 +282,41 @@ fn apply(table: &mut redb::Table<'_, &str, &[u8]>, key: &str, op: Op, revision: 
 }
 
 impl Store for RedbStore {
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<KeyValue>>> {
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<KeyValue>> {
         let key = key.to_string();
         self.blocking(move |i| i.get(&key))
     }
 
-    fn list<'a>(
-        &'a self,
-        prefix: &'a str,
-        start_after: Option<&'a str>,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<ListPage>> {
+    fn list<'a>(&'a self, prefix: &'a str, start_after: Option<&'a str>, limit: usize) -> StoreFuture<'a, ListPage> {
         let prefix = prefix.to_string();
         let start_after = start_after.map(str::to_string);
         self.blocking(move |i| i.list(&prefix, start_after.as_deref(), limit))
     }
 
-    fn create<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<KeyValue>> {
+    fn create<'a>(&'a self, key: &'a str, value: Bytes) -> StoreFuture<'a, KeyValue> {
         let key = key.to_string();
         self.blocking(move |i| i.write(&key, Op::Create(value)))
     }
 
-    fn update<'a>(
-        &'a self,
-        key: &'a str,
-        value: Bytes,
-        expected_revision: Option<u64>,
-    ) -> BoxFuture<'a, Result<KeyValue>> {
+    fn update<'a>(&'a self, key: &'a str, value: Bytes, expected_revision: Option<u64>) -> StoreFuture<'a, KeyValue> {
         let key = key.to_string();
         self.blocking(move |i| i.write(&key, Op::Update(value, expected_revision)))
     }
 
-    fn delete<'a>(&'a self, key: &'a str, expected_revision: Option<u64>) -> BoxFuture<'a, Result<KeyValue>> {
+    fn delete<'a>(&'a self, key: &'a str, expected_revision: Option<u64>) -> StoreFuture<'a, KeyValue> {
         let key = key.to_string();
         self.blocking(move |i| i.write(&key, Op::Delete(expected_revision)))
     }
 
-    fn watch<'a>(&'a self, prefix: &'a str, after_revision: u64) -> BoxFuture<'a, Result<Watch>> {
+    fn watch<'a>(&'a self, prefix: &'a str, after_revision: u64) -> StoreFuture<'a, Watch> {
         Box::pin(async move { self.inner.log.watch(prefix, after_revision) })
     }
 
-    fn revision(&self) -> BoxFuture<'_, Result<u64>> {
+    fn revision(&self) -> StoreFuture<'_, u64> {
         self.blocking(|i| i.read_revision())
     }
 
-    fn compact(&self, revision: u64) -> BoxFuture<'_, Result<()>> {
+    fn compact(&self, revision: u64) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             self.inner.log.compact(revision);
             Ok(())

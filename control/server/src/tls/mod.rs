@@ -26,10 +26,12 @@ pub enum Error {
     Io { action: &'static str, path: PathBuf, source: std::io::Error },
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
-    #[error("cannot parse PEM in {path}: {reason}")]
-    Pem { path: PathBuf, reason: String },
+    #[error("cannot parse PEM in {path}: {source}")]
+    Pem { path: PathBuf, source: rustls::pki_types::pem::Error },
     #[error("TLS configuration failed: {0}")]
-    Tls(String),
+    Tls(#[from] rustls::Error),
+    #[error("TLS configuration failed: cannot build the client certificate verifier: {0}")]
+    ClientVerifier(#[from] rustls::server::VerifierBuilderError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -198,29 +200,24 @@ impl Pki {
     /// verified against our CA but optional, HTTP/1.1 only.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let pem_err = |what: &str, e: rustls::pki_types::pem::Error| Error::Pem {
-            path: self.dir.join(what),
-            reason: e.to_string(),
-        };
+        let pem_err =
+            |what: &str, source: rustls::pki_types::pem::Error| Error::Pem { path: self.dir.join(what), source };
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(self.ca_cert_pem.as_bytes()) {
-            roots.add(c.map_err(|e| pem_err("ca.crt", e))?).map_err(|e| Error::Tls(e.to_string()))?;
+            roots.add(c.map_err(|e| pem_err("ca.crt", e))?)?;
         }
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .allow_unauthenticated()
-            .build()
-            .map_err(|e| Error::Tls(e.to_string()))?;
+            .build()?;
         let chain = CertificateDer::pem_slice_iter(self.serving_cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| pem_err("apiserver.crt", e))?;
         let key =
             PrivateKeyDer::from_pem_slice(self.serving_key_pem.as_bytes()).map_err(|e| pem_err("apiserver.key", e))?;
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Tls(e.to_string()))?
+            .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
-            .map_err(|e| Error::Tls(e.to_string()))?;
+            .with_single_cert(chain, key)?;
         // HTTP/2 is not served yet; advertising only http/1.1 keeps clients from trying it.
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(cfg))

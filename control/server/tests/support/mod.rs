@@ -85,7 +85,8 @@ impl Server {
             .spawn()
             .expect("cannot start skiff-control");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(15);
+        // Generous: on an etcd cluster that has lost a member, start-up waits out retries.
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if self.kubeconfig().exists() && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return;
@@ -93,7 +94,7 @@ impl Server {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("skiff-control exited with {status}: {}", self.log());
             }
-            assert!(Instant::now() < deadline, "skiff-control did not come up in 15 s: {}", self.log());
+            assert!(Instant::now() < deadline, "skiff-control did not come up in 30 s: {}", self.log());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -206,6 +207,42 @@ impl Drop for Server {
 pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The `web` Deployment (`replicas` pods of nginx:1.27 on port 80, labelled app=web) and
+/// the Service in front of it, as one YAML stream for `kubectl apply`.
+pub fn web_manifest(replicas: u32) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {{app: web}}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.27
+        ports:
+        - containerPort: 80
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {{app: web}}
+  ports:
+  - port: 80
+    targetPort: 80
+"#
+    )
 }
 
 /// A fake Node manifest: Ready, with the given allocatable cpu/memory, labels and taints
