@@ -169,7 +169,7 @@ impl EtcdStore {
             .with_require_leader(true);
         let client = Client::connect(&cfg.endpoints, Some(options))
             .await
-            .map_err(|e| Error::Backend(format!("cannot connect to etcd at {endpoints}: {e}")))?;
+            .map_err(|e| Error::backend_call(format!("cannot connect to etcd at {endpoints}: {e}"), e))?;
         let store = Self {
             kv: client.kv_client().max_decoding_message_size(MAX_MESSAGE),
             client,
@@ -187,12 +187,13 @@ impl EtcdStore {
         let revision = match probe {
             Ok(resp) => resp.header().map(|h| rev(h.revision())).unwrap_or(0),
             Err(e) => {
-                return Err(Error::Backend(format!(
+                let context = format!(
                     "etcd at {endpoints} did not answer within {}s ({}); check that etcd is running and \
                      that --etcd-servers lists its client URLs (etcdctl --endpoints {endpoints} endpoint health)",
                     START_WAIT.as_secs(),
                     describe(&e)
-                )));
+                );
+                return Err(Error::backend_call(context, e));
             }
         };
         tracing::info!(endpoints = %endpoints, prefix = %store.prefix, revision, "connected to etcd");
@@ -220,7 +221,7 @@ impl EtcdStore {
     }
 
     fn backend(&self, what: &str, key: &str, e: etcd_client::Error) -> Error {
-        Error::Backend(format!("etcd at {}: {what} {key}: {}", self.endpoints, describe(&e)))
+        Error::backend_call(format!("etcd at {}: {what} {key}: {}", self.endpoints, describe(&e)), e)
     }
 
     /// Runs `op` until it succeeds, fails for good, or `RETRY_FOR` has passed. `op` is

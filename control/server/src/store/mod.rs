@@ -27,7 +27,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// What every `Store` method returns: a boxed future of a store result.
 pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T>>;
 
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+/// A backend's own error, shared: the group commit hands one failure to every writer
+/// that waited on it, so errors must be `Clone`.
+pub type SharedSource = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error, Clone)]
 pub enum Error {
     #[error("key {key} not found")]
     NotFound { key: String },
@@ -37,9 +41,49 @@ pub enum Error {
     Conflict { key: String, expected: u64, actual: u64 },
     #[error("revision {requested} has been compacted (oldest available is after {compacted})")]
     Compacted { requested: u64, compacted: u64 },
+    /// The backend refused or could not do something, and says why in words only.
     #[error("store backend failed: {0}")]
     Backend(String),
+    /// A call into the backend failed; `source` is the backend's own error.
+    #[error("store backend failed: {context}")]
+    BackendCall {
+        context: String,
+        #[source]
+        source: SharedSource,
+    },
 }
+
+impl Error {
+    /// A failed backend call, keeping the backend's error as the source.
+    pub fn backend_call(context: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::BackendCall { context: context.into(), source: std::sync::Arc::new(source) }
+    }
+}
+
+/// Errors are compared by what they say about the store; a backend's own error by its
+/// message, since backends' error types cannot be compared.
+impl PartialEq for Error {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::NotFound { key: a }, Self::NotFound { key: b }) => a == b,
+            (Self::AlreadyExists { key: a }, Self::AlreadyExists { key: b }) => a == b,
+            (
+                Self::Conflict { key: a, expected: ea, actual: aa },
+                Self::Conflict { key: b, expected: eb, actual: ab },
+            ) => a == b && ea == eb && aa == ab,
+            (Self::Compacted { requested: ra, compacted: ca }, Self::Compacted { requested: rb, compacted: cb }) => {
+                ra == rb && ca == cb
+            }
+            (Self::Backend(a), Self::Backend(b)) => a == b,
+            (Self::BackendCall { context: ca, source: sa }, Self::BackendCall { context: cb, source: sb }) => {
+                ca == cb && sa.to_string() == sb.to_string()
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Error {}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

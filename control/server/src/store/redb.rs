@@ -55,8 +55,8 @@ struct PendingWrite {
     reply: Reply,
 }
 
-fn backend<E: std::fmt::Display>(e: E) -> Error {
-    Error::Backend(e.to_string())
+fn backend<E: std::error::Error + Send + Sync + 'static>(e: E) -> Error {
+    Error::backend_call(format!("redb: {e}"), e)
 }
 
 /// Stored value layout: create_revision (u64 BE), mod_revision (u64 BE), then the bytes.
