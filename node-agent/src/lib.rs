@@ -6,13 +6,15 @@
 //! - [`proxy`]: Services + EndpointSlices → desired load-balancer state → the one
 //!   reconciler that writes the Service maps;
 //! - [`overlay`]: the VXLAN device and the nodes map (peer podCIDR → underlay address);
+//! - [`node`]: the Node object, its status and its heartbeat Lease;
 //! - [`runner`]: when each role syncs (after changes, bounded in frequency);
 //! - [`agent`]: the `skiff-node` command line and the main loop that ties roles together.
 //!
-//! Later issues add `kubelet`, `cri`, `node` and `server`.
+//! Later issues add `kubelet`, `cri` and `server`.
 
 pub mod agent;
 pub mod datapath;
+pub mod node;
 pub mod overlay;
 pub mod proxy;
 pub mod runner;

@@ -106,6 +106,17 @@ pub struct RunArgs {
     /// Capacity of the conntrack map when it is first created.
     #[arg(long, default_value_t = skiff_ebpf_common::capacity::CT)]
     pub ct_max: u32,
+    /// A kubeconfig for the API server, with this node's credentials (user
+    /// `system:node:<node-name>`, group `system:nodes`). With it the agent registers
+    /// the Node and renews its Lease; without it the node role is off.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The node's InternalIP address, reported in the Node's status.
+    #[arg(long)]
+    pub node_ip: Option<std::net::Ipv4Addr>,
+    /// How many pods the node offers (its `pods` capacity).
+    #[arg(long, default_value_t = 110)]
+    pub max_pods: u32,
     /// A file to create once the first sync is done (for scripts and tests).
     #[arg(long)]
     pub ready_file: Option<PathBuf>,

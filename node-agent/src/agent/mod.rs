@@ -28,6 +28,7 @@ use tracing::{error, info, warn};
 pub use cli::{Cli, Command, PinArgs, RunArgs, main};
 
 use crate::datapath::{Datapath, MapSizes};
+use crate::node::NodeSettings;
 use crate::overlay::role::{OverlayRole, OverlaySettings};
 use crate::overlay::source::{NodeSource, NodesFileSource};
 use crate::proxy::maps::AyaLbMaps;
@@ -63,7 +64,14 @@ fn run(args: RunArgs) -> Result<()> {
         }
         None => None,
     };
-    info!(node = %args.node_name, pin_dir = %pin_dir.display(), proxy = proxy.is_some(), overlay = overlay.is_some(), "agent started");
+    info!(
+        node = %args.node_name,
+        pin_dir = %pin_dir.display(),
+        proxy = proxy.is_some(),
+        overlay = overlay.is_some(),
+        node_role = args.kubeconfig.is_some(),
+        "agent started"
+    );
 
     let period = Duration::from_millis(args.sync_interval_ms.max(10));
     let schedule = Schedule {
@@ -108,20 +116,38 @@ fn run(args: RunArgs) -> Result<()> {
         if waiting_for_first_sync == 0 {
             write_ready_file(args.ready_file.as_deref())?;
         }
+        // The node role runs for ever beside the others and is not waited for: it keeps
+        // retrying while the API is away, and --once does not apply to it.
+        let node_role = match &args.kubeconfig {
+            Some(kubeconfig) if !args.once => {
+                let client = skiff_api::Client::from_kubeconfig(kubeconfig, &format!("skiff-node/{}", args.node_name))
+                    .with_context(|| format!("reading the kubeconfig {}", kubeconfig.display()))?;
+                let settings =
+                    NodeSettings { name: args.node_name.clone(), internal_ip: args.node_ip, max_pods: args.max_pods };
+                Some(tokio::task::spawn_local(crate::node::run(client, settings)))
+            }
+            _ => None,
+        };
 
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        loop {
+        // Until a signal; with --once, until every role has synced once. An agent with no
+        // role (only --pod-interface attachments) runs until a signal too.
+        while !(args.once && roles.is_empty()) {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = sigterm.recv() => break,
                 Some(role) = synced_rx.recv() => first_sync_done(role, &mut waiting_for_first_sync, args.ready_file.as_deref())?,
-                done = roles.join_next() => match done {
-                    // Roles end by themselves only with --once.
-                    None => break,
-                    Some(Err(e)) if e.is_panic() => anyhow::bail!("a role of the agent panicked: {e}"),
-                    Some(_) => {}
-                },
+                Some(done) = roles.join_next(), if !roles.is_empty() => {
+                    if let Err(e) = done
+                        && e.is_panic()
+                    {
+                        anyhow::bail!("a role of the agent panicked: {e}");
+                    }
+                }
             }
+        }
+        if let Some(task) = node_role {
+            task.abort();
         }
         // With --once the roles may end before their news was read.
         while let Ok(role) = synced_rx.try_recv() {
