@@ -129,14 +129,14 @@ pub enum Patch {
 }
 
 impl Patch {
-    fn content_type(&self) -> &'static str {
+    pub(crate) fn content_type(&self) -> &'static str {
         match self {
             Patch::Merge(_) => "application/merge-patch+json",
             Patch::Strategic(_) => "application/strategic-merge-patch+json",
             Patch::Json(_) => "application/json-patch+json",
         }
     }
-    fn body(&self) -> &serde_json::Value {
+    pub(crate) fn body(&self) -> &serde_json::Value {
         match self {
             Patch::Merge(v) | Patch::Strategic(v) | Patch::Json(v) => v,
         }

@@ -114,12 +114,7 @@ impl DynamicApi {
     /// PATCH of one object; a missing object is `Ok(None)`.
     pub async fn patch(&self, namespace: Option<&str>, name: &str, patch: &Patch) -> Result<Option<Value>> {
         let path = self.resource.object_path(namespace, name);
-        let (content_type, body) = match patch {
-            Patch::Merge(v) => ("application/merge-patch+json", v),
-            Patch::Strategic(v) => ("application/strategic-merge-patch+json", v),
-            Patch::Json(v) => ("application/json-patch+json", v),
-        };
-        match self.client.send_raw(Method::PATCH, &path, Some(content_type), encode(body)?).await {
+        match self.client.send_raw(Method::PATCH, &path, Some(patch.content_type()), encode(patch.body())?).await {
             Ok(resp) => decode(&path, resp).await.map(Some),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
