@@ -1,0 +1,4 @@
+//! The kubelet role: runs this node's pods on the container runtime through the CRI.
+pub mod backoff;
+pub mod observed;
+pub mod plan;
