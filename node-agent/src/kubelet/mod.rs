@@ -2,3 +2,4 @@
 pub mod backoff;
 pub mod observed;
 pub mod plan;
+pub mod status;
