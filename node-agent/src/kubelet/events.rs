@@ -37,7 +37,9 @@ impl Recorder {
         let event = event_for(pod, &self.node, kind, reason, container, message);
         match kind {
             EventType::Normal => tracing::debug!(pod = ?pod.metadata.name, reason, message = ?event.message, "event"),
-            EventType::Warning => tracing::info!(pod = ?pod.metadata.name, reason, message = ?event.message, "warning event"),
+            EventType::Warning => {
+                tracing::info!(pod = ?pod.metadata.name, reason, message = ?event.message, "warning event")
+            }
         }
         let client = self.client.clone();
         tokio::spawn(async move {

@@ -87,7 +87,12 @@ pub async fn run(api: Client, cri: CriClient, settings: KubeletSettings) {
         pods,
         view: Mutex::new(HashMap::new()),
     });
-    let mut workers = Workers { shared: shared.clone(), running: HashMap::new(), next_generation: 0, done: mpsc::unbounded_channel() };
+    let mut workers = Workers {
+        shared: shared.clone(),
+        running: HashMap::new(),
+        next_generation: 0,
+        done: mpsc::unbounded_channel(),
+    };
     let mut relist = tokio::time::interval(RELIST);
     relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut fingerprints: BTreeMap<String, String> = BTreeMap::new();

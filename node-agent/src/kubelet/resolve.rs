@@ -35,7 +35,13 @@ impl Resolver {
     }
 
     /// The environment and mounts of one container instance.
-    pub async fn resolve(&self, _pod: &Pod, c: &Container, _sandbox: &SandboxObs, _pod_dir: &Path) -> Result<Resolved, String> {
+    pub async fn resolve(
+        &self,
+        _pod: &Pod,
+        c: &Container,
+        _sandbox: &SandboxObs,
+        _pod_dir: &Path,
+    ) -> Result<Resolved, String> {
         let envs = c
             .env
             .iter()

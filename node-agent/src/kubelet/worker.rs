@@ -193,7 +193,13 @@ impl PodWorker {
         }
     }
 
-    async fn act(&mut self, pod: Option<&Pod>, observed: &Observed, action: Action, now: UnixNanos) -> Result<(), ActionError> {
+    async fn act(
+        &mut self,
+        pod: Option<&Pod>,
+        observed: &Observed,
+        action: Action,
+        now: UnixNanos,
+    ) -> Result<(), ActionError> {
         let cri = &self.shared.cri;
         match action {
             Action::KillPod { grace } => self.kill_pod(pod, observed, grace).await?,
@@ -217,7 +223,13 @@ impl PodWorker {
                         let waiting = e.waiting();
                         self.shared.events.pod(pod, Warning, "Failed", Some(&name), waiting.message.clone());
                         if waiting.reason == "ErrImagePull" || waiting.reason == "ErrImageNeverPull" {
-                            self.shared.events.pod(pod, Normal, "BackOff", Some(&name), format!("Back-off pulling image {:?}", spec.image.clone().unwrap_or_default()));
+                            self.shared.events.pod(
+                                pod,
+                                Normal,
+                                "BackOff",
+                                Some(&name),
+                                format!("Back-off pulling image {:?}", spec.image.clone().unwrap_or_default()),
+                            );
                         }
                         self.start_errors.insert(name.clone(), waiting);
                         self.backoff.start_failed(&name, now);
@@ -254,10 +266,11 @@ impl PodWorker {
                 message: format!("cannot create {}: {e}", dir.display()),
             })?;
         }
-        self.shared.volumes.prepare(pod, &s.pod_dir(uid)).await.map_err(|message| ActionError::Container {
-            reason: "ContainerCreating",
-            message,
-        })?;
+        self.shared
+            .volumes
+            .prepare(pod, &s.pod_dir(uid))
+            .await
+            .map_err(|message| ActionError::Container { reason: "ContainerCreating", message })?;
         let started = std::time::Instant::now();
         match self.shared.cri.run_pod_sandbox(config::sandbox_config(pod, attempt, s)).await {
             Ok(id) => {
@@ -265,13 +278,25 @@ impl PodWorker {
                 Ok(())
             }
             Err(e) => {
-                self.shared.events.pod(pod, Warning, "FailedCreatePodSandBox", None, format!("Failed to create pod sandbox: {e}"));
+                self.shared.events.pod(
+                    pod,
+                    Warning,
+                    "FailedCreatePodSandBox",
+                    None,
+                    format!("Failed to create pod sandbox: {e}"),
+                );
                 Err(e.into())
             }
         }
     }
 
-    async fn start_container(&mut self, pod: &Pod, observed: &Observed, c: &Container, attempt: u32) -> Result<(), ActionError> {
+    async fn start_container(
+        &mut self,
+        pod: &Pod,
+        observed: &Observed,
+        c: &Container,
+        attempt: u32,
+    ) -> Result<(), ActionError> {
         let s = &self.shared.settings;
         let Some(sandbox) = observed.latest_sandbox().filter(|sb| sb.ready) else {
             return Ok(());
@@ -289,14 +314,18 @@ impl PodWorker {
             message: format!("cannot create the termination-log file: {e}"),
         })?;
         let cfg = config::container_config(pod, c, attempt, resolved, s);
-        let id = self.shared.cri.create_container(&sandbox.id, cfg, sandbox_config).await.map_err(|e| {
-            ActionError::Container { reason: "CreateContainerError", message: e.to_string() }
-        })?;
+        let id = self
+            .shared
+            .cri
+            .create_container(&sandbox.id, cfg, sandbox_config)
+            .await
+            .map_err(|e| ActionError::Container { reason: "CreateContainerError", message: e.to_string() })?;
         self.shared.events.pod(pod, Normal, "Created", Some(&c.name), format!("Created container {}", c.name));
-        self.shared.cri.start_container(&id).await.map_err(|e| ActionError::Container {
-            reason: "RunContainerError",
-            message: e.to_string(),
-        })?;
+        self.shared
+            .cri
+            .start_container(&id)
+            .await
+            .map_err(|e| ActionError::Container { reason: "RunContainerError", message: e.to_string() })?;
         self.shared.events.pod(pod, Normal, "Started", Some(&c.name), format!("Started container {}", c.name));
         info!(pod = %self.key, container = %c.name, attempt, id = %id, "container started");
         Ok(())
@@ -304,7 +333,12 @@ impl PodWorker {
 
     /// The image must be on the node; without a registry, a pull can only fail, so
     /// `Always` uses the local image when there is one.
-    async fn ensure_image(&self, pod: &Pod, c: &Container, sandbox_config: &api::PodSandboxConfig) -> Result<(), ActionError> {
+    async fn ensure_image(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        sandbox_config: &api::PodSandboxConfig,
+    ) -> Result<(), ActionError> {
         let image = c.image.clone().unwrap_or_default();
         let present = self.shared.cri.image_status(&image).await?.is_some();
         let policy = c.image_pull_policy.clone().unwrap_or_else(|| default_pull_policy(&image).to_owned());
@@ -331,7 +365,13 @@ impl PodWorker {
         }
     }
 
-    async fn stop_container(&self, pod: Option<&Pod>, observed: &Observed, id: &str, grace: Duration) -> Result<(), ActionError> {
+    async fn stop_container(
+        &self,
+        pod: Option<&Pod>,
+        observed: &Observed,
+        id: &str,
+        grace: Duration,
+    ) -> Result<(), ActionError> {
         if let (Some(pod), Some(c)) = (pod, observed.containers.iter().find(|c| c.id == id)) {
             self.shared.probes.pre_stop(pod, &c.name, id, grace).await;
         }

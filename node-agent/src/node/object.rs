@@ -195,7 +195,12 @@ mod tests {
     }
 
     fn settings() -> NodeSettings {
-        NodeSettings { name: "n1".into(), internal_ip: Some(Ipv4Addr::new(192, 168, 77, 11)), max_pods: 110, container_runtime_version: String::new() }
+        NodeSettings {
+            name: "n1".into(),
+            internal_ip: Some(Ipv4Addr::new(192, 168, 77, 11)),
+            max_pods: 110,
+            container_runtime_version: String::new(),
+        }
     }
 
     fn condition<'a>(s: &'a NodeStatus, type_: &str) -> &'a NodeCondition {
