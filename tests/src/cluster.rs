@@ -248,7 +248,7 @@ impl ClusterNode {
             .arg(&self.root_dir)
             .arg("--pod-log-dir")
             .arg(&self.pod_log_dir)
-            .args(["--cgroup-root", &format!("/skiff-test/{}", self.name)])
+            .args(["--cgroup-root", &self.cgroup_root()])
             .env("RUST_LOG", "info,skiff_node::kubelet=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -257,6 +257,11 @@ impl ClusterNode {
             .context("starting skiff-node")?;
         self.agent = ChildGuard::new(child);
         Ok(())
+    }
+
+    /// The cgroup the node's pods go under.
+    pub fn cgroup_root(&self) -> String {
+        format!("/skiff-test/{}", self.name)
     }
 
     /// Kills the agent (SIGKILL: nothing of its own cleanup runs).
@@ -279,8 +284,13 @@ impl Drop for Cluster {
         for node in &mut self.nodes {
             node.agent.kill();
         }
-        // Each node's containerd removes its sandboxes (CNI DEL) as it drops.
-        self.nodes.clear();
+        // Each node's containerd removes its sandboxes (CNI DEL) as it drops; the pods'
+        // cgroups, which runc leaves, go after it.
+        for node in std::mem::take(&mut self.nodes) {
+            let cgroup_root = node.cgroup_root();
+            drop(node);
+            remove_cgroup_tree(&cgroup_root);
+        }
         self.control.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -293,6 +303,30 @@ fn attach(underlay: &Netns, ns: &Netns, port: &str, ip: &str) {
         ns.name
     ));
     ns.sh(&format!("ip addr add {ip}/24 dev eth0 && ip link set eth0 up"));
+}
+
+/// Removes the (empty) cgroup `path` and everything below it from every v1 hierarchy
+/// and the v2 tree under /sys/fs/cgroup.
+fn remove_cgroup_tree(path: &str) {
+    fn rmdir_below(dir: &Path) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
+                rmdir_below(&e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return };
+    for h in hierarchies.flatten() {
+        let tree = h.path().join(path.trim_start_matches('/'));
+        if tree.is_dir() {
+            rmdir_below(&tree);
+            // The shared parent goes with the last node that used it.
+            if let Some(parent) = tree.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
+    }
 }
 
 /// The last 150 lines of a log file.

@@ -171,7 +171,12 @@ fn hostname(pod: &Pod) -> String {
 
 /// The pod's cgroup under the node's root.
 pub fn pod_cgroup(pod: &Pod, s: &KubeletSettings) -> String {
-    format!("{}/pod{}", s.cgroup_root.trim_end_matches('/'), identity(pod).2)
+    pod_cgroup_of(identity(pod).2, s)
+}
+
+/// The cgroup of the pod with uid `uid`.
+pub fn pod_cgroup_of(uid: &str, s: &KubeletSettings) -> String {
+    format!("{}/pod{uid}", s.cgroup_root.trim_end_matches('/'))
 }
 
 /// RunPodSandbox's config for attempt `attempt` of the pod.

@@ -14,6 +14,7 @@
 //!   the last pod they saw and retry their writes.
 
 pub mod backoff;
+pub mod cgroups;
 pub mod config;
 pub mod events;
 pub mod observed;

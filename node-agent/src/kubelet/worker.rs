@@ -95,6 +95,7 @@ enum Step {
 }
 
 impl PodWorker {
+    /// The pod from the API; `None` once it is gone.
     fn pod(&self) -> Option<Arc<Pod>> {
         self.shared.pods.get(&self.key).filter(|p| p.metadata.uid.as_deref() == Some(self.uid.as_str()))
     }
@@ -125,7 +126,10 @@ impl PodWorker {
         }
         if plan.actions.is_empty() {
             return match (plan.outcome, pod) {
-                (Outcome::Removed, None) => Step::Done,
+                (Outcome::Removed, None) => {
+                    self.clean_up_host();
+                    Step::Done
+                }
                 (Outcome::Removed, Some(pod)) => self.finish_deletion(&pod).await,
                 _ => Step::Wait(plan.wake_after.map_or(RESYNC, |w| w.min(RESYNC))),
             };
@@ -147,10 +151,27 @@ impl PodWorker {
         d
     }
 
+    /// Removes what the pod left on the host: its directory (volumes, termination
+    /// logs), its container logs and its cgroup.
+    fn clean_up_host(&self) {
+        let s = &self.shared.settings;
+        let (namespace, name, uid) = (self.key.ns().unwrap_or("default"), self.key.name.as_str(), self.uid.as_str());
+        for dir in [s.pod_dir(uid), s.pod_log_dir(namespace, name, uid)] {
+            if let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                warn!(pod = %self.key, dir = %dir.display(), error = %e, "cannot remove the pod's directory");
+            }
+        }
+        if let Err(e) = super::cgroups::remove(&config::pod_cgroup_of(uid, s)) {
+            warn!(pod = %self.key, error = %e, "cannot remove the pod's cgroup");
+        }
+    }
+
     /// The final DELETE of a pod whose deletion the API server left to this node.
     async fn finish_deletion(&mut self, pod: &Pod) -> Step {
         let (name, namespace, uid) = config::identity(pod);
-        let _ = std::fs::remove_dir_all(self.shared.settings.pod_dir(uid));
+        self.clean_up_host();
         let options = serde_json::json!({"gracePeriodSeconds": 0, "preconditions": {"uid": uid}});
         match self.shared.api.delete::<Pod>(Some(namespace), name, Some(&options)).await {
             Ok(_) => {
