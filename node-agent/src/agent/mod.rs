@@ -157,7 +157,7 @@ fn run(args: RunArgs) -> Result<()> {
                 max_pods: args.max_pods,
                 container_runtime_version: runtime_version,
             };
-            api_roles.push(tokio::task::spawn_local(crate::node::run(client.clone(), settings)));
+            api_roles.push(tokio::task::spawn_local(crate::node::run(client.clone(), settings, cri.clone())));
             if let Some(cri) = cri {
                 let settings = kubelet_settings(&args)?;
                 info!(root_dir = %settings.root_dir.display(), pod_log_dir = %settings.pod_log_dir.display(), "kubelet starting");
