@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 
+use crate::PinDir;
 use crate::containerd::{ContainerdNode, ContainerdOptions};
 use crate::netns::{ChildGuard, Netns, wait_until};
-use crate::{PinDir, workspace_bin};
 
 /// The control plane's address on the underlay.
 pub const CONTROL_PLANE_IP: &str = "192.168.77.2";
@@ -37,6 +37,7 @@ pub fn node_ip(index: usize) -> String {
 /// One node: its namespace, containerd and agent.
 #[derive(Debug)]
 pub struct ClusterNode {
+    bin_dir: PathBuf,
     pub name: String,
     pub ip: String,
     agent: ChildGuard,
@@ -52,6 +53,7 @@ pub struct ClusterNode {
 /// A running cluster.
 #[derive(Debug)]
 pub struct Cluster {
+    bin_dir: PathBuf,
     pub nodes: Vec<ClusterNode>,
     control: ChildGuard,
     pub control_log: PathBuf,
@@ -60,10 +62,24 @@ pub struct Cluster {
     pub underlay: Netns,
 }
 
+/// Where the cluster's binaries come from.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// The directory holding skiff-control, skiff-node and skiff-cni (default: beside
+    /// the running test binary).
+    pub bin_dir: Option<PathBuf>,
+}
+
 impl Cluster {
     /// Starts skiff-control and `nodes` nodes with the given image tarballs imported,
     /// and waits until every node is Ready.
     pub fn start(tag: &str, nodes: usize, images: &[PathBuf]) -> Result<Self> {
+        Self::start_with(tag, nodes, images, &ClusterOptions::default())
+    }
+
+    /// [`Self::start`] with options.
+    pub fn start_with(tag: &str, nodes: usize, images: &[PathBuf], opts: &ClusterOptions) -> Result<Self> {
+        let bin_dir = opts.bin_dir.clone().unwrap_or_else(crate::target_bin_dir);
         let dir = std::env::temp_dir().join(format!("skiff-cluster-{tag}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("control")).context("creating the cluster directory")?;
@@ -77,7 +93,15 @@ impl Cluster {
             names.iter().map(|n| format!("token-{n},system:node:{n},uid-{n},\"system:nodes\"\n")).collect();
         std::fs::write(dir.join("control/tokens.csv"), tokens)?;
         let control_log = dir.join("control.log");
-        let mut cluster = Self { nodes: Vec::new(), control: ChildGuard(None), control_log, dir, cp_ns, underlay };
+        let mut cluster = Self {
+            bin_dir: bin_dir.clone(),
+            nodes: Vec::new(),
+            control: ChildGuard(None),
+            control_log,
+            dir,
+            cp_ns,
+            underlay,
+        };
         cluster.start_control()?;
 
         for (i, name) in names.iter().enumerate() {
@@ -93,6 +117,7 @@ impl Cluster {
             let kubeconfig = node_dir.join("kubeconfig");
             std::fs::write(&kubeconfig, cluster.kubeconfig_text(&format!("token-{name}")))?;
             let mut node = ClusterNode {
+                bin_dir: bin_dir.clone(),
                 name: name.clone(),
                 ip: node_ip(index),
                 agent: ChildGuard(None),
@@ -128,7 +153,7 @@ impl Cluster {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.control_log)?;
         let child = self
             .cp_ns
-            .command(workspace_bin("skiff-control").to_str().context("path")?)
+            .command(binary(&self.bin_dir, "skiff-control")?.to_str().context("path")?)
             .arg("--data-dir")
             .arg(self.dir.join("control"))
             .args(["--bind-address", "0.0.0.0", "--advertise-address", CONTROL_PLANE_IP])
@@ -229,7 +254,7 @@ impl ClusterNode {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.agent_log)?;
         let child = self
             .ns
-            .command(workspace_bin("skiff-node").to_str().context("path")?)
+            .command(binary(&self.bin_dir, "skiff-node")?.to_str().context("path")?)
             .args(["run", "--node-name", &self.name, "--node-ip", &self.ip, "--nodes-from-api"])
             .args(["--underlay-interface", "eth0"])
             .arg("--pin-dir")
@@ -269,6 +294,11 @@ impl ClusterNode {
         self.agent.kill();
     }
 
+    /// The agent's process id (nsenter execs the agent, so it is the agent's).
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.id()
+    }
+
     /// Whether the agent process still runs.
     pub fn agent_running(&mut self) -> bool {
         self.agent.0.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
@@ -294,6 +324,17 @@ impl Drop for Cluster {
         self.control.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `dir/name`, which must have been built.
+fn binary(dir: &Path, name: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    ensure!(
+        path.is_file(),
+        "{} is missing: build it first (`cargo build --bins`; cargo xtask test does)",
+        path.display()
+    );
+    Ok(path)
 }
 
 /// Connects namespace `ns` to the underlay bridge with `eth0` at `ip`/24.
