@@ -45,6 +45,8 @@ pub struct ClusterNode {
     pub containerd: ContainerdNode,
     pub root_dir: PathBuf,
     pub pod_log_dir: PathBuf,
+    /// The static pod manifests the agent runs (`--pod-manifest-path`).
+    pub manifest_dir: PathBuf,
     pub pins: PinDir,
     kubeconfig: PathBuf,
     pub ns: Netns,
@@ -113,7 +115,7 @@ impl Cluster {
             let containerd = ContainerdNode::start(name, &ns.path(), &opts)
                 .with_context(|| format!("starting containerd for {name}"))?;
             let node_dir = cluster.dir.join(name);
-            std::fs::create_dir_all(&node_dir)?;
+            std::fs::create_dir_all(node_dir.join("manifests"))?;
             let kubeconfig = node_dir.join("kubeconfig");
             std::fs::write(&kubeconfig, cluster.kubeconfig_text(&format!("token-{name}")))?;
             let mut node = ClusterNode {
@@ -124,6 +126,7 @@ impl Cluster {
                 agent_log: node_dir.join("agent.log"),
                 root_dir: node_dir.join("kubelet"),
                 pod_log_dir: node_dir.join("pods"),
+                manifest_dir: node_dir.join("manifests"),
                 pins: PinDir::new(name),
                 kubeconfig,
                 containerd,
@@ -273,6 +276,8 @@ impl ClusterNode {
             .arg(&self.root_dir)
             .arg("--pod-log-dir")
             .arg(&self.pod_log_dir)
+            .arg("--pod-manifest-path")
+            .arg(&self.manifest_dir)
             .args(["--cgroup-root", &self.cgroup_root()])
             .env("RUST_LOG", "info,skiff_node::kubelet=debug")
             .stdin(Stdio::null())

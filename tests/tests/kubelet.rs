@@ -56,6 +56,18 @@ spec:
         command: ["/skiff-echo", "udp", "127.0.0.1:9", "--count", "1", "--timeout-ms", "100"]
 "#;
 
+const STATIC_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: static-web, namespace: default}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: echo
+    image: localhost/skiff/echo:1
+    command: ["/skiff-echo", "serve", "--name", "static", "--tcp", "8080"]
+"#;
+
 fn json(cluster: &Cluster, args: &[&str]) -> serde_json::Value {
     let mut all = args.to_vec();
     all.extend(["-o", "json"]);
@@ -166,6 +178,40 @@ fn pods_run_restart_report_and_survive_agent_and_api_restarts() {
     assert!(
         wait_until(Duration::from_secs(60), || three_ready(&cluster)),
         "web did not recover after a delete:\n{}",
+        cluster.logs()
+    );
+
+    // A static pod runs from the node's manifest directory and is mirrored into the API;
+    // a deleted mirror comes back without the pod restarting; the file's removal ends it.
+    let manifest = cluster.nodes[0].manifest_dir.join("static-web.yaml");
+    std::fs::write(&manifest, STATIC_POD).unwrap();
+    let mirror = format!("static-web-{node}");
+    let static_ready = || {
+        cluster.kubectl_out(&["get", "pod", &mirror, "-o", "jsonpath={.status.containerStatuses[0].ready}"]) == "true"
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), static_ready),
+        "the static pod never showed ready:\n{}",
+        cluster.logs()
+    );
+    let annotations = cluster.kubectl_out(&["get", "pod", &mirror, "-o", "jsonpath={.metadata.annotations}"]);
+    assert!(annotations.contains("kubernetes.io/config.mirror"), "{annotations}");
+    let container_id =
+        || cluster.kubectl_out(&["get", "pod", &mirror, "-o", "jsonpath={.status.containerStatuses[0].containerID}"]);
+    let first_id = container_id();
+    ok("delete mirror", cluster.kubectl_ok(&["delete", "pod", &mirror, "--timeout=30s"]));
+    assert!(
+        wait_until(Duration::from_secs(30), || static_ready() && container_id() == first_id),
+        "the mirror did not come back with the same container:\n{}",
+        cluster.logs()
+    );
+    std::fs::remove_file(&manifest).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || cluster
+            .kubectl_out(&["get", "pods", "-o", "name"])
+            .lines()
+            .all(|l| !l.contains("static-web"))),
+        "the mirror stayed after the manifest went:\n{}",
         cluster.logs()
     );
 

@@ -140,6 +140,10 @@ pub struct RunArgs {
     /// The cluster's DNS domain.
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// A directory of static pod manifests (YAML or JSON, one Pod each): the kubelet
+    /// runs them without the API server and mirrors them into it.
+    #[arg(long, requires = "container_runtime_endpoint")]
+    pub pod_manifest_path: Option<PathBuf>,
     /// The cgroup (cgroupfs path) the pods' cgroups go under (default: /skiff/<node-name>).
     #[arg(long)]
     pub cgroup_root: Option<String>,

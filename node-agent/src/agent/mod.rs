@@ -222,6 +222,7 @@ fn kubelet_settings(args: &RunArgs) -> Result<KubeletSettings> {
         cluster_dns: args.cluster_dns.clone(),
         cluster_domain: args.cluster_domain.clone(),
         cgroup_root: args.cgroup_root.clone().unwrap_or_else(|| format!("/skiff/{node}")),
+        static_pod_dir: args.pod_manifest_path.clone(),
     })
 }
 

@@ -31,6 +31,8 @@ pub struct KubeletSettings {
     pub cluster_domain: String,
     /// The cgroup (cgroupfs path) every pod's cgroup goes under.
     pub cgroup_root: String,
+    /// The static pod manifests, if any (`--pod-manifest-path`).
+    pub static_pod_dir: Option<PathBuf>,
 }
 
 impl KubeletSettings {
@@ -324,6 +326,7 @@ mod tests {
             cluster_dns: vec!["10.96.0.10".parse().unwrap()],
             cluster_domain: "cluster.local".into(),
             cgroup_root: "/skiff/n1".into(),
+            static_pod_dir: None,
         }
     }
 

@@ -17,10 +17,12 @@ pub mod backoff;
 pub mod cgroups;
 pub mod config;
 pub mod events;
+mod mirrors;
 pub mod observed;
 pub mod plan;
 pub mod probes;
 pub mod resolve;
+pub mod static_pods;
 pub mod status;
 mod worker;
 
@@ -41,6 +43,8 @@ use observed::{Observed, UnixNanos};
 
 /// How often the runtime is listed for changes nobody announced.
 const RELIST: Duration = Duration::from_secs(1);
+/// How often the static pod directory is read.
+const STATIC_POLL: Duration = Duration::from_secs(2);
 
 /// Now, in nanoseconds since the epoch (the CRI's unit).
 pub fn now_nanos() -> UnixNanos {
@@ -58,6 +62,8 @@ struct Shared {
     volumes: resolve::Resolver,
     /// The last observed runtime state of each pod, by uid (for the node's server).
     view: Mutex<HashMap<String, (ObjectKey, Observed)>>,
+    /// The static pods from the manifest directory, by uid.
+    statics: Mutex<BTreeMap<String, Arc<Pod>>>,
 }
 
 impl Shared {
@@ -87,6 +93,7 @@ pub async fn run(api: Client, cri: CriClient, settings: KubeletSettings) {
         api,
         pods,
         view: Mutex::new(HashMap::new()),
+        statics: Mutex::new(BTreeMap::new()),
     });
     let mut workers = Workers {
         shared: shared.clone(),
@@ -97,12 +104,23 @@ pub async fn run(api: Client, cri: CriClient, settings: KubeletSettings) {
     let mut relist = tokio::time::interval(RELIST);
     relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut fingerprints: BTreeMap<String, String> = BTreeMap::new();
+    let mut static_tick = tokio::time::interval(STATIC_POLL);
+    static_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut mirrors = mirrors::Mirrors::default();
     loop {
         tokio::select! {
+            _ = static_tick.tick(), if shared.settings.static_pod_dir.is_some() => {
+                for (uid, key) in sync_static_pods(&shared) {
+                    workers.wake(&uid, key);
+                }
+                mirrors.sync(&shared).await;
+            }
             change = changes.recv() => {
                 let Some(change) = change else { break };
                 let pod = match change { Change::Applied(p) | Change::Deleted(p) => p };
-                if let Some(uid) = pod.metadata.uid.as_deref() {
+                // A mirror is never run; its static pod's worker reports into it.
+                let uid = static_pods::mirrored_uid(&pod).or(pod.metadata.uid.as_deref());
+                if let Some(uid) = uid {
                     workers.wake(uid, ObjectKey::of(pod.as_ref()));
                 }
             }
@@ -125,6 +143,31 @@ pub async fn run(api: Client, cri: CriClient, settings: KubeletSettings) {
         }
     }
     reflect.abort();
+}
+
+/// Reads the static pod directory; returns the pods that appeared or went.
+fn sync_static_pods(shared: &Shared) -> Vec<(String, ObjectKey)> {
+    let Some(dir) = &shared.settings.static_pod_dir else { return Vec::new() };
+    let (fresh, errors) = static_pods::read_dir(dir, &shared.settings.node_name);
+    for e in errors {
+        warn!(error = %e, "a static pod manifest is not taken");
+    }
+    let mut statics = shared.statics.lock().unwrap();
+    let mut changed = Vec::new();
+    for (uid, pod) in &fresh {
+        if !statics.contains_key(uid) {
+            info!(pod = ?pod.metadata.name, uid, "static pod added");
+            changed.push((uid.clone(), ObjectKey::of(pod)));
+        }
+    }
+    for (uid, pod) in statics.iter() {
+        if !fresh.contains_key(uid) {
+            info!(pod = ?pod.metadata.name, uid, "static pod removed");
+            changed.push((uid.clone(), ObjectKey::of(pod.as_ref())));
+        }
+    }
+    *statics = fresh.into_iter().map(|(uid, pod)| (uid, Arc::new(pod))).collect();
+    changed
 }
 
 /// The pod workers by pod uid, each with a generation so that a worker that ended is

@@ -17,7 +17,7 @@ use super::events::EventType::{Normal, Warning};
 use super::observed::{ContainerObs, Observed, SandboxObs, UnixNanos};
 use super::plan::{self, Action, KillReason, Outcome, PlanInput, Waiting};
 use super::status::{self, ProbeVerdict, StatusInput};
-use super::{Shared, now_nanos};
+use super::{Shared, now_nanos, static_pods};
 use crate::cri::{self, api, labels};
 
 /// How often a worker looks at its pod even when nothing woke it.
@@ -95,9 +95,29 @@ enum Step {
 }
 
 impl PodWorker {
-    /// The pod from the API; `None` once it is gone.
+    /// The pod from its manifest (a static pod) or from the API; `None` once it is gone.
     fn pod(&self) -> Option<Arc<Pod>> {
+        if let Some(pod) = self.shared.statics.lock().unwrap().get(&self.uid) {
+            return Some(pod.clone());
+        }
         self.shared.pods.get(&self.key).filter(|p| p.metadata.uid.as_deref() == Some(self.uid.as_str()))
+    }
+
+    /// The pod whose status the API holds: the pod itself, or a static pod's mirror
+    /// (with the mirror's status), or `None` while a static pod has no mirror.
+    fn status_holder(&self, pod: &Pod) -> Option<Pod> {
+        if pod.metadata.uid.as_deref() == Some(self.uid.as_str())
+            && !self.shared.statics.lock().unwrap().contains_key(&self.uid)
+        {
+            return Some(pod.clone());
+        }
+        let mirror = self.shared.pods.get(&self.key)?;
+        if static_pods::mirrored_uid(&mirror) != Some(self.uid.as_str()) {
+            return None;
+        }
+        let mut holder = pod.clone();
+        holder.status = mirror.status.clone();
+        Some(holder)
     }
 
     async fn step(&mut self) -> Step {
@@ -188,6 +208,8 @@ impl PodWorker {
 
     /// Sends the pod's status when it changed.
     async fn report(&mut self, pod: &Pod, observed: &Observed, plan: &plan::Plan) {
+        let Some(pod) = self.status_holder(pod) else { return };
+        let pod = &pod;
         let probes = |name: &str, id: &str| self.shared.probes.verdict(&self.uid, name, id);
         let status = status::pod_status(&StatusInput {
             pod,
