@@ -1,0 +1,3 @@
+//! The kubelet: runs this node's pods through the CRI.
+
+pub mod probe;
