@@ -1,5 +1,5 @@
 //! One attempt of one handler: exec (through [`ExecRunner`], which the pod worker
-//! implements over CRI ExecSync), httpGet, tcpSocket, and the lifecycle-only sleep.
+//! implements over CRI ExecSync), httpGet, tcpSocket, grpc, and the lifecycle-only sleep.
 //!
 //! Nothing here retries, counts or remembers: the worker does that. Every attempt is
 //! bounded by the timeout it is given.
@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{Container, ContainerPort, ExecAction, HTTPGetAc
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::net::TcpStream;
 
+use super::grpc;
 use super::http::{self, HttpCheck};
 use super::worker::ProbeSettings;
 use super::{Error, ProbeOutcome, Result};
@@ -91,8 +92,8 @@ pub async fn run_probe<E: ExecRunner>(probe: &Probe, target: &HandlerTarget, exe
         run_http(action, target, timeout, HttpCheck::Probe).await
     } else if let Some(action) = &probe.tcp_socket {
         run_tcp(action, target, timeout).await
-    } else if probe.grpc.is_some() {
-        ProbeOutcome::Unknown("gRPC probes are not supported by skiff-node".to_owned())
+    } else if let Some(action) = &probe.grpc {
+        grpc::run_grpc(action, target, timeout).await
     } else {
         ProbeOutcome::Unknown("the probe has no handler".to_owned())
     }

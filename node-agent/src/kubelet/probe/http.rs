@@ -250,8 +250,7 @@ async fn exchange(request: &ProbeRequest) -> Result<ProbeResponse> {
     }
 }
 
-/// One request on a fresh connection. The connection is driven here rather than spawned,
-/// so that the caller's timeout (dropping this future) closes it.
+/// One request on a fresh connection.
 async fn send<S>(io: S, request: &ProbeRequest) -> Result<ProbeResponse>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -265,10 +264,19 @@ where
         Ok(ProbeResponse {
             status: parts.status,
             location,
-            body: read_bounded(body).await?,
+            body: read_body(body).await?.0,
             redirect_not_followed: false,
         })
     };
+    drive(conn, exchange).await
+}
+
+/// Runs an exchange while driving its connection. The connection is driven here rather
+/// than spawned, so that the caller's timeout (dropping this future) closes it.
+pub(super) async fn drive<T>(
+    conn: impl Future<Output = hyper::Result<()>>,
+    exchange: impl Future<Output = Result<T>>,
+) -> Result<T> {
     tokio::pin!(conn, exchange);
     tokio::select! {
         biased;
@@ -281,20 +289,27 @@ where
     }
 }
 
-/// Reads at most [`MAX_OUTPUT`] bytes of the body and drops the rest (with the
-/// connection).
-async fn read_bounded(mut body: Incoming) -> Result<Vec<u8>> {
+/// Reads at most [`MAX_OUTPUT`] bytes of the body, and the trailers when the body ends
+/// within that; the rest is dropped with the connection.
+pub(super) async fn read_body(mut body: Incoming) -> Result<(Vec<u8>, Option<HeaderMap>)> {
     let mut out = Vec::new();
     while out.len() < MAX_OUTPUT {
         let Some(frame) = body.frame().await else {
             break;
         };
-        if let Ok(data) = frame.map_err(Error::Http)?.into_data() {
-            let take = data.len().min(MAX_OUTPUT - out.len());
-            out.extend_from_slice(&data[..take]);
+        match frame.map_err(Error::Http)?.into_data() {
+            Ok(data) => {
+                let take = data.len().min(MAX_OUTPUT - out.len());
+                out.extend_from_slice(&data[..take]);
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    return Ok((out, Some(trailers)));
+                }
+            }
         }
     }
-    Ok(out)
+    Ok((out, None))
 }
 
 /// One client configuration for every HTTPS probe: no certificate verification (the

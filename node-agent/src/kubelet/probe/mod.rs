@@ -3,6 +3,7 @@
 //!
 //! - [`handler`]: one attempt of one handler (exec through [`ExecRunner`], httpGet,
 //!   tcpSocket, sleep) turned into a [`ProbeOutcome`];
+//! - [`grpc`]: the gRPC health check behind grpc probes (plaintext HTTP/2);
 //! - [`http`]: the small HTTP/1 client behind httpGet (bounded body, same-host
 //!   redirects, HTTPS without certificate verification as upstream);
 //! - [`worker`]: one tokio task per (container, probe kind) applying the probe's delay,
@@ -15,6 +16,7 @@
 //! pod status or record Events: the pod worker reads [`ProbeUpdate`]s and does that, so
 //! that one place alone decides what happens to a container.
 
+pub mod grpc;
 pub mod handler;
 pub mod http;
 pub mod lifecycle;
@@ -125,6 +127,10 @@ pub enum Error {
     BadRedirect(String),
     #[error("stopped after {0} redirects")]
     TooManyRedirects(usize),
+    #[error("rpc error: code = {code} desc = {message}")]
+    GrpcStatus { code: u32, message: String },
+    #[error("unexpected gRPC response: {0}")]
+    GrpcResponse(String),
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),
 }

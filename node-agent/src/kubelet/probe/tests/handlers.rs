@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::time::Instant;
 
 use super::support::{Answer, FakeExec, LOCALHOST, Step, TestServer, closed_port, exec_probe, http_probe, target};
+use crate::kubelet::probe::http::{self, ProbeRequest};
 use crate::kubelet::probe::{HandlerTarget, ProbeOutcome, run_probe};
 
 async fn probe_http(server_port: u16, probe: &Probe) -> ProbeOutcome {
@@ -148,6 +149,8 @@ async fn http_large_body_is_read_bounded() {
         TestServer::http(|_| Answer::Reply { status: 200, headers: Vec::new(), body: vec![b'x'; 4 << 20] }).await;
     let probe = http_probe(IntOrString::Int(server.port.into()), "/");
     assert_eq!(probe_http(server.port, &probe).await, ProbeOutcome::Success);
+    let request = ProbeRequest::from_action(probe.http_get.as_ref().unwrap(), &target(80)).unwrap();
+    assert_eq!(http::get(&request).await.unwrap().body.len(), 10 * 1024);
 }
 
 #[tokio::test]
@@ -234,10 +237,10 @@ async fn exec_that_hangs_times_out() {
 }
 
 #[tokio::test]
-async fn grpc_and_empty_probes_are_unknown() {
-    let probe = Probe { grpc: Some(GRPCAction { port: 9000, service: None }), ..Probe::default() };
-    let outcome = run_probe(&probe, &target(80), &*FakeExec::new()).await;
-    assert!(matches!(&outcome, ProbeOutcome::Unknown(m) if m.contains("gRPC")), "{outcome:?}");
+async fn empty_probes_and_grpc_without_pod_ip_are_unknown() {
     let outcome = run_probe(&Probe::default(), &target(80), &*FakeExec::new()).await;
     assert!(matches!(outcome, ProbeOutcome::Unknown(_)));
+    let probe = Probe { grpc: Some(GRPCAction { port: 9000, service: None }), ..Probe::default() };
+    let outcome = run_probe(&probe, &HandlerTarget::default(), &*FakeExec::new()).await;
+    assert!(matches!(&outcome, ProbeOutcome::Unknown(m) if m.contains("no IP")), "{outcome:?}");
 }
