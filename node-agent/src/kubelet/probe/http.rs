@@ -146,7 +146,7 @@ impl ProbeRequest {
         next.headers.retain(|(name, _)| !name.eq_ignore_ascii_case("host"));
         let absolute = if let Some(rest) = location.strip_prefix("//") {
             Some(format!("{}://{rest}", self.scheme.as_str()))
-        } else if location.contains("://") {
+        } else if has_scheme(location) {
             Some(location.to_owned())
         } else {
             None
@@ -178,6 +178,15 @@ impl ProbeRequest {
         }
         Ok(next)
     }
+}
+
+/// Whether a reference starts with a URI scheme ("http:", "https:", ...), so that
+/// "/login?next=http://x" stays a path.
+fn has_scheme(reference: &str) -> bool {
+    reference.split_once(':').is_some_and(|(scheme, _)| {
+        scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    })
 }
 
 /// `host:port`, with brackets around IPv6 addresses.

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{Container, Probe};
 use tokio::sync::{mpsc, watch};
@@ -50,9 +51,19 @@ pub struct ContainerStart<'a> {
     /// The CRI id of the started container; exec probes run in it.
     pub container_id: &'a str,
     /// When it started, in tokio time: `Instant::now()` for a container just started,
-    /// `Instant::now() - age` (checked) for one adopted after an agent restart, so
-    /// initialDelaySeconds is not served twice.
+    /// [`ContainerStart::instant_of`] its CRI `startedAt` for one adopted after an agent
+    /// restart, so that initialDelaySeconds is not served twice.
     pub started_at: Instant,
+}
+
+impl ContainerStart<'_> {
+    /// The tokio instant of a wall-clock start time (the CRI's `startedAt`), for
+    /// [`ContainerStart::started_at`]; a start in the future or beyond the clock's
+    /// range is taken as now.
+    pub fn instant_of(started: SystemTime) -> Instant {
+        let now = Instant::now();
+        SystemTime::now().duration_since(started).ok().and_then(|age| now.checked_sub(age)).unwrap_or(now)
+    }
 }
 
 /// Shared between the manager and its workers.

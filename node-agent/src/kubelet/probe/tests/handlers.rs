@@ -86,7 +86,8 @@ async fn http_without_host_or_pod_ip_is_unknown() {
 #[tokio::test]
 async fn http_follows_redirects_on_the_same_host() {
     let server = TestServer::http(|seen| match seen.path.as_str() {
-        "/old" => Answer::redirect("/new/place"),
+        "/old" => Answer::redirect("/login?next=http://elsewhere/"),
+        "/login?next=http://elsewhere/" => Answer::redirect("/new/place"),
         "/new/place" => Answer::redirect("final"),
         "/new/final" => Answer::status(503),
         _ => Answer::status(404),
@@ -98,7 +99,7 @@ async fn http_follows_redirects_on_the_same_host() {
         ProbeOutcome::Failure("HTTP probe failed with statuscode: 503".to_owned())
     );
     let paths: Vec<String> = server.seen().into_iter().map(|s| s.path).collect();
-    assert_eq!(paths, ["/old", "/new/place", "/new/final"]);
+    assert_eq!(paths, ["/old", "/login?next=http://elsewhere/", "/new/place", "/new/final"]);
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{Container, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -155,7 +155,8 @@ async fn initial_delay_counts_from_the_container_start() {
     let mut adopted = app(None, None, Some(probe));
     adopted.name = "adopted".to_owned();
     adopted.readiness_probe.as_mut().unwrap().exec.as_mut().unwrap().command = Some(vec!["adopted".to_owned()]);
-    let long_ago = Instant::now().checked_sub(Duration::from_secs(100)).unwrap();
+    let long_ago = ContainerStart::instant_of(SystemTime::now() - Duration::from_secs(100));
+    assert_eq!((Instant::now() - long_ago).as_secs(), 100);
     h.start_at(&adopted, "c2", long_ago);
 
     h.at(25.5).await;
