@@ -181,6 +181,16 @@ async fn https_skips_certificate_verification() {
 }
 
 #[tokio::test]
+async fn http_redirect_to_https_on_the_same_host_is_followed() {
+    let secure = TestServer::https(|_| Answer::status(204)).await;
+    let location = format!("https://127.0.0.1:{}/tls", secure.port);
+    let server = TestServer::http(move |_| Answer::redirect(&location)).await;
+    let probe = http_probe(IntOrString::Int(server.port.into()), "/");
+    assert_eq!(probe_http(server.port, &probe).await, ProbeOutcome::Success);
+    assert_eq!(secure.seen()[0].path, "/tls");
+}
+
+#[tokio::test]
 async fn tcp_connects_or_fails() {
     let listener = tokio::net::TcpListener::bind((LOCALHOST, 0)).await.unwrap();
     let open = listener.local_addr().unwrap().port();
