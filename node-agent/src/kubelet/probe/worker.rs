@@ -122,7 +122,9 @@ impl<E: ExecRunner> Worker<E> {
                     // Says nothing about the container: keep the state, but tell.
                     tracing::debug!(pod_uid = %self.key.pod_uid, container = %self.key.container_name, %kind, %why, "probe errored");
                     let message = format!("{kind} probe errored: {why}");
-                    self.report(state, false, true, message, &settings);
+                    if !self.report(state, false, true, message, &settings) {
+                        return;
+                    }
                     continue;
                 }
             };
