@@ -13,6 +13,7 @@
 //! Later issues add `kubelet`, `cri` and `server`.
 
 pub mod agent;
+pub mod cri;
 pub mod datapath;
 pub mod kubelet;
 pub mod node;

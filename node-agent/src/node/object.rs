@@ -34,6 +34,8 @@ pub struct NodeSettings {
     /// The address other nodes and the control plane reach this node at.
     pub internal_ip: Option<Ipv4Addr>,
     pub max_pods: u32,
+    /// The container runtime as nodeInfo shows it (`containerd://1.6.20`); empty without one.
+    pub container_runtime_version: String,
 }
 
 /// The Node to create when there is none: name and the well-known labels. The status
@@ -99,8 +101,7 @@ pub fn status(
             architecture: facts.architecture.into(),
             kubelet_version: KUBELET_VERSION.into(),
             kube_proxy_version: KUBELET_VERSION.into(),
-            // No container runtime is driven yet.
-            container_runtime_version: String::new(),
+            container_runtime_version: settings.container_runtime_version.clone(),
             ..Default::default()
         }),
         ..Default::default()
@@ -194,7 +195,7 @@ mod tests {
     }
 
     fn settings() -> NodeSettings {
-        NodeSettings { name: "n1".into(), internal_ip: Some(Ipv4Addr::new(192, 168, 77, 11)), max_pods: 110 }
+        NodeSettings { name: "n1".into(), internal_ip: Some(Ipv4Addr::new(192, 168, 77, 11)), max_pods: 110, container_runtime_version: String::new() }
     }
 
     fn condition<'a>(s: &'a NodeStatus, type_: &str) -> &'a NodeCondition {
