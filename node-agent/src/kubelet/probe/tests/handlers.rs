@@ -103,13 +103,16 @@ async fn http_follows_redirects_on_the_same_host() {
 }
 
 #[tokio::test]
-async fn http_follows_absolute_redirect_to_another_port_of_the_same_host() {
-    let healthy = TestServer::http(|_| Answer::status(200)).await;
-    let location = format!("http://127.0.0.1:{}/elsewhere", healthy.port);
-    let server = TestServer::http(move |_| Answer::redirect(&location)).await;
-    let probe = http_probe(IntOrString::Int(server.port.into()), "/");
-    assert_eq!(probe_http(server.port, &probe).await, ProbeOutcome::Success);
-    assert_eq!(healthy.seen()[0].path, "/elsewhere");
+async fn http_follows_absolute_redirects_to_other_ports_and_schemes_of_the_same_host() {
+    let plain = TestServer::http(|_| Answer::status(200)).await;
+    let secure = TestServer::https(|_| Answer::status(204)).await;
+    for (scheme, to) in [("http", &plain), ("https", &secure)] {
+        let location = format!("{scheme}://127.0.0.1:{}/{scheme}", to.port);
+        let server = TestServer::http(move |_| Answer::redirect(&location)).await;
+        let probe = http_probe(IntOrString::Int(server.port.into()), "/");
+        assert_eq!(probe_http(server.port, &probe).await, ProbeOutcome::Success);
+        assert_eq!(to.seen()[0].path, format!("/{scheme}"));
+    }
 }
 
 #[tokio::test]
@@ -178,16 +181,6 @@ async fn https_skips_certificate_verification() {
         probe_http(server.port, &probe).await,
         ProbeOutcome::Failure("HTTP probe failed with statuscode: 500".to_owned())
     );
-}
-
-#[tokio::test]
-async fn http_redirect_to_https_on_the_same_host_is_followed() {
-    let secure = TestServer::https(|_| Answer::status(204)).await;
-    let location = format!("https://127.0.0.1:{}/tls", secure.port);
-    let server = TestServer::http(move |_| Answer::redirect(&location)).await;
-    let probe = http_probe(IntOrString::Int(server.port.into()), "/");
-    assert_eq!(probe_http(server.port, &probe).await, ProbeOutcome::Success);
-    assert_eq!(secure.seen()[0].path, "/tls");
 }
 
 #[tokio::test]
