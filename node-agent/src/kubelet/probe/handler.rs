@@ -8,7 +8,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, ContainerPort, ExecAction, HTTPGetAction, Probe, TCPSocketAction};
+use k8s_openapi::api::core::v1::{Container, ContainerPort, ExecAction, HTTPGetAction, Pod, Probe, TCPSocketAction};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::net::TcpStream;
 
@@ -81,6 +81,17 @@ impl HandlerTarget {
         };
         u16::try_from(number).ok().filter(|n| *n != 0).ok_or(Error::PortOutOfRange { port: number })
     }
+}
+
+/// The pod's IP, the default host of its handlers.
+pub fn pod_ip(pod: &Pod) -> Option<IpAddr> {
+    pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
+}
+
+/// The pod's containers and init containers (restartable init containers may have
+/// probes and hooks), to look a container up by name.
+pub fn containers_of(pod: &Pod) -> impl Iterator<Item = &Container> {
+    pod.spec.iter().flat_map(|spec| spec.containers.iter().chain(spec.init_containers.iter().flatten()))
 }
 
 /// Runs one attempt of `probe` against `target`, bounded by the probe's timeoutSeconds.

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::LifecycleHandler;
+use k8s_openapi::api::core::v1::{LifecycleHandler, Pod};
 
 use super::ProbeOutcome;
 use super::handler::{self, ExecRunner, HandlerTarget};
@@ -43,4 +43,42 @@ pub async fn run_lifecycle_handler<E: ExecRunner>(
     } else {
         ProbeOutcome::Failure("the lifecycle hook has no action".to_owned())
     }
+}
+
+/// Which hook of a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    PostStart,
+    PreStop,
+}
+
+impl Hook {
+    /// The reason of the Event for a failure of this hook, as upstream names it.
+    pub fn failure_reason(self) -> &'static str {
+        match self {
+            Self::PostStart => "FailedPostStartHook",
+            Self::PreStop => "FailedPreStopHook",
+        }
+    }
+}
+
+/// Runs container `container_name`'s `hook` from the pod's spec in instance
+/// `container_id`, with the pod IP as the default host; `None` when the container has
+/// no such hook.
+pub async fn run_hook<E: ExecRunner>(
+    pod: &Pod,
+    container_name: &str,
+    container_id: &str,
+    hook: Hook,
+    exec: &E,
+    timeout: Duration,
+) -> Option<ProbeOutcome> {
+    let container = handler::containers_of(pod).find(|c| c.name == container_name)?;
+    let lifecycle = container.lifecycle.as_ref()?;
+    let handler = match hook {
+        Hook::PostStart => lifecycle.post_start.as_ref(),
+        Hook::PreStop => lifecycle.pre_stop.as_ref(),
+    }?;
+    let target = HandlerTarget::new(container_id, handler::pod_ip(pod), container);
+    Some(run_lifecycle_handler(handler, &target, exec, timeout).await)
 }

@@ -10,15 +10,15 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::api::core::v1::{Container, Pod, Probe};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::ProbeKind;
-use super::handler::{ExecRunner, HandlerTarget};
+use super::handler::{self, ExecRunner, HandlerTarget};
 use super::worker::{ProbeUpdate, Worker, initial_state};
 
 /// Which probe of which container.
@@ -64,6 +64,21 @@ impl ContainerStart<'_> {
         let now = Instant::now();
         SystemTime::now().duration_since(started).ok().and_then(|age| now.checked_sub(age)).unwrap_or(now)
     }
+
+    /// The tokio instant of a CRI timestamp (nanoseconds since the epoch).
+    pub fn instant_of_unix_nanos(nanos: i64) -> Instant {
+        let since_epoch = Duration::from_nanos(u64::try_from(nanos).unwrap_or(0));
+        Self::instant_of(SystemTime::UNIX_EPOCH + since_epoch)
+    }
+}
+
+/// A container the runtime has running, for [`ProbeManager::sync_pod`].
+#[derive(Debug, Clone, Copy)]
+pub struct RunningContainer<'a> {
+    pub name: &'a str,
+    pub id: &'a str,
+    /// See [`ContainerStart::started_at`].
+    pub started_at: Instant,
 }
 
 /// Shared between the manager and its workers.
@@ -229,6 +244,72 @@ impl<E: ExecRunner> ProbeManager<E> {
         if containers.remove(key).is_some() {
             self.results.lock().retain(|probe, _| (&probe.pod_uid, &probe.container_name) != (&key.0, &key.1));
         }
+    }
+
+    /// Brings a pod's workers in line with what runs now (call it on every sync, before
+    /// reading results): starts workers for each running container of `pod` that has
+    /// probes and none yet for that id, and stops those of containers no longer running.
+    /// Containers are looked up by name among the pod's containers and init containers
+    /// (restartable init containers may have probes). Must run inside a tokio runtime.
+    pub fn sync_pod(&self, pod_uid: &str, pod: &Pod, running: &[RunningContainer<'_>]) {
+        let pod_ip = handler::pod_ip(pod);
+        for instance in running {
+            if let Some(container) = handler::containers_of(pod).find(|c| c.name == instance.name) {
+                self.add_container(ContainerStart {
+                    pod_uid,
+                    pod_ip,
+                    container,
+                    container_id: instance.id,
+                    started_at: instance.started_at,
+                });
+            }
+        }
+        let mut containers = self.containers();
+        let gone: Vec<ContainerKey> = containers
+            .iter()
+            .filter(|((uid, name), workers)| {
+                uid == pod_uid && !running.iter().any(|r| r.name == name && r.id == workers.container_id)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in gone {
+            self.forget(&mut containers, &key);
+        }
+    }
+
+    /// For the Ready condition of container instance `container_id`: its readiness
+    /// probe's result; true without a readiness probe; false while the probe's workers
+    /// are for another instance (not synced yet).
+    pub fn ready_for(&self, pod_uid: &str, container_name: &str, container_id: &str) -> bool {
+        self.verdict_for(pod_uid, container_name, container_id, ProbeKind::Readiness)
+    }
+
+    /// Like [`ProbeManager::ready_for`], for the `started` field: the startup probe's
+    /// result, true without one.
+    pub fn started_for(&self, pod_uid: &str, container_name: &str, container_id: &str) -> bool {
+        self.verdict_for(pod_uid, container_name, container_id, ProbeKind::Startup)
+    }
+
+    fn verdict_for(&self, pod_uid: &str, name: &str, container_id: &str, kind: ProbeKind) -> bool {
+        self.result(pod_uid, name, kind).is_none_or(|r| r.container_id == container_id && r.result == Some(true))
+    }
+
+    /// Containers of the pod whose current instance must be restarted, with that
+    /// instance's id and the probe that failed (liveness, or startup).
+    pub fn failed_containers(&self, pod_uid: &str) -> Vec<(String, String, ProbeKind)> {
+        let mut failed: Vec<(String, String, ProbeKind)> = self
+            .results
+            .lock()
+            .iter()
+            .filter(|(key, r)| {
+                key.pod_uid == pod_uid
+                    && matches!(key.kind, ProbeKind::Liveness | ProbeKind::Startup)
+                    && r.result == Some(false)
+            })
+            .map(|(key, r)| (key.container_name.clone(), r.container_id.clone(), key.kind))
+            .collect();
+        failed.sort();
+        failed
     }
 
     /// The latest state of one probe, with the container id it is about.

@@ -10,12 +10,15 @@
 //!   period, timeout and thresholds, publishing each change as a [`ProbeUpdate`];
 //! - [`manager`]: the [`ProbeManager`] that starts and stops workers as containers start
 //!   and stop, and keeps the latest results for the pod worker to read;
-//! - [`lifecycle`]: [`run_lifecycle_handler`] for postStart and preStop hooks.
+//! - [`lifecycle`]: [`run_lifecycle_handler`] for postStart and preStop hooks, and
+//!   [`run_hook`] that finds a pod's hook first;
+//! - [`cri`]: [`ExecRunner`] over the node's CRI client (ExecSync).
 //!
 //! This module only observes and reports. It must not restart or stop containers, write
 //! pod status or record Events: the pod worker reads [`ProbeUpdate`]s and does that, so
 //! that one place alone decides what happens to a container.
 
+pub mod cri;
 pub mod grpc;
 pub mod handler;
 pub mod http;
@@ -27,8 +30,8 @@ pub mod worker;
 mod tests;
 
 pub use handler::{ExecOutput, ExecRunner, HandlerTarget, run_probe};
-pub use lifecycle::run_lifecycle_handler;
-pub use manager::{ContainerStart, ProbeManager, ProbeResult};
+pub use lifecycle::{Hook, run_hook, run_lifecycle_handler};
+pub use manager::{ContainerStart, ProbeManager, ProbeResult, RunningContainer};
 pub use worker::{ProbeSettings, ProbeUpdate};
 
 use std::fmt;

@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{LifecycleHandler, SleepAction, TCPSocketAction};
+use k8s_openapi::api::core::v1::{Lifecycle, LifecycleHandler, Pod, PodSpec, PodStatus, SleepAction, TCPSocketAction};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::time::Instant;
 
-use super::support::{Answer, FakeExec, Step, TestServer, exec_probe, http_probe, target};
-use crate::kubelet::probe::{ProbeOutcome, run_lifecycle_handler};
+use super::support::{Answer, FakeExec, Step, TestServer, container, exec_probe, http_probe, target};
+use crate::kubelet::probe::{Hook, ProbeOutcome, run_hook, run_lifecycle_handler};
 
 fn exec_hook(command: &str) -> LifecycleHandler {
     LifecycleHandler { exec: exec_probe(command).exec, ..LifecycleHandler::default() }
@@ -84,4 +84,33 @@ async fn tcp_and_empty_hooks_fail() {
         run_lifecycle_handler(&LifecycleHandler::default(), &target(80), &*exec, timeout).await,
         ProbeOutcome::Failure(_)
     ));
+}
+
+#[tokio::test]
+async fn hooks_are_found_in_the_pod_and_use_its_ip() {
+    let server = TestServer::http(|_| Answer::status(200)).await;
+    let mut app = container("app", server.port);
+    app.lifecycle = Some(Lifecycle {
+        post_start: Some(LifecycleHandler {
+            http_get: http_probe(IntOrString::String("http".to_owned()), "/started").http_get,
+            ..LifecycleHandler::default()
+        }),
+        pre_stop: Some(exec_hook("drain")),
+        ..Lifecycle::default()
+    });
+    let pod = Pod {
+        spec: Some(PodSpec { containers: vec![app, container("side", 1)], ..PodSpec::default() }),
+        status: Some(PodStatus { pod_ip: Some("127.0.0.1".to_owned()), ..PodStatus::default() }),
+        ..Pod::default()
+    };
+    let exec = FakeExec::new();
+    let timeout = Duration::from_secs(5);
+    let run = |name, hook| run_hook(&pod, name, "c9", hook, &*exec, timeout);
+    assert_eq!(run("app", Hook::PostStart).await, Some(ProbeOutcome::Success));
+    assert_eq!(server.seen()[0].path, "/started");
+    assert_eq!(run("app", Hook::PreStop).await, Some(ProbeOutcome::Success));
+    assert_eq!(exec.calls()[0].container_id, "c9");
+    assert_eq!(run("side", Hook::PreStop).await, None);
+    assert_eq!(run("missing", Hook::PreStop).await, None);
+    assert_eq!(Hook::PreStop.failure_reason(), "FailedPreStopHook");
 }

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Instant;
 
 use super::support::{Answer, FakeExec, LOCALHOST, Step, TestServer, container, exec_probe, http_probe};
-use crate::kubelet::probe::{ContainerStart, ProbeKind, ProbeManager, ProbeUpdate};
+use crate::kubelet::probe::{ContainerStart, ProbeKind, ProbeManager, ProbeUpdate, RunningContainer};
 
 const POD: &str = "pod-1";
 
@@ -307,4 +307,65 @@ async fn http_readiness_follows_a_real_server() {
     assert!(!second.result && second.changed);
     assert_eq!(second.message, "Readiness probe failed: HTTP probe failed with statuscode: 503");
     assert_eq!(manager.readiness(POD, "app"), Some(false));
+}
+
+fn pod_of(containers: Vec<Container>) -> Pod {
+    Pod {
+        spec: Some(PodSpec { containers, ..PodSpec::default() }),
+        status: Some(PodStatus { pod_ip: Some("127.0.0.1".to_owned()), ..PodStatus::default() }),
+        ..Pod::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn sync_pod_follows_what_runs_and_verdicts_follow_the_instance() {
+    let mut h = Harness::new();
+    h.exec.script("live", &[], Step::Exit(1, "dead"));
+    let probed = app(None, Some(timed(exec_probe("live"), 1, 1, 1)), Some(exec_probe("ready")));
+    let plain = container("side", 9000);
+    let pod = pod_of(vec![probed, plain]);
+    let now = Instant::now();
+    let running = |id| {
+        [
+            RunningContainer { name: "app", id, started_at: now },
+            RunningContainer { name: "side", id: "s1", started_at: now },
+        ]
+    };
+    h.manager.sync_pod(POD, &pod, &running("c1"));
+    assert!(!h.manager.ready_for(POD, "app", "c1"));
+    assert!(h.manager.ready_for(POD, "side", "s1"));
+    assert!(h.manager.started_for(POD, "app", "c1"));
+    h.at(0.5).await;
+    assert!(h.manager.ready_for(POD, "app", "c1"));
+    // Another instance of the container is not what the workers probe.
+    assert!(!h.manager.ready_for(POD, "app", "c0"));
+    assert_eq!(h.manager.failed_containers(POD), [("app".to_owned(), "c1".to_owned(), ProbeKind::Liveness)]);
+    assert_eq!(h.manager.container_id(POD, "side"), None);
+
+    // Restarted: new workers, fresh results.
+    h.manager.sync_pod(POD, &pod, &running("c2"));
+    assert!(h.manager.failed_containers(POD).is_empty());
+    assert!(!h.manager.ready_for(POD, "app", "c2"));
+    h.drain();
+    // Nothing runs any more.
+    h.manager.sync_pod(POD, &pod, &[]);
+    assert_eq!(h.manager.container_id(POD, "app"), None);
+    assert_eq!(h.manager.readiness(POD, "app"), None);
+    h.at(30.0).await;
+    assert!(h.exec.calls().iter().all(|c| c.at - h.t0 < Duration::from_secs(1)));
+    assert!(h.drain().is_empty());
+}
+
+#[test]
+fn cri_timestamps_become_tokio_instants() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    rt.block_on(async {
+        let ten_s_ago = SystemTime::now() - Duration::from_secs(10);
+        let nanos = i64::try_from(ten_s_ago.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos()).unwrap();
+        let age = Instant::now() - ContainerStart::instant_of_unix_nanos(nanos);
+        assert!(age >= Duration::from_secs(10) && age < Duration::from_secs(11), "{age:?}");
+        // Not started (0) or in the future: now.
+        let future = ContainerStart::instant_of(SystemTime::now() + Duration::from_secs(60));
+        assert!(future >= Instant::now() - Duration::from_secs(1));
+    });
 }
