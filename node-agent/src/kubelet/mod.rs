@@ -20,6 +20,7 @@ pub mod events;
 mod mirrors;
 pub mod observed;
 pub mod plan;
+pub mod probe;
 pub mod probes;
 pub mod resolve;
 pub mod static_pods;
