@@ -14,6 +14,7 @@
 
 pub mod agent;
 pub mod datapath;
+pub mod kubelet;
 pub mod node;
 pub mod overlay;
 pub mod proxy;

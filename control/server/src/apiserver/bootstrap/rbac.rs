@@ -41,6 +41,8 @@ pub(super) async fn bootstrap_rbac(store: &dyn store::Store) -> ApiResult<()> {
             {"apiGroups": [""], "resources": ["nodes", "nodes/status", "pods/status"], "verbs": ["create", "update", "patch"]},
             {"apiGroups": [""], "resources": ["pods"], "verbs": ["delete"]},
             {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "update", "patch"]},
+            // The tokens of pods' projected ServiceAccount token volumes.
+            {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]},
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update", "patch"]}]),
         ),
         (

@@ -1,0 +1,4 @@
+pub mod env;
+pub mod lookup;
+pub mod resources;
+pub mod volumes;
