@@ -235,10 +235,10 @@ pub fn expand<'a>(input: &str, lookup: impl Fn(&str) -> Option<&'a str>) -> Stri
                     }
                     i += 3 + len;
                 }
-                // Not closed: the rest is literal.
+                // Not closed: `$(` is literal, and scanning goes on after it.
                 None => {
-                    out.extend_from_slice(&bytes[i..]);
-                    i = bytes.len();
+                    out.extend_from_slice(b"$(");
+                    i += 2;
                 }
             },
             _ => {
