@@ -82,21 +82,26 @@ pub async fn container_env<L: ObjectLookup>(
     let mut env = OrderedEnv::default();
     for from in container.env_from.iter().flatten() {
         let prefix = from.prefix.as_deref().unwrap_or("");
-        if let Some(r) = &from.config_map_ref {
-            let name = r.name.as_str();
-            match lookup.config_map(ns, name).await? {
-                Some(cm) => env.extend_valid(prefix, config_map_strings(&cm)),
-                None if r.optional == Some(true) => {}
-                None => return Err(EnvError::ConfigMapNotFound(name.into())),
-            }
-        }
-        if let Some(r) = &from.secret_ref {
-            let name = r.name.as_str();
-            match lookup.secret(ns, name).await? {
-                Some(s) => env.extend_valid(prefix, secret_strings(&s)),
-                None if r.optional == Some(true) => {}
-                None => return Err(EnvError::SecretNotFound(name.into())),
-            }
+        // Each source is a ConfigMap or a Secret: its string values, or why not.
+        let (found, optional, missing) = if let Some(r) = &from.config_map_ref {
+            let vars = lookup
+                .config_map(ns, &r.name)
+                .await?
+                .map(|cm| config_map_strings(&cm).map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>());
+            (vars, r.optional, EnvError::ConfigMapNotFound(r.name.clone()))
+        } else if let Some(r) = &from.secret_ref {
+            let vars = lookup
+                .secret(ns, &r.name)
+                .await?
+                .map(|s| secret_strings(&s).map(|(k, v)| (k.to_string(), v)).collect::<Vec<_>>());
+            (vars, r.optional, EnvError::SecretNotFound(r.name.clone()))
+        } else {
+            continue;
+        };
+        match found {
+            Some(vars) => env.extend_valid(prefix, vars),
+            None if optional == Some(true) => {}
+            None => return Err(missing),
         }
     }
     for var in container.env.iter().flatten() {
@@ -110,35 +115,15 @@ pub async fn container_env<L: ObjectLookup>(
                     resource_value(pod, container, r, &ctx.node_allocatable, &format!("env var {}", var.name))?
                 } else if let Some(r) = &from.config_map_key_ref {
                     let optional = r.optional == Some(true);
-                    let Some(cm) = lookup.config_map(ns, &r.name).await? else {
-                        if optional {
-                            continue;
-                        }
-                        return Err(EnvError::ConfigMapNotFound(r.name.clone()));
-                    };
-                    match config_map_strings(&cm).find(|(k, _)| *k == r.key) {
-                        Some((_, v)) => v.to_string(),
-                        None if optional => continue,
-                        None => {
-                            let (namespace, name, key) = (ns.into(), r.name.clone(), r.key.clone());
-                            return Err(EnvError::ConfigMapKeyMissing { key, namespace, name });
-                        }
+                    match key_ref(lookup, ns, false, &r.name, &r.key, optional).await? {
+                        Some(v) => v,
+                        None => continue,
                     }
                 } else if let Some(r) = &from.secret_key_ref {
                     let optional = r.optional == Some(true);
-                    let Some(s) = lookup.secret(ns, &r.name).await? else {
-                        if optional {
-                            continue;
-                        }
-                        return Err(EnvError::SecretNotFound(r.name.clone()));
-                    };
-                    match secret_strings(&s).find(|(k, _)| *k == r.key) {
-                        Some((_, v)) => v,
-                        None if optional => continue,
-                        None => {
-                            let (namespace, name, key) = (ns.into(), r.name.clone(), r.key.clone());
-                            return Err(EnvError::SecretKeyMissing { key, namespace, name });
-                        }
+                    match key_ref(lookup, ns, true, &r.name, &r.key, optional).await? {
+                        Some(v) => v,
+                        None => continue,
                     }
                 } else {
                     String::new()
@@ -154,6 +139,35 @@ pub async fn container_env<L: ObjectLookup>(
         }
     }
     Ok(env.entries.into_iter().map(|(key, value)| KeyValue { key, value }).collect())
+}
+
+/// A configMapKeyRef (`secret` false) or secretKeyRef: `None` when it is optional and
+/// its object or key is missing.
+async fn key_ref<L: ObjectLookup>(
+    lookup: &L,
+    ns: &str,
+    secret: bool,
+    name: &str,
+    key: &str,
+    optional: bool,
+) -> Result<Option<String>> {
+    let found = if secret {
+        lookup.secret(ns, name).await?.map(|s| secret_strings(&s).find(|(k, _)| *k == key).map(|(_, v)| v))
+    } else {
+        lookup
+            .config_map(ns, name)
+            .await?
+            .map(|cm| config_map_strings(&cm).find(|(k, _)| *k == key).map(|(_, v)| v.into()))
+    };
+    let (namespace, name, key) = (ns.to_string(), name.to_string(), key.to_string());
+    match found {
+        Some(Some(v)) => Ok(Some(v)),
+        _ if optional => Ok(None),
+        None if secret => Err(EnvError::SecretNotFound(name)),
+        None => Err(EnvError::ConfigMapNotFound(name)),
+        Some(None) if secret => Err(EnvError::SecretKeyMissing { key, namespace, name }),
+        Some(None) => Err(EnvError::ConfigMapKeyMissing { key, namespace, name }),
+    }
 }
 
 /// Variables in insertion order, with lookup by name; setting a name again replaces
@@ -181,11 +195,11 @@ impl OrderedEnv {
 
     /// `envFrom`: keys that are not valid variable names once prefixed are skipped,
     /// as upstream does (it reports them in an event; here they are logged).
-    fn extend_valid<'a, V: Into<String>>(&mut self, prefix: &str, vars: impl Iterator<Item = (&'a str, V)>) {
+    fn extend_valid(&mut self, prefix: &str, vars: Vec<(String, String)>) {
         for (k, v) in vars {
             let name = format!("{prefix}{k}");
             if is_env_var_name(&name) {
-                self.set(&name, v.into());
+                self.set(&name, v);
             } else {
                 tracing::info!(key = %name, "envFrom: skipping a key that is not a valid environment variable name");
             }

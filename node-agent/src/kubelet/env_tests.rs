@@ -1,8 +1,7 @@
 use k8s_openapi::api::core::v1::{
     ConfigMapEnvSource, ConfigMapKeySelector, EnvFromSource, EnvVar, EnvVarSource, ResourceRequirements,
-    SecretEnvSource, SecretKeySelector, ServicePort, ServiceSpec,
+    SecretEnvSource, SecretKeySelector,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::json;
 
 use super::super::lookup::fake::FakeLookup;
@@ -247,35 +246,24 @@ fn expansion_table() {
     }
 }
 
-fn service(ns: &str, name: &str, ip: &str, ports: &[(Option<&str>, i32, &str)]) -> Service {
-    Service {
-        metadata: ObjectMeta { name: Some(name.into()), namespace: Some(ns.into()), ..Default::default() },
-        spec: Some(ServiceSpec {
-            cluster_ip: Some(ip.into()),
-            ports: Some(
-                ports
-                    .iter()
-                    .map(|(n, p, proto)| ServicePort {
-                        name: n.map(String::from),
-                        port: *p,
-                        protocol: Some(proto.to_string()),
-                        ..Default::default()
-                    })
-                    .collect(),
-            ),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+fn service(ns: &str, name: &str, ip: &str, ports: serde_json::Value) -> Service {
+    serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns},
+                                  "spec": {"clusterIP": ip, "ports": ports}}))
+    .unwrap()
 }
 
 #[tokio::test]
 async fn service_links() {
     let services = vec![
-        service("ns", "my-db", "10.96.0.20", &[(Some("sql"), 5432, "TCP"), (Some("metrics"), 9187, "UDP")]),
-        service("default", "kubernetes", "10.96.0.1", &[(Some("https"), 443, "TCP")]),
-        service("other", "elsewhere", "10.96.0.30", &[(None, 80, "TCP")]),
-        service("ns", "headless", "None", &[(None, 80, "TCP")]),
+        service(
+            "ns",
+            "my-db",
+            "10.96.0.20",
+            json!([{"name": "sql", "port": 5432, "protocol": "TCP"}, {"name": "metrics", "port": 9187, "protocol": "UDP"}]),
+        ),
+        service("default", "kubernetes", "10.96.0.1", json!([{"name": "https", "port": 443}])),
+        service("other", "elsewhere", "10.96.0.30", json!([{"port": 80}])),
+        service("ns", "headless", "None", json!([{"port": 80}])),
     ];
     let mut ctx = ctx();
     ctx.services = services;
