@@ -18,6 +18,7 @@ pub mod host;
 pub mod payload;
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use k8s_cri::v1::{Mount, MountPropagation};
@@ -310,13 +311,12 @@ fn resolve_sub_path(root: &Path, sub: &str) -> Result<PathBuf, String> {
     }
     let joined = root.join(p);
     if std::fs::symlink_metadata(&joined).is_err() {
-        let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(root)
-                .map_err(|e| format!("cannot read its volume {}: {e}", root.display()))?
-                .permissions(),
-        );
-        std::fs::create_dir_all(&joined).map_err(|e| format!("cannot be created: {e}"))?;
-        std::fs::set_permissions(&joined, std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777))
+        // With the volume's own permissions, so a container user who may write the
+        // volume may write the subPath too.
+        let meta = std::fs::metadata(root).map_err(|e| format!("cannot read its volume {}: {e}", root.display()))?;
+        let perms = std::fs::Permissions::from_mode(meta.permissions().mode() & 0o7777);
+        std::fs::create_dir_all(&joined)
+            .and_then(|()| std::fs::set_permissions(&joined, perms))
             .map_err(|e| format!("cannot be created: {e}"))?;
     }
     let real_root = root.canonicalize().map_err(|e| format!("cannot resolve its volume: {e}"))?;
