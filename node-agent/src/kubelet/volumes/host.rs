@@ -11,6 +11,9 @@ use nix::mount::{MntFlags, MsFlags};
 
 /// Mount points at or under `root`, deepest first (the order to unmount them in).
 pub fn mounts_under(root: &Path) -> io::Result<Vec<PathBuf>> {
+    // mountinfo has resolved paths; a root reached through a symlink must match them.
+    let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    let root = root.as_path();
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     let mut found: Vec<PathBuf> = info
         .lines()
@@ -41,7 +44,8 @@ fn unescape_mountinfo(s: &str) -> String {
 }
 
 pub fn is_mount_point(path: &Path) -> io::Result<bool> {
-    Ok(mounts_under(path)?.iter().any(|p| p == path))
+    let real = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    Ok(mounts_under(&real)?.iter().any(|p| *p == real))
 }
 
 /// Mounts a tmpfs on `dir` (created if missing) unless one is there already.
