@@ -45,7 +45,7 @@ fn unescape_mountinfo(s: &str) -> String {
 
 pub fn is_mount_point(path: &Path) -> io::Result<bool> {
     let real = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    Ok(mounts_under(&real)?.iter().any(|p| *p == real))
+    Ok(mounts_under(&real)?.contains(&real))
 }
 
 /// Mounts a tmpfs on `dir` (created if missing) unless one is there already.
