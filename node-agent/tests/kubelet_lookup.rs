@@ -168,7 +168,7 @@ async fn a_node_reads_config_maps_secrets_and_pod_tokens_through_the_api() {
     let pod_dir = tmp.path().join("pods").join(&uid);
     let ctx = VolumeContext { env: &env_ctx, secrets_on_tmpfs: false };
     let prepared = prepare_volumes(&pod, &pod_dir, &ctx, &lookup).await.unwrap();
-    let mounts = container_mounts(&pod, &pod.spec.as_ref().unwrap().containers[0], &prepared).unwrap();
+    let mounts = container_mounts(&pod, &pod.spec.as_ref().unwrap().containers[0], &prepared, &env).unwrap();
     let sa_dir = PathBuf::from(&mounts[0].host_path);
     assert_eq!(std::fs::read_to_string(sa_dir.join("namespace")).unwrap(), NS);
     assert_eq!(std::fs::read(sa_dir.join("ca.crt")).unwrap(), std::fs::read(&ca).unwrap());

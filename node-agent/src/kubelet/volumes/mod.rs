@@ -17,15 +17,16 @@ pub mod atomic;
 pub mod host;
 pub mod payload;
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
-use k8s_cri::v1::{Mount, MountPropagation};
+use k8s_cri::v1::{KeyValue, Mount, MountPropagation};
 use k8s_openapi::api::core::v1::{Container, Pod, Volume};
 use skiff_api::quantity;
 
-use super::env::{EnvContext, EnvError};
+use super::env::{EnvContext, EnvError, expand};
 use super::lookup::{LookupError, ObjectLookup};
 use atomic::Payload;
 use payload::{DEFAULT_MODE, mode_of, project};
@@ -263,10 +264,18 @@ async fn projected<L: ObjectLookup>(
     Ok(out)
 }
 
-/// The CRI mounts of `container`'s `volumeMounts`. A subPath is resolved on the host
-/// (created as a directory when missing, as upstream does) and must stay inside its
-/// volume even through symlinks.
-pub fn container_mounts(_pod: &Pod, container: &Container, prepared: &PreparedVolumes) -> Result<Vec<Mount>> {
+/// The CRI mounts of `container`'s `volumeMounts`. A subPath (or a subPathExpr,
+/// expanded with the container's environment `env`, as [`container_env`] made it) is
+/// resolved on the host (created as a directory when missing, as upstream does) and
+/// must stay inside its volume even through symlinks.
+///
+/// [`container_env`]: super::env::container_env
+pub fn container_mounts(
+    _pod: &Pod,
+    container: &Container,
+    prepared: &PreparedVolumes,
+    env: &[KeyValue],
+) -> Result<Vec<Mount>> {
     let mut mounts = Vec::new();
     for vm in container.volume_mounts.iter().flatten() {
         let vol = prepared
@@ -278,12 +287,14 @@ pub fn container_mounts(_pod: &Pod, container: &Container, prepared: &PreparedVo
             sub_path: sub_path.into(),
             why: why.into(),
         };
-        if let Some(expr) = vm.sub_path_expr.as_deref().filter(|s| !s.is_empty()) {
-            return Err(sub_err(expr, "(subPathExpr) is not supported by skiff-node; use subPath"));
-        }
-        let host_path = match vm.sub_path.as_deref().filter(|s| !s.is_empty()) {
+        let sub_path = match (vm.sub_path.as_deref(), vm.sub_path_expr.as_deref()) {
+            (Some(sub), _) if !sub.is_empty() => Some(sub.to_string()),
+            (_, Some(expr)) if !expr.is_empty() => Some(expand_sub_path(expr, env).map_err(|why| sub_err(expr, &why))?),
+            _ => None,
+        };
+        let host_path = match sub_path {
             None => vol.host_path.clone(),
-            Some(sub) => resolve_sub_path(&vol.host_path, sub).map_err(|why| sub_err(sub, &why))?,
+            Some(sub) => resolve_sub_path(&vol.host_path, &sub).map_err(|why| sub_err(&sub, &why))?,
         };
         let propagation = match vm.mount_propagation.as_deref() {
             Some("HostToContainer") => MountPropagation::PropagationHostToContainer,
@@ -299,6 +310,26 @@ pub fn container_mounts(_pod: &Pod, container: &Container, prepared: &PreparedVo
         });
     }
     Ok(mounts)
+}
+
+/// A subPathExpr with `$(VAR)` replaced from the container's environment; a variable
+/// that is unset or empty is an error, as upstream has it.
+fn expand_sub_path(expr: &str, env: &[KeyValue]) -> Result<String, String> {
+    let vars: HashMap<&str, &str> = env.iter().map(|kv| (kv.key.as_str(), kv.value.as_str())).collect();
+    let missing = RefCell::new(BTreeSet::new());
+    let expanded = expand(expr, |name| match vars.get(name).copied().filter(|v| !v.is_empty()) {
+        Some(v) => Some(v),
+        None => {
+            missing.borrow_mut().insert(name.to_string());
+            Some("")
+        }
+    });
+    let missing = missing.into_inner();
+    if missing.is_empty() {
+        Ok(expanded)
+    } else {
+        Err(format!("(subPathExpr) has no value for {}", missing.into_iter().collect::<Vec<_>>().join(", ")))
+    }
 }
 
 fn resolve_sub_path(root: &Path, sub: &str) -> Result<PathBuf, String> {

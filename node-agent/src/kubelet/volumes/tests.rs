@@ -212,7 +212,7 @@ async fn kube_api_access_projected_volume() {
     let c: Container = serde_json::from_value(json!({"name": "app", "volumeMounts": [{"name": "kube-api-access-x7k2p",
         "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}]}))
     .unwrap();
-    let mounts = container_mounts(&p, &c, &prepared).unwrap();
+    let mounts = container_mounts(&p, &c, &prepared, &[]).unwrap();
     assert_eq!(mounts.len(), 1);
     assert_eq!(mounts[0].container_path, "/var/run/secrets/kubernetes.io/serviceaccount");
     assert_eq!(Path::new(&mounts[0].host_path), root);
@@ -244,6 +244,10 @@ async fn container_mounts_and_sub_paths() {
     let scratch = prepared.get("scratch").unwrap().host_path.clone();
     std::os::unix::fs::symlink(&outside, scratch.join("escape")).unwrap();
 
+    let env = [
+        KeyValue { key: "POD_NAME".into(), value: "web-1".into() },
+        KeyValue { key: "EMPTY".into(), value: String::new() },
+    ];
     let c =
         |mounts: Vec<VolumeMount>| Container { name: "app".into(), volume_mounts: Some(mounts), ..Default::default() };
     let ok = c(vec![
@@ -255,8 +259,9 @@ async fn container_mounts_and_sub_paths() {
         },
         VolumeMount { sub_path: Some("logs/app".into()), ..mount("scratch", "/logs") },
         VolumeMount { sub_path: Some("a".into()), ..mount("cfg", "/etc/a") },
+        VolumeMount { sub_path_expr: Some("pods/$(POD_NAME)".into()), ..mount("scratch", "/mine") },
     ]);
-    let m = container_mounts(&p, &ok, &prepared).unwrap();
+    let m = container_mounts(&p, &ok, &prepared, &env).unwrap();
     assert_eq!((m[0].container_path.as_str(), m[0].readonly), ("/data", false));
     assert_eq!(Path::new(&m[0].host_path), scratch);
     assert_eq!(m[0].propagation, MountPropagation::PropagationPrivate as i32);
@@ -266,16 +271,20 @@ async fn container_mounts_and_sub_paths() {
     assert_eq!(Path::new(&m[2].host_path), scratch.canonicalize().unwrap().join("logs/app"));
     assert!(m[3].readonly, "configMap volumes are read-only");
     assert_eq!(read(Path::new(&m[3].host_path)), "1");
+    assert_eq!(Path::new(&m[4].host_path), scratch.canonicalize().unwrap().join("pods/web-1"));
 
     let bad = [
         (VolumeMount { sub_path: Some("/abs".into()), ..mount("scratch", "/x") }, "must be a relative path"),
         (VolumeMount { sub_path: Some("a/../..".into()), ..mount("scratch", "/x") }, "must not contain '..'"),
         (VolumeMount { sub_path: Some("escape".into()), ..mount("scratch", "/x") }, "leads outside its volume"),
-        (VolumeMount { sub_path_expr: Some("$(POD)".into()), ..mount("scratch", "/x") }, "not supported"),
+        (
+            VolumeMount { sub_path_expr: Some("$(NOPE)/$(EMPTY)".into()), ..mount("scratch", "/x") },
+            "(subPathExpr) has no value for EMPTY, NOPE",
+        ),
         (mount("nope", "/x"), "volumeMount \"nope\" names no volume of the pod"),
     ];
     for (vm, want) in bad {
-        let err = container_mounts(&p, &c(vec![vm.clone()]), &prepared).unwrap_err().to_string();
+        let err = container_mounts(&p, &c(vec![vm.clone()]), &prepared, &env).unwrap_err().to_string();
         assert!(err.contains(want) && err.contains("container \"app\""), "{vm:?}: {err}");
     }
 }
