@@ -2,8 +2,9 @@
 //! client (`client`), how it reaches a server (`transport`, and the credentials from
 //! `kubeconfig` or `incluster`, with `token` for bearer tokens that rotate), the
 //! list-then-watch cache (`reflector`), the work queue reconcilers drain (`workqueue`),
-//! and what server and clients must agree on: label/field selectors (`selector`) and
-//! the finalizers of cascading deletion (`finalizers`).
+//! and what server and clients must agree on: label/field selectors (`selector`), the
+//! finalizers of cascading deletion (`finalizers`) and `resource.Quantity` strings
+//! (`quantity`).
 //!
 //! This crate must not depend on the server: it is the client side of the contract.
 
@@ -12,6 +13,7 @@ pub mod dynamic;
 pub mod finalizers;
 pub mod incluster;
 pub mod kubeconfig;
+pub mod quantity;
 pub mod reflector;
 pub mod selector;
 pub mod token;

@@ -16,15 +16,19 @@
 pub mod backoff;
 pub mod cgroups;
 pub mod config;
+pub mod env;
 pub mod events;
+pub mod lookup;
 mod mirrors;
 pub mod observed;
 pub mod plan;
 pub mod probe;
 pub mod probes;
 pub mod resolve;
+pub mod resources;
 pub mod static_pods;
 pub mod status;
+pub mod volumes;
 mod worker;
 
 use std::collections::{BTreeMap, HashMap};
