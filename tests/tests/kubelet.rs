@@ -68,6 +68,58 @@ spec:
     command: ["/skiff-echo", "serve", "--name", "static", "--tcp", "8080"]
 "#;
 
+const CONFIGURED: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {color: blue}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: configured}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: localhost/skiff/echo:1
+    command: ["/skiff-echo", "serve", "--name", "configured-marker", "--tcp", "8080"]
+    env:
+    - name: COLOR
+      valueFrom: {configMapKeyRef: {name: settings, key: color}}
+    - name: MY_POD
+      valueFrom: {fieldRef: {fieldPath: metadata.name}}
+    volumeMounts: [{name: cfg, mountPath: /etc/settings}]
+    livenessProbe:
+      tcpSocket: {port: 8080}
+      periodSeconds: 1
+  volumes:
+  - name: cfg
+    configMap: {name: settings}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: unhealthy}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: localhost/skiff/echo:1
+    command: ["/skiff-echo", "serve", "--name", "unhealthy", "--tcp", "8080"]
+    livenessProbe:
+      tcpSocket: {port: 9999}
+      periodSeconds: 1
+      failureThreshold: 2
+"#;
+
+/// The host pid of the process whose command line holds `marker`.
+fn pid_of(marker: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        String::from_utf8_lossy(&cmdline).contains(marker).then_some(pid)
+    })
+}
+
 fn json(cluster: &Cluster, args: &[&str]) -> serde_json::Value {
     let mut all = args.to_vec();
     all.extend(["-o", "json"]);
@@ -179,6 +231,47 @@ fn pods_run_restart_report_and_survive_agent_and_api_restarts() {
         wait_until(Duration::from_secs(60), || three_ready(&cluster)),
         "web did not recover after a delete:\n{}",
         cluster.logs()
+    );
+
+    // A ConfigMap value reaches a container's env and a mounted file (read from the
+    // container's own process); a failing liveness probe restarts its container.
+    ok("apply configured", cluster.apply(CONFIGURED));
+    let running = |name: &str| {
+        cluster.kubectl_out(&["get", "pod", name, "-o", "jsonpath={.status.containerStatuses[0].ready}"]) == "true"
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || running("configured")),
+        "the configured pod never ran:\n{}",
+        cluster.logs()
+    );
+    let pid = pid_of("configured-marker").expect("the configured container's process");
+    let environ = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap()).replace('\0', "\n");
+    assert!(environ.lines().any(|l| l == "COLOR=blue"), "env of the container:\n{environ}");
+    assert!(environ.lines().any(|l| l == "MY_POD=configured"), "env of the container:\n{environ}");
+    let file = std::fs::read_to_string(format!("/proc/{pid}/root/etc/settings/color")).unwrap_or_default();
+    assert_eq!(file, "blue", "the mounted ConfigMap file");
+    let restarts = || {
+        cluster
+            .kubectl_out(&["get", "pod", "unhealthy", "-o", "jsonpath={.status.containerStatuses[0].restartCount}"])
+            .parse::<u32>()
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || restarts() >= 1),
+        "the unhealthy container was never restarted:\n{}",
+        cluster.logs()
+    );
+    let events = cluster.kubectl_out(&["get", "events", "--field-selector", "involvedObject.name=unhealthy"]);
+    assert!(events.contains("Unhealthy") && events.contains("failed liveness probe"), "events:\n{events}");
+    assert_eq!(
+        cluster.kubectl_out(&[
+            "get",
+            "pod",
+            "configured",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].restartCount}"
+        ]),
+        "0"
     );
 
     // A static pod runs from the node's manifest directory and is mirrored into the API;

@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use skiff_api::reflector::{self, Cache, Change};
 use skiff_api::{Client, ListParams, ObjectKey};
 use tokio::sync::mpsc;
@@ -79,6 +79,14 @@ impl Shared {
     fn forget(&self, uid: &str) {
         self.view.lock().unwrap().remove(uid);
     }
+
+    /// The pod with uid `uid` at `key`: a static pod, or one from the API.
+    fn pod_by_uid(&self, uid: &str, key: &ObjectKey) -> Option<Arc<Pod>> {
+        if let Some(pod) = self.statics.lock().unwrap().get(uid) {
+            return Some(pod.clone());
+        }
+        self.pods.get(key).filter(|p| p.metadata.uid.as_deref() == Some(uid))
+    }
 }
 
 /// The kubelet: watches this node's pods and runs them until the task is dropped.
@@ -86,13 +94,18 @@ pub async fn run(api: Client, cri: CriClient, settings: KubeletSettings) {
     let params = ListParams::default().fields(format!("spec.nodeName={}", settings.node_name));
     let (pods, reflect) = reflector::reflector::<Pod>(api.clone(), None, params);
     let reflect = tokio::spawn(reflect);
+    // Services, for the containers' Service environment variables.
+    let (services, reflect_services) = reflector::reflector::<Service>(api.clone(), None, ListParams::default());
+    let reflect_services = tokio::spawn(reflect_services);
     let mut changes = pods.subscribe();
     pods.wait_synced().await;
     info!(node = %settings.node_name, pods = pods.len(), "kubelet: pods listed");
+    let (probes, mut probe_updates) = probes::Probes::new(cri.clone());
+    let host_ip = settings.node_ip.to_string();
     let shared = Arc::new(Shared {
         events: events::Recorder::new(api.clone(), &settings.node_name),
-        volumes: resolve::Resolver::new(api.clone()),
-        probes: probes::Probes::default(),
+        volumes: resolve::Resolver::new(api.clone(), services, &settings.node_name, &host_ip),
+        probes,
         settings,
         cri,
         api,
@@ -129,6 +142,18 @@ pub async fn run(api: Client, cri: CriClient, settings: KubeletSettings) {
                     workers.wake(uid, ObjectKey::of(pod.as_ref()));
                 }
             }
+            Some(update) = probe_updates.recv() => {
+                let key = shared.view.lock().unwrap().get(&update.pod_uid).map(|(k, _)| k.clone());
+                let Some(key) = key else { continue };
+                if update.failed_attempt
+                    && let Some(pod) = shared.pod_by_uid(&update.pod_uid, &key)
+                {
+                    shared.events.pod(&pod, events::EventType::Warning, "Unhealthy", Some(&update.container_name), update.message.clone());
+                }
+                if update.changed {
+                    workers.wake(&update.pod_uid, key);
+                }
+            }
             Some((uid, generation)) = workers.done.1.recv() => {
                 if workers.running.get(&uid).is_some_and(|(g, _)| *g == generation) {
                     workers.running.remove(&uid);
@@ -148,6 +173,7 @@ pub async fn run(api: Client, cri: CriClient, settings: KubeletSettings) {
         }
     }
     reflect.abort();
+    reflect_services.abort();
 }
 
 /// Reads the static pod directory; returns the pods that appeared or went.

@@ -54,6 +54,8 @@ struct PodWorker {
     /// sent again and again.
     last_sent: Option<serde_json::Value>,
     retry: Duration,
+    /// When the pod's volumes were last rewritten.
+    volumes_refreshed: Option<std::time::Instant>,
 }
 
 /// Works on the pod `key` with uid `uid` until it is gone from the API and the runtime.
@@ -66,6 +68,7 @@ pub(super) async fn run(shared: Arc<Shared>, key: ObjectKey, uid: String, mut wa
         start_errors: BTreeMap::new(),
         last_sent: None,
         retry: Duration::from_secs(1),
+        volumes_refreshed: None,
     };
     debug!(pod = %w.key, uid = %w.uid, "pod worker started");
     loop {
@@ -97,10 +100,7 @@ enum Step {
 impl PodWorker {
     /// The pod from its manifest (a static pod) or from the API; `None` once it is gone.
     fn pod(&self) -> Option<Arc<Pod>> {
-        if let Some(pod) = self.shared.statics.lock().unwrap().get(&self.uid) {
-            return Some(pod.clone());
-        }
-        self.shared.pods.get(&self.key).filter(|p| p.metadata.uid.as_deref() == Some(self.uid.as_str()))
+        self.shared.pod_by_uid(&self.uid, &self.key)
     }
 
     /// The pod whose status the API holds: the pod itself, or a static pod's mirror
@@ -130,6 +130,10 @@ impl PodWorker {
             }
         };
         self.shared.remember(&self.uid, &self.key, &observed);
+        match pod.as_deref() {
+            Some(p) if p.metadata.deletion_timestamp.is_none() => self.shared.probes.sync(&self.uid, p, &observed),
+            _ => self.shared.probes.forget_pod(&self.uid),
+        }
         let unhealthy = self.shared.probes.unhealthy(&self.uid, &observed);
         let now = now_nanos();
         let plan = plan::plan(PlanInput {
@@ -145,13 +149,18 @@ impl PodWorker {
             self.report(pod, &observed, &plan).await;
         }
         if plan.actions.is_empty() {
-            return match (plan.outcome, pod) {
+            return match (plan.outcome, pod.clone()) {
                 (Outcome::Removed, None) => {
                     self.clean_up_host();
                     Step::Done
                 }
                 (Outcome::Removed, Some(pod)) => self.finish_deletion(&pod).await,
-                _ => Step::Wait(plan.wake_after.map_or(RESYNC, |w| w.min(RESYNC))),
+                _ => {
+                    if let Some(pod) = pod.as_deref() {
+                        self.refresh_volumes(pod, &observed).await;
+                    }
+                    Step::Wait(plan.wake_after.map_or(RESYNC, |w| w.min(RESYNC)))
+                }
             };
         }
         for action in plan.actions {
@@ -165,6 +174,20 @@ impl PodWorker {
         Step::Again
     }
 
+    /// Rewrites the pod's ConfigMap, Secret, downward API and token volumes at most
+    /// every resync, so that mounted files follow their sources.
+    async fn refresh_volumes(&mut self, pod: &Pod, observed: &Observed) {
+        let Some(sandbox) = observed.latest_sandbox().filter(|s| s.ready) else { return };
+        if self.volumes_refreshed.is_some_and(|t| t.elapsed() < RESYNC) || pod.metadata.deletion_timestamp.is_some() {
+            return;
+        }
+        self.volumes_refreshed = Some(std::time::Instant::now());
+        let dir = self.shared.settings.pod_dir(&self.uid);
+        if let Err(e) = self.shared.volumes.prepare(pod, &dir, Some(&sandbox.ip)).await {
+            debug!(pod = %self.key, error = %e, "refreshing the pod's volumes failed");
+        }
+    }
+
     fn backoff_retry(&mut self) -> Duration {
         let d = self.retry;
         self.retry = (self.retry * 2).min(MAX_RETRY);
@@ -176,6 +199,9 @@ impl PodWorker {
     fn clean_up_host(&self) {
         let s = &self.shared.settings;
         let (namespace, name, uid) = (self.key.ns().unwrap_or("default"), self.key.name.as_str(), self.uid.as_str());
+        if let Err(e) = self.shared.volumes.clean_up(uid, &s.pod_dir(uid)) {
+            warn!(pod = %self.key, error = %e, "cannot unmount the pod's volumes");
+        }
         for dir in [s.pod_dir(uid), s.pod_log_dir(namespace, name, uid)] {
             if let Err(e) = std::fs::remove_dir_all(&dir)
                 && e.kind() != std::io::ErrorKind::NotFound
@@ -311,7 +337,7 @@ impl PodWorker {
         }
         self.shared
             .volumes
-            .prepare(pod, &s.pod_dir(uid))
+            .prepare(pod, &s.pod_dir(uid), None)
             .await
             .map_err(|message| ActionError::Container { reason: "ContainerCreating", message })?;
         let started = std::time::Instant::now();
@@ -415,10 +441,15 @@ impl PodWorker {
         id: &str,
         grace: Duration,
     ) -> Result<(), ActionError> {
-        if let (Some(pod), Some(c)) = (pod, observed.containers.iter().find(|c| c.id == id)) {
-            self.shared.probes.pre_stop(pod, &c.name, id, grace).await;
+        let started = std::time::Instant::now();
+        if let (Some(pod), Some(c)) = (pod, observed.containers.iter().find(|c| c.id == id && c.is_running()))
+            && let Some(failure) = self.shared.probes.pre_stop(pod, &c.name, id, grace).await
+        {
+            self.shared.events.pod(pod, Warning, "FailedPreStopHook", Some(&c.name), failure);
         }
-        ignore_not_found(self.shared.cri.stop_container(id, grace).await)?;
+        // The hook's time comes out of the grace period.
+        let remaining = grace.saturating_sub(started.elapsed());
+        ignore_not_found(self.shared.cri.stop_container(id, remaining).await)?;
         Ok(())
     }
 
