@@ -11,8 +11,8 @@
 //! `runner`). A signal stops the tasks; every pin stays, so traffic keeps flowing until
 //! the next agent adopts it.
 //!
-//! Roles to come (kubelet, node registration, the API watch as a source) are wired here
-//! too; nothing else in the agent may start a task that outlives a call.
+//! The roles fed by the API (node registration, the kubelet, the overlay's Node source)
+//! are wired here too; nothing else in the agent may start a task that outlives a call.
 
 mod cli;
 
