@@ -4,8 +4,9 @@
 //! `--import-into` puts them into a real containerd where the CRI lists them.
 //!
 //! The node image needs the BPF objects: `cargo xtask test` sets `SKIFF_EBPF_DIR`;
-//! without it the command builds them with `build-ebpf`. The first run builds skiff-node
-//! statically in release, which takes minutes on a cold `target/static`.
+//! without it the test names `target/bpfel-unknown-none/release` (`cargo xtask
+//! build-ebpf` fills it). The first run builds skiff-node statically in release, which
+//! takes minutes on a cold `target/static`.
 //!
 //! The import test is privileged (root, a network namespace, containerd): skipped
 //! locally without root, failed under `CI=true`.
@@ -21,8 +22,17 @@ use skiff_tests::{
 
 /// Runs `xtask images ARGS` and returns its stdout and stderr; panics if it fails.
 fn xtask_images(args: &[&str]) -> (String, String) {
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_xtask")).arg("images").args(args).output().expect("starting the xtask binary");
+    // Never let the command run `build-ebpf`: that cargo would wait for the lock on the
+    // target directory that the `cargo test` running this test holds.
+    let ebpf_dir = std::env::var_os("SKIFF_EBPF_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| image::target_dir().join("bpfel-unknown-none/release"), PathBuf::from);
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .arg("images")
+        .args(args)
+        .env("SKIFF_EBPF_DIR", ebpf_dir)
+        .output()
+        .expect("starting the xtask binary");
     let (stdout, stderr) =
         (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
     assert!(out.status.success(), "xtask images {args:?} failed ({}):\n{stderr}", out.status);

@@ -58,6 +58,14 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+/// A server log line on stdout. Unlike `println!` it never panics: a server whose
+/// stdout went away (a closed pipe) keeps serving.
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// The port `serve` listens on (TCP and UDP) when given none.
 const DEFAULT_PORT: u16 = 8080;
 
@@ -185,7 +193,7 @@ struct Server {
 impl Server {
     /// Ends the process with `code`, after a last log line and the termination message.
     fn exit(&self, code: i32, why: &str) -> ! {
-        println!("exiting with code {code}: {why}");
+        log!("exiting with code {code}: {why}");
         if let Some((path, message)) = &self.termination
             && let Err(e) = std::fs::write(path, message)
         {
@@ -213,7 +221,7 @@ fn serve(opts: ServeOptions) -> Result<()> {
             let mut buf = [0u8; 2048];
             while let Ok((n, peer)) = sock.recv_from(&mut buf) {
                 let _ = sock.send_to(server.name.as_bytes(), peer);
-                println!("udp {peer} {n} bytes");
+                log!("udp {peer} {n} bytes");
             }
         }));
     }
@@ -237,7 +245,7 @@ fn serve(opts: ServeOptions) -> Result<()> {
         .context("installing the SIGTERM handler")?;
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
-            println!("signal {sig}, exiting in {} ms", opts.sigterm_delay.as_millis());
+            log!("signal {sig}, exiting in {} ms", opts.sigterm_delay.as_millis());
             std::thread::sleep(opts.sigterm_delay);
             server_for_signals.exit(0, "terminated");
         }
@@ -247,7 +255,7 @@ fn serve(opts: ServeOptions) -> Result<()> {
         std::thread::spawn(move || {
             std::thread::sleep(after);
             server.ready.store(true, Ordering::Relaxed);
-            println!("ready after {} ms", after.as_millis());
+            log!("ready after {} ms", after.as_millis());
         });
     }
     if let Some(after) = opts.crash_after {
@@ -258,7 +266,7 @@ fn serve(opts: ServeOptions) -> Result<()> {
         });
     }
     let ports = |p: Option<u16>| p.map_or("-".to_owned(), |p| p.to_string());
-    println!(
+    log!(
         "skiff-echo {} serving as {} on tcp {} (lines and HTTP), udp {}",
         env!("CARGO_PKG_VERSION"),
         opts.name,
@@ -310,7 +318,7 @@ fn answer(server: &Server, conn: TcpStream, peer: SocketAddr) {
             }
         }
     }
-    println!("tcp {peer} closed after {lines} lines");
+    log!("tcp {peer} closed after {lines} lines");
 }
 
 /// `(method, target)` if `line` is an HTTP/1.x request line such as `GET /readyz HTTP/1.1`.
@@ -382,7 +390,7 @@ fn answer_http(
     );
     let sent = writer.write_all(head.as_bytes()).and_then(|()| writer.write_all(body.as_bytes()));
     let _ = writer.flush();
-    println!("http {peer} {method} {target} {status}{}", if sent.is_err() { " (not sent)" } else { "" });
+    log!("http {peer} {method} {target} {status}{}", if sent.is_err() { " (not sent)" } else { "" });
     if path == "/crash" {
         server.exit(1, "GET /crash");
     }
