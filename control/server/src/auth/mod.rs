@@ -1,5 +1,5 @@
 //! Who is asking (`authn`: x509 client certificates, static bearer tokens,
-//! ServiceAccount JWTs from `serviceaccount`) and whether they may (`authz`: one
+//! ServiceAccount JWTs from `serviceaccount`, bootstrap tokens from `bootstrap_token`) and whether they may (`authz`: one
 //! `Authorizer` trait; `rbac` = bootstrap policy + RBAC rules).
 //!
 //! Nothing here reads request bodies or touches the store directly; the API server
@@ -8,6 +8,7 @@
 
 pub mod authn;
 pub mod authz;
+pub mod bootstrap_token;
 pub mod rbac;
 pub mod serviceaccount;
 

@@ -18,6 +18,7 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+pub mod signer;
 pub mod x509;
 
 #[derive(Debug, thiserror::Error)]
@@ -257,6 +258,18 @@ pub fn kubeconfig(server: &str, ca_pem: &str, user: &str, cert_pem: &str, key_pe
         ca = b64(ca_pem),
         cert = b64(cert_pem),
         key = b64(key_pem),
+    )
+}
+
+/// A kubeconfig with a bearer token (the nodes' `bootstrap.kubeconfig`).
+pub fn token_kubeconfig(server: &str, ca_pem: &str, user: &str, token: &str) -> String {
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem.as_bytes());
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
+         users:\n- name: {user}\n  user:\n    token: {token}\n\
+         contexts:\n- name: {user}@skiff\n  context:\n    cluster: skiff\n    user: {user}\n\
+         current-context: {user}@skiff\npreferences: {{}}\n"
     )
 }
 
