@@ -24,6 +24,7 @@ use skiff_api::Client;
 use crate::apiserver::ApiServer;
 use crate::apiserver::local::LocalTransport;
 use crate::auth::authn::Authenticator;
+use crate::auth::node::NodeAuthorizer;
 use crate::auth::rbac::RbacAuthorizer;
 use crate::auth::serviceaccount::Keys;
 use crate::auth::{CONTROLLER_USER, SCHEDULER_USER};
@@ -283,7 +284,9 @@ async fn start(cfg: &Config) -> Result<(TcpListener, Arc<ApiServer>, TlsAcceptor
         crate::apiserver::ensure_bootstrap_token(store.as_ref(), &cfg.data_dir).await.map_err(Error::Bootstrap)?;
     let rbac = RbacAuthorizer::default();
     rbac.spawn_sync(store.clone());
-    let api = Arc::new(ApiServer::new(store, authn, Box::new(rbac), cfg.service_cidr, sa_keys));
+    let authz = NodeAuthorizer::new(rbac);
+    authz.spawn_sync(store.clone());
+    let api = Arc::new(ApiServer::new(store, authn, Box::new(authz), cfg.service_cidr, sa_keys));
     let acceptor = TlsAcceptor::from(pki.server_config()?);
     let server = match cfg.advertised() {
         IpAddr::V6(ip) => format!("https://[{ip}]:{}", addr.port()),

@@ -120,6 +120,11 @@ fn run(args: RunArgs) -> Result<()> {
         // retrying while the API is away, and --once does not apply to it.
         let node_role = match &args.kubeconfig {
             Some(kubeconfig) if !args.once => {
+                if let Some(bootstrap) = &args.bootstrap_kubeconfig {
+                    crate::node::bootstrap::ensure_credentials(bootstrap, kubeconfig, &args.node_name)
+                        .await
+                        .context("obtaining this node's client certificate")?;
+                }
                 let client = skiff_api::Client::from_kubeconfig(kubeconfig, &format!("skiff-node/{}", args.node_name))
                     .with_context(|| format!("reading the kubeconfig {}", kubeconfig.display()))?;
                 let settings =

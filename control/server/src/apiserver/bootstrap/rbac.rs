@@ -38,10 +38,12 @@ pub(super) async fn bootstrap_rbac(store: &dyn store::Store) -> ApiResult<()> {
             json!([
             // Secrets, ConfigMaps, PVCs and ServiceAccount tokens: only those of the node's
             // own pods, which the node authorizer (`auth::node`) grants, not RBAC.
-            {"apiGroups": [""], "resources": ["pods", "services", "endpoints", "nodes", "namespaces"], "verbs": read},
+            // pods/status: what `kubectl patch --subresource=status` reads first.
+            {"apiGroups": [""], "resources": ["pods", "pods/status", "services", "endpoints", "nodes", "namespaces"], "verbs": read},
             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": read},
             {"apiGroups": [""], "resources": ["nodes", "nodes/status", "pods/status"], "verbs": ["create", "update", "patch"]},
-            {"apiGroups": [""], "resources": ["pods"], "verbs": ["delete"]},
+            // Creates: mirror pods only (`auth::node::admit_create`).
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "delete"]},
             {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "update", "patch"]},
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update", "patch"]},
             {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"], "verbs": ["create", "get", "list", "watch"]}]),
