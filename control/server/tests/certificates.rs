@@ -10,20 +10,13 @@ mod support;
 use std::process::Command;
 
 use base64::Engine;
-use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
+use rcgen::KeyPair;
 use support::Server;
 
 /// A PEM CSR for `cn` in `orgs`, and its key.
 fn request(cn: &str, orgs: &[&str]) -> (String, KeyPair) {
     let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, cn);
-    for o in orgs {
-        dn.push(DnType::OrganizationName, *o);
-    }
-    p.distinguished_name = dn;
-    (p.serialize_request(&key).unwrap().pem().unwrap(), key)
+    (skiff_control::tls::signer::request_pem(cn, orgs, &key).unwrap(), key)
 }
 
 fn csr_manifest(name: &str, pem: &str, signer: &str) -> String {

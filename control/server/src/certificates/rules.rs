@@ -136,7 +136,7 @@ mod tests {
     use crate::tls::signer::parse_csr;
     use k8s_openapi::ByteString;
     use k8s_openapi::api::certificates::v1::CertificateSigningRequestSpec;
-    use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
+    use rcgen::KeyPair;
 
     fn csr(
         cn: &str,
@@ -146,14 +146,7 @@ mod tests {
         usages: &[&str],
     ) -> (CertificateSigningRequest, ParsedCsr) {
         let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, cn);
-        for o in orgs {
-            dn.push(DnType::OrganizationName, *o);
-        }
-        p.distinguished_name = dn;
-        let pem = p.serialize_request(&key).unwrap().pem().unwrap();
+        let pem = crate::tls::signer::request_pem(cn, orgs, &key).unwrap();
         let csr = CertificateSigningRequest {
             spec: CertificateSigningRequestSpec {
                 request: ByteString(pem.clone().into_bytes()),

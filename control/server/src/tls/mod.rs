@@ -230,7 +230,8 @@ impl Pki {
     }
 }
 
-fn issue_client(issuer: &Issuer<'_, KeyPair>, cn: &str, orgs: &[&str]) -> Result<(String, String)> {
+/// Certificate parameters with subject `CN=cn, O=orgs…` and nothing else.
+pub fn subject_params(cn: &str, orgs: &[&str]) -> CertificateParams {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, cn);
@@ -238,6 +239,11 @@ fn issue_client(issuer: &Issuer<'_, KeyPair>, cn: &str, orgs: &[&str]) -> Result
         dn.push(DnType::OrganizationName, *o);
     }
     p.distinguished_name = dn;
+    p
+}
+
+fn issue_client(issuer: &Issuer<'_, KeyPair>, cn: &str, orgs: &[&str]) -> Result<(String, String)> {
+    let mut p = subject_params(cn, orgs);
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     validity(&mut p, 5);

@@ -6,12 +6,9 @@
 //! module must not decide whether a request deserves a certificate (that is the
 //! approver's and the signer controller's job in `certificates`).
 
-use rcgen::{
-    CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, Issuer,
-    KeyPair, KeyUsagePurpose,
-};
+use rcgen::{CertificateSigningRequestParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose};
 
-use super::{Error, Pki, Result, ca_params};
+use super::{Error, Pki, Result, ca_params, subject_params};
 
 /// A parsed, signature-checked request.
 #[derive(Debug)]
@@ -61,6 +58,12 @@ pub fn parse_csr(pem: &[u8]) -> Result<ParsedCsr, CsrError> {
     Ok(ParsedCsr { common_name, organizations, has_sans, params })
 }
 
+/// A PEM PKCS#10 request for `CN=cn, O=orgs…` signed with `key` (for clients and tests
+/// of the signer).
+pub fn request_pem(cn: &str, orgs: &[&str], key: &KeyPair) -> Result<String> {
+    Ok(subject_params(cn, orgs).serialize_request(key)?.pem()?)
+}
+
 /// What a client certificate may be used for, from the CSR's `spec.usages`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientUsages {
@@ -72,15 +75,10 @@ impl Pki {
     /// `lifetime_s` seconds (from a minute ago, for clocks a little apart). Returns PEM.
     pub fn sign_client_csr(&self, csr: &ParsedCsr, usages: ClientUsages, lifetime_s: i64) -> Result<String> {
         let issuer = Issuer::new(ca_params(), KeyPair::from_pem(&self.ca_key_pem)?);
-        let mut p = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, csr.common_name.as_str());
         // rcgen keeps one value per attribute type: the first O (for a kubelet the one
         // and only `system:nodes`; the approver refuses kubelet requests with more).
-        if let Some(o) = csr.organizations.first() {
-            dn.push(DnType::OrganizationName, o.as_str());
-        }
-        p.distinguished_name = dn;
+        let first_o: Vec<&str> = csr.organizations.first().map(String::as_str).into_iter().collect();
+        let mut p = subject_params(&csr.common_name, &first_o);
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         if usages.key_encipherment {
@@ -108,14 +106,7 @@ mod tests {
 
     fn request(cn: &str, orgs: &[&str]) -> (String, KeyPair) {
         let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, cn);
-        for o in orgs {
-            dn.push(DnType::OrganizationName, *o);
-        }
-        p.distinguished_name = dn;
-        (p.serialize_request(&key).unwrap().pem().unwrap(), key)
+        (request_pem(cn, orgs, &key).unwrap(), key)
     }
 
     #[test]

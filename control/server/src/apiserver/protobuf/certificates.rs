@@ -75,44 +75,39 @@ fn condition(b: &[u8]) -> Res<Value> {
     Ok(Value::Object(o))
 }
 
-pub(super) fn certificate_signing_request(b: &[u8]) -> Res<Value> {
-    let mut o = Map::new();
+fn status(b: &[u8]) -> Res<Value> {
+    let mut status = Map::new();
     for (n, f) in fields(b)? {
         match (n, f) {
-            (1, Field::Bytes(x)) => {
-                o.insert("metadata".into(), object_meta(x)?);
-            }
-            (2, Field::Bytes(x)) => {
-                o.insert("spec".into(), spec(x)?);
-            }
-            (3, Field::Bytes(x)) => {
-                let mut status = Map::new();
-                for (m, g) in fields(x)? {
-                    match (m, g) {
-                        (1, Field::Bytes(c)) => push(&mut status, "conditions", condition(c)?),
-                        (2, Field::Bytes(c)) if !c.is_empty() => {
-                            status.insert("certificate".into(), b64(c));
-                        }
-                        _ => {}
-                    }
-                }
-                o.insert("status".into(), Value::Object(status));
+            (1, Field::Bytes(c)) => push(&mut status, "conditions", condition(c)?),
+            (2, Field::Bytes(c)) if !c.is_empty() => {
+                status.insert("certificate".into(), b64(c));
             }
             _ => {}
         }
+    }
+    Ok(Value::Object(status))
+}
+
+pub(super) fn certificate_signing_request(b: &[u8]) -> Res<Value> {
+    let mut o = Map::new();
+    for (n, f) in fields(b)? {
+        let Field::Bytes(x) = f else { continue };
+        let (key, value) = match n {
+            1 => ("metadata", object_meta(x)?),
+            2 => ("spec", spec(x)?),
+            3 => ("status", status(x)?),
+            _ => continue,
+        };
+        o.insert(key.into(), value);
     }
     Ok(Value::Object(o))
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::ld;
     use super::*;
-
-    fn ld(n: u64, b: &[u8]) -> Vec<u8> {
-        let mut v = vec![((n << 3) | 2) as u8, b.len() as u8];
-        v.extend_from_slice(b);
-        v
-    }
 
     #[test]
     fn approval_body() {

@@ -58,7 +58,7 @@ pub fn decode(body: &[u8]) -> Res<Value> {
 mod tests {
     use super::*;
 
-    fn ld(n: u64, b: &[u8]) -> Vec<u8> {
+    pub(super) fn ld(n: u64, b: &[u8]) -> Vec<u8> {
         let mut v = vec![((n << 3) | 2) as u8, b.len() as u8];
         v.extend_from_slice(b);
         v
