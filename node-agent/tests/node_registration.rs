@@ -67,13 +67,12 @@ impl ControlPlane {
         let kubectl = std::env::var_os("SKIFF_KUBECTL")
             .map(PathBuf::from)
             .unwrap_or_else(|| if pinned.exists() { pinned.into() } else { "kubectl".into() });
-        let out = Command::new(kubectl)
+        Command::new(kubectl)
             .env("KUBECONFIG", kubeconfig)
             .env("HOME", self.data.parent().unwrap())
             .args(args)
             .output()
-            .expect("cannot run kubectl (kubectl 1.32 is installed on every machine of this project)");
-        out
+            .expect("cannot run kubectl (kubectl 1.32 is installed on every machine of this project)")
     }
 }
 

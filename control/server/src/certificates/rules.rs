@@ -69,7 +69,7 @@ pub fn kubelet_client(csr: &CertificateSigningRequest, parsed: &ParsedCsr) -> Re
     if parsed.organizations != [NODES_GROUP] {
         return Err(format!("organization must be exactly [\"{NODES_GROUP}\"], not {:?}", parsed.organizations));
     }
-    if !parsed.common_name.strip_prefix(NODE_PREFIX).is_some_and(|n| !n.is_empty()) {
+    if parsed.common_name.strip_prefix(NODE_PREFIX).is_none_or(str::is_empty) {
         return Err(format!("common name must start with \"{NODE_PREFIX}\", not {:?}", parsed.common_name));
     }
     if parsed.has_sans {
