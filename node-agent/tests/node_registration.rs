@@ -90,6 +90,11 @@ fn node_registers_reports_ready_and_renews_its_lease_across_an_api_restart() {
     std::fs::create_dir_all(&data).unwrap();
     let node = unique_tag("reg");
     let mut cp = ControlPlane::start(&data, free_port());
+    assert!(
+        data.join("bootstrap.kubeconfig").is_file(),
+        "skiff-control wrote no bootstrap.kubeconfig: is {} an older build? (cargo build -p skiff-control)",
+        workspace_bin("skiff-control").display()
+    );
     // The agent starts with the bootstrap token only and writes its own kubeconfig.
     let kubeconfig = tmp.path().join("node/kubeconfig");
 

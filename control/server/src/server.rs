@@ -147,7 +147,7 @@ pub struct Started {
 /// Runs until `shutdown` completes.
 pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let (listener, api, acceptor, started, pki) = start(&cfg).await?;
-    tracing::info!(addr = %started.addr, kubeconfig = %started.kubeconfig.display(), "skiff-control serving");
+    tracing::info!(addr = %started.addr, kubeconfig = %started.kubeconfig.display(), bootstrap_kubeconfig = %started.bootstrap_kubeconfig.display(), "skiff-control serving");
     let controllers = cfg.run_controllers.then(|| {
         let config = skiff_controllers::Config {
             cluster_cidr: cfg.cluster_cidr,
