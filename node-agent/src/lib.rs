@@ -13,7 +13,9 @@
 //! Later issues add `kubelet`, `cri` and `server`.
 
 pub mod agent;
+pub mod cri;
 pub mod datapath;
+pub mod kubelet;
 pub mod node;
 pub mod overlay;
 pub mod proxy;
