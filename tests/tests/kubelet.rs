@@ -27,7 +27,17 @@ spec:
       - name: echo
         image: localhost/skiff/echo:1
         command: ["/skiff-echo", "serve", "--name", "web", "--tcp", "8080"]
-        ports: [{containerPort: 8080}]
+        ports: [{containerPort: 8080, name: http}]
+        readinessProbe:
+          httpGet: {path: /readyz, port: http}
+          periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
 "#;
 
 const CRASHER: &str = r#"
@@ -201,6 +211,42 @@ fn pods_run_restart_report_and_survive_agent_and_api_restarts() {
     }
     let wide = cluster.kubectl_out(&["get", "pods", "-o", "wide"]);
     assert!(wide.lines().filter(|l| l.contains(" Running ") && l.contains(&node)).count() >= 3, "{wide}");
+
+    // A pod whose readiness fails leaves its Service's EndpointSlice, and comes back.
+    let (unready_pod, unready_ip) = (pods[1].0.clone(), pods[1].1.clone());
+    let echo = |path: &str| {
+        let out = cluster.nodes[0]
+            .ns
+            .command(workspace_bin("skiff-echo").to_str().unwrap())
+            .args(["get", &format!("{unready_ip}:8080"), path])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ready_endpoints = || {
+        let slices = json(&cluster, &["get", "endpointslices", "-l", "kubernetes.io/service-name=web"]);
+        let mut ips: Vec<String> = slices["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["conditions"]["ready"] != false)
+            .filter_map(|e| e["addresses"][0].as_str().map(str::to_owned))
+            .collect();
+        ips.sort();
+        ips
+    };
+    assert!(wait_until(Duration::from_secs(30), || ready_endpoints().len() == 3), "the Service never had 3 ready endpoints: {:?}", ready_endpoints());
+    echo("/unready");
+    assert!(
+        wait_until(Duration::from_secs(30), || ready_endpoints().len() == 2 && !ready_endpoints().contains(&unready_ip)),
+        "{unready_pod} stayed in the EndpointSlice after turning unready: {:?}\n{}",
+        ready_endpoints(),
+        cluster.logs()
+    );
+    assert_eq!(cluster.kubectl_out(&["get", "pod", &unready_pod, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]), "False");
+    echo("/ready");
+    assert!(wait_until(Duration::from_secs(30), || ready_endpoints().len() == 3), "{unready_pod} did not come back: {:?}", ready_endpoints());
 
     // A crashing container restarts with back-off and shows CrashLoopBackOff.
     ok("apply crasher", cluster.apply(CRASHER));
