@@ -134,11 +134,13 @@ impl Config {
     }
 }
 
-/// A started server: where it listens and where its admin kubeconfig is.
+/// A started server: where it listens, where its admin kubeconfig is, and the cluster
+/// CA certificate (PEM) clients verify it with.
 #[derive(Debug, Clone)]
 pub struct Started {
     pub addr: SocketAddr,
     pub kubeconfig: PathBuf,
+    pub ca_cert_pem: String,
 }
 
 /// Runs until `shutdown` completes.
@@ -151,6 +153,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
             node_monitor_grace_period: cfg.node_monitor_grace_period,
             pod_eviction_timeout: cfg.pod_eviction_timeout,
             identity: identity(&cfg.data_dir),
+            root_ca_pem: started.ca_cert_pem.clone(),
         };
         tokio::spawn(skiff_controllers::run(in_process_clients(&api), config))
     });
@@ -281,5 +284,5 @@ async fn start(cfg: &Config) -> Result<(TcpListener, Arc<ApiServer>, TlsAcceptor
     };
     let kubeconfig = cfg.data_dir.join("admin.kubeconfig");
     crate::tls::write_private(&kubeconfig, &pki.admin_kubeconfig(&server), true)?;
-    Ok((listener, api, acceptor, Started { addr, kubeconfig }))
+    Ok((listener, api, acceptor, Started { addr, kubeconfig, ca_cert_pem: pki.ca_cert_pem }))
 }
