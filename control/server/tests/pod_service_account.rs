@@ -69,26 +69,12 @@ fn pods_get_the_service_account_volume_and_namespaces_the_root_ca() {
     let quiet = s.json(&["get", "pod", "quiet", "-n", "team"]);
     assert!(quiet["spec"].get("volumes").is_none(), "{quiet}");
     assert!(quiet["spec"]["containers"][0].get("volumeMounts").is_none(), "{quiet}");
-    let e = s.fails(&[
-        "run",
-        "stray",
-        "-n",
-        "team",
-        "--image=busybox",
-        "--overrides",
-        r#"{"spec":{"serviceAccountName":"nobody"}}"#,
-    ]);
+    let stray =
+        ["run", "stray", "-n", "team", "--image=busybox", "--overrides", r#"{"spec":{"serviceAccountName":"nobody"}}"#];
+    let e = s.fails(&stray);
     assert!(e.contains("error looking up service account team/nobody"), "{e}");
     s.ok(&["create", "serviceaccount", "nobody", "-n", "team"]);
-    s.ok(&[
-        "run",
-        "stray",
-        "-n",
-        "team",
-        "--image=busybox",
-        "--overrides",
-        r#"{"spec":{"serviceAccountName":"nobody"}}"#,
-    ]);
+    s.ok(&stray);
     assert_eq!(s.json(&["get", "pod", "stray", "-n", "team"])["spec"]["serviceAccountName"], "nobody");
 
     // A mirror pod is left as its kubelet wrote it.

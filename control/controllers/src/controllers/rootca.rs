@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -40,6 +41,9 @@ pub enum Error {
         source: skiff_api::client::Error,
     },
 }
+
+/// How long after its ConfigMap is deleted a namespace is looked at again (see `run`).
+const RECREATE_DELAY: Duration = Duration::from_secs(2);
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -104,12 +108,21 @@ pub async fn run(ctx: Arc<Context>) {
                             queue.add(name);
                         }
                     }
-                    Some(c) = changes.recv() => {
-                        let (Change::Applied(cm) | Change::Deleted(cm)) = c;
-                        if let Some(ns) = cm.metadata.namespace.clone() {
-                            queue.add(ns);
+                    Some(c) = changes.recv() => match c {
+                        Change::Applied(cm) => {
+                            if let Some(ns) = cm.metadata.namespace.clone() {
+                                queue.add(ns);
+                            }
                         }
-                    }
+                        // Deleting a namespace deletes its contents before the namespace
+                        // itself (it is not marked terminating first): recreating at once
+                        // would leave the ConfigMap behind in a namespace that is gone.
+                        Change::Deleted(cm) => {
+                            if let Some(ns) = cm.metadata.namespace.clone() {
+                                queue.add_after(ns, RECREATE_DELAY);
+                            }
+                        }
+                    },
                     else => return,
                 }
             }
