@@ -7,10 +7,10 @@
 //!   reconciler that writes the Service maps;
 //! - [`overlay`]: the VXLAN device and the nodes map (peer podCIDR → underlay address);
 //! - [`node`]: the Node object, its status and its heartbeat Lease;
+//! - [`kubelet`]: this node's pods, run on the container runtime through [`cri`] (the
+//!   CRI v1 client over containerd's socket);
 //! - [`runner`]: when each role syncs (after changes, bounded in frequency);
 //! - [`agent`]: the `skiff-node` command line and the main loop that ties roles together.
-//!
-//! Later issues add `kubelet`, `cri` and `server`.
 
 pub mod agent;
 pub mod cri;

@@ -201,13 +201,16 @@ fn sync_static_pods(shared: &Shared) -> Vec<(String, ObjectKey)> {
     changed
 }
 
+/// A worker that ended: its pod's uid and its generation.
+type WorkerDone = (String, u64);
+
 /// The pod workers by pod uid, each with a generation so that a worker that ended is
 /// told apart from its successor.
 struct Workers {
     shared: Arc<Shared>,
     running: HashMap<String, (u64, mpsc::UnboundedSender<()>)>,
     next_generation: u64,
-    done: (mpsc::UnboundedSender<(String, u64)>, mpsc::UnboundedReceiver<(String, u64)>),
+    done: (mpsc::UnboundedSender<WorkerDone>, mpsc::UnboundedReceiver<WorkerDone>),
 }
 
 impl Workers {

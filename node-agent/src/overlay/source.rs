@@ -142,46 +142,6 @@ impl NodeSource for NodesFileSource {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_nodes_and_rejects_bad_entries() {
-        let nodes = parse_nodes(
-            "nodes:\n- {name: a, podCIDR: 10.244.1.0/24, underlayIP: 192.168.77.11}\n- {name: b, podCIDR: 10.244.2.0/24, underlayIP: 192.168.77.12}\n",
-        )
-        .unwrap();
-        assert_eq!(nodes.len(), 2);
-        assert_eq!(nodes[1].underlay_ip, Ipv4Addr::new(192, 168, 77, 12));
-        assert!(
-            parse_nodes("nodes:\n- {name: a, podCIDR: 10.244.1.0, underlayIP: 1.2.3.4}\n")
-                .unwrap_err()
-                .to_string()
-                .contains("node a")
-        );
-        assert!(parse_nodes("nodes:\n- {name: a, podCIDR: 10.244.1.0/24, underlayIP: x}\n").is_err());
-        let dup = "nodes:\n- {name: a, podCIDR: 10.244.1.0/24, underlayIP: 1.1.1.1}\n- {name: b, podCIDR: 10.244.1.0/24, underlayIP: 1.1.1.2}\n";
-        assert!(parse_nodes(dup).unwrap_err().to_string().contains("same podCIDR"));
-        assert!(parse_nodes("nodes: [").is_err());
-    }
-
-    #[test]
-    fn file_source_reports_changes_once() {
-        let dir = std::env::temp_dir().join(format!("skiff-nodes-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("nodes.yaml");
-        std::fs::write(&path, "nodes:\n- {name: a, podCIDR: 10.244.1.0/24, underlayIP: 192.168.77.11}\n").unwrap();
-        let mut src = NodesFileSource::new(&path);
-        assert_eq!(src.poll().unwrap().unwrap().len(), 1);
-        assert!(src.poll().unwrap().is_none());
-        std::fs::write(&path, "nodes: [\n").unwrap();
-        assert!(src.poll().is_err());
-        assert!(src.poll().unwrap().is_none(), "a broken file is reported once");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
-
 /// The nodes of the API's Node objects (a reflector's cache): each node's name,
 /// `spec.podCIDR` and InternalIP. A node without both (a new node before the node IPAM
 /// controller gave it a podCIDR) is left out until it has them.
@@ -223,5 +183,45 @@ impl NodeSource for ApiNodeSource {
         }
         self.last = Some(nodes.clone());
         Ok(Some(nodes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_nodes_and_rejects_bad_entries() {
+        let nodes = parse_nodes(
+            "nodes:\n- {name: a, podCIDR: 10.244.1.0/24, underlayIP: 192.168.77.11}\n- {name: b, podCIDR: 10.244.2.0/24, underlayIP: 192.168.77.12}\n",
+        )
+        .unwrap();
+        assert_eq!(nodes.len(), 2);
+        assert_eq!(nodes[1].underlay_ip, Ipv4Addr::new(192, 168, 77, 12));
+        assert!(
+            parse_nodes("nodes:\n- {name: a, podCIDR: 10.244.1.0, underlayIP: 1.2.3.4}\n")
+                .unwrap_err()
+                .to_string()
+                .contains("node a")
+        );
+        assert!(parse_nodes("nodes:\n- {name: a, podCIDR: 10.244.1.0/24, underlayIP: x}\n").is_err());
+        let dup = "nodes:\n- {name: a, podCIDR: 10.244.1.0/24, underlayIP: 1.1.1.1}\n- {name: b, podCIDR: 10.244.1.0/24, underlayIP: 1.1.1.2}\n";
+        assert!(parse_nodes(dup).unwrap_err().to_string().contains("same podCIDR"));
+        assert!(parse_nodes("nodes: [").is_err());
+    }
+
+    #[test]
+    fn file_source_reports_changes_once() {
+        let dir = std::env::temp_dir().join(format!("skiff-nodes-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("nodes.yaml");
+        std::fs::write(&path, "nodes:\n- {name: a, podCIDR: 10.244.1.0/24, underlayIP: 192.168.77.11}\n").unwrap();
+        let mut src = NodesFileSource::new(&path);
+        assert_eq!(src.poll().unwrap().unwrap().len(), 1);
+        assert!(src.poll().unwrap().is_none());
+        std::fs::write(&path, "nodes: [\n").unwrap();
+        assert!(src.poll().is_err());
+        assert!(src.poll().unwrap().is_none(), "a broken file is reported once");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -76,7 +76,8 @@ fn table() {
     let none = Backoff::default();
     let ready = || vec![sandbox("sb1", 0, true)];
     // (case, pod, observed, backoff, unhealthy, expected actions, expected outcome)
-    let cases: Vec<(&str, Option<Pod>, Observed, &Backoff, Vec<&str>, Vec<Action>, Outcome)> = vec![
+    type Case<'a> = (&'a str, Option<Pod>, Observed, &'a Backoff, Vec<&'a str>, Vec<Action>, Outcome);
+    let cases: Vec<Case<'_>> = vec![
         (
             "a new pod gets a sandbox",
             Some(pod(&[], &["app"], "Always")),
