@@ -154,6 +154,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
             node_monitor_grace_period: cfg.node_monitor_grace_period,
             pod_eviction_timeout: cfg.pod_eviction_timeout,
             identity: identity(&cfg.data_dir),
+            root_ca_pem: pki.ca_cert_pem.clone(),
         };
         tokio::spawn(skiff_controllers::run(in_process_clients(&api), config))
     });

@@ -379,7 +379,9 @@ fn api_semantics_paging_selectors_patches_subresources_strict_validation() {
     let e = s.fails(&["patch", "cm", "c0", "--type=json", "-p", r#"[{"op":"remove","path":"/data/nope"}]"#]);
     assert!(e.contains("does not exist"), "{e}");
 
-    // Pods: table columns, status subresource, status.phase field selector.
+    // Pods: table columns, status subresource, status.phase field selector. Admission
+    // wants the pod's ServiceAccount, which no controller creates here.
+    s.ok(&["create", "serviceaccount", "default"]);
     let pod = s.write(
         "pod.yaml",
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - name: c\n    image: busybox\n",

@@ -28,6 +28,7 @@ pub mod nodelifecycle;
 pub mod owned_pods;
 pub mod podgc;
 pub mod replicaset;
+pub mod rootca;
 pub mod serviceaccount;
 
 /// Settings of the controllers (flags of skiff-control).
@@ -41,6 +42,9 @@ pub struct Config {
     pub pod_eviction_timeout: Duration,
     /// Who this replica is in leader election (unique per process).
     pub identity: String,
+    /// The cluster CA certificate (PEM) that `rootca` publishes in every namespace as
+    /// ConfigMap `kube-root-ca.crt`; empty publishes nothing.
+    pub root_ca_pem: String,
 }
 
 /// What every controller gets.
@@ -64,6 +68,7 @@ pub const CONTROLLERS: &[(&str, StartFn)] = &[
     ("nodeipam", |ctx| Box::pin(nodeipam::run(ctx))),
     ("nodelifecycle", |ctx| Box::pin(nodelifecycle::run(ctx))),
     ("serviceaccount", |ctx| Box::pin(serviceaccount::run(ctx))),
+    ("root-ca-cert-publisher", |ctx| Box::pin(rootca::run(ctx))),
     ("daemonset", |ctx| Box::pin(daemonset::run(ctx))),
     ("job", |ctx| Box::pin(job::run(ctx))),
     ("garbage-collector", |ctx| Box::pin(gc::run(ctx))),

@@ -8,6 +8,7 @@
 //! it must not hold per-kind behaviour (see `validation`, `table`, `resources`) or
 //! storage details (see `store`).
 
+mod admission;
 pub mod allocator;
 mod api_server;
 mod authentication;

@@ -20,7 +20,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Parser;
 use http_body_util::BodyExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
 use skiff_api::{Client, ListParams, WatchEvent};
 
 #[derive(Debug, Parser)]
@@ -76,6 +76,13 @@ async fn main() -> anyhow::Result<()> {
         Ok(_) => {}
         Err(e) if e.is_already_exists() => {}
         Err(e) => return Err(e).context("creating the bench namespace"),
+    }
+    // Pods need their ServiceAccount, and the bench's server runs no controllers.
+    let sa: ServiceAccount = serde_json::from_value(serde_json::json!({"metadata": {"name": "default"}}))?;
+    match client.create(Some(&ns), &sa).await {
+        Ok(_) => {}
+        Err(e) if e.is_already_exists() => {}
+        Err(e) => return Err(e).context("creating the bench namespace's ServiceAccount"),
     }
 
     // Creates with concurrent clients.

@@ -1,6 +1,6 @@
 //! POST of a new object: the decoding path the fuzz target runs
 //! (`decode::decode_for_create`), then what needs the store and the clock: uid and
-//! timestamp, the namespace's existence, ClusterIP allocation, the store.
+//! timestamp, the namespace's existence, admission, ClusterIP allocation, the store.
 
 use http::StatusCode;
 use serde_json::json;
@@ -38,6 +38,7 @@ impl ApiServer {
                 return Err(ApiError::not_found("namespaces", "", ns));
             }
         }
+        self.admit_create(def, ns, &mut obj).await?;
         // Held until the object is stored, so concurrent creates see each other's IPs.
         let _alloc = if def.strategy.allocates_cluster_ip() { Some(self.alloc_lock.lock().await) } else { None };
         if def.strategy.allocates_cluster_ip() {

@@ -82,6 +82,12 @@ pub trait Strategy: Sync + std::fmt::Debug {
         &[]
     }
 
+    /// Whether a create runs ServiceAccount admission (`admission`): default the
+    /// account, check that it exists, mount its token.
+    fn admits_service_account(&self) -> bool {
+        false
+    }
+
     /// Whether a create allocates a ClusterIP and node ports (under the allocation lock).
     fn allocates_cluster_ip(&self) -> bool {
         false

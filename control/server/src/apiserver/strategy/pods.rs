@@ -1,5 +1,6 @@
-//! Pods: the scheduler binds them (`pods/binding`), and a pod bound to a node is
-//! deleted gracefully (the kubelet finishes the deletion).
+//! Pods: the scheduler binds them (`pods/binding`), a pod bound to a node is deleted
+//! gracefully (the kubelet finishes the deletion), and a new pod goes through
+//! ServiceAccount admission (`admission`: its account and token volume).
 
 use serde_json::Value;
 
@@ -22,6 +23,11 @@ impl Strategy for Pod {
 
     fn default(&self, obj: &mut Value) {
         validation::default_pod(obj);
+        alias_service_account(obj);
+    }
+
+    fn admits_service_account(&self) -> bool {
+        true
     }
 
     fn validate(&self, obj: &Value, causes: &mut Vec<Cause>) {
@@ -52,5 +58,40 @@ impl Strategy for Pod {
             .or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(|g| g.as_i64()))
             .unwrap_or(30);
         (g > 0).then_some(g)
+    }
+}
+
+/// `spec.serviceAccount` is the deprecated name of `spec.serviceAccountName`: it fills
+/// the new field when only it is given, and otherwise always reads the same, as the v1
+/// conversion of upstream does.
+fn alias_service_account(obj: &mut Value) {
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    let named = |k: &str| spec.get(k).and_then(Value::as_str).filter(|n| !n.is_empty()).map(str::to_string);
+    if let Some(name) = named("serviceAccountName").or_else(|| named("serviceAccount")) {
+        spec.insert("serviceAccountName".into(), Value::String(name.clone()));
+        spec.insert("serviceAccount".into(), Value::String(name));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_deprecated_account_field_follows_the_new_one() {
+        let mut old = json!({"spec": {"serviceAccount": "bot", "containers": []}});
+        Pod.default(&mut old);
+        assert_eq!(
+            (&old["spec"]["serviceAccountName"], &old["spec"]["serviceAccount"]),
+            (&json!("bot"), &json!("bot"))
+        );
+        let mut both = json!({"spec": {"serviceAccountName": "new", "serviceAccount": "old", "containers": []}});
+        Pod.default(&mut both);
+        assert_eq!(both["spec"]["serviceAccount"], "new");
+        let mut none = json!({"spec": {"containers": []}});
+        Pod.default(&mut none);
+        assert!(none["spec"].get("serviceAccount").is_none(), "admission, not defaulting, picks `default`");
     }
 }
