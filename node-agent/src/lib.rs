@@ -8,9 +8,11 @@
 //! - [`overlay`]: the VXLAN device and the nodes map (peer podCIDR → underlay address);
 //! - [`node`]: the Node object, its status and its heartbeat Lease;
 //! - [`runner`]: when each role syncs (after changes, bounded in frequency);
-//! - [`agent`]: the `skiff-node` command line and the main loop that ties roles together.
+//! - [`agent`]: the `skiff-node` command line and the main loop that ties roles together;
+//! - [`server`]: the kubelet's HTTPS server (:10250): container logs and exec for the
+//!   API server.
 //!
-//! Later issues add `kubelet`, `cri` and `server`.
+//! Later issues add `kubelet` and `cri`.
 
 pub mod agent;
 pub mod datapath;
@@ -18,3 +20,4 @@ pub mod node;
 pub mod overlay;
 pub mod proxy;
 pub mod runner;
+pub mod server;

@@ -18,7 +18,8 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-pub mod x509;
+// The subject reader lives in skiff-api, so the kubelet server reads the same names.
+pub use skiff_api::x509;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
