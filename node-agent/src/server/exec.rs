@@ -112,7 +112,10 @@ pub(super) async fn serve_exec(
         );
     };
     let Some(protocol) = negotiate(&req) else {
-        return text(StatusCode::BAD_REQUEST, format!("no supported WebSocket subprotocol offered; this kubelet speaks {PROTOCOLS:?}"));
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("no supported WebSocket subprotocol offered; this kubelet speaks {PROTOCOLS:?}"),
+        );
     };
     let loc = match shared.locator.locate(ns, pod, Some(container)) {
         Ok(l) => l,
@@ -174,9 +177,12 @@ async fn connect_runtime(url: &str) -> Result<WebSocketStream<TcpStream>, BoxErr
     }
     let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((host.as_str(), port))).await??;
     let _ = tcp.set_nodelay(true);
-    let ws_uri: http::Uri = format!("ws://{}{}", uri.authority().ok_or("no authority")?, uri.path_and_query().map_or("/", |p| p.as_str())).parse()?;
+    let ws_uri: http::Uri =
+        format!("ws://{}{}", uri.authority().ok_or("no authority")?, uri.path_and_query().map_or("/", |p| p.as_str()))
+            .parse()?;
     let request = ClientRequestBuilder::new(ws_uri).with_sub_protocol(RUNTIME_PROTOCOL);
-    let (ws, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::client_async(request, tcp)).await??;
+    let (ws, _) =
+        tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::client_async(request, tcp)).await??;
     Ok(ws)
 }
 

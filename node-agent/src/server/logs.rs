@@ -226,7 +226,10 @@ pub async fn serve_logs(
     let start = match open_at(&path, opts.tail_lines).await {
         Ok(s) => s,
         Err(e) => {
-            return text(StatusCode::NOT_FOUND, format!("cannot read the log of container {container} in pod {pod}: {e}"));
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("cannot read the log of container {container} in pod {pod}: {e}"),
+            );
         }
     };
     let (tx, rx) = mpsc::channel(16);

@@ -109,8 +109,7 @@ pub enum LocateError {
 pub trait ContainerLocator: Send + Sync + 'static {
     /// The container `container` (None: the pod's only container, else an error
     /// listing them) of pod `namespace`/`pod` on this node.
-    fn locate(&self, namespace: &str, pod: &str, container: Option<&str>)
-    -> Result<ContainerLocation, LocateError>;
+    fn locate(&self, namespace: &str, pod: &str, container: Option<&str>) -> Result<ContainerLocation, LocateError>;
 }
 
 /// What CRI `Exec` is asked for.
@@ -307,10 +306,7 @@ fn metrics(m: &Metrics) -> Response<Body> {
         m.log_requests.load(Ordering::Relaxed),
         m.exec_sessions.load(Ordering::Relaxed),
     );
-    Response::builder()
-        .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-        .body(full(body))
-        .unwrap()
+    Response::builder().header(header::CONTENT_TYPE, "text/plain; version=0.0.4").body(full(body)).unwrap()
 }
 
 /// The query as a map of each key's last value (exec reads its repeated `command`

@@ -20,6 +20,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 // The subject reader lives in skiff-api, so the kubelet server reads the same names.
 pub use skiff_api::x509;
+mod kubelet_client;
+pub use kubelet_client::KUBELET_CLIENT_CN;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
