@@ -1,5 +1,5 @@
-//! A minimal, synchronous CRI v1 client for tests: pod sandboxes and images over a
-//! containerd unix socket.
+//! A minimal, synchronous CRI v1 client for tests: pod sandboxes, containers, exec URLs
+//! and images over a containerd unix socket.
 //!
 //! It wraps the generated tonic clients of the `k8s-cri` crate in a private
 //! current-thread tokio runtime, so tests call plain functions. Every call has a timeout,
@@ -20,7 +20,7 @@ use k8s_cri::v1::{
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
-pub use k8s_cri::v1::{PodSandbox, PodSandboxState, PodSandboxStatus};
+pub use k8s_cri::v1::{ContainerState, ExecRequest, PodSandbox, PodSandboxState, PodSandboxStatus};
 
 /// How long one CRI call may take (RunPodSandbox includes the CNI ADD).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -37,6 +37,20 @@ pub struct SandboxSpec {
     pub cgroup_parent: String,
     /// Directory for container logs; empty leaves it unset.
     pub log_directory: String,
+    /// Share the node's network namespace (no CNI call).
+    pub host_network: bool,
+}
+
+/// What a test asks for in CreateContainer.
+#[derive(Clone, Debug, Default)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub attempt: u32,
+    /// Relative to the sandbox's log directory (`NAME/ATTEMPT.log` as the kubelet does).
+    pub log_path: String,
 }
 
 impl SandboxSpec {
@@ -128,32 +142,93 @@ impl CriClient {
     /// `RunPodSandbox`: creates and starts a sandbox (containerd runs the CNI ADD);
     /// returns its id.
     pub fn run_pod_sandbox(&mut self, spec: &SandboxSpec) -> Result<String> {
-        let config = cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata {
-                name: spec.name.clone(),
-                uid: spec.uid.clone(),
-                namespace: spec.namespace.clone(),
-                attempt: spec.attempt,
-            }),
-            hostname: spec.name.clone(),
-            log_directory: spec.log_directory.clone(),
-            labels: spec.labels.clone(),
-            linux: Some(cri::LinuxPodSandboxConfig {
-                cgroup_parent: spec.cgroup_parent.clone(),
-                security_context: Some(cri::LinuxSandboxSecurityContext {
-                    namespace_options: Some(cri::NamespaceOption::default()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let config = Self::sandbox_config(spec);
         let mut c = self.runtime.clone();
         let what = format!("RunPodSandbox {}/{}", spec.namespace, spec.name);
         let resp = self.call(&what, async move {
             c.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() }).await
         })?;
         Ok(resp.pod_sandbox_id)
+    }
+
+    fn sandbox_config(spec: &SandboxSpec) -> cri::PodSandboxConfig {
+        let network = if spec.host_network { cri::NamespaceMode::Node } else { cri::NamespaceMode::Pod };
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: spec.name.clone(),
+                uid: spec.uid.clone(),
+                namespace: spec.namespace.clone(),
+                attempt: spec.attempt,
+            }),
+            // With the node's network the node's UTS namespace is shared too: no hostname.
+            hostname: if spec.host_network { String::new() } else { spec.name.clone() },
+            log_directory: spec.log_directory.clone(),
+            labels: spec.labels.clone(),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: spec.cgroup_parent.clone(),
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption { network: network as i32, ..Default::default() }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// `CreateContainer` in the sandbox `sandbox_id` (made from `sandbox`); returns its id.
+    pub fn create_container(
+        &mut self,
+        sandbox_id: &str,
+        sandbox: &SandboxSpec,
+        spec: &ContainerSpec,
+    ) -> Result<String> {
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox_id.into(),
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata { name: spec.name.clone(), attempt: spec.attempt }),
+                image: Some(cri::ImageSpec { image: spec.image.clone(), ..Default::default() }),
+                command: spec.command.clone(),
+                args: spec.args.clone(),
+                log_path: spec.log_path.clone(),
+                linux: Some(cri::LinuxContainerConfig::default()),
+                ..Default::default()
+            }),
+            sandbox_config: Some(Self::sandbox_config(sandbox)),
+        };
+        let mut c = self.runtime.clone();
+        let what = format!("CreateContainer {} in {sandbox_id}", spec.name);
+        Ok(self.call(&what, async move { c.create_container(req).await })?.container_id)
+    }
+
+    /// `StartContainer`.
+    pub fn start_container(&mut self, id: &str) -> Result<()> {
+        let mut c = self.runtime.clone();
+        let req = cri::StartContainerRequest { container_id: id.into() };
+        self.call(&format!("StartContainer {id}"), async move { c.start_container(req).await }).map(drop)
+    }
+
+    /// `StopContainer` with a grace period in seconds.
+    pub fn stop_container(&mut self, id: &str, timeout_s: i64) -> Result<()> {
+        let mut c = self.runtime.clone();
+        let req = cri::StopContainerRequest { container_id: id.into(), timeout: timeout_s };
+        self.call(&format!("StopContainer {id}"), async move { c.stop_container(req).await }).map(drop)
+    }
+
+    /// `ContainerStatus`: its state (`ContainerState` as i32) and exit code.
+    pub fn container_state(&mut self, id: &str) -> Result<(i32, i32)> {
+        let mut c = self.runtime.clone();
+        let req = cri::ContainerStatusRequest { container_id: id.into(), verbose: false };
+        let resp = self.call(&format!("ContainerStatus {id}"), async move { c.container_status(req).await })?;
+        let status = resp.status.context("ContainerStatus without status")?;
+        Ok((status.state, status.exit_code))
+    }
+
+    /// `Exec`: the URL of the runtime's streaming server for this session.
+    pub fn exec_url(&mut self, req: cri::ExecRequest) -> Result<String> {
+        let mut c = self.runtime.clone();
+        let what = format!("Exec in {}", req.container_id);
+        Ok(self.call(&what, async move { c.exec(req).await })?.url)
     }
 
     /// `PodSandboxStatus` (verbose, so that [`Self::pod_netns_path`] can read the spec).

@@ -25,7 +25,8 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::ClientRequestBuilder;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Message, Role};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Message, Role};
 
 use super::{Body, ExecRequest, Shared, locate_error, text};
 
@@ -220,6 +221,10 @@ where
                 break;
             }
         }
+        // A normal closure is the client's end of stream; a bare close frame (1005)
+        // is an error to kubectl.
+        let normal = CloseFrame { code: CloseCode::Normal, reason: Default::default() };
+        let _ = c_tx.send(Message::Close(Some(normal))).await;
         let _ = c_tx.close().await;
     });
     tokio::select! {

@@ -65,16 +65,14 @@ pub fn server_config(settings: &Settings) -> Result<Arc<rustls::ServerConfig>> {
         Some(pair) => pair.clone(),
         None => self_signed(&settings.node_name, &settings.node_ips)?,
     };
-    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| Error::Pem { what: "serving certificate", source })?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|source| Error::Pem { what: "serving key", source })?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let pem = |what| move |source| Error::Pem { what, source };
+    let chain: Vec<_> =
+        CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>().map_err(pem("serving cert"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(pem("serving key"))?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?;
+    let mut cfg = builder.with_client_cert_verifier(verifier).with_single_cert(chain, key)?;
+    // Upgrades (exec) are an HTTP/1.1 thing.
+    cfg.alpn_protocols.push(b"http/1.1".to_vec());
     Ok(Arc::new(cfg))
 }
 

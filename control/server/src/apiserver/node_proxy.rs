@@ -201,7 +201,7 @@ impl ApiServer {
                 out = out.header(h, v);
             }
         }
-        if let Some(v) = req.headers().get(STREAM_PROTOCOL) {
+        for v in req.headers().get_all(STREAM_PROTOCOL) {
             out = out.header(STREAM_PROTOCOL, v);
         }
         let body = req.into_body().map_err(Into::into).boxed_unsync();
