@@ -1,10 +1,11 @@
 //! The kubelet server (`skiff_node::server`) behind a real skiff-control, driven by
 //! kubectl 1.32, with containers running in a real containerd: `kubectl logs` (plain,
-//! `--previous`, `--tail`, `--timestamps`, `--since`, `-f` until the container stops)
-//! and `kubectl exec` (output and exit code, a failing command's exit code, `-i` with
-//! piped stdin, `-it` under a pty) go through the API server's `pods/log` and
-//! `pods/exec` to the kubelet server, which reads the CRI log files and relays exec to
-//! containerd's streaming server. The kubelet core is not part of this: the test places
+//! `--previous`, `--tail`, `--timestamps`, `--since`, `-f` until the container stops),
+//! `kubectl exec` (output and exit code, a failing command's exit code, `-i` with
+//! piped stdin, `-it` under a pty) and `kubectl port-forward` go through the API
+//! server's `pods/log`, `pods/exec` and `pods/portforward` to the kubelet server, which
+//! reads the CRI log files, relays exec to containerd's streaming server and forwards
+//! ports to the pod's IP. The kubelet core is not part of this: the test places
 //! the containers through the CRI itself and tells the server where they are.
 //!
 //! Everything meets in one network namespace of the test's own: the test thread enters
@@ -34,6 +35,7 @@ use skiff_tests::{image, ok, require_privileges, unique_tag, workspace_bin};
 const NODE: &str = "kl-node";
 const API_PORT: u16 = 6443;
 const KUBELET_PORT: u16 = 10250;
+const FORWARD_PORT: u16 = 18080;
 const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.32";
 
 /// The test's locator: the containers it placed, by (namespace, pod, container).
@@ -159,8 +161,8 @@ fn echo(name: &str, attempt: u32, args: &[&str]) -> ContainerSpec {
 }
 
 #[test]
-fn kubectl_logs_and_exec_reach_containers_through_the_kubelet_server() {
-    if !require_privileges("kubectl_logs_and_exec_reach_containers_through_the_kubelet_server") {
+fn kubectl_logs_exec_and_port_forward_reach_containers_through_the_kubelet_server() {
+    if !require_privileges("kubectl_logs_exec_and_port_forward_reach_containers_through_the_kubelet_server") {
         return;
     }
     // Built before entering the namespace (a build may want the network).
@@ -343,6 +345,31 @@ fn kubectl_logs_and_exec_reach_containers_through_the_kubelet_server() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("ok web") && text.contains("exit=0"), "exec -it: {out:?}");
+
+    // --- port-forward (kubectl wants a Running pod) ---
+    let running = serde_json::json!({"status": {"phase": "Running", "podIP": "127.0.0.1"}});
+    k.ok(&["patch", "pod", "web", "--subresource=status", "--type=merge", "-p", &running.to_string()]);
+    let forward = k
+        .command(&["port-forward", "pod/web", &format!("{FORWARD_PORT}:8080")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _forward = ChildGuard::new(forward);
+    assert!(
+        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", FORWARD_PORT)).is_ok()),
+        "kubectl port-forward did not listen on {FORWARD_PORT}"
+    );
+    // Two connections one after the other: each is a pair of streams in one session.
+    for i in 0..2 {
+        let conn = std::net::TcpStream::connect(("127.0.0.1", FORWARD_PORT)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        (&conn).write_all(b"hello\n").unwrap();
+        let mut answer = String::new();
+        BufReader::new(&conn).read_line(&mut answer).unwrap();
+        assert_eq!(answer.trim(), "web", "port-forward connection {i}: {answer:?}");
+    }
 
     // --- the kubelet server itself ---
     let curl = |path: &str| {

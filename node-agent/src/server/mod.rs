@@ -7,6 +7,8 @@
 //!   (`logs`).
 //! - `GET|POST /exec/{ns}/{pod}/{container}?command=..&stdin&stdout&stderr&tty`, a
 //!   WebSocket upgrade (`exec`).
+//! - `GET|POST /portForward/{ns}/{pod}`, SPDY/3.1 in a WebSocket or on its own
+//!   (`portforward`, over `spdy`).
 //!
 //! Everything but `/healthz` needs a client certificate issued by the cluster CA whose
 //! common name is one of `Settings::allowed_users` (the API server's kubelet-client
@@ -38,6 +40,8 @@ use tokio_rustls::TlsAcceptor;
 
 pub mod exec;
 pub mod logs;
+pub mod portforward;
+pub mod spdy;
 pub mod tls;
 
 /// The group whose members may use every endpoint, as on the API server.
@@ -110,6 +114,17 @@ pub trait ContainerLocator: Send + Sync + 'static {
     /// The container `container` (None: the pod's only container, else an error
     /// listing them) of pod `namespace`/`pod` on this node.
     fn locate(&self, namespace: &str, pod: &str, container: Option<&str>) -> Result<ContainerLocation, LocateError>;
+
+    /// The pod's sandbox and IP (for port-forward); by default what `locate` says of
+    /// its only or first container.
+    fn sandbox(&self, namespace: &str, pod: &str) -> Result<ContainerLocation, LocateError> {
+        match self.locate(namespace, pod, None) {
+            Err(LocateError::ContainerNameRequired { available, .. }) if !available.is_empty() => {
+                self.locate(namespace, pod, Some(&available[0]))
+            }
+            r => r,
+        }
+    }
 }
 
 /// What CRI `Exec` is asked for.
@@ -159,6 +174,7 @@ struct Metrics {
     refused: AtomicU64,
     log_requests: AtomicU64,
     exec_sessions: AtomicU64,
+    port_forwards: AtomicU64,
 }
 
 /// What every request handler shares.
@@ -290,7 +306,12 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>, allowed: bool) -> 
             let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());
             exec::serve_exec(shared, req, &ns, &pod, &container).await
         }
-        ["exec" | "containerLogs", ..] => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        ["portForward", ns, pod] if is_get || req.method() == Method::POST => {
+            shared.metrics.port_forwards.fetch_add(1, Ordering::Relaxed);
+            let (ns, pod) = (ns.to_string(), pod.to_string());
+            portforward::serve_portforward(shared, req, &ns, &pod).await
+        }
+        ["exec" | "containerLogs" | "portForward", ..] => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => text(StatusCode::NOT_FOUND, format!("{path} not found")),
     }
 }
@@ -300,11 +321,13 @@ fn metrics(m: &Metrics) -> Response<Body> {
         "# TYPE skiff_kubelet_server_requests_total counter\nskiff_kubelet_server_requests_total {}\n\
          # TYPE skiff_kubelet_server_refused_total counter\nskiff_kubelet_server_refused_total {}\n\
          # TYPE skiff_kubelet_server_log_requests_total counter\nskiff_kubelet_server_log_requests_total {}\n\
-         # TYPE skiff_kubelet_server_exec_sessions_total counter\nskiff_kubelet_server_exec_sessions_total {}\n",
+         # TYPE skiff_kubelet_server_exec_sessions_total counter\nskiff_kubelet_server_exec_sessions_total {}\n\
+         # TYPE skiff_kubelet_server_port_forwards_total counter\nskiff_kubelet_server_port_forwards_total {}\n",
         m.requests.load(Ordering::Relaxed),
         m.refused.load(Ordering::Relaxed),
         m.log_requests.load(Ordering::Relaxed),
         m.exec_sessions.load(Ordering::Relaxed),
+        m.port_forwards.load(Ordering::Relaxed),
     );
     Response::builder().header(header::CONTENT_TYPE, "text/plain; version=0.0.4").body(full(body)).unwrap()
 }
