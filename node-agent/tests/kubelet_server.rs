@@ -371,6 +371,11 @@ fn kubectl_logs_exec_and_port_forward_reach_containers_through_the_kubelet_serve
         assert_eq!(answer.trim(), "web", "port-forward connection {i}: {answer:?}");
     }
 
+    // --- nodes/proxy reaches the kubelet's own endpoints ---
+    assert_eq!(k.ok(&["get", "--raw", &format!("/api/v1/nodes/{NODE}/proxy/healthz")]).trim(), "ok");
+    let metrics = k.ok(&["get", "--raw", &format!("/api/v1/nodes/{NODE}/proxy/metrics")]);
+    assert!(metrics.contains("skiff_kubelet_server_exec_sessions_total 4"), "{metrics}");
+
     // --- the kubelet server itself ---
     let curl = |path: &str| {
         let out = Command::new("curl")
