@@ -7,15 +7,17 @@
 //!   reconciler that writes the Service maps;
 //! - [`overlay`]: the VXLAN device and the nodes map (peer podCIDR → underlay address);
 //! - [`node`]: the Node object, its status and its heartbeat Lease;
+//! - [`kubelet`]: this node's pods, run on the container runtime through [`cri`] (the
+//!   CRI v1 client over containerd's socket);
 //! - [`runner`]: when each role syncs (after changes, bounded in frequency);
 //! - [`agent`]: the `skiff-node` command line and the main loop that ties roles together;
-//! - [`server`]: the kubelet's HTTPS server (:10250): container logs and exec for the
-//!   API server.
-//!
-//! Later issues add `kubelet` and `cri`.
+//! - [`server`]: the kubelet's HTTPS server (:10250): container logs, exec and
+//!   port-forward for the API server.
 
 pub mod agent;
+pub mod cri;
 pub mod datapath;
+pub mod kubelet;
 pub mod node;
 pub mod overlay;
 pub mod proxy;

@@ -7,6 +7,8 @@
 //! concurrent runs never share one.
 
 #[cfg(feature = "cri")]
+pub mod cluster;
+#[cfg(feature = "cri")]
 pub mod containerd;
 #[cfg(feature = "cri")]
 pub mod cri;

@@ -27,7 +27,8 @@ pub fn run(area: &str, args: &[String]) -> Result<()> {
         "lb" => lb(args),
         "overlay" => crate::bench_overlay::run(args),
         "api" => crate::bench_api::run(args),
-        other => bail!("unknown benchmark area `{other}`; known: lb, overlay, api"),
+        "pods" => crate::bench_pods::run(args),
+        other => bail!("unknown benchmark area `{other}`; known: lb, overlay, api, pods"),
     }
 }
 

@@ -5,6 +5,7 @@
 mod bench;
 mod bench_api;
 mod bench_overlay;
+mod bench_pods;
 mod build_ebpf;
 mod demo;
 mod lbsetup;

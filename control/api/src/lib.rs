@@ -2,9 +2,10 @@
 //! client (`client`), how it reaches a server (`transport`, and the credentials from
 //! `kubeconfig` or `incluster`, with `token` for bearer tokens that rotate), the
 //! list-then-watch cache (`reflector`), the work queue reconcilers drain (`workqueue`),
-//! and what server and clients must agree on: label/field selectors (`selector`) and
-//! the finalizers of cascading deletion (`finalizers`), and the subject of an x509
-//! client certificate (`x509`: what both the API server and the kubelet authenticate by).
+//! and what server and clients must agree on: label/field selectors (`selector`), the
+//! finalizers of cascading deletion (`finalizers`), `resource.Quantity` strings
+//! (`quantity`) and the subject of an x509 client certificate (`x509`: what both the
+//! API server and the kubelet authenticate by).
 //!
 //! This crate must not depend on the server: it is the client side of the contract.
 
@@ -13,6 +14,7 @@ pub mod dynamic;
 pub mod finalizers;
 pub mod incluster;
 pub mod kubeconfig;
+pub mod quantity;
 pub mod reflector;
 pub mod selector;
 pub mod token;

@@ -117,6 +117,36 @@ pub struct RunArgs {
     /// How many pods the node offers (its `pods` capacity).
     #[arg(long, default_value_t = 110)]
     pub max_pods: u32,
+    /// Take the overlay's nodes (podCIDR, InternalIP) from the API's Node objects instead
+    /// of a nodes file; needs --kubeconfig. The CNI configuration follows this node's
+    /// `spec.podCIDR`.
+    #[arg(long, conflicts_with = "nodes", requires = "kubeconfig")]
+    pub nodes_from_api: bool,
+    /// The CRI socket of the container runtime (containerd's). With it and --kubeconfig,
+    /// the agent is the node's kubelet: it runs the pods bound to this node.
+    #[arg(long, requires = "kubeconfig")]
+    pub container_runtime_endpoint: Option<PathBuf>,
+    /// The kubelet's directory for pod data (volumes, termination logs)
+    /// (default: /var/lib/skiff/kubelet/<node-name>).
+    #[arg(long)]
+    pub root_dir: Option<PathBuf>,
+    /// Where container logs go (default: /var/log/skiff/<node-name>/pods).
+    #[arg(long)]
+    pub pod_log_dir: Option<PathBuf>,
+    /// The cluster DNS server written into pods' resolv.conf (repeatable); without
+    /// one, pods get the node's resolv.conf.
+    #[arg(long = "cluster-dns")]
+    pub cluster_dns: Vec<std::net::IpAddr>,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// A directory of static pod manifests (YAML or JSON, one Pod each): the kubelet
+    /// runs them without the API server and mirrors them into it.
+    #[arg(long, requires = "container_runtime_endpoint")]
+    pub pod_manifest_path: Option<PathBuf>,
+    /// The cgroup (cgroupfs path) the pods' cgroups go under (default: /skiff/<node-name>).
+    #[arg(long)]
+    pub cgroup_root: Option<String>,
     /// A file to create once the first sync is done (for scripts and tests).
     #[arg(long)]
     pub ready_file: Option<PathBuf>,

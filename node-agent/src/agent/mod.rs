@@ -11,8 +11,8 @@
 //! `runner`). A signal stops the tasks; every pin stays, so traffic keeps flowing until
 //! the next agent adopts it.
 //!
-//! Roles to come (kubelet, node registration, the API watch as a source) are wired here
-//! too; nothing else in the agent may start a task that outlives a call.
+//! The roles fed by the API (node registration, the kubelet, the overlay's Node source)
+//! are wired here too; nothing else in the agent may start a task that outlives a call.
 
 mod cli;
 
@@ -20,6 +20,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::Node;
 use skiff_datapath::{Pins, cidr};
 use skiff_ebpf_common::LbConfig;
 use tokio::sync::mpsc;
@@ -27,10 +28,12 @@ use tracing::{error, info, warn};
 
 pub use cli::{Cli, Command, PinArgs, RunArgs, main};
 
+use crate::cri::CriClient;
 use crate::datapath::{Datapath, MapSizes};
+use crate::kubelet::KubeletSettings;
 use crate::node::NodeSettings;
 use crate::overlay::role::{OverlayRole, OverlaySettings};
-use crate::overlay::source::{NodeSource, NodesFileSource};
+use crate::overlay::source::{ApiNodeSource, NodeSource, NodesFileSource};
 use crate::proxy::maps::AyaLbMaps;
 use crate::proxy::reconciler::LbReconciler;
 use crate::proxy::role::ProxyRole;
@@ -49,8 +52,13 @@ fn run(args: RunArgs) -> Result<()> {
         }
         None => None,
     };
-    let overlay = match &args.nodes {
-        Some(file) => {
+    let overlay_nodes = match (&args.nodes, args.nodes_from_api) {
+        (Some(file), _) => Some(NodesFrom::File(NodesFileSource::new(file))),
+        (None, true) => Some(NodesFrom::Api),
+        (None, false) => None,
+    };
+    let overlay = match overlay_nodes {
+        Some(nodes) => {
             let settings = OverlaySettings {
                 node_name: args.node_name.clone(),
                 pin_dir: pin_dir.clone(),
@@ -60,8 +68,15 @@ fn run(args: RunArgs) -> Result<()> {
                 cni_bin_dir: args.cni_bin_dir.clone(),
                 cni_data_dir: args.cni_data_dir.clone(),
             };
-            Some((OverlayRole::start(settings, &mut datapath)?, NodesFileSource::new(file)))
+            Some((OverlayRole::start(settings, &mut datapath)?, nodes))
         }
+        None => None,
+    };
+    let api = match &args.kubeconfig {
+        Some(kubeconfig) => Some(
+            skiff_api::Client::from_kubeconfig(kubeconfig, &format!("skiff-node/{}", args.node_name))
+                .with_context(|| format!("reading the kubeconfig {}", kubeconfig.display()))?,
+        ),
         None => None,
     };
     info!(
@@ -70,6 +85,7 @@ fn run(args: RunArgs) -> Result<()> {
         proxy = proxy.is_some(),
         overlay = overlay.is_some(),
         node_role = args.kubeconfig.is_some(),
+        kubelet = args.container_runtime_endpoint.is_some(),
         "agent started"
     );
 
@@ -103,7 +119,16 @@ fn run(args: RunArgs) -> Result<()> {
             };
             spawn_role(&mut roles, "proxy", role, poll, period, schedule, synced_tx.clone());
         }
-        if let Some((role, mut source)) = overlay {
+        if let Some((role, nodes)) = overlay {
+            let mut source: Box<dyn NodeSource> = match nodes {
+                NodesFrom::File(file) => Box::new(file),
+                NodesFrom::Api => {
+                    let client = api.clone().context("--nodes-from-api needs --kubeconfig")?;
+                    let (cache, reflect) = skiff_api::reflector::reflector::<Node>(client, None, Default::default());
+                    tokio::task::spawn_local(reflect);
+                    Box::new(ApiNodeSource::new(cache))
+                }
+            };
             let poll = move || match source.poll() {
                 Ok(nodes) => nodes,
                 Err(e) => {
@@ -116,19 +141,29 @@ fn run(args: RunArgs) -> Result<()> {
         if waiting_for_first_sync == 0 {
             write_ready_file(args.ready_file.as_deref())?;
         }
-        // The node role runs for ever beside the others and is not waited for: it keeps
-        // retrying while the API is away, and --once does not apply to it.
-        let node_role = match &args.kubeconfig {
-            Some(kubeconfig) if !args.once => {
-                let client = skiff_api::Client::from_kubeconfig(kubeconfig, &format!("skiff-node/{}", args.node_name))
-                    .with_context(|| format!("reading the kubeconfig {}", kubeconfig.display()))?;
-                let settings =
-                    NodeSettings { name: args.node_name.clone(), internal_ip: args.node_ip, max_pods: args.max_pods };
-                Some(tokio::task::spawn_local(crate::node::run(client, settings)))
-            }
-            _ => None,
+        // The roles fed by the API (node, kubelet) run for ever beside the others and are
+        // not waited for: they keep retrying while the API is away, and --once does not
+        // apply to them. Stopping the agent leaves the pods running.
+        let cri = args.container_runtime_endpoint.as_deref().map(CriClient::new);
+        let runtime_version = match &cri {
+            Some(cri) => runtime_version(cri).await,
+            None => String::new(),
         };
-
+        let mut api_roles = Vec::new();
+        if let Some(client) = api.clone().filter(|_| !args.once) {
+            let settings = NodeSettings {
+                name: args.node_name.clone(),
+                internal_ip: args.node_ip,
+                max_pods: args.max_pods,
+                container_runtime_version: runtime_version,
+            };
+            api_roles.push(tokio::task::spawn_local(crate::node::run(client.clone(), settings, cri.clone())));
+            if let Some(cri) = cri {
+                let settings = kubelet_settings(&args)?;
+                info!(root_dir = %settings.root_dir.display(), pod_log_dir = %settings.pod_log_dir.display(), "kubelet starting");
+                api_roles.push(tokio::task::spawn_local(crate::kubelet::run(client, cri, settings)));
+            }
+        }
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         // Until a signal; with --once, until every role has synced once. An agent with no
         // role (only --pod-interface attachments) runs until a signal too.
@@ -146,7 +181,7 @@ fn run(args: RunArgs) -> Result<()> {
                 }
             }
         }
-        if let Some(task) = node_role {
+        for task in api_roles {
             task.abort();
         }
         // With --once the roles may end before their news was read.
@@ -155,6 +190,39 @@ fn run(args: RunArgs) -> Result<()> {
         }
         info!("agent stopping; the datapath stays pinned and keeps forwarding");
         anyhow::Ok(())
+    })
+}
+
+/// Where the overlay takes the cluster's nodes from.
+enum NodesFrom {
+    File(NodesFileSource),
+    Api,
+}
+
+/// The runtime's name and version for the Node's nodeInfo (`containerd://1.6.20`);
+/// empty when the runtime does not answer (the kubelet keeps trying on its own).
+async fn runtime_version(cri: &CriClient) -> String {
+    match cri.version().await {
+        Ok(v) => format!("{}://{}", v.runtime_name, v.runtime_version),
+        Err(e) => {
+            warn!(error = %e, "the container runtime does not answer yet");
+            String::new()
+        }
+    }
+}
+
+fn kubelet_settings(args: &RunArgs) -> Result<KubeletSettings> {
+    let node = &args.node_name;
+    let node_ip = args.node_ip.context("the kubelet needs --node-ip (the pods' hostIP)")?;
+    Ok(KubeletSettings {
+        node_name: node.clone(),
+        node_ip: node_ip.into(),
+        root_dir: args.root_dir.clone().unwrap_or_else(|| format!("/var/lib/skiff/kubelet/{node}").into()),
+        pod_log_dir: args.pod_log_dir.clone().unwrap_or_else(|| format!("/var/log/skiff/{node}/pods").into()),
+        cluster_dns: args.cluster_dns.clone(),
+        cluster_domain: args.cluster_domain.clone(),
+        cgroup_root: args.cgroup_root.clone().unwrap_or_else(|| format!("/skiff/{node}")),
+        static_pod_dir: args.pod_manifest_path.clone(),
     })
 }
 

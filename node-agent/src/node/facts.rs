@@ -24,6 +24,18 @@ pub struct MachineFacts {
     /// Processes running now, and the most the kernel allows.
     pub processes: u64,
     pub pid_max: u64,
+    /// What the container runtime says (filled in by the node role, which has the CRI).
+    pub runtime: RuntimeFacts,
+}
+
+/// The container runtime's health and images, as the Node's status reports them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RuntimeFacts {
+    /// Why the node cannot run pods now (runtime down, no pod network yet); `None`
+    /// when it can, or when the agent drives no runtime.
+    pub not_ready: Option<String>,
+    /// The images on the node: their names (tags and digests) and size in bytes.
+    pub images: Vec<(Vec<String>, u64)>,
 }
 
 impl MachineFacts {
@@ -38,6 +50,7 @@ impl MachineFacts {
             memory_kib: meminfo_kib(&meminfo, "MemTotal").unwrap_or(0),
             memory_available_kib: meminfo_kib(&meminfo, "MemAvailable").unwrap_or(0),
             kernel_version: text("/proc/sys/kernel/osrelease").trim().to_string(),
+            runtime: RuntimeFacts::default(),
             os_image: os_release_pretty_name(&text("/etc/os-release")).unwrap_or_else(|| "Linux".into()),
             architecture: go_arch(std::env::consts::ARCH),
             machine_id: text("/etc/machine-id").trim().to_string(),

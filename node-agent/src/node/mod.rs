@@ -21,12 +21,15 @@ use serde_json::json;
 use skiff_api::{Client, Patch};
 use tracing::{info, warn};
 
-use self::facts::MachineFacts;
+use self::facts::{MachineFacts, RuntimeFacts};
 pub use self::object::NodeSettings;
 use self::object::{LEASE_DURATION_S, LEASE_NAMESPACE};
+use crate::cri::CriClient;
 
 /// How often the Lease is renewed (a quarter of its duration, as upstream).
 pub const LEASE_RENEW: Duration = Duration::from_secs(10);
+/// How often a node that is not Ready looks again.
+const NOT_READY_LOOK: Duration = Duration::from_secs(1);
 /// How often the status is sent when nothing in it changed.
 const STATUS_REPORT: Duration = Duration::from_secs(60);
 /// How long to wait before trying a failed registration again.
@@ -35,9 +38,9 @@ const RETRY: Duration = Duration::from_secs(2);
 type Result<T, E = skiff_api::client::Error> = std::result::Result<T, E>;
 
 /// Runs the node role for ever: registers, then heartbeats.
-pub async fn run(client: Client, settings: NodeSettings) {
+pub async fn run(client: Client, settings: NodeSettings, cri: Option<CriClient>) {
     let (uid, mut reported) = loop {
-        match register(&client, &settings).await {
+        match register(&client, &settings, cri.as_ref()).await {
             Ok(registered) => break registered,
             Err(error) => {
                 warn!(node = %settings.name, %error, "registering the node failed; retrying");
@@ -47,15 +50,26 @@ pub async fn run(client: Client, settings: NodeSettings) {
     };
     info!(node = %settings.name, "node registered");
     let mut last_report = tokio::time::Instant::now();
-    let mut tick = tokio::time::interval(LEASE_RENEW);
+    let mut last_look = tokio::time::Instant::now();
+    let mut last_renewal: Option<tokio::time::Instant> = None;
+    // A node that is not Ready yet (waiting for its pod network) looks every second, so
+    // that it turns Ready as soon as it can; a Ready one every renewal.
+    let mut tick = tokio::time::interval(NOT_READY_LOOK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(error) = renew_lease(&client, &settings.name, uid.as_deref()).await {
-            warn!(node = %settings.name, %error, "renewing the node Lease failed; retrying");
+        if last_renewal.is_none_or(|t| t.elapsed() >= LEASE_RENEW) {
+            match renew_lease(&client, &settings.name, uid.as_deref()).await {
+                Ok(()) => last_renewal = Some(tokio::time::Instant::now()),
+                Err(error) => warn!(node = %settings.name, %error, "renewing the node Lease failed; retrying"),
+            }
         }
+        if is_ready(&reported) && last_look.elapsed() < LEASE_RENEW {
+            continue;
+        }
+        last_look = tokio::time::Instant::now();
         let now = Timestamp::now();
-        let fresh = object::status(&settings, &MachineFacts::read(), Some(&reported), now);
+        let fresh = object::status(&settings, &read_facts(cri.as_ref()).await, Some(&reported), now);
         if conditions_changed(&reported, &fresh) || last_report.elapsed() >= STATUS_REPORT {
             match patch_status(&client, &settings.name, &fresh).await {
                 Ok(()) => {
@@ -68,10 +82,18 @@ pub async fn run(client: Client, settings: NodeSettings) {
     }
 }
 
+fn is_ready(status: &NodeStatus) -> bool {
+    status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
 /// Creates the Node (or brings the labels of an existing one up to date) and sends its
 /// status. Returns the Node's uid and the status sent.
-async fn register(client: &Client, settings: &NodeSettings) -> Result<(Option<String>, NodeStatus)> {
-    let facts = MachineFacts::read();
+async fn register(
+    client: &Client,
+    settings: &NodeSettings,
+    cri: Option<&CriClient>,
+) -> Result<(Option<String>, NodeStatus)> {
+    let facts = read_facts(cri).await;
     let node = match client.get_opt::<Node>(None, &settings.name).await? {
         Some(_) => {
             let labels = object::labels(settings, &facts);
@@ -88,6 +110,39 @@ async fn register(client: &Client, settings: &NodeSettings) -> Result<(Option<St
     let status = object::status(settings, &facts, node.status.as_ref(), Timestamp::now());
     patch_status(client, &settings.name, &status).await?;
     Ok((node.metadata.uid, status))
+}
+
+/// The machine's facts, and the runtime's when the agent drives one.
+async fn read_facts(cri: Option<&CriClient>) -> MachineFacts {
+    let mut facts = MachineFacts::read();
+    if let Some(cri) = cri {
+        facts.runtime = runtime_facts(cri).await;
+    }
+    facts
+}
+
+/// Whether the runtime can run pods (it answers, and its RuntimeReady and NetworkReady
+/// conditions hold: NetworkReady waits for the CNI configuration, which waits for the
+/// node's podCIDR), and its images.
+async fn runtime_facts(cri: &CriClient) -> RuntimeFacts {
+    let not_ready = match cri.status().await {
+        Err(e) => Some(format!("container runtime is down: {e}")),
+        Ok(status) => status
+            .conditions
+            .iter()
+            .find(|c| !c.status && (c.r#type == "RuntimeReady" || c.r#type == "NetworkReady"))
+            .map(|c| {
+                let what = if c.r#type == "NetworkReady" { "container runtime network" } else { "container runtime" };
+                format!("{what} not ready: {}=false reason:{} message:{}", c.r#type, c.reason, c.message)
+            }),
+    };
+    let images = match cri.list_images().await {
+        Ok(images) => {
+            images.into_iter().map(|i| (i.repo_digests.into_iter().chain(i.repo_tags).collect(), i.size)).collect()
+        }
+        Err(_) => Vec::new(),
+    };
+    RuntimeFacts { not_ready, images }
 }
 
 async fn patch_status(client: &Client, name: &str, status: &NodeStatus) -> Result<()> {

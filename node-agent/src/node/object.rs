@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus, NodeSystemInfo,
+    ContainerImage, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus, NodeSystemInfo,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
@@ -40,6 +40,8 @@ pub struct NodeSettings {
     /// The address other nodes and the control plane reach this node at.
     pub internal_ip: Option<Ipv4Addr>,
     pub max_pods: u32,
+    /// The container runtime as nodeInfo shows it (`containerd://1.6.20`); empty without one.
+    pub container_runtime_version: String,
 }
 
 /// The Node to create when there is none: name and the well-known labels. The status
@@ -98,6 +100,17 @@ pub fn status(
             kubelet_endpoint: Some(DaemonEndpoint { port: i32::from(KUBELET_PORT) }),
         }),
         conditions: Some(conditions(facts, previous.and_then(|s| s.conditions.as_deref()).unwrap_or(&[]), now)),
+        images: (!facts.runtime.images.is_empty()).then(|| {
+            facts
+                .runtime
+                .images
+                .iter()
+                .map(|(names, size)| ContainerImage {
+                    names: Some(names.clone()),
+                    size_bytes: i64::try_from(*size).ok(),
+                })
+                .collect()
+        }),
         node_info: Some(NodeSystemInfo {
             machine_id: facts.machine_id.clone(),
             system_uuid: facts.machine_id.clone(),
@@ -108,8 +121,7 @@ pub fn status(
             architecture: facts.architecture.into(),
             kubelet_version: KUBELET_VERSION.into(),
             kube_proxy_version: KUBELET_VERSION.into(),
-            // No container runtime is driven yet.
-            container_runtime_version: String::new(),
+            container_runtime_version: settings.container_runtime_version.clone(),
             ..Default::default()
         }),
         ..Default::default()
@@ -130,7 +142,15 @@ fn conditions(facts: &MachineFacts, previous: &[NodeCondition], now: Timestamp) 
         (type_.to_string(), on, reason, message)
     };
     let wanted = [
-        ("Ready".to_string(), true, "KubeletReady".to_string(), "skiff-node is posting ready status".to_string()),
+        match &facts.runtime.not_ready {
+            None => (
+                "Ready".to_string(),
+                true,
+                "KubeletReady".to_string(),
+                "skiff-node is posting ready status".to_string(),
+            ),
+            Some(why) => ("Ready".to_string(), false, "KubeletNotReady".to_string(), why.clone()),
+        },
         pressure("MemoryPressure", memory, "KubeletHasInsufficientMemory", "KubeletHasSufficientMemory", "memory"),
         pressure("DiskPressure", disk, "KubeletHasDiskPressure", "KubeletHasNoDiskPressure", "disk"),
         pressure("PIDPressure", pids, "KubeletHasInsufficientPID", "KubeletHasSufficientPID", "PID"),
@@ -199,11 +219,17 @@ mod tests {
             root_fs_free: 0.5,
             processes: 300,
             pid_max: 4_194_304,
+            runtime: Default::default(),
         }
     }
 
     fn settings() -> NodeSettings {
-        NodeSettings { name: "n1".into(), internal_ip: Some(Ipv4Addr::new(192, 168, 77, 11)), max_pods: 110 }
+        NodeSettings {
+            name: "n1".into(),
+            internal_ip: Some(Ipv4Addr::new(192, 168, 77, 11)),
+            max_pods: 110,
+            container_runtime_version: String::new(),
+        }
     }
 
     fn condition<'a>(s: &'a NodeStatus, type_: &str) -> &'a NodeCondition {

@@ -142,6 +142,50 @@ impl NodeSource for NodesFileSource {
     }
 }
 
+/// The nodes of the API's Node objects (a reflector's cache): each node's name,
+/// `spec.podCIDR` and InternalIP. A node without both (a new node before the node IPAM
+/// controller gave it a podCIDR) is left out until it has them.
+pub struct ApiNodeSource {
+    cache: skiff_api::reflector::Cache<k8s_openapi::api::core::v1::Node>,
+    last: Option<Vec<NodeNet>>,
+}
+
+impl ApiNodeSource {
+    pub fn new(cache: skiff_api::reflector::Cache<k8s_openapi::api::core::v1::Node>) -> Self {
+        Self { cache, last: None }
+    }
+}
+
+/// What the overlay needs of one Node object, if it has it.
+pub fn node_net(node: &k8s_openapi::api::core::v1::Node) -> Option<NodeNet> {
+    let name = node.metadata.name.clone()?;
+    let pod_cidr: Ipv4Net = node.spec.as_ref()?.pod_cidr.as_deref()?.parse().ok()?;
+    let underlay_ip = node
+        .status
+        .as_ref()?
+        .addresses
+        .iter()
+        .flatten()
+        .find(|a| a.type_ == "InternalIP")
+        .and_then(|a| a.address.parse().ok())?;
+    Some(NodeNet { name, pod_cidr: pod_cidr.trunc(), underlay_ip })
+}
+
+impl NodeSource for ApiNodeSource {
+    fn poll(&mut self) -> Result<Option<Vec<NodeNet>>> {
+        if !self.cache.is_synced() {
+            return Ok(None);
+        }
+        let mut nodes: Vec<NodeNet> = self.cache.list().iter().filter_map(|n| node_net(n)).collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        if self.last.as_ref() == Some(&nodes) {
+            return Ok(None);
+        }
+        self.last = Some(nodes.clone());
+        Ok(Some(nodes))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,7 @@
 //! extended resources, preemption.
 
 pub mod filter;
-pub mod quantity;
+pub use skiff_api::quantity;
 pub mod resources;
 pub mod run;
 pub mod score;

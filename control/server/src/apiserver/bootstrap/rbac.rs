@@ -39,8 +39,11 @@ pub(super) async fn bootstrap_rbac(store: &dyn store::Store) -> ApiResult<()> {
             {"apiGroups": [""], "resources": ["pods", "services", "endpoints", "nodes", "configmaps", "secrets", "namespaces"], "verbs": read},
             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": read},
             {"apiGroups": [""], "resources": ["nodes", "nodes/status", "pods/status"], "verbs": ["create", "update", "patch"]},
-            {"apiGroups": [""], "resources": ["pods"], "verbs": ["delete"]},
+            // Mirror pods of static pods, and the final delete of pods it stopped.
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "delete"]},
             {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "update", "patch"]},
+            // The tokens of pods' projected ServiceAccount token volumes.
+            {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]},
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update", "patch"]}]),
         ),
         (

@@ -1,10 +1,11 @@
 //! Parsing of Kubernetes `resource.Quantity` strings ("100m", "1.5Gi", "1e3", ...) into
 //! exact integers: milli-units for cpu, plain units (bytes, counts) for everything else.
 //!
-//! The scheduler compares requests against allocatable with integer arithmetic, so this
-//! module never goes through floating point: a quantity is held as
-//! `mantissa * 10^exp10 * 2^exp2` and only scaled at the end, rounding up like
-//! Kubernetes' `Value()` / `MilliValue()` do (a request of "0.1m" cpu is 1m, not 0).
+//! The scheduler compares requests against allocatable, and the kubelet turns them into
+//! cgroup settings, with integer arithmetic, so this module never goes through floating
+//! point: a quantity is held as `mantissa * 10^exp10 * 2^exp2` and only scaled at the
+//! end, rounding up like Kubernetes' `Value()` / `MilliValue()` do (a request of "0.1m"
+//! cpu is 1m, not 0).
 //!
 //! Pure code: no I/O, no logging. Callers decide what a bad quantity means.
 

@@ -1,0 +1,328 @@
+use std::os::unix::fs::PermissionsExt;
+
+use k8s_openapi::api::core::v1::VolumeMount;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use serde_json::json;
+
+use super::super::lookup::TokenCache;
+use super::super::lookup::fake::FakeLookup;
+use super::*;
+
+fn pod(volumes: serde_json::Value) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": "web-1", "namespace": "ns", "uid": "uid-1", "labels": {"app": "web"}},
+        "spec": {"serviceAccountName": "bot", "volumes": volumes,
+                 "containers": [{"name": "app", "resources": {"limits": {"memory": "64Mi"}}}]},
+    }))
+    .unwrap()
+}
+
+fn env_ctx() -> EnvContext {
+    EnvContext { node_name: "n1".into(), ..Default::default() }
+}
+
+fn lookup() -> FakeLookup {
+    FakeLookup::new()
+        .with_config_map("ns", "cfg", &[("a", "1"), ("b", "2")])
+        .with_config_map("ns", "kube-root-ca.crt", &[("ca.crt", "-----BEGIN CERTIFICATE-----\n")])
+        .with_secret("ns", "creds", &[("user", "admin"), ("pass", "s3cret")])
+}
+
+async fn prepare(p: &Pod, dir: &Path, l: &FakeLookup) -> Result<PreparedVolumes> {
+    let env = env_ctx();
+    prepare_volumes(p, dir, &VolumeContext { env: &env, secrets_on_tmpfs: false }, l).await
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// Whether privileged tests run: as root always; otherwise they skip, except under
+/// CI=true, where skipping is a failure.
+fn privileged(test: &str) -> bool {
+    // /proc/self belongs to the effective user.
+    if std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0 {
+        return true;
+    }
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{test} needs root (tmpfs mounts)");
+    eprintln!("skipping {test}: needs root");
+    false
+}
+
+#[tokio::test]
+async fn config_map_and_secret_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = pod(json!([
+        {"name": "all", "configMap": {"name": "cfg"}},
+        {"name": "some", "configMap": {"name": "cfg", "defaultMode": 0o600,
+            "items": [{"key": "a", "path": "dir/a.txt"}, {"key": "b", "path": "b.txt", "mode": 0o400}]}},
+        {"name": "maybe", "configMap": {"name": "absent", "optional": true}},
+        {"name": "sec", "secret": {"secretName": "creds"}},
+        {"name": "sec-items", "secret": {"secretName": "creds", "items": [{"key": "pass", "path": "p"}]}},
+    ]));
+    let prepared = prepare(&p, tmp.path(), &lookup()).await.unwrap();
+    let root = |v: &str| prepared.get(v).unwrap().host_path.clone();
+    assert_eq!(root("all"), tmp.path().join("volumes/kubernetes.io~configmap/all"));
+    assert_eq!(read(&root("all").join("a")), "1");
+    assert_eq!(read(&root("all").join("b")), "2");
+    assert_eq!(mode(&root("all").join("a")), 0o644);
+    assert_eq!(read(&root("some").join("dir/a.txt")), "1");
+    assert_eq!(mode(&root("some").join("dir/a.txt")), 0o600);
+    assert_eq!(mode(&root("some").join("b.txt")), 0o400);
+    assert!(!root("some").join("a").exists());
+    assert!(root("maybe").join("..data").exists(), "an optional missing ConfigMap is an empty volume");
+    assert_eq!(root("sec"), tmp.path().join("volumes/kubernetes.io~secret/sec"));
+    assert_eq!(read(&root("sec").join("pass")), "s3cret");
+    assert_eq!(mode(&root("sec").join("user")), 0o644);
+    assert_eq!(read(&root("sec-items").join("p")), "s3cret");
+    assert!(prepared.volumes.values().all(|v| v.read_only));
+
+    // A refresh follows the ConfigMap: the same path shows the new value.
+    let changed = lookup().with_config_map("ns", "cfg", &[("a", "one"), ("b", "2")]);
+    let again = prepare(&p, tmp.path(), &changed).await.unwrap();
+    assert_eq!(again, prepared);
+    assert_eq!(read(&root("all").join("a")), "one");
+    assert_eq!(read(&root("some").join("dir/a.txt")), "one");
+}
+
+#[tokio::test]
+async fn errors_name_the_volume_and_what_is_missing() {
+    let cases = [
+        (json!([{"name": "v", "configMap": {"name": "gone"}}]), "volume \"v\": configmap \"gone\" not found"),
+        (json!([{"name": "v", "secret": {"secretName": "gone"}}]), "volume \"v\": secret \"gone\" not found"),
+        (
+            json!([{"name": "v", "configMap": {"name": "cfg", "items": [{"key": "zz", "path": "z"}]}}]),
+            "volume \"v\": configmap references non-existent key: zz",
+        ),
+        (
+            json!([{"name": "v", "persistentVolumeClaim": {"claimName": "data"}}]),
+            "volume \"v\": persistentVolumeClaim volumes are not supported",
+        ),
+        (json!([{"name": "v", "nfs": {"server": "s", "path": "/"}}]), "nfs volumes are not supported"),
+        (json!([{"name": "v", "emptyDir": {"medium": "HugePages"}}]), "emptyDir medium HugePages"),
+        (
+            json!([{"name": "v", "hostPath": {"path": "/nonexistent/skiff", "type": "Directory"}}]),
+            "volume \"v\": hostPath type check failed: /nonexistent/skiff is not a directory",
+        ),
+        (
+            json!([{"name": "v", "configMap": {"name": "cfg", "items": [{"key": "a", "path": "../escape"}]}}]),
+            "must not contain '..'",
+        ),
+        (
+            json!([{"name": "v", "downwardAPI": {"items": [{"path": "x", "fieldRef": {"fieldPath": "spec.bogus"}}]}}]),
+            "volume \"v\" item \"x\": unsupported fieldPath \"spec.bogus\"",
+        ),
+    ];
+    for (volumes, want) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = prepare(&pod(volumes.clone()), tmp.path(), &lookup()).await.unwrap_err().to_string();
+        assert!(err.contains(want), "{volumes}: got {err:?}, want {want:?}");
+    }
+}
+
+#[tokio::test]
+async fn one_bad_volume_does_not_stop_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p =
+        pod(json!([{"name": "bad", "configMap": {"name": "gone"}}, {"name": "good", "configMap": {"name": "cfg"}}]));
+    assert!(prepare(&p, tmp.path(), &lookup()).await.is_err());
+    assert_eq!(read(&tmp.path().join("volumes/kubernetes.io~configmap/good/a")), "1");
+}
+
+#[tokio::test]
+async fn empty_dir_and_host_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = tmp.path().join("host/data");
+    let p = pod(json!([
+        {"name": "scratch", "emptyDir": {}},
+        {"name": "hp", "hostPath": {"path": host, "type": "DirectoryOrCreate"}},
+    ]));
+    let pod_dir = tmp.path().join("pod");
+    let prepared = prepare(&p, &pod_dir, &lookup()).await.unwrap();
+    let scratch = &prepared.get("scratch").unwrap().host_path;
+    assert_eq!(scratch, &pod_dir.join("volumes/kubernetes.io~empty-dir/scratch"));
+    assert_eq!(mode(scratch), 0o777);
+    assert!(!prepared.get("scratch").unwrap().read_only);
+    std::fs::write(scratch.join("kept"), "x").unwrap();
+    assert_eq!(prepared.get("hp").unwrap().host_path, host);
+    assert!(host.is_dir());
+    // Idempotent: a second call keeps what the container wrote.
+    assert_eq!(prepare(&p, &pod_dir, &lookup()).await.unwrap(), prepared);
+    assert_eq!(read(&scratch.join("kept")), "x");
+    cleanup_volumes(&pod_dir).unwrap();
+    assert!(!pod_dir.join("volumes").exists());
+    assert!(host.is_dir(), "a hostPath outlives the pod");
+    cleanup_volumes(&pod_dir).unwrap();
+}
+
+#[tokio::test]
+async fn downward_api_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = pod(json!([{"name": "info", "downwardAPI": {"items": [
+        {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}},
+        {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+        {"path": "mem", "resourceFieldRef": {"containerName": "app", "resource": "limits.memory", "divisor": "1Mi"}},
+        {"path": "cpu", "resourceFieldRef": {"containerName": "app", "resource": "limits.cpu", "divisor": "1m"}},
+    ]}}]));
+    let env = EnvContext { node_allocatable: [("cpu".to_string(), Quantity("2".into()))].into(), ..env_ctx() };
+    let ctx = VolumeContext { env: &env, secrets_on_tmpfs: false };
+    let prepared = prepare_volumes(&p, tmp.path(), &ctx, &lookup()).await.unwrap();
+    let root = prepared.get("info").unwrap().host_path.clone();
+    assert_eq!(root, tmp.path().join("volumes/kubernetes.io~downward-api/info"));
+    assert_eq!(read(&root.join("name")), "web-1");
+    assert_eq!(read(&root.join("labels")), "app=\"web\"");
+    assert_eq!(read(&root.join("mem")), "64");
+    assert_eq!(read(&root.join("cpu")), "2000");
+
+    let no_container = pod(json!([{"name": "info", "downwardAPI": {"items": [
+        {"path": "mem", "resourceFieldRef": {"resource": "limits.memory"}}]}}]));
+    let err = prepare(&no_container, tmp.path(), &lookup()).await.unwrap_err().to_string();
+    assert!(err.contains("without containerName"), "{err}");
+}
+
+/// The volume upstream's ServiceAccount admission adds to every pod.
+fn kube_api_access() -> serde_json::Value {
+    json!([{"name": "kube-api-access-x7k2p", "projected": {"defaultMode": 0o644, "sources": [
+        {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+    ]}}])
+}
+
+#[tokio::test]
+async fn kube_api_access_projected_volume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = pod(kube_api_access());
+    let cache = TokenCache::new(lookup());
+    let env = env_ctx();
+    let ctx = VolumeContext { env: &env, secrets_on_tmpfs: false };
+    let prepared = prepare_volumes(&p, tmp.path(), &ctx, &cache).await.unwrap();
+    let root = prepared.get("kube-api-access-x7k2p").unwrap().host_path.clone();
+    assert_eq!(root, tmp.path().join("volumes/kubernetes.io~projected/kube-api-access-x7k2p"));
+    assert_eq!(read(&root.join("token")), "token-1-for-ns/bot-web-1");
+    assert_eq!(read(&root.join("ca.crt")), "-----BEGIN CERTIFICATE-----\n");
+    assert_eq!(read(&root.join("namespace")), "ns");
+    assert_eq!(mode(&root.join("token")), 0o644);
+
+    // What a container sees at /var/run/secrets/kubernetes.io/serviceaccount.
+    let c: Container = serde_json::from_value(json!({"name": "app", "volumeMounts": [{"name": "kube-api-access-x7k2p",
+        "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}]}))
+    .unwrap();
+    let mounts = container_mounts(&p, &c, &prepared, &[]).unwrap();
+    assert_eq!(mounts.len(), 1);
+    assert_eq!(mounts[0].container_path, "/var/run/secrets/kubernetes.io/serviceaccount");
+    assert_eq!(Path::new(&mounts[0].host_path), root);
+    assert!(mounts[0].readonly);
+
+    // Refreshing reuses the cached token: nothing is rewritten.
+    let data = std::fs::read_link(root.join("..data")).unwrap();
+    prepare_volumes(&p, tmp.path(), &ctx, &cache).await.unwrap();
+    assert_eq!(std::fs::read_link(root.join("..data")).unwrap(), data);
+    assert_eq!(cache.inner().tokens_issued.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // Without the root CA ConfigMap the volume cannot be made (it is not optional).
+    let bare = FakeLookup::new();
+    let err = prepare(&p, &tmp.path().join("other"), &bare).await.unwrap_err().to_string();
+    assert!(err.contains("configmap \"kube-root-ca.crt\" not found"), "{err}");
+}
+
+fn mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount { name: name.into(), mount_path: path.into(), ..Default::default() }
+}
+
+#[tokio::test]
+async fn container_mounts_and_sub_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let p = pod(json!([{"name": "scratch", "emptyDir": {}}, {"name": "cfg", "configMap": {"name": "cfg"}}]));
+    let prepared = prepare(&p, &tmp.path().join("pod"), &lookup()).await.unwrap();
+    let scratch = prepared.get("scratch").unwrap().host_path.clone();
+    std::os::unix::fs::symlink(&outside, scratch.join("escape")).unwrap();
+
+    let env = [
+        KeyValue { key: "POD_NAME".into(), value: "web-1".into() },
+        KeyValue { key: "EMPTY".into(), value: String::new() },
+    ];
+    let c =
+        |mounts: Vec<VolumeMount>| Container { name: "app".into(), volume_mounts: Some(mounts), ..Default::default() };
+    let ok = c(vec![
+        mount("scratch", "/data"),
+        VolumeMount {
+            read_only: Some(true),
+            mount_propagation: Some("HostToContainer".into()),
+            ..mount("scratch", "/ro")
+        },
+        VolumeMount { sub_path: Some("logs/app".into()), ..mount("scratch", "/logs") },
+        VolumeMount { sub_path: Some("a".into()), ..mount("cfg", "/etc/a") },
+        VolumeMount { sub_path_expr: Some("pods/$(POD_NAME)".into()), ..mount("scratch", "/mine") },
+    ]);
+    let m = container_mounts(&p, &ok, &prepared, &env).unwrap();
+    assert_eq!((m[0].container_path.as_str(), m[0].readonly), ("/data", false));
+    assert_eq!(Path::new(&m[0].host_path), scratch);
+    assert_eq!(m[0].propagation, MountPropagation::PropagationPrivate as i32);
+    assert!(m[1].readonly);
+    assert_eq!(m[1].propagation, MountPropagation::PropagationHostToContainer as i32);
+    assert!(scratch.join("logs/app").is_dir(), "a missing subPath is created");
+    assert_eq!(Path::new(&m[2].host_path), scratch.canonicalize().unwrap().join("logs/app"));
+    assert!(m[3].readonly, "configMap volumes are read-only");
+    assert_eq!(read(Path::new(&m[3].host_path)), "1");
+    assert_eq!(Path::new(&m[4].host_path), scratch.canonicalize().unwrap().join("pods/web-1"));
+
+    let bad = [
+        (VolumeMount { sub_path: Some("/abs".into()), ..mount("scratch", "/x") }, "must be a relative path"),
+        (VolumeMount { sub_path: Some("a/../..".into()), ..mount("scratch", "/x") }, "must not contain '..'"),
+        (VolumeMount { sub_path: Some("escape".into()), ..mount("scratch", "/x") }, "leads outside its volume"),
+        (
+            VolumeMount { sub_path_expr: Some("$(NOPE)/$(EMPTY)".into()), ..mount("scratch", "/x") },
+            "(subPathExpr) has no value for EMPTY, NOPE",
+        ),
+        (mount("nope", "/x"), "volumeMount \"nope\" names no volume of the pod"),
+    ];
+    for (vm, want) in bad {
+        let err = container_mounts(&p, &c(vec![vm.clone()]), &prepared, &env).unwrap_err().to_string();
+        assert!(err.contains(want) && err.contains("container \"app\""), "{vm:?}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn memory_empty_dir_and_secrets_on_tmpfs() {
+    if !privileged("memory_empty_dir_and_secrets_on_tmpfs") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let pod_dir = tmp.path().join("pod");
+    // Unmounts even when an assertion fails, so no tmpfs outlives the test.
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = cleanup_volumes(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(pod_dir.clone());
+    let p = pod(json!([
+        {"name": "mem", "emptyDir": {"medium": "Memory", "sizeLimit": "8Mi"}},
+        {"name": "sec", "secret": {"secretName": "creds"}},
+    ]));
+    let env = env_ctx();
+    let ctx = VolumeContext { env: &env, secrets_on_tmpfs: true };
+    let prepared = prepare_volumes(&p, &pod_dir, &ctx, &lookup()).await.unwrap();
+    let mem = prepared.get("mem").unwrap().host_path.clone();
+    let sec = prepared.get("sec").unwrap().host_path.clone();
+    assert!(host::is_mount_point(&mem).unwrap() && host::is_mount_point(&sec).unwrap());
+    let st = nix::sys::statvfs::statvfs(&mem).unwrap();
+    assert_eq!(st.blocks() as u64 * st.fragment_size() as u64, 8 << 20, "sizeLimit is the tmpfs size");
+    assert_eq!(mode(&mem), 0o777);
+    assert_eq!(read(&sec.join("user")), "admin");
+    // Idempotent: no second mount on top.
+    prepare_volumes(&p, &pod_dir, &ctx, &lookup()).await.unwrap();
+    assert_eq!(host::mounts_under(&pod_dir).unwrap().len(), 2);
+
+    cleanup_volumes(&pod_dir).unwrap();
+    assert!(host::mounts_under(&pod_dir).unwrap().is_empty());
+    assert!(!pod_dir.join("volumes").exists());
+}

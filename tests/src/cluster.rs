@@ -1,0 +1,383 @@
+//! A local Skiff cluster for end-to-end tests: skiff-control and every node in network
+//! namespaces of their own, joined by an underlay bridge, each node with its own
+//! containerd and skiff-node (kubelet, overlay and CNI configuration from the API).
+//!
+//! ```text
+//!   ns <tag>-ul: br0 ─┬─ ns <tag>-cp  eth0 192.168.77.2   skiff-control :6443
+//!                     ├─ ns <tag>-n1  eth0 192.168.77.11  containerd, skiff-node
+//!                     └─ ns <tag>-n2  eth0 192.168.77.12  …
+//! ```
+//! kubectl runs inside the control plane's namespace, so nothing is ever sent from the
+//! root namespace. Nodes authenticate with static tokens for `system:node:<name>` in
+//! group `system:nodes` (written to the API server's `tokens.csv` before it starts).
+//!
+//! Everything is torn down on drop, also after a failed test: agents first, then each
+//! containerd (which removes its sandboxes), then skiff-control, then the namespaces.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::PinDir;
+use crate::containerd::{ContainerdNode, ContainerdOptions};
+use crate::netns::{ChildGuard, Netns, wait_until};
+
+/// The control plane's address on the underlay.
+pub const CONTROL_PLANE_IP: &str = "192.168.77.2";
+/// kubectl 1.32, installed on every machine of this project.
+pub const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.32";
+
+/// Node `index` (1-based)'s underlay address.
+pub fn node_ip(index: usize) -> String {
+    format!("192.168.77.{}", 10 + index)
+}
+
+/// One node: its namespace, containerd and agent.
+#[derive(Debug)]
+pub struct ClusterNode {
+    bin_dir: PathBuf,
+    pub name: String,
+    pub ip: String,
+    agent: ChildGuard,
+    pub agent_log: PathBuf,
+    pub containerd: ContainerdNode,
+    pub root_dir: PathBuf,
+    pub pod_log_dir: PathBuf,
+    /// The static pod manifests the agent runs (`--pod-manifest-path`).
+    pub manifest_dir: PathBuf,
+    pub pins: PinDir,
+    kubeconfig: PathBuf,
+    pub ns: Netns,
+}
+
+/// A running cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    bin_dir: PathBuf,
+    pub nodes: Vec<ClusterNode>,
+    control: ChildGuard,
+    pub control_log: PathBuf,
+    pub dir: PathBuf,
+    pub cp_ns: Netns,
+    pub underlay: Netns,
+}
+
+/// Where the cluster's binaries come from.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// The directory holding skiff-control, skiff-node and skiff-cni (default: beside
+    /// the running test binary).
+    pub bin_dir: Option<PathBuf>,
+}
+
+impl Cluster {
+    /// Starts skiff-control and `nodes` nodes with the given image tarballs imported,
+    /// and waits until every node is Ready.
+    pub fn start(tag: &str, nodes: usize, images: &[PathBuf]) -> Result<Self> {
+        Self::start_with(tag, nodes, images, &ClusterOptions::default())
+    }
+
+    /// [`Self::start`] with options.
+    pub fn start_with(tag: &str, nodes: usize, images: &[PathBuf], opts: &ClusterOptions) -> Result<Self> {
+        let bin_dir = opts.bin_dir.clone().unwrap_or_else(crate::target_bin_dir);
+        let dir = std::env::temp_dir().join(format!("skiff-cluster-{tag}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("control")).context("creating the cluster directory")?;
+        let underlay = Netns::new(&format!("{tag}-ul"));
+        underlay.sh("ip link add br0 type bridge && ip link set br0 up");
+        let cp_ns = Netns::new(&format!("{tag}-cp"));
+        attach(&underlay, &cp_ns, "ulcp", CONTROL_PLANE_IP);
+
+        let names: Vec<String> = (1..=nodes).map(|i| format!("{tag}-n{i}")).collect();
+        let tokens: String =
+            names.iter().map(|n| format!("token-{n},system:node:{n},uid-{n},\"system:nodes\"\n")).collect();
+        std::fs::write(dir.join("control/tokens.csv"), tokens)?;
+        let control_log = dir.join("control.log");
+        let mut cluster = Self {
+            bin_dir: bin_dir.clone(),
+            nodes: Vec::new(),
+            control: ChildGuard(None),
+            control_log,
+            dir,
+            cp_ns,
+            underlay,
+        };
+        cluster.start_control()?;
+
+        for (i, name) in names.iter().enumerate() {
+            let index = i + 1;
+            let ns = Netns::new(name);
+            attach(&cluster.underlay, &ns, &format!("ul{index}"), &node_ip(index));
+            ns.sh("sysctl -qw net.ipv4.ip_forward=1");
+            let opts = ContainerdOptions { images: images.to_vec(), ..Default::default() };
+            let containerd = ContainerdNode::start(name, &ns.path(), &opts)
+                .with_context(|| format!("starting containerd for {name}"))?;
+            let node_dir = cluster.dir.join(name);
+            std::fs::create_dir_all(node_dir.join("manifests"))?;
+            let kubeconfig = node_dir.join("kubeconfig");
+            std::fs::write(&kubeconfig, cluster.kubeconfig_text(&format!("token-{name}")))?;
+            let mut node = ClusterNode {
+                bin_dir: bin_dir.clone(),
+                name: name.clone(),
+                ip: node_ip(index),
+                agent: ChildGuard(None),
+                agent_log: node_dir.join("agent.log"),
+                root_dir: node_dir.join("kubelet"),
+                pod_log_dir: node_dir.join("pods"),
+                manifest_dir: node_dir.join("manifests"),
+                pins: PinDir::new(name),
+                kubeconfig,
+                containerd,
+                ns,
+            };
+            node.start_agent()?;
+            cluster.nodes.push(node);
+        }
+        for node in &cluster.nodes {
+            let ready = || {
+                cluster.kubectl_out(&[
+                    "get",
+                    "node",
+                    &node.name,
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+                ]) == "True"
+            };
+            if !wait_until(Duration::from_secs(60), ready) {
+                bail!("node {} did not become Ready in 60 s; its log:\n{}", node.name, node.log_tail());
+            }
+        }
+        Ok(cluster)
+    }
+
+    fn start_control(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.control_log)?;
+        let child = self
+            .cp_ns
+            .command(binary(&self.bin_dir, "skiff-control")?.to_str().context("path")?)
+            .arg("--data-dir")
+            .arg(self.dir.join("control"))
+            .args(["--bind-address", "0.0.0.0", "--advertise-address", CONTROL_PLANE_IP])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting skiff-control")?;
+        self.control = ChildGuard::new(child);
+        let kubeconfig = self.dir.join("control/admin.kubeconfig");
+        let up = wait_until(Duration::from_secs(30), || {
+            kubeconfig.exists() && self.kubectl(&["get", "--raw", "/readyz"]).status.success()
+        });
+        ensure!(up, "skiff-control did not come up in 30 s:\n{}", tail(&self.control_log));
+        Ok(())
+    }
+
+    /// Kills skiff-control and starts it again on the same data.
+    pub fn restart_control(&mut self) -> Result<()> {
+        self.control.kill();
+        std::thread::sleep(Duration::from_secs(1));
+        self.start_control()
+    }
+
+    fn kubeconfig_text(&self, token: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters:\n- name: c\n  cluster:\n    server: https://{CONTROL_PLANE_IP}:6443\n    certificate-authority: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\nusers:\n- name: u\n  user:\n    token: {token}\n",
+            self.dir.join("control/pki/ca.crt").display()
+        )
+    }
+
+    /// Runs kubectl (as the cluster admin) inside the control plane's namespace.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_command(args).output().expect("cannot run kubectl 1.32")
+    }
+
+    /// A kubectl command (as the cluster admin) inside the control plane's namespace.
+    pub fn kubectl_command(&self, args: &[&str]) -> Command {
+        let mut cmd = self.cp_ns.command(KUBECTL);
+        cmd.args(args).env("KUBECONFIG", self.dir.join("control/admin.kubeconfig")).env("HOME", &self.dir);
+        cmd
+    }
+
+    /// kubectl's stdout ("" when it failed).
+    pub fn kubectl_out(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        if out.status.success() { String::from_utf8_lossy(&out.stdout).trim().to_owned() } else { String::new() }
+    }
+
+    /// kubectl that must succeed: its stdout, or an error with its stderr.
+    pub fn kubectl_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.kubectl(args);
+        ensure!(
+            out.status.success(),
+            "kubectl {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `kubectl apply -f -` of a manifest.
+    pub fn apply(&self, manifest: &str) -> Result<()> {
+        use std::io::Write;
+        let mut child = self
+            .kubectl_command(&["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child.stdin.take().context("stdin")?.write_all(manifest.as_bytes())?;
+        let out = child.wait_with_output()?;
+        ensure!(out.status.success(), "kubectl apply failed: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    }
+
+    /// The logs of skiff-control and every agent, for a failing test's message.
+    pub fn logs(&self) -> String {
+        let mut s = format!("--- skiff-control:\n{}\n", tail(&self.control_log));
+        for n in &self.nodes {
+            s += &format!(
+                "--- {} agent:\n{}\n--- {} containerd:\n{}\n",
+                n.name,
+                n.log_tail(),
+                n.name,
+                n.containerd.log_tail()
+            );
+        }
+        s
+    }
+}
+
+impl ClusterNode {
+    /// Starts (or starts again) this node's agent.
+    pub fn start_agent(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.agent_log)?;
+        let child = self
+            .ns
+            .command(binary(&self.bin_dir, "skiff-node")?.to_str().context("path")?)
+            .args(["run", "--node-name", &self.name, "--node-ip", &self.ip, "--nodes-from-api"])
+            .args(["--underlay-interface", "eth0"])
+            .arg("--pin-dir")
+            .arg(&self.pins.path)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--container-runtime-endpoint")
+            .arg(&self.containerd.socket)
+            .arg("--cni-conf-dir")
+            .arg(&self.containerd.cni_conf_dir)
+            .arg("--cni-bin-dir")
+            .arg(&self.containerd.cni_bin_dir)
+            .arg("--cni-data-dir")
+            .arg(&self.containerd.cni_data_dir)
+            .arg("--root-dir")
+            .arg(&self.root_dir)
+            .arg("--pod-log-dir")
+            .arg(&self.pod_log_dir)
+            .arg("--pod-manifest-path")
+            .arg(&self.manifest_dir)
+            .args(["--cgroup-root", &self.cgroup_root()])
+            .env("RUST_LOG", "info,skiff_node::kubelet=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting skiff-node")?;
+        self.agent = ChildGuard::new(child);
+        Ok(())
+    }
+
+    /// The cgroup the node's pods go under.
+    pub fn cgroup_root(&self) -> String {
+        format!("/skiff-test/{}", self.name)
+    }
+
+    /// Kills the agent (SIGKILL: nothing of its own cleanup runs).
+    pub fn kill_agent(&mut self) {
+        self.agent.kill();
+    }
+
+    /// The agent's process id (nsenter execs the agent, so it is the agent's).
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.id()
+    }
+
+    /// Whether the agent process still runs.
+    pub fn agent_running(&mut self) -> bool {
+        self.agent.0.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    pub fn log_tail(&self) -> String {
+        tail(&self.agent_log)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.agent.kill();
+        }
+        // Each node's containerd removes its sandboxes (CNI DEL) as it drops; the pods'
+        // cgroups, which runc leaves, go after it.
+        for node in std::mem::take(&mut self.nodes) {
+            let cgroup_root = node.cgroup_root();
+            drop(node);
+            remove_cgroup_tree(&cgroup_root);
+        }
+        self.control.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `dir/name`, which must have been built.
+fn binary(dir: &Path, name: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    ensure!(
+        path.is_file(),
+        "{} is missing: build it first (`cargo build --bins`; cargo xtask test does)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// Connects namespace `ns` to the underlay bridge with `eth0` at `ip`/24.
+fn attach(underlay: &Netns, ns: &Netns, port: &str, ip: &str) {
+    underlay.sh(&format!(
+        "ip link add {port} type veth peer name eth0 netns {} && ip link set {port} master br0 up",
+        ns.name
+    ));
+    ns.sh(&format!("ip addr add {ip}/24 dev eth0 && ip link set eth0 up"));
+}
+
+/// Removes the (empty) cgroup `path` and everything below it from every v1 hierarchy
+/// and the v2 tree under /sys/fs/cgroup.
+fn remove_cgroup_tree(path: &str) {
+    fn rmdir_below(dir: &Path) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
+                rmdir_below(&e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return };
+    for h in hierarchies.flatten() {
+        let tree = h.path().join(path.trim_start_matches('/'));
+        if tree.is_dir() {
+            rmdir_below(&tree);
+            // The shared parent goes with the last node that used it.
+            if let Some(parent) = tree.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
+    }
+}
+
+/// The last 150 lines of a log file.
+pub fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(150)..].join("\n")
+}

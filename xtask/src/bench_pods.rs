@@ -1,0 +1,224 @@
+//! `cargo xtask bench pods`: P6 and P8 of the node side, on a local cluster of two nodes
+//! (release builds; skiff-control and each node in network namespaces of their own, a
+//! containerd per node).
+//!
+//! - P6: a Deployment of `--replicas` (30) pods; each pod's create → Ready latency, as
+//!   seen on a watch of the API (the time the pod's ADDED event arrives to the time the
+//!   event with its Ready condition True arrives, in milliseconds; the API's own
+//!   timestamps have one-second resolution, so they are printed beside as a check).
+//!   p50 and p99 over the pods of a run; three runs (the Deployment deleted and every
+//!   pod gone between them), the median run printed with the spread.
+//! - P8: the resident memory (VmRSS) of the node agent holding the most pods, with
+//!   every pod Ready.
+
+use std::collections::HashMap;
+use std::io::BufReader;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use skiff_tests::cluster::{Cluster, ClusterOptions};
+use skiff_tests::image::{echo_image, pause_image};
+use skiff_tests::netns::wait_until;
+use skiff_tests::unique_tag;
+
+use crate::util::{progress, run_checked, target_dir, workspace_root};
+
+const RUNS: usize = 3;
+
+pub fn run(args: &[String]) -> Result<()> {
+    let mut replicas = 30usize;
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--replicas" => replicas = iter.next().context("--replicas N")?.parse()?,
+            other => bail!("unknown argument {other}; usage: cargo xtask bench pods [-- --replicas N]"),
+        }
+    }
+    if !crate::util::is_root() {
+        bail!("this needs root (network namespaces, containerd, BPF); run it as root");
+    }
+    crate::setup::ensure_packages()?;
+    crate::setup::ensure_bpffs()?;
+    let ebpf_dir = crate::build_ebpf::build_ebpf(true)?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build
+        .args(["build", "--release", "--bins", "-p", "skiff-control", "-p", "skiff-node", "-p", "skiff-cni"])
+        .current_dir(workspace_root())
+        .env(crate::test::EBPF_DIR_ENV, &ebpf_dir);
+    progress("build", "cargo build --release (skiff-control, skiff-node, skiff-cni)...");
+    run_checked(&mut build, "fix the build errors above")?;
+    progress("images", "building the pause and echo images...");
+    let images = vec![pause_image()?, echo_image()?];
+    progress("cluster", "starting skiff-control and two nodes...");
+    let opts = ClusterOptions { bin_dir: Some(target_dir().join("release")) };
+    let cluster = Cluster::start_with(&unique_tag("bpod"), 2, &images, &opts)?;
+
+    let mut p50s = Vec::new();
+    let mut p99s = Vec::new();
+    let mut api_p99s = Vec::new();
+    let mut rss = Vec::new();
+    for run in 1..=RUNS {
+        let r = one_run(&cluster, replicas).with_context(|| format!("run {run}: {}", cluster.logs()))?;
+        progress(
+            "bench",
+            &format!(
+                "run {run}: create→Ready p50 {:.3} s, p99 {:.3} s (API timestamps: p99 {} s); agent RSS {:.1} MB holding {} pods",
+                r.p50, r.p99, r.api_p99, r.rss_mb, r.most_pods
+            ),
+        );
+        p50s.push(r.p50);
+        p99s.push(r.p99);
+        api_p99s.push(r.api_p99);
+        rss.push(r.rss_mb);
+    }
+    println!("P6 pod-startup-p50: {}", summary(&p50s, "s", 3));
+    println!("P6 pod-startup-p99: {}", summary(&p99s, "s", 3));
+    println!("P6 pod-startup-p99-api-timestamps: {}", summary(&api_p99s, "s", 0));
+    println!("P8 agent-rss@{replicas}-pods: {}", summary(&rss, "MB", 1));
+    Ok(())
+}
+
+/// `median unit (min a, max b, n=N)`.
+fn summary(values: &[f64], unit: &str, decimals: usize) -> String {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    format!("{:.d$} {unit} (min {:.d$}, max {:.d$}, n={})", v[v.len() / 2], v[0], v[v.len() - 1], v.len(), d = decimals)
+}
+
+struct RunResult {
+    p50: f64,
+    p99: f64,
+    api_p99: f64,
+    rss_mb: f64,
+    most_pods: usize,
+}
+
+fn deployment(replicas: usize) -> String {
+    format!(
+        r#"{{"apiVersion":"apps/v1","kind":"Deployment","metadata":{{"name":"bench"}},"spec":{{"replicas":{replicas},"selector":{{"matchLabels":{{"app":"bench"}}}},"template":{{"metadata":{{"labels":{{"app":"bench"}}}},"spec":{{"terminationGracePeriodSeconds":1,"containers":[{{"name":"echo","image":"localhost/skiff/echo:1","command":["/skiff-echo","serve","--name","bench","--tcp","8080"]}}]}}}}}}}}"#
+    )
+}
+
+/// When the watch saw each pod appear and turn Ready.
+#[derive(Default)]
+struct Seen {
+    added: HashMap<String, Instant>,
+    ready: HashMap<String, Instant>,
+}
+
+fn one_run(cluster: &Cluster, replicas: usize) -> Result<RunResult> {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut watch = cluster
+        .kubectl_command(&["get", "pods", "-l", "app=bench", "--watch", "--output-watch-events", "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting kubectl get --watch")?;
+    let stdout = watch.stdout.take().context("watch stdout")?;
+    let recorder = seen.clone();
+    let reader = std::thread::spawn(move || {
+        let events = serde_json::Deserializer::from_reader(BufReader::new(stdout)).into_iter::<serde_json::Value>();
+        for event in events.map_while(Result::ok) {
+            let at = Instant::now();
+            let pod = &event["object"];
+            let Some(name) = pod["metadata"]["name"].as_str() else { continue };
+            let mut s = recorder.lock().unwrap();
+            s.added.entry(name.to_owned()).or_insert(at);
+            let ready = pod["status"]["conditions"]
+                .as_array()
+                .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+            if ready {
+                s.ready.entry(name.to_owned()).or_insert(at);
+            }
+        }
+    });
+    // The watch is established before the Deployment exists.
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.apply(&deployment(replicas))?;
+    let all_ready = wait_until(Duration::from_secs(180), || seen.lock().unwrap().ready.len() >= replicas);
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let _ = reader.join();
+    ensure!(all_ready, "only {} of {replicas} pods became Ready in 180 s", seen.lock().unwrap().ready.len());
+
+    let s = seen.lock().unwrap();
+    let mut latencies: Vec<f64> =
+        s.ready.iter().filter_map(|(name, r)| Some(r.duration_since(*s.added.get(name)?).as_secs_f64())).collect();
+    latencies.sort_by(f64::total_cmp);
+    let api_latencies = api_latencies(cluster)?;
+    let (rss_mb, most_pods) = agent_rss(cluster)?;
+
+    cluster.kubectl_ok(&["delete", "deployment", "bench", "--wait=true"])?;
+    let gone = wait_until(Duration::from_secs(120), || {
+        cluster.kubectl_out(&["get", "pods", "-l", "app=bench", "-o", "name"]).is_empty()
+    });
+    ensure!(gone, "the bench pods were not gone 120 s after the Deployment was deleted");
+    Ok(RunResult {
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+        api_p99: percentile(&api_latencies, 0.99),
+        rss_mb,
+        most_pods,
+    })
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+/// Ready's lastTransitionTime − creationTimestamp of every bench pod (whole seconds).
+fn api_latencies(cluster: &Cluster) -> Result<Vec<f64>> {
+    let pods: serde_json::Value =
+        serde_json::from_str(&cluster.kubectl_ok(&["get", "pods", "-l", "app=bench", "-o", "json"])?)?;
+    let time = |v: &serde_json::Value| v.as_str().and_then(|s| s.parse::<jiff::Timestamp>().ok());
+    let mut out: Vec<f64> = pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let created = time(&p["metadata"]["creationTimestamp"])?;
+            let ready = p["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")?;
+            Some((time(&ready["lastTransitionTime"])? - created).get_seconds() as f64)
+        })
+        .collect();
+    out.sort_by(f64::total_cmp);
+    Ok(out)
+}
+
+/// The VmRSS of the agent of the node with the most bench pods, and that count.
+fn agent_rss(cluster: &Cluster) -> Result<(f64, usize)> {
+    let mut best = (0.0, 0);
+    for node in &cluster.nodes {
+        let pods = cluster
+            .kubectl_out(&[
+                "get",
+                "pods",
+                "-l",
+                "app=bench",
+                "--field-selector",
+                &format!("spec.nodeName={}", node.name),
+                "-o",
+                "name",
+            ])
+            .lines()
+            .count();
+        let pid = node.agent_pid().context("the agent is not running")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .context("no VmRSS")?;
+        if pods >= best.1 {
+            best = (kib / 1024.0, pods);
+        }
+    }
+    Ok(best)
+}
