@@ -153,9 +153,8 @@ impl Formatter {
     }
 }
 
-/// The offset where the last `n` lines of the file start.
-pub fn tail_offset(file: &mut std::fs::File, n: u64) -> std::io::Result<u64> {
-    let len = file.metadata()?.len();
+/// The offset where the last `n` lines of the first `len` bytes of the file start.
+pub fn tail_offset(file: &mut std::fs::File, n: u64, len: u64) -> std::io::Result<u64> {
     if n == 0 {
         return Ok(len);
     }
@@ -223,7 +222,7 @@ pub async fn serve_logs(
     } else {
         loc.log_path.clone()
     };
-    let start = match open_at(&path, opts.tail_lines).await {
+    let (start, available) = match open_at(&path, opts.tail_lines).await {
         Ok(s) => s,
         Err(e) => {
             return text(
@@ -241,7 +240,10 @@ pub async fn serve_logs(
         container: container.to_string(),
         container_id: loc.container_id,
     });
-    tokio::spawn(pump(start, Formatter::new(opts), follow, tx));
+    // Without follow, lines written after the request are not part of the answer (so
+    // that `tailLines` means what it says on a busy log).
+    let limit = follow.is_none().then_some(available);
+    tokio::spawn(pump(start, limit, Formatter::new(opts), follow, tx));
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/plain")
@@ -249,22 +251,24 @@ pub async fn serve_logs(
         .unwrap()
 }
 
-/// Opens the log and seeks to where the output starts.
-async fn open_at(path: &Path, tail: Option<u64>) -> std::io::Result<tokio::fs::File> {
+/// Opens the log and seeks to where the output starts; also says how many bytes there
+/// are from there to the end as it is now (what a request without follow reads).
+async fn open_at(path: &Path, tail: Option<u64>) -> std::io::Result<(tokio::fs::File, u64)> {
     let path: PathBuf = path.to_path_buf();
-    let (file, offset) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+    let (file, offset, len) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
         let mut f = std::fs::File::open(&path)?;
+        let len = f.metadata()?.len();
         let offset = match tail {
-            Some(n) => tail_offset(&mut f, n)?,
+            Some(n) => tail_offset(&mut f, n, len)?,
             None => 0,
         };
-        Ok((f, offset))
+        Ok((f, offset, len))
     })
     .await
     .map_err(std::io::Error::other)??;
     let mut file = tokio::fs::File::from_std(file);
     file.seek(SeekFrom::Start(offset)).await?;
-    Ok(file)
+    Ok((file, len - offset))
 }
 
 /// What a follow needs to notice that its container stopped or was replaced.
@@ -287,15 +291,27 @@ impl Follow {
 }
 
 /// Reads the file from where it is, sending formatted output, and follows it if asked.
-async fn pump(mut file: tokio::fs::File, mut fmt: Formatter, follow: Option<Follow>, tx: mpsc::Sender<Bytes>) {
+async fn pump(
+    mut file: tokio::fs::File,
+    mut limit: Option<u64>,
+    mut fmt: Formatter,
+    follow: Option<Follow>,
+    tx: mpsc::Sender<Bytes>,
+) {
     let mut pending: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 32 * 1024];
     let mut polls = 0u32;
     // After the container stopped, one more read takes what it wrote last.
     let mut last_read = false;
     loop {
-        let n = match file.read(&mut chunk).await {
-            Ok(n) => n,
+        let max = limit.map_or(chunk.len(), |l| l.min(chunk.len() as u64) as usize);
+        let n = match file.read(&mut chunk[..max]).await {
+            Ok(n) => {
+                if let Some(l) = &mut limit {
+                    *l -= n as u64;
+                }
+                n
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "reading a container log failed");
                 return;
@@ -382,7 +398,7 @@ mod tests {
         let path = dir.path().join("0.log");
         std::fs::write(&path, LOG).unwrap();
         let mut f = std::fs::File::open(&path).unwrap();
-        let at = |f: &mut std::fs::File, n| tail_offset(f, n).unwrap() as usize;
+        let at = |f: &mut std::fs::File, n| tail_offset(f, n, LOG.len() as u64).unwrap() as usize;
         assert_eq!(&LOG[at(&mut f, 1)..], "2016-10-06T00:17:12.000000000Z stdout F last one\n");
         assert_eq!(at(&mut f, 5), 0);
         assert_eq!(at(&mut f, 50), 0);
