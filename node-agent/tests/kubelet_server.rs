@@ -23,10 +23,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use skiff_node::server::{
-    APISERVER_CLIENT_CN, BoxError, BoxFuture, ContainerLocation, ContainerLocator, ExecRequest, LocateError, Server,
-    Settings, StreamingRuntime,
-};
+use skiff_node::server::{APISERVER_CLIENT_CN, ContainerLocation, ContainerLocator, LocateError, Server, Settings};
 use skiff_tests::containerd::{ContainerdNode, ContainerdOptions};
 use skiff_tests::cri::{ContainerSpec, ContainerState, CriClient, SandboxSpec};
 use skiff_tests::netns::{ChildGuard, Netns, wait_until};
@@ -72,29 +69,6 @@ impl ContainerLocator for Placed {
             pod: pod.into(),
             container: name,
             available,
-        })
-    }
-}
-
-/// CRI `Exec` through the test's blocking CRI client, off the runtime's threads.
-struct Cri(Arc<Mutex<CriClient>>);
-
-impl StreamingRuntime for Cri {
-    fn exec(&self, req: ExecRequest) -> BoxFuture<'_, Result<String, BoxError>> {
-        let cri = self.0.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let req = skiff_tests::cri::ExecRequest {
-                    container_id: req.container_id,
-                    cmd: req.cmd,
-                    tty: req.tty,
-                    stdin: req.stdin,
-                    stdout: req.stdout,
-                    stderr: req.stderr,
-                };
-                cri.lock().unwrap().exec_url(req).map_err(|e| BoxError::from(format!("{e:#}")))
-            })
-            .await?
         })
     }
 }
@@ -209,7 +183,12 @@ fn kubectl_logs_exec_and_port_forward_reach_containers_through_the_kubelet_serve
     };
     let server = rt.block_on(Server::bind(settings)).expect("binding the kubelet server");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    rt.spawn(server.run(placed.clone(), Arc::new(Cri(cri.clone())), async move {
+    // Exec goes through the agent's own CRI client.
+    let runtime = {
+        let _in_runtime = rt.enter();
+        Arc::new(skiff_node::cri::CriClient::new(&node.socket))
+    };
+    rt.spawn(server.run(placed.clone(), runtime, async move {
         let _ = stopped.await;
     }));
 

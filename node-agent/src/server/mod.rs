@@ -17,7 +17,8 @@
 //!
 //! This module must not know how pods are run: the kubelet tells it where a container
 //! and its logs are (`ContainerLocator`) and how to start an exec session in the
-//! runtime (`StreamingRuntime`).
+//! runtime (`StreamingRuntime`, implemented for the agent's `cri::CriClient` in
+//! `runtime`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -41,6 +42,7 @@ use tokio_rustls::TlsAcceptor;
 pub mod exec;
 pub mod logs;
 pub mod portforward;
+mod runtime;
 pub mod spdy;
 pub mod tls;
 
