@@ -355,6 +355,45 @@ fn kubectl_logs_exec_and_port_forward_reach_containers_through_the_kubelet_serve
     let metrics = k.ok(&["get", "--raw", &format!("/api/v1/nodes/{NODE}/proxy/metrics")]);
     assert!(metrics.contains("skiff_kubelet_server_exec_sessions_total 4"), "{metrics}");
 
+    // --- RBAC: a user who may read pods but nothing more gets no logs and no exec ---
+    let grant = |name: &str, resource: &str| {
+        let rbac = "rbac.authorization.k8s.io/v1";
+        let role = serde_json::json!({"apiVersion": rbac, "kind": "Role", "metadata": {"name": name, "namespace": "default"},
+            "rules": [{"apiGroups": [""], "resources": [resource], "verbs": ["get", "list"]}]});
+        k.apply(dir.path(), name, &role);
+        let binding = serde_json::json!({"apiVersion": rbac, "kind": "RoleBinding",
+            "metadata": {"name": name, "namespace": "default"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": "default"}]});
+        k.apply(dir.path(), &format!("{name}-binding"), &binding);
+    };
+    grant("pod-reader", "pods");
+    let token = k.ok(&["create", "token", "default"]);
+    let reader_config = dir.path().join("reader.kubeconfig");
+    std::fs::write(
+        &reader_config,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: r\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:{API_PORT}\n    certificate-authority: {}\ncontexts:\n- name: r\n  context: {{cluster: c, user: r}}\nusers:\n- name: r\n  user:\n    token: {}\n",
+            data.join("pki/ca.crt").display(),
+            token.trim()
+        ),
+    )
+    .unwrap();
+    let reader = Kubectl { kubeconfig: reader_config, home: dir.path().to_path_buf() };
+    reader.ok(&["get", "pod", "web"]);
+    for (args, sub) in
+        [(&["logs", "web", "-c", "app"][..], "pods/log"), (&["exec", "web", "-c", "app", "--", "/x"], "pods/exec")]
+    {
+        let out = reader.output(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("forbidden") && stderr.contains(sub), "{args:?}: {stderr}");
+    }
+    grant("log-reader", "pods/log");
+    assert!(
+        wait_until(Duration::from_secs(10), || reader.output(&["logs", "web", "-c", "app"]).stdout == b"serving\n"),
+        "granted get on pods/log, the reader still gets no logs"
+    );
+
     // --- the kubelet server itself ---
     let curl = |path: &str| {
         let out = Command::new("curl")
