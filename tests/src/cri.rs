@@ -1,5 +1,5 @@
-//! A minimal, synchronous CRI v1 client for tests: pod sandboxes, containers, exec URLs
-//! and images over a containerd unix socket.
+//! A minimal, synchronous CRI v1 client for tests: pod sandboxes, containers and images
+//! over a containerd unix socket.
 //!
 //! It wraps the generated tonic clients of the `k8s-cri` crate in a private
 //! current-thread tokio runtime, so tests call plain functions. Every call has a timeout,
@@ -20,7 +20,7 @@ use k8s_cri::v1::{
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
-pub use k8s_cri::v1::{ContainerState, ExecRequest, PodSandbox, PodSandboxState, PodSandboxStatus};
+pub use k8s_cri::v1::{ContainerState, PodSandbox, PodSandboxState, PodSandboxStatus};
 
 /// How long one CRI call may take (RunPodSandbox includes the CNI ADD).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -222,13 +222,6 @@ impl CriClient {
         let resp = self.call(&format!("ContainerStatus {id}"), async move { c.container_status(req).await })?;
         let status = resp.status.context("ContainerStatus without status")?;
         Ok((status.state, status.exit_code))
-    }
-
-    /// `Exec`: the URL of the runtime's streaming server for this session.
-    pub fn exec_url(&mut self, req: cri::ExecRequest) -> Result<String> {
-        let mut c = self.runtime.clone();
-        let what = format!("Exec in {}", req.container_id);
-        Ok(self.call(&what, async move { c.exec(req).await })?.url)
     }
 
     /// `PodSandboxStatus` (verbose, so that [`Self::pod_netns_path`] can read the spec).
