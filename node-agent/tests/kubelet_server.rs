@@ -173,14 +173,12 @@ fn kubectl_logs_exec_and_port_forward_reach_containers_through_the_kubelet_serve
     // The kubelet server, trusting the cluster CA for its clients.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let placed = Arc::new(Placed::default());
+    let ca = std::fs::read_to_string(data.join("pki/ca.crt")).unwrap();
     let settings = Settings {
         addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), KUBELET_PORT),
-        node_name: NODE.into(),
-        node_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
-        serving: None,
-        client_ca_pem: std::fs::read_to_string(data.join("pki/ca.crt")).unwrap(),
-        allowed_users: vec![APISERVER_CLIENT_CN.into()],
+        ..Settings::new(NODE, vec![IpAddr::V4(Ipv4Addr::LOCALHOST)], ca)
     };
+    assert_eq!(settings.allowed_users, [APISERVER_CLIENT_CN]);
     let server = rt.block_on(Server::bind(settings)).expect("binding the kubelet server");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     // Exec goes through the agent's own CRI client.

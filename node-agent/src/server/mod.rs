@@ -82,6 +82,21 @@ pub struct Settings {
     pub allowed_users: Vec<String>,
 }
 
+impl Settings {
+    /// The usual settings: `0.0.0.0:10250`, a self-signed serving certificate, and only
+    /// the API server's kubelet-client certificate (issued by `client_ca_pem`) let in.
+    pub fn new(node_name: &str, node_ips: Vec<IpAddr>, client_ca_pem: String) -> Self {
+        Self {
+            addr: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), crate::node::object::KUBELET_PORT),
+            node_name: node_name.to_string(),
+            node_ips,
+            serving: None,
+            client_ca_pem,
+            allowed_users: vec![APISERVER_CLIENT_CN.to_string()],
+        }
+    }
+}
+
 /// Where a container of a pod on this node is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerLocation {
