@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use skiff_node::server::{APISERVER_CLIENT_CN, ContainerLocation, ContainerLocator, LocateError, Server, Settings};
 use skiff_tests::containerd::{ContainerdNode, ContainerdOptions};
-use skiff_tests::cri::{ContainerSpec, ContainerState, CriClient, SandboxSpec};
+use skiff_tests::cri::{ContainerSpec, CriClient, SandboxSpec};
 use skiff_tests::netns::{ChildGuard, Netns, wait_until};
 use skiff_tests::{image, ok, require_privileges, unique_tag, workspace_bin};
 
@@ -33,6 +33,8 @@ const NODE: &str = "kl-node";
 const API_PORT: u16 = 6443;
 const KUBELET_PORT: u16 = 10250;
 const FORWARD_PORT: u16 = 18080;
+/// What the serving instance of `app` logs when it starts.
+const SERVING: &str = "serving as web";
 const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.32";
 
 /// The test's locator: the containers it placed, by (namespace, pod, container).
@@ -125,12 +127,10 @@ fn start_container(cri: &Mutex<CriClient>, sandbox_id: &str, sandbox: &SandboxSp
 
 fn echo(name: &str, attempt: u32, args: &[&str]) -> ContainerSpec {
     ContainerSpec {
-        name: name.into(),
-        image: image::ECHO_IMAGE.into(),
         command: std::iter::once("/skiff-echo").chain(args.iter().copied()).map(String::from).collect(),
-        args: Vec::new(),
         attempt,
         log_path: format!("{name}/{attempt}.log"),
+        ..ContainerSpec::new(name, image::ECHO_IMAGE)
     }
 }
 
@@ -214,14 +214,7 @@ fn kubectl_logs_exec_and_port_forward_reach_containers_through_the_kubelet_serve
     };
     let sb = ok("RunPodSandbox", cri.lock().unwrap().run_pod_sandbox(&sandbox));
     let first = start_container(&cri, &sb, &sandbox, &echo("app", 0, &["bogus"]));
-    assert!(
-        wait_until(Duration::from_secs(10), || cri
-            .lock()
-            .unwrap()
-            .container_state(&first)
-            .is_ok_and(|(s, _)| s == ContainerState::ContainerExited as i32)),
-        "app's first instance did not exit"
-    );
+    ok("app's first instance exiting", cri.lock().unwrap().wait_container_exited(&first, Duration::from_secs(10)));
     let app = start_container(&cri, &sb, &sandbox, &echo("app", 1, &["serve", "--name", "web", "--tcp", "8080"]));
     let ticker_args = ["udp", "127.0.0.1:9", "--count", "3000", "--interval-ms", "100", "--timeout-ms", "20"];
     let ticker = start_container(&cri, &sb, &sandbox, &echo("ticker", 0, &ticker_args));
@@ -238,15 +231,15 @@ fn kubectl_logs_exec_and_port_forward_reach_containers_through_the_kubelet_serve
 
     // --- logs ---
     assert!(
-        wait_until(Duration::from_secs(10), || k.ok(&["logs", "web", "-c", "app"]) == "serving\n"),
-        "kubectl logs web -c app never showed `serving`: {:?}",
+        wait_until(Duration::from_secs(10), || k.ok(&["logs", "web", "-c", "app"]).contains(SERVING)),
+        "kubectl logs web -c app never showed {SERVING:?}: {:?}",
         k.output(&["logs", "web", "-c", "app"])
     );
     let previous = k.ok(&["logs", "web", "-c", "app", "--previous"]);
     assert!(previous.contains("unknown command bogus"), "--previous: {previous:?}");
     let stamped = k.ok(&["logs", "web", "-c", "app", "--timestamps"]);
     let (time, text) = stamped.trim_end().split_once(' ').unwrap_or_default();
-    assert!(time.parse::<jiff::Timestamp>().is_ok() && text == "serving", "--timestamps: {stamped:?}");
+    assert!(time.parse::<jiff::Timestamp>().is_ok() && text.contains(SERVING), "--timestamps: {stamped:?}");
     std::thread::sleep(Duration::from_secs(3));
     let all = k.ok(&["logs", "web", "-c", "ticker"]);
     assert!(all.lines().count() >= 20 && all.lines().all(|l| l.starts_with("ok ") || l.starts_with("err ")), "{all}");
@@ -281,7 +274,7 @@ fn kubectl_logs_exec_and_port_forward_reach_containers_through_the_kubelet_serve
         assert!(line.starts_with("ok ") || line.starts_with("err "), "logs -f: {line:?}");
     }
     assert!(started.elapsed() > Duration::from_millis(300), "logs -f gave 5 lines at once: it does not follow");
-    ok("stopping the ticker", cri.lock().unwrap().stop_container(&ticker, 2));
+    ok("stopping the ticker", cri.lock().unwrap().stop_container(&ticker, Duration::from_secs(2)));
     placed.set_running("web", "ticker", false);
     let child = follow.0.as_mut().unwrap();
     assert!(
@@ -290,6 +283,12 @@ fn kubectl_logs_exec_and_port_forward_reach_containers_through_the_kubelet_serve
     );
 
     // --- exec ---
+    let out = k.output(&["exec", "web", "-c", "app", "--", "/skiff-echo", "--version"]);
+    assert!(out.status.success() && out.stdout.starts_with(b"skiff-echo "), "exec --version: {out:?}");
+    let out = k.output(&["exec", "web", "-c", "app", "--", "/skiff-echo", "exit", "3", "three"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "exec exit 3: {out:?}");
+    assert!(out.stdout == b"three\n" && stderr.contains("command terminated with exit code 3"), "{out:?}");
     let out = k.output(&["exec", "web", "-c", "app", "--", "/skiff-echo", "tcp", "127.0.0.1:8080"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && stdout.contains("ok web"), "exec: {out:?}");
@@ -351,7 +350,8 @@ fn kubectl_logs_exec_and_port_forward_reach_containers_through_the_kubelet_serve
     // --- nodes/proxy reaches the kubelet's own endpoints ---
     assert_eq!(k.ok(&["get", "--raw", &format!("/api/v1/nodes/{NODE}/proxy/healthz")]).trim(), "ok");
     let metrics = k.ok(&["get", "--raw", &format!("/api/v1/nodes/{NODE}/proxy/metrics")]);
-    assert!(metrics.contains("skiff_kubelet_server_exec_sessions_total 4"), "{metrics}");
+    let execs = metrics.lines().find_map(|l| l.strip_prefix("skiff_kubelet_server_exec_sessions_total "));
+    assert_eq!(execs, Some("6"), "six exec sessions so far: {metrics}");
 
     // --- RBAC: a user who may read pods but nothing more gets no logs and no exec ---
     let grant = |name: &str, resource: &str| {
@@ -388,7 +388,10 @@ fn kubectl_logs_exec_and_port_forward_reach_containers_through_the_kubelet_serve
     }
     grant("log-reader", "pods/log");
     assert!(
-        wait_until(Duration::from_secs(10), || reader.output(&["logs", "web", "-c", "app"]).stdout == b"serving\n"),
+        wait_until(Duration::from_secs(10), || String::from_utf8_lossy(
+            &reader.output(&["logs", "web", "-c", "app"]).stdout
+        )
+        .contains(SERVING)),
         "granted get on pods/log, the reader still gets no logs"
     );
 

@@ -1,9 +1,11 @@
-//! skiff-node's node role against a real skiff-control on 127.0.0.1: the agent
-//! registers its Node with a node's credentials (a static token for
-//! `system:node:<name>` in group `system:nodes`, so RBAC's `system:node` role applies),
-//! kubectl 1.32 sees it Ready with its labels, capacity, addresses and nodeInfo, the
-//! Lease in `kube-node-lease` is renewed, and it keeps being renewed after the API
-//! server restarts.
+//! skiff-node's node role against a real skiff-control on 127.0.0.1: started with only
+//! skiff-control's `bootstrap.kubeconfig` (a bootstrap token), the agent asks for a
+//! client certificate (a CertificateSigningRequest skiff-control approves and signs),
+//! writes its own kubeconfig, and registers its Node as `system:node:<name>` in group
+//! `system:nodes`; kubectl 1.32 sees it Ready with its labels, capacity, addresses and
+//! nodeInfo, the Lease in `kube-node-lease` is renewed, and it keeps being renewed after
+//! the API server restarts. With those credentials the node may not touch another
+//! node's Node object or read a Secret no pod of it uses (403).
 //!
 //! Needs root and bpffs (the agent loads its datapath, attached to nothing here); skips
 //! without them, fails under CI=true. Both processes are killed by guards, even when
@@ -16,8 +18,6 @@ use std::time::Duration;
 
 use skiff_tests::netns::{ChildGuard, wait_until};
 use skiff_tests::{PinDir, require_privileges, unique_tag, workspace_bin};
-
-const NODE_TOKEN: &str = "node-token-for-the-registration-test";
 
 /// skiff-control on 127.0.0.1 with a data dir of the test's.
 struct ControlPlane {
@@ -59,29 +59,20 @@ impl ControlPlane {
     }
 
     fn kubectl(&self, args: &[&str]) -> String {
+        String::from_utf8_lossy(&self.kubectl_as(&self.data.join("admin.kubeconfig"), args).stdout).into_owned()
+    }
+
+    fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> std::process::Output {
         let pinned = Path::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.32");
         let kubectl = std::env::var_os("SKIFF_KUBECTL")
             .map(PathBuf::from)
             .unwrap_or_else(|| if pinned.exists() { pinned.into() } else { "kubectl".into() });
-        let out = Command::new(kubectl)
-            .env("KUBECONFIG", self.data.join("admin.kubeconfig"))
+        Command::new(kubectl)
+            .env("KUBECONFIG", kubeconfig)
             .env("HOME", self.data.parent().unwrap())
             .args(args)
             .output()
-            .expect("cannot run kubectl (kubectl 1.32 is installed on every machine of this project)");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// A kubeconfig with the node's token.
-    fn node_kubeconfig(&self, dir: &Path) -> PathBuf {
-        let path = dir.join("node.kubeconfig");
-        let text = format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: n\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority: {}\ncontexts:\n- name: n\n  context: {{cluster: c, user: node}}\nusers:\n- name: node\n  user:\n    token: {NODE_TOKEN}\n",
-            self.port,
-            self.data.join("pki/ca.crt").display()
-        );
-        std::fs::write(&path, text).unwrap();
-        path
+            .expect("cannot run kubectl (kubectl 1.32 is installed on every machine of this project)")
     }
 }
 
@@ -98,11 +89,14 @@ fn node_registers_reports_ready_and_renews_its_lease_across_an_api_restart() {
     let data = tmp.path().join("control");
     std::fs::create_dir_all(&data).unwrap();
     let node = unique_tag("reg");
-    // The API server reads its static tokens at start.
-    std::fs::write(data.join("tokens.csv"), format!("{NODE_TOKEN},system:node:{node},node-uid,\"system:nodes\"\n"))
-        .unwrap();
     let mut cp = ControlPlane::start(&data, free_port());
-    let kubeconfig = cp.node_kubeconfig(tmp.path());
+    assert!(
+        data.join("bootstrap.kubeconfig").is_file(),
+        "skiff-control wrote no bootstrap.kubeconfig: is {} an older build? (cargo build -p skiff-control)",
+        workspace_bin("skiff-control").display()
+    );
+    // The agent starts with the bootstrap token only and writes its own kubeconfig.
+    let kubeconfig = tmp.path().join("node/kubeconfig");
 
     let pins = PinDir::new(&node);
     let agent_log = tmp.path().join("agent.log");
@@ -110,6 +104,8 @@ fn node_registers_reports_ready_and_renews_its_lease_across_an_api_restart() {
         .args(["run", "--node-name", &node, "--pin-dir", pins.path.to_str().unwrap()])
         .arg("--kubeconfig")
         .arg(&kubeconfig)
+        .arg("--bootstrap-kubeconfig")
+        .arg(data.join("bootstrap.kubeconfig"))
         .args(["--node-ip", "192.168.77.11", "--max-pods", "42"])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -142,6 +138,31 @@ fn node_registers_reports_ready_and_renews_its_lease_across_an_api_restart() {
     }
     let table = cp.kubectl(&["get", "nodes"]);
     assert!(table.lines().any(|l| l.starts_with(&node) && l.contains(" Ready ")), "kubectl get nodes:\n{table}");
+
+    // The node's own credentials: a certificate from an auto-approved request, in a
+    // kubeconfig only root may read.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&kubeconfig).unwrap().permissions().mode() & 0o777, 0o600);
+    let csrs = cp.kubectl(&["get", "csr"]);
+    let row = csrs.lines().find(|l| l.starts_with("node-csr-")).unwrap_or_else(|| panic!("kubectl get csr:\n{csrs}"));
+    assert!(row.contains("system:bootstrap:") && row.ends_with("Approved,Issued"), "kubectl get csr:\n{csrs}");
+    let who = cp.kubectl_as(&kubeconfig, &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"]);
+    assert_eq!(String::from_utf8_lossy(&who.stdout), format!("system:node:{node}"), "{who:?}");
+    // What it may not do: another node's Node object, a Secret no pod of it uses.
+    cp.kubectl(&["create", "secret", "generic", "not-for-nodes", "--from-literal=a=b"]);
+    let other = "apiVersion: v1\nkind: Node\nmetadata:\n  name: someone-else\n";
+    let other_file = tmp.path().join("other-node.yaml");
+    std::fs::write(&other_file, other).unwrap();
+    cp.kubectl(&["create", "-f", other_file.to_str().unwrap()]);
+    for args in [
+        &["label", "node", "someone-else", "taken=yes"][..],
+        &["delete", "node", "someone-else"],
+        &["get", "secret", "not-for-nodes"],
+    ] {
+        let out = cp.kubectl_as(&kubeconfig, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("Forbidden"), "kubectl {args:?} as the node: {out:?}");
+    }
 
     // The heartbeat: the Lease's renewTime moves (every 10 s).
     assert!(wait_until(Duration::from_secs(10), || !cp.lease_renewed_at(&node).is_empty()), "no Lease:\n{}", log());

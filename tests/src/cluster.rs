@@ -8,8 +8,9 @@
 //!                     └─ ns <tag>-n2  eth0 192.168.77.12  …
 //! ```
 //! kubectl runs inside the control plane's namespace, so nothing is ever sent from the
-//! root namespace. Nodes authenticate with static tokens for `system:node:<name>` in
-//! group `system:nodes` (written to the API server's `tokens.csv` before it starts).
+//! root namespace. Nodes get their credentials the upstream way: each agent starts with
+//! skiff-control's bootstrap kubeconfig, sends a CSR, and works as `system:node:<name>`
+//! with the certificate skiff-control approves and signs.
 //!
 //! Everything is torn down on drop, also after a failed test: agents first, then each
 //! containerd (which removes its sandboxes), then skiff-control, then the namespaces.
@@ -49,6 +50,9 @@ pub struct ClusterNode {
     pub manifest_dir: PathBuf,
     pub pins: PinDir,
     kubeconfig: PathBuf,
+    /// skiff-control's bootstrap kubeconfig (a bootstrap token): the agent asks for its
+    /// certificate with it.
+    bootstrap_kubeconfig: PathBuf,
     pub ns: Netns,
 }
 
@@ -91,9 +95,6 @@ impl Cluster {
         attach(&underlay, &cp_ns, "ulcp", CONTROL_PLANE_IP);
 
         let names: Vec<String> = (1..=nodes).map(|i| format!("{tag}-n{i}")).collect();
-        let tokens: String =
-            names.iter().map(|n| format!("token-{n},system:node:{n},uid-{n},\"system:nodes\"\n")).collect();
-        std::fs::write(dir.join("control/tokens.csv"), tokens)?;
         let control_log = dir.join("control.log");
         let mut cluster = Self {
             bin_dir: bin_dir.clone(),
@@ -116,8 +117,8 @@ impl Cluster {
                 .with_context(|| format!("starting containerd for {name}"))?;
             let node_dir = cluster.dir.join(name);
             std::fs::create_dir_all(node_dir.join("manifests"))?;
+            // Written by the agent itself from the certificate skiff-control signs for it.
             let kubeconfig = node_dir.join("kubeconfig");
-            std::fs::write(&kubeconfig, cluster.kubeconfig_text(&format!("token-{name}")))?;
             let mut node = ClusterNode {
                 bin_dir: bin_dir.clone(),
                 name: name.clone(),
@@ -129,6 +130,7 @@ impl Cluster {
                 manifest_dir: node_dir.join("manifests"),
                 pins: PinDir::new(name),
                 kubeconfig,
+                bootstrap_kubeconfig: cluster.dir.join("control/bootstrap.kubeconfig"),
                 containerd,
                 ns,
             };
@@ -180,13 +182,6 @@ impl Cluster {
         self.control.kill();
         std::thread::sleep(Duration::from_secs(1));
         self.start_control()
-    }
-
-    fn kubeconfig_text(&self, token: &str) -> String {
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters:\n- name: c\n  cluster:\n    server: https://{CONTROL_PLANE_IP}:6443\n    certificate-authority: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\nusers:\n- name: u\n  user:\n    token: {token}\n",
-            self.dir.join("control/pki/ca.crt").display()
-        )
     }
 
     /// Runs kubectl (as the cluster admin) inside the control plane's namespace.
@@ -264,6 +259,8 @@ impl ClusterNode {
             .arg(&self.pins.path)
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
+            .arg("--bootstrap-kubeconfig")
+            .arg(&self.bootstrap_kubeconfig)
             .arg("--container-runtime-endpoint")
             .arg(&self.containerd.socket)
             .arg("--cni-conf-dir")

@@ -20,7 +20,9 @@ use k8s_cri::v1::{
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
-pub use k8s_cri::v1::{ContainerState, PodSandbox, PodSandboxState, PodSandboxStatus};
+pub use k8s_cri::v1::{
+    ContainerState, ContainerStatus, ExecSyncResponse, PodSandbox, PodSandboxState, PodSandboxStatus,
+};
 
 /// How long one CRI call may take (RunPodSandbox includes the CNI ADD).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -39,18 +41,6 @@ pub struct SandboxSpec {
     pub log_directory: String,
     /// Share the node's network namespace (no CNI call).
     pub host_network: bool,
-}
-
-/// What a test asks for in CreateContainer.
-#[derive(Clone, Debug, Default)]
-pub struct ContainerSpec {
-    pub name: String,
-    pub image: String,
-    pub command: Vec<String>,
-    pub args: Vec<String>,
-    pub attempt: u32,
-    /// Relative to the sandbox's log directory (`NAME/ATTEMPT.log` as the kubelet does).
-    pub log_path: String,
 }
 
 impl SandboxSpec {
@@ -142,86 +132,13 @@ impl CriClient {
     /// `RunPodSandbox`: creates and starts a sandbox (containerd runs the CNI ADD);
     /// returns its id.
     pub fn run_pod_sandbox(&mut self, spec: &SandboxSpec) -> Result<String> {
-        let config = Self::sandbox_config(spec);
+        let config = sandbox_config(spec);
         let mut c = self.runtime.clone();
         let what = format!("RunPodSandbox {}/{}", spec.namespace, spec.name);
         let resp = self.call(&what, async move {
             c.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() }).await
         })?;
         Ok(resp.pod_sandbox_id)
-    }
-
-    fn sandbox_config(spec: &SandboxSpec) -> cri::PodSandboxConfig {
-        let network = if spec.host_network { cri::NamespaceMode::Node } else { cri::NamespaceMode::Pod };
-        cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata {
-                name: spec.name.clone(),
-                uid: spec.uid.clone(),
-                namespace: spec.namespace.clone(),
-                attempt: spec.attempt,
-            }),
-            // With the node's network the node's UTS namespace is shared too: no hostname.
-            hostname: if spec.host_network { String::new() } else { spec.name.clone() },
-            log_directory: spec.log_directory.clone(),
-            labels: spec.labels.clone(),
-            linux: Some(cri::LinuxPodSandboxConfig {
-                cgroup_parent: spec.cgroup_parent.clone(),
-                security_context: Some(cri::LinuxSandboxSecurityContext {
-                    namespace_options: Some(cri::NamespaceOption { network: network as i32, ..Default::default() }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    /// `CreateContainer` in the sandbox `sandbox_id` (made from `sandbox`); returns its id.
-    pub fn create_container(
-        &mut self,
-        sandbox_id: &str,
-        sandbox: &SandboxSpec,
-        spec: &ContainerSpec,
-    ) -> Result<String> {
-        let req = cri::CreateContainerRequest {
-            pod_sandbox_id: sandbox_id.into(),
-            config: Some(cri::ContainerConfig {
-                metadata: Some(cri::ContainerMetadata { name: spec.name.clone(), attempt: spec.attempt }),
-                image: Some(cri::ImageSpec { image: spec.image.clone(), ..Default::default() }),
-                command: spec.command.clone(),
-                args: spec.args.clone(),
-                log_path: spec.log_path.clone(),
-                linux: Some(cri::LinuxContainerConfig::default()),
-                ..Default::default()
-            }),
-            sandbox_config: Some(Self::sandbox_config(sandbox)),
-        };
-        let mut c = self.runtime.clone();
-        let what = format!("CreateContainer {} in {sandbox_id}", spec.name);
-        Ok(self.call(&what, async move { c.create_container(req).await })?.container_id)
-    }
-
-    /// `StartContainer`.
-    pub fn start_container(&mut self, id: &str) -> Result<()> {
-        let mut c = self.runtime.clone();
-        let req = cri::StartContainerRequest { container_id: id.into() };
-        self.call(&format!("StartContainer {id}"), async move { c.start_container(req).await }).map(drop)
-    }
-
-    /// `StopContainer` with a grace period in seconds.
-    pub fn stop_container(&mut self, id: &str, timeout_s: i64) -> Result<()> {
-        let mut c = self.runtime.clone();
-        let req = cri::StopContainerRequest { container_id: id.into(), timeout: timeout_s };
-        self.call(&format!("StopContainer {id}"), async move { c.stop_container(req).await }).map(drop)
-    }
-
-    /// `ContainerStatus`: its state (`ContainerState` as i32) and exit code.
-    pub fn container_state(&mut self, id: &str) -> Result<(i32, i32)> {
-        let mut c = self.runtime.clone();
-        let req = cri::ContainerStatusRequest { container_id: id.into(), verbose: false };
-        let resp = self.call(&format!("ContainerStatus {id}"), async move { c.container_status(req).await })?;
-        let status = resp.status.context("ContainerStatus without status")?;
-        Ok((status.state, status.exit_code))
     }
 
     /// `PodSandboxStatus` (verbose, so that [`Self::pod_netns_path`] can read the spec).
@@ -308,5 +225,164 @@ impl CriClient {
         let resp =
             self.call("ListImages", async move { c.list_images(cri::ListImagesRequest { filter: None }).await })?;
         Ok(resp.images.into_iter().flat_map(|i| i.repo_tags).collect())
+    }
+
+    /// `CreateContainer` in the sandbox `sandbox_id` (made from `sandbox`); returns the
+    /// container's id. The container gets a PID namespace of its own, as the kubelet's
+    /// containers do, so its process is PID 1 there.
+    pub fn create_container(
+        &mut self,
+        sandbox_id: &str,
+        sandbox: &SandboxSpec,
+        spec: &ContainerSpec,
+    ) -> Result<String> {
+        let config = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata { name: spec.name.clone(), attempt: spec.attempt }),
+            image: Some(cri::ImageSpec { image: spec.image.clone(), ..Default::default() }),
+            command: spec.command.clone(),
+            args: spec.args.clone(),
+            envs: spec
+                .env
+                .iter()
+                .map(|(key, value)| cri::KeyValue { key: key.clone(), value: value.clone() })
+                .collect(),
+            mounts: spec
+                .mounts
+                .iter()
+                .map(|(host, container)| cri::Mount {
+                    host_path: host.clone(),
+                    container_path: container.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            log_path: spec.log_path.clone(),
+            linux: Some(cri::LinuxContainerConfig {
+                security_context: Some(cri::LinuxContainerSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        pid: cri::NamespaceMode::Container as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox_id.into(),
+            config: Some(config),
+            sandbox_config: Some(sandbox_config(sandbox)),
+        };
+        let mut c = self.runtime.clone();
+        let what = format!("CreateContainer {} in {sandbox_id}", spec.name);
+        Ok(self.call(&what, async move { c.create_container(req).await })?.container_id)
+    }
+
+    /// `StartContainer`.
+    pub fn start_container(&mut self, id: &str) -> Result<()> {
+        let mut c = self.runtime.clone();
+        let req = cri::StartContainerRequest { container_id: id.into() };
+        self.call(&format!("StartContainer {id}"), async move { c.start_container(req).await }).map(drop)
+    }
+
+    /// `ContainerStatus` (state, exit code, reason, log path).
+    pub fn container_status(&mut self, id: &str) -> Result<ContainerStatus> {
+        let mut c = self.runtime.clone();
+        let req = cri::ContainerStatusRequest { container_id: id.into(), verbose: false };
+        let resp = self.call(&format!("ContainerStatus {id}"), async move { c.container_status(req).await })?;
+        resp.status.with_context(|| format!("ContainerStatus {id} without status"))
+    }
+
+    /// Polls `ContainerStatus` until the container has exited, for at most `timeout`;
+    /// returns its last status.
+    pub fn wait_container_exited(&mut self, id: &str, timeout: Duration) -> Result<ContainerStatus> {
+        let start = std::time::Instant::now();
+        loop {
+            let status = self.container_status(id)?;
+            if status.state == ContainerState::ContainerExited as i32 {
+                return Ok(status);
+            }
+            if start.elapsed() > timeout {
+                return Err(anyhow!("container {id} still in state {} after {timeout:?}", status.state));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `StopContainer`: SIGTERM, then SIGKILL after `grace` (whole seconds, at least 1).
+    pub fn stop_container(&mut self, id: &str, grace: Duration) -> Result<()> {
+        let mut c = self.runtime.clone();
+        let req = cri::StopContainerRequest { container_id: id.into(), timeout: grace.as_secs().max(1) as i64 };
+        self.call(&format!("StopContainer {id}"), async move { c.stop_container(req).await }).map(drop)
+    }
+
+    /// `RemoveContainer`.
+    pub fn remove_container(&mut self, id: &str) -> Result<()> {
+        let mut c = self.runtime.clone();
+        let req = cri::RemoveContainerRequest { container_id: id.into() };
+        self.call(&format!("RemoveContainer {id}"), async move { c.remove_container(req).await }).map(drop)
+    }
+
+    /// `ExecSync`: runs `cmd` in the container and returns its exit code and output.
+    pub fn exec_sync(&mut self, id: &str, cmd: &[&str], timeout: Duration) -> Result<cri::ExecSyncResponse> {
+        let mut c = self.runtime.clone();
+        let req = cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
+            timeout: timeout.as_secs().max(1) as i64,
+        };
+        self.call(&format!("ExecSync {cmd:?} in {id}"), async move { c.exec_sync(req).await })
+    }
+}
+
+/// What a test asks for in CreateContainer.
+#[derive(Clone, Debug, Default)]
+pub struct ContainerSpec {
+    pub name: String,
+    /// An image the runtime has (imported, e.g. `skiff_tests::image::ECHO_IMAGE`).
+    pub image: String,
+    /// Replaces the image's entrypoint when not empty.
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// `(host path, container path)` bind mounts, read-write.
+    pub mounts: Vec<(String, String)>,
+    /// The container's log, relative to the sandbox's `log_directory`; empty for none.
+    pub log_path: String,
+    /// The restart count (a name and attempt pair is unique in a sandbox).
+    pub attempt: u32,
+}
+
+impl ContainerSpec {
+    pub fn new(name: &str, image: &str) -> Self {
+        Self { name: name.into(), image: image.into(), ..Self::default() }
+    }
+}
+
+/// The PodSandboxConfig of `spec`, for RunPodSandbox and again for CreateContainer.
+fn sandbox_config(spec: &SandboxSpec) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: spec.name.clone(),
+            uid: spec.uid.clone(),
+            namespace: spec.namespace.clone(),
+            attempt: spec.attempt,
+        }),
+        // With the node's network the node's UTS namespace is shared too: no hostname.
+        hostname: if spec.host_network { String::new() } else { spec.name.clone() },
+        log_directory: spec.log_directory.clone(),
+        labels: spec.labels.clone(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: spec.cgroup_parent.clone(),
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: if spec.host_network { cri::NamespaceMode::Node } else { cri::NamespaceMode::Pod } as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }

@@ -4,20 +4,26 @@
 //! image-layout tarball (`oci-layout`, `index.json` whose entry carries the
 //! `io.containerd.image.name` annotation, and `blobs/sha256/` with the config, the
 //! manifest and the gzip layer) that `ctr -n k8s.io images import` accepts; the CRI then
-//! lists and runs the image under that name.
+//! lists and runs the image under that name. [`read_image_tarball`] checks such a
+//! tarball (every digest and size against its blob).
 //!
-//! The binaries must be static: an image has no libc. [`build_static_binaries`] builds
-//! this package's binaries with `+crt-static` (glibc's static `libc.a`, from
-//! `libc6-dev`) into `target/static`, without the `cri` feature so that the build
-//! compiles only the few crates the binaries use. [`pause_image`] and [`echo_image`]
-//! build the two images Skiff uses, once per process, cached under `target/static`.
+//! Skiff's images are the [`ImageSpec`]s in [`ALL`]: [`PAUSE`], [`ECHO`] and [`NODE`].
+//! Their binaries must be static, since an image has no libc: [`build_static`] builds
+//! them with `+crt-static` (glibc's static `libc.a`, from `libc6-dev`) into
+//! `target/static`; [`ensure_image`] writes a tarball to `target/images/` unless the one
+//! there was made from the same binaries. `cargo xtask images` drives both, with
+//! progress and an optional import; tests call [`pause_image`] and [`echo_image`], which
+//! build those two once per process.
 //!
 //! Everything is deterministic (mtime 0, uid 0, sorted entries), so the same binaries
 //! give the same digests. Errors are `anyhow` with context: this module serves tests and
-//! tools, and every failure ends in a panic message a person reads.
+//! tools, and every failure ends in a message a person reads. It never talks to
+//! containerd: importing is the caller's (`ctr images import`).
 
 use std::{
-    io::Write,
+    collections::{BTreeMap, HashMap},
+    io::{Read, Write},
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     process::Command,
     sync::Mutex,
@@ -32,46 +38,134 @@ use sha2::{Digest, Sha256};
 pub const PAUSE_IMAGE: &str = "localhost/skiff/pause:1";
 /// The demo/test app (`skiff-echo`) as an image; its entrypoint is `/skiff-echo`.
 pub const ECHO_IMAGE: &str = "localhost/skiff/echo:1";
+/// The node agent as an image: `/skiff-node` (the entrypoint) and `/skiff-cni`.
+pub const NODE_IMAGE: &str = concat!("localhost/skiff/node:", env!("CARGO_PKG_VERSION"));
+
+/// One of Skiff's images: its name, its tarball's file name, and which binaries of which
+/// packages it holds where.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageSpec {
+    /// The image reference containerd lists (`localhost/skiff/...:TAG`).
+    pub name: &'static str,
+    /// The tarball's file name in [`images_dir`].
+    pub file: &'static str,
+    /// The workspace packages that own the binaries (one static build for all of them).
+    pub packages: &'static [&'static str],
+    /// `(binary, absolute path in the image)` pairs.
+    pub files: &'static [(&'static str, &'static str)],
+    pub entrypoint: &'static [&'static str],
+}
+
+/// The pause image ([`PAUSE_IMAGE`]): `/pause`, which sleeps until SIGTERM.
+pub const PAUSE: ImageSpec = ImageSpec {
+    name: PAUSE_IMAGE,
+    file: "pause.tar",
+    packages: &["skiff-tests"],
+    files: &[("skiff-pause", "/pause")],
+    entrypoint: &["/pause"],
+};
+
+/// The demo app ([`ECHO_IMAGE`]): `/skiff-echo`, which serves when given no arguments.
+pub const ECHO: ImageSpec = ImageSpec {
+    name: ECHO_IMAGE,
+    file: "echo.tar",
+    packages: &["skiff-tests"],
+    files: &[("skiff-echo", "/skiff-echo")],
+    entrypoint: &["/skiff-echo"],
+};
+
+/// The node agent ([`NODE_IMAGE`]). Its build needs the BPF objects skiff-node embeds
+/// (`SKIFF_EBPF_DIR`, see node-agent/build.rs).
+pub const NODE: ImageSpec = ImageSpec {
+    name: NODE_IMAGE,
+    file: "node.tar",
+    packages: &["skiff-node", "skiff-cni"],
+    files: &[("skiff-node", "/skiff-node"), ("skiff-cni", "/skiff-cni")],
+    entrypoint: &["/skiff-node"],
+};
+
+/// Every image `cargo xtask images` builds, in build order.
+pub const ALL: &[ImageSpec] = &[PAUSE, ECHO, NODE];
+
+impl ImageSpec {
+    /// The binaries this image holds, in [`Self::files`] order.
+    pub fn bins(&self) -> Vec<&'static str> {
+        self.files.iter().map(|(bin, _)| *bin).collect()
+    }
+
+    /// Where [`ensure_image`] writes this image's tarball.
+    pub fn tarball(&self) -> PathBuf {
+        images_dir().join(self.file)
+    }
+}
 
 const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const MEDIA_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// The target triple of static builds: naming it makes cargo apply `RUSTFLAGS` to the
+/// binaries only, not to build scripts and proc macros (which must stay dynamic).
+const TRIPLE: &str = "x86_64-unknown-linux-gnu";
 
 /// The workspace root (parent of this package's directory).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
-/// Where static builds and cached image tarballs go (`target/static`, or
-/// `$CARGO_TARGET_DIR/static`).
+/// The workspace's target directory: `$CARGO_TARGET_DIR` (relative to the workspace
+/// root if relative, as cargo reads it there), else `target`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
+}
+
+/// Where static builds go (`target/static`).
 pub fn static_dir() -> PathBuf {
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
-    target.join("static")
+    target_dir().join("static")
+}
+
+/// Where image tarballs go (`target/images`), one `FILE.tar` per [`ImageSpec`].
+pub fn images_dir() -> PathBuf {
+    target_dir().join("images")
 }
 
 /// Builds this package's binaries `bins` statically linked, release, and returns their
-/// paths in the same order. Cargo's own lock on `target/static` serialises concurrent
-/// callers; a second call with nothing changed costs about a second.
+/// paths in the same order (see [`build_static`]).
 pub fn build_static_binaries(bins: &[&str]) -> Result<Vec<PathBuf>> {
-    const TRIPLE: &str = "x86_64-unknown-linux-gnu";
+    build_static(&["skiff-tests"], bins, &[])
+}
+
+/// Builds the binaries `bins` of the workspace packages `packages` statically linked,
+/// release, into [`static_dir`], with `env` added to cargo's environment, and returns
+/// their paths in the order of `bins`. `--no-default-features` leaves out skiff-tests'
+/// `cri` feature, so that its binaries compile only the few crates they use (the other
+/// packages have no features). Cargo's own lock on `target/static` serialises
+/// concurrent callers; a second call with nothing changed costs about a second.
+pub fn build_static(packages: &[&str], bins: &[&str], env: &[(&str, &Path)]) -> Result<Vec<PathBuf>> {
     let target_dir = static_dir();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(workspace_root())
-        .args(["build", "--release", "-p", "skiff-tests", "--no-default-features", "--target", TRIPLE])
+        .args(["build", "--release", "--no-default-features", "--target", TRIPLE])
         .arg("--target-dir")
         .arg(&target_dir)
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_BUILD_RUSTFLAGS")
         .env("RUSTFLAGS", "-C target-feature=+crt-static");
+    for package in packages {
+        cmd.args(["-p", package]);
+    }
     for bin in bins {
         cmd.args(["--bin", bin]);
+    }
+    for (key, value) in env {
+        cmd.env(key, value);
     }
     let out = cmd.output().with_context(|| format!("running {}", Path::new(&cargo).display()))?;
     if !out.status.success() {
         bail!(
-            "static build of {bins:?} failed ({}); is libc6-dev installed (glibc's static libc.a)?\n{}",
+            "static build of {bins:?} ({packages:?}) failed ({}); is libc6-dev installed (glibc's static libc.a)?\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
@@ -250,30 +344,150 @@ fn sha256_hex(data: &[u8]) -> String {
     Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Builds (once per process) the static binaries and the pause and echo image tarballs
-/// under `target/static/images`, and returns their paths.
-fn images() -> Result<(PathBuf, PathBuf)> {
-    static CACHE: Mutex<Option<(PathBuf, PathBuf)>> = Mutex::new(None);
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(paths) = cache.as_ref() {
-        return Ok(paths.clone());
+/// Bump when the tarball layout changes, so that [`ensure_image`] rewrites old ones.
+const LAYOUT_VERSION: u32 = 1;
+
+/// Writes `spec`'s tarball from `binaries` (in [`ImageSpec::files`] order) unless the
+/// one in [`images_dir`] was written from the same files (same paths, sizes and mtimes,
+/// recorded beside it in `FILE.inputs`). Returns the tarball's path and whether it was
+/// written now.
+pub fn ensure_image(spec: &ImageSpec, binaries: &[PathBuf]) -> Result<(PathBuf, bool)> {
+    ensure!(
+        binaries.len() == spec.files.len(),
+        "{}: {} binaries for {} files",
+        spec.name,
+        binaries.len(),
+        spec.files.len()
+    );
+    let out = spec.tarball();
+    let stamp = out.with_extension("inputs");
+    let mut key = format!("layout {LAYOUT_VERSION}\nname {}\nentrypoint {:?}\n", spec.name, spec.entrypoint);
+    for (src, (_, dest)) in binaries.iter().zip(spec.files) {
+        let meta = std::fs::metadata(src).with_context(|| format!("reading {}", src.display()))?;
+        key.push_str(&format!("{dest} {} {} {}.{}\n", src.display(), meta.len(), meta.mtime(), meta.mtime_nsec()));
     }
-    let bins = build_static_binaries(&["skiff-pause", "skiff-echo"])?;
-    let dir = static_dir().join("images");
-    let pause = build_image(PAUSE_IMAGE, &[(&bins[0], "/pause")], &["/pause"], &dir.join("pause.tar"))?;
-    let echo = build_image(ECHO_IMAGE, &[(&bins[1], "/skiff-echo")], &["/skiff-echo"], &dir.join("echo.tar"))?;
-    *cache = Some((pause.clone(), echo.clone()));
-    Ok((pause, echo))
+    if out.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|k| k == key) {
+        return Ok((out, false));
+    }
+    let files: Vec<(&Path, &str)> =
+        binaries.iter().zip(spec.files).map(|(src, (_, dest))| (src.as_path(), *dest)).collect();
+    build_image(spec.name, &files, spec.entrypoint, &out)?;
+    std::fs::write(&stamp, key).with_context(|| format!("writing {}", stamp.display()))?;
+    Ok((out, true))
+}
+
+/// What [`read_image_tarball`] found in a valid image tarball.
+#[derive(Clone, Debug)]
+pub struct ImageLayout {
+    /// The `io.containerd.image.name` annotation.
+    pub name: String,
+    /// `sha256:...` of the manifest.
+    pub manifest_digest: String,
+    /// The image config's `config` object (Entrypoint, Env, WorkingDir).
+    pub config: serde_json::Value,
+    /// The layer's entries, in order (directories end in `/`), with their modes.
+    pub layer: Vec<(String, u32)>,
+}
+
+/// Reads an image-layout tarball and checks it the way an importer would: `oci-layout`
+/// present, one manifest in `index.json`, every digest and size equal to its blob's, the
+/// config's `diff_id` equal to the uncompressed layer's digest.
+pub fn read_image_tarball(path: &Path) -> Result<ImageLayout> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut files = HashMap::new();
+    for entry in tar::Archive::new(file).entries().with_context(|| format!("reading {}", path.display()))? {
+        let mut entry = entry?;
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data)?;
+        files.insert(entry.path()?.to_string_lossy().into_owned(), data);
+    }
+    let json = |name: &str| -> Result<serde_json::Value> {
+        let data = files.get(name).with_context(|| format!("{} has no {name}", path.display()))?;
+        serde_json::from_slice(data).with_context(|| format!("{name} in {} is not JSON", path.display()))
+    };
+    ensure!(json("oci-layout")?["imageLayoutVersion"] == "1.0.0", "{}: bad oci-layout", path.display());
+    // A descriptor's blob, checked against the descriptor's digest and size.
+    let blob = |desc: &serde_json::Value| -> Result<&Vec<u8>> {
+        let digest = desc["digest"].as_str().context("descriptor without a digest")?;
+        let hex = digest.strip_prefix("sha256:").with_context(|| format!("digest {digest} is not sha256"))?;
+        let data = files.get(&format!("blobs/sha256/{hex}")).with_context(|| format!("no blob for {digest}"))?;
+        ensure!(sha256_hex(data) == hex, "blob {digest} has digest sha256:{}", sha256_hex(data));
+        ensure!(
+            desc["size"] == data.len(),
+            "blob {digest} has {} bytes, its descriptor says {}",
+            data.len(),
+            desc["size"]
+        );
+        Ok(data)
+    };
+    let index = json("index.json")?;
+    let entries = index["manifests"].as_array().context("index.json without manifests")?;
+    ensure!(entries.len() == 1, "{}: {} manifests in index.json, expected 1", path.display(), entries.len());
+    let name = entries[0]["annotations"]["io.containerd.image.name"].as_str().context("no image name")?.to_owned();
+    let manifest: serde_json::Value = serde_json::from_slice(blob(&entries[0])?)?;
+    ensure!(manifest["mediaType"] == MEDIA_MANIFEST, "manifest media type is {}", manifest["mediaType"]);
+    let config: serde_json::Value = serde_json::from_slice(blob(&manifest["config"])?)?;
+    let layers = manifest["layers"].as_array().context("manifest without layers")?;
+    ensure!(layers.len() == 1, "{} layers, expected 1", layers.len());
+    let mut layer_tar = Vec::new();
+    flate2::read::GzDecoder::new(&blob(&layers[0])?[..]).read_to_end(&mut layer_tar).context("gunzipping the layer")?;
+    let diff_id = format!("sha256:{}", sha256_hex(&layer_tar));
+    ensure!(config["rootfs"]["diff_ids"][0] == diff_id.as_str(), "config diff_id is not the layer's {diff_id}");
+    let mut layer = Vec::new();
+    for entry in tar::Archive::new(&layer_tar[..]).entries()? {
+        let entry = entry?;
+        layer.push((entry.path()?.to_string_lossy().into_owned(), entry.header().mode()?));
+    }
+    Ok(ImageLayout {
+        name,
+        manifest_digest: entries[0]["digest"].as_str().unwrap_or_default().to_owned(),
+        config: config["config"].clone(),
+        layer,
+    })
+}
+
+/// The tarballs and static binaries of the pause and echo images, once per process.
+#[derive(Clone, Debug)]
+struct TestImages {
+    pause: PathBuf,
+    echo: PathBuf,
+    /// Static binaries by name (`skiff-pause`, `skiff-echo`).
+    bins: BTreeMap<&'static str, PathBuf>,
+}
+
+/// Builds (once per process) the static binaries and the pause and echo image tarballs.
+fn test_images() -> Result<TestImages> {
+    static CACHE: Mutex<Option<TestImages>> = Mutex::new(None);
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(images) = cache.as_ref() {
+        return Ok(images.clone());
+    }
+    let names: Vec<&'static str> = PAUSE.bins().into_iter().chain(ECHO.bins()).collect();
+    let paths = build_static(PAUSE.packages, &names, &[])?;
+    let bins: BTreeMap<&'static str, PathBuf> = names.into_iter().zip(paths).collect();
+    let of = |spec: &ImageSpec| -> Result<PathBuf> {
+        let binaries: Vec<PathBuf> = spec.bins().iter().map(|b| bins[b].clone()).collect();
+        Ok(ensure_image(spec, &binaries)?.0)
+    };
+    let images = TestImages { pause: of(&PAUSE)?, echo: of(&ECHO)?, bins: bins.clone() };
+    *cache = Some(images.clone());
+    Ok(images)
 }
 
 /// The pause image tarball ([`PAUSE_IMAGE`], entrypoint `/pause`), built if needed.
 pub fn pause_image() -> Result<PathBuf> {
-    Ok(images()?.0)
+    Ok(test_images()?.pause)
 }
 
 /// The echo app image tarball ([`ECHO_IMAGE`], entrypoint `/skiff-echo`), built if needed.
 pub fn echo_image() -> Result<PathBuf> {
-    Ok(images()?.1)
+    Ok(test_images()?.echo)
+}
+
+/// The static `skiff-echo` binary the echo image holds, for use as a client inside a
+/// node's network namespace (`skiff-echo get POD_IP:8080 /readyz`).
+pub fn echo_binary() -> Result<PathBuf> {
+    Ok(test_images()?.bins["skiff-echo"].clone())
 }
 
 #[cfg(test)]
@@ -289,31 +503,73 @@ mod tests {
         let out =
             build_image("localhost/skiff/t:7", &[(&bin, "/usr/bin/hello")], &["/usr/bin/hello"], &dir.join("t.tar"))
                 .unwrap();
-        let mut files = std::collections::HashMap::new();
-        for e in tar::Archive::new(std::fs::File::open(&out).unwrap()).entries().unwrap() {
-            let mut e = e.unwrap();
-            let mut data = Vec::new();
-            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
-            files.insert(e.path().unwrap().to_string_lossy().into_owned(), data);
-        }
+        let layout = read_image_tarball(&out);
+        let again = build_image("localhost/skiff/t:7", &[(&bin, "/usr/bin/hello")], &["/usr/bin/hello"], &out)
+            .and_then(|p| read_image_tarball(&p));
         let _ = std::fs::remove_dir_all(&dir);
-        let index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
-        assert_eq!(index["manifests"][0]["annotations"]["io.containerd.image.name"], "localhost/skiff/t:7");
-        let blob = |d: &serde_json::Value| {
-            &files[&format!("blobs/sha256/{}", d.as_str().unwrap().strip_prefix("sha256:").unwrap())]
+        let layout = layout.unwrap();
+        assert_eq!(layout.name, "localhost/skiff/t:7");
+        assert_eq!(layout.config["Entrypoint"], json!(["/usr/bin/hello"]));
+        let paths: Vec<&str> = layout.layer.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["usr/", "usr/bin/", "usr/bin/hello"]);
+        assert_eq!(layout.layer[2].1, 0o755);
+        assert_eq!(again.unwrap().manifest_digest, layout.manifest_digest, "the same files gave another digest");
+    }
+
+    #[test]
+    fn read_image_tarball_rejects_a_blob_that_does_not_match_its_digest() {
+        let dir = std::env::temp_dir().join(crate::unique_tag("skiff-image-bad"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bin = dir.join("x");
+        std::fs::write(&bin, b"x").unwrap();
+        let good = build_image("localhost/skiff/x:1", &[(&bin, "/x")], &["/x"], &dir.join("x.tar")).unwrap();
+        // Rewrite the tarball with one byte of the config blob changed.
+        let mut builder = tar::Builder::new(Vec::new());
+        for entry in tar::Archive::new(std::fs::File::open(&good).unwrap()).entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            let path = entry.path().unwrap().to_string_lossy().into_owned();
+            if path.starts_with("blobs/sha256/") && data.starts_with(b"{\"architecture\"") {
+                data[2] = b'A';
+            }
+            let mut header = entry.header().clone();
+            builder.append_data(&mut header, &path, &data[..]).unwrap();
+        }
+        let bad = dir.join("bad.tar");
+        std::fs::write(&bad, builder.into_inner().unwrap()).unwrap();
+        let err = read_image_tarball(&bad);
+        let _ = std::fs::remove_dir_all(&dir);
+        let err = format!("{:#}", err.unwrap_err());
+        assert!(err.contains("has digest"), "{err}");
+    }
+
+    #[test]
+    fn ensure_image_skips_unchanged_inputs_and_rewrites_changed_ones() {
+        // A private target dir would need CARGO_TARGET_DIR, which other tests read; the
+        // spec's file name is unique instead.
+        let dir = std::env::temp_dir().join(crate::unique_tag("skiff-image-ensure"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bin = dir.join("app");
+        std::fs::write(&bin, b"one").unwrap();
+        let file: &'static str = Box::leak(format!("{}.tar", crate::unique_tag("ensure-test")).into_boxed_str());
+        let spec = ImageSpec {
+            name: "localhost/skiff/ensure:1",
+            file,
+            packages: &[],
+            files: &[("app", "/app")],
+            entrypoint: &["/app"],
         };
-        let manifest: serde_json::Value = serde_json::from_slice(blob(&index["manifests"][0]["digest"])).unwrap();
-        let config: serde_json::Value = serde_json::from_slice(blob(&manifest["config"]["digest"])).unwrap();
-        let layer_gz = blob(&manifest["layers"][0]["digest"]);
-        assert_eq!(manifest["layers"][0]["size"], layer_gz.len());
-        let mut layer = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&layer_gz[..]), &mut layer).unwrap();
-        assert_eq!(config["rootfs"]["diff_ids"][0], format!("sha256:{}", sha256_hex(&layer)));
-        let names: Vec<String> = tar::Archive::new(&layer[..])
-            .entries()
-            .unwrap()
-            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(names, ["usr/", "usr/bin/", "usr/bin/hello"]);
+        let first = ensure_image(&spec, std::slice::from_ref(&bin));
+        let second = ensure_image(&spec, std::slice::from_ref(&bin));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&bin, b"two!").unwrap();
+        let third = ensure_image(&spec, std::slice::from_ref(&bin));
+        let _ = std::fs::remove_file(spec.tarball());
+        let _ = std::fs::remove_file(spec.tarball().with_extension("inputs"));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(first.unwrap().1, "the first call must write the tarball");
+        assert!(!second.unwrap().1, "unchanged inputs must not rewrite the tarball");
+        assert!(third.unwrap().1, "a changed binary must rewrite the tarball");
     }
 }

@@ -12,7 +12,7 @@ pub mod cluster;
 pub mod containerd;
 #[cfg(feature = "cri")]
 pub mod cri;
-#[cfg(feature = "cri")]
+#[cfg(feature = "image")]
 pub mod image;
 pub mod netns;
 pub mod topology;

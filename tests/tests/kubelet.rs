@@ -41,6 +41,16 @@ spec:
     command: ["/skiff-echo", "no-such-command"]
 "#;
 
+const MISSING_IMAGE: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: missing}
+spec:
+  containers:
+  - name: app
+    image: localhost/skiff/not-imported:1
+"#;
+
 const JOB: &str = r#"
 apiVersion: batch/v1
 kind: Job
@@ -211,6 +221,21 @@ fn pods_run_restart_report_and_survive_agent_and_api_restarts() {
     );
     let events = cluster.kubectl_out(&["get", "events", "--field-selector", "involvedObject.name=crasher"]);
     assert!(events.contains("Started") && events.contains("Created"), "events of crasher:\n{events}");
+    assert!(events.contains("BackOff"), "events of crasher:\n{events}");
+
+    // An image the node does not have: ErrImagePull, then ImagePullBackOff, with events.
+    ok("apply missing", cluster.apply(MISSING_IMAGE));
+    let pull_failed = || {
+        let line = cluster.kubectl_out(&["get", "pod", "missing", "--no-headers"]);
+        line.contains("ErrImagePull") || line.contains("ImagePullBackOff")
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), pull_failed),
+        "no ErrImagePull:\n{}",
+        cluster.kubectl_out(&["get", "pod", "missing", "-o", "yaml"])
+    );
+    let events = cluster.kubectl_out(&["get", "events", "--field-selector", "involvedObject.name=missing"]);
+    assert!(events.contains("Failed to pull image"), "events of missing:\n{events}");
 
     // A Job runs to completion on the node.
     ok("apply job", cluster.apply(JOB));

@@ -1,5 +1,5 @@
 //! `cargo xtask`: the project's one entry point for machine setup, BPF builds, tests,
-//! the demo and benchmarks. This file only parses the command line and dispatches;
+//! images, the demo and benchmarks. This file only parses the command line and dispatches;
 //! each subcommand lives in a module of its own.
 
 mod bench;
@@ -8,6 +8,7 @@ mod bench_overlay;
 mod bench_pods;
 mod build_ebpf;
 mod demo;
+mod images;
 mod lbsetup;
 mod python;
 mod setup;
@@ -49,6 +50,16 @@ enum Command {
     /// Show the eBPF load balancer on one node in network namespaces: a ClusterIP
     /// Service with three pods, programmed through the real agent, answering a client.
     Demo,
+    /// Build Skiff's OCI image tarballs (pause, the echo demo app, the node agent) from
+    /// static binaries into target/images, and print their paths. No registry: with
+    /// `--import-into` they go straight into a containerd.
+    Images {
+        /// Which images (pause, echo, node); all when none is named.
+        names: Vec<String>,
+        /// Import them into the containerd at this socket (`ctr -n k8s.io images import`).
+        #[arg(long, value_name = "SOCKET")]
+        import_into: Option<std::path::PathBuf>,
+    },
     /// Run a benchmark of one area of the datapath or control plane.
     Bench {
         /// What to measure.
@@ -80,6 +91,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::BuildEbpf { debug } => build_ebpf::run(!debug),
         Command::Test { cargo_args } => test::run(&cargo_args),
         Command::Demo => demo::run(),
+        Command::Images { names, import_into } => images::run(&names, import_into.as_deref()),
         Command::Bench { area, args } => bench::run(&area, &args),
     }
 }

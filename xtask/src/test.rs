@@ -47,27 +47,13 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
     progress("test", &format!("building the binaries: `{}`...", display(&build)));
     run_checked(&mut build, "fix the build errors above")?;
 
-    // The containerd tests put static binaries into OCI images (skiff-pause, skiff-echo)
-    // and install skiff-cni from a target dir of their own (the running `cargo test`
-    // holds target/debug's lock). Built here, with progress, so the tests find them
-    // up to date.
-    let mut static_build = Command::new(&cargo);
-    static_build
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "skiff-tests",
-            "--no-default-features",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-        ])
-        .args(["--target-dir", "target/static", "--bin", "skiff-pause", "--bin", "skiff-echo"])
-        .current_dir(workspace_root())
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env("RUSTFLAGS", "-C target-feature=+crt-static");
-    progress("test", "building the static binaries for the test images...");
-    run_checked(&mut static_build, "fix the build errors above")?;
+    // The containerd and kubelet tests run our OCI images (pause, echo) built from static
+    // binaries; built here, with progress and into the same place the tests look
+    // (honouring CARGO_TARGET_DIR), so the tests find them up to date. skiff-cni for the
+    // containerd tests comes from a target dir of its own (the running `cargo test` holds
+    // target/debug's lock).
+    progress("test", "building the test images (pause, echo)...");
+    crate::images::build(&crate::images::select(&["pause".into(), "echo".into()])?)?;
     let mut harness_build = Command::new(&cargo);
     harness_build
         .args(["build", "-p", "skiff-cni", "--bin", "skiff-cni", "--target-dir", "target/harness"])

@@ -9,6 +9,7 @@
 
 pub mod apiserver;
 pub mod auth;
+pub mod certificates;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -13,7 +13,8 @@ use skiff_control::store::EtcdConfig;
 #[derive(Debug, Parser)]
 #[command(name = "skiff-control", version)]
 struct Args {
-    /// Where the store, PKI, tokens file, ServiceAccount signing key and admin kubeconfig live.
+    /// Where the store, PKI, tokens file, ServiceAccount signing key, admin kubeconfig
+    /// and the nodes' bootstrap.kubeconfig (CA + bootstrap token) live.
     #[arg(long, env = "SKIFF_DATA_DIR", default_value = "/var/lib/skiff/control")]
     data_dir: PathBuf,
     /// Address to listen on.

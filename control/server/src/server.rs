@@ -24,6 +24,7 @@ use skiff_api::Client;
 use crate::apiserver::ApiServer;
 use crate::apiserver::local::LocalTransport;
 use crate::auth::authn::Authenticator;
+use crate::auth::node::NodeAuthorizer;
 use crate::auth::rbac::RbacAuthorizer;
 use crate::auth::serviceaccount::Keys;
 use crate::auth::{CONTROLLER_USER, SCHEDULER_USER};
@@ -139,12 +140,14 @@ impl Config {
 pub struct Started {
     pub addr: SocketAddr,
     pub kubeconfig: PathBuf,
+    /// CA and the node bootstrap token: what a node needs to ask for its certificate.
+    pub bootstrap_kubeconfig: PathBuf,
 }
 
 /// Runs until `shutdown` completes.
 pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
-    let (listener, api, acceptor, started) = start(&cfg).await?;
-    tracing::info!(addr = %started.addr, kubeconfig = %started.kubeconfig.display(), "skiff-control serving");
+    let (listener, api, acceptor, started, pki) = start(&cfg).await?;
+    tracing::info!(addr = %started.addr, kubeconfig = %started.kubeconfig.display(), bootstrap_kubeconfig = %started.bootstrap_kubeconfig.display(), "skiff-control serving");
     let controllers = cfg.run_controllers.then(|| {
         let config = skiff_controllers::Config {
             cluster_cidr: cfg.cluster_cidr,
@@ -156,6 +159,12 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
     });
     // Dropping the server also stops the controllers (tests run several in one process).
     let _stop_controllers = AbortOnDrop(controllers);
+    let certificates = cfg.run_controllers.then(|| {
+        let client =
+            Client::new(Arc::new(LocalTransport::new(api.clone(), CONTROLLER_USER, &[])), "skiff-control/certificates");
+        tokio::spawn(crate::certificates::run(client, api.clone(), pki))
+    });
+    let _stop_certificates = AbortOnDrop(certificates);
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -250,7 +259,7 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "skiff".into())
 }
 
-async fn start(cfg: &Config) -> Result<(TcpListener, Arc<ApiServer>, TlsAcceptor, Started)> {
+async fn start(cfg: &Config) -> Result<(TcpListener, Arc<ApiServer>, TlsAcceptor, Started, Pki)> {
     check_cidr("cluster-cidr", cfg.cluster_cidr)?;
     check_cidr("service-cidr", cfg.service_cidr)?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| Error::DataDir { path: cfg.data_dir.clone(), source })?;
@@ -271,9 +280,13 @@ async fn start(cfg: &Config) -> Result<(TcpListener, Arc<ApiServer>, TlsAcceptor
         port: addr.port(),
     };
     crate::apiserver::bootstrap(store.as_ref(), &info).await.map_err(Error::Bootstrap)?;
+    let node_token =
+        crate::apiserver::ensure_bootstrap_token(store.as_ref(), &cfg.data_dir).await.map_err(Error::Bootstrap)?;
     let rbac = RbacAuthorizer::default();
     rbac.spawn_sync(store.clone());
-    let api = Arc::new(ApiServer::new(store, authn, Box::new(rbac), cfg.service_cidr, sa_keys));
+    let authz = NodeAuthorizer::new(rbac);
+    authz.spawn_sync(store.clone());
+    let api = Arc::new(ApiServer::new(store, authn, Box::new(authz), cfg.service_cidr, sa_keys));
     api.set_kubelet_client(pki.kubelet_client_config()?);
     let acceptor = TlsAcceptor::from(pki.server_config()?);
     let server = match cfg.advertised() {
@@ -282,5 +295,8 @@ async fn start(cfg: &Config) -> Result<(TcpListener, Arc<ApiServer>, TlsAcceptor
     };
     let kubeconfig = cfg.data_dir.join("admin.kubeconfig");
     crate::tls::write_private(&kubeconfig, &pki.admin_kubeconfig(&server), true)?;
-    Ok((listener, api, acceptor, Started { addr, kubeconfig }))
+    let bootstrap_kubeconfig = cfg.data_dir.join("bootstrap.kubeconfig");
+    let text = crate::tls::token_kubeconfig(&server, &pki.ca_cert_pem, "kubelet-bootstrap", &node_token.bearer());
+    crate::tls::write_private(&bootstrap_kubeconfig, &text, true)?;
+    Ok((listener, api, acceptor, Started { addr, kubeconfig, bootstrap_kubeconfig }, pki))
 }

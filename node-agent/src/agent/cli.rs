@@ -111,6 +111,11 @@ pub struct RunArgs {
     /// the Node and renews its Lease; without it the node role is off.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// A kubeconfig with a bootstrap token (skiff-control writes one as
+    /// `<data-dir>/bootstrap.kubeconfig`): when --kubeconfig has no valid certificate for
+    /// this node, the agent asks for one with it and writes it into --kubeconfig.
+    #[arg(long, requires = "kubeconfig")]
+    pub bootstrap_kubeconfig: Option<PathBuf>,
     /// The node's InternalIP address, reported in the Node's status.
     #[arg(long)]
     pub node_ip: Option<std::net::Ipv4Addr>,

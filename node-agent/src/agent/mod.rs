@@ -72,6 +72,12 @@ fn run(args: RunArgs) -> Result<()> {
         }
         None => None,
     };
+    // The node's own credentials first (TLS bootstrapping), so the client below has them.
+    if let (Some(bootstrap), Some(kubeconfig)) = (&args.bootstrap_kubeconfig, &args.kubeconfig) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(crate::node::bootstrap::ensure_credentials(bootstrap, kubeconfig, &args.node_name))
+            .context("obtaining this node's client certificate")?;
+    }
     let api = match &args.kubeconfig {
         Some(kubeconfig) => Some(
             skiff_api::Client::from_kubeconfig(kubeconfig, &format!("skiff-node/{}", args.node_name))

@@ -187,7 +187,19 @@ fn waiting(w: &Waiting) -> K8sState {
 fn container_status(c: &Container, input: &StatusInput<'_>, init: bool) -> ContainerStatus {
     let observed = input.observed;
     let latest = observed.latest_any(&c.name);
-    let pending = input.start_errors.get(&c.name).or_else(|| input.plan.waiting.get(&c.name));
+    let image_back_off;
+    let pending = match (input.start_errors.get(&c.name), input.plan.waiting.get(&c.name)) {
+        // A failed pull waiting out its back-off shows as upstream's ImagePullBackOff.
+        (Some(e), Some(w)) if e.reason == "ErrImagePull" && w.reason == "CrashLoopBackOff" => {
+            image_back_off = Waiting {
+                reason: "ImagePullBackOff",
+                message: format!("Back-off pulling image {:?}", c.image.clone().unwrap_or_default()),
+            };
+            Some(&image_back_off)
+        }
+        (Some(e), _) => Some(e),
+        (None, w) => w,
+    };
     let (state, last) = match (latest, pending) {
         (Some(obs), _) if obs.is_running() => (
             K8sState {

@@ -56,6 +56,8 @@ struct PodWorker {
     retry: Duration,
     /// When the pod's volumes were last rewritten.
     volumes_refreshed: Option<std::time::Instant>,
+    /// Container instances whose back-off was announced in an event.
+    backoff_announced: std::collections::BTreeSet<String>,
 }
 
 /// Works on the pod `key` with uid `uid` until it is gone from the API and the runtime.
@@ -69,6 +71,7 @@ pub(super) async fn run(shared: Arc<Shared>, key: ObjectKey, uid: String, mut wa
         last_sent: None,
         retry: Duration::from_secs(1),
         volumes_refreshed: None,
+        backoff_announced: Default::default(),
     };
     debug!(pod = %w.key, uid = %w.uid, "pod worker started");
     loop {
@@ -146,6 +149,7 @@ impl PodWorker {
         if let Some(pod) = pod.as_deref()
             && pod.metadata.deletion_timestamp.is_none()
         {
+            self.announce_back_off(pod, &observed, &plan);
             self.report(pod, &observed, &plan).await;
         }
         if plan.actions.is_empty() {
@@ -172,6 +176,21 @@ impl PodWorker {
         }
         self.retry = Duration::from_secs(1);
         Step::Again
+    }
+
+    /// One BackOff event per crashed instance held back by its back-off.
+    fn announce_back_off(&mut self, pod: &Pod, observed: &Observed, plan: &plan::Plan) {
+        for (name, waiting) in &plan.waiting {
+            let Some(last) = observed.latest_any(name) else { continue };
+            if waiting.reason == "CrashLoopBackOff"
+                && !self.start_errors.contains_key(name)
+                && self.backoff_announced.insert(last.id.clone())
+            {
+                let (pod_name, namespace, _) = config::identity(pod);
+                let message = format!("Back-off restarting failed container {name} in pod {pod_name}_{namespace}");
+                self.shared.events.pod(pod, Warning, "BackOff", Some(name), message);
+            }
+        }
     }
 
     /// Rewrites the pod's ConfigMap, Secret, downward API and token volumes at most

@@ -8,6 +8,7 @@
 //! the datapath or pods. What the objects hold is decided in `object` (pure) from
 //! `facts` (the machine).
 
+pub mod bootstrap;
 pub mod facts;
 pub mod object;
 

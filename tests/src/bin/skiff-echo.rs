@@ -1,8 +1,16 @@
 //! `skiff-echo`: the demo and test app. A server that answers with its own name over TCP
-//! and UDP, and the clients the tests and benchmarks drive through Services.
+//! (a line protocol, and HTTP on the same port), UDP and HTTP, and the clients the tests
+//! and benchmarks drive through Services. As the entrypoint of the echo image
+//! (`localhost/skiff/echo:1`) it is all a pod's container holds: there is no shell, so
+//! the few commands `kubectl exec` needs (`--version`, `env`, `cat`, `exit`) are its own.
 //!
 //! ```text
-//! skiff-echo serve --name NAME [--tcp PORT] [--udp PORT]
+//! skiff-echo [serve] [--name NAME] [--tcp PORT] [--udp PORT] [--crash-after-ms N]
+//!            [--ready-after-ms N] [--sigterm-delay-ms N]
+//!            [--termination-message MSG] [--termination-log PATH]
+//! skiff-echo --version                                                         prints the version, exits 0
+//! skiff-echo env [NAME] | cat PATH... | exit CODE [MESSAGE]                     for `kubectl exec`
+//! skiff-echo get  ADDR:PORT PATH [--timeout-ms T]                              one HTTP GET: `STATUS BODY`
 //! skiff-echo tcp  ADDR:PORT [--count N] [--interval-ms T] [--timeout-ms T]   one connection per request
 //! skiff-echo udp  ADDR:PORT [--count N] [--interval-ms T] [--timeout-ms T]
 //! skiff-echo hold ADDR:PORT [--count N] [--interval-ms T] [--timeout-ms T]   one connection, N requests
@@ -10,13 +18,37 @@
 //! skiff-echo bulk ADDR:PORT --bytes N                                          one transfer of N bytes
 //! skiff-echo rr ADDR:PORT --duration-ms D                                      requests/s on one connection
 //! ```
-//! `udp --size N` sends N bytes of payload per request (the server answers with its name).
+//!
+//! `serve` is the default when the first argument is a flag or there is none (a pod's
+//! `args` then need no subcommand). Its name is `--name`, else `$POD_NAME`, else the
+//! hostname (which the runtime sets to the pod's name). Without `--tcp` and `--udp` it
+//! listens on TCP and UDP port 8080. On TCP a connection whose first line is an HTTP/1.x
+//! request line is served as HTTP (one request, then close); any other line is answered
+//! with the name, so the line clients above and HTTP probes share one port. HTTP paths:
+//! `/` (the name), `/healthz` (200), `/readyz` (200 while ready, 503 while not),
+//! `/unready` and `/ready` (toggle readiness), `/crash` (answers, then exits 1),
+//! `/env/NAME` (a variable's value, or 404).
+//!
+//! The server writes one stdout line at start, one per HTTP request and UDP datagram,
+//! and one per line-protocol connection when it closes (not per line: the benchmarks
+//! drive millions of lines through it). It exits 1 after `--crash-after-ms`, and 0 on
+//! SIGTERM or SIGINT (after `--sigterm-delay-ms`: it runs as PID 1 in a container,
+//! where a signal without a handler does nothing). Whenever it exits on its own it
+//! writes `--termination-message` to `--termination-log` (default
+//! `/dev/termination-log`, where the kubelet mounts `terminationMessagePath`).
+//!
 //! Clients print one line per request, `ok NAME` or `err WHY`, then a summary line
-//! `sent=N ok=K failed=F` on stdout. Every loop is bounded in count and time.
+//! `sent=N ok=K failed=F` on stdout. `udp --size N` sends N bytes of payload per request
+//! (the server answers with its name). Every loop is bounded in count and time.
+//!
+//! It uses std threads and no async runtime, so that it links statically into a few
+//! hundred kilobytes (see `skiff_tests::image`).
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::PathBuf,
+    process::ExitCode,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -26,20 +58,87 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(cmd) = args.first() else { bail!("usage: skiff-echo serve|tcp|udp|hold|conn-rate ...") };
+/// A server log line on stdout. Unlike `println!` it never panics: a server whose
+/// stdout went away (a closed pipe) keeps serving.
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// The port `serve` listens on (TCP and UDP) when given none.
+const DEFAULT_PORT: u16 = 8080;
+
+/// Prints an error as one line (`skiff-echo: what: why`) and exits 1: this is what a
+/// person sees from `kubectl exec`, without anyhow's backtrace.
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("skiff-echo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    // A container's args may hold only flags: they are `serve`'s.
+    let (cmd, args) = match all.first() {
+        Some(first) if !first.starts_with("--") || first == "--version" => (first.as_str(), &all[1..]),
+        _ => ("serve", &all[..]),
+    };
     let flag =
         |name: &str| -> Option<String> { args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned() };
     let num = |name: &str, default: u64| -> Result<u64> {
         flag(name).map(|v| v.parse().with_context(|| format!("{name} {v}"))).transpose().map(|v| v.unwrap_or(default))
     };
-    let target = || -> Result<SocketAddr> { args.get(1).context("missing ADDR:PORT")?.parse().context("ADDR:PORT") };
+    let ms = |name: &str| -> Result<Option<Duration>> {
+        Ok(flag(name).is_some().then(|| num(name, 0)).transpose()?.map(Duration::from_millis))
+    };
+    let target = || -> Result<SocketAddr> { args.first().context("missing ADDR:PORT")?.parse().context("ADDR:PORT") };
     let timeout = Duration::from_millis(num("--timeout-ms", 2000)?);
     let count = num("--count", 1)?;
     let interval = Duration::from_millis(num("--interval-ms", 0)?);
-    match cmd.as_str() {
-        "serve" => serve(&flag("--name").context("--name")?, flag("--tcp"), flag("--udp")),
+    match cmd {
+        "--version" | "version" => {
+            println!("skiff-echo {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        "serve" => {
+            let port = |name: &str| flag(name).map(|p| p.parse::<u16>().with_context(|| format!("{name} {p}")));
+            let (mut tcp, mut udp) = (port("--tcp").transpose()?, port("--udp").transpose()?);
+            if tcp.is_none() && udp.is_none() {
+                (tcp, udp) = (Some(DEFAULT_PORT), Some(DEFAULT_PORT));
+            }
+            serve(ServeOptions {
+                name: flag("--name").unwrap_or_else(own_name),
+                tcp,
+                udp,
+                crash_after: ms("--crash-after-ms")?,
+                ready_after: ms("--ready-after-ms")?,
+                sigterm_delay: ms("--sigterm-delay-ms")?.unwrap_or_default(),
+                termination: flag("--termination-message").map(|message| {
+                    (PathBuf::from(flag("--termination-log").unwrap_or_else(|| "/dev/termination-log".into())), message)
+                }),
+            })
+        }
+        "env" => print_env(args.first().map(String::as_str)),
+        "cat" => cat(args),
+        "exit" => {
+            let code = args.first().context("exit CODE [MESSAGE]")?;
+            let code: i32 = code.parse().with_context(|| format!("exit code {code}"))?;
+            if let Some(message) = args.get(1) {
+                println!("{message}");
+            }
+            std::process::exit(code)
+        }
+        "get" => {
+            let path = args.get(1).context("get ADDR:PORT PATH")?;
+            let (status, body) = http_get(target()?, path, timeout)?;
+            println!("{status} {}", body.trim_end());
+            Ok(())
+        }
         "tcp" => clients(count, interval, |_| tcp_request(target()?, timeout)),
         "udp" => {
             let size = num("--size", 5)? as usize;
@@ -57,77 +156,282 @@ fn main() -> Result<()> {
             num("--max", 1_000_000)?,
             num("--threads", 2)?,
         ),
-        other => bail!("unknown command {other}"),
+        other => bail!("unknown command {other}; the usage is in the doc comment of tests/src/bin/skiff-echo.rs"),
+    }
+}
+
+/// `$POD_NAME`, else the hostname (the pod's name in a pod), else `skiff-echo`.
+fn own_name() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "skiff-echo".into())
+}
+
+#[derive(Debug)]
+struct ServeOptions {
+    name: String,
+    tcp: Option<u16>,
+    udp: Option<u16>,
+    crash_after: Option<Duration>,
+    ready_after: Option<Duration>,
+    sigterm_delay: Duration,
+    /// Where to write which message when the server exits on its own.
+    termination: Option<(PathBuf, String)>,
+}
+
+/// What the serving threads share.
+#[derive(Debug)]
+struct Server {
+    name: String,
+    ready: AtomicBool,
+    termination: Option<(PathBuf, String)>,
+}
+
+impl Server {
+    /// Ends the process with `code`, after a last log line and the termination message.
+    fn exit(&self, code: i32, why: &str) -> ! {
+        log!("exiting with code {code}: {why}");
+        if let Some((path, message)) = &self.termination
+            && let Err(e) = std::fs::write(path, message)
+        {
+            eprintln!("cannot write the termination message to {}: {e}", path.display());
+        }
+        let _ = std::io::stdout().flush();
+        std::process::exit(code)
     }
 }
 
 /// How many connections the server handles at once.
 const ACCEPT_THREADS: usize = 32;
 
-fn serve(name: &str, tcp: Option<String>, udp: Option<String>) -> Result<()> {
+fn serve(opts: ServeOptions) -> Result<()> {
+    let server = Arc::new(Server {
+        name: opts.name.clone(),
+        ready: AtomicBool::new(opts.ready_after.is_none()),
+        termination: opts.termination.clone(),
+    });
     let mut threads = Vec::new();
-    if let Some(port) = udp {
-        let sock = UdpSocket::bind(("0.0.0.0", port.parse::<u16>()?)).context("bind udp")?;
-        let reply = name.as_bytes().to_vec();
+    if let Some(port) = opts.udp {
+        let sock = UdpSocket::bind(("0.0.0.0", port)).with_context(|| format!("bind udp port {port}"))?;
+        let server = server.clone();
         threads.push(std::thread::spawn(move || {
             let mut buf = [0u8; 2048];
-            while let Ok((_, peer)) = sock.recv_from(&mut buf) {
-                let _ = sock.send_to(&reply, peer);
+            while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(server.name.as_bytes(), peer);
+                log!("udp {peer} {n} bytes");
             }
         }));
     }
-    if let Some(port) = tcp {
-        let listener = std::sync::Arc::new(TcpListener::bind(("0.0.0.0", port.parse::<u16>()?)).context("bind tcp")?);
-        let reply = format!("{name}\n");
+    if let Some(port) = opts.tcp {
+        let listener = Arc::new(TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("bind tcp port {port}"))?);
         // A fixed pool blocked in accept: no thread is spawned per connection, so the
         // connection-rate benchmark measures the network path rather than this server.
         for _ in 0..ACCEPT_THREADS {
-            let (listener, reply) = (listener.clone(), reply.clone());
+            let (listener, server) = (listener.clone(), server.clone());
             threads.push(std::thread::spawn(move || {
                 loop {
-                    if let Ok((conn, _)) = listener.accept() {
-                        answer_lines(conn, reply.as_bytes());
+                    if let Ok((conn, peer)) = listener.accept() {
+                        answer(&server, conn, peer);
                     }
                 }
             }));
         }
     }
-    println!("serving");
+    let server_for_signals = server.clone();
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+        .context("installing the SIGTERM handler")?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            log!("signal {sig}, exiting in {} ms", opts.sigterm_delay.as_millis());
+            std::thread::sleep(opts.sigterm_delay);
+            server_for_signals.exit(0, "terminated");
+        }
+    });
+    if let Some(after) = opts.ready_after {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            server.ready.store(true, Ordering::Relaxed);
+            log!("ready after {} ms", after.as_millis());
+        });
+    }
+    if let Some(after) = opts.crash_after {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            server.exit(1, &format!("--crash-after-ms {}", after.as_millis()));
+        });
+    }
+    let ports = |p: Option<u16>| p.map_or("-".to_owned(), |p| p.to_string());
+    log!(
+        "skiff-echo {} serving as {} on tcp {} (lines and HTTP), udp {}",
+        env!("CARGO_PKG_VERSION"),
+        opts.name,
+        ports(opts.tcp),
+        ports(opts.udp)
+    );
     for t in threads {
         let _ = t.join();
     }
     Ok(())
 }
 
-/// Answers every line with the server's name until the client closes.
-fn answer_lines(conn: TcpStream, reply: &[u8]) {
+/// Serves one TCP connection: HTTP if its first line is an HTTP request line, else the
+/// line protocol, in which every line is answered with the server's name until the
+/// client closes.
+fn answer(server: &Server, conn: TcpStream, peer: SocketAddr) {
     let _ = conn.set_nodelay(true);
     let mut writer = match conn.try_clone() {
         Ok(w) => w,
         Err(_) => return,
     };
     let mut reader = BufReader::new(conn);
+    let reply = format!("{}\n", server.name);
     let mut line = String::new();
+    let mut lines = 0u64;
     loop {
         line.clear();
         match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => break,
             Ok(_) => {
+                if lines == 0
+                    && let Some((method, target)) = http_request_line(&line)
+                {
+                    let (method, target) = (method.to_owned(), target.to_owned());
+                    return answer_http(server, &mut reader, &mut writer, &method, &target, peer);
+                }
+                lines += 1;
                 // `bulk N`: N bytes follow; answer with the count received.
                 if let Some(n) = line.trim().strip_prefix("bulk ").and_then(|n| n.parse::<u64>().ok()) {
                     let got = std::io::copy(&mut (&mut reader).take(n), &mut std::io::sink()).unwrap_or(0);
-                    let name = String::from_utf8_lossy(reply);
-                    if writeln!(writer, "{} got {got}", name.trim()).is_err() {
-                        return;
+                    if writeln!(writer, "{} got {got}", server.name).is_err() {
+                        break;
                     }
                     continue;
                 }
-                if writer.write_all(reply).is_err() {
-                    return;
+                if writer.write_all(reply.as_bytes()).is_err() {
+                    break;
                 }
             }
         }
     }
+    log!("tcp {peer} closed after {lines} lines");
+}
+
+/// `(method, target)` if `line` is an HTTP/1.x request line such as `GET /readyz HTTP/1.1`.
+fn http_request_line(line: &str) -> Option<(&str, &str)> {
+    let mut parts = line.trim_end().split(' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    let is_http = parts.next().is_none()
+        && version.starts_with("HTTP/1.")
+        && !method.is_empty()
+        && method.bytes().all(|b| b.is_ascii_uppercase())
+        && target.starts_with('/');
+    is_http.then_some((method, target))
+}
+
+/// The most header lines and body bytes a request may carry.
+const MAX_HEADERS: usize = 100;
+const MAX_BODY: u64 = 1 << 20;
+
+/// Reads the rest of one HTTP request, answers it and closes (`Connection: close`).
+fn answer_http(
+    server: &Server,
+    reader: &mut BufReader<TcpStream>,
+    writer: &mut TcpStream,
+    method: &str,
+    target: &str,
+    peer: SocketAddr,
+) {
+    let mut content_length = 0u64;
+    let mut line = String::new();
+    for _ in 0..MAX_HEADERS {
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some((key, value)) = line.split_once(':')
+            && key.trim().eq_ignore_ascii_case("content-length")
+        {
+            content_length = value.trim().parse().unwrap_or(0);
+        }
+    }
+    let _ = std::io::copy(&mut reader.take(content_length.min(MAX_BODY)), &mut std::io::sink());
+    let path = target.split('?').next().unwrap_or(target);
+    let ready = || {
+        if server.ready.load(Ordering::Relaxed) { (200, "ready\n".to_owned()) } else { (503, "unready\n".to_owned()) }
+    };
+    let (status, body) = match path {
+        "/" => (200, format!("{}\n", server.name)),
+        "/healthz" => (200, "ok\n".into()),
+        "/readyz" => ready(),
+        "/ready" | "/unready" => {
+            let now = path == "/ready";
+            server.ready.store(now, Ordering::Relaxed);
+            (200, format!("{}\n", if now { "ready" } else { "unready" }))
+        }
+        "/crash" => (200, "crashing\n".into()),
+        _ => match path.strip_prefix("/env/").map(std::env::var) {
+            Some(Ok(value)) => (200, format!("{value}\n")),
+            _ => (404, "not found\n".into()),
+        },
+    };
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        _ => "Service Unavailable",
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let sent = writer.write_all(head.as_bytes()).and_then(|()| writer.write_all(body.as_bytes()));
+    let _ = writer.flush();
+    log!("http {peer} {method} {target} {status}{}", if sent.is_err() { " (not sent)" } else { "" });
+    if path == "/crash" {
+        server.exit(1, "GET /crash");
+    }
+}
+
+/// `env NAME` prints one variable (exit 1 if unset); `env` prints them all.
+fn print_env(name: Option<&str>) -> Result<()> {
+    match name {
+        Some(name) => println!("{}", std::env::var(name).with_context(|| format!("${name} is not set"))?),
+        None => {
+            for (k, v) in std::env::vars_os() {
+                println!("{}={}", k.to_string_lossy(), v.to_string_lossy());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `cat PATH...`: the files' bytes on stdout.
+fn cat(paths: &[String]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    for path in paths {
+        out.write_all(&std::fs::read(path).with_context(|| format!("reading {path}"))?)?;
+    }
+    Ok(())
+}
+
+/// One HTTP/1.1 GET: the status code and the body (read to the end: the server closes).
+fn http_get(target: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String)> {
+    let conn = TcpStream::connect_timeout(&target, timeout)?;
+    conn.set_read_timeout(Some(timeout))?;
+    write!(&conn, "GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    (&conn).take(MAX_BODY).read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").context("HTTP response without a header end")?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad HTTP status line {:?}", head.lines().next()))?;
+    Ok((status, body.to_owned()))
 }
 
 fn tcp_request(target: SocketAddr, timeout: Duration) -> Result<String> {

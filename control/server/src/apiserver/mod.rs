@@ -12,6 +12,7 @@ pub mod allocator;
 mod api_server;
 mod authentication;
 pub mod bootstrap;
+mod bootstrap_token;
 pub mod decode;
 mod deletion;
 pub mod discovery;
@@ -40,5 +41,6 @@ mod watch;
 
 pub use api_server::ApiServer;
 pub use bootstrap::{BootstrapInfo, bootstrap};
+pub use bootstrap_token::ensure_bootstrap_token;
 pub use request::{Body, Resp, full, json_response};
 pub use router::MAX_BODY;

@@ -77,6 +77,8 @@ pub(crate) enum Subresource {
     Binding,
     /// `serviceaccounts/<name>/token`: the TokenRequest API.
     Token,
+    /// `certificatesigningrequests/<name>/approval`: writes change only the conditions.
+    Approval,
 }
 
 impl Subresource {
@@ -86,6 +88,7 @@ impl Subresource {
             "scale" => Self::Scale,
             "binding" => Self::Binding,
             "token" => Self::Token,
+            "approval" => Self::Approval,
             _ => return None,
         })
     }
@@ -96,6 +99,7 @@ impl Subresource {
             Self::Scale => "scale",
             Self::Binding => "binding",
             Self::Token => "token",
+            Self::Approval => "approval",
         }
     }
 }

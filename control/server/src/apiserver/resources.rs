@@ -96,8 +96,8 @@ macro_rules! res {
 }
 
 use k8s_openapi::api::{
-    apps::v1 as apps, authentication::v1 as authn, batch::v1 as batch, coordination::v1 as coord, core::v1 as core,
-    discovery::v1 as disc, rbac::v1 as rbac,
+    apps::v1 as apps, authentication::v1 as authn, batch::v1 as batch, certificates::v1 as certs,
+    coordination::v1 as coord, core::v1 as core, discovery::v1 as disc, rbac::v1 as rbac,
 };
 
 /// Every served resource. Adding a kind is one line.
@@ -121,6 +121,7 @@ pub static RESOURCES: &[ResourceDef] = &[
     res!(rbac::RoleBinding, "rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", [], true, status: false, scale: false, all: false, strategy::Generic),
     res!(rbac::ClusterRoleBinding, "rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding", [], false, status: false, scale: false, all: false, strategy::Generic),
     res!(authn::SelfSubjectReview, "authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", "selfsubjectreview", [], false, status: false, scale: false, all: false, strategy::Generic),
+    res!(certs::CertificateSigningRequest, "certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests", "certificatesigningrequest", ["csr"], false, status: true, scale: false, all: false, strategy::CertificateSigningRequest),
     res!(disc::EndpointSlice, "discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", [], true, status: false, scale: false, all: false, strategy::Generic),
 ];
 

@@ -77,6 +77,13 @@ impl ApiServer {
                 tracing::info!(reason = why, "rejected credentials");
                 return (error_response(&ApiError::unauthorized()), None);
             }
+            Outcome::BootstrapToken(token) => match self.bootstrap_token_user(&token).await {
+                Ok(u) => u,
+                Err(why) => {
+                    tracing::info!(reason = why, token_id = %token.id, "rejected bootstrap token");
+                    return (error_response(&ApiError::unauthorized()), None);
+                }
+            },
             Outcome::ServiceAccount(claims) => match self.service_account_user(&claims).await {
                 Ok(u) => u,
                 Err(why) => {
@@ -180,6 +187,7 @@ impl ApiServer {
                 let allowed = match sub {
                     Subresource::Status => r.def.status,
                     Subresource::Scale => r.def.scale,
+                    Subresource::Approval => r.def.strategy.has_approval(),
                     Subresource::Binding | Subresource::Token => {
                         r.verb == Verb::Create && r.def.strategy.create_subresource() == Some(sub)
                     }

@@ -61,6 +61,13 @@ fn columns(kind: &str) -> Vec<Col> {
             Col("Age", "string", 0),
         ],
         "Lease" => vec![Col("Holder", "string", 0), Col("Age", "string", 0)],
+        "CertificateSigningRequest" => vec![
+            Col("Age", "string", 0),
+            Col("SignerName", "string", 0),
+            Col("Requestor", "string", 0),
+            Col("RequestedDuration", "string", 0),
+            Col("Condition", "string", 0),
+        ],
         "ServiceAccount" => vec![Col("Secrets", "integer", 0), Col("Age", "string", 0)],
         "Event" => vec![
             Col("Type", "string", 0),
@@ -223,6 +230,24 @@ fn row(kind: &str, o: &Value) -> Vec<Value> {
             vec![json!(s(o, "/addressType")), json!(or_none(&ports)), json!(or_none(&eps)), json!(age)]
         }
         "Lease" => vec![json!(or_none(s(o, "/spec/holderIdentity"))), json!(age)],
+        "CertificateSigningRequest" => {
+            let mut cond: Vec<&str> = arr(o, "/status/conditions").iter().map(|c| s(c, "/type")).collect();
+            if !s(o, "/status/certificate").is_empty() {
+                cond.push("Issued");
+            }
+            let duration = match o.pointer("/spec/expirationSeconds").and_then(|e| e.as_i64()) {
+                Some(secs) => super::meta::human_age(secs),
+                None => "<none>".into(),
+            };
+            let cond = if cond.is_empty() { "Pending".to_string() } else { cond.join(",") };
+            vec![
+                json!(age),
+                json!(s(o, "/spec/signerName")),
+                json!(s(o, "/spec/username")),
+                json!(duration),
+                json!(cond),
+            ]
+        }
         "ServiceAccount" => vec![json!(arr(o, "/secrets").len()), json!(age)],
         "Event" => vec![
             json!(s(o, "/type")),

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
+use super::bootstrap_token::Token;
 use super::serviceaccount::{self, Claims, Keys};
 use super::{AUTHENTICATED, UserInfo};
 use crate::tls::x509::Subject;
@@ -41,6 +42,9 @@ pub enum Outcome {
     /// Not yet a user: the ServiceAccount (and Pod) it names must still exist with the
     /// uids in the claims, which only the store can tell.
     ServiceAccount(Box<Claims>),
+    /// A bearer token of the bootstrap-token form: a user only if its Secret in
+    /// `kube-system` (which only the store has) agrees, see `bootstrap_token`.
+    BootstrapToken(Token),
 }
 
 #[derive(Debug, Default)]
@@ -107,6 +111,9 @@ impl Authenticator {
             if let Some(u) = self.tokens.get(token) {
                 return Outcome::User(u.clone());
             }
+            if let Some(t) = Token::parse(token) {
+                return Outcome::BootstrapToken(t);
+            }
             return match &self.service_accounts {
                 Some(keys) if serviceaccount::looks_like_jwt(token) => {
                     match keys.verify(token, serviceaccount::unix_now()) {
@@ -149,6 +156,7 @@ mod tests {
             o => panic!("{o:?}"),
         }
         assert!(matches!(a.authenticate(None, Some("Bearer nope")), Outcome::Invalid(_)));
+        assert!(matches!(a.authenticate(None, Some("Bearer abcdef.0123456789abcdef")), Outcome::BootstrapToken(_)));
         assert!(matches!(a.authenticate(None, Some("Basic x")), Outcome::Invalid(_)));
         assert_eq!(a.authenticate(None, None), Outcome::Anonymous);
         let s = Subject { common_name: Some("admin".into()), organizations: vec!["system:masters".into()] };

@@ -1,13 +1,18 @@
 //! Who is asking (`authn`: x509 client certificates, static bearer tokens,
-//! ServiceAccount JWTs from `serviceaccount`) and whether they may (`authz`: one
-//! `Authorizer` trait; `rbac` = bootstrap policy + RBAC rules).
+//! ServiceAccount JWTs from `serviceaccount`, bootstrap tokens from
+//! `bootstrap_token`) and whether they may (`authz`: one `Authorizer` trait; `rbac` =
+//! bootstrap policy + RBAC rules; `node` = what a node may do, in front of RBAC, and
+//! the NodeRestriction check of a node's creates).
 //!
-//! Nothing here reads request bodies or touches the store directly; the API server
-//! builds `Attributes` from the URL and asks, and checks that a ServiceAccount token's
-//! objects still exist.
+//! Nothing here reads raw request bodies or writes the store; the API server builds
+//! `Attributes` from the URL and asks, and checks that a ServiceAccount token's or
+//! bootstrap token's objects still exist. `rbac` and `node` follow the store (list,
+//! watch) into in-memory caches, so deciding never waits for it.
 
 pub mod authn;
 pub mod authz;
+pub mod bootstrap_token;
+pub mod node;
 pub mod rbac;
 pub mod serviceaccount;
 

@@ -18,6 +18,7 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+pub mod signer;
 // The subject reader lives in skiff-api, so the kubelet server reads the same names.
 pub use skiff_api::x509;
 mod kubelet_client;
@@ -232,7 +233,8 @@ impl Pki {
     }
 }
 
-fn issue_client(issuer: &Issuer<'_, KeyPair>, cn: &str, orgs: &[&str]) -> Result<(String, String)> {
+/// Certificate parameters with subject `CN=cn, O=orgs…` and nothing else.
+pub fn subject_params(cn: &str, orgs: &[&str]) -> CertificateParams {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, cn);
@@ -240,6 +242,11 @@ fn issue_client(issuer: &Issuer<'_, KeyPair>, cn: &str, orgs: &[&str]) -> Result
         dn.push(DnType::OrganizationName, *o);
     }
     p.distinguished_name = dn;
+    p
+}
+
+fn issue_client(issuer: &Issuer<'_, KeyPair>, cn: &str, orgs: &[&str]) -> Result<(String, String)> {
+    let mut p = subject_params(cn, orgs);
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     validity(&mut p, 5);
@@ -260,6 +267,18 @@ pub fn kubeconfig(server: &str, ca_pem: &str, user: &str, cert_pem: &str, key_pe
         ca = b64(ca_pem),
         cert = b64(cert_pem),
         key = b64(key_pem),
+    )
+}
+
+/// A kubeconfig with a bearer token (the nodes' `bootstrap.kubeconfig`).
+pub fn token_kubeconfig(server: &str, ca_pem: &str, user: &str, token: &str) -> String {
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem.as_bytes());
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
+         users:\n- name: {user}\n  user:\n    token: {token}\n\
+         contexts:\n- name: {user}@skiff\n  context:\n    cluster: skiff\n    user: {user}\n\
+         current-context: {user}@skiff\npreferences: {{}}\n"
     )
 }
 

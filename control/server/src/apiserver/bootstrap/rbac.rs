@@ -36,15 +36,31 @@ pub(super) async fn bootstrap_rbac(store: &dyn store::Store) -> ApiResult<()> {
         (
             "system:node",
             json!([
-            {"apiGroups": [""], "resources": ["pods", "services", "endpoints", "nodes", "configmaps", "secrets", "namespaces"], "verbs": read},
+            // Secrets, ConfigMaps, PVCs and ServiceAccount tokens: only those of the node's
+            // own pods, which the node authorizer (`auth::node`) grants, not RBAC.
+            // pods/status: what `kubectl patch --subresource=status` reads first.
+            {"apiGroups": [""], "resources": ["pods", "pods/status", "services", "endpoints", "nodes", "namespaces"], "verbs": read},
             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": read},
             {"apiGroups": [""], "resources": ["nodes", "nodes/status", "pods/status"], "verbs": ["create", "update", "patch"]},
-            // Mirror pods of static pods, and the final delete of pods it stopped.
+            // Creates: mirror pods only (`auth::node::admit_create`).
             {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "delete"]},
             {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "update", "patch"]},
-            // The tokens of pods' projected ServiceAccount token volumes.
-            {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]},
-            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update", "patch"]}]),
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update", "patch"]},
+            {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"], "verbs": ["create", "get", "list", "watch"]}]),
+        ),
+        (
+            "system:node-bootstrapper",
+            json!([{"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"],
+            "verbs": ["create", "get", "list", "watch"]}]),
+        ),
+        // What the approver asks before approving a kubelet client request (upstream names).
+        (
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            json!([{"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests/nodeclient"], "verbs": ["create"]}]),
+        ),
+        (
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            json!([{"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests/selfnodeclient"], "verbs": ["create"]}]),
         ),
         (
             "system:basic-user",
@@ -66,6 +82,19 @@ pub(super) async fn bootstrap_rbac(store: &dyn store::Store) -> ApiResult<()> {
         ("cluster-admin", "cluster-admin", subject("Group", "system:masters")),
         ("system:node", "system:node", subject("Group", "system:nodes")),
         ("system:basic-user", "system:basic-user", subject("Group", crate::auth::AUTHENTICATED)),
+        // Bootstrap tokens may ask for a node certificate, which is then approved at once;
+        // nodes may renew their own.
+        ("system:node-bootstrapper", "system:node-bootstrapper", subject("Group", crate::auth::bootstrap_token::GROUP)),
+        (
+            "system:node-autoapprove-bootstrap",
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            subject("Group", crate::auth::bootstrap_token::GROUP),
+        ),
+        (
+            "system:node-autoapprove-certificate-rotation",
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            subject("Group", "system:nodes"),
+        ),
         // The in-process scheduler and controllers own most kinds; rather than one role
         // per controller (as upstream), one binding to cluster-admin, named for them.
         ("system:skiff-controllers", "cluster-admin", controllers),

@@ -21,6 +21,9 @@ impl ApiServer {
         let name_suffix = meta::name_suffix();
         let new = NewObject { namespace: ns, strict: ctx.strict(), uid: &uid, name_suffix: &name_suffix };
         let mut obj = decode::decode_for_create(def, &ctx.content_type, &ctx.body, &new)?;
+        def.strategy.record_requester(&mut obj, &ctx.user);
+        crate::auth::node::admit_create(&ctx.user, def.kind, &obj)
+            .map_err(|why| ApiError::forbidden(format!("{} is forbidden: {why}", def.plural)))?;
         let m = obj["metadata"].as_object_mut().unwrap();
         m.insert("uid".into(), json!(uid));
         m.insert("creationTimestamp".into(), json!(meta::now()));

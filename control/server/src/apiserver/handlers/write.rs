@@ -58,6 +58,12 @@ impl ApiServer {
             let mut new = match sub {
                 // pods/binding sets spec.nodeName and the PodScheduled condition together.
                 Some(Subresource::Binding) => desired,
+                Some(Subresource::Approval) => {
+                    let mut n = cur.clone();
+                    n["status"]["conditions"] = desired.pointer("/status/conditions").cloned().unwrap_or(Value::Null);
+                    super::super::strategy::default_conditions(&mut n, &super::super::meta::now());
+                    n
+                }
                 Some(Subresource::Status) => {
                     let mut n = cur.clone();
                     n["status"] = desired.get("status").cloned().unwrap_or(Value::Null);

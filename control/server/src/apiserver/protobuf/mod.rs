@@ -8,6 +8,7 @@
 //! is the object's message. This module only turns bytes into JSON; it must not
 //! validate (the normal create path does).
 
+mod certificates;
 mod kinds;
 mod wire;
 mod workloads;
@@ -43,6 +44,7 @@ pub fn decode(body: &[u8]) -> Res<Value> {
         "ServiceAccount" => kinds::service_account(raw)?,
         "TokenRequest" => kinds::token_request(raw)?,
         "RoleBinding" | "ClusterRoleBinding" => kinds::role_binding(raw)?,
+        "CertificateSigningRequest" => certificates::certificate_signing_request(raw)?,
         other => match workloads::decode(other, raw) {
             Some(obj) => obj?,
             None => return Err(format!("protobuf is not supported for kind {other:?}; send JSON")),
@@ -56,7 +58,7 @@ pub fn decode(body: &[u8]) -> Res<Value> {
 mod tests {
     use super::*;
 
-    fn ld(n: u64, b: &[u8]) -> Vec<u8> {
+    pub(super) fn ld(n: u64, b: &[u8]) -> Vec<u8> {
         let mut v = vec![((n << 3) | 2) as u8, b.len() as u8];
         v.extend_from_slice(b);
         v

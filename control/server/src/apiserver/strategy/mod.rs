@@ -8,6 +8,7 @@
 //! anything random (a new object's uid is handed in), so the decoding path the fuzz
 //! target runs can call them.
 
+mod certificates;
 mod config;
 mod namespaces;
 mod pods;
@@ -16,6 +17,7 @@ mod workloads;
 
 use serde_json::Value;
 
+pub use certificates::{CertificateSigningRequest, default_conditions};
 pub use config::{ConfigMap, Event, Node, Secret, ServiceAccount};
 pub use namespaces::{Namespace, SYSTEM_NAMESPACES};
 pub use pods::Pod;
@@ -25,6 +27,7 @@ pub use workloads::{DaemonSet, Deployment, Job, ReplicaSet};
 use super::request::Subresource;
 use super::status::Cause;
 use super::validation;
+use crate::auth::UserInfo;
 
 /// One kind's behaviour; every method has the plain default, so a kind with nothing
 /// special uses `Generic`.
@@ -46,6 +49,17 @@ pub trait Strategy: Sync + std::fmt::Debug {
     fn prepare_for_update(&self, cur: &Value, new: &mut Value) -> Result<(), Vec<Cause>> {
         let _ = (cur, new);
         Ok(())
+    }
+
+    /// A new object, given who creates it: kinds that record their requester
+    /// (CertificateSigningRequest's `spec.username`/`groups`) set it here.
+    fn record_requester(&self, obj: &mut Value, user: &UserInfo) {
+        let _ = (obj, user);
+    }
+
+    /// Has an `approval` subresource (writes change only `status.conditions`).
+    fn has_approval(&self) -> bool {
+        false
     }
 
     /// Fills defaults in place.
