@@ -10,7 +10,9 @@
 //! - [`kubelet`]: this node's pods, run on the container runtime through [`cri`] (the
 //!   CRI v1 client over containerd's socket);
 //! - [`runner`]: when each role syncs (after changes, bounded in frequency);
-//! - [`agent`]: the `skiff-node` command line and the main loop that ties roles together.
+//! - [`agent`]: the `skiff-node` command line and the main loop that ties roles together;
+//! - [`server`]: the kubelet's HTTPS server (:10250): container logs, exec and
+//!   port-forward for the API server.
 
 pub mod agent;
 pub mod cri;
@@ -20,3 +22,4 @@ pub mod node;
 pub mod overlay;
 pub mod proxy;
 pub mod runner;
+pub mod server;

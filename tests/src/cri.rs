@@ -39,6 +39,8 @@ pub struct SandboxSpec {
     pub cgroup_parent: String,
     /// Directory for container logs; empty leaves it unset.
     pub log_directory: String,
+    /// Share the node's network namespace (no CNI call).
+    pub host_network: bool,
 }
 
 impl SandboxSpec {
@@ -235,7 +237,7 @@ impl CriClient {
         spec: &ContainerSpec,
     ) -> Result<String> {
         let config = cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata { name: spec.name.clone(), attempt: 0 }),
+            metadata: Some(cri::ContainerMetadata { name: spec.name.clone(), attempt: spec.attempt }),
             image: Some(cri::ImageSpec { image: spec.image.clone(), ..Default::default() }),
             command: spec.command.clone(),
             args: spec.args.clone(),
@@ -347,6 +349,8 @@ pub struct ContainerSpec {
     pub mounts: Vec<(String, String)>,
     /// The container's log, relative to the sandbox's `log_directory`; empty for none.
     pub log_path: String,
+    /// The restart count (a name and attempt pair is unique in a sandbox).
+    pub attempt: u32,
 }
 
 impl ContainerSpec {
@@ -364,13 +368,17 @@ fn sandbox_config(spec: &SandboxSpec) -> cri::PodSandboxConfig {
             namespace: spec.namespace.clone(),
             attempt: spec.attempt,
         }),
-        hostname: spec.name.clone(),
+        // With the node's network the node's UTS namespace is shared too: no hostname.
+        hostname: if spec.host_network { String::new() } else { spec.name.clone() },
         log_directory: spec.log_directory.clone(),
         labels: spec.labels.clone(),
         linux: Some(cri::LinuxPodSandboxConfig {
             cgroup_parent: spec.cgroup_parent.clone(),
             security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption::default()),
+                namespace_options: Some(cri::NamespaceOption {
+                    network: if spec.host_network { cri::NamespaceMode::Node } else { cri::NamespaceMode::Pod } as i32,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()

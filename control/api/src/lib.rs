@@ -3,8 +3,9 @@
 //! `kubeconfig` or `incluster`, with `token` for bearer tokens that rotate), the
 //! list-then-watch cache (`reflector`), the work queue reconcilers drain (`workqueue`),
 //! and what server and clients must agree on: label/field selectors (`selector`), the
-//! finalizers of cascading deletion (`finalizers`) and `resource.Quantity` strings
-//! (`quantity`).
+//! finalizers of cascading deletion (`finalizers`), `resource.Quantity` strings
+//! (`quantity`) and the subject of an x509 client certificate (`x509`: what both the
+//! API server and the kubelet authenticate by).
 //!
 //! This crate must not depend on the server: it is the client side of the contract.
 
@@ -19,6 +20,7 @@ pub mod selector;
 pub mod token;
 pub mod transport;
 pub mod workqueue;
+pub mod x509;
 
 pub use client::{Client, ListParams, ObjectKey, Patch, WatchEvent};
 

@@ -209,7 +209,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
                 let subject = subject.clone();
                 async move { Ok::<_, std::convert::Infallible>(api.serve(req, subject).await) }
             });
-            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await {
+            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(tls), svc).with_upgrades().await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
@@ -288,6 +288,7 @@ async fn start(cfg: &Config) -> Result<(TcpListener, Arc<ApiServer>, TlsAcceptor
     let authz = NodeAuthorizer::new(rbac);
     authz.spawn_sync(store.clone());
     let api = Arc::new(ApiServer::new(store, authn, Box::new(authz), cfg.service_cidr, sa_keys));
+    api.set_kubelet_client(pki.kubelet_client_config()?);
     let acceptor = TlsAcceptor::from(pki.server_config()?);
     let server = match cfg.advertised() {
         IpAddr::V6(ip) => format!("https://[{ip}]:{}", addr.port()),

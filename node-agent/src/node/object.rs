@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{ContainerImage, Node, NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo};
+use k8s_openapi::api::core::v1::{
+    ContainerImage, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus, NodeSystemInfo,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -19,6 +21,10 @@ pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 pub const LEASE_DURATION_S: i32 = 40;
 /// The Kubernetes version whose kubelet API this agent speaks, shown by `kubectl get nodes`.
 pub const KUBELET_VERSION: &str = concat!("v1.32.0-skiff.", env!("CARGO_PKG_VERSION"));
+
+/// The port of the kubelet server (`crate::server`), told to the API server in
+/// `status.daemonEndpoints` so that `pods/log` and `pods/exec` find it.
+pub const KUBELET_PORT: u16 = 10250;
 
 /// Memory below this is MemoryPressure (upstream's default hard eviction threshold).
 const MEMORY_PRESSURE_KIB: u64 = 100 * 1024;
@@ -90,6 +96,9 @@ pub fn status(
         allocatable: Some(capacity.clone()),
         capacity: Some(capacity),
         addresses: Some(addresses),
+        daemon_endpoints: Some(NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint { port: i32::from(KUBELET_PORT) }),
+        }),
         conditions: Some(conditions(facts, previous.and_then(|s| s.conditions.as_deref()).unwrap_or(&[]), now)),
         images: (!facts.runtime.images.is_empty()).then(|| {
             facts
@@ -238,6 +247,7 @@ mod tests {
         let addresses: Vec<_> =
             s.addresses.as_ref().unwrap().iter().map(|a| (a.type_.as_str(), a.address.as_str())).collect();
         assert_eq!(addresses, [("InternalIP", "192.168.77.11"), ("Hostname", "n1")]);
+        assert_eq!(s.daemon_endpoints.as_ref().and_then(|d| d.kubelet_endpoint.as_ref()).map(|e| e.port), Some(10250));
         assert_eq!(condition(&s, "Ready").status, "True");
         for pressure in ["MemoryPressure", "DiskPressure", "PIDPressure"] {
             assert_eq!(condition(&s, pressure).status, "False", "{pressure}");

@@ -23,9 +23,17 @@ pub struct ApiServer {
     pub(crate) alloc_lock: tokio::sync::Mutex<()>,
     /// Signs the tokens the TokenRequest subresource hands out.
     pub(crate) sa_keys: Arc<Keys>,
+    /// TLS with the kubelet-client certificate, for `node_proxy` (set once at start).
+    pub(crate) kubelet_tls: std::sync::OnceLock<Arc<rustls::ClientConfig>>,
 }
 
 impl ApiServer {
+    /// How this server reaches kubelets (`pods/log`, `pods/exec`); without it, those
+    /// subresources answer 500.
+    pub fn set_kubelet_client(&self, tls: Arc<rustls::ClientConfig>) {
+        let _ = self.kubelet_tls.set(tls);
+    }
+
     pub fn new(
         store: Arc<dyn Store>,
         authn: Authenticator,
@@ -40,6 +48,7 @@ impl ApiServer {
             service_cidr: service_cidr.into(),
             alloc_lock: tokio::sync::Mutex::new(()),
             sa_keys,
+            kubelet_tls: std::sync::OnceLock::new(),
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod fuzz;
 mod handlers;
 pub mod local;
 pub mod meta;
+mod node_proxy;
 mod object;
 mod openapi;
 pub mod patch;

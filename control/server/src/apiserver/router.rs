@@ -93,6 +93,9 @@ impl ApiServer {
             },
         };
         let name = Some(user.name.clone());
+        if let Some(target) = super::node_proxy::ProxyTarget::parse(req.uri().path()) {
+            return (self.node_proxy(req, target, &user).await, name);
+        }
         let (parts, body) = req.into_parts();
         let query: HashMap<String, String> =
             parts.uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();

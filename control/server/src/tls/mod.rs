@@ -19,7 +19,10 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 pub mod signer;
-pub mod x509;
+// The subject reader lives in skiff-api, so the kubelet server reads the same names.
+pub use skiff_api::x509;
+mod kubelet_client;
+pub use kubelet_client::KUBELET_CLIENT_CN;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
