@@ -212,6 +212,15 @@ fn pods_run_restart_report_and_survive_agent_and_api_restarts() {
     let wide = cluster.kubectl_out(&["get", "pods", "-o", "wide"]);
     assert!(wide.lines().filter(|l| l.contains(" Running ") && l.contains(&node)).count() >= 3, "{wide}");
 
+    // kubectl logs and exec reach the pods through the API server and the node's
+    // kubelet server.
+    let logs = ok("kubectl logs", cluster.kubectl_ok(&["logs", &pods[0].0]));
+    assert!(!logs.trim().is_empty(), "kubectl logs {} printed nothing", pods[0].0);
+    let version = ok("kubectl exec", cluster.kubectl_ok(&["exec", &pods[0].0, "--", "/skiff-echo", "--version"]));
+    assert!(version.starts_with("skiff-echo"), "exec output: {version}");
+    let failing = cluster.kubectl(&["exec", &pods[0].0, "--", "/skiff-echo", "exit", "3"]);
+    assert_eq!(failing.status.code(), Some(3), "exec exit code; stderr: {}", String::from_utf8_lossy(&failing.stderr));
+
     // A pod whose readiness fails leaves its Service's EndpointSlice, and comes back.
     let (unready_pod, unready_ip) = (pods[1].0.clone(), pods[1].1.clone());
     let echo = |path: &str| {
@@ -236,17 +245,35 @@ fn pods_run_restart_report_and_survive_agent_and_api_restarts() {
         ips.sort();
         ips
     };
-    assert!(wait_until(Duration::from_secs(30), || ready_endpoints().len() == 3), "the Service never had 3 ready endpoints: {:?}", ready_endpoints());
+    assert!(
+        wait_until(Duration::from_secs(30), || ready_endpoints().len() == 3),
+        "the Service never had 3 ready endpoints: {:?}",
+        ready_endpoints()
+    );
     echo("/unready");
     assert!(
-        wait_until(Duration::from_secs(30), || ready_endpoints().len() == 2 && !ready_endpoints().contains(&unready_ip)),
+        wait_until(Duration::from_secs(30), || ready_endpoints().len() == 2
+            && !ready_endpoints().contains(&unready_ip)),
         "{unready_pod} stayed in the EndpointSlice after turning unready: {:?}\n{}",
         ready_endpoints(),
         cluster.logs()
     );
-    assert_eq!(cluster.kubectl_out(&["get", "pod", &unready_pod, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]), "False");
+    assert_eq!(
+        cluster.kubectl_out(&[
+            "get",
+            "pod",
+            &unready_pod,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"
+        ]),
+        "False"
+    );
     echo("/ready");
-    assert!(wait_until(Duration::from_secs(30), || ready_endpoints().len() == 3), "{unready_pod} did not come back: {:?}", ready_endpoints());
+    assert!(
+        wait_until(Duration::from_secs(30), || ready_endpoints().len() == 3),
+        "{unready_pod} did not come back: {:?}",
+        ready_endpoints()
+    );
 
     // A crashing container restarts with back-off and shows CrashLoopBackOff.
     ok("apply crasher", cluster.apply(CRASHER));
@@ -268,6 +295,8 @@ fn pods_run_restart_report_and_survive_agent_and_api_restarts() {
     let events = cluster.kubectl_out(&["get", "events", "--field-selector", "involvedObject.name=crasher"]);
     assert!(events.contains("Started") && events.contains("Created"), "events of crasher:\n{events}");
     assert!(events.contains("BackOff"), "events of crasher:\n{events}");
+    let previous = cluster.kubectl(&["logs", "crasher", "--previous"]);
+    assert!(previous.status.success(), "kubectl logs --previous: {}", String::from_utf8_lossy(&previous.stderr));
 
     // An image the node does not have: ErrImagePull, then ImagePullBackOff, with events.
     ok("apply missing", cluster.apply(MISSING_IMAGE));

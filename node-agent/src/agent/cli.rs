@@ -145,6 +145,12 @@ pub struct RunArgs {
     /// The cluster's DNS domain.
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// Where the kubelet server (logs, exec, port-forward for the API server) listens.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub kubelet_address: std::net::IpAddr,
+    /// The kubelet server's port, also reported in the Node's daemonEndpoints.
+    #[arg(long, default_value_t = crate::node::object::KUBELET_PORT)]
+    pub kubelet_port: u16,
     /// A directory of static pod manifests (YAML or JSON, one Pod each): the kubelet
     /// runs them without the API server and mirrors them into it.
     #[arg(long, requires = "container_runtime_endpoint")]

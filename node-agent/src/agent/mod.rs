@@ -17,6 +17,7 @@
 mod cli;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -162,12 +163,22 @@ fn run(args: RunArgs) -> Result<()> {
                 internal_ip: args.node_ip,
                 max_pods: args.max_pods,
                 container_runtime_version: runtime_version,
+                kubelet_port: args.kubelet_port,
             };
             api_roles.push(tokio::task::spawn_local(crate::node::run(client.clone(), settings, cri.clone())));
             if let Some(cri) = cri {
                 let settings = kubelet_settings(&args)?;
                 info!(root_dir = %settings.root_dir.display(), pod_log_dir = %settings.pod_log_dir.display(), "kubelet starting");
-                api_roles.push(tokio::task::spawn_local(crate::kubelet::run(client, cri, settings)));
+                let (kubelet, locator) = crate::kubelet::Kubelet::new(client, cri.clone(), settings);
+                api_roles.push(tokio::task::spawn_local(kubelet.run()));
+                let server = kubelet_server_settings(&args)?;
+                info!(addr = %server.addr, "kubelet server starting");
+                let runtime: Arc<dyn crate::server::StreamingRuntime> = Arc::new(cri);
+                api_roles.push(tokio::task::spawn_local(async move {
+                    if let Err(e) = crate::server::serve(server, Arc::new(locator), runtime, std::future::pending()).await {
+                        error!(error = %e, "the kubelet server stopped; kubectl logs, exec and port-forward fail");
+                    }
+                }));
             }
         }
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -215,6 +226,18 @@ async fn runtime_version(cri: &CriClient) -> String {
             String::new()
         }
     }
+}
+
+/// The :10250 server's settings: the node's addresses, and the cluster CA (from the
+/// kubeconfig) that issues the API server's client certificate.
+fn kubelet_server_settings(args: &RunArgs) -> Result<crate::server::Settings> {
+    let kubeconfig = args.kubeconfig.as_deref().context("the kubelet server needs --kubeconfig")?;
+    let creds = skiff_api::kubeconfig::load(kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let ca = String::from_utf8(creds.ca_pem).context("the kubeconfig's CA is not PEM text")?;
+    let ips = args.node_ip.map(std::net::IpAddr::V4).into_iter().collect();
+    let mut settings = crate::server::Settings::new(&args.node_name, ips, ca);
+    settings.addr = std::net::SocketAddr::new(args.kubelet_address, args.kubelet_port);
+    Ok(settings)
 }
 
 fn kubelet_settings(args: &RunArgs) -> Result<KubeletSettings> {

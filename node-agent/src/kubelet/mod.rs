@@ -18,6 +18,7 @@ pub mod cgroups;
 pub mod config;
 pub mod env;
 pub mod events;
+pub mod locator;
 pub mod lookup;
 mod mirrors;
 pub mod observed;
@@ -89,30 +90,58 @@ impl Shared {
     }
 }
 
-/// The kubelet: watches this node's pods and runs them until the task is dropped.
-pub async fn run(api: Client, cri: CriClient, settings: KubeletSettings) {
-    let params = ListParams::default().fields(format!("spec.nodeName={}", settings.node_name));
-    let (pods, reflect) = reflector::reflector::<Pod>(api.clone(), None, params);
-    let reflect = tokio::spawn(reflect);
-    // Services, for the containers' Service environment variables.
-    let (services, reflect_services) = reflector::reflector::<Service>(api.clone(), None, ListParams::default());
-    let reflect_services = tokio::spawn(reflect_services);
-    let mut changes = pods.subscribe();
-    pods.wait_synced().await;
-    info!(node = %settings.node_name, pods = pods.len(), "kubelet: pods listed");
-    let (probes, mut probe_updates) = probes::Probes::new(cri.clone());
-    let host_ip = settings.node_ip.to_string();
-    let shared = Arc::new(Shared {
-        events: events::Recorder::new(api.clone(), &settings.node_name),
-        volumes: resolve::Resolver::new(api.clone(), services, &settings.node_name, &host_ip),
-        probes,
-        settings,
-        cri,
-        api,
-        pods,
-        view: Mutex::new(HashMap::new()),
-        statics: Mutex::new(BTreeMap::new()),
-    });
+/// The kubelet, made but not yet running.
+pub struct Kubelet {
+    shared: Arc<Shared>,
+    reflectors: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+    probe_updates: mpsc::UnboundedReceiver<probe::ProbeUpdate>,
+}
+
+impl std::fmt::Debug for Kubelet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kubelet").field("node", &self.shared.settings.node_name).finish_non_exhaustive()
+    }
+}
+
+impl Kubelet {
+    /// The kubelet of this node, and the locator the node's server finds containers with.
+    pub fn new(api: Client, cri: CriClient, settings: KubeletSettings) -> (Self, locator::Locator) {
+        let params = ListParams::default().fields(format!("spec.nodeName={}", settings.node_name));
+        let (pods, reflect_pods) = reflector::reflector::<Pod>(api.clone(), None, params);
+        // Services, for the containers' Service environment variables.
+        let (services, reflect_services) = reflector::reflector::<Service>(api.clone(), None, ListParams::default());
+        let (probes, probe_updates) = probes::Probes::new(cri.clone());
+        let host_ip = settings.node_ip.to_string();
+        let shared = Arc::new(Shared {
+            events: events::Recorder::new(api.clone(), &settings.node_name),
+            volumes: resolve::Resolver::new(api.clone(), services, &settings.node_name, &host_ip),
+            probes,
+            settings,
+            cri,
+            api,
+            pods,
+            view: Mutex::new(HashMap::new()),
+            statics: Mutex::new(BTreeMap::new()),
+        });
+        let locator = locator::Locator::new(shared.clone());
+        (Self { shared, reflectors: vec![Box::pin(reflect_pods), Box::pin(reflect_services)], probe_updates }, locator)
+    }
+
+    /// Watches this node's pods and runs them until the task is dropped.
+    pub async fn run(self) {
+        let Self { shared, reflectors, probe_updates } = self;
+        let reflectors: Vec<_> = reflectors.into_iter().map(tokio::spawn).collect();
+        run(shared, probe_updates).await;
+        for r in reflectors {
+            r.abort();
+        }
+    }
+}
+
+async fn run(shared: Arc<Shared>, mut probe_updates: mpsc::UnboundedReceiver<probe::ProbeUpdate>) {
+    let mut changes = shared.pods.subscribe();
+    shared.pods.wait_synced().await;
+    info!(node = %shared.settings.node_name, pods = shared.pods.len(), "kubelet: pods listed");
     let mut workers = Workers {
         shared: shared.clone(),
         running: HashMap::new(),
@@ -172,8 +201,6 @@ pub async fn run(api: Client, cri: CriClient, settings: KubeletSettings) {
             },
         }
     }
-    reflect.abort();
-    reflect_services.abort();
 }
 
 /// Reads the static pod directory; returns the pods that appeared or went.

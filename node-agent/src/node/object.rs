@@ -42,6 +42,8 @@ pub struct NodeSettings {
     pub max_pods: u32,
     /// The container runtime as nodeInfo shows it (`containerd://1.6.20`); empty without one.
     pub container_runtime_version: String,
+    /// Where the kubelet server listens (the Node's daemonEndpoints).
+    pub kubelet_port: u16,
 }
 
 /// The Node to create when there is none: name and the well-known labels. The status
@@ -97,7 +99,7 @@ pub fn status(
         capacity: Some(capacity),
         addresses: Some(addresses),
         daemon_endpoints: Some(NodeDaemonEndpoints {
-            kubelet_endpoint: Some(DaemonEndpoint { port: i32::from(KUBELET_PORT) }),
+            kubelet_endpoint: Some(DaemonEndpoint { port: i32::from(settings.kubelet_port) }),
         }),
         conditions: Some(conditions(facts, previous.and_then(|s| s.conditions.as_deref()).unwrap_or(&[]), now)),
         images: (!facts.runtime.images.is_empty()).then(|| {
@@ -229,6 +231,7 @@ mod tests {
             internal_ip: Some(Ipv4Addr::new(192, 168, 77, 11)),
             max_pods: 110,
             container_runtime_version: String::new(),
+            kubelet_port: KUBELET_PORT,
         }
     }
 
