@@ -91,13 +91,23 @@ async fn a_node_reads_config_maps_secrets_and_pod_tokens_through_the_api() {
         ..Default::default()
     };
     admin.create(Some(NS), &secret).await.unwrap();
-    // No controller publishes the root CA ConfigMap yet; the test plays its part.
-    let root_ca = ConfigMap {
-        metadata: meta("kube-root-ca.crt"),
-        data: Some(BTreeMap::from([("ca.crt".into(), std::fs::read_to_string(&ca).unwrap())])),
-        ..Default::default()
-    };
-    admin.create(Some(NS), &root_ca).await.unwrap();
+    // The root-CA publisher puts the cluster CA into every namespace.
+    let mut published = false;
+    for _ in 0..200 {
+        let root_ca = admin.get_opt::<ConfigMap>(Some(NS), "kube-root-ca.crt").await.unwrap();
+        if let Some(cm) = root_ca {
+            let data = cm.data.unwrap_or_default();
+            assert_eq!(
+                data.get("ca.crt"),
+                Some(&std::fs::read_to_string(&ca).unwrap()),
+                "kube-root-ca.crt holds the CA"
+            );
+            published = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(published, "kube-root-ca.crt was not published in {NS} within 20 s");
     admin.create(Some(NS), &ServiceAccount { metadata: meta("bot"), ..Default::default() }).await.unwrap();
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "web", "namespace": NS},

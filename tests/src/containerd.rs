@@ -102,17 +102,7 @@ impl ContainerdNode {
         };
         let mut node = node;
         node.prepare().with_context(|| format!("preparing containerd {name} in {}", node.dir.display()))?;
-        let log = std::fs::File::create(&node.log).with_context(|| format!("creating {}", node.log.display()))?;
-        let child = Command::new("nsenter")
-            .arg(format!("--net={netns_path}"))
-            .args(["--", "containerd", "--config"])
-            .arg(node.dir.join("config.toml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawning `nsenter ... containerd` (is containerd installed?)")?;
-        node.child = ChildGuard::new(child);
+        node.spawn_daemon()?;
         node.wait_ready(opts.start_timeout)?;
         for image in &opts.images {
             node.import_image(image)?;
@@ -190,6 +180,34 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             conf = self.cni_conf_dir.display(),
         );
         s
+    }
+
+    /// Starts the containerd process (its log appended to `self.log`).
+    fn spawn_daemon(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.netns_path))
+            .args(["--", "containerd", "--config"])
+            .arg(self.dir.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning `nsenter ... containerd` (is containerd installed?)")?;
+        self.child = ChildGuard::new(child);
+        Ok(())
+    }
+
+    /// Kills containerd (SIGKILL; its shims and containers keep running, as on a real
+    /// node) and starts it again on the same state, waiting until its CRI answers.
+    pub fn restart(&mut self, timeout: Duration) -> Result<()> {
+        self.child.kill();
+        self.spawn_daemon()?;
+        self.wait_ready(timeout)
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> Result<()> {

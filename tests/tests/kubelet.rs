@@ -436,4 +436,26 @@ fn pods_run_restart_report_and_survive_agent_and_api_restarts() {
     let mut again = web_pods(&cluster);
     again.sort();
     assert_eq!(after, again, "the API restart changed the pods");
+
+    // A restarted containerd is reconnected: the pods keep running, and new ones start.
+    ok("restart containerd", cluster.nodes[0].containerd.restart(Duration::from_secs(30)));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        wait_until(Duration::from_secs(30), || three_ready(&cluster)),
+        "pods unready after a containerd restart:\n{}",
+        cluster.logs()
+    );
+    let mut after_containerd = web_pods(&cluster);
+    after_containerd.sort();
+    assert_eq!(again, after_containerd, "the containerd restart changed the pods");
+    ok("scale web", cluster.kubectl_ok(&["scale", "deployment", "web", "--replicas=4"]));
+    let four_ready = || {
+        let pods = web_pods(&cluster);
+        pods.len() == 4 && pods.iter().all(|p| p.4)
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), four_ready),
+        "no new pod after a containerd restart:\n{}",
+        cluster.logs()
+    );
 }

@@ -204,6 +204,9 @@ pub const TOOLS: &[(&str, Option<&str>)] = &[
     ("etcdctl", Some("etcd-client")),
     ("kubectl", Some("kubectl")),
     ("python3", Some("python3")),
+    // The kubelet server test: an HTTPS client and a pseudo-terminal for `exec -it`.
+    ("curl", Some("curl")),
+    ("script", Some("bsdutils")),
 ];
 
 #[cfg(test)]
