@@ -13,6 +13,7 @@ pub mod client;
 pub mod dynamic;
 pub mod finalizers;
 pub mod incluster;
+pub mod insecure_tls;
 pub mod kubeconfig;
 pub mod quantity;
 pub mod reflector;
