@@ -324,7 +324,26 @@ impl Drop for Cluster {
             remove_cgroup_tree(&cgroup_root);
         }
         self.control.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // The kubelets' tmpfs volumes (secrets, tokens) of pods still running at the end.
+        unmount_below(&self.dir);
+        // Processes that just died (shims, kubectl) may still be closing files in it.
+        for _ in 0..10 {
+            if std::fs::remove_dir_all(&self.dir).is_ok() || !self.dir.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+/// Unmounts every mount under `dir`, deepest first.
+fn unmount_below(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut points: Vec<&str> =
+        mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|p| Path::new(p).starts_with(dir)).collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for point in points {
+        let _ = Command::new("umount").args(["-l", point]).output();
     }
 }
 
