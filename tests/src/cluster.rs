@@ -393,7 +393,5 @@ fn remove_cgroup_tree(path: &str) {
 
 /// The last 150 lines of a log file.
 pub fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(150)..].join("\n")
+    crate::log_tail(path, 150)
 }

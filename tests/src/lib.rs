@@ -95,3 +95,10 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     );
     path
 }
+
+/// The last `lines` lines of a log file ("" when it cannot be read), for failure messages.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

@@ -41,18 +41,6 @@ fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
 }
 
-/// Whether privileged tests run: as root always; otherwise they skip, except under
-/// CI=true, where skipping is a failure.
-fn privileged(test: &str) -> bool {
-    // /proc/self belongs to the effective user.
-    if std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0 {
-        return true;
-    }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{test} needs root (tmpfs mounts)");
-    eprintln!("skipping {test}: needs root");
-    false
-}
-
 #[tokio::test]
 async fn config_map_and_secret_files() {
     let tmp = tempfile::tempdir().unwrap();
@@ -291,7 +279,7 @@ async fn container_mounts_and_sub_paths() {
 
 #[tokio::test]
 async fn memory_empty_dir_and_secrets_on_tmpfs() {
-    if !privileged("memory_empty_dir_and_secrets_on_tmpfs") {
+    if !skiff_tests::require_privileges("memory_empty_dir_and_secrets_on_tmpfs") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
