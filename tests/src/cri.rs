@@ -256,6 +256,7 @@ impl CriClient {
                 })
                 .collect(),
             log_path: spec.log_path.clone(),
+            stdin: spec.stdin,
             linux: Some(cri::LinuxContainerConfig {
                 security_context: Some(cri::LinuxContainerSecurityContext {
                     namespace_options: Some(cri::NamespaceOption {
@@ -351,6 +352,8 @@ pub struct ContainerSpec {
     pub log_path: String,
     /// The restart count (a name and attempt pair is unique in a sandbox).
     pub attempt: u32,
+    /// Keep a stdin open for the process (`kubectl attach -i`).
+    pub stdin: bool,
 }
 
 impl ContainerSpec {

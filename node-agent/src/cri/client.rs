@@ -206,6 +206,22 @@ impl CriClient {
         Ok(call(what, DEFAULT_CALL_TIMEOUT, c.exec(req)).await?.url)
     }
 
+    /// `Attach`: the URL of the runtime's streaming server for a session with a
+    /// container's own process.
+    pub async fn attach(&self, req: api::AttachRequest) -> Result<String> {
+        let what = format!("Attach {}", req.container_id);
+        let mut c = self.runtime.clone();
+        Ok(call(what, DEFAULT_CALL_TIMEOUT, c.attach(req)).await?.url)
+    }
+
+    /// `PodSandboxStatus` with `verbose`: the runtime's own description of the sandbox
+    /// (containerd: key `info`, a JSON document with the pause pid and runtime spec).
+    pub async fn pod_sandbox_info(&self, id: &str) -> Result<std::collections::HashMap<String, String>> {
+        let mut c = self.runtime.clone();
+        let req = api::PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: true };
+        Ok(call(format!("PodSandboxStatus {id}"), DEFAULT_CALL_TIMEOUT, c.pod_sandbox_status(req)).await?.info)
+    }
+
     /// `PortForward`: the URL of the runtime's streaming server for a sandbox's ports.
     pub async fn port_forward(&self, sandbox_id: &str, ports: Vec<i32>) -> Result<String> {
         let mut c = self.runtime.clone();

@@ -1,14 +1,16 @@
-//! The kubelet's HTTPS server (`:10250`): what the API server's `pods/log` and
-//! `pods/exec` reach through to. Routes:
+//! The kubelet's HTTPS server (`:10250`): what the API server's `pods/log`,
+//! `pods/exec`, `pods/attach` and `pods/portforward` reach through to. Routes:
 //!
 //! - `GET /healthz`: open to anyone.
 //! - `GET /metrics`: a few counters of this server, Prometheus text format.
 //! - `GET /containerLogs/{ns}/{pod}/{container}?follow&previous&tailLines&sinceSeconds&sinceTime&timestamps&limitBytes`
 //!   (`logs`).
 //! - `GET|POST /exec/{ns}/{pod}/{container}?command=..&stdin&stdout&stderr&tty`, a
-//!   WebSocket upgrade (`exec`).
+//!   WebSocket upgrade (`exec`, relayed to the runtime by `remotecommand`).
+//! - `GET|POST /attach/{ns}/{pod}/{container}?stdin&stdout&stderr&tty`, the same for the
+//!   container's own process.
 //! - `GET|POST /portForward/{ns}/{pod}`, SPDY/3.1 in a WebSocket or on its own
-//!   (`portforward`, over `spdy`).
+//!   (`portforward`, over `spdy`), connecting inside the pod's network namespace.
 //!
 //! Everything but `/healthz` needs a client certificate issued by the cluster CA whose
 //! common name is one of `Settings::allowed_users` (the API server's kubelet-client
@@ -16,9 +18,9 @@
 //! (also issued by that CA) is refused.
 //!
 //! This module must not know how pods are run: the kubelet tells it where a container
-//! and its logs are (`ContainerLocator`) and how to start an exec session in the
-//! runtime (`StreamingRuntime`, implemented for the agent's `cri::CriClient` in
-//! `runtime`).
+//! and its logs are (`ContainerLocator`), and the runtime how to start an exec or attach
+//! session and where a sandbox's network namespace is (`StreamingRuntime`, implemented
+//! for the agent's `cri::CriClient` in `runtime`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -42,6 +44,7 @@ use tokio_rustls::TlsAcceptor;
 pub mod exec;
 pub mod logs;
 pub mod portforward;
+pub mod remotecommand;
 mod runtime;
 pub mod spdy;
 pub mod tls;
@@ -155,11 +158,29 @@ pub struct ExecRequest {
     pub stderr: bool,
 }
 
+/// What CRI `Attach` is asked for (`tty` must be the container's own setting).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachRequest {
+    pub container_id: String,
+    pub tty: bool,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+}
+
 /// The runtime's streaming side, implemented over the CRI.
 pub trait StreamingRuntime: Send + Sync + 'static {
     /// CRI `Exec`: the URL of the runtime's streaming server (containerd's, on
     /// 127.0.0.1 of the node) for this one session.
     fn exec(&self, req: ExecRequest) -> BoxFuture<'_, Result<String, BoxError>>;
+
+    /// CRI `Attach`: the same for a session with the container's own process.
+    fn attach(&self, req: AttachRequest) -> BoxFuture<'_, Result<String, BoxError>>;
+
+    /// A file that names the sandbox's network namespace (to `setns` into), for port
+    /// forwarding to the pod's `localhost`; `None` if the runtime does not say (the
+    /// pod's IP is dialled from the node then).
+    fn sandbox_netns(&self, sandbox_id: &str) -> BoxFuture<'_, Result<Option<PathBuf>, BoxError>>;
 }
 
 /// Response bodies: whole or streamed.
@@ -191,6 +212,7 @@ struct Metrics {
     refused: AtomicU64,
     log_requests: AtomicU64,
     exec_sessions: AtomicU64,
+    attach_sessions: AtomicU64,
     port_forwards: AtomicU64,
 }
 
@@ -321,14 +343,21 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>, allowed: bool) -> 
         ["exec", ns, pod, container] if is_get || req.method() == Method::POST => {
             shared.metrics.exec_sessions.fetch_add(1, Ordering::Relaxed);
             let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());
-            exec::serve_exec(shared, req, &ns, &pod, &container).await
+            exec::serve(shared, exec::Kind::Exec, req, &ns, &pod, &container).await
+        }
+        ["attach", ns, pod, container] if is_get || req.method() == Method::POST => {
+            shared.metrics.attach_sessions.fetch_add(1, Ordering::Relaxed);
+            let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());
+            exec::serve(shared, exec::Kind::Attach, req, &ns, &pod, &container).await
         }
         ["portForward", ns, pod] if is_get || req.method() == Method::POST => {
             shared.metrics.port_forwards.fetch_add(1, Ordering::Relaxed);
             let (ns, pod) = (ns.to_string(), pod.to_string());
             portforward::serve_portforward(shared, req, &ns, &pod).await
         }
-        ["exec" | "containerLogs" | "portForward", ..] => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        ["exec" | "attach" | "containerLogs" | "portForward", ..] => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
         _ => text(StatusCode::NOT_FOUND, format!("{path} not found")),
     }
 }
@@ -339,11 +368,13 @@ fn metrics(m: &Metrics) -> Response<Body> {
          # TYPE skiff_kubelet_server_refused_total counter\nskiff_kubelet_server_refused_total {}\n\
          # TYPE skiff_kubelet_server_log_requests_total counter\nskiff_kubelet_server_log_requests_total {}\n\
          # TYPE skiff_kubelet_server_exec_sessions_total counter\nskiff_kubelet_server_exec_sessions_total {}\n\
+         # TYPE skiff_kubelet_server_attach_sessions_total counter\nskiff_kubelet_server_attach_sessions_total {}\n\
          # TYPE skiff_kubelet_server_port_forwards_total counter\nskiff_kubelet_server_port_forwards_total {}\n",
         m.requests.load(Ordering::Relaxed),
         m.refused.load(Ordering::Relaxed),
         m.log_requests.load(Ordering::Relaxed),
         m.exec_sessions.load(Ordering::Relaxed),
+        m.attach_sessions.load(Ordering::Relaxed),
         m.port_forwards.load(Ordering::Relaxed),
     );
     Response::builder().header(header::CONTENT_TYPE, "text/plain; version=0.0.4").body(full(body)).unwrap()

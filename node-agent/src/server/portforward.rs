@@ -6,15 +6,19 @@
 //!
 //! For each local connection kubectl opens two streams with headers `streamtype`
 //! (`error`, then `data`), `port` and `requestid`. Once both are there, this module
-//! connects to the pod's IP at that port and copies bytes between the TCP connection
-//! and the data stream; a failure to connect is written to the error stream.
+//! connects to `localhost` at that port inside the pod's network namespace (as upstream
+//! does: a server bound to the pod's 127.0.0.1 is reachable, and so is a pod on the
+//! node's network) and copies bytes between the TCP connection and the data stream; a
+//! failure to connect is written to the error stream. When the runtime does not say
+//! where the namespace is, it dials the pod's IP from the node instead.
 //!
-//! It reaches the port through the pod's IP from the node, not from inside the pod's
-//! network namespace as upstream does, so a server bound only to the pod's 127.0.0.1 is
-//! not reachable. It must not run anything in the pod.
+//! The socket is made by a short-lived thread of its own that enters the namespace (a
+//! socket stays in the namespace it was made in); no runtime thread ever changes its
+//! namespace. It must not run anything in the pod.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +44,61 @@ pub const SPDY_PROTOCOL: &str = "portforward.k8s.io";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Data frames sent are at most this long.
 const CHUNK: usize = 32 * 1024;
+
+/// Where a forwarded port is.
+#[derive(Debug, Clone)]
+enum Target {
+    /// `localhost` in the network namespace this file names.
+    Netns(PathBuf),
+    /// The pod's IP, from the node.
+    Ip(IpAddr),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Netns(p) => write!(f, "localhost in network namespace {}", p.display()),
+            Self::Ip(ip) => write!(f, "pod at {ip}"),
+        }
+    }
+}
+
+impl Target {
+    async fn connect(&self, port: u16) -> std::io::Result<TcpStream> {
+        let addr = match self {
+            Self::Ip(ip) => SocketAddr::new(*ip, port),
+            Self::Netns(path) => return connect_in(path.clone(), port).await,
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+}
+
+/// Connects to `localhost:port` (IPv4, else IPv6) inside the network namespace `netns`,
+/// from a thread made for it.
+async fn connect_in(netns: PathBuf, port: u16) -> std::io::Result<TcpStream> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name("portforward-netns".into()).spawn(move || {
+        let connect = || -> std::io::Result<std::net::TcpStream> {
+            let ns = std::fs::File::open(&netns)?;
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            let mut last = std::io::Error::from(std::io::ErrorKind::AddrNotAvailable);
+            for ip in [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)] {
+                match std::net::TcpStream::connect_timeout(&SocketAddr::new(ip, port), CONNECT_TIMEOUT) {
+                    Ok(s) => return Ok(s),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        };
+        let _ = tx.send(connect());
+    })?;
+    let tcp = rx.await.map_err(|_| std::io::Error::other("the namespace thread ended without an answer"))??;
+    tcp.set_nonblocking(true)?;
+    TcpStream::from_std(tcp)
+}
 
 /// How the client wants its SPDY carried.
 enum Transport {
@@ -75,8 +134,17 @@ pub(super) async fn serve_portforward(
         Ok(l) => l,
         Err(e) => return locate_error(&e),
     };
-    let Some(ip) = loc.pod_ip else {
-        return text(StatusCode::BAD_REQUEST, format!("pod {ns}/{pod} has no IP yet"));
+    let netns = match shared.runtime.sandbox_netns(&loc.sandbox_id).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::info!(%ns, %pod, sandbox = %loc.sandbox_id, error = %e, "port-forward: no network namespace from the runtime");
+            None
+        }
+    };
+    let target = match (netns, loc.pod_ip) {
+        (Some(path), _) => Target::Netns(path),
+        (None, Some(ip)) => Target::Ip(ip),
+        (None, None) => return text(StatusCode::BAD_REQUEST, format!("pod {ns}/{pod} has no network yet")),
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let websocket = matches!(transport, Transport::WebSocket { .. });
@@ -89,9 +157,9 @@ pub(super) async fn serve_portforward(
         tracing::debug!(%ns, %pod, websocket, "port-forward session started");
         let result = if websocket {
             let ws = WebSocketStream::from_raw_socket(up, Role::Server, None).await;
-            session(unwrap_websocket(ws), ip).await
+            session(unwrap_websocket(ws), target).await
         } else {
-            session(up, ip).await
+            session(up, target).await
         };
         if let Err(e) = result {
             tracing::info!(%ns, %pod, error = %e, "port-forward session failed");
@@ -148,17 +216,9 @@ struct Pair {
 
 /// One SPDY session: replies to streams, pairs them by request id, and starts a
 /// forward for each complete pair. Frames to send go through one writer task.
-async fn session(io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static, ip: IpAddr) -> spdy::Result<()> {
-    let (mut rd, mut wr) = tokio::io::split(io);
-    let (out, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
-    let writer = tokio::spawn(async move {
-        while let Some(frame) = out_rx.recv().await {
-            if wr.write_all(&frame).await.is_err() {
-                break;
-            }
-        }
-        let _ = wr.shutdown().await;
-    });
+async fn session(io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static, target: Target) -> spdy::Result<()> {
+    let (mut rd, wr) = tokio::io::split(io);
+    let (out, writer) = spdy::writer(wr);
     let (mut headers_in, mut headers_out) = (HeaderReader::default(), HeaderWriter::default());
     let mut pairs: HashMap<String, Pair> = HashMap::new();
     // Data streams' inbound halves: what the client sends goes to the pod.
@@ -192,7 +252,7 @@ async fn session(io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static, ip: I
                     pairs.remove(&request);
                     let (tx, rx) = mpsc::channel(16);
                     inbound.insert(data, tx);
-                    tokio::spawn(forward(ip, port, error, data, rx, out.clone()));
+                    tokio::spawn(forward(target.clone(), port, error, data, rx, out.clone()));
                 }
             }
             Frame::Data { stream, flags, data } => {
@@ -224,24 +284,19 @@ async fn session(io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static, ip: I
     result
 }
 
-/// One forwarded connection: pod `ip`:`port` ↔ SPDY stream `data`; connection errors go
-/// to stream `error`. Both streams are finished when it ends.
+/// One forwarded connection: `target`'s `port` ↔ SPDY stream `data`; connection errors
+/// go to stream `error`. Both streams are finished when it ends.
 async fn forward(
-    ip: IpAddr,
+    target: Target,
     port: u16,
     error: u32,
     data: u32,
     mut inbound: mpsc::Receiver<Option<Vec<u8>>>,
     out: mpsc::Sender<Vec<u8>>,
 ) {
-    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((ip, port))).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            return fail(&out, error, data, &format!("error forwarding port {port} to pod at {ip}: {e}")).await;
-        }
-        Err(_) => {
-            return fail(&out, error, data, &format!("error forwarding port {port} to pod at {ip}: timed out")).await;
-        }
+    let tcp = match target.connect(port).await {
+        Ok(s) => s,
+        Err(e) => return fail(&out, error, data, &format!("error forwarding port {port} to {target}: {e}")).await,
     };
     let (mut tcp_rd, mut tcp_wr) = tcp.into_split();
     let to_pod = tokio::spawn(async move {

@@ -1,13 +1,16 @@
-//! The server side of SPDY/3.1 framing, as much of it as `kubectl port-forward` uses:
-//! frames (control and data), and header blocks (name/value pairs in one zlib stream
-//! per direction, primed with the dictionary the SPDY/3 specification defines).
+//! SPDY/3.1 framing, as much of it as `kubectl port-forward` (served here) and the
+//! runtime's remotecommand streams (a client here, `remotecommand`) use: frames
+//! (control and data), and header blocks (name/value pairs in one zlib stream per
+//! direction, primed with the dictionary the SPDY/3 specification defines).
 //!
 //! No flow control: kubectl's SPDY library does not enforce windows, and WINDOW_UPDATE
 //! frames are read and ignored. It must not know what the streams carry
 //! (`portforward` does).
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 /// The SPDY/3 header-compression dictionary (specification section 2.6.10.1).
 const DICTIONARY: &[u8] = include_bytes!("spdy3.dict");
@@ -19,6 +22,7 @@ pub const SYN_REPLY: u16 = 2;
 pub const RST_STREAM: u16 = 3;
 pub const PING: u16 = 6;
 pub const GOAWAY: u16 = 7;
+pub const HEADERS: u16 = 8;
 /// The largest frame payload accepted (the field has 24 bits; kubectl sends far less).
 const MAX_PAYLOAD: usize = 1 << 24;
 
@@ -69,6 +73,22 @@ pub async fn read_frame(r: &mut (impl AsyncRead + Unpin)) -> Result<Option<Frame
     }))
 }
 
+/// A task that writes the frames sent to it in order (one writer per connection, so
+/// frames never interleave), and shuts the write side down once every sender is gone
+/// or a write fails.
+pub fn writer(mut wr: impl AsyncWrite + Unpin + Send + 'static) -> (mpsc::Sender<Vec<u8>>, JoinHandle<()>) {
+    let (out, mut frames) = mpsc::channel::<Vec<u8>>(64);
+    let task = tokio::spawn(async move {
+        while let Some(frame) = frames.recv().await {
+            if wr.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    (out, task)
+}
+
 /// Encodes a control frame.
 pub fn control(kind: u16, flags: u8, data: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(8 + data.len());
@@ -88,6 +108,17 @@ pub fn data(stream: u32, flags: u8, data: &[u8]) -> Vec<u8> {
     f.extend_from_slice(&(data.len() as u32).to_be_bytes()[1..]);
     f.extend_from_slice(data);
     f
+}
+
+/// A SYN_STREAM opening stream `id` (no associated stream, lowest priority) with the
+/// compressed header block `headers` (from [`HeaderWriter::write`]).
+pub fn syn_stream(id: u32, headers: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(10 + headers.len());
+    body.extend_from_slice(&(id & 0x7fff_ffff).to_be_bytes());
+    body.extend_from_slice(&0u32.to_be_bytes());
+    body.extend_from_slice(&[0, 0]);
+    body.extend_from_slice(headers);
+    control(SYN_STREAM, 0, &body)
 }
 
 /// The stream id at the start of a control frame's data.

@@ -5,11 +5,12 @@
 //! the few commands `kubectl exec` needs (`--version`, `env`, `cat`, `exit`) are its own.
 //!
 //! ```text
-//! skiff-echo [serve] [--name NAME] [--tcp PORT] [--udp PORT] [--crash-after-ms N]
+//! skiff-echo [serve] [--name NAME] [--tcp PORT] [--udp PORT] [--listen IP] [--crash-after-ms N]
 //!            [--ready-after-ms N] [--sigterm-delay-ms N]
 //!            [--termination-message MSG] [--termination-log PATH]
 //! skiff-echo --version                                                         prints the version, exits 0
 //! skiff-echo env [NAME] | cat PATH... | exit CODE [MESSAGE]                     for `kubectl exec`
+//! skiff-echo cat [--exit CODE]                        copies stdin to stdout until EOF, exits CODE
 //! skiff-echo get  ADDR:PORT PATH [--timeout-ms T]                              one HTTP GET: `STATUS BODY`
 //! skiff-echo tcp  ADDR:PORT [--count N] [--interval-ms T] [--timeout-ms T]   one connection per request
 //! skiff-echo udp  ADDR:PORT [--count N] [--interval-ms T] [--timeout-ms T]
@@ -22,7 +23,8 @@
 //! `serve` is the default when the first argument is a flag or there is none (a pod's
 //! `args` then need no subcommand). Its name is `--name`, else `$POD_NAME`, else the
 //! hostname (which the runtime sets to the pod's name). Without `--tcp` and `--udp` it
-//! listens on TCP and UDP port 8080. On TCP a connection whose first line is an HTTP/1.x
+//! listens on TCP and UDP port 8080, on every address unless `--listen IP` names one
+//! (`--listen 127.0.0.1`: reachable only from inside the pod). On TCP a connection whose first line is an HTTP/1.x
 //! request line is served as HTTP (one request, then close); any other line is answered
 //! with the name, so the line clients above and HTTP probes share one port. HTTP paths:
 //! `/` (the name), `/healthz` (200), `/readyz` (200 while ready, 503 while not),
@@ -46,7 +48,7 @@
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     path::PathBuf,
     process::ExitCode,
     sync::{
@@ -115,6 +117,9 @@ fn run() -> Result<()> {
                 name: flag("--name").unwrap_or_else(own_name),
                 tcp,
                 udp,
+                listen: flag("--listen").map_or(Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), |a| {
+                    a.parse().with_context(|| format!("--listen {a}"))
+                })?,
                 crash_after: ms("--crash-after-ms")?,
                 ready_after: ms("--ready-after-ms")?,
                 sigterm_delay: ms("--sigterm-delay-ms")?.unwrap_or_default(),
@@ -175,6 +180,8 @@ struct ServeOptions {
     name: String,
     tcp: Option<u16>,
     udp: Option<u16>,
+    /// The address to listen on (all of them by default).
+    listen: IpAddr,
     crash_after: Option<Duration>,
     ready_after: Option<Duration>,
     sigterm_delay: Duration,
@@ -215,7 +222,7 @@ fn serve(opts: ServeOptions) -> Result<()> {
     });
     let mut threads = Vec::new();
     if let Some(port) = opts.udp {
-        let sock = UdpSocket::bind(("0.0.0.0", port)).with_context(|| format!("bind udp port {port}"))?;
+        let sock = UdpSocket::bind((opts.listen, port)).with_context(|| format!("bind udp port {port}"))?;
         let server = server.clone();
         threads.push(std::thread::spawn(move || {
             let mut buf = [0u8; 2048];
@@ -226,7 +233,8 @@ fn serve(opts: ServeOptions) -> Result<()> {
         }));
     }
     if let Some(port) = opts.tcp {
-        let listener = Arc::new(TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("bind tcp port {port}"))?);
+        let listener =
+            Arc::new(TcpListener::bind((opts.listen, port)).with_context(|| format!("bind tcp port {port}"))?);
         // A fixed pool blocked in accept: no thread is spawned per connection, so the
         // connection-rate benchmark measures the network path rather than this server.
         for _ in 0..ACCEPT_THREADS {
@@ -410,9 +418,21 @@ fn print_env(name: Option<&str>) -> Result<()> {
 }
 
 /// `cat PATH...`: the files' bytes on stdout.
-fn cat(paths: &[String]) -> Result<()> {
+/// `cat PATH...` prints files; `cat [--exit CODE]` copies stdin to stdout until its end
+/// (what `kubectl exec -i` and `attach` feed), then exits with CODE (0 by default).
+fn cat(args: &[String]) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    for path in paths {
+    if args.is_empty() || args[0] == "--exit" {
+        let code: i32 = match args.get(1) {
+            Some(c) => c.parse().with_context(|| format!("--exit {c}"))?,
+            None if args.is_empty() => 0,
+            None => bail!("cat --exit CODE"),
+        };
+        std::io::copy(&mut std::io::stdin().lock(), &mut out).context("copying stdin")?;
+        out.flush()?;
+        std::process::exit(code)
+    }
+    for path in args {
         out.write_all(&std::fs::read(path).with_context(|| format!("reading {path}"))?)?;
     }
     Ok(())

@@ -401,6 +401,13 @@ mod tests {
             "command=a&command=b+c&stdout=true"
         );
         assert_eq!(forwarded_query(Kind::Log, "container=x&follow=true&tailLines=3"), "follow=true&tailLines=3");
+        let attach = ProxyTarget::parse("/api/v1/namespaces/default/pods/web/attach").unwrap();
+        assert_eq!((attach.kind, attach.subresource()), (Kind::Attach, "attach"));
+        assert_eq!(attach.verbs(&Method::POST).unwrap(), ["create"]);
+        assert_eq!(
+            forwarded_query(Kind::Attach, "container=r&stdin=true&stdout=true&tty=false"),
+            "stdin=true&stdout=true&tty=false"
+        );
     }
 
     #[test]
