@@ -79,9 +79,13 @@ pub struct Channels {
     pub tty: bool,
 }
 
+/// A byte stream both ways (the upgraded connection; a test's pipe).
+trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
 /// A session with the runtime: the upgraded connection with its streams opened.
 pub struct Session {
-    io: TokioIo<Upgraded>,
+    io: Box<dyn Io>,
     /// The SPDY stream of each channel (indexed by channel number), if it has one.
     streams: [Option<u32>; 5],
 }
@@ -156,7 +160,7 @@ pub async fn connect(url: &str, channels: Channels) -> Result<Session> {
     if chosen != STREAM_PROTOCOL {
         return Err(Error::Protocol(chosen.to_string()));
     }
-    let mut io = TokioIo::new(timed(hyper::upgrade::on(resp)).await?);
+    let mut io: TokioIo<Upgraded> = TokioIo::new(timed(hyper::upgrade::on(resp)).await?);
     let (mut headers, mut frames, mut streams) = (HeaderWriter::default(), Vec::new(), [None; 5]);
     for (i, (channel, kind)) in stream_plan(channels).into_iter().enumerate() {
         // The client's streams have odd ids, in the order they are opened.
@@ -165,7 +169,7 @@ pub async fn connect(url: &str, channels: Channels) -> Result<Session> {
         frames.extend(spdy::syn_stream(id, &headers.write(&[("streamtype", kind)])?));
     }
     io.write_all(&frames).await.map_err(Error::Write)?;
-    Ok(Session { io, streams })
+    Ok(Session { io: Box::new(io), streams })
 }
 
 /// Relays between the client's WebSocket and the runtime's session until the runtime
@@ -179,7 +183,7 @@ where
     let (mut c_tx, mut c_rx) = client.split();
     let (mut rd, wr) = tokio::io::split(io);
     // Frames to the runtime: the client's data, and answers to the runtime's pings.
-    let (out, writer) = spdy::writer(wr);
+    let (out, mut writer) = spdy::writer(wr);
     let pings = out.clone();
     let mut up = tokio::spawn(async move {
         while let Some(Ok(msg)) = c_rx.next().await {
@@ -254,13 +258,17 @@ where
         // The client went: nobody reads the output any more.
         _ = &mut up => down.abort(),
     }
-    let _ = up.await;
-    let _ = down.await;
-    let _ = writer.await;
+    // The writer ends (closing the runtime's connection) once both senders are gone.
+    if tokio::time::timeout(DRAIN, &mut writer).await.is_err() {
+        tracing::debug!("remotecommand: the runtime's connection did not take the last frames");
+        writer.abort();
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
     use super::*;
 
     #[test]
@@ -271,5 +279,42 @@ mod tests {
         assert_eq!(stream_plan(tty), [(3, "error"), (0, "stdin"), (1, "stdout"), (4, "resize")]);
         let quiet = Channels { stdin: false, stdout: false, stderr: true, tty: false };
         assert_eq!(stream_plan(quiet), [(3, "error"), (2, "stderr")]);
+    }
+
+    #[tokio::test]
+    async fn the_relay_maps_channels_to_streams_and_ends_stdin() {
+        // Streams as `connect` numbers them: error 1, stdin 3, stdout 5, stderr 7.
+        let (ours, mut runtime) = tokio::io::duplex(1 << 16);
+        let session = Session { io: Box::new(ours), streams: [Some(3), Some(5), Some(7), Some(1), None] };
+        let (server_side, client_side) = tokio::io::duplex(1 << 16);
+        let relay = tokio::spawn(async move {
+            relay(WebSocketStream::from_raw_socket(server_side, Role::Server, None).await, session).await;
+        });
+        let mut client = WebSocketStream::from_raw_socket(client_side, Role::Client, None).await;
+
+        client.send(Message::binary(b"\x00abc".to_vec())).await.unwrap();
+        client.send(Message::binary(vec![CLOSE_CHANNEL, 0])).await.unwrap();
+        let frame = |stream, flags, data: &[u8]| Frame::Data { stream, flags, data: data.to_vec() };
+        assert_eq!(spdy::read_frame(&mut runtime).await.unwrap(), Some(frame(3, 0, b"abc")));
+        assert_eq!(spdy::read_frame(&mut runtime).await.unwrap(), Some(frame(3, FLAG_FIN, b"")));
+
+        for f in [spdy::data(5, 0, b"out"), spdy::data(7, 0, b"err"), spdy::data(1, FLAG_FIN, b"{}")] {
+            runtime.write_all(&f).await.unwrap();
+        }
+        runtime.write_all(&spdy::control(spdy::GOAWAY, 0, &[0; 8])).await.unwrap();
+        let mut got = Vec::new();
+        while let Some(Ok(msg)) = client.next().await {
+            match msg {
+                Message::Binary(d) => got.push(d.to_vec()),
+                Message::Close(frame) => {
+                    assert_eq!(frame.map(|f| f.code), Some(CloseCode::Normal));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(got, [b"\x01out".to_vec(), b"\x02err".to_vec(), b"\x03{}".to_vec()]);
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(10), relay).await.unwrap().unwrap();
     }
 }
