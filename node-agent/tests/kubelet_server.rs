@@ -459,7 +459,8 @@ fn kubectl_logs_exec_and_port_forward_reach_containers_through_the_kubelet_serve
             log_path: lo_logs.join("srv/0.log"),
             previous_log_path: None,
             sandbox_id: lo_sb.clone(),
-            pod_ip: Some(lo_ip),
+            // No IP for the server: only the pod's namespace can lead to the port.
+            pod_ip: None,
         },
     );
     assert!(
