@@ -2,14 +2,17 @@
 //! skiff-control, containerd and kubectl 1.32): a container the OOM killer ends (an
 //! OOMKilled event and `lastState`), a failed container's log as its termination
 //! message (`FallbackToLogsOnError`), a pod's `fsGroup` on its volumes and processes,
-//! and a pod force-deleted while the agent was down (its sandbox, containers and IP go
-//! once the agent is back).
+//! a pod force-deleted while the agent was down (its sandbox, containers and IP go
+//! once the agent is back), and the renewal of the node's client certificate.
 //!
 //! One cluster, the checks in sequence, every wait bounded. Needs root; skips without
 //! it, fails under CI=true.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+use anyhow::ensure;
 
 use skiff_tests::cluster::Cluster;
 use skiff_tests::image::{echo_image, pause_image};
@@ -106,9 +109,30 @@ fn ip_allocated(cluster: &Cluster, ip: &str) -> bool {
     state["allocations"].get(ip).is_some()
 }
 
+/// Renews the certificate in `kubeconfig` (a copy of the node's) the way the running
+/// agent does, from a thread inside the node's network namespace: the API server is
+/// reachable there, and nothing is sent from the root namespace.
+fn renew_in_node_netns(cluster: &Cluster, kubeconfig: &Path) -> anyhow::Result<()> {
+    let netns = std::fs::File::open(cluster.nodes[0].ns.path())?;
+    let (kubeconfig, node) = (kubeconfig.to_owned(), cluster.nodes[0].name.clone());
+    let renewal = std::thread::spawn(move || -> anyhow::Result<()> {
+        use std::os::fd::AsRawFd;
+        #[expect(unsafe_code, reason = "setns(2) moves only this thread, into a namespace whose fd it holds open")]
+        let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
+        ensure!(rc == 0, "setns into the node's namespace: {}", std::io::Error::last_os_error());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async {
+            let (_client, rotation) = skiff_node::node::bootstrap::rotating_client(&kubeconfig, None, &node)?;
+            rotation.renew().await?;
+            anyhow::Ok(())
+        })
+    });
+    renewal.join().map_err(|_| anyhow::anyhow!("the renewal thread panicked"))?
+}
+
 #[test]
-fn oom_kills_fallback_messages_fs_group_and_orphans() {
-    if !require_privileges("oom_kills_fallback_messages_fs_group_and_orphans") {
+fn oom_fallback_message_fs_group_orphans_and_certificate_renewal() {
+    if !require_privileges("oom_fallback_message_fs_group_orphans_and_certificate_renewal") {
         return;
     }
     let images = vec![ok("pause image", pause_image()), ok("echo image", echo_image())];
@@ -211,5 +235,19 @@ fn oom_kills_fallback_messages_fs_group_and_orphans() {
         cluster.kubectl_out(&["get", "pod", "failing", "-o", "yaml"])
     );
     assert_eq!(field(&cluster, "failing", ".status.phase"), "Failed");
+
+    // The node's client certificate is renewed with the current one as credentials
+    // (approved as selfnodeclient), and the new one works before it is taken.
+    let node = cluster.nodes[0].name.clone();
+    let copy = cluster.dir.join("renewed.kubeconfig");
+    std::fs::copy(cluster.dir.join(&node).join("kubeconfig"), &copy).unwrap();
+    let before = std::fs::read_to_string(&copy).unwrap();
+    ok("renewing the node's certificate", renew_in_node_netns(&cluster, &copy));
+    assert_ne!(std::fs::read_to_string(&copy).unwrap(), before, "the kubeconfig was not rewritten");
+    let requesters = cluster.kubectl_out(&["get", "csr", "-o", "jsonpath={.items[*].spec.username}"]);
+    assert!(
+        requesters.split_whitespace().any(|u| u == format!("system:node:{node}")),
+        "no CSR sent as the node itself: {requesters}"
+    );
     eprintln!("all checks passed after {:?}", started.elapsed());
 }
