@@ -170,6 +170,11 @@ fn oom_fallback_message_fs_group_orphans_and_certificate_renewal() {
     let orphan_container = orphan_container.trim_start_matches("containerd://").to_owned();
     assert!(!orphan_uid.is_empty() && !orphan_container.is_empty(), "orphan has no uid or container");
     assert!(ip_allocated(&cluster, &orphan_ip), "the orphan's IP {orphan_ip} is not in the node's IPAM state");
+    let host_dirs = [
+        cluster.nodes[0].root_dir.join("pods").join(&orphan_uid),
+        cluster.nodes[0].pod_log_dir.join(format!("default_orphan_{orphan_uid}")),
+    ];
+    assert!(host_dirs.iter().all(|d| d.is_dir()), "the orphan's directories are not where expected: {host_dirs:?}");
     cluster.nodes[0].kill_agent();
     ok(
         "force delete orphan",
@@ -199,6 +204,11 @@ fn oom_fallback_message_fs_group_orphans_and_certificate_renewal() {
     eprintln!("orphan removed {:?} after the agent restart", t.elapsed());
     let orphan_running = ok("ctr tasks", cluster.nodes[0].containerd.ctr(&["tasks", "ls"])).contains(&orphan_container);
     assert!(!orphan_running, "the orphan's container still runs");
+    // What it had on the host goes with it: its pod directory and its logs.
+    assert!(
+        wait_until(Duration::from_secs(5), || host_dirs.iter().all(|d| !d.exists())),
+        "the orphan's directories stayed: {host_dirs:?}"
+    );
     assert!(ready(&cluster, "grouped"), "the agent restart disturbed the grouped pod");
 
     // OOM: the status says OOMKilled in lastState, and an OOMKilled event names the
