@@ -79,12 +79,15 @@ fn run(args: RunArgs) -> Result<()> {
         rt.block_on(crate::node::bootstrap::ensure_credentials(bootstrap, kubeconfig, &args.node_name))
             .context("obtaining this node's client certificate")?;
     }
-    let api = match &args.kubeconfig {
-        Some(kubeconfig) => Some(
-            skiff_api::Client::from_kubeconfig(kubeconfig, &format!("skiff-node/{}", args.node_name))
-                .with_context(|| format!("reading the kubeconfig {}", kubeconfig.display()))?,
-        ),
-        None => None,
+    // The client's certificate is renewed while the agent runs (`rotation`).
+    let (api, rotation) = match &args.kubeconfig {
+        Some(kubeconfig) => {
+            let bootstrap = args.bootstrap_kubeconfig.as_deref();
+            let (client, rotation) = crate::node::bootstrap::rotating_client(kubeconfig, bootstrap, &args.node_name)
+                .with_context(|| format!("reading the kubeconfig {}", kubeconfig.display()))?;
+            (Some(client), Some(rotation))
+        }
+        None => (None, None),
     };
     info!(
         node = %args.node_name,
@@ -166,6 +169,7 @@ fn run(args: RunArgs) -> Result<()> {
                 kubelet_port: args.kubelet_port,
             };
             api_roles.push(tokio::task::spawn_local(crate::node::run(client.clone(), settings, cri.clone())));
+            api_roles.extend(rotation.map(|r| tokio::task::spawn_local(r.run())));
             if let Some(cri) = cri {
                 let settings = kubelet_settings(&args)?;
                 info!(root_dir = %settings.root_dir.display(), pod_log_dir = %settings.pod_log_dir.display(), "kubelet starting");

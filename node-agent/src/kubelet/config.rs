@@ -7,8 +7,13 @@
 //!   (the sandbox's log directory and the container's log path), which `server` reads;
 //! - per pod: `<root_dir>/pods/<uid>/` with `volumes/` and `containers/<name>/` (the
 //!   termination-log files).
+//!
+//! A container's `terminationMessagePolicy` travels in its CRI annotations (as
+//! upstream's does), so that an exited container's message is found from the runtime's
+//! answer alone ([`exit_message`]).
 
 use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -211,7 +216,7 @@ pub fn sandbox_config(pod: &Pod, attempt: u32, s: &KubeletSettings) -> api::PodS
                 privileged,
                 run_as_user: psc.run_as_user.map(|value| api::Int64Value { value }),
                 run_as_group: psc.run_as_group.map(|value| api::Int64Value { value }),
-                supplemental_groups: psc.supplemental_groups.clone().unwrap_or_default(),
+                supplemental_groups: supplemental_groups(pod),
                 ..Default::default()
             }),
             sysctls: psc.sysctls.iter().flatten().map(|s| (s.name.clone(), s.value.clone())).collect(),
@@ -219,6 +224,26 @@ pub fn sandbox_config(pod: &Pod, attempt: u32, s: &KubeletSettings) -> api::PodS
         }),
         ..Default::default()
     }
+}
+
+/// The CRI annotation that carries a container's `terminationMessagePolicy`.
+pub const MESSAGE_POLICY_ANNOTATION: &str = "io.kubernetes.container.terminationMessagePolicy";
+/// How much of a failed container's log becomes its message under
+/// `FallbackToLogsOnError`: its last lines, and at most this many of their last bytes
+/// (upstream's limits).
+pub const FALLBACK_LOG_LINES: usize = 80;
+pub const FALLBACK_LOG_BYTES: usize = 2048;
+
+/// The pod's supplemental groups, with its `fsGroup` (which owns its volumes' files) added.
+fn supplemental_groups(pod: &Pod) -> Vec<i64> {
+    let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let mut groups: Vec<i64> = psc.and_then(|sc| sc.supplemental_groups.clone()).unwrap_or_default();
+    if let Some(fs_group) = psc.and_then(|sc| sc.fs_group)
+        && !groups.contains(&fs_group)
+    {
+        groups.push(fs_group);
+    }
+    groups
 }
 
 /// What the caller resolved for one container instance.
@@ -266,7 +291,13 @@ pub fn container_config(
         envs: resolved.envs,
         mounts,
         labels: l,
-        annotations: HashMap::from([("io.kubernetes.container.restartCount".to_owned(), attempt.to_string())]),
+        annotations: HashMap::from([
+            ("io.kubernetes.container.restartCount".to_owned(), attempt.to_string()),
+            (
+                MESSAGE_POLICY_ANNOTATION.to_owned(),
+                c.termination_message_policy.clone().unwrap_or_else(|| "File".into()),
+            ),
+        ]),
         log_path: container_log_path(&c.name, attempt),
         stdin: c.stdin.unwrap_or(false),
         stdin_once: c.stdin_once.unwrap_or(false),
@@ -280,7 +311,7 @@ pub fn container_config(
                 run_as_user: sc.run_as_user.or(psc.run_as_user).map(|value| api::Int64Value { value }),
                 run_as_group: sc.run_as_group.or(psc.run_as_group).map(|value| api::Int64Value { value }),
                 readonly_rootfs: sc.read_only_root_filesystem.unwrap_or(false),
-                supplemental_groups: psc.supplemental_groups.clone().unwrap_or_default(),
+                supplemental_groups: supplemental_groups(pod),
                 no_new_privs: sc.allow_privilege_escalation == Some(false),
                 ..Default::default()
             }),
@@ -301,6 +332,66 @@ pub fn prepare_container_files(pod: &Pod, c: &Container, attempt: u32, s: &Kubel
 /// Reads a container instance's termination message (at most 4 KiB, as upstream).
 pub fn termination_message(s: &KubeletSettings, uid: &str, container: &str, attempt: u32) -> Option<String> {
     read_bounded(&s.termination_log(uid, container, attempt), 4096)
+}
+
+/// The message of an exited container instance, from the runtime's status of it: its
+/// termination-log file, or, under `FallbackToLogsOnError` when that is empty and the
+/// container failed, the tail of its log. Empty when there is none.
+pub fn exit_message(s: &KubeletSettings, uid: &str, status: &api::ContainerStatus) -> String {
+    let meta = status.metadata.clone().unwrap_or_default();
+    if let Some(message) = termination_message(s, uid, &meta.name, meta.attempt) {
+        return message;
+    }
+    let fallback = status.annotations.get(MESSAGE_POLICY_ANNOTATION).is_some_and(|p| p == "FallbackToLogsOnError");
+    if !fallback || status.exit_code == 0 || status.log_path.is_empty() {
+        return String::new();
+    }
+    match read_end(Path::new(&status.log_path), 16 * 1024) {
+        Ok(log) => log_tail_message(&log, FALLBACK_LOG_LINES, FALLBACK_LOG_BYTES),
+        Err(e) => {
+            tracing::debug!(path = %status.log_path, error = %e, "cannot read a failed container's log for its message");
+            String::new()
+        }
+    }
+}
+
+/// The last `max` bytes of a file, from the start of a line.
+fn read_end(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(max);
+    file.seek(SeekFrom::Start(start))?;
+    let mut buf = Vec::new();
+    file.take(max).read_to_end(&mut buf)?;
+    if start > 0 {
+        // The first line was cut: it is not a record.
+        let first_newline = buf.iter().position(|b| *b == b'\n').map_or(buf.len(), |i| i + 1);
+        buf.drain(..first_newline);
+    }
+    Ok(buf)
+}
+
+/// What the last `lines` records of a CRI log file say (both streams, partial records
+/// joined), cut to its last `max_bytes` bytes at a character boundary.
+pub fn log_tail_message(log: &[u8], lines: usize, max_bytes: usize) -> String {
+    let records: Vec<_> = log
+        .split(|b| *b == b'\n')
+        .filter_map(crate::server::logs::parse_record)
+        .filter(|r| matches!(r.stream, "stdout" | "stderr"))
+        .collect();
+    let mut text = Vec::new();
+    for rec in &records[records.len().saturating_sub(lines)..] {
+        text.extend_from_slice(rec.content);
+        if !rec.partial {
+            text.push(b'\n');
+        }
+    }
+    let mut start = text.len().saturating_sub(max_bytes);
+    // Not in the middle of a UTF-8 sequence (continuation bytes are 0b10xxxxxx).
+    while start < text.len() && text[start] & 0xC0 == 0x80 {
+        start += 1;
+    }
+    String::from_utf8_lossy(&text[start..]).into_owned()
 }
 
 fn read_bounded(path: &Path, max: usize) -> Option<String> {
@@ -401,5 +492,66 @@ mod tests {
         assert!(!cfg.labels.contains_key("app"), "pod labels stay on the sandbox");
         let m = cfg.mounts.iter().find(|m| m.container_path == "/dev/termination-log").unwrap();
         assert_eq!(m.host_path, "/var/lib/skiff/kubelet/n1/pods/u-1/containers/app/3.termination-log");
+        assert_eq!(cfg.annotations[MESSAGE_POLICY_ANNOTATION], "File");
+    }
+
+    #[test]
+    fn fs_group_joins_the_supplemental_groups_of_sandbox_and_containers() {
+        let mut p = pod();
+        p.spec.as_mut().unwrap().security_context = Some(k8s_openapi::api::core::v1::PodSecurityContext {
+            fs_group: Some(2000),
+            supplemental_groups: Some(vec![3000]),
+            ..Default::default()
+        });
+        let sandbox = sandbox_config(&p, 0, &settings());
+        assert_eq!(sandbox.linux.unwrap().security_context.unwrap().supplemental_groups, [3000, 2000]);
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        let cfg = container_config(&p, c, 0, Resolved::default(), &settings());
+        assert_eq!(cfg.linux.unwrap().security_context.unwrap().supplemental_groups, [3000, 2000]);
+    }
+
+    #[test]
+    fn the_log_tail_is_the_last_lines_and_bytes_of_both_streams() {
+        let log = "2026-12-02T02:00:00.000000001Z stdout F first\n\
+                   2026-12-02T02:00:00.000000002Z stderr P half \n\
+                   2026-12-02T02:00:00.000000003Z stderr F and half\n\
+                   not a record\n\
+                   2026-12-02T02:00:00.000000004Z stdout F\n\
+                   2026-12-02T02:00:00.000000005Z stdout F last words\n";
+        assert_eq!(log_tail_message(log.as_bytes(), 80, 2048), "first\nhalf and half\n\nlast words\n");
+        assert_eq!(log_tail_message(log.as_bytes(), 2, 2048), "\nlast words\n");
+        assert_eq!(log_tail_message(log.as_bytes(), 80, 6), "words\n");
+        // A cut never splits a character.
+        let accents = "2026-12-02T02:00:00.000000001Z stdout F ééé\n";
+        assert_eq!(log_tail_message(accents.as_bytes(), 80, 4), "é\n");
+        assert_eq!(log_tail_message(b"", 80, 2048), "");
+    }
+
+    #[test]
+    fn a_failed_container_under_fallback_to_logs_gets_its_log_tail() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = KubeletSettings { root_dir: tmp.path().join("root"), ..settings() };
+        let log_path = tmp.path().join("0.log");
+        let mut long = String::new();
+        for i in 0..100 {
+            long += &format!("2026-12-02T02:00:00.000000001Z stdout F line {i}\n");
+        }
+        std::fs::write(&log_path, &long).unwrap();
+        let status = |policy: &str, exit_code: i32| api::ContainerStatus {
+            metadata: Some(api::ContainerMetadata { name: "app".into(), attempt: 0 }),
+            exit_code,
+            log_path: log_path.to_string_lossy().into_owned(),
+            annotations: HashMap::from([(MESSAGE_POLICY_ANNOTATION.to_owned(), policy.to_owned())]),
+            ..Default::default()
+        };
+        let message = exit_message(&s, "u-1", &status("FallbackToLogsOnError", 1));
+        assert!(message.starts_with("line 20\n") && message.ends_with("line 99\n"), "{message:?}");
+        assert_eq!(exit_message(&s, "u-1", &status("FallbackToLogsOnError", 0)), "", "it succeeded");
+        assert_eq!(exit_message(&s, "u-1", &status("File", 1)), "");
+        // The termination-log file comes first.
+        let file = s.termination_log("u-1", "app", 0);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, "my own words\n").unwrap();
+        assert_eq!(exit_message(&s, "u-1", &status("FallbackToLogsOnError", 1)), "my own words");
     }
 }

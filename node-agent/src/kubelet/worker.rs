@@ -58,6 +58,8 @@ struct PodWorker {
     volumes_refreshed: Option<std::time::Instant>,
     /// Container instances whose back-off was announced in an event.
     backoff_announced: std::collections::BTreeSet<String>,
+    /// Container instances whose OOM kill was announced in an event.
+    oom_announced: std::collections::BTreeSet<String>,
 }
 
 /// Works on the pod `key` with uid `uid` until it is gone from the API and the runtime.
@@ -72,6 +74,7 @@ pub(super) async fn run(shared: Arc<Shared>, key: ObjectKey, uid: String, mut wa
         retry: Duration::from_secs(1),
         volumes_refreshed: None,
         backoff_announced: Default::default(),
+        oom_announced: Default::default(),
     };
     debug!(pod = %w.key, uid = %w.uid, "pod worker started");
     loop {
@@ -150,6 +153,7 @@ impl PodWorker {
             && pod.metadata.deletion_timestamp.is_none()
         {
             self.announce_back_off(pod, &observed, &plan);
+            self.shared.events.oom_kills(pod, &observed, &mut self.oom_announced);
             self.report(pod, &observed, &plan).await;
         }
         if plan.actions.is_empty() {
@@ -545,8 +549,7 @@ pub(super) async fn observe(shared: &Shared, uid: &str) -> cri::Result<Observed>
             Ok(st) => {
                 let mut obs = ContainerObs::from_cri(&c.pod_sandbox_id, &st);
                 if obs.has_exited() && obs.message.is_empty() {
-                    obs.message =
-                        config::termination_message(&shared.settings, uid, &obs.name, obs.attempt).unwrap_or_default();
+                    obs.message = config::exit_message(&shared.settings, uid, &st);
                 }
                 observed.containers.push(obs);
             }

@@ -18,6 +18,7 @@
 //! skiff-echo conn-rate ADDR:PORT --duration-ms D [--max N] [--threads T]
 //! skiff-echo bulk ADDR:PORT --bytes N                                          one transfer of N bytes
 //! skiff-echo rr ADDR:PORT --duration-ms D                                      requests/s on one connection
+//! skiff-echo hog MIB                                                          allocates MIB MiB, then holds it
 //! ```
 //!
 //! `serve` is the default when the first argument is a flag or there is none (a pod's
@@ -161,6 +162,7 @@ fn run() -> Result<()> {
             num("--max", 1_000_000)?,
             num("--threads", 2)?,
         ),
+        "hog" => hog(args.first().context("hog MIB")?.parse().context("hog MIB")?),
         other => bail!("unknown command {other}; the usage is in the doc comment of tests/src/bin/skiff-echo.rs"),
     }
 }
@@ -589,5 +591,21 @@ fn conn_rate(target: SocketAddr, duration: Duration, max: u64, threads: u64) -> 
     let n = done.load(Ordering::Relaxed);
     let f = failed.load(Ordering::Relaxed);
     println!("conns={n} failed={f} elapsed_s={elapsed:.3} rate={:.1}", (n - f) as f64 / elapsed);
+    Ok(())
+}
+
+/// Allocates and touches `mib` MiB (so the pages are really charged to its cgroup),
+/// printing its progress, then holds it for up to ten minutes: under a smaller memory
+/// limit the OOM killer ends it first, which is what the OOM tests want.
+fn hog(mib: usize) -> Result<()> {
+    let mut held: Vec<Vec<u8>> = Vec::with_capacity(mib);
+    for i in 1..=mib {
+        held.push(std::hint::black_box(vec![0xa5; 1 << 20]));
+        if i % 4 == 0 || i == mib {
+            log!("hog: {i} MiB");
+        }
+    }
+    std::thread::sleep(Duration::from_secs(600));
+    log!("hog: held {} MiB", std::hint::black_box(&held).len());
     Ok(())
 }

@@ -149,3 +149,18 @@ fn conditions_keep_their_transition_time_while_they_hold() {
     assert_eq!(first.conditions, later.conditions);
     assert_eq!(first, later, "an unchanged pod gives an unchanged status (so no write)");
 }
+
+#[test]
+fn an_oom_kill_shows_as_oom_killed_with_its_message() {
+    // Restarted after the OOM kill: running now, the kill is the last state.
+    let mut o = observed(ContainerState::Running, 1, 0);
+    let killed = o.containers.iter_mut().find(|c| c.attempt == 0).unwrap();
+    (killed.exit_code, killed.reason, killed.message) = (137, "OOMKilled".into(), "log tail".into());
+    let s = status_of(&pod(), &o, &active(), true);
+    let c = &s.container_statuses.as_ref().unwrap()[0];
+    let last = c.last_state.as_ref().unwrap().terminated.as_ref().unwrap();
+    assert_eq!((last.exit_code, last.reason.as_deref()), (137, Some("OOMKilled")));
+    assert_eq!(last.message.as_deref(), Some("log tail"));
+    assert_eq!(last.container_id.as_deref(), Some("containerd://c0"));
+    assert_eq!(c.restart_count, 1);
+}

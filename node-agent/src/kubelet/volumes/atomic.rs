@@ -5,12 +5,16 @@
 //! therefore changes in place, all keys at once. This is the layout upstream's
 //! AtomicWriter uses, so tools that watch `..data` work.
 //!
+//! With a group (the pod's `fsGroup`), every file and directory of a version is owned by
+//! it, files get group read and directories the setgid bit, as upstream's volume
+//! ownership has it.
+//!
 //! It must not write anywhere outside the volume's directory: payload paths are
 //! checked before anything is written.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Component, Path};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -57,16 +61,49 @@ fn top_level(path: &str) -> &str {
 /// Writes `payload` into `dir` atomically. Returns whether anything changed (an
 /// unchanged payload writes nothing, so a periodic refresh costs reads only).
 pub fn write(dir: &Path, payload: &Payload) -> io::Result<bool> {
+    write_owned(dir, payload, None)
+}
+
+/// The mode a file of `mode` gets in a volume owned by a group: group (and owner) read.
+pub fn group_mode(mode: u32) -> u32 {
+    mode | 0o440
+}
+
+/// Gives `path` to group `gid` and adds `extra` to its mode (no-op when both hold).
+fn own(path: &Path, gid: u32, extra: u32) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.gid() != gid {
+        std::os::unix::fs::lchown(path, None, Some(gid))?;
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode | extra != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode | extra))?;
+    }
+    Ok(())
+}
+
+/// Gives a directory to group `gid`: group read and search, and the setgid bit so that
+/// what is made in it later belongs to the group too.
+pub fn own_dir(path: &Path, gid: u32) -> io::Result<()> {
+    own(path, gid, 0o2550)
+}
+
+/// [`write`], with every file and directory of the new version owned by group `gid`
+/// when there is one (and file modes with [`group_mode`]).
+pub fn write_owned(dir: &Path, payload: &Payload, gid: Option<u32>) -> io::Result<bool> {
     for path in payload.keys() {
         if let Some(why) = check_path(path) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("path {path:?} {why}")));
         }
     }
     std::fs::create_dir_all(dir)?;
+    if let Some(gid) = gid {
+        own_dir(dir, gid)?;
+    }
     let old = std::fs::read_link(dir.join(DATA_LINK)).ok().and_then(|t| t.to_str().map(String::from));
     let visible: BTreeSet<&str> = payload.keys().map(|p| top_level(p)).collect();
     if let Some(old) = &old
-        && same_contents(&dir.join(old), payload)?
+        && same_contents(&dir.join(old), payload, gid)?
     {
         link_visible(dir, &visible)?;
         return Ok(false);
@@ -82,7 +119,17 @@ pub fn write(dir: &Path, payload: &Payload) -> io::Result<bool> {
             std::fs::create_dir_all(parent)?;
         }
         std::fs::write(&target, &file.data)?;
-        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(file.mode & 0o7777))?;
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(file_mode(file.mode, gid)))?;
+        if let Some(gid) = gid {
+            std::os::unix::fs::lchown(&target, None, Some(gid))?;
+            // The directories between the version's root and the file.
+            for d in target.ancestors().skip(1).take_while(|d| d.starts_with(&ts_dir)) {
+                own_dir(d, gid)?;
+            }
+        }
+    }
+    if let Some(gid) = gid {
+        own_dir(&ts_dir, gid)?;
     }
     let tmp = dir.join(DATA_TMP);
     remove_if_present(&tmp)?;
@@ -137,15 +184,23 @@ fn new_ts_dir_name() -> String {
     )
 }
 
-/// Whether `ts_dir` holds exactly `payload` (files, bytes and modes).
-fn same_contents(ts_dir: &Path, payload: &Payload) -> io::Result<bool> {
+/// A file's mode as written: its own, with group read when a group owns the volume.
+fn file_mode(mode: u32, gid: Option<u32>) -> u32 {
+    if gid.is_some() { group_mode(mode & 0o7777) } else { mode & 0o7777 }
+}
+
+/// Whether `ts_dir` holds exactly `payload` (files, bytes, modes and group).
+fn same_contents(ts_dir: &Path, payload: &Payload, gid: Option<u32>) -> io::Result<bool> {
     if !ts_dir.is_dir() {
         return Ok(false);
     }
     for (path, file) in payload {
         let p = ts_dir.join(path);
         let Ok(meta) = std::fs::symlink_metadata(&p) else { return Ok(false) };
-        if !meta.is_file() || meta.permissions().mode() & 0o7777 != file.mode & 0o7777 {
+        if !meta.is_file() || meta.permissions().mode() & 0o7777 != file_mode(file.mode, gid) {
+            return Ok(false);
+        }
+        if gid.is_some_and(|g| meta.gid() != g) {
             return Ok(false);
         }
         if meta.len() != file.data.len() as u64 || std::fs::read(&p)? != file.data {

@@ -9,6 +9,11 @@
 //! - [`container_mounts`] turns a container's `volumeMounts` into CRI mounts.
 //! - [`cleanup_volumes`] unmounts and removes what `prepare_volumes` made.
 //!
+//! With the pod's `securityContext.fsGroup`, emptyDir directories and the files of
+//! configMap, secret, downwardAPI and projected volumes belong to that group (group
+//! read, setgid directories), so a container running as another user in the group can
+//! read them; hostPath volumes are never changed.
+//!
 //! Volume kinds that need a storage system (persistentVolumeClaim, nfs, csi, ...) are
 //! refused with an error naming the kind. This module must not touch the CRI or the
 //! API server (other than through [`ObjectLookup`]).
@@ -169,6 +174,7 @@ async fn prepare_one<L: ObjectLookup>(
     let name = v.name.as_str();
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let writable = |host_path| PreparedVolume { host_path, read_only: false };
+    let fs_group = fs_group(pod);
     if let Some(e) = &v.empty_dir {
         let dir = plugin_dir(pod_dir, "empty-dir", name);
         match e.medium.as_deref().unwrap_or("") {
@@ -186,6 +192,11 @@ async fn prepare_one<L: ObjectLookup>(
             other => {
                 return Err(VolumeError::Unsupported { volume: name.into(), kind: format!("emptyDir medium {other}") });
             }
+        }
+        if let Some(gid) = fs_group {
+            // Only the directory: what containers write into it gets the group from
+            // the setgid bit, and a refresh must not walk their files.
+            atomic::own_dir(&dir, gid).map_err(|source| write_err(name, &dir, source))?;
         }
         return Ok(writable(dir));
     }
@@ -221,11 +232,18 @@ async fn prepare_one<L: ObjectLookup>(
     if ctx.secrets_on_tmpfs && matches!(plugin, "secret" | "projected") {
         host::ensure_tmpfs(&dir, None, 0o755).map_err(|source| VolumeError::Mount { path: dir.clone(), source })?;
     }
-    let changed = atomic::write(&dir, &payload).map_err(|source| write_err(name, &dir, source))?;
+    let changed = atomic::write_owned(&dir, &payload, fs_group).map_err(|source| write_err(name, &dir, source))?;
     if changed {
         tracing::debug!(pod = ?pod.metadata.name, volume = name, files = payload.len(), "volume contents updated");
     }
     Ok(PreparedVolume { host_path: dir, read_only: true })
+}
+
+/// The pod's `fsGroup`, as a gid (a negative or oversized one is ignored: the API
+/// server's validation refuses them).
+fn fs_group(pod: &Pod) -> Option<u32> {
+    let group = pod.spec.as_ref()?.security_context.as_ref()?.fs_group?;
+    u32::try_from(group).ok()
 }
 
 fn write_err(volume: &str, path: &Path, source: std::io::Error) -> VolumeError {

@@ -314,3 +314,60 @@ async fn memory_empty_dir_and_secrets_on_tmpfs() {
     assert!(host::mounts_under(&pod_dir).unwrap().is_empty());
     assert!(!pod_dir.join("volumes").exists());
 }
+
+/// A group this process may give files to: any as root, else its own.
+fn group_we_may_use() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    let probe = tempfile::tempfile().unwrap().metadata().unwrap();
+    if probe.uid() == 0 { 2345 } else { probe.gid() }
+}
+
+#[tokio::test]
+async fn fs_group_owns_the_volumes_files_and_empty_dirs() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let gid = group_we_may_use();
+    let mut p = pod(json!([
+        {"name": "cfg", "configMap": {"name": "cfg", "items": [{"key": "a", "path": "sub/a", "mode": 0o600}]}},
+        {"name": "sec", "secret": {"secretName": "creds", "defaultMode": 0o400}},
+        {"name": "down", "downwardAPI": {"items": [{"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}},
+        {"name": "scratch", "emptyDir": {}},
+        {"name": "host", "hostPath": {"path": tmp.path().join("host").to_str().unwrap(), "type": "DirectoryOrCreate"}},
+    ]));
+    p.spec.as_mut().unwrap().security_context =
+        Some(k8s_openapi::api::core::v1::PodSecurityContext { fs_group: Some(i64::from(gid)), ..Default::default() });
+    let prepared = prepare(&p, tmp.path(), &lookup()).await.unwrap();
+    let root = |v: &str| prepared.get(v).unwrap().host_path.clone();
+    let gid_of = |p: &Path| std::fs::metadata(p).unwrap().gid();
+
+    // Files: the group's, with group read added to their modes.
+    for (file, want) in
+        [(root("cfg").join("sub/a"), 0o640), (root("sec").join("pass"), 0o440), (root("down").join("name"), 0o644)]
+    {
+        assert_eq!(gid_of(&file), gid, "{}", file.display());
+        assert_eq!(mode(&file), want, "{}", file.display());
+    }
+    // Directories: the group's, with setgid.
+    for dir in [root("cfg"), root("cfg").join("sub"), root("cfg").join("..data"), root("scratch")] {
+        assert_eq!(gid_of(&dir), gid, "{}", dir.display());
+        assert_eq!(mode(&dir) & 0o2000, 0o2000, "setgid on {}", dir.display());
+    }
+    assert_eq!(mode(&root("scratch")) & 0o777, 0o777, "the emptyDir stays writable for all");
+    // hostPath volumes are left as they are.
+    assert_eq!(mode(&root("host")) & 0o2000, 0);
+
+    // A refresh with nothing changed writes nothing.
+    let version = std::fs::read_link(root("cfg").join("..data")).unwrap();
+    prepare(&p, tmp.path(), &lookup()).await.unwrap();
+    assert_eq!(std::fs::read_link(root("cfg").join("..data")).unwrap(), version);
+}
+
+#[tokio::test]
+async fn without_fs_group_nothing_is_given_away() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = pod(json!([{"name": "cfg", "configMap": {"name": "cfg"}}, {"name": "scratch", "emptyDir": {}}]));
+    let prepared = prepare(&p, tmp.path(), &lookup()).await.unwrap();
+    let root = |v: &str| prepared.get(v).unwrap().host_path.clone();
+    assert_eq!(mode(&root("cfg").join("a")), 0o644);
+    assert_eq!(mode(&root("scratch")), 0o777);
+}
