@@ -74,11 +74,27 @@ pub fn run(args: &[String]) -> Result<()> {
         api_p99s.push(r.api_p99);
         rss.push(r.rss_mb);
     }
+    keep_logs(&cluster);
     println!("P6 pod-startup-p50: {}", summary(&p50s, "s", 3));
     println!("P6 pod-startup-p99: {}", summary(&p99s, "s", 3));
     println!("P6 pod-startup-p99-api-timestamps: {}", summary(&api_p99s, "s", 0));
     println!("P8 agent-rss@{replicas}-pods: {}", summary(&rss, "MB", 1));
     Ok(())
+}
+
+/// Copies the logs of skiff-control and the agents to `target/bench/pods/` (the cluster's
+/// directory goes with it), for a look at where a slow pod spent its time.
+fn keep_logs(cluster: &Cluster) {
+    let dir = target_dir().join("bench").join("pods");
+    let _ = std::fs::create_dir_all(&dir);
+    let mut logs = vec![(cluster.control_log.clone(), "control.log".to_owned())];
+    logs.extend(cluster.nodes.iter().map(|n| (n.agent_log.clone(), format!("{}.agent.log", n.name))));
+    for (from, name) in logs {
+        if let Err(e) = std::fs::copy(&from, dir.join(name)) {
+            progress("bench", &format!("cannot keep {}: {e}", from.display()));
+        }
+    }
+    progress("bench", &format!("the logs of this run are in {}", dir.display()));
 }
 
 /// `median unit (min a, max b, n=N)`.
@@ -102,11 +118,24 @@ fn deployment(replicas: usize) -> String {
     )
 }
 
-/// When the watch saw each pod appear and turn Ready.
+/// When the watch saw each pod appear, get its node, get its IP and turn Ready: the
+/// phases between them say where the time goes (scheduler, sandbox, container).
 #[derive(Default)]
 struct Seen {
     added: HashMap<String, Instant>,
+    bound: HashMap<String, Instant>,
+    addressed: HashMap<String, Instant>,
     ready: HashMap<String, Instant>,
+}
+
+impl Seen {
+    /// p50 and p99 of `to − from` over the pods that have both.
+    fn phase(&self, from: &HashMap<String, Instant>, to: &HashMap<String, Instant>) -> (f64, f64) {
+        let mut v: Vec<f64> =
+            to.iter().filter_map(|(name, t)| Some(t.duration_since(*from.get(name)?).as_secs_f64())).collect();
+        v.sort_by(f64::total_cmp);
+        (percentile(&v, 0.50), percentile(&v, 0.99))
+    }
 }
 
 fn one_run(cluster: &Cluster, replicas: usize) -> Result<RunResult> {
@@ -127,6 +156,12 @@ fn one_run(cluster: &Cluster, replicas: usize) -> Result<RunResult> {
             let Some(name) = pod["metadata"]["name"].as_str() else { continue };
             let mut s = recorder.lock().unwrap();
             s.added.entry(name.to_owned()).or_insert(at);
+            if pod["spec"]["nodeName"].is_string() {
+                s.bound.entry(name.to_owned()).or_insert(at);
+            }
+            if pod["status"]["podIP"].is_string() {
+                s.addressed.entry(name.to_owned()).or_insert(at);
+            }
             let ready = pod["status"]["conditions"]
                 .as_array()
                 .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
@@ -148,6 +183,14 @@ fn one_run(cluster: &Cluster, replicas: usize) -> Result<RunResult> {
     let mut latencies: Vec<f64> =
         s.ready.iter().filter_map(|(name, r)| Some(r.duration_since(*s.added.get(name)?).as_secs_f64())).collect();
     latencies.sort_by(f64::total_cmp);
+    let phases = [
+        ("create→bound", s.phase(&s.added, &s.bound)),
+        ("bound→podIP", s.phase(&s.bound, &s.addressed)),
+        ("podIP→Ready", s.phase(&s.addressed, &s.ready)),
+    ];
+    let phases: Vec<String> =
+        phases.iter().map(|(name, (p50, p99))| format!("{name} p50 {p50:.3} s, p99 {p99:.3} s")).collect();
+    progress("bench", &format!("phases: {}", phases.join("; ")));
     let api_latencies = api_latencies(cluster)?;
     let (rss_mb, most_pods) = agent_rss(cluster)?;
 

@@ -3,8 +3,10 @@
 //! `pods/binding` as user `system:kube-scheduler`.
 //!
 //! One worker, as kube-scheduler: pods are placed one at a time so each decision sees
-//! the ones before it. A pod bound but not yet seen bound in the cache is "assumed" on
-//! its node, so two quick decisions never overcommit a node. Unschedulable pods get a
+//! the ones before it. A decided pod is "assumed" on its node at once and bound in a
+//! task of its own (kube-scheduler's binding cycle), so the next decision does not wait
+//! for the API's round trips yet never overcommits a node; a failed binding drops the
+//! assumption and requeues the pod. Unschedulable pods get a
 //! PodScheduled=False condition and a FailedScheduling event, and are retried with
 //! backoff and whenever a node changes. It must not write anything but bindings, pod
 //! status conditions and events.
@@ -34,6 +36,7 @@ const UNSCHEDULABLE_RETRY: Duration = Duration::from_secs(30);
 
 struct Scheduler {
     client: Client,
+    queue: WorkQueue<ObjectKey>,
     informers: Informers,
     events: Recorder,
     /// Pods bound by us that the cache does not show bound yet: uid → bound copy.
@@ -44,14 +47,15 @@ struct Scheduler {
 
 /// Runs the scheduler until aborted.
 pub async fn run(client: Client, informers: Informers) {
+    let queue: WorkQueue<ObjectKey> = WorkQueue::new();
     let sched = Arc::new(Scheduler {
         events: Recorder::new(client.clone(), "default-scheduler"),
         client,
+        queue: queue.clone(),
         informers,
         assumed: Mutex::default(),
         unschedulable: Mutex::default(),
     });
-    let queue: WorkQueue<ObjectKey> = WorkQueue::new();
     let mut pods = sched.informers.pods.subscribe();
     let mut nodes = sched.informers.nodes.subscribe();
     let feeder = {
@@ -108,7 +112,7 @@ impl Scheduler {
         self.unschedulable.lock().unwrap().remove(&ObjectKey::of(pod));
     }
 
-    async fn schedule_one(&self, key: ObjectKey) -> Result<Action, Error> {
+    async fn schedule_one(self: &Arc<Self>, key: ObjectKey) -> Result<Action, Error> {
         let Some(pod) = self.informers.pods.get(&key) else { return Ok(Action::Done) };
         if !responsible_for(&pod) {
             return Ok(Action::Done);
@@ -130,19 +134,12 @@ impl Scheduler {
         match schedule(&pod, &nodes, &usage, tie_breaker_for(&pod)) {
             Ok(result) => {
                 let node = result.node_name;
-                self.bind(&key, &pod, &node).await?;
                 let mut bound = pod.as_ref().clone();
                 bound.spec.get_or_insert_with(Default::default).node_name = Some(node.clone());
-                self.assumed.lock().unwrap().insert(uid, bound);
+                self.assumed.lock().unwrap().insert(uid.clone(), bound);
                 tracing::info!(pod = %key, node = %node, feasible = result.feasible_nodes, "scheduled");
-                self.events
-                    .record(
-                        pod.as_ref(),
-                        EventType::Normal,
-                        "Scheduled",
-                        &format!("Successfully assigned {key} to {node}"),
-                    )
-                    .await;
+                let this = self.clone();
+                tokio::spawn(async move { this.bind_and_announce(key, &pod, &node, &uid).await });
                 Ok(Action::Done)
             }
             Err(ScheduleError::AlreadyAssigned(_)) => Ok(Action::Done),
@@ -152,6 +149,22 @@ impl Scheduler {
                 self.unschedulable.lock().unwrap().insert(key.clone());
                 self.mark_unschedulable(&key, &pod, &message).await;
                 Ok(Action::RequeueAfter(UNSCHEDULABLE_RETRY))
+            }
+        }
+    }
+
+    /// The binding cycle of one assumed pod: the binding, then the Scheduled event; a
+    /// failed binding drops the assumption and sends the pod back to the queue.
+    async fn bind_and_announce(&self, key: ObjectKey, pod: &Pod, node: &str, uid: &str) {
+        match self.bind(&key, pod, node).await {
+            Ok(()) => {
+                let message = format!("Successfully assigned {key} to {node}");
+                self.events.record(pod, EventType::Normal, "Scheduled", &message).await;
+            }
+            Err(e) => {
+                tracing::warn!(pod = %key, error = %e, "binding failed; the pod goes back to the queue");
+                self.assumed.lock().unwrap().remove(uid);
+                self.queue.add_rate_limited(key);
             }
         }
     }
