@@ -97,6 +97,18 @@ fn keep_logs(cluster: &Cluster) {
     progress("bench", &format!("the logs of this run are in {}", dir.display()));
 }
 
+/// The machine's busy CPU time since boot (all but idle and iowait), from /proc/stat:
+/// whether a run was held up by the CPUs or by waiting.
+fn busy_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().next() else { return 0.0 };
+    let ticks: Vec<f64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let total: f64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
+    // USER_HZ is 100 on Linux.
+    (total - idle) / 100.0
+}
+
 /// `median unit (min a, max b, n=N)`.
 fn summary(values: &[f64], unit: &str, decimals: usize) -> String {
     let mut v = values.to_vec();
@@ -172,8 +184,18 @@ fn one_run(cluster: &Cluster, replicas: usize) -> Result<RunResult> {
     });
     // The watch is established before the Deployment exists.
     std::thread::sleep(Duration::from_millis(500));
+    let (busy_before, started) = (busy_cpu_seconds(), Instant::now());
     cluster.apply(&deployment(replicas))?;
     let all_ready = wait_until(Duration::from_secs(180), || seen.lock().unwrap().ready.len() >= replicas);
+    let busy = busy_cpu_seconds() - busy_before;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    progress(
+        "bench",
+        &format!(
+            "CPU: {busy:.2} busy core-seconds of {:.2} ({cores} cores) until every pod was Ready",
+            started.elapsed().as_secs_f64() * cores as f64
+        ),
+    );
     let _ = watch.kill();
     let _ = watch.wait();
     let _ = reader.join();

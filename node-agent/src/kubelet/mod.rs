@@ -29,6 +29,7 @@ pub mod resolve;
 pub mod resources;
 pub mod static_pods;
 pub mod status;
+mod status_writer;
 pub mod volumes;
 mod worker;
 

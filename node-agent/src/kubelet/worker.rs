@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
-use skiff_api::{ObjectKey, Patch};
+use skiff_api::ObjectKey;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -17,6 +17,7 @@ use super::events::EventType::{Normal, Warning};
 use super::observed::{ContainerObs, Observed, SandboxObs, UnixNanos};
 use super::plan::{self, Action, KillReason, Outcome, PlanInput, Waiting};
 use super::status::{self, ProbeVerdict, StatusInput};
+use super::status_writer::StatusWriter;
 use super::{Shared, now_nanos, static_pods};
 use crate::cri::{self, api, labels};
 
@@ -50,9 +51,8 @@ struct PodWorker {
     uid: String,
     backoff: super::backoff::Backoff,
     start_errors: BTreeMap<String, Waiting>,
-    /// The last status sent, so that a status the API normalises differently is not
-    /// sent again and again.
-    last_sent: Option<serde_json::Value>,
+    /// Writes the pod's status to the API beside this worker.
+    status: StatusWriter,
     retry: Duration,
     /// When the pod's volumes were last rewritten.
     volumes_refreshed: Option<std::time::Instant>,
@@ -65,12 +65,12 @@ struct PodWorker {
 /// Works on the pod `key` with uid `uid` until it is gone from the API and the runtime.
 pub(super) async fn run(shared: Arc<Shared>, key: ObjectKey, uid: String, mut wake: mpsc::UnboundedReceiver<()>) {
     let mut w = PodWorker {
+        status: StatusWriter::new(shared.api.clone(), key.clone()),
         shared,
         key,
         uid,
         backoff: Default::default(),
         start_errors: BTreeMap::new(),
-        last_sent: None,
         retry: Duration::from_secs(1),
         volumes_refreshed: None,
         backoff_announced: Default::default(),
@@ -154,7 +154,7 @@ impl PodWorker {
         {
             self.announce_back_off(pod, &observed, &plan);
             self.shared.events.oom_kills(pod, &observed, &mut self.oom_announced);
-            self.report(pod, &observed, &plan).await;
+            self.report(pod, &observed, &plan);
         }
         if plan.actions.is_empty() {
             return match (plan.outcome, pod.clone()) {
@@ -256,7 +256,7 @@ impl PodWorker {
     }
 
     /// Sends the pod's status when it changed.
-    async fn report(&mut self, pod: &Pod, observed: &Observed, plan: &plan::Plan) {
+    fn report(&mut self, pod: &Pod, observed: &Observed, plan: &plan::Plan) {
         let Some(pod) = self.status_holder(pod) else { return };
         let pod = &pod;
         let probes = |name: &str, id: &str| self.shared.probes.verdict(&self.uid, name, id);
@@ -270,19 +270,8 @@ impl PodWorker {
             now: jiff::Timestamp::now(),
         });
         let new = serde_json::to_value(&status).unwrap_or_default();
-        let old = serde_json::to_value(pod.status.clone().unwrap_or_default()).unwrap_or_default();
-        if new == old || self.last_sent.as_ref() == Some(&new) {
-            return;
-        }
-        let (name, namespace, _) = config::identity(pod);
-        let patch = Patch::Merge(serde_json::json!({ "status": new }));
-        match self.shared.api.patch::<Pod>(Some(namespace), name, Some("status"), &patch).await {
-            Ok(_) => {
-                debug!(pod = %self.key, phase = ?status.phase, "status sent");
-                self.last_sent = Some(new);
-            }
-            Err(e) => warn!(pod = %self.key, error = %e, "cannot send the pod's status; will retry"),
-        }
+        let current = serde_json::to_value(pod.status.clone().unwrap_or_default()).unwrap_or_default();
+        self.status.send(new, &current);
     }
 
     async fn act(
@@ -358,13 +347,17 @@ impl PodWorker {
                 message: format!("cannot create {}: {e}", dir.display()),
             })?;
         }
-        self.shared
-            .volumes
-            .prepare(pod, &s.pod_dir(uid), None)
-            .await
-            .map_err(|message| ActionError::Container { reason: "ContainerCreating", message })?;
+        // The sandbox does not need the volumes, only its containers do: both are made
+        // at once, so the API round trips of tokens and ConfigMaps overlap the
+        // runtime's work (a failed volume fails the step; the sandbox is kept).
         let started = std::time::Instant::now();
-        match self.shared.cri.run_pod_sandbox(config::sandbox_config(pod, attempt, s)).await {
+        let pod_dir = s.pod_dir(uid);
+        let (volumes, sandbox) = tokio::join!(
+            self.shared.volumes.prepare(pod, &pod_dir, None),
+            self.shared.cri.run_pod_sandbox(config::sandbox_config(pod, attempt, s)),
+        );
+        volumes.map_err(|message| ActionError::Container { reason: "ContainerCreating", message })?;
+        match sandbox {
             Ok(id) => {
                 info!(pod = %self.key, sandbox = %id, attempt, took_ms = started.elapsed().as_millis() as u64, "sandbox running");
                 Ok(())

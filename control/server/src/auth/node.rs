@@ -52,6 +52,8 @@ struct PodEntry {
 pub struct PodGraph {
     pods: HashMap<String, PodEntry>,
     by_node: HashMap<String, HashSet<String>>,
+    /// Pods not yet bound, key → (namespace, name): they exist but belong to no node.
+    unbound: HashMap<String, (String, String)>,
 }
 
 fn strs<'a>(v: &'a Value, ptr: &str) -> impl Iterator<Item = &'a Value> {
@@ -102,6 +104,7 @@ impl PodGraph {
         let text = |p: &str| pod.pointer(p).and_then(|v| v.as_str()).unwrap_or("").to_string();
         let (node, namespace, name) = (text("/spec/nodeName"), text("/metadata/namespace"), text("/metadata/name"));
         if node.is_empty() {
+            self.unbound.insert(key.to_string(), (namespace, name));
             return;
         }
         let refs = refs_of(pod, &namespace);
@@ -110,6 +113,7 @@ impl PodGraph {
     }
 
     pub fn remove(&mut self, key: &str) {
+        self.unbound.remove(key);
         if let Some(old) = self.pods.remove(key)
             && let Some(keys) = self.by_node.get_mut(&old.node)
         {
@@ -122,6 +126,12 @@ impl PodGraph {
 
     fn pods_on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a PodEntry> {
         self.by_node.get(node).into_iter().flatten().filter_map(|k| self.pods.get(k))
+    }
+
+    /// Whether pod `ns/name` exists, bound or not.
+    pub fn exists(&self, ns: &str, name: &str) -> bool {
+        self.pods.values().any(|p| p.namespace == ns && p.name == name)
+            || self.unbound.values().any(|(n, p)| n == ns && p == name)
     }
 
     /// Whether pod `ns/name` is bound to `node`.
@@ -213,7 +223,13 @@ impl<A: Authorizer> Authorizer for NodeAuthorizer<A> {
             }
             ("", "pods", Some("status")) | ("", "pods", None)
                 if matches!(verb.as_str(), "update" | "patch" | "delete")
-                    && !obj.is_some_and(|n| graph().bound_to(node, ns, n)) =>
+                    && !obj.is_some_and(|n| {
+                        // A pod that is gone is let through to its 404, as upstream's
+                        // NodeRestriction answers: a kubelet finishing a deletion twice
+                        // then knows it is done instead of retrying a 403.
+                        let g = graph();
+                        g.bound_to(node, ns, n) || !g.exists(ns, n)
+                    }) =>
             {
                 deny(node, "may only modify pods bound to it")
             }
@@ -288,6 +304,8 @@ mod tests {
         a.graph.write().unwrap().put("/registry/pods/app/web", &pod);
         let unbound = json!({"metadata": {"name": "new", "namespace": "app"}, "spec": {"volumes": [{"name": "v", "secret": {"secretName": "later"}}]}});
         a.graph.write().unwrap().put("/registry/pods/app/new", &unbound);
+        let other = json!({"metadata": {"name": "elsewhere", "namespace": "app"}, "spec": {"nodeName": "n2"}});
+        a.graph.write().unwrap().put("/registry/pods/app/elsewhere", &other);
         a
     }
 
@@ -334,6 +352,9 @@ mod tests {
             res("delete", "", "pods", None, Some("app"), Some("web")),
             res("list", "", "pods", None, None, None),
             res("create", "", "events", None, Some("app"), None),
+            // Gone pods: the request goes on to its 404.
+            res("delete", "", "pods", None, Some("app"), Some("gone")),
+            res("patch", "", "pods", Some("status"), Some("app"), Some("gone")),
         ];
         for at in &allowed {
             assert_eq!(a.authorize(&n1, at), Decision::Allow, "{at:?}");
@@ -345,6 +366,7 @@ mod tests {
             res("get", "coordination.k8s.io", "leases", None, Some("default"), Some("n1")),
             res("patch", "", "pods", Some("status"), Some("app"), Some("new")),
             res("delete", "", "pods", None, Some("app"), Some("elsewhere")),
+            res("delete", "", "pods", None, Some("app"), Some("new")),
         ];
         for at in &denied {
             assert!(matches!(a.authorize(&n1, at), Decision::Deny(_)), "{at:?}");
