@@ -44,6 +44,7 @@ use crate::runner::{self, Role, Schedule};
 fn run(args: RunArgs) -> Result<()> {
     let pin_dir = args.pin_dir.clone().unwrap_or_else(|| Pins::for_node(&args.node_name).dir().to_path_buf());
     let mut datapath = load_datapath(&args, &pin_dir)?;
+    crate::metrics::set_pin_dir(pin_dir.clone());
 
     let proxy = match &args.manifests {
         Some(dir) => {
@@ -286,13 +287,14 @@ fn load_datapath(args: &RunArgs, pin_dir: &Path) -> Result<Datapath> {
 fn spawn_role<R: Role + 'static>(
     roles: &mut tokio::task::JoinSet<()>,
     name: &'static str,
-    mut role: R,
+    role: R,
     poll: impl FnMut() -> Option<R::Change> + 'static,
     period: Duration,
     schedule: Schedule,
     synced: mpsc::UnboundedSender<&'static str>,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut role = runner::Timed::new(name, role);
     roles.spawn_local(runner::poll_source(period, schedule.once, poll, tx));
     roles.spawn_local(async move {
         runner::run(&mut role, schedule, &mut rx, || {
