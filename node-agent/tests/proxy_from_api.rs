@@ -5,7 +5,8 @@
 //! deletes a Service and its EndpointSlice; the maps (read with `skiff-node dump`) follow
 //! within a bounded time. Restarting skiff-control rewrites nothing that did not
 //! change: the agent's log (one debug line per change its source reports, one info
-//! line per sync that wrote the maps) shows only the change made after the restart.
+//! line per sync that wrote the maps) shows only the change made after the restart. A
+//! Service the proxy cannot program gets one Warning `FailedToProgram` Event.
 //!
 //! Needs root and bpffs; skips without them, fails under CI=true. Both processes are
 //! killed by guards, even when the test fails; only loopback is used.
@@ -24,7 +25,6 @@ const FOLLOW: Duration = Duration::from_secs(10);
 struct Api {
     process: ChildGuard,
     dir: PathBuf,
-    port: u16,
 }
 
 impl Api {
@@ -36,7 +36,7 @@ impl Api {
         let listening = || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
         let up = wait_until(Duration::from_secs(20), || dir.join("bootstrap.kubeconfig").is_file() && listening());
         assert!(up, "skiff-control is not up after 20 s:\n{}", log_tail(&dir.with_extension("log"), 30));
-        Api { process, dir: dir.to_path_buf(), port }
+        Api { process, dir: dir.to_path_buf() }
     }
 
     /// kubectl 1.32 as the admin; panics when it fails.
@@ -166,6 +166,23 @@ fn maps_follow_services_from_the_api_and_an_api_restart_rewrites_nothing() {
     assert!(new_writes.len() <= 2, "more map syncs than the marker needs:\n{}", new_writes.join("\n"));
     let untouched = |d: &str| d.lines().filter(|l| !l.contains("10.96.0.51") && !l.contains("10.244.1.9")).count();
     assert_eq!(untouched(&dump(&pins)), untouched(&maps_before), "maps outside the marker changed");
+
+    // A Service the proxy cannot program (SCTP is not supported) gets a Warning Event
+    // from this node, once, and the agent goes on.
+    api.apply(&service("sctp", "10.96.0.52", &["10.244.1.5"]).replace("protocol: TCP}]}", "protocol: SCTP}]}"));
+    let events = || {
+        let selector = "involvedObject.kind=Service,involvedObject.name=sctp,reason=FailedToProgram";
+        api.kubectl(&["get", "events", "--field-selector", selector, "-o", "jsonpath={.items[*].message}"], None)
+    };
+    assert!(
+        wait_until(FOLLOW, || events().contains(&format!("node {node}: port http: protocol \"SCTP\""))),
+        "no FailedToProgram event: {:?}\n{}",
+        events(),
+        log_tail(&log, 20)
+    );
+    api.apply(&service("sctp", "10.96.0.52", &["10.244.1.6"]).replace("protocol: TCP}]}", "protocol: SCTP}]}"));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(events().matches("SCTP").count(), 1, "the same problem is announced once: {}", events());
 
     // Deletions: the slice first (the frontend stays, with no backends), then the Service.
     api.kubectl(&["delete", "endpointslice", "web-1"], None);
