@@ -1,47 +1,60 @@
-//! The service proxy fed by the API: a real skiff-control on 127.0.0.1 (its data dir in
-//! the test's temporary directory), a real skiff-node with `--services-from-api`
+//! The service proxy fed by the API: a node namespace of the test's own with a client
+//! and two backend pods, and in it a real skiff-control on its loopback (data dir in the
+//! test's temporary directory), a real skiff-node with `--services-from-api`
 //! (credentials the upstream way: bootstrap token, CSR, `system:node:<name>`) and real
-//! BPF maps pinned in a bpffs directory of the test. kubectl 1.32 creates, updates and
+//! BPF maps pinned in a bpffs directory of the test. The client reaches the backends
+//! through the ClusterIP. kubectl 1.32 creates, updates and
 //! deletes a Service and its EndpointSlice; the maps (read with `skiff-node dump`) follow
 //! within a bounded time. Restarting skiff-control rewrites nothing that did not
 //! change: the agent's log (one debug line per change its source reports, one info
 //! line per sync that wrote the maps) shows only the change made after the restart. A
 //! Service the proxy cannot program gets one Warning `FailedToProgram` Event.
 //!
-//! Needs root and bpffs; skips without them, fails under CI=true. Both processes are
-//! killed by guards, even when the test fails; only loopback is used.
+//! Needs root and bpffs; skips without them, fails under CI=true. Processes are killed
+//! and the namespaces removed by guards, even when the test fails; nothing leaves them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use skiff_tests::netns::{ChildGuard, wait_until};
+use skiff_tests::netns::{ChildGuard, Netns, wait_until};
+use skiff_tests::topology::NodeTopology;
 use skiff_tests::{PinDir, log_tail, require_privileges, unique_tag, workspace_bin};
 
 /// How long the maps may take to follow a change in the API.
 const FOLLOW: Duration = Duration::from_secs(10);
 
-/// One skiff-control process on 127.0.0.1, restartable on the same port and data.
-struct Api {
+/// The port skiff-control listens on, on the loopback of the node's namespace.
+const PORT: &str = "6443";
+
+/// One skiff-control process in the node's namespace, restartable on the same data.
+struct Api<'a> {
     process: ChildGuard,
     dir: PathBuf,
+    ns: &'a Netns,
 }
 
-impl Api {
-    fn up(dir: &Path, port: u16) -> Api {
+impl<'a> Api<'a> {
+    fn up(dir: &Path, ns: &'a Netns) -> Api<'a> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.with_extension("log")).unwrap();
-        let mut cmd = Command::new(workspace_bin("skiff-control"));
-        cmd.arg("--data-dir").arg(dir).arg("--bind-address").arg("127.0.0.1").arg("--port").arg(port.to_string());
+        let mut cmd = ns.command(workspace_bin("skiff-control").to_str().unwrap());
+        cmd.arg("--data-dir").arg(dir).args(["--bind-address", "127.0.0.1", "--port", PORT]);
         let process = ChildGuard::new(cmd.stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap());
-        let listening = || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
-        let up = wait_until(Duration::from_secs(20), || dir.join("bootstrap.kubeconfig").is_file() && listening());
+        let api = Api { process, dir: dir.to_path_buf(), ns };
+        let up = wait_until(Duration::from_secs(20), || {
+            dir.join("bootstrap.kubeconfig").is_file() && api.try_kubectl(&["get", "--raw", "/readyz"], None).is_ok()
+        });
         assert!(up, "skiff-control is not up after 20 s:\n{}", log_tail(&dir.with_extension("log"), 30));
-        Api { process, dir: dir.to_path_buf() }
+        api
     }
 
-    /// kubectl 1.32 as the admin; panics when it fails.
+    /// kubectl 1.32 as the admin, in the node's namespace; panics when it fails.
     fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let mut cmd = Command::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.32");
+        self.try_kubectl(args, stdin).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
+    }
+
+    fn try_kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+        let mut cmd = self.ns.command("/usr/lib/google-cloud-sdk/bin/kubectl.1.32");
         cmd.env("KUBECONFIG", self.dir.join("admin.kubeconfig")).env("HOME", self.dir.parent().unwrap()).args(args);
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("kubectl 1.32 is installed on every machine of this project");
@@ -50,8 +63,10 @@ impl Api {
             child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
         }
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        match out.status.success() {
+            true => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+            false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+        }
     }
 
     fn apply(&self, manifest: &str) {
@@ -108,37 +123,53 @@ fn maps_follow_services_from_the_api_and_an_api_restart_rewrites_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("control");
     std::fs::create_dir_all(&data).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut api = Api::up(&data, port);
-
     let node = unique_tag("pxapi");
+    // The node's namespace with a client and two backend pods (10.244.1.10, .11, .12).
+    let topo = NodeTopology::new(&node, &["client", "b1", "b2"]);
+    let _servers: Vec<ChildGuard> = ["b1", "b2"]
+        .iter()
+        .map(|b| {
+            let mut echo = topo.pod(b).ns.command(workspace_bin("skiff-echo").to_str().unwrap());
+            echo.args(["serve", "--name", b, "--tcp", "8080"]).stdout(Stdio::null());
+            ChildGuard::new(echo.spawn().unwrap())
+        })
+        .collect();
+    let mut api = Api::up(&data, &topo.node);
+
     let pins = PinDir::new(&node);
     let log = tmp.path().join("agent.log");
     let ready = tmp.path().join("agent.ready");
-    let agent = Command::new(env!("CARGO_BIN_EXE_skiff-node"))
-        .args(["run", "--node-name", &node, "--pin-dir", pins.path.to_str().unwrap(), "--services-from-api"])
+    let mut run = topo.node.command(env!("CARGO_BIN_EXE_skiff-node"));
+    run.args(["run", "--node-name", &node, "--pin-dir", pins.path.to_str().unwrap(), "--services-from-api"])
         .arg("--kubeconfig")
         .arg(tmp.path().join("node/kubeconfig"))
         .arg("--bootstrap-kubeconfig")
         .arg(data.join("bootstrap.kubeconfig"))
         .args(["--node-ip", "192.168.77.11", "--sync-interval-ms", "50"])
         .arg("--ready-file")
-        .arg(&ready)
-        .env("RUST_LOG", "info,skiff_node::proxy=debug")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut agent = ChildGuard::new(agent);
+        .arg(&ready);
+    for interface in topo.host_interfaces() {
+        run.args(["--pod-interface", &interface]);
+    }
+    run.env("RUST_LOG", "info,skiff_node::proxy=debug").stdout(Stdio::null());
+    let mut agent = ChildGuard::new(run.stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap());
 
     // The first sync is the API's snapshot: the built-in `kubernetes` Service is there.
     assert!(wait_until(Duration::from_secs(30), || ready.exists()), "agent not ready:\n{}", log_tail(&log, 40));
     follow(&pins, "the kubernetes Service", &log, |d| d.contains("10.96.0.1:443/TCP slot 0 count=1"));
 
-    api.apply(&service("web", "10.96.0.50", &["10.244.1.2", "10.244.1.3"]));
+    api.apply(&service("web", "10.96.0.50", &["10.244.1.11", "10.244.1.12"]));
     let took = follow(&pins, "web created", &log, |d| d.contains("10.96.0.50:80/TCP slot 0 count=2"));
     eprintln!("web created → maps: {took:?}");
-    api.apply(&service("web", "10.96.0.50", &["10.244.1.2", "10.244.1.3", "10.244.1.4"]));
+    // Traffic: the client reaches both backends through the ClusterIP.
+    let mut client = topo.pod("client").ns.command(workspace_bin("skiff-echo").to_str().unwrap());
+    client.args(["tcp", "10.96.0.50:80", "--count", "20", "--timeout-ms", "3000"]);
+    let out = String::from_utf8_lossy(&client.output().unwrap().stdout).into_owned();
+    for backend in ["ok b1", "ok b2"] {
+        assert!(out.lines().any(|l| l == backend), "no answer from {backend} through the ClusterIP:\n{out}");
+    }
+    assert!(!out.contains("err "), "failed requests through the ClusterIP:\n{out}");
+    api.apply(&service("web", "10.96.0.50", &["10.244.1.11", "10.244.1.12", "10.244.1.4"]));
     let took = follow(&pins, "web scaled", &log, |d| {
         d.contains("10.96.0.50:80/TCP slot 0 count=3") && d.contains("10.244.1.4:8080/TCP")
     });
@@ -151,7 +182,7 @@ fn maps_follow_services_from_the_api_and_an_api_restart_rewrites_nothing() {
     let maps_before = dump(&pins);
     api.process.kill();
     std::thread::sleep(Duration::from_secs(2));
-    api = Api::up(&data, port);
+    api = Api::up(&data, &topo.node);
     std::thread::sleep(Duration::from_secs(3));
     api.apply(&service("marker", "10.96.0.51", &["10.244.1.9"]));
     follow(&pins, "marker after the restart", &log, |d| d.contains("10.96.0.51:80/TCP slot 0 count=1"));
