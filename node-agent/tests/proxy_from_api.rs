@@ -54,7 +54,7 @@ impl<'a> Api<'a> {
     }
 
     fn try_kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-        let mut cmd = self.ns.command("/usr/lib/google-cloud-sdk/bin/kubectl.1.32");
+        let mut cmd = self.ns.command(skiff_tests::cluster::KUBECTL);
         cmd.env("KUBECONFIG", self.dir.join("admin.kubeconfig")).env("HOME", self.dir.parent().unwrap()).args(args);
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("kubectl 1.32 is installed on every machine of this project");
