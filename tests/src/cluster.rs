@@ -393,6 +393,7 @@ impl Drop for Cluster {
         }
         if let Some(link) = self.host_link.take() {
             let _ = Command::new("ip").args(["link", "del", &link]).output();
+            detached::unfence_cluster_cidrs();
         }
         // The kubelets' tmpfs volumes (secrets, tokens) of pods still running at the end.
         unmount_below(&self.dir);

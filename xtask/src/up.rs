@@ -104,7 +104,7 @@ pub fn up(opts: &UpOptions) -> Result<()> {
     progress(
         "up",
         &format!(
-            "cluster {TAG} is up: {} nodes Ready, {} store, API server {CONTROL_PLANE_IP}:6443, in {:.1} s",
+            "cluster {TAG} is up: {} node(s) Ready, {} store, API server {CONTROL_PLANE_IP}:6443, in {:.1} s",
             state.nodes.len(),
             if members > 0 { "etcd" } else { "embedded" },
             started.elapsed().as_secs_f64()

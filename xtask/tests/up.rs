@@ -1,6 +1,7 @@
 //! `cargo xtask up --nodes 2` end to end: kubectl on the host with the printed
 //! kubeconfig (two Ready nodes, the demo Deployment Running, logs and exec through the
-//! API server), `up` again (already up), `status`, `down`, and nothing left after it.
+//! API server; no host route to a pod), `up` again (already up), `status`, `down`, and
+//! nothing left after it; then the same on a 3-member etcd.
 //! A guard runs `down` also when the test fails.
 //!
 //! The binaries come from `$SKIFF_UP_BIN_DIR` or beside this test (`cargo xtask test`
@@ -96,6 +97,13 @@ fn up_kubectl_status_down_leaves_nothing() {
     let reply = kubectl(&kubeconfig, &["exec", "deploy/web", "--", "/skiff-echo", "get", &format!("{ip}:8080"), "/"]);
     assert!(reply.starts_with("200"), "exec: {reply}");
     kubectl(&kubeconfig, &["logs", "deploy/web"]);
+    // The host may reach the API server, never a pod: no route sends one out.
+    let route = Command::new("ip").args(["route", "get", ip]).output().unwrap();
+    assert!(
+        !route.status.success(),
+        "the host routes the pod address {ip}: {}",
+        String::from_utf8_lossy(&route.stdout)
+    );
 
     // A second `up` finds the cluster up and changes nothing.
     let again = xtask(&["up", "--nodes", "2", "--bin-dir", bin_dir.to_str().unwrap()]);
@@ -114,6 +122,21 @@ fn up_kubectl_status_down_leaves_nothing() {
     assert!(xtask(&["down"]).status.success(), "a second down failed");
     let status = xtask(&["status"]);
     assert!(String::from_utf8_lossy(&status.stdout).contains("no local cluster is up"));
+
+    // The same on a 3-member etcd.
+    let out = xtask(&["up", "--nodes", "1", "--store", "etcd", "--bin-dir", bin_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "up --store etcd failed ({})", out.status);
+    let kubeconfig = kubeconfig_from(&out);
+    let ready = kubectl(
+        &kubeconfig,
+        &["get", "nodes", "-o", r#"jsonpath={.items[*].status.conditions[?(@.type=="Ready")].status}"#],
+    );
+    assert_eq!(ready, "True");
+    let status = String::from_utf8_lossy(&xtask(&["status"]).stdout).into_owned();
+    assert_eq!(status.matches(" running").count(), 1 + 3 + 2, "status:\n{status}");
+    assert!(status.contains("store: etcd"), "status:\n{status}");
+    assert!(xtask(&["down"]).status.success(), "down failed");
+    assert_nothing_left();
 }
 
 fn assert_nothing_left() {
@@ -125,6 +148,10 @@ fn assert_nothing_left() {
     assert!(netns.is_empty(), "namespaces left: {netns:?}");
     assert!(!Path::new("/sys/class/net/skiff-h").exists(), "the host link is left");
     assert!(!Path::new(DIR).exists(), "{DIR} is left");
+    for cidr in ["10.244.0.0/16", "10.96.0.0/12"] {
+        let routes = Command::new("ip").args(["route", "show", cidr]).output().unwrap();
+        assert!(routes.stdout.is_empty(), "a host route for {cidr} is left");
+    }
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     let ours = |s: &str| s.contains(DIR) || s.contains("skiff-ctd-skiff-n") || s.contains("skiff-test/skiff-n");
     let left: Vec<&str> = mounts.lines().filter(|l| ours(l)).collect();

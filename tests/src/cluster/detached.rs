@@ -7,7 +7,9 @@
 //! the root namespace into the control plane's namespace and a /32 route to the API
 //! server's address over it, added only when nothing on the host routes those addresses
 //! already, and checked with `ip route get` before anything is sent. Pod and Service
-//! addresses are never routed from the root namespace.
+//! addresses are never routed from the root namespace: they get `unreachable` routes
+//! there (when nothing of the host's own uses them), so that a stray packet to one fails
+//! at once instead of leaving by the default route.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -24,6 +26,10 @@ pub const HOST_LINK_IP: &str = "192.168.78.1";
 /// The control plane namespace's end of that veth; the host routes the API server's
 /// address through it.
 pub const CP_LINK_IP: &str = "192.168.78.2";
+/// skiff-control's default pod and Service ranges: the host gets `unreachable` routes for
+/// them, so that nothing sent to a pod or Service address from the root namespace can
+/// leave by the default route.
+pub const FENCED_CIDRS: [&str; 2] = ["10.244.0.0/16", "10.96.0.0/12"];
 /// The host's kubeconfig, in the cluster's directory.
 pub const HOST_KUBECONFIG: &str = "kubeconfig";
 /// What a detached cluster runs, in the cluster's directory.
@@ -182,6 +188,7 @@ impl Cluster {
              ip route add {CONTROL_PLANE_IP}/32 via {CP_LINK_IP} dev {link}"
         ))?;
         ensure!(routes_via(CONTROL_PLANE_IP, &link), "the host's route to {CONTROL_PLANE_IP} does not use {link}");
+        fence_cluster_cidrs()?;
         let kubeconfig = self.dir.join(HOST_KUBECONFIG);
         std::fs::copy(self.dir.join("control/admin.kubeconfig"), &kubeconfig).context("writing the host kubeconfig")?;
         let ok = wait_until(Duration::from_secs(10), || host_reaches_api(&kubeconfig, &link));
@@ -286,6 +293,8 @@ pub fn teardown(tag: &str, dir: &Path) -> Vec<String> {
         pids.extend(netns_pids(ns));
     }
     pids.extend(state.iter().flat_map(|s| s.etcd_pids.iter().copied().chain([s.control_pid])));
+    pids.sort_unstable();
+    pids.dedup();
     pids.retain(|p| *p != 0 && Path::new(&format!("/proc/{p}")).exists());
     for &pid in &pids {
         kill(pid);
@@ -308,6 +317,9 @@ pub fn teardown(tag: &str, dir: &Path) -> Vec<String> {
         if Command::new("ip").args(["netns", "del", ns]).output().is_ok_and(|o| o.status.success()) {
             done.push(format!("deleted namespace {ns}"));
         }
+    }
+    if unfence_cluster_cidrs() {
+        done.push(format!("removed the host's unreachable routes for {}", FENCED_CIDRS.join(", ")));
     }
     let link = format!("{tag}-h");
     if Command::new("ip").args(["link", "del", &link]).output().is_ok_and(|o| o.status.success()) {
@@ -334,6 +346,34 @@ fn ensure_unrouted(addr: &str) -> Result<()> {
         bail!("this host already routes {addr} ({line}); the local cluster needs 192.168.77.0/24 and 192.168.78.0/30");
     }
     Ok(())
+}
+
+/// Adds the host's `unreachable` routes for [`FENCED_CIDRS`] (each unless the host
+/// already routes something there of its own) and checks them with `ip route get`.
+fn fence_cluster_cidrs() -> Result<()> {
+    for cidr in FENCED_CIDRS {
+        let existing = host_sh(&format!("ip route show {cidr}"))?;
+        if existing.contains("unreachable") {
+            continue;
+        }
+        let first = cidr.split('/').next().unwrap_or(cidr);
+        ensure_unrouted(first)?;
+        host_sh(&format!("ip route add unreachable {cidr}"))?;
+        let got = Command::new("ip").args(["route", "get", first]).output()?;
+        ensure!(!got.status.success(), "the host still routes {first} after `ip route add unreachable {cidr}`");
+    }
+    Ok(())
+}
+
+/// Removes the host's `unreachable` routes for [`FENCED_CIDRS`]; whether there were any.
+pub(super) fn unfence_cluster_cidrs() -> bool {
+    let mut removed = false;
+    for cidr in FENCED_CIDRS {
+        if host_sh(&format!("ip route show {cidr}")).is_ok_and(|r| r.contains("unreachable")) {
+            removed |= host_sh(&format!("ip route del unreachable {cidr}")).is_ok();
+        }
+    }
+    removed
 }
 
 /// Whether `ip route get addr` on the host names `link` as the device.
