@@ -58,10 +58,13 @@ fn up_kubectl_status_down_leaves_nothing() {
     if !skiff_tests::require_privileges("up_kubectl_status_down_leaves_nothing") {
         return;
     }
-    assert!(
-        !Path::new(DIR).join("state.json").exists(),
-        "a local cluster is already up and this test would remove it: `cargo xtask down` first"
-    );
+    if Path::new(DIR).join("state.json").exists() {
+        // This test would remove the developer's cluster; under CI nothing is up.
+        let why = "a local cluster is already up and this test would remove it: `cargo xtask down` first";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+        eprintln!("SKIPPED up_kubectl_status_down_leaves_nothing: {why}");
+        return;
+    }
     let _down = DownGuard;
     let bin_dir = std::env::var_os("SKIFF_UP_BIN_DIR").map_or_else(skiff_tests::target_bin_dir, PathBuf::from);
 
