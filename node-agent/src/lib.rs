@@ -12,12 +12,15 @@
 //! - [`runner`]: when each role syncs (after changes, bounded in frequency);
 //! - [`agent`]: the `skiff-node` command line and the main loop that ties roles together;
 //! - [`server`]: the kubelet's HTTPS server (:10250): container logs, exec and
-//!   port-forward for the API server.
+//!   port-forward for the API server;
+//! - [`metrics`]: what `/metrics` of that server reports (kubelet, datapath counters,
+//!   map fill levels, sync latencies).
 
 pub mod agent;
 pub mod cri;
 pub mod datapath;
 pub mod kubelet;
+pub mod metrics;
 pub mod node;
 pub mod overlay;
 pub mod proxy;

@@ -35,6 +35,34 @@ pub trait Role {
     fn sync(&mut self, reason: SyncReason) -> bool;
 }
 
+/// A role whose syncs are timed into the `skiff_datapath_sync_duration_seconds` metric
+/// under its name.
+pub struct Timed<R> {
+    name: &'static str,
+    role: R,
+}
+
+impl<R> Timed<R> {
+    pub fn new(name: &'static str, role: R) -> Self {
+        Self { name, role }
+    }
+}
+
+impl<R: Role> Role for Timed<R> {
+    type Change = R::Change;
+
+    fn apply(&mut self, change: Self::Change) {
+        self.role.apply(change);
+    }
+
+    fn sync(&mut self, reason: SyncReason) -> bool {
+        let started = std::time::Instant::now();
+        let again = self.role.sync(reason);
+        crate::metrics::role_synced(self.name, started.elapsed());
+        again
+    }
+}
+
 /// How often a role may and must sync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Schedule {

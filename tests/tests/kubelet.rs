@@ -212,6 +212,25 @@ fn pods_run_restart_report_and_survive_agent_and_api_restarts() {
     let wide = cluster.kubectl_out(&["get", "pods", "-o", "wide"]);
     assert!(wide.lines().filter(|l| l.contains(" Running ") && l.contains(&node)).count() >= 3, "{wide}");
 
+    // The node's metrics, through the API server's node proxy: its pods and containers,
+    // its pod workers, and the datapath's counters and map fill (the endpoints map
+    // holds the three pods, written by skiff-cni).
+    let metrics =
+        ok("node metrics", cluster.kubectl_ok(&["get", "--raw", &format!("/api/v1/nodes/{node}/proxy/metrics")]));
+    let value = |line_start: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line_start).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {line_start} in the node's metrics:\n{metrics}"))
+    };
+    assert!(value("kubelet_running_pods ") >= 3.0, "{metrics}");
+    assert!(value("kubelet_running_containers{container_state=\"running\"} ") >= 3.0, "{metrics}");
+    assert!(value("kubelet_pod_worker_duration_seconds_count{operation=\"sync\"} ") >= 3.0, "{metrics}");
+    assert!(value("skiff_bpf_map_entries{map_name=\"ENDPOINTS_V1\"} ") >= 3.0, "{metrics}");
+    assert!(value("skiff_bpf_map_pressure{map_name=\"ENDPOINTS_V1\"} ") > 0.0, "{metrics}");
+    value("skiff_datapath_drops_total{reason=\"no_backend\"} ");
+    value("skiff_datapath_sync_duration_seconds_count{role=\"overlay\"} ");
+
     // kubectl logs and exec reach the pods through the API server and the node's
     // kubelet server.
     let logs = ok("kubectl logs", cluster.kubectl_ok(&["logs", &pods[0].0]));

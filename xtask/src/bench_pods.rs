@@ -8,6 +8,10 @@
 //!   timestamps have one-second resolution, so they are printed beside as a check).
 //!   p50 and p99 over the pods of a run; three runs (the Deployment deleted and every
 //!   pod gone between them), the median run printed with the spread.
+//! - The runtime's floor beside each run: the same number of pods made straight through
+//!   each node's CRI (RunPodSandbox with the node's CNI, CreateContainer, StartContainer,
+//!   all at once, spread over the nodes as the scheduler spreads them) with no API and no
+//!   agent; its p99, and P6's p99 as a ratio to it, say how much of P6 is Skiff's.
 //! - P8: the resident memory (VmRSS) of the node agent holding the most pods, with
 //!   every pod Ready.
 
@@ -19,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use skiff_tests::cluster::{Cluster, ClusterOptions};
-use skiff_tests::image::{echo_image, pause_image};
+use skiff_tests::cri::{ContainerSpec, CriClient, SandboxSpec};
+use skiff_tests::image::{ECHO_IMAGE, echo_image, pause_image};
 use skiff_tests::netns::wait_until;
 use skiff_tests::unique_tag;
 
@@ -60,8 +65,12 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut p99s = Vec::new();
     let mut api_p99s = Vec::new();
     let mut rss = Vec::new();
+    let mut floors = Vec::new();
     for run in 1..=RUNS {
         let r = one_run(&cluster, replicas).with_context(|| format!("run {run}: {}", cluster.logs()))?;
+        let floor = runtime_floor(&cluster, replicas).with_context(|| format!("runtime floor {run}"))?;
+        progress("bench", &format!("run {run}: the runtime alone: p99 {floor:.3} s"));
+        floors.push(floor);
         progress(
             "bench",
             &format!(
@@ -78,8 +87,52 @@ pub fn run(args: &[String]) -> Result<()> {
     println!("P6 pod-startup-p50: {}", summary(&p50s, "s", 3));
     println!("P6 pod-startup-p99: {}", summary(&p99s, "s", 3));
     println!("P6 pod-startup-p99-api-timestamps: {}", summary(&api_p99s, "s", 0));
+    println!("P6 runtime-floor-p99: {}", summary(&floors, "s", 3));
+    let ratios: Vec<f64> = p99s.iter().zip(&floors).map(|(p, f)| p / f).collect();
+    println!("P6 pod-startup-p99-vs-runtime-floor: {}", summary(&ratios, "x", 2));
     println!("P8 agent-rss@{replicas}-pods: {}", summary(&rss, "MB", 1));
     Ok(())
+}
+
+/// p99 of start → container started over `pods` pods made straight through the nodes'
+/// CRI at once, then removed. They carry none of the kubelet's labels, so the agents
+/// leave them alone.
+fn runtime_floor(cluster: &Cluster, pods: usize) -> Result<f64> {
+    let barrier = Arc::new(std::sync::Barrier::new(pods));
+    let threads: Vec<_> = (0..pods)
+        .map(|i| {
+            let socket = cluster.nodes[i % cluster.nodes.len()].containerd.socket.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || -> Result<(f64, String)> {
+                let mut cri = CriClient::connect(&socket)?;
+                let sandbox = SandboxSpec::new(&format!("floor-{i}"), "bench-floor", &format!("floor-uid-{i}"));
+                barrier.wait();
+                let started = Instant::now();
+                let id = cri.run_pod_sandbox(&sandbox)?;
+                let container = cri.create_container(&id, &sandbox, &ContainerSpec::new("echo", ECHO_IMAGE))?;
+                cri.start_container(&container)?;
+                Ok((started.elapsed().as_secs_f64(), id))
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut failure = None;
+    for (i, t) in threads.into_iter().enumerate() {
+        match t.join().map_err(|_| anyhow::anyhow!("a floor thread panicked"))? {
+            Ok((latency, id)) => {
+                latencies.push(latency);
+                let mut cri = CriClient::connect(&cluster.nodes[i % cluster.nodes.len()].containerd.socket)?;
+                cri.stop_pod_sandbox(&id)?;
+                cri.remove_pod_sandbox(&id)?;
+            }
+            Err(e) => failure = Some(e),
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e.context("making a pod straight through the CRI"));
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok(percentile(&latencies, 0.99))
 }
 
 /// Copies the logs of skiff-control and the agents to `target/bench/pods/` (the cluster's

@@ -10,6 +10,7 @@
 pub mod apiserver;
 pub mod auth;
 pub mod certificates;
+pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -28,7 +28,7 @@ use crate::auth::node::NodeAuthorizer;
 use crate::auth::rbac::RbacAuthorizer;
 use crate::auth::serviceaccount::Keys;
 use crate::auth::{CONTROLLER_USER, SCHEDULER_USER};
-use crate::store::{EtcdConfig, EtcdStore, RedbStore, Store};
+use crate::store::{EtcdConfig, EtcdStore, RedbStore, Store, TimedStore};
 use crate::tls::{Pki, San, x509};
 
 #[derive(Debug, thiserror::Error)]
@@ -264,10 +264,11 @@ async fn start(cfg: &Config) -> Result<(TcpListener, Arc<ApiServer>, TlsAcceptor
     check_cidr("cluster-cidr", cfg.cluster_cidr)?;
     check_cidr("service-cidr", cfg.service_cidr)?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| Error::DataDir { path: cfg.data_dir.clone(), source })?;
-    let store: Arc<dyn Store> = match &cfg.etcd {
+    let backend: Arc<dyn Store> = match &cfg.etcd {
         Some(etcd) => Arc::new(EtcdStore::connect(etcd).await?),
         None => Arc::new(RedbStore::open(&cfg.data_dir.join("store.redb"))?),
     };
+    let store: Arc<dyn Store> = Arc::new(TimedStore::new(backend));
     let pki = Pki::ensure(&cfg.data_dir, &cfg.sans()?)?;
     let sa_keys = Arc::new(Keys::load_or_generate(&cfg.data_dir.join("sa-signer.key"))?);
     let authn =

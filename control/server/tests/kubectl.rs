@@ -510,3 +510,44 @@ fn kubectl_create_generators_over_protobuf() {
     let node_port = np["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
     assert!((30000..=32767).contains(&node_port), "a NodePort is allocated: {node_port}");
 }
+
+#[test]
+fn metrics_are_prometheus_text_for_those_rbac_lets_read_them() {
+    let mut s = start();
+    std::fs::write(s.dir.join("tokens.csv"), "tok-bob,bob,1001,\"dev\"\n").unwrap();
+    s.restart();
+    s.ok(&["get", "pods"]);
+    s.ok(&["create", "configmap", "m", "--from-literal=a=1"]);
+    // An open watch shows as a long-running request while it lasts.
+    let mut watch = s.cmd().args(["get", "configmaps", "--watch"]).stdout(Stdio::null()).spawn().unwrap();
+    let open_watch = "apiserver_longrunning_requests{verb=\"WATCH\",group=\"\",version=\"v1\",resource=\"configmaps\",subresource=\"\",scope=\"namespace\",component=\"apiserver\"} 1";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = s.ok(&["get", "--raw", "/metrics"]);
+        if text.contains(open_watch) || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(text.contains(open_watch), "{text}");
+    let list_pods = "verb=\"LIST\",group=\"\",version=\"v1\",resource=\"pods\",subresource=\"\",scope=\"namespace\",component=\"apiserver\"";
+    assert!(text.contains(&format!("apiserver_request_total{{{list_pods},code=\"200\"}}")), "{text}");
+    assert!(text.contains(&format!("apiserver_request_duration_seconds_bucket{{{list_pods},le=\"+Inf\"}}")), "{text}");
+    assert!(text.contains("# TYPE apiserver_request_duration_seconds histogram"), "{text}");
+    assert!(text.contains("etcd_request_duration_seconds_count{operation=\"create\",type=\"configmaps\"}"), "{text}");
+    assert!(text.contains("process_resident_memory_bytes "), "{text}");
+    // A user RBAC gives nothing may not read them.
+    let server = format!("https://127.0.0.1:{}", s.port);
+    let empty = s.write("empty.kubeconfig", "apiVersion: v1\nkind: Config\n");
+    let bob = Command::new(&s.kubectl)
+        .env("HOME", s.tmp.path())
+        .env("KUBECONFIG", &empty)
+        .args(["--server", &server, "--certificate-authority", s.dir.join("pki/ca.crt").to_str().unwrap()])
+        .args(["--token", "tok-bob", "get", "--raw", "/metrics"])
+        .output()
+        .unwrap();
+    assert!(!bob.status.success(), "bob read /metrics");
+    assert!(String::from_utf8_lossy(&bob.stderr).contains("Forbidden"), "{}", String::from_utf8_lossy(&bob.stderr));
+}

@@ -49,10 +49,14 @@ pub struct RunArgs {
     #[arg(long)]
     pub pin_dir: Option<PathBuf>,
     /// A directory of Service and EndpointSlice manifests (YAML or JSON), watched for
-    /// changes. Stands in for the API server until the control plane exists. Without
-    /// it the proxy role is off.
+    /// changes: the proxy's source for the demo and tests without an API server.
+    /// Without it or --services-from-api the proxy role is off.
     #[arg(long)]
     pub manifests: Option<PathBuf>,
+    /// Take the proxy's Services and EndpointSlices from the API server (watched through
+    /// reflectors) instead of a manifest directory; needs --kubeconfig.
+    #[arg(long, conflicts_with = "manifests", requires = "kubeconfig")]
+    pub services_from_api: bool,
     /// A file listing the cluster's nodes (name, podCIDR, underlayIP), watched for
     /// changes; stands in for the Node watch. Without it the overlay role is off.
     #[arg(long)]

@@ -11,8 +11,8 @@
 //! `runner`). A signal stops the tasks; every pin stays, so traffic keeps flowing until
 //! the next agent adopts it.
 //!
-//! The roles fed by the API (node registration, the kubelet, the overlay's Node source)
-//! are wired here too; nothing else in the agent may start a task that outlives a call.
+//! The roles fed by the API (node registration, the kubelet, the overlay's Node source,
+//! the proxy's Service source) are wired here too; nothing else in the agent may start a task that outlives a call.
 
 mod cli;
 
@@ -35,6 +35,8 @@ use crate::kubelet::KubeletSettings;
 use crate::node::NodeSettings;
 use crate::overlay::role::{OverlayRole, OverlaySettings};
 use crate::overlay::source::{ApiNodeSource, NodeSource, NodesFileSource};
+use crate::proxy::api_source::ApiServiceSource;
+use crate::proxy::events::ServiceEvents;
 use crate::proxy::maps::AyaLbMaps;
 use crate::proxy::reconciler::LbReconciler;
 use crate::proxy::role::ProxyRole;
@@ -44,12 +46,18 @@ use crate::runner::{self, Role, Schedule};
 fn run(args: RunArgs) -> Result<()> {
     let pin_dir = args.pin_dir.clone().unwrap_or_else(|| Pins::for_node(&args.node_name).dir().to_path_buf());
     let mut datapath = load_datapath(&args, &pin_dir)?;
+    crate::metrics::set_pin_dir(pin_dir.clone());
 
-    let proxy = match &args.manifests {
-        Some(dir) => {
+    let services = match (&args.manifests, args.services_from_api) {
+        (Some(dir), _) => Some(ServicesFrom::Dir(ManifestDirSource::new(dir))),
+        (None, true) => Some(ServicesFrom::Api),
+        (None, false) => None,
+    };
+    let proxy = match services {
+        Some(services) => {
             let maps = AyaLbMaps::open(&pin_dir).context("opening the Service maps")?;
             let reconciler = LbReconciler::adopt(maps).context("adopting the existing Service maps")?;
-            Some((ProxyRole::new(reconciler), ManifestDirSource::new(dir)))
+            Some((ProxyRole::new(reconciler), services))
         }
         None => None,
     };
@@ -113,9 +121,21 @@ fn run(args: RunArgs) -> Result<()> {
     let tasks = tokio::task::LocalSet::new();
     tasks.block_on(&runtime, async {
         let mut roles = tokio::task::JoinSet::new();
-        if let Some((role, mut source)) = proxy {
+        if let Some((mut role, services)) = proxy {
+            let mut source: Box<dyn ServiceSource> = match services {
+                ServicesFrom::Dir(dir) => Box::new(dir),
+                ServicesFrom::Api => {
+                    let client = api.clone().context("--services-from-api needs --kubeconfig")?;
+                    let (source, reflect) = ApiServiceSource::start(client.clone());
+                    tokio::task::spawn_local(reflect);
+                    role.set_events(ServiceEvents::new(client, &args.node_name, source.services().clone()));
+                    Box::new(source)
+                }
+            };
             let mut first = true;
-            let poll = move || match source.poll() {
+            // A source that has no snapshot yet (the API's LISTs are not in) is not polled:
+            // its first poll must be the complete state.
+            let poll = move || match source.ready().then(|| source.poll())? {
                 // The first poll is the snapshot, even when empty; later ones only matter when something changed.
                 Ok(events) if first || !events.is_empty() => {
                     first = false;
@@ -214,6 +234,12 @@ fn run(args: RunArgs) -> Result<()> {
     })
 }
 
+/// Where the proxy takes Services and EndpointSlices from.
+enum ServicesFrom {
+    Dir(ManifestDirSource),
+    Api,
+}
+
 /// Where the overlay takes the cluster's nodes from.
 enum NodesFrom {
     File(NodesFileSource),
@@ -286,13 +312,14 @@ fn load_datapath(args: &RunArgs, pin_dir: &Path) -> Result<Datapath> {
 fn spawn_role<R: Role + 'static>(
     roles: &mut tokio::task::JoinSet<()>,
     name: &'static str,
-    mut role: R,
+    role: R,
     poll: impl FnMut() -> Option<R::Change> + 'static,
     period: Duration,
     schedule: Schedule,
     synced: mpsc::UnboundedSender<&'static str>,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut role = runner::Timed::new(name, role);
     roles.spawn_local(runner::poll_source(period, schedule.once, poll, tx));
     roles.spawn_local(async move {
         runner::run(&mut role, schedule, &mut rx, || {

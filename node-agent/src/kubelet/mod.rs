@@ -260,12 +260,34 @@ impl Workers {
     }
 }
 
+/// What the relist saw, for `kubelet_running_pods` and `kubelet_running_containers`.
+fn report_runtime_counts(sandboxes: &[crate::cri::api::PodSandbox], containers: &[crate::cri::api::Container]) {
+    use crate::cri::api::{ContainerState, PodSandboxState};
+    let running_pods: std::collections::BTreeSet<&String> = sandboxes
+        .iter()
+        .filter(|s| s.state == PodSandboxState::SandboxReady as i32)
+        .filter_map(|s| s.labels.get(labels::POD_UID))
+        .collect();
+    let mut by_state = BTreeMap::new();
+    for c in containers {
+        let state = match ContainerState::try_from(c.state) {
+            Ok(ContainerState::ContainerCreated) => "created",
+            Ok(ContainerState::ContainerRunning) => "running",
+            Ok(ContainerState::ContainerExited) => "exited",
+            _ => "unknown",
+        };
+        *by_state.entry(state).or_insert(0) += 1;
+    }
+    crate::metrics::set_runtime_counts(running_pods.len() as u64, by_state);
+}
+
 /// Every pod the runtime has of ours, by uid: its key (from the labels) and a
 /// fingerprint of its sandboxes' and containers' states, which changes when one does.
 async fn relist_runtime(cri: &CriClient) -> crate::cri::Result<BTreeMap<String, (ObjectKey, String)>> {
     let ours = HashMap::from([(labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned())]);
     let sandboxes = cri.list_pod_sandboxes(ours.clone()).await?;
     let containers = cri.list_containers(ours).await?;
+    report_runtime_counts(&sandboxes, &containers);
     let mut seen: BTreeMap<String, (ObjectKey, Vec<String>)> = BTreeMap::new();
     let items = sandboxes
         .iter()

@@ -78,7 +78,10 @@ pub(super) async fn run(shared: Arc<Shared>, key: ObjectKey, uid: String, mut wa
     };
     debug!(pod = %w.key, uid = %w.uid, "pod worker started");
     loop {
-        let wait = match w.step().await {
+        let started = std::time::Instant::now();
+        let step = w.step().await;
+        crate::metrics::pod_worker_pass(started.elapsed());
+        let wait = match step {
             Step::Done => break,
             Step::Again => continue,
             Step::Wait(d) => d,

@@ -3,13 +3,15 @@
 //!
 //! The flow, one module per step:
 //! - [`source`]: where Services and EndpointSlices come from ([`source::ServiceSource`];
-//!   today a manifest directory, later the API watch), delivered as changes;
+//!   a manifest directory, or the API server through reflectors in [`api_source`]),
+//!   delivered as changes;
 //! - [`model`]: pure functions from those objects to the desired frontends and backends,
 //!   with invalid inputs reported per Service and port;
 //! - [`reconciler`]: the change tracker and the one writer of the maps, in an order that
 //!   never exposes a half-written Service, adopting the maps of an earlier run;
 //! - [`maps`]: the services, backends and reverse-NAT maps behind a trait, with the real
-//!   (pinned, aya) and a fake (in-memory) implementation.
+//!   (pinned, aya) and a fake (in-memory) implementation;
+//! - [`events`]: what a sync could not program, as Warning Events on the Services.
 //!
 //! Typical use (the agent's main loop):
 //! ```text
@@ -24,12 +26,15 @@
 //! This module does not load or attach BPF programs, nor create the maps: the datapath
 //! loader does, and pins them where [`maps::AyaLbMaps::open`] finds them.
 
+pub mod api_source;
+pub mod events;
 pub mod maps;
 pub mod model;
 pub mod reconciler;
 pub mod role;
 pub mod source;
 
+pub use api_source::ApiServiceSource;
 pub use maps::{AyaLbMaps, FakeLbMaps, LbMaps, render_dump};
-pub use reconciler::{LbReconciler, SyncSummary};
+pub use reconciler::{LbReconciler, ServiceProblem, SyncSummary};
 pub use source::{ManifestDirSource, ServiceSource, SourceEvent};

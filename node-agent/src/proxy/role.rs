@@ -1,9 +1,11 @@
 //! The proxy as a role of the agent: Service and EndpointSlice changes from a source go
 //! into the reconciler as they come; a sync writes the Service maps (see `runner` for
-//! when). This is the only place the agent calls the reconciler from.
+//! when). This is the only place the agent calls the reconciler from. What a sync could
+//! not program goes to the Service's Events when the agent talks to the API.
 
 use tracing::info;
 
+use super::events::ServiceEvents;
 use super::maps::AyaLbMaps;
 use super::reconciler::LbReconciler;
 use super::source::SourceEvent;
@@ -12,11 +14,17 @@ use crate::runner::{Role, SyncReason};
 /// The proxy role: owns the reconciler, and so the Service maps.
 pub struct ProxyRole {
     reconciler: LbReconciler<AyaLbMaps>,
+    events: Option<ServiceEvents>,
 }
 
 impl ProxyRole {
     pub fn new(reconciler: LbReconciler<AyaLbMaps>) -> Self {
-        Self { reconciler }
+        Self { reconciler, events: None }
+    }
+
+    /// Reports the Services a sync cannot program as Warning Events on them.
+    pub fn set_events(&mut self, events: ServiceEvents) {
+        self.events = Some(events);
     }
 }
 
@@ -34,6 +42,11 @@ impl Role for ProxyRole {
         let summary = self.reconciler.sync();
         if summary.changed() {
             info!(%summary, ?reason, "service maps synced");
+        }
+        // Taken even without a reporter, so they do not pile up.
+        let problems = self.reconciler.take_problems();
+        if let Some(events) = &mut self.events {
+            events.report(problems);
         }
         self.reconciler.has_pending()
     }

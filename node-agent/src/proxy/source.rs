@@ -1,9 +1,9 @@
 //! Where Services and EndpointSlices come from.
 //!
 //! [`ServiceSource`] hands out *changes* (upserts and deletions keyed by namespace/name),
-//! so the reconciler's work stays proportional to what changed. Today the only source is
-//! [`ManifestDirSource`], a directory of YAML/JSON manifests used by the demo and the
-//! tests; the API watch (a reflector draining its watch events) fits the same trait.
+//! so the reconciler's work stays proportional to what changed. Two sources implement
+//! it: [`ManifestDirSource`], a directory of YAML/JSON manifests used by the demo and the
+//! tests, and `api_source::ApiServiceSource`, the API server's objects through reflectors.
 //!
 //! A source must not write the maps or interpret the objects beyond picking the two
 //! kinds: validation is the model's job (`model.rs`), so that every source rejects the
@@ -62,6 +62,14 @@ impl std::fmt::Display for SourceEvent {
 /// itself and report the difference, including deletions of objects that disappeared.
 pub trait ServiceSource {
     fn poll(&mut self) -> Result<Vec<SourceEvent>>;
+
+    /// Whether the source has its initial snapshot, so that the next `poll` may be taken
+    /// as the complete state. A caller must not poll before (the first poll of a source
+    /// that is not ready would be an empty snapshot, and the proxy would remove what it
+    /// adopted). A file source is always ready; the API source once its LISTs are in.
+    fn ready(&self) -> bool {
+        true
+    }
 }
 
 /// The kinds a source passes on.
@@ -95,11 +103,22 @@ impl Object {
 
     /// Kind, namespace and name. Parsing guarantees the name, so this cannot fail.
     fn key(&self) -> (ObjectKind, ObjectRef) {
-        let r = ObjectRef::from_meta(self.meta()).expect("parse_manifests rejects objects without a name");
-        (self.kind(), r)
+        self.try_key().expect("parse_manifests rejects objects without a name")
     }
 
-    fn into_upsert(self) -> SourceEvent {
+    /// Kind, namespace and name; `None` for an object without a name.
+    pub(super) fn try_key(&self) -> Option<(ObjectKind, ObjectRef)> {
+        Some((self.kind(), ObjectRef::from_meta(self.meta())?))
+    }
+
+    pub(super) fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Self::Service(s) => &mut s.metadata,
+            Self::EndpointSlice(s) => &mut s.metadata,
+        }
+    }
+
+    pub(super) fn into_upsert(self) -> SourceEvent {
         match self {
             Self::Service(s) => SourceEvent::ServiceUpserted(s),
             Self::EndpointSlice(s) => SourceEvent::EndpointSliceUpserted(s),
@@ -107,7 +126,7 @@ impl Object {
     }
 }
 
-fn deletion(kind: ObjectKind, r: ObjectRef) -> SourceEvent {
+pub(super) fn deletion(kind: ObjectKind, r: ObjectRef) -> SourceEvent {
     match kind {
         ObjectKind::Service => SourceEvent::ServiceDeleted(r),
         ObjectKind::EndpointSlice => SourceEvent::EndpointSliceDeleted(r),

@@ -376,7 +376,7 @@ fn metrics(m: &Metrics) -> Response<Body> {
         m.exec_sessions.load(Ordering::Relaxed),
         m.attach_sessions.load(Ordering::Relaxed),
         m.port_forwards.load(Ordering::Relaxed),
-    );
+    ) + &crate::metrics::render();
     Response::builder().header(header::CONTENT_TYPE, "text/plain; version=0.0.4").body(full(body)).unwrap()
 }
 

@@ -92,6 +92,18 @@ impl ProxyTarget {
         Some(Self { kind, namespace, name: name.to_string(), rest })
     }
 
+    /// How the request metrics label this request (upstream counts them as CONNECT).
+    pub(crate) fn metric_labels(&self) -> crate::metrics::RequestLabels {
+        crate::metrics::RequestLabels {
+            verb: "CONNECT",
+            version: "v1".into(),
+            resource: if self.kind == Kind::NodeProxy { "nodes" } else { "pods" }.into(),
+            subresource: self.subresource().into(),
+            scope: "resource",
+            ..Default::default()
+        }
+    }
+
     fn subresource(&self) -> &'static str {
         match self.kind {
             Kind::Log => "log",

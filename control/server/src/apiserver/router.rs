@@ -52,7 +52,10 @@ impl ApiServer {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let started = std::time::Instant::now();
-        let (resp, user) = self.serve_inner(req, subject).await;
+        let (resp, user, labels) = self.serve_inner(req, subject).await;
+        if let Some(labels) = labels {
+            crate::metrics::request_done(&labels, resp.status().as_u16(), started.elapsed());
+        }
         tracing::debug!(
             method = %method,
             path = %path,
@@ -64,7 +67,13 @@ impl ApiServer {
         resp
     }
 
-    async fn serve_inner<B>(&self, req: http::Request<B>, subject: Option<Subject>) -> (Resp, Option<String>)
+    /// The response, the user's name once known, and the request's metric labels once it
+    /// is known what it addressed.
+    async fn serve_inner<B>(
+        &self,
+        req: http::Request<B>,
+        subject: Option<Subject>,
+    ) -> (Resp, Option<String>, Option<crate::metrics::RequestLabels>)
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -72,36 +81,41 @@ impl ApiServer {
         let header = |h: header::HeaderName| req.headers().get(h).and_then(|v| v.to_str().ok()).map(str::to_string);
         let user = match self.authn.authenticate(subject.as_ref(), header(header::AUTHORIZATION).as_deref()) {
             Outcome::User(u) => u,
-            Outcome::Anonymous => return (error_response(&ApiError::unauthorized()), None),
+            Outcome::Anonymous => return (error_response(&ApiError::unauthorized()), None, None),
             Outcome::Invalid(why) => {
                 tracing::info!(reason = why, "rejected credentials");
-                return (error_response(&ApiError::unauthorized()), None);
+                return (error_response(&ApiError::unauthorized()), None, None);
             }
             Outcome::BootstrapToken(token) => match self.bootstrap_token_user(&token).await {
                 Ok(u) => u,
                 Err(why) => {
                     tracing::info!(reason = why, token_id = %token.id, "rejected bootstrap token");
-                    return (error_response(&ApiError::unauthorized()), None);
+                    return (error_response(&ApiError::unauthorized()), None, None);
                 }
             },
             Outcome::ServiceAccount(claims) => match self.service_account_user(&claims).await {
                 Ok(u) => u,
                 Err(why) => {
                     tracing::info!(reason = why, user = %claims.username(), "rejected ServiceAccount token");
-                    return (error_response(&ApiError::unauthorized()), None);
+                    return (error_response(&ApiError::unauthorized()), None, None);
                 }
             },
         };
         let name = Some(user.name.clone());
         if let Some(target) = super::node_proxy::ProxyTarget::parse(req.uri().path()) {
-            return (self.node_proxy(req, target, &user).await, name);
+            let labels = target.metric_labels();
+            return (self.node_proxy(req, target, &user).await, name, Some(labels));
         }
         let (parts, body) = req.into_parts();
         let query: HashMap<String, String> =
             parts.uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
         let target = match route(&parts.method, parts.uri.path(), &query) {
             Ok(t) => t,
-            Err(e) => return (error_response(&e), name),
+            Err(e) => return (error_response(&e), name, None),
+        };
+        let labels = match &target {
+            Target::NonResource => None,
+            Target::Resource(r) => Some(r.metric_labels()),
         };
         let attrs = match &target {
             Target::NonResource => Attributes::NonResource {
@@ -132,7 +146,7 @@ impl ApiServer {
                 }
                 Target::NonResource => format!("forbidden: {why}"),
             };
-            return (error_response(&ApiError::forbidden(msg)), name);
+            return (error_response(&ApiError::forbidden(msg)), name, labels);
         }
         // Bodies are read only after authorization, so strangers cannot make us buffer 3 MiB.
         let body = match Limited::new(body, MAX_BODY).collect().await {
@@ -143,7 +157,7 @@ impl ApiServer {
                 } else {
                     ApiError::bad_request(format!("cannot read request body: {e}"))
                 };
-                return (error_response(&err), name);
+                return (error_response(&err), name, labels);
             }
         };
         let h = |n: header::HeaderName| parts.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
@@ -152,7 +166,7 @@ impl ApiServer {
             Target::NonResource => self.non_resource(parts.uri.path()),
             Target::Resource(r) => self.resource(r, ctx).await,
         };
-        (result.unwrap_or_else(|e| error_response(&e)), name)
+        (result.unwrap_or_else(|e| error_response(&e)), name, labels)
     }
 
     fn non_resource(&self, path: &str) -> ApiResult<Resp> {
@@ -161,6 +175,10 @@ impl ApiServer {
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         match segs.as_slice() {
             ["version"] => ok(discovery::version()),
+            ["metrics"] => Ok(Response::builder()
+                .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                .body(full(crate::metrics::render()))
+                .unwrap()),
             ["healthz"] | ["livez"] | ["readyz"] => {
                 Ok(Response::builder().header(header::CONTENT_TYPE, "text/plain").body(full("ok")).unwrap())
             }
@@ -207,7 +225,10 @@ impl ApiServer {
         match (r.verb, name, sub) {
             (Verb::Get, Some(n), _) => self.get(Named { def: r.def, ns, name: n, sub }, &ctx).await,
             (Verb::List, _, _) => self.list(r.def, ns, &ctx).await,
-            (Verb::Watch, _, _) => self.watch(r.def, ns, name, &ctx).await,
+            (Verb::Watch, _, _) => {
+                let open = crate::metrics::watch_opened(r.metric_labels());
+                self.watch(r.def, ns, name, &ctx, open).await
+            }
             (Verb::Create, None, _) => self.create(r.def, ns, &ctx).await,
             (Verb::Create, Some(n), Some(Subresource::Binding)) => self.bind(r.def, ns, n, &ctx).await,
             (Verb::Create, Some(n), Some(Subresource::Token)) => match ns {
@@ -219,6 +240,34 @@ impl ApiServer {
             (Verb::Delete, Some(n), _) => self.delete(r.def, ns, n, &ctx).await,
             (Verb::DeleteCollection, None, _) => self.delete_collection(r.def, ns, &ctx).await,
             (verb, _, _) => Err(ApiError::method_not_allowed(verb.as_str())),
+        }
+    }
+}
+
+impl ResourceRequest {
+    fn metric_labels(&self) -> crate::metrics::RequestLabels {
+        let verb = match self.verb {
+            Verb::Get => "GET",
+            Verb::List => "LIST",
+            Verb::Watch => "WATCH",
+            Verb::Create => "POST",
+            Verb::Update => "PUT",
+            Verb::Patch => "PATCH",
+            Verb::Delete => "DELETE",
+            Verb::DeleteCollection => "DELETECOLLECTION",
+        };
+        let scope = match (&self.name, &self.namespace) {
+            (Some(_), _) => "resource",
+            (None, Some(_)) => "namespace",
+            (None, None) => "cluster",
+        };
+        crate::metrics::RequestLabels {
+            verb,
+            group: self.def.group.into(),
+            version: self.def.version.into(),
+            resource: self.def.plural.into(),
+            subresource: self.subresource.clone().unwrap_or_default(),
+            scope,
         }
     }
 }

@@ -70,6 +70,7 @@ impl ApiServer {
         ns: Option<&str>,
         name: Option<&str>,
         ctx: &Ctx,
+        open: crate::metrics::OpenWatch,
     ) -> ApiResult<Resp> {
         let sel = Selectors::from_ctx(def, ctx)?;
         let timeout = match ctx.q("timeoutSeconds") {
@@ -131,6 +132,8 @@ impl ApiServer {
             Err(e) => return Err(e.into()),
         };
         tokio::spawn(async move {
+            // Counted as open for as long as the stream runs.
+            let _open = open;
             for line in initial {
                 if tx.send(line).await.is_err() {
                     return;

@@ -15,10 +15,12 @@ pub mod conformance;
 pub mod etcd;
 mod eventlog;
 pub mod redb;
+pub mod timed;
 
 pub use self::etcd::{EtcdConfig, EtcdStore};
 pub use self::eventlog::Watch;
 pub use self::redb::RedbStore;
+pub use self::timed::TimedStore;
 
 /// A boxed future, so that `Store` stays usable as `dyn Store` (the server picks the
 /// backend at start-up) without an extra crate for async traits.

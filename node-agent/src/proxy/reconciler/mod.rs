@@ -67,7 +67,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 pub use self::error::{Error, Result};
 use self::inputs::Inputs;
 use self::state::MapState;
-pub use self::summary::SyncSummary;
+pub use self::summary::{ServiceProblem, SyncSummary};
 use super::maps::LbMaps;
 use super::model::{FrontendKey, ObjectRef};
 use super::source::SourceEvent;
@@ -80,13 +80,15 @@ pub struct LbReconciler<M: LbMaps> {
     inputs: Inputs,
     /// What is in the maps, and the work left for the next sync.
     state: MapState,
+    /// What the syncs since the last [`Self::take_problems`] could not program.
+    problems: Vec<ServiceProblem>,
 }
 
 impl<M: LbMaps> LbReconciler<M> {
     /// A reconciler for maps that are known to be empty (freshly created). For maps that
     /// may hold entries (always the case for pinned maps), use [`Self::adopt`].
     pub fn new(maps: M) -> Self {
-        Self { maps, inputs: Inputs::default(), state: MapState::default() }
+        Self { maps, inputs: Inputs::default(), state: MapState::default(), problems: Vec::new() }
     }
 
     /// Takes over maps written by an earlier run: every frontend keeps its reverse-NAT
@@ -96,7 +98,7 @@ impl<M: LbMaps> LbReconciler<M> {
     /// the source's complete initial snapshot before that first sync.
     pub fn adopt(maps: M) -> Result<Self> {
         let state = MapState::adopt(&maps)?;
-        Ok(Self { maps, inputs: Inputs::default(), state })
+        Ok(Self { maps, inputs: Inputs::default(), state, problems: Vec::new() })
     }
 
     pub fn maps(&self) -> &M {
@@ -115,6 +117,16 @@ impl<M: LbMaps> LbReconciler<M> {
     /// only on events should also sync periodically while this is true.
     pub fn has_pending(&self) -> bool {
         self.inputs.has_dirty() || self.state.has_pending()
+    }
+
+    /// The problems met by the syncs since the last call, one per Service and cause and
+    /// sync (a Service retried on every sync repeats its problem each time).
+    pub fn take_problems(&mut self) -> Vec<ServiceProblem> {
+        std::mem::take(&mut self.problems)
+    }
+
+    fn problem(&mut self, service: &ObjectRef, message: String) {
+        self.problems.push(ServiceProblem { service: service.clone(), message });
     }
 
     // -----------------------------------------------------------------------------------
@@ -190,6 +202,11 @@ impl<M: LbMaps> LbReconciler<M> {
                 "skipping part of Service"
             );
             summary.skipped += 1;
+            let message = match &problem.port {
+                Some(port) => format!("port {port}: {}", problem.kind),
+                None => problem.kind.to_string(),
+            };
+            self.problem(svc, message);
         }
 
         // Removals first: they free map room for what follows.
@@ -220,6 +237,10 @@ impl<M: LbMaps> LbReconciler<M> {
                     "frontend already programmed for another Service; skipped until that one lets go"
                 );
                 summary.skipped += 1;
+                self.problem(
+                    svc,
+                    format!("port {}: {fk} is already programmed for Service {other}", frontend.port_name),
+                );
                 self.state.waiting.entry(fk).or_default().insert(svc.clone());
                 continue;
             }
@@ -236,6 +257,7 @@ impl<M: LbMaps> LbReconciler<M> {
                         "cannot program Service frontend; keeping its previous state and retrying on the next sync"
                     );
                     summary.errors += 1;
+                    self.problem(svc, format!("port {}: cannot program {fk}: {error}", frontend.port_name));
                     self.state.retreat(&mut self.maps, &fk, old_held, summary);
                     self.state.retry.insert(svc.clone());
                 }

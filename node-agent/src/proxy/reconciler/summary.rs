@@ -1,4 +1,5 @@
-//! [`SyncSummary`]: what one sync did, counted as the writes go.
+//! [`SyncSummary`]: what one sync did, counted as the writes go; [`ServiceProblem`]: what
+//! it could not do, per Service, for whoever reports it to the Service's owner.
 
 /// What one [`LbReconciler::sync`](super::LbReconciler::sync) did, for a log line or
 /// metrics.
@@ -43,4 +44,13 @@ impl std::fmt::Display for SyncSummary {
             self.errors
         )
     }
+}
+
+/// A Service (or a part of it) a sync could not program: an invalid input, a frontend
+/// held by another Service, or a failed map write (a full map). `message` is stable for
+/// the same cause, so a reporter can tell a new problem from a repeated one.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServiceProblem {
+    pub service: crate::proxy::model::ObjectRef,
+    pub message: String,
 }

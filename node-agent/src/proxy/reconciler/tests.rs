@@ -239,6 +239,12 @@ fn bad_input_is_skipped_and_the_rest_programmed() {
     // sctp port, bad address, port 70000, IPv6-only.
     assert_eq!((s.skipped, s.errors, s.frontends_written), (4, 0, 2));
     assert_golden("bad_input", &r.maps().dump());
+    // Each problem is reported against its Service, for an Event on it.
+    let problems: Vec<String> = r.take_problems().iter().map(|p| format!("{}: {}", p.service, p.message)).collect();
+    assert_eq!(problems.len(), 4, "{problems:#?}");
+    assert!(problems[0].starts_with("shop/huge: port 70000:"), "{problems:#?}");
+    assert!(problems.iter().any(|p| p.starts_with("shop/v6: no IPv4 cluster IP")), "{problems:#?}");
+    assert!(r.take_problems().is_empty(), "taken once");
 }
 
 #[test]
@@ -270,6 +276,12 @@ fn map_full_skips_one_service_and_retries_it() {
     let s = r.sync();
     assert_eq!((s.services, s.errors), (1, 1));
     assert_eq!(r.maps().dump(), before);
+    // Both failed syncs report web, with the same message (a reporter dedups on it).
+    let problems = r.take_problems();
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert_eq!(problems[0], problems[1]);
+    assert_eq!(problems[0].service.to_string(), "shop/web");
+    assert!(problems[0].message.contains("is full"), "{problems:#?}");
 
     // Room again (an operator raised the capacity): the retry programs web.
     r.maps_mut().set_capacity(MapKind::Services, None);

@@ -1,0 +1,159 @@
+//! skiff-node's metrics, served as Prometheus text on the kubelet server's `/metrics`
+//! (`kubectl get --raw /api/v1/nodes/NODE/proxy/metrics`). Upstream's names where
+//! upstream has the metric:
+//! - kubelet: `kubelet_running_pods`, `kubelet_running_containers{container_state}`,
+//!   `kubelet_pod_worker_duration_seconds` (one pass of a pod's worker);
+//! - datapath: `skiff_datapath_verdicts_total{verdict}`, `skiff_datapath_drops_total{reason}`
+//!   and `skiff_datapath_conntrack_new_total` from the per-CPU counters map, summed over
+//!   CPUs; `skiff_bpf_map_entries`, `skiff_bpf_map_capacity` and `skiff_bpf_map_pressure`
+//!   (entries / capacity, Cilium's name) for each pinned map;
+//!   `skiff_datapath_sync_duration_seconds{role}`: how long each role's sync took to
+//!   program the maps and devices.
+//!
+//! One process-wide registry: the kubelet and the roles record into it, the server
+//! renders it. The datapath figures are read from the pinned maps at scrape time, so
+//! they cost nothing between scrapes. It must not decide anything.
+
+mod fill;
+mod histogram;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::{LazyLock, Mutex, OnceLock};
+use std::time::Duration;
+
+use histogram::Histogram;
+
+#[derive(Default)]
+struct Registry {
+    running_pods: u64,
+    containers: BTreeMap<&'static str, u64>,
+    pod_worker: Histogram,
+    role_sync: BTreeMap<&'static str, Histogram>,
+}
+
+static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(Mutex::default);
+static PIN_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// The node's pinned datapath, whose counters and maps `/metrics` reports.
+pub fn set_pin_dir(dir: PathBuf) {
+    let _ = PIN_DIR.set(dir);
+}
+
+/// What the runtime runs now: pods with a ready sandbox, containers by state
+/// (`created`, `running`, `exited`, `unknown`).
+pub fn set_runtime_counts(running_pods: u64, containers: BTreeMap<&'static str, u64>) {
+    let mut r = REGISTRY.lock().unwrap();
+    r.running_pods = running_pods;
+    r.containers = containers;
+}
+
+/// One pass of a pod worker (observe, plan, act, report).
+pub fn pod_worker_pass(took: Duration) {
+    REGISTRY.lock().unwrap().pod_worker.observe(took.as_secs_f64());
+}
+
+/// One sync of the agent's role `role` (proxy, overlay).
+pub fn role_synced(role: &'static str, took: Duration) {
+    REGISTRY.lock().unwrap().role_sync.entry(role).or_default().observe(took.as_secs_f64());
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Everything, in the Prometheus text format (version 0.0.4).
+pub fn render() -> String {
+    let mut out = String::new();
+    {
+        let r = REGISTRY.lock().unwrap();
+        header(&mut out, "kubelet_running_pods", "gauge", "Number of pods that have a running pod sandbox.");
+        let _ = writeln!(out, "kubelet_running_pods {}", r.running_pods);
+        header(&mut out, "kubelet_running_containers", "gauge", "Number of containers currently running.");
+        for (state, n) in &r.containers {
+            let _ = writeln!(out, "kubelet_running_containers{{container_state=\"{state}\"}} {n}");
+        }
+        header(
+            &mut out,
+            "kubelet_pod_worker_duration_seconds",
+            "histogram",
+            "Duration in seconds to sync a single pod.",
+        );
+        r.pod_worker.render(&mut out, "kubelet_pod_worker_duration_seconds", "operation=\"sync\"");
+        header(
+            &mut out,
+            "skiff_datapath_sync_duration_seconds",
+            "histogram",
+            "Duration in seconds of one sync of a datapath role (maps and devices programmed).",
+        );
+        for (role, h) in &r.role_sync {
+            h.render(&mut out, "skiff_datapath_sync_duration_seconds", &format!("role=\"{role}\""));
+        }
+    }
+    if let Some(dir) = PIN_DIR.get() {
+        render_datapath(&mut out, dir);
+    }
+    out
+}
+
+/// The counters and map fill levels of the pinned datapath under `dir`.
+fn render_datapath(out: &mut String, dir: &std::path::Path) {
+    match crate::datapath::read_stats(dir) {
+        Ok(stats) => {
+            let stat = |name: &str| stats.iter().find(|(n, _)| *n == name).map_or(0, |(_, v)| *v);
+            header(out, "skiff_datapath_verdicts_total", "counter", "Packets the datapath translated, by verdict.");
+            let _ = writeln!(out, "skiff_datapath_verdicts_total{{verdict=\"translated\"}} {}", stat("translated"));
+            let _ = writeln!(
+                out,
+                "skiff_datapath_verdicts_total{{verdict=\"reverse_translated\"}} {}",
+                stat("rev_translated")
+            );
+            header(
+                out,
+                "skiff_datapath_drops_total",
+                "counter",
+                "Packets the datapath dropped or rejected, by reason.",
+            );
+            let _ = writeln!(out, "skiff_datapath_drops_total{{reason=\"no_backend\"}} {}", stat("no_backend"));
+            let _ = writeln!(out, "skiff_datapath_drops_total{{reason=\"map_or_helper_error\"}} {}", stat("errors"));
+            header(out, "skiff_datapath_conntrack_new_total", "counter", "Conntrack entries created (new flows).");
+            let _ = writeln!(out, "skiff_datapath_conntrack_new_total {}", stat("ct_new"));
+        }
+        Err(e) => tracing::debug!(error = %e, "no datapath counters to report"),
+    }
+    let fills = fill::map_fill(dir);
+    header(out, "skiff_bpf_map_entries", "gauge", "Entries in each pinned BPF map.");
+    for f in &fills {
+        let _ = writeln!(out, "skiff_bpf_map_entries{{map_name=\"{}\"}} {}", f.map, f.entries);
+    }
+    header(out, "skiff_bpf_map_capacity", "gauge", "Capacity (max_entries) of each pinned BPF map.");
+    for f in &fills {
+        let _ = writeln!(out, "skiff_bpf_map_capacity{{map_name=\"{}\"}} {}", f.map, f.capacity);
+    }
+    header(out, "skiff_bpf_map_pressure", "gauge", "Fill level of each pinned BPF map (entries / capacity).");
+    for f in &fills {
+        let pressure = if f.capacity == 0 { 0.0 } else { f.entries as f64 / f64::from(f.capacity) };
+        let _ = writeln!(out, "skiff_bpf_map_pressure{{map_name=\"{}\"}} {pressure}", f.map);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubelet_and_role_figures_show_in_the_text() {
+        set_runtime_counts(3, BTreeMap::from([("running", 4), ("exited", 1)]));
+        pod_worker_pass(Duration::from_millis(40));
+        role_synced("proxy", Duration::from_micros(300));
+        let text = render();
+        assert!(text.contains("kubelet_running_pods 3"), "{text}");
+        assert!(text.contains("kubelet_running_containers{container_state=\"running\"} 4"), "{text}");
+        assert!(
+            text.contains("kubelet_pod_worker_duration_seconds_bucket{operation=\"sync\",le=\"0.05\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("skiff_datapath_sync_duration_seconds_count{role=\"proxy\"} 1"), "{text}");
+    }
+}
