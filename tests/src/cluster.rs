@@ -59,6 +59,7 @@ pub struct ClusterNode {
     /// The static pod manifests the agent runs (`--pod-manifest-path`).
     pub manifest_dir: PathBuf,
     pub pins: PinDir,
+    services_from_api: bool,
     kubeconfig: PathBuf,
     /// skiff-control's bootstrap kubeconfig (a bootstrap token): the agent asks for its
     /// certificate with it.
@@ -103,6 +104,9 @@ pub struct ClusterSetup {
     pub etcd_members: usize,
     /// Called with one line per step as the cluster starts (nothing by default).
     pub progress: Option<fn(&str)>,
+    /// Run each agent's service proxy on the API's Services and EndpointSlices
+    /// (`--services-from-api`), so that ClusterIPs work in pods.
+    pub services_from_api: bool,
 }
 
 impl Cluster {
@@ -184,6 +188,7 @@ impl Cluster {
                 pod_log_dir: node_dir.join("pods"),
                 manifest_dir: node_dir.join("manifests"),
                 pins: PinDir::new(name),
+                services_from_api: setup.services_from_api,
                 kubeconfig,
                 bootstrap_kubeconfig: cluster.dir.join("control/bootstrap.kubeconfig"),
                 containerd,
@@ -340,6 +345,7 @@ impl ClusterNode {
             .arg("--pod-manifest-path")
             .arg(&self.manifest_dir)
             .args(["--cgroup-root", &self.cgroup_root()])
+            .args(self.services_from_api.then_some("--services-from-api"))
             .env("RUST_LOG", "info,skiff_node::kubelet=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -86,8 +86,12 @@ pub fn up(opts: &UpOptions) -> Result<()> {
     })?;
 
     let members = if opts.store == Store::Etcd { 3 } else { 0 };
-    let setup =
-        ClusterSetup { dir: Some(dir.into()), etcd_members: members, progress: Some(|l| progress("cluster", l)) };
+    let setup = ClusterSetup {
+        dir: Some(dir.into()),
+        etcd_members: members,
+        progress: Some(|l| progress("cluster", l)),
+        services_from_api: true,
+    };
     let mut cluster = Cluster::start_in(TAG, opts.nodes, &images, &ClusterOptions { bin_dir: Some(bin_dir) }, &setup)
         .context("starting the cluster (`cargo xtask down` removes what is left)")?;
     step("services", || {

@@ -1,7 +1,8 @@
 //! `cargo xtask up --nodes 2` end to end: kubectl on the host with the printed
 //! kubeconfig (two Ready nodes, the demo Deployment Running, logs and exec through the
-//! API server; no host route to a pod), `up` again (already up), `status`, `down`, and
-//! nothing left after it; then the same on a 3-member etcd.
+//! API server, its Service's ClusterIP from a pod; no host route to a pod), `up` again
+//! (already up), `status`, `down`, and nothing left after it; then the same on a
+//! 3-member etcd.
 //! A guard runs `down` also when the test fails.
 //!
 //! The binaries come from `$SKIFF_UP_BIN_DIR` or beside this test (`cargo xtask test`
@@ -100,6 +101,18 @@ fn up_kubectl_status_down_leaves_nothing() {
     let reply = kubectl(&kubeconfig, &["exec", "deploy/web", "--", "/skiff-echo", "get", &format!("{ip}:8080"), "/"]);
     assert!(reply.starts_with("200"), "exec: {reply}");
     kubectl(&kubeconfig, &["logs", "deploy/web"]);
+    // The Service's ClusterIP from a pod (each agent's proxy takes Services from the API).
+    let cluster_ip = kubectl(&kubeconfig, &["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    let via_service = wait_until(Duration::from_secs(30), || {
+        let out = Command::new(KUBECTL)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["exec", "deploy/web", "--", "/skiff-echo", "get", &format!("{cluster_ip}:80"), "/"])
+            .output()
+            .expect("kubectl");
+        String::from_utf8_lossy(&out.stdout).starts_with("200 web")
+    });
+    assert!(via_service, "no answer from the web Service at {cluster_ip}:80");
     // The host may reach the API server, never a pod: no route sends one out.
     let route = Command::new("ip").args(["route", "get", ip]).output().unwrap();
     assert!(
