@@ -14,6 +14,13 @@
 //!
 //! Everything is torn down on drop, also after a failed test: agents first, then each
 //! containerd (which removes its sandboxes), then skiff-control, then the namespaces.
+//!
+//! `cargo xtask up` starts the same cluster with [`Cluster::start_in`] (a fixed
+//! directory, optionally an etcd cluster), gives the host a route to the API server
+//! ([`Cluster::expose_to_host`]) and then [`Cluster::detach`]es it: nothing is torn down,
+//! and what is running is recorded in `state.json` in the cluster's directory.
+//! [`teardown`] removes a detached cluster from its tag and directory alone, also when
+//! `up` crashed before writing the state. The detached parts live in `detached.rs`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -24,6 +31,9 @@ use anyhow::{Context, Result, bail, ensure};
 use crate::PinDir;
 use crate::containerd::{ContainerdNode, ContainerdOptions};
 use crate::netns::{ChildGuard, Netns, wait_until};
+
+mod detached;
+pub use detached::{DetachedState, HOST_KUBECONFIG, host_reaches_api, read_state, teardown};
 
 /// The control plane's address on the underlay.
 pub const CONTROL_PLANE_IP: &str = "192.168.77.2";
@@ -49,6 +59,7 @@ pub struct ClusterNode {
     /// The static pod manifests the agent runs (`--pod-manifest-path`).
     pub manifest_dir: PathBuf,
     pub pins: PinDir,
+    services_from_api: bool,
     kubeconfig: PathBuf,
     /// skiff-control's bootstrap kubeconfig (a bootstrap token): the agent asks for its
     /// certificate with it.
@@ -60,8 +71,14 @@ pub struct ClusterNode {
 #[derive(Debug)]
 pub struct Cluster {
     bin_dir: PathBuf,
+    pub tag: String,
     pub nodes: Vec<ClusterNode>,
     control: ChildGuard,
+    /// The etcd members skiff-control stores in (none: its embedded store).
+    etcd: Vec<ChildGuard>,
+    etcd_servers: Vec<String>,
+    /// The root namespace's end of the veth to the control plane, once exposed.
+    host_link: Option<String>,
     pub control_log: PathBuf,
     pub dir: PathBuf,
     pub cp_ns: Netns,
@@ -76,6 +93,22 @@ pub struct ClusterOptions {
     pub bin_dir: Option<PathBuf>,
 }
 
+/// Where a cluster lives and what it stores in: the tests take the defaults,
+/// `cargo xtask up` names a fixed directory and may ask for etcd.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterSetup {
+    /// The cluster's directory (default `$TMPDIR/skiff-cluster-<tag>`); emptied first.
+    pub dir: Option<PathBuf>,
+    /// Members of an etcd cluster to start in the control plane's namespace, with
+    /// skiff-control on it; 0 keeps skiff-control's embedded store.
+    pub etcd_members: usize,
+    /// Called with one line per step as the cluster starts (nothing by default).
+    pub progress: Option<fn(&str)>,
+    /// Run each agent's service proxy on the API's Services and EndpointSlices
+    /// (`--services-from-api`), so that ClusterIPs work in pods.
+    pub services_from_api: bool,
+}
+
 impl Cluster {
     /// Starts skiff-control and `nodes` nodes with the given image tarballs imported,
     /// and waits until every node is Ready.
@@ -85,30 +118,56 @@ impl Cluster {
 
     /// [`Self::start`] with options.
     pub fn start_with(tag: &str, nodes: usize, images: &[PathBuf], opts: &ClusterOptions) -> Result<Self> {
+        Self::start_in(tag, nodes, images, opts, &ClusterSetup::default())
+    }
+
+    /// [`Self::start_with`] in a given directory and store, reporting progress.
+    pub fn start_in(
+        tag: &str,
+        nodes: usize,
+        images: &[PathBuf],
+        opts: &ClusterOptions,
+        setup: &ClusterSetup,
+    ) -> Result<Self> {
         let bin_dir = opts.bin_dir.clone().unwrap_or_else(crate::target_bin_dir);
-        let dir = std::env::temp_dir().join(format!("skiff-cluster-{tag}"));
+        let dir = setup.dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("skiff-cluster-{tag}")));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("control")).context("creating the cluster directory")?;
+        let progress = setup.progress.unwrap_or(|_| {});
+        let step = std::time::Instant::now();
         let underlay = Netns::new(&format!("{tag}-ul"));
         underlay.sh("ip link add br0 type bridge && ip link set br0 up");
         let cp_ns = Netns::new(&format!("{tag}-cp"));
         attach(&underlay, &cp_ns, "ulcp", CONTROL_PLANE_IP);
+        progress(&format!("namespaces {tag}-ul (underlay bridge) and {tag}-cp ({CONTROL_PLANE_IP}) {}", took(step)));
 
         let names: Vec<String> = (1..=nodes).map(|i| format!("{tag}-n{i}")).collect();
         let control_log = dir.join("control.log");
         let mut cluster = Self {
             bin_dir: bin_dir.clone(),
+            tag: tag.to_owned(),
             nodes: Vec::new(),
             control: ChildGuard(None),
+            etcd: Vec::new(),
+            etcd_servers: Vec::new(),
+            host_link: None,
             control_log,
             dir,
             cp_ns,
             underlay,
         };
+        if setup.etcd_members > 0 {
+            let step = std::time::Instant::now();
+            cluster.start_etcd(setup.etcd_members)?;
+            progress(&format!("etcd: {} members healthy {}", setup.etcd_members, took(step)));
+        }
+        let step = std::time::Instant::now();
         cluster.start_control()?;
+        progress(&format!("skiff-control answers /readyz {}", took(step)));
 
         for (i, name) in names.iter().enumerate() {
             let index = i + 1;
+            let step = std::time::Instant::now();
             let ns = Netns::new(name);
             attach(&cluster.underlay, &ns, &format!("ul{index}"), &node_ip(index));
             ns.sh("sysctl -qw net.ipv4.ip_forward=1");
@@ -129,14 +188,22 @@ impl Cluster {
                 pod_log_dir: node_dir.join("pods"),
                 manifest_dir: node_dir.join("manifests"),
                 pins: PinDir::new(name),
+                services_from_api: setup.services_from_api,
                 kubeconfig,
                 bootstrap_kubeconfig: cluster.dir.join("control/bootstrap.kubeconfig"),
                 containerd,
                 ns,
             };
             node.start_agent()?;
+            progress(&format!(
+                "node {name} ({}): containerd with {} images, skiff-node started {}",
+                node.ip,
+                images.len(),
+                took(step)
+            ));
             cluster.nodes.push(node);
         }
+        let step = std::time::Instant::now();
         for node in &cluster.nodes {
             let ready = || {
                 cluster.kubectl_out(&[
@@ -151,6 +218,7 @@ impl Cluster {
                 bail!("node {} did not become Ready in 60 s; its log:\n{}", node.name, node.log_tail());
             }
         }
+        progress(&format!("every node is Ready {}", took(step)));
         Ok(cluster)
     }
 
@@ -162,6 +230,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(self.dir.join("control"))
             .args(["--bind-address", "0.0.0.0", "--advertise-address", CONTROL_PLANE_IP])
+            .args(self.etcd_args())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -276,6 +345,7 @@ impl ClusterNode {
             .arg("--pod-manifest-path")
             .arg(&self.manifest_dir)
             .args(["--cgroup-root", &self.cgroup_root()])
+            .args(self.services_from_api.then_some("--services-from-api"))
             .env("RUST_LOG", "info,skiff_node::kubelet=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -324,6 +394,13 @@ impl Drop for Cluster {
             remove_cgroup_tree(&cgroup_root);
         }
         self.control.kill();
+        for member in &mut self.etcd {
+            member.kill();
+        }
+        if let Some(link) = self.host_link.take() {
+            let _ = Command::new("ip").args(["link", "del", &link]).output();
+            detached::unfence_cluster_cidrs();
+        }
         // The kubelets' tmpfs volumes (secrets, tokens) of pods still running at the end.
         unmount_below(&self.dir);
         // Processes that just died (shims, kubectl) may still be closing files in it.
@@ -334,6 +411,11 @@ impl Drop for Cluster {
             std::thread::sleep(Duration::from_millis(300));
         }
     }
+}
+
+/// `(took 1.2 s)` since `start`, for progress lines.
+fn took(start: std::time::Instant) -> String {
+    format!("(took {:.1} s)", start.elapsed().as_secs_f64())
 }
 
 /// Unmounts every mount under `dir`, deepest first.
@@ -369,7 +451,7 @@ fn attach(underlay: &Netns, ns: &Netns, port: &str, ip: &str) {
 
 /// Removes the (empty) cgroup `path` and everything below it from every v1 hierarchy
 /// and the v2 tree under /sys/fs/cgroup.
-fn remove_cgroup_tree(path: &str) {
+pub(crate) fn remove_cgroup_tree(path: &str) {
     fn rmdir_below(dir: &Path) {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for e in entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {

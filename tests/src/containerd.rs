@@ -369,7 +369,7 @@ impl Drop for ContainerdNode {
 
 const DIR_PREFIX: &str = "skiff-ctd-";
 /// Holds the pid of the process that started the node, for [`sweep_stale`].
-const OWNER_FILE: &str = "owner.pid";
+pub const OWNER_FILE: &str = "owner.pid";
 
 /// Cleans up the directories of nodes whose owning process died without its drop
 /// running (an aborted or killed test run). A live owner's directory is never touched.

@@ -14,6 +14,7 @@ mod python;
 mod setup;
 mod test;
 mod toolchain;
+mod up;
 mod util;
 
 use std::process::ExitCode;
@@ -60,6 +61,26 @@ enum Command {
         #[arg(long, value_name = "SOCKET")]
         import_into: Option<std::path::PathBuf>,
     },
+    /// Start a local multi-node cluster (network namespaces on this machine) and leave
+    /// it running: setup, builds, skiff-control, a containerd and skiff-node per node,
+    /// a route from the host to the API server. Prints `export KUBECONFIG=...`. On a
+    /// cluster that is already up it says so and changes nothing.
+    Up {
+        /// How many nodes.
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        /// Where skiff-control stores the cluster's objects.
+        #[arg(long, value_enum, default_value = "embedded")]
+        store: up::Store,
+        /// Use the prebuilt skiff-control, skiff-node and skiff-cni in this directory
+        /// instead of building them.
+        #[arg(long, value_name = "DIR")]
+        bin_dir: Option<std::path::PathBuf>,
+    },
+    /// Remove everything `up` made (also after a crashed `up`); idempotent.
+    Down,
+    /// Show what of the local cluster is running: processes, nodes and their Ready state.
+    Status,
     /// Run a benchmark of one area of the datapath or control plane.
     Bench {
         /// What to measure.
@@ -93,5 +114,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Demo => demo::run(),
         Command::Images { names, import_into } => images::run(&names, import_into.as_deref()),
         Command::Bench { area, args } => bench::run(&area, &args),
+        Command::Up { nodes, store, bin_dir } => up::up(&up::UpOptions { nodes, store, bin_dir }),
+        Command::Down => up::down(),
+        Command::Status => up::status(),
     }
 }
