@@ -215,8 +215,14 @@ fn pods_run_restart_report_and_survive_agent_and_api_restarts() {
     // The node's metrics, through the API server's node proxy: its pods and containers,
     // its pod workers, and the datapath's counters and map fill (the endpoints map
     // holds the three pods, written by skiff-cni).
-    let metrics =
-        ok("node metrics", cluster.kubectl_ok(&["get", "--raw", &format!("/api/v1/nodes/{node}/proxy/metrics")]));
+    // The pod counts follow the runtime relist (every second), so they may lag the
+    // Ready pods by that much.
+    let node_metrics = || cluster.kubectl_out(&["get", "--raw", &format!("/api/v1/nodes/{node}/proxy/metrics")]);
+    let running_pods = |text: &str| -> f64 {
+        text.lines().find_map(|l| l.strip_prefix("kubelet_running_pods ")?.trim().parse().ok()).unwrap_or(0.0)
+    };
+    wait_until(Duration::from_secs(10), || running_pods(&node_metrics()) >= 3.0);
+    let metrics = node_metrics();
     let value = |line_start: &str| -> f64 {
         metrics
             .lines()

@@ -306,6 +306,9 @@ mod tests {
         fake.token_ttl_seconds = 0;
         let cache = TokenCache::new(fake);
         let a = cache.service_account_token(&spec("u1")).await.unwrap();
+        // The fake's expiry is its own "now", microseconds after the cache's: only a
+        // moment later is that token certainly due.
+        tokio::time::sleep(Duration::from_millis(5)).await;
         let b = cache.service_account_token(&spec("u1")).await.unwrap();
         assert_ne!(a.token, b.token);
     }
