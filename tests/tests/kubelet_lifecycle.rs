@@ -221,8 +221,13 @@ fn oom_fallback_message_fs_group_orphans_and_certificate_renewal() {
         cluster.kubectl_out(&["get", "events", "--field-selector", "involvedObject.name=hog"]),
         cluster.logs()
     );
+    // The events go out as soon as a kill is seen, the restart count with the pod's
+    // status, which the kubelet writes beside its work: give the count time to catch up.
+    let restarts =
+        || -> usize { field(&cluster, "hog", ".status.containerStatuses[0].restartCount").parse().unwrap_or(0) };
+    wait_until(Duration::from_secs(10), || events(&cluster, "hog", "OOMKilled").len() <= restarts() + 1);
     let oom_events = events(&cluster, "hog", "OOMKilled");
-    let restarts: usize = field(&cluster, "hog", ".status.containerStatuses[0].restartCount").parse().unwrap_or(0);
+    let restarts = restarts();
     assert!(
         oom_events.iter().all(|m| m.contains("Container app") && m.contains("16Mi")),
         "OOMKilled events: {oom_events:?}"
