@@ -225,7 +225,11 @@ fn oom_fallback_message_fs_group_orphans_and_certificate_renewal() {
     // status, which the kubelet writes beside its work: give the count time to catch up.
     let restarts =
         || -> usize { field(&cluster, "hog", ".status.containerStatuses[0].restartCount").parse().unwrap_or(0) };
-    wait_until(Duration::from_secs(10), || events(&cluster, "hog", "OOMKilled").len() <= restarts() + 1);
+    // The agent was restarted above while hog was being killed: an instance whose
+    // OOMKilled state had not reached the API yet is announced once more by the new
+    // agent, so one event beyond one per instance is allowed.
+    let allowed = |restarts: usize| restarts + 2;
+    wait_until(Duration::from_secs(10), || events(&cluster, "hog", "OOMKilled").len() <= allowed(restarts()));
     let oom_events = events(&cluster, "hog", "OOMKilled");
     let restarts = restarts();
     assert!(
@@ -233,7 +237,7 @@ fn oom_fallback_message_fs_group_orphans_and_certificate_renewal() {
         "OOMKilled events: {oom_events:?}"
     );
     assert!(
-        oom_events.len() <= restarts + 1,
+        oom_events.len() <= allowed(restarts),
         "{} OOMKilled events for {} instances: {oom_events:?}",
         oom_events.len(),
         restarts + 1
