@@ -12,6 +12,7 @@
 pub mod client;
 pub mod dynamic;
 pub mod finalizers;
+pub mod histogram;
 pub mod incluster;
 pub mod insecure_tls;
 pub mod kubeconfig;

@@ -19,6 +19,8 @@ use std::fmt::Write as _;
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
+use skiff_api::histogram::Histogram;
+
 /// Upstream's buckets for request and storage latencies, in seconds.
 const BUCKETS: [f64; 23] = [
     0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0,
@@ -47,34 +49,6 @@ impl RequestLabels {
     }
 }
 
-#[derive(Clone, Debug, Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    fn observe(&mut self, seconds: f64) {
-        for (bound, n) in BUCKETS.iter().zip(self.counts.iter_mut()) {
-            if seconds <= *bound {
-                *n += 1;
-            }
-        }
-        self.sum += seconds;
-        self.count += 1;
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        for (bound, n) in BUCKETS.iter().zip(self.counts) {
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {n}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
-    }
-}
-
 #[derive(Default)]
 struct Registry {
     requests: BTreeMap<(RequestLabels, u16), u64>,
@@ -92,7 +66,7 @@ pub fn request_done(labels: &RequestLabels, code: u16, took: Duration) {
     let mut r = REGISTRY.lock().unwrap();
     *r.requests.entry((labels.clone(), code)).or_default() += 1;
     if !matches!(labels.verb, "WATCH" | "CONNECT") {
-        r.durations.entry(labels.clone()).or_default().observe(took.as_secs_f64());
+        r.durations.entry(labels.clone()).or_insert_with(|| Histogram::new(&BUCKETS)).observe(took.as_secs_f64());
     }
 }
 
@@ -116,7 +90,13 @@ impl Drop for OpenWatch {
 /// Records one store call on `key` (or prefix) that took `took`.
 pub fn store_call(operation: &'static str, key: &str, took: Duration) {
     let kind = key.trim_start_matches('/').split('/').nth(1).unwrap_or("").to_string();
-    REGISTRY.lock().unwrap().store.entry((operation, kind)).or_default().observe(took.as_secs_f64());
+    REGISTRY
+        .lock()
+        .unwrap()
+        .store
+        .entry((operation, kind))
+        .or_insert_with(|| Histogram::new(&BUCKETS))
+        .observe(took.as_secs_f64());
 }
 
 /// Everything, in the Prometheus text format (version 0.0.4).
@@ -205,12 +185,13 @@ mod tests {
 
     #[test]
     fn a_histogram_counts_each_observation_in_every_bucket_at_or_above_it() {
-        let mut h = Histogram::default();
+        let mut h = Histogram::new(&BUCKETS);
         h.observe(0.03);
         h.observe(2.5);
-        assert_eq!(h.counts[0], 0); // 0.005
-        assert_eq!(h.counts[2], 1); // 0.05
-        assert_eq!(h.counts[BUCKETS.len() - 1], 2); // 60
-        assert_eq!(h.count, 2);
+        let (counts, count) = h.counts();
+        assert_eq!(counts[0], 0); // 0.005
+        assert_eq!(counts[2], 1); // 0.05
+        assert_eq!(counts[BUCKETS.len() - 1], 2); // 60
+        assert_eq!(count, 2);
     }
 }

@@ -15,7 +15,6 @@
 //! they cost nothing between scrapes. It must not decide anything.
 
 mod fill;
-mod histogram;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -23,14 +22,27 @@ use std::path::PathBuf;
 use std::sync::{LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
-use histogram::Histogram;
+use skiff_api::histogram::Histogram;
 
-#[derive(Default)]
+/// Upper bounds in seconds: fine below 100 ms where the agent's work should stay.
+const BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
 struct Registry {
     running_pods: u64,
     containers: BTreeMap<&'static str, u64>,
     pod_worker: Histogram,
     role_sync: BTreeMap<&'static str, Histogram>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            running_pods: 0,
+            containers: BTreeMap::new(),
+            pod_worker: Histogram::new(&BUCKETS),
+            role_sync: BTreeMap::new(),
+        }
+    }
 }
 
 static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(Mutex::default);
@@ -56,7 +68,13 @@ pub fn pod_worker_pass(took: Duration) {
 
 /// One sync of the agent's role `role` (proxy, overlay).
 pub fn role_synced(role: &'static str, took: Duration) {
-    REGISTRY.lock().unwrap().role_sync.entry(role).or_default().observe(took.as_secs_f64());
+    REGISTRY
+        .lock()
+        .unwrap()
+        .role_sync
+        .entry(role)
+        .or_insert_with(|| Histogram::new(&BUCKETS))
+        .observe(took.as_secs_f64());
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
