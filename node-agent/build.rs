@@ -10,6 +10,8 @@ const OBJECTS: &[(&str, &str)] = &[
     ("from-pod", "SKIFF_EBPF_FROM_POD"),
     ("from-overlay", "SKIFF_EBPF_FROM_OVERLAY"),
     ("to-overlay", "SKIFF_EBPF_TO_OVERLAY"),
+    ("to-underlay", "SKIFF_EBPF_TO_UNDERLAY"),
+    ("from-underlay", "SKIFF_EBPF_FROM_UNDERLAY"),
     ("noop", "SKIFF_EBPF_NOOP"),
 ];
 

@@ -23,10 +23,16 @@ pub enum Prog {
     FromOverlay,
     /// tc egress on the VXLAN device: tunnel keys for traffic the node's stack sends.
     ToOverlay,
+    /// tc egress on the underlay interface: masquerade of pod traffic leaving the
+    /// cluster network.
+    ToUnderlay,
+    /// tc ingress on the underlay interface: replies of masqueraded flows.
+    FromUnderlay,
 }
 
 impl Prog {
-    pub const ALL: [Prog; 3] = [Prog::FromPod, Prog::FromOverlay, Prog::ToOverlay];
+    pub const ALL: [Prog; 5] =
+        [Prog::FromPod, Prog::FromOverlay, Prog::ToOverlay, Prog::ToUnderlay, Prog::FromUnderlay];
 
     /// The function name in the object (also the prefix of its link pins).
     pub fn name(self) -> &'static str {
@@ -34,6 +40,8 @@ impl Prog {
             Prog::FromPod => "from_pod",
             Prog::FromOverlay => "from_overlay",
             Prog::ToOverlay => "to_overlay",
+            Prog::ToUnderlay => "to_underlay",
+            Prog::FromUnderlay => "from_underlay",
         }
     }
 
@@ -43,13 +51,15 @@ impl Prog {
             Prog::FromPod => pin::PROG_FROM_POD,
             Prog::FromOverlay => pin::PROG_FROM_OVERLAY,
             Prog::ToOverlay => pin::PROG_TO_OVERLAY,
+            Prog::ToUnderlay => pin::PROG_TO_UNDERLAY,
+            Prog::FromUnderlay => pin::PROG_FROM_UNDERLAY,
         }
     }
 
     pub fn attach_type(self) -> TcAttachType {
         match self {
-            Prog::ToOverlay => TcAttachType::Egress,
-            Prog::FromPod | Prog::FromOverlay => TcAttachType::Ingress,
+            Prog::ToOverlay | Prog::ToUnderlay => TcAttachType::Egress,
+            Prog::FromPod | Prog::FromOverlay | Prog::FromUnderlay => TcAttachType::Ingress,
         }
     }
 }

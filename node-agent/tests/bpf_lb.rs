@@ -1,4 +1,5 @@
-//! BPF_PROG_TEST_RUN tests of the "from pod" program on crafted packets: the real
+//! BPF_PROG_TEST_RUN tests of the "from pod" and underlay (masquerade) programs on
+//! crafted packets: the real
 //! program in the kernel, maps written directly (the reconciler has its own tests).
 //!
 //! Needs root and bpffs; skips without them, fails under CI=true. Each test uses its own
@@ -12,10 +13,10 @@ use aya::{
 };
 use skiff_ebpf_common::{
     BACKEND_FLAG_TERMINATING, Backend4, CT_DIR_FORWARD, CT_FLAG_CLOSING, Ct4Entry, Ct4Key, DEFAULT_HAIRPIN_ADDR,
-    LbConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RevNat4, SERVICE_FLAG_AFFINITY, Service4Key, Service4Value,
+    LbConfig, MasqConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RevNat4, SERVICE_FLAG_AFFINITY, Service4Key, Service4Value,
     addr_to_map, pin, port_to_map,
 };
-use skiff_node::datapath::{Datapath, MapSizes, read_stats};
+use skiff_node::datapath::{Datapath, MapSizes, Prog, read_stats, set_masq_config};
 use skiff_tests::{PinDir, require_privileges, unique_tag};
 
 /// Privileged tests run one at a time.
@@ -159,7 +160,8 @@ impl Harness {
 
     fn hash<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> HashMap<MapData, K, V> {
         let data = MapData::from_pin(self.pins.path.join(name)).expect("open pinned map");
-        let map = if name == pin::CT || name == pin::AFFINITY { Map::LruHashMap(data) } else { Map::HashMap(data) };
+        let lru = [pin::CT, pin::AFFINITY, pin::SNAT].contains(&name);
+        let map = if lru { Map::LruHashMap(data) } else { Map::HashMap(data) };
         HashMap::try_from(map).expect("hash map")
     }
 
@@ -190,8 +192,12 @@ impl Harness {
     }
 
     fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.run_prog(Prog::FromPod, frame)
+    }
+
+    fn run_prog(&mut self, prog: Prog, frame: &[u8]) -> (u32, Vec<u8>) {
         let mut out = vec![0u8; 512];
-        let program = self.datapath.from_pod_program().unwrap();
+        let program = self.datapath.program(prog).unwrap();
         let result = program
             .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
             .expect("BPF_PROG_TEST_RUN");
@@ -452,5 +458,103 @@ fn hairpin_flows_are_source_translated_both_ways() {
         let p = parse(&out);
         assert_eq!((p.src, p.sport), (VIP, VPORT));
         assert_eq!((p.dst, p.dport), (CLIENT, 49000));
+    });
+}
+
+// ---- masquerade (to_underlay / from_underlay) -----------------------------------------
+
+const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 11);
+const API: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
+const API_PORT: u16 = 6443;
+const OTHER_HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 3);
+
+/// Masquerade behind NODE with only two ports, 61000 and 61001, so that exhaustion
+/// and reuse show with a handful of flows.
+fn two_port_masquerade(h: &Harness) {
+    let config = MasqConfig {
+        node_addr: addr_to_map(NODE.octets()),
+        cluster_net: addr_to_map([10, 244, 0, 0]),
+        cluster_mask: addr_to_map([255, 255, 0, 0]),
+        port_first: port_to_map(61000),
+        port_last: port_to_map(61001),
+    };
+    set_masq_config(&h.pins.path, config).unwrap();
+}
+
+#[test]
+fn masquerade_gives_each_pod_flow_the_node_address_and_a_port_toward_its_destination() {
+    with_harness("masquerade_gives_each_pod_flow_the_node_address_and_a_port_toward_its_destination", |h| {
+        two_port_masquerade(h);
+        let (action, out) =
+            h.run_prog(Prog::ToUnderlay, &packet(PROTO_TCP, (CLIENT, 5000), (API, API_PORT), TCP_SYN, b""));
+        let first = parse(&out);
+        assert_eq!(action, TC_ACT_OK);
+        assert_eq!(first.src, NODE, "the flow leaves with the node's address");
+        assert!((61000..=61001).contains(&first.sport), "port {} is outside the range", first.sport);
+        assert_eq!((first.dst, first.dport), (API, API_PORT));
+        // The flow keeps its port.
+        let (_, out) = h.run_prog(Prog::ToUnderlay, &packet(PROTO_TCP, (CLIENT, 5000), (API, API_PORT), TCP_ACK, b"x"));
+        assert_eq!(parse(&out).sport, first.sport);
+        // The reply finds the pod (the pod is in no endpoints map here, so it goes on to
+        // the node's stack rather than being redirected).
+        let reply = packet(PROTO_TCP, (API, API_PORT), (NODE, first.sport), TCP_SYN | TCP_ACK, b"");
+        let (action, out) = h.run_prog(Prog::FromUnderlay, &reply);
+        let back = parse(&out);
+        assert_eq!(action, TC_ACT_OK);
+        assert_eq!((back.src, back.sport, back.dst, back.dport), (API, API_PORT, CLIENT, 5000));
+
+        // A second flow to the same destination takes the other port; a third finds none.
+        let (_, out) = h.run_prog(Prog::ToUnderlay, &packet(PROTO_TCP, (CLIENT, 5001), (API, API_PORT), TCP_SYN, b""));
+        assert_ne!(parse(&out).sport, first.sport);
+        let (action, _) =
+            h.run_prog(Prog::ToUnderlay, &packet(PROTO_TCP, (CLIENT, 5002), (API, API_PORT), TCP_SYN, b""));
+        assert_eq!(action, TC_ACT_SHOT, "no port left toward this destination");
+        assert_eq!(h.stat("snat_no_port"), 1);
+        // Ports are per destination: another host still gets one.
+        let (_, out) = h.run_prog(Prog::ToUnderlay, &packet(PROTO_UDP, (CLIENT, 5002), (OTHER_HOST, 53), 0, b"query"));
+        let udp = parse(&out);
+        assert_eq!((udp.src, udp.dst, udp.dport), (NODE, OTHER_HOST, 53));
+        assert_eq!(h.stat("snat_new"), 3);
+
+        // The node's own traffic, pod-to-pod traffic and unknown replies pass untouched.
+        for (prog, frame) in [
+            (Prog::ToUnderlay, packet(PROTO_TCP, (NODE, 40000), (API, API_PORT), TCP_SYN, b"")),
+            (Prog::ToUnderlay, packet(PROTO_TCP, (CLIENT, 5003), (BACKENDS[0], BPORT), TCP_SYN, b"")),
+            (Prog::FromUnderlay, packet(PROTO_TCP, (API, API_PORT), (NODE, 40000), TCP_ACK, b"")),
+            (Prog::FromUnderlay, packet(PROTO_TCP, (OTHER_HOST, API_PORT), (NODE, first.sport), TCP_ACK, b"")),
+        ] {
+            let (action, out) = h.run_prog(prog, &frame);
+            assert_eq!((action, out), (TC_ACT_OK, frame), "{prog:?} must not touch this packet");
+        }
+    });
+}
+
+#[test]
+fn a_closed_masqueraded_flow_frees_its_port() {
+    with_harness("a_closed_masqueraded_flow_frees_its_port", |h| {
+        two_port_masquerade(h);
+        h.datapath.set_config(LbConfig { tcp_closing_timeout_s: 1, ..Default::default() }).unwrap();
+        let mut ports = Vec::new();
+        for sport in [5000, 5001] {
+            let (_, out) =
+                h.run_prog(Prog::ToUnderlay, &packet(PROTO_TCP, (CLIENT, sport), (API, API_PORT), TCP_SYN, b""));
+            ports.push(parse(&out).sport);
+        }
+        // The server closes the first flow.
+        let fin = packet(PROTO_TCP, (API, API_PORT), (NODE, ports[0]), TCP_FIN | TCP_ACK, b"");
+        let (_, out) = h.run_prog(Prog::FromUnderlay, &fin);
+        assert_eq!(parse(&out).dport, 5000);
+        let (action, _) =
+            h.run_prog(Prog::ToUnderlay, &packet(PROTO_TCP, (CLIENT, 5002), (API, API_PORT), TCP_SYN, b""));
+        assert_eq!(action, TC_ACT_SHOT, "a closing flow holds its port for the closing timeout");
+        std::thread::sleep(Duration::from_millis(2100));
+        let (action, out) =
+            h.run_prog(Prog::ToUnderlay, &packet(PROTO_TCP, (CLIENT, 5002), (API, API_PORT), TCP_SYN, b""));
+        assert_eq!(action, TC_ACT_OK);
+        assert_eq!(parse(&out).sport, ports[0], "the closed flow's port is reused");
+        // The reply now reaches the new flow's pod port, not the old one's.
+        let reply = packet(PROTO_TCP, (API, API_PORT), (NODE, ports[0]), TCP_SYN | TCP_ACK, b"");
+        let (_, out) = h.run_prog(Prog::FromUnderlay, &reply);
+        assert_eq!(parse(&out).dport, 5002);
     });
 }

@@ -17,10 +17,15 @@ use skiff_tests::{
 static SERIAL: Mutex<()> = Mutex::new(());
 
 const REMOTE_VIP: &str = "10.96.0.20";
+/// A host on the underlay that is no node, with no route to the pods (like the API
+/// server of a local cluster), and a Service whose only endpoint it is (like
+/// `kubernetes`).
+const OUTSIDE_IP: &str = "192.168.77.100";
+const OUTSIDE_VIP: &str = "10.96.0.30";
 
 /// Node 1 has pods `c1` (10.244.1.10) and `s1` (10.244.1.11); node 2 has `s2`
 /// (10.244.2.10) and `c2` (10.244.2.11). Service `remote` (10.96.0.20:80) has one
-/// backend, s2.
+/// backend, s2; Service `outside` (10.96.0.30:443) has the outside host's 9443.
 struct Cluster {
     tag: String,
     dir: PathBuf,
@@ -28,6 +33,7 @@ struct Cluster {
     _servers: Vec<ChildGuard>,
     pins: Vec<PinDir>,
     nodes: Vec<NodeTopology>,
+    _outside: skiff_tests::netns::Netns,
     _underlay: Underlay,
 }
 
@@ -53,6 +59,28 @@ ports:
 - {name: udp, port: 8080, protocol: UDP}
 endpoints:
 - addresses: ["10.244.2.10"]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: outside, namespace: default}
+spec:
+  clusterIP: 10.96.0.30
+  ports:
+  - {name: https, port: 443, targetPort: 9443, protocol: TCP}
+  - {name: udp, port: 443, targetPort: 9443, protocol: UDP}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: outside-1
+  namespace: default
+  labels: {kubernetes.io/service-name: outside}
+addressType: IPv4
+ports:
+- {name: https, port: 9443, protocol: TCP}
+- {name: udp, port: 9443, protocol: UDP}
+endpoints:
+- addresses: ["192.168.77.100"]
 "#;
 
 fn nodes_file(nodes: &[&NodeTopology]) -> String {
@@ -75,6 +103,7 @@ impl Cluster {
         let n2 = NodeTopology::node_of_cluster(&tag, 2, &["s2", "c2"]);
         underlay.connect(&n1);
         underlay.connect(&n2);
+        let outside = underlay.attach_host(&tag, "out", OUTSIDE_IP.parse().unwrap());
         let dir = std::env::temp_dir().join(format!("skiff-{tag}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("manifests")).unwrap();
@@ -103,6 +132,13 @@ impl Cluster {
             .spawn()
             .unwrap();
         servers.push(ChildGuard::new(child));
+        let child = outside
+            .command(echo.to_str().unwrap())
+            .args(["serve", "--name", "outside", "--tcp", "9443", "--udp", "9443"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        servers.push(ChildGuard::new(child));
 
         let mut cluster = Self {
             tag,
@@ -111,6 +147,7 @@ impl Cluster {
             _servers: servers,
             pins: Vec::new(),
             nodes: vec![n1, n2],
+            _outside: outside,
             _underlay: underlay,
         };
         for i in 0..2 {
@@ -246,6 +283,43 @@ fn pods_on_two_nodes_talk_over_the_ebpf_overlay() {
     // Pods reach the nodes' underlay addresses.
     let node2 = format!("{}:9090", c.node(2).underlay_ip());
     assert_eq!(c.summary(1, "c1", &["tcp", &node2, "--count", "5"]), "sent=5 ok=5 failed=0");
+}
+
+#[test]
+fn pods_reach_hosts_outside_the_cluster_network_masqueraded() {
+    let Some(_serial) = privileged("pods_reach_hosts_outside_the_cluster_network_masqueraded") else { return };
+    let c = Cluster::new();
+    let direct = format!("{OUTSIDE_IP}:9443");
+    let service = format!("{OUTSIDE_VIP}:443");
+    for (node, pod) in [(1, "c1"), (2, "c2")] {
+        for target in [&direct, &service] {
+            for proto in ["tcp", "udp"] {
+                assert_eq!(
+                    c.summary(node, pod, &[proto, target, "--count", "20", "--timeout-ms", "2000"]),
+                    "sent=20 ok=20 failed=0",
+                    "{pod} on n{node} -> {target} over {proto}"
+                );
+            }
+        }
+    }
+    // One long connection, many requests: the flow keeps its port.
+    assert_eq!(
+        c.summary(1, "c1", &["hold", &service, "--count", "20", "--interval-ms", "10"]),
+        "sent=20 ok=20 failed=0"
+    );
+    let stats = std::process::Command::new(env!("CARGO_BIN_EXE_skiff-node"))
+        .args(["stats", "--pin-dir", c.pins[0].path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stats = String::from_utf8_lossy(&stats.stdout);
+    let snat_new: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("snat_new: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no snat_new counter: {stats}"));
+    // 20 TCP connections to each target, one UDP flow each, and the held connection.
+    assert!(snat_new >= 43, "masqueraded flows on n1: {snat_new}\n{stats}");
+    assert!(stats.contains("snat_no_port: 0"), "{stats}");
 }
 
 #[test]

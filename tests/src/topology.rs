@@ -124,6 +124,20 @@ impl Underlay {
         node.node.sh(&format!("ip addr add {}/24 dev eth0 && ip link set eth0 up", node.underlay_ip()));
     }
 
+    /// A host on the underlay that is not a node (an API server, a machine outside the
+    /// cluster): namespace `sk<tag>-<name>` with `ip`/24 on its `eth0`, and no route to
+    /// the pods, so that pods only reach it when their traffic is masqueraded.
+    pub fn attach_host(&self, tag: &str, name: &str, ip: Ipv4Addr) -> Netns {
+        let ns = Netns::new(&format!("sk{tag}-{name}"));
+        let port = format!("ul{name}");
+        self.ns.sh(&format!(
+            "ip link add {port} type veth peer name eth0 netns {host_ns} && ip link set {port} master br0 up",
+            host_ns = ns.name
+        ));
+        ns.sh(&format!("ip addr add {ip}/24 dev eth0 && ip link set eth0 up"));
+        ns
+    }
+
     /// Cuts a node off the underlay (its link down) or reconnects it.
     pub fn set_link(&self, node: &NodeTopology, up: bool) {
         self.ns.sh(&format!("ip link set ul{} {}", node.index, if up { "up" } else { "down" }));

@@ -40,6 +40,13 @@ pub mod pin {
     /// Pinned programs for tc ingress and egress on the node's VXLAN device.
     pub const PROG_FROM_OVERLAY: &str = "from_overlay_v1";
     pub const PROG_TO_OVERLAY: &str = "to_overlay_v1";
+    /// Masquerade of pod traffic leaving through the underlay: its flows, and its
+    /// settings (one-entry array).
+    pub const SNAT: &str = "SNAT4_V1";
+    pub const MASQ_CONFIG: &str = "MASQ_CONFIG_V1";
+    /// Pinned programs for tc egress and ingress on the node's underlay interface.
+    pub const PROG_TO_UNDERLAY: &str = "to_underlay_v1";
+    pub const PROG_FROM_UNDERLAY: &str = "from_underlay_v1";
     /// Directory (under the node's pin directory) of pinned tc links, one file per
     /// interface: `links/from_pod_<ifname>`.
     pub const LINKS_DIR: &str = "links";
@@ -55,6 +62,8 @@ pub mod capacity {
     pub const AFFINITY: u32 = 65_536;
     pub const ENDPOINTS: u32 = 65_536;
     pub const NODES: u32 = 16_384;
+    /// Two entries per masqueraded flow.
+    pub const SNAT: u32 = 131_072;
 }
 
 /// Key of the services map: one frontend (VIP, port, protocol) and a slot.
@@ -264,6 +273,48 @@ pub struct OverlayConfig {
 }
 const _: () = assert!(size_of::<OverlayConfig>() == 24);
 
+/// Value of the masquerade map, keyed by [`Ct4Key`]. A forward entry (the pod's tuple
+/// toward the outside, [`CT_DIR_FORWARD`]) holds the node address and port the flow
+/// leaves with; a reply entry (the outside's tuple back to the node, [`CT_DIR_REPLY`])
+/// holds the pod's address and port. Network byte order, as on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Snat4Entry {
+    /// `bpf_ktime_get_coarse_ns` of the last packet that refreshed the entry (forward
+    /// entries only; a reply entry lives as long as its forward entry).
+    pub last_seen_ns: u64,
+    pub addr: u32,
+    pub port: u16,
+    /// [`CT_FLAG_CLOSING`] once a FIN or RST was seen.
+    pub flags: u16,
+}
+const _: () = assert!(size_of::<Snat4Entry>() == 16);
+
+/// The masquerade's settings, slot 0 of a one-entry array map written by the agent's
+/// overlay role. A zero `node_addr` means "no masquerade": pod traffic to addresses
+/// outside the cluster CIDR leaves with the pod's own address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct MasqConfig {
+    /// The address masqueraded flows leave with: the node's underlay address.
+    pub node_addr: u32,
+    /// The cluster CIDR (network and mask): traffic from it to outside it is
+    /// masqueraded.
+    pub cluster_net: u32,
+    pub cluster_mask: u32,
+    /// The node ports masqueraded flows use, first and last (network byte order). They
+    /// must lie outside the node's `ip_local_port_range`, so that they never collide
+    /// with the node's own connections.
+    pub port_first: u16,
+    pub port_last: u16,
+}
+const _: () = assert!(size_of::<MasqConfig>() == 16);
+
+/// The default masquerade ports: above Linux's default `ip_local_port_range`
+/// (32768-60999).
+pub const DEFAULT_MASQ_PORT_FIRST: u16 = 61_000;
+pub const DEFAULT_MASQ_PORT_LAST: u16 = 65_535;
+
 /// The default VXLAN network identifier and UDP port, as flannel's.
 pub const DEFAULT_VNI: u32 = 1;
 pub const VXLAN_PORT: u16 = 8472;
@@ -291,11 +342,15 @@ pub mod stat {
     pub const ERRORS: u32 = 3;
     /// New conntrack entries (new flows).
     pub const CT_NEW: u32 = 4;
+    /// New masqueraded flows (pod traffic leaving the cluster network).
+    pub const SNAT_NEW: u32 = 5;
+    /// Packets dropped because no masquerade port was free toward their destination.
+    pub const SNAT_NO_PORT: u32 = 6;
     /// Number of counters.
     pub const COUNT: u32 = 8;
 
     pub const NAMES: [&str; COUNT as usize] =
-        ["translated", "rev_translated", "no_backend", "errors", "ct_new", "", "", ""];
+        ["translated", "rev_translated", "no_backend", "errors", "ct_new", "snat_new", "snat_no_port", ""];
 }
 
 /// An IPv4 address as the maps store it.
@@ -337,4 +392,6 @@ mod user {
     unsafe impl aya::Pod for Endpoint4 {}
     unsafe impl aya::Pod for NodeInfo4 {}
     unsafe impl aya::Pod for OverlayConfig {}
+    unsafe impl aya::Pod for Snat4Entry {}
+    unsafe impl aya::Pod for MasqConfig {}
 }

@@ -35,12 +35,13 @@ pub fn reply_key(pkt: &Packet) -> Ct4Key {
     Ct4Key { dir: CT_DIR_REPLY, ..forward_key(pkt) }
 }
 
-/// How long an entry lives after its last refresh.
+/// How long a flow lives after its last refresh, by protocol and flags (also the
+/// masquerade's timeouts).
 #[inline(always)]
-fn timeout(entry: &Ct4Entry, proto: u8, cfg: &Config) -> u64 {
+pub fn timeout(flags: u16, proto: u8, cfg: &Config) -> u64 {
     if proto != PROTO_TCP {
         cfg.udp_timeout_ns
-    } else if entry.flags & CT_FLAG_CLOSING != 0 {
+    } else if flags & CT_FLAG_CLOSING != 0 {
         cfg.tcp_closing_timeout_ns
     } else {
         cfg.tcp_timeout_ns
@@ -56,7 +57,7 @@ pub fn lookup_forward(pkt: &Packet, now: u64, cfg: &Config) -> Option<*mut Ct4En
     // program returns; concurrent updates can only tear `last_seen_ns`/`flags`, which
     // are advisory.
     let entry = unsafe { &mut *entry_ptr };
-    if now.saturating_sub(entry.last_seen_ns) > timeout(entry, pkt.proto, cfg) {
+    if now.saturating_sub(entry.last_seen_ns) > timeout(entry.flags, pkt.proto, cfg) {
         return None;
     }
     let new_syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;

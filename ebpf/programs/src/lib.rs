@@ -4,17 +4,21 @@
 //! its [`pipeline`], which composes the modules below in that attach point's order.
 //! `lb` and `overlay` never call each other, so a later attach point (XDP NodePort) is a
 //! new pipeline over the same parts:
-//! - [`pipeline`]: `from_pod`, `from_overlay`, `to_overlay`;
+//! - [`pipeline`]: `from_pod`, `from_overlay`, `to_overlay`, `to_underlay`,
+//!   `from_underlay`;
 //! - [`maps`]: every map, with pinned names from `skiff_ebpf_common::pin`;
 //! - [`packet`]: header layouts and parsing of IPv4 TCP/UDP;
 //! - [`csum`]: checksum arithmetic for headers built from scratch;
 //! - [`conntrack`]: flow entries that keep a connection on its backend;
 //! - [`lb`]: Service lookup, backend selection, DNAT and reverse NAT;
+//! - [`masq`]: source NAT of pod traffic that leaves the cluster network, and its
+//!   reverse;
+//! - [`nat`]: address and port rewriting with checksums, for `lb` and `masq`;
 //! - [`reject`]: TCP RST and ICMP port-unreachable answers for Services without backends;
 //! - [`overlay`]: the VXLAN overlay: tunnel keys toward peers, delivery from the tunnel.
 //!
-//! Imports run one way: `pipeline` → `lb`, `overlay` → `conntrack`, `reject`, `csum`,
-//! `packet`, `maps`.
+//! Imports run one way: `pipeline` → `lb`, `masq`, `overlay` → `conntrack`, `reject`,
+//! `nat`, `csum`, `packet`, `maps`.
 //!
 //! Nothing here logs on the per-packet path; counters in `LB_STATS_V1` say what happened.
 #![no_std]
@@ -24,6 +28,8 @@ pub mod conntrack;
 pub mod csum;
 pub mod lb;
 pub mod maps;
+pub mod masq;
+pub mod nat;
 pub mod overlay;
 pub mod packet;
 pub mod pipeline;

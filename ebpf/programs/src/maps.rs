@@ -83,3 +83,11 @@ pub static NODES_V1: aya_ebpf::maps::LpmTrie<u32, skiff_ebpf_common::NodeInfo4> 
 
 #[map]
 pub static OVERLAY_CONFIG_V1: Array<skiff_ebpf_common::OverlayConfig> = Array::pinned(1, 0);
+
+/// Masqueraded flows, both directions (see `crate::masq`).
+#[map]
+pub static SNAT4_V1: LruHashMap<skiff_ebpf_common::Ct4Key, skiff_ebpf_common::Snat4Entry> =
+    LruHashMap::pinned(skiff_ebpf_common::capacity::SNAT, 0);
+
+#[map]
+pub static MASQ_CONFIG_V1: Array<skiff_ebpf_common::MasqConfig> = Array::pinned(1, 0);

@@ -64,6 +64,11 @@ pub struct RunArgs {
     /// The underlay interface VXLAN runs over (its MTU sets the overlay's).
     #[arg(long, default_value = "eth0")]
     pub underlay_interface: String,
+    /// Masquerade pods' traffic to addresses outside the cluster CIDR behind the
+    /// underlay interface's address (needs the overlay role), so that pods reach the
+    /// API server and other nodes' addresses, whose networks have no route to the pods.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub ip_masq: bool,
     /// Where containerd reads CNI configuration: the agent writes this node's
     /// conflist there (podCIDR, MTU, bpffs path, data dir). Needs the overlay role.
     #[arg(long)]

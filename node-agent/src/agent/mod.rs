@@ -76,6 +76,7 @@ fn run(args: RunArgs) -> Result<()> {
                 cni_conf_dir: args.cni_conf_dir.clone(),
                 cni_bin_dir: args.cni_bin_dir.clone(),
                 cni_data_dir: args.cni_data_dir.clone(),
+                ip_masq: args.ip_masq,
             };
             Some((OverlayRole::start(settings, &mut datapath)?, nodes))
         }

@@ -21,7 +21,7 @@ use aya::{
 };
 use skiff_datapath::Pins;
 pub use skiff_datapath::{Prog, attach::Attached};
-use skiff_ebpf_common::{LbConfig, OverlayConfig, pin, stat};
+use skiff_ebpf_common::{LbConfig, MasqConfig, OverlayConfig, pin, stat};
 use tracing::info;
 
 /// The embedded object of a program (one object per attach point).
@@ -29,10 +29,14 @@ fn object(prog: Prog) -> &'static [u8] {
     static FROM_POD: &[u8] = aya::include_bytes_aligned!(env!("SKIFF_EBPF_FROM_POD"));
     static FROM_OVERLAY: &[u8] = aya::include_bytes_aligned!(env!("SKIFF_EBPF_FROM_OVERLAY"));
     static TO_OVERLAY: &[u8] = aya::include_bytes_aligned!(env!("SKIFF_EBPF_TO_OVERLAY"));
+    static TO_UNDERLAY: &[u8] = aya::include_bytes_aligned!(env!("SKIFF_EBPF_TO_UNDERLAY"));
+    static FROM_UNDERLAY: &[u8] = aya::include_bytes_aligned!(env!("SKIFF_EBPF_FROM_UNDERLAY"));
     match prog {
         Prog::FromPod => FROM_POD,
         Prog::FromOverlay => FROM_OVERLAY,
         Prog::ToOverlay => TO_OVERLAY,
+        Prog::ToUnderlay => TO_UNDERLAY,
+        Prog::FromUnderlay => FROM_UNDERLAY,
     }
 }
 
@@ -43,6 +47,8 @@ fn override_var(prog: Prog) -> &'static str {
         Prog::FromPod => "SKIFF_FROM_POD_OBJECT",
         Prog::FromOverlay => "SKIFF_FROM_OVERLAY_OBJECT",
         Prog::ToOverlay => "SKIFF_TO_OVERLAY_OBJECT",
+        Prog::ToUnderlay => "SKIFF_TO_UNDERLAY_OBJECT",
+        Prog::FromUnderlay => "SKIFF_FROM_UNDERLAY_OBJECT",
     }
 }
 
@@ -224,6 +230,14 @@ pub fn set_overlay_config(pin_dir: &Path, config: OverlayConfig) -> Result<()> {
         |source| Error::Map { map: pin::OVERLAY_CONFIG, dir: pin_dir.to_path_buf(), source: Box::new(source) };
     let mut array: Array<MapData, OverlayConfig> =
         Array::try_from(Map::Array(open_pinned(pin_dir, pin::OVERLAY_CONFIG)?)).map_err(map_err)?;
+    array.set(0, config, 0).map_err(map_err)
+}
+
+/// Writes the masquerade's settings into the pinned config map under `pin_dir`.
+pub fn set_masq_config(pin_dir: &Path, config: MasqConfig) -> Result<()> {
+    let map_err = |source| Error::Map { map: pin::MASQ_CONFIG, dir: pin_dir.to_path_buf(), source: Box::new(source) };
+    let mut array: Array<MapData, MasqConfig> =
+        Array::try_from(Map::Array(open_pinned(pin_dir, pin::MASQ_CONFIG)?)).map_err(map_err)?;
     array.set(0, config, 0).map_err(map_err)
 }
 

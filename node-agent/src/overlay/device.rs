@@ -8,7 +8,7 @@
 //! Everything here is idempotent: a restarted agent finds the device and keeps it, so
 //! traffic never stops.
 
-use std::path::PathBuf;
+use std::{net::Ipv4Addr, path::PathBuf};
 
 use skiff_datapath::{Ipv4Net, netlink::Netlink};
 
@@ -44,6 +44,8 @@ pub trait LinkOps {
     fn ensure_route(&mut self, cidr: Ipv4Net, interface: &str) -> Result<()>;
     /// Writes a sysctl under /proc/sys (e.g. `net/ipv4/ip_forward`).
     fn sysctl(&mut self, key: &str, value: &str) -> Result<()>;
+    /// The first IPv4 address of an interface, if it has one.
+    fn ipv4_address(&mut self, interface: &str) -> Result<Option<Ipv4Addr>>;
 }
 
 /// [`LinkOps`] over rtnetlink and /proc/sys, in the agent's network namespace.
@@ -75,6 +77,11 @@ impl LinkOps for Rtnetlink {
     fn sysctl(&mut self, key: &str, value: &str) -> Result<()> {
         let path = PathBuf::from(format!("/proc/sys/{key}"));
         std::fs::write(&path, value).map_err(|source| Error::Sysctl { path, value: value.to_owned(), source })
+    }
+
+    fn ipv4_address(&mut self, interface: &str) -> Result<Option<Ipv4Addr>> {
+        let index = self.nl.require_link(interface)?.index;
+        Ok(self.nl.addresses(index)?.first().map(|(ip, _)| *ip))
     }
 }
 
@@ -116,6 +123,9 @@ mod tests {
         fn sysctl(&mut self, key: &str, value: &str) -> Result<()> {
             self.log.push(format!("sysctl {key}={value}"));
             Ok(())
+        }
+        fn ipv4_address(&mut self, _: &str) -> Result<Option<Ipv4Addr>> {
+            Ok(Some(Ipv4Addr::new(192, 168, 77, 11)))
         }
     }
 

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use skiff_datapath::{Ipv4Net, cidr, cni};
-use skiff_ebpf_common::OverlayConfig;
+use skiff_ebpf_common::{MasqConfig, OverlayConfig};
 use tracing::{error, info, warn};
 
-use super::device::{self, Rtnetlink};
+use super::device::{self, LinkOps, Rtnetlink};
 use super::reconciler::{AyaNodesMap, NodesReconciler};
 use super::source::NodeNet;
 use crate::datapath::{self, Datapath, Prog};
@@ -31,6 +31,9 @@ pub struct OverlaySettings {
     pub cni_bin_dir: Option<PathBuf>,
     /// skiff-cni's data directory (IPAM state), written into the conflist.
     pub cni_data_dir: PathBuf,
+    /// Masquerade pod traffic that leaves the cluster network behind the underlay
+    /// interface's address (flannel's `--ip-masq`).
+    pub ip_masq: bool,
 }
 
 /// The overlay role: owns the VXLAN device's settings, the nodes map and the conflist.
@@ -58,6 +61,7 @@ impl OverlayRole {
             info!(program = prog.name(), ?how, "attached to the VXLAN device");
         }
         info!(device = device::VXLAN_DEVICE, mtu, cluster_cidr = %cluster, "overlay device ready");
+        setup_masquerade(&settings, &mut link_ops, datapath)?;
         if let Some(bin_dir) = &settings.cni_bin_dir {
             let plugin = cni::plugin_beside_current_exe().context("finding skiff-cni beside skiff-node")?;
             cni::install_binary(&plugin, bin_dir)?;
@@ -119,6 +123,39 @@ impl OverlayRole {
             }
         }
     }
+}
+
+/// Points the masquerade at the underlay interface's address and attaches its programs
+/// there; with `--ip-masq=false` it clears the settings, which turns the programs into
+/// pass-throughs (a restarted agent may find them attached).
+fn setup_masquerade(settings: &OverlaySettings, link_ops: &mut Rtnetlink, datapath: &mut Datapath) -> Result<()> {
+    let interface = &settings.underlay_interface;
+    let node_addr = if settings.ip_masq { link_ops.ipv4_address(interface)? } else { None };
+    let Some(node_addr) = node_addr else {
+        if settings.ip_masq {
+            warn!(
+                interface,
+                "the underlay interface has no IPv4 address: no masquerade, so pods cannot reach addresses outside the cluster network"
+            );
+        }
+        datapath::set_masq_config(&settings.pin_dir, MasqConfig::default())?;
+        return Ok(());
+    };
+    let (cluster_net, cluster_mask) = cidr::to_map(settings.cluster_cidr.trunc());
+    let config = MasqConfig {
+        node_addr: skiff_ebpf_common::addr_to_map(node_addr.octets()),
+        cluster_net,
+        cluster_mask,
+        port_first: skiff_ebpf_common::port_to_map(skiff_ebpf_common::DEFAULT_MASQ_PORT_FIRST),
+        port_last: skiff_ebpf_common::port_to_map(skiff_ebpf_common::DEFAULT_MASQ_PORT_LAST),
+    };
+    datapath::set_masq_config(&settings.pin_dir, config)?;
+    for prog in [Prog::ToUnderlay, Prog::FromUnderlay] {
+        let how = datapath.attach(prog, interface)?;
+        info!(program = prog.name(), interface, ?how, "attached to the underlay interface");
+    }
+    info!(%node_addr, "pod traffic leaving the cluster network is masqueraded");
+    Ok(())
 }
 
 impl Role for OverlayRole {

@@ -6,15 +6,23 @@
 //! - [`from_overlay`]: tc ingress on the VXLAN device: reverse NAT of replies whose
 //!   client lives here, then delivery to the local pod or the node's stack;
 //! - [`to_overlay`]: tc egress on the VXLAN device: the tunnel key for packets the node's
-//!   own stack routes there.
+//!   own stack routes there;
+//! - [`to_underlay`]: tc egress on the underlay interface: masquerade of pod traffic
+//!   leaving the cluster network;
+//! - [`from_underlay`]: tc ingress on the underlay interface: the masquerade's reverse,
+//!   then reverse NAT and delivery to the local pod.
 //!
 //! A pipeline must not hold packet logic of its own: what it needs beyond the order of
 //! calls belongs in a leaf module.
 
 mod from_overlay;
 mod from_pod;
+mod from_underlay;
 mod to_overlay;
+mod to_underlay;
 
 pub use from_overlay::from_overlay;
 pub use from_pod::from_pod;
+pub use from_underlay::from_underlay;
 pub use to_overlay::to_overlay;
+pub use to_underlay::to_underlay;

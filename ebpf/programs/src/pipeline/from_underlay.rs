@@ -1,0 +1,22 @@
+//! tc ingress on the node's underlay interface: everything the node receives from the
+//! wire.
+
+use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+
+use crate::{Drop, lb, masq, overlay, packet};
+
+/// A reply of a masqueraded flow goes back to its pod: its destination translated
+/// back, then its source too if the pod had reached a Service whose backend lives
+/// outside the cluster network (the API server behind `kubernetes`), then delivered
+/// straight to the pod. Anything else goes on to the node's stack untouched.
+#[inline(always)]
+pub fn from_underlay(ctx: &TcContext) -> Result<i32, Drop> {
+    let Some(pkt) = packet::parse(ctx) else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    let Some(pkt) = masq::unsnat(ctx, &pkt)? else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    let daddr = lb::reverse(ctx, &pkt)?.unwrap_or(pkt.daddr);
+    Ok(overlay::to_local_pod(ctx, daddr)?.unwrap_or(TC_ACT_OK as i32))
+}
