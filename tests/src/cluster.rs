@@ -356,6 +356,18 @@ impl ClusterNode {
         Ok(())
     }
 
+    /// What this node's datapath holds: `skiff-node dump` of its Service maps.
+    pub fn datapath_dump(&self) -> Result<String> {
+        let out = Command::new(binary(&self.bin_dir, "skiff-node")?)
+            .arg("dump")
+            .arg("--pin-dir")
+            .arg(&self.pins.path)
+            .output()
+            .context("running skiff-node dump")?;
+        ensure!(out.status.success(), "skiff-node dump: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// The cgroup the node's pods go under.
     pub fn cgroup_root(&self) -> String {
         format!("/skiff-test/{}", self.name)

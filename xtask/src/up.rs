@@ -101,6 +101,20 @@ pub fn up(opts: &UpOptions) -> Result<()> {
             "the built-in `kubernetes` Service did not appear in 30 s:\n{}",
             cluster.logs()
         );
+        // Every node's datapath must carry it, translating back to the ClusterIP.
+        let vip = cluster.kubectl_out(&["get", "service", "kubernetes", "-o", "jsonpath={.spec.clusterIP}"]);
+        let vip = vip.trim();
+        let rev_nat = format!(" {vip}:443");
+        for node in &cluster.nodes {
+            let programmed = |dump: String| dump.lines().any(|l| l.starts_with("rev_nat ") && l.ends_with(&rev_nat));
+            let has_vip = || node.datapath_dump().is_ok_and(programmed);
+            ensure!(
+                skiff_tests::netns::wait_until(Duration::from_secs(30), has_vip),
+                "{}'s datapath did not program the `kubernetes` Service ({vip}:443) in 30 s:\n{}",
+                node.name,
+                node.log_tail()
+            );
+        }
         Ok(())
     })?;
     let kubeconfig = step("host", || cluster.expose_to_host())?;
