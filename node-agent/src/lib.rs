@@ -6,6 +6,7 @@
 //! - [`proxy`]: Services + EndpointSlices → desired load-balancer state → the one
 //!   reconciler that writes the Service maps;
 //! - [`overlay`]: the VXLAN device and the nodes map (peer podCIDR → underlay address);
+//! - [`dns`]: cluster DNS on the node, fed by the proxy's Service and EndpointSlice caches;
 //! - [`node`]: the Node object, its status and its heartbeat Lease;
 //! - [`kubelet`]: this node's pods, run on the container runtime through [`cri`] (the
 //!   CRI v1 client over containerd's socket);
@@ -19,6 +20,7 @@
 pub mod agent;
 pub mod cri;
 pub mod datapath;
+pub mod dns;
 pub mod kubelet;
 pub mod metrics;
 pub mod node;

@@ -323,7 +323,7 @@ impl ClusterNode {
             .ns
             .command(binary(&self.bin_dir, "skiff-node")?.to_str().context("path")?)
             .args(["run", "--node-name", &self.name, "--node-ip", &self.ip, "--nodes-from-api"])
-            .args(["--underlay-interface", "eth0"])
+            .args(["--underlay-interface", "eth0", "--dns"])
             .arg("--pin-dir")
             .arg(&self.pins.path)
             .arg("--kubeconfig")

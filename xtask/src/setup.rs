@@ -41,6 +41,11 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "procps",
     "python3",
     "python3-venv",
+    // Cluster DNS: a real resolver's client on the node (`dig`) for the tests, and the
+    // load generator and the baseline server of `bench dns`.
+    "bind9-dnsutils",
+    "dnsperf",
+    "dnsmasq-base",
 ];
 
 /// Where bpffs must be mounted for pinning maps, programs and links.
@@ -207,6 +212,7 @@ pub const TOOLS: &[(&str, Option<&str>)] = &[
     // The kubelet server test: an HTTPS client and a pseudo-terminal for `exec -it`.
     ("curl", Some("curl")),
     ("script", Some("bsdutils")),
+    ("dig", Some("bind9-dnsutils")),
 ];
 
 #[cfg(test)]

@@ -99,6 +99,12 @@ impl Config {
         Ok(Ipv4Addr::from(u32::from(self.service_cidr.network()) + 1))
     }
 
+    /// The `kube-dns` Service's ClusterIP: the service CIDR's tenth address.
+    pub fn dns_service_ip(&self) -> Result<Ipv4Addr> {
+        check_cidr("service-cidr", self.service_cidr)?;
+        Ok(Ipv4Addr::from(u32::from(self.service_cidr.network()) + 10))
+    }
+
     fn advertised(&self) -> IpAddr {
         self.advertise_address.unwrap_or(if self.bind_address.is_unspecified() {
             IpAddr::V4(Ipv4Addr::LOCALHOST)
@@ -278,6 +284,7 @@ async fn start(cfg: &Config) -> Result<(TcpListener, Arc<ApiServer>, TlsAcceptor
     let addr = listener.local_addr().map_err(|source| Error::Bind { addr, source })?;
     let info = crate::apiserver::BootstrapInfo {
         service_ip: cfg.kubernetes_service_ip()?,
+        dns_service_ip: cfg.dns_service_ip()?,
         advertise: cfg.advertised(),
         port: addr.port(),
     };

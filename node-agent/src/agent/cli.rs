@@ -151,6 +151,18 @@ pub struct RunArgs {
     /// one, pods get the node's resolv.conf.
     #[arg(long = "cluster-dns")]
     pub cluster_dns: Vec<std::net::IpAddr>,
+    /// Serve cluster DNS on this node (needs --kubeconfig): on --dns-address, which
+    /// pods get as their nameserver unless --cluster-dns names another, and on the
+    /// `kube-dns` Service's ClusterIP (--dns-service-ip).
+    #[arg(long, requires = "kubeconfig")]
+    pub dns: bool,
+    /// The node-local address the DNS server answers on.
+    #[arg(long, default_value_t = crate::dns::DEFAULT_NODE_LOCAL_ADDRESS)]
+    pub dns_address: std::net::Ipv4Addr,
+    /// The `kube-dns` Service's ClusterIP, answered on this node too (default: the
+    /// service CIDR's tenth address, 10.96.0.10 by default).
+    #[arg(long)]
+    pub dns_service_ip: Option<std::net::Ipv4Addr>,
     /// The cluster's DNS domain.
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,

@@ -53,11 +53,17 @@ fn run(args: RunArgs) -> Result<()> {
         (None, true) => Some(ServicesFrom::Api),
         (None, false) => None,
     };
+    let dns = dns_settings(&args);
+    let dns_shares_proxy_caches = matches!(services, Some(ServicesFrom::Api));
     let proxy = match services {
         Some(services) => {
             let maps = AyaLbMaps::open(&pin_dir).context("opening the Service maps")?;
             let reconciler = LbReconciler::adopt(maps).context("adopting the existing Service maps")?;
-            Some((ProxyRole::new(reconciler), services))
+            let mut role = ProxyRole::new(reconciler);
+            if let Some(dns) = &dns {
+                role.serve_locally(dns.addresses.iter().copied());
+            }
+            Some((role, services))
         }
         None => None,
     };
@@ -129,6 +135,9 @@ fn run(args: RunArgs) -> Result<()> {
                     let client = api.clone().context("--services-from-api needs --kubeconfig")?;
                     let (source, reflect) = ApiServiceSource::start(client.clone());
                     tokio::task::spawn_local(reflect);
+                    if let Some(dns) = &dns {
+                        crate::dns::start(dns, source.services().clone(), source.slices().clone()).await?;
+                    }
                     role.set_events(ServiceEvents::new(client, &args.node_name, source.services().clone()));
                     Box::new(source)
                 }
@@ -149,6 +158,13 @@ fn run(args: RunArgs) -> Result<()> {
                 }
             };
             spawn_role(&mut roles, "proxy", role, poll, period, schedule, synced_tx.clone());
+        }
+        if let (Some(dns), false) = (&dns, dns_shares_proxy_caches) {
+            // No proxy on the API to share caches with: DNS watches for itself.
+            let client = api.clone().context("--dns needs --kubeconfig")?;
+            let (source, reflect) = ApiServiceSource::start(client);
+            tokio::task::spawn_local(reflect);
+            crate::dns::start(dns, source.services().clone(), source.slices().clone()).await?;
         }
         if let Some((role, nodes)) = overlay {
             let mut source: Box<dyn NodeSource> = match nodes {
@@ -271,6 +287,23 @@ fn kubelet_server_settings(args: &RunArgs) -> Result<crate::server::Settings> {
     Ok(settings)
 }
 
+/// The DNS server's settings when --dns is on: the node-local address, then the
+/// `kube-dns` ClusterIP.
+fn dns_settings(args: &RunArgs) -> Option<crate::dns::DnsSettings> {
+    if !args.dns {
+        return None;
+    }
+    let service_ip = args.dns_service_ip.unwrap_or_else(|| {
+        let base = u32::from(args.service_cidr.trunc().network());
+        std::net::Ipv4Addr::from(base + 10)
+    });
+    Some(crate::dns::DnsSettings {
+        domain: args.cluster_domain.clone(),
+        addresses: vec![args.dns_address, service_ip],
+        port: 53,
+    })
+}
+
 fn kubelet_settings(args: &RunArgs) -> Result<KubeletSettings> {
     let node = &args.node_name;
     let node_ip = args.node_ip.context("the kubelet needs --node-ip (the pods' hostIP)")?;
@@ -279,7 +312,11 @@ fn kubelet_settings(args: &RunArgs) -> Result<KubeletSettings> {
         node_ip: node_ip.into(),
         root_dir: args.root_dir.clone().unwrap_or_else(|| format!("/var/lib/skiff/kubelet/{node}").into()),
         pod_log_dir: args.pod_log_dir.clone().unwrap_or_else(|| format!("/var/log/skiff/{node}/pods").into()),
-        cluster_dns: args.cluster_dns.clone(),
+        // Pods ask this node's own DNS server when it runs and no other is named.
+        cluster_dns: match (args.cluster_dns.is_empty(), args.dns) {
+            (true, true) => vec![args.dns_address.into()],
+            _ => args.cluster_dns.clone(),
+        },
         cluster_domain: args.cluster_domain.clone(),
         cgroup_root: args.cgroup_root.clone().unwrap_or_else(|| format!("/skiff/{node}")),
         static_pod_dir: args.pod_manifest_path.clone(),

@@ -144,6 +144,11 @@ impl ApiServiceSource {
         &self.services
     }
 
+    /// The EndpointSlices' cache (shared with the node's DNS server).
+    pub fn slices(&self) -> &Cache<EndpointSlice> {
+        &self.slices
+    }
+
     fn drain(&mut self) {
         drain_into(&mut self.service_changes, &mut self.tracker, |s| Object::Service(Box::new(s)));
         drain_into(&mut self.slice_changes, &mut self.tracker, |s| Object::EndpointSlice(Box::new(s)));

@@ -15,11 +15,34 @@ use crate::runner::{Role, SyncReason};
 pub struct ProxyRole {
     reconciler: LbReconciler<AyaLbMaps>,
     events: Option<ServiceEvents>,
+    /// ClusterIPs this node answers itself (its DNS server's): their Services stay out
+    /// of the maps, so packets to them reach the node's stack.
+    local_vips: Vec<std::net::Ipv4Addr>,
 }
 
 impl ProxyRole {
     pub fn new(reconciler: LbReconciler<AyaLbMaps>) -> Self {
-        Self { reconciler, events: None }
+        Self { reconciler, events: None, local_vips: Vec::new() }
+    }
+
+    /// Leaves Services whose ClusterIP is one of `vips` out of the maps: this node
+    /// serves them itself.
+    pub fn serve_locally(&mut self, vips: impl IntoIterator<Item = std::net::Ipv4Addr>) {
+        self.local_vips.extend(vips);
+    }
+
+    /// A Service this node serves itself becomes a deletion (so that one programmed
+    /// before is removed).
+    fn local_to_deletion(&self, event: SourceEvent) -> SourceEvent {
+        match event {
+            SourceEvent::ServiceUpserted(svc) if served_locally(&svc, &self.local_vips) => {
+                match super::model::ObjectRef::from_meta(&svc.metadata) {
+                    Some(reference) => SourceEvent::ServiceDeleted(reference),
+                    None => SourceEvent::ServiceUpserted(svc),
+                }
+            }
+            other => other,
+        }
     }
 
     /// Reports the Services a sync cannot program as Warning Events on them.
@@ -34,6 +57,7 @@ impl Role for ProxyRole {
 
     fn apply(&mut self, events: Vec<SourceEvent>) {
         for event in events {
+            let event = self.local_to_deletion(event);
             self.reconciler.apply(event);
         }
     }
@@ -50,4 +74,9 @@ impl Role for ProxyRole {
         }
         self.reconciler.has_pending()
     }
+}
+
+fn served_locally(svc: &k8s_openapi::api::core::v1::Service, vips: &[std::net::Ipv4Addr]) -> bool {
+    let ip = svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()).and_then(|ip| ip.parse().ok());
+    ip.is_some_and(|ip| vips.contains(&ip))
 }

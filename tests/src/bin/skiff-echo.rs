@@ -18,6 +18,7 @@
 //! skiff-echo conn-rate ADDR:PORT --duration-ms D [--max N] [--threads T]
 //! skiff-echo bulk ADDR:PORT --bytes N                                          one transfer of N bytes
 //! skiff-echo rr ADDR:PORT --duration-ms D                                      requests/s on one connection
+//! skiff-echo lookup NAME                                 its addresses, through the C library's resolver
 //! skiff-echo hog MIB                                                          allocates MIB MiB, then holds it
 //! ```
 //!
@@ -49,7 +50,7 @@
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket},
     path::PathBuf,
     process::ExitCode,
     sync::{
@@ -163,6 +164,22 @@ fn run() -> Result<()> {
             num("--threads", 2)?,
         ),
         "hog" => hog(args.first().context("hog MIB")?.parse().context("hog MIB")?),
+        "lookup" => {
+            // Through the C library's resolver (getaddrinfo): resolv.conf's nameserver,
+            // search path and ndots, as any program in the pod would.
+            let name = args.first().context("lookup NAME")?;
+            let mut addrs: Vec<IpAddr> = (name.as_str(), 0u16)
+                .to_socket_addrs()
+                .with_context(|| format!("resolving {name}"))?
+                .map(|a| a.ip())
+                .collect();
+            addrs.sort();
+            addrs.dedup();
+            for addr in addrs {
+                println!("{addr}");
+            }
+            Ok(())
+        }
         other => bail!("unknown command {other}; the usage is in the doc comment of tests/src/bin/skiff-echo.rs"),
     }
 }

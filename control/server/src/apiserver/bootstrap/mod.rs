@@ -1,6 +1,7 @@
 //! What every cluster has from its first start: the system namespaces, the
-//! `default/kubernetes` Service with endpoints pointing at this server, and the
-//! bootstrap RBAC policy (`rbac`). Runs before the server serves; it writes the store
+//! `default/kubernetes` Service with endpoints pointing at this server, the
+//! `kube-system/kube-dns` Service (answered by every node's agent itself, so it has no
+//! selector and no endpoints), and the bootstrap RBAC policy (`rbac`). Runs before the server serves; it writes the store
 //! directly, not through the handlers.
 
 mod rbac;
@@ -21,6 +22,9 @@ use reconcile::put;
 pub struct BootstrapInfo {
     /// The `kubernetes` Service's ClusterIP (first address of the service CIDR).
     pub service_ip: std::net::Ipv4Addr,
+    /// The `kube-dns` Service's ClusterIP (the service CIDR's tenth address, as
+    /// upstream's convention).
+    pub dns_service_ip: std::net::Ipv4Addr,
     /// Where clients reach the API server (the `kubernetes` endpoints).
     pub advertise: std::net::IpAddr,
     pub port: u16,
@@ -66,5 +70,35 @@ pub async fn bootstrap(store: &dyn store::Store, info: &BootstrapInfo) -> ApiRes
         "endpoints": [{"addresses": [addr], "conditions": {"ready": true}}],
         "ports": [{"name": "https", "port": info.port, "protocol": "TCP"}]});
     put(store, &by_kind("EndpointSlice").unwrap().key(Some("default"), "kubernetes"), &slice).await?;
+    bootstrap_kube_dns(store, info.dns_service_ip).await?;
     rbac::bootstrap_rbac(store).await
+}
+
+/// Creates `kube-system/kube-dns` on its conventional ClusterIP once, unless another
+/// Service already holds that address (then pods reach DNS through the node-local
+/// address only, and the log says why). An existing kube-dns is left as it is.
+async fn bootstrap_kube_dns(store: &dyn store::Store, ip: std::net::Ipv4Addr) -> ApiResult<()> {
+    let def = by_kind("Service").unwrap();
+    let key = def.key(Some("kube-system"), "kube-dns");
+    if store.get(&key).await?.is_some() {
+        return Ok(());
+    }
+    let ip = ip.to_string();
+    for kv in store.list(&def.prefix(), None, 0).await?.kvs {
+        let other = super::object::to_obj(&kv)?;
+        if other.pointer("/spec/clusterIP").and_then(Value::as_str) == Some(ip.as_str()) {
+            tracing::warn!(%ip, holder = ?other.pointer("/metadata/name"), "the kube-dns ClusterIP is taken; not creating kube-dns");
+            return Ok(());
+        }
+    }
+    let svc = json!({"kind": "Service", "apiVersion": "v1",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system", "uid": meta::new_uid(),
+            "creationTimestamp": meta::now(),
+            "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS", "kubernetes.io/cluster-service": "true"}},
+        "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip], "ipFamilies": ["IPv4"],
+                 "ipFamilyPolicy": "SingleStack", "internalTrafficPolicy": "Cluster", "sessionAffinity": "None",
+                 "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                           {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]},
+        "status": {"loadBalancer": {}}});
+    put(store, &key, &svc).await
 }
