@@ -187,6 +187,7 @@ pub const TOOLS: &[(&str, Option<&str>)] = &[
     ("apt-get", Some("apt")),
     ("dpkg-query", Some("dpkg")),
     ("sh", Some("dash")),
+    ("bash", Some("bash")),
     ("cat", Some("coreutils")),
     ("ip", Some("iproute2")),
     ("bridge", Some("iproute2")),
