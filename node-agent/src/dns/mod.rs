@@ -19,6 +19,8 @@
 //! own stack and so this server.
 
 pub mod answer;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 pub mod server;
 pub mod zone;
 
