@@ -28,7 +28,8 @@ pub fn run(area: &str, args: &[String]) -> Result<()> {
         "overlay" => crate::bench_overlay::run(args),
         "api" => crate::bench_api::run(args),
         "pods" => crate::bench_pods::run(args),
-        other => bail!("unknown benchmark area `{other}`; known: lb, overlay, api, pods"),
+        "dns" => crate::bench_dns::run(args),
+        other => bail!("unknown benchmark area `{other}`; known: lb, overlay, api, pods, dns"),
     }
 }
 

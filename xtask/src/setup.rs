@@ -214,6 +214,8 @@ pub const TOOLS: &[(&str, Option<&str>)] = &[
     ("curl", Some("curl")),
     ("script", Some("bsdutils")),
     ("dig", Some("bind9-dnsutils")),
+    ("dnsperf", Some("dnsperf")),
+    ("dnsmasq", Some("dnsmasq-base")),
 ];
 
 #[cfg(test)]

@@ -163,6 +163,10 @@ pub struct RunArgs {
     /// service CIDR's tenth address, 10.96.0.10 by default).
     #[arg(long)]
     pub dns_service_ip: Option<std::net::Ipv4Addr>,
+    /// A DNS server (IP or IP:PORT) to ask for names outside the cluster domain;
+    /// without one they are refused at once.
+    #[arg(long, value_parser = parse_dns_server)]
+    pub dns_upstream: Option<std::net::SocketAddr>,
     /// The cluster's DNS domain.
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
@@ -185,6 +189,14 @@ pub struct RunArgs {
     /// Sync each role once, after its source was first read, and exit.
     #[arg(long)]
     pub once: bool,
+}
+
+/// `IP` (port 53) or `IP:PORT`.
+fn parse_dns_server(value: &str) -> Result<std::net::SocketAddr, String> {
+    value
+        .parse()
+        .or_else(|_| value.parse::<std::net::IpAddr>().map(|ip| std::net::SocketAddr::new(ip, 53)))
+        .map_err(|_| format!("{value:?} is neither IP nor IP:PORT"))
 }
 
 pub fn main() -> Result<()> {

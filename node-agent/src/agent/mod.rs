@@ -301,6 +301,7 @@ fn dns_settings(args: &RunArgs) -> Option<crate::dns::DnsSettings> {
         domain: args.cluster_domain.clone(),
         addresses: vec![args.dns_address, service_ip],
         port: 53,
+        upstream: args.dns_upstream,
     })
 }
 

@@ -1,8 +1,9 @@
 //! One DNS query in, one response out: decoding, the zone's answer, negative answers
 //! with the SOA, EDNS0, and truncation for UDP. Pure; the server owns the sockets.
 //!
-//! What is not the cluster's is refused at once (there is no upstream to ask), so a
-//! resolver moves on to its next server or search suffix instead of waiting.
+//! What is not the cluster's goes to the upstream server when there is one
+//! ([`Reply::Forward`]); without one it is refused at once, so a resolver moves on to
+//! its next server or search suffix instead of waiting.
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{DNSClass, LowerName};
@@ -22,21 +23,38 @@ pub enum Transport {
     Tcp,
 }
 
+/// What to do with one query.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Send this response.
+    Answer(Vec<u8>),
+    /// Not the cluster's: ask the upstream server and relay its answer.
+    Forward,
+    /// Send nothing (too short to carry an id, or itself a response).
+    Nothing,
+}
+
 /// The response to the query in `request`, encoded; `None` when nothing should be sent
-/// (too short to carry an id, or itself a response).
+/// (too short to carry an id, or itself a response). Names outside the zone are refused.
 pub fn respond(zone: &Zone, request: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    match handle(zone, request, transport, false) {
+        Reply::Answer(bytes) => Some(bytes),
+        Reply::Forward | Reply::Nothing => None,
+    }
+}
+
+/// [`respond`], except that with `forwarding` a query for a name outside the zone is
+/// [`Reply::Forward`] rather than refused.
+pub fn handle(zone: &Zone, request: &[u8], transport: Transport, forwarding: bool) -> Reply {
     if request.len() < 12 || request[2] & 0x80 != 0 {
-        return None;
+        return Reply::Nothing;
     }
     let query = match Message::from_vec(request) {
         Ok(query) => query,
-        Err(_) => {
-            let id = u16::from_be_bytes([request[0], request[1]]);
-            return Message::error_msg(id, OpCode::Query, ResponseCode::FormErr).to_vec().ok();
-        }
+        Err(_) => return error(request, ResponseCode::FormErr),
     };
-    let response = answer(zone, &query);
-    let bytes = response.to_vec().ok()?;
+    let Some(response) = answer(zone, &query, forwarding) else { return Reply::Forward };
+    let Ok(bytes) = response.to_vec() else { return error(request, ResponseCode::ServFail) };
     let limit = match transport {
         Transport::Tcp => usize::from(u16::MAX),
         Transport::Udp => match query.extensions() {
@@ -45,17 +63,24 @@ pub fn respond(zone: &Zone, request: &[u8], transport: Transport) -> Option<Vec<
         },
     };
     if bytes.len() <= limit {
-        return Some(bytes);
+        return Reply::Answer(bytes);
     }
     // Too large for this transport: the header and question only, with TC set, so that
     // the client asks again over TCP.
     let mut truncated = response.truncate();
     truncated.set_truncated(true);
-    truncated.to_vec().ok()
+    truncated.to_vec().map_or_else(|_| error(request, ResponseCode::ServFail), Reply::Answer)
 }
 
-/// The response message for a decoded query.
-pub fn answer(zone: &Zone, query: &Message) -> Message {
+/// A bare error response to `request` (at least 12 bytes): its id and the code.
+pub fn error(request: &[u8], code: ResponseCode) -> Reply {
+    let id = u16::from_be_bytes([request[0], request[1]]);
+    Message::error_msg(id, OpCode::Query, code).to_vec().map_or(Reply::Nothing, Reply::Answer)
+}
+
+/// The response message for a decoded query; `None` for a name outside the zone when
+/// `forwarding` (the upstream answers it).
+pub fn answer(zone: &Zone, query: &Message, forwarding: bool) -> Option<Message> {
     let mut response = Message::new();
     response
         .set_id(query.id())
@@ -70,20 +95,20 @@ pub fn answer(zone: &Zone, query: &Message) -> Message {
         response.set_edns(ours);
         if edns.version() > 0 {
             response.set_response_code(ResponseCode::BADVERS);
-            return response;
+            return Some(response);
         }
     }
     if query.message_type() != MessageType::Query || query.op_code() != OpCode::Query {
         response.set_response_code(ResponseCode::NotImp);
-        return response;
+        return Some(response);
     }
     let [question] = query.queries() else {
         response.set_response_code(ResponseCode::FormErr);
-        return response;
+        return Some(response);
     };
     if question.query_class() != DNSClass::IN {
         response.set_response_code(ResponseCode::Refused);
-        return response;
+        return Some(response);
     }
     let name = LowerName::new(question.name());
     match zone.lookup(&name, question.query_type()) {
@@ -99,11 +124,12 @@ pub fn answer(zone: &Zone, query: &Message) -> Message {
                 .set_response_code(ResponseCode::NXDomain)
                 .add_name_server(zone.soa().clone());
         }
+        Lookup::NotOurs if forwarding => return None,
         Lookup::NotOurs => {
             response.set_response_code(ResponseCode::Refused);
         }
     }
-    response
+    Some(response)
 }
 
 #[cfg(test)]

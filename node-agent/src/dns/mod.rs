@@ -68,6 +68,8 @@ pub struct DnsSettings {
     /// The addresses to answer on, the node-local one first.
     pub addresses: Vec<Ipv4Addr>,
     pub port: u16,
+    /// Where names outside the cluster domain are asked (none: they are refused).
+    pub upstream: Option<SocketAddr>,
 }
 
 /// Starts the DNS thread, which puts the addresses on the node, binds them and serves
@@ -104,7 +106,7 @@ pub async fn start(settings: &DnsSettings, services: Cache<Service>, slices: Cac
                 let _ = bound_tx.send(Ok(()));
                 let zone = listeners.0;
                 for listeners in listeners.1 {
-                    tokio::spawn(listeners.serve(zone.clone()));
+                    tokio::spawn(listeners.serve(zone.clone(), settings.upstream));
                 }
                 follow(zone, service_changes, slice_changes).await;
             });

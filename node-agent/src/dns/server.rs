@@ -1,6 +1,8 @@
 //! The DNS server's sockets: UDP and TCP on each of the node's DNS addresses, answering
 //! from the shared zone. Each query is answered where it is read; the zone is only
-//! read-locked for the lookup itself, so the updater never waits long.
+//! read-locked for the lookup itself, so the updater never waits long. Queries for
+//! names outside the cluster domain go to the upstream server, when there is one, each
+//! on a task of its own (so a slow upstream never holds up the cluster's answers).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -10,7 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tracing::{debug, warn};
 
-use super::answer::{Transport, respond};
+use hickory_proto::op::ResponseCode;
+
+use super::answer::{Reply, Transport, error, handle};
 use super::zone::Zone;
 
 /// The zone as the updater writes it and the sockets read it.
@@ -18,6 +22,8 @@ pub type SharedZone = Arc<RwLock<Zone>>;
 
 /// A TCP client that sends nothing for this long is let go.
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// How long the upstream server has to answer before the client gets SERVFAIL.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -47,18 +53,49 @@ impl Listeners {
         Ok(Self { udp, tcp })
     }
 
-    /// Serves until the task is dropped.
-    pub async fn serve(self, zone: SharedZone) {
-        tokio::join!(serve_udp(self.udp, zone.clone()), serve_tcp(self.tcp, zone));
+    /// Serves until the task is dropped; names outside the cluster domain go to
+    /// `upstream` if given.
+    pub async fn serve(self, zone: SharedZone, upstream: Option<SocketAddr>) {
+        tokio::join!(serve_udp(self.udp, zone.clone(), upstream), serve_tcp(self.tcp, zone, upstream));
     }
 }
 
-fn answer(zone: &SharedZone, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+fn reply(zone: &SharedZone, query: &[u8], transport: Transport, upstream: Option<SocketAddr>) -> Reply {
     let zone = zone.read().unwrap_or_else(|e| e.into_inner());
-    respond(&zone, query, transport)
+    handle(&zone, query, transport, upstream.is_some())
 }
 
-async fn serve_udp(socket: UdpSocket, zone: SharedZone) {
+/// The upstream server's answer to `query`, or SERVFAIL when it has none in time.
+async fn forward(upstream: SocketAddr, query: &[u8]) -> Option<Vec<u8>> {
+    let ask = async {
+        let bind = if upstream.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        let socket = UdpSocket::bind(bind).await?;
+        socket.connect(upstream).await?;
+        socket.send(query).await?;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let len = socket.recv(&mut buf).await?;
+            // Only the answer to this query (same id) counts.
+            if len >= 12 && buf[..2] == query[..2] {
+                buf.truncate(len);
+                return Ok::<_, std::io::Error>(buf);
+            }
+        }
+    };
+    match tokio::time::timeout(UPSTREAM_TIMEOUT, ask).await {
+        Ok(Ok(answer)) => Some(answer),
+        outcome => {
+            debug!(%upstream, ?outcome, "upstream DNS server did not answer");
+            match error(query, ResponseCode::ServFail) {
+                Reply::Answer(bytes) => Some(bytes),
+                _ => None,
+            }
+        }
+    }
+}
+
+async fn serve_udp(socket: UdpSocket, zone: SharedZone, upstream: Option<SocketAddr>) {
+    let socket = Arc::new(socket);
     let mut buf = vec![0u8; 4096];
     loop {
         let (len, peer) = match socket.recv_from(&mut buf).await {
@@ -69,21 +106,33 @@ async fn serve_udp(socket: UdpSocket, zone: SharedZone) {
                 continue;
             }
         };
-        if let Some(response) = answer(&zone, &buf[..len], Transport::Udp)
-            && let Err(e) = socket.send_to(&response, peer).await
-        {
+        let response = match reply(&zone, &buf[..len], Transport::Udp, upstream) {
+            Reply::Answer(response) => response,
+            Reply::Nothing => continue,
+            Reply::Forward => {
+                let (socket, query) = (socket.clone(), buf[..len].to_vec());
+                let upstream = upstream.expect("forwarding only with an upstream");
+                tokio::spawn(async move {
+                    if let Some(response) = forward(upstream, &query).await {
+                        let _ = socket.send_to(&response, peer).await;
+                    }
+                });
+                continue;
+            }
+        };
+        if let Err(e) = socket.send_to(&response, peer).await {
             debug!(%peer, error = %e, "DNS UDP send");
         }
     }
 }
 
-async fn serve_tcp(listener: TcpListener, zone: SharedZone) {
+async fn serve_tcp(listener: TcpListener, zone: SharedZone, upstream: Option<SocketAddr>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let zone = zone.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_connection(stream, &zone).await {
+                    if let Err(e) = serve_connection(stream, &zone, upstream).await {
                         debug!(%peer, error = %e, "DNS TCP connection");
                     }
                 });
@@ -98,7 +147,11 @@ async fn serve_tcp(listener: TcpListener, zone: SharedZone) {
 
 /// Length-prefixed queries on one connection, answered in order, until the client
 /// closes it or stays idle.
-async fn serve_connection(mut stream: TcpStream, zone: &SharedZone) -> std::io::Result<()> {
+async fn serve_connection(
+    mut stream: TcpStream,
+    zone: &SharedZone,
+    upstream: Option<SocketAddr>,
+) -> std::io::Result<()> {
     loop {
         let mut len = [0u8; 2];
         match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
@@ -108,10 +161,80 @@ async fn serve_connection(mut stream: TcpStream, zone: &SharedZone) -> std::io::
         };
         let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
         tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut query)).await.map_err(std::io::Error::other)??;
-        let Some(response) = answer(zone, &query, Transport::Tcp) else { return Ok(()) };
+        let response = match reply(zone, &query, Transport::Tcp, upstream) {
+            Reply::Answer(response) => response,
+            Reply::Nothing => return Ok(()),
+            Reply::Forward => match forward(upstream.expect("forwarding only with an upstream"), &query).await {
+                Some(response) => response,
+                None => return Ok(()),
+            },
+        };
         let mut framed = Vec::with_capacity(response.len() + 2);
         framed.extend_from_slice(&(response.len() as u16).to_be_bytes());
         framed.extend_from_slice(&response);
         stream.write_all(&framed).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RecordType};
+
+    use super::*;
+
+    fn query(id: u16, name: &str) -> Vec<u8> {
+        let mut msg = Message::new();
+        msg.set_id(id).add_query(Query::query(Name::from_str(name).unwrap(), RecordType::A));
+        msg.to_vec().unwrap()
+    }
+
+    async fn ask(client: &UdpSocket, server: SocketAddr, id: u16, name: &str) -> Message {
+        client.send_to(&query(id, name), server).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let (len, _) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf)).await.unwrap().unwrap();
+        Message::from_vec(&buf[..len]).unwrap()
+    }
+
+    /// A server on 127.0.0.1 whose upstream is `upstream`; returns its UDP address.
+    async fn server(upstream: SocketAddr) -> SocketAddr {
+        let zone = Arc::new(RwLock::new(Zone::new("cluster.local", 5).unwrap()));
+        let listeners = Listeners::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listeners.udp.local_addr().unwrap();
+        tokio::spawn(listeners.serve(zone, Some(upstream)));
+        addr
+    }
+
+    #[tokio::test]
+    async fn outside_names_go_upstream_and_cluster_names_never_do() {
+        // An upstream that answers every query with itself, marked as a response.
+        let upstream = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let upstream_addr = upstream.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((len, peer)) = upstream.recv_from(&mut buf).await {
+                buf[2] |= 0x80;
+                let _ = upstream.send_to(&buf[..len], peer).await;
+            }
+        });
+        let addr = server(upstream_addr).await;
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let outside = ask(&client, addr, 7, "example.com.").await;
+        assert_eq!((outside.id(), outside.response_code(), outside.authoritative()), (7, ResponseCode::NoError, false));
+        let inside = ask(&client, addr, 8, "nope.default.svc.cluster.local.").await;
+        assert_eq!((inside.id(), inside.response_code(), inside.authoritative()), (8, ResponseCode::NXDomain, true));
+    }
+
+    #[tokio::test]
+    async fn a_silent_upstream_means_servfail_and_not_a_hang() {
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = server(silent.local_addr().unwrap()).await;
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let started = std::time::Instant::now();
+        let answer = ask(&client, addr, 9, "example.com.").await;
+        assert_eq!((answer.id(), answer.response_code()), (9, ResponseCode::ServFail));
+        assert!(started.elapsed() < Duration::from_secs(4));
     }
 }
