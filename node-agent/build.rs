@@ -8,6 +8,7 @@ use std::{env, path::PathBuf};
 /// baseline).
 const OBJECTS: &[(&str, &str)] = &[
     ("from-pod", "SKIFF_EBPF_FROM_POD"),
+    ("to-pod", "SKIFF_EBPF_TO_POD"),
     ("from-overlay", "SKIFF_EBPF_FROM_OVERLAY"),
     ("to-overlay", "SKIFF_EBPF_TO_OVERLAY"),
     ("to-underlay", "SKIFF_EBPF_TO_UNDERLAY"),

@@ -1,5 +1,6 @@
-//! The plugin's side of the eBPF datapath: the pod's entry in the pinned endpoints map
-//! and the "from pod" program attached at tc ingress of its host-side veth.
+//! The plugin's side of the eBPF datapath: the pod's entry in the pinned endpoints map,
+//! and the "from pod" and "to pod" programs attached at tc ingress and egress of its
+//! host-side veth.
 //!
 //! skiff-node loads the programs and pins them with the maps under the node's bpffs
 //! directory; this module only opens those pins (through `skiff_datapath`). It never
@@ -74,16 +75,23 @@ impl Datapath {
         Ok(map.remove(ip)?)
     }
 
-    /// Attaches the pinned "from pod" program at tc ingress (TCX) of `host_veth`, in
-    /// the calling thread's network namespace, and pins the link so it outlives this
-    /// process. A stale pin of an earlier veth of the same name is replaced.
-    pub fn attach_from_pod(&self, host_veth: &str) -> Result<()> {
+    /// Attaches the pinned "from pod" program at tc ingress (TCX) of `host_veth` and
+    /// "to pod" at its egress, in the calling thread's network namespace, and pins the
+    /// links so they outlive this process. Stale pins of an earlier veth of the same
+    /// name are replaced. "To pod" is skipped if an older agent pinned none.
+    pub fn attach_pod_programs(&self, host_veth: &str) -> Result<()> {
+        let to_pod = self.pins.prog(Prog::ToPod);
+        if to_pod.exists() {
+            let mut program = attach::open_pinned(&to_pod)?;
+            attach::attach_replacing(&mut program, Prog::ToPod, host_veth, &self.pins.link(Prog::ToPod, host_veth))?;
+        }
         let mut program = attach::open_pinned(&self.pins.prog(Prog::FromPod))?;
         Ok(attach::attach_replacing(&mut program, Prog::FromPod, host_veth, &self.link_pin(host_veth))?)
     }
 
-    /// Removes the link pin, which detaches the program (the veth's deletion would too).
-    pub fn detach_from_pod(&self, host_veth: &str) -> Result<()> {
+    /// Removes the link pins, which detaches the programs (the veth's deletion would too).
+    pub fn detach_pod_programs(&self, host_veth: &str) -> Result<()> {
+        attach::detach(&self.pins.link(Prog::ToPod, host_veth))?;
         Ok(attach::detach(&self.link_pin(host_veth))?)
     }
 }

@@ -136,10 +136,10 @@ impl Kernel for System {
     }
 
     fn attach(&self, host_veth: &str) -> Result<(), CniError> {
-        self.datapath.attach_from_pod(host_veth).map_err(self.dp_err())
+        self.datapath.attach_pod_programs(host_veth).map_err(self.dp_err())
     }
 
     fn detach(&self, host_veth: &str) -> Result<(), CniError> {
-        self.datapath.detach_from_pod(host_veth).map_err(self.dp_err())
+        self.datapath.detach_pod_programs(host_veth).map_err(self.dp_err())
     }
 }

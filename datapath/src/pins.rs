@@ -19,6 +19,9 @@ pub const BPFFS_ROOT: &str = "/sys/fs/bpf/skiff";
 pub enum Prog {
     /// tc ingress on each pod's host-side veth: load balancing, then the overlay.
     FromPod,
+    /// tc egress on each pod's host-side veth: reverse NAT of replies from the node's
+    /// own stack (hostNetwork backends).
+    ToPod,
     /// tc ingress on the VXLAN device: reverse NAT and delivery to local pods.
     FromOverlay,
     /// tc egress on the VXLAN device: tunnel keys for traffic the node's stack sends.
@@ -31,13 +34,14 @@ pub enum Prog {
 }
 
 impl Prog {
-    pub const ALL: [Prog; 5] =
-        [Prog::FromPod, Prog::FromOverlay, Prog::ToOverlay, Prog::ToUnderlay, Prog::FromUnderlay];
+    pub const ALL: [Prog; 6] =
+        [Prog::FromPod, Prog::ToPod, Prog::FromOverlay, Prog::ToOverlay, Prog::ToUnderlay, Prog::FromUnderlay];
 
     /// The function name in the object (also the prefix of its link pins).
     pub fn name(self) -> &'static str {
         match self {
             Prog::FromPod => "from_pod",
+            Prog::ToPod => "to_pod",
             Prog::FromOverlay => "from_overlay",
             Prog::ToOverlay => "to_overlay",
             Prog::ToUnderlay => "to_underlay",
@@ -49,6 +53,7 @@ impl Prog {
     pub fn pin_name(self) -> &'static str {
         match self {
             Prog::FromPod => pin::PROG_FROM_POD,
+            Prog::ToPod => pin::PROG_TO_POD,
             Prog::FromOverlay => pin::PROG_FROM_OVERLAY,
             Prog::ToOverlay => pin::PROG_TO_OVERLAY,
             Prog::ToUnderlay => pin::PROG_TO_UNDERLAY,
@@ -58,7 +63,7 @@ impl Prog {
 
     pub fn attach_type(self) -> TcAttachType {
         match self {
-            Prog::ToOverlay | Prog::ToUnderlay => TcAttachType::Egress,
+            Prog::ToPod | Prog::ToOverlay | Prog::ToUnderlay => TcAttachType::Egress,
             Prog::FromPod | Prog::FromOverlay | Prog::FromUnderlay => TcAttachType::Ingress,
         }
     }

@@ -558,3 +558,26 @@ fn a_closed_masqueraded_flow_frees_its_port() {
         assert_eq!(parse(&out).dport, 5002);
     });
 }
+
+#[test]
+fn replies_from_the_nodes_own_stack_are_reverse_translated_on_their_way_into_the_pod() {
+    with_harness("replies_from_the_nodes_own_stack_are_reverse_translated_on_their_way_into_the_pod", |h| {
+        // The Service's backend is a hostNetwork pod on this node: the node's address.
+        let backend =
+            Backend4 { addr: addr_to_map(NODE.octets()), port: port_to_map(BPORT), proto: PROTO_TCP, flags: 0 };
+        h.hash::<u32, Backend4>(pin::BACKENDS).insert(1, backend, 0).unwrap();
+        h.set_service(PROTO_TCP, &[1], 0, 0);
+        let (_, out) = h.run(&packet(PROTO_TCP, (CLIENT, 50000), (VIP, VPORT), TCP_SYN, b""));
+        assert_eq!(parse(&out).dst, NODE);
+        // The node's stack answers straight into the pod's veth: "to pod" translates.
+        let reply = packet(PROTO_TCP, (NODE, BPORT), (CLIENT, 50000), TCP_SYN | TCP_ACK, b"");
+        let (action, out) = h.run_prog(Prog::ToPod, &reply);
+        let p = parse(&out);
+        assert_eq!(action, TC_ACT_OK);
+        assert_eq!((p.src, p.sport, p.dst, p.dport), (VIP, VPORT, CLIENT, 50000));
+        // Anything else passes untouched.
+        let other = packet(PROTO_TCP, (NODE, 22), (CLIENT, 50001), TCP_ACK, b"");
+        let (action, out) = h.run_prog(Prog::ToPod, &other);
+        assert_eq!((action, out), (TC_ACT_OK, other));
+    });
+}

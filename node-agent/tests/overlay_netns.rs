@@ -81,6 +81,26 @@ ports:
 - {name: udp, port: 9443, protocol: UDP}
 endpoints:
 - addresses: ["192.168.77.100"]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: hostnet, namespace: default}
+spec:
+  clusterIP: 10.96.0.40
+  ports:
+  - {name: http, port: 80, targetPort: 9090, protocol: TCP}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: hostnet-1
+  namespace: default
+  labels: {kubernetes.io/service-name: hostnet}
+addressType: IPv4
+ports:
+- {name: http, port: 9090, protocol: TCP}
+endpoints:
+- addresses: ["192.168.77.11"]
 "#;
 
 fn nodes_file(nodes: &[&NodeTopology]) -> String {
@@ -123,15 +143,18 @@ impl Cluster {
                 .unwrap();
             servers.push(ChildGuard::new(child));
         }
-        // A server on node 2's own address, for pods reaching node addresses.
-        let child = n2
-            .node
-            .command(echo.to_str().unwrap())
-            .args(["serve", "--name", "node2", "--tcp", "9090"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        servers.push(ChildGuard::new(child));
+        // A server on each node's own address, for pods reaching node addresses and for
+        // a Service whose backend is on the host network (`hostnet`: node 1's).
+        for (node, name) in [(&n1, "node1"), (&n2, "node2")] {
+            let child = node
+                .node
+                .command(echo.to_str().unwrap())
+                .args(["serve", "--name", name, "--tcp", "9090"])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            servers.push(ChildGuard::new(child));
+        }
         let child = outside
             .command(echo.to_str().unwrap())
             .args(["serve", "--name", "outside", "--tcp", "9443", "--udp", "9443"])
@@ -301,6 +324,16 @@ fn pods_reach_hosts_outside_the_cluster_network_masqueraded() {
                 );
             }
         }
+    }
+    // A Service whose backend is on the host network: from the backend's own node (the
+    // reply comes from the node's stack into the pod's veth) and from the other node
+    // (the reply comes back masqueraded over the underlay).
+    for (node, pod) in [(1, "c1"), (2, "c2")] {
+        assert_eq!(
+            c.summary(node, pod, &["tcp", "10.96.0.40:80", "--count", "10", "--timeout-ms", "2000"]),
+            "sent=10 ok=10 failed=0",
+            "{pod} on n{node} -> hostnet"
+        );
     }
     // One long connection, many requests: the flow keeps its port.
     assert_eq!(

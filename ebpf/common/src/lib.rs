@@ -35,8 +35,9 @@ pub mod pin {
     pub const NODES: &str = "NODES_V1";
     /// The overlay's settings (one-entry array).
     pub const OVERLAY_CONFIG: &str = "OVERLAY_CONFIG_V1";
-    /// Pinned program for tc ingress on a pod's host-side veth.
+    /// Pinned programs for tc ingress and egress on a pod's host-side veth.
     pub const PROG_FROM_POD: &str = "from_pod_v1";
+    pub const PROG_TO_POD: &str = "to_pod_v1";
     /// Pinned programs for tc ingress and egress on the node's VXLAN device.
     pub const PROG_FROM_OVERLAY: &str = "from_overlay_v1";
     pub const PROG_TO_OVERLAY: &str = "to_overlay_v1";

@@ -76,6 +76,13 @@ pub fn balance(ctx: &TcContext, pkt: &Packet) -> Result<Outcome, Drop> {
     Ok(Outcome::Forward(pkt.daddr))
 }
 
+/// Whether `addr` is in the Service CIDR (`false` when none is configured).
+#[inline(always)]
+pub fn is_service_addr(addr: u32) -> bool {
+    let cfg = config();
+    cfg.service_mask != 0 && addr & cfg.service_mask == cfg.service_net
+}
+
 /// Reverse NAT if `pkt` is a backend's reply of a Service flow: the client only ever
 /// sees the Service address. Returns the client's address, where the reply goes now;
 /// `None` for any other packet (left untouched).

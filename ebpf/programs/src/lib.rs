@@ -4,7 +4,7 @@
 //! its [`pipeline`], which composes the modules below in that attach point's order.
 //! `lb` and `overlay` never call each other, so a later attach point (XDP NodePort) is a
 //! new pipeline over the same parts:
-//! - [`pipeline`]: `from_pod`, `from_overlay`, `to_overlay`, `to_underlay`,
+//! - [`pipeline`]: `from_pod`, `to_pod`, `from_overlay`, `to_overlay`, `to_underlay`,
 //!   `from_underlay`;
 //! - [`maps`]: every map, with pinned names from `skiff_ebpf_common::pin`;
 //! - [`packet`]: header layouts and parsing of IPv4 TCP/UDP;

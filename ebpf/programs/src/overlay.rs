@@ -41,6 +41,13 @@ pub fn config() -> Option<OverlayConfig> {
     if cfg.vxlan_ifindex == 0 { None } else { Some(cfg) }
 }
 
+/// Whether `addr` is in the cluster CIDR (a pod's address); `false` while the overlay
+/// is not set up.
+#[inline(always)]
+pub fn in_cluster(addr: u32) -> bool {
+    config().is_some_and(|cfg| addr & cfg.cluster_mask == cfg.cluster_net)
+}
+
 /// Sets the tunnel key toward the node that owns `daddr`'s podCIDR. `false` if no peer
 /// owns it.
 #[inline(always)]

@@ -339,9 +339,11 @@ fn load_datapath(args: &RunArgs, pin_dir: &Path) -> Result<Datapath> {
         service_mask,
     })?;
     for interface in &args.pod_interfaces {
-        match datapath.attach_from_pod(interface) {
-            Ok(how) => info!(interface, ?how, "from_pod attached"),
-            Err(e) => error!(interface, error = %e, "cannot attach from_pod; traffic of this pod is not load-balanced"),
+        match datapath.attach_pod_programs(interface) {
+            Ok(how) => info!(interface, ?how, "pod programs attached"),
+            Err(e) => {
+                error!(interface, error = %e, "cannot attach the pod programs; traffic of this pod is not load-balanced")
+            }
         }
     }
     Ok(datapath)

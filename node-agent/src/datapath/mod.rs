@@ -27,12 +27,14 @@ use tracing::info;
 /// The embedded object of a program (one object per attach point).
 fn object(prog: Prog) -> &'static [u8] {
     static FROM_POD: &[u8] = aya::include_bytes_aligned!(env!("SKIFF_EBPF_FROM_POD"));
+    static TO_POD: &[u8] = aya::include_bytes_aligned!(env!("SKIFF_EBPF_TO_POD"));
     static FROM_OVERLAY: &[u8] = aya::include_bytes_aligned!(env!("SKIFF_EBPF_FROM_OVERLAY"));
     static TO_OVERLAY: &[u8] = aya::include_bytes_aligned!(env!("SKIFF_EBPF_TO_OVERLAY"));
     static TO_UNDERLAY: &[u8] = aya::include_bytes_aligned!(env!("SKIFF_EBPF_TO_UNDERLAY"));
     static FROM_UNDERLAY: &[u8] = aya::include_bytes_aligned!(env!("SKIFF_EBPF_FROM_UNDERLAY"));
     match prog {
         Prog::FromPod => FROM_POD,
+        Prog::ToPod => TO_POD,
         Prog::FromOverlay => FROM_OVERLAY,
         Prog::ToOverlay => TO_OVERLAY,
         Prog::ToUnderlay => TO_UNDERLAY,
@@ -45,6 +47,7 @@ fn object(prog: Prog) -> &'static [u8] {
 fn override_var(prog: Prog) -> &'static str {
     match prog {
         Prog::FromPod => "SKIFF_FROM_POD_OBJECT",
+        Prog::ToPod => "SKIFF_TO_POD_OBJECT",
         Prog::FromOverlay => "SKIFF_FROM_OVERLAY_OBJECT",
         Prog::ToOverlay => "SKIFF_TO_OVERLAY_OBJECT",
         Prog::ToUnderlay => "SKIFF_TO_UNDERLAY_OBJECT",
@@ -178,8 +181,10 @@ impl Datapath {
         self.program(Prog::FromPod)
     }
 
-    /// Attaches "from pod" at tc ingress of a pod's host-side interface.
-    pub fn attach_from_pod(&mut self, interface: &str) -> Result<Attached> {
+    /// Attaches "from pod" at tc ingress and "to pod" at tc egress of a pod's host-side
+    /// interface; returns how "from pod" was attached.
+    pub fn attach_pod_programs(&mut self, interface: &str) -> Result<Attached> {
+        self.attach(Prog::ToPod, interface)?;
         self.attach(Prog::FromPod, interface)
     }
 
@@ -192,8 +197,9 @@ impl Datapath {
         Ok(skiff_datapath::attach::attach_or_adopt(program, prog, interface, &link_pin)?)
     }
 
-    /// Detaches "from pod" from an interface by removing its link pin.
-    pub fn detach_from_pod(&mut self, interface: &str) -> Result<()> {
+    /// Detaches both pod programs from an interface by removing their link pins.
+    pub fn detach_pod_programs(&mut self, interface: &str) -> Result<()> {
+        skiff_datapath::attach::detach(&self.pins.link(Prog::ToPod, interface))?;
         Ok(skiff_datapath::attach::detach(&self.pins.link(Prog::FromPod, interface))?)
     }
 

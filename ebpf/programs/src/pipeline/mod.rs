@@ -10,7 +10,9 @@
 //! - [`to_underlay`]: tc egress on the underlay interface: masquerade of pod traffic
 //!   leaving the cluster network;
 //! - [`from_underlay`]: tc ingress on the underlay interface: the masquerade's reverse,
-//!   then reverse NAT and delivery to the local pod.
+//!   then reverse NAT and delivery to the local pod;
+//! - [`to_pod`]: tc egress on a pod's host-side veth: reverse NAT of replies from the
+//!   node's own stack.
 //!
 //! A pipeline must not hold packet logic of its own: what it needs beyond the order of
 //! calls belongs in a leaf module.
@@ -19,10 +21,12 @@ mod from_overlay;
 mod from_pod;
 mod from_underlay;
 mod to_overlay;
+mod to_pod;
 mod to_underlay;
 
 pub use from_overlay::from_overlay;
 pub use from_pod::from_pod;
 pub use from_underlay::from_underlay;
 pub use to_overlay::to_overlay;
+pub use to_pod::to_pod;
 pub use to_underlay::to_underlay;
