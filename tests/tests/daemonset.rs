@@ -24,9 +24,7 @@ const SERVICE: &str = r#"
 apiVersion: v1
 kind: Service
 metadata: {name: web}
-spec:
-  selector: {app: web}
-  ports: [{port: 80, targetPort: 8080}]
+spec: {type: ClusterIP, selector: {app: web}, ports: [{name: tcp, port: 80, targetPort: 8080}]}
 "#;
 
 /// Two echo servers on `node` (named after their pods), behind the `web` Service.
