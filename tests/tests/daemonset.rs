@@ -213,6 +213,12 @@ fn the_datapath_daemonset_serves_services_and_survives_a_rolling_update() {
         cluster.logs()
     );
 
+    // Both roles of each agent synced from the API as its ServiceAccount.
+    for agent in &agents {
+        let logs = ok("the agent's log", cluster.kubectl_ok(&["logs", "-n", "kube-system", &agent.name]));
+        let synced = logs.lines().filter(|l| l.contains("first sync done")).count();
+        assert!(synced == 2 && !logs.to_lowercase().contains("forbidden"), "agent {}:\n{logs}", agent.name);
+    }
     // Through the ClusterIP from each node, answered by backends on both nodes.
     for (i, node) in names.iter().enumerate() {
         let client = format!("client-{}", i + 1);
