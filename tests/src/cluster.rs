@@ -60,6 +60,7 @@ pub struct ClusterNode {
     pub manifest_dir: PathBuf,
     pub pins: PinDir,
     services_from_api: bool,
+    kubelet_only: bool,
     kubeconfig: PathBuf,
     /// skiff-control's bootstrap kubeconfig (a bootstrap token): the agent asks for its
     /// certificate with it.
@@ -107,6 +108,10 @@ pub struct ClusterSetup {
     /// Run each agent's service proxy on the API's Services and EndpointSlices
     /// (`--services-from-api`), so that ClusterIPs work in pods.
     pub services_from_api: bool,
+    /// Start each agent as the kubelet alone (no overlay, proxy or CNI configuration):
+    /// the datapath comes from the DaemonSet of deploy/skiff-node.yaml, so the nodes are
+    /// only registered, not Ready, when [`Cluster::start_in`] returns.
+    pub kubelet_only: bool,
 }
 
 impl Cluster {
@@ -189,6 +194,7 @@ impl Cluster {
                 manifest_dir: node_dir.join("manifests"),
                 pins: PinDir::new(name),
                 services_from_api: setup.services_from_api,
+                kubelet_only: setup.kubelet_only,
                 kubeconfig,
                 bootstrap_kubeconfig: cluster.dir.join("control/bootstrap.kubeconfig"),
                 containerd,
@@ -204,22 +210,30 @@ impl Cluster {
             cluster.nodes.push(node);
         }
         let step = std::time::Instant::now();
-        for node in &cluster.nodes {
-            let ready = || {
-                cluster.kubectl_out(&[
-                    "get",
-                    "node",
-                    &node.name,
-                    "-o",
-                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-                ]) == "True"
+        if setup.kubelet_only {
+            cluster.wait_nodes(Duration::from_secs(60), false)?;
+            progress(&format!("every node is registered {}", took(step)));
+        } else {
+            cluster.wait_nodes(Duration::from_secs(60), true)?;
+            progress(&format!("every node is Ready {}", took(step)));
+        }
+        Ok(cluster)
+    }
+
+    /// Waits until every node is registered, and Ready too when `ready`.
+    pub fn wait_nodes(&self, timeout: Duration, ready: bool) -> Result<()> {
+        let what = if ready { "become Ready" } else { "register" };
+        for node in &self.nodes {
+            let done = || {
+                let jsonpath = "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}";
+                let status = self.kubectl(&["get", "node", &node.name, "-o", jsonpath]);
+                status.status.success() && (!ready || String::from_utf8_lossy(&status.stdout).trim() == "True")
             };
-            if !wait_until(Duration::from_secs(60), ready) {
-                bail!("node {} did not become Ready in 60 s; its log:\n{}", node.name, node.log_tail());
+            if !wait_until(timeout, done) {
+                bail!("node {} did not {what} in {} s; its log:\n{}", node.name, timeout.as_secs(), node.log_tail());
             }
         }
-        progress(&format!("every node is Ready {}", took(step)));
-        Ok(cluster)
+        Ok(())
     }
 
     fn start_control(&mut self) -> Result<()> {
@@ -319,25 +333,28 @@ impl ClusterNode {
     /// Starts (or starts again) this node's agent.
     pub fn start_agent(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.agent_log)?;
-        let child = self
-            .ns
-            .command(binary(&self.bin_dir, "skiff-node")?.to_str().context("path")?)
-            .args(["run", "--node-name", &self.name, "--node-ip", &self.ip, "--nodes-from-api"])
-            .args(["--underlay-interface", "eth0", "--dns"])
-            .arg("--pin-dir")
-            .arg(&self.pins.path)
+        let mut cmd = self.ns.command(binary(&self.bin_dir, "skiff-node")?.to_str().context("path")?);
+        cmd.args(["run", "--node-name", &self.name, "--node-ip", &self.ip]).arg("--pin-dir").arg(&self.pins.path);
+        if !self.kubelet_only {
+            cmd.args(["--nodes-from-api", "--underlay-interface", "eth0", "--dns"])
+                .arg("--cni-conf-dir")
+                .arg(&self.containerd.cni_conf_dir)
+                .arg("--cni-bin-dir")
+                .arg(&self.containerd.cni_bin_dir)
+                .arg("--cni-data-dir")
+                .arg(&self.containerd.cni_data_dir)
+                .args(self.services_from_api.then_some("--services-from-api"));
+        } else {
+            // The DaemonSet's agent serves DNS on the node-local address.
+            cmd.args(["--cluster-dns", "169.254.20.10"]);
+        }
+        let child = cmd
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .arg("--bootstrap-kubeconfig")
             .arg(&self.bootstrap_kubeconfig)
             .arg("--container-runtime-endpoint")
             .arg(&self.containerd.socket)
-            .arg("--cni-conf-dir")
-            .arg(&self.containerd.cni_conf_dir)
-            .arg("--cni-bin-dir")
-            .arg(&self.containerd.cni_bin_dir)
-            .arg("--cni-data-dir")
-            .arg(&self.containerd.cni_data_dir)
             .arg("--root-dir")
             .arg(&self.root_dir)
             .arg("--pod-log-dir")
@@ -345,7 +362,6 @@ impl ClusterNode {
             .arg("--pod-manifest-path")
             .arg(&self.manifest_dir)
             .args(["--cgroup-root", &self.cgroup_root()])
-            .args(self.services_from_api.then_some("--services-from-api"))
             .env("RUST_LOG", "info,skiff_node::kubelet=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

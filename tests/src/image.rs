@@ -484,6 +484,17 @@ pub fn echo_image() -> Result<PathBuf> {
     Ok(test_images()?.echo)
 }
 
+/// The node agent image tarball ([`NODE_IMAGE`]: `/skiff-node` and `/skiff-cni`), built
+/// if needed. skiff-node embeds the BPF objects, so `SKIFF_EBPF_DIR` must name them
+/// (`cargo xtask test` sets it; `cargo xtask build-ebpf` builds them).
+pub fn node_image() -> Result<PathBuf> {
+    let ebpf = std::env::var_os("SKIFF_EBPF_DIR").filter(|d| !d.is_empty()).context(
+        "SKIFF_EBPF_DIR is not set: the node image's skiff-node embeds the BPF objects of `cargo xtask build-ebpf`",
+    )?;
+    let bins = build_static(NODE.packages, &NODE.bins(), &[("SKIFF_EBPF_DIR", Path::new(&ebpf))])?;
+    Ok(ensure_image(&NODE, &bins)?.0)
+}
+
 /// The static `skiff-echo` binary the echo image holds, for use as a client inside a
 /// node's network namespace (`skiff-echo get POD_IP:8080 /readyz`).
 pub fn echo_binary() -> Result<PathBuf> {

@@ -91,6 +91,7 @@ pub fn up(opts: &UpOptions) -> Result<()> {
         etcd_members: members,
         progress: Some(|l| progress("cluster", l)),
         services_from_api: true,
+        ..Default::default()
     };
     let mut cluster = Cluster::start_in(TAG, opts.nodes, &images, &ClusterOptions { bin_dir: Some(bin_dir) }, &setup)
         .context("starting the cluster (`cargo xtask down` removes what is left)")?;

@@ -35,18 +35,20 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct PinArgs {
-    /// The node's bpffs directory.
-    #[arg(long, default_value = "/sys/fs/bpf/skiff/node")]
+    /// The node's bpffs directory (in a DaemonSet pod, as `run` was given it).
+    #[arg(long, env = "SKIFF_PIN_DIR", default_value = "/sys/fs/bpf/skiff/node")]
     pub pin_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// This node's name.
-    #[arg(long, default_value = "node")]
+    /// This node's name. In a DaemonSet pod, `NODE_NAME` from the downward API
+    /// (`spec.nodeName`).
+    #[arg(long, env = "NODE_NAME", default_value = "node")]
     pub node_name: String,
-    /// The node's bpffs directory (default: /sys/fs/bpf/skiff/<node-name>).
-    #[arg(long)]
+    /// The node's bpffs directory (default: /sys/fs/bpf/skiff/<node-name>). The
+    /// environment variable lets a DaemonSet pod name it with `$(NODE_NAME)` in it.
+    #[arg(long, env = "SKIFF_PIN_DIR")]
     pub pin_dir: Option<PathBuf>,
     /// A directory of Service and EndpointSlice manifests (YAML or JSON), watched for
     /// changes: the proxy's source for the demo and tests without an API server.
@@ -54,8 +56,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub manifests: Option<PathBuf>,
     /// Take the proxy's Services and EndpointSlices from the API server (watched through
-    /// reflectors) instead of a manifest directory; needs --kubeconfig.
-    #[arg(long, conflicts_with = "manifests", requires = "kubeconfig")]
+    /// reflectors) instead of a manifest directory; needs --kubeconfig or --in-cluster.
+    #[arg(long, conflicts_with = "manifests", requires = "api")]
     pub services_from_api: bool,
     /// A file listing the cluster's nodes (name, podCIDR, underlayIP), watched for
     /// changes; stands in for the Node watch. Without it the overlay role is off.
@@ -71,14 +73,14 @@ pub struct RunArgs {
     pub ip_masq: bool,
     /// Where containerd reads CNI configuration: the agent writes this node's
     /// conflist there (podCIDR, MTU, bpffs path, data dir). Needs the overlay role.
-    #[arg(long)]
+    #[arg(long, env = "SKIFF_CNI_CONF_DIR")]
     pub cni_conf_dir: Option<PathBuf>,
     /// Where containerd finds CNI plugins: the agent installs skiff-cni (from beside its
     /// own binary) and loopback there.
-    #[arg(long)]
+    #[arg(long, env = "SKIFF_CNI_BIN_DIR")]
     pub cni_bin_dir: Option<PathBuf>,
     /// skiff-cni's data directory (IPAM state).
-    #[arg(long, default_value = "/var/lib/skiff/cni")]
+    #[arg(long, env = "SKIFF_CNI_DATA_DIR", default_value = "/var/lib/skiff/cni")]
     pub cni_data_dir: PathBuf,
     /// The cluster CIDR, cut into one podCIDR per node.
     #[arg(long, default_value = "10.244.0.0/16")]
@@ -118,8 +120,14 @@ pub struct RunArgs {
     /// A kubeconfig for the API server, with this node's credentials (user
     /// `system:node:<node-name>`, group `system:nodes`). With it the agent registers
     /// the Node and renews its Lease; without it the node role is off.
-    #[arg(long)]
+    #[arg(long, group = "api")]
     pub kubeconfig: Option<PathBuf>,
+    /// Reach the API server as the pod's ServiceAccount (token and CA from the mounted
+    /// files, the server from KUBERNETES_SERVICE_HOST/PORT), for the datapath roles
+    /// alone: no Node registration, no Lease, no kubelet. The agent of a DaemonSet pod
+    /// (deploy/skiff-node.yaml) runs so, beside a kubelet-only agent on each node.
+    #[arg(long, group = "api", conflicts_with_all = ["bootstrap_kubeconfig", "container_runtime_endpoint"])]
+    pub in_cluster: bool,
     /// A kubeconfig with a bootstrap token (skiff-control writes one as
     /// `<data-dir>/bootstrap.kubeconfig`): when --kubeconfig has no valid certificate for
     /// this node, the agent asks for one with it and writes it into --kubeconfig.
@@ -133,8 +141,8 @@ pub struct RunArgs {
     pub max_pods: u32,
     /// Take the overlay's nodes (podCIDR, InternalIP) from the API's Node objects instead
     /// of a nodes file; needs --kubeconfig. The CNI configuration follows this node's
-    /// `spec.podCIDR`.
-    #[arg(long, conflicts_with = "nodes", requires = "kubeconfig")]
+    /// `spec.podCIDR`. Needs --kubeconfig or --in-cluster.
+    #[arg(long, conflicts_with = "nodes", requires = "api")]
     pub nodes_from_api: bool,
     /// The CRI socket of the container runtime (containerd's). With it and --kubeconfig,
     /// the agent is the node's kubelet: it runs the pods bound to this node.
@@ -151,10 +159,11 @@ pub struct RunArgs {
     /// one, pods get the node's resolv.conf.
     #[arg(long = "cluster-dns")]
     pub cluster_dns: Vec<std::net::IpAddr>,
-    /// Serve cluster DNS on this node (needs --kubeconfig): on --dns-address, which
-    /// pods get as their nameserver unless --cluster-dns names another, and on the
-    /// `kube-dns` Service's ClusterIP (--dns-service-ip).
-    #[arg(long, requires = "kubeconfig")]
+    /// Serve cluster DNS on this node (needs --kubeconfig or --in-cluster): on
+    /// --dns-address, which this node's kubelet gives pods as their nameserver unless
+    /// --cluster-dns names another, and on the `kube-dns` Service's ClusterIP
+    /// (--dns-service-ip).
+    #[arg(long, requires = "api")]
     pub dns: bool,
     /// The node-local address the DNS server answers on.
     #[arg(long, default_value_t = crate::dns::DEFAULT_NODE_LOCAL_ADDRESS)]
@@ -228,5 +237,50 @@ pub fn main() -> Result<()> {
             info!(pin_dir = %args.pin_dir.display(), "datapath removed");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command, RunArgs};
+
+    fn run_args(flags: &[&str]) -> Result<RunArgs, clap::Error> {
+        let argv = ["skiff-node", "run"].into_iter().chain(flags.iter().copied());
+        match Cli::try_parse_from(argv)?.command {
+            Command::Run(args) => Ok(*args),
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_datapath_roles_take_their_credentials_from_a_kubeconfig_or_the_pod() {
+        let ds = run_args(&["--in-cluster", "--services-from-api", "--nodes-from-api"]).unwrap();
+        assert!(ds.in_cluster && ds.kubeconfig.is_none());
+        assert!(super::super::has_datapath_role(&ds));
+        let node = run_args(&["--kubeconfig", "k", "--services-from-api", "--nodes-from-api"]).unwrap();
+        assert!(super::super::has_datapath_role(&node));
+        for alone in ["--services-from-api", "--nodes-from-api"] {
+            let err = run_args(&[alone]).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument, "{alone}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_in_cluster_agent_is_never_the_kubelet_and_a_kubelet_only_agent_loads_no_bpf() {
+        for other in
+            [&["--kubeconfig", "k"][..], &["--container-runtime-endpoint", "s"], &["--bootstrap-kubeconfig", "b"]]
+        {
+            let flags: Vec<&str> = ["--in-cluster"].iter().chain(other).copied().collect();
+            let err = run_args(&flags).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict, "{flags:?}: {err}");
+        }
+        let kubelet = run_args(&["--kubeconfig", "k", "--container-runtime-endpoint", "s"]).unwrap();
+        assert!(!super::super::has_datapath_role(&kubelet));
+        // Without any API role the agent is there for the datapath alone (the demo, tests).
+        assert!(super::super::has_datapath_role(&run_args(&[]).unwrap()));
+        let attached = run_args(&["--kubeconfig", "k", "--pod-interface", "veth1"]).unwrap();
+        assert!(super::super::has_datapath_role(&attached));
     }
 }

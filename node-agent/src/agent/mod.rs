@@ -13,6 +13,11 @@
 //!
 //! The roles fed by the API (node registration, the kubelet, the overlay's Node source,
 //! the proxy's Service source) are wired here too; nothing else in the agent may start a task that outlives a call.
+//!
+//! One node may run two agents (the DaemonSet install, deploy/skiff-node.yaml): a
+//! kubelet-only one with the node's `--kubeconfig` (Node, Lease, pods; it loads no BPF),
+//! and the datapath one in a pod with `--in-cluster` (proxy, overlay and the CNI
+//! configuration; no Node role). Either may restart without disturbing the other.
 
 mod cli;
 
@@ -45,7 +50,10 @@ use crate::runner::{self, Role, Schedule};
 
 fn run(args: RunArgs) -> Result<()> {
     let pin_dir = args.pin_dir.clone().unwrap_or_else(|| Pins::for_node(&args.node_name).dir().to_path_buf());
-    let mut datapath = load_datapath(&args, &pin_dir)?;
+    let datapath_on = has_datapath_role(&args);
+    // A kubelet-only agent leaves the BPF side to the node's datapath agent (a DaemonSet
+    // pod): loading here too would reset the settings that agent was started with.
+    let mut datapath = if datapath_on { Some(load_datapath(&args, &pin_dir)?) } else { None };
     crate::metrics::set_pin_dir(pin_dir.clone());
 
     let services = match (&args.manifests, args.services_from_api) {
@@ -84,7 +92,8 @@ fn run(args: RunArgs) -> Result<()> {
                 cni_data_dir: args.cni_data_dir.clone(),
                 ip_masq: args.ip_masq,
             };
-            Some((OverlayRole::start(settings, &mut datapath)?, nodes))
+            let datapath = datapath.as_mut().context("the overlay role needs the datapath")?;
+            Some((OverlayRole::start(settings, datapath)?, nodes))
         }
         None => None,
     };
@@ -94,7 +103,8 @@ fn run(args: RunArgs) -> Result<()> {
         rt.block_on(crate::node::bootstrap::ensure_credentials(bootstrap, kubeconfig, &args.node_name))
             .context("obtaining this node's client certificate")?;
     }
-    // The client's certificate is renewed while the agent runs (`rotation`).
+    // The client's certificate is renewed while the agent runs (`rotation`); the
+    // in-cluster client re-reads its ServiceAccount token file as the kubelet rotates it.
     let (api, rotation) = match &args.kubeconfig {
         Some(kubeconfig) => {
             let bootstrap = args.bootstrap_kubeconfig.as_deref();
@@ -102,11 +112,17 @@ fn run(args: RunArgs) -> Result<()> {
                 .with_context(|| format!("reading the kubeconfig {}", kubeconfig.display()))?;
             (Some(client), Some(rotation))
         }
+        None if args.in_cluster => {
+            let client = skiff_api::Client::in_cluster(&format!("skiff-node/{}", args.node_name))
+                .context("reading the in-cluster configuration (--in-cluster)")?;
+            (Some(client), None)
+        }
         None => (None, None),
     };
     info!(
         node = %args.node_name,
         pin_dir = %pin_dir.display(),
+        datapath = datapath_on,
         proxy = proxy.is_some(),
         overlay = overlay.is_some(),
         node_role = args.kubeconfig.is_some(),
@@ -132,7 +148,7 @@ fn run(args: RunArgs) -> Result<()> {
             let mut source: Box<dyn ServiceSource> = match services {
                 ServicesFrom::Dir(dir) => Box::new(dir),
                 ServicesFrom::Api => {
-                    let client = api.clone().context("--services-from-api needs --kubeconfig")?;
+                    let client = api.clone().context("--services-from-api needs --kubeconfig or --in-cluster")?;
                     let (source, reflect) = ApiServiceSource::start(client.clone());
                     tokio::task::spawn_local(reflect);
                     if let Some(dns) = &dns {
@@ -161,7 +177,7 @@ fn run(args: RunArgs) -> Result<()> {
         }
         if let (Some(dns), false) = (&dns, dns_shares_proxy_caches) {
             // No proxy on the API to share caches with: DNS watches for itself.
-            let client = api.clone().context("--dns needs --kubeconfig")?;
+            let client = api.clone().context("--dns needs --kubeconfig or --in-cluster")?;
             let (source, reflect) = ApiServiceSource::start(client);
             tokio::task::spawn_local(reflect);
             crate::dns::start(dns, source.services().clone(), source.slices().clone()).await?;
@@ -170,7 +186,7 @@ fn run(args: RunArgs) -> Result<()> {
             let mut source: Box<dyn NodeSource> = match nodes {
                 NodesFrom::File(file) => Box::new(file),
                 NodesFrom::Api => {
-                    let client = api.clone().context("--nodes-from-api needs --kubeconfig")?;
+                    let client = api.clone().context("--nodes-from-api needs --kubeconfig or --in-cluster")?;
                     let (cache, reflect) = skiff_api::reflector::reflector::<Node>(client, None, Default::default());
                     tokio::task::spawn_local(reflect);
                     Box::new(ApiNodeSource::new(cache))
@@ -197,7 +213,9 @@ fn run(args: RunArgs) -> Result<()> {
             None => String::new(),
         };
         let mut api_roles = Vec::new();
-        if let Some(client) = api.clone().filter(|_| !args.once) {
+        // The node role goes with the node's own credentials only: an in-cluster agent is
+        // a pod on a node some other agent registered.
+        if let Some(client) = api.clone().filter(|_| !args.once && !args.in_cluster) {
             let settings = NodeSettings {
                 name: args.node_name.clone(),
                 internal_ip: args.node_ip,
@@ -322,6 +340,18 @@ fn kubelet_settings(args: &RunArgs) -> Result<KubeletSettings> {
         cgroup_root: args.cgroup_root.clone().unwrap_or_else(|| format!("/skiff/{node}")),
         static_pod_dir: args.pod_manifest_path.clone(),
     })
+}
+
+/// Whether this agent loads the datapath: every agent but a kubelet-only one (the node's
+/// credentials and no proxy, overlay or pod interface), whose node has its datapath from
+/// a DaemonSet pod.
+fn has_datapath_role(args: &RunArgs) -> bool {
+    let roles = args.manifests.is_some()
+        || args.services_from_api
+        || args.nodes.is_some()
+        || args.nodes_from_api
+        || !args.pod_interfaces.is_empty();
+    roles || args.kubeconfig.is_none()
 }
 
 /// Loads (or adopts) the datapath, sets the load balancer's settings, and attaches
