@@ -13,19 +13,15 @@
 //! node 1.
 //!
 //! What makes zero failures possible is what a user of any Kubernetes does: readiness
-//! probes (a pod takes traffic once it answers), and a server that keeps serving for a
-//! while after SIGTERM (`--sigterm-delay-ms`, as a preStop sleep would), so that a
-//! terminating endpoint leaves every node's maps before its server stops.
-//!
-//! Every phase must lose no TCP request; UDP requests count too, except in the phases
-//! where pods stop (scale down, rolling update), where a lost one is printed but not
-//! counted. There each UDP request comes from a new socket, and about one in seven
-//! reuses the source port of a conntrack entry still alive (60 s) from an earlier one;
-//! that entry keeps the "flow" on its backend while the backend is terminating — also
-//! in the fraction of a second between its server exiting and the pod's deletion
-//! removing it. Upstream narrows that window by the pod failing its readiness probe
-//! during termination (kube-proxy then deletes the UDP conntrack entries of endpoints
-//! that stopped serving); Skiff's kubelet does not probe terminating pods yet.
+//! probes (a pod takes traffic once it answers), and a graceful shutdown: a preStop hook
+//! turns the server unready (`GET /unready`), and the server keeps serving for a while
+//! after SIGTERM (`--sigterm-delay-ms`). A terminating endpoint leaves every node's slots
+//! at once; once it fails its readiness probe it stops serving and leaves the maps
+//! altogether, well before its server exits. That matters for UDP: each request comes
+//! from a new socket, and about one in seven reuses the source port of a conntrack entry
+//! still alive from an earlier one (60 s), which keeps that "flow" on its backend as
+//! long as the backend is in the maps (as kube-proxy keeps UDP conntrack entries of
+//! endpoints that are still serving).
 //!
 //! The pods carry NoExecute tolerations of `node.kubernetes.io/unreachable` and
 //! `not-ready` with `tolerationSeconds: 2`: without them Skiff's node lifecycle
@@ -78,7 +74,8 @@ spec:
         command: ["/skiff-echo", "serve", "--sigterm-delay-ms", "3000"]
         ports: [{containerPort: 8080, name: echo}]
         resources: {requests: {cpu: 100m}}
-        readinessProbe: {httpGet: {path: /readyz, port: echo}, periodSeconds: 1}
+        readinessProbe: {httpGet: {path: /readyz, port: echo}, periodSeconds: 1, failureThreshold: 1}
+        lifecycle: {preStop: {httpGet: {path: /unready, port: echo}}}
 ---
 apiVersion: v1
 kind: Service
@@ -172,13 +169,6 @@ fn run_loop(client: &Client, proto: &'static str, stop: &AtomicBool) -> Tally {
     tally
 }
 
-/// Whether pods stop during a phase (see the module doc on UDP there).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Stopping {
-    No,
-    Pods,
-}
-
 /// One phase's outcome: its report line, and the failures that fail the test.
 struct Phase {
     line: String,
@@ -186,13 +176,7 @@ struct Phase {
 }
 
 /// Runs `action` under traffic (from a second before it to two seconds after it).
-fn under_traffic(
-    cluster: &mut Cluster,
-    client: &Client,
-    phase: &str,
-    stopping: Stopping,
-    action: impl FnOnce(&mut Cluster),
-) -> Phase {
+fn under_traffic(cluster: &mut Cluster, client: &Client, phase: &str, action: impl FnOnce(&mut Cluster)) -> Phase {
     let started = Instant::now();
     let traffic = Traffic::start(client);
     std::thread::sleep(Duration::from_secs(1));
@@ -208,14 +192,7 @@ fn under_traffic(
         if t.sent < 50 {
             problems.push(format!("the {} loop sent only {} requests", t.proto, t.sent));
         }
-        if t.proto == "udp" && stopping == Stopping::Pods {
-            // Not asserted, see the module doc; shown for whoever reads the log.
-            for p in &t.problems {
-                eprintln!("  (not counted: UDP while pods stop) {p}");
-            }
-        } else {
-            problems.extend(t.problems);
-        }
+        problems.extend(t.problems);
     }
     Phase { line, problems }
 }
@@ -312,9 +289,9 @@ fn service_traffic_survives_the_cluster_lifecycle() {
             settle(c, replicas, &format!("scale to {replicas}"));
         }
     };
-    reports.push(under_traffic(&mut cluster, &client, "scale up 2 → 4", Stopping::No, scale(4)));
-    reports.push(under_traffic(&mut cluster, &client, "scale down 4 → 2", Stopping::Pods, scale(2)));
-    reports.push(under_traffic(&mut cluster, &client, "rolling update", Stopping::Pods, |c| {
+    reports.push(under_traffic(&mut cluster, &client, "scale up 2 → 4", scale(4)));
+    reports.push(under_traffic(&mut cluster, &client, "scale down 4 → 2", scale(2)));
+    reports.push(under_traffic(&mut cluster, &client, "rolling update", |c| {
         let before: Vec<String> = web_pods(c).into_iter().map(|p| p.0).collect();
         ok("kubectl set env", c.kubectl_ok(&["set", "env", "deployment/web", "ROLLOUT=2"]));
         ok("kubectl rollout status", c.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=60s"]));
@@ -324,14 +301,14 @@ fn service_traffic_survives_the_cluster_lifecycle() {
     }));
     for index in [0, 1] {
         let phase = format!("agent restart on {}", cluster.nodes[index].name);
-        reports.push(under_traffic(&mut cluster, &client, &phase, Stopping::No, |c| {
+        reports.push(under_traffic(&mut cluster, &client, &phase, |c| {
             c.nodes[index].kill_agent();
             std::thread::sleep(Duration::from_secs(1));
             ok("starting the agent again", c.nodes[index].start_agent());
             agent_back(c, index);
         }));
     }
-    reports.push(under_traffic(&mut cluster, &client, "skiff-control restart", Stopping::No, |c| {
+    reports.push(under_traffic(&mut cluster, &client, "skiff-control restart", |c| {
         ok("restarting skiff-control", c.restart_control());
         assert!(
             wait_until(Duration::from_secs(20), || ready_endpoints(c, "web").len() == 2),
