@@ -26,6 +26,8 @@ const RESYNC: Duration = Duration::from_secs(10);
 /// The longest a failed step (a sandbox that cannot be made, an API write) waits before
 /// it is tried again.
 const MAX_RETRY: Duration = Duration::from_secs(30);
+/// How often a stopping pod's status is computed again (it is written only when it changed).
+const STOPPING_REPORT_EVERY: Duration = Duration::from_millis(200);
 
 /// Why an action failed; the reason is what the container's waiting state shows.
 #[derive(Debug, thiserror::Error)]
@@ -51,8 +53,9 @@ struct PodWorker {
     uid: String,
     backoff: super::backoff::Backoff,
     start_errors: BTreeMap<String, Waiting>,
-    /// Writes the pod's status to the API beside this worker.
-    status: StatusWriter,
+    /// Writes the pod's status to the API beside this worker (locked only to hand a
+    /// status over: it is also reported while the pod's containers stop).
+    status: std::sync::Mutex<StatusWriter>,
     retry: Duration,
     /// When the pod's volumes were last rewritten.
     volumes_refreshed: Option<std::time::Instant>,
@@ -65,7 +68,7 @@ struct PodWorker {
 /// Works on the pod `key` with uid `uid` until it is gone from the API and the runtime.
 pub(super) async fn run(shared: Arc<Shared>, key: ObjectKey, uid: String, mut wake: mpsc::UnboundedReceiver<()>) {
     let mut w = PodWorker {
-        status: StatusWriter::new(shared.api.clone(), key.clone()),
+        status: std::sync::Mutex::new(StatusWriter::new(shared.api.clone(), key.clone())),
         shared,
         key,
         uid,
@@ -139,13 +142,15 @@ impl PodWorker {
             }
         };
         self.shared.remember(&self.uid, &self.key, &observed);
+        // A terminating pod keeps its probes while its containers run: its readiness is
+        // reported while they stop (see `report_while_stopping`).
         match pod.as_deref() {
-            Some(p) if p.metadata.deletion_timestamp.is_none() => self.shared.probes.sync(&self.uid, p, &observed),
-            _ => self.shared.probes.forget_pod(&self.uid),
+            Some(p) => self.shared.probes.sync(&self.uid, p, &observed),
+            None => self.shared.probes.forget_pod(&self.uid),
         }
         let unhealthy = self.shared.probes.unhealthy(&self.uid, &observed);
         let now = now_nanos();
-        let plan = plan::plan(PlanInput {
+        let mut plan = plan::plan(PlanInput {
             pod: pod.as_deref(),
             observed: &observed,
             backoff: &self.backoff,
@@ -174,9 +179,9 @@ impl PodWorker {
                 }
             };
         }
-        for action in plan.actions {
+        for action in std::mem::take(&mut plan.actions) {
             debug!(pod = %self.key, ?action, "acting");
-            if let Err(e) = self.act(pod.as_deref(), &observed, action.clone(), now).await {
+            if let Err(e) = self.act(pod.as_deref(), &observed, &plan, action.clone(), now).await {
                 warn!(pod = %self.key, ?action, error = %e, "action failed");
                 return Step::Wait(self.backoff_retry());
             }
@@ -259,7 +264,7 @@ impl PodWorker {
     }
 
     /// Sends the pod's status when it changed.
-    fn report(&mut self, pod: &Pod, observed: &Observed, plan: &plan::Plan) {
+    fn report(&self, pod: &Pod, observed: &Observed, plan: &plan::Plan) {
         let Some(pod) = self.status_holder(pod) else { return };
         let pod = &pod;
         let probes = |name: &str, id: &str| self.shared.probes.verdict(&self.uid, name, id);
@@ -274,19 +279,37 @@ impl PodWorker {
         });
         let new = serde_json::to_value(&status).unwrap_or_default();
         let current = serde_json::to_value(pod.status.clone().unwrap_or_default()).unwrap_or_default();
-        self.status.send(new, &current);
+        self.status.lock().unwrap().send(new, &current);
+    }
+
+    /// Reports the status of a pod whose containers are stopping, as its readiness
+    /// probes see it, until cancelled: as upstream's kubelet, so that a pod that fails
+    /// readiness during its grace period (a preStop hook or its SIGTERM handler turning
+    /// it unready) stops serving its Services before its server exits.
+    async fn report_while_stopping(&self, pod: Option<&Pod>, observed: &Observed, plan: &plan::Plan) {
+        let Some(pod) = pod.filter(|p| p.metadata.deletion_timestamp.is_some()) else {
+            return std::future::pending().await;
+        };
+        loop {
+            self.report(pod, observed, plan);
+            tokio::time::sleep(STOPPING_REPORT_EVERY).await;
+        }
     }
 
     async fn act(
         &mut self,
         pod: Option<&Pod>,
         observed: &Observed,
+        plan: &plan::Plan,
         action: Action,
         now: UnixNanos,
     ) -> Result<(), ActionError> {
         let cri = &self.shared.cri;
         match action {
-            Action::KillPod { grace } => self.kill_pod(pod, observed, grace).await?,
+            Action::KillPod { grace } => tokio::select! {
+                stopped = self.kill_pod(pod, observed, grace) => stopped?,
+                () = self.report_while_stopping(pod, observed, plan) => {}
+            },
             Action::CreateSandbox { attempt } => {
                 let Some(pod) = pod else { return Ok(()) };
                 self.create_sandbox(pod, attempt).await?;

@@ -14,8 +14,12 @@
 //! - `conditions.ready` nil means ready; only ready endpoints take new flows (as in
 //!   kube-proxy, which also sends new flows to a ready endpoint of a Service with
 //!   `publishNotReadyAddresses`, whatever its `terminating` says);
-//! - an endpoint that is not ready but still serving or terminating keeps its
-//!   established flows: it stays a backend, marked terminating, outside the slots;
+//! - an endpoint that is not ready but still serving (a terminating pod that still
+//!   passes its readiness probe) keeps its established flows: it stays a backend, marked
+//!   terminating, outside the slots; one neither ready nor serving is left out, so that
+//!   its UDP flows choose another backend (as kube-proxy deletes the UDP conntrack
+//!   entries of endpoints that are not serving; a TCP flow's conntrack entry carries its
+//!   backend's address and keeps going regardless);
 //! - only the first address of an endpoint is used (the addresses are fungible, and
 //!   kube-proxy does the same);
 //! - the target port comes from the slice's `ports`, matched by the Service port's name
@@ -156,8 +160,8 @@ pub struct Frontend {
     pub affinity_timeout_s: Option<u32>,
     /// Ready backends: they take new flows. Sorted, no duplicates.
     pub backends: Vec<BackendKey>,
-    /// Backends that keep their established flows but take no new ones (terminating, or
-    /// serving but not ready). Sorted, no duplicates, disjoint from `backends`.
+    /// Backends that keep their established flows but take no new ones (serving but not
+    /// ready, as a terminating pod). Sorted, no duplicates, disjoint from `backends`.
     pub terminating: Vec<BackendKey>,
 }
 
@@ -336,8 +340,7 @@ pub fn plan_service<'a>(svc: &Service, slices: impl IntoIterator<Item = &'a Endp
                 let cond = endpoint.conditions.as_ref();
                 let ready = cond.and_then(|c| c.ready).unwrap_or(true);
                 let serving = cond.and_then(|c| c.serving).unwrap_or(true);
-                let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
-                if !ready && !serving && !terminating {
+                if !ready && !serving {
                     continue;
                 }
                 let Some(address) = endpoint.addresses.first() else {
@@ -450,6 +453,9 @@ pub(crate) mod testutil {
         Terminating,
         /// not ready, not serving, not terminating: failing its readiness probe.
         NotReady,
+        /// terminating and no longer serving: a pod shutting down that failed its
+        /// readiness probe (or whose containers stopped).
+        Stopping,
         /// no conditions at all (nil ready counts as ready).
         Unset,
     }
@@ -499,6 +505,11 @@ pub(crate) mod testutil {
                             serving: Some(false),
                             terminating: Some(false),
                         }),
+                        Cond::Stopping => Some(EndpointConditions {
+                            ready: Some(false),
+                            serving: Some(false),
+                            terminating: Some(true),
+                        }),
                     },
                     ..Default::default()
                 })
@@ -529,6 +540,7 @@ mod tests {
                 ("10.244.1.2", Cond::Unset),
                 ("10.244.1.4", Cond::Terminating),
                 ("10.244.1.5", Cond::NotReady),
+                ("10.244.1.6", Cond::Stopping),
             ],
         );
         // The same endpoint in a second slice, ready there: ready wins; duplicates fold.
@@ -542,6 +554,7 @@ mod tests {
         let f = &plan.frontends[0];
         assert_eq!(f.key.to_string(), "10.96.0.10:80/TCP");
         assert_eq!(f.backends, [b("10.244.1.2", 8080), b("10.244.1.3", 8080)]);
+        // Terminating but still serving keeps its flows; no longer serving does not.
         assert_eq!(f.terminating, [b("10.244.1.4", 8080)]);
         assert_eq!(f.affinity_timeout_s, None);
     }

@@ -2,8 +2,15 @@
 //!
 //! Both are the links from conntrack and affinity entries to the maps, so they are
 //! stable: a backend keeps its id as long as any frontend holds it, a frontend keeps its
-//! index for its lifetime, and adoption reserves the ids an earlier run wrote. Freed ids
-//! are reused smallest first. Both are 32-bit and start at 1: 0 means "none".
+//! index for its lifetime, and adoption reserves the ids an earlier run wrote. Both are
+//! 32-bit and start at 1: 0 means "none".
+//!
+//! A freed id is not handed out again soon: allocation goes round the id space (the next
+//! free id after the last one allocated or adopted). Conntrack entries outlive their
+//! backend (UDP ones for a minute), and the datapath tells a removed backend by its id
+//! being gone from the backends map; an id reused at once for another backend would send
+//! such a flow to the old, dead address its entry carries (seen as lost UDP requests
+//! while a Deployment scaled).
 //!
 //! [`Backends`] is the registry behind the backend ids: one entry per backend address,
 //! shared by every frontend that holds it, with the holders and the flags in the map.
@@ -18,19 +25,22 @@ use skiff_ebpf_common::{BACKEND_FLAG_TERMINATING, Backend4, addr_from_map, addr_
 use super::error::{Error, Result};
 use crate::proxy::model::{BackendKey, FrontendKey, Protocol};
 
-/// Smallest-free allocator over an id range, as a set of free intervals, so allocation,
-/// reservation and release are O(log n) even with tens of thousands of ids.
+/// Next-fit allocator over an id range (see the module doc for why not smallest-free),
+/// as a set of free intervals, so allocation, reservation and release are O(log n) even
+/// with tens of thousands of ids.
 #[derive(Debug, Clone)]
 pub(super) struct IdAllocator {
     lo: u32,
     hi: u32,
     /// start → end (inclusive) of each free interval.
     free: BTreeMap<u32, u32>,
+    /// Where the search for the next id starts: after the last id allocated or reserved.
+    next: u32,
 }
 
 impl IdAllocator {
     fn new(lo: u32, hi: u32) -> Self {
-        Self { lo, hi, free: BTreeMap::from([(lo, hi)]) }
+        Self { lo, hi, free: BTreeMap::from([(lo, hi)]), next: lo }
     }
 
     /// Every usable backend id or reverse-NAT index: `1..=u32::MAX`.
@@ -38,16 +48,37 @@ impl IdAllocator {
         Self::new(1, u32::MAX)
     }
 
+    /// The first free id at or after `next`, wrapping round to the range's start.
     pub(super) fn alloc(&mut self) -> Option<u32> {
-        let (start, end) = self.free.pop_first()?;
-        if start < end {
-            self.free.insert(start + 1, end);
-        }
-        Some(start)
+        let id = match self.free.range(..=self.next).next_back() {
+            Some((_, &end)) if end >= self.next => self.next,
+            _ => match self.free.range(self.next..).next() {
+                Some((&start, _)) => start,
+                None => *self.free.first_key_value()?.0,
+            },
+        };
+        self.take(id);
+        self.next = self.after(id);
+        Some(id)
     }
 
-    /// Marks `id` used; false if it is outside the range or already used.
+    /// Marks `id` used; false if it is outside the range or already used. After an
+    /// adoption, allocation carries on above the highest id adopted: those below it may
+    /// have been freed by the earlier run only moments ago.
     pub(super) fn reserve(&mut self, id: u32) -> bool {
+        let taken = self.take(id);
+        if taken && id >= self.next {
+            self.next = self.after(id);
+        }
+        taken
+    }
+
+    fn after(&self, id: u32) -> u32 {
+        if id >= self.hi { self.lo } else { id + 1 }
+    }
+
+    /// Removes `id` from the free intervals; false if it was not free.
+    fn take(&mut self, id: u32) -> bool {
         let Some((&start, &end)) = self.free.range(..=id).next_back() else { return false };
         if end < id {
             return false;
@@ -235,16 +266,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn id_allocator_reuses_smallest_and_merges() {
+    fn id_allocator_goes_round_and_merges() {
         let mut a = IdAllocator::new(1, 10);
         assert_eq!((a.alloc(), a.alloc(), a.alloc()), (Some(1), Some(2), Some(3)));
-        assert!(a.reserve(7));
-        assert!(!a.reserve(7));
         a.release(2);
         a.release(1);
-        assert_eq!(a.alloc(), Some(1));
+        // A freed id waits until allocation has gone round the range.
+        assert_eq!(a.alloc(), Some(4));
+        // Adoption reserves an id; allocation carries on after it.
+        assert!(a.reserve(7));
+        assert!(!a.reserve(7));
+        assert_eq!(a.alloc(), Some(8));
         a.release(3);
-        assert_eq!(a.free, BTreeMap::from([(2, 6), (8, 10)]));
+        assert_eq!(a.free, BTreeMap::from([(1, 3), (5, 6), (9, 10)]));
+        assert_eq!((a.alloc(), a.alloc(), a.alloc()), (Some(9), Some(10), Some(1)));
         let mut full = IdAllocator::new(1, 1);
         assert_eq!((full.alloc(), full.alloc()), (Some(1), None));
     }

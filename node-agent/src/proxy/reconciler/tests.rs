@@ -210,13 +210,14 @@ fn service_deleted_in_order_and_shared_backend_survives() {
     );
     assert_golden("service_deleted", &r.maps().dump());
 
-    // The freed index and id are reused, smallest first.
+    // The freed index and id are not reused at once: conntrack entries may still name
+    // them.
     r.upsert_service(service("shop", "new", "10.96.0.13", &[("", 443, "TCP")]));
     r.upsert_endpoint_slice(slice("shop", "new-1", "new", &[("", 8443, "TCP")], &THREE[..1]));
     r.sync();
     let dump = r.maps().dump();
-    assert!(dump.contains("rev_nat 1 10.96.0.13:443"), "{dump}");
-    assert!(dump.contains("backend 1 10.244.1.2:8443/TCP"), "{dump}");
+    assert!(dump.contains("rev_nat 3 10.96.0.13:443"), "{dump}");
+    assert!(dump.contains("backend 3 10.244.1.2:8443/TCP"), "{dump}");
 }
 
 #[test]
@@ -486,7 +487,9 @@ fn conflicting_frontend_waits_for_the_owner() {
     assert!(r.has_pending());
     let s = r.sync();
     assert_eq!(s.frontends_written, 1);
-    assert!(r.maps().dump().contains("service 10.96.0.70:80/TCP slot 0 count=0 rev_nat=1"));
+    // A new owner, a new reverse-NAT index (the first one's is not reused at once).
+    let dump = r.maps().dump();
+    assert!(dump.contains("service 10.96.0.70:80/TCP slot 0 count=0 rev_nat=2"), "{dump}");
 }
 
 #[test]
