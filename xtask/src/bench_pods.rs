@@ -46,15 +46,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     crate::setup::ensure_packages()?;
     crate::setup::ensure_bpffs()?;
-    let ebpf_dir = crate::build_ebpf::build_ebpf(true)?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut build = std::process::Command::new(cargo);
-    build
-        .args(["build", "--release", "--bins", "-p", "skiff-control", "-p", "skiff-node", "-p", "skiff-cni"])
-        .current_dir(workspace_root())
-        .env(crate::test::EBPF_DIR_ENV, &ebpf_dir);
-    progress("build", "cargo build --release (skiff-control, skiff-node, skiff-cni)...");
-    run_checked(&mut build, "fix the build errors above")?;
+    build_cluster_binaries()?;
     progress("images", "building the pause and echo images...");
     let images = vec![pause_image()?, echo_image()?];
     progress("cluster", "starting skiff-control and two nodes...");
@@ -92,6 +84,24 @@ pub fn run(args: &[String]) -> Result<()> {
     println!("P6 pod-startup-p99-vs-runtime-floor: {}", summary(&ratios, "x", 2));
     println!("P8 agent-rss@{replicas}-pods: {}", summary(&rss, "MB", 1));
     Ok(())
+}
+
+/// Builds the BPF objects (or takes those in `SKIFF_EBPF_DIR`) and the release binaries
+/// of a local cluster; returns their directory.
+pub(crate) fn build_cluster_binaries() -> Result<std::path::PathBuf> {
+    let ebpf_dir = match std::env::var_os(crate::test::EBPF_DIR_ENV) {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => crate::build_ebpf::build_ebpf(true)?,
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build
+        .args(["build", "--release", "--bins", "-p", "skiff-control", "-p", "skiff-node", "-p", "skiff-cni"])
+        .current_dir(workspace_root())
+        .env(crate::test::EBPF_DIR_ENV, &ebpf_dir);
+    progress("build", "cargo build --release (skiff-control, skiff-node, skiff-cni)...");
+    run_checked(&mut build, "fix the build errors above")?;
+    Ok(target_dir().join("release"))
 }
 
 /// p99 of start → container started over `pods` pods made straight through the nodes'
@@ -163,7 +173,7 @@ fn busy_cpu_seconds() -> f64 {
 }
 
 /// `median unit (min a, max b, n=N)`.
-fn summary(values: &[f64], unit: &str, decimals: usize) -> String {
+pub(crate) fn summary(values: &[f64], unit: &str, decimals: usize) -> String {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     format!("{:.d$} {unit} (min {:.d$}, max {:.d$}, n={})", v[v.len() / 2], v[0], v[v.len() - 1], v.len(), d = decimals)
@@ -283,7 +293,7 @@ fn one_run(cluster: &Cluster, replicas: usize) -> Result<RunResult> {
     })
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
