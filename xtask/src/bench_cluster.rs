@@ -7,10 +7,12 @@
 //!   every skiff-node (not containerd, runc or the pods). Three samples a second apart.
 //! - P5, map-update latency: `--services` (10,000) Services made through the API, each
 //!   with an EndpointSlice of one or two endpoints; then per run `--changes` (200) single
-//!   changes, alternately an endpoint change of an existing Service and a new Service,
-//!   each timed from just before its API write is sent to its backends showing in the
-//!   pinned maps of every node (read from outside the agents, polled about every
-//!   millisecond). p50 and p99 per run.
+//!   changes, alternately an endpoint change of an existing Service and a new Service
+//!   (its slice written first), each timed from just before its API write is sent to its
+//!   backends showing in the pinned maps of every node (read from outside the agents,
+//!   polled about every millisecond). Writes are 300 ms apart, beyond the agents' least
+//!   time between two syncs (200 ms), so each change is measured on its own. p50 and
+//!   p99 per run.
 //! - P5, resync: node 1's agent stopped, its Service maps emptied, the agent started
 //!   again with every Service in the API. Two figures from the maps: `restart`, from the
 //!   process start to every frontend in the maps (start-up, LIST of Services and

@@ -51,7 +51,7 @@ const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_LOST: usize = 10;
 /// The pause before each change: longer than the agents' least time between two syncs
 /// (200 ms), so that each change is measured on its own rather than behind the
-/// previous one's rate limit.
+/// previous one's rate limit (which is what two changes closer together get).
 const GAP: Duration = Duration::from_millis(300);
 
 /// One Service of the bench and what its slice holds.
@@ -279,6 +279,10 @@ pub fn change_run(
             let made = rt
                 .block_on(client.create(Some(NAMESPACE), &slice(&name, &[endpoint])?))
                 .with_context(|| format!("creating the EndpointSlice of {name}"))?;
+            // The slice alone changes nothing in the maps, but the agent syncs for it:
+            // the Service must come after the agent's least time between two syncs to
+            // be measured on its own.
+            std::thread::sleep(GAP);
             let want = service(&name, vip)?;
             let client = client.clone();
             let since = Instant::now();
