@@ -11,6 +11,10 @@
 //!   request/response rate with the eBPF overlay against flannel-style kernel VXLAN.
 //! - `api` (xtask/src/bench_api.rs): P7, API creates/s, LIST and watch latency; P8,
 //!   control-plane memory holding 1,000 pods.
+//! - `pods` (xtask/src/bench_pods.rs): P6, pod create→Ready, and the agent's memory.
+//! - `cluster` (xtask/src/bench_cluster.rs): P5, API change → every node's maps with
+//!   10,000 Services, and a full resync against `iptables-restore` (the ruleset of
+//!   [`load_iptables`]); P8, the cluster's memory at rest with the demo app.
 
 use std::{fmt::Write as _, process::Command, time::Duration};
 
@@ -28,8 +32,9 @@ pub fn run(area: &str, args: &[String]) -> Result<()> {
         "overlay" => crate::bench_overlay::run(args),
         "api" => crate::bench_api::run(args),
         "pods" => crate::bench_pods::run(args),
+        "cluster" => crate::bench_cluster::run(args),
         "dns" => crate::bench_dns::run(args),
-        other => bail!("unknown benchmark area `{other}`; known: lb, overlay, api, pods, dns"),
+        other => bail!("unknown benchmark area `{other}`; known: lb, overlay, api, pods, cluster, dns"),
     }
 }
 
@@ -168,8 +173,9 @@ fn conn_rate(topo: &NodeTopology, bin: &std::path::Path, seconds: u64) -> Result
 
 /// Loads the nat-table rules kube-proxy's iptables mode writes for these Services:
 /// KUBE-SERVICES → KUBE-SVC-* (statistic random) → KUBE-SEP-* (DNAT), plus the
-/// masquerade marking chains, in one `iptables-restore`.
-fn load_iptables(node: &Netns, specs: &[ServiceSpec], backend: &str) -> Result<()> {
+/// masquerade marking chains, in one `iptables-restore`; returns how long the restore
+/// itself took (the `bench cluster` resync compares it with the agent's).
+pub(crate) fn load_iptables(node: &Netns, specs: &[ServiceSpec], backend: &str) -> Result<Duration> {
     let mut rules = String::from(
         "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n",
     );
@@ -216,10 +222,12 @@ fn load_iptables(node: &Netns, specs: &[ServiceSpec], backend: &str) -> Result<(
     rules.push_str("COMMIT\n");
     let path = std::env::temp_dir().join(format!("skiff-bench-{}.rules", std::process::id()));
     std::fs::write(&path, &rules)?;
+    let started = std::time::Instant::now();
     let out = node.sh_output(&format!("iptables-{backend}-restore < {}", path.display()));
+    let took = started.elapsed();
     let _ = std::fs::remove_file(&path);
     if !out.status.success() {
         bail!("iptables-{backend}-restore failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    Ok(())
+    Ok(took)
 }

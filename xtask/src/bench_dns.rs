@@ -22,7 +22,7 @@ use skiff_tests::image::pause_image;
 use skiff_tests::netns::wait_until;
 use skiff_tests::unique_tag;
 
-use crate::bench_pods::{percentile, release_build, summary};
+use crate::bench_pods::{build_cluster_binaries, percentile, summary};
 use crate::util::{progress, target_dir};
 
 const RUNS: usize = 5;
@@ -41,7 +41,9 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     }
     ensure!(crate::util::is_root(), "this needs root (network namespaces, containerd, BPF); run it as root");
-    let bin_dir = release_build()?;
+    crate::setup::ensure_packages()?;
+    crate::setup::ensure_bpffs()?;
+    let bin_dir = build_cluster_binaries()?;
     progress("cluster", "starting skiff-control and one node...");
     let setup = ClusterSetup { services_from_api: true, ..Default::default() };
     let opts = ClusterOptions { bin_dir: Some(bin_dir) };

@@ -44,7 +44,9 @@ pub fn run(args: &[String]) -> Result<()> {
     if !crate::util::is_root() {
         bail!("this needs root (network namespaces, containerd, BPF); run it as root");
     }
-    let bin_dir = release_build()?;
+    crate::setup::ensure_packages()?;
+    crate::setup::ensure_bpffs()?;
+    let bin_dir = build_cluster_binaries()?;
     progress("images", "building the pause and echo images...");
     let images = vec![pause_image()?, echo_image()?];
     progress("cluster", "starting skiff-control and two nodes...");
@@ -84,12 +86,13 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Setup, the BPF objects and release builds of skiff-control, skiff-node and
-/// skiff-cni, for a benchmark's cluster; returns the directory of the binaries.
-pub(crate) fn release_build() -> Result<std::path::PathBuf> {
-    crate::setup::ensure_packages()?;
-    crate::setup::ensure_bpffs()?;
-    let ebpf_dir = crate::build_ebpf::build_ebpf(true)?;
+/// Builds the BPF objects (or takes those in `SKIFF_EBPF_DIR`) and the release binaries
+/// of a local cluster; returns their directory.
+pub(crate) fn build_cluster_binaries() -> Result<std::path::PathBuf> {
+    let ebpf_dir = match std::env::var_os(crate::test::EBPF_DIR_ENV) {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => crate::build_ebpf::build_ebpf(true)?,
+    };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = std::process::Command::new(cargo);
     build

@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_api;
+mod bench_cluster;
 mod bench_dns;
 mod bench_overlay;
 mod bench_pods;

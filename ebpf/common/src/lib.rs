@@ -172,8 +172,8 @@ pub const CT_FLAG_HAIRPIN: u16 = 1 << 1;
 ///
 /// A forward entry carries the backend's address itself, not only its id: like
 /// kube-proxy's conntrack, an established TCP flow keeps going to its backend even after
-/// the backend left the Service. UDP flows re-check that the backend id still exists,
-/// the way kube-proxy clears UDP conntrack entries of removed endpoints.
+/// the backend left the Service. UDP flows re-check that the backend id still names the
+/// same backend, the way kube-proxy clears UDP conntrack entries of removed endpoints.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Ct4Entry {

@@ -53,8 +53,11 @@ pub fn balance(ctx: &TcContext, pkt: &Packet) -> Result<Outcome, Drop> {
         if let Some(entry_ptr) = conntrack::lookup_forward(pkt, now, &cfg) {
             // SAFETY: pointer from a successful map lookup, used before returning.
             let entry = unsafe { &mut *entry_ptr };
-            // SAFETY: only the presence is read.
-            if pkt.proto != PROTO_UDP || unsafe { BACKENDS_V1.get(entry.backend_id) }.is_some() {
+            // SAFETY: copied out at once. The id must still name the same backend: an id
+            // freed and given to another backend must not carry the flow to it.
+            let same_backend = unsafe { BACKENDS_V1.get(entry.backend_id) }
+                .is_some_and(|b| b.addr == entry.backend_addr && b.port == entry.backend_port);
+            if pkt.proto != PROTO_UDP || same_backend {
                 conntrack::touch(entry, pkt, now);
                 let hairpin = entry.flags & CT_FLAG_HAIRPIN != 0;
                 return dnat(ctx, pkt, entry.backend_addr, entry.backend_port, hairpin, &cfg);

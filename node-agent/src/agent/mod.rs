@@ -48,6 +48,9 @@ use crate::proxy::role::ProxyRole;
 use crate::proxy::source::{ManifestDirSource, ServiceSource};
 use crate::runner::{self, Role, Schedule};
 
+/// How often the proxy looks at the API source's reflector channels.
+const API_SOURCE_POLL: Duration = Duration::from_millis(5);
+
 fn run(args: RunArgs) -> Result<()> {
     let pin_dir = args.pin_dir.clone().unwrap_or_else(|| Pins::for_node(&args.node_name).dir().to_path_buf());
     let datapath_on = has_datapath_role(&args);
@@ -145,6 +148,7 @@ fn run(args: RunArgs) -> Result<()> {
     tasks.block_on(&runtime, async {
         let mut roles = tokio::task::JoinSet::new();
         if let Some((mut role, services)) = proxy {
+            let api_source = matches!(services, ServicesFrom::Api);
             let mut source: Box<dyn ServiceSource> = match services {
                 ServicesFrom::Dir(dir) => Box::new(dir),
                 ServicesFrom::Api => {
@@ -173,7 +177,14 @@ fn run(args: RunArgs) -> Result<()> {
                     None
                 }
             };
-            spawn_role(&mut roles, "proxy", role, poll, period, schedule, synced_tx.clone());
+            // The API source only drains two channels: looking every few milliseconds
+            // costs nothing and keeps a change's way to the maps short (P5); a file
+            // source reads a directory, so it keeps the sync interval.
+            let poll_period = match api_source {
+                true => API_SOURCE_POLL.min(period),
+                false => period,
+            };
+            spawn_role(&mut roles, "proxy", role, poll, poll_period, schedule, synced_tx.clone());
         }
         if let (Some(dns), false) = (&dns, dns_shares_proxy_caches) {
             // No proxy on the API to share caches with: DNS watches for itself.

@@ -8,7 +8,12 @@
 //!   CPUs; `skiff_bpf_map_entries`, `skiff_bpf_map_capacity` and `skiff_bpf_map_pressure`
 //!   (entries / capacity, Cilium's name) for each pinned map;
 //!   `skiff_datapath_sync_duration_seconds{role}`: how long each role's sync took to
-//!   program the maps and devices.
+//!   program the maps and devices;
+//! - service proxy (kube-proxy's names, shown once the proxy role runs):
+//!   `kubeproxy_sync_proxy_rules_duration_seconds` (one sync writing the Service maps)
+//!   and `kubeproxy_network_programming_duration_seconds` (from the change in the API,
+//!   an EndpointSlice's `endpoints.kubernetes.io/last-change-trigger-time`, to the
+//!   maps written).
 //!
 //! One process-wide registry: the kubelet and the roles record into it, the server
 //! renders it. The datapath figures are read from the pinned maps at scrape time, so
@@ -26,12 +31,23 @@ use skiff_api::histogram::Histogram;
 
 /// Upper bounds in seconds: fine below 100 ms where the agent's work should stay.
 const BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+/// Upper bounds in seconds from an API change to the maps: the trigger time comes from
+/// another machine's clock in whole or fractional seconds, so the range is wider.
+const PROGRAMMING_BUCKETS: [f64; 15] =
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
 
 struct Registry {
     running_pods: u64,
     containers: BTreeMap<&'static str, u64>,
     pod_worker: Histogram,
     role_sync: BTreeMap<&'static str, Histogram>,
+    /// The proxy's two histograms; `None` while the proxy role is off.
+    proxy: Option<ProxyHistograms>,
+}
+
+struct ProxyHistograms {
+    sync_rules: Histogram,
+    network_programming: Histogram,
 }
 
 impl Default for Registry {
@@ -41,6 +57,7 @@ impl Default for Registry {
             containers: BTreeMap::new(),
             pod_worker: Histogram::new(&BUCKETS),
             role_sync: BTreeMap::new(),
+            proxy: None,
         }
     }
 }
@@ -77,6 +94,26 @@ pub fn role_synced(role: &'static str, took: Duration) {
         .observe(took.as_secs_f64());
 }
 
+/// The proxy role runs: its histograms are shown from now on (empty until it syncs).
+pub fn proxy_enabled() {
+    REGISTRY.lock().unwrap().proxy.get_or_insert_with(|| ProxyHistograms {
+        sync_rules: Histogram::new(&BUCKETS),
+        network_programming: Histogram::new(&PROGRAMMING_BUCKETS),
+    });
+}
+
+/// One sync of the Service maps, and the age of each API change it programmed (see
+/// `proxy::latency`).
+pub fn proxy_synced(took: Duration, programmed: &[Duration]) {
+    proxy_enabled();
+    let mut r = REGISTRY.lock().unwrap();
+    let proxy = r.proxy.as_mut().expect("just enabled");
+    proxy.sync_rules.observe(took.as_secs_f64());
+    for latency in programmed {
+        proxy.network_programming.observe(latency.as_secs_f64());
+    }
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
@@ -108,11 +145,28 @@ pub fn render() -> String {
         for (role, h) in &r.role_sync {
             h.render(&mut out, "skiff_datapath_sync_duration_seconds", &format!("role=\"{role}\""));
         }
+        if let Some(proxy) = &r.proxy {
+            render_proxy(&mut out, proxy);
+        }
     }
     if let Some(dir) = PIN_DIR.get() {
         render_datapath(&mut out, dir);
     }
     out
+}
+
+fn render_proxy(out: &mut String, proxy: &ProxyHistograms) {
+    let name = "kubeproxy_sync_proxy_rules_duration_seconds";
+    header(out, name, "histogram", "SyncProxyRules latency in seconds: one sync writing the Service maps.");
+    proxy.sync_rules.render(out, name, "");
+    let name = "kubeproxy_network_programming_duration_seconds";
+    header(
+        out,
+        name,
+        "histogram",
+        "In Cluster Network Programming Latency in seconds: from an EndpointSlice's last-change-trigger-time to its change in the Service maps.",
+    );
+    proxy.network_programming.render(out, name, "");
 }
 
 /// The counters and map fill levels of the pinned datapath under `dir`.
@@ -173,5 +227,23 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("skiff_datapath_sync_duration_seconds_count{role=\"proxy\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn the_proxy_histograms_show_once_the_proxy_syncs() {
+        proxy_enabled();
+        assert!(render().contains("kubeproxy_network_programming_duration_seconds_bucket{le=\"0.005\"}"));
+        proxy_synced(Duration::from_millis(3), &[Duration::from_millis(40), Duration::from_secs(2)]);
+        let text = render();
+        // Other tests share the registry, so counts are at least, not exactly, ours.
+        let value = |prefix: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{prefix}: {text}"))
+        };
+        assert!(value("kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.005\"} ") >= 1.0);
+        assert!(value("kubeproxy_network_programming_duration_seconds_bucket{le=\"0.05\"} ") >= 1.0);
+        assert!(value("kubeproxy_network_programming_duration_seconds_count ") >= 2.0);
+        assert!(text.contains("# TYPE kubeproxy_sync_proxy_rules_duration_seconds histogram"), "{text}");
     }
 }

@@ -11,7 +11,8 @@
 //!   never exposes a half-written Service, adopting the maps of an earlier run;
 //! - [`maps`]: the services, backends and reverse-NAT maps behind a trait, with the real
 //!   (pinned, aya) and a fake (in-memory) implementation;
-//! - [`events`]: what a sync could not program, as Warning Events on the Services.
+//! - [`events`]: what a sync could not program, as Warning Events on the Services;
+//! - [`latency`]: how long API changes took to reach the maps (kube-proxy's metric).
 //!
 //! Typical use (the agent's main loop):
 //! ```text
@@ -28,6 +29,7 @@
 
 pub mod api_source;
 pub mod events;
+pub mod latency;
 pub mod maps;
 pub mod model;
 pub mod reconciler;

@@ -1,11 +1,13 @@
 //! The proxy as a role of the agent: Service and EndpointSlice changes from a source go
 //! into the reconciler as they come; a sync writes the Service maps (see `runner` for
 //! when). This is the only place the agent calls the reconciler from. What a sync could
-//! not program goes to the Service's Events when the agent talks to the API.
+//! not program goes to the Service's Events when the agent talks to the API. Each sync
+//! is timed into kube-proxy's two histograms (see `metrics` and `latency`).
 
 use tracing::info;
 
 use super::events::ServiceEvents;
+use super::latency::TriggerTimes;
 use super::maps::AyaLbMaps;
 use super::reconciler::LbReconciler;
 use super::source::SourceEvent;
@@ -18,11 +20,13 @@ pub struct ProxyRole {
     /// ClusterIPs this node answers itself (its DNS server's): their Services stay out
     /// of the maps, so packets to them reach the node's stack.
     local_vips: Vec<std::net::Ipv4Addr>,
+    triggers: TriggerTimes,
 }
 
 impl ProxyRole {
     pub fn new(reconciler: LbReconciler<AyaLbMaps>) -> Self {
-        Self { reconciler, events: None, local_vips: Vec::new() }
+        crate::metrics::proxy_enabled();
+        Self { reconciler, events: None, local_vips: Vec::new(), triggers: TriggerTimes::new(jiff::Timestamp::now()) }
     }
 
     /// Leaves Services whose ClusterIP is one of `vips` out of the maps: this node
@@ -58,12 +62,15 @@ impl Role for ProxyRole {
     fn apply(&mut self, events: Vec<SourceEvent>) {
         for event in events {
             let event = self.local_to_deletion(event);
+            self.triggers.note(&event);
             self.reconciler.apply(event);
         }
     }
 
     fn sync(&mut self, reason: SyncReason) -> bool {
+        let started = std::time::Instant::now();
         let summary = self.reconciler.sync();
+        crate::metrics::proxy_synced(started.elapsed(), &self.triggers.take_ages(jiff::Timestamp::now()));
         if summary.changed() {
             info!(%summary, ?reason, "service maps synced");
         }

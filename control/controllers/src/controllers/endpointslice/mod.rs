@@ -10,6 +10,10 @@
 //! as possible, so a change to one pod rewrites one slice, and nothing is written when
 //! nothing changed.
 //!
+//! Every slice it writes carries the time of the change that caused the write
+//! (`endpoints.kubernetes.io/last-change-trigger-time`, see `trigger`), from which the
+//! node proxies measure network programming latency.
+//!
 //! It must not touch Services without a selector (their slices and Endpoints belong to
 //! whoever wrote them), slices it does not manage (label `managed-by`), or the
 //! `default/kubernetes` Endpoints, which the API server maintains.
@@ -457,16 +461,22 @@ pub fn desired_subsets(svc: &Service, pods: &[Arc<Pod>]) -> Vec<EndpointSubset> 
 /// expectations waits (briefly) for its cache to catch up.
 type Expectations = crate::helpers::expectations::Expectations<ObjectKey>;
 
-/// Expectations for the two kinds this controller writes.
+/// What the controller remembers of each Service between syncs: expectations for the
+/// two kinds it writes, and the trigger times it last saw.
 #[derive(Debug)]
 struct Tracker {
     slices: Expectations,
     endpoints: Expectations,
+    triggers: trigger::TriggerTimes,
 }
 
 impl Default for Tracker {
     fn default() -> Self {
-        Self { slices: Expectations::new(EXPECTATION_TIMEOUT), endpoints: Expectations::new(EXPECTATION_TIMEOUT) }
+        Self {
+            slices: Expectations::new(EXPECTATION_TIMEOUT),
+            endpoints: Expectations::new(EXPECTATION_TIMEOUT),
+            triggers: trigger::TriggerTimes::default(),
+        }
     }
 }
 
@@ -583,13 +593,17 @@ async fn reconcile(ctx: &Context, expectations: &Tracker, key: &ObjectKey) -> Re
     let nodes = &ctx.informers.nodes;
     let zone_of = |node: &str| nodes.get_named(None, node)?.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned();
 
-    let plan = match svc.as_deref() {
-        Some(s) if selector(s).is_some() => {
+    let plan = match svc.as_deref().and_then(|s| Some((s, selector(s)?))) {
+        Some((s, sel)) => {
             let refs: Vec<&EndpointSlice> = managed.iter().map(|s| s.as_ref()).collect();
-            plan_slices(s, desired_endpoints(s, &pods, &zone_of), &refs)
+            let mut plan = plan_slices(s, desired_endpoints(s, &pods, &zone_of), &refs);
+            let selected: Vec<&Pod> = pods.iter().filter(|p| selects(sel, p)).map(AsRef::as_ref).collect();
+            trigger::stamp(&mut plan, expectations.triggers.compute(key, s, &selected));
+            plan
         }
         // Gone, or no selector (any more): our slices are stale; others' are not ours.
         _ => {
+            expectations.triggers.forget(key);
             SlicePlan { delete: managed.iter().filter_map(|s| s.metadata.name.clone()).collect(), ..Default::default() }
         }
     };
@@ -707,6 +721,8 @@ async fn sync_endpoints(
     }
     Ok(())
 }
+
+mod trigger;
 
 #[cfg(test)]
 mod tests;
