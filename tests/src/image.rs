@@ -54,7 +54,15 @@ pub struct ImageSpec {
     /// `(binary, absolute path in the image)` pairs.
     pub files: &'static [(&'static str, &'static str)],
     pub entrypoint: &'static [&'static str],
+    /// The cargo profile of its static build: `release` for the small test images;
+    /// [`IMAGE_PROFILE`] for the node agent, whose many dependencies take minutes to
+    /// optimise (the test suite's time limit matters more there than its speed).
+    pub profile: &'static str,
 }
+
+/// The profile of the node image's build (`[profile.image]` in the workspace: the dev
+/// profile without debug info).
+pub const IMAGE_PROFILE: &str = "image";
 
 /// The pause image ([`PAUSE_IMAGE`]): `/pause`, which sleeps until SIGTERM.
 pub const PAUSE: ImageSpec = ImageSpec {
@@ -63,6 +71,7 @@ pub const PAUSE: ImageSpec = ImageSpec {
     packages: &["skiff-tests"],
     files: &[("skiff-pause", "/pause")],
     entrypoint: &["/pause"],
+    profile: "release",
 };
 
 /// The demo app ([`ECHO_IMAGE`]): `/skiff-echo`, which serves when given no arguments.
@@ -72,6 +81,7 @@ pub const ECHO: ImageSpec = ImageSpec {
     packages: &["skiff-tests"],
     files: &[("skiff-echo", "/skiff-echo")],
     entrypoint: &["/skiff-echo"],
+    profile: "release",
 };
 
 /// The node agent ([`NODE_IMAGE`]). Its build needs the BPF objects skiff-node embeds
@@ -82,6 +92,7 @@ pub const NODE: ImageSpec = ImageSpec {
     packages: &["skiff-node", "skiff-cni"],
     files: &[("skiff-node", "/skiff-node"), ("skiff-cni", "/skiff-cni")],
     entrypoint: &["/skiff-node"],
+    profile: IMAGE_PROFILE,
 };
 
 /// Every image `cargo xtask images` builds, in build order.
@@ -133,21 +144,21 @@ pub fn images_dir() -> PathBuf {
 /// Builds this package's binaries `bins` statically linked, release, and returns their
 /// paths in the same order (see [`build_static`]).
 pub fn build_static_binaries(bins: &[&str]) -> Result<Vec<PathBuf>> {
-    build_static(&["skiff-tests"], bins, &[])
+    build_static(&["skiff-tests"], bins, "release", &[])
 }
 
 /// Builds the binaries `bins` of the workspace packages `packages` statically linked,
-/// release, into [`static_dir`], with `env` added to cargo's environment, and returns
+/// with cargo profile `profile`, into [`static_dir`], with `env` added to cargo's environment, and returns
 /// their paths in the order of `bins`. `--no-default-features` leaves out skiff-tests'
 /// `cri` feature, so that its binaries compile only the few crates they use (the other
 /// packages have no features). Cargo's own lock on `target/static` serialises
 /// concurrent callers; a second call with nothing changed costs about a second.
-pub fn build_static(packages: &[&str], bins: &[&str], env: &[(&str, &Path)]) -> Result<Vec<PathBuf>> {
+pub fn build_static(packages: &[&str], bins: &[&str], profile: &str, env: &[(&str, &Path)]) -> Result<Vec<PathBuf>> {
     let target_dir = static_dir();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(workspace_root())
-        .args(["build", "--release", "--no-default-features", "--target", TRIPLE])
+        .args(["build", "--profile", profile, "--no-default-features", "--target", TRIPLE])
         .arg("--target-dir")
         .arg(&target_dir)
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
@@ -172,7 +183,7 @@ pub fn build_static(packages: &[&str], bins: &[&str], env: &[(&str, &Path)]) -> 
     }
     bins.iter()
         .map(|bin| {
-            let path = target_dir.join(TRIPLE).join("release").join(bin);
+            let path = target_dir.join(TRIPLE).join(profile).join(bin);
             ensure!(
                 is_static_elf(&path)?,
                 "{} is not statically linked (it has a program interpreter)",
@@ -463,7 +474,7 @@ fn test_images() -> Result<TestImages> {
         return Ok(images.clone());
     }
     let names: Vec<&'static str> = PAUSE.bins().into_iter().chain(ECHO.bins()).collect();
-    let paths = build_static(PAUSE.packages, &names, &[])?;
+    let paths = build_static(PAUSE.packages, &names, PAUSE.profile, &[])?;
     let bins: BTreeMap<&'static str, PathBuf> = names.into_iter().zip(paths).collect();
     let of = |spec: &ImageSpec| -> Result<PathBuf> {
         let binaries: Vec<PathBuf> = spec.bins().iter().map(|b| bins[b].clone()).collect();
@@ -491,7 +502,7 @@ pub fn node_image() -> Result<PathBuf> {
     let ebpf = std::env::var_os("SKIFF_EBPF_DIR").filter(|d| !d.is_empty()).context(
         "SKIFF_EBPF_DIR is not set: the node image's skiff-node embeds the BPF objects of `cargo xtask build-ebpf`",
     )?;
-    let bins = build_static(NODE.packages, &NODE.bins(), &[("SKIFF_EBPF_DIR", Path::new(&ebpf))])?;
+    let bins = build_static(NODE.packages, &NODE.bins(), NODE.profile, &[("SKIFF_EBPF_DIR", Path::new(&ebpf))])?;
     Ok(ensure_image(&NODE, &bins)?.0)
 }
 
@@ -570,6 +581,7 @@ mod tests {
             packages: &[],
             files: &[("app", "/app")],
             entrypoint: &["/app"],
+            profile: "release",
         };
         let first = ensure_image(&spec, std::slice::from_ref(&bin));
         let second = ensure_image(&spec, std::slice::from_ref(&bin));

@@ -113,10 +113,15 @@ pub fn build(specs: &[ImageSpec]) -> Result<Vec<Built>> {
         bins.dedup();
         progress(
             "images",
-            &format!("building {} statically linked (release, {})...", bins.join(", "), packages.join(", ")),
+            &format!(
+                "building {} statically linked ({} profile, {})...",
+                bins.join(", "),
+                group[0].profile,
+                packages.join(", ")
+            ),
         );
         let step = Instant::now();
-        let paths = image::build_static(packages, &bins, &env)?;
+        let paths = image::build_static(packages, &bins, group[0].profile, &env)?;
         progress("images", &format!("binaries ready in {:.1} s", step.elapsed().as_secs_f64()));
         let by_name: BTreeMap<&str, PathBuf> = bins.into_iter().zip(paths).collect();
         for spec in group {

@@ -83,15 +83,8 @@ pub fn snat(ctx: &TcContext, pkt: &Packet) -> Result<(), Drop> {
     }
     // SAFETY: a plain helper call without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let fwd = Ct4Key {
-        saddr: pkt.saddr,
-        daddr: pkt.daddr,
-        sport: pkt.sport,
-        dport: pkt.dport,
-        proto: pkt.proto,
-        dir: CT_DIR_FORWARD,
-        _pad: [0; 2],
-    };
+    // The flow's key has conntrack's layout (a separate map, so no clash with it).
+    let fwd = conntrack::forward_key(pkt);
     let port = match SNAT4_V1.get_ptr_mut(&fwd) {
         // SAFETY: pointer from a successful lookup, used before returning; a torn
         // `last_seen_ns`/`flags` from a concurrent update is harmless.
@@ -180,15 +173,7 @@ pub fn unsnat(ctx: &TcContext, pkt: &Packet) -> Result<Option<Packet>, Drop> {
     if pkt.daddr != cfg.node_addr || dport < cfg.port_first || (dport - cfg.port_first) as u32 >= cfg.port_count {
         return Ok(None);
     }
-    let reply = Ct4Key {
-        saddr: pkt.saddr,
-        daddr: pkt.daddr,
-        sport: pkt.sport,
-        dport: pkt.dport,
-        proto: pkt.proto,
-        dir: CT_DIR_REPLY,
-        _pad: [0; 2],
-    };
+    let reply = conntrack::reply_key(pkt);
     // SAFETY: copied out at once.
     let Some(back) = (unsafe { SNAT4_V1.get(&reply) }).copied() else { return Ok(None) };
     if closing(pkt) {
