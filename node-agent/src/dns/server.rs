@@ -4,8 +4,9 @@
 //! names outside the cluster domain go to the upstream server, when there is one, each
 //! on a task of its own (so a slow upstream never holds up the cluster's answers).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,6 +23,42 @@ pub type SharedZone = Arc<RwLock<Zone>>;
 
 /// A TCP client that sends nothing for this long is let go.
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// The most answers [`ResponseCache`] holds before it starts afresh.
+const CACHE_ENTRIES: usize = 16_384;
+
+/// Encoded answers by query: a query repeated byte for byte after its id (what a
+/// resolver sends for the same name) gets the same answer until the zone changes, so
+/// it is copied with the new id instead of decoded, looked up and encoded again.
+#[derive(Debug, Default)]
+pub struct ResponseCache {
+    /// The zone generation the answers belong to, and the answers.
+    inner: Mutex<(u64, Answers)>,
+}
+
+/// Encoded answers by (over TCP, the query after its id).
+type Answers = HashMap<(bool, Vec<u8>), Vec<u8>>;
+
+impl ResponseCache {
+    fn get(&self, generation: u64, tcp: bool, query: &[u8]) -> Option<Vec<u8>> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.0 != generation {
+            *inner = (generation, HashMap::new());
+            return None;
+        }
+        let mut answer = inner.1.get(&(tcp, query[2..].to_vec()))?.clone();
+        answer[..2].copy_from_slice(&query[..2]);
+        Some(answer)
+    }
+
+    fn put(&self, generation: u64, tcp: bool, query: &[u8], answer: &[u8]) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.0 != generation || inner.1.len() >= CACHE_ENTRIES {
+            *inner = (generation, HashMap::new());
+        }
+        inner.1.insert((tcp, query[2..].to_vec()), answer.to_vec());
+    }
+}
+
 /// How long the upstream server has to answer before the client gets SERVFAIL.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -56,13 +93,33 @@ impl Listeners {
     /// Serves until the task is dropped; names outside the cluster domain go to
     /// `upstream` if given.
     pub async fn serve(self, zone: SharedZone, upstream: Option<SocketAddr>) {
-        tokio::join!(serve_udp(self.udp, zone.clone(), upstream), serve_tcp(self.tcp, zone, upstream));
+        let cache = Arc::new(ResponseCache::default());
+        tokio::join!(
+            serve_udp(self.udp, zone.clone(), cache.clone(), upstream),
+            serve_tcp(self.tcp, zone, cache, upstream)
+        );
     }
 }
 
-fn reply(zone: &SharedZone, query: &[u8], transport: Transport, upstream: Option<SocketAddr>) -> Reply {
+fn reply(
+    zone: &SharedZone,
+    cache: &ResponseCache,
+    query: &[u8],
+    transport: Transport,
+    upstream: Option<SocketAddr>,
+) -> Reply {
     let zone = zone.read().unwrap_or_else(|e| e.into_inner());
-    handle(&zone, query, transport, upstream.is_some())
+    let tcp = transport == Transport::Tcp;
+    if query.len() >= 12
+        && let Some(answer) = cache.get(zone.generation(), tcp, query)
+    {
+        return Reply::Answer(answer);
+    }
+    let reply = handle(&zone, query, transport, upstream.is_some());
+    if let Reply::Answer(answer) = &reply {
+        cache.put(zone.generation(), tcp, query, answer);
+    }
+    reply
 }
 
 /// The upstream server's answer to `query`, or SERVFAIL when it has none in time.
@@ -94,7 +151,7 @@ async fn forward(upstream: SocketAddr, query: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-async fn serve_udp(socket: UdpSocket, zone: SharedZone, upstream: Option<SocketAddr>) {
+async fn serve_udp(socket: UdpSocket, zone: SharedZone, cache: Arc<ResponseCache>, upstream: Option<SocketAddr>) {
     let socket = Arc::new(socket);
     let mut buf = vec![0u8; 4096];
     loop {
@@ -106,7 +163,7 @@ async fn serve_udp(socket: UdpSocket, zone: SharedZone, upstream: Option<SocketA
                 continue;
             }
         };
-        let response = match reply(&zone, &buf[..len], Transport::Udp, upstream) {
+        let response = match reply(&zone, &cache, &buf[..len], Transport::Udp, upstream) {
             Reply::Answer(response) => response,
             Reply::Nothing => continue,
             Reply::Forward => {
@@ -126,13 +183,13 @@ async fn serve_udp(socket: UdpSocket, zone: SharedZone, upstream: Option<SocketA
     }
 }
 
-async fn serve_tcp(listener: TcpListener, zone: SharedZone, upstream: Option<SocketAddr>) {
+async fn serve_tcp(listener: TcpListener, zone: SharedZone, cache: Arc<ResponseCache>, upstream: Option<SocketAddr>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let zone = zone.clone();
+                let (zone, cache) = (zone.clone(), cache.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = serve_connection(stream, &zone, upstream).await {
+                    if let Err(e) = serve_connection(stream, &zone, &cache, upstream).await {
                         debug!(%peer, error = %e, "DNS TCP connection");
                     }
                 });
@@ -150,6 +207,7 @@ async fn serve_tcp(listener: TcpListener, zone: SharedZone, upstream: Option<Soc
 async fn serve_connection(
     mut stream: TcpStream,
     zone: &SharedZone,
+    cache: &ResponseCache,
     upstream: Option<SocketAddr>,
 ) -> std::io::Result<()> {
     loop {
@@ -161,7 +219,7 @@ async fn serve_connection(
         };
         let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
         tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut query)).await.map_err(std::io::Error::other)??;
-        let response = match reply(zone, &query, Transport::Tcp, upstream) {
+        let response = match reply(zone, cache, &query, Transport::Tcp, upstream) {
             Reply::Answer(response) => response,
             Reply::Nothing => return Ok(()),
             Reply::Forward => match forward(upstream.expect("forwarding only with an upstream"), &query).await {
@@ -236,5 +294,40 @@ mod tests {
         let answer = ask(&client, addr, 9, "example.com.").await;
         assert_eq!((answer.id(), answer.response_code()), (9, ResponseCode::ServFail));
         assert!(started.elapsed() < Duration::from_secs(4));
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use std::str::FromStr;
+
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RecordType};
+
+    use super::*;
+
+    fn query(id: u16) -> Vec<u8> {
+        let mut msg = Message::new();
+        msg.set_id(id)
+            .add_query(Query::query(Name::from_str("web.default.svc.cluster.local.").unwrap(), RecordType::A));
+        msg.to_vec().unwrap()
+    }
+
+    #[test]
+    fn a_repeated_query_gets_the_cached_answer_with_its_own_id_until_the_zone_changes() {
+        let zone: SharedZone = Arc::new(RwLock::new(Zone::new("cluster.local", 5).unwrap()));
+        let cache = ResponseCache::default();
+        let answer = |id| match reply(&zone, &cache, &query(id), Transport::Udp, None) {
+            Reply::Answer(bytes) => Message::from_vec(&bytes).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        let first = answer(1);
+        assert_eq!((first.id(), first.response_code()), (1, ResponseCode::NXDomain));
+        let second = answer(2);
+        assert_eq!((second.id(), second.response_code()), (2, ResponseCode::NXDomain), "from the cache");
+        let svc = serde_json::json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {"clusterIP": "10.96.0.5"}});
+        zone.write().unwrap().apply_service(Arc::new(serde_json::from_value(svc).unwrap()));
+        let third = answer(3);
+        assert_eq!((third.id(), third.response_code(), third.answers().len()), (3, ResponseCode::NoError, 1));
     }
 }

@@ -80,6 +80,8 @@ pub struct Zone {
     namespaces: HashMap<LowerName, usize>,
     services: BTreeMap<ServiceKey, ServiceState>,
     soa: Record,
+    /// Counts the changes, so that answers cached for an older zone are known stale.
+    generation: u64,
 }
 
 impl Zone {
@@ -107,6 +109,7 @@ impl Zone {
             names: HashMap::new(),
             namespaces: HashMap::new(),
             services: BTreeMap::new(),
+            generation: 0,
         })
     }
 
@@ -151,6 +154,7 @@ impl Zone {
     /// out, its new ones in; no other Service's records are touched.
     fn rebuild(&mut self, key: &ServiceKey) {
         let Some(state) = self.services.get_mut(key) else { return };
+        self.generation += 1;
         let old = std::mem::take(&mut state.written);
         let records = match &state.service {
             Some(service) => service_records(&self.domain, service, state.slices.values().map(|s| s.as_ref())),
@@ -252,6 +256,11 @@ impl Zone {
             }
             _ => Lookup::NoData,
         }
+    }
+
+    /// Changes so far: an answer computed at another generation may be stale.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// How many names the zone holds (for logs and metrics).
