@@ -296,6 +296,7 @@ async fn start(cfg: &Config) -> Result<(TcpListener, Arc<ApiServer>, TlsAcceptor
     let authz = NodeAuthorizer::new(rbac);
     authz.spawn_sync(store.clone());
     let api = Arc::new(ApiServer::new(store, authn, Box::new(authz), cfg.service_cidr, sa_keys));
+    api.spawn_sync();
     api.set_kubelet_client(pki.kubelet_client_config()?);
     let acceptor = TlsAcceptor::from(pki.server_config()?);
     let server = match cfg.advertised() {

@@ -551,3 +551,61 @@ fn metrics_are_prometheus_text_for_those_rbac_lets_read_them() {
     assert!(!bob.status.success(), "bob read /metrics");
     assert!(String::from_utf8_lossy(&bob.stderr).contains("Forbidden"), "{}", String::from_utf8_lossy(&bob.stderr));
 }
+
+/// ClusterIPs and NodePorts come from an in-memory index kept from the store's watch;
+/// these are the cases where it could go wrong: concurrent creates, a delete followed at
+/// once by a create of the same IP, a conflicting NodePort, and a restart.
+#[test]
+fn service_ips_are_unique_under_concurrent_creates_and_free_again_on_delete() {
+    use k8s_openapi::api::core::v1::Service;
+    let mut s = start();
+    let svc = |name: String| -> Service {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name},
+            "spec": {"ports": [{"port": 80}]}}))
+        .unwrap()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ips: Vec<String> = rt.block_on(async {
+        let c = s.client();
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..8 {
+            let (c, svc) = (c.clone(), svc.clone());
+            tasks.spawn(async move {
+                let mut ips = Vec::new();
+                for i in 0..10 {
+                    let made = c.create(Some("default"), &svc(format!("many-{t}-{i}"))).await.unwrap();
+                    ips.push(made.spec.unwrap().cluster_ip.unwrap());
+                }
+                ips
+            });
+        }
+        tasks.join_all().await.concat()
+    });
+    let distinct: std::collections::BTreeSet<&String> = ips.iter().collect();
+    assert_eq!((ips.len(), distinct.len()), (80, 80), "{ips:?}");
+    assert!(!distinct.contains(&"10.96.0.1".to_string()), "the kubernetes Service's IP is never handed out");
+
+    let fixed = |name: &str, ip: &str, node_port: u16| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  type: NodePort\n  clusterIP: {ip}\n  \
+             ports:\n  - port: 80\n    nodePort: {node_port}\n"
+        )
+    };
+    s.apply("a.yaml", &fixed("fixed-a", "10.96.100.1", 30100));
+    let taken = s.fails(&["create", "-f", &s.write("b.yaml", &fixed("fixed-b", "10.96.100.1", 30101))]);
+    assert!(taken.contains("provided IP is already allocated"), "{taken}");
+    let taken = s.fails(&["create", "-f", &s.write("c.yaml", &fixed("fixed-c", "10.96.100.2", 30100))]);
+    assert!(taken.contains("provided port is already allocated"), "{taken}");
+    // Freed by the delete at once: the same IP and port for another Service.
+    s.ok(&["delete", "svc", "fixed-a"]);
+    s.apply("b.yaml", &fixed("fixed-b", "10.96.100.1", 30100));
+    assert_eq!(s.json(&["get", "svc", "fixed-b"])["spec"]["clusterIP"], "10.96.100.1");
+
+    // After a restart the index is rebuilt from the store.
+    s.restart();
+    let taken = s.fails(&["create", "-f", &s.write("d.yaml", &fixed("fixed-d", "10.96.100.1", 30102))]);
+    assert!(taken.contains("provided IP is already allocated"), "{taken}");
+    s.ok(&["create", "service", "clusterip", "after-restart", "--tcp=80"]);
+    let ip = s.json(&["get", "svc", "after-restart"])["spec"]["clusterIP"].as_str().unwrap().to_string();
+    assert!(!distinct.contains(&ip) && ip != "10.96.100.1", "{ip} was already held");
+}

@@ -2,9 +2,10 @@
 //! (as the real API server's registry does), so a Service never exists without its IP.
 //!
 //! Pure functions over "what is in use"; the caller serialises allocations (one lock)
-//! and derives the used set from the stored Services. It must not write anything.
+//! and derives the used set from the stored Services (`service_ips` keeps it from the
+//! store's watch). It must not write anything.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -16,23 +17,70 @@ use super::status::Cause;
 /// The default NodePort range.
 pub const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
 
-/// The ClusterIPs and NodePorts that stored Services hold.
+/// The ClusterIP and NodePorts one stored Service holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Held {
+    pub ip: Option<Ipv4Addr>,
+    pub node_ports: Vec<u16>,
+}
+
+impl Held {
+    pub fn of(svc: &Value) -> Self {
+        let ip = svc.pointer("/spec/clusterIP").and_then(|v| v.as_str()).and_then(|s| s.parse().ok());
+        let node_ports = (svc.pointer("/spec/ports").and_then(|p| p.as_array()).into_iter().flatten())
+            .filter_map(|p| p.get("nodePort").and_then(|n| n.as_u64()))
+            .filter_map(|n| u16::try_from(n).ok())
+            .collect();
+        Self { ip, node_ports }
+    }
+}
+
+/// The ClusterIPs and NodePorts that stored Services hold, counted (two Services may
+/// hold the same NodePort if a client set it by an update), so that removing one
+/// Service frees only what no other still holds.
 #[derive(Debug, Default)]
 pub struct InUse {
-    pub ips: HashSet<Ipv4Addr>,
-    pub node_ports: HashSet<u16>,
+    ips: HashMap<Ipv4Addr, u32>,
+    node_ports: HashMap<u16, u32>,
 }
 
 impl InUse {
     pub fn add(&mut self, svc: &Value) {
-        if let Some(ip) = svc.pointer("/spec/clusterIP").and_then(|v| v.as_str()).and_then(|s| s.parse().ok()) {
-            self.ips.insert(ip);
+        self.hold(&Held::of(svc));
+    }
+
+    pub fn hold(&mut self, held: &Held) {
+        if let Some(ip) = held.ip {
+            *self.ips.entry(ip).or_default() += 1;
         }
-        for p in svc.pointer("/spec/ports").and_then(|p| p.as_array()).into_iter().flatten() {
-            if let Some(n) = p.get("nodePort").and_then(|n| n.as_u64()) {
-                self.node_ports.insert(n as u16);
+        for &p in &held.node_ports {
+            *self.node_ports.entry(p).or_default() += 1;
+        }
+    }
+
+    pub fn release(&mut self, held: &Held) {
+        fn dec<K: std::hash::Hash + Eq>(m: &mut HashMap<K, u32>, k: K) {
+            if let Some(n) = m.get_mut(&k) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&k);
+                }
             }
         }
+        if let Some(ip) = held.ip {
+            dec(&mut self.ips, ip);
+        }
+        for &p in &held.node_ports {
+            dec(&mut self.node_ports, p);
+        }
+    }
+
+    pub fn ip_taken(&self, ip: &Ipv4Addr) -> bool {
+        self.ips.contains_key(ip)
+    }
+
+    pub fn node_port_taken(&self, port: u16) -> bool {
+        self.node_ports.contains_key(&port)
     }
 }
 
@@ -47,7 +95,7 @@ pub fn allocate(cidr: Ipv4Net, used: &InUse, svc: &mut Value) -> Result<(), Vec<
         "None" => None,
         "" => {
             // Offset scan from .2 upward: .1 is the `kubernetes` Service's.
-            let found = cidr.hosts().skip(1).find(|ip| !used.ips.contains(ip));
+            let found = cidr.hosts().skip(1).find(|ip| !used.ip_taken(ip));
             match found {
                 Some(ip) => Some(ip),
                 None => {
@@ -70,7 +118,7 @@ pub fn allocate(cidr: Ipv4Net, used: &InUse, svc: &mut Value) -> Result<(), Vec<
                     format!("the provided IP ({ip}) is not in the valid range. The range of valid IPs is {cidr}"),
                 )]);
             }
-            if used.ips.contains(&ip) {
+            if used.ip_taken(&ip) {
                 return Err(vec![Cause::invalid(
                     "spec.clusterIPs[0]",
                     &v,
@@ -95,7 +143,8 @@ pub fn allocate(cidr: Ipv4Net, used: &InUse, svc: &mut Value) -> Result<(), Vec<
     spec.entry("internalTrafficPolicy").or_insert(json!("Cluster"));
     if ty == "NodePort" || ty == "LoadBalancer" {
         spec.entry("externalTrafficPolicy").or_insert(json!("Cluster"));
-        let mut taken = used.node_ports.clone();
+        // The ports this request takes, beside those stored Services hold.
+        let mut taken = HashSet::new();
         let mut causes = Vec::new();
         if let Some(Value::Array(ports)) = spec.get_mut("ports") {
             // Ports the client chose are reserved first, so automatic picks avoid them.
@@ -108,7 +157,7 @@ pub fn allocate(cidr: Ipv4Net, used: &InUse, svc: &mut Value) -> Result<(), Vec<
                             &v,
                             "provided port is not in the valid range. The range of valid ports is 30000-32767",
                         ));
-                    } else if !taken.insert(n as u16) {
+                    } else if used.node_port_taken(n as u16) || !taken.insert(n as u16) {
                         causes.push(Cause::invalid(
                             format!("spec.ports[{i}].nodePort"),
                             &v,
@@ -118,7 +167,7 @@ pub fn allocate(cidr: Ipv4Net, used: &InUse, svc: &mut Value) -> Result<(), Vec<
                 }
             }
             for (i, p) in ports.iter_mut().enumerate().filter(|(_, p)| p.get("nodePort").is_none()) {
-                match NODE_PORTS.clone().find(|n| !taken.contains(n)) {
+                match NODE_PORTS.clone().find(|n| !taken.contains(n) && !used.node_port_taken(*n)) {
                     Some(n) => {
                         taken.insert(n);
                         p["nodePort"] = json!(n);
@@ -164,5 +213,22 @@ mod tests {
         let mut headless = json!({"spec": {"clusterIP": "None"}});
         allocate(cidr, &used, &mut headless).unwrap();
         assert_eq!(headless["spec"]["clusterIPs"], json!(["None"]));
+        // Releasing `a` frees its IP for the next automatic pick.
+        used.release(&Held::of(&a));
+        let mut c = json!({"spec": {"ports": [{"port": 80}]}});
+        allocate(cidr, &used, &mut c).unwrap();
+        assert_eq!(c["spec"]["clusterIP"], "10.96.0.2");
+    }
+
+    #[test]
+    fn a_node_port_held_twice_stays_taken_until_both_release_it() {
+        let mut used = InUse::default();
+        let held = Held { ip: None, node_ports: vec![30005] };
+        used.hold(&held);
+        used.hold(&held);
+        used.release(&held);
+        assert!(used.node_port_taken(30005));
+        used.release(&held);
+        assert!(!used.node_port_taken(30005));
     }
 }

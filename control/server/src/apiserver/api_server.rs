@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 
+use super::resources::by_kind;
+use super::service_ips::ServiceIpIndex;
 use crate::auth::authn::Authenticator;
 use crate::auth::authz::Authorizer;
 use crate::auth::serviceaccount::Keys;
@@ -21,6 +23,8 @@ pub struct ApiServer {
     pub(crate) service_cidr: Ipv4Net,
     /// Serialises Service creation so two Services never get the same ClusterIP.
     pub(crate) alloc_lock: tokio::sync::Mutex<()>,
+    /// What stored Services hold, for allocation without listing them all.
+    pub(crate) service_ips: Arc<ServiceIpIndex>,
     /// Signs the tokens the TokenRequest subresource hands out.
     pub(crate) sa_keys: Arc<Keys>,
     /// TLS with the kubelet-client certificate, for `node_proxy` (set once at start).
@@ -32,6 +36,13 @@ impl ApiServer {
     /// subresources answer 500.
     pub fn set_kubelet_client(&self, tls: Arc<rustls::ClientConfig>) {
         let _ = self.kubelet_tls.set(tls);
+    }
+
+    /// Keeps the Service allocation index in step with the store until the process ends
+    /// (without it, each Service create lists every Service).
+    pub fn spawn_sync(&self) {
+        let services = by_kind("Service").expect("Service is a built-in kind");
+        self.service_ips.spawn_sync(self.store.clone(), services.prefix());
     }
 
     pub fn new(
@@ -47,6 +58,7 @@ impl ApiServer {
             authz,
             service_cidr: service_cidr.into(),
             alloc_lock: tokio::sync::Mutex::new(()),
+            service_ips: Arc::default(),
             sa_keys,
             kubelet_tls: std::sync::OnceLock::new(),
         }

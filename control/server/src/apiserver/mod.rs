@@ -34,6 +34,7 @@ pub mod resources;
 mod robustness;
 mod router;
 mod selectors;
+mod service_ips;
 pub mod status;
 mod strategy;
 pub mod table;

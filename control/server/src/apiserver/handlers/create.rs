@@ -42,11 +42,20 @@ impl ApiServer {
         // Held until the object is stored, so concurrent creates see each other's IPs.
         let _alloc = if def.strategy.allocates_cluster_ip() { Some(self.alloc_lock.lock().await) } else { None };
         if def.strategy.allocates_cluster_ip() {
-            let mut used = allocator::InUse::default();
-            for kv in self.store.list(&def.prefix(), None, 0).await?.kvs {
-                used.add(&to_obj(&kv)?);
+            // The index's answer on a copy: a refusal may be a Service deleted a moment
+            // ago that the index has not seen go, so the store decides any refusal.
+            let mut attempt = obj.clone();
+            let cidr = self.service_cidr;
+            match self.service_ips.with_current(|used| allocator::allocate(cidr, used, &mut attempt)).await {
+                Some(Ok(())) => obj = attempt,
+                _ => {
+                    let mut used = allocator::InUse::default();
+                    for kv in self.store.list(&def.prefix(), None, 0).await?.kvs {
+                        used.add(&to_obj(&kv)?);
+                    }
+                    allocator::allocate(cidr, &used, &mut obj).map_err(|c| invalid(def, &obj, c))?;
+                }
             }
-            allocator::allocate(self.service_cidr, &used, &mut obj).map_err(|c| invalid(def, &obj, c))?;
         }
         if ctx.dry_run() {
             return Ok(json_response(StatusCode::CREATED, &obj));
@@ -58,6 +67,9 @@ impl ApiServer {
             }
             Err(e) => return Err(e.into()),
         };
+        if def.strategy.allocates_cluster_ip() {
+            self.service_ips.created(kv.mod_revision);
+        }
         tracing::debug!(kind = def.kind, namespace = ns.unwrap_or(""), name = %name, rv = kv.mod_revision, user = %ctx.user.name, "created");
         Ok(json_response(StatusCode::CREATED, &to_obj(&kv)?))
     }
