@@ -41,7 +41,7 @@ use skiff_tests::unique_tag;
 
 use self::api::BenchService;
 use self::maps::NodeMaps;
-use crate::bench_pods::{percentile, summary};
+use crate::bench_support::{percentile, summary};
 use crate::lbsetup::ServiceSpec;
 use crate::util::{progress, workspace_root};
 

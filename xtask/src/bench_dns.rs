@@ -22,7 +22,8 @@ use skiff_tests::image::pause_image;
 use skiff_tests::netns::wait_until;
 use skiff_tests::unique_tag;
 
-use crate::bench_pods::{build_cluster_binaries, percentile, summary};
+use crate::bench_pods::build_cluster_binaries;
+use crate::bench_support::{percentile, summary};
 use crate::util::{progress, target_dir};
 
 const RUNS: usize = 5;

@@ -28,6 +28,7 @@ use skiff_tests::image::{ECHO_IMAGE, echo_image, pause_image};
 use skiff_tests::netns::wait_until;
 use skiff_tests::unique_tag;
 
+use crate::bench_support::{percentile, summary};
 use crate::util::{progress, run_checked, target_dir, workspace_root};
 
 const RUNS: usize = 3;
@@ -173,12 +174,6 @@ fn busy_cpu_seconds() -> f64 {
 }
 
 /// `median unit (min a, max b, n=N)`.
-pub(crate) fn summary(values: &[f64], unit: &str, decimals: usize) -> String {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    format!("{:.d$} {unit} (min {:.d$}, max {:.d$}, n={})", v[v.len() / 2], v[0], v[v.len() - 1], v.len(), d = decimals)
-}
-
 struct RunResult {
     p50: f64,
     p99: f64,
@@ -291,14 +286,6 @@ fn one_run(cluster: &Cluster, replicas: usize) -> Result<RunResult> {
         rss_mb,
         most_pods,
     })
-}
-
-pub(crate) fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
 }
 
 /// Ready's lastTransitionTime − creationTimestamp of every bench pod (whole seconds).

@@ -8,6 +8,7 @@ mod bench_cluster;
 mod bench_dns;
 mod bench_overlay;
 mod bench_pods;
+mod bench_support;
 mod build_ebpf;
 mod demo;
 mod images;
