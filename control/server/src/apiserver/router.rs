@@ -101,6 +101,10 @@ impl ApiServer {
                 }
             },
         };
+        let user = match super::impersonation::impersonate(self.authz.as_ref(), user, req.headers()) {
+            Ok(u) => u,
+            Err(e) => return (error_response(&e), None, None),
+        };
         let name = Some(user.name.clone());
         if let Some(target) = super::node_proxy::ProxyTarget::parse(req.uri().path()) {
             let labels = target.metric_labels();
@@ -218,7 +222,10 @@ impl ApiServer {
         };
         if r.def.create_only() {
             return match (r.verb, name, sub) {
-                (Verb::Create, None, None) => authentication::self_subject_review(&ctx.user),
+                (Verb::Create, None, None) if r.def.kind == "SelfSubjectReview" => {
+                    authentication::self_subject_review(&ctx.user)
+                }
+                (Verb::Create, None, None) => self.review(r.def, ns, &ctx),
                 (verb, _, _) => Err(ApiError::method_not_allowed(verb.as_str())),
             };
         }

@@ -1,14 +1,17 @@
 //! Decoding of the Kubernetes protobuf wire format for the kinds `kubectl create`
 //! sends as protobuf (ConfigMap, Secret, Namespace, ServiceAccount, RoleBinding,
 //! ClusterRoleBinding, and the TokenRequest of `kubectl create token`; Deployment, Job
-//! and Service by table in `workloads`): client-go prefers protobuf for built-in
-//! types and does not fall back to JSON on 415. Other kinds get 415.
+//! and Service by table in `workloads`; CronJob, Ingress, PodDisruptionBudget,
+//! PriorityClass, ResourceQuota, Role, ClusterRole and the authorization reviews by
+//! table in `generators`): client-go prefers protobuf for built-in types and does not
+//! fall back to JSON on 415. Other kinds get 415.
 //!
 //! Envelope: the magic `k8s\0`, then `runtime.Unknown{typeMeta=1, raw=2}` whose `raw`
 //! is the object's message. This module only turns bytes into JSON; it must not
 //! validate (the normal create path does).
 
 mod certificates;
+mod generators;
 mod kinds;
 mod wire;
 mod workloads;
