@@ -459,3 +459,55 @@ fn stateful_sets_controller_revisions_and_cron_jobs() {
         ],
     );
 }
+
+const EVENT: &str = r#"
+apiVersion: events.k8s.io/v1
+kind: Event
+metadata: {name: web-1.pulled}
+eventTime: "2026-01-01T10:00:00.000000Z"
+reportingController: example.com/puller
+reportingInstance: node-1
+action: Pull
+reason: Pulled
+type: Normal
+note: Pulled image nginx:1.27
+regarding: {kind: Pod, name: web-1, namespace: default, apiVersion: v1}
+"#;
+
+#[test]
+fn events_k8s_io_serves_the_core_events() {
+    let s = start();
+    let out = s.apply("event.yaml", EVENT);
+    assert!(out.contains("event.events.k8s.io/web-1.pulled created"), "{out}");
+    // The same object through both APIs, each in its own shape.
+    let core = s.json(&["get", "events.v1.", "web-1.pulled"]);
+    assert_eq!(
+        (core["message"].clone(), core["involvedObject"]["name"].clone()),
+        ("Pulled image nginx:1.27".into(), "web-1".into())
+    );
+    assert_eq!(core["reportingComponent"], "example.com/puller");
+    let v1 = s.json(&["get", "events.events.k8s.io", "web-1.pulled"]);
+    assert_eq!(
+        (v1["apiVersion"].clone(), v1["note"].clone()),
+        ("events.k8s.io/v1".into(), "Pulled image nginx:1.27".into())
+    );
+    assert!(v1.get("message").is_none(), "{v1}");
+    let list: serde_json::Value =
+        serde_json::from_str(&s.ok(&["get", "--raw", "/apis/events.k8s.io/v1/namespaces/default/events"])).unwrap();
+    assert_eq!(list["items"][0]["regarding"]["name"], "web-1", "{list}");
+    let table = s.ok(&["get", "events.events.k8s.io"]);
+    assert!(table.contains("Pulled") && table.contains("pod/web-1"), "{table}");
+    // Changes through this API land on the core object.
+    s.ok(&["patch", "events.events.k8s.io", "web-1.pulled", "--type=merge", "-p", r#"{"note":"pulled again"}"#]);
+    assert_eq!(s.json(&["get", "events.v1.", "web-1.pulled"])["message"], "pulled again");
+    let watch = s.ok(&["get", "--raw", "/apis/events.k8s.io/v1/namespaces/default/events?watch=1&timeoutSeconds=1"]);
+    assert!(watch.contains("\"note\":\"pulled again\"") && !watch.contains("\"message\""), "{watch}");
+    let explained = s.ok(&["explain", "events.note", "--api-version=events.k8s.io/v1"]);
+    assert!(explained.contains("note is a human-readable description of the status of this operation"), "{explained}");
+    assert_refused(
+        &s,
+        "bad-event.yaml",
+        "apiVersion: events.k8s.io/v1\nkind: Event\nmetadata: {name: bad}\ntype: Odd\nnote: x\n",
+        &["eventTime: Required value", "reportingController: Required value", "type: Unsupported value: \"Odd\""],
+    );
+}

@@ -18,6 +18,7 @@ mod bootstrap_token;
 pub mod decode;
 mod deletion;
 pub mod discovery;
+mod events_v1;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 mod handlers;

@@ -120,7 +120,8 @@ macro_rules! res {
 use k8s_openapi::api::{
     apps::v1 as apps, authentication::v1 as authn, authorization::v1 as authz, autoscaling::v2 as autoscaling,
     batch::v1 as batch, certificates::v1 as certs, coordination::v1 as coord, core::v1 as core, discovery::v1 as disc,
-    networking::v1 as net, policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as sched, storage::v1 as storage,
+    events::v1 as events, networking::v1 as net, policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as sched,
+    storage::v1 as storage,
 };
 
 /// Every served resource. Adding a kind is one line.
@@ -160,6 +161,8 @@ pub static RESOURCES: &[ResourceDef] = &[
     res!(policy::PodDisruptionBudget, "policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", "poddisruptionbudget", ["pdb"], true, status: true, scale: false, all: false, strategy::PodDisruptionBudget),
     res!(sched::PriorityClass, "scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", "priorityclass", ["pc"], false, status: false, scale: false, all: false, strategy::PriorityClass),
     res!(autoscaling::HorizontalPodAutoscaler, "autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", ["hpa"], true, status: true, scale: false, all: true, strategy::HorizontalPodAutoscaler),
+    // The same objects as core Events, in this API's shape (`events_v1`).
+    res!(events::Event, "events.k8s.io", "v1", "Event", "events", "event", ["ev"], true, status: false, scale: false, all: false, strategy::Event),
     res!(authz::SelfSubjectAccessReview, "authorization.k8s.io", "v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", "selfsubjectaccessreview", [], false, status: false, scale: false, all: false, strategy::Generic),
     res!(authz::SelfSubjectRulesReview, "authorization.k8s.io", "v1", "SelfSubjectRulesReview", "selfsubjectrulesreviews", "selfsubjectrulesreview", [], false, status: false, scale: false, all: false, strategy::Generic),
     res!(authz::SubjectAccessReview, "authorization.k8s.io", "v1", "SubjectAccessReview", "subjectaccessreviews", "subjectaccessreview", [], false, status: false, scale: false, all: false, strategy::Generic),

@@ -16,7 +16,7 @@ use super::object::Named;
 use super::request::{Ctx, Resp, Subresource, Verb, error_response, full, json_response};
 use super::resources::{self, ResourceDef};
 use super::status::{ApiError, ApiResult};
-use super::{authentication, discovery, openapi};
+use super::{authentication, discovery, events_v1, openapi};
 use crate::auth::authn::Outcome;
 use crate::auth::authz::{Attributes, Decision};
 use crate::tls::x509::Subject;
@@ -200,6 +200,9 @@ impl ApiServer {
     }
 
     async fn resource(&self, r: ResourceRequest, ctx: Ctx) -> ApiResult<Resp> {
+        if r.def.group == events_v1::GROUP {
+            return self.events_v1(r, ctx).await;
+        }
         let ns = r.namespace.as_deref();
         let name = r.name.as_deref();
         let sub = match r.subresource.as_deref() {
@@ -248,6 +251,19 @@ impl ApiServer {
             (Verb::DeleteCollection, None, _) => self.delete_collection(r.def, ns, &ctx).await,
             (verb, _, _) => Err(ApiError::method_not_allowed(verb.as_str())),
         }
+    }
+}
+
+impl ApiServer {
+    /// An events.k8s.io/v1 request, served by the core Event handlers on the same
+    /// objects (RBAC has already judged it under its own group).
+    async fn events_v1(&self, r: ResourceRequest, ctx: Ctx) -> ApiResult<Resp> {
+        let core =
+            resources::find("", "v1", "events").ok_or_else(|| ApiError::internal("core Events are not served"))?;
+        let ctx = events_v1::request_to_core(r.def, r.verb, ctx)?;
+        let watch = r.verb == Verb::Watch;
+        let resp = Box::pin(self.resource(ResourceRequest { def: core, ..r }, ctx)).await?;
+        Ok(events_v1::response_from_core(resp, watch).await)
     }
 }
 
