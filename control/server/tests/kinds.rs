@@ -312,6 +312,32 @@ fn budgets_priorities_quotas_limits_and_autoscalers() {
     let batch = s.json(&["get", "pc", "batch"]);
     assert_eq!((batch["value"].clone(), batch["preemptionPolicy"].clone()), (1000.into(), "Never".into()));
     s.ok(&["create", "quota", "objects", "--hard=configmaps=5,secrets=3", "--scopes=NotTerminating"]);
+    // `kubectl autoscale` writes autoscaling/v1: the same objects as v2, in v1's shape.
+    s.ok(&["create", "deployment", "api", "--image=nginx:1.27"]);
+    s.ok(&["autoscale", "deployment", "api", "--min=2", "--max=5", "--cpu-percent=70"]);
+    let v2 = s.json(&["get", "horizontalpodautoscalers.v2.autoscaling", "api"]);
+    assert_eq!(v2["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 70, "{v2}");
+    let v1: serde_json::Value = serde_json::from_str(&s.ok(&[
+        "get",
+        "--raw",
+        "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers/api",
+    ]))
+    .unwrap();
+    assert_eq!(
+        (v1["apiVersion"].clone(), v1["spec"]["targetCPUUtilizationPercentage"].clone()),
+        ("autoscaling/v1".into(), 70.into())
+    );
+    s.ok(&[
+        "patch",
+        "horizontalpodautoscalers.v1.autoscaling",
+        "api",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"targetCPUUtilizationPercentage":50}}"#,
+    ]);
+    let v2 = s.json(&["get", "hpa", "api"]);
+    assert_eq!(v2["apiVersion"], "autoscaling/v2", "v2 is preferred");
+    assert_eq!(v2["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 50);
     assert_eq!(s.json(&["get", "quota", "objects"])["spec"]["hard"]["configmaps"], "5");
 
     assert_explains(&s, "pdb.spec.minAvailable", "An eviction is allowed if at least \"minAvailable\" pods");

@@ -18,7 +18,6 @@ mod bootstrap_token;
 pub mod decode;
 mod deletion;
 pub mod discovery;
-mod events_v1;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 mod handlers;
@@ -43,6 +42,7 @@ pub mod status;
 mod strategy;
 pub mod table;
 pub mod validation;
+mod views;
 mod watch;
 
 pub use api_server::ApiServer;

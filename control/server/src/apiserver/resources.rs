@@ -118,10 +118,10 @@ macro_rules! res {
 }
 
 use k8s_openapi::api::{
-    apps::v1 as apps, authentication::v1 as authn, authorization::v1 as authz, autoscaling::v2 as autoscaling,
-    batch::v1 as batch, certificates::v1 as certs, coordination::v1 as coord, core::v1 as core, discovery::v1 as disc,
-    events::v1 as events, networking::v1 as net, policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as sched,
-    storage::v1 as storage,
+    apps::v1 as apps, authentication::v1 as authn, authorization::v1 as authz, autoscaling::v1 as autoscaling_v1,
+    autoscaling::v2 as autoscaling, batch::v1 as batch, certificates::v1 as certs, coordination::v1 as coord,
+    core::v1 as core, discovery::v1 as disc, events::v1 as events, networking::v1 as net, policy::v1 as policy,
+    rbac::v1 as rbac, scheduling::v1 as sched, storage::v1 as storage,
 };
 
 /// Every served resource. Adding a kind is one line.
@@ -161,6 +161,8 @@ pub static RESOURCES: &[ResourceDef] = &[
     res!(policy::PodDisruptionBudget, "policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", "poddisruptionbudget", ["pdb"], true, status: true, scale: false, all: false, strategy::PodDisruptionBudget),
     res!(sched::PriorityClass, "scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", "priorityclass", ["pc"], false, status: false, scale: false, all: false, strategy::PriorityClass),
     res!(autoscaling::HorizontalPodAutoscaler, "autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", ["hpa"], true, status: true, scale: false, all: true, strategy::HorizontalPodAutoscaler),
+    // The same objects as autoscaling/v2's, in v1's shape (`views`); `kubectl autoscale` writes v1.
+    res!(autoscaling_v1::HorizontalPodAutoscaler, "autoscaling", "v1", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", ["hpa"], true, status: true, scale: false, all: true, strategy::HorizontalPodAutoscaler),
     // The same objects as core Events, in this API's shape (`events_v1`).
     res!(events::Event, "events.k8s.io", "v1", "Event", "events", "event", ["ev"], true, status: false, scale: false, all: false, strategy::Event),
     res!(authz::SelfSubjectAccessReview, "authorization.k8s.io", "v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", "selfsubjectaccessreview", [], false, status: false, scale: false, all: false, strategy::Generic),
@@ -177,7 +179,8 @@ pub fn by_kind(kind: &str) -> Option<&'static ResourceDef> {
     RESOURCES.iter().find(|r| r.kind == kind)
 }
 
-/// The API groups (other than core) in the order discovery lists them.
+/// The API group-versions (other than core) in the order discovery lists them; a
+/// group's first version is its preferred one.
 pub fn groups() -> Vec<(&'static str, &'static str)> {
     let mut out: Vec<(&str, &str)> = Vec::new();
     for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {

@@ -16,7 +16,7 @@ use super::object::Named;
 use super::request::{Ctx, Resp, Subresource, Verb, error_response, full, json_response};
 use super::resources::{self, ResourceDef};
 use super::status::{ApiError, ApiResult};
-use super::{authentication, discovery, events_v1, openapi};
+use super::{authentication, discovery, openapi, views};
 use crate::auth::authn::Outcome;
 use crate::auth::authz::{Attributes, Decision};
 use crate::tls::x509::Subject;
@@ -200,8 +200,8 @@ impl ApiServer {
     }
 
     async fn resource(&self, r: ResourceRequest, ctx: Ctx) -> ApiResult<Resp> {
-        if r.def.group == events_v1::GROUP {
-            return self.events_v1(r, ctx).await;
+        if let Some(view) = views::of(r.def) {
+            return self.view(view, r, ctx).await;
         }
         let ns = r.namespace.as_deref();
         let name = r.name.as_deref();
@@ -255,15 +255,17 @@ impl ApiServer {
 }
 
 impl ApiServer {
-    /// An events.k8s.io/v1 request, served by the core Event handlers on the same
-    /// objects (RBAC has already judged it under its own group).
-    async fn events_v1(&self, r: ResourceRequest, ctx: Ctx) -> ApiResult<Resp> {
-        let core =
-            resources::find("", "v1", "events").ok_or_else(|| ApiError::internal("core Events are not served"))?;
-        let ctx = events_v1::request_to_core(r.def, r.verb, ctx)?;
+    /// A request to a kind served a second time (events.k8s.io/v1 Events,
+    /// autoscaling/v1 HorizontalPodAutoscalers), served by the stored kind's handlers on
+    /// the same objects (RBAC has already judged it under its own group and version).
+    async fn view(&self, view: &'static views::View, r: ResourceRequest, ctx: Ctx) -> ApiResult<Resp> {
+        let (group, version, plural) = view.stored;
+        let stored =
+            resources::find(group, version, plural).ok_or_else(|| ApiError::internal("stored kind not served"))?;
+        let ctx = views::request_to_stored(view, r.def, r.verb, ctx)?;
         let watch = r.verb == Verb::Watch;
-        let resp = Box::pin(self.resource(ResourceRequest { def: core, ..r }, ctx)).await?;
-        Ok(events_v1::response_from_core(resp, watch).await)
+        let resp = Box::pin(self.resource(ResourceRequest { def: stored, ..r }, ctx)).await?;
+        Ok(views::response_from_stored(view, resp, watch).await)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Protobuf tables (in the shape of `workloads`) for the other kinds kubectl sends as
 //! protobuf: the objects of `kubectl create cronjob|ingress|poddisruptionbudget|
-//! priorityclass|quota|role|clusterrole`, and the authorization reviews of `kubectl auth
-//! can-i`. Field numbers are those of Kubernetes' `generated.proto` files; only the
+//! priorityclass|quota|role|clusterrole` and `kubectl autoscale` (autoscaling/v1), and
+//! the authorization reviews of `kubectl auth can-i`. Field numbers are those of Kubernetes' `generated.proto` files; only the
 //! fields those commands set, and their near neighbours, are listed.
 //!
 //! It must only turn bytes into JSON; validation happens on the normal create path.
@@ -71,6 +71,16 @@ const POLICY_RULE: &[F] = &[
 const AGGREGATION: &[F] = &[(1, "clusterRoleSelectors", Msgs(LABEL_SELECTOR))];
 const ROLE: &[F] = &[(1, "metadata", Meta), (2, "rules", Msgs(POLICY_RULE)), (3, "aggregationRule", Msg(AGGREGATION))];
 
+/// autoscaling/v1 (what `kubectl autoscale` writes); `maxReplicas` is a plain int32.
+const HPA_TARGET: &[F] = &[(1, "kind", Str), (2, "name", Str), (3, "apiVersion", Str)];
+const HPA_V1_SPEC: &[F] = &[
+    (1, "scaleTargetRef", Msg(HPA_TARGET)),
+    (2, "minReplicas", IntPtr),
+    (3, "maxReplicas", IntPtr),
+    (4, "targetCPUUtilizationPercentage", IntPtr),
+];
+const HPA_V1: &[F] = &[(1, "metadata", Meta), (2, "spec", Msg(HPA_V1_SPEC))];
+
 const RESOURCE_ATTRS: &[F] = &[
     (1, "namespace", Str),
     (2, "verb", Str),
@@ -103,6 +113,7 @@ pub(super) fn table(kind: &str) -> Option<&'static [F]> {
         "PodDisruptionBudget" => PDB,
         "PriorityClass" => PRIORITY_CLASS,
         "ResourceQuota" => QUOTA,
+        "HorizontalPodAutoscaler" => HPA_V1,
         "Role" | "ClusterRole" => ROLE,
         "SelfSubjectAccessReview" => SELF_ACCESS_REVIEW,
         "SubjectAccessReview" | "LocalSubjectAccessReview" => ACCESS_REVIEW,

@@ -48,6 +48,11 @@ pub fn decode(body: &[u8]) -> Res<Value> {
         "TokenRequest" => kinds::token_request(raw)?,
         "RoleBinding" | "ClusterRoleBinding" => kinds::role_binding(raw)?,
         "CertificateSigningRequest" => certificates::certificate_signing_request(raw)?,
+        "HorizontalPodAutoscaler" if api_version != "autoscaling/v1" => {
+            return Err(format!(
+                "protobuf is supported for autoscaling/v1 HorizontalPodAutoscalers, not {api_version}; send JSON"
+            ));
+        }
         other => match workloads::decode(other, raw) {
             Some(obj) => obj?,
             None => return Err(format!("protobuf is not supported for kind {other:?}; send JSON")),
