@@ -298,6 +298,33 @@ fn budgets_priorities_quotas_limits_and_autoscalers() {
         assert_columns(&s, &["get", "hpa"], &["NAME", "REFERENCE", "TARGETS", "MINPODS", "MAXPODS", "REPLICAS", "AGE"]);
     assert!(hpa.contains("Deployment/web") && hpa.contains("cpu: <unknown>/60%"), "{hpa}");
 
+    // Priority admission: pods get their class's value; unknown classes are refused.
+    s.apply(
+        "pods.yaml",
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: default}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: urgent}\nspec: {priorityClassName: high, containers: [{name: c, image: busybox}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: plain}\nspec: {containers: [{name: c, image: busybox}]}\n",
+    );
+    let urgent = s.json(&["get", "pod", "urgent"]);
+    assert_eq!(
+        (urgent["spec"]["priority"].clone(), urgent["spec"]["preemptionPolicy"].clone()),
+        (100000.into(), "PreemptLowerPriority".into())
+    );
+    assert_eq!(s.json(&["get", "pod", "plain"])["spec"]["priority"], 0);
+    let err = s.fails(&["run", "lost", "--image=busybox", "--overrides", r#"{"spec":{"priorityClassName":"nope"}}"#]);
+    assert!(err.contains("no PriorityClass with name nope was found"), "{err}");
+    s.apply("default-pc.yaml", "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: normal}\nvalue: 10\nglobalDefault: true\n");
+    assert_refused(
+        &s,
+        "second-default.yaml",
+        "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: other}\nvalue: 20\nglobalDefault: true\n",
+        &["globalDefault: Invalid value: true: PriorityClass normal is already marked as default"],
+    );
+    s.ok(&["run", "later", "--image=busybox"]);
+    let later = s.json(&["get", "pod", "later"]);
+    assert_eq!(
+        (later["spec"]["priority"].clone(), later["spec"]["priorityClassName"].clone()),
+        (10.into(), "normal".into())
+    );
+
     // The generators that send protobuf.
     s.ok(&["create", "pdb", "api", "--selector=app=api", "--max-unavailable=1"]);
     assert_eq!(s.json(&["get", "pdb", "api"])["spec"]["maxUnavailable"], 1);

@@ -29,6 +29,7 @@ mod object;
 mod openapi;
 pub mod patch;
 mod printers;
+mod priority;
 mod protobuf;
 mod rawjson;
 mod request;
