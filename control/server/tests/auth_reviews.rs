@@ -89,6 +89,14 @@ fn can_i_for_admin_role_bound_user_and_service_account() {
     let elsewhere = s.ok(&["auth", "can-i", "--list", "-n", "default", "--as", "alice"]);
     assert!(!elsewhere.lines().any(|l| l.starts_with("pods ")), "{elsewhere}");
 
+    // A node: the node authorizer answers; its rules cannot all be listed.
+    let node = ["--as", "system:node:n1", "--as-group", "system:nodes"];
+    yes(&s, &[&["update", "nodes/n1", "--subresource=status"][..], &node].concat());
+    no(&s, &[&["get", "secrets", "-n", "dev"][..], &node].concat());
+    let out = s.run(&[&["auth", "can-i", "--list"][..], &node].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("incomplete"), "{err}");
+
     // A ServiceAccount, by its own token, and by impersonation.
     let token = s.ok(&["create", "token", "bot", "-n", "dev"]);
     let ca = s.dir.join("pki/ca.crt");

@@ -63,9 +63,9 @@ fn subject(spec: &Value) -> Result<UserInfo, Cause> {
     Ok(UserInfo { name: user, groups })
 }
 
-/// Merges rules that differ only in verbs' order and drops exact duplicates, then splits
-/// them into the review's resource and non-resource rules.
-fn rules_status(rules: Vec<Value>) -> Value {
+/// Drops duplicate rules and splits the rest into the review's resource and
+/// non-resource rules; `incomplete` when the authorizer grants more than it can list.
+fn rules_status(rules: Vec<Value>, incomplete: bool) -> Value {
     let list = |r: &Value, f: &str| r.get(f).cloned().filter(|v| v.is_array()).unwrap_or(json!([]));
     let (mut resource, mut non_resource) = (Vec::new(), Vec::new());
     for r in &rules {
@@ -82,7 +82,11 @@ fn rules_status(rules: Vec<Value>) -> Value {
             }
         }
     }
-    json!({"resourceRules": resource, "nonResourceRules": non_resource, "incomplete": false})
+    let mut status = json!({"resourceRules": resource, "nonResourceRules": non_resource, "incomplete": incomplete});
+    if incomplete {
+        status["evaluationError"] = json!("node authorizer does not support user rule resolution");
+    }
+    status
 }
 
 impl ApiServer {
@@ -103,7 +107,7 @@ impl ApiServer {
                 let Some(target) = s(&spec, "/namespace") else {
                     return Err(ApiError::bad_request("no namespace on request"));
                 };
-                rules_status(self.authz.rules_for(&ctx.user, Some(&target)))
+                rules_status(self.authz.rules_for(&ctx.user, Some(&target)), self.authz.rules_incomplete(&ctx.user))
             }
             kind => {
                 let attrs = attributes(&spec);

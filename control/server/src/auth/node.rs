@@ -201,6 +201,10 @@ impl<A: Authorizer> Authorizer for NodeAuthorizer<A> {
         self.inner.rules_for(user, namespace)
     }
 
+    fn rules_incomplete(&self, user: &UserInfo) -> bool {
+        node_of(user).is_some() || self.inner.rules_incomplete(user)
+    }
+
     fn authorize(&self, user: &UserInfo, attrs: &Attributes) -> Decision {
         let (Some(node), Attributes::Resource { verb, group, resource, subresource, namespace, name }) =
             (node_of(user), attrs)
