@@ -33,6 +33,25 @@ fn assert_explains(s: &Server, what: &str, text: &str) {
     assert!(out.contains(text), "kubectl explain {what}: expected {text:?} in\n{out}");
 }
 
+/// A second `apply` of the same manifest succeeds and changes no object (kubectl says
+/// "configured" where its built-in patch rules resend a list the server defaulted, as
+/// against upstream: StatefulSet claim templates, NetworkPolicy ports, PDB selectors).
+fn assert_reapply_unchanged(s: &Server, name: &str, manifest: &str) {
+    let versions = || {
+        let out = s.ok(&["get", "-f", &s.write(name, manifest), "-o", "jsonpath={..resourceVersion}"]);
+        let mut v: Vec<String> = out.split_whitespace().map(String::from).collect();
+        v.sort();
+        v
+    };
+    let before = versions();
+    let out = s.apply(name, manifest);
+    assert!(
+        out.lines().all(|l| l.ends_with(" unchanged") || l.ends_with(" configured")),
+        "second apply of {name}:\n{out}"
+    );
+    assert_eq!(before, versions(), "a second apply of {name} changed objects:\n{out}");
+}
+
 /// Applying `manifest` fails with every one of `causes` in kubectl's message.
 fn assert_refused(s: &Server, name: &str, manifest: &str, causes: &[&str]) {
     let f = s.write(name, manifest);
@@ -73,6 +92,7 @@ spec:
 fn storage_classes_volumes_and_claims() {
     let s = start();
     let out = s.apply("storage.yaml", STORAGE);
+    assert_reapply_unchanged(&s, "storage.yaml", STORAGE);
     assert!(out.contains("storageclass.storage.k8s.io/local-path created"), "{out}");
     assert!(
         out.contains("persistentvolume/pv-data created") && out.contains("persistentvolumeclaim/data created"),
@@ -182,6 +202,7 @@ spec:
 fn ingresses_ingress_classes_and_network_policies() {
     let s = start();
     let out = s.apply("net.yaml", NETWORKING);
+    assert_reapply_unchanged(&s, "net.yaml", NETWORKING);
     assert!(out.contains("ingress.networking.k8s.io/shop created"), "{out}");
     assert_columns(&s, &["get", "ingressclass"], &["NAME", "CONTROLLER", "PARAMETERS", "AGE"]);
     let ing = assert_columns(&s, &["get", "ing"], &["NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"]);
@@ -276,6 +297,7 @@ spec:
 fn budgets_priorities_quotas_limits_and_autoscalers() {
     let s = start();
     s.apply("policy.yaml", POLICY);
+    assert_reapply_unchanged(&s, "policy.yaml", POLICY);
     let pdb = assert_columns(
         &s,
         &["get", "pdb"],
@@ -452,6 +474,7 @@ spec:
 fn stateful_sets_controller_revisions_and_cron_jobs() {
     let s = start();
     let out = s.apply("stateful.yaml", STATEFUL);
+    assert_reapply_unchanged(&s, "stateful.yaml", STATEFUL);
     assert!(out.contains("statefulset.apps/db created") && out.contains("cronjob.batch/backup created"), "{out}");
     let sts = assert_columns(&s, &["get", "sts"], &["NAME", "READY", "AGE"]);
     assert!(sts.contains("0/3"), "{sts}");
@@ -531,6 +554,7 @@ regarding: {kind: Pod, name: web-1, namespace: default, apiVersion: v1}
 fn events_k8s_io_serves_the_core_events() {
     let s = start();
     let out = s.apply("event.yaml", EVENT);
+    assert_reapply_unchanged(&s, "event.yaml", EVENT);
     assert!(out.contains("event.events.k8s.io/web-1.pulled created"), "{out}");
     // The same object through both APIs, each in its own shape.
     let core = s.json(&["get", "events.v1.", "web-1.pulled"]);

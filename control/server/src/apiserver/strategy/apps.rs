@@ -6,7 +6,9 @@ use serde_json::{Value, json};
 
 use super::super::status::Cause;
 use super::super::validation;
-use super::checks::{default_at, forbidden, immutable, non_negative, ok_if_empty, one_of, required_str, str_at};
+use super::checks::{
+    default_at, defaulted, forbidden, immutable, non_negative, ok_if_empty, one_of, required_str, str_at,
+};
 use super::{Strategy, drop_status};
 
 #[derive(Debug)]
@@ -43,6 +45,9 @@ impl Strategy for StatefulSet {
                 default_at(claim, "/spec/volumeMode", json!("Filesystem"));
             }
             default_at(claim, "/status", json!({"phase": "Pending"}));
+            // As the typed model writes them, so that updates compare equal.
+            default_at(claim, "/apiVersion", json!("v1"));
+            default_at(claim, "/kind", json!("PersistentVolumeClaim"));
         }
     }
 
@@ -77,6 +82,7 @@ impl Strategy for StatefulSet {
     }
 
     fn prepare_for_update(&self, cur: &Value, new: &mut Value) -> Result<(), Vec<Cause>> {
+        let new = &defaulted(self, new);
         let rest = |v: &Value| {
             let mut s = v.get("spec").cloned().unwrap_or(json!({}));
             if let Some(m) = s.as_object_mut() {
@@ -103,6 +109,7 @@ impl Strategy for ControllerRevision {
     }
 
     fn prepare_for_update(&self, cur: &Value, new: &mut Value) -> Result<(), Vec<Cause>> {
+        let new = &defaulted(self, new);
         let mut causes = Vec::new();
         immutable(cur, new, "/data", "data", &mut causes);
         ok_if_empty(causes)

@@ -127,6 +127,14 @@ pub(super) fn default_at(obj: &mut Value, ptr: &str, v: Value) {
     }
 }
 
+/// `v` with `s`'s defaults filled, for comparing an update with the stored object
+/// (updates are checked before they are defaulted, and stored objects are defaulted).
+pub(super) fn defaulted(s: &dyn super::Strategy, v: &Value) -> Value {
+    let mut d = v.clone();
+    s.default(&mut d);
+    d
+}
+
 /// `Ok` when there are no causes, for `prepare_for_update`.
 pub(super) fn ok_if_empty(causes: Vec<Cause>) -> Result<(), Vec<Cause>> {
     if causes.is_empty() { Ok(()) } else { Err(causes) }

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::super::meta::dns_subdomain_error;
 use super::super::status::Cause;
 use super::checks::{
-    default_at, forbidden, immutable, ok_if_empty, one_of, required_because, required_str, selector, str_at,
+    default_at, defaulted, forbidden, immutable, ok_if_empty, one_of, required_because, required_str, selector, str_at,
 };
 use super::{Strategy, drop_status};
 
@@ -150,6 +150,7 @@ impl Strategy for IngressClass {
     }
 
     fn prepare_for_update(&self, cur: &Value, new: &mut Value) -> Result<(), Vec<Cause>> {
+        let new = &defaulted(self, new);
         let mut causes = Vec::new();
         immutable(cur, new, "/spec/controller", "spec.controller", &mut causes);
         ok_if_empty(causes)

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::super::status::Cause;
 use super::checks::{
-    default_at, forbidden, int_or_percent, non_negative, one_of, quantities, required_str, selector, str_at,
+    default_at, defaulted, forbidden, int_or_percent, non_negative, one_of, quantities, required_str, selector, str_at,
 };
 use super::{Strategy, drop_status};
 
@@ -91,6 +91,7 @@ impl Strategy for PriorityClass {
     }
 
     fn prepare_for_update(&self, cur: &Value, new: &mut Value) -> Result<(), Vec<Cause>> {
+        let new = &defaulted(self, new);
         let mut causes = Vec::new();
         if cur.get("value") != new.get("value") {
             causes.push(forbidden("value", "may not be changed in an update."));

@@ -6,7 +6,8 @@ use serde_json::{Value, json};
 
 use super::super::status::Cause;
 use super::checks::{
-    default_at, forbidden, immutable, ok_if_empty, one_of, quantities, required_because, required_str, selector, str_at,
+    default_at, defaulted, forbidden, immutable, ok_if_empty, one_of, quantities, required_because, required_str,
+    selector, str_at,
 };
 use super::{Strategy, drop_status};
 
@@ -38,6 +39,7 @@ impl Strategy for StorageClass {
     }
 
     fn prepare_for_update(&self, cur: &Value, new: &mut Value) -> Result<(), Vec<Cause>> {
+        let new = &defaulted(self, new);
         let mut causes = Vec::new();
         for f in ["parameters", "provisioner", "reclaimPolicy", "volumeBindingMode"] {
             let ptr = format!("/{f}");
@@ -132,6 +134,7 @@ impl Strategy for PersistentVolume {
     }
 
     fn prepare_for_update(&self, cur: &Value, new: &mut Value) -> Result<(), Vec<Cause>> {
+        let new = &defaulted(self, new);
         let mut causes = Vec::new();
         for f in PV_SOURCES {
             immutable(cur, new, &format!("/spec/{f}"), &format!("spec.persistentvolumesource.{f}"), &mut causes);
@@ -167,6 +170,7 @@ impl Strategy for PersistentVolumeClaim {
     }
 
     fn prepare_for_update(&self, cur: &Value, new: &mut Value) -> Result<(), Vec<Cause>> {
+        let new = &defaulted(self, new);
         // As upstream: after creation only the requested size (and the volume it binds
         // to, set once) may change.
         let strip = |v: &Value| {
