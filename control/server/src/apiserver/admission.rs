@@ -1,7 +1,7 @@
 //! Admission: the mutating steps of a create that need more than the object itself
 //! (the store, randomness), run after decoding and defaulting and before the store, as
-//! upstream's admission plugins. Today that is ServiceAccount admission, for kinds whose
-//! strategy asks for it (pods):
+//! upstream's admission plugins: priority admission (`priority`), then ServiceAccount
+//! admission, for kinds whose strategy asks for it (pods):
 //! - `spec.serviceAccountName` defaults to `default` (and the deprecated
 //!   `spec.serviceAccount` follows it);
 //! - the named ServiceAccount must exist, else the create is Forbidden. `default` is
@@ -51,6 +51,10 @@ const DEFAULT_ACCOUNT_POLL: Duration = Duration::from_millis(100);
 impl ApiServer {
     /// Runs the admission steps the kind's strategy asks for on a new object in `ns`.
     pub(super) async fn admit_create(&self, def: &ResourceDef, ns: Option<&str>, obj: &mut Value) -> ApiResult<()> {
+        // Mirror pods are left as the kubelet wrote them (module doc), priority included.
+        if !is_mirror_pod(obj) {
+            self.admit_priority(def, obj).await?;
+        }
         let Some(ns) = ns.filter(|_| def.strategy.admits_service_account()) else { return Ok(()) };
         if is_mirror_pod(obj) {
             return Ok(());

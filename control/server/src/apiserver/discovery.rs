@@ -29,19 +29,35 @@ pub fn core_versions() -> Value {
     })
 }
 
-fn group_doc(group: &str, version: &str) -> Value {
-    let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
-    json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
+/// A group with all its versions, the first preferred.
+fn group_doc(group: &str) -> Value {
+    let versions: Vec<Value> = groups()
+        .into_iter()
+        .filter(|(g, _)| *g == group)
+        .map(|(g, v)| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+        .collect();
+    json!({"name": group, "preferredVersion": versions[0].clone(), "versions": versions})
+}
+
+/// The group names, in order.
+fn group_names() -> Vec<&'static str> {
+    let mut names: Vec<&str> = Vec::new();
+    for (g, _) in groups() {
+        if !names.contains(&g) {
+            names.push(g);
+        }
+    }
+    names
 }
 
 pub fn group_list() -> Value {
-    let groups: Vec<Value> = groups().into_iter().map(|(g, v)| group_doc(g, v)).collect();
+    let groups: Vec<Value> = group_names().into_iter().map(group_doc).collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 pub fn group(name: &str) -> Option<Value> {
-    groups().into_iter().find(|(g, _)| *g == name).map(|(g, v)| {
-        let mut d = group_doc(g, v);
+    group_names().into_iter().find(|g| *g == name).map(|g| {
+        let mut d = group_doc(g);
         d["kind"] = json!("APIGroup");
         d["apiVersion"] = json!("v1");
         d

@@ -1,18 +1,54 @@
-//! A minimal OpenAPI v3 surface, enough for kubectl: the root index (`/openapi/v3`)
-//! and one document per group-version listing each resource's PATCH operation with
-//! its `x-kubernetes-group-version-kind` and the `fieldValidation` parameter. kubectl
-//! reads exactly that to decide it may leave validation to the server
-//! (`fieldValidation=Strict`) instead of downloading schemas.
+//! The OpenAPI v3 surface kubectl reads: the root index (`/openapi/v3`) and one
+//! document per group-version listing each resource's operations with its
+//! `x-kubernetes-group-version-kind` and the `fieldValidation` parameter (kubectl then
+//! leaves validation to the server, `fieldValidation=Strict`), and the schemas of its
+//! kinds with their descriptions (k8s-openapi's, through `schemars`), which is what
+//! `kubectl explain` renders.
 //!
-//! Schemas are not published yet, so `kubectl explain` does not work; it must not
-//! claim anything the server does not do.
+//! PATCH operations declare no request body, so client-side apply keeps computing its
+//! patches from kubectl's built-in types (the schemas carry no patch strategies). It
+//! must not claim anything the server does not do, with one marker: create-only kinds
+//! list a PATCH operation too, which is how kubectl learns that field validation is the
+//! server's.
 
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use schemars::generate::SchemaSettings;
 use serde_json::{Value, json};
 
 use super::resources::{RESOURCES, groups};
 
 /// Changes whenever the served documents change, so clients' caches refresh.
-const HASH: &str = concat!("skiff-", env!("CARGO_PKG_VERSION"), "-1");
+const HASH: &str = concat!("skiff-", env!("CARGO_PKG_VERSION"), "-2");
+
+/// Every group-version's document, built once (the schemas do not change at run time).
+static DOCUMENTS: LazyLock<HashMap<String, Value>> = LazyLock::new(|| {
+    let mut gvs = vec![("", "v1")];
+    gvs.extend(groups());
+    gvs.into_iter().filter_map(|(g, v)| Some((gv_path(g, v), build(g, v)?))).collect()
+});
+
+/// The schemas of a group-version's kinds and of everything they refer to, each
+/// kind's marked with its group, version and kind as upstream does.
+fn schemas(group: &str, version: &str) -> serde_json::Map<String, Value> {
+    let mut generator = SchemaSettings::openapi3().into_generator();
+    let mut kinds = Vec::new();
+    for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
+        let reference = (r.schema)(&mut generator);
+        let name = reference.get("$ref").and_then(Value::as_str).and_then(|p| p.rsplit('/').next()).map(String::from);
+        if let Some(name) = name {
+            kinds.push((name, json!([{"group": r.group, "version": r.version, "kind": r.kind}])));
+        }
+    }
+    let mut defs = generator.take_definitions(true);
+    for (name, gvk) in kinds {
+        if let Some(Value::Object(schema)) = defs.get_mut(&name) {
+            schema.insert("x-kubernetes-group-version-kind".into(), gvk);
+        }
+    }
+    defs
+}
 
 fn gv_path(group: &str, version: &str) -> String {
     if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
@@ -29,13 +65,12 @@ pub fn root() -> Value {
     json!({"paths": paths})
 }
 
+/// The document of `api/v1` or `apis/<group>/<version>`.
 pub fn group_version(path: &str) -> Option<Value> {
-    let segs: Vec<&str> = path.split('/').collect();
-    let (group, version) = match segs.as_slice() {
-        ["api", v] => ("", *v),
-        ["apis", g, v] => (*g, *v),
-        _ => return None,
-    };
+    DOCUMENTS.get(path).cloned()
+}
+
+fn build(group: &str, version: &str) -> Option<Value> {
     let mut paths = serde_json::Map::new();
     for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
         let base = format!("/{}", gv_path(group, version));
@@ -61,7 +96,10 @@ pub fn group_version(path: &str) -> Option<Value> {
         };
         if r.create_only() {
             let collection = p.trim_end_matches("/{name}").to_string();
-            paths.insert(collection, json!({"post": op("post")}));
+            // kubectl looks only at PATCH operations to learn that the server validates
+            // fields; without one, `kubectl create -f` of a review would download the
+            // v2 schemas instead. The PATCH itself is answered 405, as upstream.
+            paths.insert(collection, json!({"post": op("post"), "patch": op("patch")}));
         } else {
             paths.insert(p, json!({"get": op("get"), "put": op("put"), "patch": op("patch"), "delete": op("delete")}));
         }
@@ -73,6 +111,6 @@ pub fn group_version(path: &str) -> Option<Value> {
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": "v1.33.0"},
         "paths": paths,
-        "components": {"schemas": {}},
+        "components": {"schemas": schemas(group, version)},
     }))
 }

@@ -19,6 +19,14 @@ fn roundtrip<T: serde::de::DeserializeOwned + serde::Serialize>(v: Value) -> Res
     serde_json::to_value(typed).map_err(|e| e.to_string())
 }
 
+/// Adds the kind's OpenAPI schema (and those it refers to) to a generator and returns
+/// the reference to it, for `/openapi/v3` (k8s-openapi's `schemars` descriptions).
+pub type SchemaOf = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
+
+fn schema_of<T: schemars::JsonSchema>(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    g.subschema_for::<T>()
+}
+
 #[derive(Debug)]
 pub struct ResourceDef {
     pub group: &'static str,
@@ -35,6 +43,7 @@ pub struct ResourceDef {
     /// In `kubectl get all`.
     pub all: bool,
     pub decode: Decode,
+    pub schema: SchemaOf,
     /// The kind's behaviour in the generic verbs.
     pub(crate) strategy: &'static dyn Strategy,
 }
@@ -65,14 +74,26 @@ impl ResourceDef {
     }
 
     /// Kinds that are never stored: the only verb is create, answered from the request
-    /// itself (SelfSubjectReview = "who am I", `kubectl auth whoami`).
+    /// itself (SelfSubjectReview = "who am I", `kubectl auth whoami`; the access and
+    /// rules reviews of `kubectl auth can-i`).
     pub fn create_only(&self) -> bool {
-        self.kind == "SelfSubjectReview"
+        self.kind == "SelfSubjectReview" || self.group == "authorization.k8s.io"
     }
 
     /// Whether `metadata.generation` tracks spec changes (objects with a spec).
     pub fn has_spec(&self) -> bool {
-        !matches!(self.kind, "ConfigMap" | "Secret" | "Event" | "Endpoints" | "EndpointSlice" | "ServiceAccount")
+        !matches!(
+            self.kind,
+            "ConfigMap"
+                | "Secret"
+                | "Event"
+                | "Endpoints"
+                | "EndpointSlice"
+                | "ServiceAccount"
+                | "StorageClass"
+                | "PriorityClass"
+                | "ControllerRevision"
+        )
     }
 }
 
@@ -90,14 +111,17 @@ macro_rules! res {
             scale: $sc,
             all: $all,
             decode: roundtrip::<$ty>,
+            schema: schema_of::<$ty>,
             strategy: &$strategy,
         }
     };
 }
 
 use k8s_openapi::api::{
-    apps::v1 as apps, authentication::v1 as authn, batch::v1 as batch, certificates::v1 as certs,
-    coordination::v1 as coord, core::v1 as core, discovery::v1 as disc, rbac::v1 as rbac,
+    apps::v1 as apps, authentication::v1 as authn, authorization::v1 as authz, autoscaling::v1 as autoscaling_v1,
+    autoscaling::v2 as autoscaling, batch::v1 as batch, certificates::v1 as certs, coordination::v1 as coord,
+    core::v1 as core, discovery::v1 as disc, events::v1 as events, networking::v1 as net, policy::v1 as policy,
+    rbac::v1 as rbac, scheduling::v1 as sched, storage::v1 as storage,
 };
 
 /// Every served resource. Adding a kind is one line.
@@ -123,6 +147,28 @@ pub static RESOURCES: &[ResourceDef] = &[
     res!(authn::SelfSubjectReview, "authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", "selfsubjectreview", [], false, status: false, scale: false, all: false, strategy::Generic),
     res!(certs::CertificateSigningRequest, "certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests", "certificatesigningrequest", ["csr"], false, status: true, scale: false, all: false, strategy::CertificateSigningRequest),
     res!(disc::EndpointSlice, "discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", [], true, status: false, scale: false, all: false, strategy::Generic),
+    res!(apps::StatefulSet, "apps", "v1", "StatefulSet", "statefulsets", "statefulset", ["sts"], true, status: true, scale: true, all: true, strategy::StatefulSet),
+    res!(apps::ControllerRevision, "apps", "v1", "ControllerRevision", "controllerrevisions", "controllerrevision", [], true, status: false, scale: false, all: false, strategy::ControllerRevision),
+    res!(batch::CronJob, "batch", "v1", "CronJob", "cronjobs", "cronjob", ["cj"], true, status: true, scale: false, all: true, strategy::CronJob),
+    res!(core::PersistentVolume, "", "v1", "PersistentVolume", "persistentvolumes", "persistentvolume", ["pv"], false, status: true, scale: false, all: false, strategy::PersistentVolume),
+    res!(core::PersistentVolumeClaim, "", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", "persistentvolumeclaim", ["pvc"], true, status: true, scale: false, all: false, strategy::PersistentVolumeClaim),
+    res!(core::ResourceQuota, "", "v1", "ResourceQuota", "resourcequotas", "resourcequota", ["quota"], true, status: true, scale: false, all: false, strategy::ResourceQuota),
+    res!(core::LimitRange, "", "v1", "LimitRange", "limitranges", "limitrange", ["limits"], true, status: false, scale: false, all: false, strategy::LimitRange),
+    res!(storage::StorageClass, "storage.k8s.io", "v1", "StorageClass", "storageclasses", "storageclass", ["sc"], false, status: false, scale: false, all: false, strategy::StorageClass),
+    res!(net::Ingress, "networking.k8s.io", "v1", "Ingress", "ingresses", "ingress", ["ing"], true, status: true, scale: false, all: false, strategy::Ingress),
+    res!(net::IngressClass, "networking.k8s.io", "v1", "IngressClass", "ingressclasses", "ingressclass", [], false, status: false, scale: false, all: false, strategy::IngressClass),
+    res!(net::NetworkPolicy, "networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", "networkpolicy", ["netpol"], true, status: false, scale: false, all: false, strategy::NetworkPolicy),
+    res!(policy::PodDisruptionBudget, "policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", "poddisruptionbudget", ["pdb"], true, status: true, scale: false, all: false, strategy::PodDisruptionBudget),
+    res!(sched::PriorityClass, "scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", "priorityclass", ["pc"], false, status: false, scale: false, all: false, strategy::PriorityClass),
+    res!(autoscaling::HorizontalPodAutoscaler, "autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", ["hpa"], true, status: true, scale: false, all: true, strategy::HorizontalPodAutoscaler),
+    // The same objects as autoscaling/v2's, in v1's shape (`views`); `kubectl autoscale` writes v1.
+    res!(autoscaling_v1::HorizontalPodAutoscaler, "autoscaling", "v1", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", ["hpa"], true, status: true, scale: false, all: true, strategy::HorizontalPodAutoscaler),
+    // The same objects as core Events, in this API's shape (`events_v1`).
+    res!(events::Event, "events.k8s.io", "v1", "Event", "events", "event", ["ev"], true, status: false, scale: false, all: false, strategy::Event),
+    res!(authz::SelfSubjectAccessReview, "authorization.k8s.io", "v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", "selfsubjectaccessreview", [], false, status: false, scale: false, all: false, strategy::Generic),
+    res!(authz::SelfSubjectRulesReview, "authorization.k8s.io", "v1", "SelfSubjectRulesReview", "selfsubjectrulesreviews", "selfsubjectrulesreview", [], false, status: false, scale: false, all: false, strategy::Generic),
+    res!(authz::SubjectAccessReview, "authorization.k8s.io", "v1", "SubjectAccessReview", "subjectaccessreviews", "subjectaccessreview", [], false, status: false, scale: false, all: false, strategy::Generic),
+    res!(authz::LocalSubjectAccessReview, "authorization.k8s.io", "v1", "LocalSubjectAccessReview", "localsubjectaccessreviews", "localsubjectaccessreview", [], true, status: false, scale: false, all: false, strategy::Generic),
 ];
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceDef> {
@@ -133,7 +179,8 @@ pub fn by_kind(kind: &str) -> Option<&'static ResourceDef> {
     RESOURCES.iter().find(|r| r.kind == kind)
 }
 
-/// The API groups (other than core) in the order discovery lists them.
+/// The API group-versions (other than core) in the order discovery lists them; a
+/// group's first version is its preferred one.
 pub fn groups() -> Vec<(&'static str, &'static str)> {
     let mut out: Vec<(&str, &str)> = Vec::new();
     for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {

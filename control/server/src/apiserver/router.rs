@@ -16,7 +16,7 @@ use super::object::Named;
 use super::request::{Ctx, Resp, Subresource, Verb, error_response, full, json_response};
 use super::resources::{self, ResourceDef};
 use super::status::{ApiError, ApiResult};
-use super::{authentication, discovery, openapi};
+use super::{authentication, discovery, openapi, views};
 use crate::auth::authn::Outcome;
 use crate::auth::authz::{Attributes, Decision};
 use crate::tls::x509::Subject;
@@ -100,6 +100,10 @@ impl ApiServer {
                     return (error_response(&ApiError::unauthorized()), None, None);
                 }
             },
+        };
+        let user = match super::impersonation::impersonate(self.authz.as_ref(), user, req.headers()) {
+            Ok(u) => u,
+            Err(e) => return (error_response(&e), None, None),
         };
         let name = Some(user.name.clone());
         if let Some(target) = super::node_proxy::ProxyTarget::parse(req.uri().path()) {
@@ -196,6 +200,9 @@ impl ApiServer {
     }
 
     async fn resource(&self, r: ResourceRequest, ctx: Ctx) -> ApiResult<Resp> {
+        if let Some(view) = views::of(r.def) {
+            return self.view(view, r, ctx).await;
+        }
         let ns = r.namespace.as_deref();
         let name = r.name.as_deref();
         let sub = match r.subresource.as_deref() {
@@ -218,7 +225,10 @@ impl ApiServer {
         };
         if r.def.create_only() {
             return match (r.verb, name, sub) {
-                (Verb::Create, None, None) => authentication::self_subject_review(&ctx.user),
+                (Verb::Create, None, None) if r.def.kind == "SelfSubjectReview" => {
+                    authentication::self_subject_review(&ctx.user)
+                }
+                (Verb::Create, None, None) => self.review(r.def, ns, &ctx),
                 (verb, _, _) => Err(ApiError::method_not_allowed(verb.as_str())),
             };
         }
@@ -241,6 +251,21 @@ impl ApiServer {
             (Verb::DeleteCollection, None, _) => self.delete_collection(r.def, ns, &ctx).await,
             (verb, _, _) => Err(ApiError::method_not_allowed(verb.as_str())),
         }
+    }
+}
+
+impl ApiServer {
+    /// A request to a kind served a second time (events.k8s.io/v1 Events,
+    /// autoscaling/v1 HorizontalPodAutoscalers), served by the stored kind's handlers on
+    /// the same objects (RBAC has already judged it under its own group and version).
+    async fn view(&self, view: &'static views::View, r: ResourceRequest, ctx: Ctx) -> ApiResult<Resp> {
+        let (group, version, plural) = view.stored;
+        let stored =
+            resources::find(group, version, plural).ok_or_else(|| ApiError::internal("stored kind not served"))?;
+        let ctx = views::request_to_stored(view, r.def, r.verb, ctx)?;
+        let watch = r.verb == Verb::Watch;
+        let resp = Box::pin(self.resource(ResourceRequest { def: stored, ..r }, ctx)).await?;
+        Ok(views::response_from_stored(view, resp, watch).await)
     }
 }
 

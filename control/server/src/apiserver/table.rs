@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::meta::age_of;
 
-struct Col(&'static str, &'static str, u8);
+pub(super) struct Col(pub(super) &'static str, pub(super) &'static str, pub(super) u8);
 
 fn columns(kind: &str) -> Vec<Col> {
     let mut c = vec![Col("Name", "name", 0)];
@@ -75,7 +75,7 @@ fn columns(kind: &str) -> Vec<Col> {
             Col("Object", "string", 0),
             Col("Message", "string", 0),
         ],
-        _ => vec![Col("Age", "string", 0)],
+        _ => super::printers::columns(kind).unwrap_or_else(|| vec![Col("Age", "string", 0)]),
     });
     c
 }
@@ -103,7 +103,7 @@ fn joined(items: &[Value], f: impl Fn(&Value) -> String) -> String {
 fn row(kind: &str, o: &Value) -> Vec<Value> {
     let name = s(o, "/metadata/name");
     let age = age_of(o);
-    let mut cells = vec![json!(name)];
+    let mut cells = vec![json!(super::printers::name_cell(kind, o, name))];
     cells.extend(match kind {
         "Pod" => {
             let statuses = arr(o, "/status/containerStatuses");
@@ -255,7 +255,7 @@ fn row(kind: &str, o: &Value) -> Vec<Value> {
             json!(format!("{}/{}", s(o, "/involvedObject/kind").to_lowercase(), s(o, "/involvedObject/name"))),
             json!(s(o, "/message")),
         ],
-        _ => vec![json!(age)],
+        _ => super::printers::cells(kind, o).unwrap_or_else(|| vec![json!(age)]),
     });
     cells
 }

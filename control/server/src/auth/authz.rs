@@ -36,6 +36,21 @@ pub enum Decision {
 
 pub trait Authorizer: Send + Sync {
     fn authorize(&self, user: &UserInfo, attrs: &Attributes) -> Decision;
+
+    /// The rules (RBAC `PolicyRule`s as JSON) that grant `user` anything cluster-wide or
+    /// in `namespace`, for SelfSubjectRulesReview (`kubectl auth can-i --list`). Like
+    /// upstream's `RulesFor`, a summary for display: `authorize` decides.
+    fn rules_for(&self, user: &UserInfo, namespace: Option<&str>) -> Vec<serde_json::Value> {
+        let _ = (user, namespace);
+        Vec::new()
+    }
+
+    /// Whether `rules_for` leaves out grants this authorizer makes to `user` (a rules
+    /// review then says `incomplete`, as upstream's does).
+    fn rules_incomplete(&self, user: &UserInfo) -> bool {
+        let _ = user;
+        false
+    }
 }
 
 #[derive(Debug, Default)]
@@ -72,6 +87,17 @@ impl Authorizer for BootstrapAuthorizer {
                 ))
             }
         }
+    }
+
+    fn rules_for(&self, user: &UserInfo, _namespace: Option<&str>) -> Vec<serde_json::Value> {
+        if user.in_group(MASTERS) {
+            return vec![
+                serde_json::json!({"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}),
+                serde_json::json!({"nonResourceURLs": ["*"], "verbs": ["*"]}),
+            ];
+        }
+        let urls: Vec<String> = PUBLIC_PATHS.iter().flat_map(|p| [p.to_string(), format!("{p}/*")]).collect();
+        vec![serde_json::json!({"nonResourceURLs": urls, "verbs": ["get"]})]
     }
 }
 

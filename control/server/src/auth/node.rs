@@ -195,6 +195,16 @@ fn deny(node: &str, what: &str) -> Decision {
 }
 
 impl<A: Authorizer> Authorizer for NodeAuthorizer<A> {
+    /// The inner authorizer's rules: what a node may reach through its pods is per
+    /// object, which a rules summary cannot say (upstream marks it incomplete too).
+    fn rules_for(&self, user: &UserInfo, namespace: Option<&str>) -> Vec<serde_json::Value> {
+        self.inner.rules_for(user, namespace)
+    }
+
+    fn rules_incomplete(&self, user: &UserInfo) -> bool {
+        node_of(user).is_some() || self.inner.rules_incomplete(user)
+    }
+
     fn authorize(&self, user: &UserInfo, attrs: &Attributes) -> Decision {
         let (Some(node), Attributes::Resource { verb, group, resource, subresource, namespace, name }) =
             (node_of(user), attrs)

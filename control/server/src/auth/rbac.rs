@@ -98,16 +98,14 @@ impl RbacCache {
         self.objects.get(&k).and_then(|r| r.get("rules")).and_then(|r| r.as_array()).cloned().unwrap_or_default()
     }
 
-    /// Whether any binding that names `user` grants `attrs`.
-    pub fn allows(&self, user: &UserInfo, attrs: &Attributes) -> bool {
-        let ns = match attrs {
-            Attributes::Resource { namespace, .. } => namespace.as_deref(),
-            Attributes::NonResource { .. } => None,
-        };
+    /// The rules of every binding that names `user`: cluster-wide ones, and those of
+    /// RoleBindings in `ns`.
+    fn rules_of_user(&self, user: &UserInfo, ns: Option<&str>) -> Vec<Value> {
         let bindings = self.objects.iter().filter(|(k, _)| {
             k.starts_with(&prefix("clusterrolebindings"))
                 || ns.is_some_and(|ns| k.starts_with(&format!("{}{ns}/", prefix("rolebindings"))))
         });
+        let mut rules = Vec::new();
         for (k, b) in bindings {
             let binding_ns = if k.starts_with(&prefix("rolebindings")) { ns } else { None };
             let subjects = b.get("subjects").and_then(|s| s.as_array()).cloned().unwrap_or_default();
@@ -115,11 +113,18 @@ impl RbacCache {
                 continue;
             }
             let role_ref = b.get("roleRef").cloned().unwrap_or(Value::Null);
-            if self.rules_of(&role_ref, binding_ns).iter().any(|r| rule_allows(r, attrs)) {
-                return true;
-            }
+            rules.extend(self.rules_of(&role_ref, binding_ns));
         }
-        false
+        rules
+    }
+
+    /// Whether any binding that names `user` grants `attrs`.
+    pub fn allows(&self, user: &UserInfo, attrs: &Attributes) -> bool {
+        let ns = match attrs {
+            Attributes::Resource { namespace, .. } => namespace.as_deref(),
+            Attributes::NonResource { .. } => None,
+        };
+        self.rules_of_user(user, ns).iter().any(|r| rule_allows(r, attrs))
     }
 
     pub fn apply(&mut self, kv: &KeyValue, kind: EventType) {
@@ -154,6 +159,12 @@ impl Authorizer for RbacAuthorizer {
                 }
             }
         }
+    }
+
+    fn rules_for(&self, user: &UserInfo, namespace: Option<&str>) -> Vec<Value> {
+        let mut rules = BootstrapAuthorizer.rules_for(user, namespace);
+        rules.extend(self.cache.read().unwrap().rules_of_user(user, namespace));
+        rules
     }
 }
 

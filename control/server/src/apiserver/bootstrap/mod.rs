@@ -71,7 +71,21 @@ pub async fn bootstrap(store: &dyn store::Store, info: &BootstrapInfo) -> ApiRes
         "ports": [{"name": "https", "port": info.port, "protocol": "TCP"}]});
     put(store, &by_kind("EndpointSlice").unwrap().key(Some("default"), "kubernetes"), &slice).await?;
     bootstrap_kube_dns(store, info.dns_service_ip).await?;
+    bootstrap_priority_classes(store).await?;
     rbac::bootstrap_rbac(store).await
+}
+
+/// The two built-in PriorityClasses upstream creates (`system-node-critical`,
+/// `system-cluster-critical`), refreshed on every start.
+async fn bootstrap_priority_classes(store: &dyn store::Store) -> ApiResult<()> {
+    let def = by_kind("PriorityClass").unwrap();
+    for (name, value, description) in strategy::SYSTEM_PRIORITY_CLASSES {
+        let obj = json!({"kind": "PriorityClass", "apiVersion": "scheduling.k8s.io/v1",
+            "metadata": {"name": name, "uid": meta::new_uid(), "creationTimestamp": meta::now()},
+            "value": value, "description": description, "preemptionPolicy": "PreemptLowerPriority"});
+        put(store, &def.key(None, name), &obj).await?;
+    }
+    Ok(())
 }
 
 /// Creates `kube-system/kube-dns` on its conventional ClusterIP once, unless another

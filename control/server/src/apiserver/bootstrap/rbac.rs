@@ -11,7 +11,7 @@ use crate::store;
 /// Bootstrap RBAC policy, reconciled on every start: `cluster-admin` for
 /// `system:masters`, `view` for read-only users to bind, `system:node` for the node
 /// agents (group `system:nodes`; their client certificates carry `O=system:nodes`), and
-/// `system:basic-user` (ask "who am I") for every authenticated user.
+/// `system:basic-user` (ask "who am I" and "may I") for every authenticated user.
 pub(super) async fn bootstrap_rbac(store: &dyn store::Store) -> ApiResult<()> {
     const G: &str = "rbac.authorization.k8s.io";
     let read = json!(["get", "list", "watch"]);
@@ -28,9 +28,13 @@ pub(super) async fn bootstrap_rbac(store: &dyn store::Store) -> ApiResult<()> {
         ),
         (
             "view",
-            json!([{"apiGroups": ["", "apps", "discovery.k8s.io", "coordination.k8s.io"],
+            json!([{"apiGroups": ["", "apps", "batch", "discovery.k8s.io", "coordination.k8s.io", "networking.k8s.io",
+                          "policy", "autoscaling", "events.k8s.io"],
             "resources": ["pods", "pods/status", "services", "endpoints", "endpointslices", "configmaps", "deployments",
-                          "deployments/scale", "replicasets", "replicasets/scale", "events", "namespaces", "serviceaccounts", "leases"],
+                          "deployments/scale", "replicasets", "replicasets/scale", "events", "namespaces", "serviceaccounts", "leases",
+                          "statefulsets", "statefulsets/scale", "controllerrevisions", "daemonsets", "jobs", "cronjobs",
+                          "persistentvolumeclaims", "resourcequotas", "limitranges", "ingresses", "networkpolicies",
+                          "poddisruptionbudgets", "horizontalpodautoscalers"],
             "verbs": read}]),
         ),
         (
@@ -64,7 +68,8 @@ pub(super) async fn bootstrap_rbac(store: &dyn store::Store) -> ApiResult<()> {
         ),
         (
             "system:basic-user",
-            json!([{"apiGroups": ["authentication.k8s.io"], "resources": ["selfsubjectreviews"], "verbs": ["create"]}]),
+            json!([{"apiGroups": ["authentication.k8s.io"], "resources": ["selfsubjectreviews"], "verbs": ["create"]},
+                   {"apiGroups": ["authorization.k8s.io"], "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"], "verbs": ["create"]}]),
         ),
     ];
     let role_def = by_kind("ClusterRole").unwrap();

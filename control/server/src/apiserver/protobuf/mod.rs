@@ -1,14 +1,17 @@
 //! Decoding of the Kubernetes protobuf wire format for the kinds `kubectl create`
 //! sends as protobuf (ConfigMap, Secret, Namespace, ServiceAccount, RoleBinding,
 //! ClusterRoleBinding, and the TokenRequest of `kubectl create token`; Deployment, Job
-//! and Service by table in `workloads`): client-go prefers protobuf for built-in
-//! types and does not fall back to JSON on 415. Other kinds get 415.
+//! and Service by table in `workloads`; CronJob, Ingress, PodDisruptionBudget,
+//! PriorityClass, ResourceQuota, Role, ClusterRole and the authorization reviews by
+//! table in `generators`): client-go prefers protobuf for built-in types and does not
+//! fall back to JSON on 415. Other kinds get 415.
 //!
 //! Envelope: the magic `k8s\0`, then `runtime.Unknown{typeMeta=1, raw=2}` whose `raw`
 //! is the object's message. This module only turns bytes into JSON; it must not
 //! validate (the normal create path does).
 
 mod certificates;
+mod generators;
 mod kinds;
 mod wire;
 mod workloads;
@@ -45,6 +48,11 @@ pub fn decode(body: &[u8]) -> Res<Value> {
         "TokenRequest" => kinds::token_request(raw)?,
         "RoleBinding" | "ClusterRoleBinding" => kinds::role_binding(raw)?,
         "CertificateSigningRequest" => certificates::certificate_signing_request(raw)?,
+        "HorizontalPodAutoscaler" if api_version != "autoscaling/v1" => {
+            return Err(format!(
+                "protobuf is supported for autoscaling/v1 HorizontalPodAutoscalers, not {api_version}; send JSON"
+            ));
+        }
         other => match workloads::decode(other, raw) {
             Some(obj) => obj?,
             None => return Err(format!("protobuf is not supported for kind {other:?}; send JSON")),

@@ -12,7 +12,7 @@ use super::wire::{Field, Res, fields, insert_map, map_entry, object_meta, string
 
 /// How one field is turned into JSON.
 #[derive(Clone, Copy)]
-enum Shape {
+pub(super) enum Shape {
     /// Non-pointer scalars: Go's protobuf encoder always writes them, so the zero value
     /// ("", 0, false) means "not set" and is left out of the JSON.
     Str,
@@ -29,15 +29,19 @@ enum Shape {
     IntOrString,
     Msg(&'static [F]),
     Msgs(&'static [F]),
+    /// An embedded Go struct: its own message on the wire, its fields inlined in JSON
+    /// (an Ingress rule's `IngressRuleValue`).
+    Inline(&'static [F]),
 }
 
 /// One field of a message: number, JSON name, shape.
-type F = (u64, &'static str, Shape);
+pub(super) type F = (u64, &'static str, Shape);
 
 use Shape::*;
 
-const LABEL_SELECTOR_REQ: &[F] = &[(1, "key", Str), (2, "operator", Str), (3, "values", Strs)];
-const LABEL_SELECTOR: &[F] = &[(1, "matchLabels", StrMap), (2, "matchExpressions", Msgs(LABEL_SELECTOR_REQ))];
+pub(super) const LABEL_SELECTOR_REQ: &[F] = &[(1, "key", Str), (2, "operator", Str), (3, "values", Strs)];
+pub(super) const LABEL_SELECTOR: &[F] =
+    &[(1, "matchLabels", StrMap), (2, "matchExpressions", Msgs(LABEL_SELECTOR_REQ))];
 const CONTAINER_PORT: &[F] =
     &[(1, "name", Str), (2, "hostPort", Int), (3, "containerPort", Int), (4, "protocol", Str), (5, "hostIP", Str)];
 const ENV_VAR: &[F] = &[(1, "name", Str), (2, "value", Str)];
@@ -84,7 +88,7 @@ const DEPLOYMENT_SPEC: &[F] = &[
     (7, "paused", Bool),
     (9, "progressDeadlineSeconds", IntPtr),
 ];
-const JOB_SPEC: &[F] = &[
+pub(super) const JOB_SPEC: &[F] = &[
     (1, "parallelism", IntPtr),
     (2, "completions", IntPtr),
     (3, "activeDeadlineSeconds", IntPtr),
@@ -125,13 +129,13 @@ pub fn decode(kind: &str, raw: &[u8]) -> Option<Res<Value>> {
         "Deployment" => DEPLOYMENT,
         "Job" => JOB,
         "Service" => SERVICE,
-        _ => return None,
+        _ => super::generators::table(kind)?,
     };
     Some(message(raw, table))
 }
 
 /// Decodes one message by its table.
-fn message(b: &[u8], table: &'static [F]) -> Res<Value> {
+pub(super) fn message(b: &[u8], table: &'static [F]) -> Res<Value> {
     let mut o = Map::new();
     for (n, f) in fields(b)? {
         let Some(&(_, name, shape)) = table.iter().find(|(num, _, _)| *num == n) else { continue };
@@ -177,6 +181,11 @@ fn message(b: &[u8], table: &'static [F]) -> Res<Value> {
             }
             (Msgs(t), Field::Bytes(x)) => {
                 push(&mut o, name, message(x, t)?);
+            }
+            (Inline(t), Field::Bytes(x)) => {
+                if let Value::Object(inner) = message(x, t)? {
+                    o.extend(inner);
+                }
             }
             _ => return Err(format!("field {n} ({name}) has an unexpected wire type")),
         }

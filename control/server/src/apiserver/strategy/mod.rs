@@ -8,20 +8,31 @@
 //! anything random (a new object's uid is handed in), so the decoding path the fuzz
 //! target runs can call them.
 
+mod apps;
 mod certificates;
+mod checks;
 mod config;
 mod namespaces;
+mod networking;
 mod pods;
+mod policy;
 mod services;
+mod storage;
 mod workloads;
 
 use serde_json::Value;
 
+pub use apps::{ControllerRevision, CronJob, StatefulSet};
 pub use certificates::{CertificateSigningRequest, default_conditions};
 pub use config::{ConfigMap, Event, Node, Secret, ServiceAccount};
 pub use namespaces::{Namespace, SYSTEM_NAMESPACES};
+pub use networking::{Ingress, IngressClass, NetworkPolicy};
 pub use pods::Pod;
+pub use policy::{
+    HorizontalPodAutoscaler, LimitRange, PodDisruptionBudget, PriorityClass, ResourceQuota, SYSTEM_PRIORITY_CLASSES,
+};
 pub use services::Service;
+pub use storage::{PersistentVolume, PersistentVolumeClaim, StorageClass};
 pub use workloads::{DaemonSet, Deployment, Job, ReplicaSet};
 
 use super::request::Subresource;
