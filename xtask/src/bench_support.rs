@@ -16,7 +16,6 @@ use skiff_tests::netns::Netns;
 use crate::util::progress;
 
 /// Rounds of every compared pair, unless a bench is told otherwise.
-#[expect(dead_code, reason = "the benches move onto it one by one (issue 15)")]
 pub const DEFAULT_ROUNDS: usize = 5;
 
 /// `median unit (min .., max .., n=..)` of `values`, `decimals` after the point.
@@ -103,7 +102,6 @@ const OFFLOADS: &[&str] = &[
 /// Prints what the figures are taken on: kernel, CPUs, the data directory's filesystem
 /// (if the bench has one), and the MTU and offloads of each device on the measured path
 /// (`(namespace, device)`; `None` for the root namespace).
-#[expect(dead_code, reason = "the benches move onto it one by one (issue 15)")]
 pub fn print_environment(data_dir: Option<&Path>, devices: &[(Option<&Netns>, &str)]) {
     println!("# env kernel: {}", output(Command::new("uname").arg("-r")));
     println!("# env cpus: {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
