@@ -168,28 +168,33 @@ fn timed(program: &SchedClassifier, frame: &[u8], repeat: u32, expect: u32) -> R
     Ok((r.duration.as_nanos() as f64, out))
 }
 
-/// The median of `runs` single runs (`repeat = 1`), run `i` on `frame(i)`, each output
-/// checked by `check`. Frames are built and checked outside the kernel's timing.
-fn single_runs(
+/// After a warm-up round, `opts.rounds` rounds of: `opts.runs` single runs
+/// (`repeat = 1`) of the empty program, then as many of `program`, each on a new
+/// `frame()` whose output `check` accepts. Frames are built and checked outside the
+/// kernel's timing. Returns each round's median, the empty program's and the path's.
+fn single_rounds(
+    noop: &SchedClassifier,
     program: &SchedClassifier,
-    runs: usize,
+    opts: &Options,
     expect: u32,
-    mut frame: impl FnMut(usize) -> Vec<u8>,
+    mut frame: impl FnMut() -> Vec<u8>,
     mut check: impl FnMut(&[u8]) -> Result<()>,
-) -> Result<f64> {
-    let mut samples = Vec::with_capacity(runs);
-    for i in 0..runs {
-        let (ns, out) = timed(program, &frame(i), 1, expect)?;
-        check(&out)?;
-        samples.push(ns);
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let noop_frame = tcp_frame((CLIENT, REMOTE_SPORT), (VIP_A, 80), TCP_ACK);
+    let (mut noops, mut paths) = (Vec::new(), Vec::new());
+    for round in 0..=opts.rounds {
+        let (mut n, mut p) = (Vec::with_capacity(opts.runs), Vec::with_capacity(opts.runs));
+        for _ in 0..opts.runs {
+            n.push(timed(noop, &noop_frame, 1, TC_ACT_OK)?.0);
+        }
+        for _ in 0..opts.runs {
+            let (ns, out) = timed(program, &frame(), 1, expect)?;
+            check(&out)?;
+            p.push(ns);
+        }
+        keep(round, (&mut noops, median(n)), (&mut paths, median(p)));
     }
-    Ok(median(samples))
-}
-
-/// The empty program's single-run median on a packet of the same size.
-fn noop_single(noop: &SchedClassifier, runs: usize) -> Result<f64> {
-    let frame = tcp_frame((CLIENT, REMOTE_SPORT), (VIP_A, 80), TCP_ACK);
-    single_runs(noop, runs, TC_ACT_OK, |_| frame.clone(), |_| Ok(()))
+    Ok((noops, paths))
 }
 
 /// Installs `services` Services and measures every path; rounds alternate the empty
@@ -210,13 +215,12 @@ fn measure(services: u32, opts: &Options, noop: &SchedClassifier) -> Result<Figu
         install(&dir, services)?;
         eprintln!("[bench] {services} Services installed in {:.1} s", started.elapsed().as_secs_f64());
         let mut f = Figures::default();
-        let rounds = 0..=opts.rounds;
 
         // Established, no overlay: the pair. Two warm-up runs create both conntrack entries.
         let frame = tcp_frame((CLIENT, 40_000), (VIP_A, 80), TCP_ACK);
         let from_pod = datapath.program(Prog::FromPod)?;
         timed(from_pod, &frame, 2, TC_ACT_OK)?;
-        for round in rounds.clone() {
+        for round in 0..=opts.rounds {
             let (n, _) = timed(noop, &frame, opts.repeat, TC_ACT_OK)?;
             let (ns, _) = timed(from_pod, &frame, opts.repeat, TC_ACT_OK)?;
             keep(round, (&mut f.pair_noop, n), (&mut f.pair, ns));
@@ -229,24 +233,15 @@ fn measure(services: u32, opts: &Options, noop: &SchedClassifier) -> Result<Figu
         set_frontend(&dir, &LOCAL_IDS)?;
         let new_before = ct_new(&dir)?;
         let mut flow = 0usize;
-        for round in rounds.clone() {
-            let n = noop_single(noop, opts.runs)?;
-            let ns = single_runs(
-                from_pod,
-                opts.runs,
-                TC_ACT_OK,
-                |_| {
-                    flow += 1;
-                    tcp_frame(new_flow_source(flow), (VIP_A, 80), TCP_SYN)
-                },
-                |out| {
-                    let dst = ipv4_dst(out);
-                    ensure!(LOCAL_BACKENDS.contains(&dst), "a new flow went to {dst}, no backend of the Service");
-                    Ok(())
-                },
-            )?;
-            keep(round, (&mut f.new_flow_noop, n), (&mut f.new_flow, ns));
-        }
+        let new_flow = || {
+            flow += 1;
+            tcp_frame(new_flow_source(flow), (VIP_A, 80), TCP_SYN)
+        };
+        (f.new_flow_noop, f.new_flow) = single_rounds(noop, from_pod, opts, TC_ACT_OK, new_flow, |out| {
+            let dst = ipv4_dst(out);
+            ensure!(LOCAL_BACKENDS.contains(&dst), "a new flow went to {dst}, no backend of the Service");
+            Ok(())
+        })?;
         let created = ct_new(&dir)? - new_before;
         ensure!(created == flow as u64, "{flow} new-flow runs created {created} flows: not every run was a new flow");
 
@@ -255,38 +250,22 @@ fn measure(services: u32, opts: &Options, noop: &SchedClassifier) -> Result<Figu
         let forward = tcp_frame((CLIENT, REMOTE_SPORT), (VIP_A, 80), TCP_ACK);
         let syn = tcp_frame((CLIENT, REMOTE_SPORT), (VIP_A, 80), TCP_SYN);
         timed(from_pod, &syn, 1, TC_ACT_REDIRECT).context("the remote flow's first packet")?;
-        for round in rounds.clone() {
-            let n = noop_single(noop, opts.runs)?;
-            let ns = single_runs(
-                from_pod,
-                opts.runs,
-                TC_ACT_REDIRECT,
-                |_| forward.clone(),
-                |out| {
-                    ensure!(ipv4_dst(out) == REMOTE_BACKEND, "the established flow lost its backend");
-                    Ok(())
-                },
-            )?;
-            keep(round, (&mut f.remote_noop, n), (&mut f.remote, ns));
-        }
+        let to_backend = |out: &[u8]| {
+            ensure!(ipv4_dst(out) == REMOTE_BACKEND, "the established flow lost its backend");
+            Ok(())
+        };
+        (f.remote_noop, f.remote) =
+            single_rounds(noop, from_pod, opts, TC_ACT_REDIRECT, || forward.clone(), to_backend)?;
 
         // That backend's replies, out of the tunnel into "from overlay".
         let reply = tcp_frame((REMOTE_BACKEND, BACKEND_PORT), (CLIENT, REMOTE_SPORT), TCP_ACK);
         let from_overlay = datapath.program(Prog::FromOverlay)?;
-        for round in rounds {
-            let n = noop_single(noop, opts.runs)?;
-            let ns = single_runs(
-                from_overlay,
-                opts.runs,
-                TC_ACT_REDIRECT,
-                |_| reply.clone(),
-                |out| {
-                    ensure!(ipv4_src(out) == VIP_A, "the reply was not translated back to the Service address");
-                    Ok(())
-                },
-            )?;
-            keep(round, (&mut f.reply_noop, n), (&mut f.reply, ns));
-        }
+        let translated = |out: &[u8]| {
+            ensure!(ipv4_src(out) == VIP_A, "the reply was not translated back to the Service address");
+            Ok(())
+        };
+        (f.reply_noop, f.reply) =
+            single_rounds(noop, from_overlay, opts, TC_ACT_REDIRECT, || reply.clone(), translated)?;
         Ok(f)
     })();
     let _ = std::fs::remove_dir_all(&dir);
