@@ -237,8 +237,11 @@ impl P2<'_> {
         let run = self.conn_rate(&topo, &targets, &["--duration-ms", &duration, "--threads", "2"])?;
         if mode == Mode::Ebpf {
             let after = program_stats(&pins.path)?;
-            self.in_traffic
-                .push(after.iter().filter_map(|(p, a)| Some((p.clone(), per_run(*before.get(p)?, *a)?))).collect());
+            let costs: BTreeMap<String, f64> =
+                after.iter().filter_map(|(p, a)| Some((p.clone(), per_run(*before.get(p)?, *a)?))).collect();
+            // Without statistics the kernel counts no runs either.
+            ensure!(costs.contains_key("from_pod"), "the kernel counted no run of from_pod: statistics off?");
+            self.in_traffic.push(costs);
         }
 
         let tracked = conntrack_count(&topo)?;
