@@ -62,10 +62,11 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut rounds = DEFAULT_ROUNDS;
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
+        let mut value = || iter.next().with_context(|| format!("{arg} needs a number"));
         match arg.as_str() {
-            "--services" => services = iter.next().context("--services N")?.parse()?,
-            "--seconds" => seconds = iter.next().context("--seconds N")?.parse()?,
-            "--rounds" => rounds = iter.next().context("--rounds N")?.parse()?,
+            "--services" => services = value()?.parse()?,
+            "--seconds" => seconds = value()?.parse()?,
+            "--rounds" => rounds = value()?.parse()?,
             other => {
                 bail!("unknown argument {other}; usage: cargo xtask bench lb [-- --services N --seconds S --rounds R]")
             }
@@ -98,10 +99,14 @@ pub fn run(args: &[String]) -> Result<()> {
     let one = vec![ServiceSpec { name: "web".into(), vip: TARGET_VIP.into(), endpoints: backends.clone() }];
     let manifests = TempDir(std::env::temp_dir().join(format!("skiff-{}-manifests", unique_tag("blb"))));
     write_manifest(&manifests.0, "services.json", &services_json(&specs))?;
-    let mut p2 = P2 { bin: &bin, manifests: &manifests.0, specs, one, backends, seconds, in_traffic: Vec::new() };
+    let p2 = P2 { bin: &bin, manifests: &manifests.0, specs, one, backends, seconds };
     // The kernel's BPF statistics, on while this descriptor lives.
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("turning the kernel's BPF statistics on")?;
-    let figures = alternate("bench", &MODES, rounds, |mode| p2.measure(*mode))?;
+    let runs = alternate("bench", &MODES, rounds, |mode| p2.measure(*mode))?;
+    let figures = Rounds {
+        modes: runs.modes.clone(),
+        values: runs.values.iter().map(|mode| mode.iter().map(|run| run.rate).collect()).collect(),
+    };
 
     for mode in MODES {
         println!("P2 conn-rate-{}: {}", mode.label(services), summary(figures.of(&mode), "conn/s", 0));
@@ -109,8 +114,7 @@ pub fn run(args: &[String]) -> Result<()> {
     for line in ratio_lines(&figures, services) {
         println!("{line}");
     }
-    // The first `ebpf` run is the warm-up.
-    for (program, values) in per_program(p2.in_traffic.get(1..).unwrap_or_default()) {
+    for (program, values) in per_program(runs.of(&Mode::Ebpf)) {
         println!("P1 lb-cost-in-traffic-{program}: {}", summary(&values, "ns/pkt", 0));
     }
     Ok(())
@@ -173,11 +177,11 @@ fn ratio_lines(figures: &Rounds<Mode>, services: usize) -> Vec<String> {
         .collect()
 }
 
-/// Each program's figures in run order, from the per-run maps of program → ns/pkt.
-fn per_program(runs: &[BTreeMap<String, f64>]) -> BTreeMap<String, Vec<f64>> {
+/// Each program's figures in run order, from the runs' maps of program → ns/pkt.
+fn per_program(runs: &[Run]) -> BTreeMap<String, Vec<f64>> {
     let mut out: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for run in runs {
-        for (program, ns) in run {
+        for (program, ns) in &run.in_traffic {
             out.entry(program.clone()).or_default().push(*ns);
         }
     }
@@ -199,13 +203,20 @@ struct P2<'a> {
     one: Vec<ServiceSpec>,
     backends: Vec<String>,
     seconds: u64,
-    /// Per `ebpf` run: each Skiff program that ran, its ns per run.
-    in_traffic: Vec<BTreeMap<String, f64>>,
+}
+
+/// What one run measured.
+struct Run {
+    /// Connections per second.
+    rate: f64,
+    /// For `ebpf` runs: each Skiff program that ran, its ns per run from the kernel's
+    /// statistics.
+    in_traffic: BTreeMap<String, f64>,
 }
 
 impl P2<'_> {
     /// One run of `mode` on a node of its own; the connection rate.
-    fn measure(&mut self, mode: Mode) -> Result<f64> {
+    fn measure(&self, mode: Mode) -> Result<Run> {
         let tag = unique_tag("blb");
         let topo = NodeTopology::new(&tag, &PODS);
         topo.pod("client").ns.sh("sysctl -qw net.ipv4.ip_local_port_range='1024 65000' net.ipv4.tcp_tw_reuse=1");
@@ -235,13 +246,12 @@ impl P2<'_> {
         let before = if mode == Mode::Ebpf { program_stats(&pins.path)? } else { BTreeMap::new() };
         let duration = (self.seconds * 1000).to_string();
         let run = self.conn_rate(&topo, &targets, &["--duration-ms", &duration, "--threads", "2"])?;
+        let mut in_traffic = BTreeMap::new();
         if mode == Mode::Ebpf {
             let after = program_stats(&pins.path)?;
-            let costs: BTreeMap<String, f64> =
-                after.iter().filter_map(|(p, a)| Some((p.clone(), per_run(*before.get(p)?, *a)?))).collect();
+            in_traffic = after.iter().filter_map(|(p, a)| Some((p.clone(), per_run(*before.get(p)?, *a)?))).collect();
             // Without statistics the kernel counts no runs either.
-            ensure!(costs.contains_key("from_pod"), "the kernel counted no run of from_pod: statistics off?");
-            self.in_traffic.push(costs);
+            ensure!(in_traffic.contains_key("from_pod"), "the kernel counted no run of from_pod: statistics off?");
         }
 
         let tracked = conntrack_count(&topo)?;
@@ -252,7 +262,7 @@ impl P2<'_> {
         if let Some(agent) = agent.as_mut() {
             agent.kill();
         }
-        Ok(run.rate)
+        Ok(Run { rate: run.rate, in_traffic })
         // The pins drop here (links go, programs detach), then the namespaces.
     }
 
@@ -402,7 +412,10 @@ mod tests {
 
     #[test]
     fn in_traffic_figures_are_gathered_per_program() {
-        let run = |a: f64, b: f64| BTreeMap::from([("from_pod".to_owned(), a), ("to_pod".to_owned(), b)]);
+        let run = |a: f64, b: f64| Run {
+            rate: 0.0,
+            in_traffic: BTreeMap::from([("from_pod".to_owned(), a), ("to_pod".to_owned(), b)]),
+        };
         let all = per_program(&[run(1.0, 2.0), run(3.0, 4.0)]);
         assert_eq!(all["from_pod"], [1.0, 3.0]);
         assert_eq!(all["to_pod"], [2.0, 4.0]);
