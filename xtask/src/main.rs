@@ -6,6 +6,7 @@ mod bench;
 mod bench_api;
 mod bench_cluster;
 mod bench_dns;
+mod bench_lb;
 mod bench_overlay;
 mod bench_pods;
 mod bench_support;

@@ -15,7 +15,7 @@
 //! skiff-echo tcp  ADDR:PORT [--count N] [--interval-ms T] [--timeout-ms T]   one connection per request
 //! skiff-echo udp  ADDR:PORT [--count N] [--interval-ms T] [--timeout-ms T]
 //! skiff-echo hold ADDR:PORT [--count N] [--interval-ms T] [--timeout-ms T]   one connection, N requests
-//! skiff-echo conn-rate ADDR:PORT --duration-ms D [--max N] [--threads T]
+//! skiff-echo conn-rate ADDR:PORT[,ADDR:PORT...] --duration-ms D [--max N] [--threads T]  (targets in turn)
 //! skiff-echo bulk ADDR:PORT --bytes N                                          one transfer of N bytes
 //! skiff-echo rr ADDR:PORT --duration-ms D                                      requests/s on one connection
 //! skiff-echo lookup NAME                                 its addresses, through the C library's resolver
@@ -158,7 +158,11 @@ fn run() -> Result<()> {
         }
         "hold" => hold(target()?, count, interval, timeout),
         "conn-rate" => conn_rate(
-            target()?,
+            args.first()
+                .context("missing ADDR:PORT")?
+                .split(',')
+                .map(|t| t.parse().with_context(|| format!("ADDR:PORT {t}")))
+                .collect::<Result<_>>()?,
             Duration::from_millis(num("--duration-ms", 3000)?),
             num("--max", 1_000_000)?,
             num("--threads", 2)?,
@@ -578,23 +582,26 @@ fn hold(target: SocketAddr, count: u64, interval: Duration, timeout: Duration) -
 }
 
 /// New connections per second: connect, one request, close; `threads` loops in
-/// parallel until `duration` passes or `max` connections were made.
-fn conn_rate(target: SocketAddr, duration: Duration, max: u64, threads: u64) -> Result<()> {
+/// parallel until `duration` passes or `max` connections were made. With several
+/// targets, each connection goes to the next one in turn.
+fn conn_rate(targets: Vec<SocketAddr>, duration: Duration, max: u64, threads: u64) -> Result<()> {
+    let targets = Arc::new(targets);
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let workers: Vec<_> = (0..threads.max(1))
         .map(|_| {
-            let (done, failed, stop) = (done.clone(), failed.clone(), stop.clone());
+            let (done, failed, stop, targets) = (done.clone(), failed.clone(), stop.clone(), targets.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) && start.elapsed() < duration {
-                    if done.fetch_add(1, Ordering::Relaxed) >= max {
+                    let n = done.fetch_add(1, Ordering::Relaxed);
+                    if n >= max {
                         done.fetch_sub(1, Ordering::Relaxed);
                         stop.store(true, Ordering::Relaxed);
                         break;
                     }
-                    if tcp_request(target, Duration::from_secs(1)).is_err() {
+                    if tcp_request(targets[n as usize % targets.len()], Duration::from_secs(1)).is_err() {
                         failed.fetch_add(1, Ordering::Relaxed);
                     }
                 }
