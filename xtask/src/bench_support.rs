@@ -16,7 +16,6 @@ use skiff_tests::netns::Netns;
 use crate::util::progress;
 
 /// Rounds of every compared pair, unless a bench is told otherwise.
-#[expect(dead_code, reason = "the benches move onto it one by one (issue 15)")]
 pub const DEFAULT_ROUNDS: usize = 5;
 
 /// `median unit (min .., max .., n=..)` of `values`, `decimals` after the point.
@@ -103,7 +102,6 @@ const OFFLOADS: &[&str] = &[
 /// Prints what the figures are taken on: kernel, CPUs, the data directory's filesystem
 /// (if the bench has one), and the MTU and offloads of each device on the measured path
 /// (`(namespace, device)`; `None` for the root namespace).
-#[expect(dead_code, reason = "the benches move onto it one by one (issue 15)")]
 pub fn print_environment(data_dir: Option<&Path>, devices: &[(Option<&Netns>, &str)]) {
     println!("# env kernel: {}", output(Command::new("uname").arg("-r")));
     println!("# env cpus: {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
@@ -111,6 +109,12 @@ pub fn print_environment(data_dir: Option<&Path>, devices: &[(Option<&Netns>, &s
         let fs = output(Command::new("stat").args(["-f", "-c", "%T"]).arg(dir));
         println!("# env data-dir {}: {fs}", dir.display());
     }
+    print_devices(devices);
+}
+
+/// The `# env dev` lines of [`print_environment`] alone, for a device that exists only
+/// while one of the compared modes is set up (a tunnel device).
+pub fn print_devices(devices: &[(Option<&Netns>, &str)]) {
     for (ns, dev) in devices {
         let run = |args: &[&str]| match ns {
             Some(ns) => {
