@@ -14,8 +14,8 @@
 //! Not here: a node's host namespace → ClusterIP. It needs the socket-level load
 //! balancer (connect-time translation in the host's cgroup), which does not exist yet
 //! (issue 12); packets from the host namespace never pass the pod-side programs that
-//! translate ClusterIPs today. Nor pod → the `kubernetes` Service: pod egress to
-//! addresses outside the pod network is not masqueraded yet.
+//! translate ClusterIPs today. Pod → addresses off the pod network (the masquerade,
+//! which the `kubernetes` Service needs) is tested in node-agent/tests/overlay_netns.rs.
 //!
 //! One cluster for the whole file; every pod and Service is applied at once, then the
 //! cells run in parallel, each with `kubectl exec` of the echo client in a pod. A failing

@@ -9,7 +9,9 @@
 //! - P8: a fresh server with its scheduler and controllers running (and caching every
 //!   pod), 1,000 pods created, then its resident memory (VmRSS).
 //!
-//! The etcd store is measured too when its flag and Debian's etcd are present.
+//! Both stores are measured (`--store` picks one), in alternating rounds (`--rounds`,
+//! 5) after a warm-up, each run on fresh servers and data; every figure is printed as
+//! the median with its spread. On etcd, P8 prints etcd's own memory apart and summed.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,6 +21,7 @@ use anyhow::{Context, Result, bail};
 use skiff_tests::netns::{ChildGuard, Netns};
 use skiff_tests::unique_tag;
 
+use crate::bench_support::{DEFAULT_ROUNDS, Figure, alternate, parse_figures, print_environment, print_summaries};
 use crate::util::{progress, run_checked, target_dir, workspace_root};
 
 const PORT: &str = "6443";
@@ -27,15 +30,17 @@ const ETCD_CLIENT: &str = "http://127.0.0.1:2379";
 pub fn run(args: &[String]) -> Result<()> {
     let mut pods = 10_000usize;
     let mut clients = 16usize;
+    let mut rounds = DEFAULT_ROUNDS;
     let mut stores = vec!["embedded".to_string(), "etcd".to_string()];
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
             "--pods" => pods = iter.next().context("--pods N")?.parse()?,
             "--clients" => clients = iter.next().context("--clients N")?.parse()?,
+            "--rounds" => rounds = iter.next().context("--rounds N")?.parse()?,
             "--store" => stores = vec![iter.next().context("--store embedded|etcd")?.clone()],
             other => bail!(
-                "unknown argument {other}; usage: cargo xtask bench api [-- --pods N --clients N --store embedded|etcd]"
+                "unknown argument {other}; usage: cargo xtask bench api [-- --pods N --clients N --rounds N --store embedded|etcd]"
             ),
         }
     }
@@ -49,48 +54,65 @@ pub fn run(args: &[String]) -> Result<()> {
         "fix the build errors above",
     )?;
     let bin = target_dir().join("release");
-    let etcd_ok = etcd_supported(&bin);
-    for store in &stores {
-        if store == "etcd" && !etcd_ok {
-            progress("bench", "etcd store: skipped (no /usr/bin/etcd or skiff-control lacks --etcd-servers)");
-            continue;
-        }
-        let tag = unique_tag("bapi");
-        let ns = Netns::new(&format!("skiff-{tag}"));
-        let dir = std::env::temp_dir().join(format!("skiff-{tag}"));
-        let _cleanup = RemoveDir(dir.clone());
-        std::fs::create_dir_all(&dir)?;
-        progress("bench", &format!("P7 on the {store} store: {pods} pods, {clients} clients..."));
-        {
-            let _etcd = (store == "etcd").then(|| start_etcd(&ns, &dir.join("etcd-p7"))).transpose()?;
-            let _server = start_server(&ns, &bin, &dir.join("p7"), store, false)?;
-            bench(
-                &ns,
-                &bin,
-                &dir.join("p7"),
-                &["--label", store, "--pods", &pods.to_string(), "--clients", &clients.to_string()],
-            )?;
-        }
-        progress("bench", &format!("P8 on the {store} store: memory holding 1000 pods, controllers running..."));
-        {
-            let _etcd = (store == "etcd").then(|| start_etcd(&ns, &dir.join("etcd-p8"))).transpose()?;
-            let server = start_server(&ns, &bin, &dir.join("p8"), store, true)?;
-            let pid = server.id().context("server pid")?;
-            let idle = rss_mb(pid)?;
-            bench(
-                &ns,
-                &bin,
-                &dir.join("p8"),
-                &["--label", store, "--pods", "1000", "--clients", "8", "--create-only"],
-            )?;
-            // Let the controllers and scheduler catch up with the new pods before reading.
-            std::thread::sleep(Duration::from_secs(5));
-            let held = rss_mb(pid)?;
-            eprintln!("skiff-control RSS: {idle:.0} MB idle, {held:.0} MB holding 1000 pods");
-            println!("P8 rss-1000-pods@{store}: {held:.0} MB");
-        }
+    if stores.iter().any(|s| s == "etcd") && !etcd_supported(&bin) {
+        bail!("the etcd store needs /usr/bin/etcd (cargo xtask setup installs it); or pass --store embedded");
     }
+    let tag = unique_tag("bapi");
+    let ns = Netns::new(&format!("skiff-{tag}"));
+    let dir = std::env::temp_dir().join(format!("skiff-{tag}"));
+    let _cleanup = RemoveDir(dir.clone());
+    std::fs::create_dir_all(&dir)?;
+    print_environment(Some(&dir), &[(Some(&ns), "lo")]);
+
+    // Each round runs every store with a fresh server (and etcd) on a fresh data dir:
+    // P7, then P8 on another fresh server with its controllers.
+    let mut run = 0usize;
+    let results = alternate("bench", &stores, rounds, |store: &String| {
+        run += 1;
+        let here = dir.join(format!("run-{run}"));
+        std::fs::create_dir_all(&here)?;
+        let figures = round(&ns, &bin, &here, store, pods, clients);
+        let _ = std::fs::remove_dir_all(&here);
+        figures
+    })?;
+    let runs: Vec<Vec<Figure>> = results.values.into_iter().flatten().collect();
+    print_summaries(&runs, 1);
     Ok(())
+}
+
+/// One store's P7 and P8 on fresh servers; the figures it printed.
+fn round(ns: &Netns, bin: &Path, dir: &Path, store: &str, pods: usize, clients: usize) -> Result<Vec<Figure>> {
+    progress("bench", &format!("P7 on the {store} store: {pods} pods, {clients} clients..."));
+    let mut figures = {
+        let _etcd = (store == "etcd").then(|| start_etcd(ns, &dir.join("etcd-p7"))).transpose()?;
+        let _server = start_server(ns, bin, &dir.join("p7"), store, false)?;
+        let out = bench(
+            ns,
+            bin,
+            &dir.join("p7"),
+            &["--label", store, "--pods", &pods.to_string(), "--clients", &clients.to_string()],
+        )?;
+        parse_figures(&out)
+    };
+    progress("bench", &format!("P8 on the {store} store: memory holding 1000 pods, controllers running..."));
+    let etcd = (store == "etcd").then(|| start_etcd(ns, &dir.join("etcd-p8"))).transpose()?;
+    let server = start_server(ns, bin, &dir.join("p8"), store, true)?;
+    let pid = server.id().context("server pid")?;
+    let idle = rss_mb(pid)?;
+    bench(ns, bin, &dir.join("p8"), &["--label", store, "--pods", "1000", "--clients", "8", "--create-only"])?;
+    // Let the controllers and scheduler catch up with the new pods before reading.
+    std::thread::sleep(Duration::from_secs(5));
+    let held = rss_mb(pid)?;
+    progress("bench", &format!("skiff-control RSS: {idle:.0} MB idle, {held:.0} MB holding 1000 pods"));
+    let figure = |name: String, value: f64| Figure { name, value, unit: "MB".into() };
+    figures.push(figure(format!("P8 rss-1000-pods@{store}"), held));
+    if let Some(etcd) = &etcd {
+        // etcd's memory is the control plane's too when it runs on etcd.
+        let etcd_rss = rss_mb(etcd.id().context("etcd pid")?)?;
+        figures.push(figure("P8 etcd-rss-1000-pods@etcd".into(), etcd_rss));
+        figures.push(figure("P8 rss-1000-pods-with-etcd@etcd".into(), held + etcd_rss));
+    }
+    Ok(figures)
 }
 
 fn etcd_supported(bin: &Path) -> bool {
@@ -159,18 +181,22 @@ fn start_server(ns: &Netns, bin: &Path, dir: &Path, store: &str, controllers: bo
     Ok(guard)
 }
 
-fn bench(ns: &Netns, bin: &Path, dir: &Path, args: &[&str]) -> Result<()> {
-    let status = ns
+/// Runs skiff-api-bench against the server of `dir`; returns what it printed (its
+/// progress goes to stderr, shown as it comes).
+fn bench(ns: &Netns, bin: &Path, dir: &Path, args: &[&str]) -> Result<String> {
+    let out = ns
         .command(bin.join("skiff-api-bench").to_str().context("path")?)
         .arg("--kubeconfig")
         .arg(dir.join("admin.kubeconfig"))
         .args(args)
-        .status()
+        .stderr(Stdio::inherit())
+        .output()
         .context("running skiff-api-bench")?;
-    if !status.success() {
-        bail!("skiff-api-bench failed ({status})");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!("skiff-api-bench failed ({}): {text}", out.status);
     }
-    Ok(())
+    Ok(text)
 }
 
 pub(crate) fn rss_mb(pid: u32) -> Result<f64> {

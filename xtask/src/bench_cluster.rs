@@ -25,7 +25,8 @@
 //!   generation are not counted), so `write` is the like-for-like comparison and
 //!   `restart` the whole-agent one. Ratios are iptables ÷ Skiff (above 1: Skiff faster).
 //!
-//! `--runs` (3) runs of each; each figure is printed as the median run with min and max.
+//! `--runs` (3) runs of the changes and `--resync-rounds` (5, after a warm-up) of the
+//! resync comparison; each figure is printed as the median run with min and max.
 
 mod api;
 mod maps;
@@ -41,7 +42,7 @@ use skiff_tests::unique_tag;
 
 use self::api::BenchService;
 use self::maps::NodeMaps;
-use crate::bench_support::{percentile, summary};
+use crate::bench_support::{DEFAULT_ROUNDS, percentile, print_environment, summary};
 use crate::lbsetup::ServiceSpec;
 use crate::util::{progress, workspace_root};
 
@@ -49,14 +50,17 @@ struct Options {
     services: usize,
     changes: usize,
     runs: usize,
+    /// Rounds of the resync comparison (Skiff, iptables-nft, iptables-legacy in turn).
+    resync_rounds: usize,
     clients: usize,
     bin_dir: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: cargo xtask bench cluster [-- --services N --changes N --runs N --clients N --bin-dir DIR]";
+const USAGE: &str = "usage: cargo xtask bench cluster [-- --services N --changes N --runs N --resync-rounds N --clients N --bin-dir DIR]";
 
 fn parse(args: &[String]) -> Result<Options> {
-    let mut o = Options { services: 10_000, changes: 200, runs: 3, clients: 16, bin_dir: None };
+    let mut o =
+        Options { services: 10_000, changes: 200, runs: 3, resync_rounds: DEFAULT_ROUNDS, clients: 16, bin_dir: None };
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         let mut value = || iter.next().with_context(|| format!("{arg} needs a value; {USAGE}"));
@@ -64,6 +68,7 @@ fn parse(args: &[String]) -> Result<Options> {
             "--services" => o.services = value()?.parse()?,
             "--changes" => o.changes = value()?.parse()?,
             "--runs" => o.runs = value()?.parse()?,
+            "--resync-rounds" => o.resync_rounds = value()?.parse()?,
             "--clients" => o.clients = value()?.parse()?,
             "--bin-dir" => o.bin_dir = Some(value()?.into()),
             other => bail!("unknown argument {other}; {USAGE}"),
@@ -73,6 +78,7 @@ fn parse(args: &[String]) -> Result<Options> {
     ensure!((2..=api::MAX_CHANGES).contains(&o.changes), "--changes must be 2..={}", api::MAX_CHANGES);
     ensure!((1..=api::MAX_RUNS).contains(&o.runs), "--runs must be 1..={}", api::MAX_RUNS);
     ensure!((1..=256).contains(&o.clients), "--clients must be 1..=256");
+    ensure!(o.resync_rounds >= 1, "--resync-rounds must be at least 1");
     Ok(o)
 }
 
@@ -92,6 +98,7 @@ pub fn run(args: &[String]) -> Result<()> {
         ClusterSetup { progress: Some(|l| progress("cluster", l)), services_from_api: true, ..Default::default() };
     let opts_cluster = ClusterOptions { bin_dir: Some(bin_dir) };
     let mut cluster = Cluster::start_in(&unique_tag("bcl"), 2, &images, &opts_cluster, &setup)?;
+    print_environment(Some(&cluster.dir), &[]);
 
     let rss = p8(&cluster).with_context(|| format!("P8: {}", cluster.logs()))?;
     let cp_ns = cluster.cp_ns.path();
@@ -241,7 +248,10 @@ fn p5(cluster: &mut Cluster, opts: &Options) -> Result<P5> {
     let mut resync_skiff = Vec::new();
     let specs = iptables_specs(&world);
     let mut resync_iptables: Vec<(&'static str, Vec<f64>)> = vec![("nft", Vec::new()), ("legacy", Vec::new())];
-    for run in 1..=opts.runs {
+    // A warm-up resync (page cache, the agent's binary) whose figures are dropped, then
+    // the rounds, each Skiff then both iptables back ends.
+    resync(cluster, &mut maps[0], &world)?;
+    for run in 1..=opts.resync_rounds {
         let r = resync(cluster, &mut maps[0], &world)?;
         let (first, all) = (r.first.as_secs_f64(), r.all.as_secs_f64());
         progress(

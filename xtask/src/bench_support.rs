@@ -34,34 +34,36 @@ pub(crate) fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[i]
 }
 
-/// The figures of each mode, one per round, in round order.
-pub struct Rounds<M> {
+/// The results of each mode, one per round, in round order.
+pub struct Rounds<M, T = f64> {
     pub modes: Vec<M>,
-    /// `values[m][r]`: mode `m`'s figure in round `r`.
-    pub values: Vec<Vec<f64>>,
+    /// `values[m][r]`: mode `m`'s result in round `r`.
+    pub values: Vec<Vec<T>>,
 }
 
-impl<M: PartialEq + std::fmt::Debug> Rounds<M> {
-    pub fn of(&self, mode: &M) -> &[f64] {
+impl<M: PartialEq + std::fmt::Debug, T> Rounds<M, T> {
+    pub fn of(&self, mode: &M) -> &[T] {
         let i = self.modes.iter().position(|m| m == mode).unwrap_or_else(|| panic!("no mode {mode:?}"));
         &self.values[i]
     }
+}
 
+impl<M: PartialEq + std::fmt::Debug> Rounds<M, f64> {
     /// `a ÷ b` per round: each ratio compares two figures taken moments apart.
     pub fn ratios(&self, a: &M, b: &M) -> Vec<f64> {
         self.of(a).iter().zip(self.of(b)).map(|(x, y)| x / y).collect()
     }
 }
 
-/// Runs `measure` once per mode as a warm-up (figures dropped), then `rounds` rounds of
+/// Runs `measure` once per mode as a warm-up (results dropped), then `rounds` rounds of
 /// every mode in the same order (A B A B …), so that a drift of the machine during the
 /// bench falls on every mode alike. An error in any run fails the bench.
-pub fn alternate<M: Clone + std::fmt::Debug>(
+pub fn alternate<M: Clone + std::fmt::Debug, T>(
     area: &str,
     modes: &[M],
     rounds: usize,
-    mut measure: impl FnMut(&M) -> Result<f64>,
-) -> Result<Rounds<M>> {
+    mut measure: impl FnMut(&M) -> Result<T>,
+) -> Result<Rounds<M, T>> {
     if rounds == 0 {
         bail!("at least one round is needed");
     }
@@ -69,7 +71,7 @@ pub fn alternate<M: Clone + std::fmt::Debug>(
         progress(area, &format!("warm-up: {m:?}"));
         measure(m)?;
     }
-    let mut values = vec![Vec::with_capacity(rounds); modes.len()];
+    let mut values: Vec<Vec<T>> = modes.iter().map(|_| Vec::with_capacity(rounds)).collect();
     for r in 0..rounds {
         for (i, m) in modes.iter().enumerate() {
             progress(area, &format!("round {}/{rounds}: {m:?}", r + 1));
@@ -77,6 +79,46 @@ pub fn alternate<M: Clone + std::fmt::Debug>(
         }
     }
     Ok(Rounds { modes: modes.to_vec(), values })
+}
+
+/// One `ID label: value unit` line as a program printed it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Figure {
+    /// `ID label`, e.g. `P7 creates-per-s@embedded`.
+    pub name: String,
+    pub value: f64,
+    pub unit: String,
+}
+
+/// The figure lines of a program's output (lines starting `P<digits> `), in order.
+pub fn parse_figures(text: &str) -> Vec<Figure> {
+    text.lines()
+        .filter_map(|line| {
+            let id = line.split_whitespace().next()?;
+            if !(id.len() > 1 && id.starts_with('P') && id[1..].bytes().all(|b| b.is_ascii_digit())) {
+                return None;
+            }
+            let (name, rest) = line.rsplit_once(": ")?;
+            let mut words = rest.split_whitespace();
+            let value = words.next()?.parse().ok()?;
+            Some(Figure { name: name.trim().to_string(), value, unit: words.next().unwrap_or("").to_string() })
+        })
+        .collect()
+}
+
+/// Prints each figure named in `runs` (the figures of every measured run) as its median
+/// with the spread, in the order they first appear.
+pub fn print_summaries(runs: &[Vec<Figure>], decimals: usize) {
+    let mut names: Vec<(&str, &str)> = Vec::new();
+    for f in runs.iter().flatten() {
+        if !names.iter().any(|(n, _)| *n == f.name) {
+            names.push((&f.name, &f.unit));
+        }
+    }
+    for (name, unit) in names {
+        let values: Vec<f64> = runs.iter().flatten().filter(|f| f.name == name).map(|f| f.value).collect();
+        println!("{name}: {}", summary(&values, unit, decimals));
+    }
 }
 
 fn output(cmd: &mut Command) -> String {
@@ -161,8 +203,20 @@ mod tests {
 
     #[test]
     fn a_failed_run_fails_the_bench() {
-        let r = alternate("test", &["a"], 2, |_| bail!("lost 3 connections"));
+        let r = alternate("test", &["a"], 2, |_| -> Result<f64> { bail!("lost 3 connections") });
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn figures_are_parsed_from_a_programs_output() {
+        let out = "created 10 pods\nP7 creates-per-s@etcd: 1234 creates/s\nP7 list-10-pods@etcd: 12.5 ms (min 1, max 2, n=3)\nPx no: 1 x\n";
+        let f = parse_figures(out);
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert_eq!(
+            (f[0].name.as_str(), f[0].value, f[0].unit.as_str()),
+            ("P7 creates-per-s@etcd", 1234.0, "creates/s")
+        );
+        assert_eq!((f[1].name.as_str(), f[1].value, f[1].unit.as_str()), ("P7 list-10-pods@etcd", 12.5, "ms"));
     }
 
     #[test]

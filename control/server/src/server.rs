@@ -303,10 +303,12 @@ async fn start(cfg: &Config) -> Result<(TcpListener, Arc<ApiServer>, TlsAcceptor
         IpAddr::V6(ip) => format!("https://[{ip}]:{}", addr.port()),
         ip => format!("https://{ip}:{}", addr.port()),
     };
-    let kubeconfig = cfg.data_dir.join("admin.kubeconfig");
-    crate::tls::write_private(&kubeconfig, &pki.admin_kubeconfig(&server), true)?;
+    // The admin kubeconfig last: tools and tests take it as the sign that start-up is
+    // done, so everything else they may read must already be there.
     let bootstrap_kubeconfig = cfg.data_dir.join("bootstrap.kubeconfig");
     let text = crate::tls::token_kubeconfig(&server, &pki.ca_cert_pem, "kubelet-bootstrap", &node_token.bearer());
     crate::tls::write_private(&bootstrap_kubeconfig, &text, true)?;
+    let kubeconfig = cfg.data_dir.join("admin.kubeconfig");
+    crate::tls::write_private(&kubeconfig, &pki.admin_kubeconfig(&server), true)?;
     Ok((listener, api, acceptor, Started { addr, kubeconfig, bootstrap_kubeconfig }, pki))
 }

@@ -569,7 +569,7 @@ fn service_ips_are_unique_under_concurrent_creates_and_free_again_on_delete() {
         let c = s.client();
         let mut tasks = tokio::task::JoinSet::new();
         for t in 0..8 {
-            let (c, svc) = (c.clone(), svc.clone());
+            let c = c.clone();
             tasks.spawn(async move {
                 let mut ips = Vec::new();
                 for i in 0..10 {
