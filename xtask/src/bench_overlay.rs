@@ -26,7 +26,6 @@
 mod datapaths;
 
 use std::{
-    collections::HashMap,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
@@ -117,17 +116,12 @@ pub fn run(args: &[String]) -> Result<()> {
     datapaths::check_clean(&cluster, &[]).context("the fresh topology")?;
 
     let mut bench = Bench { c: &cluster, active: None, shown: Vec::new(), seconds: options.seconds };
-    let mut samples: HashMap<Mode, Vec<Sample>> = HashMap::new();
-    alternate("bench", &MODES, options.rounds, |mode| {
-        let sample = bench.measure(*mode)?;
-        samples.entry(*mode).or_default().push(sample);
-        Ok(sample.bits_per_second)
-    })?;
+    let samples = alternate("bench", &MODES, options.rounds, |mode| bench.measure(*mode))?;
     let costs = bench.program_costs(options.rounds)?;
     bench.switch_to(None)?;
     progress("bench", "every datapath torn down; nothing left in the nodes");
 
-    let figures = Figures::new(&samples, options.rounds)?;
+    let figures = Figures::new(&samples);
     for line in figures.lines().into_iter().chain(figures.ceiling_warnings()).chain(cost_lines(&costs)) {
         println!("{line}");
     }
@@ -410,7 +404,7 @@ fn parse_rr(text: &str) -> Result<f64> {
     Ok(rate)
 }
 
-/// The rounds' figures by metric, warm-ups dropped.
+/// The rounds' figures by metric.
 struct Figures {
     throughput: Rounds<Mode>,
     retransmits: Rounds<Mode>,
@@ -418,26 +412,16 @@ struct Figures {
 }
 
 impl Figures {
-    /// `samples` holds each mode's warm-up first (`alternate` runs every mode once before
-    /// the rounds), then one sample per round.
-    fn new(samples: &HashMap<Mode, Vec<Sample>>, rounds: usize) -> Result<Self> {
-        let mut kept = Vec::new();
-        for mode in MODES {
-            let s = samples.get(&mode).map_or(&[][..], Vec::as_slice);
-            if s.len() != rounds + 1 {
-                bail!("{mode:?} has {} samples, not a warm-up and {rounds} rounds", s.len());
-            }
-            kept.push(&s[1..]);
-        }
+    fn new(samples: &Rounds<Mode, Sample>) -> Self {
         let metric = |f: fn(&Sample) -> f64| Rounds {
-            modes: MODES.to_vec(),
-            values: kept.iter().map(|s| s.iter().map(f).collect()).collect(),
+            modes: samples.modes.clone(),
+            values: samples.values.iter().map(|s| s.iter().map(f).collect()).collect(),
         };
-        Ok(Self {
+        Self {
             throughput: metric(|s| s.bits_per_second / 1e9),
             retransmits: metric(|s| s.retransmits as f64),
             rr: metric(|s| s.rr),
-        })
+        }
     }
 
     fn lines(&self) -> Vec<String> {
