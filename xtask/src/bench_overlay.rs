@@ -1,217 +1,502 @@
 //! `cargo xtask bench overlay`: P3 and P4 on a two-node topology (two node namespaces on
-//! an underlay bridge, a client pod on node 1, a server pod on node 2).
+//! an underlay bridge, a client pod on node 1, a server pod on node 2), and P1's cost per
+//! packet of the programs in that traffic.
 //!
-//! - P3: iperf3 TCP throughput pod → ClusterIP → pod on the other node, against pod →
-//!   pod IP directly, both through Skiff's eBPF overlay, same run.
-//! - P4: cross-node pod → pod TCP throughput and request/response rate with Skiff's eBPF
-//!   overlay, then, in the same namespaces with the agent gone and its programs
-//!   detached, with flannel's kernel VXLAN (a VXLAN device with an FDB entry, a
-//!   neighbour entry and a route per peer).
+//! Four modes, run in alternating rounds after a warm-up (`bench_support::alternate`):
+//! - `EbpfPodIp`: Skiff's agents (`--manifests`, `--nodes`) on both nodes, pod → pod IP;
+//! - `EbpfClusterIp`: the same datapath, pod → ClusterIP → pod (P3 against the above);
+//! - `KernelVxlan`: flannel's vxlan backend made by hand (P4's baseline);
+//! - `PlainRouting`: a route to the peer's podCIDR via its underlay address, no
+//!   encapsulation, same pod MTU: the ceiling. An overlay above it is a measurement error,
+//!   printed as a WARNING line.
+//!
+//! Each run is iperf3 (TCP, `-O 1` so slow start is left out, retransmits from its JSON)
+//! then a request/response rate on one connection (`skiff-echo rr`), clients on one CPU
+//! and servers on another in every mode. Each datapath is set up before its modes' runs and
+//! torn down after them, every round, with a check that nothing of it is left for the next
+//! (`datapaths`).
+//!
+//! After the rounds, extra ClusterIP runs with the kernel's BPF statistics on read each
+//! program's real cost per packet. They are kept out of the rounds: the statistics' own
+//! clock reads would slow only the eBPF modes.
+//!
+//! Nothing here may send a packet out of the machine: every address lives in namespaces
+//! the bench creates, none of which has a default route to the host.
 
-use std::{path::Path, process::Stdio};
+mod datapaths;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use anyhow::{Context, Result, bail};
+use aya::programs::ProgramInfo;
+use serde_json::Value;
 use skiff_tests::{
-    PinDir,
-    netns::ChildGuard,
-    topology::{NodeTopology, Underlay},
+    netns::{ChildGuard, Netns, wait_until},
+    topology::{NodeTopology, Pod, Underlay},
     unique_tag,
 };
 
 use crate::{
-    lbsetup::{build_binaries, start_agent_with, write_manifest},
+    bench_support::{DEFAULT_ROUNDS, Rounds, alternate, print_devices, print_environment, summary},
+    lbsetup::{build_binaries, write_manifest},
     util::progress,
 };
+use datapaths::{Active, Datapath};
 
 const VIP: &str = "10.96.0.30";
+const IPERF_PORT: u16 = 5201;
+const RR_PORT: u16 = 8080;
+const USAGE: &str = "usage: cargo xtask bench overlay [-- --seconds S --rounds N]";
 
-pub fn run(args: &[String]) -> Result<()> {
-    let mut seconds = 5u64;
-    let mut iter = args.iter();
-    while let Some(arg) = iter.next() {
-        match arg.as_str() {
-            "--seconds" => seconds = iter.next().context("--seconds N")?.parse()?,
-            other => bail!("unknown argument {other}; usage: cargo xtask bench overlay [-- --seconds S]"),
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Mode {
+    EbpfPodIp,
+    EbpfClusterIp,
+    KernelVxlan,
+    PlainRouting,
+}
+
+/// The order of every round.
+const MODES: [Mode; 4] = [Mode::EbpfPodIp, Mode::EbpfClusterIp, Mode::KernelVxlan, Mode::PlainRouting];
+
+impl Mode {
+    fn datapath(self) -> Datapath {
+        match self {
+            Mode::EbpfPodIp | Mode::EbpfClusterIp => Datapath::Ebpf,
+            Mode::KernelVxlan => Datapath::KernelVxlan,
+            Mode::PlainRouting => Datapath::PlainRouting,
         }
     }
+
+    /// The figure ID and label stem of the mode's own figures.
+    fn label(self) -> (&'static str, &'static str) {
+        match self {
+            Mode::EbpfPodIp => ("P4", "ebpf-overlay"),
+            Mode::EbpfClusterIp => ("P3", "clusterip"),
+            Mode::KernelVxlan => ("P4", "kernel-vxlan"),
+            Mode::PlainRouting => ("P4", "plain-routing"),
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct Options {
+    seconds: u64,
+    rounds: usize,
+}
+
+fn parse_args(args: &[String]) -> Result<Options> {
+    let mut options = Options { seconds: 10, rounds: DEFAULT_ROUNDS };
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let mut value = || iter.next().with_context(|| format!("{arg} needs a value; {USAGE}"));
+        match arg.as_str() {
+            "--seconds" => options.seconds = value()?.parse().context("--seconds")?,
+            "--rounds" => options.rounds = value()?.parse().context("--rounds")?,
+            other => bail!("unknown argument {other}; {USAGE}"),
+        }
+    }
+    if options.seconds == 0 || options.rounds == 0 {
+        bail!("--seconds and --rounds must be at least 1");
+    }
+    Ok(options)
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let options = parse_args(args)?;
     let bin = build_binaries(true)?;
-    let tag = unique_tag("bov");
     progress("bench", "building two nodes on an underlay bridge...");
-    let underlay = Underlay::new(&tag);
-    let n1 = NodeTopology::node_of_cluster(&tag, 1, &["client"]);
-    let n2 = NodeTopology::node_of_cluster(&tag, 2, &["server"]);
-    underlay.connect(&n1);
-    underlay.connect(&n2);
-    let server = n2.pod("server");
-    let dir = std::env::temp_dir().join(format!("skiff-{tag}"));
-    let _cleanup = RemoveDir(dir.clone());
-    std::fs::create_dir_all(&dir)?;
-    write_manifest(&dir.join("manifests"), "iperf.yaml", &iperf_service(&server.ip.to_string()))?;
-    std::fs::write(
-        dir.join("nodes.yaml"),
-        format!(
-            "nodes:\n- {{name: n1, podCIDR: 10.244.1.0/24, underlayIP: {}}}\n- {{name: n2, podCIDR: 10.244.2.0/24, underlayIP: {}}}\n",
-            n1.underlay_ip(),
-            n2.underlay_ip()
-        ),
-    )?;
+    let cluster = Cluster::new(&unique_tag("bov"), bin)?;
+    print_environment(None, &cluster.path_devices());
+    println!("# env pinning: clients on CPU {}, servers on CPU {}", cluster.client_cpu, cluster.server_cpu);
+    datapaths::check_clean(&cluster, &[]).context("the fresh topology")?;
 
-    let _iperf = ChildGuard::new(
-        server
-            .ns
-            .command("iperf3")
-            .args(["-s", "-p", "5201"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting iperf3 (cargo xtask setup installs it)")?,
-    );
-    let _echo = ChildGuard::new(
-        server
-            .ns
-            .command(bin.join("skiff-echo").to_str().unwrap_or("skiff-echo"))
-            .args(["serve", "--name", "server", "--tcp", "8080"])
-            .stdout(Stdio::null())
-            .spawn()?,
-    );
+    let mut bench = Bench { c: &cluster, active: None, shown: Vec::new(), seconds: options.seconds };
+    let samples = alternate("bench", &MODES, options.rounds, |mode| bench.measure(*mode))?;
+    let costs = bench.program_costs(options.rounds)?;
+    bench.switch_to(None)?;
+    progress("bench", "every datapath torn down; nothing left in the nodes");
 
-    // eBPF overlay.
-    let (ebpf_direct, ebpf_vip, ebpf_rr) = {
-        let pins: Vec<PinDir> = [&n1, &n2].iter().map(|n| PinDir::new(&n.tag)).collect();
-        let mut agents = Vec::new();
-        for (node, pins) in [&n1, &n2].into_iter().zip(&pins) {
-            let extra = [
-                "--manifests".to_owned(),
-                dir.join("manifests").display().to_string(),
-                "--nodes".into(),
-                dir.join("nodes.yaml").display().to_string(),
-            ];
-            agents.push(start_agent_with(node, &bin, &pins.path, &extra)?);
-        }
-        progress("bench", "eBPF overlay: pod -> pod IP...");
-        let direct = iperf(&n1, &server.ip.to_string(), seconds)?;
-        progress("bench", "eBPF overlay: pod -> ClusterIP -> pod...");
-        let vip = iperf(&n1, VIP, seconds)?;
-        progress("bench", "eBPF overlay: request/response...");
-        let rr = request_response(&n1, &bin, &format!("{}:8080", server.ip), seconds)?;
-        for mut agent in agents {
-            agent.kill();
-        }
-        for node in [&n1, &n2] {
-            let _ = node.node.sh_output("ip link del skiff-vxlan");
-        }
-        (direct, vip, rr)
-        // The pins drop here: links go, programs detach.
-    };
-
-    // Flannel's kernel VXLAN in the same namespaces.
-    progress("bench", "kernel VXLAN (flannel style): setting up FDB, neighbour and route entries...");
-    flannel_setup(&[&n1, &n2])?;
-    progress("bench", "kernel VXLAN: pod -> pod IP...");
-    let kernel_direct = iperf(&n1, &server.ip.to_string(), seconds)?;
-    progress("bench", "kernel VXLAN: request/response...");
-    let kernel_rr = request_response(&n1, &bin, &format!("{}:8080", server.ip), seconds)?;
-
-    println!("P3 clusterip-throughput@cross-node: {:.2} Gbit/s", ebpf_vip / 1e9);
-    println!("P3 pod-ip-throughput@cross-node: {:.2} Gbit/s", ebpf_direct / 1e9);
-    println!("P3 clusterip-vs-pod-ip-throughput: {:.3} x", ebpf_vip / ebpf_direct);
-    println!("P4 ebpf-overlay-throughput: {:.2} Gbit/s", ebpf_direct / 1e9);
-    println!("P4 kernel-vxlan-throughput: {:.2} Gbit/s", kernel_direct / 1e9);
-    println!("P4 throughput-vs-kernel-vxlan: {:.3} x", ebpf_direct / kernel_direct);
-    println!("P4 ebpf-overlay-rr: {ebpf_rr:.0} req/s");
-    println!("P4 kernel-vxlan-rr: {kernel_rr:.0} req/s");
-    println!("P4 rr-vs-kernel-vxlan: {:.3} x", ebpf_rr / kernel_rr);
+    let figures = Figures::new(&samples);
+    for line in figures.lines().into_iter().chain(figures.ceiling_warnings()).chain(cost_lines(&costs)) {
+        println!("{line}");
+    }
     Ok(())
 }
 
-fn iperf_service(backend: &str) -> String {
+/// The topology and the servers, which live for the whole bench; the datapaths come and go.
+pub(crate) struct Cluster {
+    // Fields drop in order: servers first, the namespaces after, the files last.
+    _servers: Vec<ChildGuard>,
+    n1: NodeTopology,
+    n2: NodeTopology,
+    underlay: Underlay,
+    bin: PathBuf,
+    client_cpu: usize,
+    server_cpu: usize,
+    dir: RemoveDir,
+}
+
+impl Cluster {
+    fn new(tag: &str, bin: PathBuf) -> Result<Self> {
+        let underlay = Underlay::new(tag);
+        let n1 = NodeTopology::node_of_cluster(tag, 1, &["client"]);
+        let n2 = NodeTopology::node_of_cluster(tag, 2, &["server"]);
+        underlay.connect(&n1);
+        underlay.connect(&n2);
+        let dir = RemoveDir(std::env::temp_dir().join(format!("skiff-{tag}")));
+        std::fs::create_dir_all(&dir.0)?;
+        let server_ip = n2.pod("server").ip.to_string();
+        write_manifest(&dir.0.join("manifests"), "bench.yaml", &service_manifest(&server_ip))?;
+        let nodes = [&n1, &n2]
+            .iter()
+            .map(|n| {
+                format!("- {{name: n{}, podCIDR: 10.244.{}.0/24, underlayIP: {}}}\n", n.index, n.index, n.underlay_ip())
+            })
+            .collect::<String>();
+        std::fs::write(dir.0.join("nodes.yaml"), format!("nodes:\n{nodes}"))?;
+        // Two CPUs on the machines this runs on: the client on one, the server on the other.
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let mut cluster =
+            Self { _servers: Vec::new(), n1, n2, underlay, bin, client_cpu: 0, server_cpu: usize::from(cpus > 1), dir };
+        let echo = cluster.bin.join("skiff-echo");
+        let server = cluster.server();
+        let servers = [
+            pinned(&server.ns, cluster.server_cpu, Path::new("iperf3")).args(["-s", "-p", &IPERF_PORT.to_string()]),
+            pinned(&server.ns, cluster.server_cpu, &echo).args([
+                "serve",
+                "--name",
+                "server",
+                "--tcp",
+                &RR_PORT.to_string(),
+            ]),
+        ]
+        .into_iter()
+        .map(|cmd| cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().map(ChildGuard::new))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("starting iperf3 and skiff-echo in the server pod (cargo xtask setup installs iperf3)")?;
+        let listening = || {
+            let out = server.ns.sh_output("ss -Hltn");
+            let text = String::from_utf8_lossy(&out.stdout);
+            [IPERF_PORT, RR_PORT].iter().all(|p| text.contains(&format!(":{p} ")))
+        };
+        if !wait_until(Duration::from_secs(10), listening) {
+            bail!("the servers in the server pod do not listen on {IPERF_PORT} and {RR_PORT} after 10 s");
+        }
+        cluster._servers = servers;
+        Ok(cluster)
+    }
+
+    fn nodes(&self) -> [&NodeTopology; 2] {
+        [&self.n1, &self.n2]
+    }
+
+    fn client(&self) -> &Pod {
+        self.n1.pod("client")
+    }
+
+    fn server(&self) -> &Pod {
+        self.n2.pod("server")
+    }
+
+    /// Every device a packet from the client to the server passes, in order.
+    fn path_devices(&self) -> Vec<(Option<&Netns>, &str)> {
+        let (client, server, ul) = (self.client(), self.server(), &self.underlay.ns);
+        vec![
+            (Some(&client.ns), "eth0"),
+            (Some(&self.n1.node), &client.host_if),
+            (Some(&self.n1.node), "eth0"),
+            (Some(ul), "ul1"),
+            (Some(ul), "br0"),
+            (Some(ul), "ul2"),
+            (Some(&self.n2.node), "eth0"),
+            (Some(&self.n2.node), &server.host_if),
+            (Some(&server.ns), "eth0"),
+        ]
+    }
+}
+
+/// `program` run in `ns` on one CPU (`taskset`), the same CPU in every mode.
+fn pinned(ns: &Netns, cpu: usize, program: &Path) -> Command {
+    let mut cmd = ns.command("taskset");
+    cmd.args(["-c", &cpu.to_string()]).arg(program).stdin(Stdio::null());
+    cmd
+}
+
+fn service_manifest(backend: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: iperf, namespace: default}}\nspec:\n  clusterIP: {VIP}\n  ports:\n  - {{name: iperf, port: 5201, targetPort: 5201, protocol: TCP}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: iperf-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: iperf}}\naddressType: IPv4\nports:\n- {{name: iperf, port: 5201, protocol: TCP}}\nendpoints:\n- addresses: [\"{backend}\"]\n"
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: bench, namespace: default}}\nspec:\n  clusterIP: {VIP}\n  ports:\n  - {{name: iperf, port: {IPERF_PORT}, targetPort: {IPERF_PORT}, protocol: TCP}}\n  - {{name: rr, port: {RR_PORT}, targetPort: {RR_PORT}, protocol: TCP}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: bench-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: bench}}\naddressType: IPv4\nports:\n- {{name: iperf, port: {IPERF_PORT}, protocol: TCP}}\n- {{name: rr, port: {RR_PORT}, protocol: TCP}}\nendpoints:\n- addresses: [\"{backend}\"]\n"
     )
 }
 
-/// TCP throughput in bit/s from node 1's client pod to `target`:5201.
-fn iperf(n1: &NodeTopology, target: &str, seconds: u64) -> Result<f64> {
-    let out = n1
-        .pod("client")
-        .ns
-        .command("iperf3")
-        .args(["-c", target, "-p", "5201", "-t", &seconds.to_string(), "-J"])
-        .output()
-        .context("running iperf3")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!("iperf3 to {target} failed: {text}");
-    }
-    // end.sum_received.bits_per_second, without a JSON dependency.
-    let received = text.find("\"sum_received\"").context("no sum_received in iperf3's output")?;
-    let rest = &text[received..];
-    let key = rest.find("\"bits_per_second\"").context("no bits_per_second")?;
-    let value: String = rest[key + 17..]
-        .chars()
-        .skip_while(|c| !c.is_ascii_digit())
-        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+')
-        .collect();
-    let bps: f64 = value.parse().with_context(|| format!("bits_per_second `{value}`"))?;
-    progress("bench", &format!("  {:.2} Gbit/s", bps / 1e9));
-    Ok(bps)
+/// What one run of one mode measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Sample {
+    bits_per_second: f64,
+    retransmits: u64,
+    /// Requests per second on one connection.
+    rr: f64,
 }
 
-fn request_response(n1: &NodeTopology, bin: &Path, target: &str, seconds: u64) -> Result<f64> {
-    let out = n1
-        .pod("client")
-        .ns
-        .command(bin.join("skiff-echo").to_str().unwrap_or("skiff-echo"))
-        .args(["rr", target, "--duration-ms", &(seconds * 1000).to_string()])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let rate = text
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("rate="))
-        .and_then(|r| r.parse::<f64>().ok())
-        .with_context(|| format!("no rate in: {text}"))?;
+/// Runs the modes, holding the one datapath that is up.
+struct Bench<'a> {
+    c: &'a Cluster,
+    active: Option<Active>,
+    /// Datapaths whose tunnel device was printed with the environment.
+    shown: Vec<Datapath>,
+    seconds: u64,
+}
+
+impl Bench<'_> {
+    /// Tears down the datapath that is up (checking that nothing of it is left) and sets
+    /// up `want`, unless it is already up.
+    fn switch_to(&mut self, want: Option<Datapath>) -> Result<()> {
+        if self.active.as_ref().map(Active::datapath) == want {
+            return Ok(());
+        }
+        if let Some(active) = self.active.take() {
+            let was = active.datapath();
+            active.down(self.c).with_context(|| format!("tearing down {was:?}"))?;
+        }
+        if let Some(datapath) = want {
+            self.active = Some(Active::up(self.c, datapath).with_context(|| format!("setting up {datapath:?}"))?);
+            if let Some(dev) = datapath.tunnel_device()
+                && !self.shown.contains(&datapath)
+            {
+                print_devices(&[(Some(&self.c.n1.node), dev), (Some(&self.c.n2.node), dev)]);
+                self.shown.push(datapath);
+            }
+        }
+        Ok(())
+    }
+
+    fn measure(&mut self, mode: Mode) -> Result<Sample> {
+        self.switch_to(Some(mode.datapath()))?;
+        let server_ip = self.c.server().ip.to_string();
+        let target = if mode == Mode::EbpfClusterIp { VIP } else { &server_ip };
+        let (bits_per_second, retransmits) = iperf(self.c, target, self.seconds)?;
+        let rr = request_response(self.c, target, self.seconds)?;
+        Ok(Sample { bits_per_second, retransmits, rr })
+    }
+
+    /// Per program and node, the nanoseconds per run (one run per packet, or per GSO/GRO
+    /// batch) over `runs` ClusterIP iperf3 runs, read from the kernel's BPF statistics.
+    fn program_costs(&mut self, runs: usize) -> Result<Vec<(String, Vec<f64>)>> {
+        self.switch_to(Some(Datapath::Ebpf))?;
+        let Some(Active::Ebpf(overlay)) = &self.active else { bail!("the eBPF overlay is not up") };
+        let before_enable = read_stats_sysctl();
+        // BPF_ENABLE_STATS rather than writing kernel.bpf_stats_enabled: the kernel counts
+        // holders and turns the statistics off again when the last descriptor closes, so
+        // the setting is restored even if the bench dies, and never behind another
+        // holder's back.
+        let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .context("turning on the kernel's BPF statistics (BPF_ENABLE_STATS)")?;
+        let mut costs: Vec<(String, Vec<f64>)> =
+            overlay.programs.iter().map(|p| (p.label.clone(), Vec::new())).collect();
+        for run in 1..=runs {
+            progress("bench", &format!("P1 in traffic, run {run}/{runs}: ClusterIP with BPF statistics on"));
+            let before = run_counters(&overlay.programs)?;
+            iperf(self.c, VIP, self.seconds)?;
+            let after = run_counters(&overlay.programs)?;
+            for ((_, values), (b, a)) in costs.iter_mut().zip(before.iter().zip(&after)) {
+                values.extend(per_run_ns(*b, *a));
+            }
+        }
+        drop(stats);
+        // The sysctl shows only what was written to it, not BPF_ENABLE_STATS holders: it
+        // stays as it was, which is the point.
+        println!(
+            "# env bpf-stats: counted during the P1 runs only (BPF_ENABLE_STATS, released after); kernel.bpf_stats_enabled {before_enable} before, {} after",
+            read_stats_sysctl()
+        );
+        Ok(costs)
+    }
+}
+
+fn read_stats_sysctl() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").map_or_else(|e| format!("({e})"), |s| s.trim().into())
+}
+
+/// `(run_time_ns, run_cnt)` of each program.
+fn run_counters(programs: &[datapaths::ProgramPin]) -> Result<Vec<(u64, u64)>> {
+    programs
+        .iter()
+        .map(|p| {
+            let info = ProgramInfo::from_pin(&p.path).with_context(|| format!("reading {}", p.path.display()))?;
+            Ok((u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX), info.run_count()))
+        })
+        .collect()
+}
+
+/// Nanoseconds per run between two `(run_time_ns, run_cnt)` readings; `None` when the
+/// program did not run.
+fn per_run_ns(before: (u64, u64), after: (u64, u64)) -> Option<f64> {
+    let runs = after.1.checked_sub(before.1).filter(|&n| n > 0)?;
+    Some(after.0.saturating_sub(before.0) as f64 / runs as f64)
+}
+
+/// TCP throughput (bit/s, as the receiver counted it) and the sender's retransmits from
+/// the client pod to `target`. A failed run fails the bench.
+fn iperf(c: &Cluster, target: &str, seconds: u64) -> Result<(f64, u64)> {
+    let out = pinned(&c.client().ns, c.client_cpu, Path::new("iperf3"))
+        .args(["-c", target, "-p", &IPERF_PORT.to_string(), "-t", &seconds.to_string(), "-O", "1", "-J"])
+        .output()
+        .context("running iperf3")?;
+    let parsed = parse_iperf(&String::from_utf8_lossy(&out.stdout)).with_context(|| format!("iperf3 to {target}"));
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(parsed.err().unwrap_or_else(|| anyhow::anyhow!("{}", stderr.trim())))
+            .with_context(|| format!("iperf3 to {target} failed ({})", out.status));
+    }
+    let (bps, retransmits) = parsed?;
+    progress("bench", &format!("  {:.2} Gbit/s, {retransmits} retransmits", bps / 1e9));
+    Ok((bps, retransmits))
+}
+
+/// `end.sum_received.bits_per_second` and `end.sum_sent.retransmits` of iperf3's JSON
+/// (`-J`); its `error` as the error.
+fn parse_iperf(json: &str) -> Result<(f64, u64)> {
+    let v: Value = serde_json::from_str(json).context("iperf3's output is not JSON")?;
+    if let Some(error) = v.get("error").and_then(Value::as_str) {
+        bail!("iperf3: {error}");
+    }
+    let end = &v["end"];
+    let bps = end["sum_received"]["bits_per_second"].as_f64().context("no end.sum_received.bits_per_second")?;
+    let retransmits = end["sum_sent"]["retransmits"].as_u64().context("no end.sum_sent.retransmits")?;
+    if bps <= 0.0 {
+        bail!("iperf3 moved no data");
+    }
+    Ok((bps, retransmits))
+}
+
+/// Requests per second on one connection from the client pod to `target`; a lost request
+/// (timeout, closed connection) fails the bench.
+fn request_response(c: &Cluster, target: &str, seconds: u64) -> Result<f64> {
+    let out = pinned(&c.client().ns, c.client_cpu, &c.bin.join("skiff-echo"))
+        .args(["rr", &format!("{target}:{RR_PORT}"), "--duration-ms", &(seconds * 1000).to_string()])
+        .output()
+        .context("running skiff-echo rr")?;
+    if !out.status.success() {
+        bail!(
+            "request/response to {target}:{RR_PORT} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let rate = parse_rr(&String::from_utf8_lossy(&out.stdout))?;
     progress("bench", &format!("  {rate:.0} req/s"));
     Ok(rate)
 }
 
-/// Flannel's vxlan backend, by hand: `flannel.1` with VNI 1 on port 8472, the node's
-/// podCIDR network address on it, and for each peer a permanent neighbour entry for the
-/// peer's VTEP address, an FDB entry to its underlay address, and a route to its podCIDR.
-fn flannel_setup(nodes: &[&NodeTopology]) -> Result<()> {
-    let mut macs = Vec::new();
-    for n in nodes {
-        n.node.sh(&format!(
-            "ip link add flannel.1 type vxlan id 1 local {} dstport 8472 nolearning dev eth0 && \
-             ip link set flannel.1 mtu 1450 up && ip addr add 10.244.{}.0/32 dev flannel.1",
-            n.underlay_ip(),
-            n.index
-        ));
-        let mac = n.node.sh("ip -o link show flannel.1");
-        let mac = mac.split_whitespace().find(|w| w.len() == 17 && w.matches(':').count() == 5).map(str::to_owned);
-        macs.push(mac.context("flannel.1 has no MAC address")?);
+/// The rate of `skiff-echo rr`'s summary line `requests=N elapsed_s=S rate=R`.
+fn parse_rr(text: &str) -> Result<f64> {
+    let field =
+        |name: &str| text.split_whitespace().find_map(|w| w.strip_prefix(name)).and_then(|v| v.parse::<f64>().ok());
+    let requests = field("requests=").with_context(|| format!("no requests= in `{}`", text.trim()))?;
+    let rate = field("rate=").with_context(|| format!("no rate= in `{}`", text.trim()))?;
+    if requests < 1.0 {
+        bail!("no request was answered");
     }
-    for (i, n) in nodes.iter().enumerate() {
-        for (j, peer) in nodes.iter().enumerate() {
-            if i == j {
-                continue;
-            }
-            n.node.sh(&format!(
-                "ip neigh replace 10.244.{p}.0 lladdr {mac} dev flannel.1 nud permanent && \
-                 bridge fdb append {mac} dev flannel.1 dst {ul} && \
-                 ip route replace 10.244.{p}.0/24 via 10.244.{p}.0 dev flannel.1 onlink",
-                p = peer.index,
-                mac = macs[j],
-                ul = peer.underlay_ip()
-            ));
-        }
-    }
-    Ok(())
+    Ok(rate)
 }
 
-struct RemoveDir(std::path::PathBuf);
+/// The rounds' figures by metric.
+struct Figures {
+    throughput: Rounds<Mode>,
+    retransmits: Rounds<Mode>,
+    rr: Rounds<Mode>,
+}
+
+impl Figures {
+    fn new(samples: &Rounds<Mode, Sample>) -> Self {
+        let metric = |f: fn(&Sample) -> f64| Rounds {
+            modes: samples.modes.clone(),
+            values: samples.values.iter().map(|s| s.iter().map(f).collect()).collect(),
+        };
+        Self {
+            throughput: metric(|s| s.bits_per_second / 1e9),
+            retransmits: metric(|s| s.retransmits as f64),
+            rr: metric(|s| s.rr),
+        }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        use Mode::*;
+        let (tp, rr) = (&self.throughput, &self.rr);
+        let ratio = |r: &Rounds<Mode>, a, b| summary(&r.ratios(&a, &b), "x", 2);
+        let mut lines = vec![
+            format!("P3 pod-ip-throughput@cross-node: {}", summary(tp.of(&EbpfPodIp), "Gbit/s", 2)),
+            format!("P3 clusterip-throughput@cross-node: {}", summary(tp.of(&EbpfClusterIp), "Gbit/s", 2)),
+            format!("P3 clusterip-vs-pod-ip-throughput: {}", ratio(tp, EbpfClusterIp, EbpfPodIp)),
+            format!("P3 clusterip-rr@cross-node: {}", summary(rr.of(&EbpfClusterIp), "req/s", 0)),
+            format!("P3 clusterip-vs-pod-ip-rr: {}", ratio(rr, EbpfClusterIp, EbpfPodIp)),
+        ];
+        for mode in [EbpfPodIp, KernelVxlan, PlainRouting] {
+            lines.push(format!("P4 {}-throughput: {}", mode.label().1, summary(tp.of(&mode), "Gbit/s", 2)));
+        }
+        for mode in MODES {
+            let (id, label) = mode.label();
+            lines.push(format!("{id} {label}-retransmits: {}", summary(self.retransmits.of(&mode), "segments", 0)));
+        }
+        for mode in [EbpfPodIp, KernelVxlan, PlainRouting] {
+            lines.push(format!("P4 {}-rr: {}", mode.label().1, summary(rr.of(&mode), "req/s", 0)));
+        }
+        lines.extend([
+            format!("P4 throughput-vs-kernel-vxlan: {}", ratio(tp, EbpfPodIp, KernelVxlan)),
+            format!("P4 throughput-vs-plain-routing: {}", ratio(tp, EbpfPodIp, PlainRouting)),
+            format!("P4 kernel-vxlan-throughput-vs-plain-routing: {}", ratio(tp, KernelVxlan, PlainRouting)),
+            format!("P4 rr-vs-kernel-vxlan: {}", ratio(rr, EbpfPodIp, KernelVxlan)),
+            format!("P4 rr-vs-plain-routing: {}", ratio(rr, EbpfPodIp, PlainRouting)),
+            format!("P4 kernel-vxlan-rr-vs-plain-routing: {}", ratio(rr, KernelVxlan, PlainRouting)),
+        ]);
+        lines
+    }
+
+    /// A WARNING for each overlay figure above plain routing in any round: encapsulation
+    /// only adds work, so that is a measurement error to explain, not a result.
+    fn ceiling_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for mode in [Mode::EbpfPodIp, Mode::EbpfClusterIp, Mode::KernelVxlan] {
+            for (metric, rounds) in [("throughput", &self.throughput), ("rr", &self.rr)] {
+                let ratios = rounds.ratios(&mode, &Mode::PlainRouting);
+                let above = ratios.iter().filter(|r| **r > 1.0).count();
+                if above > 0 {
+                    warnings.push(format!(
+                        "WARNING: {mode:?} {metric} is above plain routing (the ceiling) in {above} of {} rounds, {}: a measurement error to explain, not a result",
+                        ratios.len(),
+                        summary(&ratios, "x", 2)
+                    ));
+                }
+            }
+        }
+        warnings
+    }
+}
+
+fn cost_lines(costs: &[(String, Vec<f64>)]) -> Vec<String> {
+    costs
+        .iter()
+        .map(|(program, ns)| {
+            if ns.is_empty() {
+                format!("# P1 overlay-cost-in-traffic-{program}: not run by this traffic")
+            } else {
+                format!("P1 overlay-cost-in-traffic-{program}: {}", summary(ns, "ns/pkt", 0))
+            }
+        })
+        .collect()
+}
+
+struct RemoveDir(PathBuf);
 
 impl Drop for RemoveDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -151,6 +151,12 @@ pub fn print_environment(data_dir: Option<&Path>, devices: &[(Option<&Netns>, &s
         let fs = output(Command::new("stat").args(["-f", "-c", "%T"]).arg(dir));
         println!("# env data-dir {}: {fs}", dir.display());
     }
+    print_devices(devices);
+}
+
+/// The `# env dev` lines of [`print_environment`] alone, for a device that exists only
+/// while one of the compared modes is set up (a tunnel device).
+pub fn print_devices(devices: &[(Option<&Netns>, &str)]) {
     for (ns, dev) in devices {
         let run = |args: &[&str]| match ns {
             Some(ns) => {

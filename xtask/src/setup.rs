@@ -195,6 +195,7 @@ pub const TOOLS: &[(&str, Option<&str>)] = &[
     ("bridge", Some("iproute2")),
     ("ss", Some("iproute2")),
     ("nsenter", Some("util-linux")),
+    ("taskset", Some("util-linux")),
     ("mount", Some("mount")),
     ("umount", Some("mount")),
     ("kill", Some("procps")),
