@@ -221,6 +221,9 @@ impl Cluster {
 }
 
 /// `program` run in `ns` on one CPU (`taskset`), the same CPU in every mode.
+/// The unmeasured traffic after each set-up.
+const SETTLE_SECONDS: u64 = 1;
+
 fn pinned(ns: &Netns, cpu: usize, program: &Path) -> Command {
     let mut cmd = ns.command("taskset");
     cmd.args(["-c", &cpu.to_string()]).arg(program).stdin(Stdio::null());
@@ -264,6 +267,11 @@ impl Bench<'_> {
         }
         if let Some(datapath) = want {
             self.active = Some(Active::up(self.c, datapath).with_context(|| format!("setting up {datapath:?}"))?);
+            // One unmeasured second of traffic: what follows a set-up (the agents'
+            // first syncs, neighbour resolution, caches) would otherwise fall on
+            // whichever mode happens to run first after it.
+            let server_ip = self.c.server().ip.to_string();
+            iperf(self.c, &server_ip, SETTLE_SECONDS).with_context(|| format!("settling {datapath:?}"))?;
             if let Some(dev) = datapath.tunnel_device()
                 && !self.shown.contains(&datapath)
             {

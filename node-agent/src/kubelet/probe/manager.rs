@@ -54,6 +54,11 @@ pub struct ContainerStart<'a> {
     /// [`ContainerStart::instant_of`] its CRI `startedAt` for one adopted after an agent
     /// restart, so that initialDelaySeconds is not served twice.
     pub started_at: Instant,
+    /// The pod's status in the API says this very instance is ready: a container adopted
+    /// after an agent restart stays ready until its readiness probe says otherwise,
+    /// instead of dropping out of its Services until the first probe (which would fail
+    /// every request to a Service whose backends all run on the restarted node).
+    pub was_ready: bool,
 }
 
 impl ContainerStart<'_> {
@@ -182,12 +187,18 @@ impl<E: ExecRunner> ProbeManager<E> {
         for (kind, probe) in probes {
             let probe_key =
                 ProbeKey { pod_uid: start.pod_uid.to_owned(), container_name: start.container.name.clone(), kind };
+            // With a startup probe, readiness waits for it anyway: nothing to carry over.
+            let initial = if kind == ProbeKind::Readiness && start.was_ready && !has_startup {
+                Some(true)
+            } else {
+                initial_state(kind)
+            };
             entries.insert(
                 probe_key.clone(),
                 ProbeResult {
                     container_id: start.container_id.to_owned(),
                     kind,
-                    result: initial_state(kind),
+                    result: initial,
                     message: String::new(),
                 },
             );
@@ -200,6 +211,7 @@ impl<E: ExecRunner> ProbeManager<E> {
                 started_at: start.started_at,
                 startup_gate: (kind != ProbeKind::Startup && has_startup).then(|| gate.clone()),
                 startup_done: (kind == ProbeKind::Startup).then(|| startup_done.clone()),
+                initial,
                 results: self.results.clone(),
             };
             tasks.push(tokio::spawn(worker.run()));
@@ -261,6 +273,7 @@ impl<E: ExecRunner> ProbeManager<E> {
                     container,
                     container_id: instance.id,
                     started_at: instance.started_at,
+                    was_ready: ready_in_api(pod, instance.name, instance.id),
                 });
             }
         }
@@ -365,4 +378,14 @@ fn probe_of(container: &Container, kind: ProbeKind) -> Option<&Probe> {
         ProbeKind::Readiness => container.readiness_probe.as_ref(),
         ProbeKind::Startup => container.startup_probe.as_ref(),
     }
+}
+
+/// Whether the pod's status in the API has container instance `id` (CRI id) of
+/// `name` ready.
+fn ready_in_api(pod: &Pod, name: &str, id: &str) -> bool {
+    let Some(status) = &pod.status else { return false };
+    let api_id = format!("{}{id}", crate::kubelet::status::RUNTIME_SCHEME);
+    (status.container_statuses.iter().flatten())
+        .chain(status.init_container_statuses.iter().flatten())
+        .any(|c| c.name == name && c.ready && c.container_id.as_deref() == Some(api_id.as_str()))
 }

@@ -92,6 +92,9 @@ pub(super) struct Worker<E> {
     pub startup_gate: Option<watch::Receiver<bool>>,
     /// For the startup worker: the sending side of that gate.
     pub startup_done: Option<watch::Sender<bool>>,
+    /// The state before the first probe: upstream's [`initial_state`], or ready for a
+    /// container the API already had ready.
+    pub initial: Option<bool>,
     pub results: Arc<Results>,
 }
 
@@ -106,7 +109,7 @@ impl<E: ExecRunner> Worker<E> {
             // The container's workers are gone.
             return;
         }
-        let mut state = initial_state(kind);
+        let mut state = self.initial;
         // The last observed result and how many attempts in a row gave it.
         let mut last: Option<bool> = None;
         let mut run: u32 = 0;

@@ -41,6 +41,19 @@ impl Harness {
             container,
             container_id,
             started_at,
+            was_ready: false,
+        })
+    }
+
+    /// A container adopted after an agent restart whose API status says it is ready.
+    fn adopt_ready(&self, container: &Container, container_id: &str) -> bool {
+        self.manager.add_container(ContainerStart {
+            pod_uid: POD,
+            pod_ip: Some(LOCALHOST),
+            container,
+            container_id,
+            started_at: Instant::now(),
+            was_ready: true,
         })
     }
 
@@ -98,6 +111,19 @@ async fn readiness_starts_false_and_follows_the_probe_every_period() {
     // Default period 10 s; successes that change nothing are not sent.
     assert_eq!(h.calls("ready"), [0, 10, 20]);
     assert!(h.drain().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_adopted_ready_container_stays_ready_until_its_probe_fails_enough() {
+    let mut h = Harness::new();
+    h.exec.script("ready", &[], Step::Exit(1, "not ready"));
+    h.adopt_ready(&app(None, None, Some(timed(exec_probe("ready"), 1, 1, 3))), "c1");
+    assert_eq!(h.manager.readiness(POD, "app"), Some(true), "ready as the API had it, before any probe");
+    h.at(1.5).await;
+    assert_eq!(h.manager.readiness(POD, "app"), Some(true), "two failures are under the threshold of 3");
+    h.at(2.5).await;
+    assert_eq!(h.manager.readiness(POD, "app"), Some(false));
+    assert!(h.drain().iter().any(|u| u.changed && !u.result));
 }
 
 #[tokio::test(start_paused = true)]
@@ -296,6 +322,7 @@ async fn http_readiness_follows_a_real_server() {
         container: &container,
         container_id: "c1",
         started_at: Instant::now(),
+        was_ready: false,
     });
     let next = async |updates: &mut UnboundedReceiver<ProbeUpdate>| {
         tokio::time::timeout(Duration::from_secs(5), updates.recv()).await.expect("a probe update within 5 s").unwrap()
