@@ -102,6 +102,12 @@ fn main() -> Result<()> {
     let mut noop_object = aya::Ebpf::load(NOOP)?;
     let noop: &mut SchedClassifier = noop_object.program_mut("noop").context("noop program")?.try_into()?;
     noop.load()?;
+    // A whole pass whose figures are dropped: the first count measured came out
+    // slower than larger ones after only its own warm-up round (a cold machine: the
+    // maps' first pages, the programs' first runs), which is not the Service count's
+    // doing.
+    let warm_up = Options { counts: vec![1], repeat: opts.repeat, rounds: 1, runs: opts.runs };
+    measure(1, &warm_up, noop)?;
     for services in opts.counts.clone() {
         let f = measure(services, &opts, noop)?;
         let print = |path: &str, gross: &[f64], noop: &[f64]| {
