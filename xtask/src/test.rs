@@ -15,10 +15,15 @@ use anyhow::{Context, Result, bail};
 
 use crate::build_ebpf::build_ebpf;
 use crate::setup;
-use crate::util::{display, is_ci, is_root, progress, run_checked, workspace_root};
+use crate::util::{display, free_bytes, is_ci, is_root, progress, run_checked, target_dir, workspace_root};
 
 /// The variable through which tests find the BPF objects.
 pub const EBPF_DIR_ENV: &str = "SKIFF_EBPF_DIR";
+
+/// What a clean `cargo xtask test` writes under the target dir, rounded up (measured:
+/// see `check_disk`); less free than this and the build would die part-way with an
+/// LLVM "No space left on device".
+const DISK_NEEDED_BYTES: u64 = 12 << 30;
 
 pub fn run(cargo_args: &[String]) -> Result<()> {
     let started = Instant::now();
@@ -35,6 +40,7 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
         );
     }
 
+    check_disk();
     let ready = setup::run()?;
     let ebpf_dir = build_ebpf(true)?;
 
@@ -44,6 +50,7 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
     // `cargo test` builds only for the package under test.
     let mut build = Command::new(&cargo);
     build.args(["build", "--bins"]).current_dir(workspace_root()).env(EBPF_DIR_ENV, &ebpf_dir);
+    no_incremental_under_ci(&mut build);
     progress("test", &format!("building the binaries: `{}`...", display(&build)));
     run_checked(&mut build, "fix the build errors above")?;
 
@@ -59,6 +66,7 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
         .args(["build", "-p", "skiff-cni", "--bin", "skiff-cni", "--target-dir", "target/harness"])
         .current_dir(workspace_root())
         .env(EBPF_DIR_ENV, &ebpf_dir);
+    no_incremental_under_ci(&mut harness_build);
     progress("test", "building skiff-cni for the containerd tests...");
     run_checked(&mut harness_build, "fix the build errors above")?;
 
@@ -68,6 +76,7 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
         .current_dir(workspace_root())
         .env(EBPF_DIR_ENV, &ebpf_dir)
         .stdout(Stdio::piped());
+    no_incremental_under_ci(&mut cmd);
     // The Python client test runs the venv setup made; naming it here keeps the test
     // independent of CARGO_HOME and SKIFF_TOOLS_DIR in its environment.
     cmd.env(crate::python::PYTHON_ENV, &ready.python);
@@ -97,6 +106,35 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
         bail!(
             "cargo test failed ({status}): {tally} in {secs:.0} s{skipped}; the failing tests and targets are listed above"
         )
+    }
+}
+
+/// Says up front when the target dir's filesystem has less room than a clean run
+/// writes: a warning, not an error, since a warm target dir needs far less.
+fn check_disk() {
+    let target = target_dir();
+    let Some(free) = free_bytes(&target) else { return };
+    let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+    if free < DISK_NEEDED_BYTES {
+        progress(
+            "test",
+            &format!(
+                "WARNING: {:.1} GiB free under {}; a clean build and test run writes about {:.0} GiB there and may fail with \"No space left on device\": free some space or point CARGO_TARGET_DIR elsewhere",
+                gib(free),
+                target.display(),
+                gib(DISK_NEEDED_BYTES)
+            ),
+        );
+    } else {
+        progress("test", &format!("{:.1} GiB free under {}", gib(free), target.display()));
+    }
+}
+
+/// A CI run starts from a clean clone and builds once, so incremental caches (gigabytes
+/// for 60 test binaries) would only use disk.
+fn no_incremental_under_ci(cmd: &mut Command) {
+    if is_ci() {
+        cmd.env("CARGO_INCREMENTAL", "0");
     }
 }
 
