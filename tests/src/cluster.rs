@@ -267,6 +267,15 @@ impl Cluster {
         self.start_control()
     }
 
+    /// A machine outside the cluster on the nodes' network: a namespace of its own on
+    /// the underlay bridge with `eth0` at `ip` (in 192.168.77.0/24, no node's), for
+    /// NodePort clients. Dropping it removes it and its port on the bridge.
+    pub fn external_host(&self, name: &str, ip: &str) -> Netns {
+        let ns = Netns::new(&format!("{}-{name}", self.tag));
+        attach(&self.underlay, &ns, &format!("ulx{name}"), ip);
+        ns
+    }
+
     /// Runs kubectl (as the cluster admin) inside the control plane's namespace.
     pub fn kubectl(&self, args: &[&str]) -> Output {
         self.kubectl_command(args).output().expect("cannot run kubectl 1.32")

@@ -9,7 +9,12 @@
 //! - `sessionAffinity: ClientIP`: many requests from one client land on one backend,
 //!   while the same backends without affinity share them;
 //! - a Service without endpoints is refused at once (TCP RST, ICMP port unreachable),
-//!   not left to time out.
+//!   not left to time out;
+//! - from a host outside the cluster (a namespace of its own on the nodes' network):
+//!   NodePort on either node, with the backend on that node and on the other one, and
+//!   `externalTrafficPolicy: Local`, which serves only the node's own backends; then,
+//!   over HTTP, which client address each backend sees: the client's own with a backend
+//!   on the node it connected to, the node's podCIDR address with a backend elsewhere.
 //!
 //! Not here: a node's host namespace → ClusterIP. It needs the socket-level load
 //! balancer (connect-time translation in the host's cgroup), which does not exist yet
@@ -28,9 +33,11 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use std::net::Ipv4Addr;
+
 use skiff_tests::cluster::Cluster;
-use skiff_tests::netns::wait_until;
-use skiff_tests::require_privileges;
+use skiff_tests::netns::{Netns, wait_until};
+use skiff_tests::{require_privileges, workspace_bin};
 use support::{Replies, client_pod, cluster_ip, datapath_state, ready_endpoints, two_node_cluster, wait_pods_ready};
 
 /// An echo server (TCP and UDP on 8080, named after its pod) labelled `at: {at}`, pinned
@@ -64,7 +71,13 @@ const SERVICES: &[(&str, &str)] = &[
     ("spread", "selector: {app: srv}"),
     ("sticky", "selector: {app: srv}, sessionAffinity: ClientIP"),
     ("empty", "selector: {app: nothing-matches-this}"),
+    ("np-n2", "type: NodePort, selector: {at: n2}"),
+    ("np-local", "type: NodePort, externalTrafficPolicy: Local, selector: {app: srv}"),
 ];
+
+/// The host outside the cluster that NodePort clients run on.
+const OUTSIDE: &str = "outside";
+const OUTSIDE_IP: &str = "192.168.77.100";
 
 /// Everything the matrix applies: the client on node 1, a server on each node, the
 /// Services.
@@ -106,11 +119,14 @@ enum Target {
     Pod(&'static str),
     /// The Service's ClusterIP, on port 80.
     Service(&'static str),
+    /// The Service's node port for the cell's protocol, on node `.1` (0-based)'s address.
+    NodePort(&'static str, usize),
 }
 
 /// One cell of the matrix, run for TCP and for UDP.
 struct Cell {
     name: &'static str,
+    /// A pod's name, or [`OUTSIDE`].
     from: &'static str,
     to: Target,
     requests: u32,
@@ -195,6 +211,34 @@ const CELLS: &[Cell] = &[
         requests: 1,
         expect: Expect::Refused,
     },
+    Cell {
+        name: "outside → NodePort on node 1, backend on node 2",
+        from: OUTSIDE,
+        to: Target::NodePort("np-n2", 0),
+        requests: 3,
+        expect: Expect::AnsweredBy("srv-n2"),
+    },
+    Cell {
+        name: "outside → NodePort on node 2, backend on node 2",
+        from: OUTSIDE,
+        to: Target::NodePort("np-n2", 1),
+        requests: 3,
+        expect: Expect::AnsweredBy("srv-n2"),
+    },
+    Cell {
+        name: "outside → NodePort externalTrafficPolicy Local on node 1: node 1's backend only",
+        from: OUTSIDE,
+        to: Target::NodePort("np-local", 0),
+        requests: MANY,
+        expect: Expect::AnsweredBy("srv-n1"),
+    },
+    Cell {
+        name: "outside → NodePort externalTrafficPolicy Local on node 2: node 2's backend only",
+        from: OUTSIDE,
+        to: Target::NodePort("np-local", 1),
+        requests: MANY,
+        expect: Expect::AnsweredBy("srv-n2"),
+    },
 ];
 
 /// Per-request timeout of the clients: long enough for a slow first packet, short
@@ -202,11 +246,20 @@ const CELLS: &[Cell] = &[
 const TIMEOUT_MS: &str = "3000";
 
 /// Runs one cell over one protocol; `Err` holds the failure report.
-fn run_cell(cluster: &Cluster, cell: &Cell, proto: &str, address: &str) -> Result<(), String> {
+fn run_cell(cluster: &Cluster, outside: &Netns, cell: &Cell, proto: &str, address: &str) -> Result<(), String> {
     let count = cell.requests.to_string();
-    let args = ["exec", cell.from, "--", "/skiff-echo", proto, address, "--count", &count, "--timeout-ms", TIMEOUT_MS];
+    let client = [proto, address, "--count", &count, "--timeout-ms", TIMEOUT_MS];
+    let (mut cmd, shown) = if cell.from == OUTSIDE {
+        let echo = workspace_bin("skiff-echo");
+        let mut cmd = outside.command(echo.to_str().expect("UTF-8 path"));
+        cmd.args(client);
+        (cmd, format!("[{}] skiff-echo {}", outside.name, client.join(" ")))
+    } else {
+        let args = [["exec", cell.from, "--", "/skiff-echo"].as_slice(), &client].concat();
+        (cluster.kubectl_command(&args), format!("kubectl {}", args.join(" ")))
+    };
     let started = Instant::now();
-    let out = cluster.kubectl(&args);
+    let out = cmd.output().expect("running the echo client");
     let took = started.elapsed();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let replies = Replies::parse(&stdout);
@@ -229,15 +282,64 @@ fn run_cell(cluster: &Cluster, cell: &Cell, proto: &str, address: &str) -> Resul
     };
     verdict.map_err(|why| {
         format!(
-            "FAILED cell `{} ({})`: {why}\n  command: kubectl {} ({}, {took:.1?})\n  stdout:\n{}  stderr: {}",
+            "FAILED cell `{} ({})`: {why}\n  command: {shown} ({}, {took:.1?})\n  stdout:\n{}  stderr: {}",
             cell.name,
             proto.to_uppercase(),
-            args.join(" "),
             out.status,
             indent(&stdout),
             String::from_utf8_lossy(&out.stderr).trim()
         )
     })
+}
+
+/// The node port of a Service's port named after the protocol (`tcp`, `udp`).
+fn node_port(cluster: &Cluster, service: &str, proto: &str) -> String {
+    let path = format!("jsonpath={{.spec.ports[?(@.name==\"{proto}\")].nodePort}}");
+    let port = cluster.kubectl_out(&["get", "service", service, "-o", &path]);
+    assert!(!port.is_empty(), "Service {service} has no {proto} node port");
+    port
+}
+
+/// The client address a backend sees through a node port: (Service, node, backend that
+/// answers, whether it sees the client's own address).
+const SOURCE_CHECKS: &[(&str, usize, &str, bool)] = &[
+    // The backend on the node the client reached: nothing to translate back through
+    // another node, so the client's address is kept.
+    ("np-local", 0, "srv-n1", true),
+    ("np-n2", 1, "srv-n2", true),
+    // The backend on another node: its replies must come back through this node, so
+    // the packets reach it from this node's podCIDR address.
+    ("np-n2", 0, "srv-n2", false),
+];
+
+/// Runs [`SOURCE_CHECKS`] with `skiff-echo get ADDR /peer` from outside; the failures.
+fn check_node_port_sources(cluster: &Cluster, outside: &Netns) -> Vec<String> {
+    let echo = workspace_bin("skiff-echo");
+    let mut failures = Vec::new();
+    for &(service, node, backend, keeps_client) in SOURCE_CHECKS {
+        let node = &cluster.nodes[node];
+        let target = format!("{}:{}", node.ip, node_port(cluster, service, "tcp"));
+        let out = outside
+            .command(echo.to_str().expect("UTF-8 path"))
+            .args(["get", &target, "/peer", "--timeout-ms", TIMEOUT_MS])
+            .output()
+            .expect("running the echo client");
+        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let pod_cidr = cluster.kubectl_out(&["get", "node", &node.name, "-o", "jsonpath={.spec.podCIDR}"]);
+        let node_pod_addr = pod_cidr.parse::<ipnet::Ipv4Net>().map(|c| Ipv4Addr::from(u32::from(c.network()) + 1));
+        let expected =
+            if keeps_client { OUTSIDE_IP.to_owned() } else { node_pod_addr.map(|a| a.to_string()).unwrap_or(pod_cidr) };
+        let want = format!("200 {backend} {expected}");
+        if stdout != want {
+            failures.push(format!(
+                "FAILED source check: {service} through {} ({target}) from {OUTSIDE_IP}: expected `{want}`, got `{stdout}` ({}; stderr: {})",
+                node.name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    failures
 }
 
 fn indent(text: &str) -> String {
@@ -260,7 +362,7 @@ fn connectivity_matrix() {
         && wait_pods_ready(&cluster, "app=srv", 2, Duration::from_secs(60));
     assert!(all_ready, "the matrix's pods did not become Ready:\n{}", cluster.logs());
     let pod_ip = |pod: &str| cluster.kubectl_out(&["get", "pod", pod, "-o", "jsonpath={.status.podIP}"]);
-    let endpoints = [("on-n1", 1), ("on-n2", 1), ("spread", 2), ("sticky", 2)];
+    let endpoints = [("on-n1", 1), ("on-n2", 1), ("spread", 2), ("sticky", 2), ("np-n2", 1), ("np-local", 2)];
     assert!(
         wait_until(Duration::from_secs(30), || endpoints
             .iter()
@@ -271,24 +373,24 @@ fn connectivity_matrix() {
     eprintln!("pods ready and endpoints published after {:.1?}", started.elapsed());
 
     // Every address once, then every (cell, protocol) on its own thread.
-    let addresses: Vec<String> = CELLS
-        .iter()
-        .map(|cell| match cell.to {
-            Target::Pod(pod) => format!("{}:8080", pod_ip(pod)),
-            Target::Service(svc) => format!("{}:80", cluster_ip(&cluster, svc)),
-        })
-        .collect();
+    let address = |cell: &Cell, proto: &str| match cell.to {
+        Target::Pod(pod) => format!("{}:8080", pod_ip(pod)),
+        Target::Service(svc) => format!("{}:80", cluster_ip(&cluster, svc)),
+        Target::NodePort(svc, node) => format!("{}:{}", cluster.nodes[node].ip, node_port(&cluster, svc, proto)),
+    };
+    let runs: Vec<(&Cell, &str, String)> =
+        CELLS.iter().flat_map(|cell| ["tcp", "udp"].map(|proto| (cell, proto, address(cell, proto)))).collect();
     assert!(pods.iter().all(|p| !pod_ip(p).is_empty()), "a pod without an IP");
-    let failures: Vec<String> = std::thread::scope(|s| {
-        let runs: Vec<_> = CELLS
+    let outside = cluster.external_host(OUTSIDE, OUTSIDE_IP);
+    let mut failures: Vec<String> = std::thread::scope(|s| {
+        let runs: Vec<_> = runs
             .iter()
-            .zip(&addresses)
-            .flat_map(|(cell, address)| ["tcp", "udp"].map(|proto| (cell, proto, address)))
-            .map(|(cell, proto, address)| s.spawn(|| run_cell(&cluster, cell, proto, address)))
+            .map(|(cell, proto, address)| s.spawn(|| run_cell(&cluster, &outside, cell, proto, address)))
             .collect();
         runs.into_iter().filter_map(|r| r.join().expect("a cell's thread panicked").err()).collect()
     });
-    let cells = CELLS.len() * 2;
+    failures.extend(check_node_port_sources(&cluster, &outside));
+    let cells = CELLS.len() * 2 + SOURCE_CHECKS.len();
     eprintln!("{} of {cells} cells passed; the whole matrix took {:.1?}", cells - failures.len(), started.elapsed());
     assert!(
         failures.is_empty(),

@@ -78,5 +78,5 @@ pub fn probe(cmd: &mut Command) -> Option<String> {
 pub fn free_bytes(path: &Path) -> Option<u64> {
     let existing = path.ancestors().find(|p| p.exists())?;
     let stat = nix::sys::statvfs::statvfs(existing).ok()?;
-    Some(u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size())))
+    Some(stat.blocks_available().saturating_mul(stat.fragment_size()))
 }

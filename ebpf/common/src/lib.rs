@@ -45,6 +45,8 @@ pub mod pin {
     /// settings (one-entry array).
     pub const SNAT: &str = "SNAT4_V1";
     pub const MASQ_CONFIG: &str = "MASQ_CONFIG_V1";
+    /// NodePort's settings (one-entry array).
+    pub const NODEPORT_CONFIG: &str = "NODEPORT_CONFIG_V1";
     /// Pinned programs for tc egress and ingress on the node's underlay interface.
     pub const PROG_TO_UNDERLAY: &str = "to_underlay_v1";
     pub const PROG_FROM_UNDERLAY: &str = "from_underlay_v1";
@@ -167,6 +169,13 @@ const _: () = assert!(size_of::<Ct4Key>() == 16);
 pub const CT_FLAG_CLOSING: u16 = 1 << 0;
 /// The client is its own backend: its source was rewritten to the hairpin address.
 pub const CT_FLAG_HAIRPIN: u16 = 1 << 1;
+/// The client's source address was rewritten (to [`Ct4Entry::snat_addr`]), so replies
+/// get the client's address back as destination; hairpin flows carry it too.
+pub const CT_FLAG_SNAT: u16 = 1 << 2;
+/// A NodePort flow: its replies leave by the node's underlay interface, since after
+/// reverse NAT they come from the node's own address, which the node's stack would
+/// drop as a martian if they entered it from a pod or the tunnel.
+pub const CT_FLAG_NODEPORT: u16 = 1 << 3;
 
 /// Conntrack value.
 ///
@@ -188,7 +197,11 @@ pub struct Ct4Entry {
     /// The client's own address (for reply entries of hairpin flows it differs from
     /// the reply's destination).
     pub client_addr: u32,
-    pub _pad: u32,
+    /// With [`CT_FLAG_SNAT`]: the source address the client's packets are given (the
+    /// hairpin address, or for NodePort flows to another node's backend the node's
+    /// address in its podCIDR). 0 otherwise; a hairpin entry of an older agent has 0
+    /// too and means [`LbConfig::hairpin_addr`].
+    pub snat_addr: u32,
 }
 const _: () = assert!(size_of::<Ct4Entry>() == 32);
 
@@ -311,6 +324,30 @@ pub struct MasqConfig {
 }
 const _: () = assert!(size_of::<MasqConfig>() == 16);
 
+/// NodePort's settings, slot 0 of a one-entry array map written by the agent's overlay
+/// role. A zero `underlay_ifindex` means "no NodePort": the programs leave traffic to
+/// node ports to the node's stack. The NodePort frontends themselves are entries of the
+/// services map keyed by the node's own address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NodePortConfig {
+    /// The node's underlay interface: replies of NodePort flows leave through it.
+    pub underlay_ifindex: u32,
+    /// The source address given to NodePort flows whose backend is on another node:
+    /// the first address of this node's podCIDR, so that the backend's replies come
+    /// back through the tunnel (network byte order).
+    pub snat_addr: u32,
+    /// The node port range, first and last (network byte order): only packets to it
+    /// are looked up as NodePort traffic.
+    pub port_first: u16,
+    pub port_last: u16,
+}
+const _: () = assert!(size_of::<NodePortConfig>() == 12);
+
+/// Kubernetes' default `--service-node-port-range`.
+pub const DEFAULT_NODE_PORT_FIRST: u16 = 30_000;
+pub const DEFAULT_NODE_PORT_LAST: u16 = 32_767;
+
 /// The default masquerade ports: above Linux's default `ip_local_port_range`
 /// (32768-60999).
 pub const DEFAULT_MASQ_PORT_FIRST: u16 = 61_000;
@@ -395,4 +432,5 @@ mod user {
     unsafe impl aya::Pod for OverlayConfig {}
     unsafe impl aya::Pod for Snat4Entry {}
     unsafe impl aya::Pod for MasqConfig {}
+    unsafe impl aya::Pod for NodePortConfig {}
 }

@@ -1,5 +1,15 @@
 //! Service load balancing: frontend lookup, backend selection (conntrack, session
 //! affinity, random), destination NAT toward the backend, and reverse NAT of replies.
+//! ClusterIP frontends are translated where a pod's packets leave it ([`balance`]),
+//! NodePort frontends where the node receives from the wire ([`nodeport`]).
+//!
+//! NodePort flows (kube-proxy's semantics, Cilium's way of doing them): a backend on
+//! this node gets the client's packets with the client's address, so
+//! `externalTrafficPolicy: Local` keeps it; a backend on another node gets them with
+//! this node's podCIDR address as source (the flow's `snat_addr`), so that its replies
+//! come back through the tunnel to this node to be translated back. Replies of NodePort
+//! flows say so ([`Outcome::Wire`], [`Reply::nodeport`]): after reverse NAT they come
+//! from the node's own address and must leave straight by the underlay interface.
 //!
 //! [`balance`] and [`reverse`] say where a packet goes next ([`Outcome`]); they do not
 //! deliver it. Delivery (the overlay, the node's stack) is the pipelines' business
@@ -13,13 +23,16 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use skiff_ebpf_common::{
-    Affinity4Key, Affinity4Value, BACKEND_FLAG_TERMINATING, Backend4, CT_FLAG_HAIRPIN, Ct4Entry, Ct4Key, PROTO_UDP,
-    SERVICE_FLAG_AFFINITY, Service4Key, Service4Value, stat,
+    Affinity4Key, Affinity4Value, BACKEND_FLAG_TERMINATING, Backend4, CT_FLAG_HAIRPIN, CT_FLAG_NODEPORT, CT_FLAG_SNAT,
+    Ct4Entry, Ct4Key, PROTO_UDP, SERVICE_FLAG_AFFINITY, Service4Key, Service4Value, stat,
 };
 
 use crate::{
     Drop, conntrack,
-    maps::{AFFINITY_V1, BACKENDS_V1, CT4_V1, Config, REV_NAT_V1, SERVICES_V1, config, count},
+    maps::{
+        AFFINITY_V1, BACKENDS_V1, CT4_V1, Config, ENDPOINTS_V1, NodePort, REV_NAT_V1, SERVICES_V1, config, count,
+        nodeport as nodeport_settings,
+    },
     nat::{rewrite, rewrite_addr},
     packet::{IP_DADDR_OFF, IP_SADDR_OFF, L4_DPORT_OFF, L4_SPORT_OFF, Packet, TCP_FIN, TCP_RST},
     reject,
@@ -33,6 +46,18 @@ pub enum Outcome {
     Forward(u32),
     /// Answered here (a reject for a Service without backends): return this action.
     Done(i32),
+    /// A reply of a NodePort flow, translated back: it now comes from the node's own
+    /// address and must leave by the underlay interface, not enter the node's stack.
+    Wire,
+}
+
+/// A reply translated back by [`reverse`].
+#[derive(Clone, Copy)]
+pub struct Reply {
+    /// The client's address, the reply's destination now.
+    pub client: u32,
+    /// The flow came in through a node port (see [`Outcome::Wire`]).
+    pub nodeport: bool,
 }
 
 /// Load balancing for a packet that left a pod: a Service frontend gets DNAT to a
@@ -46,37 +71,77 @@ pub enum Outcome {
 pub fn balance(ctx: &TcContext, pkt: &Packet) -> Result<Outcome, Drop> {
     let cfg = config();
     if pkt.daddr & cfg.service_mask == cfg.service_net {
-        // SAFETY: a plain helper call without arguments; the coarse clock costs a
-        // fraction of bpf_ktime_get_ns and its few milliseconds are plenty for timeouts.
-        let now = unsafe { bpf_ktime_get_coarse_ns() };
-        // An established flow stays on its backend (see `Ct4Entry` for why UDP re-checks).
-        if let Some(entry_ptr) = conntrack::lookup_forward(pkt, now, &cfg) {
-            // SAFETY: pointer from a successful map lookup, used before returning.
-            let entry = unsafe { &mut *entry_ptr };
-            // SAFETY: copied out at once. The id must still name the same backend: an id
-            // freed and given to another backend must not carry the flow to it.
-            let same_backend = unsafe { BACKENDS_V1.get(entry.backend_id) }
-                .is_some_and(|b| b.addr == entry.backend_addr && b.port == entry.backend_port);
-            if pkt.proto != PROTO_UDP || same_backend {
-                conntrack::touch(entry, pkt, now);
-                let hairpin = entry.flags & CT_FLAG_HAIRPIN != 0;
-                return dnat(ctx, pkt, entry.backend_addr, entry.backend_port, hairpin, &cfg);
-            }
-        }
-        let frontend = Service4Key::new(pkt.daddr, pkt.dport, pkt.proto, 0);
-        // SAFETY: the value is copied out at once; user space replaces slot 0 with one
-        // map update, never in place.
-        if let Some(svc) = unsafe { SERVICES_V1.get(&frontend) }.copied() {
-            return new_flow(ctx, pkt, &frontend, &svc, now, &cfg);
+        if let Some(outcome) = translate(ctx, pkt, &cfg, None)? {
+            return Ok(outcome);
         }
         if cfg.service_mask != 0 {
             return Ok(Outcome::Forward(pkt.daddr));
         }
     }
-    if let Some(client) = reverse(ctx, pkt)? {
-        return Ok(Outcome::Forward(client));
+    match reverse(ctx, pkt)? {
+        Some(Reply { nodeport: true, .. }) => Ok(Outcome::Wire),
+        Some(Reply { client, .. }) => Ok(Outcome::Forward(client)),
+        None => Ok(Outcome::Forward(pkt.daddr)),
     }
-    Ok(Outcome::Forward(pkt.daddr))
+}
+
+/// Load balancing for a packet the node received from the wire: one to a node port of
+/// a NodePort frontend (this node's address) gets DNAT to a backend, and SNAT too if
+/// that backend lives on another node. `None` for any other packet (untouched), and
+/// always while NodePort is off; a packet to a node port without a frontend is the
+/// node's stack's business.
+#[inline(always)]
+pub fn nodeport(ctx: &TcContext, pkt: &Packet) -> Result<Option<Outcome>, Drop> {
+    let Some(np) = nodeport_settings() else { return Ok(None) };
+    let dport = u16::from_be(pkt.dport);
+    if dport < np.port_first || dport > np.port_last {
+        return Ok(None);
+    }
+    translate(ctx, pkt, &config(), Some(&np))
+}
+
+/// Translation toward a frontend: the flow's conntrack entry if it has one (an
+/// established flow needs nothing else), else the frontend's backends (a new flow).
+/// `None` if the packet's destination is no frontend.
+#[inline(always)]
+fn translate(ctx: &TcContext, pkt: &Packet, cfg: &Config, np: Option<&NodePort>) -> Result<Option<Outcome>, Drop> {
+    // SAFETY: a plain helper call without arguments; the coarse clock costs a fraction
+    // of bpf_ktime_get_ns and its few milliseconds are plenty for timeouts.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // An established flow stays on its backend (see `Ct4Entry` for why UDP re-checks).
+    if let Some(entry_ptr) = conntrack::lookup_forward(pkt, now, cfg) {
+        // SAFETY: pointer from a successful map lookup, used before returning.
+        let entry = unsafe { &mut *entry_ptr };
+        // SAFETY: copied out at once. The id must still name the same backend: an id
+        // freed and given to another backend must not carry the flow to it.
+        let same_backend = unsafe { BACKENDS_V1.get(entry.backend_id) }
+            .is_some_and(|b| b.addr == entry.backend_addr && b.port == entry.backend_port);
+        if pkt.proto != PROTO_UDP || same_backend {
+            conntrack::touch(entry, pkt, now);
+            let source = flow_source(entry, cfg);
+            return dnat(ctx, pkt, entry.backend_addr, entry.backend_port, source).map(Some);
+        }
+    }
+    let frontend = Service4Key::new(pkt.daddr, pkt.dport, pkt.proto, 0);
+    // SAFETY: the value is copied out at once; user space replaces slot 0 with one map
+    // update, never in place.
+    match unsafe { SERVICES_V1.get(&frontend) }.copied() {
+        Some(svc) => new_flow(ctx, pkt, &frontend, &svc, now, cfg, np).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The source address a flow's packets are given, 0 for "the client's own".
+#[inline(always)]
+fn flow_source(entry: &Ct4Entry, cfg: &Config) -> u32 {
+    if entry.flags & (CT_FLAG_SNAT | CT_FLAG_HAIRPIN) == 0 {
+        0
+    } else if entry.snat_addr != 0 {
+        entry.snat_addr
+    } else {
+        // A hairpin entry written before `snat_addr` existed.
+        cfg.hairpin_addr
+    }
 }
 
 /// Whether `addr` is in the Service CIDR (`false` when none is configured).
@@ -87,20 +152,20 @@ pub fn is_service_addr(addr: u32) -> bool {
 }
 
 /// Reverse NAT if `pkt` is a backend's reply of a Service flow: the client only ever
-/// sees the Service address. Returns the client's address, where the reply goes now;
-/// `None` for any other packet (left untouched).
+/// sees the Service address (or the node port it connected to). Says where the reply
+/// goes now; `None` for any other packet (left untouched).
 #[inline(always)]
-pub fn reverse(ctx: &TcContext, pkt: &Packet) -> Result<Option<u32>, Drop> {
+pub fn reverse(ctx: &TcContext, pkt: &Packet) -> Result<Option<Reply>, Drop> {
     let Some(entry) = CT4_V1.get_ptr_mut(conntrack::reply_key(pkt)) else {
         return Ok(None);
     };
     // SAFETY: pointer from a successful lookup, copied at once.
     let entry = unsafe { *entry };
     rev_nat(ctx, pkt, &entry)?;
-    Ok(Some(entry.client_addr))
+    Ok(Some(Reply { client: entry.client_addr, nodeport: entry.flags & CT_FLAG_NODEPORT != 0 }))
 }
 
-/// The first packet of a flow toward a Service frontend.
+/// The first packet of a flow toward a Service frontend; `np` for a node port's.
 #[inline(always)]
 fn new_flow(
     ctx: &TcContext,
@@ -109,14 +174,25 @@ fn new_flow(
     svc: &Service4Value,
     now: u64,
     cfg: &Config,
+    np: Option<&NodePort>,
 ) -> Result<Outcome, Drop> {
     if svc.count == 0 {
         count(stat::NO_BACKEND);
         return reject::reject(ctx, pkt).map(Outcome::Done);
     }
     let (backend_id, backend) = select_backend(pkt, frontend, svc, now)?;
-    let hairpin = backend.addr == pkt.saddr;
-    let flags = if hairpin { CT_FLAG_HAIRPIN } else { 0 };
+    let (mut flags, source) = if backend.addr == pkt.saddr {
+        (CT_FLAG_HAIRPIN | CT_FLAG_SNAT, cfg.hairpin_addr)
+    } else {
+        match np {
+            // SAFETY: only tests for the key's presence.
+            Some(np) if unsafe { ENDPOINTS_V1.get(backend.addr) }.is_none() => (CT_FLAG_SNAT, np.snat_addr),
+            _ => (0, 0),
+        }
+    };
+    if np.is_some() {
+        flags |= CT_FLAG_NODEPORT;
+    }
     let fwd_entry = Ct4Entry {
         last_seen_ns: now,
         backend_id,
@@ -125,11 +201,11 @@ fn new_flow(
         backend_port: backend.port,
         flags,
         client_addr: pkt.saddr,
-        _pad: 0,
+        snat_addr: source,
     };
     let reply = Ct4Key {
         saddr: backend.addr,
-        daddr: if hairpin { cfg.hairpin_addr } else { pkt.saddr },
+        daddr: if source != 0 { source } else { pkt.saddr },
         sport: backend.port,
         dport: pkt.sport,
         proto: pkt.proto,
@@ -138,7 +214,7 @@ fn new_flow(
     };
     conntrack::create(&conntrack::forward_key(pkt), &fwd_entry, &reply, &fwd_entry).map_err(|_| Drop)?;
     count(stat::CT_NEW);
-    dnat(ctx, pkt, backend.addr, backend.port, hairpin, cfg)
+    dnat(ctx, pkt, backend.addr, backend.port, source)
 }
 
 /// Picks the backend of a new flow: the client's affine backend if the Service has
@@ -182,13 +258,14 @@ fn select_backend(
     Ok((backend_id, backend))
 }
 
-/// Destination NAT to the backend; for hairpin flows the source becomes the hairpin
-/// address too, or the pod would drop a packet that comes from its own address.
+/// Destination NAT to the backend, and source NAT to `source` unless it is 0: hairpin
+/// flows get the hairpin address (or the pod would drop a packet that comes from its
+/// own address), NodePort flows to another node's backend this node's podCIDR address.
 #[inline(always)]
-fn dnat(ctx: &TcContext, pkt: &Packet, addr: u32, port: u16, hairpin: bool, cfg: &Config) -> Result<Outcome, Drop> {
+fn dnat(ctx: &TcContext, pkt: &Packet, addr: u32, port: u16, source: u32) -> Result<Outcome, Drop> {
     rewrite(ctx, pkt, IP_DADDR_OFF, (pkt.daddr, addr), L4_DPORT_OFF, (pkt.dport, port))?;
-    if hairpin {
-        rewrite_addr(ctx, pkt, IP_SADDR_OFF, pkt.saddr, cfg.hairpin_addr)?;
+    if source != 0 {
+        rewrite_addr(ctx, pkt, IP_SADDR_OFF, pkt.saddr, source)?;
     }
     count(stat::TRANSLATED);
     Ok(Outcome::Forward(addr))
@@ -217,7 +294,7 @@ fn rev_nat(ctx: &TcContext, pkt: &Packet, entry: &Ct4Entry) -> Result<(), Drop> 
         conntrack::mark_closing(&fwd, now);
     }
     rewrite(ctx, pkt, IP_SADDR_OFF, (pkt.saddr, vip.addr), L4_SPORT_OFF, (pkt.sport, vip.port))?;
-    if entry.flags & CT_FLAG_HAIRPIN != 0 {
+    if entry.flags & (CT_FLAG_HAIRPIN | CT_FLAG_SNAT) != 0 {
         rewrite_addr(ctx, pkt, IP_DADDR_OFF, pkt.daddr, entry.client_addr)?;
     }
     count(stat::REV_TRANSLATED);

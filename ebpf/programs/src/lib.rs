@@ -16,9 +16,10 @@
 //! - [`nat`]: address and port rewriting with checksums, for `lb` and `masq`;
 //! - [`reject`]: TCP RST and ICMP port-unreachable answers for Services without backends;
 //! - [`overlay`]: the VXLAN overlay: tunnel keys toward peers, delivery from the tunnel.
+//! - [`wire`]: delivery out of the underlay interface (replies of NodePort flows).
 //!
-//! Imports run one way: `pipeline` → `lb`, `masq`, `overlay` → `conntrack`, `reject`,
-//! `nat`, `csum`, `packet`, `maps`.
+//! Imports run one way: `pipeline` → `lb`, `masq`, `overlay`, `wire` → `conntrack`,
+//! `reject`, `nat`, `csum`, `packet`, `maps`.
 //!
 //! Nothing here logs on the per-packet path; counters in `LB_STATS_V1` say what happened.
 #![no_std]
@@ -34,6 +35,7 @@ pub mod overlay;
 pub mod packet;
 pub mod pipeline;
 pub mod reject;
+pub mod wire;
 
 /// The error of a `try_*` function: the packet cannot be handled and is dropped
 /// (counted in `stat::ERRORS`).

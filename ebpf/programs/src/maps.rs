@@ -91,3 +91,29 @@ pub static SNAT4_V1: LruHashMap<skiff_ebpf_common::Ct4Key, skiff_ebpf_common::Sn
 
 #[map]
 pub static MASQ_CONFIG_V1: Array<skiff_ebpf_common::MasqConfig> = Array::pinned(1, 0);
+
+#[map]
+pub static NODEPORT_CONFIG_V1: Array<skiff_ebpf_common::NodePortConfig> = Array::pinned(1, 0);
+
+/// NodePort's settings, ports in host byte order; `None` while NodePort is off.
+#[derive(Clone, Copy)]
+pub struct NodePort {
+    pub underlay_ifindex: u32,
+    pub snat_addr: u32,
+    pub port_first: u16,
+    pub port_last: u16,
+}
+
+#[inline(always)]
+pub fn nodeport() -> Option<NodePort> {
+    let raw = NODEPORT_CONFIG_V1.get(0).copied()?;
+    if raw.underlay_ifindex == 0 {
+        return None;
+    }
+    Some(NodePort {
+        underlay_ifindex: raw.underlay_ifindex,
+        snat_addr: raw.snat_addr,
+        port_first: u16::from_be(raw.port_first),
+        port_last: u16::from_be(raw.port_last),
+    })
+}

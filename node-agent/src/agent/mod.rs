@@ -43,6 +43,7 @@ use crate::overlay::source::{ApiNodeSource, NodeSource, NodesFileSource};
 use crate::proxy::api_source::ApiServiceSource;
 use crate::proxy::events::ServiceEvents;
 use crate::proxy::maps::AyaLbMaps;
+use crate::proxy::model::LocalNode;
 use crate::proxy::reconciler::LbReconciler;
 use crate::proxy::role::ProxyRole;
 use crate::proxy::source::{ManifestDirSource, ServiceSource};
@@ -69,7 +70,9 @@ fn run(args: RunArgs) -> Result<()> {
     let proxy = match services {
         Some(services) => {
             let maps = AyaLbMaps::open(&pin_dir).context("opening the Service maps")?;
-            let reconciler = LbReconciler::adopt(maps).context("adopting the existing Service maps")?;
+            let mut reconciler = LbReconciler::adopt(maps).context("adopting the existing Service maps")?;
+            // NodePorts live on the node's address; without --node-ip none are programmed.
+            reconciler.set_node(args.node_ip.map(|addr| LocalNode { name: args.node_name.clone(), addr }));
             let mut role = ProxyRole::new(reconciler);
             if let Some(dns) = &dns {
                 role.serve_locally(dns.addresses.iter().copied());

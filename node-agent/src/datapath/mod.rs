@@ -21,7 +21,7 @@ use aya::{
 };
 use skiff_datapath::Pins;
 pub use skiff_datapath::{Prog, attach::Attached};
-use skiff_ebpf_common::{LbConfig, MasqConfig, OverlayConfig, pin, stat};
+use skiff_ebpf_common::{LbConfig, MasqConfig, NodePortConfig, OverlayConfig, pin, stat};
 use tracing::info;
 
 /// The embedded object of a program (one object per attach point).
@@ -224,27 +224,29 @@ pub(crate) fn open_pinned(dir: &Path, map: &'static str) -> Result<MapData> {
 
 /// Writes the load balancer's settings into the pinned config map under `pin_dir`.
 pub fn set_config(pin_dir: &Path, config: LbConfig) -> Result<()> {
-    let map_err = |source| Error::Map { map: pin::CONFIG, dir: pin_dir.to_path_buf(), source: Box::new(source) };
-    let mut array: Array<MapData, LbConfig> =
-        Array::try_from(Map::Array(open_pinned(pin_dir, pin::CONFIG)?)).map_err(map_err)?;
-    array.set(0, config, 0).map_err(map_err)
+    set_settings(pin_dir, pin::CONFIG, config)
 }
 
 /// Writes the overlay's settings into the pinned config map under `pin_dir`.
 pub fn set_overlay_config(pin_dir: &Path, config: OverlayConfig) -> Result<()> {
-    let map_err =
-        |source| Error::Map { map: pin::OVERLAY_CONFIG, dir: pin_dir.to_path_buf(), source: Box::new(source) };
-    let mut array: Array<MapData, OverlayConfig> =
-        Array::try_from(Map::Array(open_pinned(pin_dir, pin::OVERLAY_CONFIG)?)).map_err(map_err)?;
-    array.set(0, config, 0).map_err(map_err)
+    set_settings(pin_dir, pin::OVERLAY_CONFIG, config)
 }
 
 /// Writes the masquerade's settings into the pinned config map under `pin_dir`.
 pub fn set_masq_config(pin_dir: &Path, config: MasqConfig) -> Result<()> {
-    let map_err = |source| Error::Map { map: pin::MASQ_CONFIG, dir: pin_dir.to_path_buf(), source: Box::new(source) };
-    let mut array: Array<MapData, MasqConfig> =
-        Array::try_from(Map::Array(open_pinned(pin_dir, pin::MASQ_CONFIG)?)).map_err(map_err)?;
-    array.set(0, config, 0).map_err(map_err)
+    set_settings(pin_dir, pin::MASQ_CONFIG, config)
+}
+
+/// Writes NodePort's settings into the pinned config map under `pin_dir`.
+pub fn set_nodeport_config(pin_dir: &Path, config: NodePortConfig) -> Result<()> {
+    set_settings(pin_dir, pin::NODEPORT_CONFIG, config)
+}
+
+/// Writes slot 0 of one of the one-entry settings arrays.
+fn set_settings<T: aya::Pod>(pin_dir: &Path, map: &'static str, value: T) -> Result<()> {
+    let map_err = |source| Error::Map { map, dir: pin_dir.to_path_buf(), source: Box::new(source) };
+    let mut array: Array<MapData, T> = Array::try_from(Map::Array(open_pinned(pin_dir, map)?)).map_err(map_err)?;
+    array.set(0, value, 0).map_err(map_err)
 }
 
 /// The datapath's counters, summed over CPUs, as (name, value).

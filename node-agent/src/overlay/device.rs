@@ -46,6 +46,8 @@ pub trait LinkOps {
     fn sysctl(&mut self, key: &str, value: &str) -> Result<()>;
     /// The first IPv4 address of an interface, if it has one.
     fn ipv4_address(&mut self, interface: &str) -> Result<Option<Ipv4Addr>>;
+    /// The index of an interface.
+    fn index(&mut self, interface: &str) -> Result<u32>;
 }
 
 /// [`LinkOps`] over rtnetlink and /proc/sys, in the agent's network namespace.
@@ -82,6 +84,10 @@ impl LinkOps for Rtnetlink {
     fn ipv4_address(&mut self, interface: &str) -> Result<Option<Ipv4Addr>> {
         let index = self.nl.require_link(interface)?.index;
         Ok(self.nl.addresses(index)?.first().map(|(ip, _)| *ip))
+    }
+
+    fn index(&mut self, interface: &str) -> Result<u32> {
+        Ok(self.nl.require_link(interface)?.index)
     }
 }
 
@@ -126,6 +132,9 @@ mod tests {
         }
         fn ipv4_address(&mut self, _: &str) -> Result<Option<Ipv4Addr>> {
             Ok(Some(Ipv4Addr::new(192, 168, 77, 11)))
+        }
+        fn index(&mut self, _: &str) -> Result<u32> {
+            Ok(2)
         }
     }
 

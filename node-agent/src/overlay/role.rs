@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use skiff_datapath::{Ipv4Net, cidr, cni};
-use skiff_ebpf_common::{MasqConfig, OverlayConfig};
+use skiff_ebpf_common::{MasqConfig, NodePortConfig, OverlayConfig};
 use tracing::{error, info, warn};
 
 use super::device::{self, LinkOps, Rtnetlink};
@@ -40,6 +40,9 @@ pub struct OverlaySettings {
 pub struct OverlayRole {
     settings: OverlaySettings,
     vxlan_ifindex: u32,
+    /// The underlay interface, where NodePort replies leave; `None` while it has no
+    /// IPv4 address (then the underlay programs are not attached and NodePort is off).
+    underlay_ifindex: Option<u32>,
     mtu: u32,
     reconciler: NodesReconciler<AyaNodesMap>,
     /// The latest set of nodes from the source.
@@ -61,7 +64,7 @@ impl OverlayRole {
             info!(program = prog.name(), ?how, "attached to the VXLAN device");
         }
         info!(device = device::VXLAN_DEVICE, mtu, cluster_cidr = %cluster, "overlay device ready");
-        setup_masquerade(&settings, &mut link_ops, datapath)?;
+        let underlay_ifindex = setup_underlay(&settings, &mut link_ops, datapath)?;
         if let Some(bin_dir) = &settings.cni_bin_dir {
             let plugin = cni::plugin_beside_current_exe().context("finding skiff-cni beside skiff-node")?;
             cni::install_binary(&plugin, bin_dir)?;
@@ -69,7 +72,7 @@ impl OverlayRole {
             info!(bin_dir = %bin_dir.display(), "CNI plugins installed");
         }
         let reconciler = NodesReconciler::new(&settings.node_name, AyaNodesMap::open(&settings.pin_dir)?);
-        Ok(Self { settings, vxlan_ifindex, mtu, reconciler, nodes: Vec::new(), local_pod_cidr: None })
+        Ok(Self { settings, vxlan_ifindex, underlay_ifindex, mtu, reconciler, nodes: Vec::new(), local_pod_cidr: None })
     }
 
     /// Writes this node's CNI configuration, which containerd picks up on its own.
@@ -108,7 +111,9 @@ impl OverlayRole {
             cluster_net,
             cluster_mask,
         };
-        match datapath::set_overlay_config(&self.settings.pin_dir, config) {
+        let written = datapath::set_overlay_config(&self.settings.pin_dir, config)
+            .and_then(|()| datapath::set_nodeport_config(&self.settings.pin_dir, self.nodeport_config(local)));
+        match written {
             Ok(()) => {
                 self.local_pod_cidr = local;
                 info!(pod_cidr = ?local.map(|c| c.to_string()), "overlay configured");
@@ -125,22 +130,53 @@ impl OverlayRole {
     }
 }
 
-/// Points the masquerade at the underlay interface's address and attaches its programs
-/// there; with `--ip-masq=false` it clears the settings, which turns the programs into
-/// pass-throughs (a restarted agent may find them attached).
-fn setup_masquerade(settings: &OverlaySettings, link_ops: &mut Rtnetlink, datapath: &mut Datapath) -> Result<()> {
-    let interface = &settings.underlay_interface;
-    let node_addr = if settings.ip_masq { link_ops.ipv4_address(interface)? } else { None };
-    let Some(node_addr) = node_addr else {
-        if settings.ip_masq {
-            warn!(
-                interface,
-                "the underlay interface has no IPv4 address: no masquerade, so pods cannot reach addresses outside the cluster network"
-            );
+impl OverlayRole {
+    /// NodePort's settings for this node's podCIDR: flows to another node's backend
+    /// leave with the podCIDR's first address (skiff-cni hands out addresses from the
+    /// second on), which every node routes into the tunnel toward this one. Off without
+    /// a podCIDR or an underlay address.
+    fn nodeport_config(&self, pod_cidr: Option<Ipv4Net>) -> NodePortConfig {
+        let (Some(cidr), Some(underlay_ifindex)) = (pod_cidr, self.underlay_ifindex) else {
+            return NodePortConfig::default();
+        };
+        let snat = std::net::Ipv4Addr::from(u32::from(cidr.network()) + 1);
+        NodePortConfig {
+            underlay_ifindex,
+            snat_addr: skiff_ebpf_common::addr_to_map(snat.octets()),
+            port_first: skiff_ebpf_common::port_to_map(skiff_ebpf_common::DEFAULT_NODE_PORT_FIRST),
+            port_last: skiff_ebpf_common::port_to_map(skiff_ebpf_common::DEFAULT_NODE_PORT_LAST),
         }
+    }
+}
+
+/// Attaches the underlay interface's programs (NodePort and the masquerade) and points
+/// the masquerade at the interface's address; with `--ip-masq=false` it clears the
+/// masquerade's settings, which turns that part into a pass-through (a restarted agent
+/// may find it attached). Returns the interface's index, `None` if it has no IPv4
+/// address (then nothing is attached: no NodePort, no masquerade).
+fn setup_underlay(
+    settings: &OverlaySettings,
+    link_ops: &mut Rtnetlink,
+    datapath: &mut Datapath,
+) -> Result<Option<u32>> {
+    let interface = &settings.underlay_interface;
+    let Some(node_addr) = link_ops.ipv4_address(interface)? else {
+        warn!(
+            interface,
+            "the underlay interface has no IPv4 address: no NodePort and no masquerade, so pods cannot reach addresses outside the cluster network"
+        );
         datapath::set_masq_config(&settings.pin_dir, MasqConfig::default())?;
-        return Ok(());
+        datapath::set_nodeport_config(&settings.pin_dir, NodePortConfig::default())?;
+        return Ok(None);
     };
+    for prog in [Prog::ToUnderlay, Prog::FromUnderlay] {
+        let how = datapath.attach(prog, interface)?;
+        info!(program = prog.name(), interface, ?how, "attached to the underlay interface");
+    }
+    if !settings.ip_masq {
+        datapath::set_masq_config(&settings.pin_dir, MasqConfig::default())?;
+        return Ok(Some(link_ops.index(interface)?));
+    }
     let (cluster_net, cluster_mask) = cidr::to_map(settings.cluster_cidr.trunc());
     let config = MasqConfig {
         node_addr: skiff_ebpf_common::addr_to_map(node_addr.octets()),
@@ -150,12 +186,8 @@ fn setup_masquerade(settings: &OverlaySettings, link_ops: &mut Rtnetlink, datapa
         port_last: skiff_ebpf_common::port_to_map(skiff_ebpf_common::DEFAULT_MASQ_PORT_LAST),
     };
     datapath::set_masq_config(&settings.pin_dir, config)?;
-    for prog in [Prog::ToUnderlay, Prog::FromUnderlay] {
-        let how = datapath.attach(prog, interface)?;
-        info!(program = prog.name(), interface, ?how, "attached to the underlay interface");
-    }
     info!(%node_addr, "pod traffic leaving the cluster network is masqueraded");
-    Ok(())
+    Ok(Some(link_ops.index(interface)?))
 }
 
 impl Role for OverlayRole {

@@ -1,8 +1,10 @@
 //! Desired load-balancer state, computed from Kubernetes objects by pure functions.
 //!
 //! [`plan_service`] turns one `Service` and the `EndpointSlice`s labelled with its name
-//! into the frontends the maps should hold: one per (cluster IP, port, protocol), each
-//! with its backends sorted and deduplicated. Whatever cannot be programmed (SCTP, a port
+//! into the frontends the maps should hold: one per (cluster IP, port, protocol), and
+//! on a node that knows its address ([`LocalNode`]) one per (node address, node port,
+//! protocol) for NodePort and LoadBalancer Services, each with its backends sorted and
+//! deduplicated. Whatever cannot be programmed (SCTP, a port
 //! out of range, a non-IPv4 cluster IP, a malformed endpoint address) comes back as a
 //! [`Error`] naming the Service, and only the part it names is left out: the other ports
 //! of the same Service are still planned.
@@ -23,7 +25,12 @@
 //! - only the first address of an endpoint is used (the addresses are fungible, and
 //!   kube-proxy does the same);
 //! - the target port comes from the slice's `ports`, matched by the Service port's name
-//!   and protocol; the Service's `targetPort` is already resolved there.
+//!   and protocol; the Service's `targetPort` is already resolved there;
+//! - a node port takes the same backends as the cluster IP, except with
+//!   `externalTrafficPolicy: Local`: then only the endpoints on this node (the slice's
+//!   `nodeName`), and none at all on a node that has none (the datapath refuses the
+//!   connection, where kube-proxy drops it; either way an external load balancer's
+//!   health check sends no traffic there).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -76,6 +83,14 @@ pub fn slice_service(slice: &EndpointSlice) -> Option<ObjectRef> {
         return None;
     }
     Some(ObjectRef::new(namespace_of(&slice.metadata), name.clone()))
+}
+
+/// The node the plan is for: NodePort frontends are its address, and
+/// `externalTrafficPolicy: Local` keeps its endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalNode {
+    pub name: String,
+    pub addr: Ipv4Addr,
 }
 
 /// Transport protocols the datapath balances.
@@ -228,9 +243,14 @@ pub enum ErrorKind {
 /// Service's namespace that carry its `kubernetes.io/service-name` label are used.
 ///
 /// Headless Services (`clusterIP: None`), ExternalName Services and Services without a
-/// cluster IP yet have nothing to program and give an empty plan. For NodePort and
-/// LoadBalancer Services only the cluster IP is planned for now.
-pub fn plan_service<'a>(svc: &Service, slices: impl IntoIterator<Item = &'a EndpointSlice>) -> ServicePlan {
+/// cluster IP yet have nothing to program and give an empty plan. Node ports are
+/// planned only with a `node` (the agent's own); externalIPs and LoadBalancer ingress
+/// addresses are not planned yet.
+pub fn plan_service<'a>(
+    svc: &Service,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node: Option<&LocalNode>,
+) -> ServicePlan {
     let mut plan = ServicePlan::default();
     let Some(service) = ObjectRef::from_meta(&svc.metadata) else {
         return plan;
@@ -302,9 +322,9 @@ pub fn plan_service<'a>(svc: &Service, slices: impl IntoIterator<Item = &'a Endp
             continue;
         }
 
-        // Backend → takes new flows. The same endpoint may appear in two slices while
-        // the controller moves it; if any copy is ready, it is ready.
-        let mut found: BTreeMap<BackendKey, bool> = BTreeMap::new();
+        // Backend → (takes new flows, is on this node). The same endpoint may appear in
+        // two slices while the controller moves it; if any copy is ready, it is ready.
+        let mut found: BTreeMap<BackendKey, (bool, bool)> = BTreeMap::new();
         for slice in &own_slices {
             // IPv6 and FQDN slices belong to other address families.
             if slice.address_type != "IPv4" {
@@ -358,22 +378,51 @@ pub fn plan_service<'a>(svc: &Service, slices: impl IntoIterator<Item = &'a Endp
                     }
                     continue;
                 };
-                *found.entry(BackendKey { addr, port: target_port, proto }).or_insert(false) |= ready;
+                let local = node.is_some_and(|n| endpoint.node_name.as_deref() == Some(n.name.as_str()));
+                let seen = found.entry(BackendKey { addr, port: target_port, proto }).or_insert((false, false));
+                seen.0 |= ready;
+                seen.1 |= local;
             }
         }
 
-        let (backends, terminating): (Vec<_>, Vec<_>) = found.into_iter().partition(|(_, ready)| *ready);
-        plan.frontends.push(Frontend {
-            key,
-            service: service.clone(),
-            port_name,
-            affinity_timeout_s,
-            backends: backends.into_iter().map(|(b, _)| b).collect(),
-            terminating: terminating.into_iter().map(|(b, _)| b).collect(),
-        });
+        let frontend = |key, found: &BTreeMap<BackendKey, (bool, bool)>, only_local: bool| {
+            let pick = |want_ready: bool| {
+                found
+                    .iter()
+                    .filter(|(_, (ready, local))| *ready == want_ready && (*local || !only_local))
+                    .map(|(b, _)| *b)
+                    .collect()
+            };
+            Frontend {
+                key,
+                service: service.clone(),
+                port_name: port_name.clone(),
+                affinity_timeout_s,
+                backends: pick(true),
+                terminating: pick(false),
+            }
+        };
+        plan.frontends.push(frontend(key, &found, false));
+        if let (Some(node), Some(node_port)) = (node, node_port_of(spec, sp)) {
+            let key = FrontendKey { vip: node.addr, port: node_port, proto };
+            let only_local = spec.external_traffic_policy.as_deref() == Some("Local");
+            plan.frontends.push(frontend(key, &found, only_local));
+        }
     }
     plan.frontends.sort_by_key(|f| f.key);
     plan
+}
+
+/// The node port of a NodePort or LoadBalancer Service's port, once allocated.
+/// (A LoadBalancer Service with `allocateLoadBalancerNodePorts: false` has none.)
+fn node_port_of(
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    port: &k8s_openapi::api::core::v1::ServicePort,
+) -> Option<u16> {
+    if !matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer")) {
+        return None;
+    }
+    valid_port(port.node_port?.into())
 }
 
 fn valid_port(port: i64) -> Option<u16> {
@@ -548,7 +597,7 @@ mod tests {
         // Another Service's slice and another namespace's slice are ignored.
         let other = slice("shop", "api-a", "api", &[("http", 8080, "TCP")], &[("10.244.9.9", Cond::Ready)]);
         let other_ns = slice("dev", "web-a", "web", &[("http", 8080, "TCP")], &[("10.244.8.8", Cond::Ready)]);
-        let plan = plan_service(&svc, [&s1, &s2, &other, &other_ns]);
+        let plan = plan_service(&svc, [&s1, &s2, &other, &other_ns], None);
         assert_eq!(plan.problems, []);
         assert_eq!(plan.frontends.len(), 1);
         let f = &plan.frontends[0];
@@ -567,7 +616,7 @@ mod tests {
             "10.96.0.20",
             &[("sctp", 9000, "SCTP"), ("big", 70000, "TCP"), ("dns", 53, "UDP"), ("zero", 0, "TCP")],
         );
-        let plan = plan_service(&svc, []);
+        let plan = plan_service(&svc, [], None);
         assert_eq!(plan.frontends.iter().map(|f| f.key.to_string()).collect::<Vec<_>>(), ["10.96.0.20:53/UDP"]);
         let msgs: Vec<String> = plan.problems.iter().map(ToString::to_string).collect();
         assert_eq!(
@@ -581,26 +630,69 @@ mod tests {
     }
 
     #[test]
+    fn node_ports_on_this_nodes_address_with_local_endpoints_only_for_local_policy() {
+        let mut svc = service("default", "web", "10.96.0.20", &[("http", 80, "TCP"), ("dns", 53, "UDP")]);
+        let spec = svc.spec.as_mut().unwrap();
+        spec.type_ = Some("NodePort".into());
+        let ports = spec.ports.as_mut().unwrap();
+        ports[0].node_port = Some(30080);
+        // The UDP port has no node port allocated (yet): only its cluster IP frontend.
+        let mut s = slice(
+            "default",
+            "web-1",
+            "web",
+            &[("http", 8080, "TCP"), ("dns", 5353, "UDP")],
+            &[("10.244.1.2", Cond::Ready), ("10.244.2.2", Cond::Ready), ("10.244.1.3", Cond::Terminating)],
+        );
+        for (endpoint, node) in s.endpoints.iter_mut().zip(["n1", "n2", "n1"]) {
+            endpoint.node_name = Some(node.into());
+        }
+        let n1 = LocalNode { name: "n1".into(), addr: Ipv4Addr::new(192, 168, 77, 11) };
+        let be = |a: &str| BackendKey { addr: a.parse().unwrap(), port: 8080, proto: Protocol::Tcp };
+
+        assert_eq!(plan_service(&svc, [&s], None).frontends.len(), 2, "no node, no node ports");
+        let plan = plan_service(&svc, [&s], Some(&n1));
+        assert!(plan.problems.is_empty(), "{:?}", plan.problems);
+        let keys: Vec<String> = plan.frontends.iter().map(|f| f.key.to_string()).collect();
+        assert_eq!(keys, ["10.96.0.20:53/UDP", "10.96.0.20:80/TCP", "192.168.77.11:30080/TCP"]);
+        let node_port = &plan.frontends[2];
+        assert_eq!(node_port.backends, [be("10.244.1.2"), be("10.244.2.2")]);
+        assert_eq!(node_port.terminating, [be("10.244.1.3")]);
+        assert_eq!(node_port.port_name, "http");
+
+        svc.spec.as_mut().unwrap().external_traffic_policy = Some("Local".into());
+        let plan = plan_service(&svc, [&s], Some(&n1));
+        assert_eq!(plan.frontends[2].backends, [be("10.244.1.2")], "only this node's endpoints");
+        assert_eq!(plan.frontends[1].backends, [be("10.244.1.2"), be("10.244.2.2")], "the cluster IP keeps all");
+        let n3 = LocalNode { name: "n3".into(), addr: Ipv4Addr::new(192, 168, 77, 13) };
+        let plan = plan_service(&svc, [&s], Some(&n3));
+        assert!(plan.frontends[2].backends.is_empty() && plan.frontends[2].terminating.is_empty());
+
+        svc.spec.as_mut().unwrap().type_ = Some("ClusterIP".into());
+        assert_eq!(plan_service(&svc, [&s], Some(&n1)).frontends.len(), 2, "a ClusterIP Service has no node port");
+    }
+
+    #[test]
     fn headless_external_name_and_ipv6() {
         let headless = service("a", "h", "None", &[("", 80, "TCP")]);
-        assert_eq!(plan_service(&headless, []), ServicePlan::default());
+        assert_eq!(plan_service(&headless, [], None), ServicePlan::default());
 
         let mut ext = service("a", "e", "", &[("", 80, "TCP")]);
         ext.spec.as_mut().unwrap().type_ = Some("ExternalName".into());
-        assert_eq!(plan_service(&ext, []), ServicePlan::default());
+        assert_eq!(plan_service(&ext, [], None), ServicePlan::default());
 
         let v6 = service("a", "v6", "fd00::10", &[("", 80, "TCP")]);
-        let plan = plan_service(&v6, []);
+        let plan = plan_service(&v6, [], None);
         assert!(plan.frontends.is_empty());
         assert_eq!(plan.problems[0].kind, ErrorKind::NoIpv4ClusterIp);
 
         // Dual stack with IPv6 first: the IPv4 family is still programmed.
         let mut dual = service("a", "dual", "fd00::10", &[("", 80, "TCP")]);
         dual.spec.as_mut().unwrap().cluster_ips = Some(vec!["fd00::10".into(), "10.96.0.5".into()]);
-        assert_eq!(plan_service(&dual, []).frontends[0].key.vip, Ipv4Addr::new(10, 96, 0, 5));
+        assert_eq!(plan_service(&dual, [], None).frontends[0].key.vip, Ipv4Addr::new(10, 96, 0, 5));
 
         let garbage = service("a", "g", "10.96.0.300", &[("", 80, "TCP")]);
-        assert!(matches!(plan_service(&garbage, []).problems[0].kind, ErrorKind::BadClusterIp(_)));
+        assert!(matches!(plan_service(&garbage, [], None).problems[0].kind, ErrorKind::BadClusterIp(_)));
     }
 
     #[test]
@@ -613,7 +705,7 @@ mod tests {
             &[("dns", 5353, "UDP"), ("dns-tcp", 5354, "TCP")],
             &[("10.244.0.5", Cond::Ready), ("not-an-ip", Cond::Ready)],
         );
-        let plan = plan_service(&svc, [&s]);
+        let plan = plan_service(&svc, [&s], None);
         let got: Vec<String> = plan.frontends.iter().map(|f| format!("{} -> {}", f.key, f.backends[0])).collect();
         assert_eq!(got, ["10.96.0.10:53/TCP -> 10.244.0.5:5354/TCP", "10.96.0.10:53/UDP -> 10.244.0.5:5353/UDP"]);
         // Reported once, not once per port.
@@ -624,11 +716,11 @@ mod tests {
     #[test]
     fn session_affinity_timeouts() {
         let base = service("ns", "s", "10.96.0.1", &[("", 80, "TCP")]);
-        let f = |svc: &Service| plan_service(svc, []).frontends[0].affinity_timeout_s;
+        let f = |svc: &Service| plan_service(svc, [], None).frontends[0].affinity_timeout_s;
         assert_eq!(f(&with_affinity(base.clone(), None)), Some(DEFAULT_AFFINITY_TIMEOUT_S));
         assert_eq!(f(&with_affinity(base.clone(), Some(60))), Some(60));
         let bad = with_affinity(base, Some(0));
-        let plan = plan_service(&bad, []);
+        let plan = plan_service(&bad, [], None);
         assert_eq!(plan.frontends[0].affinity_timeout_s, Some(DEFAULT_AFFINITY_TIMEOUT_S));
         assert_eq!(plan.problems[0].kind, ErrorKind::BadAffinityTimeout(0));
     }
@@ -636,7 +728,7 @@ mod tests {
     #[test]
     fn duplicate_frontend_is_reported() {
         let svc = service("ns", "s", "10.96.0.1", &[("a", 80, "TCP"), ("b", 80, "TCP"), ("c", 80, "UDP")]);
-        let plan = plan_service(&svc, []);
+        let plan = plan_service(&svc, [], None);
         assert_eq!(plan.frontends.len(), 2);
         assert!(matches!(plan.problems[0].kind, ErrorKind::DuplicateFrontend(_)));
     }

@@ -31,6 +31,7 @@
 //! with the name, so the line clients above and HTTP probes share one port. HTTP paths:
 //! `/` (the name), `/healthz` (200), `/readyz` (200 while ready, 503 while not),
 //! `/unready` and `/ready` (toggle readiness), `/crash` (answers, then exits 1),
+//! `/peer` (the name and the client's address as the server sees it),
 //! `/env/NAME` (a variable's value, or 404).
 //!
 //! The server writes one stdout line at start, one per HTTP request and UDP datagram,
@@ -405,6 +406,8 @@ fn answer_http(
             (200, format!("{}\n", if now { "ready" } else { "unready" }))
         }
         "/crash" => (200, "crashing\n".into()),
+        // Who the server sees: the tests check which source address a Service keeps.
+        "/peer" => (200, format!("{} {}\n", server.name, peer.ip())),
         _ => match path.strip_prefix("/env/").map(std::env::var) {
             Some(Ok(value)) => (200, format!("{value}\n")),
             _ => (404, "not found\n".into()),

@@ -5,12 +5,12 @@ use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use crate::{
     Drop,
     lb::{self, Outcome},
-    overlay, packet,
+    overlay, packet, wire,
 };
 
 /// Load balancing first (a Service's backend may live on another node), then delivery:
-/// into the tunnel if the destination is a pod on another node, else on to the node's
-/// stack. Packets that are not IPv4 TCP/UDP pass untouched.
+/// into the tunnel if the destination is a pod on another node, out of the underlay
+/// interface for a NodePort flow's reply, else on to the node's stack. Packets that are not IPv4 TCP/UDP pass untouched.
 #[inline(always)]
 pub fn from_pod(ctx: &TcContext) -> Result<i32, Drop> {
     let Some(pkt) = packet::parse(ctx) else {
@@ -19,5 +19,6 @@ pub fn from_pod(ctx: &TcContext) -> Result<i32, Drop> {
     match lb::balance(ctx, &pkt)? {
         Outcome::Forward(daddr) => Ok(overlay::to_remote_node(ctx, daddr)?.unwrap_or(TC_ACT_OK as i32)),
         Outcome::Done(action) => Ok(action),
+        Outcome::Wire => wire::to_wire(ctx),
     }
 }

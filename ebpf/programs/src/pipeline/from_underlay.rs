@@ -3,20 +3,36 @@
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 
-use crate::{Drop, lb, masq, overlay, packet};
+use crate::{
+    Drop,
+    lb::{self, Outcome},
+    masq, overlay, packet,
+};
 
-/// A reply of a masqueraded flow goes back to its pod: its destination translated
-/// back, then its source too if the pod had reached a Service whose backend lives
-/// outside the cluster network (the API server behind `kubernetes`), then delivered
-/// straight to the pod. Anything else goes on to the node's stack untouched.
+/// A packet to a NodePort frontend goes to its backend: straight into the pod on this
+/// node, or into the tunnel toward another node's. A reply of a masqueraded flow goes
+/// back to its pod: its destination translated back, then its source too if the pod
+/// had reached a Service whose backend lives outside the cluster network (the API server
+/// behind `kubernetes`), then delivered straight to the pod. Anything else goes on to
+/// the node's stack untouched.
 #[inline(always)]
 pub fn from_underlay(ctx: &TcContext) -> Result<i32, Drop> {
     let Some(pkt) = packet::parse(ctx) else {
         return Ok(TC_ACT_OK as i32);
     };
+    match lb::nodeport(ctx, &pkt)? {
+        Some(Outcome::Forward(daddr)) => {
+            if let Some(action) = overlay::to_local_pod(ctx, daddr)? {
+                return Ok(action);
+            }
+            return Ok(overlay::to_remote_node(ctx, daddr)?.unwrap_or(TC_ACT_OK as i32));
+        }
+        Some(Outcome::Done(action)) => return Ok(action),
+        Some(Outcome::Wire) | None => {}
+    }
     let Some(pkt) = masq::unsnat(ctx, &pkt)? else {
         return Ok(TC_ACT_OK as i32);
     };
-    let daddr = lb::reverse(ctx, &pkt)?.unwrap_or(pkt.daddr);
+    let daddr = lb::reverse(ctx, &pkt)?.map_or(pkt.daddr, |reply| reply.client);
     Ok(overlay::to_local_pod(ctx, daddr)?.unwrap_or(TC_ACT_OK as i32))
 }

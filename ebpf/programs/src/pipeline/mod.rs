@@ -2,15 +2,16 @@
 //! (`packet`, `lb`, `overlay`), and nothing else. The binaries in `src/bin/` call these.
 //!
 //! - [`from_pod`]: tc ingress on a pod's host-side veth: load balancing, then delivery
-//!   into the tunnel or on to the node's stack;
+//!   into the tunnel, out of the underlay (NodePort replies) or on to the node's stack;
 //! - [`from_overlay`]: tc ingress on the VXLAN device: reverse NAT of replies whose
-//!   client lives here, then delivery to the local pod or the node's stack;
+//!   client lives here, then delivery to the local pod, out of the underlay (NodePort
+//!   replies) or to the node's stack;
 //! - [`to_overlay`]: tc egress on the VXLAN device: the tunnel key for packets the node's
 //!   own stack routes there;
 //! - [`to_underlay`]: tc egress on the underlay interface: masquerade of pod traffic
 //!   leaving the cluster network;
-//! - [`from_underlay`]: tc ingress on the underlay interface: the masquerade's reverse,
-//!   then reverse NAT and delivery to the local pod;
+//! - [`from_underlay`]: tc ingress on the underlay interface: NodePort frontends, the
+//!   masquerade's reverse, then reverse NAT and delivery to the local pod;
 //! - [`to_pod`]: tc egress on a pod's host-side veth: reverse NAT of replies from the
 //!   node's own stack.
 //!

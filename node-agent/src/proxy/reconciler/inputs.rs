@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::proxy::model::{ObjectRef, ServicePlan, plan_service, slice_service};
+use crate::proxy::model::{LocalNode, ObjectRef, ServicePlan, plan_service, slice_service};
 
 #[derive(Debug, Default)]
 pub(super) struct Inputs {
@@ -24,9 +24,19 @@ pub(super) struct Inputs {
     slices_of: BTreeMap<ObjectRef, BTreeSet<ObjectRef>>,
     /// Services whose inputs changed since the last sync.
     dirty: BTreeSet<ObjectRef>,
+    /// The node the plans are for (NodePort frontends); `None`: cluster IPs only.
+    node: Option<LocalNode>,
 }
 
 impl Inputs {
+    /// Plans for `node` from now on; every Service is planned afresh.
+    pub(super) fn set_node(&mut self, node: Option<LocalNode>) {
+        if self.node != node {
+            self.node = node;
+            self.dirty.extend(self.services.keys().cloned());
+        }
+    }
+
     pub(super) fn has_dirty(&self) -> bool {
         !self.dirty.is_empty()
     }
@@ -42,7 +52,7 @@ impl Inputs {
         match self.services.get(svc) {
             Some(service) => {
                 let slices = self.slices_of.get(svc).into_iter().flatten().filter_map(|r| self.slices.get(r));
-                plan_service(service, slices)
+                plan_service(service, slices, self.node.as_ref())
             }
             None => ServicePlan::default(),
         }

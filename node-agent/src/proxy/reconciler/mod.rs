@@ -69,7 +69,7 @@ use self::inputs::Inputs;
 use self::state::MapState;
 pub use self::summary::{ServiceProblem, SyncSummary};
 use super::maps::LbMaps;
-use super::model::{FrontendKey, ObjectRef};
+use super::model::{FrontendKey, LocalNode, ObjectRef};
 use super::source::SourceEvent;
 
 /// The change tracker and single writer of the load-balancer maps. See the module docs.
@@ -99,6 +99,13 @@ impl<M: LbMaps> LbReconciler<M> {
     pub fn adopt(maps: M) -> Result<Self> {
         let state = MapState::adopt(&maps)?;
         Ok(Self { maps, inputs: Inputs::default(), state, problems: Vec::new() })
+    }
+
+    /// The node this agent runs on: its address carries the NodePort frontends, and
+    /// `externalTrafficPolicy: Local` keeps its endpoints. Without one (the default),
+    /// only cluster IPs are programmed.
+    pub fn set_node(&mut self, node: Option<LocalNode>) {
+        self.inputs.set_node(node);
     }
 
     pub fn maps(&self) -> &M {
