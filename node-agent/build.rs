@@ -4,8 +4,8 @@
 
 use std::{env, path::PathBuf};
 
-/// The BPF binaries the agent embeds (one per attach point; `noop` is the benchmarks'
-/// baseline).
+/// The BPF binaries the agent embeds (one per attach point, `sock` with the cgroup
+/// hooks; `noop` is the benchmarks' baseline).
 const OBJECTS: &[(&str, &str)] = &[
     ("from-pod", "SKIFF_EBPF_FROM_POD"),
     ("to-pod", "SKIFF_EBPF_TO_POD"),
@@ -13,6 +13,7 @@ const OBJECTS: &[(&str, &str)] = &[
     ("to-overlay", "SKIFF_EBPF_TO_OVERLAY"),
     ("to-underlay", "SKIFF_EBPF_TO_UNDERLAY"),
     ("from-underlay", "SKIFF_EBPF_FROM_UNDERLAY"),
+    ("sock", "SKIFF_EBPF_SOCK"),
     ("noop", "SKIFF_EBPF_NOOP"),
 ];
 

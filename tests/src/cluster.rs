@@ -353,6 +353,9 @@ impl ClusterNode {
                 .arg("--cni-data-dir")
                 .arg(&self.containerd.cni_data_dir)
                 .args(self.services_from_api.then_some("--services-from-api"));
+            if self.services_from_api {
+                cmd.arg("--socket-lb-cgroup").arg(self.socket_lb_cgroup());
+            }
         } else {
             // The DaemonSet's agent serves DNS on the node-local address.
             cmd.args(["--cluster-dns", "169.254.20.10"]);
@@ -396,6 +399,25 @@ impl ClusterNode {
     /// The cgroup the node's pods go under.
     pub fn cgroup_root(&self) -> String {
         format!("/skiff-test/{}", self.name)
+    }
+
+    /// The node's cgroup in the cgroup v2 tree (the unified hierarchy of a hybrid
+    /// mount, or the root of a v2-only one): the socket-level load balancer acts for the
+    /// processes below it. The cluster's teardown removes it with the pods' cgroups.
+    pub fn socket_lb_cgroup(&self) -> PathBuf {
+        let hybrid = Path::new("/sys/fs/cgroup/unified");
+        let v2 = if hybrid.is_dir() { hybrid } else { Path::new("/sys/fs/cgroup") };
+        v2.join(self.cgroup_root().trim_start_matches('/'))
+    }
+
+    /// A shell line run in the node's host namespace, as a process of the node's own
+    /// cgroup (a child cgroup `host` of [`Self::socket_lb_cgroup`]), as a node's system
+    /// services run; its output, failed or not.
+    pub fn host_sh(&self, line: &str) -> Output {
+        let host = self.socket_lb_cgroup().join("host");
+        let _ = std::fs::create_dir_all(&host);
+        let line = format!("echo $$ > {}/cgroup.procs && {line}", host.display());
+        self.ns.sh_output(&line)
     }
 
     /// Kills the agent (SIGKILL: nothing of its own cleanup runs).

@@ -213,16 +213,20 @@ impl Netlink {
             .map_err(nl_err(format!("adding route {dst}/{prefix} (interface index {oif}, gateway {gateway:?})")))
     }
 
-    /// Adds or replaces the on-link (scope link) route `dst/prefix dev oif`, with the
-    /// protocol `ip route replace` gives a route (boot), so it looks the same to people
-    /// and tools as the one the agent used to make with iproute2.
-    pub fn replace_route(&self, dst: Ipv4Addr, prefix: u8, oif: u32) -> Result<()> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+    /// Adds or replaces the on-link (scope link) route `dst/prefix dev oif` (with
+    /// `src source` when given), with the protocol `ip route replace` gives a route
+    /// (boot), so it looks the same to people and tools as the one the agent used to
+    /// make with iproute2.
+    pub fn replace_route(&self, dst: Ipv4Addr, prefix: u8, oif: u32, source: Option<Ipv4Addr>) -> Result<()> {
+        let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst, prefix)
             .output_interface(oif)
             .scope(RouteScope::Link)
-            .protocol(RouteProtocol::Boot)
-            .build();
+            .protocol(RouteProtocol::Boot);
+        if let Some(source) = source {
+            builder = builder.pref_source(source);
+        }
+        let msg = builder.build();
         self.rt
             .block_on(self.handle.route().add(msg).replace().execute())
             .map_err(nl_err(format!("replacing route {dst}/{prefix} (interface index {oif})")))

@@ -47,6 +47,8 @@ pub mod pin {
     pub const MASQ_CONFIG: &str = "MASQ_CONFIG_V1";
     /// NodePort's settings (one-entry array).
     pub const NODEPORT_CONFIG: &str = "NODEPORT_CONFIG_V1";
+    /// The socket-level load balancer's reverse entries (backend → Service per socket).
+    pub const SOCK_REV: &str = "SOCK_REV4_V1";
     /// Pinned programs for tc egress and ingress on the node's underlay interface.
     pub const PROG_TO_UNDERLAY: &str = "to_underlay_v1";
     pub const PROG_FROM_UNDERLAY: &str = "from_underlay_v1";
@@ -67,6 +69,8 @@ pub mod capacity {
     pub const NODES: u32 = 16_384;
     /// Two entries per masqueraded flow.
     pub const SNAT: u32 = 131_072;
+    /// One entry per socket the socket-level load balancer translated.
+    pub const SOCK_REV: u32 = 131_072;
 }
 
 /// Key of the services map: one frontend (VIP, port, protocol) and a slot.
@@ -204,6 +208,20 @@ pub struct Ct4Entry {
     pub snat_addr: u32,
 }
 const _: () = assert!(size_of::<Ct4Entry>() == 32);
+
+/// Key of the socket-level load balancer's reverse map: a socket (its cookie) and the
+/// backend it was sent to. The value ([`RevNat4`]) is the Service address and port the
+/// application asked for, which `getpeername()` and `recvmsg()` give back to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockRev4Key {
+    pub cookie: u64,
+    /// Backend address and port, network byte order.
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<SockRev4Key>() == 16);
 
 /// Key of the session-affinity map.
 #[repr(C)]
@@ -384,11 +402,22 @@ pub mod stat {
     pub const SNAT_NEW: u32 = 5;
     /// Packets dropped because no masquerade port was free toward their destination.
     pub const SNAT_NO_PORT: u32 = 6;
+    /// Connections (and unconnected UDP datagrams) to a Service sent straight to a
+    /// backend by the socket-level load balancer.
+    pub const SOCK_TRANSLATED: u32 = 7;
     /// Number of counters.
     pub const COUNT: u32 = 8;
 
-    pub const NAMES: [&str; COUNT as usize] =
-        ["translated", "rev_translated", "no_backend", "errors", "ct_new", "snat_new", "snat_no_port", ""];
+    pub const NAMES: [&str; COUNT as usize] = [
+        "translated",
+        "rev_translated",
+        "no_backend",
+        "errors",
+        "ct_new",
+        "snat_new",
+        "snat_no_port",
+        "sock_translated",
+    ];
 }
 
 /// An IPv4 address as the maps store it.
@@ -433,4 +462,5 @@ mod user {
     unsafe impl aya::Pod for Snat4Entry {}
     unsafe impl aya::Pod for MasqConfig {}
     unsafe impl aya::Pod for NodePortConfig {}
+    unsafe impl aya::Pod for SockRev4Key {}
 }

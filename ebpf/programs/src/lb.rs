@@ -244,6 +244,17 @@ fn select_backend(
             }
         }
     }
+    let (backend_id, backend) = random_backend(frontend, svc)?;
+    if affinity {
+        let value = Affinity4Value { last_used_ns: now, backend_id, _pad: 0 };
+        let _ = AFFINITY_V1.insert(&akey, &value, 0);
+    }
+    Ok((backend_id, backend))
+}
+
+/// A backend of the frontend taking new flows, chosen at random (`svc.count` > 0).
+#[inline(always)]
+pub fn random_backend(frontend: &Service4Key, svc: &Service4Value) -> Result<(u32, Backend4), Drop> {
     // SAFETY: a plain helper call without arguments.
     let slot = unsafe { bpf_get_prandom_u32() } % svc.count as u32 + 1;
     let slot_key = Service4Key { backend_slot: slot as u16, ..*frontend };
@@ -251,10 +262,6 @@ fn select_backend(
     let backend_id = unsafe { SERVICES_V1.get(&slot_key) }.map(|s| s.backend_id).ok_or(Drop)?;
     // SAFETY: copied out at once.
     let backend = unsafe { BACKENDS_V1.get(backend_id) }.copied().ok_or(Drop)?;
-    if affinity {
-        let value = Affinity4Value { last_used_ns: now, backend_id, _pad: 0 };
-        let _ = AFFINITY_V1.insert(&akey, &value, 0);
-    }
     Ok((backend_id, backend))
 }
 

@@ -16,10 +16,12 @@
 //! - [`nat`]: address and port rewriting with checksums, for `lb` and `masq`;
 //! - [`reject`]: TCP RST and ICMP port-unreachable answers for Services without backends;
 //! - [`overlay`]: the VXLAN overlay: tunnel keys toward peers, delivery from the tunnel.
-//! - [`wire`]: delivery out of the underlay interface (replies of NodePort flows).
+//! - [`wire`]: delivery out of the underlay interface (replies of NodePort flows);
+//! - [`sock`]: the socket-level load balancer (cgroup hooks of `connect()`,
+//!   `sendmsg()`, `recvmsg()`, `getpeername()`), the `sock` binary's only module.
 //!
 //! Imports run one way: `pipeline` → `lb`, `masq`, `overlay`, `wire` → `conntrack`,
-//! `reject`, `nat`, `csum`, `packet`, `maps`.
+//! `reject`, `nat`, `csum`, `packet`, `maps`; `sock` → `lb`, `maps`.
 //!
 //! Nothing here logs on the per-packet path; counters in `LB_STATS_V1` say what happened.
 #![no_std]
@@ -35,6 +37,7 @@ pub mod overlay;
 pub mod packet;
 pub mod pipeline;
 pub mod reject;
+pub mod sock;
 pub mod wire;
 
 /// The error of a `try_*` function: the packet cannot be handled and is dropped

@@ -117,3 +117,8 @@ pub fn nodeport() -> Option<NodePort> {
         port_last: u16::from_be(raw.port_last),
     })
 }
+
+/// The socket-level load balancer's reverse entries (see `crate::sock`).
+#[map]
+pub static SOCK_REV4_V1: LruHashMap<skiff_ebpf_common::SockRev4Key, RevNat4> =
+    LruHashMap::pinned(skiff_ebpf_common::capacity::SOCK_REV, 0);

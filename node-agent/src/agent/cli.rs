@@ -133,6 +133,13 @@ pub struct RunArgs {
     /// this node, the agent asks for one with it and writes it into --kubeconfig.
     #[arg(long, requires = "kubeconfig")]
     pub bootstrap_kubeconfig: Option<PathBuf>,
+    /// Socket-level load balancing for the processes of this cgroup v2 directory and
+    /// below (made if missing): their connections to a ClusterIP go straight to a
+    /// backend at `connect()`, with no NAT or conntrack per packet. Give the node's root
+    /// cgroup (e.g. /sys/fs/cgroup) to cover its host namespace, hostNetwork pods and
+    /// pods; without it only pods' traffic is balanced, by the tc programs.
+    #[arg(long)]
+    pub socket_lb_cgroup: Option<PathBuf>,
     /// The node's InternalIP address, reported in the Node's status.
     #[arg(long)]
     pub node_ip: Option<std::net::Ipv4Addr>,

@@ -382,6 +382,9 @@ fn load_datapath(args: &RunArgs, pin_dir: &Path) -> Result<Datapath> {
         service_net,
         service_mask,
     })?;
+    if let Some(cgroup) = &args.socket_lb_cgroup {
+        datapath.attach_socket_lb(cgroup).context("attaching the socket-level load balancer")?;
+    }
     for interface in &args.pod_interfaces {
         match datapath.attach_pod_programs(interface) {
             Ok(how) => info!(interface, ?how, "pod programs attached"),

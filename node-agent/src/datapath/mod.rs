@@ -21,6 +21,8 @@ use aya::{
 };
 use skiff_datapath::Pins;
 pub use skiff_datapath::{Prog, attach::Attached};
+
+mod socket_lb;
 use skiff_ebpf_common::{LbConfig, MasqConfig, NodePortConfig, OverlayConfig, pin, stat};
 use tracing::info;
 
@@ -94,6 +96,25 @@ pub enum Error {
     },
     #[error(transparent)]
     Attach(#[from] skiff_datapath::attach::Error),
+    #[error("the cgroup directory {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("attaching {program} to the cgroup {path} (it must be a cgroup v2 directory): {source}")]
+    CgroupAttach {
+        program: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("the link of {program}: {source}")]
+    Link {
+        program: &'static str,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
     #[error("map {map} under {dir}: {source}")]
     Map {
         map: &'static str,
@@ -201,6 +222,11 @@ impl Datapath {
     pub fn detach_pod_programs(&mut self, interface: &str) -> Result<()> {
         skiff_datapath::attach::detach(&self.pins.link(Prog::ToPod, interface))?;
         Ok(skiff_datapath::attach::detach(&self.pins.link(Prog::FromPod, interface))?)
+    }
+
+    /// Attaches the socket-level load balancer to the cgroup v2 directory `cgroup`.
+    pub fn attach_socket_lb(&self, cgroup: &Path) -> Result<()> {
+        socket_lb::attach(&self.pins, cgroup)
     }
 
     /// Writes the load balancer's runtime settings.

@@ -40,8 +40,11 @@ pub trait LinkOps {
     /// turns ARP off (peers are found by the nodes map, not by ARP), brings it up and
     /// returns its index.
     fn ensure_vxlan(&mut self, name: &str, port: u16, mtu: u32) -> Result<u32>;
-    /// Adds or replaces a route to `cidr` through `interface`.
-    fn ensure_route(&mut self, cidr: Ipv4Net, interface: &str) -> Result<()>;
+    /// Adds or replaces a route to `cidr` through `interface`, with `source` as the
+    /// preferred source address when given.
+    fn ensure_route(&mut self, cidr: Ipv4Net, interface: &str, source: Option<Ipv4Addr>) -> Result<()>;
+    /// Adds `ip/32` to `interface` unless it is there.
+    fn ensure_host_address(&mut self, interface: &str, ip: Ipv4Addr) -> Result<()>;
     /// Writes a sysctl under /proc/sys (e.g. `net/ipv4/ip_forward`).
     fn sysctl(&mut self, key: &str, value: &str) -> Result<()>;
     /// The first IPv4 address of an interface, if it has one.
@@ -71,9 +74,17 @@ impl LinkOps for Rtnetlink {
         Ok(self.nl.ensure_vxlan(name, port, mtu)?)
     }
 
-    fn ensure_route(&mut self, cidr: Ipv4Net, interface: &str) -> Result<()> {
+    fn ensure_route(&mut self, cidr: Ipv4Net, interface: &str, source: Option<Ipv4Addr>) -> Result<()> {
         let index = self.nl.require_link(interface)?.index;
-        Ok(self.nl.replace_route(cidr.network(), cidr.prefix_len(), index)?)
+        Ok(self.nl.replace_route(cidr.network(), cidr.prefix_len(), index, source)?)
+    }
+
+    fn ensure_host_address(&mut self, interface: &str, ip: Ipv4Addr) -> Result<()> {
+        let index = self.nl.require_link(interface)?.index;
+        if self.nl.addresses(index)?.contains(&(ip, 32)) {
+            return Ok(());
+        }
+        Ok(self.nl.add_address(interface, index, ip, 32)?)
     }
 
     fn sysctl(&mut self, key: &str, value: &str) -> Result<()> {
@@ -95,7 +106,7 @@ impl LinkOps for Rtnetlink {
 pub fn setup(ops: &mut dyn LinkOps, underlay: &str, cluster_cidr: Ipv4Net) -> Result<(u32, u32)> {
     let mtu = ops.mtu(underlay)?.saturating_sub(VXLAN_OVERHEAD);
     let ifindex = ops.ensure_vxlan(VXLAN_DEVICE, skiff_ebpf_common::VXLAN_PORT, mtu)?;
-    ops.ensure_route(cluster_cidr.trunc(), VXLAN_DEVICE)?;
+    ops.ensure_route(cluster_cidr.trunc(), VXLAN_DEVICE, None)?;
     // A node forwards for its pods; replies translated back to a VIP arrive on an
     // interface the VIP is not routed through, which strict reverse-path filtering drops.
     ops.sysctl("net/ipv4/ip_forward", "1")?;
@@ -122,8 +133,12 @@ mod tests {
             self.log.push(format!("vxlan {name} port {port} mtu {mtu}"));
             Ok(7)
         }
-        fn ensure_route(&mut self, cidr: Ipv4Net, interface: &str) -> Result<()> {
-            self.log.push(format!("route {cidr} dev {interface}"));
+        fn ensure_route(&mut self, cidr: Ipv4Net, interface: &str, source: Option<Ipv4Addr>) -> Result<()> {
+            self.log.push(format!("route {cidr} dev {interface} src {source:?}"));
+            Ok(())
+        }
+        fn ensure_host_address(&mut self, interface: &str, ip: Ipv4Addr) -> Result<()> {
+            self.log.push(format!("address {ip}/32 dev {interface}"));
             Ok(())
         }
         fn sysctl(&mut self, key: &str, value: &str) -> Result<()> {
@@ -144,7 +159,7 @@ mod tests {
         let (ifindex, mtu) = setup(&mut ops, "eth0", "10.244.0.0/16".parse().unwrap()).unwrap();
         assert_eq!((ifindex, mtu), (7, 1450));
         assert_eq!(ops.log[0], "vxlan skiff-vxlan port 8472 mtu 1450");
-        assert_eq!(ops.log[1], "route 10.244.0.0/16 dev skiff-vxlan");
+        assert_eq!(ops.log[1], "route 10.244.0.0/16 dev skiff-vxlan src None");
         assert_eq!(ops.log.iter().filter(|l| l.starts_with("route")).count(), 1, "no per-peer routes");
         assert!(ops.log.contains(&"sysctl net/ipv4/ip_forward=1".to_owned()));
         assert!(ops.log.contains(&"sysctl net/ipv4/conf/skiff-vxlan/rp_filter=0".to_owned()));

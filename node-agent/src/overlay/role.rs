@@ -112,7 +112,9 @@ impl OverlayRole {
             cluster_mask,
         };
         let written = datapath::set_overlay_config(&self.settings.pin_dir, config)
-            .and_then(|()| datapath::set_nodeport_config(&self.settings.pin_dir, self.nodeport_config(local)));
+            .and_then(|()| datapath::set_nodeport_config(&self.settings.pin_dir, self.nodeport_config(local)))
+            .map_err(anyhow::Error::from)
+            .and_then(|()| self.own_pod_address(local));
         match written {
             Ok(()) => {
                 self.local_pod_cidr = local;
@@ -130,16 +132,44 @@ impl OverlayRole {
     }
 }
 
+/// The node's own address in its podCIDR: the first (skiff-cni hands out addresses from
+/// the second on). Every node routes it into the tunnel toward this one, so it is the
+/// source of this node's own traffic to pods elsewhere and of NodePort flows it sends
+/// to backends elsewhere: their replies come back through the tunnel.
+fn node_pod_addr(pod_cidr: Ipv4Net) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(u32::from(pod_cidr.network()) + 1)
+}
+
 impl OverlayRole {
-    /// NodePort's settings for this node's podCIDR: flows to another node's backend
-    /// leave with the podCIDR's first address (skiff-cni hands out addresses from the
-    /// second on), which every node routes into the tunnel toward this one. Off without
-    /// a podCIDR or an underlay address.
+    /// Gives the VXLAN device this node's podCIDR address and makes it the source of
+    /// the node's own traffic into the cluster network (as flannel's `flannel.1`
+    /// address): otherwise a pod on another node would answer the node's underlay
+    /// address, and its reply would be masqueraded on the way.
+    fn own_pod_address(&self, pod_cidr: Option<Ipv4Net>) -> Result<()> {
+        let Some(cidr) = pod_cidr else { return Ok(()) };
+        let addr = node_pod_addr(cidr);
+        let cluster = self.settings.cluster_cidr.trunc();
+        // The netlink handle blocks on a runtime of its own, which cannot run inside the
+        // agent's: a thread of its own for this rare change (a new podCIDR).
+        std::thread::scope(|s| {
+            s.spawn(|| -> Result<()> {
+                let mut link_ops = Rtnetlink::new().context("opening a netlink socket")?;
+                link_ops.ensure_host_address(device::VXLAN_DEVICE, addr)?;
+                link_ops.ensure_route(cluster, device::VXLAN_DEVICE, Some(addr))?;
+                Ok(())
+            })
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the netlink thread panicked")))
+        })
+    }
+
+    /// NodePort's settings for this node's podCIDR ([`node_pod_addr`] is the source of
+    /// flows to another node's backend). Off without a podCIDR or an underlay address.
     fn nodeport_config(&self, pod_cidr: Option<Ipv4Net>) -> NodePortConfig {
         let (Some(cidr), Some(underlay_ifindex)) = (pod_cidr, self.underlay_ifindex) else {
             return NodePortConfig::default();
         };
-        let snat = std::net::Ipv4Addr::from(u32::from(cidr.network()) + 1);
+        let snat = node_pod_addr(cidr);
         NodePortConfig {
             underlay_ifindex,
             snat_addr: skiff_ebpf_common::addr_to_map(snat.octets()),
