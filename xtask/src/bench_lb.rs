@@ -10,6 +10,8 @@
 //!     nat table, which turns netfilter conntrack on in the node's namespace: every
 //!     flow pays for it, as in the iptables modes);
 //!   - `ebpf-pure`: the same without that rule, so without netfilter conntrack;
+//!   - `ebpf-sock`: as `ebpf`, with the socket-level load balancer on a cgroup of its
+//!     own that the client runs in: each connection goes to a backend at `connect()`;
 //!   - `iptables-nft`, `iptables-legacy`: the same Services as kube-proxy's iptables
 //!     mode writes them (`crate::bench::load_iptables`), plus the masquerade rule;
 //!   - `iptables-nft@1`: kube-proxy's ruleset with that one Service only: the fixed
@@ -46,7 +48,9 @@ use skiff_tests::{PinDir, topology::NodeTopology, unique_tag};
 use crate::{
     bench::load_iptables,
     bench_support::{DEFAULT_ROUNDS, Rounds, alternate, print_environment, summary},
-    lbsetup::{ServiceSpec, build_binaries, services_json, start_agent, start_echo_servers, write_manifest},
+    lbsetup::{
+        ServiceSpec, build_binaries, services_json, start_agent, start_agent_with, start_echo_servers, write_manifest,
+    },
     util::progress,
 };
 
@@ -124,14 +128,22 @@ pub fn run(args: &[String]) -> Result<()> {
 enum Mode {
     Ebpf,
     EbpfPure,
+    EbpfSock,
     IptablesNft,
     IptablesLegacy,
     IptablesNftOne,
     PodIp,
 }
 
-const MODES: [Mode; 6] =
-    [Mode::Ebpf, Mode::EbpfPure, Mode::IptablesNft, Mode::IptablesLegacy, Mode::IptablesNftOne, Mode::PodIp];
+const MODES: [Mode; 7] = [
+    Mode::Ebpf,
+    Mode::EbpfPure,
+    Mode::EbpfSock,
+    Mode::IptablesNft,
+    Mode::IptablesLegacy,
+    Mode::IptablesNftOne,
+    Mode::PodIp,
+];
 
 impl Mode {
     /// The figure's name, from the Service count asked for (not from what a run found).
@@ -139,6 +151,7 @@ impl Mode {
         match self {
             Mode::Ebpf => format!("ebpf@{services}"),
             Mode::EbpfPure => format!("ebpf-pure@{services}"),
+            Mode::EbpfSock => format!("ebpf-sock@{services}"),
             Mode::IptablesNft => format!("iptables-nft@{services}"),
             Mode::IptablesLegacy => format!("iptables-legacy@{services}"),
             Mode::IptablesNftOne => "iptables-nft@1".into(),
@@ -158,10 +171,13 @@ impl Mode {
 }
 
 /// The ratios printed, `(label, numerator, denominator)`, each per round.
-const RATIOS: [(&str, Mode, Mode); 6] = [
+const RATIOS: [(&str, Mode, Mode); 9] = [
     ("vs-iptables-nft@{n}", Mode::Ebpf, Mode::IptablesNft),
     ("vs-iptables-legacy@{n}", Mode::Ebpf, Mode::IptablesLegacy),
     ("vs-pod-ip@{n}", Mode::Ebpf, Mode::PodIp),
+    ("sock-vs-iptables-nft@{n}", Mode::EbpfSock, Mode::IptablesNft),
+    ("sock-vs-iptables-legacy@{n}", Mode::EbpfSock, Mode::IptablesLegacy),
+    ("sock-vs-pod-ip@{n}", Mode::EbpfSock, Mode::PodIp),
     ("pure-vs-ebpf@{n}", Mode::EbpfPure, Mode::Ebpf),
     ("iptables-nft-vs-pod-ip@{n}", Mode::IptablesNft, Mode::PodIp),
     ("iptables-nft-vs-pod-ip@1", Mode::IptablesNftOne, Mode::PodIp),
@@ -223,8 +239,16 @@ impl P2<'_> {
         let _servers = start_echo_servers(&topo, self.bin, &BACKENDS);
         let pins = PinDir::new(&tag);
         let started = Instant::now();
+        // The socket mode's cgroup: the agent attaches to it, the client runs in it.
+        let cgroup = (mode == Mode::EbpfSock).then(|| BenchCgroup::new(&tag));
         let mut agent = match mode {
             Mode::Ebpf | Mode::EbpfPure => Some(start_agent(&topo, self.bin, &pins.path, self.manifests)?),
+            Mode::EbpfSock => {
+                let cgroup = cgroup.as_ref().map(|c| c.0.display().to_string()).unwrap_or_default();
+                let args =
+                    ["--manifests".into(), self.manifests.display().to_string(), "--socket-lb-cgroup".into(), cgroup];
+                Some(start_agent_with(&topo, self.bin, &pins.path, &args)?)
+            }
             Mode::IptablesNft => load_iptables(&topo.node, &self.specs, "nft").map(|_| None)?,
             Mode::IptablesLegacy => load_iptables(&topo.node, &self.specs, "legacy").map(|_| None)?,
             Mode::IptablesNftOne => load_iptables(&topo.node, &self.one, "nft").map(|_| None)?,
@@ -240,12 +264,17 @@ impl P2<'_> {
             _ => format!("{TARGET_VIP}:80"),
         };
         // The Service answers at all, from every backend's side, before the clock runs.
-        let check = self.conn_rate(&topo, &targets, &["--max", "20", "--threads", "1", "--duration-ms", "10000"])?;
+        let check = self.conn_rate(
+            &topo,
+            cgroup.as_ref(),
+            &targets,
+            &["--max", "20", "--threads", "1", "--duration-ms", "10000"],
+        )?;
         ensure!(check.conns == 20, "{mode:?}: the warm-up made {} connections of 20", check.conns);
 
         let before = if mode == Mode::Ebpf { program_stats(&pins.path)? } else { BTreeMap::new() };
         let duration = (self.seconds * 1000).to_string();
-        let run = self.conn_rate(&topo, &targets, &["--duration-ms", &duration, "--threads", "2"])?;
+        let run = self.conn_rate(&topo, cgroup.as_ref(), &targets, &["--duration-ms", &duration, "--threads", "2"])?;
         let mut in_traffic = BTreeMap::new();
         if mode == Mode::Ebpf {
             let after = program_stats(&pins.path)?;
@@ -266,15 +295,22 @@ impl P2<'_> {
         // The pins drop here (links go, programs detach), then the namespaces.
     }
 
-    /// `skiff-echo conn-rate` from the client pod; any failed connection is an error.
-    fn conn_rate(&self, topo: &NodeTopology, targets: &str, args: &[&str]) -> Result<ConnRun> {
-        let out = topo
-            .pod("client")
-            .ns
-            .command(self.bin.join("skiff-echo").to_str().unwrap_or("skiff-echo"))
-            .args(["conn-rate", targets])
-            .args(args)
-            .output()?;
+    /// `skiff-echo conn-rate` from the client pod (in `cgroup` if given); any failed
+    /// connection is an error.
+    fn conn_rate(
+        &self,
+        topo: &NodeTopology,
+        cgroup: Option<&BenchCgroup>,
+        targets: &str,
+        args: &[&str],
+    ) -> Result<ConnRun> {
+        let echo = self.bin.join("skiff-echo");
+        let line = format!("exec {} conn-rate {targets} {}", echo.display(), args.join(" "));
+        let line = match cgroup {
+            Some(cgroup) => format!("echo $$ > {}/cgroup.procs && {line}", cgroup.0.display()),
+            None => line,
+        };
+        let out = topo.pod("client").ns.command("sh").args(["-c", &line]).output()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
             bail!(
@@ -287,6 +323,24 @@ impl P2<'_> {
         progress("bench", &format!("  {}", text.trim()));
         ensure!(run.failed == 0, "{} of {} connections to {targets} failed", run.failed, run.conns);
         Ok(run)
+    }
+}
+
+/// A cgroup v2 directory for one socket-mode run, removed when dropped (its one
+/// process, the client, has exited by then).
+struct BenchCgroup(PathBuf);
+
+impl BenchCgroup {
+    fn new(tag: &str) -> Self {
+        let hybrid = Path::new("/sys/fs/cgroup/unified");
+        let v2 = if hybrid.is_dir() { hybrid } else { Path::new("/sys/fs/cgroup") };
+        Self(v2.join(format!("skiff-bench-{tag}")))
+    }
+}
+
+impl Drop for BenchCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
     }
 }
 
@@ -392,14 +446,17 @@ mod tests {
 
     #[test]
     fn ratios_are_per_round_and_labelled_by_the_counts_asked_for() {
+        let at = |mode: Mode| MODES.iter().position(|m| *m == mode).unwrap();
         let mut values = vec![vec![1.0, 1.0]; MODES.len()];
-        values[0] = vec![300.0, 330.0]; // ebpf
-        values[2] = vec![100.0, 110.0]; // iptables-nft
-        values[5] = vec![600.0, 550.0]; // pod-ip
+        values[at(Mode::Ebpf)] = vec![300.0, 330.0];
+        values[at(Mode::EbpfSock)] = vec![570.0, 550.0];
+        values[at(Mode::IptablesNft)] = vec![100.0, 110.0];
+        values[at(Mode::PodIp)] = vec![600.0, 550.0];
         let lines = ratio_lines(&Rounds { modes: MODES.to_vec(), values }, 10_000);
         assert_eq!(lines[0], "P2 conn-rate-vs-iptables-nft@10000: 3.00 x (min 3.00, max 3.00, n=2)");
         assert_eq!(lines[2], "P2 conn-rate-vs-pod-ip@10000: 0.60 x (min 0.50, max 0.60, n=2)");
-        assert_eq!(lines[5], "P2 conn-rate-iptables-nft-vs-pod-ip@1: 0.00 x (min 0.00, max 0.00, n=2)");
+        assert_eq!(lines[5], "P2 conn-rate-sock-vs-pod-ip@10000: 1.00 x (min 0.95, max 1.00, n=2)");
+        assert_eq!(lines[8], "P2 conn-rate-iptables-nft-vs-pod-ip@1: 0.00 x (min 0.00, max 0.00, n=2)");
     }
 
     #[test]
