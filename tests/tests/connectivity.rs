@@ -12,7 +12,9 @@
 //!   not left to time out;
 //! - from a host outside the cluster (a namespace of its own on the nodes' network):
 //!   NodePort on either node, with the backend on that node and on the other one, and
-//!   `externalTrafficPolicy: Local`, which serves only the node's own backends; then,
+//!   `externalTrafficPolicy: Local`, which serves only the node's own backends; an
+//!   `externalIPs` address and a LoadBalancer ingress address, each routed by the
+//!   outside host to node 1 while the backend is on node 2; then,
 //!   over HTTP, which client address each backend sees: the client's own with a backend
 //!   on the node it connected to, the node's podCIDR address with a backend elsewhere.
 //!
@@ -76,7 +78,15 @@ const SERVICES: &[(&str, &str)] = &[
     ("empty", "selector: {app: nothing-matches-this}"),
     ("np-n2", "type: NodePort, selector: {at: n2}"),
     ("np-local", "type: NodePort, externalTrafficPolicy: Local, selector: {app: srv}"),
+    ("ext-ip", "externalIPs: [192.168.77.150], selector: {at: n2}"),
+    ("lb", "type: LoadBalancer, selector: {at: n2}"),
 ];
+
+/// The `ext-ip` Service's external address, and the ingress address the test gives the
+/// `lb` Service's status (as a load balancer controller would): both routed by the
+/// outside host through node 1.
+const EXTERNAL_IP: &str = "192.168.77.150";
+const LB_INGRESS_IP: &str = "192.168.77.151";
 
 /// Node 1's host namespace (in the node's cgroup), as a cell's `from`.
 const NODE1_HOST: &str = "node 1's host";
@@ -127,6 +137,8 @@ enum Target {
     Service(&'static str),
     /// The Service's node port for the cell's protocol, on node `.1` (0-based)'s address.
     NodePort(&'static str, usize),
+    /// An external address (externalIPs, LoadBalancer ingress), on port 80.
+    External(&'static str),
 }
 
 /// One cell of the matrix, run for TCP and for UDP.
@@ -256,6 +268,20 @@ const CELLS: &[Cell] = &[
         name: "outside → NodePort on node 2, backend on node 2",
         from: OUTSIDE,
         to: Target::NodePort("np-n2", 1),
+        requests: 3,
+        expect: Expect::AnsweredBy("srv-n2"),
+    },
+    Cell {
+        name: "outside → externalIPs address through node 1, backend on node 2",
+        from: OUTSIDE,
+        to: Target::External(EXTERNAL_IP),
+        requests: 3,
+        expect: Expect::AnsweredBy("srv-n2"),
+    },
+    Cell {
+        name: "outside → LoadBalancer ingress address through node 1, backend on node 2",
+        from: OUTSIDE,
+        to: Target::External(LB_INGRESS_IP),
         requests: 3,
         expect: Expect::AnsweredBy("srv-n2"),
     },
@@ -435,7 +461,16 @@ fn connectivity_matrix() {
         && wait_pods_ready(&cluster, "app=srv", 2, Duration::from_secs(60));
     assert!(all_ready, "the matrix's pods did not become Ready:\n{}", cluster.logs());
     let pod_ip = |pod: &str| cluster.kubectl_out(&["get", "pod", pod, "-o", "jsonpath={.status.podIP}"]);
-    let endpoints = [("on-n1", 1), ("on-n2", 1), ("spread", 2), ("sticky", 2), ("np-n2", 1), ("np-local", 2)];
+    let endpoints = [
+        ("on-n1", 1),
+        ("on-n2", 1),
+        ("spread", 2),
+        ("sticky", 2),
+        ("np-n2", 1),
+        ("np-local", 2),
+        ("ext-ip", 1),
+        ("lb", 1),
+    ];
     assert!(
         wait_until(Duration::from_secs(30), || endpoints
             .iter()
@@ -450,11 +485,30 @@ fn connectivity_matrix() {
         Target::Pod(pod) => format!("{}:8080", pod_ip(pod)),
         Target::Service(svc) => format!("{}:80", cluster_ip(&cluster, svc)),
         Target::NodePort(svc, node) => format!("{}:{}", cluster.nodes[node].ip, node_port(&cluster, svc, proto)),
+        Target::External(ip) => format!("{ip}:80"),
     };
     let runs: Vec<(&Cell, &str, String)> =
         CELLS.iter().flat_map(|cell| ["tcp", "udp"].map(|proto| (cell, proto, address(cell, proto)))).collect();
     assert!(pods.iter().all(|p| !pod_ip(p).is_empty()), "a pod without an IP");
     let outside = cluster.external_host(OUTSIDE, OUTSIDE_IP);
+    // As a load balancer controller would: the ingress address in the Service's status,
+    // and the route to it (the role an L2 announcement plays) on the outside host.
+    let ingress = format!(r#"{{"status":{{"loadBalancer":{{"ingress":[{{"ip":"{LB_INGRESS_IP}"}}]}}}}}}"#);
+    cluster
+        .kubectl_ok(&["patch", "service", "lb", "--subresource=status", "--type=merge", "-p", &ingress])
+        .expect("setting the LoadBalancer Service's ingress address");
+    for ip in [EXTERNAL_IP, LB_INGRESS_IP] {
+        outside.sh(&format!("ip route add {ip}/32 via {}", cluster.nodes[0].ip));
+    }
+    // The agents program the ingress address once the status change reaches them.
+    let lb_frontend = format!("{LB_INGRESS_IP}:80/TCP");
+    assert!(
+        wait_until(Duration::from_secs(10), || cluster.nodes[0]
+            .datapath_dump()
+            .is_ok_and(|d| d.contains(&lb_frontend))),
+        "node 1 did not program {lb_frontend}:\n{}",
+        datapath_state(&cluster)
+    );
     let mut failures: Vec<String> = std::thread::scope(|s| {
         let runs: Vec<_> = runs
             .iter()

@@ -176,9 +176,11 @@ pub const CT_FLAG_HAIRPIN: u16 = 1 << 1;
 /// The client's source address was rewritten (to [`Ct4Entry::snat_addr`]), so replies
 /// get the client's address back as destination; hairpin flows carry it too.
 pub const CT_FLAG_SNAT: u16 = 1 << 2;
-/// A NodePort flow: its replies leave by the node's underlay interface, since after
-/// reverse NAT they come from the node's own address, which the node's stack would
-/// drop as a martian if they entered it from a pod or the tunnel.
+/// A flow that came in from the wire, to a node port or an external address
+/// (externalIPs, LoadBalancer ingress): its replies leave by the node's underlay
+/// interface, since after reverse NAT they come from the node's own address (or one the
+/// node does not route), which the node's stack would drop as a martian if they
+/// entered it from a pod or the tunnel.
 pub const CT_FLAG_NODEPORT: u16 = 1 << 3;
 
 /// Conntrack value.
@@ -343,9 +345,10 @@ pub struct MasqConfig {
 const _: () = assert!(size_of::<MasqConfig>() == 16);
 
 /// NodePort's settings, slot 0 of a one-entry array map written by the agent's overlay
-/// role. A zero `underlay_ifindex` means "no NodePort": the programs leave traffic to
-/// node ports to the node's stack. The NodePort frontends themselves are entries of the
-/// services map keyed by the node's own address.
+/// role; they also cover external addresses (externalIPs, LoadBalancer ingress). A
+/// zero `underlay_ifindex` means "off": the programs leave such traffic to the node's
+/// stack. The frontends themselves are entries of the services map, keyed by the
+/// node's own address (node ports) or by the external address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NodePortConfig {
@@ -355,12 +358,15 @@ pub struct NodePortConfig {
     /// the first address of this node's podCIDR, so that the backend's replies come
     /// back through the tunnel (network byte order).
     pub snat_addr: u32,
-    /// The node port range, first and last (network byte order): only packets to it
-    /// are looked up as NodePort traffic.
+    /// The node's underlay address (network byte order): packets to it are looked up
+    /// as NodePort traffic only within the port range below; packets to any other
+    /// address the node receives from the wire may be for an external address.
+    pub node_addr: u32,
+    /// The node port range, first and last (network byte order).
     pub port_first: u16,
     pub port_last: u16,
 }
-const _: () = assert!(size_of::<NodePortConfig>() == 12);
+const _: () = assert!(size_of::<NodePortConfig>() == 16);
 
 /// Kubernetes' default `--service-node-port-range`.
 pub const DEFAULT_NODE_PORT_FIRST: u16 = 30_000;

@@ -1,7 +1,8 @@
 //! Service load balancing: frontend lookup, backend selection (conntrack, session
 //! affinity, random), destination NAT toward the backend, and reverse NAT of replies.
 //! ClusterIP frontends are translated where a pod's packets leave it ([`balance`]),
-//! NodePort frontends where the node receives from the wire ([`nodeport`]).
+//! NodePort and external frontends where the node receives from the wire
+//! ([`from_wire`]).
 //!
 //! NodePort flows (kube-proxy's semantics, Cilium's way of doing them): a backend on
 //! this node gets the client's packets with the client's address, so
@@ -85,16 +86,20 @@ pub fn balance(ctx: &TcContext, pkt: &Packet) -> Result<Outcome, Drop> {
     }
 }
 
-/// Load balancing for a packet the node received from the wire: one to a node port of
-/// a NodePort frontend (this node's address) gets DNAT to a backend, and SNAT too if
-/// that backend lives on another node. `None` for any other packet (untouched), and
-/// always while NodePort is off; a packet to a node port without a frontend is the
-/// node's stack's business.
+/// Load balancing for a packet the node received from the wire: one to a NodePort
+/// frontend (this node's address, a node port) or an external frontend (an externalIP
+/// or LoadBalancer ingress address routed to this node) gets DNAT to a backend, and
+/// SNAT too if that backend lives on another node. `None` for any other packet
+/// (untouched), and always while this is off; a packet to the node without a frontend
+/// is the node's stack's business.
+///
+/// Cheapest test first: most packets here are for the node itself (VXLAN, the node's
+/// own connections), and only those within the node port range are looked up.
 #[inline(always)]
-pub fn nodeport(ctx: &TcContext, pkt: &Packet) -> Result<Option<Outcome>, Drop> {
+pub fn from_wire(ctx: &TcContext, pkt: &Packet) -> Result<Option<Outcome>, Drop> {
     let Some(np) = nodeport_settings() else { return Ok(None) };
     let dport = u16::from_be(pkt.dport);
-    if dport < np.port_first || dport > np.port_last {
+    if pkt.daddr == np.node_addr && (dport < np.port_first || dport > np.port_last) {
         return Ok(None);
     }
     translate(ctx, pkt, &config(), Some(&np))

@@ -100,6 +100,7 @@ pub static NODEPORT_CONFIG_V1: Array<skiff_ebpf_common::NodePortConfig> = Array:
 pub struct NodePort {
     pub underlay_ifindex: u32,
     pub snat_addr: u32,
+    pub node_addr: u32,
     pub port_first: u16,
     pub port_last: u16,
 }
@@ -113,6 +114,7 @@ pub fn nodeport() -> Option<NodePort> {
     Some(NodePort {
         underlay_ifindex: raw.underlay_ifindex,
         snat_addr: raw.snat_addr,
+        node_addr: raw.node_addr,
         port_first: u16::from_be(raw.port_first),
         port_last: u16::from_be(raw.port_last),
     })

@@ -40,9 +40,10 @@ pub struct OverlaySettings {
 pub struct OverlayRole {
     settings: OverlaySettings,
     vxlan_ifindex: u32,
-    /// The underlay interface, where NodePort replies leave; `None` while it has no
-    /// IPv4 address (then the underlay programs are not attached and NodePort is off).
-    underlay_ifindex: Option<u32>,
+    /// The underlay interface (where NodePort replies leave) and its address; `None`
+    /// while it has no IPv4 address (then the underlay programs are not attached and
+    /// NodePort is off).
+    underlay: Option<(u32, std::net::Ipv4Addr)>,
     mtu: u32,
     reconciler: NodesReconciler<AyaNodesMap>,
     /// The latest set of nodes from the source.
@@ -64,7 +65,7 @@ impl OverlayRole {
             info!(program = prog.name(), ?how, "attached to the VXLAN device");
         }
         info!(device = device::VXLAN_DEVICE, mtu, cluster_cidr = %cluster, "overlay device ready");
-        let underlay_ifindex = setup_underlay(&settings, &mut link_ops, datapath)?;
+        let underlay = setup_underlay(&settings, &mut link_ops, datapath)?;
         if let Some(bin_dir) = &settings.cni_bin_dir {
             let plugin = cni::plugin_beside_current_exe().context("finding skiff-cni beside skiff-node")?;
             cni::install_binary(&plugin, bin_dir)?;
@@ -72,7 +73,7 @@ impl OverlayRole {
             info!(bin_dir = %bin_dir.display(), "CNI plugins installed");
         }
         let reconciler = NodesReconciler::new(&settings.node_name, AyaNodesMap::open(&settings.pin_dir)?);
-        Ok(Self { settings, vxlan_ifindex, underlay_ifindex, mtu, reconciler, nodes: Vec::new(), local_pod_cidr: None })
+        Ok(Self { settings, vxlan_ifindex, underlay, mtu, reconciler, nodes: Vec::new(), local_pod_cidr: None })
     }
 
     /// Writes this node's CNI configuration, which containerd picks up on its own.
@@ -166,13 +167,14 @@ impl OverlayRole {
     /// NodePort's settings for this node's podCIDR ([`node_pod_addr`] is the source of
     /// flows to another node's backend). Off without a podCIDR or an underlay address.
     fn nodeport_config(&self, pod_cidr: Option<Ipv4Net>) -> NodePortConfig {
-        let (Some(cidr), Some(underlay_ifindex)) = (pod_cidr, self.underlay_ifindex) else {
+        let (Some(cidr), Some((underlay_ifindex, node_addr))) = (pod_cidr, self.underlay) else {
             return NodePortConfig::default();
         };
         let snat = node_pod_addr(cidr);
         NodePortConfig {
             underlay_ifindex,
             snat_addr: skiff_ebpf_common::addr_to_map(snat.octets()),
+            node_addr: skiff_ebpf_common::addr_to_map(node_addr.octets()),
             port_first: skiff_ebpf_common::port_to_map(skiff_ebpf_common::DEFAULT_NODE_PORT_FIRST),
             port_last: skiff_ebpf_common::port_to_map(skiff_ebpf_common::DEFAULT_NODE_PORT_LAST),
         }
@@ -182,13 +184,13 @@ impl OverlayRole {
 /// Attaches the underlay interface's programs (NodePort and the masquerade) and points
 /// the masquerade at the interface's address; with `--ip-masq=false` it clears the
 /// masquerade's settings, which turns that part into a pass-through (a restarted agent
-/// may find it attached). Returns the interface's index, `None` if it has no IPv4
-/// address (then nothing is attached: no NodePort, no masquerade).
+/// may find it attached). Returns the interface's index and address, `None` if it has
+/// no IPv4 address (then nothing is attached: no NodePort, no masquerade).
 fn setup_underlay(
     settings: &OverlaySettings,
     link_ops: &mut Rtnetlink,
     datapath: &mut Datapath,
-) -> Result<Option<u32>> {
+) -> Result<Option<(u32, std::net::Ipv4Addr)>> {
     let interface = &settings.underlay_interface;
     let Some(node_addr) = link_ops.ipv4_address(interface)? else {
         warn!(
@@ -205,7 +207,7 @@ fn setup_underlay(
     }
     if !settings.ip_masq {
         datapath::set_masq_config(&settings.pin_dir, MasqConfig::default())?;
-        return Ok(Some(link_ops.index(interface)?));
+        return Ok(Some((link_ops.index(interface)?, node_addr)));
     }
     let (cluster_net, cluster_mask) = cidr::to_map(settings.cluster_cidr.trunc());
     let config = MasqConfig {
@@ -217,7 +219,7 @@ fn setup_underlay(
     };
     datapath::set_masq_config(&settings.pin_dir, config)?;
     info!(%node_addr, "pod traffic leaving the cluster network is masqueraded");
-    Ok(Some(link_ops.index(interface)?))
+    Ok(Some((link_ops.index(interface)?, node_addr)))
 }
 
 impl Role for OverlayRole {

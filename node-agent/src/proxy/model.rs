@@ -1,10 +1,11 @@
 //! Desired load-balancer state, computed from Kubernetes objects by pure functions.
 //!
 //! [`plan_service`] turns one `Service` and the `EndpointSlice`s labelled with its name
-//! into the frontends the maps should hold: one per (cluster IP, port, protocol), and
-//! on a node that knows its address ([`LocalNode`]) one per (node address, node port,
-//! protocol) for NodePort and LoadBalancer Services, each with its backends sorted and
-//! deduplicated. Whatever cannot be programmed (SCTP, a port
+//! into the frontends the maps should hold: one per (cluster IP, port, protocol), one
+//! per (external address, port, protocol) for its `externalIPs` and LoadBalancer
+//! ingress addresses, and on a node that knows its address ([`LocalNode`]) one per
+//! (node address, node port, protocol) for NodePort and LoadBalancer Services, each
+//! with its backends sorted and deduplicated. Whatever cannot be programmed (SCTP, a port
 //! out of range, a non-IPv4 cluster IP, a malformed endpoint address) comes back as a
 //! [`Error`] naming the Service, and only the part it names is left out: the other ports
 //! of the same Service are still planned.
@@ -26,8 +27,8 @@
 //!   kube-proxy does the same);
 //! - the target port comes from the slice's `ports`, matched by the Service port's name
 //!   and protocol; the Service's `targetPort` is already resolved there;
-//! - a node port takes the same backends as the cluster IP, except with
-//!   `externalTrafficPolicy: Local`: then only the endpoints on this node (the slice's
+//! - a node port or external address takes the same backends as the cluster IP,
+//!   except with `externalTrafficPolicy: Local`: then only the endpoints on this node (the slice's
 //!   `nodeName`), and none at all on a node that has none (the datapath refuses the
 //!   connection, where kube-proxy drops it; either way an external load balancer's
 //!   health check sends no traffic there).
@@ -237,6 +238,8 @@ pub enum ErrorKind {
     BadAffinityTimeout(i64),
     #[error("sessionAffinity {0:?} is not supported; using None")]
     UnsupportedAffinity(String),
+    #[error("external address {0:?} is not an IPv4 address; address skipped")]
+    BadExternalAddress(String),
 }
 
 /// Plans one Service. `slices` may contain any EndpointSlices: only those in the
@@ -244,8 +247,7 @@ pub enum ErrorKind {
 ///
 /// Headless Services (`clusterIP: None`), ExternalName Services and Services without a
 /// cluster IP yet have nothing to program and give an empty plan. Node ports are
-/// planned only with a `node` (the agent's own); externalIPs and LoadBalancer ingress
-/// addresses are not planned yet.
+/// planned only with a `node` (the agent's own).
 pub fn plan_service<'a>(
     svc: &Service,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
@@ -301,6 +303,8 @@ pub fn plan_service<'a>(
         slices.into_iter().filter(|s| slice_service(s).as_ref() == Some(&service)).collect();
     own_slices.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
 
+    let external = external_addresses(svc, |kind| plan.problems.push(problem(None, kind)));
+    let only_local = spec.external_traffic_policy.as_deref() == Some("Local");
     let mut seen = BTreeSet::new();
     for sp in spec.ports.as_deref().unwrap_or_default() {
         let port_name = sp.name.clone().unwrap_or_default();
@@ -405,12 +409,42 @@ pub fn plan_service<'a>(
         plan.frontends.push(frontend(key, &found, false));
         if let (Some(node), Some(node_port)) = (node, node_port_of(spec, sp)) {
             let key = FrontendKey { vip: node.addr, port: node_port, proto };
-            let only_local = spec.external_traffic_policy.as_deref() == Some("Local");
+            plan.frontends.push(frontend(key, &found, only_local));
+        }
+        for addr in &external {
+            let key = FrontendKey { vip: *addr, port, proto };
+            if !seen.insert(key) {
+                plan.problems.push(problem(port_label(), ErrorKind::DuplicateFrontend(key)));
+                continue;
+            }
             plan.frontends.push(frontend(key, &found, only_local));
         }
     }
     plan.frontends.sort_by_key(|f| f.key);
     plan
+}
+
+/// The Service's `externalIPs` and LoadBalancer ingress addresses, IPv4 only, without
+/// duplicates; each one that is no IPv4 address goes to `problem`.
+fn external_addresses(svc: &Service, mut problem: impl FnMut(ErrorKind)) -> Vec<Ipv4Addr> {
+    let spec_ips = svc.spec.as_ref().and_then(|s| s.external_ips.as_deref()).unwrap_or_default();
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|i| i.ip.as_ref());
+    let mut out = Vec::new();
+    for ip in spec_ips.iter().chain(ingress) {
+        match ip.parse::<Ipv4Addr>() {
+            Ok(addr) if !out.contains(&addr) => out.push(addr),
+            Ok(_) => {}
+            Err(_) => problem(ErrorKind::BadExternalAddress(ip.clone())),
+        }
+    }
+    out
 }
 
 /// The node port of a NodePort or LoadBalancer Service's port, once allocated.
@@ -670,6 +704,34 @@ mod tests {
 
         svc.spec.as_mut().unwrap().type_ = Some("ClusterIP".into());
         assert_eq!(plan_service(&svc, [&s], Some(&n1)).frontends.len(), 2, "a ClusterIP Service has no node port");
+    }
+
+    #[test]
+    fn external_ips_and_load_balancer_ingress_are_frontends_on_the_service_port() {
+        use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceStatus};
+        let mut svc = service("default", "web", "10.96.0.20", &[("http", 80, "TCP")]);
+        let spec = svc.spec.as_mut().unwrap();
+        spec.external_ips = Some(vec!["192.168.77.150".into(), "fd00::1".into(), "192.168.77.150".into()]);
+        svc.status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(vec![LoadBalancerIngress { ip: Some("192.168.77.151".into()), ..Default::default() }]),
+            }),
+            ..Default::default()
+        });
+        let mut s = slice("default", "web-1", "web", &[("http", 8080, "TCP")], &[("10.244.1.2", Cond::Ready)]);
+        s.endpoints[0].node_name = Some("n2".into());
+        let n1 = LocalNode { name: "n1".into(), addr: Ipv4Addr::new(192, 168, 77, 11) };
+        let plan = plan_service(&svc, [&s], Some(&n1));
+        let keys: Vec<String> = plan.frontends.iter().map(|f| f.key.to_string()).collect();
+        assert_eq!(keys, ["10.96.0.20:80/TCP", "192.168.77.150:80/TCP", "192.168.77.151:80/TCP"]);
+        assert!(plan.frontends.iter().all(|f| f.backends.len() == 1));
+        assert_eq!(plan.problems.len(), 1, "{:?}", plan.problems);
+        assert_eq!(plan.problems[0].kind, ErrorKind::BadExternalAddress("fd00::1".into()));
+
+        svc.spec.as_mut().unwrap().external_traffic_policy = Some("Local".into());
+        let plan = plan_service(&svc, [&s], Some(&n1));
+        assert!(plan.frontends[1].backends.is_empty(), "Local: the only endpoint is on another node");
+        assert_eq!(plan.frontends[0].backends.len(), 1, "the cluster IP keeps it");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::{
     masq, overlay, packet,
 };
 
-/// A packet to a NodePort frontend goes to its backend: straight into the pod on this
+/// A packet to a NodePort or external frontend goes to its backend: straight into the pod on this
 /// node, or into the tunnel toward another node's. A reply of a masqueraded flow goes
 /// back to its pod: its destination translated back, then its source too if the pod
 /// had reached a Service whose backend lives outside the cluster network (the API server
@@ -20,7 +20,7 @@ pub fn from_underlay(ctx: &TcContext) -> Result<i32, Drop> {
     let Some(pkt) = packet::parse(ctx) else {
         return Ok(TC_ACT_OK as i32);
     };
-    match lb::nodeport(ctx, &pkt)? {
+    match lb::from_wire(ctx, &pkt)? {
         Some(Outcome::Forward(daddr)) => {
             if let Some(action) = overlay::to_local_pod(ctx, daddr)? {
                 return Ok(action);
