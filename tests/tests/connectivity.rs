@@ -13,8 +13,9 @@
 //! - from a host outside the cluster (a namespace of its own on the nodes' network):
 //!   NodePort on either node, with the backend on that node and on the other one, and
 //!   `externalTrafficPolicy: Local`, which serves only the node's own backends; an
-//!   `externalIPs` address and a LoadBalancer ingress address, each routed by the
-//!   outside host to node 1 while the backend is on node 2; then,
+//!   `externalIPs` address routed by the outside host to node 1 while the backend is
+//!   on node 2; a LoadBalancer ingress address, found by ARP (the node with the
+//!   backend answers for it); then,
 //!   over HTTP, which client address each backend sees: the client's own with a backend
 //!   on the node it connected to, the node's podCIDR address with a backend elsewhere.
 //!
@@ -82,9 +83,9 @@ const SERVICES: &[(&str, &str)] = &[
     ("lb", "type: LoadBalancer, selector: {at: n2}"),
 ];
 
-/// The `ext-ip` Service's external address, and the ingress address the test gives the
-/// `lb` Service's status (as a load balancer controller would): both routed by the
-/// outside host through node 1.
+/// The `ext-ip` Service's external address (routed by the outside host through node
+/// 1), and the ingress address the test gives the `lb` Service's status (as a load
+/// balancer controller would; the outside host finds it by ARP).
 const EXTERNAL_IP: &str = "192.168.77.150";
 const LB_INGRESS_IP: &str = "192.168.77.151";
 
@@ -279,7 +280,7 @@ const CELLS: &[Cell] = &[
         expect: Expect::AnsweredBy("srv-n2"),
     },
     Cell {
-        name: "outside → LoadBalancer ingress address through node 1, backend on node 2",
+        name: "outside → LoadBalancer ingress address, announced by ARP from node 2 (its backend's)",
         from: OUTSIDE,
         to: Target::External(LB_INGRESS_IP),
         requests: 3,
@@ -491,15 +492,14 @@ fn connectivity_matrix() {
         CELLS.iter().flat_map(|cell| ["tcp", "udp"].map(|proto| (cell, proto, address(cell, proto)))).collect();
     assert!(pods.iter().all(|p| !pod_ip(p).is_empty()), "a pod without an IP");
     let outside = cluster.external_host(OUTSIDE, OUTSIDE_IP);
-    // As a load balancer controller would: the ingress address in the Service's status,
-    // and the route to it (the role an L2 announcement plays) on the outside host.
+    // As a load balancer controller would: the ingress address in the Service's status.
+    // The outside host routes the externalIPs address through node 1; it finds the
+    // ingress address by ARP.
     let ingress = format!(r#"{{"status":{{"loadBalancer":{{"ingress":[{{"ip":"{LB_INGRESS_IP}"}}]}}}}}}"#);
     cluster
         .kubectl_ok(&["patch", "service", "lb", "--subresource=status", "--type=merge", "-p", &ingress])
         .expect("setting the LoadBalancer Service's ingress address");
-    for ip in [EXTERNAL_IP, LB_INGRESS_IP] {
-        outside.sh(&format!("ip route add {ip}/32 via {}", cluster.nodes[0].ip));
-    }
+    outside.sh(&format!("ip route add {EXTERNAL_IP}/32 via {}", cluster.nodes[0].ip));
     // The agents program the ingress address once the status change reaches them.
     let lb_frontend = format!("{LB_INGRESS_IP}:80/TCP");
     assert!(

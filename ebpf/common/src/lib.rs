@@ -49,6 +49,8 @@ pub mod pin {
     pub const NODEPORT_CONFIG: &str = "NODEPORT_CONFIG_V1";
     /// The socket-level load balancer's reverse entries (backend → Service per socket).
     pub const SOCK_REV: &str = "SOCK_REV4_V1";
+    /// LoadBalancer addresses this node announces (answers ARP for).
+    pub const ANNOUNCED: &str = "ANNOUNCED4_V1";
     /// Pinned programs for tc egress and ingress on the node's underlay interface.
     pub const PROG_TO_UNDERLAY: &str = "to_underlay_v1";
     pub const PROG_FROM_UNDERLAY: &str = "from_underlay_v1";
@@ -71,6 +73,8 @@ pub mod capacity {
     pub const SNAT: u32 = 131_072;
     /// One entry per socket the socket-level load balancer translated.
     pub const SOCK_REV: u32 = 131_072;
+    /// LoadBalancer addresses one node announces.
+    pub const ANNOUNCED: u32 = 4_096;
 }
 
 /// Key of the services map: one frontend (VIP, port, protocol) and a slot.
@@ -365,8 +369,12 @@ pub struct NodePortConfig {
     /// The node port range, first and last (network byte order).
     pub port_first: u16,
     pub port_last: u16,
+    /// The underlay interface's MAC address: ARP answers for announced addresses
+    /// come from it.
+    pub underlay_mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
-const _: () = assert!(size_of::<NodePortConfig>() == 16);
+const _: () = assert!(size_of::<NodePortConfig>() == 24);
 
 /// Kubernetes' default `--service-node-port-range`.
 pub const DEFAULT_NODE_PORT_FIRST: u16 = 30_000;

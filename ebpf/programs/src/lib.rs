@@ -17,16 +17,18 @@
 //! - [`reject`]: TCP RST and ICMP port-unreachable answers for Services without backends;
 //! - [`overlay`]: the VXLAN overlay: tunnel keys toward peers, delivery from the tunnel.
 //! - [`wire`]: delivery out of the underlay interface (replies of NodePort flows);
+//! - [`arp`]: ARP answers for the LoadBalancer addresses this node announces;
 //! - [`sock`]: the socket-level load balancer (cgroup hooks of `connect()`,
 //!   `sendmsg()`, `recvmsg()`, `getpeername()`), the `sock` binary's only module.
 //!
-//! Imports run one way: `pipeline` → `lb`, `masq`, `overlay`, `wire` → `conntrack`,
+//! Imports run one way: `pipeline` → `lb`, `masq`, `overlay`, `wire`, `arp` → `conntrack`,
 //! `reject`, `nat`, `csum`, `packet`, `maps`; `sock` → `lb`, `maps`.
 //!
 //! Nothing here logs on the per-packet path; counters in `LB_STATS_V1` say what happened.
 #![no_std]
 #![expect(unsafe_code, reason = "BPF programs read packets and maps through raw pointers and helpers")]
 
+pub mod arp;
 pub mod conntrack;
 pub mod csum;
 pub mod lb;

@@ -99,6 +99,7 @@ pub static NODEPORT_CONFIG_V1: Array<skiff_ebpf_common::NodePortConfig> = Array:
 #[derive(Clone, Copy)]
 pub struct NodePort {
     pub underlay_ifindex: u32,
+    pub underlay_mac: [u8; 6],
     pub snat_addr: u32,
     pub node_addr: u32,
     pub port_first: u16,
@@ -113,6 +114,7 @@ pub fn nodeport() -> Option<NodePort> {
     }
     Some(NodePort {
         underlay_ifindex: raw.underlay_ifindex,
+        underlay_mac: raw.underlay_mac,
         snat_addr: raw.snat_addr,
         node_addr: raw.node_addr,
         port_first: u16::from_be(raw.port_first),
@@ -124,3 +126,8 @@ pub fn nodeport() -> Option<NodePort> {
 #[map]
 pub static SOCK_REV4_V1: LruHashMap<skiff_ebpf_common::SockRev4Key, RevNat4> =
     LruHashMap::pinned(skiff_ebpf_common::capacity::SOCK_REV, 0);
+
+/// LoadBalancer addresses this node answers ARP for (see `crate::arp`); the value is
+/// unused (0).
+#[map]
+pub static ANNOUNCED4_V1: HashMap<u32, u32> = HashMap::pinned(capacity::ANNOUNCED, 0);

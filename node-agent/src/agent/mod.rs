@@ -40,6 +40,7 @@ use crate::kubelet::KubeletSettings;
 use crate::node::NodeSettings;
 use crate::overlay::role::{OverlayRole, OverlaySettings};
 use crate::overlay::source::{ApiNodeSource, NodeSource, NodesFileSource};
+use crate::proxy::announce::AnnouncedMap;
 use crate::proxy::api_source::ApiServiceSource;
 use crate::proxy::events::ServiceEvents;
 use crate::proxy::maps::AyaLbMaps;
@@ -74,6 +75,10 @@ fn run(args: RunArgs) -> Result<()> {
             // NodePorts live on the node's address; without --node-ip none are programmed.
             reconciler.set_node(args.node_ip.map(|addr| LocalNode { name: args.node_name.clone(), addr }));
             let mut role = ProxyRole::new(reconciler);
+            if args.node_ip.is_some() {
+                let map = AnnouncedMap::open(&pin_dir).context("opening the announced addresses map")?;
+                role.announce(&args.node_name, map);
+            }
             if let Some(dns) = &dns {
                 role.serve_locally(dns.addresses.iter().copied());
             }

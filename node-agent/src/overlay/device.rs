@@ -49,8 +49,8 @@ pub trait LinkOps {
     fn sysctl(&mut self, key: &str, value: &str) -> Result<()>;
     /// The first IPv4 address of an interface, if it has one.
     fn ipv4_address(&mut self, interface: &str) -> Result<Option<Ipv4Addr>>;
-    /// The index of an interface.
-    fn index(&mut self, interface: &str) -> Result<u32>;
+    /// The index and MAC address of an interface.
+    fn index_and_mac(&mut self, interface: &str) -> Result<(u32, [u8; 6])>;
 }
 
 /// [`LinkOps`] over rtnetlink and /proc/sys, in the agent's network namespace.
@@ -97,8 +97,9 @@ impl LinkOps for Rtnetlink {
         Ok(self.nl.addresses(index)?.first().map(|(ip, _)| *ip))
     }
 
-    fn index(&mut self, interface: &str) -> Result<u32> {
-        Ok(self.nl.require_link(interface)?.index)
+    fn index_and_mac(&mut self, interface: &str) -> Result<(u32, [u8; 6])> {
+        let link = self.nl.require_link(interface)?;
+        Ok((link.index, link.mac))
     }
 }
 
@@ -148,8 +149,8 @@ mod tests {
         fn ipv4_address(&mut self, _: &str) -> Result<Option<Ipv4Addr>> {
             Ok(Some(Ipv4Addr::new(192, 168, 77, 11)))
         }
-        fn index(&mut self, _: &str) -> Result<u32> {
-            Ok(2)
+        fn index_and_mac(&mut self, _: &str) -> Result<(u32, [u8; 6])> {
+            Ok((2, [2, 0, 0, 0, 0, 1]))
         }
     }
 

@@ -40,10 +40,10 @@ pub struct OverlaySettings {
 pub struct OverlayRole {
     settings: OverlaySettings,
     vxlan_ifindex: u32,
-    /// The underlay interface (where NodePort replies leave) and its address; `None`
-    /// while it has no IPv4 address (then the underlay programs are not attached and
-    /// NodePort is off).
-    underlay: Option<(u32, std::net::Ipv4Addr)>,
+    /// The underlay interface (where NodePort replies leave and ARP answers come
+    /// from); `None` while it has no IPv4 address (then the underlay programs are not
+    /// attached and NodePort is off).
+    underlay: Option<Underlay>,
     mtu: u32,
     reconciler: NodesReconciler<AyaNodesMap>,
     /// The latest set of nodes from the source.
@@ -167,30 +167,47 @@ impl OverlayRole {
     /// NodePort's settings for this node's podCIDR ([`node_pod_addr`] is the source of
     /// flows to another node's backend). Off without a podCIDR or an underlay address.
     fn nodeport_config(&self, pod_cidr: Option<Ipv4Net>) -> NodePortConfig {
-        let (Some(cidr), Some((underlay_ifindex, node_addr))) = (pod_cidr, self.underlay) else {
+        let (Some(cidr), Some(underlay)) = (pod_cidr, self.underlay) else {
             return NodePortConfig::default();
         };
         let snat = node_pod_addr(cidr);
         NodePortConfig {
-            underlay_ifindex,
+            underlay_ifindex: underlay.ifindex,
+            underlay_mac: underlay.mac,
+            _pad: [0; 2],
             snat_addr: skiff_ebpf_common::addr_to_map(snat.octets()),
-            node_addr: skiff_ebpf_common::addr_to_map(node_addr.octets()),
+            node_addr: skiff_ebpf_common::addr_to_map(underlay.addr.octets()),
             port_first: skiff_ebpf_common::port_to_map(skiff_ebpf_common::DEFAULT_NODE_PORT_FIRST),
             port_last: skiff_ebpf_common::port_to_map(skiff_ebpf_common::DEFAULT_NODE_PORT_LAST),
         }
     }
 }
 
+/// The node's underlay interface.
+#[derive(Clone, Copy, Debug)]
+struct Underlay {
+    ifindex: u32,
+    mac: [u8; 6],
+    addr: std::net::Ipv4Addr,
+}
+
+impl Underlay {
+    fn of(link_ops: &mut Rtnetlink, interface: &str, addr: std::net::Ipv4Addr) -> Result<Self> {
+        let (ifindex, mac) = link_ops.index_and_mac(interface)?;
+        Ok(Self { ifindex, mac, addr })
+    }
+}
+
 /// Attaches the underlay interface's programs (NodePort and the masquerade) and points
 /// the masquerade at the interface's address; with `--ip-masq=false` it clears the
 /// masquerade's settings, which turns that part into a pass-through (a restarted agent
-/// may find it attached). Returns the interface's index and address, `None` if it has
-/// no IPv4 address (then nothing is attached: no NodePort, no masquerade).
+/// may find it attached). Returns the interface, `None` if it has no IPv4 address (then
+/// nothing is attached: no NodePort, no masquerade).
 fn setup_underlay(
     settings: &OverlaySettings,
     link_ops: &mut Rtnetlink,
     datapath: &mut Datapath,
-) -> Result<Option<(u32, std::net::Ipv4Addr)>> {
+) -> Result<Option<Underlay>> {
     let interface = &settings.underlay_interface;
     let Some(node_addr) = link_ops.ipv4_address(interface)? else {
         warn!(
@@ -207,7 +224,7 @@ fn setup_underlay(
     }
     if !settings.ip_masq {
         datapath::set_masq_config(&settings.pin_dir, MasqConfig::default())?;
-        return Ok(Some((link_ops.index(interface)?, node_addr)));
+        return Underlay::of(link_ops, interface, node_addr).map(Some);
     }
     let (cluster_net, cluster_mask) = cidr::to_map(settings.cluster_cidr.trunc());
     let config = MasqConfig {
@@ -219,7 +236,7 @@ fn setup_underlay(
     };
     datapath::set_masq_config(&settings.pin_dir, config)?;
     info!(%node_addr, "pod traffic leaving the cluster network is masqueraded");
-    Ok(Some((link_ops.index(interface)?, node_addr)))
+    Underlay::of(link_ops, interface, node_addr).map(Some)
 }
 
 impl Role for OverlayRole {

@@ -12,6 +12,8 @@
 //! - [`maps`]: the services, backends and reverse-NAT maps behind a trait, with the real
 //!   (pinned, aya) and a fake (in-memory) implementation;
 //! - [`events`]: what a sync could not program, as Warning Events on the Services;
+//! - [`announce`]: which LoadBalancer addresses this node answers ARP for, and their
+//!   map;
 //! - [`latency`]: how long API changes took to reach the maps (kube-proxy's metric).
 //!
 //! Typical use (the agent's main loop):
@@ -27,6 +29,7 @@
 //! This module does not load or attach BPF programs, nor create the maps: the datapath
 //! loader does, and pins them where [`maps::AyaLbMaps::open`] finds them.
 
+pub mod announce;
 pub mod api_source;
 pub mod events;
 pub mod latency;

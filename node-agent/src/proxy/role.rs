@@ -4,8 +4,12 @@
 //! not program goes to the Service's Events when the agent talks to the API. Each sync
 //! is timed into kube-proxy's two histograms (see `metrics` and `latency`).
 
-use tracing::info;
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 
+use tracing::{error, info};
+
+use super::announce::{AnnouncedMap, Announcements};
 use super::events::ServiceEvents;
 use super::latency::TriggerTimes;
 use super::maps::AyaLbMaps;
@@ -21,12 +25,57 @@ pub struct ProxyRole {
     /// of the maps, so packets to them reach the node's stack.
     local_vips: Vec<std::net::Ipv4Addr>,
     triggers: TriggerTimes,
+    /// The LoadBalancer addresses this node announces, when it announces any.
+    announcer: Option<Announcer>,
+}
+
+/// This node's part in announcing LoadBalancer addresses (see `announce`).
+struct Announcer {
+    node: String,
+    table: Announcements,
+    map: AnnouncedMap,
+    /// What the map was last made to hold; `None` before the first sync.
+    written: Option<BTreeSet<Ipv4Addr>>,
 }
 
 impl ProxyRole {
     pub fn new(reconciler: LbReconciler<AyaLbMaps>) -> Self {
         crate::metrics::proxy_enabled();
-        Self { reconciler, events: None, local_vips: Vec::new(), triggers: TriggerTimes::new(jiff::Timestamp::now()) }
+        Self {
+            reconciler,
+            events: None,
+            local_vips: Vec::new(),
+            triggers: TriggerTimes::new(jiff::Timestamp::now()),
+            announcer: None,
+        }
+    }
+
+    /// Announces (answers ARP for) the LoadBalancer addresses this node is chosen for,
+    /// through the pinned map the datapath reads.
+    pub fn announce(&mut self, node: &str, map: AnnouncedMap) {
+        self.announcer = Some(Announcer { node: node.to_owned(), table: Announcements::default(), map, written: None });
+    }
+
+    /// Brings the announced map to what the Services want now; whether to retry.
+    fn sync_announcements(&mut self) -> bool {
+        let Some(a) = &mut self.announcer else { return false };
+        let wanted = a.table.wanted(&a.node);
+        if a.written.as_ref() == Some(&wanted) {
+            return false;
+        }
+        match a.map.sync(&wanted) {
+            Ok((added, removed)) => {
+                if added + removed > 0 {
+                    info!(added, removed, announced = ?wanted, "LoadBalancer addresses announced");
+                }
+                a.written = Some(wanted);
+                false
+            }
+            Err(e) => {
+                error!(error = %e, "cannot write the announced addresses; will retry");
+                true
+            }
+        }
     }
 
     /// Leaves Services whose ClusterIP is one of `vips` out of the maps: this node
@@ -61,6 +110,9 @@ impl Role for ProxyRole {
 
     fn apply(&mut self, events: Vec<SourceEvent>) {
         for event in events {
+            if let Some(a) = &mut self.announcer {
+                a.table.note(&event);
+            }
             let event = self.local_to_deletion(event);
             self.triggers.note(&event);
             self.reconciler.apply(event);
@@ -79,7 +131,8 @@ impl Role for ProxyRole {
         if let Some(events) = &mut self.events {
             events.report(problems);
         }
-        self.reconciler.has_pending()
+        let announce_failed = self.sync_announcements();
+        self.reconciler.has_pending() || announce_failed
     }
 }
 

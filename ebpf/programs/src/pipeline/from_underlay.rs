@@ -4,12 +4,13 @@
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 
 use crate::{
-    Drop,
+    Drop, arp,
     lb::{self, Outcome},
     masq, overlay, packet,
 };
 
-/// A packet to a NodePort or external frontend goes to its backend: straight into the pod on this
+/// An ARP request for a LoadBalancer address this node announces is answered. A packet
+/// to a NodePort or external frontend goes to its backend: straight into the pod on this
 /// node, or into the tunnel toward another node's. A reply of a masqueraded flow goes
 /// back to its pod: its destination translated back, then its source too if the pod
 /// had reached a Service whose backend lives outside the cluster network (the API server
@@ -18,7 +19,7 @@ use crate::{
 #[inline(always)]
 pub fn from_underlay(ctx: &TcContext) -> Result<i32, Drop> {
     let Some(pkt) = packet::parse(ctx) else {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(arp::answer(ctx)?.unwrap_or(TC_ACT_OK as i32));
     };
     match lb::from_wire(ctx, &pkt)? {
         Some(Outcome::Forward(daddr)) => {
