@@ -23,7 +23,8 @@
 //!   other node (from the node's podCIDR address, so the reply comes back through the
 //!   tunnel), and ClusterIPs with the backend local, remote and both, through the
 //!   socket-level load balancer; then that such connections make no conntrack entry
-//!   (the node's `ct_new` counter stays, `sock_translated` grows).
+//!   (the node's `ct_new` counter stays, `sock_translated` grows), and that unconnected
+//!   UDP is answered from the ClusterIP the application sent to.
 //!
 //! Pod → addresses off the pod network (the masquerade, which the `kubernetes` Service
 //! needs) is tested in node-agent/tests/overlay_netns.rs.
@@ -259,6 +260,13 @@ const CELLS: &[Cell] = &[
         expect: Expect::Spread,
     },
     Cell {
+        name: "node 1 host → Service without endpoints: refused at once (socket LB)",
+        from: NODE1_HOST,
+        to: Target::Service("empty"),
+        requests: 1,
+        expect: Expect::Refused,
+    },
+    Cell {
         name: "outside → NodePort on node 1, backend on node 2",
         from: OUTSIDE,
         to: Target::NodePort("np-n2", 0),
@@ -420,6 +428,22 @@ fn counter(cluster: &Cluster, node: usize, name: &str) -> u64 {
     value.unwrap_or_else(|| panic!("no counter {name} in `skiff-node stats`: {stdout}"))
 }
 
+/// Datagrams from an unconnected UDP socket in node 1's host namespace to a ClusterIP
+/// (the socket LB's `sendmsg` and `recvmsg` hooks): answered, and from the ClusterIP as
+/// the application sees it. `Err`: the failure report.
+fn check_socket_lb_unconnected_udp(cluster: &Cluster) -> Option<String> {
+    let target = format!("{}:80", cluster_ip(cluster, "on-n2"));
+    let echo = workspace_bin("skiff-echo");
+    let line = format!("{} udp-sendto {target} --count 3 --timeout-ms {TIMEOUT_MS}", echo.display());
+    let out = cluster.nodes[0].host_sh(&line);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let replies = Replies::parse(&stdout);
+    let fine = replies.finished && replies.errors.is_empty() && replies.names() == ["srv-n2"];
+    (!fine).then(|| {
+        format!("FAILED socket LB check: unconnected UDP from node 1's host to {target}:\n{}", indent(&stdout))
+    })
+}
+
 /// Connections from node 1's host namespace to a ClusterIP go to a backend at
 /// `connect()`: they make no conntrack entry. Run alone, after the matrix, so that no
 /// other flow creates entries on node 1 meanwhile. `Err`: the failure report.
@@ -518,7 +542,8 @@ fn connectivity_matrix() {
     });
     failures.extend(check_node_port_sources(&cluster, &outside));
     failures.extend(check_socket_lb_skips_conntrack(&cluster));
-    let cells = CELLS.len() * 2 + SOURCE_CHECKS.len() + 1;
+    failures.extend(check_socket_lb_unconnected_udp(&cluster));
+    let cells = CELLS.len() * 2 + SOURCE_CHECKS.len() + 2;
     eprintln!("{} of {cells} cells passed; the whole matrix took {:.1?}", cells - failures.len(), started.elapsed());
     assert!(
         failures.is_empty(),

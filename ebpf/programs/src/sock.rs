@@ -5,13 +5,18 @@
 //! this module attach to a cgroup (the node's) and so act for its processes only: the
 //! node's host namespace, hostNetwork pods, and pods whose cgroups live below it.
 //!
-//! What it leaves to the tc path (`lb`, for pods): Services without ready backends
-//! (which the tc path refuses with a TCP RST or ICMP) and Services with session
-//! affinity (which is kept per client address, not known at `connect()` time).
+//! A Service without ready backends fails the call at once with ECONNREFUSED, as the tc
+//! path's TCP RST or ICMP port unreachable would. Services with session affinity are
+//! left to the tc path (`lb`, for pods): affinity is kept per client address, which is
+//! not known at `connect()` time.
 //!
 //! This module must not touch packets: it only rewrites the addresses of socket calls.
 
-use aya_ebpf::{EbpfContext, helpers::bpf_get_socket_cookie, programs::SockAddrContext};
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_get_socket_cookie, bpf_set_retval},
+    programs::SockAddrContext,
+};
 use skiff_ebpf_common::{PROTO_TCP, PROTO_UDP, RevNat4, SERVICE_FLAG_AFFINITY, Service4Key, SockRev4Key, stat};
 
 use crate::{
@@ -19,21 +24,42 @@ use crate::{
     maps::{SERVICES_V1, SOCK_REV4_V1, count},
 };
 
-/// The verdict that lets the socket call go on (0 would fail it with EPERM).
+/// The verdict that lets the socket call go on.
 const PROCEED: i32 = 1;
+/// The verdict that fails it, with the error set by `bpf_set_retval` (EPERM without).
+const REFUSE: i32 = 0;
+const ECONNREFUSED: i32 = 111;
+
+/// What [`translate`] found.
+enum Translation {
+    /// Sent to a backend, or not a Service address: the call goes on.
+    Proceed,
+    /// A Service without ready backends: the call fails with ECONNREFUSED.
+    Refused,
+}
 
 /// `connect()`: TCP connections and connected UDP sockets.
 #[inline(always)]
 pub fn connect4(ctx: &SockAddrContext) -> i32 {
-    translate(ctx);
-    PROCEED
+    verdict(translate(ctx))
 }
 
 /// `sendmsg()` on an unconnected UDP socket: each datagram with a Service destination.
 #[inline(always)]
 pub fn sendmsg4(ctx: &SockAddrContext) -> i32 {
-    translate(ctx);
-    PROCEED
+    verdict(translate(ctx))
+}
+
+#[inline(always)]
+fn verdict(translation: Translation) -> i32 {
+    match translation {
+        Translation::Proceed => PROCEED,
+        Translation::Refused => {
+            // SAFETY: a plain helper call; cgroup socket hooks may set the call's error.
+            unsafe { bpf_set_retval(-ECONNREFUSED) };
+            REFUSE
+        }
+    }
 }
 
 /// `recvmsg()` on a UDP socket: a datagram from a backend appears to come from the
@@ -51,29 +77,47 @@ pub fn getpeername4(ctx: &SockAddrContext) -> i32 {
     PROCEED
 }
 
-/// Rewrites a Service destination to a backend and remembers the way back. Anything
-/// else (and any failure) leaves the call as the application made it.
+/// Rewrites a Service destination to a backend and remembers the way back; a Service
+/// without ready backends is refused. Anything else (and any failure) leaves the call
+/// as the application made it.
 #[inline(always)]
-fn translate(ctx: &SockAddrContext) -> Option<()> {
+fn translate(ctx: &SockAddrContext) -> Translation {
     // SAFETY: the kernel passes a valid context for the program's whole run.
     let sa = unsafe { &mut *ctx.sock_addr };
     let proto = sa.protocol as u8;
     if proto != PROTO_TCP && proto != PROTO_UDP {
-        return None;
+        return Translation::Proceed;
     }
     let addr = sa.user_ip4;
     if !lb::is_service_addr(addr) {
-        return None;
+        return Translation::Proceed;
     }
     // The port is stored in network byte order in the low 16 bits.
     let port = sa.user_port as u16;
     let frontend = Service4Key::new(addr, port, proto, 0);
     // SAFETY: copied out at once; user space replaces slot 0 with one map update.
-    let svc = unsafe { SERVICES_V1.get(&frontend) }.copied()?;
-    if svc.count == 0 || svc.flags & SERVICE_FLAG_AFFINITY != 0 {
-        return None;
+    let Some(svc) = (unsafe { SERVICES_V1.get(&frontend) }).copied() else { return Translation::Proceed };
+    if svc.count == 0 {
+        count(stat::NO_BACKEND);
+        return Translation::Refused;
     }
-    let (_, backend) = lb::random_backend(&frontend, &svc).ok()?;
+    if svc.flags & SERVICE_FLAG_AFFINITY == 0 {
+        to_backend(ctx, sa, &frontend, &svc);
+    }
+    Translation::Proceed
+}
+
+/// Sends the call to a random backend of the frontend and remembers the way back;
+/// `None` (the call left as it was) if that cannot be done.
+#[inline(always)]
+fn to_backend(
+    ctx: &SockAddrContext,
+    sa: &mut aya_ebpf::bindings::bpf_sock_addr,
+    frontend: &Service4Key,
+    svc: &skiff_ebpf_common::Service4Value,
+) -> Option<()> {
+    let (addr, port) = (frontend.addr, frontend.dport);
+    let (_, backend) = lb::random_backend(frontend, svc).ok()?;
     // SAFETY: a helper call on the context the kernel passed.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let key = SockRev4Key { cookie, addr: backend.addr, port: backend.port, _pad: 0 };

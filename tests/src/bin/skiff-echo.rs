@@ -14,6 +14,7 @@
 //! skiff-echo get  ADDR:PORT PATH [--timeout-ms T]                              one HTTP GET: `STATUS BODY`
 //! skiff-echo tcp  ADDR:PORT [--count N] [--interval-ms T] [--timeout-ms T]   one connection per request
 //! skiff-echo udp  ADDR:PORT [--count N] [--interval-ms T] [--timeout-ms T]
+//! skiff-echo udp-sendto ADDR:PORT [--count N] [--interval-ms T] [--timeout-ms T]   unconnected; checks the answer's source
 //! skiff-echo hold ADDR:PORT [--count N] [--interval-ms T] [--timeout-ms T]   one connection, N requests
 //! skiff-echo conn-rate ADDR:PORT[,ADDR:PORT...] --duration-ms D [--max N] [--threads T]  (targets in turn)
 //! skiff-echo bulk ADDR:PORT --bytes N                                          one transfer of N bytes
@@ -152,6 +153,7 @@ fn run() -> Result<()> {
             let size = num("--size", 5)? as usize;
             clients(count, interval, |_| udp_request(target()?, timeout, size))
         }
+        "udp-sendto" => clients(count, interval, |_| udp_sendto_request(target()?, timeout)),
         "rr" => request_response(target()?, Duration::from_millis(num("--duration-ms", 3000)?), timeout),
         "bulk" => {
             let bytes = num("--bytes", 1 << 20)?;
@@ -500,6 +502,18 @@ fn udp_request(target: SocketAddr, timeout: Duration, size: usize) -> Result<Str
     sock.send(&vec![b'x'; size.max(1)])?;
     let mut buf = [0u8; 2048];
     let n = sock.recv(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// One request on an unconnected UDP socket (`sendto`, `recvfrom`): the answer must come
+/// from the address asked, as it would for a resolver that checks it.
+fn udp_sendto_request(target: SocketAddr, timeout: Duration) -> Result<String> {
+    let sock = UdpSocket::bind("0.0.0.0:0")?;
+    sock.set_read_timeout(Some(timeout))?;
+    sock.send_to(b"x", target)?;
+    let mut buf = [0u8; 2048];
+    let (n, from) = sock.recv_from(&mut buf)?;
+    anyhow::ensure!(from == target, "answer from {from}, not from {target}");
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
