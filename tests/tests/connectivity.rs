@@ -428,6 +428,42 @@ fn counter(cluster: &Cluster, node: usize, name: &str) -> u64 {
     value.unwrap_or_else(|| panic!("no counter {name} in `skiff-node stats`: {stdout}"))
 }
 
+/// `skiff-node trace` on node 1 for the `sticky` Service and the client pod (which the
+/// matrix sent through it): the frontends, both backends and where they live, the
+/// client's affinity entry and its conntrack entries. `Err`: the failure report.
+fn check_trace(cluster: &Cluster, client_ip: &str) -> Option<String> {
+    let node = &cluster.nodes[0];
+    let out = node
+        .ns
+        .command(workspace_bin("skiff-node").to_str().expect("UTF-8 path"))
+        .args(["trace", "default/sticky", "--from", client_ip, "--port", "80", "--kubeconfig"])
+        .arg(cluster.dir.join("control/admin.kubeconfig"))
+        .arg("--pin-dir")
+        .arg(&node.pins.path)
+        .output()
+        .expect("running skiff-node trace");
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("skiff-node trace default/sticky --from {client_ip} --port 80 on {}:\n{text}", node.name);
+    let expected = [
+        "Service default/sticky",
+        ":80/TCP: 2 backend(s); session affinity",
+        ":80/UDP: 2 backend(s); session affinity",
+        "a pod on this node",
+        "through the VXLAN tunnel",
+        &format!("{client_ip}'s affinity: "),
+        &format!("conntrack: {client_ip}:"),
+    ];
+    let missing: Vec<&str> = expected.iter().copied().filter(|e| !text.contains(e)).collect();
+    (!out.status.success() || !missing.is_empty()).then(|| {
+        format!(
+            "FAILED skiff-node trace: missing {missing:?} ({}):\n{}{}",
+            out.status,
+            indent(&text),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 /// Datagrams from an unconnected UDP socket in node 1's host namespace to a ClusterIP
 /// (the socket LB's `sendmsg` and `recvmsg` hooks): answered, and from the ClusterIP as
 /// the application sees it. `Err`: the failure report.
@@ -543,7 +579,8 @@ fn connectivity_matrix() {
     failures.extend(check_node_port_sources(&cluster, &outside));
     failures.extend(check_socket_lb_skips_conntrack(&cluster));
     failures.extend(check_socket_lb_unconnected_udp(&cluster));
-    let cells = CELLS.len() * 2 + SOURCE_CHECKS.len() + 2;
+    failures.extend(check_trace(&cluster, &pod_ip("client")));
+    let cells = CELLS.len() * 2 + SOURCE_CHECKS.len() + 3;
     eprintln!("{} of {cells} cells passed; the whole matrix took {:.1?}", cells - failures.len(), started.elapsed());
     assert!(
         failures.is_empty(),

@@ -31,6 +31,29 @@ pub enum Command {
     Dump(PinArgs),
     /// Remove every pin of this node: detaches the programs and drops the maps.
     Reset(PinArgs),
+    /// What this node's datapath does with a Service: its frontends, the backends a new
+    /// flow may pick and why, where each lives, and a client's conntrack entries.
+    Trace(TraceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The Service, as `namespace/name` (or `name` in `default`).
+    pub service: String,
+    /// A client address: its session-affinity and conntrack entries are shown.
+    #[arg(long)]
+    pub from: Option<std::net::Ipv4Addr>,
+    /// Only the frontends on this port (a Service port or a node port).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// This node's address, to show its node port frontends.
+    #[arg(long)]
+    pub node_ip: Option<std::net::Ipv4Addr>,
+    /// A kubeconfig to read the Service with (the node's own will do).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: PathBuf,
+    #[command(flatten)]
+    pub pins: PinArgs,
 }
 
 #[derive(Debug, Args)]
@@ -237,6 +260,19 @@ pub fn main() -> Result<()> {
         Command::Dump(args) => {
             let maps = AyaLbMaps::open(&args.pin_dir).context("opening the Service maps")?;
             print!("{}", render_dump(&maps)?);
+            Ok(())
+        }
+        Command::Trace(args) => {
+            let (namespace, name) = args.service.split_once('/').unwrap_or(("default", &args.service));
+            let client = skiff_api::Client::from_kubeconfig(&args.kubeconfig, "skiff-node/trace")
+                .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let svc: k8s_openapi::api::core::v1::Service = rt
+                .block_on(client.get(Some(namespace), name))
+                .with_context(|| format!("getting Service {namespace}/{name}"))?;
+            let options =
+                crate::proxy::trace::TraceOptions { from: args.from, port: args.port, node_addr: args.node_ip };
+            print!("{}", crate::proxy::trace::trace(&args.pins.pin_dir, &svc, &options)?);
             Ok(())
         }
         Command::Reset(args) => {

@@ -14,6 +14,7 @@
 //! - [`events`]: what a sync could not program, as Warning Events on the Services;
 //! - [`announce`]: which LoadBalancer addresses this node answers ARP for, and their
 //!   map;
+//! - [`trace`]: `skiff-node trace`, what the live maps do with one Service;
 //! - [`latency`]: how long API changes took to reach the maps (kube-proxy's metric).
 //!
 //! Typical use (the agent's main loop):
@@ -38,6 +39,7 @@ pub mod model;
 pub mod reconciler;
 pub mod role;
 pub mod source;
+pub mod trace;
 
 pub use api_source::ApiServiceSource;
 pub use maps::{AyaLbMaps, FakeLbMaps, LbMaps, render_dump};
