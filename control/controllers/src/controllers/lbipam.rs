@@ -114,11 +114,7 @@ impl Pool {
 
     /// Every usable address, lowest first.
     fn addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
-        self.ranges
-            .0
-            .iter()
-            .flat_map(|r| (u32::from(r.network()) + 1)..u32::from(r.broadcast()))
-            .map(Ipv4Addr::from)
+        self.ranges.0.iter().flat_map(|r| (u32::from(r.network()) + 1)..u32::from(r.broadcast())).map(Ipv4Addr::from)
     }
 
     pub fn held_by(&self, owner: &ObjectKey) -> Option<Ipv4Addr> {
@@ -249,8 +245,8 @@ pub fn decide(pool: &mut Pool, key: &ObjectKey, svc: Option<&Service>) -> Decisi
         // Another class's Service keeps the status its controller writes. A Service that
         // is no LoadBalancer any more loses the address of ours it shows, also one it
         // kept across a restart (which `held_before` does not know about).
-        let stale = !is_load_balancer(svc)
-            && ingress_ips(svc).iter().any(|ip| ip.parse().is_ok_and(|ip| pool.usable(ip)));
+        let stale =
+            !is_load_balancer(svc) && ingress_ips(svc).iter().any(|ip| ip.parse().is_ok_and(|ip| pool.usable(ip)));
         return Decision::new(if stale { StatusChange::Clear } else { StatusChange::Unchanged }, released);
     }
     let moved = |pool: &Pool| held_before.is_some_and(|h| pool.held_by(key) != Some(h));
@@ -280,7 +276,9 @@ pub fn decide(pool: &mut Pool, key: &ObjectKey, svc: Option<&Service>) -> Decisi
             Err(PoolError::Taken { owner, .. }) => {
                 conflict = Some(Warning {
                     reason: "AddressConflict",
-                    message: format!("{ip} is also the address of Service {owner}, which had it first; it is taken away"),
+                    message: format!(
+                        "{ip} is also the address of Service {owner}, which had it first; it is taken away"
+                    ),
                 });
             }
             // The pool no longer holds it (the flag changed): a usable address replaces it.
@@ -423,7 +421,9 @@ async fn reconcile(ctx: &Context, state: &State, key: &ObjectKey) -> Result<Acti
     }
     let patch = match decision.status {
         StatusChange::Unchanged => None,
-        StatusChange::Set(ip) => Some(json!({"status": {"loadBalancer": {"ingress": [{"ip": ip.to_string(), "ipMode": "VIP"}]}}})),
+        StatusChange::Set(ip) => {
+            Some(json!({"status": {"loadBalancer": {"ingress": [{"ip": ip.to_string(), "ipMode": "VIP"}]}}}))
+        }
         StatusChange::Clear => Some(json!({"status": {"loadBalancer": {"ingress": null}}})),
     };
     if let Some(patch) = patch {
@@ -516,7 +516,9 @@ mod tests {
     fn requested_address_honoured_or_refused() {
         let mut p = pool(&["10.0.0.0/28"]);
         assert_eq!(p.allocate(&key("a"), Some(ip("10.0.0.9"))), Ok(ip("10.0.0.9")));
-        assert!(matches!(p.allocate(&key("b"), Some(ip("10.0.0.9"))), Err(PoolError::Taken { owner, .. }) if owner == key("a")));
+        assert!(
+            matches!(p.allocate(&key("b"), Some(ip("10.0.0.9"))), Err(PoolError::Taken { owner, .. }) if owner == key("a"))
+        );
         assert!(matches!(p.allocate(&key("b"), Some(ip("10.0.1.1"))), Err(PoolError::OutOfPool { .. })));
         assert!(matches!(p.allocate(&key("b"), Some(ip("10.0.0.15"))), Err(PoolError::OutOfPool { .. })));
         // Asking for another address moves the Service there and frees the old one.
@@ -542,7 +544,10 @@ mod tests {
         let nets = |r: &[&str]| r.iter().map(|r| r.parse().unwrap()).collect::<Vec<Ipv4Net>>();
         assert!(matches!(Pool::new(&nets(&["10.0.0.0/31"])), Err(PoolError::TooSmall { .. })));
         assert!(matches!(Pool::new(&nets(&["10.0.0.0/24", "10.0.0.128/25"])), Err(PoolError::Overlap { .. })));
-        assert!(matches!(Pool::new(&nets(&["10.0.0.0/24", "9.0.0.0/8", "10.0.0.0/16"])), Err(PoolError::Overlap { .. })));
+        assert!(matches!(
+            Pool::new(&nets(&["10.0.0.0/24", "9.0.0.0/8", "10.0.0.0/16"])),
+            Err(PoolError::Overlap { .. })
+        ));
         assert!(Pool::new(&nets(&["10.0.0.0/24", "10.0.1.0/24"])).is_ok());
         // Host bits are ignored, as a network is meant.
         assert_eq!(pool(&["10.1.2.3/30"]).allocate(&key("a"), None), Ok(ip("10.1.2.1")));
@@ -557,7 +562,10 @@ mod tests {
         let shown = svc("a", "LoadBalancer", None, Some("10.0.0.1"), 0);
         assert_eq!(decide(&mut p, &key("a"), Some(&shown)).status, StatusChange::Unchanged);
         // A ClusterIP Service gets nothing.
-        assert_eq!(decide(&mut p, &key("c"), Some(&svc("c", "ClusterIP", None, None, 0))).status, StatusChange::Unchanged);
+        assert_eq!(
+            decide(&mut p, &key("c"), Some(&svc("c", "ClusterIP", None, None, 0))).status,
+            StatusChange::Unchanged
+        );
         assert_eq!(p.held_by(&key("c")), None);
         // Another class's Service neither: its status is its controller's.
         let mut other = svc("o", "LoadBalancer", None, Some("10.0.0.5"), 0);
