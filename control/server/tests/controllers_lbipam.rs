@@ -80,6 +80,15 @@ fn load_balancers_get_lowest_free_addresses_and_lose_them_when_no_longer_load_ba
     s.apply("sixth.yaml", &lb_manifest("sixth", None));
     wait_external_ip(&s, "sixth", "192.168.240.4");
     assert_eq!(external_ip(&s, "other"), "<pending>");
+
+    // Two Services showing one address: the one that claimed it later loses it.
+    let claim = r#"{"status":{"loadBalancer":{"ingress":[{"ip":"192.168.240.1"}]}}}"#;
+    s.ok(&["patch", "svc", "sixth", "--subresource=status", "--type=merge", "-p", claim]);
+    s.wait_for(15, "an AddressConflict event about sixth", || {
+        warnings(&s, "sixth").iter().any(|(reason, _)| reason == "AddressConflict")
+    });
+    wait_external_ip(&s, "sixth", "192.168.240.4");
+    assert_eq!(external_ip(&s, "third"), "192.168.240.1");
 }
 
 #[test]
