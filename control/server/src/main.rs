@@ -33,6 +33,12 @@ struct Args {
     /// Service ClusterIP range; its first address is the `kubernetes` Service.
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: ipnet::Ipv4Net,
+    /// Addresses for LoadBalancer Services (status.loadBalancer.ingress): one or more
+    /// IPv4 CIDRs, comma-separated (e.g. 192.168.1.240/28,192.168.2.0/24), lowest free
+    /// first, network and broadcast addresses skipped; spec.loadBalancerIP picks one.
+    /// Unset: LoadBalancer Services stay <pending>, as without a cloud provider.
+    #[arg(long, value_delimiter = ',', value_name = "CIDR[,CIDR...]")]
+    service_lb_pool: Vec<ipnet::Ipv4Net>,
     /// Extra subject alternative name for the serving certificate (repeatable).
     #[arg(long = "tls-san")]
     tls_sans: Vec<String>,
@@ -75,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
         advertise_address: a.advertise_address,
         cluster_cidr: a.cluster_cidr,
         service_cidr: a.service_cidr,
+        service_lb_pool: a.service_lb_pool,
         tls_sans: a.tls_sans,
         run_controllers: !a.disable_controllers,
         node_monitor_grace_period: std::time::Duration::from_secs(a.node_monitor_grace_period),

@@ -66,6 +66,8 @@ pub struct Config {
     pub cluster_cidr: Ipv4Net,
     /// The ClusterIP range; its first address is the `kubernetes` Service.
     pub service_cidr: Ipv4Net,
+    /// The addresses LoadBalancer Services are given; empty gives none.
+    pub service_lb_pool: Vec<Ipv4Net>,
     /// Extra subject alternative names (IPs or DNS names) for the serving certificate.
     pub tls_sans: Vec<String>,
     /// Run the scheduler and controllers (under leader election); off for a replica
@@ -89,6 +91,28 @@ fn check_cidr(flag: &'static str, net: Ipv4Net) -> Result<()> {
     if net != net.trunc() {
         return Err(bad("host bits are set"));
     }
+    Ok(())
+}
+
+/// The LoadBalancer pool: each range as `check_cidr` wants it, none overlapping
+/// another, the pod network or the ClusterIP range (an address in two of them would
+/// reach the wrong thing).
+fn check_lb_pool(cfg: &Config) -> Result<()> {
+    const FLAG: &str = "service-lb-pool";
+    for &net in &cfg.service_lb_pool {
+        check_cidr(FLAG, net)?;
+        for (other, name) in [(cfg.service_cidr, "--service-cidr"), (cfg.cluster_cidr, "--cluster-cidr")] {
+            if net.contains(&other.network()) || other.contains(&net.network()) {
+                let reason = format!("overlaps {name} {other}");
+                return Err(Error::Flag { flag: FLAG, value: net.to_string(), reason });
+            }
+        }
+    }
+    skiff_controllers::controllers::lbipam::Pool::new(&cfg.service_lb_pool).map_err(|e| Error::Flag {
+        flag: FLAG,
+        value: cfg.service_lb_pool.iter().map(Ipv4Net::to_string).collect::<Vec<_>>().join(","),
+        reason: e.to_string(),
+    })?;
     Ok(())
 }
 
@@ -157,6 +181,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
     let controllers = cfg.run_controllers.then(|| {
         let config = skiff_controllers::Config {
             cluster_cidr: cfg.cluster_cidr,
+            service_lb_pool: cfg.service_lb_pool.clone(),
             node_monitor_grace_period: cfg.node_monitor_grace_period,
             pod_eviction_timeout: cfg.pod_eviction_timeout,
             identity: identity(&cfg.data_dir),
@@ -269,6 +294,7 @@ fn hostname() -> String {
 async fn start(cfg: &Config) -> Result<(TcpListener, Arc<ApiServer>, TlsAcceptor, Started, Pki)> {
     check_cidr("cluster-cidr", cfg.cluster_cidr)?;
     check_cidr("service-cidr", cfg.service_cidr)?;
+    check_lb_pool(cfg)?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| Error::DataDir { path: cfg.data_dir.clone(), source })?;
     let backend: Arc<dyn Store> = match &cfg.etcd {
         Some(etcd) => Arc::new(EtcdStore::connect(etcd).await?),

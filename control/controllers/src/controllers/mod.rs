@@ -1,6 +1,6 @@
 //! The reconcilers that turn desired state into actual state (Deployment → ReplicaSets
-//! → Pods, Service → EndpointSlices, Node → podCIDR, ...), run by `crate::manager`
-//! while this replica holds the leader Lease.
+//! → Pods, Service → EndpointSlices, Node → podCIDR, LoadBalancer Service → address,
+//! ...), run by `crate::manager` while this replica holds the leader Lease.
 //!
 //! Every controller talks to the API through the `skiff_api::Client` in `Context` (user
 //! `system:kube-controller-manager`). Controllers read from the shared reflector caches
@@ -23,6 +23,7 @@ pub mod deployment;
 pub mod endpointslice;
 pub mod gc;
 pub mod job;
+pub mod lbipam;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod owned_pods;
@@ -36,6 +37,8 @@ pub mod serviceaccount;
 pub struct Config {
     /// The pod network; node IPAM cuts a /24 per node from it.
     pub cluster_cidr: ipnet::Ipv4Net,
+    /// The addresses LoadBalancer Services are given (`lbipam`); empty gives none.
+    pub service_lb_pool: Vec<ipnet::Ipv4Net>,
     /// A node whose Lease is older than this becomes NotReady.
     pub node_monitor_grace_period: Duration,
     /// Pods on a NotReady node are evicted after this.
@@ -66,6 +69,7 @@ pub const CONTROLLERS: &[(&str, StartFn)] = &[
     ("deployment", deployment::start),
     ("endpointslice", |ctx| Box::pin(endpointslice::run(ctx))),
     ("nodeipam", |ctx| Box::pin(nodeipam::run(ctx))),
+    ("lbipam", |ctx| Box::pin(lbipam::run(ctx))),
     ("nodelifecycle", |ctx| Box::pin(nodelifecycle::run(ctx))),
     ("serviceaccount", |ctx| Box::pin(serviceaccount::run(ctx))),
     ("root-ca-cert-publisher", |ctx| Box::pin(rootca::run(ctx))),

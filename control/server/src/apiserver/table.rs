@@ -153,7 +153,11 @@ fn row(kind: &str, o: &Value) -> Vec<Value> {
                 let np = p.get("nodePort").and_then(|n| n.as_i64()).map(|n| format!(":{n}")).unwrap_or_default();
                 format!("{}{np}/{}", i(p, "/port"), s(p, "/protocol"))
             });
-            let ext = joined(arr(o, "/status/loadBalancer/ingress"), |i| s(i, "/ip").to_string());
+            let mut ext = joined(arr(o, "/status/loadBalancer/ingress"), |i| s(i, "/ip").to_string());
+            // As kubectl prints it: a LoadBalancer still waiting for its address.
+            if ext.is_empty() && s(o, "/spec/type") == "LoadBalancer" {
+                ext = "<pending>".into();
+            }
             let selector = o
                 .pointer("/spec/selector")
                 .and_then(|s| s.as_object())
