@@ -37,6 +37,9 @@ pub use detached::{DetachedState, HOST_KUBECONFIG, host_reaches_api, read_state,
 
 /// The control plane's address on the underlay.
 pub const CONTROL_PLANE_IP: &str = "192.168.77.2";
+/// The LoadBalancer addresses skiff-control hands out: on the underlay, where the node
+/// chosen for each answers ARP for it.
+pub const LB_POOL: &str = "192.168.77.192/27";
 /// kubectl 1.32, installed on every machine of this project.
 pub const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.32";
 
@@ -244,6 +247,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(self.dir.join("control"))
             .args(["--bind-address", "0.0.0.0", "--advertise-address", CONTROL_PLANE_IP])
+            .args(["--service-lb-pool", LB_POOL])
             .args(self.etcd_args())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -14,8 +14,8 @@
 //!   NodePort on either node, with the backend on that node and on the other one, and
 //!   `externalTrafficPolicy: Local`, which serves only the node's own backends; an
 //!   `externalIPs` address routed by the outside host to node 1 while the backend is
-//!   on node 2; a LoadBalancer ingress address, found by ARP (the node with the
-//!   backend answers for it); then,
+//!   on node 2; the address skiff-control gives a LoadBalancer Service from its pool,
+//!   found by ARP (the node with the backend answers for it); then,
 //!   over HTTP, which client address each backend sees: the client's own with a backend
 //!   on the node it connected to, the node's podCIDR address with a backend elsewhere.
 //!
@@ -84,11 +84,10 @@ const SERVICES: &[(&str, &str)] = &[
     ("lb", "type: LoadBalancer, selector: {at: n2}"),
 ];
 
-/// The `ext-ip` Service's external address (routed by the outside host through node
-/// 1), and the ingress address the test gives the `lb` Service's status (as a load
-/// balancer controller would; the outside host finds it by ARP).
+/// The `ext-ip` Service's external address, routed by the outside host through node 1.
+/// (The `lb` Service's address comes from skiff-control's pool; the outside host finds
+/// it by ARP.)
 const EXTERNAL_IP: &str = "192.168.77.150";
-const LB_INGRESS_IP: &str = "192.168.77.151";
 
 /// Node 1's host namespace (in the node's cgroup), as a cell's `from`.
 const NODE1_HOST: &str = "node 1's host";
@@ -139,8 +138,10 @@ enum Target {
     Service(&'static str),
     /// The Service's node port for the cell's protocol, on node `.1` (0-based)'s address.
     NodePort(&'static str, usize),
-    /// An external address (externalIPs, LoadBalancer ingress), on port 80.
+    /// An `externalIPs` address, on port 80.
     External(&'static str),
+    /// The Service's LoadBalancer ingress address, on port 80.
+    LoadBalancer(&'static str),
 }
 
 /// One cell of the matrix, run for TCP and for UDP.
@@ -290,7 +291,7 @@ const CELLS: &[Cell] = &[
     Cell {
         name: "outside → LoadBalancer ingress address, announced by ARP from node 2 (its backend's)",
         from: OUTSIDE,
-        to: Target::External(LB_INGRESS_IP),
+        to: Target::LoadBalancer("lb"),
         requests: 3,
         expect: Expect::AnsweredBy("srv-n2"),
     },
@@ -361,6 +362,17 @@ fn run_cell(cluster: &Cluster, outside: &Netns, cell: &Cell, proto: &str, addres
             String::from_utf8_lossy(&out.stderr).trim()
         )
     })
+}
+
+/// A LoadBalancer Service's ingress address, once skiff-control has given it one.
+fn lb_ingress_ip(cluster: &Cluster, service: &str) -> String {
+    let get =
+        || cluster.kubectl_out(&["get", "service", service, "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"]);
+    assert!(wait_until(Duration::from_secs(10), || !get().is_empty()), "Service {service} got no LoadBalancer address");
+    let ip = get();
+    let pool: ipnet::Ipv4Net = skiff_tests::cluster::LB_POOL.parse().expect("the pool is a CIDR");
+    assert!(ip.parse::<Ipv4Addr>().is_ok_and(|a| pool.contains(&a)), "Service {service}'s address {ip} is not from {pool}");
+    ip
 }
 
 /// The node port of a Service's port named after the protocol (`tcp`, `udp`).
@@ -547,21 +559,17 @@ fn connectivity_matrix() {
         Target::Service(svc) => format!("{}:80", cluster_ip(&cluster, svc)),
         Target::NodePort(svc, node) => format!("{}:{}", cluster.nodes[node].ip, node_port(&cluster, svc, proto)),
         Target::External(ip) => format!("{ip}:80"),
+        Target::LoadBalancer(svc) => format!("{}:80", lb_ingress_ip(&cluster, svc)),
     };
     let runs: Vec<(&Cell, &str, String)> =
         CELLS.iter().flat_map(|cell| ["tcp", "udp"].map(|proto| (cell, proto, address(cell, proto)))).collect();
     assert!(pods.iter().all(|p| !pod_ip(p).is_empty()), "a pod without an IP");
     let outside = cluster.external_host(OUTSIDE, OUTSIDE_IP);
-    // As a load balancer controller would: the ingress address in the Service's status.
     // The outside host routes the externalIPs address through node 1; it finds the
-    // ingress address by ARP.
-    let ingress = format!(r#"{{"status":{{"loadBalancer":{{"ingress":[{{"ip":"{LB_INGRESS_IP}"}}]}}}}}}"#);
-    cluster
-        .kubectl_ok(&["patch", "service", "lb", "--subresource=status", "--type=merge", "-p", &ingress])
-        .expect("setting the LoadBalancer Service's ingress address");
+    // LoadBalancer address (skiff-control's pool) by ARP.
     outside.sh(&format!("ip route add {EXTERNAL_IP}/32 via {}", cluster.nodes[0].ip));
-    // The agents program the ingress address once the status change reaches them.
-    let lb_frontend = format!("{LB_INGRESS_IP}:80/TCP");
+    // The agents program the ingress address once its status reaches them.
+    let lb_frontend = format!("{}:80/TCP", lb_ingress_ip(&cluster, "lb"));
     assert!(
         wait_until(Duration::from_secs(10), || cluster.nodes[0]
             .datapath_dump()
