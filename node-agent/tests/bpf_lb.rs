@@ -13,8 +13,8 @@ use aya::{
 };
 use skiff_ebpf_common::{
     BACKEND_FLAG_TERMINATING, Backend4, CT_DIR_FORWARD, CT_FLAG_CLOSING, Ct4Entry, Ct4Key, DEFAULT_HAIRPIN_ADDR,
-    LbConfig, MasqConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RevNat4, SERVICE_FLAG_AFFINITY, Service4Key, Service4Value,
-    addr_to_map, pin, port_to_map,
+    LbConfig, MasqConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RevNat4, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_MAGLEV,
+    Service4Key, Service4Value, addr_to_map, pin, port_to_map,
 };
 use skiff_node::datapath::{Datapath, MapSizes, Prog, read_stats, set_masq_config};
 use skiff_tests::{PinDir, require_privileges, unique_tag};
@@ -351,6 +351,52 @@ fn affinity_pins_a_client_to_one_backend() {
             spread.insert(parse(&out).dst);
         }
         assert!(spread.len() > 1, "random selection must spread flows: {spread:?}");
+    });
+}
+
+#[test]
+fn maglev_sends_a_flow_to_the_same_backend_without_conntrack_and_whatever_address_it_reached() {
+    with_harness("maglev_sends_a_flow_to_the_same_backend", |h| {
+        for (i, b) in BACKENDS.iter().enumerate() {
+            h.add_backend(i as u32 + 1, *b, PROTO_UDP, 0);
+        }
+        // A 7-entry table (prime), as the reconciler writes one into the slots.
+        let table = [1, 2, 3, 1, 3, 2, 1];
+        h.set_service(PROTO_UDP, &table, SERVICE_FLAG_MAGLEV, 0);
+        fn clear_conntrack(h: &Harness) {
+            let mut ct = h.hash::<Ct4Key, Ct4Entry>(pin::CT);
+            let keys: Vec<Ct4Key> = ct.keys().map(Result::unwrap).collect();
+            for k in keys {
+                let _ = ct.remove(&k);
+            }
+        }
+        let mut spread = std::collections::BTreeSet::new();
+        for sport in 0..20 {
+            let frame = packet(PROTO_UDP, (CLIENT, 47000 + sport), (VIP, VPORT), 0, b"x");
+            let (_, first) = h.run(&frame);
+            clear_conntrack(h);
+            let (_, again) = h.run(&frame);
+            clear_conntrack(h);
+            assert_eq!(parse(&first).dst, parse(&again).dst, "flow from port {} changed backend", 47000 + sport);
+            spread.insert(parse(&first).dst);
+        }
+        assert!(spread.len() > 1, "Maglev must spread flows over the table: {spread:?}");
+        // The flow hash leaves out the address the client reached: the same flow to
+        // another node's address (a node port) picks the same backend there.
+        let (_, via_vip) = h.run(&packet(PROTO_UDP, (CLIENT, 47100), (VIP, VPORT), 0, b"x"));
+        clear_conntrack(h);
+        let other = Ipv4Addr::new(10, 96, 0, 11);
+        let mut services = h.hash::<Service4Key, Service4Value>(pin::SERVICES);
+        for (i, id) in table.iter().enumerate() {
+            let key = Service4Key::new(addr_to_map(other.octets()), port_to_map(VPORT), PROTO_UDP, i as u16 + 1);
+            services.insert(key, Service4Value { backend_id: *id, rev_nat_index: 1, ..Default::default() }, 0).unwrap();
+        }
+        let front = Service4Value { count: 7, rev_nat_index: 1, flags: SERVICE_FLAG_MAGLEV, ..Default::default() };
+        services
+            .insert(Service4Key::new(addr_to_map(other.octets()), port_to_map(VPORT), PROTO_UDP, 0), front, 0)
+            .unwrap();
+        let (_, via_other) = h.run(&packet(PROTO_UDP, (CLIENT, 47100), (other, VPORT), 0, b"x"));
+        assert_eq!(parse(&via_vip).dst, parse(&via_other).dst);
     });
 }
 

@@ -371,7 +371,10 @@ fn lb_ingress_ip(cluster: &Cluster, service: &str) -> String {
     assert!(wait_until(Duration::from_secs(10), || !get().is_empty()), "Service {service} got no LoadBalancer address");
     let ip = get();
     let pool: ipnet::Ipv4Net = skiff_tests::cluster::LB_POOL.parse().expect("the pool is a CIDR");
-    assert!(ip.parse::<Ipv4Addr>().is_ok_and(|a| pool.contains(&a)), "Service {service}'s address {ip} is not from {pool}");
+    assert!(
+        ip.parse::<Ipv4Addr>().is_ok_and(|a| pool.contains(&a)),
+        "Service {service}'s address {ip} is not from {pool}"
+    );
     ip
 }
 
@@ -445,17 +448,24 @@ fn counter(cluster: &Cluster, node: usize, name: &str) -> u64 {
 /// client's affinity entry and its conntrack entries. `Err`: the failure report.
 fn check_trace(cluster: &Cluster, client_ip: &str) -> Option<String> {
     let node = &cluster.nodes[0];
-    let out = node
-        .ns
-        .command(workspace_bin("skiff-node").to_str().expect("UTF-8 path"))
-        .args(["trace", "default/sticky", "--from", client_ip, "--port", "80", "--kubeconfig"])
-        .arg(cluster.dir.join("control/admin.kubeconfig"))
-        .arg("--pin-dir")
-        .arg(&node.pins.path)
-        .output()
-        .expect("running skiff-node trace");
+    // `skiff-node trace ARGS` on node 1; its output (also printed, for people).
+    let trace = |args: &[&str]| {
+        let out = node
+            .ns
+            .command(workspace_bin("skiff-node").to_str().expect("UTF-8 path"))
+            .arg("trace")
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(cluster.dir.join("control/admin.kubeconfig"))
+            .arg("--pin-dir")
+            .arg(&node.pins.path)
+            .output()
+            .expect("running skiff-node trace");
+        eprintln!("skiff-node trace {} on {}:\n{}", args.join(" "), node.name, String::from_utf8_lossy(&out.stdout));
+        out
+    };
+    let out = trace(&["default/sticky", "--from", client_ip, "--port", "80"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    eprintln!("skiff-node trace default/sticky --from {client_ip} --port 80 on {}:\n{text}", node.name);
     let expected = [
         "Service default/sticky",
         ":80/TCP: 2 backend(s); session affinity",
@@ -465,7 +475,14 @@ fn check_trace(cluster: &Cluster, client_ip: &str) -> Option<String> {
         &format!("{client_ip}'s affinity: "),
         &format!("conntrack: {client_ip}:"),
     ];
-    let missing: Vec<&str> = expected.iter().copied().filter(|e| !text.contains(e)).collect();
+    let mut missing: Vec<&str> = expected.iter().copied().filter(|e| !text.contains(e)).collect();
+    // A node port picks by Maglev (the default there), over the one backend of np-n2.
+    let node_port = trace(&["default/np-n2", "--node-ip", &node.ip]);
+    let node_port_text = String::from_utf8_lossy(&node_port.stdout);
+    let maglev = format!("{}:", node.ip);
+    if !node_port_text.lines().any(|l| l.contains(&maglev) && l.contains("1021-entry Maglev table")) {
+        missing.push("a node port frontend with a 1021-entry Maglev table");
+    }
     (!out.status.success() || !missing.is_empty()).then(|| {
         format!(
             "FAILED skiff-node trace: missing {missing:?} ({}):\n{}{}",

@@ -107,6 +107,9 @@ impl Service4Key {
 
 /// The frontend has sessionAffinity: ClientIP.
 pub const SERVICE_FLAG_AFFINITY: u16 = 1 << 0;
+/// The frontend's slots hold a Maglev lookup table (`count` is its size, a prime): a
+/// new flow takes the slot its hash names instead of a random one.
+pub const SERVICE_FLAG_MAGLEV: u16 = 1 << 1;
 
 /// Value of the services map. In slot 0: `count`, `rev_nat_index`, `flags`,
 /// `affinity_timeout_s`. In slots 1..N: `backend_id` (and the same `rev_nat_index`).

@@ -25,7 +25,7 @@ use aya_ebpf::{
 };
 use skiff_ebpf_common::{
     Affinity4Key, Affinity4Value, BACKEND_FLAG_TERMINATING, Backend4, CT_FLAG_HAIRPIN, CT_FLAG_NODEPORT, CT_FLAG_SNAT,
-    Ct4Entry, Ct4Key, PROTO_UDP, SERVICE_FLAG_AFFINITY, Service4Key, Service4Value, stat,
+    Ct4Entry, Ct4Key, PROTO_UDP, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_MAGLEV, Service4Key, Service4Value, stat,
 };
 
 use crate::{
@@ -223,7 +223,8 @@ fn new_flow(
 }
 
 /// Picks the backend of a new flow: the client's affine backend if the Service has
-/// ClientIP affinity and it is still usable, else a random slot.
+/// ClientIP affinity and it is still usable, else the slot the flow's hash names in a
+/// Maglev table, else a random slot.
 #[inline(always)]
 fn select_backend(
     pkt: &Packet,
@@ -249,7 +250,11 @@ fn select_backend(
             }
         }
     }
-    let (backend_id, backend) = random_backend(frontend, svc)?;
+    let (backend_id, backend) = if svc.flags & SERVICE_FLAG_MAGLEV != 0 {
+        slot_backend(frontend, flow_hash(pkt) % svc.count as u32 + 1)?
+    } else {
+        random_backend(frontend, svc)?
+    };
     if affinity {
         let value = Affinity4Value { last_used_ns: now, backend_id, _pad: 0 };
         let _ = AFFINITY_V1.insert(&akey, &value, 0);
@@ -261,7 +266,25 @@ fn select_backend(
 #[inline(always)]
 pub fn random_backend(frontend: &Service4Key, svc: &Service4Value) -> Result<(u32, Backend4), Drop> {
     // SAFETY: a plain helper call without arguments.
-    let slot = unsafe { bpf_get_prandom_u32() } % svc.count as u32 + 1;
+    slot_backend(frontend, unsafe { bpf_get_prandom_u32() } % svc.count as u32 + 1)
+}
+
+/// A flow's hash for Maglev: of the client's address and port and the frontend's port
+/// and protocol, not of the address it reached, so that the flow hashes alike on every
+/// node (a node port's address differs from node to node). murmur3's finaliser mixes.
+#[inline(always)]
+fn flow_hash(pkt: &Packet) -> u32 {
+    let mut h = pkt.saddr ^ ((pkt.sport as u32) << 16 | pkt.dport as u32).rotate_left(5) ^ pkt.proto as u32;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// The backend in slot `slot` (1-based) of the frontend.
+#[inline(always)]
+fn slot_backend(frontend: &Service4Key, slot: u32) -> Result<(u32, Backend4), Drop> {
     let slot_key = Service4Key { backend_slot: slot as u16, ..*frontend };
     // SAFETY: copied out at once.
     let backend_id = unsafe { SERVICES_V1.get(&slot_key) }.map(|s| s.backend_id).ok_or(Drop)?;

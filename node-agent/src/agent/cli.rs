@@ -156,6 +156,12 @@ pub struct RunArgs {
     /// this node, the agent asks for one with it and writes it into --kubeconfig.
     #[arg(long, requires = "kubeconfig")]
     pub bootstrap_kubeconfig: Option<PathBuf>,
+    /// The Maglev lookup table size (a prime; 100 × the backends of a Service with more
+    /// than a hundredth as many takes the next prime above that instead). Maglev picks
+    /// the backends of node ports and external addresses, and of any Service annotated
+    /// `skiff.io/lb-algorithm: maglev`; each table takes this many Service map entries.
+    #[arg(long, default_value_t = crate::proxy::maglev::DEFAULT_TABLE_SIZE, value_parser = parse_prime)]
+    pub maglev_table_size: u16,
     /// Socket-level load balancing for the processes of this cgroup v2 directory and
     /// below (made if missing): their connections to a ClusterIP go straight to a
     /// backend at `connect()`, with no NAT or conntrack per packet. Give the node's root
@@ -281,6 +287,14 @@ pub fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn parse_prime(text: &str) -> Result<u16, String> {
+    let n: u16 = text.parse().map_err(|e| format!("{text:?}: {e}"))?;
+    if !crate::proxy::maglev::is_prime(usize::from(n)) || n < 7 {
+        return Err(format!("{n} is not a prime of at least 7 (e.g. 251, 1021, 4093, 16381, 65521)"));
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

@@ -74,6 +74,7 @@ fn run(args: RunArgs) -> Result<()> {
             let mut reconciler = LbReconciler::adopt(maps).context("adopting the existing Service maps")?;
             // NodePorts live on the node's address; without --node-ip none are programmed.
             reconciler.set_node(args.node_ip.map(|addr| LocalNode { name: args.node_name.clone(), addr }));
+            reconciler.set_maglev_table_size(args.maglev_table_size);
             let mut role = ProxyRole::new(reconciler);
             if args.node_ip.is_some() {
                 let map = AnnouncedMap::open(&pin_dir).context("opening the announced addresses map")?;

@@ -15,6 +15,7 @@
 //! - [`announce`]: which LoadBalancer addresses this node answers ARP for, and their
 //!   map;
 //! - [`trace`]: `skiff-node trace`, what the live maps do with one Service;
+//! - [`maglev`]: Maglev lookup tables, which the reconciler writes into the slots;
 //! - [`latency`]: how long API changes took to reach the maps (kube-proxy's metric).
 //!
 //! Typical use (the agent's main loop):
@@ -34,6 +35,7 @@ pub mod announce;
 pub mod api_source;
 pub mod events;
 pub mod latency;
+pub mod maglev;
 pub mod maps;
 pub mod model;
 pub mod reconciler;

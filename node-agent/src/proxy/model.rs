@@ -43,6 +43,10 @@ use skiff_ebpf_common::{PROTO_TCP, PROTO_UDP};
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The annotation that picks a Service's backend selection: `maglev` or `random`.
+/// Unset: Maglev for node ports and external addresses (a flow reaching another node
+/// after a failover keeps its backend), random for the cluster IP.
+pub const LB_ALGORITHM_ANNOTATION: &str = "skiff.io/lb-algorithm";
 /// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset (the API default).
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 /// The API's upper bound for the affinity timeout.
@@ -174,6 +178,8 @@ pub struct Frontend {
     pub port_name: String,
     /// `Some(timeout)` for `sessionAffinity: ClientIP`.
     pub affinity_timeout_s: Option<u32>,
+    /// New flows pick their backend by Maglev consistent hashing (else at random).
+    pub maglev: bool,
     /// Ready backends: they take new flows. Sorted, no duplicates.
     pub backends: Vec<BackendKey>,
     /// Backends that keep their established flows but take no new ones (serving but not
@@ -240,6 +246,8 @@ pub enum ErrorKind {
     UnsupportedAffinity(String),
     #[error("external address {0:?} is not an IPv4 address; address skipped")]
     BadExternalAddress(String),
+    #[error("annotation {LB_ALGORITHM_ANNOTATION}: {0:?} is neither maglev nor random; using the default")]
+    UnsupportedAlgorithm(String),
 }
 
 /// Plans one Service. `slices` may contain any EndpointSlices: only those in the
@@ -304,6 +312,17 @@ pub fn plan_service<'a>(
     own_slices.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
 
     let external = external_addresses(svc, |kind| plan.problems.push(problem(None, kind)));
+    let algorithm = svc.metadata.annotations.as_ref().and_then(|a| a.get(LB_ALGORITHM_ANNOTATION));
+    // (for the cluster IP, for node ports and external addresses)
+    let maglev = match algorithm.map(String::as_str) {
+        None => (false, true),
+        Some("maglev") => (true, true),
+        Some("random") => (false, false),
+        Some(other) => {
+            plan.problems.push(problem(None, ErrorKind::UnsupportedAlgorithm(other.to_owned())));
+            (false, true)
+        }
+    };
     let only_local = spec.external_traffic_policy.as_deref() == Some("Local");
     let mut seen = BTreeSet::new();
     for sp in spec.ports.as_deref().unwrap_or_default() {
@@ -389,7 +408,7 @@ pub fn plan_service<'a>(
             }
         }
 
-        let frontend = |key, found: &BTreeMap<BackendKey, (bool, bool)>, only_local: bool| {
+        let frontend = |key, found: &BTreeMap<BackendKey, (bool, bool)>, only_local: bool, maglev: bool| {
             let pick = |want_ready: bool| {
                 found
                     .iter()
@@ -402,14 +421,15 @@ pub fn plan_service<'a>(
                 service: service.clone(),
                 port_name: port_name.clone(),
                 affinity_timeout_s,
+                maglev,
                 backends: pick(true),
                 terminating: pick(false),
             }
         };
-        plan.frontends.push(frontend(key, &found, false));
+        plan.frontends.push(frontend(key, &found, false, maglev.0));
         if let (Some(node), Some(node_port)) = (node, node_port_of(spec, sp)) {
             let key = FrontendKey { vip: node.addr, port: node_port, proto };
-            plan.frontends.push(frontend(key, &found, only_local));
+            plan.frontends.push(frontend(key, &found, only_local, maglev.1));
         }
         for addr in &external {
             let key = FrontendKey { vip: *addr, port, proto };
@@ -417,7 +437,7 @@ pub fn plan_service<'a>(
                 plan.problems.push(problem(port_label(), ErrorKind::DuplicateFrontend(key)));
                 continue;
             }
-            plan.frontends.push(frontend(key, &found, only_local));
+            plan.frontends.push(frontend(key, &found, only_local, maglev.1));
         }
     }
     plan.frontends.sort_by_key(|f| f.key);

@@ -16,8 +16,8 @@ use aya::maps::{HashMap as AyaHashMap, LpmTrie, Map, MapData, lpm_trie::Key};
 use k8s_openapi::api::core::v1::Service;
 use skiff_ebpf_common::{
     Affinity4Key, Affinity4Value, BACKEND_FLAG_TERMINATING, Backend4, CT_DIR_FORWARD, CT_FLAG_CLOSING,
-    CT_FLAG_NODEPORT, CT_FLAG_SNAT, Ct4Entry, Ct4Key, Endpoint4, NodeInfo4, SERVICE_FLAG_AFFINITY, Service4Key,
-    Service4Value, addr_from_map, addr_to_map, pin, port_from_map, port_to_map,
+    CT_FLAG_NODEPORT, CT_FLAG_SNAT, Ct4Entry, Ct4Key, Endpoint4, NodeInfo4, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_MAGLEV,
+    Service4Key, Service4Value, addr_from_map, addr_to_map, pin, port_from_map, port_to_map,
 };
 
 use super::model::{FrontendKey, LocalNode, ObjectRef, plan_service};
@@ -98,21 +98,43 @@ fn trace_frontend(
         return Ok(());
     };
     let affinity = slot0.flags & SERVICE_FLAG_AFFINITY != 0;
-    let how = match (slot0.count, affinity, local_only) {
-        (0, _, _) => "no backend takes new flows: they are refused (TCP RST, ICMP port unreachable)".to_owned(),
-        (n, true, _) => format!(
-            "{n} backend(s); session affinity (ClientIP, {} s): a client keeps the backend it had, else a random one",
-            slot0.affinity_timeout_s
-        ),
-        (n, false, true) => format!("{n} backend(s) on this node only (externalTrafficPolicy: Local); one at random"),
-        (n, false, false) => format!("{n} backend(s); a new flow takes one at random"),
-    };
-    let _ = writeln!(out, "{how}");
+    let maglev = slot0.flags & SERVICE_FLAG_MAGLEV != 0;
+    // Each backend once, in slot order, with how many slots it holds (a Maglev table
+    // holds each many times).
+    let mut held: Vec<(u32, usize)> = Vec::new();
     for slot in 1..=slot0.count {
         let Ok(entry) = maps.services.get(&Service4Key { backend_slot: slot, ..frontend }, 0) else { continue };
-        let Ok(backend) = maps.backends.get(&entry.backend_id, 0) else { continue };
+        match held.iter_mut().find(|(id, _)| *id == entry.backend_id) {
+            Some((_, n)) => *n += 1,
+            None => held.push((entry.backend_id, 1)),
+        }
+    }
+    let n = held.len();
+    let pick = if maglev {
+        format!("a new flow takes the entry its hash names in a {}-entry Maglev table", slot0.count)
+    } else {
+        "a new flow takes one at random".to_owned()
+    };
+    let how = match (slot0.count, affinity, local_only) {
+        (0, _, _) => "no backend takes new flows: they are refused (TCP RST, ICMP port unreachable)".to_owned(),
+        (_, true, _) => format!(
+            "{n} backend(s); session affinity (ClientIP, {} s): a client keeps the backend it had, else {pick}",
+            slot0.affinity_timeout_s
+        ),
+        (_, false, true) => format!("{n} backend(s) on this node only (externalTrafficPolicy: Local); {pick}"),
+        (_, false, false) => format!("{n} backend(s); {pick}"),
+    };
+    let _ = writeln!(out, "{how}");
+    for (id, entries) in held {
+        let Ok(backend) = maps.backends.get(&id, 0) else { continue };
         let terminating = if backend.flags & BACKEND_FLAG_TERMINATING != 0 { " (terminating)" } else { "" };
-        let _ = writeln!(out, "    backend {}{terminating}: {}", show_backend(&backend), where_is(maps, backend.addr));
+        let share = if maglev { format!(" ({entries} entries)") } else { String::new() };
+        let _ = writeln!(
+            out,
+            "    backend {}{terminating}{share}: {}",
+            show_backend(&backend),
+            where_is(maps, backend.addr)
+        );
     }
     if let Some(client) = options.from {
         let client_map = addr_to_map(client.octets());

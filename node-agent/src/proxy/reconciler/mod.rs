@@ -15,7 +15,9 @@
 //! 1. the reverse-NAT entry (new frontends only; replies need it before the first flow);
 //! 2. new backends, and backends that start taking new flows again (their terminating
 //!    flag cleared);
-//! 3. slots `1..=N`, keeping each remaining backend in the slot it had;
+//! 3. slots `1..=N`, keeping each remaining backend in the slot it had (for a Maglev
+//!    frontend, `N` is the table size and slot `i + 1` holds table entry `i`: only the
+//!    entries that change are written);
 //! 4. slot 0 with the new count `N`, flags and affinity timeout;
 //! 5. stale slots above `N`, highest first;
 //! 6. at the end of the sync: backends nobody references any more are deleted, and
@@ -106,6 +108,12 @@ impl<M: LbMaps> LbReconciler<M> {
     /// only cluster IPs are programmed.
     pub fn set_node(&mut self, node: Option<LocalNode>) {
         self.inputs.set_node(node);
+    }
+
+    /// The Maglev table size (a prime) for frontends with up to a hundredth as many
+    /// backends; larger backend sets get the next prime of 100 × backends.
+    pub fn set_maglev_table_size(&mut self, size: u16) {
+        self.state.maglev_table_size = size;
     }
 
     pub fn maps(&self) -> &M {

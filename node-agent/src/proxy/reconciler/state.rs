@@ -67,6 +67,8 @@ pub(super) struct MapState {
     pub(super) orphan_backends: BTreeSet<u32>,
     /// Frontends wanted by a Service while another Service holds them.
     pub(super) waiting: BTreeMap<FrontendKey, BTreeSet<ObjectRef>>,
+    /// The Maglev table size of frontends with few backends (prime).
+    pub(super) maglev_table_size: u16,
 }
 
 impl Default for MapState {
@@ -82,6 +84,7 @@ impl Default for MapState {
             orphan_rev_nat: BTreeSet::new(),
             orphan_backends: BTreeSet::new(),
             waiting: BTreeMap::new(),
+            maglev_table_size: crate::proxy::maglev::DEFAULT_TABLE_SIZE,
         }
     }
 }

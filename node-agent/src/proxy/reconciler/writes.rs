@@ -13,11 +13,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use skiff_ebpf_common::{BACKEND_FLAG_TERMINATING, Backend4, SERVICE_FLAG_AFFINITY, Service4Value};
+use skiff_ebpf_common::{
+    BACKEND_FLAG_TERMINATING, Backend4, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_MAGLEV, Service4Value,
+};
 
 use super::error::{Error, Result};
 use super::state::{MapState, Written, rev_nat_value, service_key};
 use super::summary::SyncSummary;
+use crate::proxy::maglev;
 use crate::proxy::maps::{self, LbMaps};
 use crate::proxy::model::{Frontend, FrontendKey};
 
@@ -103,7 +106,16 @@ impl MapState {
             let id = self.backends.id_for(*key)?;
             want.entry(id).or_insert(false);
         }
-        let count = u16::try_from(active_ids.len()).map_err(|_| Error::TooManyBackends(active_ids.len()))?;
+        // The slots' contents: the backends themselves, or for Maglev its lookup table
+        // (built from the sorted backend addresses, so the same on every node).
+        let desired_slots = if desired.maglev && !active_ids.is_empty() {
+            let m = maglev::table_size(self.maglev_table_size, desired.backends.len());
+            maglev::table(&desired.backends, m).into_iter().map(|i| active_ids[i]).collect()
+        } else {
+            Vec::new()
+        };
+        let count = if desired_slots.is_empty() { active_ids.len() } else { desired_slots.len() };
+        let count = u16::try_from(count).map_err(|_| Error::TooManyBackends(active_ids.len()))?;
         let mut transition = self.frontends[&fk].held.clone();
         for (id, active) in &want {
             *transition.entry(*id).or_insert(false) |= *active;
@@ -127,7 +139,8 @@ impl MapState {
         // 3. Slots 1..=N.
         let w = self.frontends.get_mut(&fk).expect("present");
         let old_count = w.slot0.map_or(0, |v| v.count);
-        let slots = assign_slots(&w.slots, old_count, &active_ids);
+        let slots =
+            if desired_slots.is_empty() { assign_slots(&w.slots, old_count, &active_ids) } else { desired_slots };
         for (i, id) in slots.iter().enumerate() {
             let slot = u16::try_from(i + 1).expect("count fits u16");
             let value = Service4Value { backend_id: *id, rev_nat_index: rev_nat, ..Default::default() };
@@ -139,10 +152,13 @@ impl MapState {
         }
 
         // 4. Slot 0: the new count becomes visible only now.
-        let (flags, affinity_timeout_s) = match desired.affinity_timeout_s {
+        let (mut flags, affinity_timeout_s) = match desired.affinity_timeout_s {
             Some(t) => (SERVICE_FLAG_AFFINITY, t),
             None => (0, 0),
         };
+        if desired.maglev {
+            flags |= SERVICE_FLAG_MAGLEV;
+        }
         let front = Service4Value { backend_id: 0, count, rev_nat_index: rev_nat, flags, affinity_timeout_s };
         if w.slot0 != Some(front) {
             maps.upsert_service(&service_key(&fk, 0), &front)?;
