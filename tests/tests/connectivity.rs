@@ -8,6 +8,7 @@
 //! - hairpin: a pod reaching its own Service, itself the only backend;
 //! - `sessionAffinity: ClientIP`: many requests from one client land on one backend,
 //!   while the same backends without affinity share them;
+//! - `internalTrafficPolicy: Local`: only the client's node's backend answers;
 //! - a Service without endpoints is refused at once (TCP RST, ICMP port unreachable),
 //!   not left to time out;
 //! - from a host outside the cluster (a namespace of its own on the nodes' network):
@@ -81,6 +82,7 @@ const SERVICES: &[(&str, &str)] = &[
     ("np-n2", "type: NodePort, selector: {at: n2}"),
     ("np-local", "type: NodePort, externalTrafficPolicy: Local, selector: {app: srv}"),
     ("ext-ip", "externalIPs: [192.168.77.150], selector: {at: n2}"),
+    ("itp-local", "internalTrafficPolicy: Local, selector: {app: srv}"),
     ("lb", "type: LoadBalancer, selector: {at: n2}"),
 ];
 
@@ -224,6 +226,13 @@ const CELLS: &[Cell] = &[
         to: Target::Service("sticky"),
         requests: MANY,
         expect: Expect::OneBackend,
+    },
+    Cell {
+        name: "internalTrafficPolicy Local: node 1's backend only",
+        from: "client",
+        to: Target::Service("itp-local"),
+        requests: MANY,
+        expect: Expect::AnsweredBy("srv-n1"),
     },
     Cell {
         name: "Service without endpoints: refused at once",
@@ -560,6 +569,7 @@ fn connectivity_matrix() {
         ("np-local", 2),
         ("ext-ip", 1),
         ("lb", 1),
+        ("itp-local", 2),
     ];
     assert!(
         wait_until(Duration::from_secs(30), || endpoints

@@ -31,7 +31,9 @@
 //!   except with `externalTrafficPolicy: Local`: then only the endpoints on this node (the slice's
 //!   `nodeName`), and none at all on a node that has none (the datapath refuses the
 //!   connection, where kube-proxy drops it; either way an external load balancer's
-//!   health check sends no traffic there).
+//!   health check sends no traffic there);
+//! - the cluster IP likewise takes only this node's endpoints with
+//!   `internalTrafficPolicy: Local` (each node's maps serve that node's clients only).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -324,6 +326,9 @@ pub fn plan_service<'a>(
         }
     };
     let only_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    // The cluster IP frontend of a node serves that node's clients only (its pods and,
+    // through the socket hooks, its host), so `internalTrafficPolicy: Local` is this.
+    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     let mut seen = BTreeSet::new();
     for sp in spec.ports.as_deref().unwrap_or_default() {
         let port_name = sp.name.clone().unwrap_or_default();
@@ -426,7 +431,7 @@ pub fn plan_service<'a>(
                 terminating: pick(false),
             }
         };
-        plan.frontends.push(frontend(key, &found, false, maglev.0));
+        plan.frontends.push(frontend(key, &found, internal_local, maglev.0));
         if let (Some(node), Some(node_port)) = (node, node_port_of(spec, sp)) {
             let key = FrontendKey { vip: node.addr, port: node_port, proto };
             plan.frontends.push(frontend(key, &found, only_local, maglev.1));
@@ -724,6 +729,11 @@ mod tests {
 
         svc.spec.as_mut().unwrap().type_ = Some("ClusterIP".into());
         assert_eq!(plan_service(&svc, [&s], Some(&n1)).frontends.len(), 2, "a ClusterIP Service has no node port");
+
+        svc.spec.as_mut().unwrap().internal_traffic_policy = Some("Local".into());
+        let plan = plan_service(&svc, [&s], Some(&n1));
+        let http = plan.frontends.iter().find(|f| f.key.port == 80).unwrap();
+        assert_eq!(http.backends, [be("10.244.1.2")], "internalTrafficPolicy: Local keeps this node's endpoints");
     }
 
     #[test]
