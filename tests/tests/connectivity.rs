@@ -18,7 +18,9 @@
 //!   on node 2; the address skiff-control gives a LoadBalancer Service from its pool,
 //!   found by ARP (the node with the backend answers for it); then,
 //!   over HTTP, which client address each backend sees: the client's own with a backend
-//!   on the node it connected to, the node's podCIDR address with a backend elsewhere.
+//!   on the node it connected to, the node's podCIDR address with a backend elsewhere;
+//!   and that these went through the nodes' XDP fast path (node 1 sent the packets for
+//!   node 2's backend back into the tunnel with XDP_TX, node 2 translated its own).
 //!
 //! - from node 1's host namespace, as a process of the node's cgroup: a pod on the
 //!   other node (from the node's podCIDR address, so the reply comes back through the
@@ -437,6 +439,23 @@ fn check_node_port_sources(cluster: &Cluster, outside: &Netns) -> Vec<String> {
     failures
 }
 
+/// The NodePort cells went through XDP: node 1 sent packets for node 2's backend
+/// straight back into the tunnel (`xdp_tunneled`), node 2 translated packets for its
+/// own (`xdp_translated` beyond `xdp_tunneled`). `Err`: the failure report.
+fn check_nodeport_fast_path(cluster: &Cluster) -> Option<String> {
+    let tunneled = counter(cluster, 0, "xdp_tunneled");
+    let (translated, tunneled2) = (counter(cluster, 1, "xdp_translated"), counter(cluster, 1, "xdp_tunneled"));
+    let (to_tc1, to_tc2) = (counter(cluster, 0, "xdp_to_tc"), counter(cluster, 1, "xdp_to_tc"));
+    eprintln!(
+        "NodePort at XDP: node 1 xdp_tunneled {tunneled} (xdp_to_tc {to_tc1}); node 2 xdp_translated {translated}, xdp_tunneled {tunneled2} (xdp_to_tc {to_tc2})"
+    );
+    (tunneled == 0 || translated <= tunneled2).then(|| {
+        format!(
+            "FAILED NodePort fast path: node 1 xdp_tunneled {tunneled} (expected > 0), node 2 xdp_translated {translated} with xdp_tunneled {tunneled2} (expected more translated than tunneled)"
+        )
+    })
+}
+
 /// A datapath counter of a node (`skiff-node stats`).
 fn counter(cluster: &Cluster, node: usize, name: &str) -> u64 {
     let node = &cluster.nodes[node];
@@ -615,7 +634,8 @@ fn connectivity_matrix() {
     failures.extend(check_socket_lb_skips_conntrack(&cluster));
     failures.extend(check_socket_lb_unconnected_udp(&cluster));
     failures.extend(check_trace(&cluster, &pod_ip("client")));
-    let cells = CELLS.len() * 2 + SOURCE_CHECKS.len() + 3;
+    failures.extend(check_nodeport_fast_path(&cluster));
+    let cells = CELLS.len() * 2 + SOURCE_CHECKS.len() + 4;
     eprintln!("{} of {cells} cells passed; the whole matrix took {:.1?}", cells - failures.len(), started.elapsed());
     assert!(
         failures.is_empty(),

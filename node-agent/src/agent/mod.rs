@@ -103,6 +103,7 @@ fn run(args: RunArgs) -> Result<()> {
                 cni_bin_dir: args.cni_bin_dir.clone(),
                 cni_data_dir: args.cni_data_dir.clone(),
                 ip_masq: args.ip_masq,
+                nodeport_xdp: args.nodeport_xdp,
             };
             let datapath = datapath.as_mut().context("the overlay role needs the datapath")?;
             Some((OverlayRole::start(settings, datapath)?, nodes))
