@@ -8,7 +8,7 @@
 //! Services (that is `lb`'s) and never calls into `lb` or `overlay`.
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibLookup},
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, bpf_fib_lookup as FibLookup},
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
@@ -77,7 +77,7 @@ pub fn parse(ctx: &XdpContext) -> Option<Packet> {
 /// The next hop toward `daddr` from `saddr` for a packet of `len` bytes of IP: source
 /// and destination MACs, if the FIB routes it out of `ifindex` itself, the neighbour is
 /// resolved and it fits the route's MTU. `None` otherwise (the stack then resolves,
-/// fragments or answers "too big").
+/// fragments or answers "too big"), and also while the interface does not forward.
 #[inline(always)]
 pub fn next_hop(ctx: &XdpContext, ifindex: u32, saddr: u32, daddr: u32, len: u16) -> Option<([u8; 6], [u8; 6])> {
     // SAFETY: an all-zero bpf_fib_lookup is a valid value of this plain C struct.
@@ -88,8 +88,11 @@ pub fn next_hop(ctx: &XdpContext, ifindex: u32, saddr: u32, daddr: u32, len: u16
     params.__bindgen_anon_1.tot_len = len;
     params.__bindgen_anon_3.ipv4_src = saddr;
     params.__bindgen_anon_4.ipv4_dst = daddr;
-    // SAFETY: `params` is a stack value of the size passed; flags 0 = a full lookup.
-    let r = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut params, core::mem::size_of::<FibLookup>() as i32, 0) };
+    // The encapsulated packet comes from the node itself: an output lookup. The helper
+    // still wants forwarding on for the interface, as a node that routes pods has it.
+    let size = core::mem::size_of::<FibLookup>() as i32;
+    // SAFETY: `params` is a stack value of the size passed.
+    let r = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut params, size, BPF_FIB_LOOKUP_OUTPUT) };
     if r != BPF_FIB_LKUP_RET_SUCCESS as i64 || params.ifindex != ifindex {
         return None;
     }
