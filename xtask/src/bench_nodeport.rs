@@ -15,6 +15,13 @@
 //!   with a route to the other node's podCIDR, as flannel does; the packets go through
 //!   the node's stack.
 //!
+//! Two kinds of traffic, each printed for both datapaths and as a ratio:
+//! - established flows (64 flows, 20,000 packets each, after each flow's first packet):
+//!   a conntrack hit on both sides;
+//! - new flows (`-new-flows`, 100,000 packets, each from a source never used before):
+//!   connection setup, where kube-proxy's packets walk KUBE-SERVICES and KUBE-NODEPORTS
+//!   and Skiff picks a backend and writes its conntrack entries.
+//!
 //! Modes alternate over rounds after a warm-up (`bench_support::alternate`); every run
 //! gets fresh namespaces, which are gone when it ends.
 
@@ -31,12 +38,37 @@ const SERVICES: usize = 10_000;
 const NODE_PORT_FIRST: u16 = 20_000;
 /// The measured Service's backend, as `skiff-nodeport-bench` has it.
 const BACKEND: &str = "10.244.1.5";
+/// Packets of a new-flows run, each a flow of its own (within both conntrack tables).
+const NEW_FLOWS: u32 = 100_000;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Mode {
     Skiff,
     IptablesNft,
+    SkiffNewFlows,
+    IptablesNftNewFlows,
 }
+
+impl Mode {
+    fn stack(self) -> bool {
+        matches!(self, Mode::IptablesNft | Mode::IptablesNftNewFlows)
+    }
+
+    fn new_flows(self) -> bool {
+        matches!(self, Mode::SkiffNewFlows | Mode::IptablesNftNewFlows)
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Skiff => "skiff-xdp",
+            Mode::IptablesNft => "iptables-nft",
+            Mode::SkiffNewFlows => "new-flows-skiff-xdp",
+            Mode::IptablesNftNewFlows => "new-flows-iptables-nft",
+        }
+    }
+}
+
+const MODES: [Mode; 4] = [Mode::Skiff, Mode::IptablesNft, Mode::SkiffNewFlows, Mode::IptablesNftNewFlows];
 
 pub fn run(args: &[String]) -> Result<()> {
     let mut rounds = DEFAULT_ROUNDS;
@@ -50,16 +82,14 @@ pub fn run(args: &[String]) -> Result<()> {
     let bin_dir = build_binaries(true)?;
     let bench = bin_dir.join("skiff-nodeport-bench");
     print_environment(None, &[]);
-    let figures = alternate("nodeport", &[Mode::Skiff, Mode::IptablesNft], rounds, |mode| measure(*mode, &bench))?;
-    let label = |mode| match mode {
-        Mode::Skiff => "skiff-xdp",
-        Mode::IptablesNft => "iptables-nft",
-    };
-    for mode in [Mode::Skiff, Mode::IptablesNft] {
-        println!("P9 nodeport-pps-{}@{SERVICES}: {}", label(mode), summary(figures.of(&mode), "pps", 0));
+    let figures = alternate("nodeport", &MODES, rounds, |mode| measure(*mode, &bench))?;
+    for mode in MODES {
+        println!("P9 nodeport-pps-{}@{SERVICES}: {}", mode.label(), summary(figures.of(&mode), "pps", 0));
     }
     let ratios = figures.ratios(&Mode::Skiff, &Mode::IptablesNft);
     println!("P9 nodeport-pps-vs-iptables@{SERVICES}: {}", summary(&ratios, "x", 2));
+    let ratios = figures.ratios(&Mode::SkiffNewFlows, &Mode::IptablesNftNewFlows);
+    println!("P9 nodeport-new-flows-pps-vs-iptables@{SERVICES}: {}", summary(&ratios, "x", 2));
     Ok(())
 }
 
@@ -78,22 +108,25 @@ fn measure(mode: Mode, bench: &std::path::Path) -> Result<f64> {
     node.sh(&format!(
         "ip neigh replace 192.168.79.2 lladdr {sink_mac} dev eth0 nud permanent && sysctl -qw net.ipv4.ip_forward=1"
     ));
-    if mode == Mode::IptablesNft {
-        node.sh(
-            "ip link add flannel.1 type vxlan id 1 local 192.168.79.1 dstport 8472 nolearning dev eth0 && \
+    if mode.stack() {
+        node.sh("ip link add flannel.1 type vxlan id 1 local 192.168.79.1 dstport 8472 nolearning dev eth0 && \
              ip link set flannel.1 mtu 1450 up && ip addr add 10.244.0.0/32 dev flannel.1 && \
              ip neigh replace 10.244.1.0 lladdr 02:00:00:00:01:01 dev flannel.1 nud permanent && \
              bridge fdb append 02:00:00:00:01:01 dev flannel.1 dst 192.168.79.2 && \
-             ip route replace 10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink",
-        );
+             ip route replace 10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink");
         load_iptables(&node, &specs(), "nft", Some(NODE_PORT_FIRST))?;
     }
-    let out = node
-        .command(bench.to_str().context("a UTF-8 path")?)
-        .args(["--mode", if mode == Mode::Skiff { "skiff" } else { "stack" }, "--sink-netns", &sink.path()])
-        .args(["--services", &SERVICES.to_string(), "--node-port-first", &NODE_PORT_FIRST.to_string()])
-        .output()
-        .context("running skiff-nodeport-bench")?;
+    let mut cmd = node.command(bench.to_str().context("a UTF-8 path")?);
+    cmd.args(["--mode", if mode.stack() { "stack" } else { "skiff" }, "--sink-netns", &sink.path()]).args([
+        "--services",
+        &SERVICES.to_string(),
+        "--node-port-first",
+        &NODE_PORT_FIRST.to_string(),
+    ]);
+    if mode.new_flows() {
+        cmd.args(["--new-flows", &NEW_FLOWS.to_string()]);
+    }
+    let out = cmd.output().context("running skiff-nodeport-bench")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     ensure!(
         out.status.success(),

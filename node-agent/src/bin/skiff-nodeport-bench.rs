@@ -18,14 +18,11 @@
 //!
 //! Flows: `--flows` source ports, each sent `--packets` times in one test run after a
 //! first packet that creates its conntrack entry (Skiff's or netfilter's) outside the
-//! timing: the steady state of established NodePort flows.
+//! timing: the steady state of established NodePort flows. With `--new-flows N`
+//! instead, N packets each start a flow of their own (a source never used before):
+//! connection setup, where kube-proxy's rules are walked and Skiff picks a backend.
 
-use std::{
-    net::Ipv4Addr,
-    os::fd::AsFd,
-    path::PathBuf,
-    time::Instant,
-};
+use std::{net::Ipv4Addr, os::fd::AsFd, path::PathBuf, time::Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use aya::{
@@ -55,6 +52,7 @@ struct Options {
     node_port_first: u16,
     flows: u16,
     packets: u32,
+    new_flows: u32,
     sink_netns: PathBuf,
     pin_dir: PathBuf,
 }
@@ -66,6 +64,7 @@ fn main() -> Result<()> {
         node_port_first: 20_000,
         flows: 64,
         packets: 20_000,
+        new_flows: 0,
         sink_netns: PathBuf::new(),
         pin_dir: PathBuf::from(format!("/sys/fs/bpf/skiff-bench/p9-{}", std::process::id())),
     };
@@ -79,11 +78,12 @@ fn main() -> Result<()> {
             "--node-port-first" => opts.node_port_first = value()?.parse()?,
             "--flows" => opts.flows = value()?.parse()?,
             "--packets" => opts.packets = value()?.parse()?,
+            "--new-flows" => opts.new_flows = value()?.parse()?,
             "--sink-netns" => opts.sink_netns = PathBuf::from(value()?),
             "--pin-dir" => opts.pin_dir = PathBuf::from(value()?),
             other => bail!(
                 "unknown argument {other}; usage: skiff-nodeport-bench --mode skiff|stack --sink-netns PATH \
-                 [--services N] [--node-port-first PORT] [--flows N] [--packets N per flow] [--pin-dir DIR]"
+                 [--services N] [--node-port-first PORT] [--flows N] [--packets N per flow | --new-flows N] [--pin-dir DIR]"
             ),
         }
     }
@@ -127,21 +127,43 @@ fn run(opts: &Options) -> Result<()> {
     }
     let frame_of = |flow: u16| tcp_frame(node_mac, (PEER, 10_000 + flow), (NODE, measured_port));
 
-    // Each flow's first packet, outside the timing: it creates the flow's entries.
-    for flow in 0..opts.flows {
-        set_frame(&mut gen_object, &frame_of(flow))?;
-        send(gen_object_program(&gen_object)?, eth0, 1)?;
+    let (tunneled_before, new_before) = (counter(opts, "xdp_tunneled")?, counter(opts, "ct_new")?);
+    let (sent, elapsed, delivered) = if opts.new_flows > 0 {
+        set_frame(&mut gen_object, &frame_of(0))?;
+        let mut on: Array<&mut MapData, u32> =
+            Array::try_from(gen_object.map_mut("GEN_NEW_FLOWS").context("GEN_NEW_FLOWS")?)?;
+        on.set(0, 1, 0)?;
+        let sunk_before = sunk(&gen_object)?;
+        let started = Instant::now();
+        send(gen_object_program(&gen_object)?, eth0, opts.new_flows)?;
+        let elapsed = started.elapsed().as_secs_f64();
+        (opts.new_flows as u64, elapsed, sunk(&gen_object)? - sunk_before)
+    } else {
+        // Each flow's first packet, outside the timing: it creates the flow's entries.
+        for flow in 0..opts.flows {
+            set_frame(&mut gen_object, &frame_of(flow))?;
+            send(gen_object_program(&gen_object)?, eth0, 1)?;
+        }
+        let tunneled_first = counter(opts, "xdp_tunneled")?;
+        let sunk_before = sunk(&gen_object)?;
+        let started = Instant::now();
+        for flow in 0..opts.flows {
+            set_frame(&mut gen_object, &frame_of(flow))?;
+            send(gen_object_program(&gen_object)?, eth0, opts.packets)?;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let sent = opts.flows as u64 * opts.packets as u64;
+        ensure!(
+            tunneled_first - tunneled_before == opts.flows as u64 || opts.mode != "skiff",
+            "a first packet missed the fast path"
+        );
+        (sent, elapsed, sunk(&gen_object)? - sunk_before)
+    };
+    let tunneled_before = if opts.new_flows > 0 { tunneled_before } else { tunneled_before + opts.flows as u64 };
+    if opts.mode == "skiff" && opts.new_flows > 0 {
+        let created = counter(opts, "ct_new")? - new_before;
+        ensure!(created == sent, "{sent} new-flow packets created {created} flows");
     }
-    let tunneled_before = counter(opts, "xdp_tunneled")?;
-    let sunk_before = sunk(&gen_object)?;
-    let started = Instant::now();
-    for flow in 0..opts.flows {
-        set_frame(&mut gen_object, &frame_of(flow))?;
-        send(gen_object_program(&gen_object)?, eth0, opts.packets)?;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let sent = opts.flows as u64 * opts.packets as u64;
-    let delivered = sunk(&gen_object)? - sunk_before;
     if opts.mode == "skiff" {
         let tunneled = counter(opts, "xdp_tunneled")? - tunneled_before;
         ensure!(
@@ -242,7 +264,11 @@ fn install(opts: &Options, eth0: u32, node_mac: [u8; 6]) -> Result<()> {
     let (cluster, node_pods) = (([10, 244, 0, 0], [255, 255, 0, 0]), ([10, 244, 0, 0], [255, 255, 255, 0]));
     set_config(
         dir,
-        LbConfig { service_net: addr_to_map([10, 96, 0, 0]), service_mask: addr_to_map([255, 240, 0, 0]), ..Default::default() },
+        LbConfig {
+            service_net: addr_to_map([10, 96, 0, 0]),
+            service_mask: addr_to_map([255, 240, 0, 0]),
+            ..Default::default()
+        },
     )?;
     set_overlay_config(
         dir,
@@ -270,7 +296,11 @@ fn install(opts: &Options, eth0: u32, node_mac: [u8; 6]) -> Result<()> {
     )?;
     let data = MapData::from_pin(dir.join(pin::NODES)).context("open the nodes map")?;
     let mut nodes: LpmTrie<MapData, u32, NodeInfo4> = LpmTrie::try_from(Map::LpmTrie(data))?;
-    nodes.insert(&Key::new(24, addr_to_map([10, 244, 1, 0])), NodeInfo4 { underlay_addr: addr_to_map(PEER.octets()), flags: 0 }, 0)?;
+    nodes.insert(
+        &Key::new(24, addr_to_map([10, 244, 1, 0])),
+        NodeInfo4 { underlay_addr: addr_to_map(PEER.octets()), flags: 0 },
+        0,
+    )?;
     let mut svc = open::<Service4Key, Service4Value>(dir, pin::SERVICES)?;
     let mut backends = open::<u32, Backend4>(dir, pin::BACKENDS)?;
     let mut rev_nat = open::<u32, RevNat4>(dir, pin::REV_NAT)?;
@@ -278,7 +308,8 @@ fn install(opts: &Options, eth0: u32, node_mac: [u8; 6]) -> Result<()> {
     for i in 0..opts.services {
         let id = i + 1;
         let addr = Ipv4Addr::from(u32::from(BACKEND) + if i == opts.services / 2 { 0 } else { 256 * 4 + i });
-        let backend = Backend4 { addr: addr_to_map(addr.octets()), port: port_to_map(BACKEND_PORT), proto: PROTO_TCP, flags: 0 };
+        let backend =
+            Backend4 { addr: addr_to_map(addr.octets()), port: port_to_map(BACKEND_PORT), proto: PROTO_TCP, flags: 0 };
         backends.insert(id, backend, 0)?;
         let port = port_to_map(opts.node_port_first + i as u16);
         let key = |slot| Service4Key::new(node, port, PROTO_TCP, slot);
