@@ -1,0 +1,229 @@
+//! The CRD controller inside the API server: follows the CustomResourceDefinitions in
+//! the store (list, then watch) and for each one
+//! - accepts its names unless an older CRD or a built-in kind of its group has them,
+//!   and records that in its status (`NamesAccepted`, `Established`, `acceptedNames`,
+//!   `storedVersions`);
+//! - serves it (the registry in `crd`) while it is Established;
+//! - once it is being deleted: stops serving it, deletes its objects, then removes its
+//!   cleanup finalizer (and the CRD with it, when no other finalizer remains).
+//!
+//! Every API server process runs one (each keeps its own registry); their status
+//! writes are compare-and-swap and converge on the same answer. It writes only CRD
+//! status, a deleted CRD's objects and the finalizer it owns.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::definition::CLEANUP_FINALIZER;
+use crate::apiserver::meta;
+use crate::apiserver::object::{to_bytes, to_obj};
+use crate::apiserver::resources::{RESOURCES, by_kind, prefix_of};
+use crate::store::{self, EventType, Store};
+
+/// How long to wait before listing again after the watch fails.
+const RESTART: Duration = Duration::from_secs(1);
+
+/// Runs the controller until the process ends.
+pub fn spawn(store: Arc<dyn Store>) {
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = follow(store.as_ref()).await {
+                tracing::warn!(error = %e, "CRD controller: watch ended; listing again");
+            }
+            tokio::time::sleep(RESTART).await;
+        }
+    });
+}
+
+/// A CRD as last seen: the object and its revision.
+type Known = BTreeMap<String, (Value, u64)>;
+
+async fn follow(store: &dyn Store) -> crate::apiserver::status::ApiResult<()> {
+    let prefix = by_kind("CustomResourceDefinition").expect("CRDs are a built-in kind").prefix();
+    let page = store.list(&prefix, None, 0).await?;
+    let mut known = Known::new();
+    for kv in &page.kvs {
+        let obj = to_obj(kv)?;
+        known.insert(name(&obj).to_string(), (obj, kv.mod_revision));
+    }
+    reconcile_all(store, &known).await;
+    let mut watch = store.watch(&prefix, page.revision).await?;
+    while let Some(ev) = watch.next().await.transpose()? {
+        let key = ev.kv.key.trim_start_matches(&prefix).to_string();
+        match ev.kind {
+            EventType::Put => {
+                known.insert(key, (to_obj(&ev.kv)?, ev.kv.mod_revision));
+            }
+            EventType::Delete => {
+                known.remove(&key);
+            }
+        }
+        reconcile_all(store, &known).await;
+    }
+    Ok(())
+}
+
+fn name(obj: &Value) -> &str {
+    obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("")
+}
+
+fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {
+    v.pointer(ptr).and_then(Value::as_str).unwrap_or("")
+}
+
+/// Brings the registry and every CRD's status in line with `known`.
+async fn reconcile_all(store: &dyn Store, known: &Known) {
+    for crd in super::REGISTRY.read().unwrap_or_else(|e| e.into_inner()).by_crd.keys().cloned().collect::<Vec<_>>() {
+        if !known.contains_key(&crd) {
+            super::unregister(&crd);
+        }
+    }
+    // Older CRDs keep their names when a newer one claims them.
+    let mut order: Vec<&(Value, u64)> = known.values().collect();
+    order.sort_by(|a, b| {
+        (s(&a.0, "/metadata/creationTimestamp"), name(&a.0)).cmp(&(s(&b.0, "/metadata/creationTimestamp"), name(&b.0)))
+    });
+    let mut claimed: Vec<&Value> = Vec::new();
+    for (obj, rev) in order {
+        let result = if obj.pointer("/metadata/deletionTimestamp").is_some() {
+            super::unregister(name(obj));
+            clean_up(store, obj, *rev).await
+        } else {
+            let conflict = names_conflict(obj, &claimed);
+            if conflict.is_none() {
+                claimed.push(obj);
+            }
+            accept(store, obj, *rev, conflict).await
+        };
+        if let Err(e) = result {
+            // The next event (our own write's, or the one that raced it) retries.
+            tracing::info!(crd = name(obj), error = %e, "CRD controller: will retry");
+        }
+    }
+}
+
+/// The names a CRD asks for: plural, singular, short names and kind.
+fn names_of(obj: &Value) -> Vec<String> {
+    let mut n = vec![s(obj, "/spec/names/plural").to_string(), s(obj, "/spec/names/kind").to_string()];
+    n.push(match s(obj, "/spec/names/singular") {
+        "" => s(obj, "/spec/names/kind").to_lowercase(),
+        x => x.to_string(),
+    });
+    for short in obj.pointer("/spec/names/shortNames").and_then(Value::as_array).into_iter().flatten() {
+        n.push(short.as_str().unwrap_or("").to_string());
+    }
+    n.retain(|x| !x.is_empty());
+    n
+}
+
+/// Why `obj`'s names cannot be accepted, if they cannot: a built-in kind of its group
+/// or an older CRD of its group has one of them.
+fn names_conflict(obj: &Value, claimed: &[&Value]) -> Option<String> {
+    let group = s(obj, "/spec/group");
+    let wanted = names_of(obj);
+    for r in RESOURCES.iter().filter(|r| r.group == group) {
+        if wanted.iter().any(|w| w == r.plural || w == r.kind || w == r.singular) {
+            return Some(format!("{} is already served by the built-in {}", r.plural, r.kind));
+        }
+    }
+    for other in claimed.iter().filter(|o| s(o, "/spec/group") == group) {
+        let theirs = names_of(other);
+        if let Some(w) = wanted.iter().find(|w| theirs.contains(w)) {
+            return Some(format!("\"{w}\" is already in use by {}", name(other)));
+        }
+    }
+    None
+}
+
+fn condition(ty: &str, ok: bool, reason: &str, message: &str, old: &Value) -> Value {
+    let status = if ok { "True" } else { "False" };
+    let prev =
+        old.pointer("/status/conditions").and_then(Value::as_array).and_then(|cs| cs.iter().find(|c| c["type"] == ty));
+    let since = match prev {
+        Some(p) if p["status"] == status => p["lastTransitionTime"].clone(),
+        _ => json!(meta::now()),
+    };
+    json!({"type": ty, "status": status, "lastTransitionTime": since, "reason": reason, "message": message})
+}
+
+/// Records whether the CRD's names are accepted and serves it if they are.
+async fn accept(store: &dyn Store, obj: &Value, rev: u64, conflict: Option<String>) -> store::Result<()> {
+    let ok = conflict.is_none();
+    let mut status = obj.get("status").cloned().unwrap_or(json!({}));
+    let names_accepted = match &conflict {
+        None => condition("NamesAccepted", true, "NoConflicts", "no conflicts found", obj),
+        Some(why) => condition("NamesAccepted", false, "NameConflict", why, obj),
+    };
+    let established = if ok {
+        condition("Established", true, "InitialNamesAccepted", "the initial names have been accepted", obj)
+    } else {
+        condition("Established", false, "NotAccepted", "not all names are accepted", obj)
+    };
+    status["conditions"] = json!([names_accepted, established]);
+    if ok {
+        let mut names = obj.pointer("/spec/names").cloned().unwrap_or(json!({}));
+        if s(&names, "/singular").is_empty() {
+            names["singular"] = json!(s(obj, "/spec/names/kind").to_lowercase());
+        }
+        status["acceptedNames"] = names;
+    } else if status.get("acceptedNames").is_none() {
+        status["acceptedNames"] = json!({"plural": "", "kind": ""});
+    }
+    let storage = obj
+        .pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .and_then(|vs| vs.iter().find(|v| v["storage"] == true))
+        .map(|v| s(v, "/name").to_string())
+        .unwrap_or_default();
+    let mut stored: Vec<Value> = status.get("storedVersions").and_then(Value::as_array).cloned().unwrap_or_default();
+    if !storage.is_empty() && !stored.contains(&json!(storage)) {
+        stored.push(json!(storage));
+    }
+    status["storedVersions"] = json!(stored);
+    if ok {
+        let generation = obj.pointer("/metadata/generation").and_then(Value::as_u64).unwrap_or(0);
+        super::register(name(obj), &obj["spec"], generation);
+    } else {
+        super::unregister(name(obj));
+    }
+    if obj.get("status") == Some(&status) {
+        return Ok(());
+    }
+    let mut new = obj.clone();
+    new["status"] = status;
+    let key = by_kind("CustomResourceDefinition").expect("built-in").key(None, name(obj));
+    store.update(&key, to_bytes(&new), Some(rev)).await?;
+    tracing::info!(crd = name(obj), established = ok, "CRD status updated");
+    Ok(())
+}
+
+/// Deletes a deleted CRD's objects, then lets the CRD go.
+async fn clean_up(store: &dyn Store, obj: &Value, rev: u64) -> store::Result<()> {
+    let finalizers: Vec<Value> =
+        obj.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
+    if !finalizers.iter().any(|f| f == CLEANUP_FINALIZER) {
+        return Ok(());
+    }
+    let prefix = prefix_of(s(obj, "/spec/group"), s(obj, "/spec/names/plural"));
+    let page = store.list(&prefix, None, 0).await?;
+    for kv in &page.kvs {
+        match store.delete(&kv.key, None).await {
+            Ok(_) | Err(store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let key = by_kind("CustomResourceDefinition").expect("built-in").key(None, name(obj));
+    let rest: Vec<Value> = finalizers.into_iter().filter(|f| f != CLEANUP_FINALIZER).collect();
+    if rest.is_empty() {
+        store.delete(&key, Some(rev)).await?;
+    } else {
+        let mut new = obj.clone();
+        new["metadata"]["finalizers"] = json!(rest);
+        store.update(&key, to_bytes(&new), Some(rev)).await?;
+    }
+    tracing::info!(crd = name(obj), objects = page.kvs.len(), "CRD deleted with its objects");
+    Ok(())
+}

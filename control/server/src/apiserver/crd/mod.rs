@@ -1,0 +1,132 @@
+//! CustomResourceDefinitions (apiextensions.k8s.io/v1) and the custom resources they
+//! define. The CRD objects themselves are an ordinary kind of the resource table (with
+//! `DefinitionStrategy`); a controller (`controller`) follows them in the store, sets
+//! their `NamesAccepted`/`Established` conditions, cleans up after deleted ones, and
+//! keeps the registry here of what is served. Every served version of an Established
+//! CRD becomes a `ResourceDef` like a built-in one, so routing, RBAC, the verbs,
+//! watch, discovery and the store treat custom resources as they treat built-ins.
+//!
+//! What differs per custom resource lives here: its structural schema (`schema`:
+//! pruning, defaulting, validation), its printer columns (`columns`), its scale paths
+//! and categories, its OpenAPI document (`openapi`). Versions other than the storage
+//! version are served as views of it (`views`) whose only conversion is the
+//! apiVersion, as upstream's `None` conversion strategy.
+//!
+//! The registry is process-wide: the served definitions are leaked (`&'static`), as the
+//! resource table's are, and rebuilt only when a CRD's spec changes, so the leak is
+//! bounded by the number of spec changes. It must not store anything itself; only the
+//! controller writes (CRD status, and the removal of a deleted CRD's objects).
+
+mod columns;
+mod controller;
+mod definition;
+mod openapi;
+mod schema;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use serde_json::Value;
+
+pub use columns::table;
+pub use controller::spawn;
+pub use definition::DefinitionStrategy;
+pub use openapi::{document, hash};
+
+use super::resources::ResourceDef;
+use super::views::View;
+
+/// One served version of a custom resource.
+pub struct Served {
+    pub def: ResourceDef,
+    /// The CRD's name (`<plural>.<group>`).
+    pub crd: String,
+    /// This version's `openAPIV3Schema`.
+    pub schema: Arc<Value>,
+    pub columns: Vec<columns::Column>,
+    pub scale: Option<ScalePaths>,
+    pub categories: Vec<String>,
+    /// For versions other than the storage version: the view that rewrites apiVersion.
+    pub view: Option<&'static View>,
+    /// Changes whenever the CRD's spec does (for OpenAPI document hashes).
+    pub revision: u64,
+}
+
+/// The scale subresource's paths, as JSON pointers.
+#[derive(Debug, Clone)]
+pub struct ScalePaths {
+    pub spec_replicas: String,
+    pub status_replicas: String,
+    pub label_selector: Option<String>,
+}
+
+/// What is served, by CRD name: the spec it was built from and its versions (the
+/// preferred version first).
+#[derive(Default)]
+struct Registry {
+    by_crd: BTreeMap<String, (Value, Vec<&'static Served>)>,
+}
+
+static REGISTRY: RwLock<Registry> = RwLock::new(Registry { by_crd: BTreeMap::new() });
+
+fn served() -> Vec<&'static Served> {
+    let r = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
+    r.by_crd.values().flat_map(|(_, v)| v.iter().copied()).collect()
+}
+
+/// The custom resource served at a group, version and plural.
+pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceDef> {
+    served()
+        .into_iter()
+        .find(|s| s.def.group == group && s.def.version == version && s.def.plural == plural)
+        .map(|s| &s.def)
+}
+
+/// Every served custom resource version.
+pub fn all() -> Vec<&'static ResourceDef> {
+    served().into_iter().map(|s| &s.def).collect()
+}
+
+/// What the registry knows of `def`, if it is a custom resource.
+pub fn of(def: &ResourceDef) -> Option<&'static Served> {
+    served().into_iter().find(|s| std::ptr::eq(&s.def, def))
+}
+
+/// Whether `def` is a custom resource (strategic merge patches are refused for them).
+pub fn is_custom(def: &ResourceDef) -> bool {
+    of(def).is_some()
+}
+
+/// A custom resource's categories (`None` for built-in kinds).
+pub fn categories(def: &ResourceDef) -> Option<Vec<String>> {
+    of(def).map(|s| s.categories.clone())
+}
+
+/// The view a non-storage version of a custom resource is served through.
+pub fn view_of(def: &ResourceDef) -> Option<&'static View> {
+    of(def).and_then(|s| s.view)
+}
+
+/// The scale subresource's paths of a custom resource.
+pub fn scale_paths(def: &ResourceDef) -> Option<ScalePaths> {
+    of(def).and_then(|s| s.scale.clone())
+}
+
+/// Serves `crd` (an Established CRD) as `spec` says, unless it already is.
+fn register(crd: &str, spec: &Value, revision: u64) {
+    let mut r = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
+    if r.by_crd.get(crd).is_some_and(|(s, _)| s == spec) {
+        return;
+    }
+    let versions = definition::build(crd, spec, revision);
+    tracing::info!(crd, versions = versions.len(), "serving custom resource");
+    r.by_crd.insert(crd.to_string(), (spec.clone(), versions));
+}
+
+/// Stops serving `crd`.
+fn unregister(crd: &str) {
+    let mut r = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
+    if r.by_crd.remove(crd).is_some() {
+        tracing::info!(crd, "no longer serving custom resource");
+    }
+}
