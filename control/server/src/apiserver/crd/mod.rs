@@ -74,12 +74,16 @@ fn served() -> Vec<&'static Served> {
     r.by_crd.values().flat_map(|(_, v)| v.iter().copied()).collect()
 }
 
+/// The first served version that `f` picks, looked up without copying the registry
+/// (every request asks whether its resource is a custom one).
+fn find_served(f: impl Fn(&Served) -> bool) -> Option<&'static Served> {
+    let r = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
+    r.by_crd.values().flat_map(|(_, v)| v.iter().copied()).find(|s| f(s))
+}
+
 /// The custom resource served at a group, version and plural.
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceDef> {
-    served()
-        .into_iter()
-        .find(|s| s.def.group == group && s.def.version == version && s.def.plural == plural)
-        .map(|s| &s.def)
+    find_served(|s| s.def.group == group && s.def.version == version && s.def.plural == plural).map(|s| &s.def)
 }
 
 /// Every served custom resource version.
@@ -89,7 +93,7 @@ pub fn all() -> Vec<&'static ResourceDef> {
 
 /// What the registry knows of `def`, if it is a custom resource.
 pub fn of(def: &ResourceDef) -> Option<&'static Served> {
-    served().into_iter().find(|s| std::ptr::eq(&s.def, def))
+    find_served(|s| std::ptr::eq(&s.def, def))
 }
 
 /// Whether `def` is a custom resource (strategic merge patches are refused for them).
