@@ -197,6 +197,37 @@ spec:
         })
     });
     assert!(s.fails(&["get", "--raw", "/apis/example.com/v1/dbclusters"]).contains("NotFound"));
+    // Groups under k8s.io need upstream's approval annotation.
+    let f = s.write("protected.yaml", &CRD.replace("example.com", "example.k8s.io"));
+    assert!(s.fails(&["apply", "-f", &f]).contains("api-approved.kubernetes.io"));
+
+    // A cluster-scoped CRD with no printer columns: objects without a namespace, Age shown.
+    let cluster = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: backupstores.example.com}
+spec:
+  group: example.com
+  scope: Cluster
+  names: {plural: backupstores, kind: BackupStore}
+  versions:
+  - name: v1alpha1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"#;
+    s.apply("cluster.yaml", cluster);
+    s.ok(&["wait", "--for=condition=Established", "crd/backupstores.example.com", "--timeout=30s"]);
+    let f = s.write("store.yaml", "apiVersion: example.com/v1alpha1\nkind: BackupStore\nmetadata: {name: s3}\nspec: {bucket: b, anything: {goes: 1}}\n");
+    s.ok(&["apply", "-f", &f]);
+    let table = s.ok(&["get", "backupstores"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, vec!["NAME", "AGE"], "{table}");
+    let store = s.json(&["get", "backupstore", "s3"]);
+    assert!(store["metadata"].get("namespace").is_none(), "{store}");
+    assert_eq!(store["spec"]["anything"]["goes"], 1);
+    let group: serde_json::Value = serde_json::from_str(&s.ok(&["get", "--raw", "/apis/example.com"])).unwrap();
+    assert_eq!(group["preferredVersion"]["version"], "v1", "GA before alpha: {group}");
 }
 
 #[test]

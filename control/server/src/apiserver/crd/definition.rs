@@ -99,6 +99,14 @@ fn validate_definition(obj: &Value, causes: &mut Vec<Cause>) {
     } else if let Some(e) = dns_subdomain_error(group) {
         causes.push(Cause::invalid("spec.group", &json!(group), e));
     }
+    let protected = [".k8s.io", ".kubernetes.io"].iter().any(|p| group.ends_with(p) || group == &p[1..]);
+    if protected && obj.pointer("/metadata/annotations/api-approved.kubernetes.io").is_none() {
+        causes.push(Cause {
+            reason: "FieldValueRequired",
+            field: "metadata.annotations[api-approved.kubernetes.io]".into(),
+            message: "Required value: protected groups must have approval annotation \"api-approved.kubernetes.io\", see https://github.com/kubernetes/enhancements/pull/1111".into(),
+        });
+    }
     if plural.is_empty() {
         causes.push(Cause::required("spec.names.plural"));
     } else {

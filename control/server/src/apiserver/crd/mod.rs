@@ -86,9 +86,12 @@ pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resourc
     find_served(|s| s.def.group == group && s.def.version == version && s.def.plural == plural).map(|s| &s.def)
 }
 
-/// Every served custom resource version.
+/// Every served custom resource version, by group and then by version priority (so a
+/// group's preferred version comes first whichever of its CRDs serves it).
 pub fn all() -> Vec<&'static ResourceDef> {
-    served().into_iter().map(|s| &s.def).collect()
+    let mut defs: Vec<&'static ResourceDef> = served().into_iter().map(|s| &s.def).collect();
+    defs.sort_by_cached_key(|d| (d.group, definition::version_order(d.version)));
+    defs
 }
 
 /// What the registry knows of `def`, if it is a custom resource.
