@@ -123,6 +123,19 @@ fn orders(extra_spec: &str) -> String {
     )
 }
 
+/// A cluster-scoped CRD in example.com with these versions (YAML list items).
+fn cluster_crd(plural: &str, kind: &str, versions: &str) -> String {
+    format!(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {{name: {plural}.example.com}}\n\
+         spec:\n  group: example.com\n  scope: Cluster\n  names: {{plural: {plural}, kind: {kind}}}\n  versions:\n{versions}"
+    )
+}
+
+/// kubectl's arguments for a merge patch of the `orders` Database's status.
+fn status_patch(patch: &str) -> [&str; 7] {
+    ["patch", "db", "orders", "--subresource=status", "--type=merge", "-p", patch]
+}
+
 /// Applies the CRD and waits for it to be Established.
 fn install(s: &Server) {
     let out = s.apply("crd.yaml", CRD);
@@ -142,17 +155,8 @@ fn crd_objects_are_validated_and_established() {
     let f = s.write("bad2.yaml", &wrong_name);
     let err = s.fails(&["apply", "-f", &f]);
     assert!(err.contains("metadata.name"), "{err}");
-    let no_schema = r#"apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: things.example.com}
-spec:
-  group: example.com
-  scope: Cluster
-  names: {plural: things, kind: Thing}
-  versions:
-  - {name: v1, served: true, storage: true}
-"#;
-    let f = s.write("bad3.yaml", no_schema);
+    let no_schema = cluster_crd("things", "Thing", "  - {name: v1, served: true, storage: true}\n");
+    let f = s.write("bad3.yaml", &no_schema);
     let err = s.fails(&["apply", "-f", &f]);
     assert!(err.contains("spec.versions[0].schema.openAPIV3Schema: Required value"), "{err}");
     let bad_scope = CRD.replace("scope: Namespaced", "scope: Global");
@@ -202,21 +206,12 @@ spec:
     assert!(s.fails(&["apply", "-f", &f]).contains("api-approved.kubernetes.io"));
 
     // A cluster-scoped CRD with no printer columns: objects without a namespace, Age shown.
-    let cluster = r#"apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: backupstores.example.com}
-spec:
-  group: example.com
-  scope: Cluster
-  names: {plural: backupstores, kind: BackupStore}
-  versions:
-  - name: v1alpha1
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
-"#;
-    s.apply("cluster.yaml", cluster);
+    let cluster = cluster_crd(
+        "backupstores",
+        "BackupStore",
+        "  - name: v1alpha1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}\n",
+    );
+    s.apply("cluster.yaml", &cluster);
     s.ok(&["wait", "--for=condition=Established", "crd/backupstores.example.com", "--timeout=30s"]);
     let f = s.write("store.yaml", "apiVersion: example.com/v1alpha1\nkind: BackupStore\nmetadata: {name: s3}\nspec: {bucket: b, anything: {goes: 1}}\n");
     s.ok(&["apply", "-f", &f]);
@@ -284,10 +279,7 @@ fn custom_objects_are_validated_pruned_defaulted_and_printed() {
     assert!(s.ok(&["get", "example"]).contains("orders"), "by category");
 
     // Status subresource: status writes go there; the main resource ignores them.
-    s.ok(&[
-        "patch", "db", "orders", "--subresource=status", "--type=merge", "-p",
-        r#"{"status":{"replicas":1,"selector":"app=orders","phase":"Running","conditions":[{"type":"Ready","status":"True"}]}}"#,
-    ]);
+    s.ok(&status_patch(r#"{"status":{"replicas":1,"selector":"app=orders","phase":"Running","conditions":[{"type":"Ready","status":"True"}]}}"#));
     s.ok(&[
         "patch",
         "db",
@@ -303,15 +295,7 @@ fn custom_objects_are_validated_pruned_defaulted_and_printed() {
     let row = s.ok(&["get", "db", "orders", "--no-headers"]);
     assert!(row.split_whitespace().nth(4) == Some("True"), "Ready column: {row}");
     // Invalid status is refused too.
-    let err = s.fails(&[
-        "patch",
-        "db",
-        "orders",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        r#"{"status":{"replicas":"x"}}"#,
-    ]);
+    let err = s.fails(&status_patch(r#"{"status":{"replicas":"x"}}"#));
     assert!(err.contains("status.replicas"), "{err}");
 
     // Strategic merge patches are not for custom resources (415), merge and JSON are.
@@ -370,15 +354,7 @@ fn scale_watch_explain_rbac_and_crd_deletion() {
     let out = s.ok(&["scale", "database", "orders", "--replicas=3"]);
     assert!(out.contains("scaled"), "{out}");
     assert_eq!(s.json(&["get", "db", "orders"])["spec"]["replicas"], 3);
-    s.ok(&[
-        "patch",
-        "db",
-        "orders",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        r#"{"status":{"replicas":3,"selector":"app=orders"}}"#,
-    ]);
+    s.ok(&status_patch(r#"{"status":{"replicas":3,"selector":"app=orders"}}"#));
     let scale: serde_json::Value = serde_json::from_str(&s.ok(&[
         "get",
         "--raw",

@@ -74,6 +74,23 @@ fn bench_crd() -> serde_json::Value {
     })
 }
 
+/// Five unpaginated LISTs of `path`, as an informer's first list does: their times in
+/// ms, sorted, and how many items the last one had.
+async fn full_lists(client: &Client, path: &str) -> anyhow::Result<(Vec<f64>, usize)> {
+    let mut times = Vec::new();
+    let mut count = 0;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let resp = client.send_raw(http::Method::GET, path, None, Bytes::new()).await?;
+        let body = resp.into_body().collect().await.map_err(|e| anyhow::anyhow!("{e}"))?.to_bytes();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        let v: serde_json::Value = serde_json::from_slice(&body)?;
+        count = v["items"].as_array().map_or(0, Vec::len);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times, count))
+}
+
 /// Sends a JSON request; fails unless the answer is a success.
 async fn send_json(client: &Client, method: http::Method, path: &str, body: &serde_json::Value) -> anyhow::Result<()> {
     let resp =
@@ -128,20 +145,10 @@ async fn custom_objects(client: &Client, a: &Args) -> anyhow::Result<()> {
     }
     let secs = started.elapsed().as_secs_f64();
     println!("P7 custom-object-creates-per-s@{}: {:.0} creates/s", a.label, a.custom_objects as f64 / secs);
-    let mut full = Vec::new();
-    let mut count = 0;
-    for _ in 0..5 {
-        let t = Instant::now();
-        let resp = client.send_raw(http::Method::GET, &path, None, Bytes::new()).await?;
-        let body = resp.into_body().collect().await.map_err(|e| anyhow::anyhow!("{e}"))?.to_bytes();
-        full.push(t.elapsed().as_secs_f64() * 1e3);
-        let v: serde_json::Value = serde_json::from_slice(&body)?;
-        count = v["items"].as_array().map_or(0, Vec::len);
-    }
+    let (full, count) = full_lists(client, &path).await?;
     if count != a.custom_objects {
         bail!("LIST returned {count} custom objects, expected {}", a.custom_objects);
     }
-    full.sort_by(f64::total_cmp);
     println!("P7 list-{}-custom-objects@{}: {:.0} ms", a.custom_objects, a.label, percentile(&full, 0.5));
     eprintln!("full LIST of {count} custom objects, 5 runs: {full:.0?} ms");
     Ok(())
@@ -242,22 +249,11 @@ async fn main() -> anyhow::Result<()> {
     println!("P7 watch-latency-under-creates-p99@{}: {:.1} ms", a.label, percentile(&burst_lat, 0.99));
 
     // LIST: the whole collection in one response, as an informer's first list does.
-    let path = format!("/api/v1/namespaces/{ns}/pods");
-    let mut full = Vec::new();
-    let mut count = 0;
-    for _ in 0..5 {
-        let t = Instant::now();
-        let resp = client.send_raw(http::Method::GET, &path, None, Bytes::new()).await?;
-        let body = resp.into_body().collect().await.map_err(|e| anyhow::anyhow!("{e}"))?.to_bytes();
-        full.push(t.elapsed().as_secs_f64() * 1e3);
-        let v: serde_json::Value = serde_json::from_slice(&body)?;
-        count = v["items"].as_array().map_or(0, Vec::len);
-    }
+    let (full, count) = full_lists(&client, &format!("/api/v1/namespaces/{ns}/pods")).await?;
     // The namespace is the bench's own and new: anything but the pods it made is wrong.
     if count != a.pods {
         bail!("LIST returned {count} pods, expected {}", a.pods);
     }
-    full.sort_by(f64::total_cmp);
     println!("P7 list-{}-pods@{}: {:.0} ms", a.pods, a.label, percentile(&full, 0.5));
     eprintln!("full LIST of {count} pods, 5 runs: {full:.0?} ms");
     let t = Instant::now();

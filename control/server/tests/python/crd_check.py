@@ -14,36 +14,13 @@ check failed. Every wait is bounded.
 
 import sys
 import time
-import traceback
 
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
+from checks import check, expect_status, summary
+
 GROUP, VERSION, PLURAL, NS = "example.org", "v1", "widgets", "default"
-failures = []
-
-
-def check(name):
-    def run(fn):
-        try:
-            fn()
-            print(f"ok - {name}", flush=True)
-        except Exception as e:  # noqa: BLE001 - any exception is a failed check
-            failures.append(name)
-            print(f"FAIL - {name}: {type(e).__name__}: {e}", flush=True)
-            traceback.print_exc(file=sys.stdout)
-        return fn
-
-    return run
-
-
-def expect_status(code, fn, *args, **kwargs):
-    try:
-        fn(*args, **kwargs)
-    except ApiException as e:
-        assert e.status == code, f"expected {code}, got {e.status}: {e.body}"
-        return e
-    raise AssertionError(f"expected ApiException {code}, but the call succeeded")
 
 
 def wait_until(what, fn, timeout=20):
@@ -197,8 +174,7 @@ def main():
         wait_until("the CRD to be gone", gone)
         expect_status(404, co.list_namespaced_custom_object, GROUP, VERSION, NS, PLURAL)
 
-    print(f"{len(failures)} failed" if failures else "all checks passed", flush=True)
-    return 1 if failures else 0
+    return summary()
 
 
 if __name__ == "__main__":

@@ -197,29 +197,18 @@ fn validate_version(i: usize, v: &Value, versions: &[Value], causes: &mut Vec<Ca
         }),
     }
     if let Some(scale) = v.pointer("/subresources/scale").filter(|s| s.is_object()) {
-        let spec = s(scale, "/specReplicasPath");
-        if !spec.starts_with(".spec.") {
-            causes.push(Cause::invalid(
-                format!("{at}.subresources.scale.specReplicasPath"),
-                &json!(spec),
-                "should be a json path under .spec",
-            ));
-        }
-        let status = s(scale, "/statusReplicasPath");
-        if !status.starts_with(".status.") {
-            causes.push(Cause::invalid(
-                format!("{at}.subresources.scale.statusReplicasPath"),
-                &json!(status),
-                "should be a json path under .status",
-            ));
-        }
-        let sel = s(scale, "/labelSelectorPath");
-        if !(sel.is_empty() || sel.starts_with(".spec.") || sel.starts_with(".status.")) {
-            causes.push(Cause::invalid(
-                format!("{at}.subresources.scale.labelSelectorPath"),
-                &json!(sel),
-                "should be a json path under either .spec or .status",
-            ));
+        // (field, whether it may be absent, the prefixes it must have, what it should be)
+        let paths: [(&str, bool, &[&str], &str); 3] = [
+            ("specReplicasPath", false, &[".spec."], "should be a json path under .spec"),
+            ("statusReplicasPath", false, &[".status."], "should be a json path under .status"),
+            ("labelSelectorPath", true, &[".spec.", ".status."], "should be a json path under either .spec or .status"),
+        ];
+        for (field, optional, prefixes, should) in paths {
+            let p = s(scale, &format!("/{field}"));
+            let fine = (optional && p.is_empty()) || prefixes.iter().any(|pre| p.starts_with(pre));
+            if !fine {
+                causes.push(Cause::invalid(format!("{at}.subresources.scale.{field}"), &json!(p), should));
+            }
         }
     }
     for (j, c) in arr(v, "/additionalPrinterColumns").iter().enumerate() {
