@@ -384,6 +384,29 @@ fn scale_watch_explain_rbac_and_crd_deletion() {
     let explain = s.ok(&["explain", "db.spec.backup.schedule"]);
     assert!(explain.contains("string"), "{explain}");
 
+    let described = s.ok(&["describe", "db", "orders"]);
+    assert!(described.contains("Engine:") && described.contains("postgres"), "{described}");
+
+    // A changed CRD is served as changed: a new column, a new field that explain shows.
+    let changed = CRD
+        .replace(
+            "    - {name: Age, type: date, jsonPath: .metadata.creationTimestamp}",
+            "    - {name: Size, type: string, jsonPath: .spec.storage.size}\n    - {name: Age, type: date, jsonPath: .metadata.creationTimestamp}",
+        )
+        .replace(
+            "              engine:\n",
+            "              tier:\n                description: The service tier, for billing.\n                type: string\n              engine:\n",
+        );
+    let out = s.apply("crd-changed.yaml", &changed);
+    assert!(out.contains("configured"), "{out}");
+    s.wait_for(20, "the new column", || s.ok(&["get", "db"]).lines().next().is_some_and(|h| h.contains("SIZE")));
+    assert!(s.ok(&["get", "db"]).contains("1Gi"));
+    assert!(s.ok(&["explain", "db.spec.tier"]).contains("The service tier, for billing."));
+    s.ok(&["patch", "db", "orders", "--type=merge", "-p", r#"{"spec":{"tier":"gold"}}"#]);
+    assert_eq!(s.json(&["get", "db", "orders"])["spec"]["tier"], "gold", "no longer pruned");
+    let crd = s.json(&["get", "crd", "databases.example.com"]);
+    assert!(crd["metadata"]["finalizers"].to_string().contains("customresourcecleanup"), "{crd}");
+
     // RBAC: a Role on databases in example.com lets a ServiceAccount read, not delete.
     s.ok(&["create", "serviceaccount", "reader"]);
     s.ok(&["create", "role", "db-reader", "--verb=get,list,watch", "--resource=databases.example.com"]);

@@ -59,6 +59,14 @@ async fn follow(store: &dyn Store) -> crate::apiserver::status::ApiResult<()> {
             }
             EventType::Delete => {
                 known.remove(&key);
+                // A CRD removed without its cleanup (its finalizer taken off by hand) leaves
+                // no objects behind either. (Our own cleanup deletes it with the finalizer
+                // still listed, after deleting the objects.)
+                if let Some(prev) = ev.prev.as_ref().and_then(|p| to_obj(p).ok())
+                    && !has_cleanup_finalizer(&prev)
+                {
+                    delete_objects(store, &prev).await?;
+                }
             }
         }
         reconcile_all(store, &known).await;
@@ -202,19 +210,12 @@ async fn accept(store: &dyn Store, obj: &Value, rev: u64, conflict: Option<Strin
 
 /// Deletes a deleted CRD's objects, then lets the CRD go.
 async fn clean_up(store: &dyn Store, obj: &Value, rev: u64) -> store::Result<()> {
-    let finalizers: Vec<Value> =
-        obj.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
-    if !finalizers.iter().any(|f| f == CLEANUP_FINALIZER) {
+    if !has_cleanup_finalizer(obj) {
         return Ok(());
     }
-    let prefix = prefix_of(s(obj, "/spec/group"), s(obj, "/spec/names/plural"));
-    let page = store.list(&prefix, None, 0).await?;
-    for kv in &page.kvs {
-        match store.delete(&kv.key, None).await {
-            Ok(_) | Err(store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(e),
-        }
-    }
+    let finalizers: Vec<Value> =
+        obj.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
+    let deleted = delete_objects(store, obj).await?;
     let key = by_kind("CustomResourceDefinition").expect("built-in").key(None, name(obj));
     let rest: Vec<Value> = finalizers.into_iter().filter(|f| f != CLEANUP_FINALIZER).collect();
     if rest.is_empty() {
@@ -224,6 +225,28 @@ async fn clean_up(store: &dyn Store, obj: &Value, rev: u64) -> store::Result<()>
         new["metadata"]["finalizers"] = json!(rest);
         store.update(&key, to_bytes(&new), Some(rev)).await?;
     }
-    tracing::info!(crd = name(obj), objects = page.kvs.len(), "CRD deleted with its objects");
+    tracing::info!(crd = name(obj), objects = deleted, "CRD deleted with its objects");
     Ok(())
+}
+
+fn has_cleanup_finalizer(obj: &Value) -> bool {
+    obj.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|fs| fs.iter().any(|f| f == CLEANUP_FINALIZER))
+}
+
+/// Deletes every object of the CRD `obj` (all versions, all namespaces); how many.
+async fn delete_objects(store: &dyn Store, obj: &Value) -> store::Result<usize> {
+    let (group, plural) = (s(obj, "/spec/group"), s(obj, "/spec/names/plural"));
+    if group.is_empty() || plural.is_empty() {
+        return Ok(0);
+    }
+    let page = store.list(&prefix_of(group, plural), None, 0).await?;
+    for kv in &page.kvs {
+        match store.delete(&kv.key, None).await {
+            Ok(_) | Err(store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(page.kvs.len())
 }

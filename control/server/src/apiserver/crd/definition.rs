@@ -41,15 +41,15 @@ impl Strategy for DefinitionStrategy {
         if let Some(m) = obj.as_object_mut() {
             m.remove("status");
         }
-        let fs = obj["metadata"].as_object_mut().map(|m| m.entry("finalizers").or_insert(json!([])));
-        if let Some(Value::Array(fs)) = fs
-            && !fs.iter().any(|f| f == CLEANUP_FINALIZER)
-        {
-            fs.push(json!(CLEANUP_FINALIZER));
-        }
+        add_cleanup_finalizer(obj);
     }
 
     fn prepare_for_update(&self, cur: &Value, new: &mut Value) -> Result<(), Vec<Cause>> {
+        // A live CRD keeps its cleanup finalizer whatever a PUT says, so that deleting it
+        // always deletes its objects.
+        if new.pointer("/metadata/deletionTimestamp").is_none() {
+            add_cleanup_finalizer(new);
+        }
         let mut causes = Vec::new();
         if s(cur, "/spec/scope") != s(new, "/spec/scope") && !s(new, "/spec/scope").is_empty() {
             causes.push(Cause {
@@ -76,6 +76,15 @@ impl Strategy for DefinitionStrategy {
 
     fn validate(&self, obj: &Value, causes: &mut Vec<Cause>) {
         validate_definition(obj, causes);
+    }
+}
+
+fn add_cleanup_finalizer(obj: &mut Value) {
+    let fs = obj["metadata"].as_object_mut().map(|m| m.entry("finalizers").or_insert(json!([])));
+    if let Some(Value::Array(fs)) = fs
+        && !fs.iter().any(|f| f == CLEANUP_FINALIZER)
+    {
+        fs.push(json!(CLEANUP_FINALIZER));
     }
 }
 
