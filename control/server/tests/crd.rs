@@ -206,11 +206,7 @@ fn crd_objects_are_validated_and_established() {
     assert!(s.fails(&["apply", "-f", &f]).contains("api-approved.kubernetes.io"));
 
     // A cluster-scoped CRD with no printer columns: objects without a namespace, Age shown.
-    let cluster = cluster_crd(
-        "backupstores",
-        "BackupStore",
-        "  - name: v1alpha1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}\n",
-    );
+    let cluster = cluster_crd("backupstores", "BackupStore", BACKUPSTORE_V1ALPHA1);
     s.apply("cluster.yaml", &cluster);
     s.ok(&["wait", "--for=condition=Established", "crd/backupstores.example.com", "--timeout=30s"]);
     let f = s.write("store.yaml", "apiVersion: example.com/v1alpha1\nkind: BackupStore\nmetadata: {name: s3}\nspec: {bucket: b, anything: {goes: 1}}\n");
@@ -223,7 +219,24 @@ fn crd_objects_are_validated_and_established() {
     assert_eq!(store["spec"]["anything"]["goes"], 1);
     let group: serde_json::Value = serde_json::from_str(&s.ok(&["get", "--raw", "/apis/example.com"])).unwrap();
     assert_eq!(group["preferredVersion"]["version"], "v1", "GA before alpha: {group}");
+
+    // A new storage version: stored objects move to it, and every version serves them.
+    let v1 = BACKUPSTORE_V1ALPHA1.replace("v1alpha1", "v1");
+    let v1alpha1 = BACKUPSTORE_V1ALPHA1.replace("storage: true", "storage: false");
+    let upgraded = cluster_crd("backupstores", "BackupStore", &format!("{v1}{v1alpha1}"));
+    s.apply("upgraded.yaml", &upgraded);
+    s.wait_for(20, "backupstores in v1", || s.run(&["get", "backupstores.v1.example.com", "s3"]).status.success());
+    let store = s.json(&["get", "backupstores.v1.example.com", "s3"]);
+    assert_eq!(store["apiVersion"], "example.com/v1", "{store}");
+    s.ok(&["patch", "backupstores.v1.example.com", "s3", "--type=merge", "-p", r#"{"spec":{"bucket":"c"}}"#]);
+    let old = s.json(&["get", "backupstores.v1alpha1.example.com", "s3"]);
+    assert_eq!(old["apiVersion"], "example.com/v1alpha1");
+    assert_eq!(old["spec"]["bucket"], "c");
+    let crd = s.json(&["get", "crd", "backupstores.example.com"]);
+    assert_eq!(crd["status"]["storedVersions"], serde_json::json!(["v1alpha1", "v1"]), "{crd}");
 }
+
+const BACKUPSTORE_V1ALPHA1: &str = "  - name: v1alpha1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}\n";
 
 #[test]
 fn custom_objects_are_validated_pruned_defaulted_and_printed() {

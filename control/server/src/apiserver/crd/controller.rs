@@ -193,7 +193,13 @@ async fn accept(store: &dyn Store, obj: &Value, rev: u64, conflict: Option<Strin
     status["storedVersions"] = json!(stored);
     if ok {
         let generation = obj.pointer("/metadata/generation").and_then(Value::as_u64).unwrap_or(0);
-        super::register(name(obj), &obj["spec"], generation);
+        if super::register(name(obj), &obj["spec"], generation)
+            && let Err(e) = migrate(store, obj, &storage).await
+        {
+            // Served again (and migrated) on the next event.
+            super::unregister(name(obj));
+            return Err(e);
+        }
     } else {
         super::unregister(name(obj));
     }
@@ -226,6 +232,43 @@ async fn clean_up(store: &dyn Store, obj: &Value, rev: u64) -> store::Result<()>
         store.update(&key, to_bytes(&new), Some(rev)).await?;
     }
     tracing::info!(crd = name(obj), objects = deleted, "CRD deleted with its objects");
+    Ok(())
+}
+
+/// Rewrites the apiVersion of stored objects that are not in the storage version (a
+/// CRD whose storage version changed): with no conversion, that is the whole migration,
+/// and every served version then finds its objects in the storage version's shape.
+async fn migrate(store: &dyn Store, obj: &Value, storage: &str) -> store::Result<()> {
+    let (group, plural) = (s(obj, "/spec/group"), s(obj, "/spec/names/plural"));
+    let want = json!(format!("{group}/{storage}"));
+    let page = store.list(&prefix_of(group, plural), None, 0).await?;
+    let mut migrated = 0;
+    for kv in page.kvs {
+        let mut kv = kv;
+        // A writer racing the rewrite wins; its object is looked at again.
+        for _attempt in 0..5 {
+            let Ok(mut o) = serde_json::from_slice::<Value>(&kv.value) else { break };
+            if o.get("apiVersion") == Some(&want) {
+                break;
+            }
+            o["apiVersion"] = want.clone();
+            match store.update(&kv.key, to_bytes(&o), Some(kv.mod_revision)).await {
+                Ok(_) => {
+                    migrated += 1;
+                    break;
+                }
+                Err(store::Error::Conflict { .. }) => match store.get(&kv.key).await? {
+                    Some(newer) => kv = newer,
+                    None => break,
+                },
+                Err(store::Error::NotFound { .. }) => break,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    if migrated > 0 {
+        tracing::info!(crd = name(obj), storage, objects = migrated, "custom objects moved to the storage version");
+    }
     Ok(())
 }
 

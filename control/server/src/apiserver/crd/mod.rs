@@ -119,15 +119,17 @@ pub fn scale_paths(def: &ResourceDef) -> Option<ScalePaths> {
     of(def).and_then(|s| s.scale.clone())
 }
 
-/// Serves `crd` (an Established CRD) as `spec` says, unless it already is.
-fn register(crd: &str, spec: &Value, revision: u64) {
+/// Serves `crd` (an Established CRD) as `spec` says, unless it already is; whether
+/// it changed what is served.
+fn register(crd: &str, spec: &Value, revision: u64) -> bool {
     let mut r = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
     if r.by_crd.get(crd).is_some_and(|(s, _)| s == spec) {
-        return;
+        return false;
     }
     let versions = definition::build(crd, spec, revision);
     tracing::info!(crd, versions = versions.len(), "serving custom resource");
     r.by_crd.insert(crd.to_string(), (spec.clone(), versions));
+    true
 }
 
 /// Stops serving `crd`.
