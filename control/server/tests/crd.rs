@@ -474,3 +474,33 @@ fn custom_objects_live_in_etcd_and_are_served_again_after_a_restart() {
     s.wait_for(20, "databases to be served after the restart", || s.run(&["get", "db", "orders"]).status.success());
     assert_eq!(s.json(&["get", "db", "orders"])["spec"]["replicas"], 4);
 }
+
+#[test]
+fn dependents_of_a_deleted_custom_object_are_garbage_collected() {
+    // With the controllers: the garbage collector follows owners of custom kinds too.
+    let s = Server::start();
+    install(&s);
+    s.ok(&["apply", "-f", &s.write("orders.yaml", &orders(""))]);
+    s.ok(&["apply", "-f", &s.write("billing.yaml", &orders("").replace("name: orders", "name: billing"))]);
+    let owned = |owner: &str| {
+        let uid = s.json(&["get", "db", owner])["metadata"]["uid"].as_str().unwrap().to_string();
+        format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {owner}-app\n  ownerReferences:\n  \
+             - {{apiVersion: example.com/v1, kind: Database, name: {owner}, uid: {uid}, controller: true}}\n"
+        )
+    };
+    s.ok(&["apply", "-f", &s.write("sa1.yaml", &owned("orders"))]);
+    s.ok(&["apply", "-f", &s.write("sa2.yaml", &owned("billing"))]);
+    // Owners that exist keep their dependents.
+    std::thread::sleep(Duration::from_secs(3));
+    s.ok(&["get", "serviceaccount", "orders-app", "billing-app"]);
+
+    s.ok(&["delete", "db", "orders"]);
+    s.wait_for(30, "orders-app to be collected", || !s.run(&["get", "serviceaccount", "orders-app"]).status.success());
+    s.ok(&["get", "serviceaccount", "billing-app"]);
+    // Deleting the CRD deletes the other owner, and so its dependent.
+    s.ok(&["delete", "crd", "databases.example.com"]);
+    s.wait_for(30, "billing-app to be collected", || {
+        !s.run(&["get", "serviceaccount", "billing-app"]).status.success()
+    });
+}
