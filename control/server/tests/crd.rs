@@ -504,3 +504,31 @@ fn dependents_of_a_deleted_custom_object_are_garbage_collected() {
         !s.run(&["get", "serviceaccount", "billing-app"]).status.success()
     });
 }
+
+#[test]
+fn deleting_a_crd_waits_for_the_finalizers_of_its_objects() {
+    let s = Server::start_with(&["--disable-controllers"]);
+    install(&s);
+    let held = orders("").replace("  name: orders\n", "  name: orders\n  finalizers: [example.com/backup]\n");
+    s.ok(&["apply", "-f", &s.write("held.yaml", &held)]);
+    s.ok(&["apply", "-f", &s.write("free.yaml", &orders("").replace("name: orders", "name: free"))]);
+
+    s.ok(&["delete", "crd", "databases.example.com", "--wait=false"]);
+    s.wait_for(20, "the CRD to be Terminating", || {
+        let c = s.json(&["get", "crd", "databases.example.com"]);
+        c["status"]["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Terminating" && c["status"] == "True"))
+    });
+    // The object without finalizers is gone; the held one is being deleted and still served.
+    s.wait_for(20, "free to be deleted", || !s.run(&["get", "db", "free"]).status.success());
+    let db = s.json(&["get", "db", "orders"]);
+    assert!(db["metadata"]["deletionTimestamp"].is_string(), "{db}");
+    let err = s.fails(&["apply", "-f", &s.write("new.yaml", &orders("").replace("name: orders", "name: late"))]);
+    assert!(err.contains("create not allowed while custom resource definition is terminating"), "{err}");
+
+    // Its finalizer's owner lets go: the object goes, then the CRD.
+    s.ok(&["patch", "db", "orders", "--type=json", "-p", r#"[{"op":"remove","path":"/metadata/finalizers"}]"#]);
+    s.wait_for(20, "the CRD to be gone", || !s.ok(&["get", "crd"]).contains("databases.example.com"));
+    assert!(!s.ok(&["get", "--raw", "/apis"]).contains("example.com"));
+}

@@ -11,8 +11,8 @@
 //! writes are compare-and-swap and converge on the same answer. It writes only CRD
 //! status, a deleted CRD's objects and the finalizer it owns.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -30,7 +30,7 @@ const RESTART: Duration = Duration::from_secs(1);
 pub fn spawn(store: Arc<dyn Store>) {
     tokio::spawn(async move {
         loop {
-            if let Err(e) = follow(store.as_ref()).await {
+            if let Err(e) = follow(&store).await {
                 tracing::warn!(error = %e, "CRD controller: watch ended; listing again");
             }
             tokio::time::sleep(RESTART).await;
@@ -41,7 +41,7 @@ pub fn spawn(store: Arc<dyn Store>) {
 /// A CRD as last seen: the object and its revision.
 type Known = BTreeMap<String, (Value, u64)>;
 
-async fn follow(store: &dyn Store) -> crate::apiserver::status::ApiResult<()> {
+async fn follow(store: &Arc<dyn Store>) -> crate::apiserver::status::ApiResult<()> {
     let prefix = by_kind("CustomResourceDefinition").expect("CRDs are a built-in kind").prefix();
     let page = store.list(&prefix, None, 0).await?;
     let mut known = Known::new();
@@ -65,7 +65,7 @@ async fn follow(store: &dyn Store) -> crate::apiserver::status::ApiResult<()> {
                 if let Some(prev) = ev.prev.as_ref().and_then(|p| to_obj(p).ok())
                     && !has_cleanup_finalizer(&prev)
                 {
-                    delete_objects(store, &prev).await?;
+                    delete_objects(store.as_ref(), &prev, false).await?;
                 }
             }
         }
@@ -83,11 +83,12 @@ fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {
 }
 
 /// Brings the registry and every CRD's status in line with `known`.
-async fn reconcile_all(store: &dyn Store, known: &Known) {
-    for crd in super::REGISTRY.read().unwrap_or_else(|e| e.into_inner()).by_crd.keys().cloned().collect::<Vec<_>>() {
-        if !known.contains_key(&crd) {
-            super::unregister(&crd);
-        }
+async fn reconcile_all(store: &Arc<dyn Store>, known: &Known) {
+    // Collected first: the registry's lock must not be held while unregistering.
+    let served: Vec<String> =
+        super::REGISTRY.read().unwrap_or_else(|e| e.into_inner()).by_crd.keys().cloned().collect();
+    for crd in served.iter().filter(|c| !known.contains_key(*c)) {
+        super::unregister(crd);
     }
     // Older CRDs keep their names when a newer one claims them.
     let mut order: Vec<&(Value, u64)> = known.values().collect();
@@ -97,14 +98,13 @@ async fn reconcile_all(store: &dyn Store, known: &Known) {
     let mut claimed: Vec<&Value> = Vec::new();
     for (obj, rev) in order {
         let result = if obj.pointer("/metadata/deletionTimestamp").is_some() {
-            super::unregister(name(obj));
             clean_up(store, obj, *rev).await
         } else {
             let conflict = names_conflict(obj, &claimed);
             if conflict.is_none() {
                 claimed.push(obj);
             }
-            accept(store, obj, *rev, conflict).await
+            accept(store.as_ref(), obj, *rev, conflict).await
         };
         if let Err(e) = result {
             // The next event (our own write's, or the one that raced it) retries.
@@ -208,31 +208,128 @@ async fn accept(store: &dyn Store, obj: &Value, rev: u64, conflict: Option<Strin
     }
     let mut new = obj.clone();
     new["status"] = status;
-    let key = by_kind("CustomResourceDefinition").expect("built-in").key(None, name(obj));
-    store.update(&key, to_bytes(&new), Some(rev)).await?;
+    store.update(&crd_key(obj), to_bytes(&new), Some(rev)).await?;
     tracing::info!(crd = name(obj), established = ok, "CRD status updated");
     Ok(())
 }
 
-/// Deletes a deleted CRD's objects, then lets the CRD go.
-async fn clean_up(store: &dyn Store, obj: &Value, rev: u64) -> store::Result<()> {
+/// A deleted CRD: marked Terminating (its objects stay served, none may be created),
+/// its objects deleted (those with finalizers marked for deletion, and waited for),
+/// then the CRD let go.
+async fn clean_up(store: &Arc<dyn Store>, obj: &Value, rev: u64) -> store::Result<()> {
     if !has_cleanup_finalizer(obj) {
         return Ok(());
     }
+    super::set_terminating(name(obj));
+    if is_true(obj, "Established") {
+        // Served while it terminates (after a restart too): finalizers are removed
+        // through the API.
+        let generation = obj.pointer("/metadata/generation").and_then(Value::as_u64).unwrap_or(0);
+        super::register(name(obj), &obj["spec"], generation);
+    }
+    if !is_true(obj, "Terminating") {
+        let mut new = obj.clone();
+        let mut conds: Vec<Value> = obj
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .map(|cs| cs.iter().filter(|c| c["type"] != "Terminating").cloned().collect())
+            .unwrap_or_default();
+        conds.push(condition(
+            "Terminating",
+            true,
+            "InstanceDeletionInProgress",
+            "CustomResource deletion is in progress",
+            obj,
+        ));
+        new["status"]["conditions"] = json!(conds);
+        store.update(&crd_key(obj), to_bytes(&new), Some(rev)).await?;
+        // Our own write's event brings the CRD back here.
+        return Ok(());
+    }
+    let left = delete_objects(store.as_ref(), obj, true).await?;
+    if left > 0 {
+        wait_then_finish(store.clone(), obj);
+        return Ok(());
+    }
+    finish(store.as_ref(), obj, rev).await
+}
+
+fn is_true(obj: &Value, ty: &str) -> bool {
+    obj.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == ty && c["status"] == "True"))
+}
+
+fn crd_key(obj: &Value) -> String {
+    by_kind("CustomResourceDefinition").expect("built-in").key(None, name(obj))
+}
+
+/// Removes the cleanup finalizer of a CRD whose objects are gone (the CRD goes with it
+/// unless other finalizers remain).
+async fn finish(store: &dyn Store, obj: &Value, rev: u64) -> store::Result<()> {
     let finalizers: Vec<Value> =
         obj.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
-    let deleted = delete_objects(store, obj).await?;
-    let key = by_kind("CustomResourceDefinition").expect("built-in").key(None, name(obj));
     let rest: Vec<Value> = finalizers.into_iter().filter(|f| f != CLEANUP_FINALIZER).collect();
     if rest.is_empty() {
-        store.delete(&key, Some(rev)).await?;
+        store.delete(&crd_key(obj), Some(rev)).await?;
     } else {
         let mut new = obj.clone();
         new["metadata"]["finalizers"] = json!(rest);
-        store.update(&key, to_bytes(&new), Some(rev)).await?;
+        store.update(&crd_key(obj), to_bytes(&new), Some(rev)).await?;
     }
-    tracing::info!(crd = name(obj), objects = deleted, "CRD deleted with its objects");
+    tracing::info!(crd = name(obj), "CRD deleted with its objects");
     Ok(())
+}
+
+/// CRDs whose remaining objects (held by their finalizers) a task waits for.
+static WAITING: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// Waits (once per CRD) until the CRD's objects are gone, then finishes its deletion.
+fn wait_then_finish(store: Arc<dyn Store>, obj: &Value) {
+    let crd = name(obj).to_string();
+    if !WAITING.lock().unwrap_or_else(|e| e.into_inner()).insert(crd.clone()) {
+        return;
+    }
+    let prefix = prefix_of(s(obj, "/spec/group"), s(obj, "/spec/names/plural"));
+    let key = crd_key(obj);
+    tokio::spawn(async move {
+        tracing::info!(crd, "CRD deletion waits for the finalizers of its objects");
+        let result: store::Result<()> = async {
+            wait_empty(store.as_ref(), &prefix).await?;
+            match store.get(&key).await? {
+                Some(kv) => {
+                    let obj: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+                    if obj.pointer("/metadata/deletionTimestamp").is_some() && has_cleanup_finalizer(&obj) {
+                        finish(store.as_ref(), &obj, kv.mod_revision).await?;
+                    }
+                    Ok(())
+                }
+                None => Ok(()),
+            }
+        }
+        .await;
+        WAITING.lock().unwrap_or_else(|e| e.into_inner()).remove(&crd);
+        if let Err(e) = result {
+            // The controller's next look at the CRD (a restart's list) starts again.
+            tracing::warn!(crd, error = %e, "CRD deletion: waiting for its objects failed");
+        }
+    });
+}
+
+/// Returns once nothing is stored under `prefix`, looking again at each deletion.
+async fn wait_empty(store: &dyn Store, prefix: &str) -> store::Result<()> {
+    loop {
+        let page = store.list(prefix, None, 0).await?;
+        if page.kvs.is_empty() {
+            return Ok(());
+        }
+        let mut events = store.watch(prefix, page.revision).await?;
+        while let Some(ev) = events.next().await.transpose()? {
+            if ev.kind == EventType::Delete {
+                break;
+            }
+        }
+    }
 }
 
 /// Rewrites the apiVersion of stored objects that are not in the storage version (a
@@ -278,18 +375,37 @@ fn has_cleanup_finalizer(obj: &Value) -> bool {
         .is_some_and(|fs| fs.iter().any(|f| f == CLEANUP_FINALIZER))
 }
 
-/// Deletes every object of the CRD `obj` (all versions, all namespaces); how many.
-async fn delete_objects(store: &dyn Store, obj: &Value) -> store::Result<usize> {
+/// Deletes the objects of the CRD `obj` (all versions, all namespaces). With
+/// `honour_finalizers`, objects with finalizers are marked for deletion instead (their
+/// finalizers' owners remove them, and the API server then deletes them); the number
+/// of those left is returned.
+async fn delete_objects(store: &dyn Store, obj: &Value, honour_finalizers: bool) -> store::Result<usize> {
     let (group, plural) = (s(obj, "/spec/group"), s(obj, "/spec/names/plural"));
     if group.is_empty() || plural.is_empty() {
         return Ok(0);
     }
     let page = store.list(&prefix_of(group, plural), None, 0).await?;
+    let mut left = 0;
     for kv in &page.kvs {
+        let mut o: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+        let held = o.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+        if honour_finalizers && held {
+            left += 1;
+            if o.pointer("/metadata/deletionTimestamp").is_none() {
+                o["metadata"]["deletionTimestamp"] = json!(meta::now());
+                o["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                match store.update(&kv.key, to_bytes(&o), Some(kv.mod_revision)).await {
+                    // A racing writer: the object is looked at again at the next event.
+                    Ok(_) | Err(store::Error::Conflict { .. } | store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            continue;
+        }
         match store.delete(&kv.key, None).await {
             Ok(_) | Err(store::Error::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(page.kvs.len())
+    Ok(left)
 }

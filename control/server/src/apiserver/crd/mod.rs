@@ -23,7 +23,7 @@ mod definition;
 mod openapi;
 mod schema;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
@@ -34,6 +34,7 @@ pub use definition::DefinitionStrategy;
 pub use openapi::{document, hash};
 
 use super::resources::ResourceDef;
+use super::status::ApiError;
 use super::views::View;
 
 /// One served version of a custom resource.
@@ -65,9 +66,11 @@ pub struct ScalePaths {
 #[derive(Default)]
 struct Registry {
     by_crd: BTreeMap<String, (Value, Vec<&'static Served>)>,
+    /// CRDs being deleted: their objects are still served, but none may be created.
+    terminating: BTreeSet<String>,
 }
 
-static REGISTRY: RwLock<Registry> = RwLock::new(Registry { by_crd: BTreeMap::new() });
+static REGISTRY: RwLock<Registry> = RwLock::new(Registry { by_crd: BTreeMap::new(), terminating: BTreeSet::new() });
 
 fn served() -> Vec<&'static Served> {
     let r = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
@@ -109,6 +112,24 @@ pub fn categories(def: &ResourceDef) -> Option<Vec<String>> {
     of(def).map(|s| s.categories.clone())
 }
 
+/// The refusal of a create of `def` while its CRD is being deleted, as upstream's.
+pub fn refuse_create(def: &ResourceDef) -> Option<ApiError> {
+    let served = of(def)?;
+    let r = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
+    r.terminating.contains(&served.crd).then(|| ApiError {
+        code: 405,
+        reason: "MethodNotAllowed",
+        message: "create not allowed while custom resource definition is terminating".into(),
+        details: None,
+        causes: Vec::new(),
+    })
+}
+
+/// Marks `crd` as being deleted.
+fn set_terminating(crd: &str) {
+    REGISTRY.write().unwrap_or_else(|e| e.into_inner()).terminating.insert(crd.to_string());
+}
+
 /// The view a non-storage version of a custom resource is served through.
 pub fn view_of(def: &ResourceDef) -> Option<&'static View> {
     of(def).and_then(|s| s.view)
@@ -135,6 +156,7 @@ fn register(crd: &str, spec: &Value, revision: u64) -> bool {
 /// Stops serving `crd`.
 fn unregister(crd: &str) {
     let mut r = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
+    r.terminating.remove(crd);
     if r.by_crd.remove(crd).is_some() {
         tracing::info!(crd, "no longer serving custom resource");
     }
