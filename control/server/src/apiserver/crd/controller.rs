@@ -3,13 +3,18 @@
 //! - accepts its names unless an older CRD or a built-in kind of its group has them,
 //!   and records that in its status (`NamesAccepted`, `Established`, `acceptedNames`,
 //!   `storedVersions`);
-//! - serves it (the registry in `crd`) while it is Established;
-//! - once it is being deleted: stops serving it, deletes its objects, then removes its
-//!   cleanup finalizer (and the CRD with it, when no other finalizer remains).
+//! - serves it (the registry in `crd`) while it is Established, moving stored objects
+//!   to a new storage version when it changes;
+//! - once it is being deleted, as upstream: sets `Terminating`, keeps serving its
+//!   objects but refuses creates, deletes them (those with finalizers are marked for
+//!   deletion and waited for), then removes its cleanup finalizer (and the CRD with
+//!   it, when no other finalizer remains). A CRD removed from the store without that
+//!   cleanup still takes its objects with it.
 //!
 //! Every API server process runs one (each keeps its own registry); their status
 //! writes are compare-and-swap and converge on the same answer. It writes only CRD
-//! status, a deleted CRD's objects and the finalizer it owns.
+//! status, a deleted CRD's objects (and the apiVersion of migrated ones) and the
+//! finalizer it owns.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

@@ -15,7 +15,8 @@
 //! The registry is process-wide: the served definitions are leaked (`&'static`), as the
 //! resource table's are, and rebuilt only when a CRD's spec changes, so the leak is
 //! bounded by the number of spec changes. It must not store anything itself; only the
-//! controller writes (CRD status, and the removal of a deleted CRD's objects).
+//! controller writes (CRD status, migrated and deleted objects). While a CRD is being
+//! deleted its resources stay served, but creates are refused (`refuse_create`).
 
 mod columns;
 mod controller;
