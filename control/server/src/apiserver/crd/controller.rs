@@ -54,13 +54,17 @@ async fn follow(store: &Arc<dyn Store>) -> crate::apiserver::status::ApiResult<(
         let obj = to_obj(kv)?;
         known.insert(name(&obj).to_string(), (obj, kv.mod_revision));
     }
-    reconcile_all(store, &known).await;
+    reconcile(store, &known, None).await;
     let mut watch = store.watch(&prefix, page.revision).await?;
     while let Some(ev) = watch.next().await.transpose()? {
         let key = ev.kv.key.trim_start_matches(&prefix).to_string();
-        match ev.kind {
+        // Names are claimed within a group, so a change concerns its group's CRDs only.
+        let group = match ev.kind {
             EventType::Put => {
-                known.insert(key, (to_obj(&ev.kv)?, ev.kv.mod_revision));
+                let obj = to_obj(&ev.kv)?;
+                let group = s(&obj, "/spec/group").to_string();
+                known.insert(key, (obj, ev.kv.mod_revision));
+                Some(group)
             }
             EventType::Delete => {
                 known.remove(&key);
@@ -72,9 +76,10 @@ async fn follow(store: &Arc<dyn Store>) -> crate::apiserver::status::ApiResult<(
                 {
                     delete_objects(store.as_ref(), &prev, false).await?;
                 }
+                ev.prev.as_ref().and_then(|p| to_obj(p).ok()).map(|p| s(&p, "/spec/group").to_string())
             }
-        }
-        reconcile_all(store, &known).await;
+        };
+        reconcile(store, &known, group.as_deref()).await;
     }
     Ok(())
 }
@@ -87,8 +92,9 @@ fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {
     v.pointer(ptr).and_then(Value::as_str).unwrap_or("")
 }
 
-/// Brings the registry and every CRD's status in line with `known`.
-async fn reconcile_all(store: &Arc<dyn Store>, known: &Known) {
+/// Brings the registry and the status of the CRDs of `group` (of all, with `None`) in
+/// line with `known`.
+async fn reconcile(store: &Arc<dyn Store>, known: &Known, group: Option<&str>) {
     // Collected first: the registry's lock must not be held while unregistering.
     let served: Vec<String> =
         super::REGISTRY.read().unwrap_or_else(|e| e.into_inner()).by_crd.keys().cloned().collect();
@@ -96,7 +102,8 @@ async fn reconcile_all(store: &Arc<dyn Store>, known: &Known) {
         super::unregister(crd);
     }
     // Older CRDs keep their names when a newer one claims them.
-    let mut order: Vec<&(Value, u64)> = known.values().collect();
+    let mut order: Vec<&(Value, u64)> =
+        known.values().filter(|(o, _)| group.is_none_or(|g| s(o, "/spec/group") == g)).collect();
     order.sort_by(|a, b| {
         (s(&a.0, "/metadata/creationTimestamp"), name(&a.0)).cmp(&(s(&b.0, "/metadata/creationTimestamp"), name(&b.0)))
     });
