@@ -284,6 +284,20 @@ const CELLS: &[Cell] = &[
         expect: Expect::Refused,
     },
     Cell {
+        name: "node 1 host → its own node port, backend on node 2 (socket LB)",
+        from: NODE1_HOST,
+        to: Target::NodePort("np-n2", 0),
+        requests: 3,
+        expect: Expect::AnsweredBy("srv-n2"),
+    },
+    Cell {
+        name: "node 1 host → LoadBalancer ingress address (socket LB)",
+        from: NODE1_HOST,
+        to: Target::LoadBalancer("lb"),
+        requests: 3,
+        expect: Expect::AnsweredBy("srv-n2"),
+    },
+    Cell {
         name: "outside → NodePort on node 1, backend on node 2",
         from: OUTSIDE,
         to: Target::NodePort("np-n2", 0),
