@@ -668,6 +668,8 @@ fn node_port_with_backend(h: &Harness, backend: Ipv4Addr) {
     let front = |slot| Service4Key::new(addr_to_map(NODE.octets()), port_to_map(NODE_PORT), PROTO_TCP, slot);
     services.insert(front(1), Service4Value { backend_id: 1, rev_nat_index: 1, ..Default::default() }, 0).unwrap();
     services.insert(front(0), Service4Value { count: 1, rev_nat_index: 1, ..Default::default() }, 0).unwrap();
+    let rev = RevNat4 { addr: addr_to_map(NODE.octets()), port: port_to_map(NODE_PORT), _pad: 0 };
+    h.hash::<u32, RevNat4>(pin::REV_NAT).insert(1, rev, 0).unwrap();
 }
 
 /// Runs the XDP program (loaded from the agent's embedded object, sharing the pinned
@@ -736,5 +738,34 @@ fn drops_are_counted_by_reason() {
         assert_eq!(h.stat("drop_stale_service"), dropped);
         assert_eq!(h.stat("errors"), dropped);
         assert_eq!(h.stat("drop_rewrite") + h.stat("drop_ct_insert"), 0);
+    });
+}
+
+#[test]
+fn node_port_flows_from_two_clients_with_one_source_port_get_their_own_translated_ports() {
+    with_harness("node_port_flows_from_two_clients_with_one_source_port", |h| {
+        // A backend on another node: the flows get this node's podCIDR address as
+        // source, so two clients using the same port would make one reply flow.
+        node_port_with_backend(h, Ipv4Addr::new(10, 244, 2, 20));
+        let (a, b) = (Ipv4Addr::new(192, 168, 77, 100), Ipv4Addr::new(192, 168, 77, 101));
+        let run = |h: &mut Harness, client: Ipv4Addr, flags: u8| {
+            let (action, out) =
+                h.run_prog(Prog::FromUnderlay, &packet(PROTO_TCP, (client, 40000), (NODE, NODE_PORT), flags, b""));
+            assert_eq!(action, TC_ACT_REDIRECT, "into the tunnel");
+            parse(&out)
+        };
+        let first = run(h, a, TCP_SYN);
+        let second = run(h, b, TCP_SYN);
+        assert_eq!((first.src, second.src), (Ipv4Addr::new(10, 244, 1, 1), Ipv4Addr::new(10, 244, 1, 1)));
+        assert_eq!(first.sport, 40000, "the first flow keeps its client's port");
+        assert_ne!(second.sport, 40000, "the second must not share the first's translated port");
+        // Each flow keeps its port, and each reply goes back to its own client and port.
+        assert_eq!(run(h, b, TCP_ACK).sport, second.sport);
+        for (client, flow) in [(a, &first), (b, &second)] {
+            let reply = packet(PROTO_TCP, (flow.dst, BPORT), (flow.src, flow.sport), TCP_SYN | TCP_ACK, b"");
+            let (_, out) = h.run_prog(Prog::FromOverlay, &reply);
+            let back = parse(&out);
+            assert_eq!((back.src, back.sport, back.dst, back.dport), (NODE, NODE_PORT, client, 40000));
+        }
     });
 }

@@ -25,7 +25,10 @@ pub mod pin {
     pub const SERVICES: &str = "SERVICES_V1";
     pub const BACKENDS: &str = "BACKENDS_V1";
     pub const REV_NAT: &str = "REV_NAT_V1";
-    pub const CT: &str = "CT4_V1";
+    /// Conntrack; V2 added the client's and the translated source port (40-byte
+    /// values). A restarted agent copies V1's entries over and removes it.
+    pub const CT: &str = "CT4_V2";
+    pub const CT_V1: &str = "CT4_V1";
     pub const AFFINITY: &str = "AFFINITY_V1";
     /// `stat::SLOTS` per-CPU counters (V1 had 8 slots; a restarted agent removes it).
     pub const STATS: &str = "LB_STATS_V2";
@@ -217,8 +220,16 @@ pub struct Ct4Entry {
     /// address in its podCIDR). 0 otherwise; a hairpin entry of an older agent has 0
     /// too and means [`LbConfig::hairpin_addr`].
     pub snat_addr: u32,
+    /// The client's own port (network byte order): replies of a flow whose source port
+    /// was translated get it back.
+    pub client_port: u16,
+    /// With [`CT_FLAG_SNAT`]: the source port the client's packets are given (network
+    /// byte order): the client's own unless another client's flow to the same backend
+    /// already holds that port behind the same source address.
+    pub snat_port: u16,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Ct4Entry>() == 32);
+const _: () = assert!(size_of::<Ct4Entry>() == 40);
 
 /// Key of the socket-level load balancer's reverse map: a socket (its cookie) and the
 /// backend it was sent to. The value ([`RevNat4`]) is the Service address and port the

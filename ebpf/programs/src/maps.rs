@@ -20,7 +20,7 @@ pub static BACKENDS_V1: HashMap<u32, Backend4> = HashMap::pinned(capacity::BACKE
 pub static REV_NAT_V1: HashMap<u32, RevNat4> = HashMap::pinned(capacity::REV_NAT, 0);
 
 #[map]
-pub static CT4_V1: LruHashMap<Ct4Key, Ct4Entry> = LruHashMap::pinned(capacity::CT, 0);
+pub static CT4_V2: LruHashMap<Ct4Key, Ct4Entry> = LruHashMap::pinned(capacity::CT, 0);
 
 #[map]
 pub static AFFINITY_V1: LruHashMap<Affinity4Key, Affinity4Value> = LruHashMap::pinned(capacity::AFFINITY, 0);

@@ -99,10 +99,17 @@ pub fn next_hop(ctx: &XdpContext, ifindex: u32, saddr: u32, daddr: u32, len: u16
     Some((params.smac, params.dmac))
 }
 
-/// Destination NAT to `addr:port`, and source NAT to `source` unless it is 0, in place,
-/// checksums updated incrementally. The frame must be the one [`parse`] read.
+/// Destination NAT to `addr:port`, and source NAT to `source:source_port` unless
+/// `source` is 0, in place, checksums updated incrementally. The frame must be the one
+/// [`parse`] read.
 #[inline(always)]
-pub fn rewrite(ctx: &XdpContext, pkt: &Packet, addr: u32, port: u16, source: u32) -> Result<(), Drop> {
+pub fn rewrite(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    (addr, port): (u32, u16),
+    (source, source_port): (u32, u16),
+) -> Result<(), Drop> {
+    let source_port = if source != 0 { source_port } else { pkt.sport };
     let data = ctx.data();
     let end = ctx.data_end();
     let l4 = data + ETH_HLEN + IPV4_HLEN;
@@ -122,11 +129,13 @@ pub fn rewrite(ctx: &XdpContext, pkt: &Packet, addr: u32, port: u16, source: u32
         // SAFETY: bounds checked just above.
         let tcp = unsafe { &mut *(l4 as *mut TcpHdr) };
         tcp.dport = port;
+        tcp.sport = source_port;
         &mut tcp.check
     } else {
         // SAFETY: the first check covers a UDP header.
         let udp = unsafe { &mut *(l4 as *mut UdpHdr) };
         udp.dport = port;
+        udp.sport = source_port;
         if udp.check == 0 {
             // A UDP datagram without a checksum keeps none.
             return Ok(());
@@ -136,6 +145,7 @@ pub fn rewrite(ctx: &XdpContext, pkt: &Packet, addr: u32, port: u16, source: u32
     let mut sum = csum::replace4(*check, pkt.daddr, addr);
     sum = csum::replace4(sum, pkt.saddr, new_saddr);
     sum = csum::replace2(sum, pkt.dport, port);
+    sum = csum::replace2(sum, pkt.sport, source_port);
     *check = if pkt.proto == PROTO_UDP && sum == 0 { 0xffff } else { sum };
     Ok(())
 }
