@@ -769,3 +769,35 @@ fn node_port_flows_from_two_clients_with_one_source_port_get_their_own_translate
         }
     });
 }
+
+#[test]
+fn conntrack_collection_removes_expired_flows_both_ways_and_keeps_live_ones() {
+    with_harness("conntrack_collection_removes_expired_flows", |h| {
+        use skiff_node::datapath::conntrack_gc;
+        h.datapath.set_config(LbConfig { udp_timeout_s: 1, tcp_closing_timeout_s: 1, ..Default::default() }).unwrap();
+        h.add_backend(1, BACKENDS[0], PROTO_TCP, 0);
+        h.add_backend(11, BACKENDS[0], PROTO_UDP, 0);
+        h.set_service(PROTO_TCP, &[1], 0, 0);
+        h.set_service(PROTO_UDP, &[11], 0, 0);
+        // A TCP flow that closes, an idle UDP flow, and a live TCP flow.
+        h.run(&packet(PROTO_TCP, (CLIENT, 48100), (VIP, VPORT), TCP_SYN, b""));
+        h.run(&packet(PROTO_TCP, (BACKENDS[0], BPORT), (CLIENT, 48100), TCP_FIN | TCP_ACK, b""));
+        h.run(&packet(PROTO_UDP, (CLIENT, 48101), (VIP, VPORT), 0, b"x"));
+        h.run(&packet(PROTO_TCP, (CLIENT, 48102), (VIP, VPORT), TCP_SYN, b""));
+        let entries = |h: &Harness| h.hash::<Ct4Key, Ct4Entry>(pin::CT).keys().count();
+        assert_eq!(entries(h), 6, "three flows, two entries each");
+        // Nothing has expired yet.
+        assert_eq!(conntrack_gc::collect(&h.pins.path).unwrap().removed, 0);
+        std::thread::sleep(Duration::from_millis(2100));
+        let collected = conntrack_gc::collect(&h.pins.path).unwrap();
+        assert_eq!((collected.scanned, collected.removed), (6, 4), "the closed and the idle flow, both directions");
+        let left: Vec<Ct4Key> = h.hash::<Ct4Key, Ct4Entry>(pin::CT).keys().map(Result::unwrap).collect();
+        assert!(left.iter().all(|k| k.sport == port_to_map(48102) || k.dport == port_to_map(48102)), "{left:?}");
+        // A reply entry without its forward entry (half a pair lost to eviction) goes too.
+        let mut ct = h.hash::<Ct4Key, Ct4Entry>(pin::CT);
+        let forward = *left.iter().find(|k| k.dir == CT_DIR_FORWARD).unwrap();
+        ct.remove(&forward).unwrap();
+        assert_eq!(conntrack_gc::collect(&h.pins.path).unwrap().removed, 1);
+        assert_eq!(entries(h), 0);
+    });
+}

@@ -144,9 +144,14 @@ pub struct RunArgs {
     /// Capacity of the backends map when it is first created.
     #[arg(long, default_value_t = skiff_ebpf_common::capacity::BACKENDS)]
     pub backends_max: u32,
-    /// Capacity of the conntrack map when it is first created.
+    /// Capacity of the conntrack map when it is first created. Each flow takes two
+    /// entries; a full map evicts its least recently used entries.
     #[arg(long, default_value_t = skiff_ebpf_common::capacity::CT)]
     pub ct_max: u32,
+    /// How often expired conntrack entries are removed (seconds; 0 never), so that the
+    /// map holds live flows only and a burst of new ones does not evict idle live ones.
+    #[arg(long, default_value_t = 30)]
+    pub conntrack_gc_interval: u64,
     /// A kubeconfig for the API server, with this node's credentials (user
     /// `system:node:<node-name>`, group `system:nodes`). With it the agent registers
     /// the Node and renews its Lease; without it the node role is off.

@@ -21,7 +21,7 @@
 
 mod cli;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,6 +60,9 @@ fn run(args: RunArgs) -> Result<()> {
     // pod): loading here too would reset the settings that agent was started with.
     let mut datapath = if datapath_on { Some(load_datapath(&args, &pin_dir)?) } else { None };
     crate::metrics::set_pin_dir(pin_dir.clone());
+    if datapath_on && args.conntrack_gc_interval > 0 {
+        spawn_conntrack_gc(pin_dir.clone(), std::time::Duration::from_secs(args.conntrack_gc_interval))?;
+    }
 
     let services = match (&args.manifests, args.services_from_api) {
         (Some(dir), _) => Some(ServicesFrom::Dir(ManifestDirSource::new(dir))),
@@ -451,4 +454,25 @@ fn underlay_link(interface: &str) -> Option<(u32, [u8; 6])> {
             None
         }
     }
+}
+
+/// Removes expired conntrack entries every `interval`, on a thread of its own (see
+/// `datapath::conntrack_gc`).
+fn spawn_conntrack_gc(pin_dir: PathBuf, interval: std::time::Duration) -> Result<()> {
+    std::thread::Builder::new()
+        .name("conntrack-gc".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(interval);
+                match crate::datapath::conntrack_gc::collect(&pin_dir) {
+                    Ok(c) if c.removed > 0 => {
+                        tracing::debug!(scanned = c.scanned, removed = c.removed, "conntrack collected")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "conntrack collection failed; will retry"),
+                }
+            }
+        })
+        .context("starting the conntrack collector")?;
+    Ok(())
 }

@@ -22,6 +22,7 @@ use aya::{
 use skiff_datapath::Pins;
 pub use skiff_datapath::{Prog, attach::Attached};
 
+pub mod conntrack_gc;
 mod socket_lb;
 pub mod xdp;
 use skiff_ebpf_common::{LbConfig, MasqConfig, NodePortConfig, OverlayConfig, pin, stat};
