@@ -200,8 +200,15 @@ fn wait_for_first_consumer_provisions_on_the_node_the_pod_goes_to() {
     assert!(describe.contains("pod has unbound immediate PersistentVolumeClaims (\"orphan\")"), "{describe}");
     assert!(jsonpath(&s, &["get", "pod", "stuck"], "{.spec.nodeName}").is_empty());
 
-    // Delete: the claim goes, its provisioned volume follows.
+    // A claim in use is kept (Terminating) until its pods are gone; then, with reclaim
+    // policy Delete, its provisioned volume goes too.
+    assert_eq!(claim["metadata"]["finalizers"][0], "kubernetes.io/pvc-protection", "{claim}");
+    s.ok(&["delete", "pvc", "data", "--wait=false"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let terminating = s.json(&["get", "pvc", "data"]);
+    assert!(terminating["metadata"]["deletionTimestamp"].is_string(), "{terminating}");
+    assert_eq!(s.ok(&["get", "pv", "-o", "name"]).trim(), format!("persistentvolume/{name}"));
     s.ok(&["delete", "pod", "--all", "--grace-period=0", "--force"]);
-    s.ok(&["delete", "pvc", "data"]);
+    s.wait_for(20, "the claim deleted", || !s.run(&["get", "pvc", "data"]).status.success());
     s.wait_for(20, "the provisioned volume deleted", || s.ok(&["get", "pv", "-o", "name"]).trim().is_empty());
 }

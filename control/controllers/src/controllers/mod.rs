@@ -83,4 +83,5 @@ pub const CONTROLLERS: &[(&str, StartFn)] = &[
     ("pod-garbage-collector", |ctx| Box::pin(podgc::run(ctx))),
     ("persistentvolume-binder", |ctx| Box::pin(volume::binder::run(ctx))),
     ("local-path-provisioner", |ctx| Box::pin(volume::provisioner::run(ctx))),
+    ("pvc-protection", |ctx| Box::pin(volume::protection::run(ctx))),
 ];

@@ -3,7 +3,9 @@
 //! the node agent), created on first start as k3s does, and DefaultStorageClass
 //! admission, as upstream's plugin: a new PersistentVolumeClaim without
 //! `spec.storageClassName` gets the default class (the newest, if several are marked);
-//! `storageClassName: ""` asks for no class and is kept.
+//! `storageClassName: ""` asks for no class and is kept. StorageObjectInUseProtection
+//! admission gives every new claim the `kubernetes.io/pvc-protection` finalizer, which
+//! the controllers' `volume::protection` removes once no pod uses the claim.
 //!
 //! It only reads the store during admission. The bootstrap creates the class whenever it
 //! is missing at start (as k3s re-applies its manifests) but never changes an existing
@@ -22,6 +24,8 @@ use crate::store;
 pub const DEFAULT_CLASS_ANNOTATION: &str = "storageclass.kubernetes.io/is-default-class";
 /// The deprecated annotation that named a claim's class before `spec.storageClassName`.
 const BETA_CLASS_ANNOTATION: &str = "volume.beta.kubernetes.io/storage-class";
+/// The finalizer that keeps a claim while pods use it.
+pub const PVC_PROTECTION_FINALIZER: &str = "kubernetes.io/pvc-protection";
 /// The built-in class and its provisioner (`skiff_controllers::controllers::volume`).
 pub const LOCAL_PATH_CLASS: &str = "local-path";
 pub const LOCAL_PATH_PROVISIONER: &str = "skiff.io/local-path";
@@ -88,12 +92,26 @@ pub fn set_default_class(claim: &mut Value, class: Option<&str>) {
     }
 }
 
+/// Adds the protection finalizer to a new claim (once).
+pub fn protect_claim(claim: &mut Value) {
+    let Some(meta) = claim.get_mut("metadata").and_then(Value::as_object_mut) else { return };
+    let finalizers = meta.entry("finalizers").or_insert_with(|| json!([]));
+    if let Some(list) = finalizers.as_array_mut()
+        && !list.iter().any(|f| f == PVC_PROTECTION_FINALIZER)
+    {
+        list.push(json!(PVC_PROTECTION_FINALIZER));
+    }
+}
+
 impl ApiServer {
-    /// DefaultStorageClass admission of a new object of `def`'s kind (claims only).
-    pub(super) async fn admit_default_storage_class(&self, def: &ResourceDef, obj: &mut Value) -> ApiResult<()> {
-        if (def.group, def.kind) != ("", "PersistentVolumeClaim")
-            || obj.pointer("/spec/storageClassName").is_some_and(|c| !c.is_null())
-        {
+    /// The storage admission of a new object of `def`'s kind (claims only): the
+    /// protection finalizer, and DefaultStorageClass.
+    pub(super) async fn admit_storage(&self, def: &ResourceDef, obj: &mut Value) -> ApiResult<()> {
+        if (def.group, def.kind) != ("", "PersistentVolumeClaim") {
+            return Ok(());
+        }
+        protect_claim(obj);
+        if obj.pointer("/spec/storageClassName").is_some_and(|c| !c.is_null()) {
             return Ok(());
         }
         let classes = by_kind("StorageClass").ok_or_else(|| ApiError::internal("StorageClass is not served"))?;
@@ -148,6 +166,10 @@ mod tests {
         set_default_class(&mut no_default, None);
         assert!(no_default["spec"].get("storageClassName").is_none());
         assert_eq!(local_path_class()["provisioner"], LOCAL_PATH_PROVISIONER);
+        let mut claim = json!({"metadata": {"name": "c", "finalizers": ["example.com/keep"]}});
+        protect_claim(&mut claim);
+        protect_claim(&mut claim);
+        assert_eq!(claim["metadata"]["finalizers"], json!(["example.com/keep", PVC_PROTECTION_FINALIZER]));
         assert!(is_default_class(&local_path_class()));
     }
 }
