@@ -6,7 +6,7 @@
 //!
 //! Pure code: no I/O, no API calls, no logging of decisions.
 
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use skiff_api::quantity;
 use skiff_api::selector::LabelSelector;
@@ -90,6 +90,20 @@ pub fn capacity_bytes(pv: &PersistentVolume) -> i64 {
 
 fn volume_mode(mode: Option<&str>) -> &str {
     mode.unwrap_or("Filesystem")
+}
+
+/// The `claimRef` a volume bound to `pvc` carries (with the claim's uid, so a later
+/// claim of the same name is not mistaken for it).
+pub fn claim_reference(pvc: &PersistentVolumeClaim) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("PersistentVolumeClaim".into()),
+        namespace: pvc.metadata.namespace.clone(),
+        name: pvc.metadata.name.clone(),
+        uid: pvc.metadata.uid.clone(),
+        resource_version: pvc.metadata.resource_version.clone(),
+        ..Default::default()
+    }
 }
 
 /// Whether the volume's `claimRef` names this claim (by namespace and name, and by uid

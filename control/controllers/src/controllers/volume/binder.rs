@@ -22,7 +22,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use skiff_api::reflector::Change;
 use skiff_api::workqueue::{Action, WorkQueue, run_workers};
 use skiff_api::{ObjectKey, Patch};
@@ -31,8 +31,8 @@ use super::super::Context;
 use crate::events::EventType;
 use crate::helpers::volumes::{
     ANN_BETA_STORAGE_PROVISIONER, ANN_BIND_COMPLETED, ANN_BOUND_BY_CONTROLLER, ANN_PROVISIONED_BY,
-    ANN_STORAGE_PROVISIONER, LOCAL_PATH_PROVISIONER, NO_PROVISIONER, bind_completed, claim_class, claim_volume,
-    find_best_match, is_bound_to, is_delayed, mismatch, selected_node,
+    ANN_STORAGE_PROVISIONER, LOCAL_PATH_PROVISIONER, NO_PROVISIONER, bind_completed, claim_class, claim_reference,
+    claim_volume, find_best_match, is_bound_to, is_delayed, mismatch, selected_node,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -266,15 +266,7 @@ async fn bind(ctx: &Context, pv: &PersistentVolume, pvc: &PersistentVolumeClaim)
                 .get_or_insert_with(Default::default)
                 .insert(ANN_BOUND_BY_CONTROLLER.into(), "yes".into());
         }
-        spec.claim_ref = Some(ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("PersistentVolumeClaim".into()),
-            namespace: pvc.metadata.namespace.clone(),
-            name: pvc.metadata.name.clone(),
-            uid: pvc.metadata.uid.clone(),
-            resource_version: pvc.metadata.resource_version.clone(),
-            ..Default::default()
-        });
+        spec.claim_ref = Some(claim_reference(pvc));
         volume = ctx.client.replace(None, &pv_name, &volume).await.map_err(api("binding volume", &pv_name))?;
     }
     if phase_of_volume(&volume) != "Bound" {

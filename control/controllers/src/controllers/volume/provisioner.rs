@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    HostPathVolumeSource, Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectReference,
-    PersistentVolume, PersistentVolumeClaim, PersistentVolumeSpec, VolumeNodeAffinity,
+    HostPathVolumeSource, Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PersistentVolume,
+    PersistentVolumeClaim, PersistentVolumeSpec, VolumeNodeAffinity,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -36,7 +36,7 @@ use super::super::Context;
 use crate::events::EventType;
 use crate::helpers::volumes::{
     ANN_PROVISIONED_BY, ANN_STORAGE_PROVISIONER, HOSTNAME_LABEL, LOCAL_PATH_PROVISIONER, bind_completed, claim_class,
-    claim_volume, selected_node,
+    claim_reference, claim_volume, selected_node,
 };
 
 /// The node annotation naming the directory its local-path volumes live in.
@@ -119,15 +119,7 @@ pub fn local_path_volume(
         spec: Some(PersistentVolumeSpec {
             access_modes: spec.access_modes,
             capacity: Some(capacity),
-            claim_ref: Some(ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("PersistentVolumeClaim".into()),
-                namespace: pvc.metadata.namespace.clone(),
-                name: pvc.metadata.name.clone(),
-                uid: pvc.metadata.uid.clone(),
-                resource_version: pvc.metadata.resource_version.clone(),
-                ..Default::default()
-            }),
+            claim_ref: Some(claim_reference(pvc)),
             host_path: Some(HostPathVolumeSource {
                 path: path.to_string_lossy().into_owned(),
                 type_: Some("DirectoryOrCreate".into()),
