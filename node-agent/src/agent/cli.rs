@@ -200,6 +200,11 @@ pub struct RunArgs {
     /// (default: /var/lib/skiff/kubelet/<node-name>).
     #[arg(long)]
     pub root_dir: Option<PathBuf>,
+    /// Where the local-path provisioner's volumes of this node live, announced to it in
+    /// the Node's `skiff.io/local-path-dir` annotation; the directories of deleted
+    /// volumes are removed from it (default: /var/lib/skiff/storage/<node-name>).
+    #[arg(long)]
+    pub local_path_dir: Option<PathBuf>,
     /// Where container logs go (default: /var/log/skiff/<node-name>/pods).
     #[arg(long)]
     pub pod_log_dir: Option<PathBuf>,

@@ -247,6 +247,8 @@ fn run(args: RunArgs) -> Result<()> {
                 max_pods: args.max_pods,
                 container_runtime_version: runtime_version,
                 kubelet_port: args.kubelet_port,
+                // Only a kubelet mounts volumes, so only it announces where they live.
+                local_path_dir: cri.as_ref().map(|_| local_path_dir(&args)),
             };
             api_roles.push(tokio::task::spawn_local(crate::node::run(client.clone(), settings, cri.clone())));
             api_roles.extend(rotation.map(|r| tokio::task::spawn_local(r.run())));
@@ -364,7 +366,14 @@ fn kubelet_settings(args: &RunArgs) -> Result<KubeletSettings> {
         cluster_domain: args.cluster_domain.clone(),
         cgroup_root: args.cgroup_root.clone().unwrap_or_else(|| format!("/skiff/{node}")),
         static_pod_dir: args.pod_manifest_path.clone(),
+        local_path_dir: local_path_dir(args),
     })
+}
+
+/// The node's local-path volume directory (`--local-path-dir` or its default).
+fn local_path_dir(args: &RunArgs) -> std::path::PathBuf {
+    let node = &args.node_name;
+    args.local_path_dir.clone().unwrap_or_else(|| format!("/var/lib/skiff/storage/{node}").into())
 }
 
 /// Whether this agent loads the datapath: every agent but a kubelet-only one (the node's
