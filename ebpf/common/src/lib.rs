@@ -54,6 +54,8 @@ pub mod pin {
     pub const NODEPORT_CONFIG: &str = "NODEPORT_CONFIG_V1";
     /// The socket-level load balancer's reverse entries (backend → Service per socket).
     pub const SOCK_REV: &str = "SOCK_REV4_V1";
+    /// The socket-level load balancer's session affinity (by network namespace).
+    pub const SOCK_AFFINITY: &str = "SOCK_AFFINITY4_V1";
     /// LoadBalancer addresses this node announces (answers ARP for).
     pub const ANNOUNCED: &str = "ANNOUNCED4_V1";
     /// Pinned programs for tc egress and ingress on the node's underlay interface.
@@ -244,6 +246,19 @@ pub struct SockRev4Key {
     pub _pad: u16,
 }
 const _: () = assert!(size_of::<SockRev4Key>() == 16);
+
+/// Key of the socket-level load balancer's session-affinity map: the client's network
+/// namespace (its cookie: at `connect()` a socket has no source address yet, and every
+/// socket of a namespace has the same one) and the Service. The value is an
+/// [`Affinity4Value`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockAffinity4Key {
+    pub netns_cookie: u64,
+    pub rev_nat_index: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<SockAffinity4Key>() == 16);
 
 /// Key of the session-affinity map.
 #[repr(C)]
@@ -524,6 +539,7 @@ mod user {
     unsafe impl aya::Pod for Ct4Key {}
     unsafe impl aya::Pod for Ct4Entry {}
     unsafe impl aya::Pod for Affinity4Key {}
+    unsafe impl aya::Pod for SockAffinity4Key {}
     unsafe impl aya::Pod for Affinity4Value {}
     unsafe impl aya::Pod for LbConfig {}
     unsafe impl aya::Pod for Endpoint4 {}

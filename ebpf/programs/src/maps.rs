@@ -127,6 +127,11 @@ pub fn nodeport() -> Option<NodePort> {
 pub static SOCK_REV4_V1: LruHashMap<skiff_ebpf_common::SockRev4Key, RevNat4> =
     LruHashMap::pinned(skiff_ebpf_common::capacity::SOCK_REV, 0);
 
+/// The socket-level load balancer's session affinity (see `crate::sock`).
+#[map]
+pub static SOCK_AFFINITY4_V1: LruHashMap<skiff_ebpf_common::SockAffinity4Key, Affinity4Value> =
+    LruHashMap::pinned(capacity::AFFINITY, 0);
+
 /// LoadBalancer addresses this node answers ARP for (see `crate::arp`); the value is
 /// unused (0).
 #[map]
