@@ -4,10 +4,10 @@
 //!
 //! It must not act on what it caches: readers subscribe and decide.
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, PersistentVolumeClaim, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{ListableResource, Metadata};
@@ -29,6 +29,10 @@ pub struct Informers {
     pub replica_sets: Cache<ReplicaSet>,
     pub daemon_sets: Cache<DaemonSet>,
     pub jobs: Cache<Job>,
+    pub stateful_sets: Cache<StatefulSet>,
+    pub controller_revisions: Cache<ControllerRevision>,
+    pub persistent_volume_claims: Cache<PersistentVolumeClaim>,
+    pub cron_jobs: Cache<CronJob>,
     pub namespaces: Cache<Namespace>,
     pub service_accounts: Cache<ServiceAccount>,
     pub endpoints: Cache<Endpoints>,
@@ -62,6 +66,10 @@ impl Informers {
             replica_sets: one(client, tasks),
             daemon_sets: one(client, tasks),
             jobs: one(client, tasks),
+            stateful_sets: one(client, tasks),
+            controller_revisions: one(client, tasks),
+            persistent_volume_claims: one(client, tasks),
+            cron_jobs: one(client, tasks),
             namespaces: one(client, tasks),
             service_accounts: one(client, tasks),
             endpoints: one(client, tasks),
@@ -81,6 +89,10 @@ impl Informers {
         self.replica_sets.wait_synced().await;
         self.daemon_sets.wait_synced().await;
         self.jobs.wait_synced().await;
+        self.stateful_sets.wait_synced().await;
+        self.controller_revisions.wait_synced().await;
+        self.persistent_volume_claims.wait_synced().await;
+        self.cron_jobs.wait_synced().await;
         self.namespaces.wait_synced().await;
         self.service_accounts.wait_synced().await;
         self.endpoints.wait_synced().await;
