@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use serde_json::Value;
+use serde_json::{Value, json};
 use skiff_api::ListParams;
 use support::Server;
 use support::fake_kubelet::FakeKubelet;
@@ -97,37 +97,27 @@ spec:
   - port: 80
 "#;
 
-/// The `web` StatefulSet behind the headless Service `nginx`.
-fn web_set(policy: &str, extra_spec: &str) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: StatefulSet
-metadata:
-  name: web
-spec:
-  serviceName: nginx
-  replicas: 3
-  podManagementPolicy: {policy}
-  selector:
-    matchLabels: {{app: web}}
-  template:
-    metadata:
-      labels: {{app: web}}
-    spec:
-      containers:
-      - name: nginx
-        image: nginx:1.27
-        volumeMounts:
-        - {{name: www, mountPath: /usr/share/nginx/html}}
-  volumeClaimTemplates:
-  - metadata:
-      name: www
-    spec:
-      accessModes: [ReadWriteOnce]
-      resources:
-        requests: {{storage: 1Gi}}
-{extra_spec}"#
-    )
+/// The `web` StatefulSet behind the headless Service `nginx` (as JSON, which kubectl
+/// applies as well as YAML), with `extra` merged into its spec.
+fn web_set(policy: &str, extra: Value) -> String {
+    let mut set = json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "web"},
+        "spec": {
+            "serviceName": "nginx", "replicas": 3, "podManagementPolicy": policy,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "nginx", "image": "nginx:1.27",
+                    "volumeMounts": [{"name": "www", "mountPath": "/usr/share/nginx/html"}]}]},
+            },
+            "volumeClaimTemplates": [{"metadata": {"name": "www"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}],
+        },
+    });
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        set["spec"][k] = v.clone();
+    }
+    set.to_string()
 }
 
 fn pods(s: &Server) -> Vec<Value> {
@@ -200,7 +190,7 @@ fn start() -> (Server, FakeKubelet, Sampler) {
 fn ordered_statefulset_claims_recreate_scale_update_and_undo() {
     let (s, _kubelet, sampler) = start();
     s.apply("svc.yaml", SERVICE);
-    let out = s.apply("web.yaml", &web_set("OrderedReady", ""));
+    let out = s.apply("web.json", &web_set("OrderedReady", json!({})));
     assert!(out.contains("statefulset.apps/web created"), "{out}");
     let out = s.ok(&["rollout", "status", "statefulset/web", "--timeout=90s"]);
     assert!(out.contains("partitioned roll out complete: 3 new pods have been updated"), "{out}");
@@ -339,8 +329,8 @@ fn ordered_statefulset_claims_recreate_scale_update_and_undo() {
 fn parallel_statefulset_creates_at_once_and_deletes_scaled_claims() {
     let (s, _kubelet, sampler) = start();
     s.apply("svc.yaml", SERVICE);
-    let retention = "  persistentVolumeClaimRetentionPolicy: {whenScaled: Delete, whenDeleted: Retain}\n";
-    s.apply("web.yaml", &web_set("Parallel", retention));
+    let retention = json!({"persistentVolumeClaimRetentionPolicy": {"whenScaled": "Delete", "whenDeleted": "Retain"}});
+    s.apply("web.json", &web_set("Parallel", retention));
     s.ok(&["rollout", "status", "statefulset/web", "--timeout=90s"]);
     let snaps = sampler.take();
     assert!(

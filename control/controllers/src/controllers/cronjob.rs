@@ -43,13 +43,9 @@ const TOO_MANY_MISSED: u32 = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{what} for CronJob {key} failed: {source}")]
-    Api {
-        key: ObjectKey,
-        what: &'static str,
-        #[source]
-        source: skiff_api::client::Error,
-    },
+    /// A request about one of its Jobs or its status failed (retried with backoff).
+    #[error("{action} for CronJob {cronjob} failed: {source}")]
+    Api { cronjob: ObjectKey, action: &'static str, source: skiff_api::client::Error },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -215,32 +211,19 @@ pub async fn run(ctx: Arc<Context>) {
     let queue: WorkQueue<ObjectKey> = WorkQueue::new();
     let q = queue.clone();
     let mut cj_rx = ctx.informers.cron_jobs.subscribe();
-    let mut job_rx = ctx.informers.jobs.subscribe();
     let feeder = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                Some(ch) = cj_rx.recv() => {
-                    let (Change::Applied(c) | Change::Deleted(c)) = ch;
-                    q.add(ObjectKey::of(c.as_ref()));
-                }
-                Some(ch) = job_rx.recv() => {
-                    let (Change::Applied(j) | Change::Deleted(j)) = ch;
-                    if let Some(o) = j.metadata.owner_references.iter().flatten()
-                        .find(|o| o.controller == Some(true) && o.kind == KIND)
-                    {
-                        q.add(ObjectKey::new(j.metadata.namespace.as_deref(), &o.name));
-                    }
-                }
-                else => return,
-            }
+        while let Some(Change::Applied(c) | Change::Deleted(c)) = cj_rx.recv().await {
+            q.add(ObjectKey::of(c.as_ref()));
         }
     });
+    let jobs = owned_pods::queue_controllers_of(&ctx.informers.jobs, KIND, queue.clone());
     run_workers("cronjob", queue, 2, move |key| {
         let ctx = ctx.clone();
         async move { reconcile(&ctx, key).await }
     })
     .await;
     feeder.abort();
+    jobs.abort();
 }
 
 async fn note(ctx: &Context, cj: &CronJob, n: &Note) {
@@ -254,9 +237,9 @@ async fn reconcile(ctx: &Context, key: ObjectKey) -> Result<Action> {
     if cj.metadata.deletion_timestamp.is_some() {
         return Ok(Action::Done);
     }
-    let api = |what: &'static str| {
-        let key = key.clone();
-        move |source| Error::Api { key, what, source }
+    let api = |action: &'static str| {
+        let cronjob = key.clone();
+        move |source| Error::Api { cronjob, action, source }
     };
     let ns = key.ns().unwrap_or("default");
     let uid = cj.metadata.uid.clone().unwrap_or_default();

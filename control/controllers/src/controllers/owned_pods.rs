@@ -15,8 +15,10 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::{Metadata, Resource};
 use serde_json::json;
-use skiff_api::reflector::Cache;
-use skiff_api::{Client, Patch};
+use skiff_api::reflector::{Cache, Change};
+use skiff_api::workqueue::WorkQueue;
+use skiff_api::{Client, ObjectKey, Patch};
+use tokio::task::JoinHandle;
 
 use crate::helpers::expectations::{Expect, Expectations, Seen};
 
@@ -72,6 +74,29 @@ pub async fn release(client: &Client, pod: &Pod, uid: &str) -> skiff_api::client
         Err(e) if e.is_not_found() || e.is_conflict() => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// The key of the object's controller if it is of kind `kind` (whom a change of a
+/// dependent concerns).
+pub fn controller_key(meta: &ObjectMeta, kind: &str) -> Option<ObjectKey> {
+    let o = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true) && o.kind == kind)?;
+    Some(ObjectKey::new(meta.namespace.as_deref(), &o.name))
+}
+
+/// Spawns a task that queues the controller (of kind `kind`) of every dependent that
+/// changes in `dependents`; it ends with the cache.
+pub fn queue_controllers_of<D>(dependents: &Cache<D>, kind: &'static str, queue: WorkQueue<ObjectKey>) -> JoinHandle<()>
+where
+    D: Metadata<Ty = ObjectMeta> + Send + Sync + 'static,
+{
+    let mut rx = dependents.subscribe();
+    tokio::spawn(async move {
+        while let Some(Change::Applied(d) | Change::Deleted(d)) = rx.recv().await {
+            if let Some(key) = controller_key(d.metadata(), kind) {
+                queue.add(key);
+            }
+        }
+    })
 }
 
 /// The uid of the pod's controller of kind `kind`, if any.

@@ -72,7 +72,7 @@ pub async fn run(ctx: Arc<Context>) {
     let (c, q, e) = (ctx.clone(), queue.clone(), exp.clone());
     let mut set_rx = ctx.informers.stateful_sets.subscribe();
     let mut pod_rx = ctx.informers.pods.subscribe();
-    let mut rev_rx = ctx.informers.controller_revisions.subscribe();
+    let revisions = owned_pods::queue_controllers_of(&ctx.informers.controller_revisions, KIND, queue.clone());
     let feeder = tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -89,14 +89,6 @@ pub async fn run(ctx: Arc<Context>) {
                         q.add(key);
                     }
                 }
-                Some(ch) = rev_rx.recv() => {
-                    let (Change::Applied(r) | Change::Deleted(r)) = ch;
-                    if let Some(o) = r.metadata.owner_references.iter().flatten()
-                        .find(|o| o.controller == Some(true) && o.kind == KIND)
-                    {
-                        q.add(ObjectKey::new(r.metadata.namespace.as_deref(), &o.name));
-                    }
-                }
                 else => return,
             }
         }
@@ -107,6 +99,7 @@ pub async fn run(ctx: Arc<Context>) {
     })
     .await;
     feeder.abort();
+    revisions.abort();
 }
 
 /// The sets a pod change concerns: its controller if that is a StatefulSet, else (an

@@ -3,29 +3,15 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::{
     RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetSpec, StatefulSetStatus, StatefulSetUpdateStrategy,
 };
-use k8s_openapi::api::core::v1::{
-    Container, PersistentVolumeClaim, Pod, PodCondition, PodSpec, PodStatus, PodTemplateSpec, Volume,
-};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, PodCondition, PodStatus, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
 use serde_json::json;
 
+use super::super::deployment::tests::template;
 use super::history::{self, Update};
 use super::plan::{self, Deletion, From, Revisions};
 
 const REVS: Revisions<'static> = Revisions { current: "web-a", update: "web-a" };
-
-fn template(image: &str) -> PodTemplateSpec {
-    PodTemplateSpec {
-        metadata: Some(ObjectMeta {
-            labels: Some([("app".to_string(), "web".to_string())].into()),
-            ..Default::default()
-        }),
-        spec: Some(PodSpec {
-            containers: vec![Container { name: "web".into(), image: Some(image.into()), ..Default::default() }],
-            ..Default::default()
-        }),
-    }
-}
 
 fn set(replicas: i32, parallel: bool, partition: Option<i32>) -> StatefulSet {
     StatefulSet {
