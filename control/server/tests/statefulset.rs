@@ -237,6 +237,9 @@ fn ordered_statefulset_claims_recreate_scale_update_and_undo() {
     assert!(images(&s).iter().all(|(_, _, r)| r == rev1));
     let out = s.ok(&["get", "sts", "web"]);
     assert!(out.lines().nth(1).is_some_and(|l| l.contains("3/3")), "{out}");
+    let desc = s.ok(&["describe", "sts", "web"]);
+    assert!(desc.contains("3 Running / 0 Waiting / 0 Succeeded / 0 Failed"), "{desc}");
+    assert!(desc.contains("create Claim www-web-2 Pod web-2 in StatefulSet web success"), "{desc}");
 
     // A deleted pod comes back under its name (with its claim).
     let uid = s.json(&["get", "pod", "web-1"])["metadata"]["uid"].clone();
