@@ -5,7 +5,8 @@
 use std::{env, path::PathBuf};
 
 /// The BPF binaries the agent embeds (one per attach point, `sock` with the cgroup
-/// hooks; `noop` is the benchmarks' baseline).
+/// hooks, `xdp-underlay` the NodePort fast path; `noop` and `bench-gen` are for the
+/// benchmarks).
 const OBJECTS: &[(&str, &str)] = &[
     ("from-pod", "SKIFF_EBPF_FROM_POD"),
     ("to-pod", "SKIFF_EBPF_TO_POD"),
@@ -14,7 +15,9 @@ const OBJECTS: &[(&str, &str)] = &[
     ("to-underlay", "SKIFF_EBPF_TO_UNDERLAY"),
     ("from-underlay", "SKIFF_EBPF_FROM_UNDERLAY"),
     ("sock", "SKIFF_EBPF_SOCK"),
+    ("xdp-underlay", "SKIFF_EBPF_XDP_UNDERLAY"),
     ("noop", "SKIFF_EBPF_NOOP"),
+    ("bench-gen", "SKIFF_EBPF_BENCH_GEN"),
 ];
 
 fn main() {

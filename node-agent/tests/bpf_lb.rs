@@ -1,4 +1,4 @@
-//! BPF_PROG_TEST_RUN tests of the "from pod" and underlay (masquerade) programs on
+//! BPF_PROG_TEST_RUN tests of the "from pod", underlay (masquerade) and XDP NodePort programs on
 //! crafted packets: the real
 //! program in the kernel, maps written directly (the reconciler has its own tests).
 //!
@@ -625,5 +625,92 @@ fn replies_from_the_nodes_own_stack_are_reverse_translated_on_their_way_into_the
         let other = packet(PROTO_TCP, (NODE, 22), (CLIENT, 50001), TCP_ACK, b"");
         let (action, out) = h.run_prog(Prog::ToPod, &other);
         assert_eq!((action, out), (TC_ACT_OK, other));
+    });
+}
+
+// ---- NodePort at XDP (xdp_underlay) ---------------------------------------------------
+
+const NODE_PORT: u16 = 30080;
+const XDP_PASS: u32 = 2;
+
+/// NodePort on NODE, the overlay set up as node 1's (podCIDR 10.244.1.0/24, a peer owning
+/// 10.244.2.0/24), and node port NODE_PORT/TCP with one backend at `backend`.
+fn node_port_with_backend(h: &Harness, backend: Ipv4Addr) {
+    use skiff_ebpf_common::{DEFAULT_VNI, Endpoint4, NodeInfo4, NodePortConfig, OverlayConfig};
+    let nodeport = NodePortConfig {
+        underlay_ifindex: 1,
+        snat_addr: addr_to_map([10, 244, 1, 1]),
+        node_addr: addr_to_map(NODE.octets()),
+        port_first: port_to_map(30000),
+        port_last: port_to_map(32767),
+        underlay_mac: [2, 0, 0, 0, 0, 0x11],
+        _pad: [0; 2],
+    };
+    skiff_node::datapath::set_nodeport_config(&h.pins.path, nodeport).unwrap();
+    let overlay = OverlayConfig {
+        vxlan_ifindex: 1,
+        vni: DEFAULT_VNI,
+        local_pod_net: addr_to_map([10, 244, 1, 0]),
+        local_pod_mask: addr_to_map([255, 255, 255, 0]),
+        cluster_net: addr_to_map([10, 244, 0, 0]),
+        cluster_mask: addr_to_map([255, 255, 0, 0]),
+    };
+    skiff_node::datapath::set_overlay_config(&h.pins.path, overlay).unwrap();
+    let data = MapData::from_pin(h.pins.path.join(pin::NODES)).unwrap();
+    let mut nodes: aya::maps::LpmTrie<MapData, u32, NodeInfo4> =
+        aya::maps::LpmTrie::try_from(Map::LpmTrie(data)).unwrap();
+    let peer = NodeInfo4 { underlay_addr: addr_to_map([192, 168, 77, 12]), flags: 0 };
+    nodes.insert(&aya::maps::lpm_trie::Key::new(24, addr_to_map([10, 244, 2, 0])), peer, 0).unwrap();
+    let pod = Endpoint4 { ifindex: 1, flags: 0, pod_mac: [2, 0, 0, 0, 0, 1], host_mac: [2, 0, 0, 0, 0, 2] };
+    h.hash::<u32, Endpoint4>(pin::ENDPOINTS).insert(addr_to_map(BACKENDS[0].octets()), pod, 0).unwrap();
+    h.add_backend(1, backend, PROTO_TCP, 0);
+    let mut services = h.hash::<Service4Key, Service4Value>(pin::SERVICES);
+    let front = |slot| Service4Key::new(addr_to_map(NODE.octets()), port_to_map(NODE_PORT), PROTO_TCP, slot);
+    services.insert(front(1), Service4Value { backend_id: 1, rev_nat_index: 1, ..Default::default() }, 0).unwrap();
+    services.insert(front(0), Service4Value { count: 1, rev_nat_index: 1, ..Default::default() }, 0).unwrap();
+}
+
+/// Runs the XDP program (loaded from the agent's embedded object, sharing the pinned
+/// maps) on `frame`; the test run's ingress interface is the loopback.
+fn run_xdp(h: &Harness, frame: &[u8]) -> (u32, Vec<u8>) {
+    let mut ebpf = aya::EbpfLoader::new()
+        .default_map_pin_directory(&h.pins.path)
+        .load(aya::include_bytes_aligned!(env!("SKIFF_EBPF_XDP_UNDERLAY")))
+        .unwrap();
+    let program: &mut aya::programs::Xdp = ebpf.program_mut("xdp_underlay").unwrap().try_into().unwrap();
+    program.load().unwrap();
+    let mut out = vec![0u8; 512];
+    let result = program
+        .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}
+
+#[test]
+fn xdp_translates_node_ports_for_a_local_backend_and_leaves_what_it_cannot_finish_to_tc() {
+    with_harness("xdp_translates_node_ports", |h| {
+        let outside = Ipv4Addr::new(192, 168, 77, 100);
+        // A backend on this node: translated at XDP (client's address kept), passed on.
+        node_port_with_backend(h, BACKENDS[0]);
+        let frame = packet(PROTO_TCP, (outside, 40000), (NODE, NODE_PORT), TCP_SYN, b"");
+        let (action, out) = run_xdp(h, &frame);
+        let p = parse(&out);
+        assert_eq!(action, XDP_PASS);
+        assert_eq!((p.src, p.sport, p.dst, p.dport), (outside, 40000, BACKENDS[0], BPORT));
+        assert_eq!((h.stat("xdp_translated"), h.stat("ct_new"), h.stat("xdp_to_tc")), (1, 1, 0));
+        // The flow's next packet finds its conntrack entry: the same translation.
+        let (_, out) = run_xdp(h, &packet(PROTO_TCP, (outside, 40000), (NODE, NODE_PORT), TCP_ACK, b"x"));
+        assert_eq!(parse(&out).dst, BACKENDS[0]);
+        assert_eq!((h.stat("xdp_translated"), h.stat("ct_new")), (2, 1));
+        // Not a node port: untouched, not counted.
+        let other = packet(PROTO_TCP, (outside, 40001), (NODE, 22), TCP_SYN, b"");
+        assert_eq!(run_xdp(h, &other), (XDP_PASS, other.clone()));
+        // A backend on another node whose next hop the FIB cannot give from this
+        // interface (the test run's is the loopback): left to tc untouched, no flow made.
+        node_port_with_backend(h, Ipv4Addr::new(10, 244, 2, 20));
+        let remote = packet(PROTO_TCP, (outside, 40002), (NODE, NODE_PORT), TCP_SYN, b"");
+        assert_eq!(run_xdp(h, &remote), (XDP_PASS, remote.clone()));
+        assert_eq!((h.stat("xdp_to_tc"), h.stat("ct_new"), h.stat("xdp_tunneled")), (1, 1, 0));
     });
 }

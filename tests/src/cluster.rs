@@ -503,13 +503,21 @@ fn binary(dir: &Path, name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Connects namespace `ns` to the underlay bridge with `eth0` at `ip`/24.
+/// Connects namespace `ns` to the underlay bridge with `eth0` at `ip`/24, set up as a
+/// real wire would be for a node's NodePort fast path (XDP), which sends packets for
+/// other nodes' backends back out of the node's `eth0` by a redirect:
+/// - the bridge's end gets NAPI, without which a veth refuses redirected frames: GRO
+///   turned on (off first: a new veth shows GRO on without NAPI);
+/// - `eth0` sends full checksums (transmit checksum offload off): across a veth, a
+///   TCP packet normally carries only its pseudo-header's sum and the kernel's note to
+///   finish it, and a frame redirected at XDP loses that note, so its receiver would
+///   find it corrupt. On a physical network every frame carries its full checksum.
 fn attach(underlay: &Netns, ns: &Netns, port: &str, ip: &str) {
     underlay.sh(&format!(
-        "ip link add {port} type veth peer name eth0 netns {} && ip link set {port} master br0 up",
+        "ip link add {port} type veth peer name eth0 netns {} && ip link set {port} master br0 up && ethtool -K {port} gro off && ethtool -K {port} gro on >/dev/null",
         ns.name
     ));
-    ns.sh(&format!("ip addr add {ip}/24 dev eth0 && ip link set eth0 up"));
+    ns.sh(&format!("ip addr add {ip}/24 dev eth0 && ip link set eth0 up && ethtool -K eth0 tx off >/dev/null"));
 }
 
 /// Removes the (empty) cgroup `path` and everything below it from every v1 hierarchy

@@ -18,7 +18,11 @@
 //!   on node 2; the address skiff-control gives a LoadBalancer Service from its pool,
 //!   found by ARP (the node with the backend answers for it); then,
 //!   over HTTP, which client address each backend sees: the client's own with a backend
-//!   on the node it connected to, the node's podCIDR address with a backend elsewhere.
+//!   on the node it connected to, the node's podCIDR address with a backend elsewhere;
+//!   and that these went through the nodes' XDP fast path (node 1 sent the packets for
+//!   node 2's backend back into the tunnel at XDP, node 2 translated its own); and the
+//!   health-check node port of a LoadBalancer Service with `externalTrafficPolicy:
+//!   Local`: 200 from the node holding its backend, 503 from the other.
 //!
 //! - from node 1's host namespace, as a process of the node's cgroup: a pod on the
 //!   other node (from the node's podCIDR address, so the reply comes back through the
@@ -84,6 +88,7 @@ const SERVICES: &[(&str, &str)] = &[
     ("ext-ip", "externalIPs: [192.168.77.150], selector: {at: n2}"),
     ("itp-local", "internalTrafficPolicy: Local, selector: {app: srv}"),
     ("lb", "type: LoadBalancer, selector: {at: n2}"),
+    ("lb-local", "type: LoadBalancer, externalTrafficPolicy: Local, selector: {at: n2}"),
 ];
 
 /// The `ext-ip` Service's external address, routed by the outside host through node 1.
@@ -437,6 +442,60 @@ fn check_node_port_sources(cluster: &Cluster, outside: &Netns) -> Vec<String> {
     failures
 }
 
+/// The NodePort cells went through XDP: node 1 sent packets for node 2's backend
+/// straight back into the tunnel (`xdp_tunneled`), node 2 translated packets for its
+/// own (`xdp_translated` beyond `xdp_tunneled`). `Err`: the failure report.
+fn check_nodeport_fast_path(cluster: &Cluster) -> Option<String> {
+    let tunneled = counter(cluster, 0, "xdp_tunneled");
+    let (translated, tunneled2) = (counter(cluster, 1, "xdp_translated"), counter(cluster, 1, "xdp_tunneled"));
+    let (to_tc1, to_tc2) = (counter(cluster, 0, "xdp_to_tc"), counter(cluster, 1, "xdp_to_tc"));
+    eprintln!(
+        "NodePort at XDP: node 1 xdp_tunneled {tunneled} (xdp_to_tc {to_tc1}); node 2 xdp_translated {translated}, xdp_tunneled {tunneled2} (xdp_to_tc {to_tc2})"
+    );
+    (tunneled == 0 || translated <= tunneled2).then(|| {
+        format!(
+            "FAILED NodePort fast path: node 1 xdp_tunneled {tunneled} (expected > 0), node 2 xdp_translated {translated} with xdp_tunneled {tunneled2} (expected more translated than tunneled)"
+        )
+    })
+}
+
+/// The `lb-local` Service's health-check node port, asked from outside on each node:
+/// node 2 (its backend's) answers 200 with one local endpoint, node 1 503 with none.
+/// `Err`: the failure report.
+fn check_health_check_node_port(cluster: &Cluster, outside: &Netns) -> Option<String> {
+    let port = cluster.kubectl_out(&["get", "service", "lb-local", "-o", "jsonpath={.spec.healthCheckNodePort}"]);
+    if port.is_empty() {
+        return Some("FAILED health check: the lb-local Service has no healthCheckNodePort".to_owned());
+    }
+    let mut failures = Vec::new();
+    for (node, want_status, want_count) in [(0, "503", 0), (1, "200", 1)] {
+        let url = format!("http://{}:{port}/healthz", cluster.nodes[node].ip);
+        let ask = || outside.sh_output(&format!("curl -s -m 3 -w '\n%{{http_code}}' {url}"));
+        let answered = |out: &std::process::Output| {
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let ok = text.trim_end().ends_with(want_status)
+                && text.contains(&format!("\"localEndpoints\":{want_count}"))
+                && text.contains("\"name\":\"lb-local\"");
+            (ok, text)
+        };
+        // The agents open the port once the Service reaches them.
+        let mut last = String::new();
+        let ok = wait_until(Duration::from_secs(10), || {
+            let (ok, text) = answered(&ask());
+            last = text;
+            ok
+        });
+        if !ok {
+            failures.push(format!(
+                "FAILED health check: {url} on {}: expected {want_status} with localEndpoints {want_count}, got `{}`",
+                cluster.nodes[node].name,
+                last.trim()
+            ));
+        }
+    }
+    (!failures.is_empty()).then(|| failures.join("\n"))
+}
+
 /// A datapath counter of a node (`skiff-node stats`).
 fn counter(cluster: &Cluster, node: usize, name: &str) -> u64 {
     let node = &cluster.nodes[node];
@@ -570,6 +629,7 @@ fn connectivity_matrix() {
         ("ext-ip", 1),
         ("lb", 1),
         ("itp-local", 2),
+        ("lb-local", 1),
     ];
     assert!(
         wait_until(Duration::from_secs(30), || endpoints
@@ -615,7 +675,9 @@ fn connectivity_matrix() {
     failures.extend(check_socket_lb_skips_conntrack(&cluster));
     failures.extend(check_socket_lb_unconnected_udp(&cluster));
     failures.extend(check_trace(&cluster, &pod_ip("client")));
-    let cells = CELLS.len() * 2 + SOURCE_CHECKS.len() + 3;
+    failures.extend(check_nodeport_fast_path(&cluster));
+    failures.extend(check_health_check_node_port(&cluster, &outside));
+    let cells = CELLS.len() * 2 + SOURCE_CHECKS.len() + 5;
     eprintln!("{} of {cells} cells passed; the whole matrix took {:.1?}", cells - failures.len(), started.elapsed());
     assert!(
         failures.is_empty(),

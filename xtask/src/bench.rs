@@ -8,6 +8,9 @@
 //!   connections per second through a ClusterIP with 10,000 Services installed, Skiff's
 //!   eBPF load balancer against kube-proxy-style iptables rulesets, pod IP as the
 //!   ceiling, modes alternating over rounds.
+//! - `nodeport` (xtask/src/bench_nodeport.rs): P9, NodePort packets per second
+//!   through Skiff's XDP fast path against kube-proxy's iptables NodePort ruleset with
+//!   kernel VXLAN, 10,000 Services.
 //! - `overlay` (xtask/src/bench_overlay.rs): P3, throughput through a ClusterIP to a pod
 //!   on the other node against pod IP directly; P4, cross-node throughput and
 //!   request/response rate with the eBPF overlay against flannel-style kernel VXLAN.
@@ -36,15 +39,25 @@ pub fn run(area: &str, args: &[String]) -> Result<()> {
         "pods" => crate::bench_pods::run(args),
         "cluster" => crate::bench_cluster::run(args),
         "dns" => crate::bench_dns::run(args),
-        other => bail!("unknown benchmark area `{other}`; known: lb, overlay, api, pods, cluster, dns"),
+        "nodeport" => crate::bench_nodeport::run(args),
+        other => bail!("unknown benchmark area `{other}`; known: lb, overlay, api, pods, cluster, dns, nodeport"),
     }
 }
 
 /// Loads the nat-table rules kube-proxy's iptables mode writes for these Services:
 /// KUBE-SERVICES → KUBE-SVC-* (statistic random) → KUBE-SEP-* (DNAT), plus the
 /// masquerade marking chains, in one `iptables-restore`; returns how long the restore
-/// itself took (the `bench cluster` resync compares it with the agent's).
-pub(crate) fn load_iptables(node: &Netns, specs: &[ServiceSpec], backend: &str) -> Result<Duration> {
+/// itself took (the `bench cluster` resync compares it with the agent's). With
+/// `node_ports` (the first port), Service `i` also gets node port `first + i`, as
+/// kube-proxy writes it: KUBE-SERVICES' last rule sends packets to the node's own
+/// addresses on to KUBE-NODEPORTS, one rule per port, each to a KUBE-EXT-* chain that
+/// marks the flow for masquerade and goes on to the Service's chain.
+pub(crate) fn load_iptables(
+    node: &Netns,
+    specs: &[ServiceSpec],
+    backend: &str,
+    node_ports: Option<u16>,
+) -> Result<Duration> {
     let mut rules = String::from(
         "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n",
     );
@@ -79,6 +92,24 @@ pub(crate) fn load_iptables(node: &Netns, specs: &[ServiceSpec], backend: &str) 
             let _ = writeln!(body, "-A {sep_chain} -s {ep}/32 -j KUBE-MARK-MASQ");
             let _ = writeln!(body, "-A {sep_chain} -p tcp -m tcp -j DNAT --to-destination {ep}:8080");
         }
+    }
+    if let Some(first) = node_ports {
+        rules.push_str(":KUBE-NODEPORTS - [0:0]\n");
+        for (i, s) in specs.iter().enumerate() {
+            let (ext_chain, svc_chain) = (format!("KUBE-EXT-{i:016}"), format!("KUBE-SVC-{i:016}"));
+            let _ = writeln!(rules, ":{ext_chain} - [0:0]");
+            let _ = writeln!(
+                body,
+                "-A KUBE-NODEPORTS -p tcp -m comment --comment \"default/{}:http\" -m tcp --dport {} -j {ext_chain}",
+                s.name,
+                usize::from(first) + i
+            );
+            let _ = writeln!(body, "-A {ext_chain} -j KUBE-MARK-MASQ");
+            let _ = writeln!(body, "-A {ext_chain} -j {svc_chain}");
+        }
+        body.push_str(
+            "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n",
+        );
     }
     rules.push_str(&body);
     rules.push_str("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n");

@@ -249,9 +249,9 @@ impl P2<'_> {
                     ["--manifests".into(), self.manifests.display().to_string(), "--socket-lb-cgroup".into(), cgroup];
                 Some(start_agent_with(&topo, self.bin, &pins.path, &args)?)
             }
-            Mode::IptablesNft => load_iptables(&topo.node, &self.specs, "nft").map(|_| None)?,
-            Mode::IptablesLegacy => load_iptables(&topo.node, &self.specs, "legacy").map(|_| None)?,
-            Mode::IptablesNftOne => load_iptables(&topo.node, &self.one, "nft").map(|_| None)?,
+            Mode::IptablesNft => load_iptables(&topo.node, &self.specs, "nft", None).map(|_| None)?,
+            Mode::IptablesLegacy => load_iptables(&topo.node, &self.specs, "legacy", None).map(|_| None)?,
+            Mode::IptablesNftOne => load_iptables(&topo.node, &self.one, "nft", None).map(|_| None)?,
             Mode::PodIp => None,
         };
         // After the ruleset: a restore replaces the whole nat table.

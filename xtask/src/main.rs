@@ -7,6 +7,7 @@ mod bench_api;
 mod bench_cluster;
 mod bench_dns;
 mod bench_lb;
+mod bench_nodeport;
 mod bench_overlay;
 mod bench_pods;
 mod bench_support;

@@ -393,6 +393,11 @@ impl Client {
             ("timeoutSeconds", timeout_seconds.to_string()),
         ];
         let path = format!("{}?{}", collection_path::<K>(namespace), p.query(&extra));
+        self.watch_path(path).await
+    }
+
+    /// A WATCH at a full path and query (the dynamic API's, for kinds without a type).
+    pub(crate) async fn watch_path<K>(&self, path: String) -> Result<WatchStream<K>> {
         let resp = self.send_raw(Method::GET, &path, None, Bytes::new()).await?;
         Ok(WatchStream { body: resp.into_body(), buf: BytesMut::new(), what: path, _k: std::marker::PhantomData })
     }

@@ -101,6 +101,27 @@ impl DynamicApi {
         }
     }
 
+    /// LIST of the whole collection (all namespaces when `namespace` is `None`).
+    pub async fn list(&self, namespace: Option<&str>) -> Result<Value> {
+        let path = self.resource.collection_path(namespace);
+        let resp = self.client.send_raw(Method::GET, &path, None, Bytes::new()).await?;
+        decode(&path, resp).await
+    }
+
+    /// WATCH of the collection from `resource_version`, ending after `timeout_seconds`.
+    pub async fn watch(
+        &self,
+        namespace: Option<&str>,
+        resource_version: &str,
+        timeout_seconds: u32,
+    ) -> Result<crate::client::WatchStream<Value>> {
+        let path = format!(
+            "{}?watch=true&allowWatchBookmarks=true&resourceVersion={resource_version}&timeoutSeconds={timeout_seconds}",
+            self.resource.collection_path(namespace)
+        );
+        self.client.watch_path(path).await
+    }
+
     /// DELETE with DeleteOptions; a missing object is `Ok(false)`.
     pub async fn delete(&self, namespace: Option<&str>, name: &str, options: &Value) -> Result<bool> {
         let path = self.resource.object_path(namespace, name);
@@ -135,8 +156,8 @@ async fn decode(path: &str, resp: http::Response<crate::transport::ResponseBody>
 }
 
 /// Maps (apiVersion, kind) to the resource that serves it, from the server's discovery
-/// documents (`/api/v1`, `/apis/<group>/<version>`), each fetched once and kept: the
-/// kinds a server serves do not change while it runs.
+/// documents (`/api/v1`, `/apis/<group>/<version>`), each fetched once and kept until a
+/// kind is asked for that it lacks (CustomResourceDefinitions add kinds at run time).
 #[derive(Debug)]
 pub struct Discovery {
     client: Client,
@@ -150,16 +171,19 @@ impl Discovery {
     }
 
     /// The resource of `kind` in `api_version`, or `None` when the server does not serve
-    /// it. Subresources (`pods/status`) never match.
+    /// it. Subresources (`pods/status`) never match. A kind missing from what was
+    /// fetched before is looked up again: a CustomResourceDefinition may have added it.
     pub async fn resolve(&self, api_version: &str, kind: &str) -> Result<Option<ApiResource>> {
-        let resources = self.resources(api_version).await?;
+        let cached = self.known.lock().unwrap().get(api_version).cloned();
+        if let Some(r) = cached.as_ref().and_then(|rs| rs.iter().find(|r| r.kind == kind)) {
+            return Ok(Some(r.clone()));
+        }
+        let resources = self.fetch(api_version).await?;
         Ok(resources.iter().find(|r| r.kind == kind).cloned())
     }
 
-    async fn resources(&self, api_version: &str) -> Result<Arc<Vec<ApiResource>>> {
-        if let Some(r) = self.known.lock().unwrap().get(api_version) {
-            return Ok(r.clone());
-        }
+    /// Reads a group version's discovery document and remembers its resources.
+    async fn fetch(&self, api_version: &str) -> Result<Arc<Vec<ApiResource>>> {
         let path = group_version_path(api_version);
         let list: Option<APIResourceList> = match self.client.send_raw(Method::GET, &path, None, Bytes::new()).await {
             Ok(resp) => {
@@ -243,7 +267,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn discovery_resolves_and_remembers() {
+    async fn discovery_resolves_remembers_and_looks_again_for_unknown_kinds() {
         let server = Arc::new(FakeServer { requests: AtomicUsize::new(0) });
         let discovery = Discovery::new(Client::new(server.clone(), "test"));
         let d = discovery.resolve("apps/v1", "Deployment").await.unwrap().unwrap();
@@ -251,10 +275,12 @@ mod tests {
             (d.group.as_str(), d.version.as_str(), d.plural.as_str(), d.namespaced),
             ("apps", "v1", "deployments", true)
         );
+        assert!(discovery.resolve("apps/v1", "Deployment").await.unwrap().is_some());
+        assert_eq!(server.requests.load(Ordering::SeqCst), 1, "a known kind is remembered");
         assert_eq!(discovery.resolve("apps/v1", "Scale").await.unwrap(), None, "subresources are not kinds");
         assert_eq!(discovery.resolve("example.com/v1", "Widget").await.unwrap(), None, "a group not served");
-        assert_eq!(discovery.resolve("example.com/v1", "Widget").await.unwrap(), None);
-        assert_eq!(server.requests.load(Ordering::SeqCst), 2, "each group version is fetched once");
+        // Unknown kinds are asked for again: a CRD may have added them since.
+        assert_eq!(server.requests.load(Ordering::SeqCst), 3);
         let api = DynamicApi::new(Client::new(server.clone(), "test"), d);
         assert_eq!(api.get(Some("ns"), "gone").await.unwrap(), None);
     }

@@ -86,11 +86,11 @@ fn run_bounded(cmd: &mut Command, timeout: Duration) -> (bool, String) {
     }
 }
 
-#[test]
-fn python_client_crud_selectors_watch_and_errors() {
+/// Runs `tests/python/<script>` against a fresh server; fails with its output.
+fn run_script(script: &str) {
     let python = python();
     let server = Server::start_with(&[]);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client_check.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(script);
     let mut cmd = Command::new(&python);
     cmd.arg(&script)
         .arg(server.kubeconfig())
@@ -99,6 +99,18 @@ fn python_client_crud_selectors_watch_and_errors() {
         .env_remove("KUBECONFIG")
         .env("PYTHONUNBUFFERED", "1");
     let (ok, output) = run_bounded(&mut cmd, SCRIPT_TIMEOUT);
-    assert!(ok, "client_check.py failed:\n{output}\n--- server log ---\n{}", server.log());
+    assert!(ok, "{} failed:\n{output}\n--- server log ---\n{}", script.display(), server.log());
     println!("{output}");
+}
+
+#[test]
+fn python_client_crud_selectors_watch_and_errors() {
+    run_script("client_check.py");
+}
+
+/// CustomResourceDefinitions through ApiextensionsV1Api, their objects through
+/// CustomObjectsApi (`tests/python/crd_check.py`).
+#[test]
+fn python_client_custom_resources() {
+    run_script("crd_check.py");
 }

@@ -27,7 +27,9 @@ pub mod pin {
     pub const REV_NAT: &str = "REV_NAT_V1";
     pub const CT: &str = "CT4_V1";
     pub const AFFINITY: &str = "AFFINITY_V1";
-    pub const STATS: &str = "LB_STATS_V1";
+    /// `stat::SLOTS` per-CPU counters (V1 had 8 slots; a restarted agent removes it).
+    pub const STATS: &str = "LB_STATS_V2";
+    pub const STATS_V1: &str = "LB_STATS_V1";
     pub const CONFIG: &str = "LB_CONFIG_V1";
     /// Local pods by IP (written by skiff-cni, read by the programs).
     pub const ENDPOINTS: &str = "ENDPOINTS_V1";
@@ -422,8 +424,25 @@ pub mod stat {
     /// Connections (and unconnected UDP datagrams) to a Service sent straight to a
     /// backend by the socket-level load balancer.
     pub const SOCK_TRANSLATED: u32 = 7;
-    /// Number of counters.
-    pub const COUNT: u32 = 8;
+    /// NodePort and external-frontend packets translated at XDP on the underlay
+    /// (toward a backend on this node, passed on to the node; or toward another node's,
+    /// see `XDP_TUNNELED`).
+    pub const XDP_TRANSLATED: u32 = 8;
+    /// Of those, the packets encapsulated at XDP and sent straight back out of the
+    /// underlay toward the backend's node (XDP_TX).
+    pub const XDP_TUNNELED: u32 = 9;
+    /// NodePort packets XDP left to the tc path: the next hop's MAC not yet known, a
+    /// packet too big for the tunnel, a backend outside the cluster network.
+    pub const XDP_TO_TC: u32 = 10;
+    /// Packets dropped because their destination is in the cluster network but in no
+    /// node's podCIDR (a node gone, or an address never handed out).
+    pub const DROP_NO_PEER: u32 = 11;
+    /// Packets dropped at XDP after their headers were rewritten (a helper failed).
+    pub const DROP_XDP: u32 = 12;
+    /// Number of counters in use.
+    pub const COUNT: u32 = 13;
+    /// Slots of the counters map: room for counters to come without a new layout.
+    pub const SLOTS: u32 = 32;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "translated",
@@ -434,6 +453,11 @@ pub mod stat {
         "snat_new",
         "snat_no_port",
         "sock_translated",
+        "xdp_translated",
+        "xdp_tunneled",
+        "xdp_to_tc",
+        "drop_no_peer",
+        "drop_xdp",
     ];
 }
 

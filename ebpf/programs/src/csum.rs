@@ -1,5 +1,6 @@
 //! Checksum arithmetic for headers that a program builds from scratch (rejects).
-//! Rewrites of single fields use the kernel's `l3/l4_csum_replace` helpers instead.
+//! At tc, rewrites of single fields use the kernel's `l3/l4_csum_replace` helpers; at XDP,
+//! where there are none, [`replace4`] and [`replace2`] update a checksum in place.
 
 use aya_ebpf::helpers::bpf_csum_diff;
 
@@ -30,6 +31,15 @@ pub fn replace4(check: u16, from: u32, to: u32) -> u16 {
     let mut sum = (!check) as u32;
     sum += (!(from as u16)) as u32 + (!((from >> 16) as u16)) as u32;
     sum += (to as u16) as u32 + ((to >> 16) as u16) as u32;
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// [`replace4`] for a 16-bit field (a port).
+#[inline(always)]
+pub fn replace2(check: u16, from: u16, to: u16) -> u16 {
+    let mut sum = (!check) as u32 + (!from) as u32 + to as u32;
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     !(sum as u16)

@@ -98,11 +98,18 @@ pub fn balance(ctx: &TcContext, pkt: &Packet) -> Result<Outcome, Drop> {
 #[inline(always)]
 pub fn from_wire(ctx: &TcContext, pkt: &Packet) -> Result<Option<Outcome>, Drop> {
     let Some(np) = nodeport_settings() else { return Ok(None) };
-    let dport = u16::from_be(pkt.dport);
-    if pkt.daddr == np.node_addr && (dport < np.port_first || dport > np.port_last) {
+    if !may_be_wire_frontend(pkt, &np) {
         return Ok(None);
     }
     translate(ctx, pkt, &config(), Some(&np))
+}
+
+/// Whether a packet from the wire may be for a NodePort or external frontend: one to
+/// the node's own address only within the node port range.
+#[inline(always)]
+pub fn may_be_wire_frontend(pkt: &Packet, np: &NodePort) -> bool {
+    let dport = u16::from_be(pkt.dport);
+    pkt.daddr != np.node_addr || (np.port_first..=np.port_last).contains(&dport)
 }
 
 /// Translation toward a frontend: the flow's conntrack entry if it has one (an
@@ -113,27 +120,50 @@ fn translate(ctx: &TcContext, pkt: &Packet, cfg: &Config, np: Option<&NodePort>)
     // SAFETY: a plain helper call without arguments; the coarse clock costs a fraction
     // of bpf_ktime_get_ns and its few milliseconds are plenty for timeouts.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    // An established flow stays on its backend (see `Ct4Entry` for why UDP re-checks).
-    if let Some(entry_ptr) = conntrack::lookup_forward(pkt, now, cfg) {
-        // SAFETY: pointer from a successful map lookup, used before returning.
-        let entry = unsafe { &mut *entry_ptr };
-        // SAFETY: copied out at once. The id must still name the same backend: an id
-        // freed and given to another backend must not carry the flow to it.
-        let same_backend = unsafe { BACKENDS_V1.get(entry.backend_id) }
-            .is_some_and(|b| b.addr == entry.backend_addr && b.port == entry.backend_port);
-        if pkt.proto != PROTO_UDP || same_backend {
-            conntrack::touch(entry, pkt, now);
-            let source = flow_source(entry, cfg);
-            return dnat(ctx, pkt, entry.backend_addr, entry.backend_port, source).map(Some);
-        }
+    if let Some(target) = established(pkt, now, cfg) {
+        return dnat(ctx, pkt, target.addr, target.port, target.source).map(Some);
     }
+    match frontend_of(pkt) {
+        Some((frontend, svc)) => new_flow(ctx, pkt, &frontend, &svc, now, cfg, np).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Where a flow's packets go: the backend, and the source address they are given (0 for
+/// "the client's own").
+#[derive(Clone, Copy)]
+pub struct Target {
+    pub addr: u32,
+    pub port: u16,
+    pub source: u32,
+}
+
+/// The target of this packet's flow if it is established (an established flow stays on
+/// its backend; see `Ct4Entry` for why UDP re-checks it), its entry refreshed.
+#[inline(always)]
+pub fn established(pkt: &Packet, now: u64, cfg: &Config) -> Option<Target> {
+    let entry_ptr = conntrack::lookup_forward(pkt, now, cfg)?;
+    // SAFETY: pointer from a successful map lookup, used before returning.
+    let entry = unsafe { &mut *entry_ptr };
+    // SAFETY: copied out at once. The id must still name the same backend: an id
+    // freed and given to another backend must not carry the flow to it.
+    let same_backend = unsafe { BACKENDS_V1.get(entry.backend_id) }
+        .is_some_and(|b| b.addr == entry.backend_addr && b.port == entry.backend_port);
+    if pkt.proto == PROTO_UDP && !same_backend {
+        return None;
+    }
+    conntrack::touch(entry, pkt, now);
+    Some(Target { addr: entry.backend_addr, port: entry.backend_port, source: flow_source(entry, cfg) })
+}
+
+/// The frontend this packet is addressed to, with its slot 0.
+#[inline(always)]
+pub fn frontend_of(pkt: &Packet) -> Option<(Service4Key, Service4Value)> {
     let frontend = Service4Key::new(pkt.daddr, pkt.dport, pkt.proto, 0);
     // SAFETY: the value is copied out at once; user space replaces slot 0 with one map
     // update, never in place.
-    match unsafe { SERVICES_V1.get(&frontend) }.copied() {
-        Some(svc) => new_flow(ctx, pkt, &frontend, &svc, now, cfg, np).map(Some),
-        None => Ok(None),
-    }
+    let svc = unsafe { SERVICES_V1.get(&frontend) }.copied()?;
+    Some((frontend, svc))
 }
 
 /// The source address a flow's packets are given, 0 for "the client's own".
@@ -185,6 +215,32 @@ fn new_flow(
         count(stat::NO_BACKEND);
         return reject::reject(ctx, pkt).map(Outcome::Done);
     }
+    let flow = choose(pkt, frontend, svc, now, cfg, np)?;
+    record(pkt, &flow, now)?;
+    dnat(ctx, pkt, flow.target.addr, flow.target.port, flow.target.source)
+}
+
+/// A new flow's backend, decided but not yet recorded.
+#[derive(Clone, Copy)]
+pub struct NewFlow {
+    pub target: Target,
+    backend_id: u32,
+    rev_nat_index: u32,
+    flags: u16,
+}
+
+/// Decides a new flow's backend and source (`svc.count` > 0): hairpin flows get the
+/// hairpin address, node-port flows toward another node's backend `np.snat_addr`.
+/// Writes nothing but session affinity.
+#[inline(always)]
+pub fn choose(
+    pkt: &Packet,
+    frontend: &Service4Key,
+    svc: &Service4Value,
+    now: u64,
+    cfg: &Config,
+    np: Option<&NodePort>,
+) -> Result<NewFlow, Drop> {
     let (backend_id, backend) = select_backend(pkt, frontend, svc, now)?;
     let (mut flags, source) = if backend.addr == pkt.saddr {
         (CT_FLAG_HAIRPIN | CT_FLAG_SNAT, cfg.hairpin_addr)
@@ -198,20 +254,32 @@ fn new_flow(
     if np.is_some() {
         flags |= CT_FLAG_NODEPORT;
     }
+    Ok(NewFlow {
+        target: Target { addr: backend.addr, port: backend.port, source },
+        backend_id,
+        rev_nat_index: svc.rev_nat_index,
+        flags,
+    })
+}
+
+/// Records a new flow in conntrack, both directions.
+#[inline(always)]
+pub fn record(pkt: &Packet, flow: &NewFlow, now: u64) -> Result<(), Drop> {
+    let Target { addr, port, source } = flow.target;
     let fwd_entry = Ct4Entry {
         last_seen_ns: now,
-        backend_id,
-        backend_addr: backend.addr,
-        rev_nat_index: svc.rev_nat_index,
-        backend_port: backend.port,
-        flags,
+        backend_id: flow.backend_id,
+        backend_addr: addr,
+        rev_nat_index: flow.rev_nat_index,
+        backend_port: port,
+        flags: flow.flags,
         client_addr: pkt.saddr,
         snat_addr: source,
     };
     let reply = Ct4Key {
-        saddr: backend.addr,
+        saddr: addr,
         daddr: if source != 0 { source } else { pkt.saddr },
-        sport: backend.port,
+        sport: port,
         dport: pkt.sport,
         proto: pkt.proto,
         dir: skiff_ebpf_common::CT_DIR_REPLY,
@@ -219,7 +287,7 @@ fn new_flow(
     };
     conntrack::create(&conntrack::forward_key(pkt), &fwd_entry, &reply, &fwd_entry).map_err(|_| Drop)?;
     count(stat::CT_NEW);
-    dnat(ctx, pkt, backend.addr, backend.port, source)
+    Ok(())
 }
 
 /// Picks the backend of a new flow: the client's affine backend if the Service has
@@ -273,7 +341,7 @@ pub fn random_backend(frontend: &Service4Key, svc: &Service4Value) -> Result<(u3
 /// and protocol, not of the address it reached, so that the flow hashes alike on every
 /// node (a node port's address differs from node to node). murmur3's finaliser mixes.
 #[inline(always)]
-fn flow_hash(pkt: &Packet) -> u32 {
+pub fn flow_hash(pkt: &Packet) -> u32 {
     let mut h = pkt.saddr ^ ((pkt.sport as u32) << 16 | pkt.dport as u32).rotate_left(5) ^ pkt.proto as u32;
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);

@@ -2,10 +2,10 @@
 //!
 //! Each binary under `src/bin/` is one attach point and only a thin entry point into
 //! its [`pipeline`], which composes the modules below in that attach point's order.
-//! `lb` and `overlay` never call each other, so a later attach point (XDP NodePort) is a
-//! new pipeline over the same parts:
+//! `lb` and `overlay` never call each other, so an attach point (XDP NodePort) is a new
+//! pipeline over the same parts:
 //! - [`pipeline`]: `from_pod`, `to_pod`, `from_overlay`, `to_overlay`, `to_underlay`,
-//!   `from_underlay`;
+//!   `from_underlay`, `xdp_underlay`;
 //! - [`maps`]: every map, with pinned names from `skiff_ebpf_common::pin`;
 //! - [`packet`]: header layouts and parsing of IPv4 TCP/UDP;
 //! - [`csum`]: checksum arithmetic for headers built from scratch;
@@ -17,14 +17,16 @@
 //! - [`reject`]: TCP RST and ICMP port-unreachable answers for Services without backends;
 //! - [`overlay`]: the VXLAN overlay: tunnel keys toward peers, delivery from the tunnel.
 //! - [`wire`]: delivery out of the underlay interface (replies of NodePort flows);
+//! - [`xdp`]: parsing, rewriting, next hops and VXLAN encapsulation at XDP, for the
+//!   NodePort fast path;
 //! - [`arp`]: ARP answers for the LoadBalancer addresses this node announces;
 //! - [`sock`]: the socket-level load balancer (cgroup hooks of `connect()`,
 //!   `sendmsg()`, `recvmsg()`, `getpeername()`), the `sock` binary's only module.
 //!
-//! Imports run one way: `pipeline` → `lb`, `masq`, `overlay`, `wire`, `arp` → `conntrack`,
+//! Imports run one way: `pipeline` → `lb`, `masq`, `overlay`, `wire`, `arp`, `xdp` → `conntrack`,
 //! `reject`, `nat`, `csum`, `packet`, `maps`; `sock` → `lb`, `maps`.
 //!
-//! Nothing here logs on the per-packet path; counters in `LB_STATS_V1` say what happened.
+//! Nothing here logs on the per-packet path; counters in `LB_STATS_V2` say what happened.
 #![no_std]
 #![expect(unsafe_code, reason = "BPF programs read packets and maps through raw pointers and helpers")]
 
@@ -41,6 +43,7 @@ pub mod pipeline;
 pub mod reject;
 pub mod sock;
 pub mod wire;
+pub mod xdp;
 
 /// The error of a `try_*` function: the packet cannot be handled and is dropped
 /// (counted in `stat::ERRORS`).

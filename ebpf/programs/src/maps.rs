@@ -26,7 +26,7 @@ pub static CT4_V1: LruHashMap<Ct4Key, Ct4Entry> = LruHashMap::pinned(capacity::C
 pub static AFFINITY_V1: LruHashMap<Affinity4Key, Affinity4Value> = LruHashMap::pinned(capacity::AFFINITY, 0);
 
 #[map]
-pub static LB_STATS_V1: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
+pub static LB_STATS_V2: PerCpuArray<u64> = PerCpuArray::pinned(stat::SLOTS, 0);
 
 #[map]
 pub static LB_CONFIG_V1: Array<LbConfig> = Array::pinned(1, 0);
@@ -34,7 +34,7 @@ pub static LB_CONFIG_V1: Array<LbConfig> = Array::pinned(1, 0);
 /// Adds one to a per-CPU counter.
 #[inline(always)]
 pub fn count(index: u32) {
-    if let Some(counter) = LB_STATS_V1.get_ptr_mut(index) {
+    if let Some(counter) = LB_STATS_V2.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot is only touched by this CPU, and programs do not
         // preempt each other on one CPU.
         unsafe { *counter += 1 };

@@ -17,11 +17,11 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::TcContext,
 };
-use skiff_ebpf_common::{MARK_TUNNEL_SET, OverlayConfig};
+use skiff_ebpf_common::{MARK_TUNNEL_SET, OverlayConfig, stat};
 
 use crate::{
     Drop,
-    maps::{ENDPOINTS_V1, NODES_V1, OVERLAY_CONFIG_V1},
+    maps::{ENDPOINTS_V1, NODES_V1, OVERLAY_CONFIG_V1, count},
     packet::{ETH_P_IP, EthHdr},
 };
 
@@ -69,6 +69,26 @@ pub fn set_tunnel_key(ctx: &TcContext, daddr: u32, cfg: &OverlayConfig) -> Resul
     Ok(true)
 }
 
+/// The tunnel toward the node whose pods `daddr` belongs to: that node's underlay
+/// address and the VNI. `None` for addresses outside the cluster network, this node's
+/// own pods, podCIDRs no node owns, and while the overlay is not set up.
+#[inline(always)]
+pub fn tunnel_to(daddr: u32) -> Option<(u32, u32)> {
+    let cfg = config()?;
+    if daddr & cfg.cluster_mask != cfg.cluster_net || daddr & cfg.local_pod_mask == cfg.local_pod_net {
+        return None;
+    }
+    let peer = NODES_V1.get(Key::new(32, daddr))?;
+    Some((peer.underlay_addr, cfg.vni))
+}
+
+/// Whether `addr` is a pod of this node.
+#[inline(always)]
+pub fn is_local_pod(addr: u32) -> bool {
+    // SAFETY: only tests for the key's presence.
+    unsafe { ENDPOINTS_V1.get(addr) }.is_some()
+}
+
 /// Sends a packet for another node's pod into the tunnel, marked so that the VXLAN
 /// device's egress knows its key is set. `None` means "not for another node; carry on
 /// as before".
@@ -82,6 +102,7 @@ pub fn to_remote_node(ctx: &TcContext, daddr: u32) -> Result<Option<i32>, Drop> 
     }
     if !set_tunnel_key(ctx, daddr, &cfg)? {
         // A podCIDR no node owns (any more): drop rather than leak it elsewhere.
+        count(stat::DROP_NO_PEER);
         return Ok(Some(TC_ACT_SHOT as i32));
     }
     ctx.set_mark(mark(ctx) | MARK_TUNNEL_SET);

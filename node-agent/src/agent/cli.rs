@@ -94,6 +94,13 @@ pub struct RunArgs {
     /// API server and other nodes' addresses, whose networks have no route to the pods.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub ip_masq: bool,
+    /// Translate NodePort and external-frontend packets at XDP on the underlay
+    /// interface, sending those for other nodes' backends straight back into the
+    /// tunnel (the tc path stays for the rest). On a veth underlay (nodes in network
+    /// namespaces) the peer needs NAPI (`ethtool -K PEER gro on`) and the senders full
+    /// checksums (`ethtool -K IF tx off`), as on a physical network; else turn this off.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub nodeport_xdp: bool,
     /// Where containerd reads CNI configuration: the agent writes this node's
     /// conflist there (podCIDR, MTU, bpffs path, data dir). Needs the overlay role.
     #[arg(long, env = "SKIFF_CNI_CONF_DIR")]

@@ -76,9 +76,10 @@ fn run(args: RunArgs) -> Result<()> {
             reconciler.set_node(args.node_ip.map(|addr| LocalNode { name: args.node_name.clone(), addr }));
             reconciler.set_maglev_table_size(args.maglev_table_size);
             let mut role = ProxyRole::new(reconciler);
-            if args.node_ip.is_some() {
+            if let Some(addr) = args.node_ip {
                 let map = AnnouncedMap::open(&pin_dir).context("opening the announced addresses map")?;
                 role.announce(&args.node_name, map);
+                role.serve_health_checks(&args.node_name, addr);
             }
             if let Some(dns) = &dns {
                 role.serve_locally(dns.addresses.iter().copied());
@@ -103,6 +104,7 @@ fn run(args: RunArgs) -> Result<()> {
                 cni_bin_dir: args.cni_bin_dir.clone(),
                 cni_data_dir: args.cni_data_dir.clone(),
                 ip_masq: args.ip_masq,
+                nodeport_xdp: args.nodeport_xdp,
             };
             let datapath = datapath.as_mut().context("the overlay role needs the datapath")?;
             Some((OverlayRole::start(settings, datapath)?, nodes))

@@ -23,6 +23,7 @@ use skiff_datapath::Pins;
 pub use skiff_datapath::{Prog, attach::Attached};
 
 mod socket_lb;
+pub mod xdp;
 use skiff_ebpf_common::{LbConfig, MasqConfig, NodePortConfig, OverlayConfig, pin, stat};
 use tracing::info;
 
@@ -162,6 +163,8 @@ impl Datapath {
         for dir in [pin_dir.to_path_buf(), pins.links_dir()] {
             std::fs::create_dir_all(&dir).map_err(|source| Error::PinDir { path: dir.clone(), source })?;
         }
+        // The counters' first layout, left by an agent before V2: nothing reads it.
+        let _ = std::fs::remove_file(pin_dir.join(pin::STATS_V1));
         let mut objects = Vec::new();
         for prog in Prog::ALL {
             let var = override_var(prog);
@@ -222,6 +225,16 @@ impl Datapath {
     pub fn detach_pod_programs(&mut self, interface: &str) -> Result<()> {
         skiff_datapath::attach::detach(&self.pins.link(Prog::ToPod, interface))?;
         Ok(skiff_datapath::attach::detach(&self.pins.link(Prog::FromPod, interface))?)
+    }
+
+    /// Attaches the NodePort fast path (XDP) to the underlay interface.
+    pub fn attach_xdp(&self, interface: &str) -> Result<Attached> {
+        xdp::attach(&self.pins, interface)
+    }
+
+    /// Detaches the NodePort fast path from the underlay interface.
+    pub fn detach_xdp(&self, interface: &str) -> Result<()> {
+        xdp::detach(&self.pins, interface)
     }
 
     /// Attaches the socket-level load balancer to the cgroup v2 directory `cgroup`.

@@ -34,6 +34,8 @@ pub struct OverlaySettings {
     /// Masquerade pod traffic that leaves the cluster network behind the underlay
     /// interface's address (flannel's `--ip-masq`).
     pub ip_masq: bool,
+    /// NodePort's fast path at XDP on the underlay interface (`--nodeport-xdp`).
+    pub nodeport_xdp: bool,
 }
 
 /// The overlay role: owns the VXLAN device's settings, the nodes map and the conflist.
@@ -221,6 +223,12 @@ fn setup_underlay(
     for prog in [Prog::ToUnderlay, Prog::FromUnderlay] {
         let how = datapath.attach(prog, interface)?;
         info!(program = prog.name(), interface, ?how, "attached to the underlay interface");
+    }
+    if settings.nodeport_xdp {
+        let how = datapath.attach_xdp(interface)?;
+        info!(interface, ?how, "NodePort's fast path attached at XDP on the underlay interface");
+    } else {
+        datapath.detach_xdp(interface)?;
     }
     if !settings.ip_masq {
         datapath::set_masq_config(&settings.pin_dir, MasqConfig::default())?;

@@ -34,6 +34,7 @@
 pub mod announce;
 pub mod api_source;
 pub mod events;
+pub mod healthcheck;
 pub mod latency;
 pub mod maglev;
 pub mod maps;

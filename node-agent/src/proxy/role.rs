@@ -11,6 +11,7 @@ use tracing::{error, info};
 
 use super::announce::{AnnouncedMap, Announcements};
 use super::events::ServiceEvents;
+use super::healthcheck::{HealthChecks, HealthServer};
 use super::latency::TriggerTimes;
 use super::maps::AyaLbMaps;
 use super::reconciler::LbReconciler;
@@ -27,6 +28,8 @@ pub struct ProxyRole {
     triggers: TriggerTimes,
     /// The LoadBalancer addresses this node announces, when it announces any.
     announcer: Option<Announcer>,
+    /// The health-check node ports this node answers, when it has an address.
+    health: Option<(HealthChecks, HealthServer)>,
 }
 
 /// This node's part in announcing LoadBalancer addresses (see `announce`).
@@ -47,7 +50,14 @@ impl ProxyRole {
             local_vips: Vec::new(),
             triggers: TriggerTimes::new(jiff::Timestamp::now()),
             announcer: None,
+            health: None,
         }
+    }
+
+    /// Answers the health-check node ports of LoadBalancer Services with
+    /// `externalTrafficPolicy: Local` on `addr` (see `healthcheck`).
+    pub fn serve_health_checks(&mut self, node: &str, addr: std::net::Ipv4Addr) {
+        self.health = Some((HealthChecks::new(node), HealthServer::new(addr)));
     }
 
     /// Announces (answers ARP for) the LoadBalancer addresses this node is chosen for,
@@ -113,6 +123,9 @@ impl Role for ProxyRole {
             if let Some(a) = &mut self.announcer {
                 a.table.note(&event);
             }
+            if let Some((checks, _)) = &mut self.health {
+                checks.note(&event);
+            }
             let event = self.local_to_deletion(event);
             self.triggers.note(&event);
             self.reconciler.apply(event);
@@ -132,7 +145,8 @@ impl Role for ProxyRole {
             events.report(problems);
         }
         let announce_failed = self.sync_announcements();
-        self.reconciler.has_pending() || announce_failed
+        let health_failed = self.health.as_mut().is_some_and(|(checks, server)| server.sync(checks.answers()));
+        self.reconciler.has_pending() || announce_failed || health_failed
     }
 }
 

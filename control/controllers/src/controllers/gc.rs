@@ -14,6 +14,10 @@
 //! - Orphan: dependents of a terminating owner with `orphan` lose their reference to it,
 //!   then the finalizer is removed.
 //!
+//! Owners of kinds without an informer (custom resources, most often) are followed by a
+//! watch of their own, started when a dependent first names such a kind, so that their
+//! deletion is noticed too (and a list when it starts catches owners deleted before).
+//!
 //! Scope: objects of the kinds in `skiff_api::finalizers::GARBAGE_COLLECTED_KINDS`
 //! (those with an informer in `Context`). Namespaces, ConfigMaps, Secrets, Endpoints,
 //! Events, Leases and RBAC objects are not watched: they are never collected as
@@ -26,7 +30,7 @@
 //! It must not delete anything whose owner it has not confirmed absent, and it only
 //! writes ownerReferences and its own two finalizers besides deleting.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,6 +39,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::{Metadata, Resource};
 use serde_json::{Value, json};
 use skiff_api::Patch;
+use skiff_api::WatchEvent;
 use skiff_api::dynamic::{ApiResource, Discovery, DynamicApi};
 use skiff_api::finalizers::{
     FOREGROUND_DELETION as FOREGROUND_FINALIZER, GARBAGE_COLLECTED_KINDS, ORPHAN as ORPHAN_FINALIZER,
@@ -49,6 +54,10 @@ use super::Context;
 /// snapshots (which arrive from other caches in no particular order) are in the graph
 /// first and no needless live lookups are made.
 const SETTLE: Duration = Duration::from_secs(1);
+/// How long an owner watch waits before starting again after it failed.
+const OWNER_WATCH_RESTART: Duration = Duration::from_secs(2);
+/// How long one owner WATCH request lasts before it is renewed from its last revision.
+const OWNER_WATCH_SECONDS: u32 = 300;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -176,6 +185,14 @@ struct Gc {
     watched: HashMap<&'static str, ApiResource>,
     /// Resolves owners of kinds that are not watched.
     discovery: Discovery,
+    /// Owner kinds without an informer that an owner watch follows (`group/Kind`).
+    owner_kinds: Mutex<HashSet<String>>,
+    /// Where the owner watches report deleted owners.
+    tx: mpsc::UnboundedSender<Seen>,
+}
+
+fn group_of(api_version: &str) -> &str {
+    api_version.rsplit_once('/').map_or("", |(g, _)| g)
 }
 
 /// Entry point (see `CONTROLLERS`).
@@ -196,7 +213,7 @@ pub async fn run(ctx: Arc<Context>) {
     forward(&i.controller_revisions, tx.clone(), &mut w, &mut tasks);
     forward(&i.persistent_volume_claims, tx.clone(), &mut w, &mut tasks);
     forward(&i.cron_jobs, tx.clone(), &mut w, &mut tasks);
-    forward(&i.service_accounts, tx, &mut w, &mut tasks);
+    forward(&i.service_accounts, tx.clone(), &mut w, &mut tasks);
     // The API server adds the cascading-deletion finalizers to exactly these kinds; one
     // it adds them to but nobody watches would never lose them.
     debug_assert!(
@@ -204,7 +221,14 @@ pub async fn run(ctx: Arc<Context>) {
         "the garbage collector must watch exactly skiff_api::finalizers::GARBAGE_COLLECTED_KINDS"
     );
     let discovery = Discovery::new(ctx.client.clone());
-    let gc = Arc::new(Gc { ctx: ctx.clone(), graph: Mutex::new(Graph::default()), watched: w, discovery });
+    let gc = Arc::new(Gc {
+        ctx: ctx.clone(),
+        graph: Mutex::new(Graph::default()),
+        watched: w,
+        discovery,
+        owner_kinds: Mutex::default(),
+        tx,
+    });
     let queue: WorkQueue<Item> = WorkQueue::new();
     let g = gc.clone();
     let workers = tokio::spawn(run_workers("garbage-collector", queue.clone(), 2, move |item| {
@@ -212,7 +236,9 @@ pub async fn run(ctx: Arc<Context>) {
         async move { g.reconcile(item).await }
     }));
     while let Some(seen) = rx.recv().await {
+        let owners = if seen.deleted { Vec::new() } else { seen.meta.owner_references.clone().unwrap_or_default() };
         gc.observe(seen, &queue);
+        gc.follow_owner_kinds(&owners, &queue);
     }
     queue.shut_down();
     let _ = workers.await;
@@ -258,6 +284,102 @@ impl Gc {
         g.link(&uid, node);
         if finalizing {
             queue.add(Item::Owner(uid));
+        }
+    }
+
+    /// Starts an owner watch for each owner kind in `owners` that has no informer and
+    /// no owner watch yet.
+    fn follow_owner_kinds(self: &Arc<Self>, owners: &[OwnerReference], queue: &WorkQueue<Item>) {
+        for o in owners {
+            let group = group_of(&o.api_version);
+            if self.watched.values().any(|r| r.group == group && r.kind == o.kind) {
+                continue;
+            }
+            if !self.owner_kinds.lock().unwrap().insert(format!("{group}/{}", o.kind)) {
+                continue;
+            }
+            let (gc, queue, o) = (self.clone(), queue.clone(), o.clone());
+            tokio::spawn(async move { gc.follow_owners(o.api_version, o.kind, queue).await });
+        }
+    }
+
+    /// Follows the owners of one kind until the kind is no longer served.
+    async fn follow_owners(self: Arc<Self>, api_version: String, kind: String, queue: WorkQueue<Item>) {
+        let key = format!("{}/{kind}", group_of(&api_version));
+        // Once per owner kind: `Seen` names kinds statically, as the informers' are.
+        let kind: &'static str = Box::leak(kind.into_boxed_str());
+        loop {
+            match self.watch_owners(&api_version, kind, &queue).await {
+                Ok(()) => break,
+                Err(e) => tracing::info!(kind, error = %e, "owner watch restarts"),
+            }
+            tokio::time::sleep(OWNER_WATCH_RESTART).await;
+        }
+        // A dependent naming the kind again starts a new watch.
+        self.owner_kinds.lock().unwrap().remove(&key);
+    }
+
+    /// Lists the owners of `kind` (checking dependents whose owner of that kind is not
+    /// among them), then reports each deleted one as it goes. `Ok` when the kind is not
+    /// served (any more); an error to start again.
+    async fn watch_owners(&self, api_version: &str, kind: &'static str, queue: &WorkQueue<Item>) -> Result<()> {
+        let api_err =
+            |verb: &'static str| move |source| Error::Api { verb, kind: kind.to_string(), name: String::new(), source };
+        let resolved = self.discovery.resolve(api_version, kind).await.map_err(|source| Error::Discovery {
+            api_version: api_version.to_string(),
+            kind: kind.to_string(),
+            source,
+        })?;
+        let Some(resource) = resolved else { return Ok(()) };
+        let api = DynamicApi::new(self.ctx.client.clone(), resource.clone());
+        let list = match api.list(None).await {
+            Ok(l) => l,
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(api_err("LIST")(e)),
+        };
+        let live: HashSet<&str> = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.pointer("/metadata/uid").and_then(Value::as_str))
+            .collect();
+        {
+            let g = self.graph.lock().unwrap();
+            for (uid, node) in &g.objects {
+                let orphaned = node.owners.iter().any(|o| {
+                    o.kind == kind && group_of(&o.api_version) == resource.group && !live.contains(o.uid.as_str())
+                });
+                if orphaned {
+                    queue.add(Item::Dependent(uid.clone()));
+                }
+            }
+        }
+        tracing::debug!(kind, owners = live.len(), "following owners of a kind without an informer");
+        let mut rv = list.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("").to_string();
+        loop {
+            let mut events = match api.watch(None, &rv, OWNER_WATCH_SECONDS).await {
+                Ok(w) => w,
+                Err(e) if e.is_not_found() => return Ok(()),
+                Err(e) => return Err(api_err("WATCH")(e)),
+            };
+            while let Some(ev) = events.next().await {
+                let obj = match ev.map_err(api_err("WATCH"))? {
+                    WatchEvent::Bookmark(r) => {
+                        rv = r;
+                        continue;
+                    }
+                    WatchEvent::Added(o) | WatchEvent::Modified(o) => {
+                        rv = o.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or(&rv).to_string();
+                        continue;
+                    }
+                    WatchEvent::Deleted(o) => o,
+                };
+                rv = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or(&rv).to_string();
+                let meta: ObjectMeta = serde_json::from_value(obj["metadata"].clone()).unwrap_or_default();
+                if self.tx.send(Seen { kind, meta, deleted: true }).is_err() {
+                    return Ok(());
+                }
+            }
         }
     }
 

@@ -27,8 +27,10 @@ pub struct Held {
 impl Held {
     pub fn of(svc: &Value) -> Self {
         let ip = svc.pointer("/spec/clusterIP").and_then(|v| v.as_str()).and_then(|s| s.parse().ok());
+        let health = svc.pointer("/spec/healthCheckNodePort").and_then(|n| n.as_u64());
         let node_ports = (svc.pointer("/spec/ports").and_then(|p| p.as_array()).into_iter().flatten())
             .filter_map(|p| p.get("nodePort").and_then(|n| n.as_u64()))
+            .chain(health)
             .filter_map(|n| u16::try_from(n).ok())
             .collect();
         Self { ip, node_ports }
@@ -180,11 +182,48 @@ pub fn allocate(cidr: Ipv4Net, used: &InUse, svc: &mut Value) -> Result<(), Vec<
                 }
             }
         }
+        let local = spec.get("externalTrafficPolicy").and_then(|p| p.as_str()) == Some("Local");
+        if ty == "LoadBalancer" && local {
+            allocate_health_check_port(spec, used, &mut taken, &mut causes);
+        }
         if !causes.is_empty() {
             return Err(causes);
         }
     }
     Ok(())
+}
+
+/// `spec.healthCheckNodePort` of a LoadBalancer Service with `externalTrafficPolicy:
+/// Local`: the client's if free and in range, else the first free node port. Nodes
+/// answer on it how many of the Service's endpoints they hold.
+fn allocate_health_check_port(
+    spec: &mut serde_json::Map<String, Value>,
+    used: &InUse,
+    taken: &mut HashSet<u16>,
+    causes: &mut Vec<Cause>,
+) {
+    const FIELD: &str = "spec.healthCheckNodePort";
+    match spec.get("healthCheckNodePort").and_then(|n| n.as_u64()).filter(|n| *n != 0) {
+        Some(n) => {
+            let v = json!(n);
+            if n > u16::MAX as u64 || !NODE_PORTS.contains(&(n as u16)) {
+                causes.push(Cause::invalid(
+                    FIELD,
+                    &v,
+                    "provided port is not in the valid range. The range of valid ports is 30000-32767",
+                ));
+            } else if used.node_port_taken(n as u16) || !taken.insert(n as u16) {
+                causes.push(Cause::invalid(FIELD, &v, "provided port is already allocated"));
+            }
+        }
+        None => match NODE_PORTS.clone().find(|n| !taken.contains(n) && !used.node_port_taken(*n)) {
+            Some(n) => {
+                taken.insert(n);
+                spec.insert("healthCheckNodePort".into(), json!(n));
+            }
+            None => causes.push(Cause::invalid(FIELD, &Value::Null, "node port range is full")),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -218,6 +257,24 @@ mod tests {
         let mut c = json!({"spec": {"ports": [{"port": 80}]}});
         allocate(cidr, &used, &mut c).unwrap();
         assert_eq!(c["spec"]["clusterIP"], "10.96.0.2");
+    }
+
+    #[test]
+    fn load_balancer_with_local_traffic_gets_a_health_check_port() {
+        let cidr: Ipv4Net = "10.96.0.0/12".parse().unwrap();
+        let mut used = InUse::default();
+        let mut lb =
+            json!({"spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "ports": [{"port": 80}]}});
+        allocate(cidr, &used, &mut lb).unwrap();
+        let health = lb.pointer("/spec/healthCheckNodePort").and_then(|p| p.as_u64()).unwrap();
+        assert_ne!(Some(health), lb.pointer("/spec/ports/0/nodePort").and_then(|p| p.as_u64()));
+        used.add(&lb);
+        assert!(used.node_port_taken(health as u16));
+        let mut clash = json!({"spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": health, "ports": [{"port": 80}]}});
+        assert!(allocate(cidr, &used, &mut clash).is_err());
+        let mut cluster = json!({"spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}});
+        allocate(cidr, &used, &mut cluster).unwrap();
+        assert!(cluster.pointer("/spec/healthCheckNodePort").is_none());
     }
 
     #[test]

@@ -39,10 +39,12 @@ impl ApiServer {
     }
 
     /// Keeps the Service allocation index in step with the store until the process ends
-    /// (without it, each Service create lists every Service).
+    /// (without it, each Service create lists every Service), and runs the CRD
+    /// controller that serves custom resources (`crd`).
     pub fn spawn_sync(&self) {
         let services = by_kind("Service").expect("Service is a built-in kind");
         self.service_ips.spawn_sync(self.store.clone(), services.prefix());
+        super::crd::spawn(self.store.clone());
     }
 
     pub fn new(

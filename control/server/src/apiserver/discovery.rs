@@ -5,7 +5,8 @@
 
 use serde_json::{Value, json};
 
-use super::resources::{RESOURCES, ResourceDef, groups};
+use super::crd;
+use super::resources::{ResourceDef, all, groups};
 
 pub fn version() -> Value {
     json!({
@@ -77,7 +78,11 @@ fn entries(r: &ResourceDef) -> Vec<Value> {
     if !r.short_names.is_empty() {
         main["shortNames"] = json!(r.short_names);
     }
-    if r.all {
+    if let Some(categories) = crd::categories(r) {
+        if !categories.is_empty() {
+            main["categories"] = json!(categories);
+        }
+    } else if r.all {
         main["categories"] = json!(["all"]);
     }
     let mut out = vec![main];
@@ -98,7 +103,7 @@ fn entries(r: &ResourceDef) -> Vec<Value> {
 }
 
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
-    let rs: Vec<&ResourceDef> = RESOURCES.iter().filter(|r| r.group == group && r.version == version).collect();
+    let rs: Vec<&ResourceDef> = all().into_iter().filter(|r| r.group == group && r.version == version).collect();
     if rs.is_empty() {
         return None;
     }

@@ -15,6 +15,7 @@ mod authentication;
 mod authorization;
 pub mod bootstrap;
 mod bootstrap_token;
+mod crd;
 pub mod decode;
 mod deletion;
 pub mod discovery;

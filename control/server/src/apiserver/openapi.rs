@@ -17,7 +17,8 @@ use std::sync::LazyLock;
 use schemars::generate::SchemaSettings;
 use serde_json::{Value, json};
 
-use super::resources::{RESOURCES, groups};
+use super::crd;
+use super::resources::{RESOURCES, ResourceDef, groups};
 
 /// Changes whenever the served documents change, so clients' caches refresh.
 const HASH: &str = concat!("skiff-", env!("CARGO_PKG_VERSION"), "-2");
@@ -50,7 +51,7 @@ fn schemas(group: &str, version: &str) -> serde_json::Map<String, Value> {
     defs
 }
 
-fn gv_path(group: &str, version: &str) -> String {
+pub(super) fn gv_path(group: &str, version: &str) -> String {
     if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
 }
 
@@ -60,49 +61,55 @@ pub fn root() -> Value {
     gvs.extend(groups());
     for (g, v) in gvs {
         let p = gv_path(g, v);
-        paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={HASH}")}));
+        let hash = if DOCUMENTS.contains_key(&p) { HASH.to_string() } else { crd::hash(g, v) };
+        paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={hash}")}));
     }
     json!({"paths": paths})
 }
 
 /// The document of `api/v1` or `apis/<group>/<version>`.
 pub fn group_version(path: &str) -> Option<Value> {
-    DOCUMENTS.get(path).cloned()
+    DOCUMENTS.get(path).cloned().or_else(|| crd::document(path))
+}
+
+/// The operations of one resource, added to `paths`.
+pub(super) fn add_paths(r: &ResourceDef, paths: &mut serde_json::Map<String, Value>) {
+    let base = format!("/{}", gv_path(r.group, r.version));
+    let p = if r.namespaced {
+        format!("{base}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
+    } else {
+        format!("{base}/{}/{{name}}", r.plural)
+    };
+    let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
+    let params = json!([
+        {"name": "dryRun", "in": "query", "schema": {"type": "string"}},
+        {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
+        {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
+    ]);
+    let op = |action: &str| {
+        json!({
+            "operationId": format!("{action}{}", r.kind),
+            "x-kubernetes-action": action,
+            "x-kubernetes-group-version-kind": gvk,
+            "parameters": params,
+            "responses": {"200": {"description": "OK"}},
+        })
+    };
+    if r.create_only() {
+        let collection = p.trim_end_matches("/{name}").to_string();
+        // kubectl looks only at PATCH operations to learn that the server validates
+        // fields; without one, `kubectl create -f` of a review would download the
+        // v2 schemas instead. The PATCH itself is answered 405, as upstream.
+        paths.insert(collection, json!({"post": op("post"), "patch": op("patch")}));
+    } else {
+        paths.insert(p, json!({"get": op("get"), "put": op("put"), "patch": op("patch"), "delete": op("delete")}));
+    }
 }
 
 fn build(group: &str, version: &str) -> Option<Value> {
     let mut paths = serde_json::Map::new();
     for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
-        let base = format!("/{}", gv_path(group, version));
-        let p = if r.namespaced {
-            format!("{base}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
-        } else {
-            format!("{base}/{}/{{name}}", r.plural)
-        };
-        let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
-        let params = json!([
-            {"name": "dryRun", "in": "query", "schema": {"type": "string"}},
-            {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
-            {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
-        ]);
-        let op = |action: &str| {
-            json!({
-                "operationId": format!("{action}{}", r.kind),
-                "x-kubernetes-action": action,
-                "x-kubernetes-group-version-kind": gvk,
-                "parameters": params,
-                "responses": {"200": {"description": "OK"}},
-            })
-        };
-        if r.create_only() {
-            let collection = p.trim_end_matches("/{name}").to_string();
-            // kubectl looks only at PATCH operations to learn that the server validates
-            // fields; without one, `kubectl create -f` of a review would download the
-            // v2 schemas instead. The PATCH itself is answered 405, as upstream.
-            paths.insert(collection, json!({"post": op("post"), "patch": op("patch")}));
-        } else {
-            paths.insert(p, json!({"get": op("get"), "put": op("put"), "patch": op("patch"), "delete": op("delete")}));
-        }
+        add_paths(r, &mut paths);
     }
     if paths.is_empty() {
         return None;

@@ -9,6 +9,7 @@ use super::table::Col;
 
 pub(super) fn columns(kind: &str) -> Option<Vec<Col>> {
     Some(match kind {
+        "CustomResourceDefinition" => vec![Col("Created At", "date", 0)],
         "StorageClass" => vec![
             Col("Provisioner", "string", 0),
             Col("ReclaimPolicy", "string", 0),
@@ -202,6 +203,7 @@ pub(super) fn name_cell(kind: &str, o: &Value, name: &str) -> String {
 pub(super) fn cells(kind: &str, o: &Value) -> Option<Vec<Value>> {
     let age = age_of(o);
     Some(match kind {
+        "CustomResourceDefinition" => vec![json!(s(o, "/metadata/creationTimestamp"))],
         "StorageClass" => vec![
             json!(s(o, "/provisioner")),
             json!(or(s(o, "/reclaimPolicy"), "Delete")),

@@ -11,8 +11,9 @@ use super::strategy::{self, Strategy};
 
 /// Checks an object's shape by decoding it into its k8s-openapi type and encoding it
 /// back: wrong field types are rejected and unknown fields dropped, as the real API
-/// server's decoder does.
-pub type Decode = fn(Value) -> Result<Value, String>;
+/// server's decoder does. A custom resource's prunes by its CRD's schema (`crd`), so
+/// this is a closure rather than a plain function.
+pub type Decode = &'static (dyn Fn(Value) -> Result<Value, String> + Sync);
 
 fn roundtrip<T: serde::de::DeserializeOwned + serde::Serialize>(v: Value) -> Result<Value, String> {
     let typed: T = serde_json::from_value(v).map_err(|e| e.to_string())?;
@@ -27,7 +28,6 @@ fn schema_of<T: schemars::JsonSchema>(g: &mut schemars::SchemaGenerator) -> sche
     g.subschema_for::<T>()
 }
 
-#[derive(Debug)]
 pub struct ResourceDef {
     pub group: &'static str,
     pub version: &'static str,
@@ -48,6 +48,17 @@ pub struct ResourceDef {
     pub(crate) strategy: &'static dyn Strategy,
 }
 
+impl std::fmt::Debug for ResourceDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResourceDef")
+            .field("group", &self.group)
+            .field("version", &self.version)
+            .field("plural", &self.plural)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ResourceDef {
     pub fn api_version(&self) -> String {
         if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) }
@@ -55,11 +66,7 @@ impl ResourceDef {
 
     /// The store key prefix of this resource (all namespaces).
     pub fn prefix(&self) -> String {
-        if self.group.is_empty() {
-            format!("/registry/{}/", self.plural)
-        } else {
-            format!("/registry/{}.{}/", self.plural, self.group)
-        }
+        prefix_of(self.group, self.plural)
     }
 
     pub fn ns_prefix(&self, ns: Option<&str>) -> String {
@@ -97,6 +104,11 @@ impl ResourceDef {
     }
 }
 
+/// The store key prefix of a group's resource (all namespaces, every version).
+pub fn prefix_of(group: &str, plural: &str) -> String {
+    if group.is_empty() { format!("/registry/{plural}/") } else { format!("/registry/{plural}.{group}/") }
+}
+
 macro_rules! res {
     ($ty:ty, $group:expr, $version:expr, $kind:expr, $plural:expr, $singular:expr, [$($short:expr),*], $ns:expr, status: $st:expr, scale: $sc:expr, all: $all:expr, $strategy:expr) => {
         ResourceDef {
@@ -110,7 +122,7 @@ macro_rules! res {
             status: $st,
             scale: $sc,
             all: $all,
-            decode: roundtrip::<$ty>,
+            decode: &roundtrip::<$ty>,
             schema: schema_of::<$ty>,
             strategy: &$strategy,
         }
@@ -123,6 +135,7 @@ use k8s_openapi::api::{
     core::v1 as core, discovery::v1 as disc, events::v1 as events, networking::v1 as net, policy::v1 as policy,
     rbac::v1 as rbac, scheduling::v1 as sched, storage::v1 as storage,
 };
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
 
 /// Every served resource. Adding a kind is one line.
 pub static RESOURCES: &[ResourceDef] = &[
@@ -168,11 +181,24 @@ pub static RESOURCES: &[ResourceDef] = &[
     res!(authz::SelfSubjectAccessReview, "authorization.k8s.io", "v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", "selfsubjectaccessreview", [], false, status: false, scale: false, all: false, strategy::Generic),
     res!(authz::SelfSubjectRulesReview, "authorization.k8s.io", "v1", "SelfSubjectRulesReview", "selfsubjectrulesreviews", "selfsubjectrulesreview", [], false, status: false, scale: false, all: false, strategy::Generic),
     res!(authz::SubjectAccessReview, "authorization.k8s.io", "v1", "SubjectAccessReview", "subjectaccessreviews", "subjectaccessreview", [], false, status: false, scale: false, all: false, strategy::Generic),
+    res!(apiext::CustomResourceDefinition, "apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", "customresourcedefinition", ["crd", "crds"], false, status: true, scale: false, all: false, super::crd::DefinitionStrategy),
     res!(authz::LocalSubjectAccessReview, "authorization.k8s.io", "v1", "LocalSubjectAccessReview", "localsubjectaccessreviews", "localsubjectaccessreview", [], true, status: false, scale: false, all: false, strategy::Generic),
 ];
 
+/// The served resource at a group, version and plural: a built-in one, or a custom
+/// resource whose CRD is Established (`crd`).
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceDef> {
-    RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
+        .or_else(|| super::crd::find(group, version, plural))
+}
+
+/// Every served resource: the built-in table, then the custom resources.
+pub fn all() -> Vec<&'static ResourceDef> {
+    let mut out: Vec<&'static ResourceDef> = RESOURCES.iter().collect();
+    out.extend(super::crd::all());
+    out
 }
 
 pub fn by_kind(kind: &str) -> Option<&'static ResourceDef> {
@@ -183,7 +209,7 @@ pub fn by_kind(kind: &str) -> Option<&'static ResourceDef> {
 /// group's first version is its preferred one.
 pub fn groups() -> Vec<(&'static str, &'static str)> {
     let mut out: Vec<(&str, &str)> = Vec::new();
-    for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
+    for r in all().into_iter().filter(|r| !r.group.is_empty()) {
         if !out.contains(&(r.group, r.version)) {
             out.push((r.group, r.version));
         }

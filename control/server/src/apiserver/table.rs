@@ -6,6 +6,7 @@
 use serde_json::{Value, json};
 
 use super::meta::age_of;
+use super::resources::ResourceDef;
 
 pub(super) struct Col(pub(super) &'static str, pub(super) &'static str, pub(super) u8);
 
@@ -282,7 +283,7 @@ impl Include {
     }
 }
 
-fn row_object(o: &Value, include: Include) -> Value {
+pub(super) fn row_object(o: &Value, include: Include) -> Value {
     match include {
         Include::None => Value::Null,
         Include::Object => o.clone(),
@@ -292,6 +293,12 @@ fn row_object(o: &Value, include: Include) -> Value {
             "metadata": o.get("metadata").cloned().unwrap_or(json!({})),
         }),
     }
+}
+
+/// A Table of `objects` of the resource `def`: a custom resource's columns come from
+/// its CRD (`crd`), a built-in kind's from here and `printers`.
+pub fn table_of(def: &ResourceDef, objects: &[Value], list_meta: Value, include: Include) -> Value {
+    super::crd::table(def, objects, &list_meta, include).unwrap_or_else(|| table(def.kind, objects, list_meta, include))
 }
 
 /// A Table of `objects` of `kind`.

@@ -45,7 +45,7 @@ impl hyper::body::Body for ChannelBody {
 }
 
 struct Encoder {
-    kind: &'static str,
+    def: &'static ResourceDef,
     table: bool,
     include: table::Include,
 }
@@ -53,7 +53,7 @@ struct Encoder {
 impl Encoder {
     fn line(&self, ty: &str, obj: &Value) -> Bytes {
         let object = if self.table && ty != "ERROR" && ty != "BOOKMARK" {
-            table::table(self.kind, std::slice::from_ref(obj), json!({}), self.include)
+            table::table_of(self.def, std::slice::from_ref(obj), json!({}), self.include)
         } else {
             obj.clone()
         };
@@ -86,11 +86,7 @@ impl ApiServer {
         };
         let prefix = def.ns_prefix(ns);
         let only_name = name.map(str::to_string).or_else(|| sel.fields.exact("metadata.name").map(str::to_string));
-        let enc = Encoder {
-            kind: def.kind,
-            table: ctx.wants_table(),
-            include: table::Include::parse(ctx.q("includeObject")),
-        };
+        let enc = Encoder { def, table: ctx.wants_table(), include: table::Include::parse(ctx.q("includeObject")) };
         let (tx, rx) = mpsc::channel::<Bytes>(64);
         let wanted = move |obj: &Value| -> bool {
             if let Some(n) = &only_name

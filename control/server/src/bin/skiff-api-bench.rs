@@ -6,7 +6,9 @@
 //!   paged LIST kubectl does (500 per page);
 //! - watch delivery latency: the time from a create being sent to its ADDED event
 //!   arriving on an open watch, p50/p99, both during the pod creates (a burst) and at
-//!   rest (ConfigMaps at a steady rate).
+//!   rest (ConfigMaps at a steady rate);
+//! - custom resources: `--custom-objects` objects of a CRD created by the same clients,
+//!   then a full LIST of them (median of several).
 //!
 //! Prints `P7 <metric>@<label>: value unit` lines. It never asserts on timings: the
 //! goals are judged by a person reading the figures.
@@ -47,6 +49,109 @@ struct Args {
     /// Rate of the watched writes, per second.
     #[arg(long, default_value_t = 200)]
     watch_rate: u64,
+    /// Custom objects to create (and then LIST); 0 skips them.
+    #[arg(long, default_value_t = 10_000)]
+    custom_objects: usize,
+}
+
+/// The CRD whose objects the bench creates: a small operator-style schema, so that
+/// creates pay for pruning, defaulting and validation.
+fn bench_crd() -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.bench.skiff.io"},
+        "spec": {"group": "bench.skiff.io", "scope": "Namespaced",
+            "names": {"plural": "widgets", "kind": "Widget"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "required": ["size"], "properties": {
+                        "size": {"type": "string", "enum": ["small", "large"]},
+                        "replicas": {"type": "integer", "minimum": 0, "default": 1},
+                        "owner": {"type": "string", "maxLength": 63},
+                        "settings": {"type": "object", "additionalProperties": {"type": "string"}}}},
+                    "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}}}]}
+    })
+}
+
+/// Five unpaginated LISTs of `path`, as an informer's first list does: their times in
+/// ms, sorted, and how many items the last one had.
+async fn full_lists(client: &Client, path: &str) -> anyhow::Result<(Vec<f64>, usize)> {
+    let mut times = Vec::new();
+    let mut count = 0;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let resp = client.send_raw(http::Method::GET, path, None, Bytes::new()).await?;
+        let body = resp.into_body().collect().await.map_err(|e| anyhow::anyhow!("{e}"))?.to_bytes();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        let v: serde_json::Value = serde_json::from_slice(&body)?;
+        count = v["items"].as_array().map_or(0, Vec::len);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times, count))
+}
+
+/// Sends a JSON request; fails unless the answer is a success.
+async fn send_json(client: &Client, method: http::Method, path: &str, body: &serde_json::Value) -> anyhow::Result<()> {
+    let resp =
+        client.send_raw(method.clone(), path, Some("application/json"), Bytes::from(serde_json::to_vec(body)?)).await?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body = resp.into_body().collect().await.map_err(|e| anyhow::anyhow!("{e}"))?.to_bytes();
+        bail!("{method} {path}: {status}: {}", String::from_utf8_lossy(&body));
+    }
+    Ok(())
+}
+
+/// Creates the bench CRD, waits until its objects are served, creates
+/// `a.custom_objects` of them with `a.clients` clients and LISTs them all.
+async fn custom_objects(client: &Client, a: &Args) -> anyhow::Result<()> {
+    send_json(client, http::Method::POST, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", &bench_crd())
+        .await
+        .context("creating the bench CRD")?;
+    let path = format!("/apis/bench.skiff.io/v1/namespaces/{}/widgets", a.namespace);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let resp = client.send_raw(http::Method::GET, &path, None, Bytes::new()).await?;
+        if resp.status().is_success() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the bench CRD's objects were not served within 30 s ({})", resp.status());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..a.clients {
+        let (client, next, path, total) = (client.clone(), next.clone(), path.clone(), a.custom_objects);
+        tasks.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let obj = serde_json::json!({"apiVersion": "bench.skiff.io/v1", "kind": "Widget",
+                    "metadata": {"name": format!("w-{i:06}"), "labels": {"app": "bench"}},
+                    "spec": {"size": if i % 2 == 0 { "small" } else { "large" }, "owner": "bench",
+                             "settings": {"color": "blue", "shape": "round"}}});
+                send_json(&client, http::Method::POST, &path, &obj).await?;
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!("P7 custom-object-creates-per-s@{}: {:.0} creates/s", a.label, a.custom_objects as f64 / secs);
+    let (full, count) = full_lists(client, &path).await?;
+    if count != a.custom_objects {
+        bail!("LIST returned {count} custom objects, expected {}", a.custom_objects);
+    }
+    println!("P7 list-{}-custom-objects@{}: {:.0} ms", a.custom_objects, a.label, percentile(&full, 0.5));
+    eprintln!("full LIST of {count} custom objects, 5 runs: {full:.0?} ms");
+    Ok(())
 }
 
 fn pod(name: &str) -> Pod {
@@ -144,22 +249,11 @@ async fn main() -> anyhow::Result<()> {
     println!("P7 watch-latency-under-creates-p99@{}: {:.1} ms", a.label, percentile(&burst_lat, 0.99));
 
     // LIST: the whole collection in one response, as an informer's first list does.
-    let path = format!("/api/v1/namespaces/{ns}/pods");
-    let mut full = Vec::new();
-    let mut count = 0;
-    for _ in 0..5 {
-        let t = Instant::now();
-        let resp = client.send_raw(http::Method::GET, &path, None, Bytes::new()).await?;
-        let body = resp.into_body().collect().await.map_err(|e| anyhow::anyhow!("{e}"))?.to_bytes();
-        full.push(t.elapsed().as_secs_f64() * 1e3);
-        let v: serde_json::Value = serde_json::from_slice(&body)?;
-        count = v["items"].as_array().map_or(0, Vec::len);
-    }
+    let (full, count) = full_lists(&client, &format!("/api/v1/namespaces/{ns}/pods")).await?;
     // The namespace is the bench's own and new: anything but the pods it made is wrong.
     if count != a.pods {
         bail!("LIST returned {count} pods, expected {}", a.pods);
     }
-    full.sort_by(f64::total_cmp);
     println!("P7 list-{}-pods@{}: {:.0} ms", a.pods, a.label, percentile(&full, 0.5));
     eprintln!("full LIST of {count} pods, 5 runs: {full:.0?} ms");
     let t = Instant::now();
@@ -215,5 +309,8 @@ async fn main() -> anyhow::Result<()> {
         a.watch_rate,
         lat.last().copied().unwrap_or(f64::NAN)
     );
+    if a.custom_objects > 0 {
+        custom_objects(&client, &a).await?;
+    }
     Ok(())
 }

@@ -14,10 +14,11 @@ check failed. Every wait is bounded (watch timeouts, thread joins).
 import sys
 import threading
 import time
-import traceback
 
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
+
+from checks import check, expect_status, summary
 
 
 def replace_retrying(read, change, replace, attempts=10):
@@ -34,35 +35,6 @@ def replace_retrying(read, change, replace, attempts=10):
             time.sleep(0.1)
 
 NS = "py-check"
-failures = []
-
-
-def check(name):
-    """Runs the decorated function now as one named check, recording a failure
-    instead of stopping, so one run shows every problem."""
-
-    def run(fn):
-        try:
-            fn()
-            print(f"ok - {name}", flush=True)
-        except Exception as e:  # noqa: BLE001 - any exception is a failed check
-            failures.append(name)
-            print(f"FAIL - {name}: {type(e).__name__}: {e}", flush=True)
-            traceback.print_exc(file=sys.stdout)
-        return fn
-
-    return run
-
-
-def expect_status(code, fn, *args, **kwargs):
-    """Calls fn and asserts it raises ApiException with this HTTP status."""
-    try:
-        fn(*args, **kwargs)
-    except ApiException as e:
-        assert e.status == code, f"expected {code}, got {e.status}: {e.body}"
-        return e
-    raise AssertionError(f"expected ApiException {code}, but the call succeeded")
-
 
 def names(items):
     return sorted(i.metadata.name for i in items)
@@ -334,8 +306,7 @@ def main():
         expect_status(404, v1.read_namespace, NS)
         assert v1.list_namespaced_config_map(NS).items == []
 
-    print(f"{len(failures)} failed" if failures else "all checks passed", flush=True)
-    return 1 if failures else 0
+    return summary()
 
 
 if __name__ == "__main__":

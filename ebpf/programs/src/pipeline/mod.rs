@@ -14,7 +14,10 @@
 //!   LoadBalancer addresses, NodePort and external frontends, the masquerade's
 //!   reverse, then reverse NAT and delivery to the local pod;
 //! - [`to_pod`]: tc egress on a pod's host-side veth: reverse NAT of replies from the
-//!   node's own stack.
+//!   node's own stack;
+//! - [`xdp_underlay`]: XDP on the underlay interface: NodePort and external frontends'
+//!   fast path (translated, and sent back into the tunnel for another node's backend),
+//!   the rest left to `from_underlay`.
 //!
 //! A pipeline must not hold packet logic of its own: what it needs beyond the order of
 //! calls belongs in a leaf module.
@@ -25,6 +28,7 @@ mod from_underlay;
 mod to_overlay;
 mod to_pod;
 mod to_underlay;
+mod xdp_underlay;
 
 pub use from_overlay::from_overlay;
 pub use from_pod::from_pod;
@@ -32,3 +36,4 @@ pub use from_underlay::from_underlay;
 pub use to_overlay::to_overlay;
 pub use to_pod::to_pod;
 pub use to_underlay::to_underlay;
+pub use xdp_underlay::xdp_underlay;

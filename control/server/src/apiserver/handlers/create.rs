@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::super::allocator;
 use super::super::api_server::ApiServer;
+use super::super::crd;
 use super::super::decode::{self, NewObject};
 use super::super::meta;
 use super::super::object::{invalid, str_at, to_bytes, to_obj};
@@ -17,6 +18,9 @@ use crate::store;
 
 impl ApiServer {
     pub(crate) async fn create(&self, def: &ResourceDef, ns: Option<&str>, ctx: &Ctx) -> ApiResult<Resp> {
+        if let Some(refused) = crd::refuse_create(def) {
+            return Err(refused);
+        }
         let uid = meta::new_uid();
         let name_suffix = meta::name_suffix();
         let new = NewObject { namespace: ns, strict: ctx.strict(), uid: &uid, name_suffix: &name_suffix };

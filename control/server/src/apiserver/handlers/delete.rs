@@ -8,7 +8,7 @@ use super::super::deletion::{RACED, deleted_response, policy_finalizer, propagat
 use super::super::meta;
 use super::super::object::{has_finalizers, str_at, to_bytes, to_obj};
 use super::super::request::{Ctx, Resp, ok};
-use super::super::resources::{RESOURCES, ResourceDef};
+use super::super::resources::{self, ResourceDef};
 use super::super::selectors::Selectors;
 use super::super::status::{ApiError, ApiResult};
 use crate::store::{self, KeyValue};
@@ -148,7 +148,7 @@ impl ApiServer {
         if def.strategy.deletes_contents() {
             // No namespace controller yet: remove the contents synchronously, so a deleted
             // namespace never leaves orphans behind.
-            for r in RESOURCES.iter().filter(|r| r.namespaced) {
+            for r in resources::all().into_iter().filter(|r| r.namespaced) {
                 let page = self.store.list(&r.ns_prefix(Some(name)), None, 0).await?;
                 for kv in page.kvs {
                     match self.store.delete(&kv.key, None).await {

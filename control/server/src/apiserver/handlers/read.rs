@@ -39,11 +39,11 @@ impl ApiServer {
         let Named { def, ns, name, sub } = target;
         let obj = to_obj(&self.get_kv(def, ns, name).await?)?;
         if sub == Some(Subresource::Scale) {
-            return ok(&scale_of(&obj));
+            return ok(&scale_of(def, &obj));
         }
         if ctx.wants_table() {
             let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
-            return ok(&table::table(def.kind, &[obj], meta, table::Include::parse(ctx.q("includeObject"))));
+            return ok(&table::table_of(def, &[obj], meta, table::Include::parse(ctx.q("includeObject"))));
         }
         ok(&obj)
     }
@@ -104,7 +104,7 @@ impl ApiServer {
             list_meta["continue"] = json!(c);
         }
         if ctx.wants_table() {
-            return ok(&table::table(def.kind, &items, list_meta, table::Include::parse(ctx.q("includeObject"))));
+            return ok(&table::table_of(def, &items, list_meta, table::Include::parse(ctx.q("includeObject"))));
         }
         ok(&json!({
             "kind": format!("{}List", def.kind),

@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use skiff_api::selector::LabelSelector;
 
 use super::super::api_server::ApiServer;
+use super::super::crd::{self, ScalePaths};
 use super::super::decode;
 use super::super::meta;
 use super::super::object::{Named, invalid, str_at};
@@ -13,13 +14,29 @@ use super::super::request::{Ctx, Resp, Subresource, json_response};
 use super::super::resources::ResourceDef;
 use super::super::status::{ApiError, ApiResult, Cause};
 
-/// The autoscaling/v1 Scale view of a Deployment or ReplicaSet.
-pub(super) fn scale_of(obj: &Value) -> Value {
-    let selector = obj
-        .pointer("/spec/selector")
-        .and_then(|s| LabelSelector::from_json(s).ok())
-        .map(|s| s.to_string())
-        .unwrap_or_default();
+/// Where a kind keeps what its Scale shows: the built-in kinds' fixed places, or a
+/// custom resource's `scale` subresource paths (`crd`).
+fn scale_paths(def: &ResourceDef) -> ScalePaths {
+    crd::scale_paths(def).unwrap_or_else(|| ScalePaths {
+        spec_replicas: "/spec/replicas".into(),
+        status_replicas: "/status/replicas".into(),
+        label_selector: None,
+    })
+}
+
+/// The autoscaling/v1 Scale view of a Deployment, ReplicaSet, StatefulSet or custom
+/// resource.
+pub(super) fn scale_of(def: &ResourceDef, obj: &Value) -> Value {
+    let paths = scale_paths(def);
+    let selector = match &paths.label_selector {
+        // A custom resource keeps its selector as a string, ready for the Scale.
+        Some(p) => str_at(obj, p).unwrap_or("").to_string(),
+        None => obj
+            .pointer("/spec/selector")
+            .and_then(|s| LabelSelector::from_json(s).ok())
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
+    };
     let m = &obj["metadata"];
     json!({
         "kind": "Scale",
@@ -28,9 +45,26 @@ pub(super) fn scale_of(obj: &Value) -> Value {
             "name": m["name"], "namespace": m["namespace"], "uid": m["uid"],
             "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"],
         },
-        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
-        "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector},
+        "spec": {"replicas": obj.pointer(&paths.spec_replicas).cloned().unwrap_or(json!(0))},
+        "status": {"replicas": obj.pointer(&paths.status_replicas).cloned().unwrap_or(json!(0)), "selector": selector},
     })
+}
+
+/// Sets the value at a JSON pointer, making the objects on the way.
+fn set_at(obj: &mut Value, ptr: &str, v: Value) {
+    let mut cur = obj;
+    let parts: Vec<&str> = ptr.split('/').skip(1).collect();
+    for (i, p) in parts.iter().enumerate() {
+        if !cur.is_object() {
+            *cur = json!({});
+        }
+        let m = cur.as_object_mut().expect("made an object above");
+        if i + 1 == parts.len() {
+            m.insert((*p).to_string(), v);
+            return;
+        }
+        cur = m.entry((*p).to_string()).or_insert(json!({}));
+    }
 }
 
 /// Applies a Scale (as the client sent it) to the object.
@@ -55,7 +89,7 @@ pub(super) fn apply_scale(def: &ResourceDef, obj: &Value, scale: &Value) -> ApiR
         ));
     }
     let mut o = obj.clone();
-    o["spec"]["replicas"] = replicas;
+    set_at(&mut o, &scale_paths(def).spec_replicas, replicas);
     if let Some(rv) = scale.pointer("/metadata/resourceVersion") {
         o["metadata"]["resourceVersion"] = rv.clone();
     }

@@ -4,16 +4,18 @@
 use serde_json::Value;
 
 use super::super::api_server::ApiServer;
+use super::super::crd;
 use super::super::decode;
 use super::super::object::Named;
 use super::super::request::{Ctx, Resp, Subresource, ok};
+use super::super::resources::ResourceDef;
 use super::super::status::{ApiError, ApiResult};
 use super::subresources::{apply_scale, scale_of};
 
 impl ApiServer {
     /// What a write returns: the object, or its Scale for the scale subresource.
-    fn finish_write(sub: Option<Subresource>, obj: Value) -> ApiResult<Resp> {
-        if sub == Some(Subresource::Scale) { ok(&scale_of(&obj)) } else { ok(&obj) }
+    fn finish_write(def: &ResourceDef, sub: Option<Subresource>, obj: Value) -> ApiResult<Resp> {
+        if sub == Some(Subresource::Scale) { ok(&scale_of(def, &obj)) } else { ok(&obj) }
     }
 
     pub(crate) async fn update(&self, target: Named<'_>, ctx: &Ctx) -> ApiResult<Resp> {
@@ -26,16 +28,20 @@ impl ApiServer {
             if sub == Some(Subresource::Scale) { apply_scale(def, cur, &body) } else { Ok(body.clone()) }
         };
         let obj = self.write_update(target, ctx, &mutate).await?;
-        Self::finish_write(sub, obj)
+        Self::finish_write(def, sub, obj)
     }
 
     pub(crate) async fn patch(&self, target: Named<'_>, ctx: &Ctx) -> ApiResult<Resp> {
         let Named { def, name, sub, .. } = target;
         let (kind, p) = decode::decode_patch(&ctx.content_type, &ctx.body)?;
+        if kind == decode::PatchKind::StrategicMerge && crd::is_custom(def) {
+            // As upstream: custom resources have no patch strategies to merge by.
+            return Err(ApiError::unsupported_media_type("application/strategic-merge-patch+json"));
+        }
         let apply = |target: &Value| decode::apply_patch(kind, &p, target, def, name);
         let mutate = |cur: &Value| -> ApiResult<Value> {
             if sub == Some(Subresource::Scale) {
-                let patched = apply(&scale_of(cur))?;
+                let patched = apply(&scale_of(def, cur))?;
                 // The Scale carries the object's resourceVersion; an unchanged one is no precondition.
                 apply_scale(def, cur, &patched)
             } else {
@@ -52,6 +58,6 @@ impl ApiServer {
             }
         };
         let obj = self.write_update(target, ctx, &mutate).await?;
-        Self::finish_write(sub, obj)
+        Self::finish_write(def, sub, obj)
     }
 }

@@ -55,7 +55,14 @@ fn keep_allocations(cur: &Value, new: &mut Value) -> Result<(), Vec<Cause>> {
         }
         _ => {}
     }
-    for k in ["ipFamilies", "ipFamilyPolicy", "internalTrafficPolicy", "clusterIPs"] {
+    // The health-check port stays while the Service still needs one.
+    let needs_health = new.pointer("/spec/type").and_then(Value::as_str) == Some("LoadBalancer")
+        && new.pointer("/spec/externalTrafficPolicy").and_then(Value::as_str) == Some("Local");
+    let health = if needs_health { &["healthCheckNodePort"][..] } else { &[] };
+    if !needs_health && let Some(spec) = new.get_mut("spec").and_then(|s| s.as_object_mut()) {
+        spec.remove("healthCheckNodePort");
+    }
+    for &k in ["ipFamilies", "ipFamilyPolicy", "internalTrafficPolicy", "clusterIPs"].iter().chain(health) {
         if new.pointer(&format!("/spec/{k}")).is_none_or(Value::is_null)
             && let (Some(v), Some(spec)) =
                 (cur.pointer(&format!("/spec/{k}")), new.get_mut("spec").and_then(|s| s.as_object_mut()))

@@ -47,11 +47,36 @@ pub fn of(def: &ResourceDef) -> Option<&'static View> {
     match (def.group, def.version, def.plural) {
         ("events.k8s.io", "v1", "events") => Some(&events::VIEW),
         ("autoscaling", "v1", "horizontalpodautoscalers") => Some(&hpa_v1::VIEW),
-        _ => None,
+        _ => super::crd::view_of(def),
     }
 }
 
 impl View {
+    /// A custom resource's version other than its storage version: the same objects
+    /// under another apiVersion (a CRD's `None` conversion).
+    pub fn custom_version(
+        stored: (&'static str, &'static str, &'static str),
+        api_version: &'static str,
+        kind: &'static str,
+    ) -> Self {
+        fn to_stored(mut v: Value) -> Value {
+            // The stored apiVersion is set afterwards; a patch must not change it.
+            if let Some(m) = v.as_object_mut() {
+                m.remove("apiVersion");
+            }
+            v
+        }
+        View {
+            stored,
+            api_version,
+            kind,
+            to_stored,
+            from_stored: |v| v,
+            validate: |_| Vec::new(),
+            json_patch_path: |p| Some(p.to_string()),
+        }
+    }
+
     /// A stored object, list or watch event in the view's shape; Tables and Status
     /// objects pass unchanged.
     fn convert_out(&self, mut v: Value) -> Value {
