@@ -714,3 +714,27 @@ fn xdp_translates_node_ports_for_a_local_backend_and_leaves_what_it_cannot_finis
         assert_eq!((h.stat("xdp_to_tc"), h.stat("ct_new"), h.stat("xdp_tunneled")), (1, 1, 0));
     });
 }
+
+#[test]
+fn drops_are_counted_by_reason() {
+    with_harness("drops_are_counted_by_reason", |h| {
+        // A frontend whose slot 0 says 3 backends while only slot 1 exists: a Service
+        // caught half-written. New flows that pick a missing slot are dropped as stale.
+        h.add_backend(1, BACKENDS[0], PROTO_TCP, 0);
+        h.set_service(PROTO_TCP, &[1], 0, 0);
+        let front = Service4Value { count: 3, rev_nat_index: 1, ..Default::default() };
+        let key = Service4Key::new(addr_to_map(VIP.octets()), port_to_map(VPORT), PROTO_TCP, 0);
+        h.hash::<Service4Key, Service4Value>(pin::SERVICES).insert(key, front, 0).unwrap();
+        let mut dropped = 0;
+        for sport in 0..30 {
+            let (action, _) = h.run(&packet(PROTO_TCP, (CLIENT, 42000 + sport), (VIP, VPORT), TCP_SYN, b""));
+            if action == TC_ACT_SHOT {
+                dropped += 1;
+            }
+        }
+        assert!(dropped > 0, "30 flows over 3 slots of which 2 are missing: some must be dropped");
+        assert_eq!(h.stat("drop_stale_service"), dropped);
+        assert_eq!(h.stat("errors"), dropped);
+        assert_eq!(h.stat("drop_rewrite") + h.stat("drop_ct_insert"), 0);
+    });
+}

@@ -22,7 +22,9 @@
 //!   and that these went through the nodes' XDP fast path (node 1 sent the packets for
 //!   node 2's backend back into the tunnel at XDP, node 2 translated its own); and the
 //!   health-check node port of a LoadBalancer Service with `externalTrafficPolicy:
-//!   Local`: 200 from the node holding its backend, 503 from the other.
+//!   Local`: 200 from the node holding its backend, 503 from the other; last, a
+//!   LoadBalancer Service's backend moves to the other node, whose gratuitous ARP
+//!   updates the outside host's cache at once.
 //!
 //! - from node 1's host namespace, as a process of the node's cgroup: a pod on the
 //!   other node (from the node's podCIDR address, so the reply comes back through the
@@ -282,6 +284,20 @@ const CELLS: &[Cell] = &[
         expect: Expect::Refused,
     },
     Cell {
+        name: "node 1 host → its own node port, backend on node 2 (socket LB)",
+        from: NODE1_HOST,
+        to: Target::NodePort("np-n2", 0),
+        requests: 3,
+        expect: Expect::AnsweredBy("srv-n2"),
+    },
+    Cell {
+        name: "node 1 host → LoadBalancer ingress address (socket LB)",
+        from: NODE1_HOST,
+        to: Target::LoadBalancer("lb"),
+        requests: 3,
+        expect: Expect::AnsweredBy("srv-n2"),
+    },
+    Cell {
         name: "outside → NodePort on node 1, backend on node 2",
         from: OUTSIDE,
         to: Target::NodePort("np-n2", 0),
@@ -496,6 +512,43 @@ fn check_health_check_node_port(cluster: &Cluster, outside: &Netns) -> Option<St
     (!failures.is_empty()).then(|| failures.join("\n"))
 }
 
+/// The `lb` Service's backend moves from node 2 to node 1 (its selector changed): node
+/// 1 announces the address now, and its gratuitous ARP updates the outside host's ARP
+/// cache at once (without it, the host would keep sending to node 2 until its entry
+/// went stale, half a minute or more); the address is then answered by node 1's pod.
+/// `Err`: the failure report.
+fn check_announcement_moves(cluster: &Cluster, outside: &Netns) -> Option<String> {
+    let ip = lb_ingress_ip(cluster, "lb");
+    let mac = |node: usize| {
+        let link = cluster.nodes[node].ns.sh("ip -o link show eth0");
+        link.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).unwrap_or_default().to_owned()
+    };
+    let (n1_mac, n2_mac) = (mac(0), mac(1));
+    let cached = || outside.sh(&format!("ip neigh show {ip}"));
+    if !cached().contains(&n2_mac) {
+        return Some(format!(
+            "FAILED announcement move: before the move, the outside host's entry for {ip} is `{}`, not node 2's {n2_mac}",
+            cached().trim()
+        ));
+    }
+    cluster.kubectl_out(&["patch", "service", "lb", "-p", r#"{"spec":{"selector":{"at":"n1"}}}"#]);
+    if !wait_until(Duration::from_secs(10), || cached().contains(&n1_mac)) {
+        return Some(format!(
+            "FAILED announcement move: 10 s after lb's backend moved to node 1, the outside host's entry for {ip} is `{}`, not node 1's {n1_mac} (no gratuitous ARP?)",
+            cached().trim()
+        ));
+    }
+    let echo = workspace_bin("skiff-echo");
+    let out = outside
+        .command(echo.to_str().expect("UTF-8 path"))
+        .args(["get", &format!("{ip}:80"), "/peer", "--timeout-ms", TIMEOUT_MS])
+        .output()
+        .expect("running the echo client");
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (!answer.starts_with("200 srv-n1 "))
+        .then(|| format!("FAILED announcement move: {ip} after the move answered `{answer}`, expected node 1's srv-n1"))
+}
+
 /// A datapath counter of a node (`skiff-node stats`).
 fn counter(cluster: &Cluster, node: usize, name: &str) -> u64 {
     let node = &cluster.nodes[node];
@@ -677,7 +730,9 @@ fn connectivity_matrix() {
     failures.extend(check_trace(&cluster, &pod_ip("client")));
     failures.extend(check_nodeport_fast_path(&cluster));
     failures.extend(check_health_check_node_port(&cluster, &outside));
-    let cells = CELLS.len() * 2 + SOURCE_CHECKS.len() + 5;
+    // Last: it moves the `lb` Service's backend.
+    failures.extend(check_announcement_moves(&cluster, &outside));
+    let cells = CELLS.len() * 2 + SOURCE_CHECKS.len() + 6;
     eprintln!("{} of {cells} cells passed; the whole matrix took {:.1?}", cells - failures.len(), started.elapsed());
     assert!(
         failures.is_empty(),

@@ -413,7 +413,8 @@ pub mod stat {
     pub const REV_TRANSLATED: u32 = 1;
     /// Packets to a Service without ready backends (answered by a reject).
     pub const NO_BACKEND: u32 = 2;
-    /// Packets dropped because a helper or map update failed.
+    /// Packets dropped because something failed; each is also counted by its reason
+    /// (`DROP_CT_INSERT` .. `DROP_TUNNEL_KEY`, `DROP_XDP`, `SNAT_NO_PORT`).
     pub const ERRORS: u32 = 3;
     /// New conntrack entries (new flows).
     pub const CT_NEW: u32 = 4;
@@ -439,8 +440,20 @@ pub mod stat {
     pub const DROP_NO_PEER: u32 = 11;
     /// Packets dropped at XDP after their headers were rewritten (a helper failed).
     pub const DROP_XDP: u32 = 12;
-    /// Number of counters in use.
-    pub const COUNT: u32 = 13;
+    /// Packets dropped because a conntrack or masquerade entry could not be written.
+    pub const DROP_CT_INSERT: u32 = 13;
+    /// Packets dropped because a frontend's slot or a backend was missing (a Service
+    /// changed under the packet).
+    pub const DROP_STALE_SERVICE: u32 = 14;
+    /// Packets dropped because a helper that rewrites or delivers them failed.
+    pub const DROP_REWRITE: u32 = 15;
+    /// Packets dropped because their reject could not be built.
+    pub const DROP_REJECT: u32 = 16;
+    /// Packets dropped because their tunnel key could not be set.
+    pub const DROP_TUNNEL_KEY: u32 = 17;
+    /// Number of counters in use. `errors` counts every drop of the kinds `DROP_*`
+    /// name (and `snat_no_port`), each also counted by its reason.
+    pub const COUNT: u32 = 18;
     /// Slots of the counters map: room for counters to come without a new layout.
     pub const SLOTS: u32 = 32;
 
@@ -458,6 +471,11 @@ pub mod stat {
         "xdp_to_tc",
         "drop_no_peer",
         "drop_xdp",
+        "drop_ct_insert",
+        "drop_stale_service",
+        "drop_rewrite",
+        "drop_reject",
+        "drop_tunnel_key",
     ];
 }
 

@@ -285,7 +285,7 @@ pub fn record(pkt: &Packet, flow: &NewFlow, now: u64) -> Result<(), Drop> {
         dir: skiff_ebpf_common::CT_DIR_REPLY,
         _pad: [0; 2],
     };
-    conntrack::create(&conntrack::forward_key(pkt), &fwd_entry, &reply, &fwd_entry).map_err(|_| Drop)?;
+    conntrack::create(&conntrack::forward_key(pkt), &fwd_entry, &reply, &fwd_entry).map_err(|_| Drop::CT_INSERT)?;
     count(stat::CT_NEW);
     Ok(())
 }
@@ -355,9 +355,9 @@ pub fn flow_hash(pkt: &Packet) -> u32 {
 fn slot_backend(frontend: &Service4Key, slot: u32) -> Result<(u32, Backend4), Drop> {
     let slot_key = Service4Key { backend_slot: slot as u16, ..*frontend };
     // SAFETY: copied out at once.
-    let backend_id = unsafe { SERVICES_V1.get(&slot_key) }.map(|s| s.backend_id).ok_or(Drop)?;
+    let backend_id = unsafe { SERVICES_V1.get(&slot_key) }.map(|s| s.backend_id).ok_or(Drop::STALE_SERVICE)?;
     // SAFETY: copied out at once.
-    let backend = unsafe { BACKENDS_V1.get(backend_id) }.copied().ok_or(Drop)?;
+    let backend = unsafe { BACKENDS_V1.get(backend_id) }.copied().ok_or(Drop::STALE_SERVICE)?;
     Ok((backend_id, backend))
 }
 

@@ -64,7 +64,7 @@ pub fn set_tunnel_key(ctx: &TcContext, daddr: u32, cfg: &OverlayConfig) -> Resul
     // SAFETY: `key` is a stack value of the size passed; flags 0 = IPv4.
     let r = unsafe { bpf_skb_set_tunnel_key(ctx.skb.skb, &mut key, core::mem::size_of::<bpf_tunnel_key>() as u32, 0) };
     if r != 0 {
-        return Err(Drop);
+        return Err(Drop::TUNNEL_KEY);
     }
     Ok(true)
 }
@@ -132,7 +132,7 @@ pub fn to_local_pod(ctx: &TcContext, daddr: u32) -> Result<Option<i32>, Drop> {
         return Ok(None);
     };
     let eth = EthHdr { dst: ep.pod_mac, src: ep.host_mac, proto: ETH_P_IP.to_be() };
-    ctx.store(0, &eth, 0).map_err(|_| Drop)?;
+    ctx.store(0, &eth, 0).map_err(|_| Drop::REWRITE)?;
     // SAFETY: a plain helper call.
     unsafe { bpf_redirect(ep.ifindex, 0) };
     Ok(Some(TC_ACT_REDIRECT as i32))
@@ -142,6 +142,6 @@ pub fn to_local_pod(ctx: &TcContext, daddr: u32) -> Result<Option<i32>, Drop> {
 /// sender's VXLAN device's (there is no ARP on the overlay), so mark it as ours.
 #[inline(always)]
 pub fn to_host(ctx: &TcContext) -> Result<i32, Drop> {
-    ctx.change_type(PACKET_HOST).map_err(|_| Drop)?;
+    ctx.change_type(PACKET_HOST).map_err(|_| Drop::REWRITE)?;
     Ok(TC_ACT_OK as i32)
 }

@@ -1,5 +1,6 @@
-//! Socket-level load balancing: a connection to a Service is sent to a backend when the
-//! application calls `connect()` (and an unconnected UDP datagram when it calls
+//! Socket-level load balancing: a connection to a Service (its ClusterIP, or a node port
+//! or external address of this node) is sent to a backend when the application calls
+//! `connect()` (and an unconnected UDP datagram when it calls
 //! `sendmsg()`), so none of its packets needs NAT or conntrack; `getpeername()` and
 //! `recvmsg()` give the application back the Service address it asked for. Programs of
 //! this module attach to a cgroup (the node's) and so act for its processes only: the
@@ -88,10 +89,10 @@ fn translate(ctx: &SockAddrContext) -> Translation {
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Translation::Proceed;
     }
+    // Any destination with a frontend: ClusterIPs, and this node's node ports and
+    // external addresses, which the node's own traffic cannot reach through the wire
+    // (kube-proxy short-circuits them for it too). One hash lookup per `connect()`.
     let addr = sa.user_ip4;
-    if !lb::is_service_addr(addr) {
-        return Translation::Proceed;
-    }
     // The port is stored in network byte order in the low 16 bits.
     let port = sa.user_port as u16;
     let frontend = Service4Key::new(addr, port, proto, 0);

@@ -107,7 +107,7 @@ pub fn rewrite(ctx: &XdpContext, pkt: &Packet, addr: u32, port: u16, source: u32
     let end = ctx.data_end();
     let l4 = data + ETH_HLEN + IPV4_HLEN;
     if l4 + core::mem::size_of::<UdpHdr>() > end {
-        return Err(Drop);
+        return Err(Drop::XDP);
     }
     // SAFETY: the check covers the IPv4 header; `parse` read it from this frame.
     let ip = unsafe { &mut *((data + ETH_HLEN) as *mut Ipv4Hdr) };
@@ -117,7 +117,7 @@ pub fn rewrite(ctx: &XdpContext, pkt: &Packet, addr: u32, port: u16, source: u32
     ip.saddr = new_saddr;
     let check = if pkt.proto == PROTO_TCP {
         if l4 + core::mem::size_of::<TcpHdr>() > end {
-            return Err(Drop);
+            return Err(Drop::XDP);
         }
         // SAFETY: bounds checked just above.
         let tcp = unsafe { &mut *(l4 as *mut TcpHdr) };
@@ -184,7 +184,7 @@ pub fn encapsulate(ctx: &XdpContext, frame_len: usize, tunnel: &Tunnel) -> Resul
         daddr: tunnel.remote,
     };
     // SAFETY: `ip` is a 20-byte stack value.
-    let sum = unsafe { csum::sum((&raw const ip).cast(), IPV4_HLEN as u32, 0) }.ok_or(Drop)?;
+    let sum = unsafe { csum::sum((&raw const ip).cast(), IPV4_HLEN as u32, 0) }.ok_or(Drop::XDP)?;
     ip.check = csum::fold(sum);
     let sport = (SPORT_FIRST + tunnel.flow_hash % SPORT_SPAN) as u16;
     let encap = Encap {
@@ -203,11 +203,11 @@ pub fn encapsulate(ctx: &XdpContext, frame_len: usize, tunnel: &Tunnel) -> Resul
     // SAFETY: plain helper call on this program's context; a negative delta grows the
     // headroom side.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(ENCAP_LEN as i32)) } != 0 {
-        return Err(Drop);
+        return Err(Drop::XDP);
     }
     let data = ctx.data();
     if data + ENCAP_LEN > ctx.data_end() {
-        return Err(Drop);
+        return Err(Drop::XDP);
     }
     // SAFETY: the check covers ENCAP_LEN bytes; the write is unaligned-safe.
     unsafe { core::ptr::write_unaligned(data as *mut Encap, encap) };

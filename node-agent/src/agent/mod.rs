@@ -78,7 +78,7 @@ fn run(args: RunArgs) -> Result<()> {
             let mut role = ProxyRole::new(reconciler);
             if let Some(addr) = args.node_ip {
                 let map = AnnouncedMap::open(&pin_dir).context("opening the announced addresses map")?;
-                role.announce(&args.node_name, map);
+                role.announce(&args.node_name, map, underlay_link(&args.underlay_interface));
                 role.serve_health_checks(&args.node_name, addr);
             }
             if let Some(dns) = &dns {
@@ -438,4 +438,17 @@ fn write_ready_file(path: Option<&Path>) -> Result<()> {
         std::fs::write(path, b"ready\n").with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// The underlay interface's index and MAC address, for gratuitous ARPs; `None` (and a
+/// warning) if it cannot be read.
+fn underlay_link(interface: &str) -> Option<(u32, [u8; 6])> {
+    let link = skiff_datapath::netlink::Netlink::new().and_then(|nl| nl.require_link(interface));
+    match link {
+        Ok(link) => Some((link.index, link.mac)),
+        Err(e) => {
+            tracing::warn!(interface, error = %e, "no gratuitous ARPs for announced addresses: the underlay interface cannot be read");
+            None
+        }
+    }
 }

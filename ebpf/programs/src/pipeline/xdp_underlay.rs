@@ -31,8 +31,8 @@ use crate::{
 pub fn xdp_underlay(ctx: &XdpContext) -> u32 {
     match nodeport(ctx) {
         Ok(action) => action,
-        Err(Drop) => {
-            count(stat::DROP_XDP);
+        Err(drop) => {
+            drop.count();
             XDP_DROP
         }
     }
