@@ -320,6 +320,24 @@ fn ordered_statefulset_claims_recreate_scale_update_and_undo() {
     assert!(!snaps.is_empty(), "the sampler ran");
     assert_eq!(claims(&s), ["www-web-0", "www-web-1", "www-web-2"]);
 
+    // Deleted with --cascade=orphan and created again: the pod and the revisions are
+    // adopted, so nothing restarts and no revision is added.
+    let pod_uid = s.json(&["get", "pod", "web-0"])["metadata"]["uid"].clone();
+    s.ok(&["delete", "statefulset", "web", "--cascade=orphan"]);
+    s.wait_for(30, "the set gone", || !s.run(&["get", "sts", "web"]).status.success());
+    s.apply("web.json", &web_set("OrderedReady", json!({"replicas": 1})));
+    let set_uid = s.json(&["get", "sts", "web"])["metadata"]["uid"].clone();
+    s.wait_for(30, "pod and revisions adopted", || {
+        let pod = s.json(&["get", "pod", "web-0"]);
+        let revs = s.json(&["get", "controllerrevisions", "-l", "app=web"]);
+        pod["metadata"]["ownerReferences"][0]["uid"] == set_uid
+            && revs["items"].as_array().unwrap().iter().all(|r| r["metadata"]["ownerReferences"][0]["uid"] == set_uid)
+            && s.json(&["get", "sts", "web"])["status"]["readyReplicas"] == 1
+    });
+    assert_eq!(s.json(&["get", "pod", "web-0"])["metadata"]["uid"], pod_uid, "web-0 was not restarted");
+    assert_eq!(revisions(&s), revs, "no new revision");
+    assert_eq!(s.json(&["get", "sts", "web"])["status"]["currentRevision"], rev1.as_str());
+
     // Deleting the set removes its pods (garbage collector) but keeps the claims.
     s.ok(&["delete", "statefulset", "web"]);
     s.wait_for(30, "pods of the deleted set gone", || pod_names(&s).is_empty());

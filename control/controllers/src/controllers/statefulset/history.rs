@@ -57,6 +57,18 @@ pub fn new_revision(set: &StatefulSet, number: i64, collision_count: i32) -> Con
     }
 }
 
+/// Whether an orphan revision is the set's to adopt: named `<set>-...` and labelled so
+/// that the set's selector matches.
+pub fn adoptable(
+    set: &StatefulSet,
+    rev: &ControllerRevision,
+    selector_matches: impl Fn(&std::collections::BTreeMap<String, String>) -> bool,
+) -> bool {
+    let prefix = format!("{}-", set.metadata.name.as_deref().unwrap_or_default());
+    rev.metadata.name.as_deref().is_some_and(|n| n.starts_with(&prefix))
+        && selector_matches(&rev.metadata.labels.clone().unwrap_or_default())
+}
+
 /// What to do about the update revision.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Update {

@@ -14,7 +14,6 @@
 //! expectations only save requests a stale cache would cause.
 //!
 //! Simplifications against upstream, on purpose:
-//! - Orphan ControllerRevisions are not adopted (orphan pods are).
 //! - An existing pod whose identity labels or claims drifted is not repaired.
 //! - `whenScaled: Delete` deletes the claims of ordinals above the range once their pod
 //!   is gone, instead of making the pod their owner; `whenDeleted: Delete` owns claims
@@ -168,14 +167,23 @@ async fn reconcile(ctx: &Context, exp: &PodExpectations, key: ObjectKey) -> Resu
         }
     }
 
-    let mut revs: Vec<ControllerRevision> = ctx
-        .informers
-        .controller_revisions
-        .list_namespace(ns)
-        .iter()
-        .filter(|r| r.metadata.owner_references.iter().flatten().any(|o| o.controller == Some(true) && o.uid == uid))
-        .map(|r| r.as_ref().clone())
-        .collect();
+    let mut revs: Vec<ControllerRevision> = Vec::new();
+    for r in ctx.informers.controller_revisions.list_namespace(ns) {
+        let controller = r.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true));
+        match controller {
+            Some(o) if o.uid == uid => revs.push(r.as_ref().clone()),
+            // Left by a set deleted with --cascade=orphan: adopted with its pods, so that
+            // re-creating the set does not roll them.
+            None if !deleting && history::adoptable(&set, &r, |l| selector.matches(l)) => {
+                match adopt_revision(ctx, &set, &r).await {
+                    Ok(adopted) => revs.push(adopted),
+                    Err(e) if e.is_not_found() || e.is_conflict() => {}
+                    Err(e) => return Err(api("adopting a revision")(e)),
+                }
+            }
+            _ => {}
+        }
+    }
     history::sort(&mut revs);
     let Some(update) = settle_update_revision(ctx, &set, &key, &mut revs).await? else {
         return Ok(Action::RequeueAfter(Duration::from_secs(1)));
@@ -255,6 +263,25 @@ async fn reconcile(ctx: &Context, exp: &PodExpectations, key: ObjectKey) -> Resu
         None if !exp.satisfied(&uid, ns, &ctx.informers.pods) => Action::RequeueAfter(Duration::from_secs(5)),
         None => Action::Done,
     })
+}
+
+/// Makes `set` the controller of an orphan revision (failing if it changed since).
+async fn adopt_revision(
+    ctx: &Context,
+    set: &StatefulSet,
+    rev: &ControllerRevision,
+) -> skiff_api::client::Result<ControllerRevision> {
+    let mut refs = rev.metadata.owner_references.clone().unwrap_or_default();
+    refs.push(owned_pods::controller_ref(set));
+    let patch = Patch::Merge(json!({"metadata": {
+        "ownerReferences": refs,
+        "uid": rev.metadata.uid,
+        "resourceVersion": rev.metadata.resource_version,
+    }}));
+    let name = rev.metadata.name.as_deref().unwrap_or_default();
+    let adopted = ctx.client.patch::<ControllerRevision>(rev.metadata.namespace.as_deref(), name, None, &patch).await?;
+    tracing::info!(statefulset = set.metadata.name.as_deref(), revision = name, "adopted revision");
+    Ok(adopted)
 }
 
 /// Makes sure a revision of the set's template exists and is the newest, returning its

@@ -301,6 +301,20 @@ fn revisions_track_templates() {
 }
 
 #[test]
+fn orphan_revisions_of_the_set_are_adoptable() {
+    let s = set(1, false, None);
+    let Update::Create(rev) = history::update_revision(&s, &[]) else { panic!() };
+    let matches = |l: &std::collections::BTreeMap<String, String>| l.get("app").is_some_and(|v| v == "web");
+    assert!(history::adoptable(&s, &rev, matches));
+    let mut other = (*rev).clone();
+    other.metadata.name = Some("webx-abc".into());
+    assert!(!history::adoptable(&s, &other, matches), "another set's name");
+    let mut unlabelled = *rev;
+    unlabelled.metadata.labels = None;
+    assert!(!history::adoptable(&s, &unlabelled, matches));
+}
+
+#[test]
 fn history_keeps_live_revisions() {
     let rev = |name: &str, n: i64| k8s_openapi::api::apps::v1::ControllerRevision {
         metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
