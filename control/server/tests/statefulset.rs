@@ -243,7 +243,8 @@ fn ordered_statefulset_claims_recreate_scale_update_and_undo() {
 
     // A deleted pod comes back under its name (with its claim).
     let uid = s.json(&["get", "pod", "web-1"])["metadata"]["uid"].clone();
-    s.ok(&["delete", "pod", "web-1"]);
+    // Without waiting: kubectl could miss the deletion of a pod replaced this fast.
+    s.ok(&["delete", "pod", "web-1", "--wait=false"]);
     s.wait_for(30, "web-1 recreated and Ready", || {
         let p = s.run(&["get", "pod", "web-1", "-o", "json"]);
         p.status.success()
@@ -323,7 +324,7 @@ fn ordered_statefulset_claims_recreate_scale_update_and_undo() {
     // Deleted with --cascade=orphan and created again: the pod and the revisions are
     // adopted, so nothing restarts and no revision is added.
     let pod_uid = s.json(&["get", "pod", "web-0"])["metadata"]["uid"].clone();
-    s.ok(&["delete", "statefulset", "web", "--cascade=orphan"]);
+    s.ok(&["delete", "statefulset", "web", "--cascade=orphan", "--timeout=60s"]);
     s.wait_for(30, "the set gone", || !s.run(&["get", "sts", "web"]).status.success());
     s.apply("web.json", &web_set("OrderedReady", json!({"replicas": 1})));
     let set_uid = s.json(&["get", "sts", "web"])["metadata"]["uid"].clone();
@@ -339,7 +340,7 @@ fn ordered_statefulset_claims_recreate_scale_update_and_undo() {
     assert_eq!(s.json(&["get", "sts", "web"])["status"]["currentRevision"], rev1.as_str());
 
     // Deleting the set removes its pods (garbage collector) but keeps the claims.
-    s.ok(&["delete", "statefulset", "web"]);
+    s.ok(&["delete", "statefulset", "web", "--timeout=60s"]);
     s.wait_for(30, "pods of the deleted set gone", || pod_names(&s).is_empty());
     assert_eq!(claims(&s), ["www-web-0", "www-web-1", "www-web-2"]);
     let desc = s.ok(&["get", "events", "--field-selector", "involvedObject.kind=StatefulSet"]);
