@@ -12,5 +12,18 @@ pub const ORPHAN: &str = "orphan";
 
 /// The kinds whose objects Skiff's garbage collector watches. The API server adds the
 /// finalizers above only to these, since no one would ever remove them from another kind.
-pub const GARBAGE_COLLECTED_KINDS: &[&str] =
-    &["Pod", "Node", "Service", "EndpointSlice", "Deployment", "ReplicaSet", "DaemonSet", "Job", "ServiceAccount"];
+pub const GARBAGE_COLLECTED_KINDS: &[&str] = &[
+    "Pod",
+    "Node",
+    "Service",
+    "EndpointSlice",
+    "Deployment",
+    "ReplicaSet",
+    "DaemonSet",
+    "Job",
+    "ServiceAccount",
+    "StatefulSet",
+    "ControllerRevision",
+    "PersistentVolumeClaim",
+    "CronJob",
+];

@@ -4,8 +4,8 @@
 //!
 //! It must not act on what it caches: readers subscribe and decide.
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     Endpoints, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Service, ServiceAccount,
@@ -32,12 +32,15 @@ pub struct Informers {
     pub replica_sets: Cache<ReplicaSet>,
     pub daemon_sets: Cache<DaemonSet>,
     pub jobs: Cache<Job>,
+    pub stateful_sets: Cache<StatefulSet>,
+    pub controller_revisions: Cache<ControllerRevision>,
+    pub persistent_volume_claims: Cache<PersistentVolumeClaim>,
+    pub cron_jobs: Cache<CronJob>,
     pub namespaces: Cache<Namespace>,
     pub service_accounts: Cache<ServiceAccount>,
     pub endpoints: Cache<Endpoints>,
     /// Node heartbeat Leases (namespace `kube-node-lease` only).
     pub node_leases: Cache<Lease>,
-    pub persistent_volume_claims: Cache<PersistentVolumeClaim>,
     pub persistent_volumes: Cache<PersistentVolume>,
     pub storage_classes: Cache<StorageClass>,
 }
@@ -68,13 +71,16 @@ impl Informers {
             replica_sets: one(client, tasks),
             daemon_sets: one(client, tasks),
             jobs: one(client, tasks),
+            stateful_sets: one(client, tasks),
+            controller_revisions: one(client, tasks),
+            persistent_volume_claims: one(client, tasks),
+            cron_jobs: one(client, tasks),
             namespaces: one(client, tasks),
             service_accounts: one(client, tasks),
             endpoints: one(client, tasks),
             // Only node heartbeats: the leader-election Leases in kube-system change every
             // two seconds and no controller needs them.
             node_leases: in_namespace(client, tasks, Some(NODE_LEASE_NAMESPACE)),
-            persistent_volume_claims: one(client, tasks),
             persistent_volumes: one(client, tasks),
             storage_classes: one(client, tasks),
         }
@@ -90,11 +96,14 @@ impl Informers {
         self.replica_sets.wait_synced().await;
         self.daemon_sets.wait_synced().await;
         self.jobs.wait_synced().await;
+        self.stateful_sets.wait_synced().await;
+        self.controller_revisions.wait_synced().await;
+        self.persistent_volume_claims.wait_synced().await;
+        self.cron_jobs.wait_synced().await;
         self.namespaces.wait_synced().await;
         self.service_accounts.wait_synced().await;
         self.endpoints.wait_synced().await;
         self.node_leases.wait_synced().await;
-        self.persistent_volume_claims.wait_synced().await;
         self.persistent_volumes.wait_synced().await;
         self.storage_classes.wait_synced().await;
     }

@@ -2,10 +2,9 @@
 //! (v1.32 as `kubectl.1.32`, else `kubectl` on PATH, or `$SKIFF_KUBECTL`) against
 //! `skiff-control` on 127.0.0.1.
 //!
-//! No kubelet or scheduler runs here, so the test plays both with a *fake node client*:
-//! it registers two Ready Nodes and, watching pods, binds each unscheduled pod to a
-//! node, reports it Running and Ready with an IP from the node's range, and completes
-//! the deletion of pods that have a deletionTimestamp, as a kubelet does. A sampler
+//! No kubelet runs here, so the test plays it with the *fake node client* of
+//! `support::fake_kubelet` (two Ready Nodes; pods bound, reported Running and Ready,
+//! deletions completed, as a kubelet does). A sampler
 //! records how many pods exist and are ready during rollouts to check the surge and
 //! unavailability bounds.
 //!
@@ -13,19 +12,17 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
-use skiff_api::{Client, ListParams, Patch, WatchEvent};
+use skiff_api::{Client, ListParams};
 use support::Server;
-
-const NODES: [&str; 2] = ["node-a", "node-b"];
+use support::fake_kubelet::{fake_kubelet, register_nodes};
 
 /// Pod counts seen by the sampler while a rollout runs.
 #[derive(Debug, Default, Clone)]
@@ -58,7 +55,7 @@ impl FakeCluster {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
                 register_nodes(&client).await;
-                let kubelet = tokio::spawn(fake_kubelet(client.clone(), st.clone()));
+                let kubelet = tokio::spawn(fake_kubelet(client.clone(), st.clone(), Duration::ZERO));
                 let sampler = tokio::spawn(sampler(client, st.clone(), sa, sm, sel));
                 let _ = kubelet.await;
                 let _ = sampler.await;
@@ -90,120 +87,6 @@ impl Drop for FakeCluster {
             let _ = t.join();
         }
     }
-}
-
-async fn register_nodes(client: &Client) {
-    for (i, name) in NODES.iter().enumerate() {
-        let node: Node = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
-            "spec": {"podCIDR": format!("10.244.{i}.0/24")},
-        }))
-        .unwrap();
-        client.create(None, &node).await.unwrap_or_else(|e| panic!("registering node {name}: {e}"));
-        let status = json!({"status": {
-            "capacity": {"cpu": "4", "memory": "8Gi", "pods": "110"},
-            "allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"},
-            "addresses": [{"type": "InternalIP", "address": format!("127.0.0.{}", i + 2)}, {"type": "Hostname", "address": name}],
-            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "fake node is ready",
-                            "lastHeartbeatTime": now(), "lastTransitionTime": now()}],
-        }});
-        client
-            .patch::<Node>(None, name, Some("status"), &Patch::Merge(status))
-            .await
-            .unwrap_or_else(|e| panic!("reporting status of node {name}: {e}"));
-    }
-}
-
-fn now() -> String {
-    let s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-        k8s_openapi::jiff::Timestamp::from_second(s as i64).unwrap(),
-    ))
-    .unwrap()
-    .as_str()
-    .unwrap()
-    .to_string()
-}
-
-/// Lists, handles every pod, then watches (in short requests so `stop` is noticed) and
-/// handles each change; re-lists when a watch fails.
-async fn fake_kubelet(client: Client, stop: Arc<AtomicBool>) {
-    let next_ip: HashMap<&str, AtomicU32> = NODES.iter().map(|n| (*n, AtomicU32::new(10))).collect();
-    let mut rr = 0usize;
-    while !stop.load(Ordering::SeqCst) {
-        let Ok((pods, mut rv)) = client.list_all::<Pod>(None, &ListParams::default()).await else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        };
-        for p in &pods {
-            handle_pod(&client, p, &next_ip, &mut rr).await;
-        }
-        'watch: while !stop.load(Ordering::SeqCst) {
-            let Ok(mut stream) = client.watch::<Pod>(None, &ListParams::default(), &rv, 2).await else { break };
-            loop {
-                match tokio::time::timeout(Duration::from_millis(300), stream.next()).await {
-                    Err(_) if stop.load(Ordering::SeqCst) => return,
-                    Err(_) => continue,
-                    Ok(None) => break,
-                    Ok(Some(Ok(WatchEvent::Added(p) | WatchEvent::Modified(p)))) => {
-                        rv = p.metadata.resource_version.clone().unwrap_or(rv);
-                        handle_pod(&client, &p, &next_ip, &mut rr).await;
-                    }
-                    Ok(Some(Ok(WatchEvent::Deleted(p)))) => rv = p.metadata.resource_version.clone().unwrap_or(rv),
-                    Ok(Some(Ok(WatchEvent::Bookmark(b)))) if !b.is_empty() => rv = b,
-                    Ok(Some(Ok(WatchEvent::Bookmark(_)))) => {}
-                    Ok(Some(Err(_))) => break 'watch,
-                }
-            }
-        }
-    }
-}
-
-/// One kubelet step for a pod: finish its deletion, bind it, or report it running.
-async fn handle_pod(client: &Client, p: &Pod, next_ip: &HashMap<&str, AtomicU32>, rr: &mut usize) {
-    let ns = p.metadata.namespace.as_deref();
-    let name = p.metadata.name.as_deref().unwrap_or_default();
-    if p.metadata.deletion_timestamp.is_some() {
-        let _ = client.delete::<Pod>(ns, name, Some(&json!({"gracePeriodSeconds": 0}))).await;
-        return;
-    }
-    let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty());
-    let Some(node) = node else {
-        let target = NODES[*rr % NODES.len()];
-        *rr += 1;
-        let binding = json!({"apiVersion": "v1", "kind": "Binding",
-            "metadata": {"name": name, "namespace": ns}, "target": {"apiVersion": "v1", "kind": "Node", "name": target}});
-        let _: Result<Value, _> = client.create_subresource::<Pod, _, _>(ns, name, "binding", &binding).await;
-        return;
-    };
-    let status = p.status.clone().unwrap_or_default();
-    if status.phase.as_deref() == Some("Running") && status.pod_ip.is_some() {
-        return;
-    }
-    let Some(counter) = next_ip.get(node.as_str()) else { return };
-    let idx = NODES.iter().position(|n| *n == node).unwrap_or(0);
-    let ip = format!("10.244.{idx}.{}", counter.fetch_add(1, Ordering::SeqCst) % 250 + 2);
-    let t = now();
-    let containers: Vec<Value> = p
-        .spec
-        .iter()
-        .flat_map(|s| s.containers.iter())
-        .map(|c| {
-            json!({"name": c.name, "image": c.image, "imageID": format!("fake://{}", c.image.clone().unwrap_or_default()),
-                   "ready": true, "started": true, "restartCount": 0, "state": {"running": {"startedAt": t}}})
-        })
-        .collect();
-    let cond = |ty: &str| json!({"type": ty, "status": "True", "lastTransitionTime": t});
-    let patch = json!({"status": {
-        "phase": "Running",
-        "hostIP": format!("127.0.0.{}", idx + 2),
-        "podIP": ip,
-        "podIPs": [{"ip": ip}],
-        "startTime": t,
-        "conditions": [cond("PodScheduled"), cond("Initialized"), cond("ContainersReady"), cond("Ready")],
-        "containerStatuses": containers,
-    }});
-    let _ = client.patch::<Pod>(ns, name, Some("status"), &Patch::Merge(patch)).await;
 }
 
 /// While sampling is on, records the most live (not terminating) `app=web` pods and

@@ -209,6 +209,10 @@ pub async fn run(ctx: Arc<Context>) {
     forward(&i.replica_sets, tx.clone(), &mut w, &mut tasks);
     forward(&i.daemon_sets, tx.clone(), &mut w, &mut tasks);
     forward(&i.jobs, tx.clone(), &mut w, &mut tasks);
+    forward(&i.stateful_sets, tx.clone(), &mut w, &mut tasks);
+    forward(&i.controller_revisions, tx.clone(), &mut w, &mut tasks);
+    forward(&i.persistent_volume_claims, tx.clone(), &mut w, &mut tasks);
+    forward(&i.cron_jobs, tx.clone(), &mut w, &mut tasks);
     forward(&i.service_accounts, tx.clone(), &mut w, &mut tasks);
     // The API server adds the cascading-deletion finalizers to exactly these kinds; one
     // it adds them to but nobody watches would never lose them.

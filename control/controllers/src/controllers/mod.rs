@@ -18,6 +18,7 @@ use skiff_api::Client;
 use crate::events;
 use crate::informers::Informers;
 
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
@@ -31,6 +32,7 @@ pub mod podgc;
 pub mod replicaset;
 pub mod rootca;
 pub mod serviceaccount;
+pub mod statefulset;
 pub mod volume;
 
 /// Settings of the controllers (flags of skiff-control).
@@ -79,6 +81,8 @@ pub const CONTROLLERS: &[(&str, StartFn)] = &[
     ("root-ca-cert-publisher", |ctx| Box::pin(rootca::run(ctx))),
     ("daemonset", |ctx| Box::pin(daemonset::run(ctx))),
     ("job", |ctx| Box::pin(job::run(ctx))),
+    ("statefulset", |ctx| Box::pin(statefulset::run(ctx))),
+    ("cronjob", |ctx| Box::pin(cronjob::run(ctx))),
     ("garbage-collector", |ctx| Box::pin(gc::run(ctx))),
     ("pod-garbage-collector", |ctx| Box::pin(podgc::run(ctx))),
     ("persistentvolume-binder", |ctx| Box::pin(volume::binder::run(ctx))),

@@ -3,7 +3,8 @@
 //! expectations, the guard against acting twice on a cache that has not yet seen the
 //! controller's own writes.
 //!
-//! It must not talk to the API server: callers do their own writes.
+//! Besides `adopt` and `release`, the ownerReference patches of the claim rule, it must
+//! not talk to the API server: callers do their own writes.
 
 use std::cell::OnceCell;
 use std::collections::HashSet;
@@ -13,7 +14,11 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::{Metadata, Resource};
-use skiff_api::reflector::Cache;
+use serde_json::json;
+use skiff_api::reflector::{Cache, Change};
+use skiff_api::workqueue::WorkQueue;
+use skiff_api::{Client, ObjectKey, Patch};
+use tokio::task::JoinHandle;
 
 use crate::helpers::expectations::{Expect, Expectations, Seen};
 
@@ -28,6 +33,70 @@ pub fn controller_ref<K: Resource + Metadata<Ty = ObjectMeta>>(obj: &K) -> Owner
         controller: Some(true),
         block_owner_deletion: Some(true),
     }
+}
+
+/// Makes `owner` the controller of an orphan pod. The UID and resourceVersion in the
+/// patch make it fail if the pod was replaced or changed (e.g. adopted by someone else)
+/// since the cache saw it.
+pub async fn adopt<K: Resource + Metadata<Ty = ObjectMeta>>(
+    client: &Client,
+    owner: &K,
+    pod: &Pod,
+) -> skiff_api::client::Result<Pod> {
+    let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
+    refs.push(controller_ref(owner));
+    let patch = json!({"metadata": {
+        "ownerReferences": refs,
+        "uid": pod.metadata.uid,
+        "resourceVersion": pod.metadata.resource_version,
+    }});
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let p = client.patch::<Pod>(pod.metadata.namespace.as_deref(), name, None, &Patch::Merge(patch)).await?;
+    tracing::info!(pod = name, kind = K::KIND, owner = owner.metadata().name.as_deref(), "adopted pod");
+    Ok(p)
+}
+
+/// Drops the reference to owner `uid` from a pod that no longer matches its selector; a
+/// pod gone or changed since is left to the next event.
+pub async fn release(client: &Client, pod: &Pod, uid: &str) -> skiff_api::client::Result<()> {
+    let refs: Vec<&OwnerReference> = pod.metadata.owner_references.iter().flatten().filter(|r| r.uid != uid).collect();
+    let patch = json!({"metadata": {
+        "ownerReferences": refs,
+        "uid": pod.metadata.uid,
+        "resourceVersion": pod.metadata.resource_version,
+    }});
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    match client.patch::<Pod>(pod.metadata.namespace.as_deref(), name, None, &Patch::Merge(patch)).await {
+        Ok(_) => {
+            tracing::info!(pod = name, "released pod that no longer matches the selector");
+            Ok(())
+        }
+        Err(e) if e.is_not_found() || e.is_conflict() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The key of the object's controller if it is of kind `kind` (whom a change of a
+/// dependent concerns).
+pub fn controller_key(meta: &ObjectMeta, kind: &str) -> Option<ObjectKey> {
+    let o = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true) && o.kind == kind)?;
+    Some(ObjectKey::new(meta.namespace.as_deref(), &o.name))
+}
+
+/// Spawns a task that queues the controller (of kind `kind`) of every dependent that
+/// changes in `dependents`; it ends with the cache.
+pub fn queue_controllers_of<D>(dependents: &Cache<D>, kind: &'static str, queue: WorkQueue<ObjectKey>) -> JoinHandle<()>
+where
+    D: Metadata<Ty = ObjectMeta> + Send + Sync + 'static,
+{
+    let mut rx = dependents.subscribe();
+    tokio::spawn(async move {
+        while let Some(Change::Applied(d) | Change::Deleted(d)) = rx.recv().await {
+            if let Some(key) = controller_key(d.metadata(), kind) {
+                queue.add(key);
+            }
+        }
+    })
 }
 
 /// The uid of the pod's controller of kind `kind`, if any.

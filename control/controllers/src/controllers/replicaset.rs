@@ -259,12 +259,12 @@ async fn reconcile(ctx: &Context, exp: &Expectations, key: &ObjectKey) -> Result
                 if matches {
                     owned.push(pod);
                 } else if !deleting {
-                    release(ctx, &pod, &uid).await.map_err(api("releasing a pod"))?;
+                    super::owned_pods::release(&ctx.client, &pod, &uid).await.map_err(api("releasing a pod"))?;
                 }
             }
             Some(_) => {}
             None if matches && !deleting && pod.metadata.deletion_timestamp.is_none() => {
-                match adopt(ctx, &rs, &pod).await {
+                match super::owned_pods::adopt(&ctx.client, rs.as_ref(), &pod).await {
                     Ok(p) => owned.push(Arc::new(p)),
                     Err(e) if e.is_not_found() || e.is_conflict() => {
                         // Gone or changed since the cache saw it: the next event requeues us.
@@ -399,41 +399,6 @@ async fn delete_pods(
         }
     }
     Ok(())
-}
-
-/// Makes `rs` the controller of an orphan pod. The UID and resourceVersion in the patch
-/// make it fail if the pod was replaced or changed (e.g. adopted by someone else) since.
-async fn adopt(ctx: &Context, rs: &ReplicaSet, pod: &Pod) -> skiff_api::client::Result<Pod> {
-    let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
-    refs.push(owner_ref(rs));
-    let patch = json!({"metadata": {
-        "ownerReferences": refs,
-        "uid": pod.metadata.uid,
-        "resourceVersion": pod.metadata.resource_version,
-    }});
-    let name = pod.metadata.name.as_deref().unwrap_or_default();
-    let p = ctx.client.patch::<Pod>(pod.metadata.namespace.as_deref(), name, None, &Patch::Merge(patch)).await?;
-    tracing::info!(pod = name, replicaset = rs.metadata.name.as_deref(), "adopted pod");
-    Ok(p)
-}
-
-/// Drops our controller reference from a pod that no longer matches the selector.
-async fn release(ctx: &Context, pod: &Pod, uid: &str) -> skiff_api::client::Result<()> {
-    let refs: Vec<&OwnerReference> = pod.metadata.owner_references.iter().flatten().filter(|r| r.uid != uid).collect();
-    let patch = json!({"metadata": {
-        "ownerReferences": refs,
-        "uid": pod.metadata.uid,
-        "resourceVersion": pod.metadata.resource_version,
-    }});
-    let name = pod.metadata.name.as_deref().unwrap_or_default();
-    match ctx.client.patch::<Pod>(pod.metadata.namespace.as_deref(), name, None, &Patch::Merge(patch)).await {
-        Ok(_) => {
-            tracing::info!(pod = name, "released pod that no longer matches the selector");
-            Ok(())
-        }
-        Err(e) if e.is_not_found() || e.is_conflict() => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 #[cfg(test)]

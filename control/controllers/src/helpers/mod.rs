@@ -4,6 +4,7 @@
 //!
 //! Pure code: no I/O, no API calls, no logging of decisions.
 
+pub mod cron;
 pub mod expectations;
 pub mod hash;
 pub mod node_affinity;

@@ -9,6 +9,7 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 pub mod etcd;
+pub mod fake_kubelet;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -595,4 +595,4 @@ impl Pass<'_> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

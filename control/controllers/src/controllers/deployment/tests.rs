@@ -49,7 +49,9 @@ fn old_replica_sets_shrink_within_unavailable() {
     assert_eq!(old_rs_scale_down(3, 0, 3, 3, &[(0, 0)]), vec![0]);
 }
 
-fn template(image: &str) -> PodTemplateSpec {
+/// A pod template labelled app=web with one container of `image` (shared with the
+/// StatefulSet tests).
+pub(crate) fn template(image: &str) -> PodTemplateSpec {
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some([("app".to_string(), "web".to_string())].into()),

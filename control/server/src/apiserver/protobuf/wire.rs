@@ -93,6 +93,28 @@ pub(crate) fn insert_map(obj: &mut Map<String, Value>, key: &str, entry: (String
     obj.entry(key).or_insert_with(|| json!({}))[&entry.0] = entry.1;
 }
 
+/// A metav1.OwnerReference (kind 1, name 3, uid 4, apiVersion 5, controller 6,
+/// blockOwnerDeletion 7).
+fn owner_reference(b: &[u8]) -> Res<Value> {
+    let mut m = Map::new();
+    for (n, f) in fields(b)? {
+        let key = match n {
+            1 => "kind",
+            3 => "name",
+            4 => "uid",
+            5 => "apiVersion",
+            6 => "controller",
+            7 => "blockOwnerDeletion",
+            _ => continue,
+        };
+        match f {
+            Field::Bytes(x) => m.insert(key.into(), json!(string(x)?)),
+            Field::Varint(v) => m.insert(key.into(), json!(v != 0)),
+        };
+    }
+    Ok(Value::Object(m))
+}
+
 pub(crate) fn object_meta(b: &[u8]) -> Res<Value> {
     let mut m = Map::new();
     for (n, f) in fields(b)? {
@@ -114,8 +136,13 @@ pub(crate) fn object_meta(b: &[u8]) -> Res<Value> {
             (14, Field::Bytes(x)) => {
                 m.entry("finalizers").or_insert_with(|| json!([])).as_array_mut().unwrap().push(json!(string(x)?));
             }
-            // uid, timestamps, owner references, managed fields: server-owned or not
-            // sent by `kubectl create`; ignored.
+            // Sent by `kubectl create job --from=cronjob/NAME`.
+            (13, Field::Bytes(x)) => {
+                let r = owner_reference(x)?;
+                m.entry("ownerReferences").or_insert_with(|| json!([])).as_array_mut().unwrap().push(r);
+            }
+            // uid, timestamps, managed fields: server-owned or not sent by `kubectl
+            // create`; ignored.
             _ => {}
         }
     }

@@ -116,51 +116,10 @@ impl Strategy for ControllerRevision {
     }
 }
 
-/// Why a standard cron schedule (five fields or an `@` descriptor) does not parse.
+/// Why a standard cron schedule (five fields or an `@` descriptor) does not parse: the
+/// CronJob controller's own parser, so that what validation accepts is what runs.
 fn cron_error(schedule: &str) -> Option<String> {
-    const DESCRIPTORS: &[&str] = &["@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"];
-    let s = schedule.trim();
-    if s.starts_with("TZ=") || s.starts_with("CRON_TZ=") {
-        return Some("cannot use TZ or CRON_TZ in schedule, use timeZone field instead".into());
-    }
-    if s.starts_with('@') {
-        let every_ok = s.strip_prefix("@every ").is_some_and(|d| !d.trim().is_empty());
-        return (!DESCRIPTORS.contains(&s) && !every_ok).then(|| format!("unrecognized descriptor: {s}"));
-    }
-    const MONTHS: &[&str] = &["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
-    const DAYS: &[&str] = &["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
-    let fields: Vec<&str> = s.split_whitespace().collect();
-    if fields.len() != 5 {
-        return Some(format!("expected exactly 5 fields, found {}: {s}", fields.len()));
-    }
-    let limits: [(u32, u32, &[&str]); 5] = [(0, 59, &[]), (0, 23, &[]), (1, 31, &[]), (1, 12, MONTHS), (0, 6, DAYS)];
-    let value = |v: &str, (lo, hi, names): (u32, u32, &[&str])| -> Option<u32> {
-        if let Some(i) = names.iter().position(|n| n.eq_ignore_ascii_case(v)) {
-            return Some(lo + i as u32);
-        }
-        v.parse::<u32>().ok().filter(|n| (lo..=hi).contains(n))
-    };
-    for (field, lim) in fields.iter().zip(limits) {
-        for part in field.split(',') {
-            let (range, step) = part.split_once('/').map_or((part, None), |(r, s)| (r, Some(s)));
-            if step.is_some_and(|s| s.parse::<u32>().map_or(true, |n| n == 0)) {
-                return Some(format!("invalid step in {part:?}"));
-            }
-            if range == "*" || range == "?" {
-                continue;
-            }
-            let (a, b) = range.split_once('-').map_or((range, None), |(a, b)| (a, Some(b)));
-            let ok = match (value(a, lim), b.map(|b| value(b, lim))) {
-                (Some(_), None) => true,
-                (Some(x), Some(Some(y))) => x <= y,
-                _ => false,
-            };
-            if !ok {
-                return Some(format!("failed to parse {part:?}: out of range or not a number"));
-            }
-        }
-    }
-    None
+    skiff_controllers::helpers::cron::Schedule::parse(schedule).err().map(|e| e.to_string())
 }
 
 /// Whether `tz` names an IANA time zone. As Go's `time.LoadLocation`, which upstream
