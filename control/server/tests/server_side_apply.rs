@@ -115,7 +115,8 @@ fn a_second_manager_conflicts_unless_it_forces() {
     assert_eq!(e["operation"], "Update");
     assert!(e["fieldsV1"]["f:spec"]["f:replicas"].is_object());
 
-    let err = String::from_utf8(ssa(&s, "web5.yaml", &deployment(5, "", NGINX), &[]).stderr).unwrap();
+    let deployer = ["--field-manager=deployer"];
+    let err = String::from_utf8(ssa(&s, "web5.yaml", &deployment(5, "", NGINX), &deployer).stderr).unwrap();
     assert!(
         err.contains(
             r#"Apply failed with 1 conflict: conflict with "kubectl-client-side-apply" using apps/v1: .spec.replicas"#
@@ -154,23 +155,39 @@ fn a_second_manager_conflicts_unless_it_forces() {
     assert_eq!(err.code(), Some(422));
 
     // --force-conflicts takes the field over.
-    ssa_ok(&s, "web5.yaml", &deployment(5, "", NGINX), &["--force-conflicts"]);
+    ssa_ok(&s, "web5.yaml", &deployment(5, "", NGINX), &["--force-conflicts", "--field-manager=deployer"]);
     let forced = web(&s);
     assert_eq!(forced["spec"]["replicas"], 5);
-    // kubectl then migrates the client-side apply's fields to its own Apply entry.
-    let managers = &forced["metadata"]["managedFields"];
-    assert!(entry(&forced, "kubectl-client-side-apply").is_none(), "{managers}");
-    let kubectl = entry(&forced, "kubectl").expect("kubectl's entry");
+    // (kubectl then moves the client-side apply's fields to the applier's entry.)
+    let managers = forced["metadata"]["managedFields"].as_array().unwrap();
+    let owners: Vec<&str> = managers
+        .iter()
+        .filter(|e| e["fieldsV1"]["f:spec"].get("f:replicas").is_some())
+        .map(|e| e["manager"].as_str().unwrap())
+        .collect();
+    assert_eq!(owners, ["deployer"], "{managers:?}");
+
+    // kubectl's own server-side apply of what it applied client-side is an upgrade: it
+    // may change what the last-applied configuration set, and kubectl then migrates the
+    // client-side apply's fields to its Apply entry.
+    ssa_ok(&s, "web6.yaml", &deployment(6, "", NGINX), &["--force-conflicts", "--field-manager=deployer"]);
+    s.apply("web.yaml", &deployment(2, "", NGINX));
+    ssa_ok(&s, "web3.yaml", &deployment(3, "", NGINX), &[]);
+    let upgraded = web(&s);
+    assert_eq!(upgraded["spec"]["replicas"], 3);
+    let managers = &upgraded["metadata"]["managedFields"];
+    assert!(entry(&upgraded, "kubectl-client-side-apply").is_none(), "{managers}");
+    let kubectl = entry(&upgraded, "kubectl").expect("kubectl's entry");
     assert_eq!(kubectl["operation"], "Apply", "{managers}");
     assert!(kubectl["fieldsV1"]["f:spec"]["f:replicas"].is_object(), "{managers}");
 
     // The client-side apply still works on the object afterwards.
-    s.apply("web.yaml", &deployment(5, "    tier: front\n", NGINX));
+    s.apply("web.yaml", &deployment(3, "    tier: front\n", NGINX));
     assert_eq!(web(&s)["metadata"]["labels"]["tier"], "front");
 
     // An Update (kubectl scale) takes replicas from the applier, who then conflicts.
     s.ok(&["scale", "deployment", "web", "--replicas=4"]);
-    let err = String::from_utf8(ssa(&s, "web5.yaml", &deployment(5, "", NGINX), &[]).stderr).unwrap();
+    let err = String::from_utf8(ssa(&s, "web5.yaml", &deployment(5, "", NGINX), &deployer).stderr).unwrap();
     assert!(err.contains("conflict with") && err.contains(".spec.replicas"), "{err}");
 }
 

@@ -91,7 +91,6 @@ impl Set {
         }
     }
 
-    #[cfg(test)]
     fn node(&self, path: &[Pe]) -> Option<&Set> {
         match path.split_first() {
             None => Some(self),
@@ -104,7 +103,6 @@ impl Set {
         !self.member && self.children.values().all(Set::is_empty)
     }
 
-    #[cfg(test)]
     pub fn contains(&self, path: &[Pe]) -> bool {
         self.node(path).is_some_and(|n| n.member)
     }
@@ -702,7 +700,7 @@ pub struct Write<'a> {
 impl Write<'_> {
     /// The set without the fields nobody owns: type and identity fields, and status
     /// or everything but status, by subresource.
-    fn tracked(&self, mut s: Set) -> Set {
+    pub fn tracked(&self, mut s: Set) -> Set {
         if self.subresource == Some("status") {
             let status = s.children.remove(&Pe::Field("status".into()));
             let mut out = Set::default();
@@ -797,16 +795,28 @@ pub fn record_update(base: Vec<Entry>, old: &Value, new: &Value, walk: &Walk, w:
     entries
 }
 
+/// How an apply treats fields other managers set to other values.
+#[derive(Debug, Clone, Copy)]
+pub enum Force<'a> {
+    /// Conflicts are refused.
+    No,
+    /// The applier takes the fields over (`force=true`).
+    Yes,
+    /// Taken over if every conflicting field is in this set, else refused: kubectl's
+    /// upgrade from client-side apply may change what its last-applied configuration set.
+    Within(&'a Set),
+}
+
 /// Server-side apply of `config` by `w.manager` onto `live` (without its
 /// managedFields, as `entries`): the merged object with the new entries set, or a 409
-/// naming each field another manager set to a different value unless `force`.
+/// naming each field another manager set to a different value, as `force` says.
 pub fn apply(
     live: &Value,
     entries: Vec<Entry>,
     config: &Value,
     walk: &Walk,
     w: &Write,
-    force: bool,
+    force: Force,
 ) -> Result<Value, ApiError> {
     let sub = w.subresource;
     let mine = |e: &Entry| e.same_manager(w.manager, Operation::Apply, w.api_version, sub);
@@ -826,8 +836,13 @@ pub fn apply(
             conflicts.push((e.describe(), p));
         }
     }
-    if !conflicts.is_empty() && !force {
-        return Err(conflict_error(&conflicts));
+    let refused: Vec<(String, Vec<Pe>)> = match force {
+        Force::No => conflicts,
+        Force::Yes => Vec::new(),
+        Force::Within(allowed) => conflicts.into_iter().filter(|(_, p)| !allowed.contains(p)).collect(),
+    };
+    if !refused.is_empty() {
+        return Err(conflict_error(&refused));
     }
     let previous_time = entries.iter().find(|e| mine(e)).and_then(|e| e.time.clone());
     let mut out: Vec<Entry> = entries
@@ -915,7 +930,7 @@ mod tests {
     fn apply_creates_and_is_idempotent() {
         let cfg = deployment(2, "nginx:1");
         let live = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}});
-        let once = apply(&live, vec![], &cfg, &Walk::builtin(), &w("a"), false).unwrap();
+        let once = apply(&live, vec![], &cfg, &Walk::builtin(), &w("a"), Force::No).unwrap();
         assert_eq!(once["spec"]["replicas"], 2);
         assert_eq!(once["metadata"]["managedFields"][0]["operation"], "Apply");
         let entries = decode(&once).unwrap();
@@ -923,7 +938,7 @@ mod tests {
         bare["metadata"].as_object_mut().unwrap().remove("managedFields");
         let mut later = w("a");
         later.now = "2030-01-01T00:00:00Z";
-        let twice = apply(&bare, entries, &cfg, &Walk::builtin(), &later, false).unwrap();
+        let twice = apply(&bare, entries, &cfg, &Walk::builtin(), &later, Force::No).unwrap();
         assert_eq!(once, twice, "an unchanged apply changes nothing, not even the time");
     }
 
@@ -931,7 +946,7 @@ mod tests {
         let entries = decode(live).unwrap();
         let mut bare = live.clone();
         bare["metadata"].as_object_mut().unwrap().remove("managedFields");
-        apply(&bare, entries, cfg, &Walk::builtin(), &w(m), force)
+        apply(&bare, entries, cfg, &Walk::builtin(), &w(m), if force { Force::Yes } else { Force::No })
     }
 
     #[test]

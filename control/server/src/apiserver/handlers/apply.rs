@@ -16,6 +16,9 @@ use super::super::request::{Ctx, Resp, Subresource};
 use super::super::status::{ApiError, ApiResult, Cause};
 use super::write::{Ownership, tracked_subresource, walk_of};
 
+/// The client-side apply's record of what it applied, as a JSON pointer.
+const LAST_APPLIED: &str = "/metadata/annotations/kubectl.kubernetes.io~1last-applied-configuration";
+
 impl ApiServer {
     pub(super) async fn apply(&self, target: Named<'_>, ctx: &Ctx, mut config: Value) -> ApiResult<Resp> {
         let Named { def, ns, name, sub } = target;
@@ -64,7 +67,29 @@ impl ApiServer {
             if let Some(m) = live["metadata"].as_object_mut() {
                 m.remove("managedFields");
             }
-            let mut out = managed::apply(&live, entries, &config, &walk, &w, force)?;
+            let last_applied = live.pointer(LAST_APPLIED).and_then(Value::as_str).map(String::from);
+            // kubectl's own server-side apply of an object it applied client-side may
+            // change what its last-applied configuration set, as upstream allows.
+            let upgrade = (manager == "kubectl")
+                .then_some(last_applied.as_deref())
+                .flatten()
+                .and_then(|l| serde_json::from_str::<Value>(l).ok())
+                .map(|l| w.tracked(managed::field_set(&l, &walk)));
+            let how = match (&upgrade, force) {
+                (_, true) => managed::Force::Yes,
+                (Some(allowed), false) => managed::Force::Within(allowed),
+                (None, false) => managed::Force::No,
+            };
+            let mut out = managed::apply(&live, entries, &config, &walk, &w, how)?;
+            if manager == "kubectl" && last_applied.is_some() {
+                // Keeps a later client-side apply working from what was applied now.
+                let mut applied = config.clone();
+                if let Some(a) = applied["metadata"].get_mut("annotations").and_then(Value::as_object_mut) {
+                    a.remove("kubectl.kubernetes.io/last-applied-configuration");
+                }
+                let text = format!("{}\n", serde_json::to_string(&applied).unwrap_or_default());
+                out["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] = Value::from(text);
+            }
             // As for other patches, only a resourceVersion the configuration names is a
             // precondition; otherwise a race with another writer is retried.
             if !pinned && let Some(m) = out["metadata"].as_object_mut() {
@@ -82,7 +107,8 @@ impl ApiServer {
                     {
                         live["metadata"]["namespace"] = Value::from(ns);
                     }
-                    let new = managed::apply(&live, Vec::new(), &config, &walk, &w, force)?;
+                    let how = if force { managed::Force::Yes } else { managed::Force::No };
+                    let new = managed::apply(&live, Vec::new(), &config, &walk, &w, how)?;
                     match self.create_from(def, ns, ctx, Some(new)).await {
                         // Created by someone else meanwhile: apply to theirs.
                         Err(e) if e.code == 409 && e.reason == "AlreadyExists" => continue,
