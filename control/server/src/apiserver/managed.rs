@@ -116,28 +116,22 @@ impl Set {
 
     /// This set without the members of `other`.
     pub fn difference(&self, other: &Set) -> Set {
-        let mut out = Set { member: self.member && !other.member, children: BTreeMap::new() };
-        for (pe, c) in &self.children {
-            let d = match other.children.get(pe) {
-                Some(o) => c.difference(o),
-                None => c.clone(),
-            };
-            if !d.is_empty() {
-                out.children.insert(pe.clone(), d);
-            }
-        }
-        out
+        self.subtract(other, false)
     }
 
     /// This set without the members of `other` and everything below them.
     fn without_subtrees(&self, other: &Set) -> Set {
-        if other.member {
+        self.subtract(other, true)
+    }
+
+    fn subtract(&self, other: &Set, subtrees: bool) -> Set {
+        if subtrees && other.member {
             return Set::default();
         }
-        let mut out = Set { member: self.member, children: BTreeMap::new() };
+        let mut out = Set { member: self.member && !other.member, children: BTreeMap::new() };
         for (pe, c) in &self.children {
             let d = match other.children.get(pe) {
-                Some(o) => c.without_subtrees(o),
+                Some(o) => c.subtract(o, subtrees),
                 None => c.clone(),
             };
             if !d.is_empty() {
