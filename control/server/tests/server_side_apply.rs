@@ -9,7 +9,9 @@
 
 mod support;
 
+use k8s_openapi::api::core::v1::ConfigMap;
 use serde_json::Value;
+use skiff_api::{ListParams, WatchEvent};
 use support::Server;
 
 fn deployment(replicas: u32, labels: &str, containers: &str) -> String {
@@ -103,6 +105,25 @@ fn apply_creates_records_fields_and_twice_is_a_no_op() {
     let after = s.json(&["get", "configmap", "settings"]);
     assert_eq!(after["metadata"]["resourceVersion"], got["metadata"]["resourceVersion"], "a dry run stores nothing");
     assert_eq!(after["data"]["a"], "1");
+
+    // Watch events carry the entries.
+    let client = s.client();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rv = after["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let mut watch = rt
+        .block_on(client.watch::<ConfigMap>(Some("default"), &ListParams::default(), &rv, 30))
+        .expect("watch configmaps");
+    ssa_ok(&s, "cm3.yaml", &cm.replace("\"1\"", "\"3\""), &["--field-manager=tool"]);
+    let event = rt.block_on(async {
+        loop {
+            match watch.next().await.expect("a watch event").expect("a decodable watch event") {
+                WatchEvent::Modified(cm) if cm.metadata.name.as_deref() == Some("settings") => return cm,
+                _ => continue,
+            }
+        }
+    });
+    let fields = event.metadata.managed_fields.unwrap_or_default();
+    assert!(fields.iter().any(|f| f.manager.as_deref() == Some("tool") && f.operation.as_deref() == Some("Apply")));
 }
 
 #[test]

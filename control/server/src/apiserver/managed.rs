@@ -1029,4 +1029,21 @@ mod tests {
             "Apply failed with 1 conflict: conflict with \"kubectl-scale\" using apps/v1: .spec.replicas"
         );
     }
+
+    #[test]
+    fn status_writes_track_only_status_and_main_writes_not_status() {
+        let old = json!({"metadata": {"name": "web"}, "spec": {"replicas": 1}, "status": {"replicas": 0}});
+        let new = json!({"metadata": {"name": "web"}, "spec": {"replicas": 2}, "status": {"replicas": 1}});
+        let mut status = w("kubelet");
+        status.subresource = Some("status");
+        let e = record_update(vec![], &old, &new, &Walk::builtin(), &status);
+        assert_eq!(e[0].set.to_fields_v1(), json!({"f:status": {"f:replicas": {}}}));
+        assert_eq!(e[0].subresource.as_deref(), Some("status"));
+        let e = record_update(vec![], &old, &new, &Walk::builtin(), &w("editor"));
+        assert_eq!(e[0].set.to_fields_v1(), json!({"f:spec": {"f:replicas": {}}}));
+        // Nothing changed: nothing recorded, not even a time.
+        assert!(record_update(vec![], &new, &new, &Walk::builtin(), &w("editor")).is_empty());
+        assert!(is_reset(&json!([{}])));
+        assert!(!is_reset(&json!([])));
+    }
 }
