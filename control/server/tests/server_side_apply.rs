@@ -124,6 +124,14 @@ fn apply_creates_records_fields_and_twice_is_a_no_op() {
     });
     let fields = event.metadata.managed_fields.unwrap_or_default();
     assert!(fields.iter().any(|f| f.manager.as_deref() == Some("tool") && f.operation.as_deref() == Some("Apply")));
+
+    // An object the server stored itself has its fields given to "before-first-apply".
+    let ns = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: kube-public\n  labels: {team: a}\n";
+    ssa_ok(&s, "ns.yaml", ns, &[]);
+    let got = s.json(&["get", "namespace", "kube-public", "--show-managed-fields"]);
+    assert_eq!(got["metadata"]["labels"]["team"], "a");
+    assert!(entry(&got, "before-first-apply").is_some(), "{}", got["metadata"]);
+    assert_eq!(entry(&got, "kubectl").unwrap()["fieldsV1"]["f:metadata"]["f:labels"]["f:team"], serde_json::json!({}));
 }
 
 #[test]

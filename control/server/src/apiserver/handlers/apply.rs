@@ -62,11 +62,17 @@ impl ApiServer {
             now: &now,
         };
         let mutate = |cur: &Value| -> ApiResult<Value> {
-            let entries = managed::decode(cur).unwrap_or_default();
             let mut live = cur.clone();
             if let Some(m) = live["metadata"].as_object_mut() {
                 m.remove("managedFields");
             }
+            let entries = match managed::decode(cur) {
+                Some(e) if !e.is_empty() => e,
+                // An object nobody's writes were recorded for (stored by the server
+                // itself, or before fields were tracked): as upstream, its fields are
+                // "before-first-apply"'s, so an apply changing them conflicts.
+                _ => managed::record_create(&live, &walk, &managed::Write { manager: "before-first-apply", ..w }),
+            };
             let last_applied = live.pointer(LAST_APPLIED).and_then(Value::as_str).map(String::from);
             // kubectl's own server-side apply of an object it applied client-side may
             // change what its last-applied configuration set, as upstream allows.
