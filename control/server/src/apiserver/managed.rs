@@ -1046,4 +1046,28 @@ mod tests {
         assert!(is_reset(&json!([{}])));
         assert!(!is_reset(&json!([])));
     }
+
+    #[test]
+    fn odd_shapes_neither_panic_nor_merge_by_key() {
+        let odd = [
+            json!({"spec": {"template": {"spec": {"containers": {"name": "x"}}}}}),
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "a"}, {"name": "a"}]}}}}),
+            json!({"spec": {"template": {"spec": {"containers": [{"image": "no-name"}, 3, null]}}}}),
+            json!({"spec": "text", "metadata": {"finalizers": [1, {"a": 1}, 1]}}),
+            json!({"metadata": {"managedFields": [{"operation": "Apply", "fieldsV1": {"x:": {}}}]}}),
+            json!([1, 2]),
+            json!(null),
+        ];
+        for live in &odd {
+            for cfg in &odd {
+                let entries = decode(live).unwrap_or_default();
+                let _ = apply(live, entries.clone(), cfg, &Walk::builtin(), &w("a"), Force::No);
+                let _ = record_update(entries, live, cfg, &Walk::builtin(), &w("b"));
+            }
+        }
+        // Duplicate keys make a keyed list atomic: the configuration replaces it.
+        let live = json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "1"}]}}}});
+        let out = merge(&live, &odd[1], &Walk::builtin());
+        assert_eq!(out["spec"]["template"]["spec"]["containers"], odd[1]["spec"]["template"]["spec"]["containers"]);
+    }
 }
