@@ -501,17 +501,7 @@ pub fn merge(live: &Value, config: &Value, walk: &Walk) -> Value {
         }
         (Shape::ListMap(keys), Value::Array(li), Value::Array(ci)) => {
             match (keyed(walk, &keys, li), keyed(walk, &keys, ci)) {
-                (Some(lk), Some(ck)) => {
-                    let iw = walk.item();
-                    let mut out = li.clone();
-                    for (k, c) in ck.iter().zip(ci) {
-                        match lk.iter().position(|l| l == k) {
-                            Some(i) => out[i] = merge(&li[i], c, &iw),
-                            None => out.push(c.clone()),
-                        }
-                    }
-                    Value::Array(out)
-                }
+                (Some(lk), Some(ck)) => Value::Array(interleave(li, &lk, ci, &ck, &walk.item())),
                 _ => config.clone(),
             }
         }
@@ -522,6 +512,62 @@ pub fn merge(live: &Value, config: &Value, walk: &Walk) -> Value {
         }
         _ => config.clone(),
     }
+}
+
+/// The items of a keyed list after an apply, ordered as upstream orders them: the
+/// configuration's items in its order, merged with the live ones of the same key, and
+/// live items it does not name kept where they were relative to their neighbours.
+fn interleave(li: &[Value], lk: &[String], ci: &[Value], ck: &[String], iw: &Walk) -> Vec<Value> {
+    let live_of = |k: &String| lk.iter().position(|l| l == k).map(|i| &li[i]);
+    let item = |k: &String, c: &Value| live_of(k).map_or_else(|| c.clone(), |l| merge(l, c, iw));
+    // Configuration keys that are live too, in the configuration's order.
+    let shared: Vec<&String> = ck.iter().filter(|k| lk.contains(k)).collect();
+    let mut next_shared = 0;
+    let mut merged: Vec<&String> = Vec::new();
+    let mut out = Vec::with_capacity(li.len() + ci.len());
+    let (mut l, mut r) = (0, 0);
+    while l < li.len() || r < ci.len() {
+        if l < li.len() && r < ci.len() {
+            if lk[l] == ck[r] {
+                out.push(item(&ck[r], &ci[r]));
+                merged.push(&ck[r]);
+                if shared.get(next_shared) == Some(&&ck[r]) {
+                    next_shared += 1;
+                }
+                l += 1;
+                r += 1;
+                continue;
+            }
+            // A shared item out of the configuration's order waits for its turn there.
+            if ck.contains(&lk[l]) && shared.get(next_shared) != Some(&&lk[l]) {
+                l += 1;
+                continue;
+            }
+        }
+        if l < li.len() {
+            if !ck.contains(&lk[l]) {
+                out.push(li[l].clone());
+                l += 1;
+                continue;
+            }
+            if merged.contains(&&lk[l]) {
+                l += 1;
+                continue;
+            }
+        }
+        if r < ci.len() {
+            out.push(item(&ck[r], &ci[r]));
+            merged.push(&ck[r]);
+            if shared.get(next_shared) == Some(&&ck[r]) {
+                next_shared += 1;
+            }
+            r += 1;
+        } else {
+            // Only shared live items the configuration already placed can be left.
+            l += 1;
+        }
+    }
+    out
 }
 
 /// Removes from `obj` the fields of `remove` that nobody in `keep` owns (nor anything
@@ -1069,5 +1115,32 @@ mod tests {
         let live = json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "1"}]}}}});
         let out = merge(&live, &odd[1], &Walk::builtin());
         assert_eq!(out["spec"]["template"]["spec"]["containers"], odd[1]["spec"]["template"]["spec"]["containers"]);
+    }
+
+    #[test]
+    fn keyed_items_keep_the_configurations_order() {
+        let names = |v: &Value| -> Vec<String> {
+            v["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["name"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let list = |n: &[&str]| {
+            let items: Vec<Value> = n.iter().map(|n| json!({"name": n})).collect();
+            json!({"spec": {"template": {"spec": {"containers": items}}}})
+        };
+        let cases: [(&[&str], &[&str], &[&str]); 5] = [
+            (&["a", "b"], &["a", "new", "b"], &["a", "new", "b"]),
+            (&["a", "x", "b"], &["a", "b"], &["a", "x", "b"]),
+            (&["a", "b"], &["b", "a"], &["b", "a"]),
+            (&["x", "a", "y", "b"], &["b", "a"], &["x", "y", "b", "a"]),
+            (&[], &["a"], &["a"]),
+        ];
+        for (live, cfg, want) in cases {
+            let out = merge(&list(live), &list(cfg), &Walk::builtin());
+            assert_eq!(names(&out), want, "live {live:?}, applied {cfg:?}");
+        }
     }
 }
