@@ -318,7 +318,9 @@ fn builtin_list(names: &[String]) -> Shape {
         | "resourceClaims" => keys(&["name"]),
         "volumeMounts" => keys(&["mountPath"]),
         "volumeDevices" => keys(&["devicePath"]),
-        "hostAliases" => keys(&["ip"]),
+        "hostAliases" | "podIPs" | "hostIPs" => keys(&["ip"]),
+        // Node addresses; lists of plain addresses elsewhere have no keys and stay atomic.
+        "addresses" => keys(&["type"]),
         "topologySpreadConstraints" => keys(&["topologyKey", "whenUnsatisfiable"]),
         "conditions" => keys(&["type"]),
         "ownerReferences" => keys(&["uid"]),
