@@ -8,6 +8,7 @@
 //! - [`netlink`]: veths, addresses, routes, neighbours and the VXLAN device over
 //!   rtnetlink, and [`netlink::in_netns`] for work in a pod's namespace;
 //! - [`cidr`]: the one typed CIDR ([`Ipv4Net`]) and what the maps and IPAM need of it;
+//! - [`garp`]: gratuitous ARP for an address that moved to this node;
 //! - [`cni`]: the CNI configuration list, the contract between agent and plugin, and
 //!   the atomic installation of plugin binaries.
 //!
@@ -18,6 +19,7 @@ pub mod attach;
 pub mod cidr;
 pub mod cni;
 pub mod endpoints;
+pub mod garp;
 pub mod netlink;
 pub mod pins;
 

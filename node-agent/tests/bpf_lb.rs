@@ -668,6 +668,8 @@ fn node_port_with_backend(h: &Harness, backend: Ipv4Addr) {
     let front = |slot| Service4Key::new(addr_to_map(NODE.octets()), port_to_map(NODE_PORT), PROTO_TCP, slot);
     services.insert(front(1), Service4Value { backend_id: 1, rev_nat_index: 1, ..Default::default() }, 0).unwrap();
     services.insert(front(0), Service4Value { count: 1, rev_nat_index: 1, ..Default::default() }, 0).unwrap();
+    let rev = RevNat4 { addr: addr_to_map(NODE.octets()), port: port_to_map(NODE_PORT), _pad: 0 };
+    h.hash::<u32, RevNat4>(pin::REV_NAT).insert(1, rev, 0).unwrap();
 }
 
 /// Runs the XDP program (loaded from the agent's embedded object, sharing the pinned
@@ -712,5 +714,90 @@ fn xdp_translates_node_ports_for_a_local_backend_and_leaves_what_it_cannot_finis
         let remote = packet(PROTO_TCP, (outside, 40002), (NODE, NODE_PORT), TCP_SYN, b"");
         assert_eq!(run_xdp(h, &remote), (XDP_PASS, remote.clone()));
         assert_eq!((h.stat("xdp_to_tc"), h.stat("ct_new"), h.stat("xdp_tunneled")), (1, 1, 0));
+    });
+}
+
+#[test]
+fn drops_are_counted_by_reason() {
+    with_harness("drops_are_counted_by_reason", |h| {
+        // A frontend whose slot 0 says 3 backends while only slot 1 exists: a Service
+        // caught half-written. New flows that pick a missing slot are dropped as stale.
+        h.add_backend(1, BACKENDS[0], PROTO_TCP, 0);
+        h.set_service(PROTO_TCP, &[1], 0, 0);
+        let front = Service4Value { count: 3, rev_nat_index: 1, ..Default::default() };
+        let key = Service4Key::new(addr_to_map(VIP.octets()), port_to_map(VPORT), PROTO_TCP, 0);
+        h.hash::<Service4Key, Service4Value>(pin::SERVICES).insert(key, front, 0).unwrap();
+        let mut dropped = 0;
+        for sport in 0..30 {
+            let (action, _) = h.run(&packet(PROTO_TCP, (CLIENT, 42000 + sport), (VIP, VPORT), TCP_SYN, b""));
+            if action == TC_ACT_SHOT {
+                dropped += 1;
+            }
+        }
+        assert!(dropped > 0, "30 flows over 3 slots of which 2 are missing: some must be dropped");
+        assert_eq!(h.stat("drop_stale_service"), dropped);
+        assert_eq!(h.stat("errors"), dropped);
+        assert_eq!(h.stat("drop_rewrite") + h.stat("drop_ct_insert"), 0);
+    });
+}
+
+#[test]
+fn node_port_flows_from_two_clients_with_one_source_port_get_their_own_translated_ports() {
+    with_harness("node_port_flows_from_two_clients_with_one_source_port", |h| {
+        // A backend on another node: the flows get this node's podCIDR address as
+        // source, so two clients using the same port would make one reply flow.
+        node_port_with_backend(h, Ipv4Addr::new(10, 244, 2, 20));
+        let (a, b) = (Ipv4Addr::new(192, 168, 77, 100), Ipv4Addr::new(192, 168, 77, 101));
+        let run = |h: &mut Harness, client: Ipv4Addr, flags: u8| {
+            let (action, out) =
+                h.run_prog(Prog::FromUnderlay, &packet(PROTO_TCP, (client, 40000), (NODE, NODE_PORT), flags, b""));
+            assert_eq!(action, TC_ACT_REDIRECT, "into the tunnel");
+            parse(&out)
+        };
+        let first = run(h, a, TCP_SYN);
+        let second = run(h, b, TCP_SYN);
+        assert_eq!((first.src, second.src), (Ipv4Addr::new(10, 244, 1, 1), Ipv4Addr::new(10, 244, 1, 1)));
+        assert_eq!(first.sport, 40000, "the first flow keeps its client's port");
+        assert_ne!(second.sport, 40000, "the second must not share the first's translated port");
+        // Each flow keeps its port, and each reply goes back to its own client and port.
+        assert_eq!(run(h, b, TCP_ACK).sport, second.sport);
+        for (client, flow) in [(a, &first), (b, &second)] {
+            let reply = packet(PROTO_TCP, (flow.dst, BPORT), (flow.src, flow.sport), TCP_SYN | TCP_ACK, b"");
+            let (_, out) = h.run_prog(Prog::FromOverlay, &reply);
+            let back = parse(&out);
+            assert_eq!((back.src, back.sport, back.dst, back.dport), (NODE, NODE_PORT, client, 40000));
+        }
+    });
+}
+
+#[test]
+fn conntrack_collection_removes_expired_flows_both_ways_and_keeps_live_ones() {
+    with_harness("conntrack_collection_removes_expired_flows", |h| {
+        use skiff_node::datapath::conntrack_gc;
+        h.datapath.set_config(LbConfig { udp_timeout_s: 1, tcp_closing_timeout_s: 1, ..Default::default() }).unwrap();
+        h.add_backend(1, BACKENDS[0], PROTO_TCP, 0);
+        h.add_backend(11, BACKENDS[0], PROTO_UDP, 0);
+        h.set_service(PROTO_TCP, &[1], 0, 0);
+        h.set_service(PROTO_UDP, &[11], 0, 0);
+        // A TCP flow that closes, an idle UDP flow, and a live TCP flow.
+        h.run(&packet(PROTO_TCP, (CLIENT, 48100), (VIP, VPORT), TCP_SYN, b""));
+        h.run(&packet(PROTO_TCP, (BACKENDS[0], BPORT), (CLIENT, 48100), TCP_FIN | TCP_ACK, b""));
+        h.run(&packet(PROTO_UDP, (CLIENT, 48101), (VIP, VPORT), 0, b"x"));
+        h.run(&packet(PROTO_TCP, (CLIENT, 48102), (VIP, VPORT), TCP_SYN, b""));
+        let entries = |h: &Harness| h.hash::<Ct4Key, Ct4Entry>(pin::CT).keys().count();
+        assert_eq!(entries(h), 6, "three flows, two entries each");
+        // Nothing has expired yet.
+        assert_eq!(conntrack_gc::collect(&h.pins.path).unwrap().removed, 0);
+        std::thread::sleep(Duration::from_millis(2100));
+        let collected = conntrack_gc::collect(&h.pins.path).unwrap();
+        assert_eq!((collected.scanned, collected.removed), (6, 4), "the closed and the idle flow, both directions");
+        let left: Vec<Ct4Key> = h.hash::<Ct4Key, Ct4Entry>(pin::CT).keys().map(Result::unwrap).collect();
+        assert!(left.iter().all(|k| k.sport == port_to_map(48102) || k.dport == port_to_map(48102)), "{left:?}");
+        // A reply entry without its forward entry (half a pair lost to eviction) goes too.
+        let mut ct = h.hash::<Ct4Key, Ct4Entry>(pin::CT);
+        let forward = *left.iter().find(|k| k.dir == CT_DIR_FORWARD).unwrap();
+        ct.remove(&forward).unwrap();
+        assert_eq!(conntrack_gc::collect(&h.pins.path).unwrap().removed, 1);
+        assert_eq!(entries(h), 0);
     });
 }

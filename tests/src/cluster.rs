@@ -61,6 +61,9 @@ pub struct ClusterNode {
     pub pod_log_dir: PathBuf,
     /// The static pod manifests the agent runs (`--pod-manifest-path`).
     pub manifest_dir: PathBuf,
+    /// Where the node's local-path volumes live (`--local-path-dir`): in the node's own
+    /// directory, since the nodes share this machine's filesystem.
+    pub local_path_dir: PathBuf,
     pub pins: PinDir,
     services_from_api: bool,
     kubelet_only: bool,
@@ -195,6 +198,7 @@ impl Cluster {
                 root_dir: node_dir.join("kubelet"),
                 pod_log_dir: node_dir.join("pods"),
                 manifest_dir: node_dir.join("manifests"),
+                local_path_dir: node_dir.join("storage"),
                 pins: PinDir::new(name),
                 services_from_api: setup.services_from_api,
                 kubelet_only: setup.kubelet_only,
@@ -377,6 +381,8 @@ impl ClusterNode {
             .arg(&self.pod_log_dir)
             .arg("--pod-manifest-path")
             .arg(&self.manifest_dir)
+            .arg("--local-path-dir")
+            .arg(&self.local_path_dir)
             .args(["--cgroup-root", &self.cgroup_root()])
             .env("RUST_LOG", "info,skiff_node::kubelet=debug")
             .stdin(Stdio::null())

@@ -22,13 +22,16 @@
 //!   and that these went through the nodes' XDP fast path (node 1 sent the packets for
 //!   node 2's backend back into the tunnel at XDP, node 2 translated its own); and the
 //!   health-check node port of a LoadBalancer Service with `externalTrafficPolicy:
-//!   Local`: 200 from the node holding its backend, 503 from the other.
+//!   Local`: 200 from the node holding its backend, 503 from the other; last, a
+//!   LoadBalancer Service's backend moves to the other node, whose gratuitous ARP
+//!   updates the outside host's cache at once.
 //!
 //! - from node 1's host namespace, as a process of the node's cgroup: a pod on the
 //!   other node (from the node's podCIDR address, so the reply comes back through the
 //!   tunnel), and ClusterIPs with the backend local, remote and both, through the
 //!   socket-level load balancer; then that such connections make no conntrack entry
-//!   (the node's `ct_new` counter stays, `sock_translated` grows), and that unconnected
+//!   (the node's `ct_new` counter stays, `sock_translated` grows), from the host and
+//!   from a pod (the pods' cgroups lie below the node's), and that unconnected
 //!   UDP is answered from the ClusterIP the application sent to.
 //!
 //! Pod → addresses off the pod network (the masquerade, which the `kubernetes` Service
@@ -282,6 +285,27 @@ const CELLS: &[Cell] = &[
         expect: Expect::Refused,
     },
     Cell {
+        name: "node 1 host → ClientIP affinity: one backend for all requests (socket LB)",
+        from: NODE1_HOST,
+        to: Target::Service("sticky"),
+        requests: MANY,
+        expect: Expect::OneBackend,
+    },
+    Cell {
+        name: "node 1 host → its own node port, backend on node 2 (socket LB)",
+        from: NODE1_HOST,
+        to: Target::NodePort("np-n2", 0),
+        requests: 3,
+        expect: Expect::AnsweredBy("srv-n2"),
+    },
+    Cell {
+        name: "node 1 host → LoadBalancer ingress address (socket LB)",
+        from: NODE1_HOST,
+        to: Target::LoadBalancer("lb"),
+        requests: 3,
+        expect: Expect::AnsweredBy("srv-n2"),
+    },
+    Cell {
         name: "outside → NodePort on node 1, backend on node 2",
         from: OUTSIDE,
         to: Target::NodePort("np-n2", 0),
@@ -496,6 +520,43 @@ fn check_health_check_node_port(cluster: &Cluster, outside: &Netns) -> Option<St
     (!failures.is_empty()).then(|| failures.join("\n"))
 }
 
+/// The `lb` Service's backend moves from node 2 to node 1 (its selector changed): node
+/// 1 announces the address now, and its gratuitous ARP updates the outside host's ARP
+/// cache at once (without it, the host would keep sending to node 2 until its entry
+/// went stale, half a minute or more); the address is then answered by node 1's pod.
+/// `Err`: the failure report.
+fn check_announcement_moves(cluster: &Cluster, outside: &Netns) -> Option<String> {
+    let ip = lb_ingress_ip(cluster, "lb");
+    let mac = |node: usize| {
+        let link = cluster.nodes[node].ns.sh("ip -o link show eth0");
+        link.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).unwrap_or_default().to_owned()
+    };
+    let (n1_mac, n2_mac) = (mac(0), mac(1));
+    let cached = || outside.sh(&format!("ip neigh show {ip}"));
+    if !cached().contains(&n2_mac) {
+        return Some(format!(
+            "FAILED announcement move: before the move, the outside host's entry for {ip} is `{}`, not node 2's {n2_mac}",
+            cached().trim()
+        ));
+    }
+    cluster.kubectl_out(&["patch", "service", "lb", "-p", r#"{"spec":{"selector":{"at":"n1"}}}"#]);
+    if !wait_until(Duration::from_secs(10), || cached().contains(&n1_mac)) {
+        return Some(format!(
+            "FAILED announcement move: 10 s after lb's backend moved to node 1, the outside host's entry for {ip} is `{}`, not node 1's {n1_mac} (no gratuitous ARP?)",
+            cached().trim()
+        ));
+    }
+    let echo = workspace_bin("skiff-echo");
+    let out = outside
+        .command(echo.to_str().expect("UTF-8 path"))
+        .args(["get", &format!("{ip}:80"), "/peer", "--timeout-ms", TIMEOUT_MS])
+        .output()
+        .expect("running the echo client");
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (!answer.starts_with("200 srv-n1 "))
+        .then(|| format!("FAILED announcement move: {ip} after the move answered `{answer}`, expected node 1's srv-n1"))
+}
+
 /// A datapath counter of a node (`skiff-node stats`).
 fn counter(cluster: &Cluster, node: usize, name: &str) -> u64 {
     let node = &cluster.nodes[node];
@@ -540,10 +601,18 @@ fn check_trace(cluster: &Cluster, client_ip: &str) -> Option<String> {
         ":80/UDP: 2 backend(s); session affinity",
         "a pod on this node",
         "through the VXLAN tunnel",
-        &format!("{client_ip}'s affinity: "),
-        &format!("conntrack: {client_ip}:"),
     ];
     let mut missing: Vec<&str> = expected.iter().copied().filter(|e| !text.contains(e)).collect();
+    // The client pod's flows went through the tc path (its affinity entry and conntrack
+    // entries) or, where its cgroup lies below the node's, the socket hooks (an
+    // affinity of its network namespace, no conntrack).
+    let tc_path =
+        text.contains(&format!("{client_ip}'s affinity: ")) && text.contains(&format!("conntrack: {client_ip}:"));
+    let socket_path = text.contains("socket-level affinity of network namespace")
+        && text.contains(&format!("conntrack: no flow from {client_ip}"));
+    if !tc_path && !socket_path {
+        missing.push("the client's affinity and conntrack entries (tc), or its namespace's affinity and no conntrack (socket LB)");
+    }
     // A node port picks by Maglev (the default there), over the one backend of np-n2.
     let node_port = trace(&["default/np-n2", "--node-ip", &node.ip]);
     let node_port_text = String::from_utf8_lossy(&node_port.stdout);
@@ -580,20 +649,27 @@ fn check_socket_lb_unconnected_udp(cluster: &Cluster) -> Option<String> {
 /// Connections from node 1's host namespace to a ClusterIP go to a backend at
 /// `connect()`: they make no conntrack entry. Run alone, after the matrix, so that no
 /// other flow creates entries on node 1 meanwhile. `Err`: the failure report.
-fn check_socket_lb_skips_conntrack(cluster: &Cluster) -> Option<String> {
+fn check_socket_lb_skips_conntrack(cluster: &Cluster, from_pod: bool) -> Option<String> {
     const CONNECTIONS: u64 = 5;
     let (ct_before, sock_before) = (counter(cluster, 0, "ct_new"), counter(cluster, 0, "sock_translated"));
     let target = format!("{}:80", cluster_ip(cluster, "spread"));
-    let echo = workspace_bin("skiff-echo");
-    let line = format!("{} tcp {target} --count {CONNECTIONS} --timeout-ms {TIMEOUT_MS}", echo.display());
-    let out = cluster.nodes[0].host_sh(&line);
-    let replies = Replies::parse(&String::from_utf8_lossy(&out.stdout));
+    let (from, stdout) = if from_pod {
+        let count = CONNECTIONS.to_string();
+        let args =
+            ["exec", "client", "--", "/skiff-echo", "tcp", &target, "--count", &count, "--timeout-ms", TIMEOUT_MS];
+        ("the client pod on node 1", cluster.kubectl_out(&args))
+    } else {
+        let echo = workspace_bin("skiff-echo");
+        let line = format!("{} tcp {target} --count {CONNECTIONS} --timeout-ms {TIMEOUT_MS}", echo.display());
+        ("node 1's host", String::from_utf8_lossy(&cluster.nodes[0].host_sh(&line).stdout).into_owned())
+    };
+    let replies = Replies::parse(&stdout);
     let (ct_after, sock_after) = (counter(cluster, 0, "ct_new"), counter(cluster, 0, "sock_translated"));
     let fine =
         replies.answers.len() as u64 == CONNECTIONS && ct_after == ct_before && sock_after >= sock_before + CONNECTIONS;
     (!fine).then(|| {
         format!(
-            "FAILED socket LB check: {CONNECTIONS} connections from node 1's host to {target}: {} answered; ct_new {ct_before} → {ct_after} (expected unchanged), sock_translated {sock_before} → {sock_after} (expected +{CONNECTIONS})",
+            "FAILED socket LB check: {CONNECTIONS} connections from {from} to {target}: {} answered; ct_new {ct_before} → {ct_after} (expected unchanged), sock_translated {sock_before} → {sock_after} (expected +{CONNECTIONS})",
             replies.answers.len()
         )
     })
@@ -672,12 +748,15 @@ fn connectivity_matrix() {
         runs.into_iter().filter_map(|r| r.join().expect("a cell's thread panicked").err()).collect()
     });
     failures.extend(check_node_port_sources(&cluster, &outside));
-    failures.extend(check_socket_lb_skips_conntrack(&cluster));
+    failures.extend(check_socket_lb_skips_conntrack(&cluster, false));
+    failures.extend(check_socket_lb_skips_conntrack(&cluster, true));
     failures.extend(check_socket_lb_unconnected_udp(&cluster));
     failures.extend(check_trace(&cluster, &pod_ip("client")));
     failures.extend(check_nodeport_fast_path(&cluster));
     failures.extend(check_health_check_node_port(&cluster, &outside));
-    let cells = CELLS.len() * 2 + SOURCE_CHECKS.len() + 5;
+    // Last: it moves the `lb` Service's backend.
+    failures.extend(check_announcement_moves(&cluster, &outside));
+    let cells = CELLS.len() * 2 + SOURCE_CHECKS.len() + 7;
     eprintln!("{} of {cells} cells passed; the whole matrix took {:.1?}", cells - failures.len(), started.elapsed());
     assert!(
         failures.is_empty(),

@@ -7,8 +7,11 @@
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    Endpoints, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Service, ServiceAccount,
+};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{ListableResource, Metadata};
 use serde::de::DeserializeOwned;
@@ -34,6 +37,9 @@ pub struct Informers {
     pub endpoints: Cache<Endpoints>,
     /// Node heartbeat Leases (namespace `kube-node-lease` only).
     pub node_leases: Cache<Lease>,
+    pub persistent_volume_claims: Cache<PersistentVolumeClaim>,
+    pub persistent_volumes: Cache<PersistentVolume>,
+    pub storage_classes: Cache<StorageClass>,
 }
 
 impl Informers {
@@ -68,6 +74,9 @@ impl Informers {
             // Only node heartbeats: the leader-election Leases in kube-system change every
             // two seconds and no controller needs them.
             node_leases: in_namespace(client, tasks, Some(NODE_LEASE_NAMESPACE)),
+            persistent_volume_claims: one(client, tasks),
+            persistent_volumes: one(client, tasks),
+            storage_classes: one(client, tasks),
         }
     }
 
@@ -85,5 +94,8 @@ impl Informers {
         self.service_accounts.wait_synced().await;
         self.endpoints.wait_synced().await;
         self.node_leases.wait_synced().await;
+        self.persistent_volume_claims.wait_synced().await;
+        self.persistent_volumes.wait_synced().await;
+        self.storage_classes.wait_synced().await;
     }
 }

@@ -39,6 +39,11 @@ struct Args {
     /// Unset: LoadBalancer Services stay <pending>, as without a cloud provider.
     #[arg(long, value_delimiter = ',', value_name = "CIDR[,CIDR...]")]
     service_lb_pool: Vec<ipnet::Ipv4Net>,
+    /// Where the local-path provisioner puts volumes on a node that does not announce a
+    /// directory of its own (annotation `skiff.io/local-path-dir`, which skiff-node sets):
+    /// `<DIR>/<node>/<volume>`.
+    #[arg(long, default_value = "/var/lib/skiff/storage")]
+    local_path_dir: std::path::PathBuf,
     /// Extra subject alternative name for the serving certificate (repeatable).
     #[arg(long = "tls-san")]
     tls_sans: Vec<String>,
@@ -82,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
         cluster_cidr: a.cluster_cidr,
         service_cidr: a.service_cidr,
         service_lb_pool: a.service_lb_pool,
+        local_path_dir: a.local_path_dir,
         tls_sans: a.tls_sans,
         run_controllers: !a.disable_controllers,
         node_monitor_grace_period: std::time::Duration::from_secs(a.node_monitor_grace_period),

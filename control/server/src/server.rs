@@ -68,6 +68,8 @@ pub struct Config {
     pub service_cidr: Ipv4Net,
     /// The addresses LoadBalancer Services are given; empty gives none.
     pub service_lb_pool: Vec<Ipv4Net>,
+    /// The local-path provisioner's directory for nodes that announce none.
+    pub local_path_dir: PathBuf,
     /// Extra subject alternative names (IPs or DNS names) for the serving certificate.
     pub tls_sans: Vec<String>,
     /// Run the scheduler and controllers (under leader election); off for a replica
@@ -182,6 +184,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
         let config = skiff_controllers::Config {
             cluster_cidr: cfg.cluster_cidr,
             service_lb_pool: cfg.service_lb_pool.clone(),
+            local_path_dir: cfg.local_path_dir.clone(),
             node_monitor_grace_period: cfg.node_monitor_grace_period,
             pod_eviction_timeout: cfg.pod_eviction_timeout,
             identity: identity(&cfg.data_dir),

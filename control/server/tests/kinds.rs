@@ -65,7 +65,7 @@ const STORAGE: &str = r#"
 apiVersion: storage.k8s.io/v1
 kind: StorageClass
 metadata:
-  name: local-path
+  name: manual
   annotations: {storageclass.kubernetes.io/is-default-class: "true"}
 provisioner: rancher.io/local-path
 volumeBindingMode: WaitForFirstConsumer
@@ -76,7 +76,7 @@ metadata: {name: pv-data}
 spec:
   capacity: {storage: 5Gi}
   accessModes: [ReadWriteOnce]
-  storageClassName: local-path
+  storageClassName: manual
   hostPath: {path: /var/lib/data}
 ---
 apiVersion: v1
@@ -84,7 +84,7 @@ kind: PersistentVolumeClaim
 metadata: {name: data}
 spec:
   accessModes: [ReadWriteOnce]
-  storageClassName: local-path
+  storageClassName: manual
   resources: {requests: {storage: 1Gi}}
 "#;
 
@@ -93,7 +93,7 @@ fn storage_classes_volumes_and_claims() {
     let s = start();
     let out = s.apply("storage.yaml", STORAGE);
     assert_reapply_unchanged(&s, "storage.yaml", STORAGE);
-    assert!(out.contains("storageclass.storage.k8s.io/local-path created"), "{out}");
+    assert!(out.contains("storageclass.storage.k8s.io/manual created"), "{out}");
     assert!(
         out.contains("persistentvolume/pv-data created") && out.contains("persistentvolumeclaim/data created"),
         "{out}"
@@ -129,7 +129,7 @@ fn storage_classes_volumes_and_claims() {
         &["get", "pvc"],
         &["NAME", "STATUS", "VOLUME", "CAPACITY", "ACCESS MODES", "STORAGECLASS", "VOLUMEATTRIBUTESCLASS", "AGE"],
     );
-    assert!(pvc.contains("data") && pvc.contains("Pending") && pvc.contains("local-path"), "{pvc}");
+    assert!(pvc.contains("data") && pvc.contains("Pending") && pvc.contains("manual"), "{pvc}");
     let claim = s.json(&["get", "pvc", "data"]);
     assert_eq!(claim["spec"]["volumeMode"], "Filesystem", "defaulted");
     assert_eq!(claim["status"]["phase"], "Pending");
@@ -137,7 +137,7 @@ fn storage_classes_volumes_and_claims() {
     s.ok(&["patch", "pvc", "data", "-p", r#"{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}"#]);
     let err = s.fails(&["patch", "pvc", "data", "-p", r#"{"spec":{"storageClassName":"other"}}"#]);
     assert!(err.contains("spec is immutable after creation"), "{err}");
-    let err = s.fails(&["patch", "sc", "local-path", "-p", r#"{"reclaimPolicy":"Retain"}"#]);
+    let err = s.fails(&["patch", "sc", "manual", "-p", r#"{"reclaimPolicy":"Retain"}"#]);
     assert!(err.contains("updates to reclaimPolicy are forbidden"), "{err}");
 
     assert_explains(&s, "pvc.spec.accessModes", "accessModes contains the desired access modes");

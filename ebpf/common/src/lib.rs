@@ -25,7 +25,10 @@ pub mod pin {
     pub const SERVICES: &str = "SERVICES_V1";
     pub const BACKENDS: &str = "BACKENDS_V1";
     pub const REV_NAT: &str = "REV_NAT_V1";
-    pub const CT: &str = "CT4_V1";
+    /// Conntrack; V2 added the client's and the translated source port (40-byte
+    /// values). A restarted agent copies V1's entries over and removes it.
+    pub const CT: &str = "CT4_V2";
+    pub const CT_V1: &str = "CT4_V1";
     pub const AFFINITY: &str = "AFFINITY_V1";
     /// `stat::SLOTS` per-CPU counters (V1 had 8 slots; a restarted agent removes it).
     pub const STATS: &str = "LB_STATS_V2";
@@ -51,6 +54,8 @@ pub mod pin {
     pub const NODEPORT_CONFIG: &str = "NODEPORT_CONFIG_V1";
     /// The socket-level load balancer's reverse entries (backend → Service per socket).
     pub const SOCK_REV: &str = "SOCK_REV4_V1";
+    /// The socket-level load balancer's session affinity (by network namespace).
+    pub const SOCK_AFFINITY: &str = "SOCK_AFFINITY4_V1";
     /// LoadBalancer addresses this node announces (answers ARP for).
     pub const ANNOUNCED: &str = "ANNOUNCED4_V1";
     /// Pinned programs for tc egress and ingress on the node's underlay interface.
@@ -217,8 +222,16 @@ pub struct Ct4Entry {
     /// address in its podCIDR). 0 otherwise; a hairpin entry of an older agent has 0
     /// too and means [`LbConfig::hairpin_addr`].
     pub snat_addr: u32,
+    /// The client's own port (network byte order): replies of a flow whose source port
+    /// was translated get it back.
+    pub client_port: u16,
+    /// With [`CT_FLAG_SNAT`]: the source port the client's packets are given (network
+    /// byte order): the client's own unless another client's flow to the same backend
+    /// already holds that port behind the same source address.
+    pub snat_port: u16,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Ct4Entry>() == 32);
+const _: () = assert!(size_of::<Ct4Entry>() == 40);
 
 /// Key of the socket-level load balancer's reverse map: a socket (its cookie) and the
 /// backend it was sent to. The value ([`RevNat4`]) is the Service address and port the
@@ -233,6 +246,19 @@ pub struct SockRev4Key {
     pub _pad: u16,
 }
 const _: () = assert!(size_of::<SockRev4Key>() == 16);
+
+/// Key of the socket-level load balancer's session-affinity map: the client's network
+/// namespace (its cookie: at `connect()` a socket has no source address yet, and every
+/// socket of a namespace has the same one) and the Service. The value is an
+/// [`Affinity4Value`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockAffinity4Key {
+    pub netns_cookie: u64,
+    pub rev_nat_index: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<SockAffinity4Key>() == 16);
 
 /// Key of the session-affinity map.
 #[repr(C)]
@@ -413,7 +439,8 @@ pub mod stat {
     pub const REV_TRANSLATED: u32 = 1;
     /// Packets to a Service without ready backends (answered by a reject).
     pub const NO_BACKEND: u32 = 2;
-    /// Packets dropped because a helper or map update failed.
+    /// Packets dropped because something failed; each is also counted by its reason
+    /// (`DROP_CT_INSERT` .. `DROP_TUNNEL_KEY`, `DROP_XDP`, `SNAT_NO_PORT`).
     pub const ERRORS: u32 = 3;
     /// New conntrack entries (new flows).
     pub const CT_NEW: u32 = 4;
@@ -439,8 +466,20 @@ pub mod stat {
     pub const DROP_NO_PEER: u32 = 11;
     /// Packets dropped at XDP after their headers were rewritten (a helper failed).
     pub const DROP_XDP: u32 = 12;
-    /// Number of counters in use.
-    pub const COUNT: u32 = 13;
+    /// Packets dropped because a conntrack or masquerade entry could not be written.
+    pub const DROP_CT_INSERT: u32 = 13;
+    /// Packets dropped because a frontend's slot or a backend was missing (a Service
+    /// changed under the packet).
+    pub const DROP_STALE_SERVICE: u32 = 14;
+    /// Packets dropped because a helper that rewrites or delivers them failed.
+    pub const DROP_REWRITE: u32 = 15;
+    /// Packets dropped because their reject could not be built.
+    pub const DROP_REJECT: u32 = 16;
+    /// Packets dropped because their tunnel key could not be set.
+    pub const DROP_TUNNEL_KEY: u32 = 17;
+    /// Number of counters in use. `errors` counts every drop of the kinds `DROP_*`
+    /// name (and `snat_no_port`), each also counted by its reason.
+    pub const COUNT: u32 = 18;
     /// Slots of the counters map: room for counters to come without a new layout.
     pub const SLOTS: u32 = 32;
 
@@ -458,6 +497,11 @@ pub mod stat {
         "xdp_to_tc",
         "drop_no_peer",
         "drop_xdp",
+        "drop_ct_insert",
+        "drop_stale_service",
+        "drop_rewrite",
+        "drop_reject",
+        "drop_tunnel_key",
     ];
 }
 
@@ -495,6 +539,7 @@ mod user {
     unsafe impl aya::Pod for Ct4Key {}
     unsafe impl aya::Pod for Ct4Entry {}
     unsafe impl aya::Pod for Affinity4Key {}
+    unsafe impl aya::Pod for SockAffinity4Key {}
     unsafe impl aya::Pod for Affinity4Value {}
     unsafe impl aya::Pod for LbConfig {}
     unsafe impl aya::Pod for Endpoint4 {}

@@ -73,7 +73,7 @@ pub fn answer(ctx: &TcContext) -> Result<Option<i32>, Drop> {
         tpa: req.spa,
         ..req
     };
-    ctx.store(0, &reply, 0).map_err(|_| Drop)?;
+    ctx.store(0, &reply, 0).map_err(|_| Drop::REWRITE)?;
     // SAFETY: a plain helper call; flags 0 = the interface's egress.
     unsafe { bpf_redirect(np.underlay_ifindex, 0) };
     Ok(Some(TC_ACT_REDIRECT as i32))

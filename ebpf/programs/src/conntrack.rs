@@ -9,7 +9,7 @@
 use skiff_ebpf_common::{CT_DIR_FORWARD, CT_DIR_REPLY, CT_FLAG_CLOSING, Ct4Entry, Ct4Key, PROTO_TCP};
 
 use crate::{
-    maps::{CT4_V1, Config},
+    maps::{CT4_V2, Config},
     packet::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -52,7 +52,7 @@ pub fn timeout(flags: u16, proto: u8, cfg: &Config) -> u64 {
 /// flow: no entry, an expired one, or a fresh SYN on a tuple whose connection closed.
 #[inline(always)]
 pub fn lookup_forward(pkt: &Packet, now: u64, cfg: &Config) -> Option<*mut Ct4Entry> {
-    let entry_ptr = CT4_V1.get_ptr_mut(forward_key(pkt))?;
+    let entry_ptr = CT4_V2.get_ptr_mut(forward_key(pkt))?;
     // SAFETY: the pointer comes from a successful map lookup and is used before the
     // program returns; concurrent updates can only tear `last_seen_ns`/`flags`, which
     // are advisory.
@@ -83,7 +83,7 @@ pub fn touch(entry: &mut Ct4Entry, pkt: &Packet, now: u64) {
 /// Marks the forward entry with this key closing (a FIN or RST came from the backend).
 #[inline(always)]
 pub fn mark_closing(key: &Ct4Key, now: u64) {
-    if let Some(entry) = CT4_V1.get_ptr_mut(key) {
+    if let Some(entry) = CT4_V2.get_ptr_mut(key) {
         // SAFETY: as in `lookup_forward`.
         let entry = unsafe { &mut *entry };
         if entry.flags & CT_FLAG_CLOSING == 0 {
@@ -97,6 +97,6 @@ pub fn mark_closing(key: &Ct4Key, now: u64) {
 /// can never find a forward entry without its reverse.
 #[inline(always)]
 pub fn create(fwd: &Ct4Key, fwd_entry: &Ct4Entry, reply: &Ct4Key, reply_entry: &Ct4Entry) -> Result<(), ()> {
-    CT4_V1.insert(reply, reply_entry, 0).map_err(|_| ())?;
-    CT4_V1.insert(fwd, fwd_entry, 0).map_err(|_| ())
+    CT4_V2.insert(reply, reply_entry, 0).map_err(|_| ())?;
+    CT4_V2.insert(fwd, fwd_entry, 0).map_err(|_| ())
 }

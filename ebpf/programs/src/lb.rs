@@ -31,7 +31,7 @@ use skiff_ebpf_common::{
 use crate::{
     Drop, conntrack,
     maps::{
-        AFFINITY_V1, BACKENDS_V1, CT4_V1, Config, ENDPOINTS_V1, NodePort, REV_NAT_V1, SERVICES_V1, config, count,
+        AFFINITY_V1, BACKENDS_V1, CT4_V2, Config, ENDPOINTS_V1, NodePort, REV_NAT_V1, SERVICES_V1, config, count,
         nodeport as nodeport_settings,
     },
     nat::{rewrite, rewrite_addr},
@@ -121,7 +121,7 @@ fn translate(ctx: &TcContext, pkt: &Packet, cfg: &Config, np: Option<&NodePort>)
     // of bpf_ktime_get_ns and its few milliseconds are plenty for timeouts.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     if let Some(target) = established(pkt, now, cfg) {
-        return dnat(ctx, pkt, target.addr, target.port, target.source).map(Some);
+        return dnat(ctx, pkt, &target).map(Some);
     }
     match frontend_of(pkt) {
         Some((frontend, svc)) => new_flow(ctx, pkt, &frontend, &svc, now, cfg, np).map(Some),
@@ -130,12 +130,13 @@ fn translate(ctx: &TcContext, pkt: &Packet, cfg: &Config, np: Option<&NodePort>)
 }
 
 /// Where a flow's packets go: the backend, and the source address they are given (0 for
-/// "the client's own").
+/// "the client's own") with the source port (the client's own unless it had to change).
 #[derive(Clone, Copy)]
 pub struct Target {
     pub addr: u32,
     pub port: u16,
     pub source: u32,
+    pub source_port: u16,
 }
 
 /// The target of this packet's flow if it is established (an established flow stays on
@@ -153,7 +154,8 @@ pub fn established(pkt: &Packet, now: u64, cfg: &Config) -> Option<Target> {
         return None;
     }
     conntrack::touch(entry, pkt, now);
-    Some(Target { addr: entry.backend_addr, port: entry.backend_port, source: flow_source(entry, cfg) })
+    let source_port = if entry.snat_port != 0 { entry.snat_port } else { pkt.sport };
+    Some(Target { addr: entry.backend_addr, port: entry.backend_port, source: flow_source(entry, cfg), source_port })
 }
 
 /// The frontend this packet is addressed to, with its slot 0.
@@ -191,7 +193,7 @@ pub fn is_service_addr(addr: u32) -> bool {
 /// goes now; `None` for any other packet (left untouched).
 #[inline(always)]
 pub fn reverse(ctx: &TcContext, pkt: &Packet) -> Result<Option<Reply>, Drop> {
-    let Some(entry) = CT4_V1.get_ptr_mut(conntrack::reply_key(pkt)) else {
+    let Some(entry) = CT4_V2.get_ptr_mut(conntrack::reply_key(pkt)) else {
         return Ok(None);
     };
     // SAFETY: pointer from a successful lookup, copied at once.
@@ -216,8 +218,8 @@ fn new_flow(
         return reject::reject(ctx, pkt).map(Outcome::Done);
     }
     let flow = choose(pkt, frontend, svc, now, cfg, np)?;
-    record(pkt, &flow, now)?;
-    dnat(ctx, pkt, flow.target.addr, flow.target.port, flow.target.source)
+    let target = record(pkt, &flow, now)?;
+    dnat(ctx, pkt, &target)
 }
 
 /// A new flow's backend, decided but not yet recorded.
@@ -255,17 +257,57 @@ pub fn choose(
         flags |= CT_FLAG_NODEPORT;
     }
     Ok(NewFlow {
-        target: Target { addr: backend.addr, port: backend.port, source },
+        target: Target { addr: backend.addr, port: backend.port, source, source_port: pkt.sport },
         backend_id,
         rev_nat_index: svc.rev_nat_index,
         flags,
     })
 }
 
-/// Records a new flow in conntrack, both directions.
+/// Source ports tried for a translated source before giving up: the client's own, then
+/// this many more from the flow's hash.
+const SNAT_PORT_TRIES: u32 = 8;
+const SNAT_PORT_FIRST: u32 = 32768;
+const SNAT_PORT_SPAN: u32 = 28232;
+
+/// Records a new flow in conntrack, both directions, and says where its packets go.
+/// A flow whose source is translated keeps the client's port unless another client's
+/// flow holds it toward the same backend from the same source address (their replies
+/// would be one flow): then another port, from the flow's hash.
 #[inline(always)]
-pub fn record(pkt: &Packet, flow: &NewFlow, now: u64) -> Result<(), Drop> {
-    let Target { addr, port, source } = flow.target;
+pub fn record(pkt: &Packet, flow: &NewFlow, now: u64) -> Result<Target, Drop> {
+    let Target { addr, port, source, .. } = flow.target;
+    let reply_to = if source != 0 { source } else { pkt.saddr };
+    let reply_key = |dport| Ct4Key {
+        saddr: addr,
+        daddr: reply_to,
+        sport: port,
+        dport,
+        proto: pkt.proto,
+        dir: skiff_ebpf_common::CT_DIR_REPLY,
+        _pad: [0; 2],
+    };
+    let mut source_port = pkt.sport;
+    if source != 0 {
+        let hash = flow_hash(pkt);
+        let mut free = false;
+        for i in 0..=SNAT_PORT_TRIES {
+            if i > 0 {
+                source_port = ((SNAT_PORT_FIRST + hash.wrapping_add(i * 7919) % SNAT_PORT_SPAN) as u16).to_be();
+            }
+            // SAFETY: copied out at once.
+            match unsafe { CT4_V2.get(&reply_key(source_port)) } {
+                None => free = true,
+                Some(e) => free = e.client_addr == pkt.saddr && e.client_port == pkt.sport,
+            }
+            if free {
+                break;
+            }
+        }
+        if !free {
+            return Err(Drop::SNAT_NO_PORT);
+        }
+    }
     let fwd_entry = Ct4Entry {
         last_seen_ns: now,
         backend_id: flow.backend_id,
@@ -275,19 +317,14 @@ pub fn record(pkt: &Packet, flow: &NewFlow, now: u64) -> Result<(), Drop> {
         flags: flow.flags,
         client_addr: pkt.saddr,
         snat_addr: source,
+        client_port: pkt.sport,
+        snat_port: source_port,
+        _pad: 0,
     };
-    let reply = Ct4Key {
-        saddr: addr,
-        daddr: if source != 0 { source } else { pkt.saddr },
-        sport: port,
-        dport: pkt.sport,
-        proto: pkt.proto,
-        dir: skiff_ebpf_common::CT_DIR_REPLY,
-        _pad: [0; 2],
-    };
-    conntrack::create(&conntrack::forward_key(pkt), &fwd_entry, &reply, &fwd_entry).map_err(|_| Drop)?;
+    let fwd = conntrack::forward_key(pkt);
+    conntrack::create(&fwd, &fwd_entry, &reply_key(source_port), &fwd_entry).map_err(|_| Drop::CT_INSERT)?;
     count(stat::CT_NEW);
-    Ok(())
+    Ok(Target { source_port, ..flow.target })
 }
 
 /// Picks the backend of a new flow: the client's affine backend if the Service has
@@ -355,23 +392,29 @@ pub fn flow_hash(pkt: &Packet) -> u32 {
 fn slot_backend(frontend: &Service4Key, slot: u32) -> Result<(u32, Backend4), Drop> {
     let slot_key = Service4Key { backend_slot: slot as u16, ..*frontend };
     // SAFETY: copied out at once.
-    let backend_id = unsafe { SERVICES_V1.get(&slot_key) }.map(|s| s.backend_id).ok_or(Drop)?;
+    let backend_id = unsafe { SERVICES_V1.get(&slot_key) }.map(|s| s.backend_id).ok_or(Drop::STALE_SERVICE)?;
     // SAFETY: copied out at once.
-    let backend = unsafe { BACKENDS_V1.get(backend_id) }.copied().ok_or(Drop)?;
+    let backend = unsafe { BACKENDS_V1.get(backend_id) }.copied().ok_or(Drop::STALE_SERVICE)?;
     Ok((backend_id, backend))
 }
 
-/// Destination NAT to the backend, and source NAT to `source` unless it is 0: hairpin
-/// flows get the hairpin address (or the pod would drop a packet that comes from its
-/// own address), NodePort flows to another node's backend this node's podCIDR address.
+/// Destination NAT to the backend, and source NAT to `target.source` unless it is 0:
+/// hairpin flows get the hairpin address (or the pod would drop a packet that comes
+/// from its own address), NodePort flows to another node's backend this node's podCIDR
+/// address, with the source port the flow's entry chose.
 #[inline(always)]
-fn dnat(ctx: &TcContext, pkt: &Packet, addr: u32, port: u16, source: u32) -> Result<Outcome, Drop> {
-    rewrite(ctx, pkt, IP_DADDR_OFF, (pkt.daddr, addr), L4_DPORT_OFF, (pkt.dport, port))?;
-    if source != 0 {
-        rewrite_addr(ctx, pkt, IP_SADDR_OFF, pkt.saddr, source)?;
+fn dnat(ctx: &TcContext, pkt: &Packet, target: &Target) -> Result<Outcome, Drop> {
+    rewrite(ctx, pkt, IP_DADDR_OFF, (pkt.daddr, target.addr), L4_DPORT_OFF, (pkt.dport, target.port))?;
+    if target.source != 0 {
+        if target.source_port == pkt.sport {
+            rewrite_addr(ctx, pkt, IP_SADDR_OFF, pkt.saddr, target.source)?;
+        } else {
+            let ports = (pkt.sport, target.source_port);
+            rewrite(ctx, pkt, IP_SADDR_OFF, (pkt.saddr, target.source), L4_SPORT_OFF, ports)?;
+        }
     }
     count(stat::TRANSLATED);
-    Ok(Outcome::Forward(addr))
+    Ok(Outcome::Forward(target.addr))
 }
 
 /// Reverse NAT of a backend's reply to the Service address of its flow.
@@ -388,7 +431,7 @@ fn rev_nat(ctx: &TcContext, pkt: &Packet, entry: &Ct4Entry) -> Result<(), Drop> 
         let fwd = Ct4Key {
             saddr: entry.client_addr,
             daddr: vip.addr,
-            sport: pkt.dport,
+            sport: client_port(entry, pkt),
             dport: vip.port,
             proto: pkt.proto,
             dir: skiff_ebpf_common::CT_DIR_FORWARD,
@@ -398,8 +441,20 @@ fn rev_nat(ctx: &TcContext, pkt: &Packet, entry: &Ct4Entry) -> Result<(), Drop> 
     }
     rewrite(ctx, pkt, IP_SADDR_OFF, (pkt.saddr, vip.addr), L4_SPORT_OFF, (pkt.sport, vip.port))?;
     if entry.flags & (CT_FLAG_HAIRPIN | CT_FLAG_SNAT) != 0 {
-        rewrite_addr(ctx, pkt, IP_DADDR_OFF, pkt.daddr, entry.client_addr)?;
+        let port = client_port(entry, pkt);
+        if port == pkt.dport {
+            rewrite_addr(ctx, pkt, IP_DADDR_OFF, pkt.daddr, entry.client_addr)?;
+        } else {
+            rewrite(ctx, pkt, IP_DADDR_OFF, (pkt.daddr, entry.client_addr), L4_DPORT_OFF, (pkt.dport, port))?;
+        }
     }
     count(stat::REV_TRANSLATED);
     Ok(())
+}
+
+/// The client's own port of the flow a reply belongs to (entries of an older layout,
+/// which never translated ports, say 0: the reply's destination port is the client's).
+#[inline(always)]
+fn client_port(entry: &Ct4Entry, reply: &Packet) -> u16 {
+    if entry.client_port != 0 { entry.client_port } else { reply.dport }
 }

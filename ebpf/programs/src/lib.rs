@@ -45,18 +45,44 @@ pub mod sock;
 pub mod wire;
 pub mod xdp;
 
-/// The error of a `try_*` function: the packet cannot be handled and is dropped
-/// (counted in `stat::ERRORS`).
-#[derive(Clone, Copy, Debug)]
-pub struct Drop;
+use skiff_ebpf_common::stat;
 
-/// The return value of an entry point: the action, or a drop counted as an error.
+/// The error of a `try_*` function: the packet cannot be handled and is dropped,
+/// counted in `stat::ERRORS` and in its reason's counter (the index it holds).
+#[derive(Clone, Copy, Debug)]
+pub struct Drop(pub u32);
+
+impl Drop {
+    /// A conntrack or masquerade entry could not be written.
+    pub const CT_INSERT: Drop = Drop(stat::DROP_CT_INSERT);
+    /// A frontend's slot or a backend was missing: a Service changed under the packet.
+    pub const STALE_SERVICE: Drop = Drop(stat::DROP_STALE_SERVICE);
+    /// A helper that rewrites or delivers the packet failed.
+    pub const REWRITE: Drop = Drop(stat::DROP_REWRITE);
+    /// A reject (TCP RST, ICMP unreachable) could not be built.
+    pub const REJECT: Drop = Drop(stat::DROP_REJECT);
+    /// The tunnel key could not be set.
+    pub const TUNNEL_KEY: Drop = Drop(stat::DROP_TUNNEL_KEY);
+    /// No masquerade port was free (counted as `snat_no_port`).
+    pub const SNAT_NO_PORT: Drop = Drop(stat::SNAT_NO_PORT);
+    /// At XDP, after the headers were rewritten.
+    pub const XDP: Drop = Drop(stat::DROP_XDP);
+
+    /// Counts the drop: `errors` and its reason.
+    #[inline(always)]
+    pub fn count(self) {
+        maps::count(stat::ERRORS);
+        maps::count(self.0);
+    }
+}
+
+/// The return value of an entry point: the action, or a drop counted with its reason.
 #[inline(always)]
 pub fn verdict(result: Result<i32, Drop>) -> i32 {
     match result {
         Ok(action) => action,
-        Err(Drop) => {
-            maps::count(skiff_ebpf_common::stat::ERRORS);
+        Err(drop) => {
+            drop.count();
             aya_ebpf::bindings::TC_ACT_SHOT as i32
         }
     }

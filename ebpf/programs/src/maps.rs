@@ -20,7 +20,7 @@ pub static BACKENDS_V1: HashMap<u32, Backend4> = HashMap::pinned(capacity::BACKE
 pub static REV_NAT_V1: HashMap<u32, RevNat4> = HashMap::pinned(capacity::REV_NAT, 0);
 
 #[map]
-pub static CT4_V1: LruHashMap<Ct4Key, Ct4Entry> = LruHashMap::pinned(capacity::CT, 0);
+pub static CT4_V2: LruHashMap<Ct4Key, Ct4Entry> = LruHashMap::pinned(capacity::CT, 0);
 
 #[map]
 pub static AFFINITY_V1: LruHashMap<Affinity4Key, Affinity4Value> = LruHashMap::pinned(capacity::AFFINITY, 0);
@@ -126,6 +126,11 @@ pub fn nodeport() -> Option<NodePort> {
 #[map]
 pub static SOCK_REV4_V1: LruHashMap<skiff_ebpf_common::SockRev4Key, RevNat4> =
     LruHashMap::pinned(skiff_ebpf_common::capacity::SOCK_REV, 0);
+
+/// The socket-level load balancer's session affinity (see `crate::sock`).
+#[map]
+pub static SOCK_AFFINITY4_V1: LruHashMap<skiff_ebpf_common::SockAffinity4Key, Affinity4Value> =
+    LruHashMap::pinned(capacity::AFFINITY, 0);
 
 /// LoadBalancer addresses this node answers ARP for (see `crate::arp`); the value is
 /// unused (0).

@@ -130,13 +130,12 @@ fn new_flow(pkt: &Packet, fwd: &Ct4Key, cfg: &Settings, now: u64) -> Result<u16,
             || (stale(&reply, port, now) && SNAT4_V1.insert(&reply, &back, 0).is_ok());
         if claimed {
             let entry = Snat4Entry { last_seen_ns: now, addr: cfg.node_addr, port, flags: 0 };
-            SNAT4_V1.insert(fwd, &entry, 0).map_err(|_| Drop)?;
+            SNAT4_V1.insert(fwd, &entry, 0).map_err(|_| Drop::CT_INSERT)?;
             count(stat::SNAT_NEW);
             return Ok(port);
         }
     }
-    count(stat::SNAT_NO_PORT);
-    Err(Drop)
+    Err(Drop::SNAT_NO_PORT)
 }
 
 /// Whether the flow holding `port` under this reply key is over: its forward entry is

@@ -36,10 +36,11 @@ pub fn rewrite(
     let check_off = pkt.l4_check_off();
     if from_addr != to_addr {
         ctx.l4_csum_replace(check_off, from_addr as u64, to_addr as u64, BPF_F_PSEUDO_HDR as u64 | 4 | l4_flags(pkt))
-            .map_err(|_| Drop)?;
+            .map_err(|_| Drop::REWRITE)?;
     }
     if from_port != to_port {
-        ctx.l4_csum_replace(check_off, from_port as u64, to_port as u64, 2 | l4_flags(pkt)).map_err(|_| Drop)?;
+        ctx.l4_csum_replace(check_off, from_port as u64, to_port as u64, 2 | l4_flags(pkt))
+            .map_err(|_| Drop::REWRITE)?;
     }
     // The helpers above may have moved the packet: derive the pointers afresh.
     let data = ctx.data();
@@ -57,10 +58,10 @@ pub fn rewrite(
     }
     // IP options: the slower, general helpers.
     if from_addr != to_addr {
-        ctx.l3_csum_replace(ETH_HLEN + IP_CHECK_OFF, from_addr as u64, to_addr as u64, 4).map_err(|_| Drop)?;
-        ctx.store(ETH_HLEN + ip_off, &to_addr, 0).map_err(|_| Drop)?;
+        ctx.l3_csum_replace(ETH_HLEN + IP_CHECK_OFF, from_addr as u64, to_addr as u64, 4).map_err(|_| Drop::REWRITE)?;
+        ctx.store(ETH_HLEN + ip_off, &to_addr, 0).map_err(|_| Drop::REWRITE)?;
     }
-    ctx.store(pkt.l4_off + port_off, &to_port, 0).map_err(|_| Drop)
+    ctx.store(pkt.l4_off + port_off, &to_port, 0).map_err(|_| Drop::REWRITE)
 }
 
 /// Rewrites only an address, for the hairpin source/destination.
@@ -70,7 +71,7 @@ pub fn rewrite_addr(ctx: &TcContext, pkt: &Packet, ip_off: usize, from: u32, to:
         return Ok(());
     }
     ctx.l4_csum_replace(pkt.l4_check_off(), from as u64, to as u64, BPF_F_PSEUDO_HDR as u64 | 4 | l4_flags(pkt))
-        .map_err(|_| Drop)?;
-    ctx.l3_csum_replace(ETH_HLEN + IP_CHECK_OFF, from as u64, to as u64, 4).map_err(|_| Drop)?;
-    ctx.store(ETH_HLEN + ip_off, &to, 0).map_err(|_| Drop)
+        .map_err(|_| Drop::REWRITE)?;
+    ctx.l3_csum_replace(ETH_HLEN + IP_CHECK_OFF, from as u64, to as u64, 4).map_err(|_| Drop::REWRITE)?;
+    ctx.store(ETH_HLEN + ip_off, &to, 0).map_err(|_| Drop::REWRITE)
 }

@@ -13,7 +13,7 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_tunnel_key},
-    helpers::{bpf_redirect, bpf_skb_set_tunnel_key},
+    helpers::{bpf_redirect, bpf_redirect_peer, bpf_skb_set_tunnel_key},
     maps::lpm_trie::Key,
     programs::TcContext,
 };
@@ -64,7 +64,7 @@ pub fn set_tunnel_key(ctx: &TcContext, daddr: u32, cfg: &OverlayConfig) -> Resul
     // SAFETY: `key` is a stack value of the size passed; flags 0 = IPv4.
     let r = unsafe { bpf_skb_set_tunnel_key(ctx.skb.skb, &mut key, core::mem::size_of::<bpf_tunnel_key>() as u32, 0) };
     if r != 0 {
-        return Err(Drop);
+        return Err(Drop::TUNNEL_KEY);
     }
     Ok(true)
 }
@@ -123,8 +123,10 @@ pub fn take_tunnel_mark(ctx: &TcContext) -> bool {
     true
 }
 
-/// Delivers a decapsulated packet for a pod of this node straight to it: its
-/// host-side veth's egress leads into the pod. `None` if `daddr` is no local pod.
+/// Delivers a packet for a pod of this node straight into it, from a tc ingress hook
+/// (the VXLAN device's, the underlay's): `bpf_redirect_peer` hands it to the pod's
+/// `eth0` ingress in the pod's namespace, without a pass through the host veth's
+/// transmit and the backlog queue. `None` if `daddr` is no local pod.
 #[inline(always)]
 pub fn to_local_pod(ctx: &TcContext, daddr: u32) -> Result<Option<i32>, Drop> {
     // SAFETY: copied out at once.
@@ -132,16 +134,18 @@ pub fn to_local_pod(ctx: &TcContext, daddr: u32) -> Result<Option<i32>, Drop> {
         return Ok(None);
     };
     let eth = EthHdr { dst: ep.pod_mac, src: ep.host_mac, proto: ETH_P_IP.to_be() };
-    ctx.store(0, &eth, 0).map_err(|_| Drop)?;
-    // SAFETY: a plain helper call.
-    unsafe { bpf_redirect(ep.ifindex, 0) };
-    Ok(Some(TC_ACT_REDIRECT as i32))
+    ctx.store(0, &eth, 0).map_err(|_| Drop::REWRITE)?;
+    // The peer's stack takes the packet type as it is: one from the tunnel carried the
+    // sender's VXLAN device as destination MAC, so it was not for us.
+    ctx.change_type(PACKET_HOST).map_err(|_| Drop::REWRITE)?;
+    // SAFETY: a plain helper call; flags must be 0.
+    Ok(Some(unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32))
 }
 
 /// Hands a decapsulated packet to the node's stack. Its inner destination MAC is the
 /// sender's VXLAN device's (there is no ARP on the overlay), so mark it as ours.
 #[inline(always)]
 pub fn to_host(ctx: &TcContext) -> Result<i32, Drop> {
-    ctx.change_type(PACKET_HOST).map_err(|_| Drop)?;
+    ctx.change_type(PACKET_HOST).map_err(|_| Drop::REWRITE)?;
     Ok(TC_ACT_OK as i32)
 }

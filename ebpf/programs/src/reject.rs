@@ -68,7 +68,7 @@ fn ipv4_header(tot_len: u16, proto: u8, saddr: u32, daddr: u32) -> Result<Ipv4Hd
         daddr,
     };
     // SAFETY: `ip` is a 20-byte stack value.
-    let sum = unsafe { csum::sum(&ip as *const Ipv4Hdr as *const u8, IPV4_HLEN as u32, 0) }.ok_or(Drop)?;
+    let sum = unsafe { csum::sum(&ip as *const Ipv4Hdr as *const u8, IPV4_HLEN as u32, 0) }.ok_or(Drop::REJECT)?;
     ip.check = csum::fold(sum);
     Ok(ip)
 }
@@ -76,9 +76,9 @@ fn ipv4_header(tot_len: u16, proto: u8, saddr: u32, daddr: u32) -> Result<Ipv4Hd
 /// Swaps the Ethernet addresses and sends the frame back out of its ingress device.
 #[inline(always)]
 fn bounce(ctx: &TcContext) -> Result<i32, Drop> {
-    let eth: EthHdr = ctx.load(0).map_err(|_| Drop)?;
+    let eth: EthHdr = ctx.load(0).map_err(|_| Drop::REJECT)?;
     let back = EthHdr { dst: eth.src, src: eth.dst, proto: eth.proto };
-    ctx.store(0, &back, 0).map_err(|_| Drop)?;
+    ctx.store(0, &back, 0).map_err(|_| Drop::REJECT)?;
     // SAFETY: reading a field of the context the kernel passed in.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: a plain helper call; flags 0 = egress of that device, toward the pod.
@@ -91,8 +91,8 @@ fn tcp_reset(ctx: &TcContext, pkt: &Packet) -> Result<i32, Drop> {
     if pkt.tcp_flags & TCP_RST != 0 {
         return Ok(TC_ACT_SHOT as i32);
     }
-    let ip: Ipv4Hdr = ctx.load(ETH_HLEN).map_err(|_| Drop)?;
-    let tcp: TcpHdr = ctx.load(pkt.l4_off).map_err(|_| Drop)?;
+    let ip: Ipv4Hdr = ctx.load(ETH_HLEN).map_err(|_| Drop::REJECT)?;
+    let tcp: TcpHdr = ctx.load(pkt.l4_off).map_err(|_| Drop::REJECT)?;
     let (seq, ack_seq, flags) = if pkt.tcp_flags & TCP_ACK != 0 {
         (tcp.ack_seq, 0, TCP_RST)
     } else {
@@ -129,38 +129,38 @@ fn tcp_reset(ctx: &TcContext, pkt: &Packet) -> Result<i32, Drop> {
     let sum = unsafe {
         csum::sum(&seg as *const TcpWithPseudo as *const u8, core::mem::size_of::<TcpWithPseudo>() as u32, 0)
     }
-    .ok_or(Drop)?;
+    .ok_or(Drop::REJECT)?;
     seg.tcp.check = csum::fold(sum);
     let new_ip = ipv4_header((IPV4_HLEN + tcp_len) as u16, PROTO_TCP, ip.daddr, ip.saddr)?;
 
     let total = (ETH_HLEN + IPV4_HLEN + tcp_len) as u32;
     // SAFETY: helper on the context the kernel passed in.
     if unsafe { bpf_skb_change_tail(ctx.skb.skb, total, 0) } != 0 {
-        return Err(Drop);
+        return Err(Drop::REJECT);
     }
-    ctx.store(ETH_HLEN, &new_ip, 0).map_err(|_| Drop)?;
-    ctx.store(ETH_HLEN + IPV4_HLEN, &seg.tcp, 0).map_err(|_| Drop)?;
+    ctx.store(ETH_HLEN, &new_ip, 0).map_err(|_| Drop::REJECT)?;
+    ctx.store(ETH_HLEN + IPV4_HLEN, &seg.tcp, 0).map_err(|_| Drop::REJECT)?;
     bounce(ctx)
 }
 
 #[inline(always)]
 fn icmp_unreachable(ctx: &TcContext, pkt: &Packet) -> Result<i32, Drop> {
-    let orig_ip: Ipv4Hdr = ctx.load(ETH_HLEN).map_err(|_| Drop)?;
-    let orig_l4: UdpHdr = ctx.load(pkt.l4_off).map_err(|_| Drop)?;
+    let orig_ip: Ipv4Hdr = ctx.load(ETH_HLEN).map_err(|_| Drop::REJECT)?;
+    let orig_l4: UdpHdr = ctx.load(pkt.l4_off).map_err(|_| Drop::REJECT)?;
     let mut icmp =
         IcmpUnreach { kind: ICMP_DEST_UNREACH, code: ICMP_PORT_UNREACH, check: 0, unused: 0, orig_ip, orig_l4 };
     let icmp_len = core::mem::size_of::<IcmpUnreach>();
     // SAFETY: `icmp` is a 36-byte stack value.
-    let sum = unsafe { csum::sum(&icmp as *const IcmpUnreach as *const u8, icmp_len as u32, 0) }.ok_or(Drop)?;
+    let sum = unsafe { csum::sum(&icmp as *const IcmpUnreach as *const u8, icmp_len as u32, 0) }.ok_or(Drop::REJECT)?;
     icmp.check = csum::fold(sum);
     let new_ip = ipv4_header((IPV4_HLEN + icmp_len) as u16, PROTO_ICMP, orig_ip.daddr, orig_ip.saddr)?;
 
     let total = (ETH_HLEN + IPV4_HLEN + icmp_len) as u32;
     // SAFETY: helper on the context the kernel passed in.
     if unsafe { bpf_skb_change_tail(ctx.skb.skb, total, 0) } != 0 {
-        return Err(Drop);
+        return Err(Drop::REJECT);
     }
-    ctx.store(ETH_HLEN, &new_ip, 0).map_err(|_| Drop)?;
-    ctx.store(ETH_HLEN + IPV4_HLEN, &icmp, 0).map_err(|_| Drop)?;
+    ctx.store(ETH_HLEN, &new_ip, 0).map_err(|_| Drop::REJECT)?;
+    ctx.store(ETH_HLEN + IPV4_HLEN, &icmp, 0).map_err(|_| Drop::REJECT)?;
     bounce(ctx)
 }

@@ -1,27 +1,32 @@
-//! Socket-level load balancing: a connection to a Service is sent to a backend when the
-//! application calls `connect()` (and an unconnected UDP datagram when it calls
+//! Socket-level load balancing: a connection to a Service (its ClusterIP, or a node port
+//! or external address of this node) is sent to a backend when the application calls
+//! `connect()` (and an unconnected UDP datagram when it calls
 //! `sendmsg()`), so none of its packets needs NAT or conntrack; `getpeername()` and
 //! `recvmsg()` give the application back the Service address it asked for. Programs of
 //! this module attach to a cgroup (the node's) and so act for its processes only: the
 //! node's host namespace, hostNetwork pods, and pods whose cgroups live below it.
 //!
 //! A Service without ready backends fails the call at once with ECONNREFUSED, as the tc
-//! path's TCP RST or ICMP port unreachable would. Services with session affinity are
-//! left to the tc path (`lb`, for pods): affinity is kept per client address, which is
-//! not known at `connect()` time.
+//! path's TCP RST or ICMP port unreachable would. Session affinity is kept per network
+//! namespace (its cookie), since a socket has no source address yet at `connect()`: every
+//! connection from one namespace to the Service goes to one backend while the affinity
+//! lasts.
 //!
 //! This module must not touch packets: it only rewrites the addresses of socket calls.
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_socket_cookie, bpf_set_retval},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_coarse_ns, bpf_set_retval},
     programs::SockAddrContext,
 };
-use skiff_ebpf_common::{PROTO_TCP, PROTO_UDP, RevNat4, SERVICE_FLAG_AFFINITY, Service4Key, SockRev4Key, stat};
+use skiff_ebpf_common::{
+    Affinity4Value, BACKEND_FLAG_TERMINATING, PROTO_TCP, PROTO_UDP, RevNat4, SERVICE_FLAG_AFFINITY, Service4Key,
+    SockAffinity4Key, SockRev4Key, stat,
+};
 
 use crate::{
     lb,
-    maps::{SERVICES_V1, SOCK_REV4_V1, count},
+    maps::{BACKENDS_V1, SERVICES_V1, SOCK_AFFINITY4_V1, SOCK_REV4_V1, count},
 };
 
 /// The verdict that lets the socket call go on.
@@ -88,10 +93,10 @@ fn translate(ctx: &SockAddrContext) -> Translation {
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Translation::Proceed;
     }
+    // Any destination with a frontend: ClusterIPs, and this node's node ports and
+    // external addresses, which the node's own traffic cannot reach through the wire
+    // (kube-proxy short-circuits them for it too). One hash lookup per `connect()`.
     let addr = sa.user_ip4;
-    if !lb::is_service_addr(addr) {
-        return Translation::Proceed;
-    }
     // The port is stored in network byte order in the low 16 bits.
     let port = sa.user_port as u16;
     let frontend = Service4Key::new(addr, port, proto, 0);
@@ -101,9 +106,7 @@ fn translate(ctx: &SockAddrContext) -> Translation {
         count(stat::NO_BACKEND);
         return Translation::Refused;
     }
-    if svc.flags & SERVICE_FLAG_AFFINITY == 0 {
-        to_backend(ctx, sa, &frontend, &svc);
-    }
+    to_backend(ctx, sa, &frontend, &svc);
     Translation::Proceed
 }
 
@@ -117,7 +120,11 @@ fn to_backend(
     svc: &skiff_ebpf_common::Service4Value,
 ) -> Option<()> {
     let (addr, port) = (frontend.addr, frontend.dport);
-    let (_, backend) = lb::random_backend(frontend, svc).ok()?;
+    let backend = if svc.flags & SERVICE_FLAG_AFFINITY != 0 {
+        affine_backend(ctx, frontend, svc)?
+    } else {
+        lb::random_backend(frontend, svc).ok()?.1
+    };
     // SAFETY: a helper call on the context the kernel passed.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let key = SockRev4Key { cookie, addr: backend.addr, port: backend.port, _pad: 0 };
@@ -127,6 +134,32 @@ fn to_backend(
     sa.user_port = backend.port as u32;
     count(stat::SOCK_TRANSLATED);
     Some(())
+}
+
+/// The backend of this network namespace's affinity to the Service if it is fresh and
+/// still takes new flows, else a random one, which becomes the affinity.
+#[inline(always)]
+fn affine_backend(
+    ctx: &SockAddrContext,
+    frontend: &Service4Key,
+    svc: &skiff_ebpf_common::Service4Value,
+) -> Option<skiff_ebpf_common::Backend4> {
+    // SAFETY: helper calls on the context the kernel passed, and without arguments.
+    let (netns_cookie, now) = unsafe { (bpf_get_netns_cookie(ctx.as_ptr()), bpf_ktime_get_coarse_ns()) };
+    let key = SockAffinity4Key { netns_cookie, rev_nat_index: svc.rev_nat_index, _pad: 0 };
+    // SAFETY: copied out at once.
+    if let Some(prev) = unsafe { SOCK_AFFINITY4_V1.get(&key) }.copied() {
+        let fresh = now.saturating_sub(prev.last_used_ns) <= svc.affinity_timeout_s as u64 * 1_000_000_000;
+        // SAFETY: copied out at once.
+        let backend = unsafe { BACKENDS_V1.get(prev.backend_id) }.copied();
+        if let Some(backend) = backend.filter(|b| fresh && b.flags & BACKEND_FLAG_TERMINATING == 0) {
+            let _ = SOCK_AFFINITY4_V1.insert(&key, &Affinity4Value { last_used_ns: now, ..prev }, 0);
+            return Some(backend);
+        }
+    }
+    let (backend_id, backend) = lb::random_backend(frontend, svc).ok()?;
+    let _ = SOCK_AFFINITY4_V1.insert(&key, &Affinity4Value { last_used_ns: now, backend_id, _pad: 0 }, 0);
+    Some(backend)
 }
 
 /// Gives a translated socket's backend address back as the Service's.

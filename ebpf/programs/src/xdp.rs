@@ -99,15 +99,22 @@ pub fn next_hop(ctx: &XdpContext, ifindex: u32, saddr: u32, daddr: u32, len: u16
     Some((params.smac, params.dmac))
 }
 
-/// Destination NAT to `addr:port`, and source NAT to `source` unless it is 0, in place,
-/// checksums updated incrementally. The frame must be the one [`parse`] read.
+/// Destination NAT to `addr:port`, and source NAT to `source:source_port` unless
+/// `source` is 0, in place, checksums updated incrementally. The frame must be the one
+/// [`parse`] read.
 #[inline(always)]
-pub fn rewrite(ctx: &XdpContext, pkt: &Packet, addr: u32, port: u16, source: u32) -> Result<(), Drop> {
+pub fn rewrite(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    (addr, port): (u32, u16),
+    (source, source_port): (u32, u16),
+) -> Result<(), Drop> {
+    let source_port = if source != 0 { source_port } else { pkt.sport };
     let data = ctx.data();
     let end = ctx.data_end();
     let l4 = data + ETH_HLEN + IPV4_HLEN;
     if l4 + core::mem::size_of::<UdpHdr>() > end {
-        return Err(Drop);
+        return Err(Drop::XDP);
     }
     // SAFETY: the check covers the IPv4 header; `parse` read it from this frame.
     let ip = unsafe { &mut *((data + ETH_HLEN) as *mut Ipv4Hdr) };
@@ -117,16 +124,18 @@ pub fn rewrite(ctx: &XdpContext, pkt: &Packet, addr: u32, port: u16, source: u32
     ip.saddr = new_saddr;
     let check = if pkt.proto == PROTO_TCP {
         if l4 + core::mem::size_of::<TcpHdr>() > end {
-            return Err(Drop);
+            return Err(Drop::XDP);
         }
         // SAFETY: bounds checked just above.
         let tcp = unsafe { &mut *(l4 as *mut TcpHdr) };
         tcp.dport = port;
+        tcp.sport = source_port;
         &mut tcp.check
     } else {
         // SAFETY: the first check covers a UDP header.
         let udp = unsafe { &mut *(l4 as *mut UdpHdr) };
         udp.dport = port;
+        udp.sport = source_port;
         if udp.check == 0 {
             // A UDP datagram without a checksum keeps none.
             return Ok(());
@@ -136,6 +145,7 @@ pub fn rewrite(ctx: &XdpContext, pkt: &Packet, addr: u32, port: u16, source: u32
     let mut sum = csum::replace4(*check, pkt.daddr, addr);
     sum = csum::replace4(sum, pkt.saddr, new_saddr);
     sum = csum::replace2(sum, pkt.dport, port);
+    sum = csum::replace2(sum, pkt.sport, source_port);
     *check = if pkt.proto == PROTO_UDP && sum == 0 { 0xffff } else { sum };
     Ok(())
 }
@@ -184,7 +194,7 @@ pub fn encapsulate(ctx: &XdpContext, frame_len: usize, tunnel: &Tunnel) -> Resul
         daddr: tunnel.remote,
     };
     // SAFETY: `ip` is a 20-byte stack value.
-    let sum = unsafe { csum::sum((&raw const ip).cast(), IPV4_HLEN as u32, 0) }.ok_or(Drop)?;
+    let sum = unsafe { csum::sum((&raw const ip).cast(), IPV4_HLEN as u32, 0) }.ok_or(Drop::XDP)?;
     ip.check = csum::fold(sum);
     let sport = (SPORT_FIRST + tunnel.flow_hash % SPORT_SPAN) as u16;
     let encap = Encap {
@@ -203,11 +213,11 @@ pub fn encapsulate(ctx: &XdpContext, frame_len: usize, tunnel: &Tunnel) -> Resul
     // SAFETY: plain helper call on this program's context; a negative delta grows the
     // headroom side.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(ENCAP_LEN as i32)) } != 0 {
-        return Err(Drop);
+        return Err(Drop::XDP);
     }
     let data = ctx.data();
     if data + ENCAP_LEN > ctx.data_end() {
-        return Err(Drop);
+        return Err(Drop::XDP);
     }
     // SAFETY: the check covers ENCAP_LEN bytes; the write is unaligned-safe.
     unsafe { core::ptr::write_unaligned(data as *mut Encap, encap) };

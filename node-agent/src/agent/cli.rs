@@ -144,9 +144,14 @@ pub struct RunArgs {
     /// Capacity of the backends map when it is first created.
     #[arg(long, default_value_t = skiff_ebpf_common::capacity::BACKENDS)]
     pub backends_max: u32,
-    /// Capacity of the conntrack map when it is first created.
+    /// Capacity of the conntrack map when it is first created. Each flow takes two
+    /// entries; a full map evicts its least recently used entries.
     #[arg(long, default_value_t = skiff_ebpf_common::capacity::CT)]
     pub ct_max: u32,
+    /// How often expired conntrack entries are removed (seconds; 0 never), so that the
+    /// map holds live flows only and a burst of new ones does not evict idle live ones.
+    #[arg(long, default_value_t = 30)]
+    pub conntrack_gc_interval: u64,
     /// A kubeconfig for the API server, with this node's credentials (user
     /// `system:node:<node-name>`, group `system:nodes`). With it the agent registers
     /// the Node and renews its Lease; without it the node role is off.
@@ -195,6 +200,11 @@ pub struct RunArgs {
     /// (default: /var/lib/skiff/kubelet/<node-name>).
     #[arg(long)]
     pub root_dir: Option<PathBuf>,
+    /// Where the local-path provisioner's volumes of this node live, announced to it in
+    /// the Node's `skiff.io/local-path-dir` annotation; the directories of deleted
+    /// volumes are removed from it (default: /var/lib/skiff/storage/<node-name>).
+    #[arg(long)]
+    pub local_path_dir: Option<PathBuf>,
     /// Where container logs go (default: /var/log/skiff/<node-name>/pods).
     #[arg(long)]
     pub pod_log_dir: Option<PathBuf>,

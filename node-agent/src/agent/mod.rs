@@ -21,7 +21,7 @@
 
 mod cli;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,6 +60,9 @@ fn run(args: RunArgs) -> Result<()> {
     // pod): loading here too would reset the settings that agent was started with.
     let mut datapath = if datapath_on { Some(load_datapath(&args, &pin_dir)?) } else { None };
     crate::metrics::set_pin_dir(pin_dir.clone());
+    if datapath_on && args.conntrack_gc_interval > 0 {
+        spawn_conntrack_gc(pin_dir.clone(), std::time::Duration::from_secs(args.conntrack_gc_interval))?;
+    }
 
     let services = match (&args.manifests, args.services_from_api) {
         (Some(dir), _) => Some(ServicesFrom::Dir(ManifestDirSource::new(dir))),
@@ -78,7 +81,7 @@ fn run(args: RunArgs) -> Result<()> {
             let mut role = ProxyRole::new(reconciler);
             if let Some(addr) = args.node_ip {
                 let map = AnnouncedMap::open(&pin_dir).context("opening the announced addresses map")?;
-                role.announce(&args.node_name, map);
+                role.announce(&args.node_name, map, underlay_link(&args.underlay_interface));
                 role.serve_health_checks(&args.node_name, addr);
             }
             if let Some(dns) = &dns {
@@ -244,6 +247,8 @@ fn run(args: RunArgs) -> Result<()> {
                 max_pods: args.max_pods,
                 container_runtime_version: runtime_version,
                 kubelet_port: args.kubelet_port,
+                // Only a kubelet mounts volumes, so only it announces where they live.
+                local_path_dir: cri.as_ref().map(|_| local_path_dir(&args)),
             };
             api_roles.push(tokio::task::spawn_local(crate::node::run(client.clone(), settings, cri.clone())));
             api_roles.extend(rotation.map(|r| tokio::task::spawn_local(r.run())));
@@ -361,7 +366,14 @@ fn kubelet_settings(args: &RunArgs) -> Result<KubeletSettings> {
         cluster_domain: args.cluster_domain.clone(),
         cgroup_root: args.cgroup_root.clone().unwrap_or_else(|| format!("/skiff/{node}")),
         static_pod_dir: args.pod_manifest_path.clone(),
+        local_path_dir: local_path_dir(args),
     })
+}
+
+/// The node's local-path volume directory (`--local-path-dir` or its default).
+fn local_path_dir(args: &RunArgs) -> std::path::PathBuf {
+    let node = &args.node_name;
+    args.local_path_dir.clone().unwrap_or_else(|| format!("/var/lib/skiff/storage/{node}").into())
 }
 
 /// Whether this agent loads the datapath: every agent but a kubelet-only one (the node's
@@ -437,5 +449,39 @@ fn write_ready_file(path: Option<&Path>) -> Result<()> {
     if let Some(path) = path {
         std::fs::write(path, b"ready\n").with_context(|| format!("writing {}", path.display()))?;
     }
+    Ok(())
+}
+
+/// The underlay interface's index and MAC address, for gratuitous ARPs; `None` (and a
+/// warning) if it cannot be read.
+fn underlay_link(interface: &str) -> Option<(u32, [u8; 6])> {
+    let link = skiff_datapath::netlink::Netlink::new().and_then(|nl| nl.require_link(interface));
+    match link {
+        Ok(link) => Some((link.index, link.mac)),
+        Err(e) => {
+            tracing::warn!(interface, error = %e, "no gratuitous ARPs for announced addresses: the underlay interface cannot be read");
+            None
+        }
+    }
+}
+
+/// Removes expired conntrack entries every `interval`, on a thread of its own (see
+/// `datapath::conntrack_gc`).
+fn spawn_conntrack_gc(pin_dir: PathBuf, interval: std::time::Duration) -> Result<()> {
+    std::thread::Builder::new()
+        .name("conntrack-gc".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(interval);
+                match crate::datapath::conntrack_gc::collect(&pin_dir) {
+                    Ok(c) if c.removed > 0 => {
+                        tracing::debug!(scanned = c.scanned, removed = c.removed, "conntrack collected")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "conntrack collection failed; will retry"),
+                }
+            }
+        })
+        .context("starting the conntrack collector")?;
     Ok(())
 }

@@ -22,6 +22,7 @@ use aya::{
 use skiff_datapath::Pins;
 pub use skiff_datapath::{Prog, attach::Attached};
 
+pub mod conntrack_gc;
 mod socket_lb;
 pub mod xdp;
 use skiff_ebpf_common::{LbConfig, MasqConfig, NodePortConfig, OverlayConfig, pin, stat};
@@ -186,6 +187,7 @@ impl Datapath {
             program.pin(&prog_pin).map_err(|source| Error::Pin { path: prog_pin.clone(), source })?;
             objects.push((prog, ebpf));
         }
+        migrate_conntrack(pin_dir)?;
         info!(pin_dir = %pin_dir.display(), "datapath loaded");
         Ok(Self { pins, objects })
     }
@@ -259,6 +261,51 @@ pub(crate) fn open_pinned(dir: &Path, map: &'static str) -> Result<MapData> {
         dir: dir.to_path_buf(),
         source: Box::new(source),
     })
+}
+
+/// Copies the entries of an older agent's conntrack (`CT4_V1`, 32-byte values without
+/// ports) into the current one and removes it, so that flows keep their backends across
+/// the upgrade. V1 never translated ports: a flow's client port is its forward key's
+/// source port or its reply key's destination port, and its translated port the same.
+fn migrate_conntrack(pin_dir: &Path) -> Result<()> {
+    use skiff_ebpf_common::{CT_DIR_FORWARD, Ct4Entry, Ct4Key};
+    let old_pin = pin_dir.join(pin::CT_V1);
+    if !old_pin.exists() {
+        return Ok(());
+    }
+    let map_err = |map, source| Error::Map { map, dir: pin_dir.to_path_buf(), source: Box::new(source) };
+    // V1's values as bytes: the same fields as `Ct4Entry` up to `snat_addr`.
+    let old: aya::maps::HashMap<MapData, Ct4Key, [u8; 32]> =
+        aya::maps::HashMap::try_from(Map::LruHashMap(open_pinned(pin_dir, pin::CT_V1)?))
+            .map_err(|e| map_err(pin::CT_V1, e))?;
+    let mut new: aya::maps::HashMap<MapData, Ct4Key, Ct4Entry> =
+        aya::maps::HashMap::try_from(Map::LruHashMap(open_pinned(pin_dir, pin::CT)?))
+            .map_err(|e| map_err(pin::CT, e))?;
+    let mut copied = 0usize;
+    for (key, v) in old.iter().flatten() {
+        let port = if key.dir == CT_DIR_FORWARD { key.sport } else { key.dport };
+        let u32_at = |i: usize| u32::from_ne_bytes([v[i], v[i + 1], v[i + 2], v[i + 3]]);
+        let u16_at = |i: usize| u16::from_ne_bytes([v[i], v[i + 1]]);
+        let entry = Ct4Entry {
+            last_seen_ns: u64::from_ne_bytes([v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]]),
+            backend_id: u32_at(8),
+            backend_addr: u32_at(12),
+            rev_nat_index: u32_at(16),
+            backend_port: u16_at(20),
+            flags: u16_at(22),
+            client_addr: u32_at(24),
+            snat_addr: u32_at(28),
+            client_port: port,
+            snat_port: port,
+            _pad: 0,
+        };
+        if new.insert(key, entry, 0).is_ok() {
+            copied += 1;
+        }
+    }
+    let _ = std::fs::remove_file(&old_pin);
+    info!(copied, "conntrack entries carried over from the V1 layout");
+    Ok(())
 }
 
 /// Writes the load balancer's settings into the pinned config map under `pin_dir`.

@@ -38,6 +38,9 @@ pub struct KubeletSettings {
     pub cgroup_root: String,
     /// The static pod manifests, if any (`--pod-manifest-path`).
     pub static_pod_dir: Option<PathBuf>,
+    /// Where this node's local-path volumes live (`--local-path-dir`): the directories
+    /// of deleted volumes are removed from it.
+    pub local_path_dir: PathBuf,
 }
 
 impl KubeletSettings {
@@ -417,6 +420,7 @@ mod tests {
             cluster_domain: "cluster.local".into(),
             cgroup_root: "/skiff/n1".into(),
             static_pod_dir: None,
+            local_path_dir: "/var/lib/skiff/storage/n1".into(),
         }
     }
 

@@ -1,4 +1,5 @@
-//! The API objects a pod's spec refers to (ConfigMaps, Secrets, ServiceAccount tokens),
+//! The API objects a pod's spec refers to (ConfigMaps, Secrets, ServiceAccount tokens,
+//! PersistentVolumeClaims and their volumes),
 //! behind a trait so env and volume code is tested against a fake; the real
 //! implementation is `skiff_api::Client`. [`TokenCache`] wraps any lookup so a pod's
 //! token is requested again only when it nears its expiry, as upstream's token
@@ -12,7 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Secret, ServiceAccount};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
@@ -64,6 +65,12 @@ pub trait ObjectLookup: Send + Sync {
     /// A ServiceAccount token for the pod (the TokenRequest API:
     /// `serviceaccounts/<sa>/token`, bound to the pod by name and uid).
     fn service_account_token(&self, spec: &TokenSpec) -> impl Future<Output = Result<IssuedToken>> + Send;
+    fn persistent_volume_claim(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<PersistentVolumeClaim>>> + Send;
+    fn persistent_volume(&self, name: &str) -> impl Future<Output = Result<Option<PersistentVolume>>> + Send;
 }
 
 impl ObjectLookup for skiff_api::Client {
@@ -77,6 +84,18 @@ impl ObjectLookup for skiff_api::Client {
         self.get_opt::<Secret>(Some(namespace), name)
             .await
             .map_err(|source| LookupError::Api { what: format!("Secret {namespace}/{name}"), source })
+    }
+
+    async fn persistent_volume_claim(&self, namespace: &str, name: &str) -> Result<Option<PersistentVolumeClaim>> {
+        self.get_opt::<PersistentVolumeClaim>(Some(namespace), name)
+            .await
+            .map_err(|source| LookupError::Api { what: format!("PersistentVolumeClaim {namespace}/{name}"), source })
+    }
+
+    async fn persistent_volume(&self, name: &str) -> Result<Option<PersistentVolume>> {
+        self.get_opt::<PersistentVolume>(None, name)
+            .await
+            .map_err(|source| LookupError::Api { what: format!("PersistentVolume {name}"), source })
     }
 
     async fn service_account_token(&self, spec: &TokenSpec) -> Result<IssuedToken> {
@@ -167,6 +186,14 @@ impl<L: ObjectLookup> ObjectLookup for TokenCache<L> {
         self.inner.secret(namespace, name).await
     }
 
+    async fn persistent_volume_claim(&self, namespace: &str, name: &str) -> Result<Option<PersistentVolumeClaim>> {
+        self.inner.persistent_volume_claim(namespace, name).await
+    }
+
+    async fn persistent_volume(&self, name: &str) -> Result<Option<PersistentVolume>> {
+        self.inner.persistent_volume(name).await
+    }
+
     async fn service_account_token(&self, spec: &TokenSpec) -> Result<IssuedToken> {
         if let Some(t) = self.cached(spec) {
             return Ok(t);
@@ -204,6 +231,8 @@ pub(crate) mod fake {
     pub struct FakeLookup {
         pub config_maps: BTreeMap<(String, String), ConfigMap>,
         pub secrets: BTreeMap<(String, String), Secret>,
+        pub claims: BTreeMap<(String, String), PersistentVolumeClaim>,
+        pub volumes: BTreeMap<String, PersistentVolume>,
         /// How long issued tokens live.
         pub token_ttl_seconds: i64,
         pub tokens_issued: AtomicU32,
@@ -236,6 +265,18 @@ pub(crate) mod fake {
             self
         }
 
+        pub fn with_claim(mut self, ns: &str, claim: serde_json::Value) -> Self {
+            let c: PersistentVolumeClaim = serde_json::from_value(claim).unwrap();
+            self.claims.insert((ns.into(), c.metadata.name.clone().unwrap_or_default()), c);
+            self
+        }
+
+        pub fn with_volume(mut self, volume: serde_json::Value) -> Self {
+            let v: PersistentVolume = serde_json::from_value(volume).unwrap();
+            self.volumes.insert(v.metadata.name.clone().unwrap_or_default(), v);
+            self
+        }
+
         fn check(&self) -> Result<()> {
             match &self.fail {
                 Some(m) => Err(LookupError::NoToken { what: m.clone() }),
@@ -253,6 +294,16 @@ pub(crate) mod fake {
         async fn secret(&self, namespace: &str, name: &str) -> Result<Option<Secret>> {
             self.check()?;
             Ok(self.secrets.get(&(namespace.into(), name.into())).cloned())
+        }
+
+        async fn persistent_volume_claim(&self, namespace: &str, name: &str) -> Result<Option<PersistentVolumeClaim>> {
+            self.check()?;
+            Ok(self.claims.get(&(namespace.into(), name.into())).cloned())
+        }
+
+        async fn persistent_volume(&self, name: &str) -> Result<Option<PersistentVolume>> {
+            self.check()?;
+            Ok(self.volumes.get(name).cloned())
         }
 
         async fn service_account_token(&self, spec: &TokenSpec) -> Result<IssuedToken> {

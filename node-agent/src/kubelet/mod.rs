@@ -52,6 +52,8 @@ use observed::{Observed, UnixNanos};
 const RELIST: Duration = Duration::from_secs(1);
 /// How often the static pod directory is read.
 const STATIC_POLL: Duration = Duration::from_secs(2);
+/// How often the directories of deleted local-path volumes are looked for.
+const LOCAL_PATH_SWEEP: Duration = Duration::from_secs(10);
 
 /// Now, in nanoseconds since the epoch (the CRI's unit).
 pub fn now_nanos() -> UnixNanos {
@@ -131,7 +133,8 @@ impl Kubelet {
     /// Watches this node's pods and runs them until the task is dropped.
     pub async fn run(self) {
         let Self { shared, reflectors, probe_updates } = self;
-        let reflectors: Vec<_> = reflectors.into_iter().map(tokio::spawn).collect();
+        let mut reflectors: Vec<_> = reflectors.into_iter().map(tokio::spawn).collect();
+        reflectors.push(tokio::spawn(sweep_local_path(shared.clone())));
         run(shared, probe_updates).await;
         for r in reflectors {
             r.abort();
@@ -201,6 +204,17 @@ async fn run(shared: Arc<Shared>, mut probe_updates: mpsc::UnboundedReceiver<pro
                 Err(e) => warn!(error = %e, "cannot list the runtime's pods; retrying"),
             },
         }
+    }
+}
+
+/// Removes the directories of deleted local-path volumes, now and then (see
+/// `volumes::claim::sweep`).
+async fn sweep_local_path(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(LOCAL_PATH_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        volumes::claim::sweep(&shared.settings.local_path_dir, &shared.api).await;
     }
 }
 

@@ -98,7 +98,8 @@ async fn register(
     let node = match client.get_opt::<Node>(None, &settings.name).await? {
         Some(_) => {
             let labels = object::labels(settings, &facts);
-            let patch = Patch::Merge(json!({"metadata": {"labels": labels}}));
+            let annotations = object::annotations(settings);
+            let patch = Patch::Merge(json!({"metadata": {"labels": labels, "annotations": annotations}}));
             client.patch::<Node>(None, &settings.name, None, &patch).await?
         }
         None => match client.create(None, &object::new_node(settings, &facts)).await {

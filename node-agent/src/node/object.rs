@@ -44,6 +44,19 @@ pub struct NodeSettings {
     pub container_runtime_version: String,
     /// Where the kubelet server listens (the Node's daemonEndpoints).
     pub kubelet_port: u16,
+    /// Where this node's local-path volumes live, when it runs a kubelet: announced in
+    /// the [`LOCAL_PATH_DIR_ANNOTATION`] for the provisioner.
+    pub local_path_dir: Option<std::path::PathBuf>,
+}
+
+/// The Node annotation that tells the local-path provisioner where this node's
+/// volumes live.
+pub const LOCAL_PATH_DIR_ANNOTATION: &str = "skiff.io/local-path-dir";
+
+/// The annotations a node sets on itself.
+pub fn annotations(settings: &NodeSettings) -> BTreeMap<String, String> {
+    let dir = settings.local_path_dir.as_ref().map(|d| d.to_string_lossy().into_owned());
+    dir.map(|d| (LOCAL_PATH_DIR_ANNOTATION.to_string(), d)).into_iter().collect()
 }
 
 /// The Node to create when there is none: name and the well-known labels. The status
@@ -53,6 +66,7 @@ pub fn new_node(settings: &NodeSettings, facts: &MachineFacts) -> Node {
         metadata: ObjectMeta {
             name: Some(settings.name.clone()),
             labels: Some(labels(settings, facts)),
+            annotations: Some(annotations(settings)).filter(|a| !a.is_empty()),
             ..Default::default()
         },
         ..Default::default()
@@ -232,6 +246,7 @@ mod tests {
             max_pods: 110,
             container_runtime_version: String::new(),
             kubelet_port: KUBELET_PORT,
+            local_path_dir: Some("/var/lib/skiff/storage/n1".into()),
         }
     }
 

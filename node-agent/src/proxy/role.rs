@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::announce::{AnnouncedMap, Announcements};
 use super::events::ServiceEvents;
@@ -37,6 +37,9 @@ struct Announcer {
     node: String,
     table: Announcements,
     map: AnnouncedMap,
+    /// The underlay interface (index, MAC) that gratuitous ARPs for newly announced
+    /// addresses go out of; `None` sends none.
+    underlay: Option<(u32, [u8; 6])>,
     /// What the map was last made to hold; `None` before the first sync.
     written: Option<BTreeSet<Ipv4Addr>>,
 }
@@ -62,8 +65,11 @@ impl ProxyRole {
 
     /// Announces (answers ARP for) the LoadBalancer addresses this node is chosen for,
     /// through the pinned map the datapath reads.
-    pub fn announce(&mut self, node: &str, map: AnnouncedMap) {
-        self.announcer = Some(Announcer { node: node.to_owned(), table: Announcements::default(), map, written: None });
+    /// Each address that becomes this node's gets a gratuitous ARP out of `underlay`
+    /// (index, MAC), so that the network's caches follow at once.
+    pub fn announce(&mut self, node: &str, map: AnnouncedMap, underlay: Option<(u32, [u8; 6])>) {
+        self.announcer =
+            Some(Announcer { node: node.to_owned(), table: Announcements::default(), map, underlay, written: None });
     }
 
     /// Brings the announced map to what the Services want now; whether to retry.
@@ -77,6 +83,15 @@ impl ProxyRole {
             Ok((added, removed)) => {
                 if added + removed > 0 {
                     info!(added, removed, announced = ?wanted, "LoadBalancer addresses announced");
+                }
+                let before = a.written.take().unwrap_or_default();
+                if let Some((ifindex, mac)) = a.underlay {
+                    for addr in wanted.difference(&before) {
+                        match skiff_datapath::garp::announce(ifindex, mac, *addr) {
+                            Ok(()) => info!(%addr, "gratuitous ARP sent"),
+                            Err(e) => warn!(%addr, error = %e, "cannot send a gratuitous ARP"),
+                        }
+                    }
                 }
                 a.written = Some(wanted);
                 false

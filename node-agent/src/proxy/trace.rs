@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Service;
 use skiff_ebpf_common::{
     Affinity4Key, Affinity4Value, BACKEND_FLAG_TERMINATING, Backend4, CT_DIR_FORWARD, CT_FLAG_CLOSING,
     CT_FLAG_NODEPORT, CT_FLAG_SNAT, Ct4Entry, Ct4Key, Endpoint4, NodeInfo4, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_MAGLEV,
-    Service4Key, Service4Value, addr_from_map, addr_to_map, pin, port_from_map, port_to_map,
+    Service4Key, Service4Value, SockAffinity4Key, addr_from_map, addr_to_map, pin, port_from_map, port_to_map,
 };
 
 use super::model::{FrontendKey, LocalNode, ObjectRef, plan_service};
@@ -38,6 +38,8 @@ struct Maps {
     services: AyaHashMap<MapData, Service4Key, Service4Value>,
     backends: AyaHashMap<MapData, u32, Backend4>,
     affinity: AyaHashMap<MapData, Affinity4Key, Affinity4Value>,
+    /// The socket-level load balancer's affinity; absent before it first loaded.
+    sock_affinity: Option<AyaHashMap<MapData, SockAffinity4Key, Affinity4Value>>,
     ct: AyaHashMap<MapData, Ct4Key, Ct4Entry>,
     endpoints: AyaHashMap<MapData, u32, Endpoint4>,
     nodes: Option<LpmTrie<MapData, u32, NodeInfo4>>,
@@ -56,6 +58,7 @@ impl Maps {
             services: AyaHashMap::try_from(hash(pin::SERVICES)?)?,
             backends: AyaHashMap::try_from(hash(pin::BACKENDS)?)?,
             affinity: AyaHashMap::try_from(hash(pin::AFFINITY)?)?,
+            sock_affinity: open(dir, pin::SOCK_AFFINITY).ok().and_then(|m| AyaHashMap::try_from(m).ok()),
             ct: AyaHashMap::try_from(hash(pin::CT)?)?,
             endpoints: AyaHashMap::try_from(hash(pin::ENDPOINTS)?)?,
             // A node without the overlay has no peers to show.
@@ -135,6 +138,18 @@ fn trace_frontend(
             show_backend(&backend),
             where_is(maps, backend.addr)
         );
+    }
+    if affinity && let Some(sock_affinity) = &maps.sock_affinity {
+        for (key, value) in sock_affinity.iter().flatten().filter(|(k, _)| k.rev_nat_index == slot0.rev_nat_index) {
+            if let Ok(b) = maps.backends.get(&value.backend_id, 0) {
+                let _ = writeln!(
+                    out,
+                    "    socket-level affinity of network namespace {}: {}",
+                    key.netns_cookie,
+                    show_backend(&b)
+                );
+            }
+        }
     }
     if let Some(client) = options.from {
         let client_map = addr_to_map(client.octets());

@@ -11,6 +11,8 @@
 //! skiff-echo --version                                                         prints the version, exits 0
 //! skiff-echo env [NAME] | cat PATH... | exit CODE [MESSAGE]                     for `kubectl exec`
 //! skiff-echo cat [--exit CODE]                        copies stdin to stdout until EOF, exits CODE
+//! skiff-echo write PATH TEXT                                               writes TEXT to the file PATH
+//! skiff-echo read PATH                                                     prints the file PATH
 //! skiff-echo get  ADDR:PORT PATH [--timeout-ms T]                              one HTTP GET: `STATUS BODY`
 //! skiff-echo tcp  ADDR:PORT [--count N] [--interval-ms T] [--timeout-ms T]   one connection per request
 //! skiff-echo udp  ADDR:PORT [--count N] [--interval-ms T] [--timeout-ms T]
@@ -134,6 +136,16 @@ fn run() -> Result<()> {
         }
         "env" => print_env(args.first().map(String::as_str)),
         "cat" => cat(args),
+        // For volume tests: data a pod writes and a later pod reads.
+        "write" => {
+            let (path, text) = (args.first().context("write PATH TEXT")?, args.get(1).context("write PATH TEXT")?);
+            std::fs::write(path, text).with_context(|| format!("writing {path}"))
+        }
+        "read" => {
+            let path = args.first().context("read PATH")?;
+            print!("{}", std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?);
+            Ok(())
+        }
         "exit" => {
             let code = args.first().context("exit CODE [MESSAGE]")?;
             let code: i32 = code.parse().with_context(|| format!("exit code {code}"))?;

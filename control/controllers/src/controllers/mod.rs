@@ -31,6 +31,7 @@ pub mod podgc;
 pub mod replicaset;
 pub mod rootca;
 pub mod serviceaccount;
+pub mod volume;
 
 /// Settings of the controllers (flags of skiff-control).
 #[derive(Debug, Clone)]
@@ -43,6 +44,9 @@ pub struct Config {
     pub node_monitor_grace_period: Duration,
     /// Pods on a NotReady node are evicted after this.
     pub pod_eviction_timeout: Duration,
+    /// Where the local-path provisioner puts volumes on nodes that do not announce a
+    /// directory of their own: `<dir>/<node>/<volume>`.
+    pub local_path_dir: std::path::PathBuf,
     /// Who this replica is in leader election (unique per process).
     pub identity: String,
     /// The cluster CA certificate (PEM) that `rootca` publishes in every namespace as
@@ -77,4 +81,7 @@ pub const CONTROLLERS: &[(&str, StartFn)] = &[
     ("job", |ctx| Box::pin(job::run(ctx))),
     ("garbage-collector", |ctx| Box::pin(gc::run(ctx))),
     ("pod-garbage-collector", |ctx| Box::pin(podgc::run(ctx))),
+    ("persistentvolume-binder", |ctx| Box::pin(volume::binder::run(ctx))),
+    ("local-path-provisioner", |ctx| Box::pin(volume::provisioner::run(ctx))),
+    ("pvc-protection", |ctx| Box::pin(volume::protection::run(ctx))),
 ];

@@ -8,3 +8,4 @@ pub mod expectations;
 pub mod hash;
 pub mod node_affinity;
 pub mod taints;
+pub mod volumes;

@@ -44,6 +44,10 @@ pub enum Reason {
     InsufficientCpu,
     InsufficientMemory,
     TooManyPods,
+    /// A bound volume of the pod cannot be reached from the node (its nodeAffinity).
+    VolumeNodeAffinityConflict,
+    /// A claim waiting for its first consumer has no volume or provisioner for the node.
+    VolumeBindConflict,
     /// The node's `status.allocatable.<resource>` cannot be parsed (Skiff's wording;
     /// upstream cannot hit this because the API server validates quantities).
     InvalidAllocatable {
@@ -62,6 +66,8 @@ impl fmt::Display for Reason {
             Reason::InsufficientCpu => f.write_str("Insufficient cpu"),
             Reason::InsufficientMemory => f.write_str("Insufficient memory"),
             Reason::TooManyPods => f.write_str("Too many pods"),
+            Reason::VolumeNodeAffinityConflict => f.write_str("node(s) had volume node affinity conflict"),
+            Reason::VolumeBindConflict => f.write_str("node(s) didn't find available persistent volumes to bind"),
             Reason::InvalidAllocatable { resource } => {
                 write!(f, "node(s) had invalid status.allocatable.{resource}")
             }

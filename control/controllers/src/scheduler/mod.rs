@@ -16,7 +16,10 @@
 //! 4. Ties are broken by a caller-supplied number (see [`tie_breaker_for`]) so that
 //!    identical pods spread over identical nodes instead of all landing on the first.
 //!
-//! Not handled (yet): inter-pod (anti-)affinity, topology spread, host ports, volumes,
+//! 5. [`volumes`] wraps the pipeline with kube-scheduler's VolumeBinding: a pod's
+//!    PersistentVolumeClaims restrict it to nodes that reach their volumes.
+//!
+//! Not handled (yet): inter-pod (anti-)affinity, topology spread, host ports,
 //! extended resources, preemption.
 
 pub mod filter;
@@ -26,6 +29,7 @@ pub mod run;
 pub mod score;
 #[cfg(test)]
 mod testutil;
+pub mod volumes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

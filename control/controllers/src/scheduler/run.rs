@@ -8,8 +8,12 @@
 //! for the API's round trips yet never overcommits a node; a failed binding drops the
 //! assumption and requeues the pod. Unschedulable pods get a
 //! PodScheduled=False condition and a FailedScheduling event, and are retried with
-//! backoff and whenever a node changes. It must not write anything but bindings, pod
-//! status conditions and events.
+//! backoff and whenever a node or a PersistentVolume changes. A pod whose claims wait
+//! for their first consumer is not bound at once: the chosen node is written into the
+//! claims (`volume.kubernetes.io/selected-node`) for the binder and provisioner, and the
+//! pod is placed again (now pinned by its bound volumes) when a claim of it changes. It
+//! must not write anything but bindings, pod status conditions, that claim annotation
+//! and events.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,18 +25,25 @@ use skiff_api::reflector::Change;
 use skiff_api::workqueue::{Action, WorkQueue, run_workers};
 use skiff_api::{Client, ObjectKey, Patch};
 
-use super::{ScheduleError, responsible_for, schedule, tie_breaker_for, usage_by_node};
+use super::volumes::{self, Storage, claim_names, pod_volumes, schedule_with_volumes};
+use super::{ScheduleError, responsible_for, tie_breaker_for, usage_by_node};
 use crate::events::{EventType, Recorder};
+use crate::helpers::volumes::{ANN_SELECTED_NODE, selected_node};
 use crate::informers::Informers;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("binding pod {pod} to node {node}: {source}")]
     Bind { pod: ObjectKey, node: String, source: skiff_api::client::Error },
+    #[error("selecting node {node} for claim {claim}: {source}")]
+    SelectNode { claim: ObjectKey, node: String, source: skiff_api::client::Error },
 }
 
 /// How long an unschedulable pod waits before it is tried again without any node change.
 const UNSCHEDULABLE_RETRY: Duration = Duration::from_secs(30);
+/// How long a pod whose claims are being provisioned waits before it is looked at again
+/// without any claim change (a safety net: claim changes requeue it).
+const VOLUME_WAIT_RETRY: Duration = Duration::from_secs(30);
 
 struct Scheduler {
     client: Client,
@@ -58,6 +69,8 @@ pub async fn run(client: Client, informers: Informers) {
     });
     let mut pods = sched.informers.pods.subscribe();
     let mut nodes = sched.informers.nodes.subscribe();
+    let mut claims = sched.informers.persistent_volume_claims.subscribe();
+    let mut volumes = sched.informers.persistent_volumes.subscribe();
     let feeder = {
         let (queue, sched) = (queue.clone(), sched.clone());
         tokio::spawn(async move {
@@ -77,9 +90,17 @@ pub async fn run(client: Client, informers: Informers) {
                     },
                     Some(_) = nodes.recv() => {
                         // A node appeared or changed: pods that did not fit may fit now.
-                        let waiting: Vec<ObjectKey> = sched.unschedulable.lock().unwrap().drain().collect();
-                        for k in waiting {
-                            queue.add(k);
+                        sched.retry_unschedulable();
+                    }
+                    Some(_) = volumes.recv() => sched.retry_unschedulable(),
+                    Some(change) = claims.recv() => {
+                        // A claim appeared, was bound or given a node: its pods move on.
+                        let (Change::Applied(c) | Change::Deleted(c)) = &change;
+                        let (ns, name) = (c.metadata.namespace.as_deref().unwrap_or(""), c.metadata.name.as_deref().unwrap_or(""));
+                        for p in sched.informers.pods.list_namespace(ns) {
+                            if responsible_for(&p) && claim_names(&p).any(|n| n == name) {
+                                queue.add(ObjectKey::of(p.as_ref()));
+                            }
                         }
                     }
                     else => return,
@@ -97,6 +118,13 @@ pub async fn run(client: Client, informers: Informers) {
 }
 
 impl Scheduler {
+    fn retry_unschedulable(&self) {
+        let waiting: Vec<ObjectKey> = self.unschedulable.lock().unwrap().drain().collect();
+        for k in waiting {
+            self.queue.add(k);
+        }
+    }
+
     fn forget_assumed_if_seen(&self, pod: &Pod) {
         if pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
             && let Some(uid) = &pod.metadata.uid
@@ -131,7 +159,30 @@ impl Scheduler {
                 .filter(|p| !assumed.contains_key(p.metadata.uid.as_deref().unwrap_or("")));
             usage_by_node(bound.chain(assumed.values()))
         };
-        match schedule(&pod, &nodes, &usage, tie_breaker_for(&pod)) {
+        let claims = self.informers.persistent_volume_claims.list_namespace(key.ns().unwrap_or_default());
+        let pvs = self.informers.persistent_volumes.list();
+        let classes = self.informers.storage_classes.list();
+        let (claims, pvs, classes): (Vec<_>, Vec<_>, Vec<_>) = (
+            claims.iter().map(|c| c.as_ref()).collect(),
+            pvs.iter().map(|v| v.as_ref()).collect(),
+            classes.iter().map(|c| c.as_ref()).collect(),
+        );
+        let storage = Storage { claims: &claims, volumes: &pvs, classes: &classes };
+        let pod_vols = match pod_volumes(&pod, &storage) {
+            Ok(v) => v,
+            Err(why) => {
+                let message = format!("0/{} nodes are available: {why}.", nodes.len());
+                tracing::info!(pod = %key, reason = %message, "unschedulable");
+                self.unschedulable.lock().unwrap().insert(key.clone());
+                self.mark_unschedulable(&key, &pod, &message).await;
+                return Ok(Action::RequeueAfter(UNSCHEDULABLE_RETRY));
+            }
+        };
+        match schedule_with_volumes(&pod, &nodes, &usage, tie_breaker_for(&pod), &pod_vols, &storage) {
+            Ok(result) if !pod_vols.waiting.is_empty() => {
+                self.select_node_for_claims(&key, &pod_vols, &result.node_name).await?;
+                Ok(Action::RequeueAfter(VOLUME_WAIT_RETRY))
+            }
             Ok(result) => {
                 let node = result.node_name;
                 let mut bound = pod.as_ref().clone();
@@ -151,6 +202,35 @@ impl Scheduler {
                 Ok(Action::RequeueAfter(UNSCHEDULABLE_RETRY))
             }
         }
+    }
+
+    /// Writes the chosen node into the pod's claims that wait for their first consumer
+    /// (those with a node already keep it: `volumes::check_node` chose that one).
+    async fn select_node_for_claims(
+        &self,
+        key: &ObjectKey,
+        pod_vols: &volumes::PodVolumes<'_>,
+        node: &str,
+    ) -> Result<(), Error> {
+        for (claim, _) in &pod_vols.waiting {
+            if selected_node(claim).is_some() {
+                continue;
+            }
+            let claim_key = ObjectKey::of(*claim);
+            let patch = Patch::Merge(serde_json::json!({"metadata": {
+                "uid": claim.metadata.uid, "annotations": {ANN_SELECTED_NODE: node}}}));
+            self.client
+                .patch::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(
+                    claim_key.ns(),
+                    &claim_key.name,
+                    None,
+                    &patch,
+                )
+                .await
+                .map_err(|source| Error::SelectNode { claim: claim_key.clone(), node: node.to_string(), source })?;
+            tracing::info!(pod = %key, claim = %claim_key, node, "selected a node for the pod's claim; binding waits for its volume");
+        }
+        Ok(())
     }
 
     /// The binding cycle of one assumed pod: the binding, then the Scheduled event; a

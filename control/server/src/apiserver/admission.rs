@@ -14,6 +14,10 @@
 //!   container that mounts nothing there;
 //! - the ServiceAccount's `imagePullSecrets` are copied to a pod that names none.
 //!
+//! Storage admission (`storage_class`) gives a new PersistentVolumeClaim the
+//! `kubernetes.io/pvc-protection` finalizer and, when it names no class, the cluster's
+//! default one.
+//!
 //! Mirror pods (annotation `kubernetes.io/config.mirror`) are left as the kubelet wrote
 //! them. Updates are not admitted: a pod's volumes are fixed at creation.
 //!
@@ -55,6 +59,7 @@ impl ApiServer {
         if !is_mirror_pod(obj) {
             self.admit_priority(def, obj).await?;
         }
+        self.admit_storage(def, obj).await?;
         let Some(ns) = ns.filter(|_| def.strategy.admits_service_account()) else { return Ok(()) };
         if is_mirror_pod(obj) {
             return Ok(());

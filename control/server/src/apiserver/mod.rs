@@ -42,6 +42,7 @@ mod router;
 mod selectors;
 mod service_ips;
 pub mod status;
+mod storage_class;
 mod strategy;
 pub mod table;
 pub mod validation;

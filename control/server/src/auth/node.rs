@@ -2,6 +2,9 @@
 //! admission: a user `system:node:<name>` in `system:nodes` may
 //! - read a Secret, ConfigMap or PersistentVolumeClaim, or create a token for a
 //!   ServiceAccount, only when a pod bound to it (`spec.nodeName`) uses that object;
+//! - read a PersistentVolume only when a claim such a pod uses is bound to it, as
+//!   upstream's graph allows; a volume that does not exist is let through to its 404,
+//!   so a node can tell that a local-path volume it holds a directory of is gone;
 //! - write only its own Node and its own Lease in `kube-node-lease`;
 //! - write the status of, or delete, only pods bound to it (the kubelet deletes its
 //!   terminated pods), and create only mirror pods bound to it;
@@ -9,8 +12,9 @@
 //!   nodes; creating events).
 //!
 //! Requests of anyone else go to the inner authorizer unchanged. Which pods run where
-//! comes from `PodGraph`, an in-memory index a background task keeps in step with the
-//! store (list, then watch), so deciding never waits for the store; a new pod's
+//! (and which volume each claim is bound to) comes from `PodGraph`, an in-memory index
+//! background tasks keep in step with the store (list, then watch), so deciding never
+//! waits for the store; a new pod's
 //! objects become readable by its node within the watch's delay (milliseconds).
 //! Creates carry the object's name in the body, not the URL: `admit_create` checks
 //! those once the body is decoded. This module must not write to the store.
@@ -30,6 +34,26 @@ const NODE_PREFIX: &str = "system:node:";
 const LEASE_NAMESPACE: &str = "kube-node-lease";
 const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 const PODS_PREFIX: &str = "/registry/pods/";
+const CLAIMS_PREFIX: &str = "/registry/persistentvolumeclaims/";
+const VOLUMES_PREFIX: &str = "/registry/persistentvolumes/";
+
+/// The kinds the graph follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Followed {
+    Pods,
+    Claims,
+    Volumes,
+}
+
+impl Followed {
+    fn prefix(self) -> &'static str {
+        match self {
+            Followed::Pods => PODS_PREFIX,
+            Followed::Claims => CLAIMS_PREFIX,
+            Followed::Volumes => VOLUMES_PREFIX,
+        }
+    }
+}
 
 /// The node a user acts for, if it is a node.
 pub fn node_of(user: &UserInfo) -> Option<&str> {
@@ -54,6 +78,11 @@ pub struct PodGraph {
     by_node: HashMap<String, HashSet<String>>,
     /// Pods not yet bound, key → (namespace, name): they exist but belong to no node.
     unbound: HashMap<String, (String, String)>,
+    /// The volume each claim names, by the claim's store key.
+    claim_volumes: HashMap<String, String>,
+    /// The PersistentVolumes that exist, by name; `None` until first listed, so that
+    /// no volume passes for missing before the graph knows them.
+    volumes: Option<HashSet<String>>,
 }
 
 fn strs<'a>(v: &'a Value, ptr: &str) -> impl Iterator<Item = &'a Value> {
@@ -144,10 +173,60 @@ impl PodGraph {
         self.pods_on(node).any(|p| p.refs.iter().any(|(r, n, o)| *r == resource && n == ns && o == name))
     }
 
-    fn apply(&mut self, kv: &KeyValue, kind: EventType) {
-        match (kind, serde_json::from_slice::<Value>(&kv.value)) {
-            (EventType::Put, Ok(v)) => self.put(&kv.key, &v),
-            _ => self.remove(&kv.key),
+    /// Whether a claim used by a pod bound to `node` is bound to volume `pv`.
+    pub fn uses_volume(&self, node: &str, pv: &str) -> bool {
+        self.pods_on(node).any(|p| {
+            p.refs.iter().any(|(r, ns, claim)| {
+                *r == "persistentvolumeclaims"
+                    && self.claim_volumes.get(&format!("{CLAIMS_PREFIX}{ns}/{claim}")).is_some_and(|v| v == pv)
+            })
+        })
+    }
+
+    /// Whether volume `pv` is known not to exist.
+    pub fn volume_missing(&self, pv: &str) -> bool {
+        self.volumes.as_ref().is_some_and(|v| !v.contains(pv))
+    }
+
+    /// Forgets everything of one followed kind (before a fresh list).
+    fn clear(&mut self, kind: Followed) {
+        match kind {
+            Followed::Pods => {
+                self.pods.clear();
+                self.by_node.clear();
+                self.unbound.clear();
+            }
+            Followed::Claims => self.claim_volumes.clear(),
+            Followed::Volumes => self.volumes = Some(HashSet::new()),
+        }
+    }
+
+    fn apply(&mut self, followed: Followed, kv: &KeyValue, kind: EventType) {
+        let value = match kind {
+            EventType::Put => serde_json::from_slice::<Value>(&kv.value).ok(),
+            _ => None,
+        };
+        match followed {
+            Followed::Pods => match value {
+                Some(v) => self.put(&kv.key, &v),
+                None => self.remove(&kv.key),
+            },
+            Followed::Claims => {
+                let volume = value.as_ref().and_then(|v| v.pointer("/spec/volumeName")).and_then(Value::as_str);
+                match volume.filter(|v| !v.is_empty()) {
+                    Some(v) => self.claim_volumes.insert(kv.key.clone(), v.to_string()),
+                    None => self.claim_volumes.remove(&kv.key),
+                };
+            }
+            Followed::Volumes => {
+                let name = kv.key.strip_prefix(VOLUMES_PREFIX).unwrap_or(&kv.key).to_string();
+                let volumes = self.volumes.get_or_insert_with(HashSet::new);
+                if value.is_some() {
+                    volumes.insert(name);
+                } else {
+                    volumes.remove(&name);
+                }
+            }
         }
     }
 }
@@ -165,27 +244,31 @@ impl<A: Authorizer> NodeAuthorizer<A> {
 
     /// Keeps the pod graph in step with the store until the process ends.
     pub fn spawn_sync(&self, store: Arc<dyn Store>) {
-        let graph = self.graph.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Err(e) = follow_pods(store.as_ref(), &graph).await {
-                    tracing::warn!(error = %e, "node authorizer: pod index sync restarts");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+        for kind in [Followed::Pods, Followed::Claims, Followed::Volumes] {
+            let (graph, store) = (self.graph.clone(), store.clone());
+            tokio::spawn(async move {
+                loop {
+                    if let Err(e) = follow(store.as_ref(), &graph, kind).await {
+                        tracing::warn!(error = %e, ?kind, "node authorizer: index sync restarts");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                 }
-            }
-        });
+            });
+        }
     }
 }
 
-/// Lists the pods into the graph, then applies their changes until the watch ends.
-async fn follow_pods(store: &dyn Store, graph: &RwLock<PodGraph>) -> crate::store::Result<()> {
-    let snapshot = store.list(PODS_PREFIX, None, 0).await?;
-    let mut fresh = PodGraph::default();
-    snapshot.kvs.iter().for_each(|kv| fresh.apply(kv, EventType::Put));
-    *graph.write().unwrap() = fresh;
-    let mut events = store.watch(PODS_PREFIX, snapshot.revision).await?;
+/// Lists one kind into the graph, then applies its changes until the watch ends.
+async fn follow(store: &dyn Store, graph: &RwLock<PodGraph>, kind: Followed) -> crate::store::Result<()> {
+    let snapshot = store.list(kind.prefix(), None, 0).await?;
+    {
+        let mut g = graph.write().unwrap();
+        g.clear(kind);
+        snapshot.kvs.iter().for_each(|kv| g.apply(kind, kv, EventType::Put));
+    }
+    let mut events = store.watch(kind.prefix(), snapshot.revision).await?;
     while let Some(ev) = events.next().await.transpose()? {
-        graph.write().unwrap().apply(&ev.kv, ev.kind);
+        graph.write().unwrap().apply(kind, &ev.kv, ev.kind);
     }
     Ok(())
 }
@@ -218,6 +301,12 @@ impl<A: Authorizer> Authorizer for NodeAuthorizer<A> {
             ("", "secrets" | "configmaps" | "persistentvolumeclaims", None) => match obj {
                 Some(n) if verb == "get" && graph().uses(node, resource, ns, n) => Decision::Allow,
                 _ => deny(node, &format!("may only get {resource} of pods bound to it")),
+            },
+            ("", "persistentvolumes", None) => match obj {
+                Some(n) if verb == "get" && (graph().uses_volume(node, n) || graph().volume_missing(n)) => {
+                    Decision::Allow
+                }
+                _ => deny(node, "may only get persistentvolumes of claims of pods bound to it"),
             },
             ("", "serviceaccounts", Some("token")) => match obj {
                 Some(n) if verb == "create" && graph().uses(node, resource, ns, n) => Decision::Allow,
@@ -346,6 +435,34 @@ mod tests {
         // Not a node (no system:nodes group): the inner authorizer decides.
         let pretender = UserInfo { name: "system:node:n2".into(), groups: vec![] };
         assert_eq!(a.authorize(&pretender, &get("secrets", "tls")), Decision::Allow);
+    }
+
+    #[test]
+    fn a_node_reads_the_volumes_of_its_pods_claims_and_learns_of_missing_ones() {
+        let a = authorizer();
+        let (n1, n2) = (node("n1"), node("n2"));
+        let get = |name: &str| res("get", "", "persistentvolumes", None, None, Some(name));
+        let put = |kind: Followed, key: &str, v: Value| {
+            let value = serde_json::to_vec(&v).unwrap().into();
+            let kv = KeyValue { key: key.into(), value, create_revision: 1, mod_revision: 1 };
+            a.graph.write().unwrap().apply(kind, &kv, EventType::Put);
+        };
+        // Before the volumes are listed, nothing passes for missing.
+        assert!(matches!(a.authorize(&n1, &get("pv-other")), Decision::Deny(_)));
+        put(Followed::Volumes, "/registry/persistentvolumes/pv-data", json!({}));
+        put(Followed::Volumes, "/registry/persistentvolumes/pv-other", json!({}));
+        assert!(matches!(a.authorize(&n1, &get("pv-data")), Decision::Deny(_)), "the claim is not bound yet");
+        put(Followed::Claims, "/registry/persistentvolumeclaims/app/data", json!({"spec": {"volumeName": "pv-data"}}));
+        assert_eq!(a.authorize(&n1, &get("pv-data")), Decision::Allow);
+        assert!(matches!(a.authorize(&n2, &get("pv-data")), Decision::Deny(_)), "n2 runs no pod of the claim");
+        assert!(matches!(a.authorize(&n1, &get("pv-other")), Decision::Deny(_)));
+        assert!(matches!(a.authorize(&n1, &res("list", "", "persistentvolumes", None, None, None)), Decision::Deny(_)));
+        // A volume that does not exist: the request goes on to its 404.
+        assert_eq!(a.authorize(&n2, &get("pvc-deleted")), Decision::Allow);
+        let key = "/registry/persistentvolumes/pv-other".into();
+        let kv = KeyValue { key, value: Default::default(), create_revision: 1, mod_revision: 2 };
+        a.graph.write().unwrap().apply(Followed::Volumes, &kv, EventType::Delete);
+        assert_eq!(a.authorize(&n2, &get("pv-other")), Decision::Allow);
     }
 
     #[test]

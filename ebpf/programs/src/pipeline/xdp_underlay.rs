@@ -31,8 +31,8 @@ use crate::{
 pub fn xdp_underlay(ctx: &XdpContext) -> u32 {
     match nodeport(ctx) {
         Ok(action) => action,
-        Err(Drop) => {
-            count(stat::DROP_XDP);
+        Err(drop) => {
+            drop.count();
             XDP_DROP
         }
     }
@@ -76,12 +76,14 @@ fn nodeport(ctx: &XdpContext) -> Result<u32, Drop> {
         let flow_hash = lb::flow_hash(&pkt);
         Some((Tunnel { local: np.node_addr, remote, smac, dmac, vni, flow_hash }, frame_len))
     };
-    if let Some(flow) = &new_flow {
-        if lb::record(&pkt, flow, now).is_err() {
-            return to_tc();
-        }
-    }
-    xdp::rewrite(ctx, &pkt, target.addr, target.port, target.source)?;
+    let target = match &new_flow {
+        Some(flow) => match lb::record(&pkt, flow, now) {
+            Ok(target) => target,
+            Err(_) => return to_tc(),
+        },
+        None => target,
+    };
+    xdp::rewrite(ctx, &pkt, (target.addr, target.port), (target.source, target.source_port))?;
     count(stat::TRANSLATED);
     count(stat::XDP_TRANSLATED);
     let Some((tunnel, frame_len)) = tunnel else { return Ok(XDP_PASS) };

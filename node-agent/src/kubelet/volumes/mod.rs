@@ -14,11 +14,14 @@
 //! read, setgid directories), so a container running as another user in the group can
 //! read them; hostPath volumes are never changed.
 //!
-//! Volume kinds that need a storage system (persistentVolumeClaim, nfs, csi, ...) are
-//! refused with an error naming the kind. This module must not touch the CRI or the
+//! A persistentVolumeClaim volume is the directory of the volume its claim is bound to
+//! (`claim`: hostPath and local volumes, which is what the local-path provisioner
+//! makes). Volume kinds that need a storage system (nfs, csi, ...) are refused with an
+//! error naming the kind. This module must not touch the CRI or the
 //! API server (other than through [`ObjectLookup`]).
 
 pub mod atomic;
+pub mod claim;
 pub mod host;
 pub mod payload;
 
@@ -205,6 +208,10 @@ async fn prepare_one<L: ObjectLookup>(
         host::check_host_path(&path, h.type_.as_deref().unwrap_or(""))
             .map_err(|detail| VolumeError::HostPath { volume: name.into(), detail })?;
         return Ok(writable(path));
+    }
+    if let Some(c) = &v.persistent_volume_claim {
+        let dir = claim::claim_dir(lookup, ns, name, &c.claim_name).await?;
+        return Ok(PreparedVolume { host_path: dir, read_only: c.read_only == Some(true) });
     }
     let (plugin, payload) = if let Some(c) = &v.config_map {
         let mut out = Payload::new();

@@ -88,7 +88,7 @@ async fn errors_name_the_volume_and_what_is_missing() {
         ),
         (
             json!([{"name": "v", "persistentVolumeClaim": {"claimName": "data"}}]),
-            "volume \"v\": persistentVolumeClaim volumes are not supported",
+            "volume \"v\": persistentvolumeclaim \"data\" not found",
         ),
         (json!([{"name": "v", "nfs": {"server": "s", "path": "/"}}]), "nfs volumes are not supported"),
         (json!([{"name": "v", "emptyDir": {"medium": "HugePages"}}]), "emptyDir medium HugePages"),
@@ -370,4 +370,98 @@ async fn without_fs_group_nothing_is_given_away() {
     let root = |v: &str| prepared.get(v).unwrap().host_path.clone();
     assert_eq!(mode(&root("cfg").join("a")), 0o644);
     assert_eq!(mode(&root("scratch")), 0o777);
+}
+
+fn claim(name: &str, volume: Option<&str>, phase: &str) -> serde_json::Value {
+    json!({"metadata": {"name": name, "namespace": "ns"}, "spec": {"volumeName": volume}, "status": {"phase": phase}})
+}
+
+fn host_path_volume(name: &str, path: &Path, local_path: bool) -> serde_json::Value {
+    let annotations =
+        if local_path { json!({"pv.kubernetes.io/provisioned-by": "skiff.io/local-path"}) } else { json!({}) };
+    json!({"metadata": {"name": name, "annotations": annotations}, "spec": {
+        "hostPath": {"path": path, "type": "DirectoryOrCreate"}, "capacity": {"storage": "1Gi"}}})
+}
+
+#[tokio::test]
+async fn claims_mount_their_bound_volume_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let storage = tmp.path().join("storage");
+    let local = tmp.path().join("disk");
+    std::fs::create_dir_all(&local).unwrap();
+    let l = lookup()
+        .with_claim("ns", claim("data", Some("pvc-1"), "Bound"))
+        .with_volume(host_path_volume("pvc-1", &storage.join("pvc-1"), true))
+        .with_claim("ns", claim("disk", Some("local-1"), "Bound"))
+        .with_volume(json!({"metadata": {"name": "local-1"}, "spec": {"local": {"path": local}}}));
+    let p = pod(json!([
+        {"name": "data", "persistentVolumeClaim": {"claimName": "data"}},
+        {"name": "ro", "persistentVolumeClaim": {"claimName": "disk", "readOnly": true}},
+    ]));
+    let prepared = prepare(&p, &tmp.path().join("pod"), &l).await.unwrap();
+    let data = prepared.get("data").unwrap();
+    assert_eq!(data.host_path, storage.join("pvc-1"));
+    assert!(!data.read_only);
+    assert_eq!(mode(&data.host_path), 0o777, "any container user may write a local-path volume");
+    assert_eq!(prepared.get("ro").unwrap(), &PreparedVolume { host_path: local, read_only: true });
+
+    let container: Container = serde_json::from_value(json!({"name": "app", "volumeMounts": [
+        {"name": "data", "mountPath": "/data"}, {"name": "ro", "mountPath": "/disk"}]}))
+    .unwrap();
+    let mounts = container_mounts(&p, &container, &prepared, &[]).unwrap();
+    assert_eq!(mounts[0].host_path, storage.join("pvc-1").to_str().unwrap());
+    assert!(!mounts[0].readonly && mounts[1].readonly);
+
+    // Deleting the pod's own volumes leaves the claim's data alone.
+    cleanup_volumes(&tmp.path().join("pod")).unwrap();
+    assert!(storage.join("pvc-1").is_dir());
+}
+
+#[tokio::test]
+async fn claims_that_cannot_be_mounted_say_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = lookup()
+        .with_claim("ns", claim("pending", None, "Pending"))
+        .with_claim("ns", claim("lost", Some("gone"), "Bound"))
+        .with_claim("ns", claim("block", Some("raw"), "Bound"))
+        .with_volume(json!({"metadata": {"name": "raw"}, "spec": {"volumeMode": "Block", "local": {"path": "/dev"}}}))
+        .with_claim("ns", claim("nfs", Some("share"), "Bound"))
+        .with_volume(json!({"metadata": {"name": "share"}, "spec": {"nfs": {"server": "s", "path": "/"},
+            "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"]}}));
+    let cases = [
+        ("pending", "PersistentVolumeClaim ns/pending is not bound to a PersistentVolume yet"),
+        ("lost", "persistentvolume \"gone\" not found"),
+        ("block", "block PersistentVolume volumes are not supported"),
+        ("nfs", "PersistentVolume share of type nfs volumes are not supported"),
+    ];
+    for (name, want) in cases {
+        let p = pod(json!([{"name": "v", "persistentVolumeClaim": {"claimName": name}}]));
+        let err = prepare(&p, tmp.path(), &l).await.unwrap_err().to_string();
+        assert!(err.contains(want), "{name}: got {err:?}, want {want:?}");
+    }
+}
+
+#[tokio::test]
+async fn sweep_removes_only_directories_of_deleted_volumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    for d in ["pvc-kept", "pvc-gone", "unrelated"] {
+        std::fs::create_dir_all(tmp.path().join(d).join("inner")).unwrap();
+    }
+    std::fs::write(tmp.path().join("pvc-file"), "x").unwrap();
+    let l = lookup().with_volume(host_path_volume("pvc-kept", &tmp.path().join("pvc-kept"), true));
+    let removed = claim::sweep(tmp.path(), &l).await;
+    assert_eq!(removed, vec![tmp.path().join("pvc-gone")]);
+    assert!(tmp.path().join("pvc-kept").is_dir() && tmp.path().join("unrelated").is_dir());
+    assert!(tmp.path().join("pvc-file").is_file());
+    // An API server that does not answer removes nothing.
+    std::fs::create_dir_all(tmp.path().join("pvc-unknown")).unwrap();
+    let away = FakeLookup { fail: Some("away".into()), ..FakeLookup::new() };
+    assert!(claim::sweep(tmp.path(), &away).await.is_empty());
+    let both = lookup().with_volume(host_path_volume("pvc-kept", tmp.path(), true)).with_volume(host_path_volume(
+        "pvc-unknown",
+        tmp.path(),
+        true,
+    ));
+    assert!(claim::sweep(tmp.path(), &TokenCache::new(both)).await.is_empty());
+    assert!(tmp.path().join("pvc-unknown").is_dir());
 }

@@ -1,7 +1,8 @@
 //! What every cluster has from its first start: the system namespaces, the
 //! `default/kubernetes` Service with endpoints pointing at this server, the
 //! `kube-system/kube-dns` Service (answered by every node's agent itself, so it has no
-//! selector and no endpoints), and the bootstrap RBAC policy (`rbac`). Runs before the server serves; it writes the store
+//! selector and no endpoints), the default StorageClass `local-path` (created when missing),
+//! and the bootstrap RBAC policy (`rbac`). Runs before the server serves; it writes the store
 //! directly, not through the handlers.
 
 mod rbac;
@@ -72,6 +73,7 @@ pub async fn bootstrap(store: &dyn store::Store, info: &BootstrapInfo) -> ApiRes
     put(store, &by_kind("EndpointSlice").unwrap().key(Some("default"), "kubernetes"), &slice).await?;
     bootstrap_kube_dns(store, info.dns_service_ip).await?;
     bootstrap_priority_classes(store).await?;
+    super::storage_class::bootstrap_local_path(store).await?;
     rbac::bootstrap_rbac(store).await
 }
 
