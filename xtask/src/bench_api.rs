@@ -4,7 +4,8 @@
 //! there, and `skiff-api-bench` runs beside it in the same namespace, so nothing leaves
 //! the namespace. For each store:
 //! - P7: `--pods` Pod creates from `--clients` concurrent clients, a LIST of all of them,
-//!   watch delivery latency, and 10,000 objects of a CRD created and LISTed (see
+//!   watch delivery latency, 10,000 objects of a CRD created and LISTed, and the
+//!   server-side apply rate (2,000 Deployments applied twice; see
 //!   control/server/src/bin/skiff-api-bench.rs). The
 //!   server runs with `--disable-controllers` so the figures are the API server's own.
 //! - P8: a fresh server with its scheduler and controllers running (and caching every

@@ -121,10 +121,12 @@ pub enum PatchKind {
     Merge,
     StrategicMerge,
     Json,
+    /// Server-side apply: the body is an applied configuration (YAML or JSON).
+    Apply,
 }
 
 /// Picks the patch format from the Content-Type (parameters ignored) and parses the
-/// body; 415 for any other type, including server-side apply, which is not served yet.
+/// body; 415 for any other type.
 pub fn decode_patch(content_type: &str, body: &[u8]) -> ApiResult<(PatchKind, Value)> {
     let ct = content_type.split(';').next().unwrap_or("").trim();
     let kind = match ct {
@@ -132,9 +134,12 @@ pub fn decode_patch(content_type: &str, body: &[u8]) -> ApiResult<(PatchKind, Va
         "application/strategic-merge-patch+json" => PatchKind::StrategicMerge,
         "application/json-patch+json" => PatchKind::Json,
         "application/apply-patch+yaml" => {
-            return Err(ApiError::unsupported_media_type(
-                "application/apply-patch+yaml (server-side apply is not supported yet; use client-side kubectl apply)",
-            ));
+            let p: Value = serde_norway::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+            if !p.is_object() {
+                return Err(ApiError::bad_request("an applied configuration must be an object"));
+            }
+            return Ok((PatchKind::Apply, p));
         }
         other => return Err(ApiError::unsupported_media_type(other)),
     };
@@ -160,6 +165,7 @@ pub fn apply_patch(
             }
             patch::merge_patch(&mut t, patch_doc);
         }
+        PatchKind::Apply => return Err(ApiError::internal("server-side apply is not a patch to apply")),
         PatchKind::StrategicMerge => {
             patch::strategic_merge(&mut t, patch_doc).map_err(|e| ApiError::bad_request(e.to_string()))?
         }
@@ -316,7 +322,8 @@ mod tests {
     fn patch_content_types() {
         assert_eq!(decode_patch("application/merge-patch+json; charset=utf-8", b"{}").unwrap().0, PatchKind::Merge);
         assert_eq!(decode_patch("application/json-patch+json", b"[]").unwrap().0, PatchKind::Json);
-        assert_eq!(decode_patch("application/apply-patch+yaml", b"{}").unwrap_err().code, 415);
+        assert_eq!(decode_patch("application/apply-patch+yaml", b"a: 1").unwrap().0, PatchKind::Apply);
+        assert_eq!(decode_patch("application/apply-patch+yaml", b"[1]").unwrap_err().code, 400);
         assert_eq!(decode_patch("text/plain", b"{}").unwrap_err().code, 415);
         assert_eq!(decode_patch("application/merge-patch+json", b"{").unwrap_err().code, 400);
     }

@@ -97,6 +97,7 @@ mod tests {
             content_type: String::new(),
             body: Bytes::new(),
             user: crate::auth::UserInfo { name: "test".into(), groups: vec![] },
+            user_agent: String::new(),
         }
     }
 

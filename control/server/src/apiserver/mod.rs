@@ -24,6 +24,7 @@ pub mod fuzz;
 mod handlers;
 mod impersonation;
 pub mod local;
+mod managed;
 pub mod meta;
 mod node_proxy;
 mod object;

@@ -112,6 +112,9 @@ pub(crate) struct Ctx {
     pub content_type: String,
     pub body: Bytes,
     pub user: UserInfo,
+    /// The User-Agent header: its first part names the field manager of a write that
+    /// does not name one.
+    pub user_agent: String,
 }
 
 impl Ctx {
@@ -127,5 +130,12 @@ impl Ctx {
     /// `fieldValidation=Strict`: unknown fields are an error instead of being dropped.
     pub fn strict(&self) -> bool {
         self.q("fieldValidation") == Some("Strict")
+    }
+    /// Who a write's fields are recorded for: `fieldManager`, else the User-Agent's
+    /// program name (`kubectl/v1.32.0 (linux/amd64)…` → `kubectl`), as upstream.
+    pub fn field_manager(&self) -> &str {
+        self.q("fieldManager")
+            .or_else(|| self.user_agent.split('/').next().filter(|m| !m.is_empty()))
+            .unwrap_or("unknown")
     }
 }

@@ -165,7 +165,14 @@ impl ApiServer {
             }
         };
         let h = |n: header::HeaderName| parts.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-        let ctx = Ctx { query, accept: h(header::ACCEPT), content_type: h(header::CONTENT_TYPE), body, user };
+        let ctx = Ctx {
+            query,
+            accept: h(header::ACCEPT),
+            content_type: h(header::CONTENT_TYPE),
+            body,
+            user,
+            user_agent: h(header::USER_AGENT),
+        };
         let result = match target {
             Target::NonResource => self.non_resource(parts.uri.path()),
             Target::Resource(r) => self.resource(r, ctx).await,

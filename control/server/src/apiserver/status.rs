@@ -114,7 +114,7 @@ impl ApiError {
             415,
             "UnsupportedMediaType",
             format!(
-                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/merge-patch+json, application/strategic-merge-patch+json, application/json-patch+json (got {ct:?})"
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/merge-patch+json, application/strategic-merge-patch+json, application/json-patch+json, application/apply-patch+yaml (got {ct:?})"
             ),
         )
     }
@@ -151,11 +151,15 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
-        if let Some(d) = &self.details {
-            let (kind, name, group) = &**d;
-            let mut d = json!({ "name": name, "kind": kind });
-            if let Some(g) = group.as_ref().filter(|g| !g.is_empty()) {
-                d["group"] = json!(g);
+        if self.details.is_some() || !self.causes.is_empty() {
+            // Apply conflicts name no object, only their causes, as upstream's.
+            let mut d = json!({});
+            if let Some(d0) = &self.details {
+                let (kind, name, group) = &**d0;
+                d = json!({ "name": name, "kind": kind });
+                if let Some(g) = group.as_ref().filter(|g| !g.is_empty()) {
+                    d["group"] = json!(g);
+                }
             }
             if !self.causes.is_empty() {
                 d["causes"] = Value::Array(

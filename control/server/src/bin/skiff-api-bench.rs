@@ -8,7 +8,10 @@
 //!   arriving on an open watch, p50/p99, both during the pod creates (a burst) and at
 //!   rest (ConfigMaps at a steady rate);
 //! - custom resources: `--custom-objects` objects of a CRD created by the same clients,
-//!   then a full LIST of them (median of several).
+//!   then a full LIST of them (median of several);
+//! - server-side apply: `--applies` Deployments applied (created by apply), then each
+//!   applied again with a changed image (a merge against the live object and its
+//!   managedFields), by the same clients; applies per second over both rounds.
 //!
 //! Prints `P7 <metric>@<label>: value unit` lines. It never asserts on timings: the
 //! goals are judged by a person reading the figures.
@@ -52,6 +55,9 @@ struct Args {
     /// Custom objects to create (and then LIST); 0 skips them.
     #[arg(long, default_value_t = 10_000)]
     custom_objects: usize,
+    /// Deployments to apply server-side, twice each; 0 skips them.
+    #[arg(long, default_value_t = 2_000)]
+    applies: usize,
 }
 
 /// The CRD whose objects the bench creates: a small operator-style schema, so that
@@ -151,6 +157,48 @@ async fn custom_objects(client: &Client, a: &Args) -> anyhow::Result<()> {
     }
     println!("P7 list-{}-custom-objects@{}: {:.0} ms", a.custom_objects, a.label, percentile(&full, 0.5));
     eprintln!("full LIST of {count} custom objects, 5 runs: {full:.0?} ms");
+    Ok(())
+}
+
+/// Server-side applies of `a.applies` Deployments by `a.clients` clients: each is
+/// created by its first apply and changed by its second.
+async fn server_side_applies(client: &Client, a: &Args) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..a.clients {
+        let (client, next, ns, total) = (client.clone(), next.clone(), a.namespace.clone(), a.applies);
+        tasks.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= 2 * total {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let (n, round) = (i % total, i / total);
+                let name = format!("ssa-{n:06}");
+                let obj = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": {"name": name, "labels": {"app": name}},
+                    "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                        "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [
+                            {"name": "web", "image": format!("skiff/echo:{round}"),
+                             "ports": [{"containerPort": 8080}],
+                             "env": [{"name": "ROUND", "value": round.to_string()}]}]}}}});
+                let path = format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}?fieldManager=bench");
+                let body = Bytes::from(serde_json::to_vec(&obj)?);
+                let resp = client
+                    .send_raw(http::Method::PATCH, &path, Some("application/apply-patch+yaml"), body)
+                    .await
+                    .with_context(|| format!("applying deployment {name}"))?;
+                resp.into_body().collect().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!("P7 server-side-apply-per-s@{}: {:.0} applies/s", a.label, (2 * a.applies) as f64 / secs);
+    eprintln!("{} server-side applies (half creates, half changes) in {secs:.1} s", 2 * a.applies);
     Ok(())
 }
 
@@ -311,6 +359,9 @@ async fn main() -> anyhow::Result<()> {
     );
     if a.custom_objects > 0 {
         custom_objects(&client, &a).await?;
+    }
+    if a.applies > 0 {
+        server_side_applies(&client, &a).await?;
     }
     Ok(())
 }

@@ -3,28 +3,63 @@
 //! timestamp, the namespace's existence, admission, ClusterIP allocation, the store.
 
 use http::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::super::allocator;
 use super::super::api_server::ApiServer;
 use super::super::crd;
 use super::super::decode::{self, NewObject};
+use super::super::managed;
 use super::super::meta;
 use super::super::object::{invalid, str_at, to_bytes, to_obj};
 use super::super::request::{Ctx, Resp, json_response};
 use super::super::resources::{ResourceDef, by_kind};
 use super::super::status::{ApiError, ApiResult};
+use super::write::walk_of;
 use crate::store;
 
 impl ApiServer {
     pub(crate) async fn create(&self, def: &ResourceDef, ns: Option<&str>, ctx: &Ctx) -> ApiResult<Resp> {
+        self.create_from(def, ns, ctx, None).await
+    }
+
+    /// A create of the request's body, or with `applied` of that object (a server-side
+    /// apply that found nothing to update), whose managedFields it keeps; otherwise the
+    /// new object's fields are recorded as an Update by the request's field manager.
+    pub(super) async fn create_from(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        ctx: &Ctx,
+        applied: Option<Value>,
+    ) -> ApiResult<Resp> {
         if let Some(refused) = crd::refuse_create(def) {
             return Err(refused);
         }
         let uid = meta::new_uid();
         let name_suffix = meta::name_suffix();
         let new = NewObject { namespace: ns, strict: ctx.strict(), uid: &uid, name_suffix: &name_suffix };
-        let mut obj = decode::decode_for_create(def, &ctx.content_type, &ctx.body, &new)?;
+        let mut obj = match &applied {
+            Some(a) => {
+                decode::decode_for_create(def, "application/json", &serde_json::to_vec(a).unwrap_or_default(), &new)?
+            }
+            None => decode::decode_for_create(def, &ctx.content_type, &ctx.body, &new)?,
+        };
+        let entries = match &applied {
+            Some(a) => managed::decode(a).unwrap_or_default(),
+            None => {
+                let (api_version, now) = (def.api_version(), meta::now());
+                let w = managed::Write {
+                    manager: ctx.field_manager(),
+                    api_version: &api_version,
+                    subresource: None,
+                    has_status: def.status,
+                    now: &now,
+                };
+                managed::record_create(&obj, &walk_of(def), &w)
+            }
+        };
+        managed::encode(&mut obj, entries);
         def.strategy.record_requester(&mut obj, &ctx.user);
         crate::auth::node::admit_create(&ctx.user, def.kind, &obj)
             .map_err(|why| ApiError::forbidden(format!("{} is forbidden: {why}", def.plural)))?;

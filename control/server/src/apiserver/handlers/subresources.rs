@@ -128,7 +128,13 @@ impl ApiServer {
             o["status"]["conditions"] = Value::Array(conds);
             Ok(o)
         };
-        self.write_update(Named { def, ns, name, sub: Some(Subresource::Binding) }, ctx, &mutate).await?;
+        self.write_update(
+            Named { def, ns, name, sub: Some(Subresource::Binding) },
+            ctx,
+            &mutate,
+            super::write::Ownership::Record,
+        )
+        .await?;
         Ok(json_response(
             StatusCode::CREATED,
             &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),

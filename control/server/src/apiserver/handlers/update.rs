@@ -11,10 +11,11 @@ use super::super::request::{Ctx, Resp, Subresource, ok};
 use super::super::resources::ResourceDef;
 use super::super::status::{ApiError, ApiResult};
 use super::subresources::{apply_scale, scale_of};
+use super::write::Ownership;
 
 impl ApiServer {
     /// What a write returns: the object, or its Scale for the scale subresource.
-    fn finish_write(def: &ResourceDef, sub: Option<Subresource>, obj: Value) -> ApiResult<Resp> {
+    pub(super) fn finish_write(def: &ResourceDef, sub: Option<Subresource>, obj: Value) -> ApiResult<Resp> {
         if sub == Some(Subresource::Scale) { ok(&scale_of(def, &obj)) } else { ok(&obj) }
     }
 
@@ -27,13 +28,19 @@ impl ApiServer {
         let mutate = |cur: &Value| -> ApiResult<Value> {
             if sub == Some(Subresource::Scale) { apply_scale(def, cur, &body) } else { Ok(body.clone()) }
         };
-        let obj = self.write_update(target, ctx, &mutate).await?;
+        let obj = self.write_update(target, ctx, &mutate, Ownership::Record).await?;
         Self::finish_write(def, sub, obj)
     }
 
     pub(crate) async fn patch(&self, target: Named<'_>, ctx: &Ctx) -> ApiResult<Resp> {
         let Named { def, name, sub, .. } = target;
         let (kind, p) = decode::decode_patch(&ctx.content_type, &ctx.body)?;
+        if kind == decode::PatchKind::Apply {
+            return self.apply(target, ctx, p).await;
+        }
+        if ctx.q("force").is_some() {
+            return Err(ApiError::bad_request("force may only be set on apply requests"));
+        }
         if kind == decode::PatchKind::StrategicMerge && crd::is_custom(def) {
             // As upstream: custom resources have no patch strategies to merge by.
             return Err(ApiError::unsupported_media_type("application/strategic-merge-patch+json"));
@@ -57,7 +64,7 @@ impl ApiServer {
                 Ok(patched)
             }
         };
-        let obj = self.write_update(target, ctx, &mutate).await?;
+        let obj = self.write_update(target, ctx, &mutate, Ownership::Record).await?;
         Self::finish_write(def, sub, obj)
     }
 }

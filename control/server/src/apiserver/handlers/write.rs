@@ -3,11 +3,38 @@
 use serde_json::{Value, json};
 
 use super::super::api_server::ApiServer;
+use super::super::crd;
 use super::super::decode;
+use super::super::managed::{self, Walk};
+use super::super::meta;
 use super::super::object::{Named, has_finalizers, invalid, rv_of, spec_part, str_at, to_bytes, to_obj};
 use super::super::request::{Ctx, Subresource};
+use super::super::resources::ResourceDef;
 use super::super::status::{ApiError, ApiResult};
 use crate::store;
+
+/// Who owns the fields a write changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ownership {
+    /// Recorded after defaulting as an Update by the request's field manager.
+    Record,
+    /// Server-side apply: `mutate` has already set `metadata.managedFields`.
+    Applied,
+}
+
+/// How fields of `def`'s objects merge: by the custom resource's schema, or the
+/// built-in kinds' list keys.
+pub(super) fn walk_of(def: &ResourceDef) -> Walk<'static> {
+    match crd::of(def) {
+        Some(s) => Walk::custom(&s.schema),
+        None => Walk::builtin(),
+    }
+}
+
+/// The subresource a write's fields are recorded under (only status is tracked apart).
+pub(super) fn tracked_subresource(sub: Option<Subresource>) -> Option<&'static str> {
+    (sub == Some(Subresource::Status)).then_some("status")
+}
 
 impl ApiServer {
     /// The update pipeline shared by PUT and PATCH (and their subresources): read the
@@ -19,8 +46,10 @@ impl ApiServer {
         target: Named<'_>,
         ctx: &Ctx,
         mutate: &(dyn Fn(&Value) -> ApiResult<Value> + Send + Sync),
+        ownership: Ownership,
     ) -> ApiResult<Value> {
         let Named { def, ns, name, sub } = target;
+        let api_version = def.api_version();
         for _attempt in 0..16 {
             let kv = self.get_kv(def, ns, name).await?;
             let cur = to_obj(&kv)?;
@@ -55,6 +84,10 @@ impl ApiServer {
                     "the namespace of the provided object does not match the namespace sent on the request",
                 ));
             }
+            let applied_fields = match ownership {
+                Ownership::Applied => desired.pointer("/metadata/managedFields").cloned(),
+                Ownership::Record => None,
+            };
             let mut new = match sub {
                 // pods/binding sets spec.nodeName and the PodScheduled condition together.
                 Some(Subresource::Binding) => desired,
@@ -99,9 +132,36 @@ impl ApiServer {
                     }
                 }
             }
-            new["metadata"].as_object_mut().map(|m| m.remove("managedFields"));
+            let sent_fields = new["metadata"].as_object_mut().and_then(|m| m.remove("managedFields"));
+            if let Some(f) = applied_fields {
+                new["metadata"]["managedFields"] = f;
+            }
             def.strategy.prepare_for_update(&cur, &mut new).map_err(|c| invalid(def, &cur, c))?;
             let mut new = decode::decode_update(def, new, ctx.strict())?;
+            if ownership == Ownership::Record {
+                let now = meta::now();
+                let w = managed::Write {
+                    manager: ctx.field_manager(),
+                    api_version: &api_version,
+                    subresource: tracked_subresource(sub),
+                    has_status: def.status,
+                    now: &now,
+                };
+                let entries = match sent_fields {
+                    Some(f) if sub.is_none() && managed::is_reset(&f) => Vec::new(),
+                    sent => {
+                        // Entries the client changed replace the stored ones (that is how
+                        // kubectl migrates client-side apply); absent, empty or invalid
+                        // ones do not, so clients unaware of them cannot drop them.
+                        let sent = sent
+                            .filter(|f| sub.is_none() && f.as_array().is_some_and(|l| !l.is_empty()))
+                            .and_then(|f| managed::decode(&serde_json::json!({"metadata": {"managedFields": f}})));
+                        let base = sent.or_else(|| managed::decode(&cur)).unwrap_or_default();
+                        managed::record_update(base, &cur, &new, &walk_of(def), &w)
+                    }
+                };
+                managed::encode(&mut new, entries);
+            }
             if def.has_spec() && spec_part(&new) != spec_part(&cur) {
                 let g = cur.pointer("/metadata/generation").and_then(|g| g.as_i64()).unwrap_or(0);
                 new["metadata"]["generation"] = json!(g + 1);
