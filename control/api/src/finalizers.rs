@@ -14,3 +14,7 @@ pub const ORPHAN: &str = "orphan";
 /// finalizers above only to these, since no one would ever remove them from another kind.
 pub const GARBAGE_COLLECTED_KINDS: &[&str] =
     &["Pod", "Node", "Service", "EndpointSlice", "Deployment", "ReplicaSet", "DaemonSet", "Job", "ServiceAccount"];
+
+/// A namespace's `spec.finalizers` entry: the namespace controller removes it (through
+/// the `finalize` subresource) once the namespace's content is gone.
+pub const KUBERNETES: &str = "kubernetes";

@@ -20,10 +20,12 @@ use crate::informers::Informers;
 
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpointslice;
 pub mod gc;
 pub mod job;
 pub mod lbipam;
+pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod owned_pods;
@@ -79,6 +81,8 @@ pub const CONTROLLERS: &[(&str, StartFn)] = &[
     ("root-ca-cert-publisher", |ctx| Box::pin(rootca::run(ctx))),
     ("daemonset", |ctx| Box::pin(daemonset::run(ctx))),
     ("job", |ctx| Box::pin(job::run(ctx))),
+    ("namespace", |ctx| Box::pin(namespace::run(ctx))),
+    ("disruption", |ctx| Box::pin(disruption::run(ctx))),
     ("garbage-collector", |ctx| Box::pin(gc::run(ctx))),
     ("pod-garbage-collector", |ctx| Box::pin(podgc::run(ctx))),
     ("persistentvolume-binder", |ctx| Box::pin(volume::binder::run(ctx))),

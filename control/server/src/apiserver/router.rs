@@ -213,8 +213,9 @@ impl ApiServer {
                     Subresource::Status => r.def.status,
                     Subresource::Scale => r.def.scale,
                     Subresource::Approval => r.def.strategy.has_approval(),
-                    Subresource::Binding | Subresource::Token => {
-                        r.verb == Verb::Create && r.def.strategy.create_subresource() == Some(sub)
+                    Subresource::Finalize => r.def.strategy.finalized_by_spec() && r.verb == Verb::Update,
+                    Subresource::Binding | Subresource::Token | Subresource::Eviction => {
+                        r.verb == Verb::Create && r.def.strategy.create_subresources().contains(&sub)
                     }
                 };
                 if !allowed {
@@ -241,6 +242,10 @@ impl ApiServer {
             }
             (Verb::Create, None, _) => self.create(r.def, ns, &ctx).await,
             (Verb::Create, Some(n), Some(Subresource::Binding)) => self.bind(r.def, ns, n, &ctx).await,
+            (Verb::Create, Some(n), Some(Subresource::Eviction)) => match ns {
+                Some(ns) => self.evict(r.def, ns, n, &ctx).await,
+                None => Err(ApiError::path_not_found()),
+            },
             (Verb::Create, Some(n), Some(Subresource::Token)) => match ns {
                 Some(ns) => self.create_token(ns, n, &ctx).await,
                 None => Err(ApiError::path_not_found()),
@@ -323,7 +328,7 @@ fn route(method: &Method, path: &str, query: &HashMap<String, String>) -> ApiRes
     let is_watch = matches!(query.get("watch").map(String::as_str), Some("1" | "true"));
     // pods/binding (the scheduler's way to set spec.nodeName exactly once) and
     // serviceaccounts/token (the TokenRequest API) are created on a named object.
-    let creates_sub = sub.and_then(Subresource::parse).is_some_and(|s| def.strategy.create_subresource() == Some(s));
+    let creates_sub = sub.and_then(Subresource::parse).is_some_and(|s| def.strategy.create_subresources().contains(&s));
     let verb = match (method, name) {
         (&Method::GET, _) if is_watch => Verb::Watch,
         (&Method::GET, Some(_)) => Verb::Get,

@@ -10,6 +10,7 @@
 
 mod create;
 mod delete;
+mod eviction;
 mod read;
 mod subresources;
 mod update;

@@ -6,8 +6,15 @@ use super::super::api_server::ApiServer;
 use super::super::decode;
 use super::super::object::{Named, has_finalizers, invalid, rv_of, spec_part, str_at, to_bytes, to_obj};
 use super::super::request::{Ctx, Subresource};
+use super::super::resources::ResourceDef;
 use super::super::status::{ApiError, ApiResult};
 use crate::store;
+
+/// Whether a kind finalized through `spec.finalizers` (namespaces) still has some.
+pub(super) fn spec_finalizers_left(def: &ResourceDef, obj: &Value) -> bool {
+    def.strategy.finalized_by_spec()
+        && obj.pointer("/spec/finalizers").and_then(|f| f.as_array()).is_some_and(|f| !f.is_empty())
+}
 
 impl ApiServer {
     /// The update pipeline shared by PUT and PATCH (and their subresources): read the
@@ -55,6 +62,7 @@ impl ApiServer {
                     "the namespace of the provided object does not match the namespace sent on the request",
                 ));
             }
+            let finalizers = desired.pointer("/spec/finalizers").cloned().unwrap_or(json!([]));
             let mut new = match sub {
                 // pods/binding sets spec.nodeName and the PodScheduled condition together.
                 Some(Subresource::Binding) => desired,
@@ -64,6 +72,7 @@ impl ApiServer {
                     super::super::strategy::default_conditions(&mut n, &super::super::meta::now());
                     n
                 }
+                Some(Subresource::Finalize) => cur.clone(),
                 Some(Subresource::Status) => {
                     let mut n = cur.clone();
                     n["status"] = desired.get("status").cloned().unwrap_or(Value::Null);
@@ -101,13 +110,16 @@ impl ApiServer {
             }
             new["metadata"].as_object_mut().map(|m| m.remove("managedFields"));
             def.strategy.prepare_for_update(&cur, &mut new).map_err(|c| invalid(def, &cur, c))?;
+            if sub == Some(Subresource::Finalize) {
+                new["spec"]["finalizers"] = finalizers;
+            }
             let mut new = decode::decode_update(def, new, ctx.strict())?;
             if def.has_spec() && spec_part(&new) != spec_part(&cur) {
                 let g = cur.pointer("/metadata/generation").and_then(|g| g.as_i64()).unwrap_or(0);
                 new["metadata"]["generation"] = json!(g + 1);
             }
             let terminating = new.pointer("/metadata/deletionTimestamp").is_some();
-            let finalizers_left = has_finalizers(&new);
+            let finalizers_left = has_finalizers(&new) || spec_finalizers_left(def, &new);
             let grace_left =
                 new.pointer("/metadata/deletionGracePeriodSeconds").and_then(|g| g.as_i64()).unwrap_or(0) > 0;
             if terminating && !finalizers_left && !grace_left && !ctx.dry_run() {
