@@ -1,6 +1,7 @@
 //! The audit log with the real kubectl against a real `skiff-control`: a policy that
 //! records Secrets at Metadata, Pods at RequestResponse and nothing else yields exactly
-//! those events, with the upstream fields, and never a Secret's data.
+//! those events, with the upstream fields, and never a Secret's data; a watch gets
+//! RequestReceived, ResponseStarted and (when its stream ends) ResponseComplete.
 
 mod support;
 
@@ -44,6 +45,10 @@ fn the_policy_selects_events_and_levels() {
     s.ok(&["create", "-f", &pod]);
     s.ok(&["get", "nodes"]);
     s.fails(&["get", "secret", "missing"]);
+    s.ok(&["get", "--raw", "/api/v1/namespaces/default/pods?watch=true&timeoutSeconds=1"]);
+    s.wait_for(10, "the watch's ResponseComplete", || {
+        std::fs::read_to_string(&log).unwrap().lines().filter(|l| l.contains(r#""verb":"watch""#)).count() == 3
+    });
 
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!text.contains("hunter2") && !text.contains("aHVudGVyMg=="), "secret data in the audit log: {text}");
@@ -72,6 +77,9 @@ fn the_policy_selects_events_and_levels() {
             ev("ResponseComplete", "create", "pods", "RequestResponse", 201),
             ev("RequestReceived", "get", "secrets", "Metadata", 0),
             ev("ResponseComplete", "get", "secrets", "Metadata", 404),
+            ev("RequestReceived", "watch", "pods", "RequestResponse", 0),
+            ev("ResponseStarted", "watch", "pods", "RequestResponse", 200),
+            ev("ResponseComplete", "watch", "pods", "RequestResponse", 200),
         ],
         "{text}"
     );
@@ -99,4 +107,6 @@ fn the_policy_selects_events_and_levels() {
     assert!(events[2].get("responseObject").is_none(), "nothing is answered when the request is received");
     assert_eq!(events[5]["objectRef"]["name"], "missing");
     assert_eq!(events[5]["responseStatus"]["reason"], "NotFound", "{}", events[5]);
+    // A watch: its three stages share an ID; the stream is not in the log.
+    assert!(events[6..].iter().all(|e| e["auditID"] == events[6]["auditID"] && e.get("responseObject").is_none()));
 }

@@ -188,6 +188,8 @@ impl Policy {
 /// One request as the audit log records it, filled in as the request is served.
 #[derive(Debug, Default)]
 pub struct Record {
+    /// Shared by the events of one request.
+    pub audit_id: String,
     pub received: String,
     pub request_uri: String,
     pub user_agent: String,
@@ -251,7 +253,7 @@ impl Auditor {
     }
 
     pub fn new_record(&self) -> Record {
-        Record { received: now(), ..Default::default() }
+        Record { audit_id: uuid::Uuid::new_v4().to_string(), received: now(), ..Default::default() }
     }
 
     /// The level `record`'s request gets (None when it is not known who asked).
@@ -262,14 +264,14 @@ impl Auditor {
         }
     }
 
-    /// Writes the events of a request that got `status` (the response's code, and its
+    /// Writes the events of a request (a watch's first two; `watch_complete` the last) that got `status` (the response's code, and its
     /// Status object if it failed) and `response` (its object, for RequestResponse).
     pub fn finish(&self, record: &Record, code: u16, failure: Option<&Value>, response: Option<Value>) {
         let (level, omit) = self.level(record);
         if level == Level::None {
             return;
         }
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = record.audit_id.clone();
         let stages: &[&str] = if record.watch {
             &["RequestReceived", "ResponseStarted"]
         } else {
@@ -280,10 +282,24 @@ impl Auditor {
             let ev = self.event(record, level, &id, stage, code, failure, response.as_ref());
             out.push(ev);
         }
+        self.write(out);
+    }
+
+    /// Writes the ResponseComplete event of a watch whose stream has ended.
+    pub fn watch_complete(&self, record: &Record, code: u16) {
+        let (level, omit) = self.level(record);
+        if level == Level::None || omit.iter().any(|o| o == "ResponseComplete") {
+            return;
+        }
+        let id = record.audit_id.clone();
+        let ev = self.event(record, level, &id, "ResponseComplete", code, None, None);
+        self.write(vec![ev]);
+    }
+
+    fn write(&self, events: Vec<Value>) {
         let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
-        for ev in out {
-            let line = ev.to_string();
-            if let Err(e) = writeln!(sink, "{line}").and_then(|()| sink.flush()) {
+        for ev in events {
+            if let Err(e) = writeln!(sink, "{ev}").and_then(|()| sink.flush()) {
                 tracing::warn!(error = %e, "writing the audit log failed; event dropped");
             }
         }
@@ -352,6 +368,55 @@ impl Auditor {
             }
         }
         ev
+    }
+}
+
+/// A response body that runs a function once, when it ends or is dropped (a watch's
+/// ResponseComplete event).
+pub struct OnEnd {
+    inner: crate::apiserver::request::Body,
+    on_end: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl OnEnd {
+    pub fn wrap(
+        inner: crate::apiserver::request::Body,
+        on_end: Box<dyn FnOnce() + Send + Sync>,
+    ) -> crate::apiserver::request::Body {
+        use http_body_util::BodyExt;
+        OnEnd { inner, on_end: Some(on_end) }.boxed()
+    }
+
+    fn end(&mut self) {
+        if let Some(f) = self.on_end.take() {
+            f();
+        }
+    }
+}
+
+impl hyper::body::Body for OnEnd {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(None) = polled {
+            self.end();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}
+
+impl Drop for OnEnd {
+    fn drop(&mut self) {
+        self.end();
     }
 }
 

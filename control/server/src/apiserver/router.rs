@@ -65,6 +65,18 @@ impl ApiServer {
         let (mut resp, user, labels) = self.serve_inner(req, subject, record.as_mut()).await;
         if let (Some(auditor), Some(record)) = (self.audit.get(), record) {
             resp = audit_response(auditor, &record, resp).await;
+            if record.watch && auditor.level(&record).0 != audit::Level::None {
+                // The watch's ResponseComplete, when its stream ends (or the client goes).
+                let code = resp.status().as_u16();
+                let server = self.clone();
+                let (parts, body) = resp.into_parts();
+                let on_end = move || {
+                    if let Some(a) = server.audit.get() {
+                        a.watch_complete(&record, code);
+                    }
+                };
+                resp = Response::from_parts(parts, audit::OnEnd::wrap(body, Box::new(on_end)));
+            }
         }
         if let Some(labels) = labels {
             crate::metrics::request_done(&labels, resp.status().as_u16(), started.elapsed());
