@@ -351,6 +351,18 @@ impl Client {
         self.call(Method::POST, &path, Some("application/json"), Self::encode(body)?).await
     }
 
+    /// PUT to a subresource of `obj`'s kind (`namespaces/NAME/finalize`).
+    pub async fn replace_subresource<K: Resource + Serialize + DeserializeOwned>(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: &str,
+        obj: &K,
+    ) -> Result<K> {
+        let path = object_path::<K>(namespace, name, Some(subresource));
+        self.call(Method::PUT, &path, Some("application/json"), Self::encode(obj)?).await
+    }
+
     /// DELETE with optional DeleteOptions (propagationPolicy, preconditions, grace period).
     /// A missing object is `Ok(false)`.
     pub async fn delete<K: Resource>(

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::Method;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{APIGroupList, APIResourceList};
 use k8s_openapi::{NamespaceResourceScope, Resource};
 use serde_json::Value;
 
@@ -182,6 +182,38 @@ impl Discovery {
         Ok(resources.iter().find(|r| r.kind == kind).cloned())
     }
 
+    /// Every namespaced resource the server serves that can be listed and deleted, in
+    /// each group's preferred version, read afresh (CustomResourceDefinitions included):
+    /// what a namespace holds.
+    pub async fn namespaced_deletable(&self) -> Result<Vec<ApiResource>> {
+        let groups: APIGroupList = decode_as(&self.client, "/apis").await?;
+        let mut versions = vec![String::from("v1")];
+        versions.extend(groups.groups.into_iter().filter_map(|g| g.preferred_version.map(|v| v.group_version)));
+        let mut out = Vec::new();
+        for api_version in versions {
+            let path = group_version_path(&api_version);
+            let list: APIResourceList = decode_as(&self.client, &path).await?;
+            let (group, version) = api_version.rsplit_once('/').unwrap_or(("", &api_version));
+            out.extend(
+                list.resources
+                    .into_iter()
+                    .filter(|r| {
+                        r.namespaced
+                            && !r.name.contains('/')
+                            && ["list", "delete"].iter().all(|v| r.verbs.iter().any(|x| x == v))
+                    })
+                    .map(|r| ApiResource {
+                        group: group.to_string(),
+                        version: version.to_string(),
+                        kind: r.kind,
+                        plural: r.name,
+                        namespaced: true,
+                    }),
+            );
+        }
+        Ok(out)
+    }
+
     /// Reads a group version's discovery document and remembers its resources.
     async fn fetch(&self, api_version: &str) -> Result<Arc<Vec<ApiResource>>> {
         let path = group_version_path(api_version);
@@ -211,6 +243,13 @@ impl Discovery {
         self.known.lock().unwrap().insert(api_version.to_string(), resources.clone());
         Ok(resources)
     }
+}
+
+/// GET of a path decoded as `T`.
+async fn decode_as<T: serde::de::DeserializeOwned>(client: &Client, path: &str) -> Result<T> {
+    let resp = client.send_raw(Method::GET, path, None, Bytes::new()).await?;
+    let v = decode(path, resp).await?;
+    serde_json::from_value(v).map_err(|source| Error::Decode { what: path.into(), source })
 }
 
 #[cfg(test)]

@@ -27,3 +27,6 @@ pub const GARBAGE_COLLECTED_KINDS: &[&str] = &[
     "PersistentVolumeClaim",
     "CronJob",
 ];
+/// A namespace's `spec.finalizers` entry: the namespace controller removes it (through
+/// the `finalize` subresource) once the namespace's content is gone.
+pub const KUBERNETES: &str = "kubernetes";

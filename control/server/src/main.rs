@@ -63,6 +63,14 @@ struct Args {
     /// Key prefix in etcd, so several clusters can share one etcd.
     #[arg(long, default_value = skiff_control::store::etcd::DEFAULT_PREFIX)]
     etcd_prefix: String,
+    /// Write the audit log (JSON lines of audit.k8s.io/v1 Events) to this file, or `-`
+    /// for stdout.
+    #[arg(long)]
+    audit_log_path: Option<std::path::PathBuf>,
+    /// The audit.k8s.io/v1 Policy (YAML) deciding which requests are logged at which
+    /// level; without it every request is logged at Metadata.
+    #[arg(long)]
+    audit_policy_file: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -93,6 +101,8 @@ async fn main() -> anyhow::Result<()> {
         node_monitor_grace_period: std::time::Duration::from_secs(a.node_monitor_grace_period),
         pod_eviction_timeout: std::time::Duration::from_secs(a.pod_eviction_timeout),
         etcd,
+        audit_log_path: a.audit_log_path,
+        audit_policy_file: a.audit_policy_file,
     };
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

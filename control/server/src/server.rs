@@ -47,6 +47,8 @@ pub enum Error {
     Bootstrap(crate::apiserver::status::ApiError),
     #[error("cannot listen on {addr}: {source} (is another skiff-control running? pick another --port)")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Audit(#[from] crate::apiserver::audit::Error),
     #[error("invalid --{flag} {value:?}: {reason}")]
     Flag { flag: &'static str, value: String, reason: String },
 }
@@ -80,6 +82,10 @@ pub struct Config {
     /// Keep objects in this etcd cluster instead of the embedded store in `data_dir`
     /// (the PKI, tokens and kubeconfig stay in `data_dir` either way).
     pub etcd: Option<EtcdConfig>,
+    /// Write the audit log here (`-`: stdout); `None` keeps none.
+    pub audit_log_path: Option<PathBuf>,
+    /// The audit.k8s.io/v1 Policy that selects what the audit log records.
+    pub audit_policy_file: Option<PathBuf>,
 }
 
 /// What clap's parsing of a CIDR flag lets through but a range of addresses to hand
@@ -326,6 +332,10 @@ async fn start(cfg: &Config) -> Result<(TcpListener, Arc<ApiServer>, TlsAcceptor
     authz.spawn_sync(store.clone());
     let api = Arc::new(ApiServer::new(store, authn, Box::new(authz), cfg.service_cidr, sa_keys));
     api.spawn_sync();
+    if let Some(log) = &cfg.audit_log_path {
+        api.set_auditor(crate::apiserver::audit::Auditor::open(log, cfg.audit_policy_file.as_deref())?);
+        tracing::info!(path = %log.display(), "writing the audit log");
+    }
     api.set_kubelet_client(pki.kubelet_client_config()?);
     let acceptor = TlsAcceptor::from(pki.server_config()?);
     let server = match cfg.advertised() {

@@ -468,12 +468,14 @@ fn api_semantics_paging_selectors_patches_subresources_strict_validation() {
     let names = s.ok(&["get", "jobs,daemonsets", "-o", "name"]);
     assert_eq!(names.lines().collect::<Vec<_>>(), ["job.batch/once", "daemonset.apps/agent"], "{names}");
 
-    // Deleting a namespace removes what was in it.
+    // Deleting a namespace marks it Terminating; with the controllers off (here) no
+    // namespace controller removes its content (`lifecycle.rs` tests that it does).
     s.ok(&["create", "namespace", "scratch"]);
     assert_eq!(s.json(&["get", "ns", "scratch"])["metadata"]["labels"]["kubernetes.io/metadata.name"], "scratch");
     s.ok(&["create", "configmap", "x", "-n", "scratch", "--from-literal=a=1"]);
-    s.ok(&["delete", "namespace", "scratch"]);
-    assert!(s.fails(&["get", "cm", "x", "-n", "scratch"]).contains("not found"));
+    s.ok(&["delete", "namespace", "scratch", "--wait=false"]);
+    assert_eq!(s.json(&["get", "ns", "scratch"])["status"]["phase"], "Terminating");
+    assert!(s.fails(&["create", "configmap", "y", "-n", "scratch"]).contains("is being terminated"));
     let e = s.fails(&["delete", "namespace", "default"]);
     assert!(e.contains("may not be deleted"), "{e}");
 }

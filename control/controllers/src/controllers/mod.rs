@@ -21,10 +21,12 @@ use crate::informers::Informers;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpointslice;
 pub mod gc;
 pub mod job;
 pub mod lbipam;
+pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod owned_pods;
@@ -83,6 +85,8 @@ pub const CONTROLLERS: &[(&str, StartFn)] = &[
     ("job", |ctx| Box::pin(job::run(ctx))),
     ("statefulset", |ctx| Box::pin(statefulset::run(ctx))),
     ("cronjob", |ctx| Box::pin(cronjob::run(ctx))),
+    ("namespace", |ctx| Box::pin(namespace::run(ctx))),
+    ("disruption", |ctx| Box::pin(disruption::run(ctx))),
     ("garbage-collector", |ctx| Box::pin(gc::run(ctx))),
     ("pod-garbage-collector", |ctx| Box::pin(podgc::run(ctx))),
     ("persistentvolume-binder", |ctx| Box::pin(volume::binder::run(ctx))),

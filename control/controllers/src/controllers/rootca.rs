@@ -114,9 +114,9 @@ pub async fn run(ctx: Arc<Context>) {
                                 queue.add(ns);
                             }
                         }
-                        // Deleting a namespace deletes its contents before the namespace
-                        // itself (it is not marked terminating first): recreating at once
-                        // would leave the ConfigMap behind in a namespace that is gone.
+                        // The namespace controller deletes it from a terminating
+                        // namespace; by the time this looks again the cache knows the
+                        // namespace is terminating (or gone) and nothing is recreated.
                         Change::Deleted(cm) => {
                             if let Some(ns) = cm.metadata.namespace.clone() {
                                 queue.add_after(ns, RECREATE_DELAY);

@@ -29,6 +29,8 @@ pub struct ApiServer {
     pub(crate) sa_keys: Arc<Keys>,
     /// TLS with the kubelet-client certificate, for `node_proxy` (set once at start).
     pub(crate) kubelet_tls: std::sync::OnceLock<Arc<rustls::ClientConfig>>,
+    /// The audit log, when `--audit-log-path` asks for one (set once at start).
+    pub(crate) audit: std::sync::OnceLock<super::audit::Auditor>,
 }
 
 impl ApiServer {
@@ -36,6 +38,11 @@ impl ApiServer {
     /// subresources answer 500.
     pub fn set_kubelet_client(&self, tls: Arc<rustls::ClientConfig>) {
         let _ = self.kubelet_tls.set(tls);
+    }
+
+    /// Records requests in the audit log from now on.
+    pub fn set_auditor(&self, auditor: super::audit::Auditor) {
+        let _ = self.audit.set(auditor);
     }
 
     /// Keeps the Service allocation index in step with the store until the process ends
@@ -63,6 +70,7 @@ impl ApiServer {
             service_ips: Arc::default(),
             sa_keys,
             kubelet_tls: std::sync::OnceLock::new(),
+            audit: std::sync::OnceLock::new(),
         }
     }
 }

@@ -94,6 +94,11 @@ fn entries(r: &ResourceDef) -> Vec<Value> {
         out.push(json!({"name": format!("{}/status", r.plural), "singularName": "", "namespaced": r.namespaced,
             "kind": r.kind, "verbs": ["get", "patch", "update"]}));
     }
+    if r.kind == "Pod" {
+        // The Eviction API; `kubectl drain` evicts (rather than deletes) when it is here.
+        out.push(json!({"name": "pods/eviction", "singularName": "", "namespaced": true,
+            "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]}));
+    }
     if r.kind == "ServiceAccount" {
         // The TokenRequest API; `kubectl create token` looks for it here.
         out.push(json!({"name": "serviceaccounts/token", "singularName": "", "namespaced": true,

@@ -11,6 +11,7 @@
 mod admission;
 pub mod allocator;
 mod api_server;
+pub mod audit;
 mod authentication;
 mod authorization;
 pub mod bootstrap;

@@ -79,6 +79,10 @@ pub(crate) enum Subresource {
     Token,
     /// `certificatesigningrequests/<name>/approval`: writes change only the conditions.
     Approval,
+    /// `pods/<name>/eviction`: the policy/v1 Eviction API (`kubectl drain`).
+    Eviction,
+    /// `namespaces/<name>/finalize`: writes change only `spec.finalizers`.
+    Finalize,
 }
 
 impl Subresource {
@@ -89,6 +93,8 @@ impl Subresource {
             "binding" => Self::Binding,
             "token" => Self::Token,
             "approval" => Self::Approval,
+            "finalize" => Self::Finalize,
+            "eviction" => Self::Eviction,
             _ => return None,
         })
     }
@@ -100,6 +106,8 @@ impl Subresource {
             Self::Binding => "binding",
             Self::Token => "token",
             Self::Approval => "approval",
+            Self::Finalize => "finalize",
+            Self::Eviction => "eviction",
         }
     }
 }

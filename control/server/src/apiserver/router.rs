@@ -16,7 +16,7 @@ use super::object::Named;
 use super::request::{Ctx, Resp, Subresource, Verb, error_response, full, json_response};
 use super::resources::{self, ResourceDef};
 use super::status::{ApiError, ApiResult};
-use super::{authentication, discovery, openapi, views};
+use super::{audit, authentication, discovery, openapi, views};
 use crate::auth::authn::Outcome;
 use crate::auth::authz::{Attributes, Decision};
 use crate::tls::x509::Subject;
@@ -52,7 +52,32 @@ impl ApiServer {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let started = std::time::Instant::now();
-        let (resp, user, labels) = self.serve_inner(req, subject).await;
+        let mut record = self.audit.get().map(|a| {
+            let mut r = a.new_record();
+            r.request_uri = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+            let h = |n: header::HeaderName| req.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+            r.user_agent = h(header::USER_AGENT).unwrap_or_default();
+            r.source_ips = h(header::HeaderName::from_static("x-forwarded-for"))
+                .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
+                .unwrap_or_else(|| vec!["127.0.0.1".to_string()]);
+            r
+        });
+        let (mut resp, user, labels) = self.serve_inner(req, subject, record.as_mut()).await;
+        if let (Some(auditor), Some(record)) = (self.audit.get(), record) {
+            resp = audit_response(auditor, &record, resp).await;
+            if record.watch && auditor.level(&record).0 != audit::Level::None {
+                // The watch's ResponseComplete, when its stream ends (or the client goes).
+                let code = resp.status().as_u16();
+                let server = self.clone();
+                let (parts, body) = resp.into_parts();
+                let on_end = move || {
+                    if let Some(a) = server.audit.get() {
+                        a.watch_complete(&record, code);
+                    }
+                };
+                resp = Response::from_parts(parts, audit::OnEnd::wrap(body, Box::new(on_end)));
+            }
+        }
         if let Some(labels) = labels {
             crate::metrics::request_done(&labels, resp.status().as_u16(), started.elapsed());
         }
@@ -73,6 +98,7 @@ impl ApiServer {
         &self,
         req: http::Request<B>,
         subject: Option<Subject>,
+        mut audit: Option<&mut audit::Record>,
     ) -> (Resp, Option<String>, Option<crate::metrics::RequestLabels>)
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
@@ -106,6 +132,9 @@ impl ApiServer {
             Err(e) => return (error_response(&e), None, None),
         };
         let name = Some(user.name.clone());
+        if let Some(a) = audit.as_deref_mut() {
+            a.user = Some(user.clone());
+        }
         if let Some(target) = super::node_proxy::ProxyTarget::parse(req.uri().path()) {
             let labels = target.metric_labels();
             return (self.node_proxy(req, target, &user).await, name, Some(labels));
@@ -135,7 +164,16 @@ impl ApiServer {
                 name: r.name.clone(),
             },
         };
-        if let Decision::Deny(why) = self.authz.authorize(&user, &attrs) {
+        let decision = self.authz.authorize(&user, &attrs);
+        if let Some(a) = audit.as_deref_mut() {
+            a.request = Some(audit_request(&attrs, &target));
+            a.watch = matches!(&target, Target::Resource(r) if r.verb == Verb::Watch);
+            a.decision = Some(match &decision {
+                Decision::Allow => ("allow", String::new()),
+                Decision::Deny(why) => ("forbid", why.clone()),
+            });
+        }
+        if let Decision::Deny(why) = decision {
             let msg = match &target {
                 Target::Resource(r) => {
                     let res = if r.def.group.is_empty() {
@@ -165,6 +203,11 @@ impl ApiServer {
             }
         };
         let h = |n: header::HeaderName| parts.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        if let Some(a) = audit
+            && !body.is_empty()
+        {
+            a.request_object = super::decode::decode_body(&h(header::CONTENT_TYPE), &body).ok();
+        }
         let ctx = Ctx {
             query,
             accept: h(header::ACCEPT),
@@ -220,8 +263,9 @@ impl ApiServer {
                     Subresource::Status => r.def.status,
                     Subresource::Scale => r.def.scale,
                     Subresource::Approval => r.def.strategy.has_approval(),
-                    Subresource::Binding | Subresource::Token => {
-                        r.verb == Verb::Create && r.def.strategy.create_subresource() == Some(sub)
+                    Subresource::Finalize => r.def.strategy.finalized_by_spec() && r.verb == Verb::Update,
+                    Subresource::Binding | Subresource::Token | Subresource::Eviction => {
+                        r.verb == Verb::Create && r.def.strategy.create_subresources().contains(&sub)
                     }
                 };
                 if !allowed {
@@ -248,6 +292,10 @@ impl ApiServer {
             }
             (Verb::Create, None, _) => self.create(r.def, ns, &ctx).await,
             (Verb::Create, Some(n), Some(Subresource::Binding)) => self.bind(r.def, ns, n, &ctx).await,
+            (Verb::Create, Some(n), Some(Subresource::Eviction)) => match ns {
+                Some(ns) => self.evict(r.def, ns, n, &ctx).await,
+                None => Err(ApiError::path_not_found()),
+            },
             (Verb::Create, Some(n), Some(Subresource::Token)) => match ns {
                 Some(ns) => self.create_token(ns, n, &ctx).await,
                 None => Err(ApiError::path_not_found()),
@@ -304,6 +352,58 @@ impl ResourceRequest {
     }
 }
 
+/// What the audit policy matches of a request.
+fn audit_request(attrs: &Attributes, target: &Target) -> audit::Request {
+    match attrs {
+        Attributes::Resource { verb, group, resource, subresource, namespace, name } => audit::Request {
+            verb: verb.clone(),
+            path: String::new(),
+            resource: Some(audit::ObjectRef {
+                group: group.clone(),
+                version: match target {
+                    Target::Resource(r) => r.def.version.to_string(),
+                    Target::NonResource => String::new(),
+                },
+                resource: resource.clone(),
+                subresource: subresource.clone(),
+                namespace: namespace.clone(),
+                name: name.clone(),
+            }),
+        },
+        Attributes::NonResource { verb, path } => {
+            audit::Request { verb: verb.clone(), path: path.clone(), resource: None }
+        }
+    }
+}
+
+/// Writes the audit events of a served request. A failure's Status and, at level
+/// RequestResponse, the response object need the body, so it is read (never that of a
+/// watch, which streams) and put back.
+async fn audit_response(auditor: &audit::Auditor, record: &audit::Record, resp: Resp) -> Resp {
+    let (level, _) = auditor.level(record);
+    if level == audit::Level::None {
+        return resp;
+    }
+    let code = resp.status().as_u16();
+    if record.watch || (code < 400 && level < audit::Level::RequestResponse) {
+        auditor.finish(record, code, None, None);
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading a response for the audit log failed");
+            auditor.finish(record, code, None, None);
+            return Response::from_parts(parts, full(Bytes::new()));
+        }
+    };
+    let obj: Option<Value> = serde_json::from_slice(&bytes).ok();
+    let failure = obj.as_ref().filter(|_| code >= 400);
+    auditor.finish(record, code, failure, obj.clone().filter(|_| code < 400));
+    Response::from_parts(parts, full(bytes))
+}
+
 /// Maps method + path to a target. Non-resource paths (discovery, version, health)
 /// are everything that is not `/api/v1/...` or `/apis/<g>/<v>/...` with a resource.
 fn route(method: &Method, path: &str, query: &HashMap<String, String>) -> ApiResult<Target> {
@@ -330,7 +430,7 @@ fn route(method: &Method, path: &str, query: &HashMap<String, String>) -> ApiRes
     let is_watch = matches!(query.get("watch").map(String::as_str), Some("1" | "true"));
     // pods/binding (the scheduler's way to set spec.nodeName exactly once) and
     // serviceaccounts/token (the TokenRequest API) are created on a named object.
-    let creates_sub = sub.and_then(Subresource::parse).is_some_and(|s| def.strategy.create_subresource() == Some(s));
+    let creates_sub = sub.and_then(Subresource::parse).is_some_and(|s| def.strategy.create_subresources().contains(&s));
     let verb = match (method, name) {
         (&Method::GET, _) if is_watch => Verb::Watch,
         (&Method::GET, Some(_)) => Verb::Get,

@@ -73,6 +73,13 @@ impl ApiError {
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(403, "Forbidden", message)
     }
+    /// A 403 about one object: `<resource> "<name>" is forbidden: <why>`.
+    pub fn forbidden_object(resource: &str, group: &str, name: &str, why: &str) -> Self {
+        let mut e =
+            Self::new(403, "Forbidden", format!("{} \"{name}\" is forbidden: {why}", qualified(resource, group)));
+        e.details = Some(Box::new((resource.into(), name.into(), Some(group.into()))));
+        e
+    }
     pub fn not_found(resource: &str, group: &str, name: &str) -> Self {
         let mut e = Self::new(404, "NotFound", format!("{} \"{name}\" not found", qualified(resource, group)));
         e.details = Some(Box::new((resource.into(), name.into(), Some(group.into()))));
@@ -102,6 +109,9 @@ impl ApiError {
         );
         e.details = Some(Box::new((resource.into(), name.into(), Some(group.into()))));
         e
+    }
+    pub fn too_many_requests(message: impl Into<String>) -> Self {
+        Self::new(429, "TooManyRequests", message)
     }
     pub fn gone(message: impl Into<String>) -> Self {
         Self::new(410, "Expired", message)

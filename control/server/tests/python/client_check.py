@@ -21,6 +21,21 @@ from kubernetes.client.rest import ApiException
 from checks import check, expect_status, summary
 
 
+def wait_gone(ns):
+    """A deleted namespace is Terminating until the namespace controller has removed
+    its content; then it goes."""
+    for _ in range(150):
+        try:
+            v1 = client.CoreV1Api()
+            v1.read_namespace(ns)
+        except ApiException as e:
+            if e.status == 404:
+                return
+            raise
+        time.sleep(0.2)
+    raise AssertionError(f"namespace {ns} still exists 30 s after its deletion")
+
+
 def replace_retrying(read, change, replace, attempts=10):
     """Read, change, replace; on 409 (a controller wrote the object in between) read
     again, as client-go's RetryOnConflict does."""
@@ -73,7 +88,7 @@ def main():
         # A second namespace to delete, so the one the other checks use stays.
         v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="py-gone")))
         v1.delete_namespace("py-gone")
-        expect_status(404, v1.read_namespace, "py-gone")
+        wait_gone("py-gone")
 
     @check("configmap: create, read, replace, strategic/merge/json patch, delete")
     def _():
@@ -303,7 +318,7 @@ def main():
     @check("namespace: deleting removes what is in it")
     def _():
         v1.delete_namespace(NS)
-        expect_status(404, v1.read_namespace, NS)
+        wait_gone(NS)
         assert v1.list_namespaced_config_map(NS).items == []
 
     return summary()

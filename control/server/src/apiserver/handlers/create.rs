@@ -14,7 +14,7 @@ use super::super::meta;
 use super::super::object::{invalid, str_at, to_bytes, to_obj};
 use super::super::request::{Ctx, Resp, json_response};
 use super::super::resources::{ResourceDef, by_kind};
-use super::super::status::{ApiError, ApiResult};
+use super::super::status::{ApiError, ApiResult, Cause};
 use super::write::walk_of;
 use crate::store;
 
@@ -73,8 +73,22 @@ impl ApiServer {
         if def.namespaced {
             let nsdef = by_kind("Namespace").unwrap();
             let ns = ns.unwrap_or("");
-            if self.store.get(&nsdef.key(None, ns)).await?.is_none() {
+            let Some(nskv) = self.store.get(&nsdef.key(None, ns)).await? else {
                 return Err(ApiError::not_found("namespaces", "", ns));
+            };
+            if to_obj(&nskv)?.pointer("/metadata/deletionTimestamp").is_some() {
+                let mut e = ApiError::forbidden_object(
+                    def.plural,
+                    def.group,
+                    &name,
+                    &format!("unable to create new content in namespace {ns} because it is being terminated"),
+                );
+                e.causes.push(Cause {
+                    reason: "NamespaceTerminating",
+                    field: "metadata.namespace".into(),
+                    message: format!("namespace {ns} is being terminated"),
+                });
+                return Err(e);
             }
         }
         self.admit_create(def, ns, &mut obj).await?;

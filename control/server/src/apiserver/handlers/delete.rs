@@ -8,10 +8,12 @@ use super::super::deletion::{RACED, deleted_response, policy_finalizer, propagat
 use super::super::meta;
 use super::super::object::{has_finalizers, str_at, to_bytes, to_obj};
 use super::super::request::{Ctx, Resp, ok};
-use super::super::resources::{self, ResourceDef};
+use super::super::resources::ResourceDef;
 use super::super::selectors::Selectors;
 use super::super::status::{ApiError, ApiResult};
+use super::write::spec_finalizers_left;
 use crate::store::{self, KeyValue};
+use skiff_api::finalizers;
 
 impl ApiServer {
     /// Adds `finalizer` to the stored object (compare-and-swap on its revision) so the
@@ -67,6 +69,50 @@ impl ApiServer {
         match self.store.update(&kv.key, to_bytes(&o), Some(kv.mod_revision)).await {
             Ok(kv) => {
                 tracing::debug!(kind = def.kind, name, grace = g, finalizers = has_finalizers, "deletion started");
+                Ok(Some(to_obj(&kv)?))
+            }
+            Err(store::Error::Conflict { .. }) => Err(ApiError::conflict(def.plural, def.group, name, RACED)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deleting a namespace marks it Terminating (`deletionTimestamp`, `status.phase`)
+    /// and leaves it to the namespace controller, which removes its content and then
+    /// clears `spec.finalizers` (`finalize`), which deletes it. `None` when nothing holds
+    /// it (no finalizers of either kind): delete now. A namespace created without
+    /// `spec.finalizers` gets `kubernetes`, so its content is never orphaned.
+    async fn begin_namespace_termination(
+        &self,
+        def: &ResourceDef,
+        kv: &KeyValue,
+        cur: &Value,
+    ) -> ApiResult<Option<Value>> {
+        let name = str_at(cur, "/metadata/name").unwrap_or("");
+        if cur.pointer("/metadata/deletionTimestamp").is_some() {
+            if spec_finalizers_left(def, cur) {
+                return Err(ApiError::conflict(
+                    def.plural,
+                    def.group,
+                    name,
+                    "The system is ensuring all content is removed from this namespace.  Upon completion, \
+                     this namespace will automatically be purged by the system.",
+                ));
+            }
+            return Ok(if has_finalizers(cur) { Some(cur.clone()) } else { None });
+        }
+        let mut o = cur.clone();
+        if o.pointer("/spec/finalizers").is_none_or(|f| f.is_null()) {
+            o["spec"]["finalizers"] = json!([finalizers::KUBERNETES]);
+        }
+        if !spec_finalizers_left(def, &o) && !has_finalizers(&o) {
+            return Ok(None);
+        }
+        o["metadata"]["deletionTimestamp"] = json!(meta::now());
+        o["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        o["status"]["phase"] = json!("Terminating");
+        match self.store.update(&kv.key, to_bytes(&o), Some(kv.mod_revision)).await {
+            Ok(kv) => {
+                tracing::debug!(kind = def.kind, name, "namespace terminating");
                 Ok(Some(to_obj(&kv)?))
             }
             Err(store::Error::Conflict { .. }) => Err(ApiError::conflict(def.plural, def.group, name, RACED)),
@@ -137,6 +183,11 @@ impl ApiServer {
             Some(g) => Some(g.parse().map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}")))?),
             None => opts.get("gracePeriodSeconds").and_then(|g| g.as_i64()),
         };
+        if def.strategy.finalized_by_spec()
+            && let Some(obj) = self.begin_namespace_termination(def, &kv, &cur).await?
+        {
+            return ok(&obj);
+        }
         let policy = propagation_policy(ctx, &opts)?;
         let (kv, cur) = match policy_finalizer(def, &cur, policy) {
             Some(f) => self.add_finalizer(def, &kv, &cur, f).await?,
@@ -144,19 +195,6 @@ impl ApiServer {
         };
         if let Some(obj) = self.begin_graceful_delete(def, &kv, &cur, grace).await? {
             return ok(&obj);
-        }
-        if def.strategy.deletes_contents() {
-            // No namespace controller yet: remove the contents synchronously, so a deleted
-            // namespace never leaves orphans behind.
-            for r in resources::all().into_iter().filter(|r| r.namespaced) {
-                let page = self.store.list(&r.ns_prefix(Some(name)), None, 0).await?;
-                for kv in page.kvs {
-                    match self.store.delete(&kv.key, None).await {
-                        Ok(_) | Err(store::Error::NotFound { .. }) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            }
         }
         match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
             Ok(d) => {

@@ -13,6 +13,7 @@
 mod apply;
 mod create;
 mod delete;
+mod eviction;
 mod read;
 mod subresources;
 mod update;

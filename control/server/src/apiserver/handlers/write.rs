@@ -36,6 +36,12 @@ pub(super) fn tracked_subresource(sub: Option<Subresource>) -> Option<&'static s
     (sub == Some(Subresource::Status)).then_some("status")
 }
 
+/// Whether a kind finalized through `spec.finalizers` (namespaces) still has some.
+pub(super) fn spec_finalizers_left(def: &ResourceDef, obj: &Value) -> bool {
+    def.strategy.finalized_by_spec()
+        && obj.pointer("/spec/finalizers").and_then(|f| f.as_array()).is_some_and(|f| !f.is_empty())
+}
+
 impl ApiServer {
     /// The update pipeline shared by PUT and PATCH (and their subresources): read the
     /// current object, let `mutate` produce the desired one, enforce immutable fields and
@@ -88,6 +94,7 @@ impl ApiServer {
                 Ownership::Applied => desired.pointer("/metadata/managedFields").cloned(),
                 Ownership::Record => None,
             };
+            let finalizers = desired.pointer("/spec/finalizers").cloned().unwrap_or(json!([]));
             let mut new = match sub {
                 // pods/binding sets spec.nodeName and the PodScheduled condition together.
                 Some(Subresource::Binding) => desired,
@@ -97,6 +104,7 @@ impl ApiServer {
                     super::super::strategy::default_conditions(&mut n, &super::super::meta::now());
                     n
                 }
+                Some(Subresource::Finalize) => cur.clone(),
                 Some(Subresource::Status) => {
                     let mut n = cur.clone();
                     n["status"] = desired.get("status").cloned().unwrap_or(Value::Null);
@@ -137,6 +145,9 @@ impl ApiServer {
                 new["metadata"]["managedFields"] = f;
             }
             def.strategy.prepare_for_update(&cur, &mut new).map_err(|c| invalid(def, &cur, c))?;
+            if sub == Some(Subresource::Finalize) {
+                new["spec"]["finalizers"] = finalizers;
+            }
             let mut new = decode::decode_update(def, new, ctx.strict())?;
             if ownership == Ownership::Record {
                 let now = meta::now();
@@ -167,7 +178,7 @@ impl ApiServer {
                 new["metadata"]["generation"] = json!(g + 1);
             }
             let terminating = new.pointer("/metadata/deletionTimestamp").is_some();
-            let finalizers_left = has_finalizers(&new);
+            let finalizers_left = has_finalizers(&new) || spec_finalizers_left(def, &new);
             let grace_left =
                 new.pointer("/metadata/deletionGracePeriodSeconds").and_then(|g| g.as_i64()).unwrap_or(0) > 0;
             if terminating && !finalizers_left && !grace_left && !ctx.dry_run() {

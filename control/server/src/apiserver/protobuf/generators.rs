@@ -47,6 +47,17 @@ const PDB_SPEC: &[F] = &[
 ];
 const PDB: &[F] = &[(1, "metadata", Meta), (2, "spec", Msg(PDB_SPEC))];
 
+const PRECONDITIONS: &[F] = &[(1, "uid", Str), (2, "resourceVersion", Str)];
+const DELETE_OPTIONS: &[F] = &[
+    (1, "gracePeriodSeconds", IntPtr),
+    (2, "preconditions", Msg(PRECONDITIONS)),
+    (3, "orphanDependents", BoolPtr),
+    (4, "propagationPolicy", Str),
+    (5, "dryRun", Strs),
+];
+/// policy/v1 Eviction (`kubectl drain`).
+const EVICTION: &[F] = &[(1, "metadata", Meta), (2, "deleteOptions", Msg(DELETE_OPTIONS))];
+
 /// `value` is a plain int32 that Go always writes, so zero is a value here.
 const PRIORITY_CLASS: &[F] = &[
     (1, "metadata", Meta),
@@ -111,6 +122,7 @@ pub(super) fn table(kind: &str) -> Option<&'static [F]> {
         "CronJob" => CRON_JOB,
         "Ingress" => INGRESS,
         "PodDisruptionBudget" => PDB,
+        "Eviction" => EVICTION,
         "PriorityClass" => PRIORITY_CLASS,
         "ResourceQuota" => QUOTA,
         "HorizontalPodAutoscaler" => HPA_V1,

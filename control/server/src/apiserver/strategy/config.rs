@@ -68,7 +68,7 @@ impl Strategy for Node {
 pub struct ServiceAccount;
 
 impl Strategy for ServiceAccount {
-    fn create_subresource(&self) -> Option<Subresource> {
-        Some(Subresource::Token)
+    fn create_subresources(&self) -> &'static [Subresource] {
+        &[Subresource::Token]
     }
 }

@@ -43,10 +43,10 @@ use crate::auth::UserInfo;
 /// One kind's behaviour; every method has the plain default, so a kind with nothing
 /// special uses `Generic`.
 pub trait Strategy: Sync + std::fmt::Debug {
-    /// The subresource created with POST on a named object (`pods/binding`,
-    /// `serviceaccounts/token`), if any.
-    fn create_subresource(&self) -> Option<Subresource> {
-        None
+    /// The subresources created with POST on a named object (`pods/binding`,
+    /// `pods/eviction`, `serviceaccounts/token`).
+    fn create_subresources(&self) -> &'static [Subresource] {
+        &[]
     }
 
     /// A new object, after the typed decode and before defaulting: drop what a client
@@ -123,8 +123,10 @@ pub trait Strategy: Sync + std::fmt::Debug {
         false
     }
 
-    /// Whether deleting an object removes the namespaced objects in it.
-    fn deletes_contents(&self) -> bool {
+    /// Whether a DELETE only marks the object Terminating and leaves removing it (and
+    /// what it contains) to a controller that clears `spec.finalizers` through the
+    /// `finalize` subresource: namespaces.
+    fn finalized_by_spec(&self) -> bool {
         false
     }
 }

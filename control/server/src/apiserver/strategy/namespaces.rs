@@ -1,5 +1,6 @@
-//! Namespaces: the system ones may not be deleted, and deleting one removes what is
-//! in it (synchronously: there is no namespace controller yet).
+//! Namespaces: the system ones may not be deleted, and deleting one only marks it
+//! Terminating: the namespace controller removes its content and then clears the
+//! `kubernetes` finalizer in `spec.finalizers` (the `finalize` subresource).
 
 use serde_json::Value;
 
@@ -15,6 +16,16 @@ pub struct Namespace;
 impl Strategy for Namespace {
     fn prepare_for_create(&self, obj: &mut Value, _uid: &str) {
         drop_status(obj);
+    }
+
+    fn prepare_for_update(&self, cur: &Value, new: &mut Value) -> Result<(), Vec<super::Cause>> {
+        // Only the `finalize` subresource changes spec.finalizers, and a terminating
+        // namespace stays Terminating whatever a status write says.
+        new["spec"]["finalizers"] = cur.pointer("/spec/finalizers").cloned().unwrap_or(serde_json::json!([]));
+        if cur.pointer("/metadata/deletionTimestamp").is_some() {
+            new["status"]["phase"] = serde_json::json!("Terminating");
+        }
+        Ok(())
     }
 
     fn default(&self, obj: &mut Value) {
@@ -37,7 +48,7 @@ impl Strategy for Namespace {
         SYSTEM_NAMESPACES[..3].contains(&name)
     }
 
-    fn deletes_contents(&self) -> bool {
+    fn finalized_by_spec(&self) -> bool {
         true
     }
 }

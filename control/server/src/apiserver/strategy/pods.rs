@@ -13,8 +13,8 @@ use super::{Strategy, drop_status};
 pub struct Pod;
 
 impl Strategy for Pod {
-    fn create_subresource(&self) -> Option<Subresource> {
-        Some(Subresource::Binding)
+    fn create_subresources(&self) -> &'static [Subresource] {
+        &[Subresource::Binding, Subresource::Eviction]
     }
 
     fn prepare_for_create(&self, obj: &mut Value, _uid: &str) {

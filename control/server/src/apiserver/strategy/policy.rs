@@ -1,6 +1,6 @@
 //! Policy kinds: PodDisruptionBudget, PriorityClass, ResourceQuota, LimitRange and
-//! HorizontalPodAutoscaler, stored and validated as upstream. What enforces them
-//! (eviction, preemption, quota admission, autoscaling) is later work and not here.
+//! HorizontalPodAutoscaler, stored and validated as upstream. What enforces them is
+//! elsewhere (budgets: `handlers::eviction` and the disruption controller), not here.
 
 use serde_json::{Value, json};
 
