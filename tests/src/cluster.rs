@@ -364,6 +364,9 @@ impl ClusterNode {
             if self.services_from_api {
                 cmd.arg("--socket-lb-cgroup").arg(self.socket_lb_cgroup());
             }
+            // The NodePort fast path is off by default on veths (it costs the overlay
+            // its segmentation offload); the local cluster runs it so that it is tested.
+            cmd.args(["--nodeport-xdp", "true"]);
         } else {
             // The DaemonSet's agent serves DNS on the node-local address.
             cmd.args(["--cluster-dns", "169.254.20.10"]);

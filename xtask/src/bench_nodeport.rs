@@ -18,7 +18,7 @@
 //! Two kinds of traffic, each printed for both datapaths and as a ratio:
 //! - established flows (64 flows, 20,000 packets each, after each flow's first packet):
 //!   a conntrack hit on both sides;
-//! - new flows (`-new-flows`, 100,000 packets, each from a source never used before):
+//! - new flows (`-new-flows`, 50,000 packets, each from a source port never used before):
 //!   connection setup, where kube-proxy's packets walk KUBE-SERVICES and KUBE-NODEPORTS
 //!   and Skiff picks a backend and writes its conntrack entries.
 //!
@@ -38,8 +38,10 @@ const SERVICES: usize = 10_000;
 const NODE_PORT_FIRST: u16 = 20_000;
 /// The measured Service's backend, as `skiff-nodeport-bench` has it.
 const BACKEND: &str = "10.244.1.5";
-/// Packets of a new-flows run, each a flow of its own (within both conntrack tables).
-const NEW_FLOWS: u32 = 100_000;
+/// Packets of a new-flows run, each a flow of its own: one client address, a port each,
+/// so that both sides can give every flow its own source port behind the one address
+/// they translate to (about 64,000 ports there).
+const NEW_FLOWS: u32 = 50_000;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Mode {

@@ -267,8 +267,8 @@ pub fn choose(
 /// Source ports tried for a translated source before giving up: the client's own, then
 /// this many more from the flow's hash.
 const SNAT_PORT_TRIES: u32 = 8;
-const SNAT_PORT_FIRST: u32 = 32768;
-const SNAT_PORT_SPAN: u32 = 28232;
+const SNAT_PORT_FIRST: u32 = 1024;
+const SNAT_PORT_SPAN: u32 = 64512;
 
 /// Records a new flow in conntrack, both directions, and says where its packets go.
 /// A flow whose source is translated keeps the client's port unless another client's

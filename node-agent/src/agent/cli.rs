@@ -96,10 +96,12 @@ pub struct RunArgs {
     pub ip_masq: bool,
     /// Translate NodePort and external-frontend packets at XDP on the underlay
     /// interface, sending those for other nodes' backends straight back into the
-    /// tunnel (the tc path stays for the rest). On a veth underlay (nodes in network
-    /// namespaces) the peer needs NAPI (`ethtool -K PEER gro on`) and the senders full
-    /// checksums (`ethtool -K IF tx off`), as on a physical network; else turn this off.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    /// tunnel (the tc path stays for the rest). Meant for a physical NIC. On a veth
+    /// underlay (nodes in network namespaces) an XDP program makes the kernel turn off
+    /// segmentation offload toward the node, which costs pod traffic across nodes about
+    /// two thirds of its throughput, and the peer needs NAPI (`ethtool -K PEER gro on`)
+    /// and the senders full checksums (`ethtool -K IF tx off`): hence off by default.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     pub nodeport_xdp: bool,
     /// Where containerd reads CNI configuration: the agent writes this node's
     /// conflist there (podCIDR, MTU, bpffs path, data dir). Needs the overlay role.
