@@ -71,6 +71,9 @@ struct Args {
     /// level; without it every request is logged at Metadata.
     #[arg(long)]
     audit_policy_file: Option<std::path::PathBuf>,
+    /// For tests of panic recovery only: requests for this non-resource path panic.
+    #[arg(long, hide = true)]
+    debug_panic_path: Option<String>,
 }
 
 #[tokio::main]
@@ -81,6 +84,9 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let a = Args::parse();
+    if let Some(p) = a.debug_panic_path.clone() {
+        skiff_control::apiserver::debug_panic_on(p);
+    }
     // No --etcd-servers: the embedded store in --data-dir.
     let etcd = if a.etcd_servers.is_empty() {
         None

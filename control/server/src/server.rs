@@ -244,7 +244,9 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .and_then(|c: &CertificateDer<'_>| x509::subject(c));
-            let svc = service_fn(move |req| {
+            let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                // The audit log's sourceIPs end with the connection's address.
+                req.extensions_mut().insert(crate::apiserver::audit::RemoteAddr(peer));
                 let api = api.clone();
                 let subject = subject.clone();
                 async move { Ok::<_, std::convert::Infallible>(api.serve(req, subject).await) }

@@ -1,7 +1,9 @@
 //! The audit log with the real kubectl against a real `skiff-control`: a policy that
 //! records Secrets at Metadata, Pods at RequestResponse and nothing else yields exactly
 //! those events, with the upstream fields, and never a Secret's data; a watch gets
-//! RequestReceived, ResponseStarted and (when its stream ends) ResponseComplete.
+//! RequestReceived, ResponseStarted and (when its stream ends) ResponseComplete;
+//! `sourceIPs` is the connection's address; a handler that panics answers 500 and
+//! gives an event at stage Panic.
 
 mod support;
 
@@ -88,7 +90,8 @@ fn the_policy_selects_events_and_levels() {
         assert_eq!(e["apiVersion"], "audit.k8s.io/v1");
         assert_eq!(e["user"]["username"], "admin", "{e}");
         assert!(e["userAgent"].as_str().unwrap().starts_with("kubectl"), "{e}");
-        assert!(e["sourceIPs"].as_array().is_some_and(|ips| !ips.is_empty()), "{e}");
+        // kubectl's connection comes from the loopback address.
+        assert_eq!(e["sourceIPs"], serde_json::json!(["127.0.0.1"]), "{e}");
         assert!(e["requestReceivedTimestamp"].is_string() && e["stageTimestamp"].is_string(), "{e}");
         assert_eq!(e["annotations"]["authorization.k8s.io/decision"], "allow", "{e}");
         assert_eq!(e["objectRef"]["namespace"], "default", "{e}");
@@ -109,4 +112,42 @@ fn the_policy_selects_events_and_levels() {
     assert_eq!(events[5]["responseStatus"]["reason"], "NotFound", "{}", events[5]);
     // A watch: its three stages share an ID; the stream is not in the log.
     assert!(events[6..].iter().all(|e| e["auditID"] == events[6]["auditID"] && e.get("responseObject").is_none()));
+}
+
+#[test]
+fn a_panicking_handler_answers_500_and_is_audited_at_stage_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    // The hidden flag makes one non-resource path panic in its handler.
+    let s = Server::start_with(&[
+        "--disable-controllers",
+        "--audit-log-path",
+        log.to_str().unwrap(),
+        "--debug-panic-path",
+        "/debug/skiff-panic",
+    ]);
+    let err = s.fails(&["get", "--raw", "/debug/skiff-panic"]);
+    assert!(err.contains("This request caused apiserver to panic"), "{err}");
+    assert!(err.contains("InternalError"), "{err}");
+    // The server goes on serving.
+    s.ok(&["get", "--raw", "/version"]);
+    assert!(s.log().contains("deliberate panic at /debug/skiff-panic"), "the panic is logged");
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|e: &Value| e["requestURI"] == "/debug/skiff-panic")
+        .collect();
+    let stages: Vec<&str> = events.iter().map(|e| e["stage"].as_str().unwrap()).collect();
+    // kubectl retries nothing on a 500 from a GET of a raw path.
+    assert_eq!(stages, ["RequestReceived", "Panic"], "{text}");
+    let panic = &events[1];
+    assert_eq!(panic["auditID"], events[0]["auditID"]);
+    assert_eq!(panic["verb"], "get");
+    assert_eq!(panic["responseStatus"]["code"], 500, "{panic}");
+    assert_eq!(panic["responseStatus"]["status"], "Failure");
+    let message = panic["responseStatus"]["message"].as_str().unwrap();
+    assert!(message.starts_with("APIServer panic'd: deliberate panic"), "{panic}");
+    assert_eq!(panic["sourceIPs"], serde_json::json!(["127.0.0.1"]));
 }

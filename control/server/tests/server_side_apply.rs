@@ -324,3 +324,105 @@ fn custom_resources_merge_by_their_schema() {
         p["spec"]["stages"].as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap()).collect();
     assert_eq!(stages, ["test"]);
 }
+
+/// A PATCH with `application/apply-patch+yaml` (client-go's and the HPA's way to
+/// apply to a subresource; kubectl has no such command).
+fn raw_apply(s: &Server, path: &str, body: &Value) -> Result<(), skiff_api::client::Error> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bytes = serde_json::to_vec(body).unwrap();
+    rt.block_on(s.client().send_raw(http::Method::PATCH, path, Some("application/apply-patch+yaml"), bytes.into()))
+        .map(|_| ())
+}
+
+#[test]
+fn the_scale_subresource_records_and_applies_replicas() {
+    let s = Server::start();
+    let manifest = deployment(2, "", NGINX);
+    ssa_ok(&s, "web.yaml", &manifest, &[]);
+
+    // `kubectl scale` patches /scale: an Update recorded with `subresource: scale`,
+    // which takes the replicas from the applier.
+    s.ok(&["scale", "deployment", "web", "--replicas=3"]);
+    let scaled = web(&s);
+    assert_eq!(scaled["spec"]["replicas"], 3);
+    let managers = scaled["metadata"]["managedFields"].as_array().unwrap();
+    let e = managers.iter().find(|e| e["subresource"] == "scale").unwrap_or_else(|| panic!("{managers:?}"));
+    let scaler = e["manager"].as_str().unwrap().to_string();
+    assert_eq!(e["operation"], "Update");
+    assert_eq!(e["apiVersion"], "apps/v1");
+    assert_eq!(e["fieldsV1"], serde_json::json!({"f:spec": {"f:replicas": {}}}));
+    let applier = managers.iter().find(|e| e["operation"] == "Apply").unwrap();
+    assert!(applier["fieldsV1"]["f:spec"].get("f:replicas").is_none(), "{applier}");
+
+    // Applying other replicas now conflicts with the scaler, as upstream names it.
+    let err = String::from_utf8(ssa(&s, "web.yaml", &manifest, &[]).stderr).unwrap();
+    let want = format!(r#"conflict with "{scaler}" with subresource "scale" using apps/v1: .spec.replicas"#);
+    assert!(err.contains(&want), "{err}");
+    // Without replicas the configuration applies, and the scaled replicas stay.
+    ssa_ok(&s, "web-unscaled.yaml", &manifest.replace("  replicas: 2\n", ""), &[]);
+    assert_eq!(web(&s)["spec"]["replicas"], 3);
+
+    // Server-side apply to /scale: the applier owns the replicas with `subresource: scale`.
+    let path = "/apis/apps/v1/namespaces/default/deployments/web/scale?fieldManager=autoscaler";
+    let scale = serde_json::json!({
+        "apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "web"}, "spec": {"replicas": 4}
+    });
+    let err = raw_apply(&s, path, &scale).expect_err("the scaler owns the replicas");
+    assert_eq!(err.code(), Some(409), "{err}");
+    assert!(err.to_string().contains(&want), "{err}");
+    raw_apply(&s, &format!("{path}&force=true"), &scale).unwrap();
+    let applied = web(&s);
+    assert_eq!(applied["spec"]["replicas"], 4);
+    let managers = applied["metadata"]["managedFields"].as_array().unwrap();
+    let e = entry(&applied, "autoscaler").unwrap_or_else(|| panic!("{managers:?}"));
+    assert_eq!(e["operation"], "Apply");
+    assert_eq!(e["subresource"], "scale");
+    assert_eq!(e["apiVersion"], "apps/v1");
+    assert_eq!(e["fieldsV1"], serde_json::json!({"f:spec": {"f:replicas": {}}}));
+    assert!(!managers.iter().any(|e| e["manager"] == scaler.as_str() && e["subresource"] == "scale"), "{managers:?}");
+    // The Scale shows who owns its replicas.
+    let sc = s.json(&["get", "deployment", "web", "--subresource=scale", "--show-managed-fields"]);
+    assert_eq!(sc["spec"]["replicas"], 4);
+    let owners: Vec<&str> =
+        sc["metadata"]["managedFields"].as_array().unwrap().iter().map(|e| e["manager"].as_str().unwrap()).collect();
+    assert_eq!(owners, ["autoscaler"], "{sc}");
+    // Applying the same again is a no-op; the object's applier is unaffected.
+    raw_apply(&s, path, &scale).unwrap();
+    assert_eq!(entry(&web(&s), "kubectl"), entry(&applied, "kubectl"));
+    // Only a Scale is applied there.
+    let wrong = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}});
+    assert_eq!(raw_apply(&s, path, &wrong).expect_err("not a Scale").code(), Some(400));
+    // Another name than the URL's is refused; a Scale is not a way to create objects.
+    let mut other = scale.clone();
+    other["metadata"]["name"] = "missing".into();
+    assert_eq!(raw_apply(&s, path, &other).expect_err("not this object").code(), Some(400));
+    for kind in ["replicasets", "statefulsets"] {
+        let p = format!("/apis/apps/v1/namespaces/default/{kind}/missing/scale?fieldManager=autoscaler");
+        assert_eq!(raw_apply(&s, &p, &other).expect_err("no such object").code(), Some(404), "{kind}");
+    }
+}
+
+#[test]
+fn update_managers_beyond_ten_collapse_into_ancient_changes() {
+    let s = Server::start_with(&["--disable-controllers"]);
+    ssa_ok(&s, "cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm}\ndata: {a: '1'}\n", &[]);
+    for i in 0..11 {
+        s.ok(&["label", "configmap", "cm", &format!("k{i:02}=v"), &format!("--field-manager=m{i:02}")]);
+    }
+    let cm = s.json(&["get", "configmap", "cm", "--show-managed-fields"]);
+    let managers = cm["metadata"]["managedFields"].as_array().unwrap();
+    let updates: Vec<&str> = managers
+        .iter()
+        .filter(|e| e["operation"] == "Update")
+        .map(|e| e["manager"].as_str().unwrap())
+        .collect();
+    assert_eq!(updates.len(), 10, "{managers:?}");
+    assert!(!updates.contains(&"m00") && !updates.contains(&"m01"), "{updates:?}");
+    let ancient = entry(&cm, "ancient-changes").unwrap_or_else(|| panic!("{managers:?}"));
+    assert_eq!(ancient["operation"], "Update");
+    assert_eq!(ancient["apiVersion"], "v1");
+    let labels = &ancient["fieldsV1"]["f:metadata"]["f:labels"];
+    // (The first labeller made the labels map, `.`.)
+    assert_eq!(labels, &serde_json::json!({".": {}, "f:k00": {}, "f:k01": {}}), "{ancient}");
+    assert!(entry(&cm, "kubectl").is_some_and(|e| e["operation"] == "Apply"), "appliers are never merged");
+}

@@ -185,6 +185,76 @@ impl Policy {
     }
 }
 
+/// The address a request's connection came from, put in the request's extensions
+/// where connections are accepted (`server`); requests without it came in-process.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteAddr(pub std::net::SocketAddr);
+
+/// A request's `sourceIPs` as upstream lists them: the addresses of
+/// `X-Forwarded-For` (each proxy's), then `X-Real-Ip` unless the chain has it, then the
+/// connection's address unless it is the chain's last. In-process requests (the
+/// controllers' loopback) count as from 127.0.0.1, as upstream's loopback client is.
+pub fn source_ips(headers: &http::HeaderMap, remote: Option<std::net::IpAddr>) -> Vec<String> {
+    use std::net::IpAddr;
+    let parse = |s: &str| s.trim().parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let mut ips: Vec<IpAddr> = header("x-forwarded-for").into_iter().flat_map(|v| v.split(',')).filter_map(parse).collect();
+    if let Some(real) = header("x-real-ip").and_then(parse)
+        && !ips.contains(&real)
+    {
+        ips.push(real);
+    }
+    let remote = remote.map(|r| r.to_canonical()).unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    if ips.last() != Some(&remote) {
+        ips.push(remote);
+    }
+    ips.into_iter().map(|ip| ip.to_string()).collect()
+}
+
+/// A request's future with a panic while it is polled caught, so one request's bug
+/// answers that request with a 500 (and an audit event at stage Panic) instead of
+/// dropping the connection. The server's futures hold no state that a panic could
+/// leave half-changed for other requests (the store is written by whole
+/// transactions), which is why asserting unwind safety is sound here.
+pub struct CatchPanic<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> CatchPanic<F> {
+    pub fn new(f: F) -> Self {
+        CatchPanic(Box::pin(f))
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
+    /// The output, or the panic's message.
+    type Output = Result<F::Output, String>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let f = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(payload) => {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".to_string());
+                std::task::Poll::Ready(Err(message))
+            }
+        }
+    }
+}
+
+/// The response to a request whose handler panicked, upstream's words and all.
+pub fn panic_response() -> crate::apiserver::request::Resp {
+    http::Response::builder()
+        .status(http::StatusCode::INTERNAL_SERVER_ERROR)
+        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header("x-content-type-options", "nosniff")
+        .body(crate::apiserver::request::full("This request caused apiserver to panic. Look in the logs for details.\n"))
+        .expect("a fixed response is valid")
+}
+
 /// One request as the audit log records it, filled in as the request is served.
 #[derive(Debug, Default)]
 pub struct Record {
@@ -282,6 +352,22 @@ impl Auditor {
             let ev = self.event(record, level, &id, stage, code, failure, response.as_ref());
             out.push(ev);
         }
+        self.write(out);
+    }
+
+    /// Writes the events of a request whose handler panicked: RequestReceived, then
+    /// Panic (instead of ResponseComplete) with a 500 and the panic's message.
+    pub fn panicked(&self, record: &Record, message: &str) {
+        let (level, omit) = self.level(record);
+        if level == Level::None {
+            return;
+        }
+        let status = json!({"status": "Failure", "reason": "InternalError", "message": format!("APIServer panic'd: {message}")});
+        let out = ["RequestReceived", "Panic"]
+            .iter()
+            .filter(|s| !omit.iter().any(|o| o == *s))
+            .map(|stage| self.event(record, level, &record.audit_id, stage, 500, Some(&status), None))
+            .collect();
         self.write(out);
     }
 
@@ -466,6 +552,36 @@ rules:
                 name: Some("x".into()),
             }),
         }
+    }
+
+    #[test]
+    fn source_ips_list_proxies_then_the_peer() {
+        let mut h = http::HeaderMap::new();
+        let peer: std::net::IpAddr = "::ffff:10.0.0.9".parse().unwrap();
+        assert_eq!(source_ips(&h, Some(peer)), ["10.0.0.9"]);
+        assert_eq!(source_ips(&h, None), ["127.0.0.1"]);
+        h.insert("x-forwarded-for", "1.2.3.4, bogus, 10.0.0.8".parse().unwrap());
+        assert_eq!(source_ips(&h, Some(peer)), ["1.2.3.4", "10.0.0.8", "10.0.0.9"]);
+        h.insert("x-real-ip", "1.2.3.4".parse().unwrap());
+        assert_eq!(source_ips(&h, Some(peer)), ["1.2.3.4", "10.0.0.8", "10.0.0.9"], "already in the chain");
+        h.insert("x-real-ip", "5.6.7.8".parse().unwrap());
+        assert_eq!(source_ips(&h, Some(peer)), ["1.2.3.4", "10.0.0.8", "5.6.7.8", "10.0.0.9"]);
+        h.insert("x-forwarded-for", "1.2.3.4, 10.0.0.9".parse().unwrap());
+        h.remove("x-real-ip");
+        assert_eq!(source_ips(&h, Some(peer)), ["1.2.3.4", "10.0.0.9"], "the peer as the chain's last");
+    }
+
+    #[test]
+    fn a_panic_is_caught_with_its_message() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let out = rt.block_on(CatchPanic::new(async {
+            if std::hint::black_box(true) {
+                panic!("on purpose");
+            }
+            1
+        }));
+        assert_eq!(out, Err("on purpose".to_string()));
+        assert_eq!(rt.block_on(CatchPanic::new(async { 2 })), Ok(2));
     }
 
     #[test]

@@ -6,9 +6,9 @@
 //!
 //! A field's merge shape (granular object, atomic object, list keyed by fields, set,
 //! atomic list) comes from a custom resource's schema (`x-kubernetes-list-type`,
-//! `x-kubernetes-list-map-keys`, `x-kubernetes-map-type`) or, for the built-in kinds,
-//! from a table of the list fields that upstream's OpenAPI marks as keyed (`builtin`).
-//! Lists that neither names are atomic, as upstream's default.
+//! `x-kubernetes-list-map-keys`, `x-kubernetes-map-type`): a custom resource's CRD
+//! schema, or a built-in kind's OpenAPI schema annotated by `merge_shape`. Lists that
+//! neither names are atomic, as upstream's default.
 //!
 //! Pure functions over JSON values: this module must not touch the store or decide
 //! what a request may do; the handlers (`handlers::write`, `handlers::update`,
@@ -18,6 +18,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
+use super::merge_shape;
+use super::resources::ResourceDef;
 use super::status::{ApiError, Cause};
 
 /// One step of a field path, kept in upstream's FieldsV1 spelling without its prefix:
@@ -207,77 +209,82 @@ enum Shape {
     ListSet,
 }
 
-/// Where a walk is in an object: the field names on the way (`[]` for list items),
-/// and the custom resource's schema at this point if the object is one.
+/// Where a walk is in an object: the schema at this point (upstream's markers
+/// `x-kubernetes-list-type`, `x-kubernetes-list-map-keys`, `x-kubernetes-map-type`),
+/// the definitions its `$ref`s name, and whether it is a custom resource's schema.
+/// Without a schema, objects are granular and lists atomic, as upstream's default.
 #[derive(Debug, Clone)]
 pub struct Walk<'a> {
-    names: Vec<String>,
     schema: Option<&'a Value>,
+    defs: Option<&'a Map<String, Value>>,
     custom: bool,
+    root: bool,
 }
 
 impl<'a> Walk<'a> {
-    /// The root of a built-in kind's object.
-    pub fn builtin() -> Self {
-        Walk { names: Vec::new(), schema: None, custom: false }
+    /// The root of a built-in kind's object, by the kind's annotated schema.
+    pub fn builtin(def: &ResourceDef) -> Walk<'static> {
+        let s = merge_shape::of(def);
+        Walk { schema: Some(&s.root), defs: Some(&s.defs), custom: false, root: true }
     }
 
     /// The root of a custom resource with this `openAPIV3Schema`.
     pub fn custom(schema: &'a Value) -> Self {
-        Walk { names: Vec::new(), schema: Some(schema), custom: true }
+        Walk { schema: Some(schema), defs: None, custom: true, root: true }
+    }
+
+    /// The schema here with its `$ref` followed.
+    fn resolved(&self) -> Option<&'a Value> {
+        let s = self.schema?;
+        Some(match self.defs {
+            Some(d) => merge_shape::resolve(s, d),
+            None => s,
+        })
+    }
+
+    /// A marker on the field's schema or on the definition it refers to.
+    fn marker(&self, name: &str) -> Option<&'a str> {
+        let here = self.schema.and_then(|s| s.get(name));
+        here.or_else(|| self.resolved().and_then(|s| s.get(name))).and_then(Value::as_str)
     }
 
     fn field(&self, k: &str) -> Walk<'a> {
-        let mut names = self.names.clone();
-        names.push(k.to_string());
         // A custom resource's metadata is ObjectMeta, a built-in type.
-        let root_meta = self.names.is_empty() && k == "metadata";
-        let custom = self.custom && !root_meta;
-        let schema = if custom {
-            self.schema.and_then(|s| {
-                s.get("properties")
-                    .and_then(|p| p.get(k))
-                    .or_else(|| s.get("additionalProperties").filter(|a| a.is_object()))
-            })
-        } else {
-            None
-        };
-        Walk { names, schema, custom }
+        if self.custom && self.root && k == "metadata" {
+            let (schema, defs) = match merge_shape::object_meta() {
+                Some((m, d)) => (Some(m), Some(d)),
+                None => (None, None),
+            };
+            return Walk { schema, defs, custom: false, root: false };
+        }
+        let schema = self.resolved().and_then(|s| {
+            s.get("properties").and_then(|p| p.get(k)).or_else(|| s.get("additionalProperties").filter(|a| a.is_object()))
+        });
+        Walk { schema, defs: self.defs, custom: self.custom, root: false }
     }
 
     fn item(&self) -> Walk<'a> {
-        let mut names = self.names.clone();
-        names.push("[]".into());
-        let schema = self.schema.and_then(|s| s.get("items"));
-        Walk { names, schema, custom: self.custom }
+        let schema = self.resolved().and_then(|s| s.get("items"));
+        Walk { schema, defs: self.defs, custom: self.custom, root: false }
     }
 
     fn shape(&self, v: &Value) -> Shape {
         match v {
-            Value::Object(_) => {
-                let atomic = if self.custom {
-                    self.schema.and_then(|s| s.get("x-kubernetes-map-type")).and_then(Value::as_str) == Some("atomic")
-                } else {
-                    builtin_atomic_object(&self.names)
-                };
-                if atomic { Shape::Atomic } else { Shape::Granular }
-            }
-            Value::Array(_) if self.custom => {
-                let s = self.schema;
-                match s.and_then(|s| s.get("x-kubernetes-list-type")).and_then(Value::as_str) {
-                    Some("set") => Shape::ListSet,
-                    Some("map") => {
-                        let keys: Vec<String> = s
-                            .and_then(|s| s.get("x-kubernetes-list-map-keys"))
-                            .and_then(Value::as_array)
-                            .map(|k| k.iter().filter_map(Value::as_str).map(String::from).collect())
-                            .unwrap_or_default();
-                        if keys.is_empty() { Shape::Atomic } else { Shape::ListMap(keys) }
-                    }
-                    _ => Shape::Atomic,
+            Value::Object(_) if self.marker("x-kubernetes-map-type") == Some("atomic") => Shape::Atomic,
+            Value::Object(_) => Shape::Granular,
+            Value::Array(_) => match self.marker("x-kubernetes-list-type") {
+                Some("set") => Shape::ListSet,
+                Some("map") => {
+                    let keys: Vec<String> = self
+                        .schema
+                        .and_then(|s| s.get("x-kubernetes-list-map-keys"))
+                        .and_then(Value::as_array)
+                        .map(|k| k.iter().filter_map(Value::as_str).map(String::from).collect())
+                        .unwrap_or_default();
+                    if keys.is_empty() { Shape::Atomic } else { Shape::ListMap(keys) }
                 }
-            }
-            Value::Array(_) => builtin_list(&self.names),
+                _ => Shape::Atomic,
+            },
             _ => Shape::Atomic,
         }
     }
@@ -287,49 +294,8 @@ impl<'a> Walk<'a> {
         if self.custom {
             return self.schema.and_then(|s| s.pointer(&format!("/items/properties/{key}/default"))).cloned();
         }
+        // Built-in defaults are the server's defaulting, not in k8s-openapi's schema.
         (key == "protocol").then(|| json!("TCP"))
-    }
-}
-
-/// Built-in objects that upstream marks atomic: label selectors (`structType=atomic`)
-/// and the selector maps (`mapType=atomic`).
-fn builtin_atomic_object(names: &[String]) -> bool {
-    matches!(
-        names.last().map(String::as_str),
-        Some("selector" | "podSelector" | "namespaceSelector" | "labelSelector" | "nodeSelector")
-    )
-}
-
-/// The list fields of the built-in kinds that upstream's OpenAPI declares as keyed
-/// lists or sets; every other built-in list is atomic.
-fn builtin_list(names: &[String]) -> Shape {
-    let n = names.len();
-    let last = names.last().map(String::as_str).unwrap_or("");
-    let keys = |k: &[&str]| Shape::ListMap(k.iter().map(|s| s.to_string()).collect());
-    match last {
-        "containers"
-        | "initContainers"
-        | "ephemeralContainers"
-        | "env"
-        | "volumes"
-        | "imagePullSecrets"
-        | "schedulingGates"
-        | "claims"
-        | "resourceClaims" => keys(&["name"]),
-        "volumeMounts" => keys(&["mountPath"]),
-        "volumeDevices" => keys(&["devicePath"]),
-        "hostAliases" | "podIPs" | "hostIPs" => keys(&["ip"]),
-        // Node addresses; lists of plain addresses elsewhere have no keys and stay atomic.
-        "addresses" => keys(&["type"]),
-        "topologySpreadConstraints" => keys(&["topologyKey", "whenUnsatisfiable"]),
-        "conditions" => keys(&["type"]),
-        "ownerReferences" => keys(&["uid"]),
-        "finalizers" => Shape::ListSet,
-        "ports" if n >= 3 && names[n - 2] == "[]" && names[n - 3].ends_with("ontainers") => {
-            keys(&["containerPort", "protocol"])
-        }
-        "ports" if names == ["spec", "ports"] => keys(&["port", "protocol"]),
-        _ => Shape::Atomic,
     }
 }
 
@@ -834,7 +800,57 @@ pub fn record_update(base: Vec<Entry>, old: &Value, new: &Value, walk: &Walk, w:
             set: changed,
         }),
     }
-    entries
+    cap_updates(entries)
+}
+
+/// At most this many Update entries are kept, as upstream's (`capManagers`).
+const MAX_UPDATE_MANAGERS: usize = 10;
+
+/// The Update entry the oldest ones beyond the cap are merged into, per apiVersion.
+pub const ANCIENT_CHANGES: &str = "ancient-changes";
+
+/// Keeps the Update entries at `MAX_UPDATE_MANAGERS` as upstream does: from the
+/// oldest on, a second entry of an apiVersion merges with the first into that
+/// version's `ancient-changes` entry (which takes the newer time), until few enough
+/// are left. Apply entries are never merged.
+pub fn cap_updates(mut entries: Vec<Entry>) -> Vec<Entry> {
+    let mut updaters: Vec<usize> = (0..entries.len()).filter(|&i| entries[i].operation == Operation::Update).collect();
+    if updaters.len() <= MAX_UPDATE_MANAGERS {
+        return entries;
+    }
+    updaters.sort_by(|&a, &b| (&entries[a].time, &entries[a].manager).cmp(&(&entries[b].time, &entries[b].manager)));
+    let mut left = updaters.len();
+    let mut first_of_version: BTreeMap<String, usize> = BTreeMap::new();
+    let mut merged = vec![false; entries.len()];
+    for i in updaters {
+        if left <= MAX_UPDATE_MANAGERS {
+            break;
+        }
+        let version = entries[i].api_version.clone();
+        let Some(&first) = first_of_version.get(&version) else {
+            first_of_version.insert(version, i);
+            continue;
+        };
+        let bucket = match (0..entries.len()).find(|&b| {
+            !merged[b] && entries[b].same_manager(ANCIENT_CHANGES, Operation::Update, &version, None)
+        }) {
+            Some(b) => b,
+            None => {
+                entries[first].manager = ANCIENT_CHANGES.to_string();
+                entries[first].subresource = None;
+                first
+            }
+        };
+        if bucket == i {
+            continue;
+        }
+        let set = std::mem::take(&mut entries[i].set);
+        entries[bucket].set.union(&set);
+        entries[bucket].time = entries[i].time.clone();
+        merged[i] = true;
+        left -= 1;
+    }
+    entries.into_iter().zip(merged).filter(|(_, m)| !m).map(|(e, _)| e).collect()
 }
 
 /// How an apply treats fields other managers set to other values.
@@ -904,7 +920,7 @@ pub fn apply(
         subresource: sub.map(String::from),
         set: applied,
     });
-    encode(&mut merged, out);
+    encode(&mut merged, cap_updates(out));
     Ok(merged)
 }
 
@@ -938,6 +954,12 @@ fn conflict_error(conflicts: &[(String, Vec<Pe>)]) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apiserver::resources::RESOURCES;
+
+    /// A Deployment's walk (by its schema's derived merge shapes).
+    fn dw() -> Walk<'static> {
+        Walk::builtin(RESOURCES.iter().find(|r| r.kind == "Deployment").unwrap())
+    }
 
     fn w<'a>(manager: &'a str) -> Write<'a> {
         Write { manager, api_version: "apps/v1", subresource: None, has_status: true, now: "2026-01-01T00:00:00Z" }
@@ -956,7 +978,7 @@ mod tests {
 
     #[test]
     fn field_sets_use_upstream_fields_v1() {
-        let s = w("m").tracked(field_set(&deployment(2, "nginx:1"), &Walk::builtin()));
+        let s = w("m").tracked(field_set(&deployment(2, "nginx:1"), &dw()));
         assert_eq!(
             s.to_fields_v1(),
             json!({"f:metadata": {"f:labels": {"f:app": {}}}, "f:spec": {"f:replicas": {}, "f:selector": {},
@@ -964,7 +986,7 @@ mod tests {
                     "f:ports": {"k:{\"containerPort\":80,\"protocol\":\"TCP\"}": {".": {}, "f:containerPort": {}}}}}}}}})
         );
         assert_eq!(Set::from_fields_v1(&s.to_fields_v1()).unwrap(), s);
-        let fin = field_set(&json!({"metadata": {"finalizers": ["a"]}}), &Walk::builtin());
+        let fin = field_set(&json!({"metadata": {"finalizers": ["a"]}}), &dw());
         assert_eq!(fin.to_fields_v1(), json!({"f:metadata": {"f:finalizers": {"v:\"a\"": {}}}}));
     }
 
@@ -972,7 +994,7 @@ mod tests {
     fn apply_creates_and_is_idempotent() {
         let cfg = deployment(2, "nginx:1");
         let live = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}});
-        let once = apply(&live, vec![], &cfg, &Walk::builtin(), &w("a"), Force::No).unwrap();
+        let once = apply(&live, vec![], &cfg, &dw(), &w("a"), Force::No).unwrap();
         assert_eq!(once["spec"]["replicas"], 2);
         assert_eq!(once["metadata"]["managedFields"][0]["operation"], "Apply");
         let entries = decode(&once).unwrap();
@@ -980,7 +1002,7 @@ mod tests {
         bare["metadata"].as_object_mut().unwrap().remove("managedFields");
         let mut later = w("a");
         later.now = "2030-01-01T00:00:00Z";
-        let twice = apply(&bare, entries, &cfg, &Walk::builtin(), &later, Force::No).unwrap();
+        let twice = apply(&bare, entries, &cfg, &dw(), &later, Force::No).unwrap();
         assert_eq!(once, twice, "an unchanged apply changes nothing, not even the time");
     }
 
@@ -988,7 +1010,7 @@ mod tests {
         let entries = decode(live).unwrap();
         let mut bare = live.clone();
         bare["metadata"].as_object_mut().unwrap().remove("managedFields");
-        apply(&bare, entries, cfg, &Walk::builtin(), &w(m), if force { Force::Yes } else { Force::No })
+        apply(&bare, entries, cfg, &dw(), &w(m), if force { Force::Yes } else { Force::No })
     }
 
     #[test]
@@ -1029,7 +1051,7 @@ mod tests {
     fn keyed_lists_merge_by_key() {
         let live = deployment(2, "nginx:1");
         let cfg = json!({"spec": {"template": {"spec": {"containers": [{"name": "sidecar", "image": "busybox"}]}}}});
-        let out = merge(&live, &cfg, &Walk::builtin());
+        let out = merge(&live, &cfg, &dw());
         let names: Vec<&str> = out["spec"]["template"]["spec"]["containers"]
             .as_array()
             .unwrap()
@@ -1038,7 +1060,7 @@ mod tests {
             .collect();
         assert_eq!(names, ["nginx", "sidecar"]);
         let cfg = json!({"spec": {"template": {"spec": {"containers": [{"name": "nginx", "image": "nginx:2"}]}}}});
-        let out = merge(&live, &cfg, &Walk::builtin());
+        let out = merge(&live, &cfg, &dw());
         assert_eq!(out["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:2");
         assert_eq!(out["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"], 80);
     }
@@ -1067,7 +1089,7 @@ mod tests {
         let a = applied(&json!({"metadata": {"name": "web"}}), &deployment(2, "nginx:1"), "a", false).unwrap();
         let mut scaled = a.clone();
         scaled["spec"]["replicas"] = json!(3);
-        let entries = record_update(decode(&a).unwrap(), &a, &scaled, &Walk::builtin(), &w("kubectl-scale"));
+        let entries = record_update(decode(&a).unwrap(), &a, &scaled, &dw(), &w("kubectl-scale"));
         let mut obj = scaled.clone();
         encode(&mut obj, entries);
         assert_eq!(fields(&obj)["f:spec"].get("f:replicas"), None, "the applier no longer owns replicas");
@@ -1084,13 +1106,13 @@ mod tests {
         let new = json!({"metadata": {"name": "web"}, "spec": {"replicas": 2}, "status": {"replicas": 1}});
         let mut status = w("kubelet");
         status.subresource = Some("status");
-        let e = record_update(vec![], &old, &new, &Walk::builtin(), &status);
+        let e = record_update(vec![], &old, &new, &dw(), &status);
         assert_eq!(e[0].set.to_fields_v1(), json!({"f:status": {"f:replicas": {}}}));
         assert_eq!(e[0].subresource.as_deref(), Some("status"));
-        let e = record_update(vec![], &old, &new, &Walk::builtin(), &w("editor"));
+        let e = record_update(vec![], &old, &new, &dw(), &w("editor"));
         assert_eq!(e[0].set.to_fields_v1(), json!({"f:spec": {"f:replicas": {}}}));
         // Nothing changed: nothing recorded, not even a time.
-        assert!(record_update(vec![], &new, &new, &Walk::builtin(), &w("editor")).is_empty());
+        assert!(record_update(vec![], &new, &new, &dw(), &w("editor")).is_empty());
         assert!(is_reset(&json!([{}])));
         assert!(!is_reset(&json!([])));
     }
@@ -1109,14 +1131,52 @@ mod tests {
         for live in &odd {
             for cfg in &odd {
                 let entries = decode(live).unwrap_or_default();
-                let _ = apply(live, entries.clone(), cfg, &Walk::builtin(), &w("a"), Force::No);
-                let _ = record_update(entries, live, cfg, &Walk::builtin(), &w("b"));
+                let _ = apply(live, entries.clone(), cfg, &dw(), &w("a"), Force::No);
+                let _ = record_update(entries, live, cfg, &dw(), &w("b"));
             }
         }
         // Duplicate keys make a keyed list atomic: the configuration replaces it.
         let live = json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "1"}]}}}});
-        let out = merge(&live, &odd[1], &Walk::builtin());
+        let out = merge(&live, &odd[1], &dw());
         assert_eq!(out["spec"]["template"]["spec"]["containers"], odd[1]["spec"]["template"]["spec"]["containers"]);
+    }
+
+    #[test]
+    fn update_managers_beyond_ten_collapse_into_ancient_changes() {
+        let mut obj = json!({"metadata": {"name": "web"}, "spec": {}});
+        let mut entries = Vec::new();
+        for i in 0..12 {
+            let mut new = obj.clone();
+            new["spec"][format!("f{i}")] = json!(i);
+            let mut w = w("");
+            let (manager, now) = (format!("m{i:02}"), format!("2026-01-01T00:00:{i:02}Z"));
+            w.manager = &manager;
+            w.now = &now;
+            entries = record_update(entries, &obj, &new, &dw(), &w);
+            obj = new;
+        }
+        let mut names: Vec<&str> = entries.iter().map(|e| e.manager.as_str()).collect();
+        names.sort();
+        assert_eq!(names.len(), 10);
+        assert_eq!(names[0], ANCIENT_CHANGES);
+        assert!(!names.contains(&"m00") && !names.contains(&"m01") && !names.contains(&"m02"), "{names:?}");
+        let ancient = entries.iter().find(|e| e.manager == ANCIENT_CHANGES).unwrap();
+        let want = json!({"f:spec": {"f:f0": {}, "f:f1": {}, "f:f2": {}}});
+        assert_eq!(ancient.set.to_fields_v1(), want);
+        assert_eq!(ancient.time.as_deref(), Some("2026-01-01T00:00:02Z"), "the newest merged entry's time");
+        assert_eq!(ancient.operation, Operation::Update);
+        // Appliers are never merged, and another version has its own bucket.
+        let mut more = entries.clone();
+        more.push(Entry { manager: "a".into(), operation: Operation::Apply, ..ancient.clone() });
+        let mut v2 = ancient.clone();
+        v2.manager = "old-v2".into();
+        v2.api_version = "apps/v2".into();
+        v2.time = Some("2025-01-01T00:00:00Z".into());
+        more.push(v2);
+        let capped = cap_updates(more);
+        assert!(capped.iter().any(|e| e.manager == "a"));
+        assert!(capped.iter().any(|e| e.manager == "old-v2"), "first of its version stays");
+        assert_eq!(capped.iter().filter(|e| e.operation == Operation::Update).count(), 10);
     }
 
     #[test]
@@ -1141,7 +1201,7 @@ mod tests {
             (&[], &["a"], &["a"]),
         ];
         for (live, cfg, want) in cases {
-            let out = merge(&list(live), &list(cfg), &Walk::builtin());
+            let out = merge(&list(live), &list(cfg), &dw());
             assert_eq!(names(&out), want, "live {live:?}, applied {cfg:?}");
         }
     }

@@ -24,6 +24,21 @@ fn roundtrip<T: serde::de::DeserializeOwned + serde::Serialize>(v: Value) -> Res
 /// the reference to it, for `/openapi/v3` (k8s-openapi's `schemars` descriptions).
 pub type SchemaOf = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
 
+/// Merges the second object into the first by the kind's k8s-openapi merge
+/// (`DeepMerge`, which follows upstream's list and map types); `merge_shape` learns
+/// the kind's field shapes from it.
+pub type MergeOf = fn(Value, Value) -> Result<Value, String>;
+
+fn merge_of<T: serde::de::DeserializeOwned + serde::Serialize + k8s_openapi::DeepMerge>(
+    a: Value,
+    b: Value,
+) -> Result<Value, String> {
+    let mut a: T = serde_json::from_value(a).map_err(|e| e.to_string())?;
+    let b: T = serde_json::from_value(b).map_err(|e| e.to_string())?;
+    a.merge_from(b);
+    serde_json::to_value(a).map_err(|e| e.to_string())
+}
+
 fn schema_of<T: schemars::JsonSchema>(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
     g.subschema_for::<T>()
 }
@@ -44,6 +59,7 @@ pub struct ResourceDef {
     pub all: bool,
     pub decode: Decode,
     pub schema: SchemaOf,
+    pub merge: MergeOf,
     /// The kind's behaviour in the generic verbs.
     pub(crate) strategy: &'static dyn Strategy,
 }
@@ -124,6 +140,7 @@ macro_rules! res {
             all: $all,
             decode: &roundtrip::<$ty>,
             schema: schema_of::<$ty>,
+            merge: merge_of::<$ty>,
             strategy: &$strategy,
         }
     };

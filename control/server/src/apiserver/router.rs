@@ -24,6 +24,17 @@ use crate::tls::x509::Subject;
 /// Request bodies above this are refused with 413, as the real API server does.
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
+/// A non-resource path whose handler panics on purpose, set only by the hidden
+/// `--debug-panic-path` flag, which only the tests of panic recovery pass; unset, no
+/// request can reach such a handler.
+static DEBUG_PANIC_PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Makes requests for `path` panic in their handler (`--debug-panic-path`), for
+/// testing that a panic answers 500 and is audited at stage Panic.
+pub fn debug_panic_on(path: String) {
+    let _ = DEBUG_PANIC_PATH.set(path);
+}
+
 /// What the URL addresses.
 #[derive(Debug)]
 enum Target {
@@ -57,12 +68,18 @@ impl ApiServer {
             r.request_uri = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
             let h = |n: header::HeaderName| req.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
             r.user_agent = h(header::USER_AGENT).unwrap_or_default();
-            r.source_ips = h(header::HeaderName::from_static("x-forwarded-for"))
-                .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
-                .unwrap_or_else(|| vec!["127.0.0.1".to_string()]);
+            let remote = req.extensions().get::<audit::RemoteAddr>().map(|a| a.0.ip());
+            r.source_ips = audit::source_ips(req.headers(), remote);
             r
         });
-        let (mut resp, user, labels) = self.serve_inner(req, subject, record.as_mut()).await;
+        let served = audit::CatchPanic::new(self.serve_inner(req, subject, record.as_mut())).await;
+        let (mut resp, user, labels) = served.unwrap_or_else(|message| {
+            tracing::error!(method = %method, path = %path, panic = %message, "a request's handler panicked");
+            if let (Some(auditor), Some(r)) = (self.audit.get(), record.take()) {
+                auditor.panicked(&r, &message);
+            }
+            (audit::panic_response(), None, None)
+        });
         if let (Some(auditor), Some(record)) = (self.audit.get(), record) {
             resp = audit_response(auditor, &record, resp).await;
             if record.watch && auditor.level(&record).0 != audit::Level::None {
@@ -225,6 +242,9 @@ impl ApiServer {
 
     fn non_resource(&self, path: &str) -> ApiResult<Resp> {
         let path = path.trim_end_matches('/');
+        if DEBUG_PANIC_PATH.get().is_some_and(|p| p.trim_end_matches('/') == path) {
+            panic!("deliberate panic at {path} (--debug-panic-path)");
+        }
         let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         match segs.as_slice() {

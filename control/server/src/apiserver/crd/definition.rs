@@ -366,6 +366,7 @@ pub(super) fn build(crd: &str, spec: &Value, revision: u64) -> Vec<&'static Serv
                     all: categories.iter().any(|c| c == "all"),
                     decode,
                     schema: no_schema,
+                    merge: |_, _| Err("a custom resource merges by its CRD's schema".into()),
                     strategy,
                 },
                 crd: crd.to_string(),

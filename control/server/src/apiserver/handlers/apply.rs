@@ -3,6 +3,9 @@
 //! `managed` inside the shared update pipeline (`write`), or, when there is no object
 //! yet, becomes a new one through `create`.
 //!
+//! An apply to the `scale` subresource applies the Scale's replicas to the object
+//! (`subresources::scale_as_config`); its fields are recorded with `subresource: scale`.
+//!
 //! It must not merge or track fields itself; that is `managed`'s.
 
 use serde_json::Value;
@@ -14,6 +17,7 @@ use super::super::meta;
 use super::super::object::{Named, str_at};
 use super::super::request::{Ctx, Resp, Subresource};
 use super::super::status::{ApiError, ApiResult, Cause};
+use super::subresources::scale_as_config;
 use super::write::{Ownership, tracked_subresource, walk_of};
 
 /// The client-side apply's record of what it applied, as a JSON pointer.
@@ -34,11 +38,14 @@ impl ApiServer {
                 }],
             ));
         };
-        if !matches!(sub, None | Some(Subresource::Status)) {
+        if !matches!(sub, None | Some(Subresource::Status | Subresource::Scale)) {
             return Err(ApiError::unsupported_media_type("application/apply-patch+yaml"));
         }
         let force = ctx.q("force") == Some("true");
-        decode::check_type(def, &mut config)?;
+        let scale = sub == Some(Subresource::Scale);
+        if !scale {
+            decode::check_type(def, &mut config)?;
+        }
         if config.pointer("/metadata/managedFields").is_some_and(|f| !f.is_null()) {
             return Err(ApiError::bad_request("metadata.managedFields must be nil in an applied configuration"));
         }
@@ -49,6 +56,10 @@ impl ApiServer {
                 )));
             }
             _ => config["metadata"]["name"] = Value::from(name),
+        }
+        if scale {
+            // Applied to the object as its replicas, recorded with `subresource: scale`.
+            config = scale_as_config(def, &config)?;
         }
         let pinned = str_at(&config, "/metadata/resourceVersion").is_some();
         let walk = walk_of(def);
@@ -71,12 +82,20 @@ impl ApiServer {
                 // An object nobody's writes were recorded for (stored by the server
                 // itself, or before fields were tracked): as upstream, its fields are
                 // "before-first-apply"'s, so an apply changing them conflicts.
-                _ => managed::record_create(&live, &walk, &managed::Write { manager: "before-first-apply", ..w }),
+                _ => managed::record_create(
+                    &live,
+                    &walk,
+                    &managed::Write {
+                        manager: "before-first-apply",
+                        subresource: if scale { None } else { w.subresource },
+                        ..w
+                    },
+                ),
             };
             let last_applied = live.pointer(LAST_APPLIED).and_then(Value::as_str).map(String::from);
             // kubectl's own server-side apply of an object it applied client-side may
             // change what its last-applied configuration set, as upstream allows.
-            let upgrade = (manager == "kubectl")
+            let upgrade = (manager == "kubectl" && sub.is_none())
                 .then_some(last_applied.as_deref())
                 .flatten()
                 .and_then(|l| serde_json::from_str::<Value>(l).ok())
@@ -87,7 +106,7 @@ impl ApiServer {
                 (None, false) => managed::Force::No,
             };
             let mut out = managed::apply(&live, entries, &config, &walk, &w, how)?;
-            if manager == "kubectl" && last_applied.is_some() {
+            if manager == "kubectl" && sub.is_none() && last_applied.is_some() {
                 // Keeps a later client-side apply working from what was applied now.
                 let mut applied = config.clone();
                 if let Some(a) = applied["metadata"].get_mut("annotations").and_then(Value::as_object_mut) {

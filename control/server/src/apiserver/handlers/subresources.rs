@@ -38,16 +38,37 @@ pub(super) fn scale_of(def: &ResourceDef, obj: &Value) -> Value {
             .unwrap_or_default(),
     };
     let m = &obj["metadata"];
+    let mut metadata = json!({
+        "name": m["name"], "namespace": m["namespace"], "uid": m["uid"],
+        "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"],
+    });
+    let fields = scale_fields(&obj["metadata"]["managedFields"], &paths.spec_replicas);
+    if !fields.is_empty() {
+        metadata["managedFields"] = Value::Array(fields);
+    }
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
-        "metadata": {
-            "name": m["name"], "namespace": m["namespace"], "uid": m["uid"],
-            "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"],
-        },
+        "metadata": metadata,
         "spec": {"replicas": obj.pointer(&paths.spec_replicas).cloned().unwrap_or(json!(0))},
         "status": {"replicas": obj.pointer(&paths.status_replicas).cloned().unwrap_or(json!(0)), "selector": selector},
     })
+}
+
+/// The object's managedFields entries that own its replicas, as upstream shows them
+/// on a Scale: the same managers owning the Scale's `spec.replicas`.
+fn scale_fields(entries: &Value, replicas: &str) -> Vec<Value> {
+    let owned: String = replicas.split('/').skip(1).map(|p| format!("/f:{}", p.replace('~', "~0"))).collect();
+    let Some(list) = entries.as_array() else { return Vec::new() };
+    list.iter()
+        .filter(|e| e.get("fieldsV1").and_then(|f| f.pointer(&owned)).is_some())
+        .map(|e| {
+            let mut e = e.clone();
+            e["apiVersion"] = json!("autoscaling/v1");
+            e["fieldsV1"] = json!({"f:spec": {"f:replicas": {}}});
+            e
+        })
+        .collect()
 }
 
 /// Sets the value at a JSON pointer, making the objects on the way.
@@ -67,15 +88,15 @@ fn set_at(obj: &mut Value, ptr: &str, v: Value) {
     }
 }
 
-/// Applies a Scale (as the client sent it) to the object.
-pub(super) fn apply_scale(def: &ResourceDef, obj: &Value, scale: &Value) -> ApiResult<Value> {
+/// A Scale's `spec.replicas` (`None` when it has none), checked.
+fn scale_replicas(def: &ResourceDef, obj: &Value, scale: &Value) -> ApiResult<Option<Value>> {
     if let Some(k) = scale.get("kind").and_then(|k| k.as_str())
         && k != "Scale"
     {
         return Err(ApiError::bad_request(format!("expected kind Scale, got {k}")));
     }
     let replicas = match scale.pointer("/spec/replicas") {
-        None | Some(Value::Null) => json!(0),
+        None | Some(Value::Null) => return Ok(None),
         Some(Value::Number(n)) if n.as_i64().is_some() => Value::Number(n.clone()),
         Some(other) => {
             return Err(ApiError::bad_request(format!("Scale.spec.replicas must be an integer, got {other}")));
@@ -88,6 +109,28 @@ pub(super) fn apply_scale(def: &ResourceDef, obj: &Value, scale: &Value) -> ApiR
             vec![Cause::invalid("spec.replicas", &replicas, "must be greater than or equal to 0")],
         ));
     }
+    Ok(Some(replicas))
+}
+
+/// An applied Scale as the configuration of its object: only the replicas (at the
+/// kind's replicas path), so the applier's fields on the object are just those, as
+/// upstream's scale field manager records them.
+pub(super) fn scale_as_config(def: &ResourceDef, scale: &Value) -> ApiResult<Value> {
+    let mut config = json!({"apiVersion": def.api_version(), "kind": def.kind, "metadata": {}});
+    for k in ["name", "resourceVersion"] {
+        if let Some(v) = scale["metadata"].get(k) {
+            config["metadata"][k] = v.clone();
+        }
+    }
+    if let Some(r) = scale_replicas(def, &config, scale)? {
+        set_at(&mut config, &scale_paths(def).spec_replicas, r);
+    }
+    Ok(config)
+}
+
+/// Applies a Scale (as the client sent it) to the object.
+pub(super) fn apply_scale(def: &ResourceDef, obj: &Value, scale: &Value) -> ApiResult<Value> {
+    let replicas = scale_replicas(def, obj, scale)?.unwrap_or(json!(0));
     let mut o = obj.clone();
     set_at(&mut o, &scale_paths(def).spec_replicas, replicas);
     if let Some(rv) = scale.pointer("/metadata/resourceVersion") {

@@ -23,17 +23,22 @@ pub(super) enum Ownership {
 }
 
 /// How fields of `def`'s objects merge: by the custom resource's schema, or the
-/// built-in kinds' list keys.
+/// built-in kind's OpenAPI schema.
 pub(super) fn walk_of(def: &ResourceDef) -> Walk<'static> {
     match crd::of(def) {
         Some(s) => Walk::custom(&s.schema),
-        None => Walk::builtin(),
+        None => Walk::builtin(def),
     }
 }
 
-/// The subresource a write's fields are recorded under (only status is tracked apart).
+/// The subresource a write's fields are recorded under: status (which tracks only
+/// `.status`) and scale (whose writes change only the replicas).
 pub(super) fn tracked_subresource(sub: Option<Subresource>) -> Option<&'static str> {
-    (sub == Some(Subresource::Status)).then_some("status")
+    match sub {
+        Some(Subresource::Status) => Some("status"),
+        Some(Subresource::Scale) => Some("scale"),
+        _ => None,
+    }
 }
 
 /// Whether a kind finalized through `spec.finalizers` (namespaces) still has some.
