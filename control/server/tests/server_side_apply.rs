@@ -293,6 +293,12 @@ spec:
               args:
                 type: array
                 items: {type: string}
+          status:
+            type: object
+            properties:
+              replicas: {type: integer}
+    subresources:
+      scale: {specReplicasPath: .spec.replicas, statusReplicasPath: .status.replicas}
 "#;
 
 #[test]
@@ -323,6 +329,20 @@ fn custom_resources_merge_by_their_schema() {
     let stages: Vec<&str> =
         p["spec"]["stages"].as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap()).collect();
     assert_eq!(stages, ["test"]);
+
+    // A custom resource's scale subresource takes applies too, at its replicas path.
+    let path = "/apis/example.com/v1/namespaces/default/pipelines/build/scale?fieldManager=autoscaler";
+    let scale = serde_json::json!({
+        "apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "build"}, "spec": {"replicas": 3}
+    });
+    let err = raw_apply(&s, path, &scale).expect_err("kubectl's configuration sets the replicas");
+    assert!(err.to_string().contains(r#"conflict with "kubectl": .spec.replicas"#), "{err}");
+    raw_apply(&s, &format!("{path}&force=true"), &scale).unwrap();
+    let p = s.json(&["get", "pipeline", "build", "--show-managed-fields"]);
+    assert_eq!(p["spec"]["replicas"], 3);
+    let e = entry(&p, "autoscaler").unwrap_or_else(|| panic!("{p}"));
+    assert_eq!((&e["operation"], &e["subresource"], &e["apiVersion"]), (&"Apply".into(), &"scale".into(), &"example.com/v1".into()));
+    assert_eq!(e["fieldsV1"], serde_json::json!({"f:spec": {"f:replicas": {}}}));
 }
 
 /// A PATCH with `application/apply-patch+yaml` (client-go's and the HPA's way to
