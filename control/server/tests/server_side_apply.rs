@@ -341,7 +341,10 @@ fn custom_resources_merge_by_their_schema() {
     let p = s.json(&["get", "pipeline", "build", "--show-managed-fields"]);
     assert_eq!(p["spec"]["replicas"], 3);
     let e = entry(&p, "autoscaler").unwrap_or_else(|| panic!("{p}"));
-    assert_eq!((&e["operation"], &e["subresource"], &e["apiVersion"]), (&"Apply".into(), &"scale".into(), &"example.com/v1".into()));
+    assert_eq!(
+        (&e["operation"], &e["subresource"], &e["apiVersion"]),
+        (&"Apply".into(), &"scale".into(), &"example.com/v1".into())
+    );
     assert_eq!(e["fieldsV1"], serde_json::json!({"f:spec": {"f:replicas": {}}}));
 }
 
@@ -431,11 +434,8 @@ fn update_managers_beyond_ten_collapse_into_ancient_changes() {
     }
     let cm = s.json(&["get", "configmap", "cm", "--show-managed-fields"]);
     let managers = cm["metadata"]["managedFields"].as_array().unwrap();
-    let updates: Vec<&str> = managers
-        .iter()
-        .filter(|e| e["operation"] == "Update")
-        .map(|e| e["manager"].as_str().unwrap())
-        .collect();
+    let updates: Vec<&str> =
+        managers.iter().filter(|e| e["operation"] == "Update").map(|e| e["manager"].as_str().unwrap()).collect();
     assert_eq!(updates.len(), 10, "{managers:?}");
     assert!(!updates.contains(&"m00") && !updates.contains(&"m01"), "{updates:?}");
     let ancient = entry(&cm, "ancient-changes").unwrap_or_else(|| panic!("{managers:?}"));

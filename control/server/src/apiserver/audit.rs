@@ -198,7 +198,8 @@ pub fn source_ips(headers: &http::HeaderMap, remote: Option<std::net::IpAddr>) -
     use std::net::IpAddr;
     let parse = |s: &str| s.trim().parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-    let mut ips: Vec<IpAddr> = header("x-forwarded-for").into_iter().flat_map(|v| v.split(',')).filter_map(parse).collect();
+    let mut ips: Vec<IpAddr> =
+        header("x-forwarded-for").into_iter().flat_map(|v| v.split(',')).filter_map(parse).collect();
     if let Some(real) = header("x-real-ip").and_then(parse)
         && !ips.contains(&real)
     {
@@ -251,7 +252,9 @@ pub fn panic_response() -> crate::apiserver::request::Resp {
         .status(http::StatusCode::INTERNAL_SERVER_ERROR)
         .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .header("x-content-type-options", "nosniff")
-        .body(crate::apiserver::request::full("This request caused apiserver to panic. Look in the logs for details.\n"))
+        .body(crate::apiserver::request::full(
+            "This request caused apiserver to panic. Look in the logs for details.\n",
+        ))
         .expect("a fixed response is valid")
 }
 
@@ -362,7 +365,8 @@ impl Auditor {
         if level == Level::None {
             return;
         }
-        let status = json!({"status": "Failure", "reason": "InternalError", "message": format!("APIServer panic'd: {message}")});
+        let status =
+            json!({"status": "Failure", "reason": "InternalError", "message": format!("APIServer panic'd: {message}")});
         let out = ["RequestReceived", "Panic"]
             .iter()
             .filter(|s| !omit.iter().any(|o| o == *s))

@@ -258,7 +258,9 @@ impl<'a> Walk<'a> {
             return Walk { schema, defs, custom: false, root: false };
         }
         let schema = self.resolved().and_then(|s| {
-            s.get("properties").and_then(|p| p.get(k)).or_else(|| s.get("additionalProperties").filter(|a| a.is_object()))
+            s.get("properties")
+                .and_then(|p| p.get(k))
+                .or_else(|| s.get("additionalProperties").filter(|a| a.is_object()))
         });
         Walk { schema, defs: self.defs, custom: self.custom, root: false }
     }
@@ -831,9 +833,9 @@ pub fn cap_updates(mut entries: Vec<Entry>) -> Vec<Entry> {
             first_of_version.insert(version, i);
             continue;
         };
-        let bucket = match (0..entries.len()).find(|&b| {
-            !merged[b] && entries[b].same_manager(ANCIENT_CHANGES, Operation::Update, &version, None)
-        }) {
+        let bucket = match (0..entries.len())
+            .find(|&b| !merged[b] && entries[b].same_manager(ANCIENT_CHANGES, Operation::Update, &version, None))
+        {
             Some(b) => b,
             None => {
                 entries[first].manager = ANCIENT_CHANGES.to_string();

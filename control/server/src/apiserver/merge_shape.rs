@@ -142,7 +142,8 @@ impl Prober<'_> {
                 let extra = EXTRA_KEYS.iter().find(|(d, f, _)| *d == name && *f == field).map(|e| e.2);
                 match self.list_shape(path, &items) {
                     ListShape::Map(keys) => {
-                        let keys: Vec<&str> = extra.unwrap_or(&[]).iter().copied().chain(keys.iter().map(String::as_str)).collect();
+                        let keys: Vec<&str> =
+                            extra.unwrap_or(&[]).iter().copied().chain(keys.iter().map(String::as_str)).collect();
                         let mut uniq: Vec<&str> = Vec::new();
                         for k in keys {
                             if !uniq.contains(&k) {
@@ -176,15 +177,16 @@ impl Prober<'_> {
                 }
             } else if let Some(values) = r.get("additionalProperties").filter(|a| a.is_object()) {
                 let v = self.minimal(values, 0);
-                let granular = self
-                    .merged_at(path, &json!({"k1": v}), &json!({"k2": v}))
-                    .is_some_and(|m| m.get("k1").is_some());
+                let granular =
+                    self.merged_at(path, &json!({"k1": v}), &json!({"k2": v})).is_some_and(|m| m.get("k1").is_some());
                 let t = if granular { "granular" } else { "atomic" };
                 notes.insert("x-kubernetes-map-type".into(), json!(t));
             }
             path.pop();
             if !notes.is_empty()
-                && let Some(Value::Object(p)) = self.defs.get_mut(&name).and_then(|d| d.pointer_mut(&format!("/properties/{}", field.replace('~', "~0").replace('/', "~1"))))
+                && let Some(Value::Object(p)) = self.defs.get_mut(&name).and_then(|d| {
+                    d.pointer_mut(&format!("/properties/{}", field.replace('~', "~0").replace('/', "~1")))
+                })
             {
                 p.extend(notes);
             }
@@ -203,7 +205,10 @@ impl Prober<'_> {
                 let (mut a, mut b) = (base.clone(), base.clone());
                 a[q] = v1;
                 b[q] = v2;
-                if self.merged_at(path, &json!([a]), &json!([b])).is_some_and(|m| m.as_array().is_some_and(|l| l.len() == 2)) {
+                if self
+                    .merged_at(path, &json!([a]), &json!([b]))
+                    .is_some_and(|m| m.as_array().is_some_and(|l| l.len() == 2))
+                {
                     keys.push(q.clone());
                 }
             }
@@ -340,11 +345,20 @@ mod tests {
         assert_eq!(prop(d, meta, "finalizers")["x-kubernetes-list-type"], json!("set"));
         assert_eq!(prop(d, meta, "labels")["x-kubernetes-map-type"], json!("granular"));
         assert_eq!(prop(d, meta, "ownerReferences")["x-kubernetes-list-map-keys"], json!(["uid"]));
-        assert_eq!(d.defs["io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector"]["x-kubernetes-map-type"], json!("atomic"));
-        assert_eq!(prop(d, "io.k8s.api.apps.v1.DeploymentStatus", "conditions")["x-kubernetes-list-map-keys"], json!(["type"]));
+        assert_eq!(
+            d.defs["io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector"]["x-kubernetes-map-type"],
+            json!("atomic")
+        );
+        assert_eq!(
+            prop(d, "io.k8s.api.apps.v1.DeploymentStatus", "conditions")["x-kubernetes-list-map-keys"],
+            json!(["type"])
+        );
 
         let s = kind("", "Service");
-        assert_eq!(prop(s, "io.k8s.api.core.v1.ServiceSpec", "ports")["x-kubernetes-list-map-keys"], json!(["port", "protocol"]));
+        assert_eq!(
+            prop(s, "io.k8s.api.core.v1.ServiceSpec", "ports")["x-kubernetes-list-map-keys"],
+            json!(["port", "protocol"])
+        );
         assert_eq!(prop(s, "io.k8s.api.core.v1.ServiceSpec", "selector")["x-kubernetes-map-type"], json!("atomic"));
 
         let cm = kind("", "ConfigMap");
