@@ -414,7 +414,12 @@ fn the_scale_subresource_records_and_applies_replicas() {
     assert_eq!(entry(&web(&s), "kubectl"), entry(&applied, "kubectl"));
     // Only a Scale is applied there.
     let wrong = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}});
-    assert_eq!(raw_apply(&s, path, &wrong).expect_err("not a Scale").code(), Some(400));
+    let err = raw_apply(&s, path, &wrong).expect_err("not a Scale");
+    assert_eq!(err.code(), Some(400));
+    assert!(err.to_string().contains("Specified patch version: apps/v1, expected: autoscaling/v1"), "{err}");
+    // kubectl's `apply --subresource=scale` sends the Deployment's manifest: refused alike.
+    let err = String::from_utf8(ssa(&s, "web.yaml", &manifest, &["--subresource=scale"]).stderr).unwrap();
+    assert!(err.contains("expected: autoscaling/v1"), "{err}");
     // Another name than the URL's is refused; a Scale is not a way to create objects.
     let mut other = scale.clone();
     other["metadata"]["name"] = "missing".into();

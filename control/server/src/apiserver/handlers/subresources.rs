@@ -116,6 +116,14 @@ fn scale_replicas(def: &ResourceDef, obj: &Value, scale: &Value) -> ApiResult<Op
 /// kind's replicas path), so the applier's fields on the object are just those, as
 /// upstream's scale field manager records them.
 pub(super) fn scale_as_config(def: &ResourceDef, scale: &Value) -> ApiResult<Value> {
+    // As upstream, the configuration must be of the Scale's version (so applying a
+    // Deployment's manifest to its scale is refused rather than half-applied).
+    let version = scale.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    if version != "autoscaling/v1" {
+        return Err(ApiError::bad_request(format!(
+            "Incorrect version specified in apply patch. Specified patch version: {version}, expected: autoscaling/v1"
+        )));
+    }
     let mut config = json!({"apiVersion": def.api_version(), "kind": def.kind, "metadata": {}});
     for k in ["name", "resourceVersion"] {
         if let Some(v) = scale["metadata"].get(k) {
