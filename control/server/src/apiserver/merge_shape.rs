@@ -16,6 +16,7 @@
 //! Built once per kind on first use and kept for the life of the process. It must not
 //! decide how fields merge or who owns them; that is `managed`'s.
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::sync::{LazyLock, Mutex};
 
@@ -29,6 +30,8 @@ use super::resources::{RESOURCES, ResourceDef};
 pub struct Structure {
     pub root: Value,
     pub defs: Map<String, Value>,
+    /// Probes the kind's decoder refused (their fields were taken as atomic).
+    pub refused_probes: usize,
 }
 
 /// Keys upstream's `x-kubernetes-list-map-keys` names beyond the one of
@@ -96,12 +99,20 @@ fn build(def: &ResourceDef) -> Structure {
     let mut generator = SchemaSettings::openapi3().into_generator();
     let root: Value = (def.schema)(&mut generator).into();
     let defs = generator.take_definitions(true);
-    let mut p = Prober { def, root: root.clone(), defs, seen: HashSet::new() };
+    let mut p = Prober { def, root: root.clone(), defs, seen: HashSet::new(), refused: Cell::new(0) };
     if let Some(name) = ref_name(&root) {
         p.visit(name.to_string(), &mut Vec::new());
     }
+    let refused_probes = p.refused.get();
+    if refused_probes > 0 {
+        tracing::warn!(
+            kind = def.kind,
+            refused_probes,
+            "some fields' merge shapes could not be learned; they are atomic"
+        );
+    }
     tracing::debug!(kind = def.kind, definitions = p.defs.len(), "built the merge shapes of a kind");
-    Structure { root, defs: p.defs }
+    Structure { root, defs: p.defs, refused_probes }
 }
 
 /// A step from the kind's root to a field: a property, or a list's (only) item.
@@ -116,6 +127,7 @@ struct Prober<'d> {
     root: Value,
     defs: Map<String, Value>,
     seen: HashSet<String>,
+    refused: Cell<usize>,
 }
 
 impl Prober<'_> {
@@ -200,7 +212,8 @@ impl Prober<'_> {
         if let Some(props) = item.get("properties").and_then(Value::as_object) {
             let base = self.minimal(items, 0);
             let mut keys = Vec::new();
-            for (q, qs) in props {
+            // An embedded object's type fields are checked by its decoder, never keys.
+            for (q, qs) in props.iter().filter(|(q, _)| !matches!(q.as_str(), "apiVersion" | "kind")) {
                 let Some((v1, v2)) = self.scalar_pair(qs) else { continue };
                 let (mut a, mut b) = (base.clone(), base.clone());
                 a[q] = v1;
@@ -295,6 +308,7 @@ impl Prober<'_> {
             Ok(out) => out,
             Err(e) => {
                 tracing::debug!(kind = self.def.kind, error = %e, ?path, "merge probe was not accepted");
+                self.refused.set(self.refused.get() + 1);
                 return None;
             }
         };
@@ -377,6 +391,7 @@ mod tests {
         for r in RESOURCES.iter() {
             let s = of(r);
             assert!(ref_name(&s.root).is_some_and(|n| s.defs.contains_key(n)), "{}", r.kind);
+            assert_eq!(s.refused_probes, 0, "{}: every probe decodes", r.kind);
         }
     }
 }
