@@ -296,6 +296,12 @@ impl Scheduler {
         let victims: Vec<Pod> = chosen.victims.iter().map(|v| (*v).clone()).collect();
         tracing::info!(pod = %key, node = %node, victims = victims.len(), budget_violations = chosen.budget_violations,
             reasons = %fit, "preempting");
+        // Nominate first: the victims' deletion wakes the waiting pods, and by then the
+        // cache must show the room as promised to this pod.
+        let nominate = serde_json::json!({"status": {"nominatedNodeName": node}});
+        if let Err(e) = self.client.patch::<Pod>(key.ns(), &key.name, Some("status"), &Patch::Merge(nominate)).await {
+            tracing::warn!(pod = %key, error = %e, "setting nominatedNodeName failed");
+        }
         let uid = pod.metadata.uid.as_deref().unwrap_or("");
         for victim in &victims {
             let vkey = ObjectKey::of(victim);
@@ -317,10 +323,6 @@ impl Scheduler {
             }
             let message = format!("Preempted by pod {uid} on node {node}");
             self.events.record(victim, EventType::Normal, "Preempted", &message).await;
-        }
-        let nominate = serde_json::json!({"status": {"nominatedNodeName": node}});
-        if let Err(e) = self.client.patch::<Pod>(key.ns(), &key.name, Some("status"), &Patch::Merge(nominate)).await {
-            tracing::warn!(pod = %key, error = %e, "setting nominatedNodeName failed");
         }
         Ok(())
     }
