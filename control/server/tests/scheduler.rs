@@ -174,13 +174,17 @@ fn anti_affinity_puts_replicas_on_distinct_nodes_and_affinity_co_locates() {
          preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod.."
     );
     let describe = s.ok(&["describe", "pod", &pending]);
-    assert!(describe.contains("FailedScheduling") && describe.contains("didn't match pod anti-affinity rules"), "{describe}");
+    assert!(
+        describe.contains("FailedScheduling") && describe.contains("didn't match pod anti-affinity rules"),
+        "{describe}"
+    );
 
     // Affinity: a pod wanting to be next to the cache lands on the cache's node.
-    s.apply("cache.yaml", &pod("cache", "100m", "  nodeSelector: {kubernetes.io/hostname: n2}\n").replace(
-        "metadata: {name: cache}",
-        "metadata: {name: cache, labels: {app: cache}}",
-    ));
+    s.apply(
+        "cache.yaml",
+        &pod("cache", "100m", "  nodeSelector: {kubernetes.io/hostname: n2}\n")
+            .replace("metadata: {name: cache}", "metadata: {name: cache, labels: {app: cache}}"),
+    );
     let near = "  affinity: {podAffinity: {requiredDuringSchedulingIgnoredDuringExecution: \
                 [{topologyKey: kubernetes.io/hostname, labelSelector: {matchLabels: {app: cache}}}]}}\n";
     s.apply("api.yaml", &pod("api", "100m", near));
@@ -193,7 +197,10 @@ fn topology_spread_evens_pods_out_over_zones() {
     let s = Server::start();
     // Zone a has three nodes, zone b one: resource scoring alone would favour zone a.
     for (n, zone) in [("a1", "a"), ("a2", "a"), ("a3", "a"), ("b1", "b")] {
-        s.apply(&format!("{n}.yaml"), &node_manifest(n, "4", "8Gi", &format!(", topology.kubernetes.io/zone: {zone}"), ""));
+        s.apply(
+            &format!("{n}.yaml"),
+            &node_manifest(n, "4", "8Gi", &format!(", topology.kubernetes.io/zone: {zone}"), ""),
+        );
     }
     let spread = "      topologySpreadConstraints:\n      - {maxSkew: 1, topologyKey: topology.kubernetes.io/zone, \
                   whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: spread}}}\n";

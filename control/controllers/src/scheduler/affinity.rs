@@ -102,9 +102,10 @@ impl Term {
         let Some(selector) = &self.selector else { return false };
         let ns = pod.metadata.namespace.as_deref().unwrap_or("");
         let in_namespace = self.namespaces.iter().any(|n| n == ns)
-            || self.namespace_selector.as_ref().is_some_and(|s| {
-                s.is_empty() || cluster.namespace_labels(ns).is_some_and(|labels| s.matches(labels))
-            });
+            || self
+                .namespace_selector
+                .as_ref()
+                .is_some_and(|s| s.is_empty() || cluster.namespace_labels(ns).is_some_and(|labels| s.matches(labels)));
         in_namespace && selector.matches(pod_labels(pod))
     }
 
@@ -139,7 +140,9 @@ impl Terms {
         };
         let (pa, anti) = (aff.pod_affinity.as_ref(), aff.pod_anti_affinity.as_ref());
         Self {
-            required_affinity: required(pa.and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref())),
+            required_affinity: required(
+                pa.and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref()),
+            ),
             required_anti: required(anti.and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref())),
             preferred_affinity: preferred(
                 pa.and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_ref()),
@@ -336,7 +339,9 @@ mod tests {
     fn required_affinity_co_locates_in_the_domain() {
         let nodes = zoned(&["n1", "n2", "n3"], &["a", "b", "b"]);
         let db = named("db", json!({"app": "db"}), Some("n2"), json!({}));
-        let near = |key: &str| named("p", json!({"app": "api"}), None, required("podAffinity", json!([term(key, json!({"app": "db"}))])));
+        let near = |key: &str| {
+            named("p", json!({"app": "api"}), None, required("podAffinity", json!([term(key, json!({"app": "db"}))])))
+        };
         assert_eq!(place(&near(HOST), &nodes, std::slice::from_ref(&db)).unwrap(), "n2");
         for tb in 0..4 {
             let cluster = Cluster::new(&nodes, [&db]);
@@ -403,8 +408,14 @@ mod tests {
         let cluster = Cluster::new(&nodes, [&elsewhere]);
         let r = schedule_in(&anti(json!({})), &nodes, &cluster, 0).unwrap();
         assert_eq!(r.feasible_nodes, 2);
-        assert_eq!(place(&anti(json!({"namespaces": ["other"]})), &nodes, std::slice::from_ref(&elsewhere)).unwrap(), "n2");
-        assert_eq!(place(&anti(json!({"namespaceSelector": {}})), &nodes, std::slice::from_ref(&elsewhere)).unwrap(), "n2");
+        assert_eq!(
+            place(&anti(json!({"namespaces": ["other"]})), &nodes, std::slice::from_ref(&elsewhere)).unwrap(),
+            "n2"
+        );
+        assert_eq!(
+            place(&anti(json!({"namespaceSelector": {}})), &nodes, std::slice::from_ref(&elsewhere)).unwrap(),
+            "n2"
+        );
         // A namespaceSelector reads the namespace's labels.
         let by_label = anti(json!({"namespaceSelector": {"matchLabels": {"team": "data"}}}));
         let labels = HashMap::from([("other".to_string(), BTreeMap::from([("team".to_string(), "data".to_string())]))]);

@@ -49,10 +49,10 @@ use thiserror::Error;
 use affinity::AffinityState;
 pub use cluster::Cluster;
 pub use filter::Reason;
-use spread::SpreadState;
 pub use quantity::QuantityError;
 pub use resources::{NodeUsage, PodRequests, RequestError, Resources, pod_requests, usage_by_node};
 pub use score::NodeScore;
+use spread::SpreadState;
 
 /// The scheduler name pods get when they do not set one.
 pub const DEFAULT_SCHEDULER_NAME: &str = "default-scheduler";

@@ -62,9 +62,15 @@ impl Budget {
         Self {
             namespace: pdb.metadata.namespace.clone().unwrap_or_default(),
             // A budget without a selector, or with an empty one, covers no pod.
-            selector: spec.and_then(|s| s.selector.as_ref()).and_then(|s| selector_of(s).ok()).filter(|s| !s.is_empty()),
+            selector: spec
+                .and_then(|s| s.selector.as_ref())
+                .and_then(|s| selector_of(s).ok())
+                .filter(|s| !s.is_empty()),
             disruptions_allowed: status.map_or(0, |s| i64::from(s.disruptions_allowed)),
-            disrupted: status.and_then(|s| s.disrupted_pods.as_ref()).map(|d| d.keys().cloned().collect()).unwrap_or_default(),
+            disrupted: status
+                .and_then(|s| s.disrupted_pods.as_ref())
+                .map(|d| d.keys().cloned().collect())
+                .unwrap_or_default(),
         }
     }
 
@@ -102,7 +108,12 @@ pub fn ineligible(pod: &Pod, cluster: &Cluster<'_>) -> Option<&'static str> {
 /// Finds where and whom to preempt for `pod` among `nodes` (the candidates, as for
 /// [`super::schedule_in`]). The error is the message kube-scheduler appends after
 /// `preemption: `.
-pub fn find<'a>(pod: &Pod, nodes: &[Node], cluster: &Cluster<'a>, budgets: &[Budget]) -> Result<Preemption<'a>, String> {
+pub fn find<'a>(
+    pod: &Pod,
+    nodes: &[Node],
+    cluster: &Cluster<'a>,
+    budgets: &[Budget],
+) -> Result<Preemption<'a>, String> {
     if let Some(why) = ineligible(pod, cluster) {
         return Err(why.to_string());
     }
@@ -209,10 +220,8 @@ mod tests {
     #[test]
     fn evicts_the_lowest_priority() {
         let nodes = [node("n1", "2", "8Gi"), node("n2", "2", "8Gi")];
-        let placed = [
-            with_priority("mid", Some("n1"), "2", 10, json!({})),
-            with_priority("low", Some("n2"), "2", 5, json!({})),
-        ];
+        let placed =
+            [with_priority("mid", Some("n1"), "2", 10, json!({})), with_priority("low", Some("n2"), "2", 5, json!({}))];
         let cluster = Cluster::new(&nodes, &placed);
         let p = with_priority("vip", None, "1", 100, json!({}));
         let chosen = find(&p, &nodes, &cluster, &[]).unwrap();

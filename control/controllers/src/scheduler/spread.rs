@@ -246,9 +246,8 @@ mod tests {
         let mut other_ns = web("o", Some("a2"), json!({}));
         other_ns.metadata.namespace = Some("other".into());
         let mut leaving = web("l", Some("a2"), json!({}));
-        leaving.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            jiff::Timestamp::UNIX_EPOCH,
-        ));
+        leaving.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH));
         let placed = [named("x", json!({"app": "db"}), Some("b1"), json!({})), other_ns, leaving];
         assert_eq!(feasible(&web("w", None, hard.clone()), &nodes, &placed).unwrap(), ["a1", "a2", "b1"]);
         // A node without the key is no candidate, whatever the counts.

@@ -85,8 +85,6 @@ pub fn zoned(names: &[&str], zones: &[&str]) -> Vec<Node> {
     names
         .iter()
         .zip(zones)
-        .map(|(n, z)| {
-            node_with(n, "4", "8Gi", json!({"labels": {"kubernetes.io/hostname": n, "zone": z}}), json!({}))
-        })
+        .map(|(n, z)| node_with(n, "4", "8Gi", json!({"labels": {"kubernetes.io/hostname": n, "zone": z}}), json!({})))
         .collect()
 }

@@ -22,8 +22,8 @@
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 
-use super::filter::{self, Reason};
 use super::cluster::{Cluster, name};
+use super::filter::{self, Reason};
 use super::{FitError, ScheduleError, ScheduleResult, pod_requests, schedule_in};
 use crate::helpers::volumes::{
     NO_PROVISIONER, claim_class, claim_volume, find_best_match, is_delayed, reachable_from, selected_node,
