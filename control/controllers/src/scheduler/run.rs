@@ -201,8 +201,10 @@ impl Scheduler {
         let own = priority(&pod);
         for p in cached.iter().filter(|p| p.metadata.uid != pod.metadata.uid && priority(p) >= own) {
             let nominated = p.status.as_ref().and_then(|s| s.nominated_node_name.as_deref()).filter(|n| !n.is_empty());
+            // An assumed pod is placed already (and counted as such).
             if let Some(node) = nominated
                 && responsible_for(p)
+                && !assumed_uids.contains(p.metadata.uid.as_deref().unwrap_or(""))
             {
                 cluster.reserve(p, node);
             }
