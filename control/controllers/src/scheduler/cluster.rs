@@ -105,3 +105,25 @@ pub fn name(node: &Node) -> &str {
 pub fn label<'n>(node: &'n Node, key: &str) -> Option<&'n str> {
     node.metadata.labels.as_ref()?.get(key).map(String::as_str)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use super::super::{ScheduleError, schedule_in};
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reserved_room_is_not_given_away_and_unbound_or_finished_pods_hold_none() {
+        let nodes = [node("n1", "2", "8Gi")];
+        let mut done = named("done", json!({}), Some("n1"), json!({}));
+        done.status = Some(serde_json::from_value(json!({"phase": "Succeeded"})).unwrap());
+        let pending = named("pending", json!({}), None, json!({}));
+        let mut cluster = Cluster::new(&nodes, [&done, &pending]);
+        assert!(cluster.pods_on("n1").is_empty());
+        assert!(schedule_in(&pod_req("2", "1Gi"), &nodes, &cluster, 0).is_ok());
+        cluster.reserve(&pod_req("1", "1Gi"), "n1");
+        let err = schedule_in(&pod_req("2", "1Gi"), &nodes, &cluster, 0).unwrap_err();
+        assert!(matches!(err, ScheduleError::Unschedulable(_)), "{err}");
+    }
+}
