@@ -53,6 +53,36 @@ pub enum Reason {
     InvalidAllocatable {
         resource: String,
     },
+    /// Required pod affinity has no matching pod in the node's domain.
+    PodAffinityRulesNotMatch,
+    /// Required pod anti-affinity: a matching pod is in the node's domain.
+    PodAntiAffinityRulesNotMatch,
+    /// A pod in the node's domain has required anti-affinity against this pod.
+    ExistingAntiAffinityRulesNotMatch,
+    /// A DoNotSchedule topology spread constraint would exceed its maxSkew.
+    TopologySpreadNotMatch,
+    /// The node lacks a topology key of a DoNotSchedule constraint.
+    TopologySpreadMissingLabel,
+    /// Preemption: the node fails for a reason evicting pods cannot change.
+    PreemptionNotHelpful,
+    /// Preemption: even without every lower-priority pod the pod does not fit.
+    NoPreemptionVictims,
+}
+
+impl Reason {
+    /// Could evicting pods from the node remove this reason? (Upstream's Unschedulable
+    /// as opposed to UnschedulableAndUnresolvable.)
+    pub fn resolvable_by_preemption(&self) -> bool {
+        matches!(
+            self,
+            Reason::InsufficientCpu
+                | Reason::InsufficientMemory
+                | Reason::TooManyPods
+                | Reason::PodAntiAffinityRulesNotMatch
+                | Reason::ExistingAntiAffinityRulesNotMatch
+                | Reason::TopologySpreadNotMatch
+        )
+    }
 }
 
 impl fmt::Display for Reason {
@@ -71,6 +101,17 @@ impl fmt::Display for Reason {
             Reason::InvalidAllocatable { resource } => {
                 write!(f, "node(s) had invalid status.allocatable.{resource}")
             }
+            Reason::PodAffinityRulesNotMatch => f.write_str("node(s) didn't match pod affinity rules"),
+            Reason::PodAntiAffinityRulesNotMatch => f.write_str("node(s) didn't match pod anti-affinity rules"),
+            Reason::ExistingAntiAffinityRulesNotMatch => {
+                f.write_str("node(s) didn't satisfy existing pods anti-affinity rules")
+            }
+            Reason::TopologySpreadNotMatch => f.write_str("node(s) didn't match pod topology spread constraints"),
+            Reason::TopologySpreadMissingLabel => {
+                f.write_str("node(s) didn't match pod topology spread constraints (missing required label)")
+            }
+            Reason::PreemptionNotHelpful => f.write_str("Preemption is not helpful for scheduling"),
+            Reason::NoPreemptionVictims => f.write_str("No preemption victims found for incoming pod"),
         }
     }
 }

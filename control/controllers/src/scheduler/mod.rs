@@ -10,23 +10,32 @@
 //!    pod unschedulable with a message naming the container).
 //! 2. [`filter`]: per node, the first failing check among NodeUnschedulable,
 //!    TaintToleration (node conditions count as taints), NodeAffinity and
-//!    NodeResourcesFit.
-//! 3. [`score`]: LeastRequested, BalancedAllocation, preferred NodeAffinity and the
-//!    PreferNoSchedule penalty, summed with upstream's default weights.
+//!    NodeResourcesFit, then PodTopologySpread ([`spread`]) and InterPodAffinity
+//!    ([`affinity`]). The last two read counts per topology domain that
+//!    [`PodState::new`] computes once per cycle from the [`Cluster`] snapshot.
+//! 3. [`score`]: LeastRequested, BalancedAllocation, preferred NodeAffinity, the
+//!    PreferNoSchedule penalty, preferred inter-pod affinity and ScheduleAnyway spread,
+//!    summed with upstream's default weights.
 //! 4. Ties are broken by a caller-supplied number (see [`tie_breaker_for`]) so that
 //!    identical pods spread over identical nodes instead of all landing on the first.
 //!
 //! 5. [`volumes`] wraps the pipeline with kube-scheduler's VolumeBinding: a pod's
 //!    PersistentVolumeClaims restrict it to nodes that reach their volumes.
 //!
-//! Not handled (yet): inter-pod (anti-)affinity, topology spread, host ports,
-//! extended resources, preemption.
+//! 6. [`preemption`]: when nothing fits, the node where evicting the fewest and least
+//!    important lower-priority pods makes room (the caller evicts them).
+//!
+//! Not handled (yet): host ports, extended resources, default topology spread.
 
+pub mod affinity;
+pub mod cluster;
 pub mod filter;
+pub mod preemption;
 pub use skiff_api::quantity;
 pub mod resources;
 pub mod run;
 pub mod score;
+pub mod spread;
 #[cfg(test)]
 mod testutil;
 pub mod volumes;
@@ -37,10 +46,13 @@ use std::fmt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use thiserror::Error;
 
+use affinity::AffinityState;
+pub use cluster::Cluster;
 pub use filter::Reason;
 pub use quantity::QuantityError;
 pub use resources::{NodeUsage, PodRequests, RequestError, Resources, pod_requests, usage_by_node};
 pub use score::NodeScore;
+use spread::SpreadState;
 
 /// The scheduler name pods get when they do not set one.
 pub const DEFAULT_SCHEDULER_NAME: &str = "default-scheduler";
@@ -123,36 +135,86 @@ pub fn tie_breaker_for(pod: &Pod) -> u64 {
     crate::helpers::hash::fnv1a_64(key.bytes())
 }
 
-/// Picks a node for `pod`.
-///
-/// - `nodes`: all nodes, in any order.
-/// - `usage`: what each node already carries, keyed by node name (build it with
-///   [`usage_by_node`] or maintain it incrementally with [`NodeUsage::add_pod`]). A node
-///   without an entry is treated as empty. The pod being scheduled must not be in it.
-/// - `tie_breaker`: among nodes with the same best total, the one at
-///   `tie_breaker % ties` in name order wins. Pass [`tie_breaker_for`] of the pod, or a
-///   counter you increment per decision.
-///
-/// The result depends only on the arguments (not on `nodes` order).
+/// [`schedule_in`] for callers that only track resources: no placed pods are known,
+/// so inter-pod rules see an empty cluster.
 pub fn schedule(
     pod: &Pod,
     nodes: &[Node],
     usage: &HashMap<String, NodeUsage>,
     tie_breaker: u64,
 ) -> Result<ScheduleResult> {
+    schedule_in(pod, nodes, &Cluster::from_usage(nodes, usage.clone()), tie_breaker)
+}
+
+/// The inter-pod state of one scheduling cycle for one pod: topology spread (hard
+/// and soft constraints) and inter-pod affinity counts per domain.
+#[derive(Debug, Clone)]
+pub struct PodState {
+    pub affinity: AffinityState,
+    pub hard_spread: SpreadState,
+    pub soft_spread: SpreadState,
+}
+
+impl PodState {
+    pub fn new(pod: &Pod, cluster: &Cluster<'_>) -> Self {
+        Self {
+            affinity: AffinityState::new(pod, cluster),
+            hard_spread: SpreadState::new(pod, cluster, spread::Kind::Hard),
+            soft_spread: SpreadState::new(pod, cluster, spread::Kind::Soft),
+        }
+    }
+
+    /// Adds (1) or removes (-1) `existing` on `node` (see [`AffinityState::account`]).
+    pub fn account(&mut self, pod: &Pod, existing: &Pod, node: &Node, cluster: &Cluster<'_>, delta: i64) {
+        self.affinity.account(pod, existing, node, cluster, delta);
+        self.hard_spread.account(pod, existing, node, delta);
+    }
+
+    /// PodTopologySpread, then InterPodAffinity, as upstream orders its filters.
+    pub fn filter(&self, node: &Node) -> std::result::Result<(), Reason> {
+        self.hard_spread.filter(node)?;
+        self.affinity.filter(node)
+    }
+}
+
+/// Every filter for one node: the node-local ones ([`filter::filter`]), then the
+/// inter-pod ones. The first failing check's reasons.
+pub fn check_node(
+    pod: &Pod,
+    requests: &PodRequests,
+    node: &Node,
+    usage: &NodeUsage,
+    state: &PodState,
+) -> std::result::Result<(), Vec<Reason>> {
+    filter::filter(pod, requests, node, usage)?;
+    state.filter(node).map_err(|r| vec![r])
+}
+
+/// Picks a node for `pod`.
+///
+/// - `nodes`: the candidate nodes, in any order.
+/// - `cluster`: every node and what is already placed on it (the pod being scheduled
+///   must not be in it); inter-pod rules count pods on all of its nodes, not only on
+///   the candidates.
+/// - `tie_breaker`: among nodes with the same best total, the one at
+///   `tie_breaker % ties` in name order wins. Pass [`tie_breaker_for`] of the pod, or a
+///   counter you increment per decision.
+///
+/// The result depends only on the arguments (not on `nodes` order).
+pub fn schedule_in(pod: &Pod, nodes: &[Node], cluster: &Cluster<'_>, tie_breaker: u64) -> Result<ScheduleResult> {
     if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
         && !node.is_empty()
     {
         return Err(ScheduleError::AlreadyAssigned(node.to_string()));
     }
     let requests = pod_requests(pod)?;
+    let state = PodState::new(pod, cluster);
 
-    let empty = NodeUsage::default();
     let mut feasible: Vec<(&Node, &NodeUsage)> = Vec::new();
     let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
     for node in nodes {
-        let node_usage = node.metadata.name.as_ref().and_then(|n| usage.get(n)).unwrap_or(&empty);
-        match filter::filter(pod, &requests, node, node_usage) {
+        let node_usage = cluster.usage(cluster::name(node));
+        match check_node(pod, &requests, node, node_usage, &state) {
             Ok(()) => feasible.push((node, node_usage)),
             Err(failed) => {
                 for reason in failed {
@@ -165,7 +227,17 @@ pub fn schedule(
         return Err(FitError { num_nodes: nodes.len(), reasons }.into());
     }
 
-    let scores = score::score_nodes(pod, &requests, &feasible);
+    let mut scores = score::score_nodes(pod, &requests, &feasible);
+    let feasible_nodes: Vec<&Node> = feasible.iter().map(|(n, _)| *n).collect();
+    let affinity = if state.affinity.scores_anything() {
+        affinity::normalise(&feasible_nodes.iter().map(|n| state.affinity.raw_score(n)).collect::<Vec<_>>())
+    } else {
+        Vec::new()
+    };
+    let spread = state.soft_spread.scores(&feasible_nodes);
+    for (i, s) in scores.iter_mut().enumerate() {
+        s.add_inter_pod(affinity.get(i).copied().unwrap_or(0), spread.get(i).copied().unwrap_or(0));
+    }
     let best = scores.iter().map(|s| s.total).max().unwrap_or(0);
     let mut ties: Vec<&str> = scores.iter().filter(|s| s.total == best).map(|s| s.node_name.as_str()).collect();
     ties.sort_unstable();

@@ -8,25 +8,35 @@
 //! for the API's round trips yet never overcommits a node; a failed binding drops the
 //! assumption and requeues the pod. Unschedulable pods get a
 //! PodScheduled=False condition and a FailedScheduling event, and are retried with
-//! backoff and whenever a node or a PersistentVolume changes. A pod whose claims wait
+//! backoff and whenever a node or a PersistentVolume changes or a placed pod goes away
+//! (pods waiting for inter-pod affinity or spread also when one of ours is bound).
+//!
+//! Preemption: a pod that fits nowhere may evict pods of lower priority
+//! (`super::preemption` picks them): each victim gets a DisruptionTarget condition, is
+//! deleted and gets a Preempted event; the preemptor's `status.nominatedNodeName` is
+//! set, and while it waits for the room, pods of no higher priority cannot take it.
+//!
+//! A pod whose claims wait
 //! for their first consumer is not bound at once: the chosen node is written into the
 //! claims (`volume.kubernetes.io/selected-node`) for the binder and provisioner, and the
 //! pod is placed again (now pinned by its bound volumes) when a claim of it changes. It
-//! must not write anything but bindings, pod status conditions, that claim annotation
-//! and events.
+//! must not write anything but bindings, pod status (conditions, nominated node),
+//! deletions of preemption victims, that claim annotation and events.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use skiff_api::reflector::Change;
 use skiff_api::workqueue::{Action, WorkQueue, run_workers};
-use skiff_api::{Client, ObjectKey, Patch};
+use skiff_api::{Client, ListParams, ObjectKey, Patch};
 
+use super::preemption::{self, Budget, priority};
 use super::volumes::{self, Storage, claim_names, pod_volumes, schedule_with_volumes};
-use super::{ScheduleError, responsible_for, tie_breaker_for, usage_by_node};
+use super::{Cluster, FitError, ScheduleError, responsible_for, tie_breaker_for};
 use crate::events::{EventType, Recorder};
 use crate::helpers::volumes::{ANN_SELECTED_NODE, selected_node};
 use crate::informers::Informers;
@@ -52,8 +62,10 @@ struct Scheduler {
     events: Recorder,
     /// Pods bound by us that the cache does not show bound yet: uid → bound copy.
     assumed: Mutex<HashMap<String, Pod>>,
-    /// Pods that did not fit, retried when nodes change.
-    unschedulable: Mutex<std::collections::HashSet<ObjectKey>>,
+    /// Pods that did not fit, retried when nodes change or placed pods go away; `true`
+    /// for those that wait for pods to appear (required pod affinity, spread), which
+    /// are also retried when a pod is bound.
+    unschedulable: Mutex<HashMap<ObjectKey, bool>>,
 }
 
 /// Runs the scheduler until aborted.
@@ -86,6 +98,10 @@ pub async fn run(client: Client, informers: Informers) {
                         }
                         Change::Deleted(p) => {
                             sched.forget(&p);
+                            // Room, anti-affinity or skew freed: the waiting may fit now.
+                            if p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty()) {
+                                sched.retry_unschedulable();
+                            }
                         }
                     },
                     Some(_) = nodes.recv() => {
@@ -119,18 +135,32 @@ pub async fn run(client: Client, informers: Informers) {
 
 impl Scheduler {
     fn retry_unschedulable(&self) {
-        let waiting: Vec<ObjectKey> = self.unschedulable.lock().unwrap().drain().collect();
+        let waiting: Vec<ObjectKey> = self.unschedulable.lock().unwrap().drain().map(|(k, _)| k).collect();
         for k in waiting {
             self.queue.add(k);
         }
     }
 
+    /// A pod we bound shows up bound in the cache: drop its assumption, and retry the
+    /// pods that wait for such a pod (affinity to it, or spread it evens out).
     fn forget_assumed_if_seen(&self, pod: &Pod) {
         if pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
             && let Some(uid) = &pod.metadata.uid
+            && self.assumed.lock().unwrap().remove(uid).is_some()
         {
-            self.assumed.lock().unwrap().remove(uid);
+            let mut waiting = self.unschedulable.lock().unwrap();
+            let keys: Vec<ObjectKey> = waiting.iter().filter(|(_, pods)| **pods).map(|(k, _)| k.clone()).collect();
+            for k in keys {
+                waiting.remove(&k);
+                self.queue.add(k);
+            }
         }
+    }
+
+    fn wait(&self, key: &ObjectKey, pod: &Pod) {
+        let for_pods = super::affinity::has_pod_affinity(pod)
+            || pod.spec.as_ref().and_then(|s| s.topology_spread_constraints.as_ref()).is_some_and(|c| !c.is_empty());
+        self.unschedulable.lock().unwrap().insert(key.clone(), for_pods);
     }
 
     fn forget(&self, pod: &Pod) {
@@ -151,14 +181,34 @@ impl Scheduler {
         }
         let nodes: Vec<_> = self.informers.nodes.list().iter().map(|n| n.as_ref().clone()).collect();
         let cached = self.informers.pods.list();
-        let usage = {
-            let assumed = self.assumed.lock().unwrap();
-            let bound = cached
-                .iter()
-                .map(|p| p.as_ref())
-                .filter(|p| !assumed.contains_key(p.metadata.uid.as_deref().unwrap_or("")));
-            usage_by_node(bound.chain(assumed.values()))
-        };
+        let assumed: Vec<Pod> = self.assumed.lock().unwrap().values().cloned().collect();
+        let assumed_uids: std::collections::HashSet<&str> =
+            assumed.iter().filter_map(|p| p.metadata.uid.as_deref()).collect();
+        let placed = cached
+            .iter()
+            .map(|p| p.as_ref())
+            .filter(|p| !assumed_uids.contains(p.metadata.uid.as_deref().unwrap_or("")))
+            .chain(assumed.iter());
+        let namespaces = self
+            .informers
+            .namespaces
+            .list()
+            .iter()
+            .map(|n| (n.metadata.name.clone().unwrap_or_default(), n.metadata.labels.clone().unwrap_or_default()))
+            .collect();
+        let mut cluster = Cluster::new(&nodes, placed).with_namespace_labels(namespaces);
+        // Room promised to preemptors of at least this pod's priority stays theirs.
+        let own = priority(&pod);
+        for p in cached.iter().filter(|p| p.metadata.uid != pod.metadata.uid && priority(p) >= own) {
+            let nominated = p.status.as_ref().and_then(|s| s.nominated_node_name.as_deref()).filter(|n| !n.is_empty());
+            // An assumed pod is placed already (and counted as such).
+            if let Some(node) = nominated
+                && responsible_for(p)
+                && !assumed_uids.contains(p.metadata.uid.as_deref().unwrap_or(""))
+            {
+                cluster.reserve(p, node);
+            }
+        }
         let claims = self.informers.persistent_volume_claims.list_namespace(key.ns().unwrap_or_default());
         let pvs = self.informers.persistent_volumes.list();
         let classes = self.informers.storage_classes.list();
@@ -173,12 +223,12 @@ impl Scheduler {
             Err(why) => {
                 let message = format!("0/{} nodes are available: {why}.", nodes.len());
                 tracing::info!(pod = %key, reason = %message, "unschedulable");
-                self.unschedulable.lock().unwrap().insert(key.clone());
+                self.wait(&key, &pod);
                 self.mark_unschedulable(&key, &pod, &message).await;
                 return Ok(Action::RequeueAfter(UNSCHEDULABLE_RETRY));
             }
         };
-        match schedule_with_volumes(&pod, &nodes, &usage, tie_breaker_for(&pod), &pod_vols, &storage) {
+        match schedule_with_volumes(&pod, &nodes, &cluster, tie_breaker_for(&pod), &pod_vols, &storage) {
             Ok(result) if !pod_vols.waiting.is_empty() => {
                 self.select_node_for_claims(&key, &pod_vols, &result.node_name).await?;
                 Ok(Action::RequeueAfter(VOLUME_WAIT_RETRY))
@@ -194,14 +244,89 @@ impl Scheduler {
                 Ok(Action::Done)
             }
             Err(ScheduleError::AlreadyAssigned(_)) => Ok(Action::Done),
+            Err(ScheduleError::Unschedulable(fit)) => {
+                // Preemption only considers nodes the pod's volumes allow.
+                let candidates: Vec<Node> =
+                    nodes.iter().filter(|n| volumes::check_node(&pod_vols, &storage, n).is_ok()).cloned().collect();
+                let message = match self.preempt(&key, &pod, &candidates, &cluster, &fit).await {
+                    Ok(()) => fit.to_string(),
+                    Err(why) => format!("{fit} preemption: {why}."),
+                };
+                tracing::info!(pod = %key, reason = %message, "unschedulable");
+                self.wait(&key, &pod);
+                self.mark_unschedulable(&key, &pod, &message).await;
+                Ok(Action::RequeueAfter(UNSCHEDULABLE_RETRY))
+            }
             Err(e) => {
                 let message = e.to_string();
                 tracing::info!(pod = %key, reason = %message, "unschedulable");
-                self.unschedulable.lock().unwrap().insert(key.clone());
+                self.wait(&key, &pod);
                 self.mark_unschedulable(&key, &pod, &message).await;
                 Ok(Action::RequeueAfter(UNSCHEDULABLE_RETRY))
             }
         }
+    }
+
+    /// PostFilter: finds victims for `pod` and evicts them, nominating their node. The
+    /// error is why not, in kube-scheduler's words (after `preemption: `).
+    async fn preempt(
+        &self,
+        key: &ObjectKey,
+        pod: &Pod,
+        candidates: &[Node],
+        cluster: &Cluster<'_>,
+        fit: &FitError,
+    ) -> Result<(), String> {
+        if let Some(why) = preemption::ineligible(pod, cluster) {
+            return Err(why.to_string());
+        }
+        // Budgets are read only when someone could be preempted at all.
+        let own = priority(pod);
+        let budgets: Vec<Budget> = if cluster.placed().any(|(p, _)| priority(p) < own) {
+            match self.client.list_all::<PodDisruptionBudget>(None, &ListParams::default()).await {
+                Ok((pdbs, _)) => pdbs.iter().map(Budget::of).collect(),
+                Err(e) => {
+                    tracing::warn!(pod = %key, error = %e, "listing PodDisruptionBudgets failed; preempting without them");
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let chosen = preemption::find(pod, candidates, cluster, &budgets)?;
+        let node = chosen.node_name.clone();
+        let victims: Vec<Pod> = chosen.victims.iter().map(|v| (*v).clone()).collect();
+        tracing::info!(pod = %key, node = %node, victims = victims.len(), budget_violations = chosen.budget_violations,
+            reasons = %fit, "preempting");
+        // Nominate first: the victims' deletion wakes the waiting pods, and by then the
+        // cache must show the room as promised to this pod.
+        let nominate = serde_json::json!({"status": {"nominatedNodeName": node}});
+        if let Err(e) = self.client.patch::<Pod>(key.ns(), &key.name, Some("status"), &Patch::Merge(nominate)).await {
+            tracing::warn!(pod = %key, error = %e, "setting nominatedNodeName failed");
+        }
+        let uid = pod.metadata.uid.as_deref().unwrap_or("");
+        for victim in &victims {
+            let vkey = ObjectKey::of(victim);
+            let condition = serde_json::json!({"status": {"conditions": [{
+                "type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+                "message": format!("{}: preempting to accommodate a higher priority pod", super::DEFAULT_SCHEDULER_NAME),
+                "lastTransitionTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+            }]}});
+            if let Err(e) =
+                self.client.patch::<Pod>(vkey.ns(), &vkey.name, Some("status"), &Patch::Strategic(condition)).await
+            {
+                tracing::debug!(pod = %vkey, error = %e, "recording DisruptionTarget failed");
+            }
+            let precondition = serde_json::json!({"preconditions": {"uid": victim.metadata.uid}});
+            match self.client.delete::<Pod>(vkey.ns(), &vkey.name, Some(&precondition)).await {
+                Ok(_) => {}
+                Err(e) if e.code() == Some(409) => {}
+                Err(e) => return Err(format!("deleting victim {vkey} failed: {e}")),
+            }
+            let message = format!("Preempted by pod {uid} on node {node}");
+            self.events.record(victim, EventType::Normal, "Preempted", &message).await;
+        }
+        Ok(())
     }
 
     /// Writes the chosen node into the pod's claims that wait for their first consumer

@@ -20,6 +20,8 @@ pub const WEIGHT_LEAST_REQUESTED: i64 = 1;
 pub const WEIGHT_BALANCED_ALLOCATION: i64 = 1;
 pub const WEIGHT_NODE_AFFINITY: i64 = 2;
 pub const WEIGHT_TAINT_TOLERATION: i64 = 3;
+pub const WEIGHT_INTER_POD_AFFINITY: i64 = 2;
+pub const WEIGHT_TOPOLOGY_SPREAD: i64 = 2;
 
 /// One feasible node's scores, kept per rule so the caller can explain a placement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,8 +31,23 @@ pub struct NodeScore {
     pub balanced_allocation: i64,
     pub node_affinity: i64,
     pub taint_toleration: i64,
+    /// InterPodAffinity (preferred terms of both sides; see `affinity`), 0 when no
+    /// term applies.
+    pub inter_pod_affinity: i64,
+    /// PodTopologySpread (ScheduleAnyway constraints; see `spread`), 0 without any.
+    pub topology_spread: i64,
     /// Weighted sum of the above.
     pub total: i64,
+}
+
+impl NodeScore {
+    /// Sets the inter-pod scores (computed from per-cycle state, not per node) and
+    /// adds them to the total.
+    pub fn add_inter_pod(&mut self, inter_pod_affinity: i64, topology_spread: i64) {
+        self.inter_pod_affinity = inter_pod_affinity;
+        self.topology_spread = topology_spread;
+        self.total += inter_pod_affinity * WEIGHT_INTER_POD_AFFINITY + topology_spread * WEIGHT_TOPOLOGY_SPREAD;
+    }
 }
 
 /// `(allocatable - requested) / allocatable` scaled to 0..=100; a full, overfull or
@@ -126,6 +143,8 @@ pub fn score_nodes(pod: &Pod, requests: &PodRequests, nodes: &[(&Node, &NodeUsag
                 balanced_allocation,
                 node_affinity,
                 taint_toleration,
+                inter_pod_affinity: 0,
+                topology_spread: 0,
                 total: least_requested * WEIGHT_LEAST_REQUESTED
                     + balanced_allocation * WEIGHT_BALANCED_ALLOCATION
                     + node_affinity * WEIGHT_NODE_AFFINITY

@@ -60,3 +60,31 @@ pub fn tainted(name: &str, taints: Value) -> Node {
 pub fn labelled(name: &str, labels: Value) -> Node {
     node_with(name, "4", "8Gi", json!({"labels": labels}), json!({}))
 }
+
+/// A pod named `name` (uid `uid-<name>`, namespace "default") with `labels`, bound to
+/// `node` when given, with `extra` merged into a one-container spec (requests 100m).
+pub fn named(name: &str, labels: Value, node: Option<&str>, extra: Value) -> Pod {
+    let mut spec = json!({"containers": [ctr("c", json!({"cpu": "100m"}))]});
+    if let Some(n) = node {
+        spec["nodeName"] = json!(n);
+    }
+    if let (Some(s), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"), "labels": labels},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+/// Nodes named `names`, each labelled with its zone from `zones` (same index).
+pub fn zoned(names: &[&str], zones: &[&str]) -> Vec<Node> {
+    names
+        .iter()
+        .zip(zones)
+        .map(|(n, z)| node_with(n, "4", "8Gi", json!({"labels": {"kubernetes.io/hostname": n, "zone": z}}), json!({})))
+        .collect()
+}

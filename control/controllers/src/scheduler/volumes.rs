@@ -19,13 +19,12 @@
 //!
 //! Pure code: no I/O, no logging.
 
-use std::collections::HashMap;
-
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 
+use super::cluster::{Cluster, name};
 use super::filter::{self, Reason};
-use super::{FitError, NodeUsage, ScheduleError, ScheduleResult, pod_requests, schedule};
+use super::{FitError, ScheduleError, ScheduleResult, pod_requests, schedule_in};
 use crate::helpers::volumes::{
     NO_PROVISIONER, claim_class, claim_volume, find_best_match, is_delayed, reachable_from, selected_node,
 };
@@ -129,24 +128,22 @@ pub fn check_node(volumes: &PodVolumes<'_>, storage: &Storage<'_>, node: &Node) 
 pub fn schedule_with_volumes(
     pod: &Pod,
     nodes: &[Node],
-    usage: &HashMap<String, NodeUsage>,
+    cluster: &Cluster<'_>,
     tie_breaker: u64,
     volumes: &PodVolumes<'_>,
     storage: &Storage<'_>,
 ) -> Result<ScheduleResult, ScheduleError> {
     if volumes.is_empty() {
-        return schedule(pod, nodes, usage, tie_breaker);
+        return schedule_in(pod, nodes, cluster, tie_breaker);
     }
     let (fit, misfit): (Vec<&Node>, Vec<&Node>) = nodes.iter().partition(|n| check_node(volumes, storage, n).is_ok());
     let fit: Vec<Node> = fit.into_iter().cloned().collect();
-    match schedule(pod, &fit, usage, tie_breaker) {
+    match schedule_in(pod, &fit, cluster, tie_breaker) {
         Err(ScheduleError::Unschedulable(mut fit_error)) => {
             let requests = pod_requests(pod)?;
-            let empty = NodeUsage::default();
             for node in misfit {
-                let node_usage = node.metadata.name.as_ref().and_then(|n| usage.get(n)).unwrap_or(&empty);
                 // The first failing check counts, as for every other filter.
-                let reasons = match filter::filter(pod, &requests, node, node_usage) {
+                let reasons = match filter::filter(pod, &requests, node, cluster.usage(name(node))) {
                     Err(earlier) => earlier,
                     Ok(()) => vec![check_node(volumes, storage, node).err().unwrap_or(Reason::VolumeBindConflict)],
                 };
@@ -201,7 +198,7 @@ mod tests {
 
     fn run(pod: &Pod, nodes: &[Node], storage: &Storage<'_>) -> Result<String, String> {
         let volumes = pod_volumes(pod, storage)?;
-        schedule_with_volumes(pod, nodes, &HashMap::new(), 0, &volumes, storage)
+        schedule_with_volumes(pod, nodes, &Cluster::new(nodes, []), 0, &volumes, storage)
             .map(|r| r.node_name)
             .map_err(|e| e.to_string())
     }
@@ -258,7 +255,7 @@ mod tests {
             .map(|tb| {
                 let p = with_claims(&["dyn"]);
                 let v = pod_volumes(&p, &storage).unwrap();
-                schedule_with_volumes(&p, &nodes, &HashMap::new(), tb, &v, &storage).unwrap().node_name
+                schedule_with_volumes(&p, &nodes, &Cluster::new(&nodes, []), tb, &v, &storage).unwrap().node_name
             })
             .collect();
         assert_eq!(picks.len(), 2, "a provisioning class fits every node");
