@@ -258,7 +258,11 @@ fn fields_into(m: &DynamicMessage, out: &mut Map<String, Value>) -> Res<()> {
             continue;
         }
         let json = if fd.is_list() || fd.is_map() { Some(element(&v)?) } else { singular(&fd, &v)? };
-        if let Some(json) = json {
+        // Go writes every object's `spec` and `status` structs, empty when the client set
+        // nothing in them; the server's defaulting (a Namespace's finalizers and phase)
+        // takes a missing one as unset, as for a JSON client that leaves them out.
+        let empty_spec_or_status = matches!(fd.json_name(), "spec" | "status") && json.as_ref().is_some_and(|j| *j == json!({}));
+        if let Some(json) = json.filter(|_| !empty_spec_or_status) {
             out.insert(fd.json_name().to_string(), json);
         }
     }

@@ -166,8 +166,7 @@ fn decodes_deployment_with_int_or_string_and_quantities() {
                 "template": {"metadata": {"labels": {"app": "web"}},
                     "spec": {"containers": [{"name": "web", "image": "nginx",
                         "resources": {"limits": {"memory": "128Mi"}, "requests": {"cpu": "250m"}}}]}},
-                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": "25%"}}},
-            "status": {}})
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": "25%"}}}})
     );
 }
 
@@ -386,4 +385,17 @@ fn unknown_kinds_and_bad_bodies_are_errors() {
     // Past the two empty strings after `raw`: into the object itself.
     body.truncate(body.len() - 6);
     assert!(decode(&body).is_err());
+}
+
+#[test]
+fn empty_spec_and_status_are_left_out() {
+    let ns = core::Namespace {
+        metadata: go_meta("team"),
+        spec: Some(core::NamespaceSpec::default()),
+        status: Some(core::NamespaceStatus { phase: s(""), ..Default::default() }),
+    };
+    assert_eq!(
+        decode(&envelope("v1", "Namespace", &ns)).unwrap(),
+        json!({"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": "team"}})
+    );
 }
