@@ -23,7 +23,14 @@ fn configmaps_and_secrets() {
     let s = start();
     let bin = s.write("blob.bin", "");
     std::fs::write(&bin, [0u8, 159, 146, 150, 255]).unwrap();
-    s.ok(&["create", "configmap", "cfg", "--from-literal=a=1", "--from-literal=empty=", &format!("--from-file=blob={bin}")]);
+    s.ok(&[
+        "create",
+        "configmap",
+        "cfg",
+        "--from-literal=a=1",
+        "--from-literal=empty=",
+        &format!("--from-file=blob={bin}"),
+    ]);
     let cm = s.json(&["get", "configmap", "cfg"]);
     assert_eq!(cm["data"], json!({"a": "1", "empty": ""}));
     assert_eq!(cm["binaryData"], json!({"blob": "AJ+Slv8="}), "non-UTF-8 files go to binaryData, base64");
@@ -64,15 +71,30 @@ fn workloads() {
     let d = s.json(&["get", "deployment", "web"]);
     assert_eq!(d["spec"]["replicas"], 3);
     let containers = &d["spec"]["template"]["spec"]["containers"];
-    assert_eq!((containers[0]["image"].clone(), containers[1]["image"].clone()), (json!("nginx:1.27"), json!("busybox:1.36")));
+    assert_eq!(
+        (containers[0]["image"].clone(), containers[1]["image"].clone()),
+        (json!("nginx:1.27"), json!("busybox:1.36"))
+    );
     assert_eq!(containers[0]["ports"], json!([{"containerPort": 8080, "protocol": "TCP"}]));
     assert_eq!(d["spec"]["template"]["metadata"]["labels"], json!({"app": "web"}));
 
-    s.ok(&["create", "cronjob", "tick", "--image=busybox:1.36", "--schedule=*/5 * * * *", "--restart=OnFailure", "--", "date"]);
+    s.ok(&[
+        "create",
+        "cronjob",
+        "tick",
+        "--image=busybox:1.36",
+        "--schedule=*/5 * * * *",
+        "--restart=OnFailure",
+        "--",
+        "date",
+    ]);
     let cj = s.json(&["get", "cronjob", "tick"]);
     assert_eq!(cj["spec"]["schedule"], "*/5 * * * *");
     let pod = &cj["spec"]["jobTemplate"]["spec"]["template"]["spec"];
-    assert_eq!((pod["restartPolicy"].clone(), pod["containers"][0]["command"].clone()), (json!("OnFailure"), json!(["date"])));
+    assert_eq!(
+        (pod["restartPolicy"].clone(), pod["containers"][0]["command"].clone()),
+        (json!("OnFailure"), json!(["date"]))
+    );
 
     s.ok(&["create", "job", "once", "--image=busybox:1.36", "--", "echo", "hi"]);
     let j = s.json(&["get", "job", "once"]);
@@ -82,7 +104,10 @@ fn workloads() {
     s.ok(&["create", "job", "manual", "--from=cronjob/tick"]);
     let m = s.json(&["get", "job", "manual"]);
     let owner = &m["metadata"]["ownerReferences"][0];
-    assert_eq!((owner["kind"].clone(), owner["name"].clone(), owner["controller"].clone()), (json!("CronJob"), json!("tick"), json!(true)));
+    assert_eq!(
+        (owner["kind"].clone(), owner["name"].clone(), owner["controller"].clone()),
+        (json!("CronJob"), json!("tick"), json!(true))
+    );
     assert_eq!(owner["uid"], cj["metadata"]["uid"]);
     assert_eq!(m["metadata"]["annotations"]["cronjob.kubernetes.io/instantiate"], "manual");
 
@@ -108,7 +133,10 @@ fn services() {
 
     s.ok(&["create", "service", "nodeport", "np", "--tcp=81:http", "--node-port=30081"]);
     let np = s.json(&["get", "service", "np"]);
-    assert_eq!((np["spec"]["type"].clone(), np["spec"]["ports"][0]["nodePort"].clone()), (json!("NodePort"), json!(30081)));
+    assert_eq!(
+        (np["spec"]["type"].clone(), np["spec"]["ports"][0]["nodePort"].clone()),
+        (json!("NodePort"), json!(30081))
+    );
 
     s.ok(&["create", "service", "loadbalancer", "lb", "--tcp=82:8082"]);
     let lb = s.json(&["get", "service", "lb"]);
@@ -117,7 +145,10 @@ fn services() {
 
     s.ok(&["create", "service", "externalname", "ext", "--external-name=db.example.com"]);
     let ext = s.json(&["get", "service", "ext"]);
-    assert_eq!((ext["spec"]["type"].clone(), ext["spec"]["externalName"].clone()), (json!("ExternalName"), json!("db.example.com")));
+    assert_eq!(
+        (ext["spec"]["type"].clone(), ext["spec"]["externalName"].clone()),
+        (json!("ExternalName"), json!("db.example.com"))
+    );
 
     s.ok(&[
         "create",
@@ -161,14 +192,27 @@ fn rbac_accounts_and_tokens() {
     assert_eq!(s.json(&["get", "role", "one", "-n", "team"])["rules"][0]["resourceNames"], json!(["settings"]));
 
     s.ok(&["create", "clusterrole", "health", "--verb=get", "--non-resource-url=/healthz"]);
-    assert_eq!(s.json(&["get", "clusterrole", "health"])["rules"], json!([{"verbs": ["get"], "nonResourceURLs": ["/healthz"]}]));
+    assert_eq!(
+        s.json(&["get", "clusterrole", "health"])["rules"],
+        json!([{"verbs": ["get"], "nonResourceURLs": ["/healthz"]}])
+    );
     s.ok(&["create", "clusterrole", "monitoring", "--aggregation-rule=rbac.example.com/aggregate-to-monitoring=true"]);
     assert_eq!(
         s.json(&["get", "clusterrole", "monitoring"])["aggregationRule"],
         json!({"clusterRoleSelectors": [{"matchLabels": {"rbac.example.com/aggregate-to-monitoring": "true"}}]})
     );
 
-    s.ok(&["create", "rolebinding", "readers", "-n", "team", "--role=reader", "--user=alice", "--group=devs", "--serviceaccount=team:bot"]);
+    s.ok(&[
+        "create",
+        "rolebinding",
+        "readers",
+        "-n",
+        "team",
+        "--role=reader",
+        "--user=alice",
+        "--group=devs",
+        "--serviceaccount=team:bot",
+    ]);
     let rb = s.json(&["get", "rolebinding", "readers", "-n", "team"]);
     assert_eq!(rb["roleRef"], json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"}));
     let names: Vec<&str> = rb["subjects"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();

@@ -119,10 +119,8 @@ fn openapi_structs(root: &Path) -> OpenApi {
         let Some(s) = struct_re.captures(&text) else { continue };
         let body_start = s.get(0).unwrap().end();
         let body = &text[body_start..body_start + text[body_start..].find("\n}").unwrap_or(0)];
-        let optional: HashMap<&str, bool> = field_re
-            .captures_iter(body)
-            .map(|c| (c.get(1).unwrap().as_str(), c[2].starts_with("Option<")))
-            .collect();
+        let optional: HashMap<&str, bool> =
+            field_re.captures_iter(body).map(|c| (c.get(1).unwrap().as_str(), c[2].starts_with("Option<"))).collect();
         let fields = key_re
             .captures_iter(&text)
             .map(|c| JsonField {
@@ -223,14 +221,28 @@ fn pb_fields(s: &syn::ItemStruct, dirs: &[String]) -> Vec<PbField> {
         } else {
             let ty = scalar(parts[0].split('=').next().unwrap());
             let label = if parts.contains(&"repeated") { Label::Repeated } else { Label::Optional };
-            PbField { name, tag, label, ty, type_name: (ty == Type::Message).then_some(type_name).flatten(), map_value: None }
+            PbField {
+                name,
+                tag,
+                label,
+                ty,
+                type_name: (ty == Type::Message).then_some(type_name).flatten(),
+                map_value: None,
+            }
         };
         out.push(field);
     }
     out
 }
 
-fn field(name: &str, number: i32, label: Label, ty: Type, type_name: Option<String>, json: String) -> FieldDescriptorProto {
+fn field(
+    name: &str,
+    number: i32,
+    label: Label,
+    ty: Type,
+    type_name: Option<String>,
+    json: String,
+) -> FieldDescriptorProto {
     FieldDescriptorProto {
         name: Some(name.into()),
         number: Some(number),
@@ -327,8 +339,9 @@ pub(super) fn generate() -> FileDescriptorSet {
                 None if embedded => INLINE.to_string(),
                 None => lower_camel(&f.name),
             };
-            let label = if known.is_some_and(|k| k.required) && f.label == Label::Optional { Label::Required } else { f.label };
-            let type_name = f.type_name.as_deref().map(|t| upstream(t));
+            let label =
+                if known.is_some_and(|k| k.required) && f.label == Label::Optional { Label::Required } else { f.label };
+            let type_name = f.type_name.as_deref().map(&upstream);
             if let Some(t) = &type_name {
                 let pkg = &t[..t.rfind('.').unwrap()];
                 if *pkg != package(&st.dirs) {

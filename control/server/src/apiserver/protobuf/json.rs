@@ -62,8 +62,10 @@ const ZERO_IS_A_VALUE: &[&str] = &[
 ];
 
 const META: &str = "k8s.io.apimachinery.pkg.apis.meta.v1";
-const APIEXTENSIONS: &[&str] =
-    &["k8s.io.apiextensions_apiserver.pkg.apis.apiextensions.v1", "k8s.io.apiextensions_apiserver.pkg.apis.apiextensions.v1beta1"];
+const APIEXTENSIONS: &[&str] = &[
+    "k8s.io.apiextensions_apiserver.pkg.apis.apiextensions.v1",
+    "k8s.io.apiextensions_apiserver.pkg.apis.apiextensions.v1beta1",
+];
 /// `time.Time{}` as Unix seconds: the zero Time Go encodes for an unset non-pointer Time.
 const GO_ZERO_TIME: i64 = -62_135_596_800;
 
@@ -90,9 +92,9 @@ fn text(m: &DynamicMessage, name: &str) -> String {
 /// Raw bytes that hold a JSON document (RawExtension, FieldsV1, apiextensions JSON).
 fn raw_json(m: &DynamicMessage, name: &str) -> Res<Option<Value>> {
     match field(m, name).as_deref() {
-        Some(PValue::Bytes(b)) if !b.is_empty() => serde_json::from_slice(b)
-            .map(Some)
-            .map_err(|e| format!("{} holds no JSON: {e}", m.descriptor().name())),
+        Some(PValue::Bytes(b)) if !b.is_empty() => {
+            serde_json::from_slice(b).map(Some).map_err(|e| format!("{} holds no JSON: {e}", m.descriptor().name()))
+        }
         _ => Ok(None),
     }
 }
@@ -135,11 +137,9 @@ fn special(m: &DynamicMessage) -> Option<Res<Option<Value>>> {
     let (pkg, short) = (descriptor.package_name(), descriptor.name());
     let apiextensions = APIEXTENSIONS.contains(&pkg);
     Some(match (pkg, short) {
-        ("k8s.io.apimachinery.pkg.util.intstr", "IntOrString") => Ok(Some(if int(m, "type") == 1 {
-            json!(text(m, "str_val"))
-        } else {
-            json!(int(m, "int_val"))
-        })),
+        ("k8s.io.apimachinery.pkg.util.intstr", "IntOrString") => {
+            Ok(Some(if int(m, "type") == 1 { json!(text(m, "str_val")) } else { json!(int(m, "int_val")) }))
+        }
         ("k8s.io.apimachinery.pkg.api.resource", "Quantity" | "QuantityValue") => Ok(Some(json!(text(m, "string")))),
         (META, "Time") => {
             let secs = int(m, "seconds");
@@ -161,9 +161,13 @@ fn special(m: &DynamicMessage) -> Option<Res<Option<Value>>> {
                 _ => Ok(Some(json!(matches!(field(m, "allows").as_deref(), Some(PValue::Bool(true)))))),
             }
         }
-        (_, "JsonSchemaPropsOrArray" | "JSONSchemaPropsOrArray" | "JsonSchemaPropsOrStringArray" | "JSONSchemaPropsOrStringArray")
-            if apiextensions =>
-        {
+        (
+            _,
+            "JsonSchemaPropsOrArray"
+            | "JSONSchemaPropsOrArray"
+            | "JsonSchemaPropsOrStringArray"
+            | "JSONSchemaPropsOrStringArray",
+        ) if apiextensions => {
             let list = field(m, "j_son_schemas").or_else(|| field(m, "property"));
             match (list.as_deref(), field(m, "schema").as_deref()) {
                 (Some(l), _) => list_json(l),
@@ -261,7 +265,8 @@ fn fields_into(m: &DynamicMessage, out: &mut Map<String, Value>) -> Res<()> {
         // Go writes every object's `spec` and `status` structs, empty when the client set
         // nothing in them; the server's defaulting (a Namespace's finalizers and phase)
         // takes a missing one as unset, as for a JSON client that leaves them out.
-        let empty_spec_or_status = matches!(fd.json_name(), "spec" | "status") && json.as_ref().is_some_and(|j| *j == json!({}));
+        let empty_spec_or_status =
+            matches!(fd.json_name(), "spec" | "status") && json.as_ref().is_some_and(|j| *j == json!({}));
         if let Some(json) = json.filter(|_| !empty_spec_or_status) {
             out.insert(fd.json_name().to_string(), json);
         }

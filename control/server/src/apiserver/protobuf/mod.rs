@@ -76,9 +76,8 @@ pub fn decode(body: &[u8]) -> Res<Value> {
         Some(PValue::Bytes(b)) if envelope.has_field_by_name("raw") => b.clone(),
         _ => return Err("protobuf envelope without raw object".into()),
     };
-    let descriptor = message_of(&api_version, &kind).ok_or_else(|| {
-        format!("no protobuf message is known for kind {kind:?} of {api_version:?}; send JSON")
-    })?;
+    let descriptor = message_of(&api_version, &kind)
+        .ok_or_else(|| format!("no protobuf message is known for kind {kind:?} of {api_version:?}; send JSON"))?;
     let message = DynamicMessage::decode(descriptor, raw).map_err(|e| format!("invalid {kind}: {e}"))?;
     let mut obj = json::message(&message)?;
     if kind == "Secret" {

@@ -258,7 +258,10 @@ fn decodes_cronjob_role_and_priority_class() {
         resources: resources.iter().map(|v| v.to_string()).collect(),
         ..Default::default()
     };
-    let role = rbac::Role { metadata: go_meta("reader"), rules: vec![rule(&["get", "list"], &["pods"]), rule(&["*"], &["configmaps"])] };
+    let role = rbac::Role {
+        metadata: go_meta("reader"),
+        rules: vec![rule(&["get", "list"], &["pods"]), rule(&["*"], &["configmaps"])],
+    };
     assert_eq!(
         decode(&envelope("rbac.authorization.k8s.io/v1", "Role", &role)).unwrap()["rules"],
         json!([{"verbs": ["get", "list"], "apiGroups": [""], "resources": ["pods"]},
@@ -361,9 +364,13 @@ fn decodes_micro_times_durations_and_raw_json() {
         decode(&envelope("coordination.k8s.io/v1", "Lease", &lease)).unwrap()["spec"],
         json!({"holderIdentity": "node-a", "leaseDurationSeconds": 40, "renewTime": "2023-11-14T22:13:20.123456Z"})
     );
-    for (nanos, go) in
-        [(0, "0s"), (1_500, "1.5µs"), (300_000_000, "300ms"), (90_000_000_000, "1m30s"), (3_725_500_000_000, "1h2m5.5s")]
-    {
+    for (nanos, go) in [
+        (0, "0s"),
+        (1_500, "1.5µs"),
+        (300_000_000, "300ms"),
+        (90_000_000_000, "1m30s"),
+        (3_725_500_000_000, "1h2m5.5s"),
+    ] {
         assert_eq!(json::go_duration(nanos), go);
     }
     use k8s_pb::api::apps::v1::ControllerRevision;
