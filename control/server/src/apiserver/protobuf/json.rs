@@ -15,9 +15,11 @@ use serde_json::{Map, Value, json};
 
 use super::{INLINE, Res};
 
-/// JSON names of Go pointer fields (`*int32`, `*int64`, `*bool`) whose zero or false
+/// JSON names of Go pointer fields (`*int32`, `*int64`, `*bool`, `*string`) whose zero
 /// differs from unset: replicas 0 scales to nothing, backoffLimit 0 never retries,
-/// automountServiceAccountToken false mounts no token, and so on.
+/// automountServiceAccountToken false mounts no token, a claim's storageClassName ""
+/// asks for no class, and so on. (Where a field of the same name is not a pointer, Go
+/// writes a zero that means the same as unset there.)
 const ZERO_IS_A_VALUE: &[&str] = &[
     "replicas",
     "minReplicas",
@@ -59,6 +61,7 @@ const ZERO_IS_A_VALUE: &[&str] = &[
     "orphanDependents",
     "blockOwnerDeletion",
     "controller",
+    "storageClassName",
 ];
 
 const META: &str = "k8s.io.apimachinery.pkg.apis.meta.v1";
@@ -207,10 +210,7 @@ fn element(v: &PValue) -> Res<Value> {
         PValue::String(s) => json!(s),
         PValue::Bytes(b) => b64(b),
         PValue::EnumNumber(n) => json!(n),
-        PValue::Message(m) => match special(m) {
-            Some(v) => v?.unwrap_or(Value::Null),
-            None => message(m)?,
-        },
+        PValue::Message(m) => message(m)?,
         PValue::List(_) => list_json(v)?.unwrap_or(Value::Null),
         PValue::Map(entries) => {
             let mut o = Map::new();
@@ -233,8 +233,7 @@ fn element(v: &PValue) -> Res<Value> {
 /// A present singular field's JSON, or `None` to leave it out (Go's zero of a
 /// non-pointer field).
 fn singular(fd: &FieldDescriptor, v: &PValue) -> Res<Option<Value>> {
-    let keep_zero = fd.cardinality() == Cardinality::Required
-        || (!matches!(v, PValue::String(_)) && ZERO_IS_A_VALUE.contains(&fd.json_name()));
+    let keep_zero = fd.cardinality() == Cardinality::Required || ZERO_IS_A_VALUE.contains(&fd.json_name());
     let zero = match v {
         PValue::Message(m) => return special(m).unwrap_or_else(|| message(m).map(Some)),
         PValue::Bool(b) => !b,

@@ -406,3 +406,21 @@ fn empty_spec_and_status_are_left_out() {
         json!({"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": "team"}})
     );
 }
+
+#[test]
+fn pointer_zeros_are_kept_and_non_pointer_zeros_left_out() {
+    let claim = core::PersistentVolumeClaim {
+        metadata: go_meta("data"),
+        spec: Some(core::PersistentVolumeClaimSpec {
+            access_modes: vec!["ReadWriteOnce".into()],
+            storage_class_name: s(""),
+            volume_name: s(""),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    assert_eq!(
+        decode(&envelope("v1", "PersistentVolumeClaim", &claim)).unwrap()["spec"],
+        json!({"accessModes": ["ReadWriteOnce"], "storageClassName": ""})
+    );
+}
