@@ -6,20 +6,24 @@
 //! message, field number, wire type and message reference (in `#[prost(...)]`
 //! attributes and field types), and k8s-openapi's serde code carries every field's JSON
 //! name and whether it is optional. This module reads both crates' sources (found with
-//! `cargo metadata`) and writes one `FileDescriptorProto` per Kubernetes package:
+//! `cargo metadata`) and writes one `FileDescriptorProto` per Kubernetes package, with
+//! upstream's full names (`k8s.io.api.core.v1.HTTPGetAction`: k8s-openapi's struct name
+//! where prost renamed it `HttpGetAction`):
 //!
 //! - `json_name` is the k8s-openapi name (`podIP`, `$ref`, `x-kubernetes-...`), matched
 //!   by letters and digits; a field k8s-openapi lacks (newer than its Kubernetes
 //!   version) gets prost's lowerCamelCase.
-//! - a message field whose name k8s-openapi's struct lacks while that struct has all of
-//!   the field type's members is an embedded Go struct whose fields JSON inlines (a
+//! - a message field whose name k8s-openapi's struct lacks while that struct has most
+//!   of the field type's members is an embedded Go struct whose fields JSON inlines (a
 //!   Probe's `ProbeHandler`, an Ingress rule's `IngressRuleValue`): its `json_name` is
 //!   [`INLINE`].
 //! - a field that is not an `Option` in k8s-openapi (a required one: `port`, a
 //!   PriorityClass' `value`) is `LABEL_REQUIRED`, which tells the decoder that its zero
 //!   value is a value.
 //!
-//! Test code only: the server reads the file, never these crates.
+//! The output is checked in rather than built by a build script, which has no reliable
+//! way to find another crate's sources; the test fails when it is stale (a new k8s-pb
+//! or k8s-openapi). Test code only: the server reads the file, never these crates.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -113,6 +117,8 @@ fn openapi_structs(root: &Path) -> OpenApi {
     let key_re = regex::Regex::new(r#""([^"]+)" => Field::Key_(\w+),"#).unwrap();
     let mut files = Vec::new();
     rust_files(root, &mut files);
+    // In order, so that the first of two same-named structs is always the same one.
+    files.sort();
     let mut out = HashMap::new();
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
