@@ -62,6 +62,15 @@ const ZERO_IS_A_VALUE: &[&str] = &[
     "blockOwnerDeletion",
     "controller",
     "storageClassName",
+    "minimum",
+    "maximum",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
+    "x-kubernetes-preserve-unknown-fields",
 ];
 
 const META: &str = "k8s.io.apimachinery.pkg.apis.meta.v1";

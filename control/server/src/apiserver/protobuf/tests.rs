@@ -424,3 +424,89 @@ fn pointer_zeros_are_kept_and_non_pointer_zeros_left_out() {
         json!({"accessModes": ["ReadWriteOnce"], "storageClassName": ""})
     );
 }
+
+/// Every kind the server serves has its message, and so do the bodies of the
+/// subresources and reviews that client-go posts.
+#[test]
+fn every_served_kind_has_a_message() {
+    for r in crate::apiserver::resources::RESOURCES {
+        let m = message_of(&r.api_version(), r.kind);
+        assert!(m.is_some_and(|m| m.name() == r.kind), "no message for {} {}", r.api_version(), r.kind);
+    }
+    for (api_version, kind) in [
+        ("authentication.k8s.io/v1", "TokenRequest"),
+        ("authentication.k8s.io/v1", "TokenReview"),
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview"),
+        ("authorization.k8s.io/v1", "SubjectAccessReview"),
+        ("authorization.k8s.io/v1", "SelfSubjectRulesReview"),
+        ("policy/v1", "Eviction"),
+        ("autoscaling/v1", "Scale"),
+        ("autoscaling/v2", "HorizontalPodAutoscaler"),
+        ("v1", "Binding"),
+        ("apiregistration.k8s.io/v1", "APIService"),
+        ("apiextensions.k8s.io/v1", "CustomResourceDefinition"),
+        ("storage.k8s.io/v1", "CSIDriver"),
+    ] {
+        assert!(message_of(api_version, kind).is_some(), "no message for {api_version} {kind}");
+    }
+}
+
+#[test]
+fn decodes_crd_schemas_with_their_json_unions() {
+    use k8s_pb::apiextensions_apiserver::pkg::apis::apiextensions::v1 as ext;
+    let int_prop =
+        ext::JsonSchemaProps { r#type: s("integer"), minimum: Some(0.0), nullable: Some(false), ..Default::default() };
+    let spec_prop = ext::JsonSchemaProps {
+        r#type: s("object"),
+        properties: [("replicas".to_string(), int_prop)].into(),
+        additional_properties: Some(Box::new(ext::JsonSchemaPropsOrBool { allows: Some(false), schema: None })),
+        default: Some(ext::Json { raw: Some(br#"{"replicas":1}"#.to_vec()) }),
+        ..Default::default()
+    };
+    let tags = ext::JsonSchemaProps {
+        r#type: s("array"),
+        items: Some(Box::new(ext::JsonSchemaPropsOrArray {
+            schema: Some(Box::new(ext::JsonSchemaProps { r#type: s("string"), ..Default::default() })),
+            j_son_schemas: vec![],
+        })),
+        x_kubernetes_list_type: s("set"),
+        ..Default::default()
+    };
+    let crd = ext::CustomResourceDefinition {
+        metadata: go_meta("widgets.example.com"),
+        spec: Some(ext::CustomResourceDefinitionSpec {
+            group: s("example.com"),
+            names: Some(ext::CustomResourceDefinitionNames {
+                plural: s("widgets"),
+                kind: s("Widget"),
+                ..Default::default()
+            }),
+            scope: s("Namespaced"),
+            versions: vec![ext::CustomResourceDefinitionVersion {
+                name: s("v1"),
+                served: Some(true),
+                storage: Some(true),
+                schema: Some(ext::CustomResourceValidation {
+                    open_apiv3_schema: Some(ext::JsonSchemaProps {
+                        r#type: s("object"),
+                        properties: [("spec".to_string(), spec_prop), ("tags".to_string(), tags)].into(),
+                        x_kubernetes_preserve_unknown_fields: Some(false),
+                        ..Default::default()
+                    }),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let v = decode(&envelope("apiextensions.k8s.io/v1", "CustomResourceDefinition", &crd)).unwrap();
+    assert_eq!(
+        v["spec"]["versions"][0],
+        json!({"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+            "type": "object", "x-kubernetes-preserve-unknown-fields": false, "properties": {
+                "spec": {"type": "object", "default": {"replicas": 1}, "additionalProperties": false,
+                         "properties": {"replicas": {"type": "integer", "minimum": 0.0}}},
+                "tags": {"type": "array", "items": {"type": "string"}, "x-kubernetes-list-type": "set"}}}}})
+    );
+}
