@@ -76,7 +76,7 @@ fn workloads() {
         (json!("nginx:1.27"), json!("busybox:1.36"))
     );
     assert_eq!(containers[0]["ports"], json!([{"containerPort": 8080, "protocol": "TCP"}]));
-    assert_eq!(d["spec"]["template"]["metadata"]["labels"], json!({"app": "web"}));
+    assert_eq!(d["spec"]["template"]["metadata"], json!({"labels": {"app": "web"}}), "Go's zero time is no time");
 
     s.ok(&[
         "create",

@@ -78,8 +78,15 @@ const APIEXTENSIONS: &[&str] = &[
     "k8s.io.apiextensions_apiserver.pkg.apis.apiextensions.v1",
     "k8s.io.apiextensions_apiserver.pkg.apis.apiextensions.v1beta1",
 ];
-/// `time.Time{}` as Unix seconds: the zero Time Go encodes for an unset non-pointer Time.
+/// `time.Time{}` as Unix seconds.
 const GO_ZERO_TIME: i64 = -62_135_596_800;
+
+/// Whether a Time or MicroTime holds a time: Go writes the zero time (an unset
+/// non-pointer Time, a pod template's creationTimestamp) as an empty message, which is
+/// JSON's `null`, not the Unix epoch.
+fn time_set(m: &DynamicMessage) -> bool {
+    (m.has_field_by_name("seconds") || m.has_field_by_name("nanos")) && int(m, "seconds") > GO_ZERO_TIME
+}
 
 fn b64(b: &[u8]) -> Value {
     json!(base64::engine::general_purpose::STANDARD.encode(b))
@@ -153,16 +160,11 @@ fn special(m: &DynamicMessage) -> Option<Res<Option<Value>>> {
             Ok(Some(if int(m, "type") == 1 { json!(text(m, "str_val")) } else { json!(int(m, "int_val")) }))
         }
         ("k8s.io.apimachinery.pkg.api.resource", "Quantity" | "QuantityValue") => Ok(Some(json!(text(m, "string")))),
-        (META, "Time") => {
-            let secs = int(m, "seconds");
-            Ok((secs > GO_ZERO_TIME).then(|| json!(crate::apiserver::meta::format_time(secs))))
-        }
-        (META, "MicroTime") => {
-            let secs = int(m, "seconds");
-            let base = crate::apiserver::meta::format_time(secs);
-            let micros = int(m, "nanos") / 1_000;
-            Ok((secs > GO_ZERO_TIME).then(|| json!(format!("{}.{micros:06}Z", base.trim_end_matches('Z')))))
-        }
+        (META, "Time") => Ok(time_set(m).then(|| json!(crate::apiserver::meta::format_time(int(m, "seconds"))))),
+        (META, "MicroTime") => Ok(time_set(m).then(|| {
+            let base = crate::apiserver::meta::format_time(int(m, "seconds"));
+            json!(format!("{}.{:06}Z", base.trim_end_matches('Z'), int(m, "nanos") / 1_000))
+        })),
         (META, "Duration") => Ok(Some(json!(go_duration(int(m, "duration"))))),
         (META, "FieldsV1") | ("k8s.io.apimachinery.pkg.runtime", "RawExtension") => raw_json(m, "raw"),
         (_, "Json" | "JSON") if apiextensions => raw_json(m, "raw"),

@@ -90,12 +90,11 @@ fn go_meta(name: &str) -> Option<meta::ObjectMeta> {
         uid: s(""),
         resource_version: s(""),
         generation: Some(0),
-        creation_timestamp: Some(meta::Time { seconds: Some(GO_ZERO), nanos: Some(0) }),
+        // Go writes the zero time as an empty message.
+        creation_timestamp: Some(meta::Time::default()),
         ..Default::default()
     })
 }
-
-const GO_ZERO: i64 = -62_135_596_800;
 
 fn quantities(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, Quantity> {
     pairs.iter().map(|(k, v)| (k.to_string(), Quantity { string: s(v) })).collect()
@@ -311,6 +310,7 @@ fn decodes_pod_with_probes_times_and_inlined_handlers() {
     let mut meta = go_meta("app").unwrap();
     meta.creation_timestamp = Some(meta::Time { seconds: Some(1_700_000_000), nanos: Some(0) });
     meta.deletion_grace_period_seconds = Some(0);
+    meta.deletion_timestamp = Some(meta::Time { seconds: Some(-62_135_596_800), nanos: Some(0) });
     let pod = core::Pod {
         metadata: Some(meta),
         spec: Some(core::PodSpec {
