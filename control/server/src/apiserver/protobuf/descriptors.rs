@@ -11,8 +11,9 @@
 //! where prost renamed it `HttpGetAction`):
 //!
 //! - `json_name` is the k8s-openapi name (`podIP`, `$ref`, `x-kubernetes-...`), matched
-//!   by letters and digits; a field k8s-openapi lacks (newer than its Kubernetes
-//!   version) gets prost's lowerCamelCase.
+//!   by letters and digits; a field of a struct k8s-openapi lacks (embedded ones such as
+//!   `VolumeSource`) or newer than its Kubernetes version takes the name any of its
+//!   structs gives those letters (`scaleIO`), else prost's lowerCamelCase.
 //! - a message field whose name k8s-openapi's struct lacks while that struct has most
 //!   of the field type's members is an embedded Go struct whose fields JSON inlines (a
 //!   Probe's `ProbeHandler`, an Ingress rule's `IngressRuleValue`): its `json_name` is
@@ -70,6 +71,23 @@ fn upper_camel(snake: &str) -> String {
     let l = lower_camel(snake);
     let mut c = l.chars();
     c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+}
+
+/// Whether a JSON name can be the one prost turned into `snake`: prost starts a word at
+/// each capital, so each word after the first must start with one (`scale_io` fits
+/// `scaleIO`; `sub_resource` does not fit `subresource`). Names with other characters
+/// (`$ref`, `x-kubernetes-...`) fit.
+fn fits_words(snake: &str, name: &str) -> bool {
+    if !name.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return true;
+    }
+    let chars: Vec<char> = name.chars().collect();
+    let mut at = 0;
+    snake.split('_').enumerate().all(|(i, word)| {
+        let ok = i == 0 || chars.get(at).is_some_and(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+        at += word.len();
+        ok
+    })
 }
 
 /// The source directories of k8s-pb and of k8s-openapi's Kubernetes version.
@@ -289,6 +307,22 @@ fn coverage(structs: &BTreeMap<String, PbStruct>, full: &str, json: &[JsonField]
 pub(super) fn generate() -> FileDescriptorSet {
     let (pb_root, openapi_root) = sources();
     let openapi = openapi_structs(&openapi_root);
+    // Every JSON name k8s-openapi knows, for the messages it has no struct of (the
+    // embedded `VolumeSource` has `scaleIO` and `downwardAPI`).
+    let mut all_names: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for (_, fields) in openapi.values() {
+        for f in fields {
+            all_names.entry(norm(&f.name)).or_default().insert(f.name.clone());
+        }
+    }
+    let any_struct_name = |snake: &str| {
+        let camel = lower_camel(snake);
+        let fits = |name: &&String| fits_words(snake, name);
+        match all_names.get(&norm(snake)).and_then(|names| names.iter().find(fits)) {
+            Some(name) if !all_names[&norm(snake)].contains(&camel) => name.clone(),
+            _ => camel,
+        }
+    };
     let mut files = Vec::new();
     rust_files(&pb_root, &mut files);
     files.sort();
@@ -343,7 +377,7 @@ pub(super) fn generate() -> FileDescriptorSet {
             let json_name = match known {
                 Some(k) => k.name.clone(),
                 None if embedded => INLINE.to_string(),
-                None => lower_camel(&f.name),
+                None => any_struct_name(&f.name),
             };
             let label =
                 if known.is_some_and(|k| k.required) && f.label == Label::Optional { Label::Required } else { f.label };

@@ -318,17 +318,36 @@ fn decodes_pod_with_probes_times_and_inlined_handlers() {
             termination_grace_period_seconds: Some(0),
             automount_service_account_token: Some(false),
             active_deadline_seconds: None,
-            volumes: vec![core::Volume {
-                name: s("cfg"),
-                volume_source: Some(core::VolumeSource {
-                    config_map: Some(core::ConfigMapVolumeSource {
-                        local_object_reference: Some(core::LocalObjectReference { name: s("cfg") }),
-                        default_mode: Some(0o644),
+            volumes: vec![
+                core::Volume {
+                    name: s("cfg"),
+                    volume_source: Some(core::VolumeSource {
+                        config_map: Some(core::ConfigMapVolumeSource {
+                            local_object_reference: Some(core::LocalObjectReference { name: s("cfg") }),
+                            default_mode: Some(0o644),
+                            ..Default::default()
+                        }),
                         ..Default::default()
                     }),
-                    ..Default::default()
-                }),
-            }],
+                },
+                core::Volume {
+                    name: s("info"),
+                    volume_source: Some(core::VolumeSource {
+                        downward_api: Some(core::DownwardAPIVolumeSource {
+                            items: vec![core::DownwardAPIVolumeFile {
+                                path: s("labels"),
+                                field_ref: Some(core::ObjectFieldSelector {
+                                    api_version: s("v1"),
+                                    field_path: s("metadata.labels"),
+                                }),
+                                ..Default::default()
+                            }],
+                            default_mode: None,
+                        }),
+                        ..Default::default()
+                    }),
+                },
+            ],
             ..Default::default()
         }),
         status: None,
@@ -340,7 +359,14 @@ fn decodes_pod_with_probes_times_and_inlined_handlers() {
     );
     assert_eq!(v["spec"]["terminationGracePeriodSeconds"], 0);
     assert_eq!(v["spec"]["automountServiceAccountToken"], false);
-    assert_eq!(v["spec"]["volumes"], json!([{"name": "cfg", "configMap": {"name": "cfg", "defaultMode": 420}}]));
+    // Embedded VolumeSource and LocalObjectReference are inlined; `downwardAPI` keeps
+    // upstream's capitals.
+    assert_eq!(
+        v["spec"]["volumes"],
+        json!([{"name": "cfg", "configMap": {"name": "cfg", "defaultMode": 420}},
+               {"name": "info", "downwardAPI": {"items": [{"path": "labels",
+                   "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.labels"}}]}}])
+    );
     assert_eq!(
         v["spec"]["containers"][0]["livenessProbe"],
         json!({"httpGet": {"path": "/healthz", "port": "http", "scheme": "HTTP"}, "initialDelaySeconds": 5})
