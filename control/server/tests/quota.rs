@@ -91,7 +91,10 @@ fn limit_ranges_default_and_bound_pods_and_claims() {
                spec: {containers: [{name: a, image: busybox}, {name: b, image: busybox}]}\n";
     let f = s.write("two.yaml", two);
     let err = s.fails(&["create", "-f", &f]);
-    assert!(err.contains("pods \"two\" is forbidden: maximum memory usage per Pod is 200Mi, but limit is 256Mi"), "{err}");
+    assert!(
+        err.contains("pods \"two\" is forbidden: maximum memory usage per Pod is 200Mi, but limit is 256Mi"),
+        "{err}"
+    );
 }
 
 #[test]

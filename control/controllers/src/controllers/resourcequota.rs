@@ -18,10 +18,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use k8s_openapi::Metadata;
 use k8s_openapi::api::core::v1::{ResourceQuota, ResourceQuotaStatus};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::Metadata;
 use serde_json::Value;
 use skiff_api::dynamic::{ApiResource, Discovery, DynamicApi};
 use skiff_api::reflector::{self, Cache, Change};
@@ -223,13 +223,7 @@ async fn resolve(
             return Some(found);
         }
     };
-    Some(ApiResource {
-        group: group.clone(),
-        version,
-        kind: String::new(),
-        plural: plural.clone(),
-        namespaced: true,
-    })
+    Some(ApiResource { group: group.clone(), version, kind: String::new(), plural: plural.clone(), namespaced: true })
 }
 
 #[cfg(test)]
@@ -248,7 +242,8 @@ mod tests {
         assert!(needs_count(&quota(hard.clone(), serde_json::json!({}))));
         assert!(needs_count(&quota(hard.clone(), serde_json::json!({"hard": {"pods": "3", "memory": "1Gi"}}))));
         // Equal amounts written differently are equal.
-        let counted = serde_json::json!({"hard": {"pods": "2", "memory": "1024Mi"}, "used": {"pods": "1", "memory": "0"}});
+        let counted =
+            serde_json::json!({"hard": {"pods": "2", "memory": "1024Mi"}, "used": {"pods": "1", "memory": "0"}});
         assert!(!needs_count(&quota(hard, counted)));
     }
 }

@@ -154,7 +154,9 @@ fn min_constraint(ty: &str, r: &str, min: Amount, req: &ResourceList, lim: &Reso
             out.push(format!("minimum {r} usage per {ty} is {min}, but request is {q}"));
         }
         _ => match lim.get(r) {
-            Some(l) if l.milli < min.milli => out.push(format!("minimum {r} usage per {ty} is {min}, but limit is {l}")),
+            Some(l) if l.milli < min.milli => {
+                out.push(format!("minimum {r} usage per {ty} is {min}, but limit is {l}"))
+            }
             _ => {}
         },
     }
@@ -239,7 +241,9 @@ pub fn validate_claim(pvc: &Value, ranges: &[Value]) -> Vec<String> {
         }
         for (r, max) in amounts(item, "max") {
             match req.get(&r) {
-                None => out.push(format!("maximum {r} usage per PersistentVolumeClaim is {max}.  No request is specified")),
+                None => {
+                    out.push(format!("maximum {r} usage per PersistentVolumeClaim is {max}.  No request is specified"))
+                }
                 Some(q) if q.milli > max.milli => {
                     out.push(format!("maximum {r} usage per PersistentVolumeClaim is {max}, but request is {q}"));
                 }
@@ -269,11 +273,17 @@ mod tests {
         let mut p = pod(json!([{"name": "app"}, {"name": "side", "resources": {"limits": {"cpu": "200m"}}}]));
         default_pod(&mut p, &ranges);
         let c = &p["spec"]["containers"];
-        assert_eq!(c[0]["resources"], json!({"requests": {"cpu": "100m", "memory": "256Mi"},
-            "limits": {"cpu": "500m", "memory": "256Mi"}}));
+        assert_eq!(
+            c[0]["resources"],
+            json!({"requests": {"cpu": "100m", "memory": "256Mi"},
+            "limits": {"cpu": "500m", "memory": "256Mi"}})
+        );
         // A container's own limit is its request; only memory is filled in.
-        assert_eq!(c[1]["resources"], json!({"requests": {"cpu": "200m", "memory": "256Mi"},
-            "limits": {"cpu": "200m", "memory": "256Mi"}}));
+        assert_eq!(
+            c[1]["resources"],
+            json!({"requests": {"cpu": "200m", "memory": "256Mi"},
+            "limits": {"cpu": "200m", "memory": "256Mi"}})
+        );
         assert_eq!(
             p["metadata"]["annotations"][ANNOTATION],
             "LimitRanger plugin set: cpu, memory request for container app; cpu, memory limit for container app; \
@@ -286,8 +296,11 @@ mod tests {
         let ranges = range(json!([{"type": "Container", "max": {"cpu": "1"}, "min": {"memory": "64Mi"}}]));
         let mut p = pod(json!([{"name": "app"}]));
         default_pod(&mut p, &ranges);
-        assert_eq!(p["spec"]["containers"][0]["resources"], json!({"requests": {"cpu": "1", "memory": "64Mi"},
-            "limits": {"cpu": "1"}}));
+        assert_eq!(
+            p["spec"]["containers"][0]["resources"],
+            json!({"requests": {"cpu": "1", "memory": "64Mi"},
+            "limits": {"cpu": "1"}})
+        );
     }
 
     #[test]
@@ -301,7 +314,8 @@ mod tests {
         assert_eq!(validate_pod(&p, &ranges), ["maximum cpu usage per Container is 500m.  No limit is specified"]);
 
         let ranges = range(json!([{"type": "Container", "maxLimitRequestRatio": {"memory": "2"}}]));
-        let p = pod(json!([{"name": "app", "resources": {"limits": {"memory": "1Gi"}, "requests": {"memory": "256Mi"}}}]));
+        let p =
+            pod(json!([{"name": "app", "resources": {"limits": {"memory": "1Gi"}, "requests": {"memory": "256Mi"}}}]));
         assert_eq!(
             validate_pod(&p, &ranges),
             ["memory max limit to request ratio per Container is 2, but provided ratio is 4.000000"]
@@ -317,7 +331,8 @@ mod tests {
 
     #[test]
     fn claims_are_held_to_storage_bounds() {
-        let ranges = range(json!([{"type": "PersistentVolumeClaim", "min": {"storage": "1Gi"}, "max": {"storage": "2Gi"}}]));
+        let ranges =
+            range(json!([{"type": "PersistentVolumeClaim", "min": {"storage": "1Gi"}, "max": {"storage": "2Gi"}}]));
         let claim = |s: &str| json!({"spec": {"resources": {"requests": {"storage": s}}}});
         assert!(validate_claim(&claim("1Gi"), &ranges).is_empty());
         assert_eq!(

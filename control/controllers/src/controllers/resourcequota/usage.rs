@@ -353,7 +353,10 @@ fn matches_term(term: &Value, pod: &Value) -> bool {
 /// The quota's scopes: `spec.scopes` and the terms of `spec.scopeSelector`.
 fn has_scopes(quota: &Value) -> bool {
     quota.pointer("/spec/scopes").and_then(Value::as_array).is_some_and(|s| !s.is_empty())
-        || quota.pointer("/spec/scopeSelector/matchExpressions").and_then(Value::as_array).is_some_and(|s| !s.is_empty())
+        || quota
+            .pointer("/spec/scopeSelector/matchExpressions")
+            .and_then(Value::as_array)
+            .is_some_and(|s| !s.is_empty())
 }
 
 /// Whether the quota's scopes select `obj`: all of them must; only pods have scopes, so
@@ -452,12 +455,8 @@ pub fn charge(quota: &Value, resource: &GroupResource, obj: &Value) -> Charge {
     let hard = resource_list(quota.pointer("/status/hard"));
     let spec = spec_hard(quota);
     // The names this kind is counted under, whether or not the status has them yet.
-    let relevant: BTreeSet<String> = spec
-        .keys()
-        .chain(hard.keys())
-        .filter(|k| counted_by(k).as_ref() == Some(resource))
-        .cloned()
-        .collect();
+    let relevant: BTreeSet<String> =
+        spec.keys().chain(hard.keys()).filter(|k| counted_by(k).as_ref() == Some(resource)).cloned().collect();
     if relevant.is_empty() || !selects(quota, resource, obj) {
         return Charge::NotCounted;
     }
@@ -531,7 +530,10 @@ mod tests {
         assert_eq!(counted_by("requests.cpu"), Some(core("pods")));
         assert_eq!(counted_by("memory"), Some(core("pods")));
         assert_eq!(counted_by("requests.storage"), Some(core("persistentvolumeclaims")));
-        assert_eq!(counted_by("gold.storageclass.storage.k8s.io/requests.storage"), Some(core("persistentvolumeclaims")));
+        assert_eq!(
+            counted_by("gold.storageclass.storage.k8s.io/requests.storage"),
+            Some(core("persistentvolumeclaims"))
+        );
         assert_eq!(counted_by("services.nodeports"), Some(core("services")));
         assert_eq!(counted_by("count/deployments.apps"), Some(("apps".into(), "deployments".into())));
         assert_eq!(counted_by("count/widgets.example.com"), Some(("example.com".into(), "widgets".into())));
@@ -614,7 +616,11 @@ mod tests {
         let objects = BTreeMap::from([
             (
                 core("pods"),
-                vec![pod(json!([{"name": "a", "resources": {"requests": {"cpu": "250m"}}}])), pod(json!([{"name": "b"}])), done],
+                vec![
+                    pod(json!([{"name": "a", "resources": {"requests": {"cpu": "250m"}}}])),
+                    pod(json!([{"name": "b"}])),
+                    done,
+                ],
             ),
             (("apps".into(), "deployments".into()), vec![json!({})]),
         ]);
@@ -638,17 +644,22 @@ mod tests {
         let q = counted(json!({"pods": "2"}), json!({"pods": "1"}));
         assert_eq!(charge(&q, &pods, &p), Charge::Fits(amounts(json!({"pods": "2"}))));
 
-        let q = counted(json!({"requests.cpu": "1", "limits.cpu": "2"}), json!({"requests.cpu": "0", "limits.cpu": "0"}));
+        let q =
+            counted(json!({"requests.cpu": "1", "limits.cpu": "2"}), json!({"requests.cpu": "0", "limits.cpu": "0"}));
         assert_eq!(
             charge(&q, &pods, &p),
             Charge::Refused("failed quota: q: must specify limits.cpu for: app; requests.cpu for: app".into())
         );
         let sized = pod(json!([{"name": "app", "resources": {"requests": {"cpu": "600m"}, "limits": {"cpu": "1"}}}]));
-        let q = counted(json!({"requests.cpu": "1", "limits.cpu": "2"}), json!({"requests.cpu": "500m", "limits.cpu": "0"}));
+        let q = counted(
+            json!({"requests.cpu": "1", "limits.cpu": "2"}),
+            json!({"requests.cpu": "500m", "limits.cpu": "0"}),
+        );
         assert_eq!(
             charge(&q, &pods, &sized),
             Charge::Refused(
-                "exceeded quota: q, requested: requests.cpu=600m, used: requests.cpu=500m, limited: requests.cpu=1".into()
+                "exceeded quota: q, requested: requests.cpu=600m, used: requests.cpu=500m, limited: requests.cpu=1"
+                    .into()
             )
         );
 
@@ -660,7 +671,9 @@ mod tests {
         let q = counted(json!({"configmaps": "1"}), json!({"configmaps": "1"}));
         assert_eq!(
             charge(&q, &core("configmaps"), &json!({})),
-            Charge::Refused("exceeded quota: q, requested: configmaps=1, used: configmaps=1, limited: configmaps=1".into())
+            Charge::Refused(
+                "exceeded quota: q, requested: configmaps=1, used: configmaps=1, limited: configmaps=1".into()
+            )
         );
     }
 }
