@@ -172,6 +172,21 @@ fn quotas_refuse_what_does_not_fit_and_the_controller_keeps_usage() {
     s.ok(&["delete", "deployment", "a", "-n", "apps"]);
     wait_used(&s, "apps", "deploys", "count/deployments.apps", "0");
     s.ok(&["create", "deployment", "b", "-n", "apps", "--image=busybox", "--replicas=0"]);
+
+    // Services: counted on create, and on an update that adds node ports.
+    s.ok(&["create", "namespace", "svc"]);
+    quota(&s, "svc", "net", "services=2,services.nodeports=0,services.loadbalancers=0");
+    s.ok(&["create", "service", "clusterip", "one", "-n", "svc", "--tcp=80"]);
+    let err = s.fails(&["create", "service", "nodeport", "two", "-n", "svc", "--tcp=80"]);
+    assert!(
+        err.contains(
+            "services \"two\" is forbidden: exceeded quota: net, requested: services.nodeports=1, used: services.nodeports=0, limited: services.nodeports=0"
+        ),
+        "{err}"
+    );
+    let err = s.fails(&["patch", "service", "one", "-n", "svc", "-p", r#"{"spec":{"type":"NodePort"}}"#]);
+    assert!(err.contains("services \"one\" is forbidden: exceeded quota: net, requested: services.nodeports=1"), "{err}");
+    assert_eq!(used(&s, "svc", "net", "services"), "1");
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! `failed quota: q: must specify requests.cpu for: app` when a quota on cpu or memory
 //! meets a container that states none). The charge is written at once to the quota's
 //! `status.used`; the resource quota controller recounts it later (and gives back what
-//! a failed or deleted create took).
+//! a failed or deleted create took). An update of a Service or a claim is charged what
+//! it adds (a Service turned NodePort, a claim grown), as upstream's evaluators do.
 //!
 //! Concurrency: the charge is a compare-and-swap of the quota at the revision it was
 //! read, retried from a fresh read on conflict, as upstream's quota evaluator does.
@@ -28,8 +29,16 @@ use crate::store;
 const MAX_ATTEMPTS: usize = 50;
 
 impl ApiServer {
-    /// Charges the new object `obj` of `def` in `ns` to every quota that counts it.
-    pub(super) async fn admit_quota(&self, def: &ResourceDef, ns: &str, obj: &Value, dry_run: bool) -> ApiResult<()> {
+    /// Charges the new object `obj` of `def` in `ns` to every quota that counts it, or,
+    /// with `old`, what an update of a Service or claim adds.
+    pub(super) async fn admit_quota(
+        &self,
+        def: &ResourceDef,
+        ns: &str,
+        obj: &Value,
+        old: Option<&Value>,
+        dry_run: bool,
+    ) -> ApiResult<()> {
         let quotas = by_kind("ResourceQuota").ok_or_else(|| ApiError::internal("ResourceQuota is not served"))?;
         let resource = (def.group.to_string(), def.plural.to_string());
         let name = str_at(obj, "/metadata/name").unwrap_or("");
@@ -43,7 +52,7 @@ impl ApiServer {
         let mut charges = Vec::new();
         for kv in &page.kvs {
             let quota = to_obj(kv)?;
-            match usage::charge(&quota, &resource, obj) {
+            match usage::charge(&quota, &resource, obj, old) {
                 Charge::NotCounted => {}
                 Charge::Refused(why) => return Err(refuse(why)),
                 Charge::Fits(_) => charges.push(kv.key.clone()),
@@ -58,7 +67,7 @@ impl ApiServer {
                 attempts += 1;
                 let Some(kv) = self.store.get(&key).await? else { break };
                 let mut quota = to_obj(&kv)?;
-                let used = match usage::charge(&quota, &resource, obj) {
+                let used = match usage::charge(&quota, &resource, obj, old) {
                     Charge::NotCounted => break,
                     Charge::Refused(why) => return Err(refuse(why)),
                     Charge::Fits(used) => used,

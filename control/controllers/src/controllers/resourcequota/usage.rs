@@ -447,10 +447,12 @@ pub enum Charge {
     Refused(String),
 }
 
-/// Charges a new object of `resource` to `quota` (upstream's `checkRequest`): against
-/// `status.hard` and `status.used`, which the controller keeps; a quota it has not yet
-/// counted refuses, as upstream, rather than guess.
-pub fn charge(quota: &Value, resource: &GroupResource, obj: &Value) -> Charge {
+/// Charges a new object of `resource` to `quota` (upstream's `checkRequest`), or, with
+/// `old`, what an update adds to what the object used (a claim grown, a Service turned
+/// NodePort; nothing for what shrank): against `status.hard` and `status.used`, which
+/// the controller keeps. A quota it has not yet counted refuses, as upstream, rather
+/// than guess.
+pub fn charge(quota: &Value, resource: &GroupResource, obj: &Value, old: Option<&Value>) -> Charge {
     let name = quota.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
     let hard = resource_list(quota.pointer("/status/hard"));
     let spec = spec_hard(quota);
@@ -461,11 +463,19 @@ pub fn charge(quota: &Value, resource: &GroupResource, obj: &Value) -> Charge {
         return Charge::NotCounted;
     }
     if resource == &core("pods")
+        && old.is_none()
         && let Some(why) = constraint_violations(name, &relevant, obj)
     {
         return Charge::Refused(why);
     }
-    let delta = object_usage(resource, obj);
+    let mut delta = object_usage(resource, obj);
+    if let Some(old) = old.filter(|o| selects(quota, resource, o)) {
+        let before = object_usage(resource, old);
+        for (k, d) in delta.iter_mut() {
+            let was = before.get(k).map_or(0, |a| a.milli);
+            d.milli = (d.milli - was).max(0);
+        }
+    }
     if relevant.iter().all(|k| delta.get(k).is_none_or(|a| a.milli == 0)) {
         return Charge::NotCounted;
     }
@@ -638,16 +648,16 @@ mod tests {
         let p = pod(json!([{"name": "app"}]));
         let q = counted(json!({"pods": "2"}), json!({"pods": "2"}));
         assert_eq!(
-            charge(&q, &pods, &p),
+            charge(&q, &pods, &p, None),
             Charge::Refused("exceeded quota: q, requested: pods=1, used: pods=2, limited: pods=2".into())
         );
         let q = counted(json!({"pods": "2"}), json!({"pods": "1"}));
-        assert_eq!(charge(&q, &pods, &p), Charge::Fits(amounts(json!({"pods": "2"}))));
+        assert_eq!(charge(&q, &pods, &p, None), Charge::Fits(amounts(json!({"pods": "2"}))));
 
         let q =
             counted(json!({"requests.cpu": "1", "limits.cpu": "2"}), json!({"requests.cpu": "0", "limits.cpu": "0"}));
         assert_eq!(
-            charge(&q, &pods, &p),
+            charge(&q, &pods, &p, None),
             Charge::Refused("failed quota: q: must specify limits.cpu for: app; requests.cpu for: app".into())
         );
         let sized = pod(json!([{"name": "app", "resources": {"requests": {"cpu": "600m"}, "limits": {"cpu": "1"}}}]));
@@ -656,21 +666,36 @@ mod tests {
             json!({"requests.cpu": "500m", "limits.cpu": "0"}),
         );
         assert_eq!(
-            charge(&q, &pods, &sized),
+            charge(&q, &pods, &sized, None),
             Charge::Refused(
                 "exceeded quota: q, requested: requests.cpu=600m, used: requests.cpu=500m, limited: requests.cpu=1"
                     .into()
             )
         );
 
+        // An update is charged what it adds.
+        let services = core("services");
+        let q = counted(json!({"services.nodeports": "1"}), json!({"services.nodeports": "0"}));
+        let plain = json!({"metadata": {"name": "s"}, "spec": {"type": "ClusterIP", "ports": [{}, {}]}});
+        let node_port = json!({"metadata": {"name": "s"}, "spec": {"type": "NodePort", "ports": [{}, {}]}});
+        assert_eq!(charge(&q, &services, &plain, Some(&plain)), Charge::NotCounted);
+        assert_eq!(
+            charge(&q, &services, &node_port, Some(&plain)),
+            Charge::Refused(
+                "exceeded quota: q, requested: services.nodeports=2, used: services.nodeports=0, limited: services.nodeports=1"
+                    .into()
+            )
+        );
+        assert_eq!(charge(&q, &services, &plain, Some(&node_port)), Charge::NotCounted, "shrinking costs nothing");
+
         // A quota the controller has not counted yet refuses rather than guesses.
         let fresh = json!({"metadata": {"name": "q"}, "spec": {"hard": {"pods": "2"}}});
-        assert_eq!(charge(&fresh, &pods, &p), Charge::Refused("status unknown for quota: q, resources: pods".into()));
+        assert_eq!(charge(&fresh, &pods, &p, None), Charge::Refused("status unknown for quota: q, resources: pods".into()));
         // Other kinds are not counted by a pods quota.
-        assert_eq!(charge(&q, &core("configmaps"), &json!({})), Charge::NotCounted);
+        assert_eq!(charge(&q, &core("configmaps"), &json!({}), None), Charge::NotCounted);
         let q = counted(json!({"configmaps": "1"}), json!({"configmaps": "1"}));
         assert_eq!(
-            charge(&q, &core("configmaps"), &json!({})),
+            charge(&q, &core("configmaps"), &json!({}), None),
             Charge::Refused(
                 "exceeded quota: q, requested: configmaps=1, used: configmaps=1, limited: configmaps=1".into()
             )

@@ -114,7 +114,7 @@ impl ApiServer {
         // Last, on the final object: a charge taken here is only lost (until the quota
         // controller recounts) if the store refuses the create below.
         if let Some(ns) = ns.filter(|_| def.namespaced) {
-            self.admit_quota(def, ns, &obj, ctx.dry_run()).await?;
+            self.admit_quota(def, ns, &obj, None, ctx.dry_run()).await?;
         }
         if ctx.dry_run() {
             return Ok(json_response(StatusCode::CREATED, &obj));
