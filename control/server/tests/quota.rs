@@ -185,7 +185,10 @@ fn quotas_refuse_what_does_not_fit_and_the_controller_keeps_usage() {
         "{err}"
     );
     let err = s.fails(&["patch", "service", "one", "-n", "svc", "-p", r#"{"spec":{"type":"NodePort"}}"#]);
-    assert!(err.contains("services \"one\" is forbidden: exceeded quota: net, requested: services.nodeports=1"), "{err}");
+    assert!(
+        err.contains("services \"one\" is forbidden: exceeded quota: net, requested: services.nodeports=1"),
+        "{err}"
+    );
     assert_eq!(used(&s, "svc", "net", "services"), "1");
 }
 

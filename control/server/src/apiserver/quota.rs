@@ -4,7 +4,8 @@
 //! message (`exceeded quota: q, requested: pods=1, used: pods=2, limited: pods=2`, or
 //! `failed quota: q: must specify requests.cpu for: app` when a quota on cpu or memory
 //! meets a container that states none). The charge is written at once to the quota's
-//! `status.used`; the resource quota controller recounts it later (and gives back what
+//! `status.used` (a quota the controller has not counted yet is counted here first);
+//! the resource quota controller recounts it later (and gives back what
 //! a failed or deleted create took). An update of a Service or a claim is charged what
 //! it adds (a Service turned NodePort, a claim grown), as upstream's evaluators do.
 //!
@@ -15,12 +16,14 @@
 //!
 //! It must not change the object; it writes only quota status.
 
-use serde_json::Value;
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
 use skiff_controllers::controllers::resourcequota::usage::{self, Charge};
 
 use super::api_server::ApiServer;
 use super::object::{str_at, to_bytes, to_obj};
-use super::resources::{ResourceDef, by_kind};
+use super::resources::{ResourceDef, by_kind, prefix_of};
 use super::status::{ApiError, ApiResult};
 use crate::store;
 
@@ -51,7 +54,7 @@ impl ApiServer {
         // untouched.
         let mut charges = Vec::new();
         for kv in &page.kvs {
-            let quota = to_obj(kv)?;
+            let quota = self.counted(ns, to_obj(kv)?).await?;
             match usage::charge(&quota, &resource, obj, old) {
                 Charge::NotCounted => {}
                 Charge::Refused(why) => return Err(refuse(why)),
@@ -66,15 +69,13 @@ impl ApiServer {
             loop {
                 attempts += 1;
                 let Some(kv) = self.store.get(&key).await? else { break };
-                let mut quota = to_obj(&kv)?;
+                let mut quota = self.counted(ns, to_obj(&kv)?).await?;
                 let used = match usage::charge(&quota, &resource, obj, old) {
                     Charge::NotCounted => break,
                     Charge::Refused(why) => return Err(refuse(why)),
                     Charge::Fits(used) => used,
                 };
-                if let Some(status) = quota.get_mut("status").and_then(Value::as_object_mut) {
-                    status.insert("used".into(), usage::to_json(&used));
-                }
+                quota["status"]["used"] = usage::to_json(&used);
                 match self.store.update(&key, to_bytes(&quota), Some(kv.mod_revision)).await {
                     Ok(_) => break,
                     Err(store::Error::Conflict { .. }) if attempts < MAX_ATTEMPTS => continue,
@@ -88,5 +89,27 @@ impl ApiServer {
             }
         }
         Ok(())
+    }
+
+    /// `quota` with `status.hard` and `status.used` counted here from the store when the
+    /// controller has not yet counted it (just created, or the controllers not running):
+    /// upstream refuses creates then ("status unknown for quota"); counting the same way
+    /// the controller does serves them instead, and the charge persists the count.
+    async fn counted(&self, ns: &str, mut quota: Value) -> ApiResult<Value> {
+        let spec = usage::spec_hard(&quota);
+        let hard = usage::resource_list(quota.pointer("/status/hard"));
+        let used = usage::resource_list(quota.pointer("/status/used"));
+        if spec.keys().all(|k| hard.contains_key(k) && used.contains_key(k)) {
+            return Ok(quota);
+        }
+        let mut objects = BTreeMap::new();
+        for (group, plural) in usage::counted_resources(&spec) {
+            let prefix = format!("{}{ns}/", prefix_of(&group, &plural));
+            let kvs = self.store.list(&prefix, None, 0).await?.kvs;
+            objects.insert((group, plural), kvs.iter().map(to_obj).collect::<ApiResult<Vec<_>>>()?);
+        }
+        let used = usage::used(&quota, &objects);
+        quota["status"] = json!({"hard": usage::to_json(&spec), "used": usage::to_json(&used)});
+        Ok(quota)
     }
 }

@@ -450,8 +450,8 @@ pub enum Charge {
 /// Charges a new object of `resource` to `quota` (upstream's `checkRequest`), or, with
 /// `old`, what an update adds to what the object used (a claim grown, a Service turned
 /// NodePort; nothing for what shrank): against `status.hard` and `status.used`, which
-/// the controller keeps. A quota it has not yet counted refuses, as upstream, rather
-/// than guess.
+/// the controller keeps. A quota not counted yet refuses, as upstream, rather than
+/// guess (the API server counts such a quota itself before it charges).
 pub fn charge(quota: &Value, resource: &GroupResource, obj: &Value, old: Option<&Value>) -> Charge {
     let name = quota.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
     let hard = resource_list(quota.pointer("/status/hard"));
@@ -690,7 +690,10 @@ mod tests {
 
         // A quota the controller has not counted yet refuses rather than guesses.
         let fresh = json!({"metadata": {"name": "q"}, "spec": {"hard": {"pods": "2"}}});
-        assert_eq!(charge(&fresh, &pods, &p, None), Charge::Refused("status unknown for quota: q, resources: pods".into()));
+        assert_eq!(
+            charge(&fresh, &pods, &p, None),
+            Charge::Refused("status unknown for quota: q, resources: pods".into())
+        );
         // Other kinds are not counted by a pods quota.
         assert_eq!(charge(&q, &core("configmaps"), &json!({}), None), Charge::NotCounted);
         let q = counted(json!({"configmaps": "1"}), json!({"configmaps": "1"}));
