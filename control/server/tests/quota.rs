@@ -190,6 +190,32 @@ fn quotas_refuse_what_does_not_fit_and_the_controller_keeps_usage() {
         "{err}"
     );
     assert_eq!(used(&s, "svc", "net", "services"), "1");
+
+    // Claims by their requested storage.
+    quota(&s, "svc", "disk", "requests.storage=3Gi,persistentvolumeclaims=5");
+    let claim = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: {name}, namespace: svc}}\n\
+             spec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 2Gi}}}}}}\n"
+        )
+    };
+    s.ok(&["create", "-f", &s.write("c1.yaml", &claim("c1"))]);
+    let err = s.fails(&["create", "-f", &s.write("c2.yaml", &claim("c2"))]);
+    assert!(
+        err.contains(
+            "persistentvolumeclaims \"c2\" is forbidden: exceeded quota: disk, requested: requests.storage=2Gi, used: requests.storage=2Gi, limited: requests.storage=3Gi"
+        ),
+        "{err}"
+    );
+
+    // A scoped quota counts only the pods in its scope.
+    s.ok(&["create", "namespace", "scoped"]);
+    // (Not waiting for the controller: admission counts a quota it has not counted.)
+    s.ok(&["create", "quota", "best-effort", "-n", "scoped", "--hard=pods=1", "--scopes=BestEffort"]);
+    s.ok(&["run", "be1", "-n", "scoped", "--image=busybox"]);
+    let err = s.fails(&["run", "be2", "-n", "scoped", "--image=busybox"]);
+    assert!(err.contains("exceeded quota: best-effort, requested: pods=1, used: pods=1, limited: pods=1"), "{err}");
+    s.ok(&["create", "-f", &s.write("sized.yaml", &pod_yaml("sized", "scoped", "{requests: {cpu: 100m}}"))]);
 }
 
 #[test]

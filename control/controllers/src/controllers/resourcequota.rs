@@ -175,12 +175,15 @@ async fn reconcile(
             // Not served (a custom resource not yet defined): nothing of it exists.
             continue;
         };
-        let list = DynamicApi::new(ctx.client.clone(), api).list(Some(&ns)).await.map_err(|source| Error::List {
-            key: key.to_string(),
-            resource: format!("{}.{}", resource.1, resource.0),
-            namespace: ns.clone(),
-            source,
-        })?;
+        let list = match DynamicApi::new(ctx.client.clone(), api).list(Some(&ns)).await {
+            Ok(list) => list,
+            // A name such as `count/widgets.apps` that no server serves counts nothing.
+            Err(e) if e.is_not_found() => Value::Null,
+            Err(source) => {
+                let resource = format!("{}.{}", resource.1, resource.0);
+                return Err(Error::List { key: key.to_string(), resource, namespace: ns.clone(), source });
+            }
+        };
         let items = list.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
         objects.insert(resource, items);
     }
