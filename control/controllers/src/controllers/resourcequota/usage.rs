@@ -59,29 +59,27 @@ impl fmt::Display for Amount {
         if v == 0 {
             return f.write_str("0");
         }
-        if self.binary && v % 1024 == 0 {
-            let mut v = v;
-            let mut suffix = "";
-            for s in ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"] {
-                if v % 1024 != 0 {
-                    break;
-                }
-                v /= 1024;
-                suffix = s;
-            }
-            return write!(f, "{v}{suffix}");
-        }
-        let mut v = v;
-        let mut suffix = "";
-        for s in ["k", "M", "G", "T", "P", "E"] {
-            if v % 1000 != 0 {
-                break;
-            }
-            v /= 1000;
-            suffix = s;
-        }
+        let (v, suffix) = if self.binary && v % 1024 == 0 {
+            largest_suffix(v, 1024, &["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"])
+        } else {
+            largest_suffix(v, 1000, &["k", "M", "G", "T", "P", "E"])
+        };
         write!(f, "{v}{suffix}")
     }
+}
+
+/// `v` divided by `base` as often as it stays whole (once per suffix at most), and the
+/// suffix that says so.
+fn largest_suffix(mut v: i64, base: i64, suffixes: &[&'static str]) -> (i64, &'static str) {
+    let mut suffix = "";
+    for s in suffixes {
+        if v % base != 0 {
+            break;
+        }
+        v /= base;
+        suffix = s;
+    }
+    (v, suffix)
 }
 
 /// Quota resource names and their amounts, sorted by name as upstream prints them.
