@@ -241,6 +241,10 @@ fn deployments_are_held_to_quota_and_parallel_creates_never_overrun_it() {
     });
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(pods("d"), 2, "the third pod stays refused");
+    // Raising the quota lets the ReplicaSet's retry through.
+    s.ok(&["patch", "quota", "q", "-n", "d", "-p", r#"{"spec":{"hard":{"pods":"3"}}}"#]);
+    s.wait_for(60, "the Deployment's third pod once the quota allows it", || pods("d") == 3);
+    wait_used(&s, "d", "q", "pods", "3");
 
     // Ten creates at once against five slots: the compare-and-swap on the quota lets
     // exactly five through.
