@@ -50,6 +50,10 @@ fn limit_ranges_default_and_bound_pods_and_claims() {
          \x20\x20- type: PersistentVolumeClaim\n    max: {storage: 2Gi}\n",
     );
 
+    // Stored with upstream's defaulting: the default request falls back to the default.
+    let lr = s.json(&["get", "limitrange", "bounds", "-n", "lr"]);
+    assert_eq!(lr["spec"]["limits"][0]["defaultRequest"], serde_json::json!({"cpu": "100m", "memory": "128Mi"}));
+
     // A pod without resources gets the defaults, and the note of what was set.
     s.ok(&["run", "plain", "-n", "lr", "--image=busybox"]);
     let p = s.json(&["get", "pod", "plain", "-n", "lr"]);

@@ -11,6 +11,9 @@
 //!   `min`/`max` of the requested storage. A violation is Forbidden with upstream's
 //!   message (several are listed in brackets, as upstream's aggregate error).
 //!
+//! The same defaulting of the LimitRange itself (`default_items`) runs when one is
+//! stored, from its strategy, as upstream's API defaulting does.
+//!
 //! It only reads the store (the LimitRanges); updates are not admitted, as upstream.
 
 use serde_json::{Map, Value, json};
@@ -77,6 +80,23 @@ fn container_defaults(item: &Value) -> (Map<String, Value>, Map<String, Value>) 
         requests.entry(k.clone()).or_insert(v.clone());
     }
     (requests, limits)
+}
+
+/// Upstream's LimitRange defaulting, applied when one is stored (so `kubectl describe
+/// limits` shows the defaults that apply): `container_defaults` written into each
+/// `type: Container` item.
+pub fn default_items(lr: &mut Value) {
+    let Some(Value::Array(items)) = lr.pointer_mut("/spec/limits") else { return };
+    for item in items.iter_mut().filter(|i| i.get("type").and_then(Value::as_str) == Some("Container")) {
+        let (requests, limits) = container_defaults(item);
+        let Some(item) = item.as_object_mut() else { continue };
+        if !limits.is_empty() {
+            item.insert("default".into(), Value::Object(limits));
+        }
+        if !requests.is_empty() {
+            item.insert("defaultRequest".into(), Value::Object(requests));
+        }
+    }
 }
 
 /// Sets what `defaults` has and `have` lacks; returns the names set, sorted.
@@ -301,6 +321,17 @@ mod tests {
             json!({"requests": {"cpu": "1", "memory": "64Mi"},
             "limits": {"cpu": "1"}})
         );
+    }
+
+    #[test]
+    fn stored_limit_ranges_get_upstreams_defaults() {
+        let mut lr = range(json!([{"type": "Container", "max": {"cpu": "1"}, "min": {"memory": "64Mi"}},
+            {"type": "Pod", "max": {"cpu": "2"}}]))
+        .remove(0);
+        default_items(&mut lr);
+        assert_eq!(lr["spec"]["limits"][0]["default"], json!({"cpu": "1"}));
+        assert_eq!(lr["spec"]["limits"][0]["defaultRequest"], json!({"cpu": "1", "memory": "64Mi"}));
+        assert!(lr["spec"]["limits"][1].get("default").is_none(), "only Container items have defaults");
     }
 
     #[test]
