@@ -187,7 +187,7 @@ async fn reconcile(
         let items = list.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
         objects.insert(resource, items);
     }
-    let used = usage::used(&quota_json, &objects);
+    let used = usage::used(&quota_json, &objects, jiff::Timestamp::now());
     let to_quantities = |l: &usage::ResourceList| -> BTreeMap<String, Quantity> {
         l.iter().map(|(k, a)| (k.clone(), Quantity(a.to_string()))).collect()
     };

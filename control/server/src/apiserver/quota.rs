@@ -108,7 +108,7 @@ impl ApiServer {
             let kvs = self.store.list(&prefix, None, 0).await?.kvs;
             objects.insert((group, plural), kvs.iter().map(to_obj).collect::<ApiResult<Vec<_>>>()?);
         }
-        let used = usage::used(&quota, &objects);
+        let used = usage::used(&quota, &objects, jiff::Timestamp::now());
         quota["status"] = json!({"hard": usage::to_json(&spec), "used": usage::to_json(&used)});
         Ok(quota)
     }

@@ -1,9 +1,9 @@
 //! What objects cost against a ResourceQuota, as upstream's quota evaluators count it:
 //! which quota resource names count which kind (`pods`, `requests.cpu`,
 //! `count/deployments.apps`, ...), what one object adds to each (a pod its requests and
-//! limits, a Service its node ports, a claim its storage), whether a quota's scopes
-//! select a pod, the sum over a namespace, and the admission check of one new object
-//! with upstream's messages.
+//! limits unless it has finished or is stuck terminating, a Service its node ports, a
+//! claim its storage), whether a quota's scopes select a pod, the sum over a namespace,
+//! and the admission check of one new object with upstream's messages.
 //!
 //! Shared by the resource quota controller (which recomputes `status.used`) and the API
 //! server's quota admission (which charges one object against it), so both count alike.
@@ -381,14 +381,25 @@ pub fn counted_resources(hard: &ResourceList) -> BTreeSet<GroupResource> {
     hard.keys().filter_map(|k| counted_by(k)).collect()
 }
 
-/// The usage of `quota` given the objects of its namespace for each resource it counts
-/// (a resource missing from `objects` counts as none): every name in `spec.hard`, zero
-/// when nothing uses it.
-pub fn used(quota: &Value, objects: &BTreeMap<GroupResource, Vec<Value>>) -> ResourceList {
+/// Whether a pod is stuck terminating at `now`: deleted and past its grace period (its
+/// node lost, say). Upstream's `QuotaV1Pod` stops charging for it, so it does not block
+/// its own replacement.
+pub fn stuck_terminating(pod: &Value, now: jiff::Timestamp) -> bool {
+    let at = pod.pointer("/metadata/deletionTimestamp").and_then(Value::as_str);
+    let grace = pod.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64);
+    let (Some(at), Some(grace)) = (at.and_then(|a| a.parse::<jiff::Timestamp>().ok()), grace) else { return false };
+    now.as_second() > at.as_second().saturating_add(grace)
+}
+
+/// The usage of `quota` at `now` given the objects of its namespace for each resource
+/// it counts (a resource missing from `objects` counts as none): every name in
+/// `spec.hard`, zero when nothing uses it.
+pub fn used(quota: &Value, objects: &BTreeMap<GroupResource, Vec<Value>>, now: jiff::Timestamp) -> ResourceList {
     let hard = spec_hard(quota);
     let mut out: ResourceList = hard.keys().map(|k| (k.clone(), Amount::default())).collect();
     for (resource, objs) in objects {
-        for o in objs.iter().filter(|o| selects(quota, resource, o)) {
+        let pods = resource == &core("pods");
+        for o in objs.iter().filter(|o| selects(quota, resource, o) && !(pods && stuck_terminating(o, now))) {
             for (k, v) in object_usage(resource, o) {
                 if let Some(e) = out.get_mut(&k)
                     && counted_by(&k).as_ref() == Some(resource)
@@ -632,8 +643,19 @@ mod tests {
             ),
             (("apps".into(), "deployments".into()), vec![json!({})]),
         ]);
-        let u = used(&quota, &objects);
+        let now = jiff::Timestamp::now();
+        let u = used(&quota, &objects, now);
         assert_eq!(to_json(&u), json!({"pods": "2", "requests.cpu": "250m", "count/deployments.apps": "1"}));
+
+        // A pod deleted long past its grace period (its node gone) stops counting.
+        let mut objects = objects;
+        let deleted = (now - jiff::SignedDuration::from_secs(60)).to_string();
+        let pods = objects.get_mut(&core("pods")).unwrap();
+        pods[0]["metadata"]["deletionTimestamp"] = json!(deleted);
+        pods[0]["metadata"]["deletionGracePeriodSeconds"] = json!(30);
+        pods[1]["metadata"]["deletionTimestamp"] = json!(deleted);
+        pods[1]["metadata"]["deletionGracePeriodSeconds"] = json!(120);
+        assert_eq!(used(&quota, &objects, now)["pods"].to_string(), "1");
     }
 
     fn counted(hard: Value, used: Value) -> Value {
