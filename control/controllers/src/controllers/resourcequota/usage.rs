@@ -322,8 +322,25 @@ fn in_scope(scope: &str, pod: &Value) -> bool {
         "NotBestEffort" => !is_best_effort(pod),
         // Exists with no values: any pod names a class once priority admission ran.
         "PriorityClass" => true,
+        "CrossNamespacePodAffinity" => cross_namespace_affinity(pod),
         _ => false,
     }
+}
+
+/// Whether a pod (anti-)affinity term of `pod` looks beyond its namespace (names
+/// namespaces or has a namespace selector, even an empty one).
+fn cross_namespace_affinity(pod: &Value) -> bool {
+    let crosses = |t: &Value| {
+        t.get("namespaces").and_then(Value::as_array).is_some_and(|n| !n.is_empty())
+            || t.get("namespaceSelector").is_some_and(|s| !s.is_null())
+    };
+    ["podAffinity", "podAntiAffinity"].iter().any(|kind| {
+        let Some(a) = pod.pointer(&format!("/spec/affinity/{kind}")) else { return false };
+        let required = a.get("requiredDuringSchedulingIgnoredDuringExecution").and_then(Value::as_array);
+        let preferred = a.get("preferredDuringSchedulingIgnoredDuringExecution").and_then(Value::as_array);
+        required.into_iter().flatten().any(crosses)
+            || preferred.into_iter().flatten().filter_map(|w| w.get("podAffinityTerm")).any(crosses)
+    })
 }
 
 fn matches_term(term: &Value, pod: &Value) -> bool {
@@ -619,6 +636,11 @@ mod tests {
         assert!(selects(&quota(json!(["NotBestEffort", "Terminating"])), &pods, &sized));
         assert!(!selects(&quota(json!(["NotTerminating"])), &pods, &sized));
         assert!(!selects(&quota(json!(["BestEffort"])), &core("services"), &json!({})));
+        let mut reaching = best_effort.clone();
+        reaching["spec"]["affinity"] = json!({"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 1, "podAffinityTerm": {"topologyKey": "k", "namespaceSelector": {}}}]}});
+        assert!(selects(&quota(json!(["CrossNamespacePodAffinity"])), &pods, &reaching));
+        assert!(!selects(&quota(json!(["CrossNamespacePodAffinity"])), &pods, &best_effort));
         let mut high = best_effort.clone();
         high["spec"]["priorityClassName"] = json!("high");
         let by_class = json!({"spec": {"hard": {"pods": "1"}, "scopeSelector": {"matchExpressions": [
