@@ -107,6 +107,9 @@ fn quotas_refuse_what_does_not_fit_and_the_controller_keeps_usage() {
     s.ok(&["create", "namespace", "q"]);
     quota(&s, "q", "q", "pods=2");
     assert_eq!(used(&s, "q", "q", "pods"), "0");
+    // A dry run is checked but charges nothing.
+    s.ok(&["run", "dry", "-n", "q", "--image=busybox", "--dry-run=server"]);
+    assert_eq!(used(&s, "q", "q", "pods"), "0");
 
     s.ok(&["run", "p1", "-n", "q", "--image=busybox"]);
     s.ok(&["run", "p2", "-n", "q", "--image=busybox"]);
@@ -116,6 +119,8 @@ fn quotas_refuse_what_does_not_fit_and_the_controller_keeps_usage() {
         "{err}"
     );
     assert_eq!(used(&s, "q", "q", "pods"), "2");
+    let err = s.fails(&["run", "p3", "-n", "q", "--image=busybox", "--dry-run=server"]);
+    assert!(err.contains("exceeded quota: q"), "{err}");
     let table = s.ok(&["get", "quota", "-n", "q"]);
     assert!(table.contains("pods: 2/2"), "{table}");
     let described = s.ok(&["describe", "quota", "q", "-n", "q"]);
