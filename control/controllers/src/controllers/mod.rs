@@ -32,6 +32,7 @@ pub mod nodelifecycle;
 pub mod owned_pods;
 pub mod podgc;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod rootca;
 pub mod serviceaccount;
 pub mod statefulset;
@@ -87,6 +88,7 @@ pub const CONTROLLERS: &[(&str, StartFn)] = &[
     ("cronjob", |ctx| Box::pin(cronjob::run(ctx))),
     ("namespace", |ctx| Box::pin(namespace::run(ctx))),
     ("disruption", |ctx| Box::pin(disruption::run(ctx))),
+    ("resourcequota", |ctx| Box::pin(resourcequota::run(ctx))),
     ("garbage-collector", |ctx| Box::pin(gc::run(ctx))),
     ("pod-garbage-collector", |ctx| Box::pin(podgc::run(ctx))),
     ("persistentvolume-binder", |ctx| Box::pin(volume::binder::run(ctx))),

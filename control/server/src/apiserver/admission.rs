@@ -1,6 +1,7 @@
 //! Admission: the mutating steps of a create that need more than the object itself
 //! (the store, randomness), run after decoding and defaulting and before the store, as
-//! upstream's admission plugins: priority admission (`priority`), then ServiceAccount
+//! upstream's admission plugins: priority admission (`priority`), LimitRanger
+//! (`limit_range`), then ServiceAccount
 //! admission, for kinds whose strategy asks for it (pods):
 //! - `spec.serviceAccountName` defaults to `default` (and the deprecated
 //!   `spec.serviceAccount` follows it);
@@ -18,10 +19,17 @@
 //! `kubernetes.io/pvc-protection` finalizer and, when it names no class, the cluster's
 //! default one.
 //!
+//! LimitRanger admission (`limit_range`) defaults a new pod's container requests and
+//! limits from the namespace's LimitRanges and refuses a pod or claim outside their
+//! bounds. ResourceQuota admission (`quota`) is not here: it is the last step before
+//! the store (`handlers::create`), once the object is final, and the one step that
+//! writes (the charge to each quota's `status.used`).
+//!
 //! Mirror pods (annotation `kubernetes.io/config.mirror`) are left as the kubelet wrote
 //! them. Updates are not admitted: a pod's volumes are fixed at creation.
 //!
-//! It must not validate (the strategy did) nor write anything: it only reads the store.
+//! It must not validate (the strategy did; LimitRange bounds excepted) nor write
+//! anything: it only reads the store.
 
 use std::time::Duration;
 
@@ -58,6 +66,9 @@ impl ApiServer {
         // Mirror pods are left as the kubelet wrote them (module doc), priority included.
         if !is_mirror_pod(obj) {
             self.admit_priority(def, obj).await?;
+            if let Some(ns) = ns.filter(|_| def.namespaced) {
+                self.admit_limit_range(def, ns, obj).await?;
+            }
         }
         self.admit_storage(def, obj).await?;
         let Some(ns) = ns.filter(|_| def.strategy.admits_service_account()) else { return Ok(()) };

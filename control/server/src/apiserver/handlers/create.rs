@@ -1,6 +1,7 @@
 //! POST of a new object: the decoding path the fuzz target runs
 //! (`decode::decode_for_create`), then what needs the store and the clock: uid and
-//! timestamp, the namespace's existence, admission, ClusterIP allocation, the store.
+//! timestamp, the namespace's existence, admission, ClusterIP allocation, quota
+//! admission, the store.
 
 use http::StatusCode;
 use serde_json::{Value, json};
@@ -109,6 +110,11 @@ impl ApiServer {
                     allocator::allocate(cidr, &used, &mut obj).map_err(|c| invalid(def, &obj, c))?;
                 }
             }
+        }
+        // Last, on the final object: a charge taken here is only lost (until the quota
+        // controller recounts) if the store refuses the create below.
+        if let Some(ns) = ns.filter(|_| def.namespaced) {
+            self.admit_quota(def, ns, &obj, None, ctx.dry_run()).await?;
         }
         if ctx.dry_run() {
             return Ok(json_response(StatusCode::CREATED, &obj));

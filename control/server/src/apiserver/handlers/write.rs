@@ -203,6 +203,15 @@ impl ApiServer {
                     Err(e) => return Err(e.into()),
                 }
             }
+            // Quota admission of what an update adds: only Services and claims grow on
+            // update (upstream's evaluators). A charge whose write then conflicts is
+            // charged again on the retry; the quota controller's recount returns it.
+            if sub.is_none()
+                && matches!(def.kind, "Service" | "PersistentVolumeClaim")
+                && let Some(ns) = ns.filter(|_| def.namespaced)
+            {
+                self.admit_quota(def, ns, &new, Some(&cur), ctx.dry_run()).await?;
+            }
             let bytes = to_bytes(&new);
             if bytes == to_bytes(&cur) || ctx.dry_run() {
                 // Unchanged objects are not rewritten, so watchers see no empty MODIFIED.

@@ -141,6 +141,10 @@ const LIMIT_TYPES: &[&str] = &["Container", "PersistentVolumeClaim", "Pod"];
 pub struct LimitRange;
 
 impl Strategy for LimitRange {
+    fn default(&self, obj: &mut Value) {
+        super::super::limit_range::default_items(obj);
+    }
+
     fn validate(&self, obj: &Value, causes: &mut Vec<Cause>) {
         for (i, l) in obj.pointer("/spec/limits").and_then(Value::as_array).into_iter().flatten().enumerate() {
             let p = format!("spec.limits[{i}]");
