@@ -733,6 +733,29 @@ fn xdp_translates_node_ports_for_a_local_backend_and_leaves_what_it_cannot_finis
 }
 
 #[test]
+fn a_pod_reaching_its_own_nodes_node_port_is_translated_on_the_tc_path() {
+    with_harness("a_pod_reaching_its_own_nodes_node_port", |h| {
+        // A pod whose connect() the socket LB did not translate (its cgroup is not under
+        // the node's): its packets to the node's address and a node port meet tc.
+        node_port_with_backend(h, BACKENDS[1]);
+        let (_, out) = h.run(&packet(PROTO_TCP, (CLIENT, 41000), (NODE, NODE_PORT), TCP_SYN, b""));
+        let p = parse(&out);
+        assert_eq!((p.src, p.sport, p.dst, p.dport), (CLIENT, 41000, BACKENDS[1], BPORT), "no source NAT for a pod");
+        let (_, out) = h.run(&packet(PROTO_TCP, (CLIENT, 41000), (NODE, NODE_PORT), TCP_ACK, b"x"));
+        assert_eq!(parse(&out).dst, BACKENDS[1], "the flow's next packet by its conntrack entry");
+        let (_, reply) = h.run(&packet(PROTO_TCP, (BACKENDS[1], BPORT), (CLIENT, 41000), TCP_SYN | TCP_ACK, b""));
+        let p = parse(&reply);
+        assert_eq!((p.src, p.sport, p.dst, p.dport), (NODE, NODE_PORT, CLIENT, 41000), "the reply comes from the node port");
+        assert_eq!((h.stat("translated"), h.stat("ct_new")), (2, 1));
+        // The node's other ports, and node ports without a Service, stay the node's.
+        for port in [22, NODE_PORT + 1] {
+            let other = packet(PROTO_TCP, (CLIENT, 41001), (NODE, port), TCP_SYN, b"");
+            assert_eq!(h.run(&other).1, other, "port {port} must stay untouched");
+        }
+    });
+}
+
+#[test]
 fn drops_are_counted_by_reason() {
     with_harness("drops_are_counted_by_reason", |h| {
         // A frontend whose slot 0 says 3 backends while only slot 1 exists: a Service
