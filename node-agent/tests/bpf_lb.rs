@@ -96,6 +96,21 @@ fn packet(proto: u8, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), tcp_flags: u8, 
     frame
 }
 
+/// Gives a frame made by `packet` (TCP, no payload) other addresses and ports, checksums
+/// recomputed.
+fn readdress(frame: &mut [u8], src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) {
+    frame[26..30].copy_from_slice(&src.0.octets());
+    frame[30..34].copy_from_slice(&dst.0.octets());
+    frame[34..36].copy_from_slice(&src.1.to_be_bytes());
+    frame[36..38].copy_from_slice(&dst.1.to_be_bytes());
+    frame[24..26].fill(0);
+    let ip = fold(sum16(&frame[14..34], 0));
+    frame[24..26].copy_from_slice(&ip.to_be_bytes());
+    frame[50..52].fill(0);
+    let l4 = l4_checksum(src.0, dst.0, PROTO_TCP, &frame[34..]);
+    frame[50..52].copy_from_slice(&l4.to_be_bytes());
+}
+
 /// A parsed output frame; checksums are verified while parsing.
 #[derive(Debug)]
 struct Parsed {
@@ -718,6 +733,29 @@ fn xdp_translates_node_ports_for_a_local_backend_and_leaves_what_it_cannot_finis
 }
 
 #[test]
+fn a_pod_reaching_its_own_nodes_node_port_is_translated_on_the_tc_path() {
+    with_harness("a_pod_reaching_its_own_nodes_node_port", |h| {
+        // A pod whose connect() the socket LB did not translate (its cgroup is not under
+        // the node's): its packets to the node's address and a node port meet tc.
+        node_port_with_backend(h, BACKENDS[1]);
+        let (_, out) = h.run(&packet(PROTO_TCP, (CLIENT, 41000), (NODE, NODE_PORT), TCP_SYN, b""));
+        let p = parse(&out);
+        assert_eq!((p.src, p.sport, p.dst, p.dport), (CLIENT, 41000, BACKENDS[1], BPORT), "no source NAT for a pod");
+        let (_, out) = h.run(&packet(PROTO_TCP, (CLIENT, 41000), (NODE, NODE_PORT), TCP_ACK, b"x"));
+        assert_eq!(parse(&out).dst, BACKENDS[1], "the flow's next packet by its conntrack entry");
+        let (_, reply) = h.run(&packet(PROTO_TCP, (BACKENDS[1], BPORT), (CLIENT, 41000), TCP_SYN | TCP_ACK, b""));
+        let p = parse(&reply);
+        assert_eq!((p.src, p.sport, p.dst, p.dport), (NODE, NODE_PORT, CLIENT, 41000), "the reply comes from the node port");
+        assert_eq!((h.stat("translated"), h.stat("ct_new")), (2, 1));
+        // The node's other ports, and node ports without a Service, stay the node's.
+        for port in [22, NODE_PORT + 1] {
+            let other = packet(PROTO_TCP, (CLIENT, 41001), (NODE, port), TCP_SYN, b"");
+            assert_eq!(h.run(&other).1, other, "port {port} must stay untouched");
+        }
+    });
+}
+
+#[test]
 fn drops_are_counted_by_reason() {
     with_harness("drops_are_counted_by_reason", |h| {
         // A frontend whose slot 0 says 3 backends while only slot 1 exists: a Service
@@ -799,5 +837,106 @@ fn conntrack_collection_removes_expired_flows_both_ways_and_keeps_live_ones() {
         ct.remove(&forward).unwrap();
         assert_eq!(conntrack_gc::collect(&h.pins.path).unwrap().removed, 1);
         assert_eq!(entries(h), 0);
+    });
+}
+
+/// Issue 12's burst: a million short TCP connections (SYN, the backend's SYN-ACK, a FIN
+/// each way) through a Maglev Service, with conntrack collection running beside them as
+/// the agent runs it, while a thousand long-lived connections sit idle. Nothing may be
+/// dropped, every packet is translated both ways, and each idle connection's next packet
+/// still reaches its backend: the map holds the live flows plus the recently closed ones,
+/// collection removes closed flows as their time runs out, and should the LRU still have
+/// evicted an idle flow's entry, Maglev hashes the flow to the same backend again.
+///
+/// Time is compressed (the burst takes seconds, not minutes), so the closing timeout is
+/// 1 s instead of 10 s and collection runs every 200 ms instead of 30 s: the ratio of
+/// burst rate to map capacity is what matters, and this one is harsher than a real node's.
+#[test]
+fn a_burst_of_a_million_short_connections_drops_nothing_and_keeps_idle_flows_on_their_backends() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use skiff_node::datapath::conntrack_gc;
+    const BURST: u32 = 1_000_000;
+    const IDLE: u16 = 1_000;
+    with_harness("a_burst_of_a_million_short_connections", |h| {
+        h.datapath.set_config(LbConfig { tcp_closing_timeout_s: 1, ..Default::default() }).unwrap();
+        for (i, b) in BACKENDS.iter().enumerate() {
+            h.add_backend(i as u32 + 1, *b, PROTO_TCP, 0);
+        }
+        h.set_service(PROTO_TCP, &[1, 2, 3, 1, 3, 2, 1], SERVICE_FLAG_MAGLEV, 0);
+        let idle_backend: Vec<Ipv4Addr> = (0..IDLE)
+            .map(|i| {
+                let (_, out) = h.run(&packet(PROTO_TCP, (CLIENT, 40_000 + i), (VIP, VPORT), TCP_SYN, b""));
+                parse(&out).dst
+            })
+            .collect();
+
+        let stop = AtomicBool::new(false);
+        let pins = h.pins.path.clone();
+        let started = std::time::Instant::now();
+        let (collections, removed) = std::thread::scope(|s| {
+            let collector = s.spawn(|| {
+                let (mut runs, mut removed) = (0u32, 0usize);
+                while !stop.load(Ordering::Relaxed) {
+                    removed += conntrack_gc::collect(&pins).expect("conntrack collection").removed;
+                    runs += 1;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                (runs, removed)
+            });
+            // Four frames, re-addressed in place for each connection: building and
+            // parsing 4M frames would cost more than the programs under test.
+            let mut syn = packet(PROTO_TCP, (CLIENT, 1), (VIP, VPORT), TCP_SYN, b"");
+            let mut syn_ack = packet(PROTO_TCP, (VIP, BPORT), (CLIENT, 1), TCP_SYN | TCP_ACK, b"");
+            let mut fin = packet(PROTO_TCP, (CLIENT, 1), (VIP, VPORT), TCP_FIN | TCP_ACK, b"");
+            let mut fin_back = packet(PROTO_TCP, (VIP, BPORT), (CLIENT, 1), TCP_FIN | TCP_ACK, b"");
+            let vip = VIP.octets();
+            for n in 0..BURST {
+                // 16 clients beside the idle one, each port used once.
+                let client = Ipv4Addr::new(10, 244, 1, 100 + (n % 16) as u8);
+                let sport = 2_000 + (n / 16) as u16;
+                // Every 50,000th connection is checked whole, checksums included.
+                let whole = n % 50_000 == 0;
+                readdress(&mut syn, (client, sport), (VIP, VPORT));
+                let (_, out) = h.run(&syn);
+                let backend = Ipv4Addr::from(<[u8; 4]>::try_from(&out[30..34]).unwrap());
+                assert!(BACKENDS.contains(&backend), "connection {n}: SYN not translated: {:?}", parse(&out));
+                if whole {
+                    assert_eq!((parse(&out).dst, parse(&out).dport), (backend, BPORT));
+                }
+                readdress(&mut syn_ack, (backend, BPORT), (client, sport));
+                let (_, out) = h.run(&syn_ack);
+                assert_eq!(out[26..30], vip, "connection {n}: SYN-ACK not reverse-translated");
+                if whole {
+                    assert_eq!((parse(&out).src, parse(&out).sport), (VIP, VPORT));
+                }
+                readdress(&mut fin, (client, sport), (VIP, VPORT));
+                let (_, out) = h.run(&fin);
+                assert_eq!(out[30..34], backend.octets(), "connection {n}: FIN went elsewhere");
+                readdress(&mut fin_back, (backend, BPORT), (client, sport));
+                let (_, out) = h.run(&fin_back);
+                assert_eq!(out[26..30], vip, "connection {n}: the backend's FIN not reverse-translated");
+            }
+            stop.store(true, Ordering::Relaxed);
+            collector.join().expect("collector thread")
+        });
+        eprintln!(
+            "{BURST} connections in {:.1} s; {collections} collections removed {removed} entries",
+            started.elapsed().as_secs_f64()
+        );
+        for (name, value) in read_stats(&h.pins.path).unwrap() {
+            if name == "errors" || name.starts_with("drop_") {
+                assert_eq!(value, 0, "{name} after the burst");
+            }
+        }
+        for (i, backend) in idle_backend.iter().enumerate() {
+            let port = 40_000 + i as u16;
+            let (_, out) = h.run(&packet(PROTO_TCP, (CLIENT, port), (VIP, VPORT), TCP_ACK, b"still here"));
+            assert_eq!(parse(&out).dst, *backend, "the idle connection from port {port} moved");
+        }
+        // Once their closing time is up, collection leaves only the idle connections.
+        std::thread::sleep(Duration::from_millis(1100));
+        conntrack_gc::collect(&h.pins.path).unwrap();
+        let left = h.hash::<Ct4Key, Ct4Entry>(pin::CT).keys().count();
+        assert_eq!(left, 2 * usize::from(IDLE), "entries left after the burst's flows closed");
     });
 }

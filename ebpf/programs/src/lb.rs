@@ -82,8 +82,27 @@ pub fn balance(ctx: &TcContext, pkt: &Packet) -> Result<Outcome, Drop> {
     match reverse(ctx, pkt)? {
         Some(Reply { nodeport: true, .. }) => Ok(Outcome::Wire),
         Some(Reply { client, .. }) => Ok(Outcome::Forward(client)),
-        None => Ok(Outcome::Forward(pkt.daddr)),
+        None => own_node_port(ctx, pkt, &cfg),
     }
+}
+
+/// A pod's packet to its own node's address within the node port range: a node port,
+/// translated here as kube-proxy's rules would, since the node's stack has no listener
+/// on it. Pods whose cgroup lies under the node's have their connections translated at
+/// `connect()` already (`sock`); this is for the others. The pod's address is routable,
+/// so the flow is translated like a ClusterIP's (no source NAT) and its replies are
+/// reverse-translated by `reverse`. Anything else goes where it was sent.
+#[inline(always)]
+fn own_node_port(ctx: &TcContext, pkt: &Packet, cfg: &Config) -> Result<Outcome, Drop> {
+    if let Some(np) = nodeport_settings() {
+        let dport = u16::from_be(pkt.dport);
+        if pkt.daddr == np.node_addr && (np.port_first..=np.port_last).contains(&dport) {
+            if let Some(outcome) = translate(ctx, pkt, cfg, None)? {
+                return Ok(outcome);
+            }
+        }
+    }
+    Ok(Outcome::Forward(pkt.daddr))
 }
 
 /// Load balancing for a packet the node received from the wire: one to a NodePort
