@@ -96,10 +96,11 @@ pub fn balance(ctx: &TcContext, pkt: &Packet) -> Result<Outcome, Drop> {
 fn own_node_port(ctx: &TcContext, pkt: &Packet, cfg: &Config) -> Result<Outcome, Drop> {
     if let Some(np) = nodeport_settings() {
         let dport = u16::from_be(pkt.dport);
-        if pkt.daddr == np.node_addr && (np.port_first..=np.port_last).contains(&dport) {
-            if let Some(outcome) = translate(ctx, pkt, cfg, None)? {
-                return Ok(outcome);
-            }
+        if pkt.daddr == np.node_addr
+            && (np.port_first..=np.port_last).contains(&dport)
+            && let Some(outcome) = translate(ctx, pkt, cfg, None)?
+        {
+            return Ok(outcome);
         }
     }
     Ok(Outcome::Forward(pkt.daddr))
