@@ -27,6 +27,8 @@ mod impersonation;
 pub mod local;
 mod managed;
 pub mod meta;
+mod metrics_api;
+pub mod metrics_scraper;
 mod node_proxy;
 mod object;
 mod openapi;
