@@ -227,7 +227,7 @@ pub fn behavior(hpa: &HorizontalPodAutoscaler, down_window: Duration) -> (Rules,
 /// What the controller remembers of one HPA between syncs (as upstream, in memory).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct History {
-    /// (time in seconds, proposed replicas) of recent syncs.
+    /// (time in milliseconds, proposed replicas) of recent syncs.
     pub recommendations: Vec<(i64, i32)>,
     /// (time, pods added) and (time, pods removed) of recent rescales.
     pub ups: Vec<(i64, i32)>,
@@ -245,6 +245,7 @@ impl History {
     }
 
     fn prune(&mut self, now: i64, keep: i64) {
+        let keep = keep * 1000;
         self.recommendations.retain(|(t, _)| now - t <= keep);
         self.ups.retain(|(t, _)| now - t <= keep);
         self.downs.retain(|(t, _)| now - t <= keep);
@@ -265,7 +266,7 @@ pub struct Normalized {
 }
 
 fn changed_in(events: &[(i64, i32)], period: i64, now: i64) -> i32 {
-    events.iter().filter(|(t, _)| now - t < period).map(|(_, n)| n).sum()
+    events.iter().filter(|(t, _)| now - t < period * 1000).map(|(_, n)| n).sum()
 }
 
 fn limit(current: i32, up: bool, rules: &Rules, h: &History, now: i64) -> i32 {
@@ -292,7 +293,7 @@ fn limit(current: i32, up: bool, rules: &Rules, h: &History, now: i64) -> i32 {
 
 /// Upstream's normalization with behaviors: stabilize `proposal` against the recent
 /// recommendations, then hold it to the rate policies and to `min`/`max`. Records the
-/// proposal in `history`.
+/// proposal in `history`. Times are in milliseconds, windows and periods in seconds.
 pub fn normalize(
     current: i32,
     proposal: i32,
@@ -309,10 +310,10 @@ pub fn normalize(
     history.prune(now, keep);
     let (mut up_rec, mut down_rec) = (proposal, proposal);
     for &(t, r) in &history.recommendations {
-        if now - t < up.window {
+        if now - t < up.window * 1000 {
             up_rec = up_rec.min(r);
         }
-        if now - t < down.window {
+        if now - t < down.window * 1000 {
             down_rec = down_rec.max(r);
         }
     }
@@ -641,7 +642,7 @@ async fn reconcile(
     let selector = scale.pointer("/status/selector").and_then(Value::as_str).unwrap_or("").to_string();
     let min = spec.min_replicas.unwrap_or(1);
     let max = spec.max_replicas;
-    let now = jiff::Timestamp::now().as_second();
+    let now = jiff::Timestamp::now().as_millisecond();
     let mut rescale_reason = String::new();
     let desired = if current == 0 && min != 0 {
         set_condition(&mut conds, &old_conds, "ScalingActive", false, "ScalingDisabled",
@@ -818,7 +819,8 @@ mod tests {
         let mut unready = pod("c", Some(5000), 1000);
         unready.unready = true;
         let pods = [pod("a", Some(1000), 1000), pod("b", Some(1000), 1000), unready];
-        // Ready pods alone: 200% of 50% → 8; with the unready one at 0: 133% → ceil(3 × 1.33) = 4... ×(200/3)/50
+        // The ready pods alone are at 100% (ratio 2); with the unready one at 0 the
+        // three are at 66.7% (ratio 1.33): ceil(3 × 1.33) = 4 rather than 6.
         assert_eq!(replicas(3, Target::Utilization(50), &pods).unwrap().replicas, 4);
         // Ignored pods do not count at all.
         let mut gone = pod("d", Some(0), 1000);
@@ -837,27 +839,27 @@ mod tests {
         let down = rules(300, vec![Policy { percent: true, value: 100, period: 15 }]);
         let mut h = History::default();
         // Up from 1 to 10 wanted: at most max(1+4, 2) = 5 in one step.
-        let n = normalize(1, 10, (1, 8), (&up, &down), &mut h, 1000);
+        let n = normalize(1, 10, (1, 8), (&up, &down), &mut h, 1_000_000);
         assert_eq!(n.replicas, 5);
         assert_eq!(n.limited, (true, ("ScaleUpLimit", "the desired replica count is increasing faster than the maximum scale rate")));
-        h.scaled(1, 5, 1000);
+        h.scaled(1, 5, 1_000_000);
         // 5 s later: the 4 added count against the period, 100% of the start (1) is 2, +4 is 5: stay.
-        assert_eq!(normalize(5, 10, (1, 8), (&up, &down), &mut h, 1005).replicas, 5);
+        assert_eq!(normalize(5, 10, (1, 8), (&up, &down), &mut h, 1_005_000).replicas, 5);
         // After the period: up to max.
-        let n = normalize(5, 10, (1, 8), (&up, &down), &mut h, 1030);
+        let n = normalize(5, 10, (1, 8), (&up, &down), &mut h, 1_030_000);
         assert_eq!((n.replicas, n.limited.1.0), (8, "TooManyReplicas"));
-        h.scaled(5, 8, 1030);
+        h.scaled(5, 8, 1_030_000);
         // Wanting 2 now: the recommendations of the last 300 s (10) hold it at 8.
-        let n = normalize(8, 2, (1, 8), (&up, &down), &mut h, 1100);
+        let n = normalize(8, 2, (1, 8), (&up, &down), &mut h, 1_100_000);
         assert_eq!((n.replicas, n.stabilized.0), (8, "ScaleDownStabilized"));
         // Once the window has passed, it goes down, not below min.
-        let n = normalize(8, 0, (2, 8), (&up, &down), &mut h, 1500);
+        let n = normalize(8, 0, (2, 8), (&up, &down), &mut h, 1_500_000);
         assert_eq!((n.replicas, n.limited), (2, (true, ("TooFewReplicas", "the desired replica count is less than the minimum replica count"))));
         // A zero window follows at once.
         let mut h = History::default();
         let quick = rules(0, vec![Policy { percent: true, value: 100, period: 15 }]);
         normalize(4, 4, (1, 8), (&up, &quick), &mut h, 0);
-        assert_eq!(normalize(4, 1, (1, 8), (&up, &quick), &mut h, 1).replicas, 1);
+        assert_eq!(normalize(4, 1, (1, 8), (&up, &quick), &mut h, 1000).replicas, 1);
         // Disabled scale-down never goes down.
         let off = Rules { window: 0, select: Select::Disabled, policies: vec![] };
         assert_eq!(normalize(4, 1, (1, 8), (&up, &off), &mut History::default(), 0).replicas, 4);
