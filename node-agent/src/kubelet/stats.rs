@@ -65,7 +65,11 @@ impl CriStats {
             }
         };
         let mut node = NodeStats { node: None, pods: pods_of(&running, &stats, &sandboxes) };
-        node.node = node_usage(&self.cgroup_root, &read_file).or_else(|| sum(node.pods.iter().filter_map(|p| p.usage)));
+        // No cgroup yet means no pod has run here: the node's pods use nothing.
+        let idle = Usage { timestamp_ms: now_ms(), cpu_seconds: 0.0, memory_working_set_bytes: 0 };
+        node.node = node_usage(&self.cgroup_root, &read_file)
+            .or_else(|| sum(node.pods.iter().filter_map(|p| p.usage)))
+            .or(Some(idle));
         Ok(node)
     }
 }
