@@ -113,7 +113,9 @@ async fn main() -> anyhow::Result<()> {
         pod_eviction_timeout: std::time::Duration::from_secs(a.pod_eviction_timeout),
         metric_resolution: std::time::Duration::from_secs(a.metric_resolution.max(1)),
         hpa_sync_period: std::time::Duration::from_secs(a.horizontal_pod_autoscaler_sync_period.max(1)),
-        hpa_downscale_stabilization: std::time::Duration::from_secs(a.horizontal_pod_autoscaler_downscale_stabilization),
+        hpa_downscale_stabilization: std::time::Duration::from_secs(
+            a.horizontal_pod_autoscaler_downscale_stabilization,
+        ),
         etcd,
         audit_log_path: a.audit_log_path,
         audit_policy_file: a.audit_policy_file,

@@ -74,12 +74,7 @@ fn rescale_events(s: &Server) -> Vec<String> {
 #[test]
 fn metrics_api_and_hpa_scale_on_cpu() {
     let started = Instant::now();
-    let s = Server::start_with(&[
-        "--metric-resolution",
-        "1",
-        "--horizontal-pod-autoscaler-sync-period",
-        "1",
-    ]);
+    let s = Server::start_with(&["--metric-resolution", "1", "--horizontal-pod-autoscaler-sync-period", "1"]);
     let _kubelet = FakeKubelet::start(&s.kubeconfig(), Duration::ZERO);
     s.wait_for(30, "the fake nodes", || s.ok(&["get", "nodes", "-o", "name"]).lines().count() == 2);
     let metrics = ResourceMetrics::start(&s.kubeconfig(), 500);
@@ -95,7 +90,10 @@ fn metrics_api_and_hpa_scale_on_cpu() {
         String::from_utf8_lossy(&out.stdout).contains("500m")
     });
     let top = s.ok(&["top", "pods", "--containers"]);
-    assert!(top.contains("burner") && top.contains("500m") && top.contains("32Mi"), "kubectl top pods --containers:\n{top}");
+    assert!(
+        top.contains("burner") && top.contains("500m") && top.contains("32Mi"),
+        "kubectl top pods --containers:\n{top}"
+    );
     s.wait_for(30, "kubectl top nodes to list both nodes", || {
         let out = s.run(&["top", "nodes", "--no-headers"]);
         let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -103,7 +101,8 @@ fn metrics_api_and_hpa_scale_on_cpu() {
     });
     let top_nodes = s.ok(&["top", "nodes"]);
     assert!(top_nodes.contains("500m"), "the node running the pod shows its 500m:\n{top_nodes}");
-    let node: Value = serde_json::from_str(&s.ok(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1/nodes/node-a"])).unwrap();
+    let node: Value =
+        serde_json::from_str(&s.ok(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1/nodes/node-a"])).unwrap();
     assert_eq!(node["kind"], "NodeMetrics");
     assert!(node["window"].as_str().is_some_and(|w| w.ends_with('s')), "{node}");
     let missing = s.fails(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/nope"]);
@@ -128,7 +127,9 @@ fn metrics_api_and_hpa_scale_on_cpu() {
     assert!(table.contains("cpu: 500%/50%"), "kubectl get hpa:\n{table}");
     let events = rescale_events(&s);
     assert!(
-        events.iter().any(|m| m == "New size: 4; reason: cpu resource utilization (percentage of request) above target"),
+        events
+            .iter()
+            .any(|m| m == "New size: 4; reason: cpu resource utilization (percentage of request) above target"),
         "{events:?}"
     );
 

@@ -120,7 +120,8 @@ fn pods_of(
     for s in stats {
         let Some(attrs) = &s.attributes else { continue };
         let Some(container) = running.get(attrs.id.as_str()) else { continue };
-        let (Some(pod), Some(ns)) = (container.labels.get(labels::POD_NAME), container.labels.get(labels::POD_NAMESPACE))
+        let (Some(pod), Some(ns)) =
+            (container.labels.get(labels::POD_NAME), container.labels.get(labels::POD_NAMESPACE))
         else {
             continue;
         };
@@ -128,7 +129,12 @@ fn pods_of(
         let name = container.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
         let start = (container.created_at > 0).then(|| container.created_at as f64 / 1e9);
         pods.entry((ns.clone(), pod.clone()))
-            .or_insert_with(|| PodStats { namespace: ns.clone(), name: pod.clone(), usage: None, containers: Vec::new() })
+            .or_insert_with(|| PodStats {
+                namespace: ns.clone(),
+                name: pod.clone(),
+                usage: None,
+                containers: Vec::new(),
+            })
             .containers
             .push(ContainerStats { name, start_time_seconds: start, usage });
     }

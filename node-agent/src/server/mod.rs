@@ -268,8 +268,13 @@ impl Server {
         runtime: Arc<dyn StreamingRuntime>,
         shutdown: impl Future<Output = ()>,
     ) {
-        let shared =
-            Arc::new(Shared { settings: self.settings, locator, runtime, metrics: Metrics::default(), stats: self.stats });
+        let shared = Arc::new(Shared {
+            settings: self.settings,
+            locator,
+            runtime,
+            metrics: Metrics::default(),
+            stats: self.stats,
+        });
         tracing::info!(addr = ?self.listener.local_addr().ok(), "kubelet server listening");
         tokio::pin!(shutdown);
         loop {

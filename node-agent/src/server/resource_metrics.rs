@@ -121,26 +121,46 @@ pub fn render(s: &NodeStats, scrape_error: bool) -> String {
         "Cumulative cpu time consumed by the container in core-seconds",
     );
     for (l, c) in containers() {
-        let _ = writeln!(out, "container_cpu_usage_seconds_total{{{l}}} {} {}", c.usage.cpu_seconds, c.usage.timestamp_ms);
+        let _ =
+            writeln!(out, "container_cpu_usage_seconds_total{{{l}}} {} {}", c.usage.cpu_seconds, c.usage.timestamp_ms);
     }
     header(&mut out, "container_memory_working_set_bytes", "gauge", "Current working set of the container in bytes");
     for (l, c) in containers() {
         let u = c.usage;
-        let _ = writeln!(out, "container_memory_working_set_bytes{{{l}}} {} {}", u.memory_working_set_bytes, u.timestamp_ms);
+        let _ = writeln!(
+            out,
+            "container_memory_working_set_bytes{{{l}}} {} {}",
+            u.memory_working_set_bytes, u.timestamp_ms
+        );
     }
-    header(&mut out, "container_start_time_seconds", "gauge", "Start time of the container since unix epoch in seconds");
+    header(
+        &mut out,
+        "container_start_time_seconds",
+        "gauge",
+        "Start time of the container since unix epoch in seconds",
+    );
     for (l, c) in containers() {
         if let Some(start) = c.start_time_seconds {
             let _ = writeln!(out, "container_start_time_seconds{{{l}}} {start} {}", c.usage.timestamp_ms);
         }
     }
     if let Some(n) = s.node {
-        header(&mut out, "node_cpu_usage_seconds_total", "counter", "Cumulative cpu time consumed by the node in core-seconds");
+        header(
+            &mut out,
+            "node_cpu_usage_seconds_total",
+            "counter",
+            "Cumulative cpu time consumed by the node in core-seconds",
+        );
         let _ = writeln!(out, "node_cpu_usage_seconds_total {} {}", n.cpu_seconds, n.timestamp_ms);
         header(&mut out, "node_memory_working_set_bytes", "gauge", "Current working set of the node in bytes");
         let _ = writeln!(out, "node_memory_working_set_bytes {} {}", n.memory_working_set_bytes, n.timestamp_ms);
     }
-    header(&mut out, "pod_cpu_usage_seconds_total", "counter", "Cumulative cpu time consumed by the pod in core-seconds");
+    header(
+        &mut out,
+        "pod_cpu_usage_seconds_total",
+        "counter",
+        "Cumulative cpu time consumed by the pod in core-seconds",
+    );
     for (l, u) in pods() {
         let _ = writeln!(out, "pod_cpu_usage_seconds_total{{{l}}} {} {}", u.cpu_seconds, u.timestamp_ms);
     }

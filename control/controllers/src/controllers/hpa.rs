@@ -155,7 +155,9 @@ pub fn replicas(current: i32, target: Target, pods: &[PodSample]) -> Result<Prop
         }
     }
     let (new_ratio, ..) = ratio(&metrics, target);
-    if (1.0 - new_ratio).abs() <= TOLERANCE || (usage_ratio < 1.0 && new_ratio > 1.0) || (usage_ratio > 1.0 && new_ratio < 1.0)
+    if (1.0 - new_ratio).abs() <= TOLERANCE
+        || (usage_ratio < 1.0 && new_ratio > 1.0)
+        || (usage_ratio > 1.0 && new_ratio < 1.0)
     {
         return Ok(proposal(current));
     }
@@ -196,7 +198,10 @@ pub fn behavior(hpa: &HorizontalPodAutoscaler, down_window: Duration) -> (Rules,
     let up_default = Rules {
         window: 0,
         select: Select::Max,
-        policies: vec![Policy { percent: false, value: 4, period: 15 }, Policy { percent: true, value: 100, period: 15 }],
+        policies: vec![
+            Policy { percent: false, value: 4, period: 15 },
+            Policy { percent: true, value: 100, period: 15 },
+        ],
     };
     let down_default = Rules {
         window: i64::try_from(down_window.as_secs()).unwrap_or(i64::MAX),
@@ -215,7 +220,11 @@ pub fn behavior(hpa: &HorizontalPodAutoscaler, down_window: Duration) -> (Rules,
             policies: match &r.policies {
                 Some(ps) if !ps.is_empty() => ps
                     .iter()
-                    .map(|p| Policy { percent: p.type_ == "Percent", value: p.value, period: i64::from(p.period_seconds) })
+                    .map(|p| Policy {
+                        percent: p.type_ == "Percent",
+                        value: p.value,
+                        period: i64::from(p.period_seconds),
+                    })
                     .collect(),
                 _ => default.policies,
             },
@@ -332,7 +341,8 @@ pub fn normalize(
     };
     let within = (false, ("DesiredWithinRange", "the desired count is within the acceptable range"));
     let (replicas, limited) = if stabilized_to > current {
-        let rate = if up.select == Select::Disabled { current } else { limit(current, true, up, history, now).max(current) };
+        let rate =
+            if up.select == Select::Disabled { current } else { limit(current, true, up, history, now).max(current) };
         let (allowed, why) = if max > rate {
             (rate, ("ScaleUpLimit", "the desired replica count is increasing faster than the maximum scale rate"))
         } else {
@@ -340,8 +350,11 @@ pub fn normalize(
         };
         if stabilized_to > allowed { (allowed, (true, why)) } else { (stabilized_to, within) }
     } else if stabilized_to < current {
-        let rate =
-            if down.select == Select::Disabled { current } else { limit(current, false, down, history, now).min(current) };
+        let rate = if down.select == Select::Disabled {
+            current
+        } else {
+            limit(current, false, down, history, now).min(current)
+        };
         let (allowed, why) = if min < rate {
             (rate, ("ScaleDownLimit", "the desired replica count is decreasing faster than the maximum scale rate"))
         } else {
@@ -370,7 +383,8 @@ fn scale_path(api_version: &str, kind: &str, ns: &str, name: &str) -> Option<Str
 
 /// Runs the controller until aborted.
 pub async fn run(ctx: Arc<Context>) {
-    let (hpas, reflect) = reflector::reflector::<HorizontalPodAutoscaler>(ctx.client.clone(), None, ListParams::default());
+    let (hpas, reflect) =
+        reflector::reflector::<HorizontalPodAutoscaler>(ctx.client.clone(), None, ListParams::default());
     let queue: WorkQueue<ObjectKey> = WorkQueue::new();
     let histories: Arc<Mutex<HashMap<ObjectKey, History>>> = Arc::default();
     let period = ctx.config.hpa_sync_period;
@@ -536,14 +550,18 @@ async fn measure(
         ),
         (t, ..) => return Err(fail(format!("invalid target type {t} for resource {resource}"))),
     };
-    let metrics = pod_metrics(client, ns, selector, resource).await.map_err(|e| fail(format!("failed to get {resource} utilization: {e}")))?;
+    let metrics = pod_metrics(client, ns, selector, resource)
+        .await
+        .map_err(|e| fail(format!("failed to get {resource} utilization: {e}")))?;
     let mut samples = Vec::new();
     for pod in pods {
         let name = pod.metadata.name.clone().unwrap_or_default();
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
         let sample = metrics.get(&name).copied();
         let request = match target {
-            Target::Utilization(_) => requests(pod, resource).map_err(|e| fail(format!("failed to get {resource} utilization: {e}")))?,
+            Target::Utilization(_) => {
+                requests(pod, resource).map_err(|e| fail(format!("failed to get {resource} utilization: {e}")))?
+            }
             Target::AverageValue(_) => 0,
         };
         samples.push(PodSample {
@@ -554,7 +572,8 @@ async fn measure(
             name,
         });
     }
-    let proposal = replicas(current, target, &samples).map_err(|e| fail(format!("failed to get {resource} utilization: {e}")))?;
+    let proposal =
+        replicas(current, target, &samples).map_err(|e| fail(format!("failed to get {resource} utilization: {e}")))?;
     let label = match target {
         Target::Utilization(_) => format!("{resource} resource utilization (percentage of request)"),
         Target::AverageValue(_) => format!("{resource} resource"),
@@ -625,13 +644,17 @@ async fn reconcile(
     let path = scale_path(target.api_version.as_deref().unwrap_or(""), &target.kind, ns, &target.name);
     let scale = match &path {
         Some(p) => get_json(&ctx.client, p).await,
-        None => Err(format!("no matches for kind \"{}\" in group \"{}\"", target.kind, target.api_version.as_deref().unwrap_or(""))),
+        None => Err(format!(
+            "no matches for kind \"{}\" in group \"{}\"",
+            target.kind,
+            target.api_version.as_deref().unwrap_or("")
+        )),
     };
     let scale = match scale {
         Ok(s) => s,
         Err(e) => {
             let msg = format!("the HPA controller was unable to get the target's current scale: {e}");
-            ctx.events.record(hpa.as_ref(), EventType::Warning, "FailedGetScale", &e).await;
+            warn_once(ctx, &hpa, &old_conds, "AbleToScale", "FailedGetScale", &e).await;
             set_condition(&mut conds, &old_conds, "AbleToScale", false, "FailedGetScale", msg);
             status.conditions = Some(conds);
             return write_status(ctx, &hpa, status, key).await;
@@ -645,8 +668,14 @@ async fn reconcile(
     let now = jiff::Timestamp::now().as_millisecond();
     let mut rescale_reason = String::new();
     let desired = if current == 0 && min != 0 {
-        set_condition(&mut conds, &old_conds, "ScalingActive", false, "ScalingDisabled",
-            "scaling is disabled since the replica count of the target is zero".into());
+        set_condition(
+            &mut conds,
+            &old_conds,
+            "ScalingActive",
+            false,
+            "ScalingDisabled",
+            "scaling is disabled since the replica count of the target is zero".into(),
+        );
         status.current_metrics = None;
         0
     } else if current > max {
@@ -668,6 +697,7 @@ async fn reconcile(
         let mut proposal: Option<(i32, String)> = None;
         let mut statuses = Vec::new();
         let mut failure: Option<(&'static str, String)> = None;
+        let mut invalid = 0;
         for m in spec.metrics.iter().flatten() {
             match measure(&ctx.client, ns, &selector, &pods, current, m).await {
                 Ok(r) => {
@@ -677,23 +707,29 @@ async fn reconcile(
                     statuses.push(r.status);
                 }
                 Err(e) => {
-                    statuses.push(MetricStatus { type_: m.type_.clone(), ..Default::default() });
+                    // An empty entry keeps the others at their metric's index, as upstream.
+                    statuses.push(MetricStatus::default());
+                    invalid += 1;
                     failure.get_or_insert(e);
                 }
             }
         }
         status.current_metrics = (!statuses.is_empty()).then_some(statuses);
-        if let Some((reason, msg)) = &failure {
-            ctx.events.record(hpa.as_ref(), EventType::Warning, reason, msg).await;
-        }
         match proposal {
             None => {
                 let (reason, msg) = failure.unwrap_or(("FailedGetResourceMetric", "no metrics to scale on".into()));
-                ctx.events
-                    .record(hpa.as_ref(), EventType::Warning, "FailedComputeMetricsReplicas", &format!("invalid metrics ({} invalid out of {}), first error is: {msg}", spec.metrics.as_ref().map_or(0, Vec::len), spec.metrics.as_ref().map_or(0, Vec::len)))
-                    .await;
-                set_condition(&mut conds, &old_conds, "ScalingActive", false, reason,
-                    format!("the HPA was unable to compute the replica count: {msg}"));
+                let total = spec.metrics.as_ref().map_or(0, Vec::len);
+                let summary = format!("invalid metrics ({invalid} invalid out of {total}), first error is: {msg}");
+                warn_once(ctx, &hpa, &old_conds, "ScalingActive", reason, &msg).await;
+                warn_once(ctx, &hpa, &old_conds, "ScalingActive", "FailedComputeMetricsReplicas", &summary).await;
+                set_condition(
+                    &mut conds,
+                    &old_conds,
+                    "ScalingActive",
+                    false,
+                    reason,
+                    format!("the HPA was unable to compute the replica count: {msg}"),
+                );
                 status.desired_replicas = current;
                 status.conditions = Some(conds);
                 return write_status(ctx, &hpa, status, key).await;
@@ -703,15 +739,28 @@ async fn reconcile(
                 if failure.is_some() && replicas < current {
                     replicas = current;
                 }
-                set_condition(&mut conds, &old_conds, "ScalingActive", true, "ValidMetricFound",
-                    format!("the HPA was able to successfully calculate a replica count from {label}"));
+                set_condition(
+                    &mut conds,
+                    &old_conds,
+                    "ScalingActive",
+                    true,
+                    "ValidMetricFound",
+                    format!("the HPA was able to successfully calculate a replica count from {label}"),
+                );
                 let (up, down) = behavior(&hpa, ctx.config.hpa_downscale_stabilization);
                 let n = {
                     let mut h = histories.lock().unwrap();
                     normalize(current, replicas, (min, max), (&up, &down), h.entry(key.clone()).or_default(), now)
                 };
                 set_condition(&mut conds, &old_conds, "AbleToScale", true, n.stabilized.0, n.stabilized.1.into());
-                set_condition(&mut conds, &old_conds, "ScalingLimited", n.limited.0, n.limited.1.0, n.limited.1.1.into());
+                set_condition(
+                    &mut conds,
+                    &old_conds,
+                    "ScalingLimited",
+                    n.limited.0,
+                    n.limited.1.0,
+                    n.limited.1.1.into(),
+                );
                 if n.replicas > current {
                     rescale_reason = format!("{label} above target");
                 } else if n.replicas < current {
@@ -739,15 +788,27 @@ async fn reconcile(
                 let msg = format!("New size: {desired}; reason: {rescale_reason}");
                 tracing::info!(hpa = %key, from = current, to = desired, reason = %rescale_reason, "rescaled");
                 ctx.events.record(hpa.as_ref(), EventType::Normal, "SuccessfulRescale", &msg).await;
-                set_condition(&mut conds, &old_conds, "AbleToScale", true, "SucceededRescale",
-                    format!("the HPA controller was able to update the target scale to {desired}"));
+                set_condition(
+                    &mut conds,
+                    &old_conds,
+                    "AbleToScale",
+                    true,
+                    "SucceededRescale",
+                    format!("the HPA controller was able to update the target scale to {desired}"),
+                );
                 status.last_scale_time = Some(Time(jiff::Timestamp::now()));
             }
             Err(e) => {
                 let msg = format!("New size: {desired}; reason: {rescale_reason}; error: {e}");
                 ctx.events.record(hpa.as_ref(), EventType::Warning, "FailedRescale", &msg).await;
-                set_condition(&mut conds, &old_conds, "AbleToScale", false, "FailedUpdateScale",
-                    format!("the HPA controller was unable to update the target scale: {e}"));
+                set_condition(
+                    &mut conds,
+                    &old_conds,
+                    "AbleToScale",
+                    false,
+                    "FailedUpdateScale",
+                    format!("the HPA controller was unable to update the target scale: {e}"),
+                );
                 status.desired_replicas = current;
             }
         }
@@ -759,6 +820,25 @@ async fn reconcile(
     });
     status.conditions = Some(conds);
     write_status(ctx, &hpa, status, key).await
+}
+
+/// Records a Warning event unless condition `ty` already says this failure (`reason`):
+/// a failure that lasts is told once, not at every sync.
+async fn warn_once(
+    ctx: &Context,
+    hpa: &HorizontalPodAutoscaler,
+    old: &[HorizontalPodAutoscalerCondition],
+    ty: &str,
+    reason: &str,
+    message: &str,
+) {
+    // The summary event goes with whichever failure the condition already tells.
+    let summary = reason == "FailedComputeMetricsReplicas";
+    let known =
+        old.iter().any(|c| c.type_ == ty && c.status == "False" && (summary || c.reason.as_deref() == Some(reason)));
+    if !known {
+        ctx.events.record(hpa, EventType::Warning, reason, message).await;
+    }
 }
 
 async fn get_json(client: &Client, path: &str) -> Result<Value, String> {
@@ -835,13 +915,19 @@ mod tests {
 
     #[test]
     fn scale_down_is_stabilized_and_bounds_hold() {
-        let up = rules(0, vec![Policy { percent: false, value: 4, period: 15 }, Policy { percent: true, value: 100, period: 15 }]);
+        let up = rules(
+            0,
+            vec![Policy { percent: false, value: 4, period: 15 }, Policy { percent: true, value: 100, period: 15 }],
+        );
         let down = rules(300, vec![Policy { percent: true, value: 100, period: 15 }]);
         let mut h = History::default();
         // Up from 1 to 10 wanted: at most max(1+4, 2) = 5 in one step.
         let n = normalize(1, 10, (1, 8), (&up, &down), &mut h, 1_000_000);
         assert_eq!(n.replicas, 5);
-        assert_eq!(n.limited, (true, ("ScaleUpLimit", "the desired replica count is increasing faster than the maximum scale rate")));
+        assert_eq!(
+            n.limited,
+            (true, ("ScaleUpLimit", "the desired replica count is increasing faster than the maximum scale rate"))
+        );
         h.scaled(1, 5, 1_000_000);
         // 5 s later: the 4 added count against the period, 100% of the start (1) is 2, +4 is 5: stay.
         assert_eq!(normalize(5, 10, (1, 8), (&up, &down), &mut h, 1_005_000).replicas, 5);
@@ -854,7 +940,10 @@ mod tests {
         assert_eq!((n.replicas, n.stabilized.0), (8, "ScaleDownStabilized"));
         // Once the window has passed, it goes down, not below min.
         let n = normalize(8, 0, (2, 8), (&up, &down), &mut h, 1_500_000);
-        assert_eq!((n.replicas, n.limited), (2, (true, ("TooFewReplicas", "the desired replica count is less than the minimum replica count"))));
+        assert_eq!(
+            (n.replicas, n.limited),
+            (2, (true, ("TooFewReplicas", "the desired replica count is less than the minimum replica count")))
+        );
         // A zero window follows at once.
         let mut h = History::default();
         let quick = rules(0, vec![Policy { percent: true, value: 100, period: 15 }]);
@@ -877,12 +966,18 @@ mod tests {
         let (up, down) = behavior(&hpa, Duration::from_secs(300));
         assert_eq!(up.window, 0);
         assert_eq!(up.policies.len(), 2);
-        assert_eq!(down, Rules { window: 5, select: Select::Min, policies: vec![Policy { percent: false, value: 1, period: 10 }] });
+        assert_eq!(
+            down,
+            Rules { window: 5, select: Select::Min, policies: vec![Policy { percent: false, value: 1, period: 10 }] }
+        );
         assert_eq!(go_seconds("15.004s"), 16);
         assert_eq!(go_seconds("1m0s"), 60);
         assert_eq!(milli("memory", "2Ki"), Some(2_048_000));
         assert_eq!(quantity_of("cpu", 250).0, "250m");
-        assert_eq!(scale_path("apps/v1", "StatefulSet", "d", "s").unwrap(), "/apis/apps/v1/namespaces/d/statefulsets/s/scale");
+        assert_eq!(
+            scale_path("apps/v1", "StatefulSet", "d", "s").unwrap(),
+            "/apis/apps/v1/namespaces/d/statefulsets/s/scale"
+        );
         assert_eq!(scale_path("batch/v1", "Job", "d", "j"), None);
     }
 }

@@ -6,8 +6,8 @@
 
 use serde_json::{Value, json};
 
-use super::{crd, metrics_api};
 use super::resources::{ResourceDef, all, groups};
+use super::{crd, metrics_api};
 
 pub fn version() -> Value {
     json!({

@@ -46,8 +46,13 @@ pub(crate) fn resource_list() -> Value {
 /// What a request under `/apis/metrics.k8s.io/v1beta1/` asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Target {
-    Nodes { name: Option<String> },
-    Pods { namespace: Option<String>, name: Option<String> },
+    Nodes {
+        name: Option<String>,
+    },
+    Pods {
+        namespace: Option<String>,
+        name: Option<String>,
+    },
     /// Under the group but no resource of it: 404.
     Unknown,
 }
@@ -105,9 +110,7 @@ impl Target {
 
 /// metav1.Time: RFC 3339 in whole seconds, UTC.
 fn time(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_default()
+    jiff::Timestamp::from_millisecond(ms).map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default()
 }
 
 /// metav1.Duration as Go prints a `time.Duration` (`15.004s`, `1m0.5s`).
@@ -271,7 +274,10 @@ mod tests {
             Target::parse("/apis/metrics.k8s.io/v1beta1/namespaces/d/pods/web"),
             Some(Target::Pods { namespace: Some("d".into()), name: Some("web".into()) })
         );
-        assert_eq!(Target::parse("/apis/metrics.k8s.io/v1beta1/pods"), Some(Target::Pods { namespace: None, name: None }));
+        assert_eq!(
+            Target::parse("/apis/metrics.k8s.io/v1beta1/pods"),
+            Some(Target::Pods { namespace: None, name: None })
+        );
         assert_eq!(Target::parse("/apis/metrics.k8s.io/v1beta1/services"), Some(Target::Unknown));
         assert_eq!(Target::parse("/apis/metrics.k8s.io/v1beta1"), None);
         assert_eq!(Target::parse("/apis/apps/v1/deployments"), None);

@@ -270,7 +270,9 @@ pub(crate) fn parse(text: &str, now_ms: i64) -> Result<Scrape, ParseError> {
             "node_cpu_usage_seconds_total" => node.cpu = Some((value, ts)),
             "node_memory_working_set_bytes" => node.memory = Some(value as u64),
             "container_cpu_usage_seconds_total" => containers.entry(container()).or_default().cpu = Some((value, ts)),
-            "container_memory_working_set_bytes" => containers.entry(container()).or_default().memory = Some(value as u64),
+            "container_memory_working_set_bytes" => {
+                containers.entry(container()).or_default().memory = Some(value as u64)
+            }
             "container_start_time_seconds" => containers.entry(container()).or_default().start = Some(value),
             _ => {}
         }
@@ -318,7 +320,8 @@ pub async fn run(api: Arc<ApiServer>, resolution: Duration) {
 async fn scrape_all(api: &Arc<ApiServer>) -> Result<(), super::status::ApiError> {
     let Some(def) = resources::find("", "v1", "nodes") else { return Ok(()) };
     let Some(tls) = api.kubelet_tls.get().cloned() else { return Ok(()) };
-    let nodes: Vec<Value> = api.store.list(&def.prefix(), None, 0).await?.kvs.iter().filter_map(|kv| to_obj(kv).ok()).collect();
+    let nodes: Vec<Value> =
+        api.store.list(&def.prefix(), None, 0).await?.kvs.iter().filter_map(|kv| to_obj(kv).ok()).collect();
     let ready: Vec<(String, Value)> = nodes
         .into_iter()
         .filter(is_ready)
@@ -349,8 +352,8 @@ async fn scrape_all(api: &Arc<ApiServer>) -> Result<(), super::status::ApiError>
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 async fn scrape_node(tls: Arc<rustls::ClientConfig>, node: &Value, name: &str) -> Result<Scrape, BoxError> {
-    let (host, port) =
-        super::node_proxy::kubelet_address(node).ok_or_else(|| format!("node {name} has no address for its kubelet"))?;
+    let (host, port) = super::node_proxy::kubelet_address(node)
+        .ok_or_else(|| format!("node {name} has no address for its kubelet"))?;
     let req = Request::builder()
         .method(Method::GET)
         .uri("/metrics/resource")

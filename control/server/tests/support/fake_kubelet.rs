@@ -240,7 +240,8 @@ impl ResourceMetrics {
     /// (`InternalIP` 127.0.0.1 and `daemonEndpoints.kubeletEndpoint.Port`); call after
     /// the nodes are registered.
     pub fn start(kubeconfig: &Path, pod_millicores: u32) -> Self {
-        let client = Client::from_kubeconfig(kubeconfig, "controller-test/fake-kubelet-server").expect("admin kubeconfig");
+        let client =
+            Client::from_kubeconfig(kubeconfig, "controller-test/fake-kubelet-server").expect("admin kubeconfig");
         let millicores = Arc::new(AtomicU32::new(pod_millicores));
         let stop = Arc::new(AtomicBool::new(false));
         let (mc, st) = (millicores.clone(), stop.clone());
@@ -336,7 +337,9 @@ async fn serve_metrics(listener: tokio::net::TcpListener, state: (Client, &'stat
 }
 
 /// The node's `/metrics/resource` text now.
-async fn metrics_text((client, node, millicores, counters): &(Client, &'static str, Arc<AtomicU32>, Counters)) -> String {
+async fn metrics_text(
+    (client, node, millicores, counters): &(Client, &'static str, Arc<AtomicU32>, Counters),
+) -> String {
     let now_ms = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()) as i64;
     let rate = f64::from(millicores.load(Ordering::SeqCst)) / 1000.0;
     let pods = client.list_all::<Pod>(None, &ListParams::default()).await.map(|(p, _)| p).unwrap_or_default();
@@ -349,7 +352,8 @@ async fn metrics_text((client, node, millicores, counters): &(Client, &'static s
         if !on_node || status.phase.as_deref() != Some("Running") || p.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        let (ns, name) = (p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default());
+        let (ns, name) =
+            (p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default());
         let start_ms = status.start_time.as_ref().map_or(now_ms, |t| t.0.as_millisecond());
         for c in p.spec.iter().flat_map(|s| s.containers.iter()) {
             let key = format!("{ns}/{name}/{}", c.name);
@@ -369,7 +373,9 @@ async fn metrics_text((client, node, millicores, counters): &(Client, &'static s
     let node_cpu = node_cpu + rate * f64::from(running) * ((now_ms - last).max(0) as f64 / 1000.0);
     counters.insert(node.to_string(), (now_ms, node_cpu));
     let node_mem = u64::from(running) * POD_MEMORY;
-    text.push_str(&format!("node_cpu_usage_seconds_total {node_cpu} {now_ms}\nnode_memory_working_set_bytes {node_mem} {now_ms}\n"));
+    text.push_str(&format!(
+        "node_cpu_usage_seconds_total {node_cpu} {now_ms}\nnode_memory_working_set_bytes {node_mem} {now_ms}\n"
+    ));
     text.push_str("resource_scrape_error 0\n");
     text
 }
