@@ -85,7 +85,7 @@ fn read_file(p: &Path) -> Option<String> {
 }
 
 fn now_ms() -> i64 {
-    i64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(i64::MAX)
+    jiff::Timestamp::now().as_millisecond()
 }
 
 /// A CRI sample as a [`Usage`]: the CPU reading's time (nanoseconds) in milliseconds.

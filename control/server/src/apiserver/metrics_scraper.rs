@@ -189,8 +189,16 @@ pub(crate) enum ParseError {
     Line { line: usize, why: &'static str },
 }
 
-/// One sample line: the metric's name, its labels and value, and its timestamp (ms).
-fn parse_line(l: &str) -> Result<(&str, BTreeMap<String, String>, f64, Option<i64>), &'static str> {
+/// One sample line of the text format.
+struct Line<'a> {
+    name: &'a str,
+    labels: BTreeMap<String, String>,
+    value: f64,
+    /// Milliseconds since the epoch, when the line has one.
+    timestamp: Option<i64>,
+}
+
+fn parse_line(l: &str) -> Result<Line<'_>, &'static str> {
     let name_end = l.find(['{', ' ']).ok_or("no value")?;
     let name = &l[..name_end];
     let mut labels = BTreeMap::new();
@@ -241,7 +249,7 @@ fn parse_line(l: &str) -> Result<(&str, BTreeMap<String, String>, f64, Option<i6
         Some(t) => Some(t.parse().map_err(|_| "the timestamp is not a number")?),
         None => None,
     };
-    Ok((name, labels, value, ts))
+    Ok(Line { name, labels, value, timestamp: ts })
 }
 
 /// Reads a kubelet's `/metrics/resource` text. Samples without a timestamp are taken
@@ -260,8 +268,9 @@ pub(crate) fn parse(text: &str, now_ms: i64) -> Result<Scrape, ParseError> {
         if l.is_empty() || l.starts_with('#') {
             continue;
         }
-        let (name, labels, value, ts) = parse_line(l).map_err(|why| ParseError::Line { line: i + 1, why })?;
-        let ts = ts.unwrap_or(now_ms);
+        let Line { name, labels, value, timestamp } =
+            parse_line(l).map_err(|why| ParseError::Line { line: i + 1, why })?;
+        let ts = timestamp.unwrap_or(now_ms);
         let container = || {
             let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
             (get("namespace"), get("pod"), get("container"))
@@ -295,7 +304,7 @@ pub(crate) fn parse(text: &str, now_ms: i64) -> Result<Scrape, ParseError> {
 }
 
 fn now_ms() -> i64 {
-    i64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(i64::MAX)
+    jiff::Timestamp::now().as_millisecond()
 }
 
 /// Whether a Node's Ready condition is True.
