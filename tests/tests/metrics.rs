@@ -73,6 +73,23 @@ fn kubectl_top_and_an_hpa_on_a_cpu_burning_pod() {
     assert!(listed, "kubectl top nodes did not list every node; last:\n{last}\n{}", cluster.logs());
     eprintln!("kubectl top nodes after {:?}:\n{last}", started.elapsed());
 
+    // The kubelet's endpoint itself, through the API server's node proxy.
+    let node = cluster.kubectl_out(&["get", "pods", "-l", "app=burn", "-o", "jsonpath={.items[0].spec.nodeName}"]);
+    let raw = cluster.kubectl_out(&["get", "--raw", &format!("/api/v1/nodes/{node}/proxy/metrics/resource")]);
+    for metric in [
+        "container_cpu_usage_seconds_total{container=\"burner\",namespace=\"default\",pod=\"burn-",
+        "pod_cpu_usage_seconds_total{namespace=\"default\",pod=\"burn-",
+        "node_cpu_usage_seconds_total ",
+        "node_memory_working_set_bytes ",
+        "resource_scrape_error 0",
+    ] {
+        assert!(raw.lines().any(|l| l.starts_with(metric)), "no {metric} in /metrics/resource of {node}:\n{raw}");
+    }
+    let agent_log = cluster.nodes.iter().find(|n| n.name == node).map(|n| n.log_tail()).unwrap_or_default();
+    for line in agent_log.lines().filter(|l| l.contains("ListPodSandboxStats")) {
+        eprintln!("{node}: {line}");
+    }
+
     // The HPA scales the Deployment up: a whole core is far above 50% of 100m.
     ok(
         "kubectl autoscale",

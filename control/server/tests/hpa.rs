@@ -125,6 +125,11 @@ fn metrics_api_and_hpa_scale_on_cpu() {
     assert_eq!((current["name"].as_str(), current["current"]["averageUtilization"].as_i64()), (Some("cpu"), Some(500)));
     let table = s.ok(&["get", "hpa", "burn", "--no-headers"]);
     assert!(table.contains("cpu: 500%/50%"), "kubectl get hpa:\n{table}");
+    let described = s.ok(&["describe", "hpa", "burn"]);
+    assert!(
+        described.contains("SuccessfulRescale") && described.contains("resource cpu on pods"),
+        "kubectl describe hpa:\n{described}"
+    );
     let events = rescale_events(&s);
     assert!(
         events

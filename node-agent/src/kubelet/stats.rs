@@ -32,11 +32,18 @@ pub struct CriStats {
     /// Set once the runtime said it has no `ListPodSandboxStats`, so it is not asked
     /// again at every scrape.
     no_sandbox_stats: AtomicBool,
+    /// Set once the log has said that the runtime's pod figures are used.
+    told_sandbox_stats: AtomicBool,
 }
 
 impl CriStats {
     pub fn new(cri: CriClient, cgroup_root: &str) -> Self {
-        Self { cri, cgroup_root: cgroup_root.to_string(), no_sandbox_stats: AtomicBool::new(false) }
+        Self {
+            cri,
+            cgroup_root: cgroup_root.to_string(),
+            no_sandbox_stats: AtomicBool::new(false),
+            told_sandbox_stats: AtomicBool::new(false),
+        }
     }
 
     async fn read(&self) -> Result<NodeStats, BoxError> {
@@ -52,7 +59,12 @@ impl CriStats {
             Vec::new()
         } else {
             match self.cri.list_pod_sandbox_stats().await {
-                Ok(s) => s,
+                Ok(s) => {
+                    if !s.is_empty() && !self.told_sandbox_stats.swap(true, Ordering::Relaxed) {
+                        tracing::info!(pods = s.len(), "pod figures come from the runtime's ListPodSandboxStats");
+                    }
+                    s
+                }
                 Err(crate::cri::Error::Status { code: tonic::Code::Unimplemented, .. }) => {
                     tracing::info!("the runtime has no ListPodSandboxStats: pod figures are their containers' sums");
                     self.no_sandbox_stats.store(true, Ordering::Relaxed);

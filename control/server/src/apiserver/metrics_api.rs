@@ -127,7 +127,8 @@ fn go_duration(ms: i64) -> String {
 
 /// CPU in nanocores and memory in bytes as metrics-server writes them (`Ki` when whole).
 fn usage(cpu_nanocores: u64, memory_bytes: u64) -> Value {
-    let memory = if memory_bytes.is_multiple_of(1024) { format!("{}Ki", memory_bytes / 1024) } else { memory_bytes.to_string() };
+    let memory =
+        if memory_bytes.is_multiple_of(1024) { format!("{}Ki", memory_bytes / 1024) } else { memory_bytes.to_string() };
     json!({"cpu": format!("{cpu_nanocores}n"), "memory": memory})
 }
 
