@@ -410,7 +410,10 @@ pub async fn run(ctx: Arc<Context>) {
                             }
                         }
                         Change::Deleted(h) => {
-                            seen.remove(&ObjectKey::of(h.as_ref()));
+                            // Its sync finds it gone and forgets its history.
+                            let key = ObjectKey::of(h.as_ref());
+                            seen.remove(&key);
+                            queue.add(key);
                         }
                     },
                     else => return,
