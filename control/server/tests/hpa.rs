@@ -7,7 +7,8 @@
 //! Proves: `metrics.k8s.io` in discovery; `kubectl top nodes`, `kubectl top pods`
 //! (with `--containers` and a label selector); an autoscaling/v2 HPA on CPU
 //! utilization scales a Deployment up to its maxReplicas, then down after the
-//! scale-down stabilization window of its `behavior`, never below minReplicas; its
+//! scale-down stabilization window of its `behavior`, never below minReplicas; a
+//! `ContainerResource` HPA on memory per pod scales another; their
 //! status (currentReplicas, desiredReplicas, currentMetrics, conditions, lastScaleTime),
 //! the TARGETS column of `kubectl get hpa`, and the `SuccessfulRescale` events.
 //!
@@ -50,8 +51,38 @@ spec:
     scaleDown: {stabilizationWindowSeconds: 3}
 "#;
 
+/// A second target, scaled on one container's memory per pod (the fake pods use 32Mi).
+const MEMORY: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: mem}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: mem}}
+  template:
+    metadata: {labels: {app: mem}}
+    spec:
+      containers:
+      - name: app
+        image: localhost/skiff/echo:1
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: mem}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: mem}
+  minReplicas: 1
+  maxReplicas: 2
+  metrics:
+  - type: ContainerResource
+    containerResource: {name: memory, container: app, target: {type: AverageValue, averageValue: 16Mi}}
+"#;
+
+fn replicas_of(s: &Server, name: &str) -> i64 {
+    s.json(&["get", "deployment", name])["spec"]["replicas"].as_i64().unwrap_or(-1)
+}
+
 fn replicas(s: &Server) -> i64 {
-    s.json(&["get", "deployment", "burn"])["spec"]["replicas"].as_i64().unwrap_or(-1)
+    replicas_of(s, "burn")
 }
 
 fn condition(hpa: &Value, ty: &str) -> (String, String) {
@@ -157,5 +188,12 @@ fn metrics_api_and_hpa_scale_on_cpu() {
     assert_eq!(replicas(&s), 2, "minReplicas must hold");
     let table = s.ok(&["get", "hpa", "burn", "--no-headers"]);
     assert!(table.contains("cpu: 0%/50%"), "kubectl get hpa:\n{table}");
+
+    // One container's memory, as an average value: 32Mi per pod against 16Mi wants
+    // twice the pods, and (the fake pods' memory being fixed) ever more: maxReplicas 2.
+    s.apply("mem.yaml", MEMORY);
+    s.wait_for(60, "the memory HPA to scale mem to 2", || replicas_of(&s, "mem") == 2);
+    let table = s.ok(&["get", "hpa", "mem", "--no-headers"]);
+    assert!(table.contains("memory: 33554432/16Mi"), "kubectl get hpa:\n{table}");
     eprintln!("metrics and HPA test took {:?}", started.elapsed());
 }

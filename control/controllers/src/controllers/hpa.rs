@@ -4,7 +4,8 @@
 //! (through the API, as any client), and sets the target's replicas the way upstream's
 //! controller does:
 //!
-//! 1. `Resource` metrics, `Utilization` (usage / the pods' requests) or `AverageValue`:
+//! 1. `Resource` metrics (and `ContainerResource`: one container of each pod),
+//!    `Utilization` (usage / the pods' requests) or `AverageValue`:
 //!    `desired = ceil(ready pods × usage / target)`, unchanged within a 10% tolerance;
 //!    pods being deleted or failed are ignored; pods without metrics count, on a
 //!    scale-down, as at 100% of their request (at 0 on a scale-up); pods not Ready yet
@@ -27,8 +28,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Method;
 use k8s_openapi::api::autoscaling::v2::{
-    HPAScalingRules, HorizontalPodAutoscaler, HorizontalPodAutoscalerCondition, HorizontalPodAutoscalerStatus,
-    MetricSpec, MetricStatus, MetricValueStatus, ResourceMetricStatus,
+    ContainerResourceMetricStatus, HPAScalingRules, HorizontalPodAutoscaler, HorizontalPodAutoscalerCondition,
+    HorizontalPodAutoscalerStatus, MetricSpec, MetricStatus, MetricValueStatus, ResourceMetricStatus,
 };
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -443,6 +444,7 @@ async fn pod_metrics(
     ns: &str,
     selector: &str,
     resource: &str,
+    container: Option<&str>,
 ) -> Result<HashMap<String, PodUsage>, String> {
     let q = form_urlencoded::Serializer::new(String::new()).append_pair("labelSelector", selector).finish();
     let path = format!("/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods?{q}");
@@ -453,8 +455,14 @@ async fn pod_metrics(
     let mut out = HashMap::new();
     for item in list["items"].as_array().into_iter().flatten() {
         let Some(name) = item.pointer("/metadata/name").and_then(Value::as_str) else { continue };
+        let containers = item["containers"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let picked: Vec<&Value> = containers.iter().filter(|c| container.is_none_or(|n| c["name"] == n)).collect();
+        if picked.is_empty() {
+            // Not measured (yet): the pod counts as missing.
+            continue;
+        }
         let mut usage = 0i64;
-        for c in item["containers"].as_array().into_iter().flatten() {
+        for c in picked {
             let q = c.pointer(&format!("/usage/{resource}")).and_then(Value::as_str).unwrap_or("0");
             usage += milli(resource, q).unwrap_or(0);
         }
@@ -501,17 +509,22 @@ fn cpu_unready(pod: &Pod, sample: Option<PodUsage>) -> bool {
 
 /// The sum of the pod's containers' requests of `resource` (milli-units); an error
 /// naming the first container without one.
-fn requests(pod: &Pod, resource: &str) -> Result<i64, String> {
+fn requests(pod: &Pod, resource: &str, container: Option<&str>) -> Result<i64, String> {
     let name = pod.metadata.name.as_deref().unwrap_or_default();
     let mut sum = 0;
-    for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+    let mut found = false;
+    for c in pod.spec.iter().flat_map(|s| s.containers.iter()).filter(|c| container.is_none_or(|n| c.name == n)) {
+        found = true;
         let r = c.resources.as_ref().and_then(|r| r.requests.as_ref()).and_then(|r| r.get(resource));
         match r.and_then(|q| milli(resource, &q.0)) {
             Some(v) => sum += v,
             None => return Err(format!("missing request for {resource} in container {} of Pod {name}", c.name)),
         }
     }
-    Ok(sum)
+    match container {
+        Some(c) if !found => Err(format!("container {c} not present in Pod {name}")),
+        _ => Ok(sum),
+    }
 }
 
 /// A quantity from milli-units, as upstream writes the average (`250m`, `64Mi`-ish bytes).
@@ -541,19 +554,23 @@ async fn measure(
     current: i32,
     spec: &MetricSpec,
 ) -> Result<Measured, (&'static str, String)> {
-    let Some(source) = spec.resource.as_ref().filter(|_| spec.type_ == "Resource") else {
-        return Err(("InvalidMetricSourceType", format!("the HPA controller cannot read {} metrics", spec.type_)));
+    let (resource, container, spec_target) = match (spec.type_.as_str(), &spec.resource, &spec.container_resource) {
+        ("Resource", Some(r), _) => (r.name.as_str(), None, &r.target),
+        ("ContainerResource", _, Some(c)) => (c.name.as_str(), Some(c.container.as_str()), &c.target),
+        (ty, ..) => return Err(("InvalidMetricSourceType", format!("the HPA controller cannot read {ty} metrics"))),
     };
-    let resource = source.name.as_str();
-    let fail = |e: String| ("FailedGetResourceMetric", e);
-    let target = match (source.target.type_.as_str(), source.target.average_utilization, &source.target.average_value) {
+    let fail = |e: String| {
+        let reason = if container.is_some() { "FailedGetContainerResourceMetric" } else { "FailedGetResourceMetric" };
+        (reason, e)
+    };
+    let target = match (spec_target.type_.as_str(), spec_target.average_utilization, &spec_target.average_value) {
         ("Utilization", Some(u), _) => Target::Utilization(u),
         ("AverageValue", _, Some(v)) => Target::AverageValue(
             milli(resource, &v.0).ok_or_else(|| fail(format!("invalid averageValue {} for {resource}", v.0)))?,
         ),
         (t, ..) => return Err(fail(format!("invalid target type {t} for resource {resource}"))),
     };
-    let metrics = pod_metrics(client, ns, selector, resource)
+    let metrics = pod_metrics(client, ns, selector, resource, container)
         .await
         .map_err(|e| fail(format!("failed to get {resource} utilization: {e}")))?;
     let mut samples = Vec::new();
@@ -562,9 +579,8 @@ async fn measure(
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
         let sample = metrics.get(&name).copied();
         let request = match target {
-            Target::Utilization(_) => {
-                requests(pod, resource).map_err(|e| fail(format!("failed to get {resource} utilization: {e}")))?
-            }
+            Target::Utilization(_) => requests(pod, resource, container)
+                .map_err(|e| fail(format!("failed to get {resource} utilization: {e}")))?,
             Target::AverageValue(_) => 0,
         };
         samples.push(PodSample {
@@ -577,21 +593,31 @@ async fn measure(
     }
     let proposal =
         replicas(current, target, &samples).map_err(|e| fail(format!("failed to get {resource} utilization: {e}")))?;
+    let kind = if container.is_some() { "container resource" } else { "resource" };
     let label = match target {
-        Target::Utilization(_) => format!("{resource} resource utilization (percentage of request)"),
-        Target::AverageValue(_) => format!("{resource} resource"),
+        Target::Utilization(_) => format!("{resource} {kind} utilization (percentage of request)"),
+        Target::AverageValue(_) => format!("{resource} {kind}"),
     };
-    let status = MetricStatus {
-        type_: "Resource".into(),
-        resource: Some(ResourceMetricStatus {
-            name: resource.into(),
-            current: MetricValueStatus {
-                average_utilization: proposal.utilization,
-                average_value: Some(quantity_of(resource, proposal.average)),
-                value: None,
-            },
-        }),
-        ..Default::default()
+    let current = MetricValueStatus {
+        average_utilization: proposal.utilization,
+        average_value: Some(quantity_of(resource, proposal.average)),
+        value: None,
+    };
+    let status = match container {
+        None => MetricStatus {
+            type_: "Resource".into(),
+            resource: Some(ResourceMetricStatus { name: resource.into(), current }),
+            ..Default::default()
+        },
+        Some(c) => MetricStatus {
+            type_: "ContainerResource".into(),
+            container_resource: Some(ContainerResourceMetricStatus {
+                name: resource.into(),
+                container: c.into(),
+                current,
+            }),
+            ..Default::default()
+        },
     };
     Ok(Measured { proposal, status, label })
 }
@@ -955,6 +981,22 @@ mod tests {
         // Disabled scale-down never goes down.
         let off = Rules { window: 0, select: Select::Disabled, policies: vec![] };
         assert_eq!(normalize(4, 1, (1, 8), (&up, &off), &mut History::default(), 0).replicas, 4);
+    }
+
+    #[test]
+    fn requests_of_the_pod_or_one_container() {
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"containers": [
+            {"name": "app", "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}}},
+            {"name": "side", "resources": {"requests": {"cpu": "50m"}}}]}}))
+        .unwrap();
+        assert_eq!(requests(&pod, "cpu", None), Ok(300));
+        assert_eq!(requests(&pod, "cpu", Some("side")), Ok(50));
+        assert_eq!(requests(&pod, "memory", Some("app")), Ok(64 * 1024 * 1024 * 1000));
+        assert_eq!(
+            requests(&pod, "memory", None),
+            Err("missing request for memory in container side of Pod p".to_string())
+        );
+        assert_eq!(requests(&pod, "cpu", Some("nope")), Err("container nope not present in Pod p".to_string()));
     }
 
     #[test]
