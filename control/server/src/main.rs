@@ -56,6 +56,17 @@ struct Args {
     /// Pods on a NotReady node are evicted after this (seconds).
     #[arg(long, default_value_t = 300)]
     pod_eviction_timeout: u64,
+    /// How often every Ready node's kubelet is scraped for metrics.k8s.io (seconds;
+    /// metrics-server's --metric-resolution).
+    #[arg(long, default_value_t = 15)]
+    metric_resolution: u64,
+    /// How often the HorizontalPodAutoscaler controller looks at each HPA (seconds).
+    #[arg(long, default_value_t = 15)]
+    horizontal_pod_autoscaler_sync_period: u64,
+    /// An HPA scales down to the highest recommendation of this window (seconds),
+    /// unless its spec.behavior says otherwise.
+    #[arg(long, default_value_t = 300)]
+    horizontal_pod_autoscaler_downscale_stabilization: u64,
     /// Keep objects in etcd at these client URLs (comma-separated, http://host:port)
     /// instead of the embedded store; the PKI and kubeconfig stay in --data-dir.
     #[arg(long, value_delimiter = ',')]
@@ -106,6 +117,11 @@ async fn main() -> anyhow::Result<()> {
         run_controllers: !a.disable_controllers,
         node_monitor_grace_period: std::time::Duration::from_secs(a.node_monitor_grace_period),
         pod_eviction_timeout: std::time::Duration::from_secs(a.pod_eviction_timeout),
+        metric_resolution: std::time::Duration::from_secs(a.metric_resolution.max(1)),
+        hpa_sync_period: std::time::Duration::from_secs(a.horizontal_pod_autoscaler_sync_period.max(1)),
+        hpa_downscale_stabilization: std::time::Duration::from_secs(
+            a.horizontal_pod_autoscaler_downscale_stabilization,
+        ),
         etcd,
         audit_log_path: a.audit_log_path,
         audit_policy_file: a.audit_policy_file,

@@ -79,6 +79,12 @@ pub struct Config {
     pub run_controllers: bool,
     pub node_monitor_grace_period: Duration,
     pub pod_eviction_timeout: Duration,
+    /// How often kubelets are scraped for `metrics.k8s.io`.
+    pub metric_resolution: Duration,
+    /// How often the HPA controller reconciles each HorizontalPodAutoscaler.
+    pub hpa_sync_period: Duration,
+    /// The HPA's default scale-down stabilization window.
+    pub hpa_downscale_stabilization: Duration,
     /// Keep objects in this etcd cluster instead of the embedded store in `data_dir`
     /// (the PKI, tokens and kubeconfig stay in `data_dir` either way).
     pub etcd: Option<EtcdConfig>,
@@ -195,6 +201,8 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
             pod_eviction_timeout: cfg.pod_eviction_timeout,
             identity: identity(&cfg.data_dir),
             root_ca_pem: pki.ca_cert_pem.clone(),
+            hpa_sync_period: cfg.hpa_sync_period,
+            hpa_downscale_stabilization: cfg.hpa_downscale_stabilization,
         };
         tokio::spawn(skiff_controllers::run(in_process_clients(&api), config))
     });
@@ -206,6 +214,9 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
         tokio::spawn(crate::certificates::run(client, api.clone(), pki))
     });
     let _stop_certificates = AbortOnDrop(certificates);
+    // Every replica scrapes for itself: metrics.k8s.io is served from memory.
+    let scraper = tokio::spawn(crate::apiserver::metrics_scraper::run(api.clone(), cfg.metric_resolution));
+    let _stop_scraper = AbortOnDrop(Some(scraper));
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {

@@ -255,13 +255,14 @@ fn run(args: RunArgs) -> Result<()> {
             if let Some(cri) = cri {
                 let settings = kubelet_settings(&args)?;
                 info!(root_dir = %settings.root_dir.display(), pod_log_dir = %settings.pod_log_dir.display(), "kubelet starting");
+                let stats = Arc::new(crate::kubelet::stats::CriStats::new(cri.clone(), &settings.cgroup_root));
                 let (kubelet, locator) = crate::kubelet::Kubelet::new(client, cri.clone(), settings);
                 api_roles.push(tokio::task::spawn_local(kubelet.run()));
                 let server = kubelet_server_settings(&args)?;
                 info!(addr = %server.addr, "kubelet server starting");
                 let runtime: Arc<dyn crate::server::StreamingRuntime> = Arc::new(cri);
                 api_roles.push(tokio::task::spawn_local(async move {
-                    if let Err(e) = crate::server::serve(server, Arc::new(locator), runtime, std::future::pending()).await {
+                    if let Err(e) = crate::server::serve(server, Arc::new(locator), runtime, stats, std::future::pending()).await {
                         error!(error = %e, "the kubelet server stopped; kubectl logs, exec and port-forward fail");
                     }
                 }));

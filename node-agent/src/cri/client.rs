@@ -179,6 +179,21 @@ impl CriClient {
         Ok(call("ListContainers", DEFAULT_CALL_TIMEOUT, c.list_containers(req)).await?.containers)
     }
 
+    /// `ListContainerStats`: CPU and memory of every container the runtime has.
+    pub async fn list_container_stats(&self) -> Result<Vec<api::ContainerStats>> {
+        let mut c = self.runtime.clone();
+        let req = api::ListContainerStatsRequest { filter: None };
+        Ok(call("ListContainerStats", DEFAULT_CALL_TIMEOUT, c.list_container_stats(req)).await?.stats)
+    }
+
+    /// `ListPodSandboxStats`: the same for each sandbox as a whole (its cgroup), where
+    /// the runtime implements it.
+    pub async fn list_pod_sandbox_stats(&self) -> Result<Vec<api::PodSandboxStats>> {
+        let mut c = self.runtime.clone();
+        let req = api::ListPodSandboxStatsRequest { filter: None };
+        Ok(call("ListPodSandboxStats", DEFAULT_CALL_TIMEOUT, c.list_pod_sandbox_stats(req)).await?.stats)
+    }
+
     /// `ContainerStatus`: state, exit code, reason, times, image.
     pub async fn container_status(&self, id: &str) -> Result<api::ContainerStatus> {
         let mut c = self.runtime.clone();

@@ -28,6 +28,7 @@ pub mod probes;
 pub mod resolve;
 pub mod resources;
 pub mod static_pods;
+pub mod stats;
 pub mod status;
 mod status_writer;
 pub mod volumes;

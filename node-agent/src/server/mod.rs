@@ -3,6 +3,8 @@
 //!
 //! - `GET /healthz`: open to anyone.
 //! - `GET /metrics`: a few counters of this server, Prometheus text format.
+//! - `GET /metrics/resource`: CPU and memory of the node, pods and containers
+//!   (`resource_metrics`), what `metrics.k8s.io` is fed from.
 //! - `GET /containerLogs/{ns}/{pod}/{container}?follow&previous&tailLines&sinceSeconds&sinceTime&timestamps&limitBytes`
 //!   (`logs`).
 //! - `GET|POST /exec/{ns}/{pod}/{container}?command=..&stdin&stdout&stderr&tty`, a
@@ -45,6 +47,7 @@ pub mod exec;
 pub mod logs;
 pub mod portforward;
 pub mod remotecommand;
+pub mod resource_metrics;
 mod runtime;
 pub mod spdy;
 pub mod tls;
@@ -222,6 +225,7 @@ struct Shared {
     locator: Arc<dyn ContainerLocator>,
     runtime: Arc<dyn StreamingRuntime>,
     metrics: Metrics,
+    stats: Option<Arc<dyn resource_metrics::ResourceStats>>,
 }
 
 /// A bound server, not yet serving (so a caller can learn the port first).
@@ -229,6 +233,7 @@ pub struct Server {
     listener: TcpListener,
     acceptor: TlsAcceptor,
     settings: Settings,
+    stats: Option<Arc<dyn resource_metrics::ResourceStats>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -243,7 +248,13 @@ impl Server {
         let acceptor = TlsAcceptor::from(tls::server_config(&settings)?);
         let addr = settings.addr;
         let listener = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
-        Ok(Self { listener, acceptor, settings })
+        Ok(Self { listener, acceptor, settings, stats: None })
+    }
+
+    /// Serves `/metrics/resource` from `stats`.
+    pub fn with_resource_stats(mut self, stats: Arc<dyn resource_metrics::ResourceStats>) -> Self {
+        self.stats = Some(stats);
+        self
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -257,7 +268,13 @@ impl Server {
         runtime: Arc<dyn StreamingRuntime>,
         shutdown: impl Future<Output = ()>,
     ) {
-        let shared = Arc::new(Shared { settings: self.settings, locator, runtime, metrics: Metrics::default() });
+        let shared = Arc::new(Shared {
+            settings: self.settings,
+            locator,
+            runtime,
+            metrics: Metrics::default(),
+            stats: self.stats,
+        });
         tracing::info!(addr = ?self.listener.local_addr().ok(), "kubelet server listening");
         tokio::pin!(shutdown);
         loop {
@@ -284,9 +301,10 @@ pub async fn serve(
     settings: Settings,
     locator: Arc<dyn ContainerLocator>,
     runtime: Arc<dyn StreamingRuntime>,
+    stats: Arc<dyn resource_metrics::ResourceStats>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    Server::bind(settings).await?.run(locator, runtime, shutdown).await;
+    Server::bind(settings).await?.with_resource_stats(stats).run(locator, runtime, shutdown).await;
     Ok(())
 }
 
@@ -335,6 +353,7 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>, allowed: bool) -> 
     let is_get = req.method() == Method::GET;
     match segs.as_slice() {
         ["metrics"] if is_get => metrics(&shared.metrics),
+        ["metrics", "resource"] if is_get => resource_metrics::serve(shared.stats.as_ref()).await,
         ["containerLogs", ns, pod, container] if is_get => {
             shared.metrics.log_requests.fetch_add(1, Ordering::Relaxed);
             let query = query_map(req.uri().query());

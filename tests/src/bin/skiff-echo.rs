@@ -23,6 +23,7 @@
 //! skiff-echo rr ADDR:PORT --duration-ms D                                      requests/s on one connection
 //! skiff-echo lookup NAME                                 its addresses, through the C library's resolver
 //! skiff-echo hog MIB                                                          allocates MIB MiB, then holds it
+//! skiff-echo burn SECONDS                                 keeps one CPU busy for SECONDS, then idles
 //! ```
 //!
 //! `serve` is the default when the first argument is a flag or there is none (a pod's
@@ -183,6 +184,7 @@ fn run() -> Result<()> {
             num("--threads", 2)?,
         ),
         "hog" => hog(args.first().context("hog MIB")?.parse().context("hog MIB")?),
+        "burn" => burn(Duration::from_secs(args.first().context("burn SECONDS")?.parse().context("burn SECONDS")?)),
         "lookup" => {
             // Through the C library's resolver (getaddrinfo): resolv.conf's nameserver,
             // search path and ndots, as any program in the pod would.
@@ -660,5 +662,21 @@ fn hog(mib: usize) -> Result<()> {
     }
     std::thread::sleep(Duration::from_secs(600));
     log!("hog: held {} MiB", std::hint::black_box(&held).len());
+    Ok(())
+}
+
+/// Keeps one CPU busy for `time` (what an autoscaler test measures), then idles for up
+/// to ten minutes, so the container neither ends nor burns without bound.
+fn burn(time: Duration) -> Result<()> {
+    log!("burn: {} s", time.as_secs());
+    let started = Instant::now();
+    let mut x = 0u64;
+    while started.elapsed() < time {
+        for i in 0..100_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+        }
+    }
+    log!("burn: done ({x:x})");
+    std::thread::sleep(Duration::from_secs(600));
     Ok(())
 }

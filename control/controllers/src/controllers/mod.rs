@@ -24,6 +24,7 @@ pub mod deployment;
 pub mod disruption;
 pub mod endpointslice;
 pub mod gc;
+pub mod hpa;
 pub mod job;
 pub mod lbipam;
 pub mod namespace;
@@ -57,6 +58,10 @@ pub struct Config {
     /// The cluster CA certificate (PEM) that `rootca` publishes in every namespace as
     /// ConfigMap `kube-root-ca.crt`; empty publishes nothing.
     pub root_ca_pem: String,
+    /// How often `hpa` reconciles each HorizontalPodAutoscaler.
+    pub hpa_sync_period: Duration,
+    /// The default scale-down stabilization window of `hpa`.
+    pub hpa_downscale_stabilization: Duration,
 }
 
 /// What every controller gets.
@@ -94,4 +99,5 @@ pub const CONTROLLERS: &[(&str, StartFn)] = &[
     ("persistentvolume-binder", |ctx| Box::pin(volume::binder::run(ctx))),
     ("local-path-provisioner", |ctx| Box::pin(volume::provisioner::run(ctx))),
     ("pvc-protection", |ctx| Box::pin(volume::protection::run(ctx))),
+    ("horizontal-pod-autoscaler", |ctx| Box::pin(hpa::run(ctx))),
 ];

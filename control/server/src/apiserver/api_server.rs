@@ -31,6 +31,8 @@ pub struct ApiServer {
     pub(crate) kubelet_tls: std::sync::OnceLock<Arc<rustls::ClientConfig>>,
     /// The audit log, when `--audit-log-path` asks for one (set once at start).
     pub(crate) audit: std::sync::OnceLock<super::audit::Auditor>,
+    /// The latest CPU and memory points of nodes and pods (`metrics.k8s.io`).
+    pub(crate) resource_metrics: super::metrics_scraper::ResourceMetrics,
 }
 
 impl ApiServer {
@@ -71,6 +73,7 @@ impl ApiServer {
             sa_keys,
             kubelet_tls: std::sync::OnceLock::new(),
             audit: std::sync::OnceLock::new(),
+            resource_metrics: Default::default(),
         }
     }
 }

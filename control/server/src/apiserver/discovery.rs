@@ -2,11 +2,12 @@
 //! `/apis/<g>/<v>`) built from the resource table. Plain (legacy) discovery only: when
 //! kubectl asks for aggregated discovery in its Accept header, the plain documents with
 //! `Content-Type: application/json` make it fall back, which it does silently.
+//! The virtual `metrics.k8s.io` group is listed too (`metrics_api`).
 
 use serde_json::{Value, json};
 
-use super::crd;
 use super::resources::{ResourceDef, all, groups};
+use super::{crd, metrics_api};
 
 pub fn version() -> Value {
     json!({
@@ -52,13 +53,17 @@ fn group_names() -> Vec<&'static str> {
 }
 
 pub fn group_list() -> Value {
-    let groups: Vec<Value> = group_names().into_iter().map(group_doc).collect();
+    let mut groups: Vec<Value> = group_names().into_iter().map(group_doc).collect();
+    groups.push(metrics_api::group_doc());
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 pub fn group(name: &str) -> Option<Value> {
-    group_names().into_iter().find(|g| *g == name).map(|g| {
-        let mut d = group_doc(g);
+    let doc = match name {
+        metrics_api::GROUP => Some(metrics_api::group_doc()),
+        _ => group_names().into_iter().find(|g| *g == name).map(group_doc),
+    };
+    doc.map(|mut d| {
         d["kind"] = json!("APIGroup");
         d["apiVersion"] = json!("v1");
         d
@@ -108,6 +113,9 @@ fn entries(r: &ResourceDef) -> Vec<Value> {
 }
 
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+    if (group, version) == (metrics_api::GROUP, metrics_api::VERSION) {
+        return Some(metrics_api::resource_list());
+    }
     let rs: Vec<&ResourceDef> = all().into_iter().filter(|r| r.group == group && r.version == version).collect();
     if rs.is_empty() {
         return None;

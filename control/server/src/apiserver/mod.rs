@@ -29,6 +29,8 @@ pub mod local;
 mod managed;
 mod merge_shape;
 pub mod meta;
+mod metrics_api;
+pub mod metrics_scraper;
 mod node_proxy;
 mod object;
 mod openapi;

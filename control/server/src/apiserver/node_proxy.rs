@@ -314,7 +314,7 @@ fn forwarded_query(kind: Kind, query: &str) -> String {
 
 /// The kubelet's host and port from a Node: its InternalIP (else any address) and
 /// `status.daemonEndpoints.kubeletEndpoint.Port`.
-fn kubelet_address(node: &Value) -> Option<(String, u16)> {
+pub(super) fn kubelet_address(node: &Value) -> Option<(String, u16)> {
     let addrs = node.pointer("/status/addresses").and_then(Value::as_array)?;
     let pick = |t: &str| addrs.iter().find(|a| a["type"] == t).and_then(|a| a["address"].as_str());
     let host = pick("InternalIP").or_else(|| pick("ExternalIP")).or_else(|| pick("Hostname"))?;
@@ -331,7 +331,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type OutBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
 /// One request on a new TLS connection to the kubelet (upgrades keep the connection).
-async fn send(
+pub(super) async fn send(
     tls: Arc<rustls::ClientConfig>,
     host: &str,
     port: u16,

@@ -162,9 +162,11 @@ fn quota_usage(o: &Value, limits: bool) -> String {
 }
 
 fn hpa_targets(o: &Value) -> String {
+    let current = arr(o, "/status/currentMetrics");
     let targets: Vec<String> = arr(o, "/spec/metrics")
         .iter()
-        .map(|m| {
+        .enumerate()
+        .map(|(i, m)| {
             let ty = s(m, "/type");
             let key = match ty {
                 "Resource" => "resource",
@@ -182,7 +184,16 @@ fn hpa_targets(o: &Value) -> String {
             let name = s(m, &format!("/{key}/name"));
             let label =
                 if matches!(ty, "Resource" | "ContainerResource") { format!("{name}: ") } else { String::new() };
-            format!("{label}<unknown>/{target}")
+            // The current value the same way as the target, from the status entry at the
+            // same index (as upstream's printer pairs them).
+            let cur = current.get(i).and_then(|c| c.pointer(&format!("/{key}/current")));
+            let now = match (cur, t.get("averageUtilization"), t.get("averageValue")) {
+                (Some(c), Some(_), _) => c.get("averageUtilization").map(|u| format!("{u}%")),
+                (Some(c), _, Some(_)) => c.get("averageValue").and_then(Value::as_str).map(String::from),
+                (Some(c), ..) => c.get("value").and_then(Value::as_str).map(String::from),
+                _ => None,
+            };
+            format!("{label}{}/{target}", now.as_deref().unwrap_or("<unknown>"))
         })
         .collect();
     match targets.len() {

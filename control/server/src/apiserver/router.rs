@@ -156,6 +156,11 @@ impl ApiServer {
             let labels = target.metric_labels();
             return (self.node_proxy(req, target, &user).await, name, Some(labels));
         }
+        if let Some(target) = super::metrics_api::Target::parse(req.uri().path()) {
+            let labels = target.metric_labels();
+            let resp = self.metrics_api(req.method(), req.uri().query(), target, &user).await;
+            return (resp, name, Some(labels));
+        }
         let (parts, body) = req.into_parts();
         let query: HashMap<String, String> =
             parts.uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();

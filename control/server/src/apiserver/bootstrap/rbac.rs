@@ -35,7 +35,9 @@ pub(super) async fn bootstrap_rbac(store: &dyn store::Store) -> ApiResult<()> {
                           "statefulsets", "statefulsets/scale", "controllerrevisions", "daemonsets", "jobs", "cronjobs",
                           "persistentvolumeclaims", "resourcequotas", "limitranges", "ingresses", "networkpolicies",
                           "poddisruptionbudgets", "horizontalpodautoscalers"],
-            "verbs": read}]),
+            "verbs": read},
+            // What upstream's metrics-server aggregates into view (`kubectl top`).
+            {"apiGroups": ["metrics.k8s.io"], "resources": ["pods", "nodes"], "verbs": read}]),
         ),
         (
             "system:node",
