@@ -745,7 +745,11 @@ fn a_pod_reaching_its_own_nodes_node_port_is_translated_on_the_tc_path() {
         assert_eq!(parse(&out).dst, BACKENDS[1], "the flow's next packet by its conntrack entry");
         let (_, reply) = h.run(&packet(PROTO_TCP, (BACKENDS[1], BPORT), (CLIENT, 41000), TCP_SYN | TCP_ACK, b""));
         let p = parse(&reply);
-        assert_eq!((p.src, p.sport, p.dst, p.dport), (NODE, NODE_PORT, CLIENT, 41000), "the reply comes from the node port");
+        assert_eq!(
+            (p.src, p.sport, p.dst, p.dport),
+            (NODE, NODE_PORT, CLIENT, 41000),
+            "the reply comes from the node port"
+        );
         assert_eq!((h.stat("translated"), h.stat("ct_new")), (2, 1));
         // The node's other ports, and node ports without a Service, stay the node's.
         for port in [22, NODE_PORT + 1] {
@@ -853,8 +857,8 @@ fn conntrack_collection_removes_expired_flows_both_ways_and_keeps_live_ones() {
 /// burst rate to map capacity is what matters, and this one is harsher than a real node's.
 #[test]
 fn a_burst_of_a_million_short_connections_drops_nothing_and_keeps_idle_flows_on_their_backends() {
-    use std::sync::atomic::{AtomicBool, Ordering};
     use skiff_node::datapath::conntrack_gc;
+    use std::sync::atomic::{AtomicBool, Ordering};
     const BURST: u32 = 1_000_000;
     const IDLE: u16 = 1_000;
     with_harness("a_burst_of_a_million_short_connections", |h| {

@@ -34,6 +34,11 @@
 //!   from a pod (the pods' cgroups lie below the node's), and that unconnected
 //!   UDP is answered from the ClusterIP the application sent to.
 //!
+//! - from the client pod's network namespace entered by the test process, which is not
+//!   in the node's cgroup (so no socket LB): a ClusterIP with a remote backend and the
+//!   client's own node's node port (backend local and remote), translated by the tc
+//!   programs on the pod's interface.
+//!
 //! Pod → addresses off the pod network (the masquerade, which the `kubernetes` Service
 //! needs) is tested in node-agent/tests/overlay_netns.rs.
 //!
@@ -46,6 +51,7 @@
 
 mod support;
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use std::net::Ipv4Addr;
@@ -102,6 +108,12 @@ const EXTERNAL_IP: &str = "192.168.77.150";
 /// Node 1's host namespace (in the node's cgroup), as a cell's `from`.
 const NODE1_HOST: &str = "node 1's host";
 
+/// The client pod's network namespace entered by the test itself, whose cgroup is not
+/// under the node's: the socket-level load balancer does not see its `connect()`, so its
+/// Service traffic meets the tc programs on the pod's interface, as a pod's would on a
+/// node where pods run outside the agent's cgroup subtree.
+const CLIENT_NETNS: &str = "the client pod's netns, outside the node's cgroup";
+
 /// The host outside the cluster that NodePort clients run on.
 const OUTSIDE: &str = "outside";
 const OUTSIDE_IP: &str = "192.168.77.100";
@@ -157,7 +169,7 @@ enum Target {
 /// One cell of the matrix, run for TCP and for UDP.
 struct Cell {
     name: &'static str,
-    /// A pod's name, [`OUTSIDE`] or [`NODE1_HOST`].
+    /// A pod's name, [`OUTSIDE`], [`NODE1_HOST`] or [`CLIENT_NETNS`].
     from: &'static str,
     to: Target,
     requests: u32,
@@ -306,6 +318,34 @@ const CELLS: &[Cell] = &[
         expect: Expect::AnsweredBy("srv-n2"),
     },
     Cell {
+        name: "client pod outside the node's cgroup → ClusterIP, backend remote (tc)",
+        from: CLIENT_NETNS,
+        to: Target::Service("on-n2"),
+        requests: 3,
+        expect: Expect::AnsweredBy("srv-n2"),
+    },
+    Cell {
+        name: "client pod outside the node's cgroup → ClusterIP, backend local (tc)",
+        from: CLIENT_NETNS,
+        to: Target::Service("on-n1"),
+        requests: 3,
+        expect: Expect::AnsweredBy("srv-n1"),
+    },
+    Cell {
+        name: "client pod outside the node's cgroup → its node's node port, backend on node 2 (tc)",
+        from: CLIENT_NETNS,
+        to: Target::NodePort("np-n2", 0),
+        requests: 3,
+        expect: Expect::AnsweredBy("srv-n2"),
+    },
+    Cell {
+        name: "client pod outside the node's cgroup → its node's node port, backend local (tc)",
+        from: CLIENT_NETNS,
+        to: Target::NodePort("np-local", 0),
+        requests: 3,
+        expect: Expect::AnsweredBy("srv-n1"),
+    },
+    Cell {
         name: "outside → NodePort on node 1, backend on node 2",
         from: OUTSIDE,
         to: Target::NodePort("np-n2", 0),
@@ -363,6 +403,10 @@ fn run_cell(cluster: &Cluster, outside: &Netns, cell: &Cell, proto: &str, addres
     let (out, shown) = if cell.from == OUTSIDE {
         let out = outside.command(echo).args(client).output().expect("running the echo client");
         (out, format!("[{}] skiff-echo {}", outside.name, client.join(" ")))
+    } else if cell.from == CLIENT_NETNS {
+        let netns = pod_netns(&cluster.kubectl_out(&["get", "pod", "client", "-o", "jsonpath={.status.podIP}"]));
+        let out = Command::new("nsenter").arg(format!("--net={netns}")).arg(echo).args(client).output();
+        (out.expect("running the echo client"), format!("nsenter --net={netns} skiff-echo {}", client.join(" ")))
     } else if cell.from == NODE1_HOST {
         let line = format!("{echo} {}", client.join(" "));
         (cluster.nodes[0].host_sh(&line), format!("[{} host, its cgroup] {line}", cluster.nodes[0].name))
@@ -400,6 +444,27 @@ fn run_cell(cluster: &Cluster, outside: &Netns, cell: &Cell, proto: &str, addres
             String::from_utf8_lossy(&out.stderr).trim()
         )
     })
+}
+
+/// The network namespace (as `/proc/PID/ns/net`) that holds `pod_ip`: one of a process
+/// of the pod's, found by asking each distinct namespace for its addresses.
+fn pod_netns(pod_ip: &str) -> String {
+    assert!(!pod_ip.is_empty(), "the client pod has no IP");
+    let mut seen = std::collections::HashSet::new();
+    let pids =
+        std::fs::read_dir("/proc").expect("reading /proc").filter_map(|e| e.ok()?.file_name().into_string().ok());
+    for pid in pids.filter(|p| p.bytes().all(|b| b.is_ascii_digit())) {
+        let path = format!("/proc/{pid}/ns/net");
+        let Ok(id) = std::fs::read_link(&path) else { continue };
+        if !seen.insert(id) {
+            continue;
+        }
+        let addrs = Command::new("nsenter").arg(format!("--net={path}")).args(["ip", "-4", "-o", "addr"]).output();
+        if addrs.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!(" {pod_ip}/"))) {
+            return path;
+        }
+    }
+    panic!("no network namespace holds {pod_ip}");
 }
 
 /// A LoadBalancer Service's ingress address, once skiff-control has given it one.

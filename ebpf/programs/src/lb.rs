@@ -50,6 +50,11 @@ pub enum Outcome {
     /// A reply of a NodePort flow, translated back: it now comes from the node's own
     /// address and must leave by the underlay interface, not enter the node's stack.
     Wire,
+    /// A reply translated back to come from this node's own address (a pod's flow to
+    /// its node's node port), for that pod: the node's stack would drop it as a martian
+    /// (one of its own addresses as source, arriving on a pod's interface), so it goes
+    /// straight into the pod.
+    IntoPod(u32),
 }
 
 /// A reply translated back by [`reverse`].
@@ -59,6 +64,9 @@ pub struct Reply {
     pub client: u32,
     /// The flow came in through a node port (see [`Outcome::Wire`]).
     pub nodeport: bool,
+    /// The reply's source now (the frontend's address), 0 if the Service is gone and
+    /// nothing was translated.
+    pub source: u32,
 }
 
 /// Load balancing for a packet that left a pod: a Service frontend gets DNAT to a
@@ -81,6 +89,9 @@ pub fn balance(ctx: &TcContext, pkt: &Packet) -> Result<Outcome, Drop> {
     }
     match reverse(ctx, pkt)? {
         Some(Reply { nodeport: true, .. }) => Ok(Outcome::Wire),
+        Some(Reply { client, source, .. }) if nodeport_settings().is_some_and(|np| np.node_addr == source) => {
+            Ok(Outcome::IntoPod(client))
+        }
         Some(Reply { client, .. }) => Ok(Outcome::Forward(client)),
         None => own_node_port(ctx, pkt, &cfg),
     }
@@ -218,8 +229,8 @@ pub fn reverse(ctx: &TcContext, pkt: &Packet) -> Result<Option<Reply>, Drop> {
     };
     // SAFETY: pointer from a successful lookup, copied at once.
     let entry = unsafe { *entry };
-    rev_nat(ctx, pkt, &entry)?;
-    Ok(Some(Reply { client: entry.client_addr, nodeport: entry.flags & CT_FLAG_NODEPORT != 0 }))
+    let source = rev_nat(ctx, pkt, &entry)?;
+    Ok(Some(Reply { client: entry.client_addr, nodeport: entry.flags & CT_FLAG_NODEPORT != 0, source }))
 }
 
 /// The first packet of a flow toward a Service frontend; `np` for a node port's.
@@ -437,13 +448,14 @@ fn dnat(ctx: &TcContext, pkt: &Packet, target: &Target) -> Result<Outcome, Drop>
     Ok(Outcome::Forward(target.addr))
 }
 
-/// Reverse NAT of a backend's reply to the Service address of its flow.
+/// Reverse NAT of a backend's reply to the Service address of its flow; that address
+/// (0 if the Service is gone and nothing was translated).
 #[inline(always)]
-fn rev_nat(ctx: &TcContext, pkt: &Packet, entry: &Ct4Entry) -> Result<(), Drop> {
+fn rev_nat(ctx: &TcContext, pkt: &Packet, entry: &Ct4Entry) -> Result<u32, Drop> {
     // SAFETY: copied out at once.
     let Some(vip) = (unsafe { REV_NAT_V1.get(entry.rev_nat_index) }).copied() else {
         // The Service is gone: nothing to translate back to.
-        return Ok(());
+        return Ok(0);
     };
     if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         // SAFETY: a plain helper call without arguments.
@@ -469,7 +481,7 @@ fn rev_nat(ctx: &TcContext, pkt: &Packet, entry: &Ct4Entry) -> Result<(), Drop> 
         }
     }
     count(stat::REV_TRANSLATED);
-    Ok(())
+    Ok(vip.addr)
 }
 
 /// The client's own port of the flow a reply belongs to (entries of an older layout,

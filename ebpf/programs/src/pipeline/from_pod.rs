@@ -20,5 +20,6 @@ pub fn from_pod(ctx: &TcContext) -> Result<i32, Drop> {
         Outcome::Forward(daddr) => Ok(overlay::to_remote_node(ctx, daddr)?.unwrap_or(TC_ACT_OK as i32)),
         Outcome::Done(action) => Ok(action),
         Outcome::Wire => wire::to_wire(ctx),
+        Outcome::IntoPod(client) => Ok(overlay::to_local_pod(ctx, client)?.unwrap_or(TC_ACT_OK as i32)),
     }
 }

@@ -22,7 +22,7 @@ pub fn from_underlay(ctx: &TcContext) -> Result<i32, Drop> {
         return Ok(arp::answer(ctx)?.unwrap_or(TC_ACT_OK as i32));
     };
     match lb::from_wire(ctx, &pkt)? {
-        Some(Outcome::Forward(daddr)) => {
+        Some(Outcome::Forward(daddr) | Outcome::IntoPod(daddr)) => {
             if let Some(action) = overlay::to_local_pod(ctx, daddr)? {
                 return Ok(action);
             }
