@@ -218,10 +218,16 @@ fn pods_run_restart_report_and_survive_agent_and_api_restarts() {
     // The pod counts follow the runtime relist (every second), so they may lag the
     // Ready pods by that much.
     let node_metrics = || cluster.kubectl_out(&["get", "--raw", &format!("/api/v1/nodes/{node}/proxy/metrics")]);
-    let running_pods = |text: &str| -> f64 {
-        text.lines().find_map(|l| l.strip_prefix("kubelet_running_pods ")?.trim().parse().ok()).unwrap_or(0.0)
+    let gauge = |text: &str, prefix: &str| -> f64 {
+        text.lines().find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok()).unwrap_or(0.0)
     };
-    wait_until(Duration::from_secs(10), || running_pods(&node_metrics()) >= 3.0);
+    // Pods and containers are counted by the same relist, but a relist can catch a
+    // container between created and running: wait for both counts.
+    wait_until(Duration::from_secs(10), || {
+        let text = node_metrics();
+        gauge(&text, "kubelet_running_pods ") >= 3.0
+            && gauge(&text, "kubelet_running_containers{container_state=\"running\"} ") >= 3.0
+    });
     let metrics = node_metrics();
     let value = |line_start: &str| -> f64 {
         metrics
