@@ -89,7 +89,10 @@ pub fn balance(ctx: &TcContext, pkt: &Packet) -> Result<Outcome, Drop> {
     }
     match reverse(ctx, pkt)? {
         Some(Reply { nodeport: true, .. }) => Ok(Outcome::Wire),
-        Some(Reply { client, source, .. }) if nodeport_settings().is_some_and(|np| np.node_addr == source) => {
+        // A ClusterIP's reply (the common case) needs no look at the NodePort settings.
+        Some(Reply { client, source, .. })
+            if !is_service_addr(source) && nodeport_settings().is_some_and(|np| np.node_addr == source) =>
+        {
             Ok(Outcome::IntoPod(client))
         }
         Some(Reply { client, .. }) => Ok(Outcome::Forward(client)),
