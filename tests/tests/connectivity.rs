@@ -18,7 +18,9 @@
 //!   on node 2; the address skiff-control gives a LoadBalancer Service from its pool,
 //!   found by ARP (the node with the backend answers for it); then,
 //!   over HTTP, which client address each backend sees: the client's own with a backend
-//!   on the node it connected to, the node's podCIDR address with a backend elsewhere;
+//!   on the node it connected to, the node's podCIDR network address with a backend
+//!   elsewhere; that such a flow and a connection of node 1's host to the same backend
+//!   from the same port both get their answers;
 //!   and that these went through the nodes' XDP fast path (node 1 sent the packets for
 //!   node 2's backend back into the tunnel at XDP, node 2 translated its own); and the
 //!   health-check node port of a LoadBalancer Service with `externalTrafficPolicy:
@@ -497,7 +499,7 @@ const SOURCE_CHECKS: &[(&str, usize, &str, bool)] = &[
     ("np-local", 0, "srv-n1", true),
     ("np-n2", 1, "srv-n2", true),
     // The backend on another node: its replies must come back through this node, so
-    // the packets reach it from this node's podCIDR address.
+    // the packets reach it from this node's podCIDR network address.
     ("np-n2", 0, "srv-n2", false),
 ];
 
@@ -515,9 +517,10 @@ fn check_node_port_sources(cluster: &Cluster, outside: &Netns) -> Vec<String> {
             .expect("running the echo client");
         let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         let pod_cidr = cluster.kubectl_out(&["get", "node", &node.name, "-o", "jsonpath={.spec.podCIDR}"]);
-        let node_pod_addr = pod_cidr.parse::<ipnet::Ipv4Net>().map(|c| Ipv4Addr::from(u32::from(c.network()) + 1));
+        // The podCIDR's network address: the node's NodePort source address.
+        let snat_addr = pod_cidr.parse::<ipnet::Ipv4Net>().map(|c| c.network());
         let expected =
-            if keeps_client { OUTSIDE_IP.to_owned() } else { node_pod_addr.map(|a| a.to_string()).unwrap_or(pod_cidr) };
+            if keeps_client { OUTSIDE_IP.to_owned() } else { snat_addr.map(|a| a.to_string()).unwrap_or(pod_cidr) };
         let want = format!("200 {backend} {expected}");
         if stdout != want {
             failures.push(format!(
@@ -695,6 +698,41 @@ fn check_trace(cluster: &Cluster, client_ip: &str) -> Option<String> {
     })
 }
 
+/// A port node 1's host and the outside client both use as their source port, inside
+/// Linux's default ephemeral range, where both would pick ports on their own.
+const SHARED_SOURCE_PORT: &str = "45678";
+
+/// A NodePort flow to another node's backend gets source NAT with the client's own port
+/// where it can; node 1's host, talking to the same backend from the same port, must
+/// keep its answers. Both flows' replies come through the tunnel to node 1: if the two
+/// shared a source address, the NodePort flow's conntrack entry would take the host's
+/// replies and send them to the outside client. In a full run this happened by chance
+/// (a port picked by both), so this sets it up on purpose. `Err`: the failure report.
+fn check_nodeport_snat_spares_node_connections(cluster: &Cluster, outside: &Netns) -> Option<String> {
+    let echo = workspace_bin("skiff-echo");
+    let echo = echo.to_str().expect("UTF-8 path");
+    let node_port = format!("{}:{}", cluster.nodes[0].ip, node_port(cluster, "np-n2", "udp"));
+    let backend = format!("{}:8080", cluster.kubectl_out(&["get", "pod", "srv-n2", "-o", "jsonpath={.status.podIP}"]));
+    let args = |target: &str| {
+        ["udp", target, "--count", "3", "--timeout-ms", TIMEOUT_MS, "--source-port", SHARED_SOURCE_PORT]
+            .map(str::to_owned)
+    };
+    let from_outside = outside.command(echo).args(args(&node_port)).output().expect("running the echo client");
+    let from_host = cluster.nodes[0].host_sh(&format!("{echo} {}", args(&backend).join(" ")));
+    let mut failures = Vec::new();
+    for (who, target, out) in [("outside", &node_port, from_outside), ("node 1's host", &backend, from_host)] {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let replies = Replies::parse(&stdout);
+        if !(replies.finished && replies.errors.is_empty() && replies.names() == ["srv-n2"]) {
+            failures.push(format!(
+                "from {who} to {target} (source port {SHARED_SOURCE_PORT}): expected 3 answers from srv-n2\n{}",
+                indent(&stdout)
+            ));
+        }
+    }
+    (!failures.is_empty()).then(|| format!("FAILED NodePort source NAT check: {}", failures.join("; ")))
+}
+
 /// Datagrams from an unconnected UDP socket in node 1's host namespace to a ClusterIP
 /// (the socket LB's `sendmsg` and `recvmsg` hooks): answered, and from the ClusterIP as
 /// the application sees it. `Err`: the failure report.
@@ -813,6 +851,7 @@ fn connectivity_matrix() {
         runs.into_iter().filter_map(|r| r.join().expect("a cell's thread panicked").err()).collect()
     });
     failures.extend(check_node_port_sources(&cluster, &outside));
+    failures.extend(check_nodeport_snat_spares_node_connections(&cluster, &outside));
     failures.extend(check_socket_lb_skips_conntrack(&cluster, false));
     failures.extend(check_socket_lb_skips_conntrack(&cluster, true));
     failures.extend(check_socket_lb_unconnected_udp(&cluster));
@@ -821,7 +860,7 @@ fn connectivity_matrix() {
     failures.extend(check_health_check_node_port(&cluster, &outside));
     // Last: it moves the `lb` Service's backend.
     failures.extend(check_announcement_moves(&cluster, &outside));
-    let cells = CELLS.len() * 2 + SOURCE_CHECKS.len() + 7;
+    let cells = CELLS.len() * 2 + SOURCE_CHECKS.len() + 8;
     eprintln!("{} of {cells} cells passed; the whole matrix took {:.1?}", cells - failures.len(), started.elapsed());
     assert!(
         failures.is_empty(),

@@ -310,8 +310,12 @@ impl Bench<'_> {
             let before = run_counters(&overlay.programs)?;
             iperf(self.c, VIP, self.seconds)?;
             let after = run_counters(&overlay.programs)?;
-            for ((_, values), (b, a)) in costs.iter_mut().zip(before.iter().zip(&after)) {
+            for ((label, values), (b, a)) in costs.iter_mut().zip(before.iter().zip(&after)) {
                 values.extend(per_run_ns(*b, *a));
+                // Runs per second against the throughput tell whether the program saw
+                // whole GSO/GRO packets or one per MTU.
+                let runs_per_s = a.1.saturating_sub(b.1) / self.seconds.max(1);
+                progress("bench", &format!("  {label}: {runs_per_s} runs/s"));
             }
         }
         drop(stats);

@@ -390,8 +390,9 @@ pub struct NodePortConfig {
     /// The node's underlay interface: replies of NodePort flows leave through it.
     pub underlay_ifindex: u32,
     /// The source address given to NodePort flows whose backend is on another node:
-    /// the first address of this node's podCIDR, so that the backend's replies come
-    /// back through the tunnel (network byte order).
+    /// the network address of this node's podCIDR, so that the backend's replies come
+    /// back through the tunnel, and an address none of the node's own connections use
+    /// (their replies must not match a NodePort flow's) (network byte order).
     pub snat_addr: u32,
     /// The node's underlay address (network byte order): packets to it are looked up
     /// as NodePort traffic only within the port range below; packets to any other

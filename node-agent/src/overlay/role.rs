@@ -135,12 +135,23 @@ impl OverlayRole {
     }
 }
 
-/// The node's own address in its podCIDR: the first (skiff-cni hands out addresses from
-/// the second on). Every node routes it into the tunnel toward this one, so it is the
-/// source of this node's own traffic to pods elsewhere and of NodePort flows it sends
-/// to backends elsewhere: their replies come back through the tunnel.
+/// The node's own address in its podCIDR: the first host address (skiff-cni hands out
+/// addresses from the second on). Every node routes it into the tunnel toward this one,
+/// so it is the source of this node's own traffic to pods elsewhere: their replies come
+/// back through the tunnel.
 fn node_pod_addr(pod_cidr: Ipv4Net) -> std::net::Ipv4Addr {
     std::net::Ipv4Addr::from(u32::from(pod_cidr.network()) + 1)
+}
+
+/// The source of NodePort flows this node sends to backends on other nodes: the
+/// podCIDR's network address, which no pod and none of the node's own sockets use, and
+/// whose replies come back through the tunnel too. Not [`node_pod_addr`]: those flows
+/// keep the client's port where they can, a port from the same ephemeral range the
+/// node's own connections take theirs from, so a NodePort flow and a connection of the
+/// node to the same backend could share a reply address, and the flow's conntrack entry
+/// would take the connection's replies.
+fn nodeport_snat_addr(pod_cidr: Ipv4Net) -> std::net::Ipv4Addr {
+    pod_cidr.network()
 }
 
 impl OverlayRole {
@@ -166,13 +177,13 @@ impl OverlayRole {
         })
     }
 
-    /// NodePort's settings for this node's podCIDR ([`node_pod_addr`] is the source of
-    /// flows to another node's backend). Off without a podCIDR or an underlay address.
+    /// NodePort's settings for this node's podCIDR ([`nodeport_snat_addr`] is the source
+    /// of flows to another node's backend). Off without a podCIDR or an underlay address.
     fn nodeport_config(&self, pod_cidr: Option<Ipv4Net>) -> NodePortConfig {
         let (Some(cidr), Some(underlay)) = (pod_cidr, self.underlay) else {
             return NodePortConfig::default();
         };
-        let snat = node_pod_addr(cidr);
+        let snat = nodeport_snat_addr(cidr);
         NodePortConfig {
             underlay_ifindex: underlay.ifindex,
             underlay_mac: underlay.mac,

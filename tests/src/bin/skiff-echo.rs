@@ -15,7 +15,7 @@
 //! skiff-echo read PATH                                                     prints the file PATH
 //! skiff-echo get  ADDR:PORT PATH [--timeout-ms T]                              one HTTP GET: `STATUS BODY`
 //! skiff-echo tcp  ADDR:PORT [--count N] [--interval-ms T] [--timeout-ms T]   one connection per request
-//! skiff-echo udp  ADDR:PORT [--count N] [--interval-ms T] [--timeout-ms T]
+//! skiff-echo udp  ADDR:PORT [--count N] [--interval-ms T] [--timeout-ms T] [--size B] [--source-port P]
 //! skiff-echo udp-sendto ADDR:PORT [--count N] [--interval-ms T] [--timeout-ms T]   unconnected; checks the answer's source
 //! skiff-echo hold ADDR:PORT [--count N] [--interval-ms T] [--timeout-ms T]   one connection, N requests
 //! skiff-echo conn-rate ADDR:PORT[,ADDR:PORT...] --duration-ms D [--max N] [--threads T]  (targets in turn)
@@ -164,7 +164,10 @@ fn run() -> Result<()> {
         "tcp" => clients(count, interval, |_| tcp_request(target()?, timeout)),
         "udp" => {
             let size = num("--size", 5)? as usize;
-            clients(count, interval, |_| udp_request(target()?, timeout, size))
+            let source_port =
+                flag("--source-port").map(|p| p.parse::<u16>().with_context(|| format!("--source-port {p}")));
+            let source_port = source_port.transpose()?.unwrap_or(0);
+            clients(count, interval, |_| udp_request(target()?, timeout, size, source_port))
         }
         "udp-sendto" => clients(count, interval, |_| udp_sendto_request(target()?, timeout)),
         "rr" => request_response(target()?, Duration::from_millis(num("--duration-ms", 3000)?), timeout),
@@ -509,8 +512,9 @@ fn tcp_request(target: SocketAddr, timeout: Duration) -> Result<String> {
     Ok(line.trim().to_owned())
 }
 
-fn udp_request(target: SocketAddr, timeout: Duration, size: usize) -> Result<String> {
-    let sock = UdpSocket::bind("0.0.0.0:0")?;
+/// One datagram and its answer; `source_port` 0 lets the kernel pick the port.
+fn udp_request(target: SocketAddr, timeout: Duration, size: usize, source_port: u16) -> Result<String> {
+    let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, source_port))?;
     sock.connect(target)?;
     sock.set_read_timeout(Some(timeout))?;
     sock.send(&vec![b'x'; size.max(1)])?;
