@@ -650,11 +650,21 @@ const XDP_PASS: u32 = 2;
 
 /// NodePort on NODE, the overlay set up as node 1's (podCIDR 10.244.1.0/24, a peer owning
 /// 10.244.2.0/24), and node port NODE_PORT/TCP with one backend at `backend`.
+/// The frame inside a VXLAN packet that this node (`NODE`) wrapped for the peer at
+/// 192.168.77.12 (`node_port_with_backend`'s), after checking the outer headers.
+fn decapsulated(frame: &[u8]) -> Vec<u8> {
+    let outer = parse(frame);
+    assert_eq!((outer.proto, outer.dport), (PROTO_UDP, skiff_ebpf_common::VXLAN_PORT), "not VXLAN: {outer:?}");
+    assert_eq!((outer.src, outer.dst), (NODE, Ipv4Addr::new(192, 168, 77, 12)), "outer addresses");
+    assert_eq!(&outer.l4[8..16], &[0x08, 0, 0, 0, 0, 0, skiff_ebpf_common::DEFAULT_VNI as u8, 0], "VXLAN header");
+    outer.l4[16..].to_vec()
+}
+
 fn node_port_with_backend(h: &Harness, backend: Ipv4Addr) {
     use skiff_ebpf_common::{DEFAULT_VNI, Endpoint4, NodeInfo4, NodePortConfig, OverlayConfig};
     let nodeport = NodePortConfig {
         underlay_ifindex: 1,
-        snat_addr: addr_to_map([10, 244, 1, 1]),
+        snat_addr: addr_to_map([10, 244, 1, 0]),
         node_addr: addr_to_map(NODE.octets()),
         port_first: port_to_map(30000),
         port_last: port_to_map(32767),
@@ -794,11 +804,11 @@ fn node_port_flows_from_two_clients_with_one_source_port_get_their_own_translate
             let (action, out) =
                 h.run_prog(Prog::FromUnderlay, &packet(PROTO_TCP, (client, 40000), (NODE, NODE_PORT), flags, b""));
             assert_eq!(action, TC_ACT_REDIRECT, "into the tunnel");
-            parse(&out)
+            parse(&decapsulated(&out))
         };
         let first = run(h, a, TCP_SYN);
         let second = run(h, b, TCP_SYN);
-        assert_eq!((first.src, second.src), (Ipv4Addr::new(10, 244, 1, 1), Ipv4Addr::new(10, 244, 1, 1)));
+        assert_eq!((first.src, second.src), (Ipv4Addr::new(10, 244, 1, 0), Ipv4Addr::new(10, 244, 1, 0)));
         assert_eq!(first.sport, 40000, "the first flow keeps its client's port");
         assert_ne!(second.sport, 40000, "the second must not share the first's translated port");
         // Each flow keeps its port, and each reply goes back to its own client and port.

@@ -478,9 +478,12 @@ pub mod stat {
     pub const DROP_REJECT: u32 = 16;
     /// Packets dropped because their tunnel key could not be set.
     pub const DROP_TUNNEL_KEY: u32 = 17;
+    /// Pods' packets to other nodes' pods wrapped in VXLAN at tc and sent out of the
+    /// underlay directly (the rest go through the node's VXLAN device).
+    pub const ENCAPSULATED: u32 = 18;
     /// Number of counters in use. `errors` counts every drop of the kinds `DROP_*`
     /// name (and `snat_no_port`), each also counted by its reason.
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 19;
     /// Slots of the counters map: room for counters to come without a new layout.
     pub const SLOTS: u32 = 32;
 
@@ -503,6 +506,7 @@ pub mod stat {
         "drop_rewrite",
         "drop_reject",
         "drop_tunnel_key",
+        "tunnel_encapsulated",
     ];
 }
 

@@ -15,7 +15,9 @@
 //!   reverse;
 //! - [`nat`]: address and port rewriting with checksums, for `lb` and `masq`;
 //! - [`reject`]: TCP RST and ICMP port-unreachable answers for Services without backends;
-//! - [`overlay`]: the VXLAN overlay: tunnel keys toward peers, delivery from the tunnel.
+//! - [`overlay`]: the VXLAN overlay: encapsulation toward peers (or tunnel keys for the
+//!   VXLAN device), delivery from the tunnel.
+//! - [`vxlan`]: VXLAN's outer headers, for `overlay` and `xdp`;
 //! - [`wire`]: delivery out of the underlay interface (replies of NodePort flows);
 //! - [`xdp`]: parsing, rewriting, next hops and VXLAN encapsulation at XDP, for the
 //!   NodePort fast path;
@@ -24,7 +26,7 @@
 //!   `sendmsg()`, `recvmsg()`, `getpeername()`), the `sock` binary's only module.
 //!
 //! Imports run one way: `pipeline` → `lb`, `masq`, `overlay`, `wire`, `arp`, `xdp` → `conntrack`,
-//! `reject`, `nat`, `csum`, `packet`, `maps`; `sock` → `lb`, `maps`.
+//! `reject`, `nat`, `vxlan`, `csum`, `packet`, `maps`; `sock` → `lb`, `maps`.
 //!
 //! Nothing here logs on the per-packet path; counters in `LB_STATS_V2` say what happened.
 #![no_std]
@@ -42,6 +44,7 @@ pub mod packet;
 pub mod pipeline;
 pub mod reject;
 pub mod sock;
+pub mod vxlan;
 pub mod wire;
 pub mod xdp;
 

@@ -3,8 +3,10 @@
 //! underlay address. No FDB, neighbour or per-peer route entries exist.
 //!
 //! The overlay's moves, for the pipelines (`crate::pipeline`) to compose:
-//! - [`to_remote_node`]: a packet for another node's pod gets its tunnel key and is
-//!   redirected to the VXLAN device;
+//! - [`to_remote_node`]: a pod's packet for another node's pod is wrapped in VXLAN here
+//!   and sent out of the underlay interface, past the VXLAN device and the node's
+//!   routing (or, where that cannot be done, gets its tunnel key and is redirected to
+//!   the VXLAN device); the receiving node's VXLAN device takes it apart either way;
 //! - [`set_tunnel_key`] with [`config`] and the tunnel mark ([`take_tunnel_mark`]): the
 //!   key for packets the node's own stack routes into the VXLAN device;
 //! - [`to_local_pod`], [`to_host`]: delivery of a decapsulated packet.
@@ -12,8 +14,14 @@
 //! This module must not translate addresses (that is `lb`'s job) nor call into `lb`.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_tunnel_key},
-    helpers::{bpf_redirect, bpf_redirect_peer, bpf_skb_set_tunnel_key},
+    bindings::{
+        BPF_ADJ_ROOM_ENCAP_L2_SHIFT, BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
+        BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_tunnel_key,
+    },
+    helpers::{
+        bpf_check_mtu, bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_set_tunnel_key,
+    },
     maps::lpm_trie::Key,
     programs::TcContext,
 };
@@ -21,8 +29,9 @@ use skiff_ebpf_common::{MARK_TUNNEL_SET, OverlayConfig, stat};
 
 use crate::{
     Drop,
-    maps::{ENDPOINTS_V1, NODES_V1, OVERLAY_CONFIG_V1, count},
-    packet::{ETH_P_IP, EthHdr},
+    maps::{self, ENDPOINTS_V1, NODES_V1, OVERLAY_CONFIG_V1, count},
+    packet::{ETH_HLEN, ETH_P_IP, EthHdr},
+    vxlan,
 };
 
 const PACKET_HOST: u32 = 0;
@@ -55,18 +64,25 @@ pub fn set_tunnel_key(ctx: &TcContext, daddr: u32, cfg: &OverlayConfig) -> Resul
     let Some(peer) = NODES_V1.get(Key::new(32, daddr)).copied() else {
         return Ok(false);
     };
+    set_tunnel_key_to(ctx, peer.underlay_addr, cfg)?;
+    Ok(true)
+}
+
+/// Sets the tunnel key toward the node at underlay address `remote`.
+#[inline(always)]
+fn set_tunnel_key_to(ctx: &TcContext, remote: u32, cfg: &OverlayConfig) -> Result<(), Drop> {
     // SAFETY: an all-zero bpf_tunnel_key is a valid value of this plain C struct.
     let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
     key.tunnel_id = cfg.vni;
     // The helper takes the remote address in host byte order.
-    key.__bindgen_anon_1.remote_ipv4 = u32::from_be(peer.underlay_addr);
+    key.__bindgen_anon_1.remote_ipv4 = u32::from_be(remote);
     key.tunnel_ttl = TUNNEL_TTL;
     // SAFETY: `key` is a stack value of the size passed; flags 0 = IPv4.
     let r = unsafe { bpf_skb_set_tunnel_key(ctx.skb.skb, &mut key, core::mem::size_of::<bpf_tunnel_key>() as u32, 0) };
     if r != 0 {
         return Err(Drop::TUNNEL_KEY);
     }
-    Ok(true)
+    Ok(())
 }
 
 /// The tunnel toward the node whose pods `daddr` belongs to: that node's underlay
@@ -89,9 +105,10 @@ pub fn is_local_pod(addr: u32) -> bool {
     unsafe { ENDPOINTS_V1.get(addr) }.is_some()
 }
 
-/// Sends a packet for another node's pod into the tunnel, marked so that the VXLAN
-/// device's egress knows its key is set. `None` means "not for another node; carry on
-/// as before".
+/// Sends a pod's packet for another node's pod into the tunnel: wrapped here
+/// ([`encapsulate`]), or else through the VXLAN device, marked so that the device's
+/// egress knows its key is set. `None` means "not for another node; carry on as
+/// before".
 #[inline(always)]
 pub fn to_remote_node(ctx: &TcContext, daddr: u32) -> Result<Option<i32>, Drop> {
     let Some(cfg) = config() else { return Ok(None) };
@@ -100,15 +117,79 @@ pub fn to_remote_node(ctx: &TcContext, daddr: u32) -> Result<Option<i32>, Drop> 
     if !in_cluster || local {
         return Ok(None);
     }
-    if !set_tunnel_key(ctx, daddr, &cfg)? {
+    let Some(peer) = NODES_V1.get(Key::new(32, daddr)).copied() else {
         // A podCIDR no node owns (any more): drop rather than leak it elsewhere.
         count(stat::DROP_NO_PEER);
         return Ok(Some(TC_ACT_SHOT as i32));
+    };
+    if let Some(action) = encapsulate(ctx, &cfg, peer.underlay_addr)? {
+        return Ok(Some(action));
     }
+    set_tunnel_key_to(ctx, peer.underlay_addr, &cfg)?;
     ctx.set_mark(mark(ctx) | MARK_TUNNEL_SET);
     // SAFETY: a plain helper call; flags 0 = egress of the VXLAN device.
     unsafe { bpf_redirect(cfg.vxlan_ifindex, 0) };
     Ok(Some(TC_ACT_REDIRECT as i32))
+}
+
+/// What [`encapsulate`] inserts after the frame's Ethernet header: the outer IPv4, UDP
+/// and VXLAN headers, then the frame's own Ethernet header as the inner one.
+#[repr(C, packed)]
+#[derive(Clone, Copy)]
+struct Inserted {
+    outer: vxlan::Outer,
+    inner_eth: EthHdr,
+}
+const INSERTED_LEN: usize = vxlan::OUTER_LEN + ETH_HLEN;
+const _: () = assert!(core::mem::size_of::<Inserted>() == INSERTED_LEN);
+
+/// `bpf_skb_adjust_room` flags for [`Inserted`]: the kernel records the new headers as
+/// an IPv4/UDP tunnel carrying Ethernet, so that a GSO packet is still segmented as
+/// one, and each segment keeps the pod's MSS: the pod's MTU already leaves room for the
+/// outer headers. The L2 length is the inner Ethernet header alone: the kernel puts the
+/// inner frame's start that far before the inner IP header, and counts everything
+/// between the outer UDP header and it (the VXLAN header) as tunnel header; with the
+/// VXLAN header counted as inner L2, segmentation reads it as the inner Ethernet
+/// header and drops the packet.
+const ENCAP_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO
+    | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
+    | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
+    | BPF_F_ADJ_ROOM_ENCAP_L2_ETH) as u64
+    | (ETH_HLEN as u64) << BPF_ADJ_ROOM_ENCAP_L2_SHIFT;
+
+/// Wraps the frame in VXLAN toward the node at underlay address `remote` and sends it
+/// out of the underlay interface, whose next hop the kernel's FIB and neighbour tables
+/// give. This skips, for every packet, what the VXLAN device's transmit costs: a route
+/// lookup, the UDP tunnel's transmit, and the node's IP output path. A GSO packet stays
+/// one (the underlay device segments it, or a veth passes it whole). `None` where the
+/// device must do it: while NodePort's settings (the underlay interface and the node's
+/// address) are not written, and for a packet that would not fit the underlay's MTU
+/// once wrapped, for which the device's path answers with "fragmentation needed".
+#[inline(always)]
+fn encapsulate(ctx: &TcContext, cfg: &OverlayConfig, remote: u32) -> Result<Option<i32>, Drop> {
+    let Some(np) = maps::nodeport() else { return Ok(None) };
+    let mut mtu_len = 0u32;
+    // SAFETY: a plain helper call; `mtu_len` is a stack value (0: check the packet's own
+    // length, grown by the outer headers; a GSO packet's segments are the pod's MTU).
+    let fits = unsafe { bpf_check_mtu(ctx.skb.skb.cast(), np.underlay_ifindex, &mut mtu_len, INSERTED_LEN as i32, 0) };
+    let ip_len = ctx.len() as usize - ETH_HLEN + INSERTED_LEN;
+    if fits != 0 || ip_len > u16::MAX as usize {
+        return Ok(None);
+    }
+    let inner_eth: EthHdr = ctx.load(0).map_err(|_| Drop::REWRITE)?;
+    // SAFETY: a plain helper call on this program's context.
+    let flow_hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
+    let Some(outer) = vxlan::outer(np.node_addr, remote, cfg.vni, flow_hash, ip_len as u16) else {
+        return Ok(None);
+    };
+    // Fails before it changes anything: the device's path then takes the packet as is.
+    if ctx.adjust_room(INSERTED_LEN as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS).is_err() {
+        return Ok(None);
+    }
+    ctx.store(ETH_HLEN, &Inserted { outer, inner_eth }, 0).map_err(|_| Drop::REWRITE)?;
+    count(stat::ENCAPSULATED);
+    // SAFETY: a plain helper call; no next-hop parameters (a FIB lookup finds it).
+    Ok(Some(unsafe { bpf_redirect_neigh(np.underlay_ifindex, core::ptr::null_mut(), 0, 0) } as i32))
 }
 
 /// Whether [`to_remote_node`] already set this packet's key; clears the mark so that it

@@ -12,22 +12,17 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
-use skiff_ebpf_common::{PROTO_TCP, PROTO_UDP, VXLAN_PORT};
+use skiff_ebpf_common::{PROTO_TCP, PROTO_UDP};
 
 use crate::{
     Drop, csum,
     packet::{ETH_HLEN, ETH_P_IP, EthHdr, IPV4_HLEN, Ipv4Hdr, Packet, TcpHdr, UdpHdr},
+    vxlan,
 };
 
 const AF_INET: u8 = 2;
-const PROTO_UDP_OUTER: u8 = 17;
-const TUNNEL_TTL: u8 = 64;
 /// VXLAN's outer headers: Ethernet, IPv4, UDP and the VXLAN header.
-pub const ENCAP_LEN: usize = ETH_HLEN + IPV4_HLEN + 8 + 8;
-/// Outer UDP source ports come from this range, hashed from the inner flow (as the
-/// kernel's VXLAN does) so that the receiver's RSS spreads flows over queues.
-const SPORT_FIRST: u32 = 32768;
-const SPORT_SPAN: u32 = 28232;
+pub const ENCAP_LEN: usize = ETH_HLEN + vxlan::OUTER_LEN;
 
 /// Parses an Ethernet IPv4 TCP or UDP frame without IP options (those, fragments and
 /// anything else give `None`: the tc path handles them).
@@ -83,7 +78,7 @@ pub fn next_hop(ctx: &XdpContext, ifindex: u32, saddr: u32, daddr: u32, len: u16
     // SAFETY: an all-zero bpf_fib_lookup is a valid value of this plain C struct.
     let mut params: FibLookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
-    params.l4_protocol = PROTO_UDP_OUTER;
+    params.l4_protocol = PROTO_UDP;
     params.ifindex = ifindex;
     params.__bindgen_anon_1.tot_len = len;
     params.__bindgen_anon_3.ipv4_src = saddr;
@@ -150,15 +145,12 @@ pub fn rewrite(
     Ok(())
 }
 
-/// VXLAN's outer headers, as they sit on the wire.
+/// A frame's new front: the outer Ethernet header and [`vxlan::Outer`].
 #[repr(C, packed)]
 #[derive(Clone, Copy)]
 struct Encap {
     eth: EthHdr,
-    ip: Ipv4Hdr,
-    udp: UdpHdr,
-    vxlan_flags: u32,
-    vxlan_vni: u32,
+    outer: vxlan::Outer,
 }
 const _: () = assert!(core::mem::size_of::<Encap>() == ENCAP_LEN);
 
@@ -180,36 +172,9 @@ pub struct Tunnel {
 /// before (what [`outer_len`] was computed from).
 #[inline(always)]
 pub fn encapsulate(ctx: &XdpContext, frame_len: usize, tunnel: &Tunnel) -> Result<(), Drop> {
-    let ip_len = outer_len(frame_len);
-    let mut ip = Ipv4Hdr {
-        ver_ihl: 0x45,
-        tos: 0,
-        tot_len: ip_len.to_be(),
-        id: 0,
-        frag_off: 0,
-        ttl: TUNNEL_TTL,
-        proto: PROTO_UDP_OUTER,
-        check: 0,
-        saddr: tunnel.local,
-        daddr: tunnel.remote,
-    };
-    // SAFETY: `ip` is a 20-byte stack value.
-    let sum = unsafe { csum::sum((&raw const ip).cast(), IPV4_HLEN as u32, 0) }.ok_or(Drop::XDP)?;
-    ip.check = csum::fold(sum);
-    let sport = (SPORT_FIRST + tunnel.flow_hash % SPORT_SPAN) as u16;
-    let encap = Encap {
-        eth: EthHdr { dst: tunnel.dmac, src: tunnel.smac, proto: ETH_P_IP.to_be() },
-        ip,
-        udp: UdpHdr {
-            sport: sport.to_be(),
-            dport: VXLAN_PORT.to_be(),
-            len: (ip_len - IPV4_HLEN as u16).to_be(),
-            check: 0,
-        },
-        // The I flag: the VNI is valid.
-        vxlan_flags: u32::from_ne_bytes([0x08, 0, 0, 0]),
-        vxlan_vni: (tunnel.vni << 8).to_be(),
-    };
+    let outer = vxlan::outer(tunnel.local, tunnel.remote, tunnel.vni, tunnel.flow_hash, outer_len(frame_len))
+        .ok_or(Drop::XDP)?;
+    let encap = Encap { eth: EthHdr { dst: tunnel.dmac, src: tunnel.smac, proto: ETH_P_IP.to_be() }, outer };
     // SAFETY: plain helper call on this program's context; a negative delta grows the
     // headroom side.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(ENCAP_LEN as i32)) } != 0 {

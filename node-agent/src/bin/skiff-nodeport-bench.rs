@@ -286,7 +286,7 @@ fn install(opts: &Options, eth0: u32, node_mac: [u8; 6]) -> Result<()> {
         dir,
         NodePortConfig {
             underlay_ifindex: eth0,
-            snat_addr: addr_to_map([10, 244, 0, 1]),
+            snat_addr: addr_to_map([10, 244, 0, 0]),
             node_addr: addr_to_map(NODE.octets()),
             port_first: port_to_map(opts.node_port_first),
             port_last: port_to_map(last),

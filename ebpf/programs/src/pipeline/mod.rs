@@ -2,12 +2,13 @@
 //! (`packet`, `lb`, `overlay`), and nothing else. The binaries in `src/bin/` call these.
 //!
 //! - [`from_pod`]: tc ingress on a pod's host-side veth: load balancing, then delivery
-//!   into the tunnel, out of the underlay (NodePort replies) or on to the node's stack;
+//!   into the tunnel (wrapped here and sent out of the underlay), out of the underlay
+//!   (NodePort replies) or on to the node's stack;
 //! - [`from_overlay`]: tc ingress on the VXLAN device: reverse NAT of replies whose
 //!   client lives here, then delivery to the local pod, out of the underlay (NodePort
 //!   replies) or to the node's stack;
 //! - [`to_overlay`]: tc egress on the VXLAN device: the tunnel key for packets the node's
-//!   own stack routes there;
+//!   own stack routes there (and pods' packets `overlay::to_remote_node` could not wrap);
 //! - [`to_underlay`]: tc egress on the underlay interface: masquerade of pod traffic
 //!   leaving the cluster network;
 //! - [`from_underlay`]: tc ingress on the underlay interface: ARP answers for announced

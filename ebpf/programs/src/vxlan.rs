@@ -1,0 +1,68 @@
+//! VXLAN's outer headers (IPv4, UDP, VXLAN), built alike by the two places that
+//! encapsulate without the kernel's VXLAN device: the NodePort fast path at XDP
+//! (`xdp::encapsulate`) and pod traffic to other nodes at tc (`overlay::to_remote_node`).
+//!
+//! This module only builds headers; it looks nothing up and must not call into `lb`
+//! or `overlay`.
+
+use skiff_ebpf_common::{PROTO_UDP, VXLAN_PORT};
+
+use crate::{
+    csum,
+    packet::{IPV4_HLEN, Ipv4Hdr, UdpHdr},
+};
+
+const TUNNEL_TTL: u8 = 64;
+/// Outer UDP source ports come from this range, hashed from the inner flow (as the
+/// kernel's VXLAN does) so that the receiver's RSS spreads flows over queues.
+const SPORT_FIRST: u32 = 32768;
+const SPORT_SPAN: u32 = 28232;
+/// The VXLAN header's I flag: the VNI is valid.
+const FLAG_VNI: u32 = u32::from_ne_bytes([0x08, 0, 0, 0]);
+
+/// IPv4, UDP and VXLAN headers, as they sit on the wire.
+#[repr(C, packed)]
+#[derive(Clone, Copy)]
+pub struct Outer {
+    pub ip: Ipv4Hdr,
+    pub udp: UdpHdr,
+    pub vxlan_flags: u32,
+    pub vxlan_vni: u32,
+}
+/// The length of [`Outer`].
+pub const OUTER_LEN: usize = IPV4_HLEN + 8 + 8;
+const _: () = assert!(core::mem::size_of::<Outer>() == OUTER_LEN);
+
+/// The outer headers from `local` to `remote` (network byte order) for an outer IP
+/// packet of `ip_len` bytes, with the outer IP checksum and no UDP checksum (RFC 7348
+/// allows 0 over IPv4). `None` if the checksum helper fails.
+#[inline(always)]
+pub fn outer(local: u32, remote: u32, vni: u32, flow_hash: u32, ip_len: u16) -> Option<Outer> {
+    let mut ip = Ipv4Hdr {
+        ver_ihl: 0x45,
+        tos: 0,
+        tot_len: ip_len.to_be(),
+        id: 0,
+        frag_off: 0,
+        ttl: TUNNEL_TTL,
+        proto: PROTO_UDP,
+        check: 0,
+        saddr: local,
+        daddr: remote,
+    };
+    // SAFETY: `ip` is a 20-byte stack value.
+    let sum = unsafe { csum::sum((&raw const ip).cast(), IPV4_HLEN as u32, 0) }?;
+    ip.check = csum::fold(sum);
+    let sport = (SPORT_FIRST + flow_hash % SPORT_SPAN) as u16;
+    Some(Outer {
+        ip,
+        udp: UdpHdr {
+            sport: sport.to_be(),
+            dport: VXLAN_PORT.to_be(),
+            len: (ip_len - IPV4_HLEN as u16).to_be(),
+            check: 0,
+        },
+        vxlan_flags: FLAG_VNI,
+        vxlan_vni: (vni << 8).to_be(),
+    })
+}
