@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::free_port;
+use super::restartable_port;
 
 /// etcd and etcdctl; panics with what to install when they are missing.
 pub fn etcd_bins() -> (PathBuf, PathBuf) {
@@ -43,7 +43,12 @@ impl Etcd {
         let (etcd, etcdctl) = etcd_bins();
         let tmp = tempfile::tempdir().unwrap();
         let members: Vec<Member> = (0..n)
-            .map(|i| Member { name: format!("m{i}"), client_port: free_port(), peer_port: free_port(), child: None })
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: restartable_port(),
+                peer_port: restartable_port(),
+                child: None,
+            })
             .collect();
         let initial_cluster = members
             .iter()

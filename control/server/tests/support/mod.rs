@@ -37,6 +37,26 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A free port below Linux's default ephemeral range (32768–60999), for a server that
+/// is stopped and started again on the same port: while it is down, any outgoing
+/// connection on the machine may take a free ephemeral port as its own, and the restart
+/// then fails with "address already in use". Ports here are only ever bound on purpose.
+pub fn restartable_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    // Test binaries run beside each other: start each process somewhere else.
+    let seed = std::process::id().wrapping_mul(2_654_435_761);
+    for _ in 0..SPAN {
+        let port = (FIRST + seed.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN)
+}
+
 /// Polls `f` every 100 ms until it is true; panics naming `what` after `timeout`.
 pub fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
