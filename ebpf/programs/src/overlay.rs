@@ -35,7 +35,6 @@ use crate::{
 };
 
 const PACKET_HOST: u32 = 0;
-const TUNNEL_TTL: u8 = 64;
 
 #[inline(always)]
 fn mark(ctx: &TcContext) -> u32 {
@@ -76,7 +75,7 @@ fn set_tunnel_key_to(ctx: &TcContext, remote: u32, cfg: &OverlayConfig) -> Resul
     key.tunnel_id = cfg.vni;
     // The helper takes the remote address in host byte order.
     key.__bindgen_anon_1.remote_ipv4 = u32::from_be(remote);
-    key.tunnel_ttl = TUNNEL_TTL;
+    key.tunnel_ttl = vxlan::TUNNEL_TTL;
     // SAFETY: `key` is a stack value of the size passed; flags 0 = IPv4.
     let r = unsafe { bpf_skb_set_tunnel_key(ctx.skb.skb, &mut key, core::mem::size_of::<bpf_tunnel_key>() as u32, 0) };
     if r != 0 {

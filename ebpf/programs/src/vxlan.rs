@@ -12,7 +12,8 @@ use crate::{
     packet::{IPV4_HLEN, Ipv4Hdr, UdpHdr},
 };
 
-const TUNNEL_TTL: u8 = 64;
+/// The outer TTL, for headers built here and for the VXLAN device's tunnel keys.
+pub const TUNNEL_TTL: u8 = 64;
 /// Outer UDP source ports come from this range, hashed from the inner flow (as the
 /// kernel's VXLAN does) so that the receiver's RSS spreads flows over queues.
 const SPORT_FIRST: u32 = 32768;

@@ -105,6 +105,7 @@ fn run() -> Result<()> {
     let ms = |name: &str| -> Result<Option<Duration>> {
         Ok(flag(name).is_some().then(|| num(name, 0)).transpose()?.map(Duration::from_millis))
     };
+    let port = |name: &str| flag(name).map(|p| p.parse::<u16>().with_context(|| format!("{name} {p}"))).transpose();
     let target = || -> Result<SocketAddr> { args.first().context("missing ADDR:PORT")?.parse().context("ADDR:PORT") };
     let timeout = Duration::from_millis(num("--timeout-ms", 2000)?);
     let count = num("--count", 1)?;
@@ -115,8 +116,7 @@ fn run() -> Result<()> {
             Ok(())
         }
         "serve" => {
-            let port = |name: &str| flag(name).map(|p| p.parse::<u16>().with_context(|| format!("{name} {p}")));
-            let (mut tcp, mut udp) = (port("--tcp").transpose()?, port("--udp").transpose()?);
+            let (mut tcp, mut udp) = (port("--tcp")?, port("--udp")?);
             if tcp.is_none() && udp.is_none() {
                 (tcp, udp) = (Some(DEFAULT_PORT), Some(DEFAULT_PORT));
             }
@@ -164,9 +164,7 @@ fn run() -> Result<()> {
         "tcp" => clients(count, interval, |_| tcp_request(target()?, timeout)),
         "udp" => {
             let size = num("--size", 5)? as usize;
-            let source_port =
-                flag("--source-port").map(|p| p.parse::<u16>().with_context(|| format!("--source-port {p}")));
-            let source_port = source_port.transpose()?.unwrap_or(0);
+            let source_port = port("--source-port")?.unwrap_or(0);
             clients(count, interval, |_| udp_request(target()?, timeout, size, source_port))
         }
         "udp-sendto" => clients(count, interval, |_| udp_sendto_request(target()?, timeout)),
