@@ -16,7 +16,8 @@
 //!   the node's stack.
 //!
 //! Two kinds of traffic, each printed for both datapaths and as a ratio:
-//! - established flows (64 flows, 20,000 packets each, after each flow's first packet):
+//! - established flows (64 flows, 100,000 packets each, in turn in one test run, after
+//!   each flow's first packet):
 //!   a conntrack hit on both sides;
 //! - new flows (`-new-flows`, 50,000 packets, each from a source port never used before):
 //!   connection setup, where kube-proxy's packets walk KUBE-SERVICES and KUBE-NODEPORTS

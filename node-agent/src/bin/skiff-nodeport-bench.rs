@@ -16,9 +16,12 @@
 //! over the wall time of the test runs; the kernel delivers the frames to the sink
 //! inside those calls, so both sides pay for the same generator and sink.
 //!
-//! Flows: `--flows` source ports, each sent `--packets` times in one test run after a
-//! first packet that creates its conntrack entry (Skiff's or netfilter's) outside the
-//! timing: the steady state of established NodePort flows. With `--new-flows N`
+//! Flows: `--flows` source ports, each sent `--packets` times, in turn, in one test run
+//! (the generator varies the port), after a first packet of each that creates its
+//! conntrack entry (Skiff's or netfilter's) outside the timing: the steady state of
+//! established NodePort flows. One run for all, because each test run has a fixed
+//! cost of tens of milliseconds (the kernel creates and destroys a page pool for it)
+//! that would otherwise weigh on the faster side. With `--new-flows N`
 //! instead, N packets each start a flow of their own (a source never used before):
 //! connection setup, where kube-proxy's rules are walked and Skiff picks a backend.
 
@@ -27,7 +30,7 @@ use std::{net::Ipv4Addr, os::fd::AsFd, path::PathBuf, time::Instant};
 use anyhow::{Context, Result, bail, ensure};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, ProgramArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues, ProgramArray, lpm_trie::Key},
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
 use skiff_ebpf_common::{
@@ -63,7 +66,7 @@ fn main() -> Result<()> {
         services: 10_000,
         node_port_first: 20_000,
         flows: 64,
-        packets: 20_000,
+        packets: 100_000,
         new_flows: 0,
         sink_netns: PathBuf::new(),
         pin_dir: PathBuf::from(format!("/sys/fs/bpf/skiff-bench/p9-{}", std::process::id())),
@@ -130,29 +133,28 @@ fn run(opts: &Options) -> Result<()> {
     let (tunneled_before, new_before) = (counter(opts, "xdp_tunneled")?, counter(opts, "ct_new")?);
     let (sent, elapsed, delivered) = if opts.new_flows > 0 {
         set_frame(&mut gen_object, &frame_of(0))?;
-        let mut on: Array<&mut MapData, u32> =
-            Array::try_from(gen_object.map_mut("GEN_NEW_FLOWS").context("GEN_NEW_FLOWS")?)?;
-        on.set(0, 1, 0)?;
+        set_u32(&mut gen_object, "GEN_NEW_FLOWS", 1)?;
         let sunk_before = sunk(&gen_object)?;
         let started = Instant::now();
         send(gen_object_program(&gen_object)?, eth0, opts.new_flows)?;
         let elapsed = started.elapsed().as_secs_f64();
         (opts.new_flows as u64, elapsed, sunk(&gen_object)? - sunk_before)
     } else {
+        // The generator turns the template's source port into one per flow, in turn
+        // (`GEN_FLOWS`): all flows in one test run.
+        set_frame(&mut gen_object, &frame_of(0))?;
+        set_u32(&mut gen_object, "GEN_FLOWS", u32::from(opts.flows))?;
         // Each flow's first packet, outside the timing: it creates the flow's entries.
-        for flow in 0..opts.flows {
-            set_frame(&mut gen_object, &frame_of(flow))?;
-            send(gen_object_program(&gen_object)?, eth0, 1)?;
-        }
+        reset_seq(&mut gen_object)?;
+        send(gen_object_program(&gen_object)?, eth0, u32::from(opts.flows))?;
         let tunneled_first = counter(opts, "xdp_tunneled")?;
+        reset_seq(&mut gen_object)?;
+        let sent = u64::from(opts.flows) * u64::from(opts.packets);
+        let repeat = u32::try_from(sent).context("--flows × --packets must fit in 32 bits")?;
         let sunk_before = sunk(&gen_object)?;
         let started = Instant::now();
-        for flow in 0..opts.flows {
-            set_frame(&mut gen_object, &frame_of(flow))?;
-            send(gen_object_program(&gen_object)?, eth0, opts.packets)?;
-        }
+        send(gen_object_program(&gen_object)?, eth0, repeat)?;
         let elapsed = started.elapsed().as_secs_f64();
-        let sent = opts.flows as u64 * opts.packets as u64;
         ensure!(
             tunneled_first - tunneled_before == opts.flows as u64 || opts.mode != "skiff",
             "a first packet missed the fast path"
@@ -209,6 +211,21 @@ fn set_frame(gen_object: &mut Ebpf, frame: &[u8]) -> Result<()> {
     let mut template: Array<&mut MapData, [u8; FRAME_LEN]> =
         Array::try_from(gen_object.map_mut("GEN_FRAME").context("GEN_FRAME")?)?;
     template.set(0, <[u8; FRAME_LEN]>::try_from(frame)?, 0)?;
+    Ok(())
+}
+
+fn set_u32(gen_object: &mut Ebpf, map: &str, value: u32) -> Result<()> {
+    let mut array: Array<&mut MapData, u32> = Array::try_from(gen_object.map_mut(map).context(map.to_owned())?)?;
+    array.set(0, value, 0)?;
+    Ok(())
+}
+
+/// Zeroes every CPU's frame count, so that the next run's frames start at flow 0.
+fn reset_seq(gen_object: &mut Ebpf) -> Result<()> {
+    let mut seq: PerCpuArray<&mut MapData, u32> =
+        PerCpuArray::try_from(gen_object.map_mut("GEN_SEQ").context("GEN_SEQ")?)?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    seq.set(0, PerCpuValues::try_from(vec![0u32; cpus])?, 0)?;
     Ok(())
 }
 

@@ -6,8 +6,13 @@
 //! come back translated. `xdp_gen` therefore writes the frame afresh (`GEN_FRAME`) and
 //! then tail-calls the program under test (`GEN_NEXT` slot 0), or passes the frame to the
 //! node's stack when the slot is empty: the same generator for both sides measured.
-//! With `GEN_NEW_FLOWS` set, each frame gets a source port (and address) no frame used
-//! before, so that every packet starts a new flow.
+//! With `GEN_FLOWS` at N > 1, successive frames take the template's source port plus
+//! 0, 1, .., N-1 in turn: N established flows in one test run, so that the run's fixed
+//! cost (the kernel sets up and tears down a page pool for each, tens of
+//! milliseconds) is paid once, not once per flow. With `GEN_NEW_FLOWS` set instead,
+//! each frame gets a source port (and address) no frame used before, so that every
+//! packet starts a new flow. Both count frames in `GEN_SEQ`, which user space zeroes
+//! before each run.
 //! `xdp_sink`, on the receiving end, counts the VXLAN frames whose inner packet reached
 //! the backend's port (translated and encapsulated, by either side) and drops them.
 #![no_std]
@@ -38,6 +43,9 @@ static GEN_NEXT: ProgramArray = ProgramArray::with_max_entries(1, 0);
 static GEN_NEW_FLOWS: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map]
+static GEN_FLOWS: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map]
 static GEN_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
@@ -54,23 +62,47 @@ pub fn xdp_gen(ctx: XdpContext) -> u32 {
     unsafe { core::ptr::write_unaligned(data as *mut [u8; FRAME_LEN], *frame) };
     if GEN_NEW_FLOWS.get(0).is_some_and(|on| *on != 0) {
         new_flow(data);
+    } else if let Some(flows) = GEN_FLOWS.get(0).copied().filter(|flows| *flows > 1) {
+        next_flow(data, flows);
     }
     // SAFETY: a tail call only returns when the slot is empty.
     let _ = unsafe { GEN_NEXT.tail_call(&ctx, 0) };
     XDP_PASS
 }
 
+/// The next frame's sequence number on this CPU (a test run stays on one CPU).
+#[inline(always)]
+fn next_seq() -> Option<u32> {
+    let seq = GEN_SEQ.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU slot, only this CPU touches it.
+    unsafe {
+        let n = *seq;
+        *seq = n.wrapping_add(1);
+        Some(n)
+    }
+}
+
+/// Gives the frame at `data` (FRAME_LEN bytes, checked) the template's source port
+/// plus the frame's number modulo `flows`, the TCP checksum updated.
+#[inline(always)]
+fn next_flow(data: usize, flows: u32) {
+    let Some(n) = next_seq() else { return };
+    // SAFETY: the caller checked FRAME_LEN bytes; TCP at 34 (sport at 34, check at 50).
+    unsafe {
+        let sport = (data + 34) as *mut u16;
+        let old_port = sport.read_unaligned();
+        let port = u16::from_be(old_port).wrapping_add((n % flows) as u16).to_be();
+        sport.write_unaligned(port);
+        let tcp_check = (data + 50) as *mut u16;
+        tcp_check.write_unaligned(csum::replace2(tcp_check.read_unaligned(), old_port, port));
+    }
+}
+
 /// Gives the frame at `data` (FRAME_LEN bytes, checked) the next unused source: port
 /// 1024 + n % 60,000 of address 192.168.79.(10 + n / 60,000), checksums updated.
 #[inline(always)]
 fn new_flow(data: usize) {
-    let Some(seq) = GEN_SEQ.get_ptr_mut(0) else { return };
-    // SAFETY: a per-CPU slot, only this CPU touches it.
-    let n = unsafe {
-        let n = *seq;
-        *seq = n.wrapping_add(1);
-        n
-    };
+    let Some(n) = next_seq() else { return };
     let port = ((1024 + n % 60_000) as u16).to_be();
     let last_octet = (10 + (n / 60_000) % 200) as u8;
     // SAFETY: the caller checked FRAME_LEN bytes; IPv4 at 14 (check at 24, saddr at 26),
