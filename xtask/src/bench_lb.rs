@@ -47,7 +47,7 @@ use skiff_tests::{PinDir, topology::NodeTopology, unique_tag};
 
 use crate::{
     bench::load_iptables,
-    bench_support::{DEFAULT_ROUNDS, Rounds, alternate, print_environment, summary},
+    bench_support::{BenchCgroup, DEFAULT_ROUNDS, Rounds, alternate, print_environment, summary},
     lbsetup::{
         ServiceSpec, build_binaries, services_json, start_agent, start_agent_with, start_echo_servers, write_manifest,
     },
@@ -240,7 +240,7 @@ impl P2<'_> {
         let pins = PinDir::new(&tag);
         let started = Instant::now();
         // The socket mode's cgroup: the agent attaches to it, the client runs in it.
-        let cgroup = (mode == Mode::EbpfSock).then(|| BenchCgroup::new(&tag));
+        let cgroup = (mode == Mode::EbpfSock).then(|| BenchCgroup::new(&format!("skiff-bench-{tag}")));
         let mut agent = match mode {
             Mode::Ebpf | Mode::EbpfPure => Some(start_agent(&topo, self.bin, &pins.path, self.manifests)?),
             Mode::EbpfSock => {
@@ -323,24 +323,6 @@ impl P2<'_> {
         progress("bench", &format!("  {}", text.trim()));
         ensure!(run.failed == 0, "{} of {} connections to {targets} failed", run.failed, run.conns);
         Ok(run)
-    }
-}
-
-/// A cgroup v2 directory for one socket-mode run, removed when dropped (its one
-/// process, the client, has exited by then).
-struct BenchCgroup(PathBuf);
-
-impl BenchCgroup {
-    fn new(tag: &str) -> Self {
-        let hybrid = Path::new("/sys/fs/cgroup/unified");
-        let v2 = if hybrid.is_dir() { hybrid } else { Path::new("/sys/fs/cgroup") };
-        Self(v2.join(format!("skiff-bench-{tag}")))
-    }
-}
-
-impl Drop for BenchCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
     }
 }
 

@@ -2,9 +2,16 @@
 //! an underlay bridge, a client pod on node 1, a server pod on node 2), and P1's cost per
 //! packet of the programs in that traffic.
 //!
-//! Four modes, run in alternating rounds after a warm-up (`bench_support::alternate`):
-//! - `EbpfPodIp`: Skiff's agents (`--manifests`, `--nodes`) on both nodes, pod → pod IP;
-//! - `EbpfClusterIp`: the same datapath, pod → ClusterIP → pod (P3 against the above);
+//! Five modes, run in alternating rounds after a warm-up (`bench_support::alternate`):
+//! - `EbpfPodIp`: Skiff's agents (`--manifests`, `--nodes`, `--socket-lb-cgroup`) on
+//!   both nodes, pod → pod IP;
+//! - `EbpfClusterIp`: the same datapath, pod → ClusterIP → pod (P3 against the above),
+//!   the path a pod gets by default: the client runs in its node's pod cgroup, as a
+//!   pod of the local cluster does, so its connection goes to the backend at
+//!   `connect()` (socket-level load balancing) and no packet of it is translated;
+//! - `EbpfClusterIpTc`: the same, the client outside that cgroup: every packet is
+//!   translated at tc (conntrack, NAT), the path of a node without socket LB or of
+//!   traffic the socket hooks cannot see;
 //! - `KernelVxlan`: flannel's vxlan backend made by hand (P4's baseline);
 //! - `PlainRouting`: a route to the peer's podCIDR via its underlay address, no
 //!   encapsulation, same pod MTU: the ceiling. An overlay above it is a measurement error,
@@ -12,11 +19,12 @@
 //!
 //! Each run is iperf3 (TCP, `-O 1` so slow start is left out, retransmits from its JSON)
 //! then a request/response rate on one connection (`skiff-echo rr`), clients on one CPU
-//! and servers on another in every mode. Each datapath is set up before its modes' runs and
+//! and servers on another in every mode. Clients and servers run in their node's pod
+//! cgroup in every mode but `EbpfClusterIpTc`. Each datapath is set up before its modes' runs and
 //! torn down after them, every round, with a check that nothing of it is left for the next
 //! (`datapaths`).
 //!
-//! After the rounds, extra ClusterIP runs with the kernel's BPF statistics on read each
+//! After the rounds, extra ClusterIP runs on the tc path with the kernel's BPF statistics on read each
 //! program's real cost per packet. They are kept out of the rounds: the statistics' own
 //! clock reads would slow only the eBPF modes.
 //!
@@ -41,7 +49,7 @@ use skiff_tests::{
 };
 
 use crate::{
-    bench_support::{DEFAULT_ROUNDS, Rounds, alternate, print_devices, print_environment, summary},
+    bench_support::{BenchCgroup, DEFAULT_ROUNDS, Rounds, alternate, print_devices, print_environment, summary},
     lbsetup::{build_binaries, write_manifest},
     util::progress,
 };
@@ -56,17 +64,19 @@ const USAGE: &str = "usage: cargo xtask bench overlay [-- --seconds S --rounds N
 enum Mode {
     EbpfPodIp,
     EbpfClusterIp,
+    EbpfClusterIpTc,
     KernelVxlan,
     PlainRouting,
 }
 
 /// The order of every round.
-const MODES: [Mode; 4] = [Mode::EbpfPodIp, Mode::EbpfClusterIp, Mode::KernelVxlan, Mode::PlainRouting];
+const MODES: [Mode; 5] =
+    [Mode::EbpfPodIp, Mode::EbpfClusterIp, Mode::EbpfClusterIpTc, Mode::KernelVxlan, Mode::PlainRouting];
 
 impl Mode {
     fn datapath(self) -> Datapath {
         match self {
-            Mode::EbpfPodIp | Mode::EbpfClusterIp => Datapath::Ebpf,
+            Mode::EbpfPodIp | Mode::EbpfClusterIp | Mode::EbpfClusterIpTc => Datapath::Ebpf,
             Mode::KernelVxlan => Datapath::KernelVxlan,
             Mode::PlainRouting => Datapath::PlainRouting,
         }
@@ -77,6 +87,7 @@ impl Mode {
         match self {
             Mode::EbpfPodIp => ("P4", "ebpf-overlay"),
             Mode::EbpfClusterIp => ("P3", "clusterip"),
+            Mode::EbpfClusterIpTc => ("P3", "clusterip-tc"),
             Mode::KernelVxlan => ("P4", "kernel-vxlan"),
             Mode::PlainRouting => ("P4", "plain-routing"),
         }
@@ -138,6 +149,8 @@ pub(crate) struct Cluster {
     bin: PathBuf,
     client_cpu: usize,
     server_cpu: usize,
+    /// Each node's pod cgroup (the agent's `--socket-lb-cgroup`), node 1's first.
+    pod_cgroups: [BenchCgroup; 2],
     dir: RemoveDir,
 }
 
@@ -161,13 +174,28 @@ impl Cluster {
         std::fs::write(dir.0.join("nodes.yaml"), format!("nodes:\n{nodes}"))?;
         // Two CPUs on the machines this runs on: the client on one, the server on the other.
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let mut cluster =
-            Self { _servers: Vec::new(), n1, n2, underlay, bin, client_cpu: 0, server_cpu: usize::from(cpus > 1), dir };
+        let pod_cgroups = [1, 2].map(|i| BenchCgroup::new(&format!("skiff-{tag}-n{i}")));
+        let mut cluster = Self {
+            _servers: Vec::new(),
+            n1,
+            n2,
+            underlay,
+            bin,
+            client_cpu: 0,
+            server_cpu: usize::from(cpus > 1),
+            pod_cgroups,
+            dir,
+        };
         let echo = cluster.bin.join("skiff-echo");
         let server = cluster.server();
+        let server_cgroup = Some(cluster.pod_cgroups[1].0.as_path());
         let servers = [
-            pinned(&server.ns, cluster.server_cpu, Path::new("iperf3")).args(["-s", "-p", &IPERF_PORT.to_string()]),
-            pinned(&server.ns, cluster.server_cpu, &echo).args([
+            pinned(&server.ns, cluster.server_cpu, server_cgroup, Path::new("iperf3")).args([
+                "-s",
+                "-p",
+                &IPERF_PORT.to_string(),
+            ]),
+            pinned(&server.ns, cluster.server_cpu, server_cgroup, &echo).args([
                 "serve",
                 "--name",
                 "server",
@@ -203,6 +231,16 @@ impl Cluster {
         self.n2.pod("server")
     }
 
+    /// The client pod's cgroup, its node's pod cgroup.
+    fn client_cgroup(&self) -> Option<&Path> {
+        Some(self.pod_cgroups[0].0.as_path())
+    }
+
+    /// Node `index`'s pod cgroup (1 or 2).
+    pub(crate) fn pod_cgroup(&self, index: u8) -> &Path {
+        &self.pod_cgroups[usize::from(index.clamp(1, 2)) - 1].0
+    }
+
     /// Every device a packet from the client to the server passes, in order.
     fn path_devices(&self) -> Vec<(Option<&Netns>, &str)> {
         let (client, server, ul) = (self.client(), self.server(), &self.underlay.ns);
@@ -220,13 +258,29 @@ impl Cluster {
     }
 }
 
-/// `program` run in `ns` on one CPU (`taskset`), the same CPU in every mode.
 /// The unmeasured traffic after each set-up.
 const SETTLE_SECONDS: u64 = 1;
 
-fn pinned(ns: &Netns, cpu: usize, program: &Path) -> Command {
-    let mut cmd = ns.command("taskset");
-    cmd.args(["-c", &cpu.to_string()]).arg(program).stdin(Stdio::null());
+/// `program` run in `ns` on one CPU (`taskset`), the same CPU in every mode, and in
+/// `cgroup` if given (entered before the program starts, so that its sockets are the
+/// cgroup's from the first).
+fn pinned(ns: &Netns, cpu: usize, cgroup: Option<&Path>, program: &Path) -> Command {
+    let cpu = cpu.to_string();
+    let mut cmd = match cgroup {
+        Some(cgroup) => {
+            let mut cmd = ns.command("sh");
+            cmd.args(["-c", "echo $$ > \"$1/cgroup.procs\" && shift && exec taskset -c \"$@\"", "sh"])
+                .arg(cgroup)
+                .arg(&cpu);
+            cmd
+        }
+        None => {
+            let mut cmd = ns.command("taskset");
+            cmd.args(["-c", &cpu]);
+            cmd
+        }
+    };
+    cmd.arg(program).stdin(Stdio::null());
     cmd
 }
 
@@ -271,7 +325,7 @@ impl Bench<'_> {
             // first syncs, neighbour resolution, caches) would otherwise fall on
             // whichever mode happens to run first after it.
             let server_ip = self.c.server().ip.to_string();
-            iperf(self.c, &server_ip, SETTLE_SECONDS).with_context(|| format!("settling {datapath:?}"))?;
+            iperf(self.c, &server_ip, SETTLE_SECONDS, self.c.client_cgroup()).with_context(|| format!("settling {datapath:?}"))?;
             if let Some(dev) = datapath.tunnel_device()
                 && !self.shown.contains(&datapath)
             {
@@ -285,14 +339,16 @@ impl Bench<'_> {
     fn measure(&mut self, mode: Mode) -> Result<Sample> {
         self.switch_to(Some(mode.datapath()))?;
         let server_ip = self.c.server().ip.to_string();
-        let target = if mode == Mode::EbpfClusterIp { VIP } else { &server_ip };
-        let (bits_per_second, retransmits) = iperf(self.c, target, self.seconds)?;
-        let rr = request_response(self.c, target, self.seconds)?;
+        let target = if matches!(mode, Mode::EbpfClusterIp | Mode::EbpfClusterIpTc) { VIP } else { &server_ip };
+        let cgroup = if mode == Mode::EbpfClusterIpTc { None } else { self.c.client_cgroup() };
+        let (bits_per_second, retransmits) = iperf(self.c, target, self.seconds, cgroup)?;
+        let rr = request_response(self.c, target, self.seconds, cgroup)?;
         Ok(Sample { bits_per_second, retransmits, rr })
     }
 
     /// Per program and node, the nanoseconds per run (one run per packet, or per GSO/GRO
-    /// batch) over `runs` ClusterIP iperf3 runs, read from the kernel's BPF statistics.
+    /// batch) over `runs` ClusterIP iperf3 runs on the tc path (every packet
+    /// translated), read from the kernel's BPF statistics.
     fn program_costs(&mut self, runs: usize) -> Result<Vec<(String, Vec<f64>)>> {
         self.switch_to(Some(Datapath::Ebpf))?;
         let Some(Active::Ebpf(overlay)) = &self.active else { bail!("the eBPF overlay is not up") };
@@ -308,7 +364,7 @@ impl Bench<'_> {
         for run in 1..=runs {
             progress("bench", &format!("P1 in traffic, run {run}/{runs}: ClusterIP with BPF statistics on"));
             let before = run_counters(&overlay.programs)?;
-            iperf(self.c, VIP, self.seconds)?;
+            iperf(self.c, VIP, self.seconds, None)?;
             let after = run_counters(&overlay.programs)?;
             for ((label, values), (b, a)) in costs.iter_mut().zip(before.iter().zip(&after)) {
                 values.extend(per_run_ns(*b, *a));
@@ -352,9 +408,9 @@ fn per_run_ns(before: (u64, u64), after: (u64, u64)) -> Option<f64> {
 }
 
 /// TCP throughput (bit/s, as the receiver counted it) and the sender's retransmits from
-/// the client pod to `target`. A failed run fails the bench.
-fn iperf(c: &Cluster, target: &str, seconds: u64) -> Result<(f64, u64)> {
-    let out = pinned(&c.client().ns, c.client_cpu, Path::new("iperf3"))
+/// the client pod (in `cgroup` if given) to `target`. A failed run fails the bench.
+fn iperf(c: &Cluster, target: &str, seconds: u64, cgroup: Option<&Path>) -> Result<(f64, u64)> {
+    let out = pinned(&c.client().ns, c.client_cpu, cgroup, Path::new("iperf3"))
         .args(["-c", target, "-p", &IPERF_PORT.to_string(), "-t", &seconds.to_string(), "-O", "1", "-J"])
         .output()
         .context("running iperf3")?;
@@ -385,10 +441,10 @@ fn parse_iperf(json: &str) -> Result<(f64, u64)> {
     Ok((bps, retransmits))
 }
 
-/// Requests per second on one connection from the client pod to `target`; a lost request
-/// (timeout, closed connection) fails the bench.
-fn request_response(c: &Cluster, target: &str, seconds: u64) -> Result<f64> {
-    let out = pinned(&c.client().ns, c.client_cpu, &c.bin.join("skiff-echo"))
+/// Requests per second on one connection from the client pod (in `cgroup` if given) to
+/// `target`; a lost request (timeout, closed connection) fails the bench.
+fn request_response(c: &Cluster, target: &str, seconds: u64, cgroup: Option<&Path>) -> Result<f64> {
+    let out = pinned(&c.client().ns, c.client_cpu, cgroup, &c.bin.join("skiff-echo"))
         .args(["rr", &format!("{target}:{RR_PORT}"), "--duration-ms", &(seconds * 1000).to_string()])
         .output()
         .context("running skiff-echo rr")?;
@@ -446,6 +502,10 @@ impl Figures {
             format!("P3 clusterip-vs-pod-ip-throughput: {}", ratio(tp, EbpfClusterIp, EbpfPodIp)),
             format!("P3 clusterip-rr@cross-node: {}", summary(rr.of(&EbpfClusterIp), "req/s", 0)),
             format!("P3 clusterip-vs-pod-ip-rr: {}", ratio(rr, EbpfClusterIp, EbpfPodIp)),
+            format!("P3 clusterip-tc-throughput@cross-node: {}", summary(tp.of(&EbpfClusterIpTc), "Gbit/s", 2)),
+            format!("P3 clusterip-tc-vs-pod-ip-throughput: {}", ratio(tp, EbpfClusterIpTc, EbpfPodIp)),
+            format!("P3 clusterip-tc-rr@cross-node: {}", summary(rr.of(&EbpfClusterIpTc), "req/s", 0)),
+            format!("P3 clusterip-tc-vs-pod-ip-rr: {}", ratio(rr, EbpfClusterIpTc, EbpfPodIp)),
         ];
         for mode in [EbpfPodIp, KernelVxlan, PlainRouting] {
             lines.push(format!("P4 {}-throughput: {}", mode.label().1, summary(tp.of(&mode), "Gbit/s", 2)));
@@ -472,7 +532,7 @@ impl Figures {
     /// only adds work, so that is a measurement error to explain, not a result.
     fn ceiling_warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        for mode in [Mode::EbpfPodIp, Mode::EbpfClusterIp, Mode::KernelVxlan] {
+        for mode in [Mode::EbpfPodIp, Mode::EbpfClusterIp, Mode::EbpfClusterIpTc, Mode::KernelVxlan] {
             for (metric, rounds) in [("throughput", &self.throughput), ("rr", &self.rr)] {
                 let ratios = rounds.ratios(&mode, &Mode::PlainRouting);
                 let above = ratios.iter().filter(|r| **r > 1.0).count();

@@ -7,13 +7,35 @@
 //! (the bars parse the first number). The environment lines start with `#` so that
 //! nothing reads them as figures.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Result, bail};
 use skiff_tests::netns::Netns;
 
 use crate::util::progress;
+
+/// A cgroup v2 directory of the bench's own (`name` under the unified hierarchy),
+/// made at once and removed when dropped, by which time its processes must have exited.
+/// A socket-mode agent attaches the socket-level load balancer to it; clients run in
+/// it as a pod's processes run in the node's cgroup subtree.
+pub(crate) struct BenchCgroup(pub PathBuf);
+
+impl BenchCgroup {
+    pub(crate) fn new(name: &str) -> Self {
+        let hybrid = Path::new("/sys/fs/cgroup/unified");
+        let v2 = if hybrid.is_dir() { hybrid } else { Path::new("/sys/fs/cgroup") };
+        let dir = v2.join(name);
+        let _ = std::fs::create_dir_all(&dir);
+        Self(dir)
+    }
+}
+
+impl Drop for BenchCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
 
 /// Rounds of every compared pair, unless a bench is told otherwise.
 pub const DEFAULT_ROUNDS: usize = 5;

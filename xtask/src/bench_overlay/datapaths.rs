@@ -122,14 +122,16 @@ impl Active {
 }
 
 fn ebpf_up(c: &Cluster) -> Result<EbpfOverlay> {
-    let extra = [
-        "--manifests".to_owned(),
-        c.dir.0.join("manifests").display().to_string(),
-        "--nodes".into(),
-        c.dir.0.join("nodes.yaml").display().to_string(),
-    ];
     let mut overlay = EbpfOverlay { agents: Vec::new(), _pins: Vec::new(), programs: Vec::new() };
     for node in c.nodes() {
+        let extra = [
+            "--manifests".to_owned(),
+            c.dir.0.join("manifests").display().to_string(),
+            "--nodes".into(),
+            c.dir.0.join("nodes.yaml").display().to_string(),
+            "--socket-lb-cgroup".into(),
+            c.pod_cgroup(node.index).display().to_string(),
+        ];
         let pins = PinDir::new(&node.tag);
         overlay.agents.push(start_agent_with(node, &c.bin, &pins.path, &extra)?);
         for (name, pin) in PROGRAMS {

@@ -64,6 +64,7 @@ fn figures(plain_gbit: f64) -> Figures {
     let values = vec![
         vec![sample(8.0, 10, 20_000.0), sample(9.0, 20, 22_000.0)],
         vec![sample(7.2, 30, 19_000.0), sample(8.1, 40, 20_900.0)],
+        vec![sample(6.4, 50, 18_000.0), sample(7.2, 60, 19_800.0)],
         vec![sample(10.0, 5, 25_000.0), sample(10.0, 6, 27_500.0)],
         vec![sample(plain_gbit, 1, 30_000.0), sample(plain_gbit, 2, 30_000.0)],
     ];
@@ -84,6 +85,10 @@ fn figure_lines_put_the_median_first_and_take_ratios_per_round() {
     assert_eq!(
         line("P3 clusterip-vs-pod-ip-throughput:"),
         "P3 clusterip-vs-pod-ip-throughput: 0.90 x (min 0.90, max 0.90, n=2)"
+    );
+    assert_eq!(
+        line("P3 clusterip-tc-vs-pod-ip-throughput:"),
+        "P3 clusterip-tc-vs-pod-ip-throughput: 0.80 x (min 0.80, max 0.80, n=2)"
     );
     assert_eq!(
         line("P4 ebpf-overlay-throughput:"),
