@@ -98,6 +98,36 @@ impl NodeTopology {
     pub fn host_interfaces(&self) -> Vec<String> {
         self.pods.iter().map(|p| p.host_if.clone()).collect()
     }
+
+    /// Writes each pod into the node's endpoints map under `pin_dir` (host veth index,
+    /// both MACs), as skiff-cni does for the pods it sets up, so that the programs
+    /// deliver packets for these pods straight into them (`bpf_redirect_peer`) as they
+    /// do in a cluster; `--pod-interface` alone attaches the programs but knows no
+    /// pod. Call it once the agent has loaded the datapath.
+    #[cfg(feature = "datapath")]
+    pub fn register_endpoints(&self, pin_dir: &std::path::Path) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let mut map = skiff_datapath::endpoints::EndpointsMap::open(&skiff_datapath::pins::Pins::new(pin_dir))?;
+        for pod in &self.pods {
+            let (ifindex, host_mac) = link(&self.node, &pod.host_if).with_context(|| format!("pod {}", pod.name))?;
+            let (_, pod_mac) = link(&pod.ns, "eth0").with_context(|| format!("pod {}", pod.name))?;
+            map.insert(pod.ip, skiff_ebpf_common::Endpoint4 { ifindex, flags: 0, pod_mac, host_mac })?;
+        }
+        Ok(())
+    }
+}
+
+/// The index and MAC address of interface `name` in `ns`, from `ip -o link show`
+/// (`5: skv0@if2: <...> ... link/ether aa:bb:cc:dd:ee:ff brd ...`).
+#[cfg(feature = "datapath")]
+fn link(ns: &Netns, name: &str) -> anyhow::Result<(u32, [u8; 6])> {
+    use anyhow::Context;
+    let line = ns.sh(&format!("ip -o link show dev {name}"));
+    let index = line.split(':').next().unwrap_or_default().trim().parse().with_context(|| format!("`{line}`"))?;
+    let mac = line.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).with_context(|| format!("`{line}`"))?;
+    let bytes: Vec<u8> = mac.split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>()?;
+    let mac: [u8; 6] = bytes.try_into().map_err(|_| anyhow::anyhow!("{name}: a MAC of 6 bytes in `{line}`"))?;
+    Ok((index, mac))
 }
 
 /// The underlay network between nodes: a bridge in a namespace of its own, each node

@@ -134,6 +134,10 @@ fn ebpf_up(c: &Cluster) -> Result<EbpfOverlay> {
         ];
         let pins = PinDir::new(&node.tag);
         overlay.agents.push(start_agent_with(node, &c.bin, &pins.path, &extra)?);
+        // As skiff-cni does for the pods of a cluster: the programs deliver packets
+        // for these pods straight into them (redirect_peer), not through the node's
+        // routing.
+        node.register_endpoints(&pins.path).context("writing the pods into the endpoints map")?;
         for (name, pin) in PROGRAMS {
             let path = pins.path.join(pin);
             if !path.exists() {
