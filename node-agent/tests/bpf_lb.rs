@@ -464,6 +464,33 @@ fn conntrack_keeps_a_flow_on_its_backend_after_the_backend_set_changes() {
 }
 
 #[test]
+fn a_direct_connection_reusing_a_closed_service_flows_port_is_not_reverse_translated() {
+    with_harness("a_direct_connection_reusing_a_closed_service_flows_port", |h| {
+        h.add_backend(1, BACKENDS[1], PROTO_TCP, 0);
+        h.set_service(PROTO_TCP, &[1], 0, 0);
+        // A Service flow from port 42000 to backend 2, closed by both sides.
+        h.run(&packet(PROTO_TCP, (CLIENT, 42000), (VIP, VPORT), TCP_SYN, b""));
+        h.run(&packet(PROTO_TCP, (BACKENDS[1], BPORT), (CLIENT, 42000), TCP_SYN | TCP_ACK, b""));
+        h.run(&packet(PROTO_TCP, (CLIENT, 42000), (VIP, VPORT), TCP_FIN | TCP_ACK, b""));
+        let (_, out) = h.run(&packet(PROTO_TCP, (BACKENDS[1], BPORT), (CLIENT, 42000), TCP_FIN | TCP_ACK, b""));
+        assert_eq!(parse(&out).src, VIP, "the closing flow's packets are still translated");
+        // The client's kernel reuses port 42000 for a connection straight to backend
+        // 2's pod address: its answers must reach the client as the backend's.
+        let (action, out) = h.run(&packet(PROTO_TCP, (CLIENT, 42000), (BACKENDS[1], BPORT), TCP_SYN, b""));
+        assert_eq!((action, parse(&out).dst), (TC_ACT_OK, BACKENDS[1]));
+        for flags in [TCP_SYN | TCP_ACK, TCP_ACK] {
+            let reply = packet(PROTO_TCP, (BACKENDS[1], BPORT), (CLIENT, 42000), flags, b"direct");
+            let (action, out) = h.run(&reply);
+            assert_eq!((action, out), (TC_ACT_OK, reply), "flags {flags:#x}: left as the backend sent it");
+        }
+        // A live Service flow's SYN-ACK is still translated.
+        h.run(&packet(PROTO_TCP, (CLIENT, 42001), (VIP, VPORT), TCP_SYN, b""));
+        let (_, out) = h.run(&packet(PROTO_TCP, (BACKENDS[1], BPORT), (CLIENT, 42001), TCP_SYN | TCP_ACK, b""));
+        assert_eq!((parse(&out).src, parse(&out).sport), (VIP, VPORT));
+    });
+}
+
+#[test]
 fn tcp_entries_close_after_fin_and_udp_entries_expire_when_idle() {
     with_harness("tcp_entries_close_after_fin_and_udp_entries_expire_when_idle", |h| {
         h.datapath.set_config(LbConfig { udp_timeout_s: 1, tcp_closing_timeout_s: 1, ..Default::default() }).unwrap();

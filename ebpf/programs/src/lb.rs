@@ -24,8 +24,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use skiff_ebpf_common::{
-    Affinity4Key, Affinity4Value, BACKEND_FLAG_TERMINATING, Backend4, CT_FLAG_HAIRPIN, CT_FLAG_NODEPORT, CT_FLAG_SNAT,
-    Ct4Entry, Ct4Key, PROTO_UDP, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_MAGLEV, Service4Key, Service4Value, stat,
+    Affinity4Key, Affinity4Value, BACKEND_FLAG_TERMINATING, Backend4, CT_FLAG_CLOSING, CT_FLAG_HAIRPIN,
+    CT_FLAG_NODEPORT, CT_FLAG_SNAT, Ct4Entry, Ct4Key, PROTO_TCP, PROTO_UDP, RevNat4, SERVICE_FLAG_AFFINITY,
+    SERVICE_FLAG_MAGLEV, Service4Key, Service4Value, stat,
 };
 
 use crate::{
@@ -35,7 +36,7 @@ use crate::{
         nodeport as nodeport_settings,
     },
     nat::{rewrite, rewrite_addr},
-    packet::{IP_DADDR_OFF, IP_SADDR_OFF, L4_DPORT_OFF, L4_SPORT_OFF, Packet, TCP_FIN, TCP_RST},
+    packet::{IP_DADDR_OFF, IP_SADDR_OFF, L4_DPORT_OFF, L4_SPORT_OFF, Packet, TCP_FIN, TCP_RST, TCP_SYN},
     reject,
 };
 
@@ -232,8 +233,48 @@ pub fn reverse(ctx: &TcContext, pkt: &Packet) -> Result<Option<Reply>, Drop> {
     };
     // SAFETY: pointer from a successful lookup, copied at once.
     let entry = unsafe { *entry };
+    if pkt.proto == PROTO_TCP && pkt.tcp_flags & TCP_SYN != 0 && !service_flow_open(pkt, &entry) {
+        // A SYN-ACK on the tuple of a Service flow that has ended: a new connection
+        // straight to the backend from the port the client used for the Service
+        // before (the kernel may reuse it: to the kernel the old flow went elsewhere).
+        // Its packets are not the old flow's; its reply entry goes, so that none of
+        // them is taken for the old flow's.
+        let _ = CT4_V2.remove(&conntrack::reply_key(pkt));
+        return Ok(None);
+    }
     let source = rev_nat(ctx, pkt, &entry)?;
     Ok(Some(Reply { client: entry.client_addr, nodeport: entry.flags & CT_FLAG_NODEPORT != 0, source }))
+}
+
+/// Whether the Service flow whose reply entry is `entry` is live and not closing: its
+/// forward entry is there, not past its timeout, and has seen no FIN or RST.
+#[inline(always)]
+fn service_flow_open(reply: &Packet, entry: &Ct4Entry) -> bool {
+    // SAFETY: copied out at once.
+    let Some(vip) = (unsafe { REV_NAT_V1.get(entry.rev_nat_index) }).copied() else { return false };
+    let Some(forward) = CT4_V2.get_ptr(&forward_key_of(entry, reply, &vip)) else { return false };
+    // SAFETY: pointer from a successful lookup, copied at once.
+    let forward = unsafe { *forward };
+    // SAFETY: a plain helper call without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let cfg = config();
+    forward.flags & CT_FLAG_CLOSING == 0
+        && now.saturating_sub(forward.last_seen_ns) <= conntrack::timeout(forward.flags, reply.proto, &cfg)
+}
+
+/// The forward conntrack key of the Service flow that `reply` (whose reply entry is
+/// `entry`) answers: the client's tuple toward the frontend.
+#[inline(always)]
+fn forward_key_of(entry: &Ct4Entry, reply: &Packet, frontend: &RevNat4) -> Ct4Key {
+    Ct4Key {
+        saddr: entry.client_addr,
+        daddr: frontend.addr,
+        sport: client_port(entry, reply),
+        dport: frontend.port,
+        proto: reply.proto,
+        dir: skiff_ebpf_common::CT_DIR_FORWARD,
+        _pad: [0; 2],
+    }
 }
 
 /// The first packet of a flow toward a Service frontend; `np` for a node port's.
@@ -463,16 +504,7 @@ fn rev_nat(ctx: &TcContext, pkt: &Packet, entry: &Ct4Entry) -> Result<u32, Drop>
     if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         // SAFETY: a plain helper call without arguments.
         let now = unsafe { bpf_ktime_get_coarse_ns() };
-        let fwd = Ct4Key {
-            saddr: entry.client_addr,
-            daddr: vip.addr,
-            sport: client_port(entry, pkt),
-            dport: vip.port,
-            proto: pkt.proto,
-            dir: skiff_ebpf_common::CT_DIR_FORWARD,
-            _pad: [0; 2],
-        };
-        conntrack::mark_closing(&fwd, now);
+        conntrack::mark_closing(&forward_key_of(entry, pkt, &vip), now);
     }
     rewrite(ctx, pkt, IP_SADDR_OFF, (pkt.saddr, vip.addr), L4_SPORT_OFF, (pkt.sport, vip.port))?;
     if entry.flags & (CT_FLAG_HAIRPIN | CT_FLAG_SNAT) != 0 {
