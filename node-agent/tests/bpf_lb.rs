@@ -687,51 +687,6 @@ fn decapsulated(frame: &[u8]) -> Vec<u8> {
     outer.l4[16..].to_vec()
 }
 
-/// `inner` (a whole frame) wrapped in VXLAN from the underlay address `from` to this
-/// node (`NODE`), as another node's from_pod sends it: no outer UDP checksum.
-fn vxlan_wrapped(from: Ipv4Addr, inner: &[u8]) -> Vec<u8> {
-    let vni = skiff_ebpf_common::DEFAULT_VNI as u8;
-    let mut payload = vec![0x08, 0, 0, 0, 0, 0, vni, 0];
-    payload.extend_from_slice(inner);
-    let mut frame = packet(PROTO_UDP, (from, 40000), (NODE, skiff_ebpf_common::VXLAN_PORT), 0, &payload);
-    frame[40..42].copy_from_slice(&[0, 0]);
-    frame
-}
-
-#[test]
-fn vxlan_packets_for_local_pods_are_taken_apart_at_the_underlay_and_delivered_into_the_pod() {
-    with_harness("vxlan_packets_for_local_pods_are_taken_apart_at_the_underlay", |h| {
-        node_port_with_backend(h, BACKENDS[0]);
-        let remote_pod = Ipv4Addr::new(10, 244, 2, 20);
-        let inner = packet(PROTO_TCP, (remote_pod, 40000), (BACKENDS[0], BPORT), TCP_ACK, b"data");
-        let (action, out) = h.run_prog(Prog::FromUnderlay, &vxlan_wrapped(Ipv4Addr::new(192, 168, 77, 12), &inner));
-        assert_eq!(action, TC_ACT_REDIRECT, "redirected into the pod");
-        // The pod gets the inner packet, addressed to its own MAC from the host veth's.
-        assert_eq!(&out[..12], &[2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2], "Ethernet addresses");
-        assert_eq!(&out[12..], &inner[12..], "the inner packet, unchanged");
-        assert_eq!(h.stat("tunnel_decapsulated"), 1);
-
-        // Left to the VXLAN device untouched: a sender that does not own the inner
-        // source's podCIDR, an outer UDP checksum to verify, a pod of no node here,
-        // and what is not TCP or UDP.
-        let stranger = vxlan_wrapped(Ipv4Addr::new(192, 168, 77, 99), &inner);
-        let mut checksummed = vxlan_wrapped(Ipv4Addr::new(192, 168, 77, 12), &inner);
-        checksummed[40..42].copy_from_slice(&[0x12, 0x34]);
-        let elsewhere = packet(PROTO_TCP, (remote_pod, 40000), (Ipv4Addr::new(10, 244, 1, 99), BPORT), TCP_ACK, b"");
-        let mut icmp = inner.clone();
-        icmp[14 + 9] = PROTO_ICMP;
-        for frame in [stranger, checksummed, vxlan_wrapped(Ipv4Addr::new(192, 168, 77, 12), &elsewhere)]
-            .into_iter()
-            .chain([vxlan_wrapped(Ipv4Addr::new(192, 168, 77, 12), &icmp)])
-        {
-            let (action, out) = h.run_prog(Prog::FromUnderlay, &frame);
-            assert_eq!((action, out == frame), (TC_ACT_OK, true), "{:?}", parse(&frame));
-        }
-        assert_eq!(h.stat("tunnel_decapsulated"), 1);
-        assert_eq!(h.stat("errors"), 0);
-    });
-}
-
 fn node_port_with_backend(h: &Harness, backend: Ipv4Addr) {
     use skiff_ebpf_common::{DEFAULT_VNI, Endpoint4, NodeInfo4, NodePortConfig, OverlayConfig};
     let nodeport = NodePortConfig {

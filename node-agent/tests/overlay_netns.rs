@@ -324,11 +324,6 @@ fn pods_on_two_nodes_talk_over_the_ebpf_overlay() {
     let tx_dropped = eth0.lines().skip_while(|l| !l.trim_start().starts_with("TX:")).nth(1);
     let tx_dropped = tx_dropped.and_then(|l| l.split_whitespace().nth(3)).unwrap_or("?");
     assert_eq!(tx_dropped, "0", "n1's underlay interface dropped packets on transmit:\n{eth0}");
-    // n2 took them apart at its underlay's tc ingress and handed them to its pod
-    // (the bulk transfer's GSO packets too), past its VXLAN device.
-    let (decapsulated, stats) = c.counter(1, "tunnel_decapsulated");
-    assert!(decapsulated >= 45, "packets n2 took out of VXLAN itself: {decapsulated}\n{stats}");
-    assert!(stats.contains("errors: 0"), "{stats}");
 
     // A ClusterIP whose only backend is on the other node; the reply is translated back
     // on the client's node.

@@ -18,8 +18,9 @@
 //!   VXLAN, which takes the same forwarding path on both nodes plus encapsulation; kernel
 //!   VXLAN above it is a measurement error, printed as a WARNING line. Skiff's overlay
 //!   may pass it: its programs skip both nodes' IP forwarding (wrapped and sent out with
-//!   `bpf_redirect_neigh`, taken apart at the underlay and handed to the pod with
-//!   `bpf_redirect_peer`), which plain routing pays for every packet.
+//!   `bpf_redirect_neigh`; handed from the VXLAN device to the pod with
+//!   `bpf_redirect_peer`, past the receiving node's routing and the pod veth's backlog
+//!   queue), which plain routing pays for every packet.
 //!
 //! Each run is iperf3 (TCP, `-O 1` so slow start is left out, retransmits from its JSON)
 //! then a request/response rate on one connection (`skiff-echo rr`), clients on one CPU

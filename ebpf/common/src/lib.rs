@@ -481,12 +481,9 @@ pub mod stat {
     /// Pods' packets to other nodes' pods wrapped in VXLAN at tc and sent out of the
     /// underlay directly (the rest go through the node's VXLAN device).
     pub const ENCAPSULATED: u32 = 18;
-    /// VXLAN packets for this node's pods taken apart at the underlay's tc ingress and
-    /// handed to the pod directly (the rest go through the node's VXLAN device).
-    pub const DECAPSULATED: u32 = 19;
     /// Number of counters in use. `errors` counts every drop of the kinds `DROP_*`
     /// name (and `snat_no_port`), each also counted by its reason.
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 19;
     /// Slots of the counters map: room for counters to come without a new layout.
     pub const SLOTS: u32 = 32;
 
@@ -510,7 +507,6 @@ pub mod stat {
         "drop_reject",
         "drop_tunnel_key",
         "tunnel_encapsulated",
-        "tunnel_decapsulated",
     ];
 }
 

@@ -9,8 +9,6 @@
 //!   the VXLAN device); the receiving node's VXLAN device takes it apart either way;
 //! - [`set_tunnel_key`] with [`config`] and the tunnel mark ([`take_tunnel_mark`]): the
 //!   key for packets the node's own stack routes into the VXLAN device;
-//! - [`decapsulate`]: a VXLAN packet for a pod of this node is taken apart at the
-//!   underlay's tc ingress, past the node's UDP stack and VXLAN device;
 //! - [`to_local_pod`], [`to_host`]: delivery of a decapsulated packet.
 //!
 //! This module must not translate addresses (that is `lb`'s job) nor call into `lb`.
@@ -18,22 +16,21 @@
 use aya_ebpf::{
     bindings::{
         BPF_ADJ_ROOM_ENCAP_L2_SHIFT, BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
-        BPF_CSUM_LEVEL_DEC, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_REDIRECT,
-        TC_ACT_SHOT,
+        BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_tunnel_key,
     },
     helpers::{
-        bpf_check_mtu, bpf_csum_level, bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_set_tunnel_key,
+        bpf_check_mtu, bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_set_tunnel_key,
     },
     maps::lpm_trie::Key,
     programs::TcContext,
 };
-use skiff_ebpf_common::{MARK_TUNNEL_SET, OverlayConfig, PROTO_TCP, PROTO_UDP, VXLAN_PORT, stat};
+use skiff_ebpf_common::{MARK_TUNNEL_SET, OverlayConfig, stat};
 
 use crate::{
     Drop,
     maps::{self, ENDPOINTS_V1, NODES_V1, OVERLAY_CONFIG_V1, count},
-    packet::{ETH_HLEN, ETH_P_IP, EthHdr, IPV4_HLEN, Ipv4Hdr, Packet},
+    packet::{ETH_HLEN, ETH_P_IP, EthHdr},
     vxlan,
 };
 
@@ -192,76 +189,6 @@ fn encapsulate(ctx: &TcContext, cfg: &OverlayConfig, remote: u32) -> Result<Opti
     count(stat::ENCAPSULATED);
     // SAFETY: a plain helper call; no next-hop parameters (a FIB lookup finds it).
     Ok(Some(unsafe { bpf_redirect_neigh(np.underlay_ifindex, core::ptr::null_mut(), 0, 0) } as i32))
-}
-
-/// The IPv4 "don't fragment" flag, in network byte order; any other bit of `frag_off`
-/// makes a packet a fragment.
-const IP_DF: u16 = 0x4000u16.to_be();
-
-/// Takes apart a VXLAN packet that another node's [`to_remote_node`] (or flannel's
-/// device) sent to a pod of this node, at the underlay's tc ingress: the outer IPv4,
-/// UDP and VXLAN headers and the inner Ethernet header go, the frame keeps its outer
-/// Ethernet header, and the caller delivers the inner packet as the VXLAN device's
-/// ingress would. This skips, for every packet, the node's IP input, the UDP socket
-/// lookup, the VXLAN device's receive and its GRO cell queue. `true` if it did.
-///
-/// Only a packet the device would take exactly so: addressed to this node's underlay
-/// address and VXLAN port, not a fragment, without an outer UDP checksum to verify
-/// (senders here send none, as the kernel's VXLAN does over IPv4), flags "VNI valid"
-/// alone with this cluster's VNI, and carrying an IPv4 TCP or UDP packet for a pod of
-/// this node from the node that owns the inner source's podCIDR (this hook runs
-/// before the node's firewall). Anything else (ICMP, the node's own addresses,
-/// NodePort replies, other senders) goes on to the device untouched.
-///
-/// A GSO packet stays one with its segment size (BPF_F_ADJ_ROOM_FIXED_GSO). The
-/// kernel of this era (6.18) cannot clear a GSO packet's UDP-tunnel type from here
-/// (BPF_F_ADJ_ROOM_DECAP_L4_UDP came later); the pod's stack takes such a packet as
-/// it would a GRO packet, and the inner offsets the kernel kept are those of the
-/// packet as it now is, because the Ethernet header moves to where the inner one was.
-#[inline(always)]
-pub fn decapsulate(ctx: &TcContext, pkt: &Packet) -> Result<bool, Drop> {
-    if pkt.proto != PROTO_UDP || pkt.dport != VXLAN_PORT.to_be() || pkt.l4_off != ETH_HLEN + IPV4_HLEN {
-        return Ok(false);
-    }
-    let (Some(cfg), Some(np)) = (config(), maps::nodeport()) else { return Ok(false) };
-    if pkt.daddr != np.node_addr {
-        return Ok(false);
-    }
-    let Ok(Inserted { outer, inner_eth }) = ctx.load::<Inserted>(ETH_HLEN) else { return Ok(false) };
-    if outer.ip.frag_off & !IP_DF != 0
-        || outer.udp.check != 0
-        || outer.vxlan_flags != vxlan::FLAG_VNI
-        || outer.vxlan_vni != (cfg.vni << 8).to_be()
-        || inner_eth.proto != ETH_P_IP.to_be()
-    {
-        return Ok(false);
-    }
-    let Ok(inner) = ctx.load::<Ipv4Hdr>(ETH_HLEN + INSERTED_LEN) else { return Ok(false) };
-    let later_fragment = u16::from_be(inner.frag_off) & 0x1fff != 0;
-    if inner.ver_ihl >> 4 != 4 || later_fragment || (inner.proto != PROTO_TCP && inner.proto != PROTO_UDP) {
-        return Ok(false);
-    }
-    // SAFETY: only tests for the key's presence.
-    if unsafe { ENDPOINTS_V1.get(inner.daddr) }.is_none() {
-        return Ok(false);
-    }
-    // Only from the node that owns the inner source's podCIDR: this path comes before
-    // the node's firewall, which may allow VXLAN from the cluster's nodes alone.
-    let sender = outer.ip.saddr;
-    if NODES_V1.get(Key::new(32, inner.saddr)).is_none_or(|peer| peer.underlay_addr != sender) {
-        return Ok(false);
-    }
-    // Fails before it changes anything: the device then takes the packet as is.
-    if ctx.adjust_room(-(INSERTED_LEN as i32), BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO as u64).is_err() {
-        return Ok(false);
-    }
-    // The kernel's UDP input counts a checksum-less UDP header as one level of a
-    // CHECKSUM_UNNECESSARY packet's validated checksums; so must this path, or a NIC's
-    // "outer headers checked" would pass for the inner packet's checksum.
-    // SAFETY: a plain helper call on this program's context.
-    unsafe { bpf_csum_level(ctx.skb.skb, BPF_CSUM_LEVEL_DEC as u64) };
-    count(stat::DECAPSULATED);
-    Ok(true)
 }
 
 /// Whether [`to_remote_node`] already set this packet's key; clears the mark so that it

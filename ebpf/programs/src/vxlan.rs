@@ -19,7 +19,7 @@ pub const TUNNEL_TTL: u8 = 64;
 const SPORT_FIRST: u32 = 32768;
 const SPORT_SPAN: u32 = 28232;
 /// The VXLAN header's I flag: the VNI is valid.
-pub const FLAG_VNI: u32 = u32::from_ne_bytes([0x08, 0, 0, 0]);
+const FLAG_VNI: u32 = u32::from_ne_bytes([0x08, 0, 0, 0]);
 
 /// IPv4, UDP and VXLAN headers, as they sit on the wire.
 #[repr(C, packed)]

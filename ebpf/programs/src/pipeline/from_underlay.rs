@@ -9,9 +9,7 @@ use crate::{
     masq, overlay, packet,
 };
 
-/// An ARP request for a LoadBalancer address this node announces is answered. A VXLAN
-/// packet from another node for a pod of this node is taken apart here and delivered
-/// into the pod, past the VXLAN device (`overlay::decapsulate`). A packet
+/// An ARP request for a LoadBalancer address this node announces is answered. A packet
 /// to a NodePort or external frontend goes to its backend: straight into the pod on this
 /// node, or into the tunnel toward another node's. A reply of a masqueraded flow goes
 /// back to its pod: its destination translated back, then its source too if the pod
@@ -23,10 +21,6 @@ pub fn from_underlay(ctx: &TcContext) -> Result<i32, Drop> {
     let Some(pkt) = packet::parse(ctx) else {
         return Ok(arp::answer(ctx)?.unwrap_or(TC_ACT_OK as i32));
     };
-    if overlay::decapsulate(ctx, &pkt)? {
-        // Now what the VXLAN device would have received: delivered as it delivers.
-        return super::from_overlay::from_overlay(ctx);
-    }
     match lb::from_wire(ctx, &pkt)? {
         Some(Outcome::Forward(daddr) | Outcome::IntoPod(daddr)) => {
             if let Some(action) = overlay::to_local_pod(ctx, daddr)? {
