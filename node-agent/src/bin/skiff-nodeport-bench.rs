@@ -100,7 +100,11 @@ fn main() -> Result<()> {
 
 fn run(opts: &Options) -> Result<()> {
     static GEN: &[u8] = aya::include_bytes_aligned!(env!("SKIFF_EBPF_BENCH_GEN"));
-    let mut gen_object = Ebpf::load(GEN).context("loading the generator")?;
+    // The generator's object carries the library's pinned maps too (unused by it): they
+    // go to this run's pin directory, removed at the end, not to bpffs's root.
+    std::fs::create_dir_all(&opts.pin_dir).with_context(|| format!("creating {}", opts.pin_dir.display()))?;
+    let mut gen_object =
+        EbpfLoader::new().default_map_pin_directory(&opts.pin_dir).load(GEN).context("loading the generator")?;
     attach_sink(&mut gen_object, &opts.sink_netns)?;
     let generator: &mut Xdp = gen_object.program_mut("xdp_gen").context("xdp_gen")?.try_into()?;
     generator.load()?;
