@@ -73,7 +73,11 @@ impl Recorder {
 /// The container instances the OOM killer ended that were not announced yet: not in
 /// `announced` (this worker's memory) and not already shown as OOM-killed in the pod's
 /// status (so that a restarted agent does not announce them again). Only each
-/// container's newest and previous instances count: older ones are history.
+/// container's newest instance counts: the worker announces kills before it acts on
+/// them, so an instance with a successor was announced by the agent that started the
+/// successor. (It may be shown nowhere in the status, which holds only the newest
+/// instance while a restart is held back: counting it made a restarted agent announce
+/// it twice.)
 pub fn new_oom_kills<'a>(pod: &Pod, observed: &'a Observed, announced: &BTreeSet<String>) -> Vec<&'a ContainerObs> {
     let status = pod.status.as_ref();
     let shown: BTreeSet<&str> = status
@@ -89,8 +93,7 @@ pub fn new_oom_kills<'a>(pod: &Pod, observed: &'a Observed, announced: &BTreeSet
     names.dedup();
     names
         .into_iter()
-        .flat_map(|name| [observed.latest_any(name), observed.previous_any(name)])
-        .flatten()
+        .filter_map(|name| observed.latest_any(name))
         .filter(|c| c.has_exited() && c.reason == OOM_KILLED)
         .filter(|c| !announced.contains(&c.id) && !shown.contains(c.id.as_str()))
         .collect()
@@ -198,10 +201,11 @@ mod tests {
             ],
         };
         let mut announced = BTreeSet::new();
-        // The newest and the previous instance; the oldest is history.
-        assert_eq!(ids(new_oom_kills(&pod(), &observed, &announced)), ["a2", "a1"]);
+        // The newest instance only: the older ones were announced before their
+        // successors were started.
+        assert_eq!(ids(new_oom_kills(&pod(), &observed, &announced)), ["a2"]);
         announced.insert("a2".to_owned());
-        assert_eq!(ids(new_oom_kills(&pod(), &observed, &announced)), ["a1"]);
+        assert!(new_oom_kills(&pod(), &observed, &announced).is_empty());
 
         // What the pod's status already shows (a restarted agent) is not announced again.
         let terminated = |id: &str| ContainerState {
@@ -219,6 +223,18 @@ mod tests {
                 name: "app".into(),
                 state: Some(terminated("a2")),
                 last_state: Some(terminated("a1")),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        assert!(new_oom_kills(&shown, &observed, &BTreeSet::new()).is_empty());
+
+        // While the restart is held back the status shows the newest instance alone (in
+        // lastState): the one before it is not announced again either.
+        shown.status = Some(PodStatus {
+            container_statuses: Some(vec![ContainerStatus {
+                name: "app".into(),
+                last_state: Some(terminated("a2")),
                 ..Default::default()
             }]),
             ..Default::default()
