@@ -63,7 +63,7 @@ use datapaths::{Active, Datapath};
 const VIP: &str = "10.96.0.30";
 const IPERF_PORT: u16 = 5201;
 const RR_PORT: u16 = 8080;
-const USAGE: &str = "usage: cargo xtask bench overlay [-- --seconds S --rounds N]";
+const USAGE: &str = "usage: cargo xtask bench overlay [-- --seconds S --rounds N --profile DIR]";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Mode {
@@ -103,16 +103,21 @@ impl Mode {
 struct Options {
     seconds: u64,
     rounds: usize,
+    /// Where to write a system-wide `perf record -a -g` of each mode's iperf3 runs
+    /// (`<mode>-<n>.data`, the warm-up's included), to see where a mode's CPU time goes;
+    /// none by default, as the sampling itself costs a few percent.
+    profile: Option<PathBuf>,
 }
 
 fn parse_args(args: &[String]) -> Result<Options> {
-    let mut options = Options { seconds: 10, rounds: DEFAULT_ROUNDS };
+    let mut options = Options { seconds: 10, rounds: DEFAULT_ROUNDS, profile: None };
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         let mut value = || iter.next().with_context(|| format!("{arg} needs a value; {USAGE}"));
         match arg.as_str() {
             "--seconds" => options.seconds = value()?.parse().context("--seconds")?,
             "--rounds" => options.rounds = value()?.parse().context("--rounds")?,
+            "--profile" => options.profile = Some(PathBuf::from(value()?)),
             other => bail!("unknown argument {other}; {USAGE}"),
         }
     }
@@ -131,7 +136,11 @@ pub fn run(args: &[String]) -> Result<()> {
     println!("# env pinning: clients on CPU {}, servers on CPU {}", cluster.client_cpu, cluster.server_cpu);
     datapaths::check_clean(&cluster, &[]).context("the fresh topology")?;
 
-    let mut bench = Bench { c: &cluster, active: None, shown: Vec::new(), seconds: options.seconds };
+    if let Some(dir) = &options.profile {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut bench =
+        Bench { c: &cluster, active: None, shown: Vec::new(), seconds: options.seconds, profile: options.profile };
     let samples = alternate("bench", &MODES, options.rounds, |mode| bench.measure(*mode))?;
     let costs = bench.program_costs(options.rounds)?;
     bench.switch_to(None)?;
@@ -311,6 +320,7 @@ struct Bench<'a> {
     /// Datapaths whose tunnel device was printed with the environment.
     shown: Vec<Datapath>,
     seconds: u64,
+    profile: Option<PathBuf>,
 }
 
 impl Bench<'_> {
@@ -346,7 +356,14 @@ impl Bench<'_> {
         let server_ip = self.c.server().ip.to_string();
         let target = if matches!(mode, Mode::EbpfClusterIp | Mode::EbpfClusterIpTc) { VIP } else { &server_ip };
         let cgroup = if mode == Mode::EbpfClusterIpTc { None } else { self.c.client_cgroup() };
+        let recording = match &self.profile {
+            Some(dir) => Some(PerfRecord::start(dir, mode.label().1)?),
+            None => None,
+        };
         let (bits_per_second, retransmits) = iperf(self.c, target, self.seconds, cgroup)?;
+        if let Some(recording) = recording {
+            recording.stop()?;
+        }
         let rr = request_response(self.c, target, self.seconds, cgroup)?;
         Ok(Sample { bits_per_second, retransmits, rr })
     }
@@ -387,6 +404,41 @@ impl Bench<'_> {
             read_stats_sysctl()
         );
         Ok(costs)
+    }
+}
+
+/// A running `perf record -a -g` (every CPU, call graphs), stopped with SIGINT so that
+/// perf writes its file out.
+struct PerfRecord {
+    child: std::process::Child,
+    path: PathBuf,
+}
+
+impl PerfRecord {
+    /// Starts recording into `dir/<stem>-<n>.data`, `n` the first number not yet taken.
+    fn start(dir: &Path, stem: &str) -> Result<Self> {
+        let path = (1..)
+            .map(|n| dir.join(format!("{stem}-{n}.data")))
+            .find(|p| !p.exists())
+            .context("no free profile name")?;
+        let child = Command::new("perf")
+            .args(["record", "-a", "-g", "-q", "-o"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting perf record (--profile needs perf)")?;
+        Ok(Self { child, path })
+    }
+
+    fn stop(mut self) -> Result<()> {
+        // SIGINT makes perf write its file out; the `kill` program sends it without
+        // unsafe code here.
+        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let status = self.child.wait().context("waiting for perf record")?;
+        progress("bench", &format!("  profile: {} ({status})", self.path.display()));
+        Ok(())
     }
 }
 

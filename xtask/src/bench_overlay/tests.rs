@@ -41,9 +41,12 @@ fn rr_summary_gives_the_rate_and_no_answer_fails() {
 
 #[test]
 fn arguments_default_to_ten_seconds_and_five_rounds() {
-    assert_eq!(parse_args(&[]).unwrap(), Options { seconds: 10, rounds: 5 });
+    assert_eq!(parse_args(&[]).unwrap(), Options { seconds: 10, rounds: 5, profile: None });
     let args: Vec<String> = ["--seconds", "2", "--rounds", "1"].map(String::from).to_vec();
-    assert_eq!(parse_args(&args).unwrap(), Options { seconds: 2, rounds: 1 });
+    assert_eq!(parse_args(&args).unwrap(), Options { seconds: 2, rounds: 1, profile: None });
+    let args: Vec<String> = ["--profile", "/tmp/p"].map(String::from).to_vec();
+    assert_eq!(parse_args(&args).unwrap().profile, Some(std::path::PathBuf::from("/tmp/p")));
+    assert!(parse_args(&["--profile".into()]).is_err());
     assert!(parse_args(&["--rounds".into(), "0".into()]).is_err());
     assert!(parse_args(&["--seconds".into()]).is_err());
     assert!(parse_args(&["--fast".into()]).is_err());
