@@ -340,7 +340,8 @@ impl Bench<'_> {
             // first syncs, neighbour resolution, caches) would otherwise fall on
             // whichever mode happens to run first after it.
             let server_ip = self.c.server().ip.to_string();
-            iperf(self.c, &server_ip, SETTLE_SECONDS, self.c.client_cgroup()).with_context(|| format!("settling {datapath:?}"))?;
+            iperf(self.c, &server_ip, SETTLE_SECONDS, self.c.client_cgroup())
+                .with_context(|| format!("settling {datapath:?}"))?;
             if let Some(dev) = datapath.tunnel_device()
                 && !self.shown.contains(&datapath)
             {

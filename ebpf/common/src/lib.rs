@@ -481,9 +481,14 @@ pub mod stat {
     /// Pods' packets to other nodes' pods wrapped in VXLAN at tc and sent out of the
     /// underlay directly (the rest go through the node's VXLAN device).
     pub const ENCAPSULATED: u32 = 18;
+    /// Packets sent out of the underlay (wrapped ones, NodePort replies) whose next hop
+    /// the FIB gave without a resolved MAC, or not at all: the kernel's neighbour output
+    /// took them (resolving the neighbour, or routing them itself). The others got
+    /// their MACs from the FIB's answer and went to the interface directly.
+    pub const WIRE_NEIGH_OUTPUT: u32 = 19;
     /// Number of counters in use. `errors` counts every drop of the kinds `DROP_*`
     /// name (and `snat_no_port`), each also counted by its reason.
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 20;
     /// Slots of the counters map: room for counters to come without a new layout.
     pub const SLOTS: u32 = 32;
 
@@ -507,6 +512,7 @@ pub mod stat {
         "drop_reject",
         "drop_tunnel_key",
         "tunnel_encapsulated",
+        "wire_neigh_output",
     ];
 }
 

@@ -18,15 +18,19 @@
 //! - [`overlay`]: the VXLAN overlay: encapsulation toward peers (or tunnel keys for the
 //!   VXLAN device), delivery from the tunnel.
 //! - [`vxlan`]: VXLAN's outer headers, for `overlay` and `xdp`;
-//! - [`wire`]: delivery out of the underlay interface (replies of NodePort flows);
+//! - [`wire`]: delivery out of the underlay interface (VXLAN-wrapped packets of
+//!   `overlay`, replies of NodePort flows) to the FIB's next hop;
+//! - [`fib`]: the next hop out of the underlay interface from the kernel's FIB and
+//!   neighbour table, for `wire` and `xdp`;
 //! - [`xdp`]: parsing, rewriting, next hops and VXLAN encapsulation at XDP, for the
 //!   NodePort fast path;
 //! - [`arp`]: ARP answers for the LoadBalancer addresses this node announces;
 //! - [`sock`]: the socket-level load balancer (cgroup hooks of `connect()`,
 //!   `sendmsg()`, `recvmsg()`, `getpeername()`), the `sock` binary's only module.
 //!
-//! Imports run one way: `pipeline` → `lb`, `masq`, `overlay`, `wire`, `arp`, `xdp` → `conntrack`,
-//! `reject`, `nat`, `vxlan`, `csum`, `packet`, `maps`; `sock` → `lb`, `maps`.
+//! Imports run one way: `pipeline` → `lb`, `masq`, `overlay`, `arp`, `xdp` → `wire` →
+//! `conntrack`, `reject`, `nat`, `vxlan`, `fib`, `csum`, `packet`, `maps`; `sock` → `lb`,
+//! `maps`.
 //!
 //! Nothing here logs on the per-packet path; counters in `LB_STATS_V2` say what happened.
 #![no_std]
@@ -35,6 +39,7 @@
 pub mod arp;
 pub mod conntrack;
 pub mod csum;
+pub mod fib;
 pub mod lb;
 pub mod maps;
 pub mod masq;

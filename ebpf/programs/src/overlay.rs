@@ -19,9 +19,7 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_tunnel_key,
     },
-    helpers::{
-        bpf_check_mtu, bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_set_tunnel_key,
-    },
+    helpers::{bpf_check_mtu, bpf_get_hash_recalc, bpf_redirect, bpf_redirect_peer, bpf_skb_set_tunnel_key},
     maps::lpm_trie::Key,
     programs::TcContext,
 };
@@ -31,7 +29,7 @@ use crate::{
     Drop,
     maps::{self, ENDPOINTS_V1, NODES_V1, OVERLAY_CONFIG_V1, count},
     packet::{ETH_HLEN, ETH_P_IP, EthHdr},
-    vxlan,
+    vxlan, wire,
 };
 
 const PACKET_HOST: u32 = 0;
@@ -157,8 +155,7 @@ const ENCAP_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO
     | (ETH_HLEN as u64) << BPF_ADJ_ROOM_ENCAP_L2_SHIFT;
 
 /// Wraps the frame in VXLAN toward the node at underlay address `remote` and sends it
-/// out of the underlay interface, whose next hop the kernel's FIB and neighbour tables
-/// give. This skips, for every packet, what the VXLAN device's transmit costs: a route
+/// out of the underlay interface ([`wire::out_of_underlay`]). This skips, for every packet, what the VXLAN device's transmit costs: a route
 /// lookup, the UDP tunnel's transmit, and the node's IP output path. A GSO packet stays
 /// one (the underlay device segments it, or a veth passes it whole). `None` where the
 /// device must do it: while NodePort's settings (the underlay interface and the node's
@@ -187,8 +184,7 @@ fn encapsulate(ctx: &TcContext, cfg: &OverlayConfig, remote: u32) -> Result<Opti
     }
     ctx.store(ETH_HLEN, &Inserted { outer, inner_eth }, 0).map_err(|_| Drop::REWRITE)?;
     count(stat::ENCAPSULATED);
-    // SAFETY: a plain helper call; no next-hop parameters (a FIB lookup finds it).
-    Ok(Some(unsafe { bpf_redirect_neigh(np.underlay_ifindex, core::ptr::null_mut(), 0, 0) } as i32))
+    wire::out_of_underlay(ctx, &np, remote).map(Some)
 }
 
 /// Whether [`to_remote_node`] already set this packet's key; clears the mark so that it

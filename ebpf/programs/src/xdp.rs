@@ -8,19 +8,18 @@
 //! Services (that is `lb`'s) and never calls into `lb` or `overlay`.
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, bpf_fib_lookup as FibLookup},
-    helpers::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
+    helpers::{bpf_redirect, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
 use skiff_ebpf_common::{PROTO_TCP, PROTO_UDP};
 
 use crate::{
     Drop, csum,
+    fib::{self, NextHop},
     packet::{ETH_HLEN, ETH_P_IP, EthHdr, IPV4_HLEN, Ipv4Hdr, Packet, TcpHdr, UdpHdr},
     vxlan,
 };
 
-const AF_INET: u8 = 2;
 /// VXLAN's outer headers: Ethernet, IPv4, UDP and the VXLAN header.
 pub const ENCAP_LEN: usize = ETH_HLEN + vxlan::OUTER_LEN;
 
@@ -75,23 +74,10 @@ pub fn parse(ctx: &XdpContext) -> Option<Packet> {
 /// fragments or answers "too big"), and also while the interface does not forward.
 #[inline(always)]
 pub fn next_hop(ctx: &XdpContext, ifindex: u32, saddr: u32, daddr: u32, len: u16) -> Option<([u8; 6], [u8; 6])> {
-    // SAFETY: an all-zero bpf_fib_lookup is a valid value of this plain C struct.
-    let mut params: FibLookup = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    params.l4_protocol = PROTO_UDP;
-    params.ifindex = ifindex;
-    params.__bindgen_anon_1.tot_len = len;
-    params.__bindgen_anon_3.ipv4_src = saddr;
-    params.__bindgen_anon_4.ipv4_dst = daddr;
-    // The encapsulated packet comes from the node itself: an output lookup. The helper
-    // still wants forwarding on for the interface, as a node that routes pods has it.
-    let size = core::mem::size_of::<FibLookup>() as i32;
-    // SAFETY: `params` is a stack value of the size passed.
-    let r = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut params, size, BPF_FIB_LOOKUP_OUTPUT) };
-    if r != BPF_FIB_LKUP_RET_SUCCESS as i64 || params.ifindex != ifindex {
-        return None;
+    match fib::next_hop(ctx.ctx.cast(), ifindex, saddr, daddr, len) {
+        NextHop::Resolved { smac, dmac } => Some((smac, dmac)),
+        NextHop::Unresolved { .. } | NextHop::Unknown => None,
     }
-    Some((params.smac, params.dmac))
 }
 
 /// Destination NAT to `addr:port`, and source NAT to `source:source_port` unless
