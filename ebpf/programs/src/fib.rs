@@ -14,6 +14,8 @@ use aya_ebpf::{
 };
 use skiff_ebpf_common::PROTO_UDP;
 
+use crate::stack;
+
 const AF_INET: u8 = 2;
 
 /// Where a packet toward an address goes next.
@@ -38,17 +40,7 @@ pub enum NextHop {
 #[inline(always)]
 pub fn next_hop(ctx: *mut c_void, ifindex: u32, saddr: u32, daddr: u32, tot_len: u16) -> NextHop {
     let mut slot = MaybeUninit::<FibLookup>::uninit();
-    let params = slot.as_mut_ptr();
-    // Zeroed word by word: `mem::zeroed` (or a literal the optimiser merges into one)
-    // becomes a call of the object's `memset`, a loop of single-byte stores, 64 of them
-    // per packet, more than the rest of this function's own work.
-    for word in 0..size_of::<FibLookup>() / size_of::<u32>() {
-        // SAFETY: within `slot`, which is u32-aligned; volatile so that the stores stay
-        // stores.
-        unsafe { params.cast::<u32>().add(word).write_volatile(0) };
-    }
-    // SAFETY: `params` points to the zeroed value above, valid for every field.
-    let params = unsafe { &mut *params };
+    let params = stack::zeroed(&mut slot);
     params.family = AF_INET;
     params.l4_protocol = PROTO_UDP;
     params.ifindex = ifindex;
@@ -59,7 +51,7 @@ pub fn next_hop(ctx: *mut c_void, ifindex: u32, saddr: u32, daddr: u32, tot_len:
     // node that routes pods has it.
     // SAFETY: `params` is a stack value of the size passed; `ctx` is the caller's
     // program context.
-    let r = unsafe { bpf_fib_lookup(ctx, params, size_of::<FibLookup>() as i32, BPF_FIB_LOOKUP_OUTPUT) };
+    let r = unsafe { bpf_fib_lookup(ctx, params, core::mem::size_of::<FibLookup>() as i32, BPF_FIB_LOOKUP_OUTPUT) };
     if params.ifindex != ifindex {
         return NextHop::Unknown;
     }

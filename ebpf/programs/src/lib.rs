@@ -9,6 +9,7 @@
 //! - [`maps`]: every map, with pinned names from `skiff_ebpf_common::pin`;
 //! - [`packet`]: header layouts and parsing of IPv4 TCP/UDP;
 //! - [`csum`]: checksum arithmetic for headers built from scratch;
+//! - [`stack`]: helper arguments built on the stack without `memset`;
 //! - [`conntrack`]: flow entries that keep a connection on its backend;
 //! - [`lb`]: Service lookup, backend selection, DNAT and reverse NAT;
 //! - [`masq`]: source NAT of pod traffic that leaves the cluster network, and its
@@ -29,7 +30,7 @@
 //!   `sendmsg()`, `recvmsg()`, `getpeername()`), the `sock` binary's only module.
 //!
 //! Imports run one way: `pipeline` → `lb`, `masq`, `overlay`, `arp`, `xdp` → `wire` →
-//! `conntrack`, `reject`, `nat`, `vxlan`, `fib`, `csum`, `packet`, `maps`; `sock` → `lb`,
+//! `conntrack`, `reject`, `nat`, `vxlan`, `fib`, `csum`, `packet`, `maps`, `stack`; `sock` → `lb`,
 //! `maps`.
 //!
 //! Nothing here logs on the per-packet path; counters in `LB_STATS_V2` say what happened.
@@ -49,6 +50,7 @@ pub mod packet;
 pub mod pipeline;
 pub mod reject;
 pub mod sock;
+pub mod stack;
 pub mod vxlan;
 pub mod wire;
 pub mod xdp;

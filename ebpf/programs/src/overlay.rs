@@ -29,7 +29,7 @@ use crate::{
     Drop,
     maps::{self, ENDPOINTS_V1, NODES_V1, OVERLAY_CONFIG_V1, count},
     packet::{ETH_HLEN, ETH_P_IP, EthHdr},
-    vxlan, wire,
+    stack, vxlan, wire,
 };
 
 const PACKET_HOST: u32 = 0;
@@ -68,14 +68,14 @@ pub fn set_tunnel_key(ctx: &TcContext, daddr: u32, cfg: &OverlayConfig) -> Resul
 /// Sets the tunnel key toward the node at underlay address `remote`.
 #[inline(always)]
 fn set_tunnel_key_to(ctx: &TcContext, remote: u32, cfg: &OverlayConfig) -> Result<(), Drop> {
-    // SAFETY: an all-zero bpf_tunnel_key is a valid value of this plain C struct.
-    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    let mut slot = core::mem::MaybeUninit::<bpf_tunnel_key>::uninit();
+    let key = stack::zeroed(&mut slot);
     key.tunnel_id = cfg.vni;
     // The helper takes the remote address in host byte order.
     key.__bindgen_anon_1.remote_ipv4 = u32::from_be(remote);
     key.tunnel_ttl = vxlan::TUNNEL_TTL;
     // SAFETY: `key` is a stack value of the size passed; flags 0 = IPv4.
-    let r = unsafe { bpf_skb_set_tunnel_key(ctx.skb.skb, &mut key, core::mem::size_of::<bpf_tunnel_key>() as u32, 0) };
+    let r = unsafe { bpf_skb_set_tunnel_key(ctx.skb.skb, key, core::mem::size_of::<bpf_tunnel_key>() as u32, 0) };
     if r != 0 {
         return Err(Drop::TUNNEL_KEY);
     }
