@@ -205,6 +205,8 @@ pub const TOOLS: &[(&str, Option<&str>)] = &[
     ("nft", Some("nftables")),
     ("bpftool", Some("bpftool")),
     ("iperf3", Some("iperf3")),
+    // `bench overlay -- --profile DIR` only.
+    ("perf", Some("linux-perf")),
     ("ethtool", Some("ethtool")),
     ("conntrack", Some("conntrack")),
     ("nstat", Some("iproute2")),
