@@ -200,6 +200,13 @@ impl Cluster {
             pod_cgroups,
             dir,
         };
+        // Each connection starts from scratch: the kernel otherwise keeps a closed
+        // connection's ssthresh and RTT per destination (tcp_metrics) and starts the
+        // next one from them, so a mode with many retransmits (plain routing) would slow
+        // the start of whichever mode runs after it, to the same server address.
+        for pod in [cluster.client(), cluster.server()] {
+            pod.ns.sh("sysctl -qw net.ipv4.tcp_no_metrics_save=1 && ip tcp_metrics flush all");
+        }
         let echo = cluster.bin.join("skiff-echo");
         let server = cluster.server();
         let server_cgroup = Some(cluster.pod_cgroups[1].0.as_path());
