@@ -418,7 +418,8 @@ impl Bench<'_> {
 /// A running `perf record -a -g` (every CPU, call graphs), stopped with SIGINT so that
 /// perf writes its file out.
 struct PerfRecord {
-    child: std::process::Child,
+    /// Killed if the run fails before [`PerfRecord::stop`].
+    child: ChildGuard,
     path: PathBuf,
 }
 
@@ -437,14 +438,15 @@ impl PerfRecord {
             .stderr(Stdio::null())
             .spawn()
             .context("starting perf record (--profile needs perf)")?;
-        Ok(Self { child, path })
+        Ok(Self { child: ChildGuard::new(child), path })
     }
 
     fn stop(mut self) -> Result<()> {
+        let Some(mut child) = self.child.0.take() else { bail!("perf record was already stopped") };
         // SIGINT makes perf write its file out; the `kill` program sends it without
         // unsafe code here.
-        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
-        let status = self.child.wait().context("waiting for perf record")?;
+        let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+        let status = child.wait().context("waiting for perf record")?;
         progress("bench", &format!("  profile: {} ({status})", self.path.display()));
         Ok(())
     }

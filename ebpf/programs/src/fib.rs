@@ -16,7 +16,8 @@ use skiff_ebpf_common::PROTO_UDP;
 
 use crate::stack;
 
-const AF_INET: u8 = 2;
+/// The address family of IPv4 in the helpers' parameters.
+pub const AF_INET: u8 = 2;
 
 /// Where a packet toward an address goes next.
 #[derive(Clone, Copy)]

@@ -29,9 +29,9 @@
 //! - [`sock`]: the socket-level load balancer (cgroup hooks of `connect()`,
 //!   `sendmsg()`, `recvmsg()`, `getpeername()`), the `sock` binary's only module.
 //!
-//! Imports run one way: `pipeline` → `lb`, `masq`, `overlay`, `arp`, `xdp` → `wire` →
-//! `conntrack`, `reject`, `nat`, `vxlan`, `fib`, `csum`, `packet`, `maps`, `stack`; `sock` → `lb`,
-//! `maps`.
+//! Imports run one way: `pipeline` → `lb`, `masq`, `overlay`, `wire`, `arp`, `xdp` →
+//! `conntrack`, `reject`, `nat`, `vxlan`, `fib`, `csum`, `packet`, `maps`, `stack`
+//! (`overlay` also → `wire`, its way out; `fib` → `stack`); `sock` → `lb`, `maps`.
 //!
 //! Nothing here logs on the per-packet path; counters in `LB_STATS_V2` say what happened.
 #![no_std]

@@ -155,8 +155,9 @@ const ENCAP_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO
     | (ETH_HLEN as u64) << BPF_ADJ_ROOM_ENCAP_L2_SHIFT;
 
 /// Wraps the frame in VXLAN toward the node at underlay address `remote` and sends it
-/// out of the underlay interface ([`wire::out_of_underlay`]). This skips, for every packet, what the VXLAN device's transmit costs: a route
-/// lookup, the UDP tunnel's transmit, and the node's IP output path. A GSO packet stays
+/// out of the underlay interface ([`wire::out_of_underlay`]). This skips, for every
+/// packet, what the VXLAN device's transmit costs: a route lookup, the UDP tunnel's
+/// transmit, and the node's IP output path. A GSO packet stays
 /// one (the underlay device segments it, or a veth passes it whole). `None` where the
 /// device must do it: while NodePort's settings (the underlay interface and the node's
 /// address) are not written, and for a packet that would not fit the underlay's MTU

@@ -26,8 +26,6 @@ use crate::{
     packet::{ETH_HLEN, IP_DADDR_OFF},
 };
 
-const AF_INET: u32 = 2;
-
 /// Sends a NodePort flow's reply, whose source is already the node's address, out of
 /// the underlay interface toward its destination.
 #[inline(always)]
@@ -54,7 +52,7 @@ pub fn out_of_underlay(ctx: &TcContext, np: &NodePort, daddr: u32) -> Result<i32
         NextHop::Unresolved { gateway } => {
             count(stat::WIRE_NEIGH_OUTPUT);
             let mut nh = bpf_redir_neigh {
-                nh_family: AF_INET,
+                nh_family: u32::from(fib::AF_INET),
                 __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: gateway },
             };
             let size = core::mem::size_of::<bpf_redir_neigh>() as i32;
