@@ -22,8 +22,9 @@
 //!   `bpf_redirect_peer`, past the receiving node's routing and the pod veth's backlog
 //!   queue), which plain routing pays for every packet.
 //!
-//! Each run is iperf3 (TCP, `-O 1` so slow start is left out, retransmits from its JSON)
-//! then a request/response rate on one connection (`skiff-echo rr`), clients on one CPU
+//! Each run is iperf3 (TCP, `-O 1` so slow start is left out, retransmits from its JSON,
+//! the sender's congestion control fixed: cubic unless `--congestion-control` says
+//! otherwise) then a request/response rate on one connection (`skiff-echo rr`), clients on one CPU
 //! and servers on another in every mode. Clients and servers run in their node's pod
 //! cgroup in every mode but `EbpfClusterIpTc`. Each datapath is set up before its modes' runs and
 //! torn down after them, every round, with a check that nothing of it is left for the next
@@ -63,7 +64,10 @@ use datapaths::{Active, Datapath};
 const VIP: &str = "10.96.0.30";
 const IPERF_PORT: u16 = 5201;
 const RR_PORT: u16 = 8080;
-const USAGE: &str = "usage: cargo xtask bench overlay [-- --seconds S --rounds N --profile DIR]";
+const USAGE: &str =
+    "usage: cargo xtask bench overlay [-- --seconds S --rounds N --profile DIR --congestion-control NAME]";
+/// The senders' TCP congestion control unless `--congestion-control` says otherwise.
+const DEFAULT_CONGESTION_CONTROL: &str = "cubic";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Mode {
@@ -107,10 +111,21 @@ struct Options {
     /// (`<mode>-<n>.data`, the warm-up's included), to see where a mode's CPU time goes;
     /// none by default, as the sampling itself costs a few percent.
     profile: Option<PathBuf>,
+    /// The iperf3 client's TCP congestion control (`iperf3 -C`), the same in every mode.
+    /// A new namespace inherits the host's default, which may pace every packet with a
+    /// timer (BBR without the fq qdisc) or overshoot into drops while it probes: the
+    /// bench compares datapaths, so the algorithm is fixed and printed, the kernel's own
+    /// default unless told otherwise.
+    congestion_control: String,
 }
 
 fn parse_args(args: &[String]) -> Result<Options> {
-    let mut options = Options { seconds: 10, rounds: DEFAULT_ROUNDS, profile: None };
+    let mut options = Options {
+        seconds: 10,
+        rounds: DEFAULT_ROUNDS,
+        profile: None,
+        congestion_control: DEFAULT_CONGESTION_CONTROL.into(),
+    };
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         let mut value = || iter.next().with_context(|| format!("{arg} needs a value; {USAGE}"));
@@ -118,6 +133,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
             "--seconds" => options.seconds = value()?.parse().context("--seconds")?,
             "--rounds" => options.rounds = value()?.parse().context("--rounds")?,
             "--profile" => options.profile = Some(PathBuf::from(value()?)),
+            "--congestion-control" => options.congestion_control = value()?.clone(),
             other => bail!("unknown argument {other}; {USAGE}"),
         }
     }
@@ -131,9 +147,14 @@ pub fn run(args: &[String]) -> Result<()> {
     let options = parse_args(args)?;
     let bin = build_binaries(true)?;
     progress("bench", "building two nodes on an underlay bridge...");
-    let cluster = Cluster::new(&unique_tag("bov"), bin)?;
+    let cluster = Cluster::new(&unique_tag("bov"), bin, options.congestion_control)?;
     print_environment(None, &cluster.path_devices());
     println!("# env pinning: clients on CPU {}, servers on CPU {}", cluster.client_cpu, cluster.server_cpu);
+    println!(
+        "# env congestion-control: {} (iperf3's sender; the host's default is {})",
+        cluster.congestion_control,
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").unwrap_or_default().trim()
+    );
     datapaths::check_clean(&cluster, &[]).context("the fresh topology")?;
 
     if let Some(dir) = &options.profile {
@@ -163,13 +184,15 @@ pub(crate) struct Cluster {
     bin: PathBuf,
     client_cpu: usize,
     server_cpu: usize,
+    /// The iperf3 client's TCP congestion control.
+    congestion_control: String,
     /// Each node's pod cgroup (the agent's `--socket-lb-cgroup`), node 1's first.
     pod_cgroups: [BenchCgroup; 2],
     dir: RemoveDir,
 }
 
 impl Cluster {
-    fn new(tag: &str, bin: PathBuf) -> Result<Self> {
+    fn new(tag: &str, bin: PathBuf, congestion_control: String) -> Result<Self> {
         let underlay = Underlay::new(tag);
         let n1 = NodeTopology::node_of_cluster(tag, 1, &["client"]);
         let n2 = NodeTopology::node_of_cluster(tag, 2, &["server"]);
@@ -197,6 +220,7 @@ impl Cluster {
             bin,
             client_cpu: 0,
             server_cpu: usize::from(cpus > 1),
+            congestion_control,
             pod_cgroups,
             dir,
         };
@@ -479,6 +503,7 @@ fn per_run_ns(before: (u64, u64), after: (u64, u64)) -> Option<f64> {
 fn iperf(c: &Cluster, target: &str, seconds: u64, cgroup: Option<&Path>) -> Result<(f64, u64)> {
     let out = pinned(&c.client().ns, c.client_cpu, cgroup, Path::new("iperf3"))
         .args(["-c", target, "-p", &IPERF_PORT.to_string(), "-t", &seconds.to_string(), "-O", "1", "-J"])
+        .args(["-C", &c.congestion_control])
         .output()
         .context("running iperf3")?;
     let parsed = parse_iperf(&String::from_utf8_lossy(&out.stdout)).with_context(|| format!("iperf3 to {target}"));

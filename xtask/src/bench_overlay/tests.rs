@@ -40,10 +40,20 @@ fn rr_summary_gives_the_rate_and_no_answer_fails() {
 }
 
 #[test]
-fn arguments_default_to_ten_seconds_and_five_rounds() {
-    assert_eq!(parse_args(&[]).unwrap(), Options { seconds: 10, rounds: 5, profile: None });
+fn arguments_default_to_ten_seconds_five_rounds_and_cubic() {
+    let cubic = || "cubic".to_string();
+    assert_eq!(
+        parse_args(&[]).unwrap(),
+        Options { seconds: 10, rounds: 5, profile: None, congestion_control: cubic() }
+    );
     let args: Vec<String> = ["--seconds", "2", "--rounds", "1"].map(String::from).to_vec();
-    assert_eq!(parse_args(&args).unwrap(), Options { seconds: 2, rounds: 1, profile: None });
+    assert_eq!(
+        parse_args(&args).unwrap(),
+        Options { seconds: 2, rounds: 1, profile: None, congestion_control: cubic() }
+    );
+    let args: Vec<String> = ["--congestion-control", "bbr"].map(String::from).to_vec();
+    assert_eq!(parse_args(&args).unwrap().congestion_control, "bbr");
+    assert!(parse_args(&["--congestion-control".into()]).is_err());
     let args: Vec<String> = ["--profile", "/tmp/p"].map(String::from).to_vec();
     assert_eq!(parse_args(&args).unwrap().profile, Some(std::path::PathBuf::from("/tmp/p")));
     assert!(parse_args(&["--profile".into()]).is_err());
