@@ -769,6 +769,53 @@ fn xdp_translates_node_ports_for_a_local_backend_and_leaves_what_it_cannot_finis
     });
 }
 
+/// An Ethernet ARP request from `sender` (MAC, address) for `target`, broadcast.
+fn arp_request(sender: ([u8; 6], Ipv4Addr), target: Ipv4Addr) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&sender.0);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&sender.0);
+    f.extend_from_slice(&sender.1.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target.octets());
+    f
+}
+
+#[test]
+fn arp_requests_for_announced_addresses_are_answered_at_xdp_and_at_tc_alike() {
+    with_harness("arp_requests_for_announced_addresses", |h| {
+        const XDP_REDIRECT: u32 = 4;
+        let lb_ip = Ipv4Addr::new(192, 168, 77, 200);
+        let asker = ([2, 0, 0, 0, 0, 0x99], Ipv4Addr::new(192, 168, 77, 100));
+        node_port_with_backend(h, BACKENDS[0]);
+        let node_mac = [2, 0, 0, 0, 0, 0x11];
+        let request = arp_request(asker, lb_ip);
+        // Not announced (yet): neither hook answers, the frame goes on untouched.
+        assert_eq!(run_xdp(h, &request), (XDP_PASS, request.clone()));
+        assert_eq!(h.run_prog(Prog::FromUnderlay, &request), (TC_ACT_OK, request.clone()));
+        h.hash::<u32, u32>(pin::ANNOUNCED).insert(addr_to_map(lb_ip.octets()), 0, 0).unwrap();
+        // Announced: the request turned into the reply, sent back out.
+        let mut reply = asker.0.to_vec();
+        reply.extend_from_slice(&node_mac);
+        reply.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2]);
+        reply.extend_from_slice(&node_mac);
+        reply.extend_from_slice(&lb_ip.octets());
+        reply.extend_from_slice(&asker.0);
+        reply.extend_from_slice(&asker.1.octets());
+        assert_eq!(run_xdp(h, &request), (XDP_REDIRECT, reply.clone()));
+        assert_eq!((h.stat("arp_answered"), h.stat("xdp_arp_answered")), (1, 1));
+        assert_eq!(h.run_prog(Prog::FromUnderlay, &request), (TC_ACT_REDIRECT, reply));
+        assert_eq!((h.stat("arp_answered"), h.stat("xdp_arp_answered")), (2, 1));
+        // A reply, or a request for another address, is not answered.
+        let mut not_request = request.clone();
+        not_request[21] = 2;
+        assert_eq!(run_xdp(h, &not_request), (XDP_PASS, not_request.clone()));
+        let other = arp_request(asker, NODE);
+        assert_eq!(run_xdp(h, &other), (XDP_PASS, other.clone()));
+        assert_eq!(h.stat("arp_answered"), 2);
+    });
+}
+
 #[test]
 fn a_pod_reaching_its_own_nodes_node_port_is_translated_on_the_tc_path() {
     with_harness("a_pod_reaching_its_own_nodes_node_port", |h| {

@@ -16,13 +16,14 @@
 //!   `externalTrafficPolicy: Local`, which serves only the node's own backends; an
 //!   `externalIPs` address routed by the outside host to node 1 while the backend is
 //!   on node 2; the address skiff-control gives a LoadBalancer Service from its pool,
-//!   found by ARP (the node with the backend answers for it); then,
+//!   found by ARP (the node with the backend answers for it, at XDP); then,
 //!   over HTTP, which client address each backend sees: the client's own with a backend
 //!   on the node it connected to, the node's podCIDR network address with a backend
 //!   elsewhere; that such a flow and a connection of node 1's host to the same backend
 //!   from the same port both get their answers;
 //!   and that these went through the nodes' XDP fast path (node 1 sent the packets for
-//!   node 2's backend back into the tunnel at XDP, node 2 translated its own); and the
+//!   node 2's backend back into the tunnel at XDP, node 2 translated its own, and
+//!   answered the ARP requests for the LoadBalancer address there); and the
 //!   health-check node port of a LoadBalancer Service with `externalTrafficPolicy:
 //!   Local`: 200 from the node holding its backend, 503 from the other; last, a
 //!   LoadBalancer Service's backend moves to the other node, whose gratuitous ARP
@@ -551,6 +552,20 @@ fn check_nodeport_fast_path(cluster: &Cluster) -> Option<String> {
     })
 }
 
+/// The outside host found the `lb` Service's LoadBalancer address by ARP, and node 2
+/// (which announces it: the backend lives there) answered at XDP, every request of
+/// them: with the fast path attached nothing is left for tc's answer. `Err`: the failure
+/// report.
+fn check_arp_answered_at_xdp(cluster: &Cluster) -> Option<String> {
+    let (answered, at_xdp) = (counter(cluster, 1, "arp_answered"), counter(cluster, 1, "xdp_arp_answered"));
+    eprintln!("ARP for LoadBalancer addresses: node 2 arp_answered {answered}, xdp_arp_answered {at_xdp}");
+    (at_xdp == 0 || at_xdp != answered).then(|| {
+        format!(
+            "FAILED ARP at XDP: node 2 answered {answered} ARP requests, {at_xdp} of them at XDP (expected > 0, all)"
+        )
+    })
+}
+
 /// The `lb-local` Service's health-check node port, asked from outside on each node:
 /// node 2 (its backend's) answers 200 with one local endpoint, node 1 503 with none.
 /// `Err`: the failure report.
@@ -857,10 +872,11 @@ fn connectivity_matrix() {
     failures.extend(check_socket_lb_unconnected_udp(&cluster));
     failures.extend(check_trace(&cluster, &pod_ip("client")));
     failures.extend(check_nodeport_fast_path(&cluster));
+    failures.extend(check_arp_answered_at_xdp(&cluster));
     failures.extend(check_health_check_node_port(&cluster, &outside));
     // Last: it moves the `lb` Service's backend.
     failures.extend(check_announcement_moves(&cluster, &outside));
-    let cells = CELLS.len() * 2 + SOURCE_CHECKS.len() + 8;
+    let cells = CELLS.len() * 2 + SOURCE_CHECKS.len() + 9;
     eprintln!("{} of {cells} cells passed; the whole matrix took {:.1?}", cells - failures.len(), started.elapsed());
     assert!(
         failures.is_empty(),

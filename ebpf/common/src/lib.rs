@@ -486,9 +486,15 @@ pub mod stat {
     /// took them (resolving the neighbour, or routing them itself). The others got
     /// their MACs from the FIB's answer and went to the interface directly.
     pub const WIRE_NEIGH_OUTPUT: u32 = 19;
+    /// ARP requests for an announced LoadBalancer address answered by this node (at
+    /// XDP or at tc).
+    pub const ARP_ANSWERED: u32 = 20;
+    /// Of those, the ones answered at XDP (`--nodeport-xdp`), before the kernel built a
+    /// socket buffer; without XDP, tc answers them all.
+    pub const XDP_ARP_ANSWERED: u32 = 21;
     /// Number of counters in use. `errors` counts every drop of the kinds `DROP_*`
     /// name (and `snat_no_port`), each also counted by its reason.
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 22;
     /// Slots of the counters map: room for counters to come without a new layout.
     pub const SLOTS: u32 = 32;
 
@@ -513,6 +519,8 @@ pub mod stat {
         "drop_tunnel_key",
         "tunnel_encapsulated",
         "wire_neigh_output",
+        "arp_answered",
+        "xdp_arp_answered",
     ];
 }
 

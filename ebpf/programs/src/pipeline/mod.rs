@@ -16,9 +16,10 @@
 //!   reverse, then reverse NAT and delivery to the local pod;
 //! - [`to_pod`]: tc egress on a pod's host-side veth: reverse NAT of replies from the
 //!   node's own stack;
-//! - [`xdp_underlay`]: XDP on the underlay interface: NodePort and external frontends'
-//!   fast path (translated, and sent back into the tunnel for another node's backend),
-//!   the rest left to `from_underlay`.
+//! - [`xdp_underlay`]: XDP on the underlay interface: ARP answers for announced
+//!   LoadBalancer addresses, NodePort and external frontends' fast path (translated,
+//!   and sent back into the tunnel for another node's backend), the rest left to
+//!   `from_underlay`.
 //!
 //! A pipeline must not hold packet logic of its own: what it needs beyond the order of
 //! calls belongs in a leaf module.

@@ -1,10 +1,10 @@
-//! XDP on the node's underlay interface: the NodePort fast path, before the kernel
-//! builds a socket buffer. A packet to a NodePort or external frontend gets its
-//! backend (conntrack, then the frontend's selection, exactly as at tc) and is
-//! translated here: toward a pod of this node it goes on to the stack, whose tc
-//! ingress (`from_underlay`) delivers it to the pod untouched; toward another node's
-//! pod it is encapsulated in VXLAN and sent straight back out, never seen by
-//! this node's stack.
+//! XDP on the node's underlay interface, before the kernel builds a socket buffer: ARP
+//! answers for announced LoadBalancer addresses (`arp`) and the NodePort fast path. A
+//! packet to a NodePort or external frontend gets its backend (conntrack, then the
+//! frontend's selection, exactly as at tc) and is translated here: toward a pod of this
+//! node it goes on to the stack, whose tc ingress (`from_underlay`) delivers it to the
+//! pod untouched; toward another node's pod it is encapsulated in VXLAN and sent
+//! straight back out, never seen by this node's stack.
 //!
 //! Whatever this path cannot finish (the next hop's MAC not known yet, a packet too big
 //! for the tunnel, a Service without backends to reject, a backend outside the cluster
@@ -20,15 +20,19 @@ use aya_ebpf::{
 use skiff_ebpf_common::stat;
 
 use crate::{
-    Drop, lb,
+    Drop, arp, lb,
     maps::{self, count},
     overlay,
     xdp::{self, Tunnel},
 };
 
-/// The program's action for this frame.
+/// The program's action for this frame: an ARP request for an announced LoadBalancer
+/// address is answered here; NodePort and external frontends' packets are translated.
 #[inline(always)]
 pub fn xdp_underlay(ctx: &XdpContext) -> u32 {
+    if let Some(action) = arp::answer_at_xdp(ctx) {
+        return action;
+    }
     match nodeport(ctx) {
         Ok(action) => action,
         Err(drop) => {
