@@ -117,9 +117,14 @@ pub fn answer_at_xdp(ctx: &XdpContext) -> Option<u32> {
     if data + core::mem::size_of::<ArpPacket>() > ctx.data_end() {
         return None;
     }
+    // SAFETY: within the frame (checked above). The EtherType first: the NodePort
+    // fast path's frames pay for this one read only.
+    let proto = unsafe { core::ptr::read_unaligned((data + 12) as *const u16) };
+    if proto != ETH_P_ARP.to_be() {
+        return None;
+    }
     let frame = data as *mut ArpPacket;
-    // SAFETY: the whole ARP packet is within the frame (checked above); the struct has
-    // alignment 2 at most and the frame starts 2-aligned, but read it unaligned anyway.
+    // SAFETY: the whole ARP packet is within the frame (checked above).
     let req = unsafe { core::ptr::read_unaligned(frame) };
     match reply_to(&req)? {
         Answer::Drop => Some(XDP_DROP),
