@@ -178,9 +178,14 @@ fn run(opts: &Options) -> Result<()> {
             read_stats(&opts.pin_dir)?
         );
     }
+    // Skiff's path must deliver all but stray packets: a loss there is a bug. The
+    // kernel's stack (the baseline) drops some new flows' packets under this load (seen:
+    // 1.3 % of 50,000), which its figure, delivered packets per second, already pays
+    // for; only a loss that says its setup is broken fails the run.
+    let floor_percent = if opts.mode == "skiff" { 99 } else { 90 };
     ensure!(
-        delivered * 100 >= sent * 99,
-        "only {delivered} of {sent} packets reached the sink translated and encapsulated"
+        delivered * 100 >= sent * floor_percent,
+        "only {delivered} of {sent} packets reached the sink translated and encapsulated (at least {floor_percent} % must)"
     );
     drop(fast_path);
     println!("pps {:.0} delivered {delivered} sent {sent} seconds {elapsed:.3}", delivered as f64 / elapsed);
