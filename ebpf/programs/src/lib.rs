@@ -25,13 +25,15 @@
 //!   neighbour table, for `wire` and `xdp`;
 //! - [`xdp`]: parsing, rewriting, next hops and VXLAN encapsulation at XDP, for the
 //!   NodePort fast path;
-//! - [`arp`]: ARP answers for the LoadBalancer addresses this node announces;
+//! - [`arp`]: ARP answers for the LoadBalancer addresses this node announces, at XDP
+//!   and at tc;
 //! - [`sock`]: the socket-level load balancer (cgroup hooks of `connect()`,
 //!   `sendmsg()`, `recvmsg()`, `getpeername()`), the `sock` binary's only module.
 //!
 //! Imports run one way: `pipeline` → `lb`, `masq`, `overlay`, `wire`, `arp`, `xdp` →
 //! `conntrack`, `reject`, `nat`, `vxlan`, `fib`, `csum`, `packet`, `maps`, `stack`
-//! (`overlay` also → `wire`, its way out; `fib` → `stack`); `sock` → `lb`, `maps`.
+//! (`overlay` also → `wire`, its way out; `arp` → `xdp`, whose `back_out` sends its
+//! answer at XDP; `fib` → `stack`); `sock` → `lb`, `maps`.
 //!
 //! Nothing here logs on the per-packet path; counters in `LB_STATS_V2` say what happened.
 #![no_std]
