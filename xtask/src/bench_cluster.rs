@@ -265,7 +265,7 @@ fn p5(cluster: &mut Cluster, opts: &Options) -> Result<P5> {
         resync_skiff.push(r);
         for (backend, times) in &mut resync_iptables {
             let ns = Netns::new(&format!("{}-ipt", cluster.tag));
-            let took = crate::bench::load_iptables(&ns, &specs, backend, None)?.as_secs_f64();
+            let took = crate::kube_proxy_rules::load_iptables(&ns, &specs, backend, None)?.as_secs_f64();
             progress("p5", &format!("resync run {run}: iptables-{backend}-restore of the same Services: {took:.3} s"));
             times.push(took);
         }

@@ -16,7 +16,8 @@
 //!     ratio lines (`vs-pod-ip`, `vs-iptables-nft`, `vs-iptables-legacy`) are its;
 //!     `tc-` lines are the tc path's (`ebpf`);
 //!   - `iptables-nft`, `iptables-legacy`: the same Services as kube-proxy's iptables
-//!     mode writes them (`crate::bench::load_iptables`), plus the masquerade rule;
+//!     mode writes them (`crate::kube_proxy_rules::load_iptables`), plus the masquerade
+//!     rule;
 //!   - `iptables-nft@1`: kube-proxy's ruleset with that one Service only: the fixed
 //!     cost of NAT, apart from the cost of 10,000 rules;
 //!   - `pod-ip`: no Service, straight to the three pods' addresses in turn (with the
@@ -49,8 +50,8 @@ use skiff_ebpf_common::pin;
 use skiff_tests::{PinDir, topology::NodeTopology, unique_tag};
 
 use crate::{
-    bench::load_iptables,
     bench_support::{BenchCgroup, DEFAULT_ROUNDS, Rounds, alternate, print_environment, summary},
+    kube_proxy_rules::load_iptables,
     lbsetup::{
         ServiceSpec, build_binaries, services_json, start_agent, start_agent_with, start_echo_servers, write_manifest,
     },

@@ -10,10 +10,10 @@
 //! and counted) then runs in the node's namespace:
 //! - `skiff`: it loads the datapath, writes the Services into the maps and attaches the
 //!   NodePort fast path to `eth0`, as the agent does;
-//! - `iptables-nft`: this module loads kube-proxy's ruleset (`bench::load_iptables` with
-//!   node ports from 20000, the measured Service in the middle) and makes `flannel.1`
-//!   with a route to the other node's podCIDR, as flannel does; the packets go through
-//!   the node's stack.
+//! - `iptables-nft`: this module loads kube-proxy's ruleset
+//!   (`kube_proxy_rules::load_iptables` with node ports from 20000, the measured Service
+//!   in the middle) and makes `flannel.1` with a route to the other node's podCIDR, as
+//!   flannel does; the packets go through the node's stack.
 //!
 //! Two kinds of traffic, each printed for both datapaths and as a ratio:
 //! - established flows (64 flows, 100,000 packets each, in turn in one test run, after
@@ -30,8 +30,8 @@ use anyhow::{Context, Result, bail, ensure};
 use skiff_tests::{netns::Netns, unique_tag};
 
 use crate::{
-    bench::load_iptables,
     bench_support::{DEFAULT_ROUNDS, alternate, print_environment, summary},
+    kube_proxy_rules::load_iptables,
     lbsetup::{ServiceSpec, build_binaries},
 };
 

@@ -90,7 +90,7 @@ pub fn run(args: &[String]) -> Result<()> {
 /// Builds the BPF objects (or takes those in `SKIFF_EBPF_DIR`) and the release binaries
 /// of a local cluster; returns their directory.
 pub(crate) fn build_cluster_binaries() -> Result<std::path::PathBuf> {
-    let ebpf_dir = match std::env::var_os(crate::test::EBPF_DIR_ENV) {
+    let ebpf_dir = match std::env::var_os(crate::build_ebpf::EBPF_DIR_ENV) {
         Some(dir) => std::path::PathBuf::from(dir),
         None => crate::build_ebpf::build_ebpf(true)?,
     };
@@ -99,7 +99,7 @@ pub(crate) fn build_cluster_binaries() -> Result<std::path::PathBuf> {
     build
         .args(["build", "--release", "--bins", "-p", "skiff-control", "-p", "skiff-node", "-p", "skiff-cni"])
         .current_dir(workspace_root())
-        .env(crate::test::EBPF_DIR_ENV, &ebpf_dir);
+        .env(crate::build_ebpf::EBPF_DIR_ENV, &ebpf_dir);
     progress("build", "cargo build --release (skiff-control, skiff-node, skiff-cni)...");
     run_checked(&mut build, "fix the build errors above")?;
     Ok(target_dir().join("release"))

@@ -15,6 +15,10 @@ use crate::util::{progress, run_checked, target_dir, workspace_root};
 /// The BPF crate's package name.
 pub const BPF_PACKAGE: &str = "skiff-ebpf-programs";
 
+/// The variable through which the agent's build (which embeds the objects) and the
+/// tests find the BPF objects; set, it also spares other subcommands the build here.
+pub const EBPF_DIR_ENV: &str = "SKIFF_EBPF_DIR";
+
 pub fn run(release: bool) -> Result<()> {
     let dir = build_ebpf(release)?;
     let objects = objects(&dir)?;

@@ -21,8 +21,7 @@ use anyhow::{Context, Result, bail};
 use skiff_tests::image::{self, ImageSpec};
 
 use crate::{
-    build_ebpf::build_ebpf,
-    test::EBPF_DIR_ENV,
+    build_ebpf::{EBPF_DIR_ENV, build_ebpf},
     util::{display, progress},
 };
 

@@ -16,9 +16,8 @@ use skiff_tests::{
 };
 
 use crate::{
-    build_ebpf::build_ebpf,
+    build_ebpf::{EBPF_DIR_ENV, build_ebpf},
     setup,
-    test::EBPF_DIR_ENV,
     util::{display, progress, run_checked, target_dir, workspace_root},
 };
 

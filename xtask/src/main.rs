@@ -14,6 +14,7 @@ mod bench_support;
 mod build_ebpf;
 mod demo;
 mod images;
+mod kube_proxy_rules;
 mod lbsetup;
 mod python;
 mod setup;

@@ -13,12 +13,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::build_ebpf::build_ebpf;
+use crate::build_ebpf::{EBPF_DIR_ENV, build_ebpf};
 use crate::setup;
 use crate::util::{display, free_bytes, is_ci, is_root, progress, run_checked, target_dir, workspace_root};
-
-/// The variable through which tests find the BPF objects.
-pub const EBPF_DIR_ENV: &str = "SKIFF_EBPF_DIR";
 
 /// What a clean `cargo xtask test` writes under the target dir, with room to spare
 /// (4.2 GiB measured on a clean clone, December 2026); less free than this and the

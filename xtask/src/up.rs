@@ -204,10 +204,13 @@ fn step<T>(tag: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 
 /// The BPF objects: `$SKIFF_EBPF_DIR` when it names a built directory, else built now.
 fn ebpf_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os(crate::test::EBPF_DIR_ENV).map(PathBuf::from)
+    if let Some(dir) = std::env::var_os(crate::build_ebpf::EBPF_DIR_ENV).map(PathBuf::from)
         && dir.join("from-pod").is_file()
     {
-        progress("build-ebpf", &format!("using the objects in {} ({})", dir.display(), crate::test::EBPF_DIR_ENV));
+        progress(
+            "build-ebpf",
+            &format!("using the objects in {} ({})", dir.display(), crate::build_ebpf::EBPF_DIR_ENV),
+        );
         return Ok(dir);
     }
     crate::build_ebpf::build_ebpf(true)
@@ -217,7 +220,7 @@ fn ebpf_dir() -> Result<PathBuf> {
 fn build_binaries(ebpf_dir: &Path) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(cargo);
-    build.args(["build", "--bins"]).current_dir(workspace_root()).env(crate::test::EBPF_DIR_ENV, ebpf_dir);
+    build.args(["build", "--bins"]).current_dir(workspace_root()).env(crate::build_ebpf::EBPF_DIR_ENV, ebpf_dir);
     progress("build", "cargo build --bins (dev profile)...");
     run_checked(&mut build, "fix the build errors above")?;
     Ok(target_dir().join("debug"))
