@@ -16,8 +16,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::api::core::v1::GRPCAction;
 use tokio::net::TcpStream;
 
-use super::handler::HandlerTarget;
 use super::http::{USER_AGENT, drive, join_host_port, read_body};
+use super::target::HandlerTarget;
 use super::{Error, ProbeOutcome, Result};
 
 /// The health service's method, as an HTTP/2 path.

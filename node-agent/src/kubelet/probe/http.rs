@@ -22,7 +22,7 @@ use skiff_api::insecure_tls::AcceptAnyServerCertificate;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::handler::{HandlerTarget, MAX_OUTPUT};
+use super::target::{HandlerTarget, MAX_OUTPUT};
 use super::{Error, ProbeOutcome, Result};
 
 /// The User-Agent upstream probes send, with the API version this build speaks.

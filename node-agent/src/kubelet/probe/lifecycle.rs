@@ -9,8 +9,9 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{LifecycleHandler, Pod};
 
 use super::ProbeOutcome;
-use super::handler::{self, ExecRunner, HandlerTarget};
+use super::handler::{self, ExecRunner};
 use super::http::HttpCheck;
+use super::target::HandlerTarget;
 
 /// Runs `handler` once against `target` within `timeout`.
 ///

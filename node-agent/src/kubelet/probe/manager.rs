@@ -18,27 +18,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::ProbeKind;
-use super::handler::{self, ExecRunner, HandlerTarget};
-use super::worker::{ProbeUpdate, Worker, initial_state};
-
-/// Which probe of which container.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(super) struct ProbeKey {
-    pub pod_uid: String,
-    pub container_name: String,
-    pub kind: ProbeKind,
-}
-
-/// The latest state of one probe of the current container.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProbeResult {
-    pub container_id: String,
-    pub kind: ProbeKind,
-    /// Alive / ready / started; `None` only for a startup probe not decided yet.
-    pub result: Option<bool>,
-    /// The message of the last reported attempt; empty before any.
-    pub message: String,
-}
+use super::handler::{self, ExecRunner};
+use super::results::{ProbeKey, ProbeResult, ProbeUpdate, Results};
+use super::target::HandlerTarget;
+use super::worker::{Worker, initial_state};
 
 /// A container that has just started (or, after an agent restart, was found running).
 #[derive(Debug, Clone, Copy)]
@@ -86,38 +69,6 @@ pub struct RunningContainer<'a> {
     pub started_at: Instant,
 }
 
-/// Shared between the manager and its workers.
-pub(super) struct Results {
-    entries: Mutex<HashMap<ProbeKey, ProbeResult>>,
-    // Unbounded so that a worker never waits on a slow pod worker; there is at most one
-    // update per probe attempt, and attempts are seconds apart.
-    updates: mpsc::UnboundedSender<ProbeUpdate>,
-}
-
-impl Results {
-    fn lock(&self) -> MutexGuard<'_, HashMap<ProbeKey, ProbeResult>> {
-        // A poisoned map is still a consistent map: every write is one assignment.
-        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Stores the state and sends the update, if `key` still belongs to the update's
-    /// container; returns whether it did. Sending under the lock means that once a
-    /// container is removed, nothing about it comes out of the channel any more.
-    pub(super) fn record(&self, key: &ProbeKey, state: Option<bool>, update: ProbeUpdate) -> bool {
-        let mut entries = self.lock();
-        match entries.get_mut(key) {
-            Some(entry) if entry.container_id == update.container_id => {
-                entry.result = state;
-                entry.message.clone_from(&update.message);
-                // The receiver gone means the agent is shutting down; nothing to do.
-                let _ = self.updates.send(update);
-                true
-            }
-            _ => false,
-        }
-    }
-}
-
 /// The workers of one container.
 struct ContainerWorkers {
     container_id: String,
@@ -148,11 +99,7 @@ impl<E: ExecRunner> ProbeManager<E> {
     /// updates (see [`ProbeUpdate`] for when one is sent).
     pub fn new(exec: Arc<E>) -> (Self, mpsc::UnboundedReceiver<ProbeUpdate>) {
         let (updates, receiver) = mpsc::unbounded_channel();
-        let manager = Self {
-            exec,
-            results: Arc::new(Results { entries: Mutex::new(HashMap::new()), updates }),
-            containers: Mutex::new(HashMap::new()),
-        };
+        let manager = Self { exec, results: Arc::new(Results::new(updates)), containers: Mutex::new(HashMap::new()) };
         (manager, receiver)
     }
 

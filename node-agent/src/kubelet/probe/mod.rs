@@ -6,8 +6,12 @@
 //! - [`grpc`]: the gRPC health check behind grpc probes (plaintext HTTP/2);
 //! - [`http`]: the small HTTP/1 client behind httpGet (bounded body, same-host
 //!   redirects, HTTPS without certificate verification as upstream);
+//! - [`target`]: the container a handler runs against ([`HandlerTarget`]);
+//! - [`settings`]: a probe's timing and thresholds ([`ProbeSettings`]);
 //! - [`worker`]: one tokio task per (container, probe kind) applying the probe's delay,
 //!   period, timeout and thresholds, publishing each change as a [`ProbeUpdate`];
+//! - [`results`]: what the workers publish and the manager keeps ([`ProbeUpdate`],
+//!   [`ProbeResult`]);
 //! - [`manager`]: the [`ProbeManager`] that starts and stops workers as containers start
 //!   and stop, and keeps the latest results for the pod worker to read;
 //! - [`lifecycle`]: [`run_lifecycle_handler`] for postStart and preStop hooks, and
@@ -24,15 +28,20 @@ pub mod handler;
 pub mod http;
 pub mod lifecycle;
 pub mod manager;
+pub mod results;
+pub mod settings;
+pub mod target;
 pub mod worker;
 
 #[cfg(test)]
 mod tests;
 
-pub use handler::{ExecOutput, ExecRunner, HandlerTarget, run_probe};
+pub use handler::{ExecOutput, ExecRunner, run_probe};
 pub use lifecycle::{Hook, run_hook, run_lifecycle_handler};
-pub use manager::{ContainerStart, ProbeManager, ProbeResult, RunningContainer};
-pub use worker::{ProbeSettings, ProbeUpdate};
+pub use manager::{ContainerStart, ProbeManager, RunningContainer};
+pub use results::{ProbeResult, ProbeUpdate};
+pub use settings::ProbeSettings;
+pub use target::HandlerTarget;
 
 use std::fmt;
 

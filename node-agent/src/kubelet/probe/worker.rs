@@ -9,73 +9,16 @@
 //! removed. All waiting uses tokio time, so tests run with paused time.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Probe;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::handler::{ExecRunner, HandlerTarget, run_probe};
-use super::manager::{ProbeKey, Results};
+use super::handler::{ExecRunner, run_probe};
+use super::results::{ProbeKey, ProbeUpdate, Results};
+use super::settings::ProbeSettings;
+use super::target::HandlerTarget;
 use super::{ProbeKind, ProbeOutcome};
-
-/// A probe's timing and thresholds with upstream's defaults filled in (period 10 s,
-/// timeout 1 s, success 1, failure 3, no initial delay). Zero or negative values mean
-/// the default, as the API server's defaulting would have made them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProbeSettings {
-    pub initial_delay: Duration,
-    pub period: Duration,
-    pub timeout: Duration,
-    pub success_threshold: u32,
-    pub failure_threshold: u32,
-    /// The probe-level grace period for a kill after a failed liveness or startup
-    /// probe; carried to the pod worker in each [`ProbeUpdate`].
-    pub termination_grace_period_seconds: Option<i64>,
-}
-
-impl ProbeSettings {
-    pub fn from_probe(probe: &Probe) -> Self {
-        let seconds = |value: Option<i32>, default: u64| {
-            Duration::from_secs(value.and_then(|v| u64::try_from(v).ok()).filter(|v| *v > 0).unwrap_or(default))
-        };
-        let count = |value: Option<i32>, default: u32| {
-            value.and_then(|v| u32::try_from(v).ok()).filter(|v| *v > 0).unwrap_or(default)
-        };
-        Self {
-            initial_delay: seconds(probe.initial_delay_seconds, 0),
-            period: seconds(probe.period_seconds, 10),
-            timeout: seconds(probe.timeout_seconds, 1),
-            success_threshold: count(probe.success_threshold, 1),
-            failure_threshold: count(probe.failure_threshold, 3),
-            termination_grace_period_seconds: probe.termination_grace_period_seconds,
-        }
-    }
-}
-
-/// What a worker tells the pod worker: after every change of state, and after every
-/// failed or errored attempt (which deserves an Event even when it changes nothing yet).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProbeUpdate {
-    pub pod_uid: String,
-    pub container_name: String,
-    pub container_id: String,
-    pub kind: ProbeKind,
-    /// The state after this attempt: alive (liveness), ready (readiness), started
-    /// (startup; false also while undecided).
-    pub result: bool,
-    /// The state changed with this attempt: act on it (liveness or startup false:
-    /// restart the container; readiness: update the Ready condition).
-    pub changed: bool,
-    /// This attempt failed or could not run: record a Warning Event, reason
-    /// "Unhealthy", with `message`.
-    pub failed_attempt: bool,
-    /// "Liveness probe failed: HTTP probe failed with statuscode: 503",
-    /// "Readiness probe errored: ...", or "Startup probe succeeded".
-    pub message: String,
-    /// The probe's own terminationGracePeriodSeconds, for the kill it may cause.
-    pub termination_grace_period_seconds: Option<i64>,
-}
 
 /// Everything one worker needs; built by the manager.
 pub(super) struct Worker<E> {
