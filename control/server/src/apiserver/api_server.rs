@@ -32,7 +32,7 @@ pub struct ApiServer {
     /// The audit log, when `--audit-log-path` asks for one (set once at start).
     pub(crate) audit: std::sync::OnceLock<super::audit::Auditor>,
     /// The latest CPU and memory points of nodes and pods (`metrics.k8s.io`).
-    pub(crate) resource_metrics: super::metrics_scraper::ResourceMetrics,
+    pub(crate) resource_metrics: super::resource_metrics::ResourceMetrics,
 }
 
 impl ApiServer {

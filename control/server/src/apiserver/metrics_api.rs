@@ -2,8 +2,8 @@
 //! metrics-server behind this group): `nodes` (NodeMetrics) and `pods` (PodMetrics,
 //! namespaced), get and list, with label selectors (and field selectors on pods), as
 //! `kubectl top` and the HPA controller read them. The figures are the scraper's
-//! latest points (`metrics_scraper`); the objects they are about (labels, creation
-//! times, which pods a selector picks) are read from the store.
+//! latest points (`resource_metrics`, kept by `metrics_scraper`); the objects they are
+//! about (labels, creation times, which pods a selector picks) are read from the store.
 //!
 //! It is a read-only virtual group: nothing is stored, there is no watch, and it must
 //! not compute figures itself. Discovery lists it (`discovery` asks [`group_doc`] and
@@ -16,9 +16,9 @@ use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::api_server::ApiServer;
-use super::metrics_scraper::{PodPoint, Point};
 use super::object::to_obj;
 use super::request::{Ctx, Resp, error_response, json_response};
+use super::resource_metrics::{PodPoint, Point};
 use super::resources::{self, ResourceDef};
 use super::selectors::Selectors;
 use super::status::{ApiError, ApiResult};

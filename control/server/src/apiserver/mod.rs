@@ -41,6 +41,7 @@ mod protobuf;
 mod quota;
 mod rawjson;
 mod request;
+pub mod resource_metrics;
 pub mod resources;
 #[cfg(test)]
 mod robustness;
