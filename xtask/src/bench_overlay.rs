@@ -24,11 +24,11 @@
 //!
 //! Each run is iperf3 (TCP, `-O 1` so slow start is left out, retransmits from its JSON,
 //! the sender's congestion control fixed: cubic unless `--congestion-control` says
-//! otherwise) then a request/response rate on one connection (`skiff-echo rr`), clients on one CPU
-//! and servers on another in every mode. Clients and servers run in their node's pod
-//! cgroup in every mode but `EbpfClusterIpTc`. Each datapath is set up before its modes' runs and
-//! torn down after them, every round, with a check that nothing of it is left for the next
-//! (`datapaths`).
+//! otherwise) then a request/response rate on one connection (`skiff-echo rr`), clients
+//! on one CPU and servers on another in every mode. Clients and servers run in their
+//! node's pod cgroup in every mode but `EbpfClusterIpTc`. Each datapath is set up before
+//! its modes' runs and torn down after them, every round, with a check that nothing of
+//! it is left for the next (`datapaths`).
 //!
 //! After the rounds, extra ClusterIP runs on the tc path with the kernel's BPF statistics on read each
 //! program's real cost per packet. They are kept out of the rounds: the statistics' own
