@@ -13,7 +13,7 @@ use super::api_server::ApiServer;
 use super::decode::{decode_body, typed_decode};
 use super::meta;
 use super::request::{Ctx, Resp, json_response};
-use super::resources::ResourceDef;
+use super::resource_def::ResourceDef;
 use super::status::{ApiError, ApiResult, Cause};
 use crate::auth::UserInfo;
 use crate::auth::authz::{Attributes, Decision};

@@ -9,7 +9,7 @@
 use serde_json::{Value, json};
 
 use super::patch;
-use super::resources::ResourceDef;
+use super::resource_def::ResourceDef;
 use super::status::{ApiError, ApiResult};
 use super::strategy;
 

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use skiff_api::finalizers;
 
 use super::request::Ctx;
-use super::resources::ResourceDef;
+use super::resource_def::ResourceDef;
 use super::status::{ApiError, ApiResult};
 
 /// The message of a 409 caused by a concurrent write rather than by a client's

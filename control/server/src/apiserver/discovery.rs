@@ -6,7 +6,8 @@
 
 use serde_json::{Value, json};
 
-use super::resources::{ResourceDef, all, groups};
+use super::resource_def::ResourceDef;
+use super::resources::{all, groups};
 use super::{crd, metrics_api};
 
 pub fn version() -> Value {

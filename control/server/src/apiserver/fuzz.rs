@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::decode::{
     NewObject, apply_patch, check_type, decode_for_create, decode_object, decode_patch, decode_update,
 };
-use super::resources::ResourceDef;
+use super::resource_def::ResourceDef;
 use super::selectors::field_value;
 
 /// The create request every body input is decoded as: namespace `default`, a fixed uid

@@ -21,7 +21,8 @@ use skiff_controllers::controllers::resourcequota::usage::{self, Amount, Resourc
 
 use super::api_server::ApiServer;
 use super::object::{str_at, to_obj};
-use super::resources::{ResourceDef, by_kind};
+use super::resource_def::ResourceDef;
+use super::resources::by_kind;
 use super::status::{ApiError, ApiResult};
 
 /// The annotation upstream's plugin leaves on a pod it defaulted.

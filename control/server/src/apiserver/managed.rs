@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value, json};
 
 use super::merge_shape;
-use super::resources::ResourceDef;
+use super::resource_def::ResourceDef;
 use super::status::{ApiError, Cause};
 
 /// One step of a field path, kept in upstream's FieldsV1 spelling without its prefix:

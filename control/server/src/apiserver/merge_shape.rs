@@ -23,7 +23,8 @@ use std::sync::{LazyLock, Mutex};
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
-use super::resources::{RESOURCES, ResourceDef};
+use super::resource_def::ResourceDef;
+use super::resources::RESOURCES;
 
 /// A kind's annotated schema: the root (a `$ref`) and the definitions it reaches.
 #[derive(Debug)]

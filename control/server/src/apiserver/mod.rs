@@ -41,6 +41,7 @@ mod protobuf;
 mod quota;
 mod rawjson;
 mod request;
+pub mod resource_def;
 pub mod resource_metrics;
 pub mod resources;
 #[cfg(test)]
@@ -52,6 +53,7 @@ pub mod status;
 mod storage_class;
 mod strategy;
 pub mod table;
+mod table_object;
 pub mod validation;
 mod views;
 mod watch;

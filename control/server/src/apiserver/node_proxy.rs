@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 use super::api_server::ApiServer;
 use super::object::to_obj;
 use super::request::{Resp, error_response};
+use super::resource_def::ResourceDef;
 use super::resources;
 use super::status::{ApiError, ApiResult};
 use crate::auth::UserInfo;
@@ -243,12 +244,7 @@ impl ApiServer {
         Ok(back.body(EndOnError(resp.into_body()).boxed()).unwrap())
     }
 
-    async fn read(
-        &self,
-        def: Option<&'static resources::ResourceDef>,
-        ns: Option<&str>,
-        name: &str,
-    ) -> ApiResult<Value> {
+    async fn read(&self, def: Option<&'static ResourceDef>, ns: Option<&str>, name: &str) -> ApiResult<Value> {
         let def = def.ok_or_else(ApiError::path_not_found)?;
         let kv = self
             .store

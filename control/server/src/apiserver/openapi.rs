@@ -18,7 +18,8 @@ use schemars::generate::SchemaSettings;
 use serde_json::{Value, json};
 
 use super::crd;
-use super::resources::{RESOURCES, ResourceDef, groups};
+use super::resource_def::ResourceDef;
+use super::resources::{RESOURCES, groups};
 
 /// Changes whenever the served documents change, so clients' caches refresh.
 const HASH: &str = concat!("skiff-", env!("CARGO_PKG_VERSION"), "-2");

@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use super::meta::{age_of, human_age, parse_time, unix_now};
-use super::table::Col;
+use super::table_object::Col;
 
 pub(super) fn columns(kind: &str) -> Option<Vec<Col>> {
     Some(match kind {

@@ -23,7 +23,8 @@ use skiff_controllers::controllers::resourcequota::usage::{self, Charge};
 
 use super::api_server::ApiServer;
 use super::object::{str_at, to_bytes, to_obj};
-use super::resources::{ResourceDef, by_kind, prefix_of};
+use super::resource_def::{ResourceDef, prefix_of};
+use super::resources::by_kind;
 use super::status::{ApiError, ApiResult};
 use crate::store;
 

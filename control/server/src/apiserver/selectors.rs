@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use skiff_api::selector::{FieldSelector, LabelSelector};
 
 use super::request::Ctx;
-use super::resources::ResourceDef;
+use super::resource_def::ResourceDef;
 use super::status::{ApiError, ApiResult};
 
 /// The value of a selectable field; `Err` for fields this kind cannot be selected by.

@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 use super::api_server::ApiServer;
 use super::meta;
 use super::object::{str_at, to_obj};
-use super::resources::{ResourceDef, by_kind};
+use super::resource_def::ResourceDef;
+use super::resources::by_kind;
 use super::status::{ApiError, ApiResult};
 use crate::store;
 

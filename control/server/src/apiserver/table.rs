@@ -6,9 +6,8 @@
 use serde_json::{Value, json};
 
 use super::meta::age_of;
-use super::resources::ResourceDef;
-
-pub(super) struct Col(pub(super) &'static str, pub(super) &'static str, pub(super) u8);
+use super::resource_def::ResourceDef;
+use super::table_object::{self, Col, Include};
 
 fn columns(kind: &str) -> Vec<Col> {
     let mut c = vec![Col("Name", "name", 0)];
@@ -265,40 +264,13 @@ fn row(kind: &str, o: &Value) -> Vec<Value> {
     cells
 }
 
-/// How much of each object rides along in a row (`?includeObject=`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Include {
-    None,
-    Metadata,
-    Object,
-}
-
-impl Include {
-    pub fn parse(v: Option<&str>) -> Self {
-        match v {
-            Some("None") => Include::None,
-            Some("Object") => Include::Object,
-            _ => Include::Metadata,
-        }
-    }
-}
-
-pub(super) fn row_object(o: &Value, include: Include) -> Value {
-    match include {
-        Include::None => Value::Null,
-        Include::Object => o.clone(),
-        Include::Metadata => json!({
-            "kind": "PartialObjectMetadata",
-            "apiVersion": "meta.k8s.io/v1",
-            "metadata": o.get("metadata").cloned().unwrap_or(json!({})),
-        }),
-    }
-}
-
 /// A Table of `objects` of the resource `def`: a custom resource's columns come from
 /// its CRD (`crd`), a built-in kind's from here and `printers`.
 pub fn table_of(def: &ResourceDef, objects: &[Value], list_meta: Value, include: Include) -> Value {
-    super::crd::table(def, objects, &list_meta, include).unwrap_or_else(|| table(def.kind, objects, list_meta, include))
+    match super::crd::of(def) {
+        Some(custom) => super::crd::table(&custom.columns, objects, list_meta, include),
+        None => table(def.kind, objects, list_meta, include),
+    }
 }
 
 /// A Table of `objects` of `kind`.
@@ -311,22 +283,5 @@ pub fn table(kind: &str, objects: &[Value], list_meta: Value, include: Include) 
             json!({"name": name, "type": ty, "format": format, "description": desc, "priority": prio})
         })
         .collect();
-    let rows: Vec<Value> = objects
-        .iter()
-        .map(|o| {
-            let mut r = json!({"cells": row(kind, o)});
-            let obj = row_object(o, include);
-            if !obj.is_null() {
-                r["object"] = obj;
-            }
-            r
-        })
-        .collect();
-    json!({
-        "kind": "Table",
-        "apiVersion": "meta.k8s.io/v1",
-        "metadata": list_meta,
-        "columnDefinitions": defs,
-        "rows": rows,
-    })
+    table_object::build(defs, objects, |o| row(kind, o), list_meta, include)
 }

@@ -22,10 +22,10 @@ use tokio::sync::mpsc;
 use super::api_server::ApiServer;
 use super::object::to_obj;
 use super::request::{Ctx, Resp};
-use super::resources::ResourceDef;
+use super::resource_def::ResourceDef;
 use super::selectors::Selectors;
 use super::status::{ApiError, ApiResult};
-use super::table;
+use super::{table, table_object};
 use crate::store::{self, EventType};
 
 /// How often an idle watch sends a bookmark (when the client allows them).
@@ -47,7 +47,7 @@ impl hyper::body::Body for ChannelBody {
 struct Encoder {
     def: &'static ResourceDef,
     table: bool,
-    include: table::Include,
+    include: table_object::Include,
 }
 
 impl Encoder {
@@ -86,7 +86,8 @@ impl ApiServer {
         };
         let prefix = def.ns_prefix(ns);
         let only_name = name.map(str::to_string).or_else(|| sel.fields.exact("metadata.name").map(str::to_string));
-        let enc = Encoder { def, table: ctx.wants_table(), include: table::Include::parse(ctx.q("includeObject")) };
+        let enc =
+            Encoder { def, table: ctx.wants_table(), include: table_object::Include::parse(ctx.q("includeObject")) };
         let (tx, rx) = mpsc::channel::<Bytes>(64);
         let wanted = move |obj: &Value| -> bool {
             if let Some(n) = &only_name

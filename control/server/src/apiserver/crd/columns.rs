@@ -7,8 +7,7 @@
 use serde_json::{Value, json};
 
 use crate::apiserver::meta::{human_age, parse_time, unix_now};
-use crate::apiserver::resources::ResourceDef;
-use crate::apiserver::table::{Include, row_object};
+use crate::apiserver::table_object::{self, Include};
 
 #[derive(Debug, Clone)]
 pub struct Column {
@@ -147,34 +146,19 @@ pub fn eval<'a>(path: &[Step], obj: &'a Value) -> Vec<&'a Value> {
     cur
 }
 
-/// The Table of custom objects of `def` (`None` if `def` is not a custom resource).
-pub fn table(def: &ResourceDef, objects: &[Value], list_meta: &Value, include: Include) -> Option<Value> {
-    let served = super::of(def)?;
+/// The Table of custom objects: Name, then `columns` (a version's printer columns).
+pub fn table(columns: &[Column], objects: &[Value], list_meta: Value, include: Include) -> Value {
     let mut defs = vec![json!({"name": "Name", "type": "string", "format": "name",
         "description": "Name must be unique within a namespace.", "priority": 0})];
-    defs.extend(served.columns.iter().map(|c| {
+    defs.extend(columns.iter().map(|c| {
         json!({"name": c.name, "type": c.ty, "format": c.format, "description": c.description, "priority": c.priority})
     }));
-    let rows: Vec<Value> = objects
-        .iter()
-        .map(|o| {
-            let mut cells = vec![o.pointer("/metadata/name").cloned().unwrap_or(json!(""))];
-            cells.extend(served.columns.iter().map(|c| c.cell(o)));
-            let mut r = json!({"cells": cells});
-            let obj = row_object(o, include);
-            if !obj.is_null() {
-                r["object"] = obj;
-            }
-            r
-        })
-        .collect();
-    Some(json!({
-        "kind": "Table",
-        "apiVersion": "meta.k8s.io/v1",
-        "metadata": list_meta,
-        "columnDefinitions": defs,
-        "rows": rows,
-    }))
+    let cells = |o: &Value| {
+        let mut cells = vec![o.pointer("/metadata/name").cloned().unwrap_or(json!(""))];
+        cells.extend(columns.iter().map(|c| c.cell(o)));
+        cells
+    };
+    table_object::build(defs, objects, cells, list_meta, include)
 }
 
 #[cfg(test)]

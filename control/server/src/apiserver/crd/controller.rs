@@ -25,7 +25,8 @@ use serde_json::{Value, json};
 use super::definition::CLEANUP_FINALIZER;
 use crate::apiserver::meta;
 use crate::apiserver::object::{to_bytes, to_obj};
-use crate::apiserver::resources::{RESOURCES, by_kind, prefix_of};
+use crate::apiserver::resource_def::prefix_of;
+use crate::apiserver::resources::{RESOURCES, by_kind};
 use crate::store::{self, EventType, Store};
 
 /// How long to wait before listing again after the watch fails.

@@ -12,12 +12,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 
 use super::columns::Column;
-use super::{ScalePaths, Served, schema};
+use super::schema;
+use super::served_version::{ScalePaths, Served};
 use crate::apiserver::meta::{dns_label_error, dns_subdomain_error};
-use crate::apiserver::resources::ResourceDef;
+use crate::apiserver::resource_def::ResourceDef;
 use crate::apiserver::status::Cause;
 use crate::apiserver::strategy::Strategy;
-use crate::apiserver::views::View;
+use crate::apiserver::views::view::View;
 
 /// Keeps a deleted CRD until its objects are gone (the controller removes it).
 pub const CLEANUP_FINALIZER: &str = "customresourcecleanup.apiextensions.k8s.io";

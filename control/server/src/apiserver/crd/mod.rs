@@ -23,9 +23,10 @@ mod controller;
 mod definition;
 mod openapi;
 mod schema;
+mod served_version;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 
 use serde_json::Value;
 
@@ -33,34 +34,11 @@ pub use columns::table;
 pub use controller::spawn;
 pub use definition::DefinitionStrategy;
 pub use openapi::{document, hash};
+pub use served_version::{ScalePaths, Served};
 
-use super::resources::ResourceDef;
+use super::resource_def::ResourceDef;
 use super::status::ApiError;
-use super::views::View;
-
-/// One served version of a custom resource.
-pub struct Served {
-    pub def: ResourceDef,
-    /// The CRD's name (`<plural>.<group>`).
-    pub crd: String,
-    /// This version's `openAPIV3Schema`.
-    pub schema: Arc<Value>,
-    pub columns: Vec<columns::Column>,
-    pub scale: Option<ScalePaths>,
-    pub categories: Vec<String>,
-    /// For versions other than the storage version: the view that rewrites apiVersion.
-    pub view: Option<&'static View>,
-    /// Changes whenever the CRD's spec does (for OpenAPI document hashes).
-    pub revision: u64,
-}
-
-/// The scale subresource's paths, as JSON pointers.
-#[derive(Debug, Clone)]
-pub struct ScalePaths {
-    pub spec_replicas: String,
-    pub status_replicas: String,
-    pub label_selector: Option<String>,
-}
+use super::views::view::View;
 
 /// What is served, by CRD name: the spec it was built from and its versions (the
 /// preferred version first).

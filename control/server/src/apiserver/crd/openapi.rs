@@ -11,7 +11,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
-use super::{Served, served};
+use super::served;
+use super::served_version::Served;
 use crate::apiserver::openapi::{add_paths, gv_path};
 
 fn of_gv(group: &str, version: &str) -> Vec<&'static Served> {

@@ -8,7 +8,7 @@ use super::super::deletion::{RACED, deleted_response, policy_finalizer, propagat
 use super::super::meta;
 use super::super::object::{has_finalizers, str_at, to_bytes, to_obj};
 use super::super::request::{Ctx, Resp, ok};
-use super::super::resources::ResourceDef;
+use super::super::resource_def::ResourceDef;
 use super::super::selectors::Selectors;
 use super::super::status::{ApiError, ApiResult};
 use super::write::spec_finalizers_left;

@@ -16,7 +16,8 @@ use super::super::decode;
 use super::super::meta;
 use super::super::object::{str_at, to_bytes, to_obj};
 use super::super::request::{Ctx, Resp, json_response};
-use super::super::resources::{ResourceDef, by_kind};
+use super::super::resource_def::ResourceDef;
+use super::super::resources::by_kind;
 use super::super::status::{ApiError, ApiResult, Cause};
 use crate::store;
 

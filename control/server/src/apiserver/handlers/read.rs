@@ -8,10 +8,10 @@ use serde_json::{Value, json};
 use super::super::api_server::ApiServer;
 use super::super::object::{Named, to_obj};
 use super::super::request::{Ctx, Resp, Subresource, full, ok};
-use super::super::resources::ResourceDef;
+use super::super::resource_def::ResourceDef;
 use super::super::selectors::Selectors;
 use super::super::status::{ApiError, ApiResult};
-use super::super::{rawjson, table};
+use super::super::{rawjson, table, table_object};
 use super::subresources::scale_of;
 use crate::store::KeyValue;
 
@@ -43,7 +43,7 @@ impl ApiServer {
         }
         if ctx.wants_table() {
             let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
-            return ok(&table::table_of(def, &[obj], meta, table::Include::parse(ctx.q("includeObject"))));
+            return ok(&table::table_of(def, &[obj], meta, table_object::Include::parse(ctx.q("includeObject"))));
         }
         ok(&obj)
     }
@@ -104,7 +104,7 @@ impl ApiServer {
             list_meta["continue"] = json!(c);
         }
         if ctx.wants_table() {
-            return ok(&table::table_of(def, &items, list_meta, table::Include::parse(ctx.q("includeObject"))));
+            return ok(&table::table_of(def, &items, list_meta, table_object::Include::parse(ctx.q("includeObject"))));
         }
         ok(&json!({
             "kind": format!("{}List", def.kind),

@@ -11,7 +11,7 @@ use super::super::decode;
 use super::super::meta;
 use super::super::object::{Named, invalid, str_at};
 use super::super::request::{Ctx, Resp, Subresource, json_response};
-use super::super::resources::ResourceDef;
+use super::super::resource_def::ResourceDef;
 use super::super::status::{ApiError, ApiResult, Cause};
 
 /// Where a kind keeps what its Scale shows: the built-in kinds' fixed places, or a

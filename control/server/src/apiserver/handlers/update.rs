@@ -8,7 +8,7 @@ use super::super::crd;
 use super::super::decode;
 use super::super::object::Named;
 use super::super::request::{Ctx, Resp, Subresource, ok};
-use super::super::resources::ResourceDef;
+use super::super::resource_def::ResourceDef;
 use super::super::status::{ApiError, ApiResult};
 use super::subresources::{apply_scale, scale_of};
 use super::write::Ownership;

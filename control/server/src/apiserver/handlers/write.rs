@@ -9,7 +9,7 @@ use super::super::managed::{self, Walk};
 use super::super::meta;
 use super::super::object::{Named, has_finalizers, invalid, rv_of, spec_part, str_at, to_bytes, to_obj};
 use super::super::request::{Ctx, Subresource};
-use super::super::resources::ResourceDef;
+use super::super::resource_def::ResourceDef;
 use super::super::status::{ApiError, ApiResult};
 use crate::store;
 

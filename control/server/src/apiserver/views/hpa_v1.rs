@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::View;
+use super::view::View;
 use crate::apiserver::status::Cause;
 
 pub(super) static VIEW: View = View {

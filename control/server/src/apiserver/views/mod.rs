@@ -10,6 +10,9 @@
 
 mod events;
 mod hpa_v1;
+pub(crate) mod view;
+
+pub use view::View;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -22,25 +25,8 @@ use serde_json::{Value, json};
 
 use super::decode::{PatchKind, decode_body, decode_patch, typed_decode};
 use super::request::{Body, Ctx, Resp, Verb};
-use super::resources::ResourceDef;
-use super::status::{ApiError, ApiResult, Cause};
-
-/// One view: where its objects are stored, and how they change shape on the way.
-pub struct View {
-    /// The stored kind's group, version and plural.
-    pub stored: (&'static str, &'static str, &'static str),
-    /// The view's apiVersion and kind (its lists are `<kind>List`).
-    api_version: &'static str,
-    kind: &'static str,
-    /// A view object, or a merge patch of one, in the stored shape.
-    to_stored: fn(Value) -> Value,
-    /// A stored object in the view's shape.
-    from_stored: fn(Value) -> Value,
-    /// What upstream checks of objects written through the view.
-    validate: fn(&Value) -> Vec<Cause>,
-    /// A JSON Patch path in the view's shape, in the stored shape; `None` refuses it.
-    json_patch_path: fn(&str) -> Option<String>,
-}
+use super::resource_def::ResourceDef;
+use super::status::{ApiError, ApiResult};
 
 /// The view a resource is, if it is one.
 pub fn of(def: &ResourceDef) -> Option<&'static View> {
@@ -48,63 +34,6 @@ pub fn of(def: &ResourceDef) -> Option<&'static View> {
         ("events.k8s.io", "v1", "events") => Some(&events::VIEW),
         ("autoscaling", "v1", "horizontalpodautoscalers") => Some(&hpa_v1::VIEW),
         _ => super::crd::view_of(def),
-    }
-}
-
-impl View {
-    /// A custom resource's version other than its storage version: the same objects
-    /// under another apiVersion (a CRD's `None` conversion).
-    pub fn custom_version(
-        stored: (&'static str, &'static str, &'static str),
-        api_version: &'static str,
-        kind: &'static str,
-    ) -> Self {
-        fn to_stored(mut v: Value) -> Value {
-            // The stored apiVersion is set afterwards; a patch must not change it.
-            if let Some(m) = v.as_object_mut() {
-                m.remove("apiVersion");
-            }
-            v
-        }
-        View {
-            stored,
-            api_version,
-            kind,
-            to_stored,
-            from_stored: |v| v,
-            validate: |_| Vec::new(),
-            json_patch_path: |p| Some(p.to_string()),
-        }
-    }
-
-    /// A stored object, list or watch event in the view's shape; Tables and Status
-    /// objects pass unchanged.
-    fn convert_out(&self, mut v: Value) -> Value {
-        let stored_kind = v.get("kind").and_then(Value::as_str).map(String::from);
-        match stored_kind.as_deref() {
-            Some(k) if k == self.kind => {
-                v = (self.from_stored)(v);
-                v["apiVersion"] = json!(self.api_version);
-            }
-            Some(k) if k.strip_suffix("List") == Some(self.kind) => {
-                v["apiVersion"] = json!(self.api_version);
-                if let Some(items) = v.get_mut("items").and_then(Value::as_array_mut) {
-                    for item in items.iter_mut() {
-                        *item = (self.from_stored)(std::mem::take(item));
-                        if let Some(m) = item.as_object_mut() {
-                            m.remove("kind");
-                            m.remove("apiVersion");
-                        }
-                    }
-                }
-            }
-            None if v.get("type").is_some() && v.get("object").is_some() => {
-                let object = v["object"].take();
-                v["object"] = self.convert_out(object);
-            }
-            _ => {}
-        }
-        v
     }
 }
 
