@@ -90,10 +90,7 @@ pub fn run(args: &[String]) -> Result<()> {
 /// Builds the BPF objects (or takes those in `SKIFF_EBPF_DIR`) and the release binaries
 /// of a local cluster; returns their directory.
 pub(crate) fn build_cluster_binaries() -> Result<std::path::PathBuf> {
-    let ebpf_dir = match std::env::var_os(crate::build_ebpf::EBPF_DIR_ENV) {
-        Some(dir) => std::path::PathBuf::from(dir),
-        None => crate::build_ebpf::build_ebpf(true)?,
-    };
+    let ebpf_dir = crate::build_ebpf::objects_dir()?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = std::process::Command::new(cargo);
     build

@@ -65,6 +65,18 @@ pub fn build_ebpf(release: bool) -> Result<PathBuf> {
     Ok(target_dir().join(BPF_TARGET).join(profile))
 }
 
+/// The release objects for a subcommand that only uses them: `$SKIFF_EBPF_DIR` when it
+/// names a built directory (as `cargo xtask test` and CI set it), else built now.
+pub fn objects_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os(EBPF_DIR_ENV).filter(|d| !d.is_empty()).map(PathBuf::from)
+        && dir.join("from-pod").is_file()
+    {
+        progress("build-ebpf", &format!("using the objects in {} ({EBPF_DIR_ENV})", dir.display()));
+        return Ok(dir);
+    }
+    build_ebpf(true)
+}
+
 /// The eBPF object files in `dir` (ELF files without an extension), sorted.
 pub fn objects(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut found = Vec::new();

@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail};
 use skiff_tests::image::{self, ImageSpec};
 
 use crate::{
-    build_ebpf::{EBPF_DIR_ENV, build_ebpf},
+    build_ebpf::{EBPF_DIR_ENV, objects_dir},
     util::{display, progress},
 };
 
@@ -106,7 +106,7 @@ pub fn build(specs: &[ImageSpec]) -> Result<Vec<Built>> {
     }
     let mut built = Vec::new();
     for (packages, group) in groups {
-        let env = if packages.contains(&"skiff-node") { vec![(EBPF_DIR_ENV, ebpf_dir()?)] } else { Vec::new() };
+        let env = if packages.contains(&"skiff-node") { vec![(EBPF_DIR_ENV, objects_dir()?)] } else { Vec::new() };
         let env: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (*k, v.as_path())).collect();
         let mut bins: Vec<&str> = group.iter().flat_map(ImageSpec::bins).collect();
         bins.dedup();
@@ -141,15 +141,6 @@ pub fn build(specs: &[ImageSpec]) -> Result<Vec<Built>> {
         }
     }
     Ok(built)
-}
-
-/// The BPF objects skiff-node embeds: `$SKIFF_EBPF_DIR` when set (as `cargo xtask test`
-/// and CI set it), else what `build-ebpf` builds.
-fn ebpf_dir() -> Result<PathBuf> {
-    match std::env::var_os(EBPF_DIR_ENV).filter(|d| !d.is_empty()) {
-        Some(dir) => Ok(PathBuf::from(dir)),
-        None => build_ebpf(true),
-    }
 }
 
 /// Imports one tarball into the CRI's namespace of the containerd at `socket`. `ctr`'s

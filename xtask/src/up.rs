@@ -72,7 +72,7 @@ pub fn up(opts: &UpOptions) -> Result<()> {
     }
 
     step("setup", || crate::setup::run().map(drop))?;
-    let ebpf_dir = step("build-ebpf", ebpf_dir)?;
+    let ebpf_dir = step("build-ebpf", crate::build_ebpf::objects_dir)?;
     let bin_dir = match &opts.bin_dir {
         Some(dir) => {
             progress("build", &format!("using the binaries in {}", dir.display()));
@@ -200,20 +200,6 @@ fn step<T>(tag: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let out = f()?;
     progress(tag, &format!("done in {:.1} s", start.elapsed().as_secs_f64()));
     Ok(out)
-}
-
-/// The BPF objects: `$SKIFF_EBPF_DIR` when it names a built directory, else built now.
-fn ebpf_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os(crate::build_ebpf::EBPF_DIR_ENV).map(PathBuf::from)
-        && dir.join("from-pod").is_file()
-    {
-        progress(
-            "build-ebpf",
-            &format!("using the objects in {} ({})", dir.display(), crate::build_ebpf::EBPF_DIR_ENV),
-        );
-        return Ok(dir);
-    }
-    crate::build_ebpf::build_ebpf(true)
 }
 
 /// `cargo build --bins` (dev profile, as `cargo xtask test`); the binaries' directory.
