@@ -817,6 +817,38 @@ fn arp_requests_for_announced_addresses_are_answered_at_xdp_and_at_tc_alike() {
 }
 
 #[test]
+fn a_pods_packet_for_a_pod_of_this_node_goes_straight_into_that_pod() {
+    with_harness("a_pods_packet_for_a_pod_of_this_node", |h| {
+        use skiff_ebpf_common::Endpoint4;
+        // BACKENDS[0] is a pod of this node (skiff-cni wrote its endpoint); BACKENDS[1]
+        // has none (the node's stack routes it, as before).
+        let pod = Endpoint4 { ifindex: 1, flags: 0, pod_mac: [2, 0, 0, 0, 0, 0x21], host_mac: [2, 0, 0, 0, 0, 0x22] };
+        h.hash::<u32, Endpoint4>(pin::ENDPOINTS).insert(addr_to_map(BACKENDS[0].octets()), pod, 0).unwrap();
+        // Straight to the pod's address (the socket LB's connections, pod-to-pod traffic):
+        // redirected into it, with its MACs, nothing else changed.
+        let frame = packet(PROTO_TCP, (CLIENT, 40000), (BACKENDS[0], BPORT), TCP_SYN, b"hi");
+        let (action, out) = h.run(&frame);
+        assert_eq!(action, TC_ACT_REDIRECT, "a local pod's packet must be redirected into it");
+        assert_eq!(
+            &out[..12],
+            &[2, 0, 0, 0, 0, 0x21, 2, 0, 0, 0, 0, 0x22],
+            "destination: the pod; source: its host veth"
+        );
+        assert_eq!(&out[12..], &frame[12..], "only the MACs change");
+        // Through a ClusterIP on the tc path: translated, then redirected the same way.
+        h.add_backend(1, BACKENDS[0], PROTO_TCP, 0);
+        h.set_service(PROTO_TCP, &[1], 0, 0);
+        let (action, out) = h.run(&packet(PROTO_TCP, (CLIENT, 40001), (VIP, VPORT), TCP_SYN, b""));
+        let p = parse(&out);
+        assert_eq!((action, p.eth_dst, p.dst, p.dport), (TC_ACT_REDIRECT, pod.pod_mac, BACKENDS[0], BPORT));
+        // No endpoint: on to the node's stack, untouched.
+        let other = packet(PROTO_TCP, (CLIENT, 40002), (BACKENDS[1], BPORT), TCP_SYN, b"");
+        assert_eq!(h.run(&other), (TC_ACT_OK, other.clone()));
+        assert_eq!(h.stat("pod_delivered"), 2);
+    });
+}
+
+#[test]
 fn a_pod_reaching_its_own_nodes_node_port_is_translated_on_the_tc_path() {
     with_harness("a_pod_reaching_its_own_nodes_node_port", |h| {
         // A pod whose connect() the socket LB did not translate (its cgroup is not under

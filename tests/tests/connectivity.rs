@@ -34,7 +34,8 @@
 //!   tunnel), and ClusterIPs with the backend local, remote and both, through the
 //!   socket-level load balancer; then that such connections make no conntrack entry
 //!   (the node's `ct_new` counter stays, `sock_translated` grows), from the host and
-//!   from a pod (the pods' cgroups lie below the node's), and that unconnected
+//!   from a pod (the pods' cgroups lie below the node's), that a pod's packets for
+//!   another pod of its node go straight into it (`pod_delivered`), and that unconnected
 //!   UDP is answered from the ClusterIP the application sent to.
 //!
 //! - from the client pod's network namespace entered by the test process, which is not
@@ -793,6 +794,32 @@ fn check_socket_lb_skips_conntrack(cluster: &Cluster, from_pod: bool) -> Option<
     })
 }
 
+/// A pod's packets for another pod of its node go straight into that pod (`from_pod`
+/// hands them over with `bpf_redirect_peer`), not through the node's routing: node 1's
+/// `pod_delivered` grows by both directions' packets of connections from the client pod
+/// to `srv-n1`. Run alone, after the matrix, so that no flow from the tunnel adds to it
+/// meanwhile. `Err`: the failure report.
+fn check_pod_to_pod_same_node_skips_the_node(cluster: &Cluster) -> Option<String> {
+    const CONNECTIONS: u64 = 3;
+    // At least a SYN, its answer and one data segment each way per connection.
+    const AT_LEAST: u64 = 4 * CONNECTIONS;
+    let before = counter(cluster, 0, "pod_delivered");
+    let srv = cluster.kubectl_out(&["get", "pod", "srv-n1", "-o", "jsonpath={.status.podIP}"]);
+    let target = format!("{srv}:8080");
+    let count = CONNECTIONS.to_string();
+    let args = ["exec", "client", "--", "/skiff-echo", "tcp", &target, "--count", &count, "--timeout-ms", TIMEOUT_MS];
+    let replies = Replies::parse(&cluster.kubectl_out(&args));
+    let after = counter(cluster, 0, "pod_delivered");
+    eprintln!("same-node delivery: {CONNECTIONS} connections, node 1's pod_delivered {before} → {after}");
+    let fine = replies.answers.len() as u64 == CONNECTIONS && after >= before + AT_LEAST;
+    (!fine).then(|| {
+        format!(
+            "FAILED same-node delivery check: {CONNECTIONS} connections from the client pod to {target}: {} answered; node 1's pod_delivered {before} → {after} (expected +{AT_LEAST} at least)",
+            replies.answers.len()
+        )
+    })
+}
+
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("    {l}\n")).collect()
 }
@@ -867,6 +894,7 @@ fn connectivity_matrix() {
     });
     failures.extend(check_node_port_sources(&cluster, &outside));
     failures.extend(check_nodeport_snat_spares_node_connections(&cluster, &outside));
+    failures.extend(check_pod_to_pod_same_node_skips_the_node(&cluster));
     failures.extend(check_socket_lb_skips_conntrack(&cluster, false));
     failures.extend(check_socket_lb_skips_conntrack(&cluster, true));
     failures.extend(check_socket_lb_unconnected_udp(&cluster));

@@ -5,10 +5,13 @@
 //!   how each path is measured) with 1, 10,000 and 100,000 Services.
 //! - P2: a client pod opens connections (connect, one request, close) to a ClusterIP
 //!   whose three backends are pods of the same node, in these modes:
-//!   - `ebpf`: Skiff's agent, on a node as it runs in a cluster: with the masquerade
-//!     rule pod traffic leaving the pod network needs (an iptables MASQUERADE in the
-//!     nat table, which turns netfilter conntrack on in the node's namespace: every
-//!     flow pays for it, as in the iptables modes);
+//!   - `ebpf`: Skiff's agent, on a node as it runs in a cluster: the pods in its
+//!     endpoints map as skiff-cni writes them, so a pod's packets for another pod of
+//!     the node go from one veth straight into the other (`bpf_redirect_peer`), and
+//!     the masquerade rule pod traffic leaving the pod network needs (an iptables
+//!     MASQUERADE in the nat table, which turns netfilter conntrack on in the node's
+//!     namespace: every flow through the node's stack pays for it, as in the iptables
+//!     modes; Skiff's pass beside it);
 //!   - `ebpf-pure`: the same without that rule, so without netfilter conntrack;
 //!   - `ebpf-sock`: as `ebpf`, with the socket-level load balancer on a cgroup of its
 //!     own that the client runs in: each connection goes to a backend at `connect()`.
@@ -20,16 +23,19 @@
 //!     rule;
 //!   - `iptables-nft@1`: kube-proxy's ruleset with that one Service only: the fixed
 //!     cost of NAT, apart from the cost of 10,000 rules;
-//!   - `pod-ip`: no Service, straight to the three pods' addresses in turn (with the
-//!     masquerade rule): the ceiling.
+//!   - `pod-ip`: no Service and no agent, straight to the three pods' addresses in
+//!     turn through the node's routing (with the masquerade rule): the kernel's own
+//!     path, which P2's goal (0.95 of its rate) is set against.
 //!
 //!   Modes alternate over rounds after a warm-up (`bench_support::alternate`). Each
 //!   run gets a node of its own: fresh namespaces and echo servers, then the agent or
 //!   the ruleset. Flushing conntrack (`conntrack -F`) between modes would not be
 //!   enough: a legacy nat table, once made in a namespace, stays registered until the
 //!   namespace goes, and with it netfilter conntrack, which would then tax every later
-//!   run. Each run checks which base it ran on (`conntrack -C`: entries in every mode
-//!   but the pure one, none there), and any failed connection fails the bench.
+//!   run. Each run checks which base it ran on (`conntrack -C`: entries in the modes
+//!   whose flows cross the node's netfilter, none in the pure one; in Skiff's other
+//!   modes, whose flows pass beside it, the rule itself), and any failed connection
+//!   fails the bench.
 //! - P1 from the kernel: during the `ebpf` runs the kernel's BPF statistics are on
 //!   (`BPF_ENABLE_STATS`, what `kernel.bpf_stats_enabled` switches, held by a file
 //!   descriptor so that it goes off by itself however the bench ends), and each Skiff
@@ -163,6 +169,11 @@ impl Mode {
         }
     }
 
+    /// Whether Skiff's agent is the node's datapath in this mode.
+    fn runs_skiff(self) -> bool {
+        matches!(self, Mode::Ebpf | Mode::EbpfPure | Mode::EbpfSock)
+    }
+
     /// The iptables back end of the node's masquerade rule: the legacy run keeps all
     /// its rules in legacy tables, as such a node would; the pure run has none.
     fn masquerade(self) -> Option<&'static str> {
@@ -263,6 +274,11 @@ impl P2<'_> {
             Mode::IptablesNftOne => load_iptables(&topo.node, &self.one, "nft", None).map(|_| None)?,
             Mode::PodIp => None,
         };
+        if agent.is_some() {
+            // As skiff-cni does for a cluster's pods: the programs deliver packets for
+            // the node's pods straight into them.
+            topo.register_endpoints(&pins.path).context("writing the pods into the endpoints map")?;
+        }
         // After the ruleset: a restore replaces the whole nat table.
         if let Some(backend) = mode.masquerade() {
             topo.node.sh(&masquerade_rule(backend));
@@ -295,6 +311,12 @@ impl P2<'_> {
         let tracked = conntrack_count(&topo)?;
         match mode.masquerade() {
             None => ensure!(tracked == 0, "{mode:?}: netfilter conntrack tracked {tracked} flows in a pure run"),
+            // Skiff hands a pod's packets for a pod of the node straight to it, past the
+            // node's netfilter, so its flows are not tracked: the rule is checked instead.
+            Some(backend) if mode.runs_skiff() => ensure!(
+                topo.node.sh(&format!("iptables-{backend} -t nat -S POSTROUTING")).contains("MASQUERADE"),
+                "{mode:?}: the masquerade rule is missing"
+            ),
             Some(_) => ensure!(tracked > 0, "{mode:?}: netfilter conntrack was off; the masquerade rule is missing"),
         }
         if let Some(agent) = agent.as_mut() {

@@ -492,9 +492,13 @@ pub mod stat {
     /// Of those, the ones answered at XDP (`--nodeport-xdp`), before the kernel built a
     /// socket buffer; without XDP, tc answers them all.
     pub const XDP_ARP_ANSWERED: u32 = 21;
+    /// Packets handed straight into a pod of this node at tc (`bpf_redirect_peer` into
+    /// its namespace, past the node's routing, netfilter and the pod veth's backlog
+    /// queue): from this node's pods, from the tunnel and from the wire.
+    pub const POD_DELIVERED: u32 = 22;
     /// Number of counters in use. `errors` counts every drop of the kinds `DROP_*`
     /// name (and `snat_no_port`), each also counted by its reason.
-    pub const COUNT: u32 = 22;
+    pub const COUNT: u32 = 23;
     /// Slots of the counters map: room for counters to come without a new layout.
     pub const SLOTS: u32 = 32;
 
@@ -521,6 +525,7 @@ pub mod stat {
         "wire_neigh_output",
         "arp_answered",
         "xdp_arp_answered",
+        "pod_delivered",
     ];
 }
 

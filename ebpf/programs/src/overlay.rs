@@ -9,6 +9,8 @@
 //!   the VXLAN device); the receiving node's VXLAN device takes it apart either way;
 //! - [`set_tunnel_key`] with [`config`] and the tunnel mark ([`take_tunnel_mark`]): the
 //!   key for packets the node's own stack routes into the VXLAN device;
+//! - [`to_pod_addr`]: a packet for a pod's address by the shortest way: straight into
+//!   a pod of this node ([`to_local_pod`]), else into the tunnel ([`to_remote_node`]);
 //! - [`to_local_pod`], [`to_host`]: delivery of a decapsulated packet.
 //!
 //! This module must not translate addresses (that is `lb`'s job) nor call into `lb`.
@@ -100,6 +102,22 @@ pub fn tunnel_to(daddr: u32) -> Option<(u32, u32)> {
 pub fn is_local_pod(addr: u32) -> bool {
     // SAFETY: only tests for the key's presence.
     unsafe { ENDPOINTS_V1.get(addr) }.is_some()
+}
+
+/// Delivers a packet for a pod's address by the shortest way: straight into the pod if
+/// it lives on this node ([`to_local_pod`]: past the node's routing, netfilter and the
+/// pod veth's backlog queue, as for packets from the tunnel), into the tunnel if it
+/// lives on another ([`to_remote_node`]). `None` for an address outside the cluster
+/// CIDR, and for a local one without an endpoint (a pod skiff-cni did not set up): the
+/// node's stack routes it.
+#[inline(always)]
+pub fn to_pod_addr(ctx: &TcContext, daddr: u32) -> Result<Option<i32>, Drop> {
+    match config() {
+        Some(cfg) if daddr & cfg.cluster_mask != cfg.cluster_net => Ok(None),
+        Some(cfg) if daddr & cfg.local_pod_mask != cfg.local_pod_net => to_remote_node(ctx, daddr),
+        // No overlay (a single node): its pods are in the endpoints map all the same.
+        _ => to_local_pod(ctx, daddr),
+    }
 }
 
 /// Sends a pod's packet for another node's pod into the tunnel: wrapped here
@@ -201,7 +219,7 @@ pub fn take_tunnel_mark(ctx: &TcContext) -> bool {
 }
 
 /// Delivers a packet for a pod of this node straight into it, from a tc ingress hook
-/// (the VXLAN device's, the underlay's): `bpf_redirect_peer` hands it to the pod's
+/// (a pod veth's, the VXLAN device's, the underlay's): `bpf_redirect_peer` hands it to the pod's
 /// `eth0` ingress in the pod's namespace, without a pass through the host veth's
 /// transmit and the backlog queue. `None` if `daddr` is no local pod.
 #[inline(always)]
@@ -215,6 +233,7 @@ pub fn to_local_pod(ctx: &TcContext, daddr: u32) -> Result<Option<i32>, Drop> {
     // The peer's stack takes the packet type as it is: one from the tunnel carried the
     // sender's VXLAN device as destination MAC, so it was not for us.
     ctx.change_type(PACKET_HOST).map_err(|_| Drop::REWRITE)?;
+    count(stat::POD_DELIVERED);
     // SAFETY: a plain helper call; flags must be 0.
     Ok(Some(unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32))
 }

@@ -23,10 +23,7 @@ pub fn from_underlay(ctx: &TcContext) -> Result<i32, Drop> {
     };
     match lb::from_wire(ctx, &pkt)? {
         Some(Outcome::Forward(daddr) | Outcome::IntoPod(daddr)) => {
-            if let Some(action) = overlay::to_local_pod(ctx, daddr)? {
-                return Ok(action);
-            }
-            return Ok(overlay::to_remote_node(ctx, daddr)?.unwrap_or(TC_ACT_OK as i32));
+            return Ok(overlay::to_pod_addr(ctx, daddr)?.unwrap_or(TC_ACT_OK as i32));
         }
         Some(Outcome::Done(action)) => return Ok(action),
         Some(Outcome::Wire) | None => {}

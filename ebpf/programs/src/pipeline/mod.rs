@@ -2,8 +2,8 @@
 //! (`packet`, `lb`, `overlay`), and nothing else. The binaries in `src/bin/` call these.
 //!
 //! - [`from_pod`]: tc ingress on a pod's host-side veth: load balancing, then delivery
-//!   into the tunnel (wrapped here and sent out of the underlay), out of the underlay
-//!   (NodePort replies) or on to the node's stack;
+//!   straight into a pod of this node, into the tunnel (wrapped here and sent out of
+//!   the underlay), out of the underlay (NodePort replies) or on to the node's stack;
 //! - [`from_overlay`]: tc ingress on the VXLAN device: reverse NAT of replies whose
 //!   client lives here, then delivery to the local pod, out of the underlay (NodePort
 //!   replies) or to the node's stack;
