@@ -25,7 +25,9 @@
 //! Each run is iperf3 (TCP, `-O 1` so slow start is left out, retransmits from its JSON,
 //! the sender's congestion control fixed: cubic unless `--congestion-control` says
 //! otherwise) then a request/response rate on one connection (`skiff-echo rr`), clients
-//! on one CPU and servers on another in every mode. Clients and servers run in their
+//! on one CPU and servers on another in every mode. Each iperf3 run also says how many
+//! bytes node 1's underlay sent per packet: whether GSO packets cross it whole, so that
+//! modes compare per-packet work on equal packet counts. Clients and servers run in their
 //! node's pod cgroup in every mode but `EbpfClusterIpTc`. Each datapath is set up before
 //! its modes' runs and torn down after them, every round, with a check that nothing of
 //! it is left for the next (`datapaths`).
@@ -392,7 +394,18 @@ impl Bench<'_> {
             Some(dir) => Some(PerfRecord::start(dir, mode.label().1)?),
             None => None,
         };
+        let underlay_before = underlay_tx(self.c)?;
         let (bits_per_second, retransmits) = iperf(self.c, target, self.seconds, cgroup)?;
+        let underlay_after = underlay_tx(self.c)?;
+        let (packets, bytes) = (underlay_after.0 - underlay_before.0, underlay_after.1 - underlay_before.1);
+        progress(
+            "bench",
+            &format!(
+                "  {}: node 1's underlay sent {packets} packets, {} bytes each on average",
+                mode.label().1,
+                bytes / packets.max(1)
+            ),
+        );
         if let Some(recording) = recording {
             recording.stop()?;
         }
@@ -436,6 +449,18 @@ impl Bench<'_> {
             read_stats_sysctl()
         );
         Ok(costs)
+    }
+}
+
+/// Node 1's underlay interface's transmitted (packets, bytes) so far: one packet per
+/// GSO packet that crosses it whole.
+fn underlay_tx(c: &Cluster) -> Result<(u64, u64)> {
+    let text = c.n1.node.sh("ip -j -s link show dev eth0");
+    let links: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("`ip -j -s link`: {text}"))?;
+    let tx = &links[0]["stats64"]["tx"];
+    match (tx["packets"].as_u64(), tx["bytes"].as_u64()) {
+        (Some(packets), Some(bytes)) => Ok((packets, bytes)),
+        _ => bail!("no transmit counters of node 1's eth0 in `ip -j -s link`: {text}"),
     }
 }
 
