@@ -3,15 +3,15 @@
 //! underlay address. No FDB, neighbour or per-peer route entries exist.
 //!
 //! The overlay's moves, for the pipelines (`crate::pipeline`) to compose:
-//! - [`to_remote_node`]: a pod's packet for another node's pod is wrapped in VXLAN here
-//!   and sent out of the underlay interface, past the VXLAN device and the node's
-//!   routing (or, where that cannot be done, gets its tunnel key and is redirected to
-//!   the VXLAN device); the receiving node's VXLAN device takes it apart either way;
+//! - [`to_pod_addr`]: a packet for a pod's address by the shortest way: straight into
+//!   a pod of this node ([`to_local_pod`]), else into the tunnel ([`to_remote_node`]):
+//!   wrapped in VXLAN here and sent out of the underlay interface, past the VXLAN
+//!   device and the node's routing (or, where that cannot be done, given its tunnel key
+//!   and redirected to the VXLAN device); the receiving node's VXLAN device takes it
+//!   apart either way;
 //! - [`set_tunnel_key`] with [`config`] and the tunnel mark ([`take_tunnel_mark`]): the
 //!   key for packets the node's own stack routes into the VXLAN device;
-//! - [`to_pod_addr`]: a packet for a pod's address by the shortest way: straight into
-//!   a pod of this node ([`to_local_pod`]), else into the tunnel ([`to_remote_node`]);
-//! - [`to_local_pod`], [`to_host`]: delivery of a decapsulated packet.
+//! - [`to_local_pod`], [`to_host`]: delivery into a pod of this node, or to its stack.
 //!
 //! This module must not translate addresses (that is `lb`'s job) nor call into `lb`.
 
@@ -114,37 +114,30 @@ pub fn is_local_pod(addr: u32) -> bool {
 pub fn to_pod_addr(ctx: &TcContext, daddr: u32) -> Result<Option<i32>, Drop> {
     match config() {
         Some(cfg) if daddr & cfg.cluster_mask != cfg.cluster_net => Ok(None),
-        Some(cfg) if daddr & cfg.local_pod_mask != cfg.local_pod_net => to_remote_node(ctx, daddr),
+        Some(cfg) if daddr & cfg.local_pod_mask != cfg.local_pod_net => to_remote_node(ctx, &cfg, daddr).map(Some),
         // No overlay (a single node): its pods are in the endpoints map all the same.
         _ => to_local_pod(ctx, daddr),
     }
 }
 
-/// Sends a pod's packet for another node's pod into the tunnel: wrapped here
-/// ([`encapsulate`]), or else through the VXLAN device, marked so that the device's
-/// egress knows its key is set. `None` means "not for another node; carry on as
-/// before".
+/// Sends a pod's packet for a pod of another node (`daddr`: in the cluster CIDR, outside
+/// this node's podCIDR) into the tunnel: wrapped here ([`encapsulate`]), or else through
+/// the VXLAN device, marked so that the device's egress knows its key is set.
 #[inline(always)]
-pub fn to_remote_node(ctx: &TcContext, daddr: u32) -> Result<Option<i32>, Drop> {
-    let Some(cfg) = config() else { return Ok(None) };
-    let in_cluster = daddr & cfg.cluster_mask == cfg.cluster_net;
-    let local = daddr & cfg.local_pod_mask == cfg.local_pod_net;
-    if !in_cluster || local {
-        return Ok(None);
-    }
+fn to_remote_node(ctx: &TcContext, cfg: &OverlayConfig, daddr: u32) -> Result<i32, Drop> {
     let Some(peer) = NODES_V1.get(Key::new(32, daddr)).copied() else {
         // A podCIDR no node owns (any more): drop rather than leak it elsewhere.
         count(stat::DROP_NO_PEER);
-        return Ok(Some(TC_ACT_SHOT as i32));
+        return Ok(TC_ACT_SHOT as i32);
     };
-    if let Some(action) = encapsulate(ctx, &cfg, peer.underlay_addr)? {
-        return Ok(Some(action));
+    if let Some(action) = encapsulate(ctx, cfg, peer.underlay_addr)? {
+        return Ok(action);
     }
-    set_tunnel_key_to(ctx, peer.underlay_addr, &cfg)?;
+    set_tunnel_key_to(ctx, peer.underlay_addr, cfg)?;
     ctx.set_mark(mark(ctx) | MARK_TUNNEL_SET);
     // SAFETY: a plain helper call; flags 0 = egress of the VXLAN device.
     unsafe { bpf_redirect(cfg.vxlan_ifindex, 0) };
-    Ok(Some(TC_ACT_REDIRECT as i32))
+    Ok(TC_ACT_REDIRECT as i32)
 }
 
 /// What [`encapsulate`] inserts after the frame's Ethernet header: the outer IPv4, UDP
