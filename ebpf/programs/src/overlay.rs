@@ -212,9 +212,9 @@ pub fn take_tunnel_mark(ctx: &TcContext) -> bool {
 }
 
 /// Delivers a packet for a pod of this node straight into it, from a tc ingress hook
-/// (a pod veth's, the VXLAN device's, the underlay's): `bpf_redirect_peer` hands it to the pod's
-/// `eth0` ingress in the pod's namespace, without a pass through the host veth's
-/// transmit and the backlog queue. `None` if `daddr` is no local pod.
+/// (a pod veth's, the VXLAN device's, the underlay's): `bpf_redirect_peer` hands it to
+/// the pod's `eth0` ingress in the pod's namespace, without a pass through the host
+/// veth's transmit and the backlog queue. `None` if `daddr` is no local pod.
 #[inline(always)]
 pub fn to_local_pod(ctx: &TcContext, daddr: u32) -> Result<Option<i32>, Drop> {
     // SAFETY: copied out at once.
