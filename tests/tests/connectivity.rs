@@ -475,7 +475,7 @@ fn pod_netns(pod_ip: &str) -> String {
 fn lb_ingress_ip(cluster: &Cluster, service: &str) -> String {
     let get =
         || cluster.kubectl_out(&["get", "service", service, "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"]);
-    assert!(wait_until(Duration::from_secs(10), || !get().is_empty()), "Service {service} got no LoadBalancer address");
+    assert!(wait_until(Duration::from_secs(30), || !get().is_empty()), "Service {service} got no LoadBalancer address");
     let ip = get();
     let pool: ipnet::Ipv4Net = skiff_tests::cluster::LB_POOL.parse().expect("the pool is a CIDR");
     assert!(
@@ -588,7 +588,7 @@ fn check_health_check_node_port(cluster: &Cluster, outside: &Netns) -> Option<St
         };
         // The agents open the port once the Service reaches them.
         let mut last = String::new();
-        let ok = wait_until(Duration::from_secs(10), || {
+        let ok = wait_until(Duration::from_secs(30), || {
             let (ok, text) = answered(&ask());
             last = text;
             ok
@@ -879,7 +879,7 @@ fn connectivity_matrix() {
     // The agents program the ingress address once its status reaches them.
     let lb_frontend = format!("{}:80/TCP", lb_ingress_ip(&cluster, "lb"));
     assert!(
-        wait_until(Duration::from_secs(10), || cluster.nodes[0]
+        wait_until(Duration::from_secs(30), || cluster.nodes[0]
             .datapath_dump()
             .is_ok_and(|d| d.contains(&lb_frontend))),
         "node 1 did not program {lb_frontend}:\n{}",

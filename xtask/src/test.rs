@@ -83,10 +83,12 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
     let stdout = child.stdout.take().context("cargo test's stdout was not captured")?;
     // Pass the output through line by line and add up libtest's "test result:" lines.
     let mut tally = Tally::default();
+    let mut panics = PanicDigest::default();
     let mut out = std::io::stdout().lock();
     for line in BufReader::new(stdout).lines() {
         let line = line.context("cannot read cargo test's output")?;
         tally.add(&line);
+        panics.add(&line);
         // Best effort: if our stdout goes away (`| head`), keep draining so that cargo
         // test still runs to its end and is waited for, instead of being orphaned.
         let _ = writeln!(out, "{line}");
@@ -100,6 +102,11 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
         progress("test", &format!("ok: {tally} in {secs:.0} s{skipped}"));
         Ok(())
     } else {
+        // A failing test's message can be followed by thousands of lines (logs, other
+        // binaries): its first lines again here, at the end, where a CI log's tail shows them.
+        if !panics.is_empty() {
+            progress("test", &format!("what the failing tests said first (whole output above):\n{panics}"));
+        }
         bail!(
             "cargo test failed ({status}): {tally} in {secs:.0} s{skipped}; the failing tests and targets are listed above"
         )
@@ -176,9 +183,127 @@ impl std::fmt::Display for Tally {
     }
 }
 
+/// The first lines of each panic message in libtest's output (`thread 'x' panicked at
+/// FILE:LINE:COL:` and what follows), with the test it belongs to (the `---- NAME stdout
+/// ----` header libtest prints before a failing test's captured output).
+#[derive(Debug, Default)]
+struct PanicDigest {
+    /// The failing test whose captured output is being read.
+    test: Option<String>,
+    /// Lines still to keep of the panic being read.
+    keep: usize,
+    panics: Vec<Panic>,
+}
+
+#[derive(Debug, PartialEq)]
+struct Panic {
+    test: String,
+    lines: Vec<String>,
+}
+
+impl PanicDigest {
+    /// Lines kept of one panic message: enough for a list of failed cells.
+    const LINES: usize = 40;
+    /// Panics kept: a broken build fails many tests the same way.
+    const PANICS: usize = 8;
+
+    fn add(&mut self, line: &str) {
+        if let Some(name) = line.strip_prefix("---- ").and_then(|l| l.strip_suffix(" stdout ----")) {
+            self.test = Some(name.to_owned());
+            self.keep = 0;
+        } else if line.starts_with("thread '") && line.contains("' panicked at ") {
+            if self.panics.len() == Self::PANICS {
+                self.keep = 0;
+                return;
+            }
+            let test = self.test.clone().unwrap_or_else(|| "?".to_owned());
+            self.panics.push(Panic { test, lines: vec![line.to_owned()] });
+            self.keep = Self::LINES;
+        } else if self.keep > 0 {
+            let Some(panic) = self.panics.last_mut() else { return };
+            if line.starts_with("stack backtrace:") || line.starts_with("note: ") || line == "failures:" {
+                self.keep = 0;
+                return;
+            }
+            self.keep -= 1;
+            panic.lines.push(if self.keep == 0 { "    [...]".to_owned() } else { line.to_owned() });
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.panics.is_empty()
+    }
+}
+
+impl std::fmt::Display for PanicDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for panic in &self.panics {
+            writeln!(f, "---- {} ----", panic.test)?;
+            for line in &panic.lines {
+                writeln!(f, "{line}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Tally;
+    use super::{Panic, PanicDigest, Tally};
+
+    #[test]
+    fn panic_digest_keeps_each_failing_tests_first_lines() {
+        let mut d = PanicDigest::default();
+        let output = [
+            "test a ... FAILED",
+            "failures:",
+            "",
+            "---- connectivity_matrix stdout ----",
+            "cluster up after 3.0s",
+            "thread 'connectivity_matrix' panicked at tests/tests/connectivity.rs:909:5:",
+            "1 of 72 connectivity cells failed:",
+            "FAILED pod → pod",
+            "stack backtrace:",
+            "   0: rust_begin_unwind",
+            "---- other stdout ----",
+            "thread 'other' panicked at src/lib.rs:1:1:",
+            "boom",
+            "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace",
+            "failures:",
+            "    connectivity_matrix",
+        ];
+        for line in output {
+            d.add(line);
+        }
+        let lines = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            d.panics,
+            [
+                Panic {
+                    test: "connectivity_matrix".into(),
+                    lines: lines(&[
+                        "thread 'connectivity_matrix' panicked at tests/tests/connectivity.rs:909:5:",
+                        "1 of 72 connectivity cells failed:",
+                        "FAILED pod → pod",
+                    ]),
+                },
+                Panic { test: "other".into(), lines: lines(&["thread 'other' panicked at src/lib.rs:1:1:", "boom"]) },
+            ]
+        );
+        assert!(d.to_string().starts_with("---- connectivity_matrix ----\nthread 'connectivity_matrix' panicked"));
+    }
+
+    #[test]
+    fn panic_digest_cuts_a_long_message() {
+        let mut d = PanicDigest::default();
+        d.add("thread 'x' panicked at a.rs:1:1:");
+        for i in 0..100 {
+            d.add(&format!("line {i}"));
+        }
+        let lines = &d.panics[0].lines;
+        assert_eq!(lines.len(), PanicDigest::LINES + 1);
+        assert_eq!(lines.last().map(String::as_str), Some("    [...]"));
+    }
 
     #[test]
     fn tally_adds_libtest_result_lines() {
