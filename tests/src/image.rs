@@ -10,7 +10,7 @@
 //! Skiff's images are the [`ImageSpec`]s in [`ALL`]: [`PAUSE`], [`ECHO`] and [`NODE`].
 //! Their binaries must be static, since an image has no libc: [`build_static`] builds
 //! them with `+crt-static` (glibc's static `libc.a`, from `libc6-dev`) into
-//! `target/static`; [`ensure_image`] writes a tarball to `target/images/` unless the one
+//! `target/static-PROFILE`; [`ensure_image`] writes a tarball to `target/images/` unless the one
 //! there was made from the same binaries. `cargo xtask images` drives both, with
 //! progress and an optional import; tests call [`pause_image`] and [`echo_image`], which
 //! build those two once per process.
@@ -131,9 +131,12 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
-/// Where static builds go (`target/static`).
-pub fn static_dir() -> PathBuf {
-    target_dir().join("static")
+/// Where static builds of cargo profile `profile` go (`target/static-PROFILE`). One
+/// directory per profile, because cargo locks a whole target directory while it builds:
+/// the node image's long build (`image` profile) must not hold up the test images'
+/// (`release`), which nearly every cluster test asks for.
+pub fn static_dir(profile: &str) -> PathBuf {
+    target_dir().join(format!("static-{profile}"))
 }
 
 /// Where image tarballs go (`target/images`), one `FILE.tar` per [`ImageSpec`].
@@ -151,29 +154,11 @@ pub fn build_static_binaries(bins: &[&str]) -> Result<Vec<PathBuf>> {
 /// with cargo profile `profile`, into [`static_dir`], with `env` added to cargo's environment, and returns
 /// their paths in the order of `bins`. `--no-default-features` leaves out skiff-tests'
 /// `cri` feature, so that its binaries compile only the few crates they use (the other
-/// packages have no features). Cargo's own lock on `target/static` serialises
+/// packages have no features). Cargo's own lock on the target directory serialises
 /// concurrent callers; a second call with nothing changed costs about a second.
 pub fn build_static(packages: &[&str], bins: &[&str], profile: &str, env: &[(&str, &Path)]) -> Result<Vec<PathBuf>> {
-    let target_dir = static_dir();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(&cargo);
-    cmd.current_dir(workspace_root())
-        .args(["build", "--profile", profile, "--no-default-features", "--target", TRIPLE])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_RUSTFLAGS")
-        .env("RUSTFLAGS", "-C target-feature=+crt-static");
-    for package in packages {
-        cmd.args(["-p", package]);
-    }
-    for bin in bins {
-        cmd.args(["--bin", bin]);
-    }
-    for (key, value) in env {
-        cmd.env(key, value);
-    }
-    let out = cmd.output().with_context(|| format!("running {}", Path::new(&cargo).display()))?;
+    let mut cmd = static_build_command(packages, bins, profile, env);
+    let out = cmd.output().with_context(|| format!("running {}", Path::new(cmd.get_program()).display()))?;
     if !out.status.success() {
         bail!(
             "static build of {bins:?} ({packages:?}) failed ({}); is libc6-dev installed (glibc's static libc.a)?\n{}",
@@ -181,6 +166,7 @@ pub fn build_static(packages: &[&str], bins: &[&str], profile: &str, env: &[(&st
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    let target_dir = static_dir(profile);
     bins.iter()
         .map(|bin| {
             let path = target_dir.join(TRIPLE).join(profile).join(bin);
@@ -194,6 +180,31 @@ pub fn build_static(packages: &[&str], bins: &[&str], profile: &str, env: &[(&st
         .collect()
 }
 
+/// The `cargo build` command of [`build_static`], to run elsewhere: `cargo xtask test`
+/// starts the node image's build early with it, so that the test which needs that image
+/// finds it built (the same command, so cargo finds the build fresh).
+pub fn static_build_command(packages: &[&str], bins: &[&str], profile: &str, env: &[(&str, &Path)]) -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.current_dir(workspace_root())
+        .args(["build", "--profile", profile, "--no-default-features", "--target", TRIPLE])
+        .arg("--target-dir")
+        .arg(static_dir(profile))
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_RUSTFLAGS")
+        .env("RUSTFLAGS", "-C target-feature=+crt-static");
+    for package in packages {
+        cmd.args(["-p", package]);
+    }
+    for bin in bins {
+        cmd.args(["--bin", bin]);
+    }
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    cmd
+}
+
 /// Builds the binary `bin` of workspace package `package` (dev profile, not static) into
 /// `target/harness`, and returns its path. For binaries a test runs but does not depend
 /// on, such as the CNI plugin containerd executes: cargo builds a package's own binaries
@@ -201,7 +212,7 @@ pub fn build_static(packages: &[&str], bins: &[&str], profile: &str, env: &[(&st
 /// the test holds the lock on `target/debug`, so they are built here in a directory of
 /// their own. Cargo decides freshness; an up-to-date build costs about a second.
 pub fn build_binary(package: &str, bin: &str) -> Result<PathBuf> {
-    let target_dir = static_dir().with_file_name("harness");
+    let target_dir = target_dir().join("harness");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(&cargo)
         .current_dir(workspace_root())
@@ -502,8 +513,14 @@ pub fn node_image() -> Result<PathBuf> {
     let ebpf = std::env::var_os("SKIFF_EBPF_DIR").filter(|d| !d.is_empty()).context(
         "SKIFF_EBPF_DIR is not set: the node image's skiff-node embeds the BPF objects of `cargo xtask build-ebpf`",
     )?;
-    let bins = build_static(NODE.packages, &NODE.bins(), NODE.profile, &[("SKIFF_EBPF_DIR", Path::new(&ebpf))])?;
+    let bins = build_static(NODE.packages, &NODE.bins(), NODE.profile, &node_build_env(Path::new(&ebpf)))?;
     Ok(ensure_image(&NODE, &bins)?.0)
+}
+
+/// The environment of the node image's static build: skiff-node embeds the BPF objects
+/// in `ebpf_dir`.
+pub fn node_build_env(ebpf_dir: &Path) -> [(&'static str, &Path); 1] {
+    [("SKIFF_EBPF_DIR", ebpf_dir)]
 }
 
 /// The static `skiff-echo` binary the echo image holds, for use as a client inside a

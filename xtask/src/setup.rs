@@ -212,6 +212,8 @@ pub const TOOLS: &[(&str, Option<&str>)] = &[
     ("nstat", Some("iproute2")),
     ("uname", Some("coreutils")),
     ("stat", Some("coreutils")),
+    // `cargo xtask test`: the node image's build beside the tests, at low priority.
+    ("nice", Some("coreutils")),
     ("containerd", Some("containerd")),
     ("ctr", Some("containerd")),
     ("runc", Some("runc")),

@@ -66,6 +66,7 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
     no_incremental_under_ci(&mut harness_build);
     progress("test", "building skiff-cni for the containerd tests...");
     run_checked(&mut harness_build, "fix the build errors above")?;
+    let node_image_build = NodeImageBuild::start(&ebpf_dir);
 
     let mut cmd = Command::new(cargo);
     cmd.args(["test", "--no-fail-fast"])
@@ -95,6 +96,7 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
     }
     drop(out);
     let status = child.wait().context("cannot wait for cargo test")?;
+    node_image_build.finish();
 
     let secs = started.elapsed().as_secs_f64();
     let skipped = if root { "" } else { "; privileged tests skipped (not root)" };
@@ -110,6 +112,81 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
         bail!(
             "cargo test failed ({status}): {tally} in {secs:.0} s{skipped}; the failing tests and targets are listed above"
         )
+    }
+}
+
+/// The node image's static build (minutes on a cold target dir, all of skiff-node's
+/// dependencies once more), run beside `cargo test` at the lowest CPU priority: it takes
+/// the time the tests leave idle (most of them wait on processes, pods and the network),
+/// so the one test that needs the image (`daemonset`) finds it built instead of building
+/// it in its own time. The command is the one that test runs, so cargo finds its build
+/// fresh; that test (or `cargo xtask images`) reports a build error in full.
+struct NodeImageBuild {
+    child: Option<std::process::Child>,
+    log: std::path::PathBuf,
+}
+
+impl NodeImageBuild {
+    fn start(ebpf_dir: &std::path::Path) -> Self {
+        let spec = skiff_tests::image::NODE;
+        let env = skiff_tests::image::node_build_env(ebpf_dir);
+        let build = skiff_tests::image::static_build_command(spec.packages, &spec.bins(), spec.profile, &env);
+        let log = target_dir().join("node-image-build.log");
+        let mut nice = Command::new("nice");
+        nice.args(["-n", "19"]).arg(build.get_program()).args(build.get_args());
+        if let Some(dir) = build.get_current_dir() {
+            nice.current_dir(dir);
+        }
+        for (key, value) in build.get_envs() {
+            match value {
+                Some(value) => nice.env(key, value),
+                None => nice.env_remove(key),
+            };
+        }
+        let spawned = std::fs::File::create(&log).and_then(|out| {
+            let err = out.try_clone()?;
+            nice.stdin(Stdio::null()).stdout(out).stderr(err).spawn()
+        });
+        let child = match spawned {
+            Ok(child) => {
+                progress(
+                    "test",
+                    &format!(
+                        "building the node image's binaries beside the tests, at low priority (log: {})",
+                        log.display()
+                    ),
+                );
+                Some(child)
+            }
+            Err(e) => {
+                progress("test", &format!("not building the node image beside the tests ({e}): its test will"));
+                None
+            }
+        };
+        Self { child, log }
+    }
+
+    /// Waits for the build (it has normally ended long before) and says how it went.
+    fn finish(mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        match child.wait() {
+            Ok(status) if status.success() => {}
+            Ok(status) => progress(
+                "test",
+                &format!("the node image's build beside the tests failed ({status}); see {}", self.log.display()),
+            ),
+            Err(e) => progress("test", &format!("cannot wait for the node image's build: {e}")),
+        }
+    }
+}
+
+impl Drop for NodeImageBuild {
+    /// An early return (cargo test could not start) leaves no build behind.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -184,8 +261,9 @@ impl std::fmt::Display for Tally {
 }
 
 /// The first lines of each panic message in libtest's output (`thread 'x' panicked at
-/// FILE:LINE:COL:` and what follows), with the test it belongs to (the `---- NAME stdout
-/// ----` header libtest prints before a failing test's captured output).
+/// FILE:LINE:COL:`, in newer Rust `thread 'x' (ID) panicked at ...`, and what follows),
+/// with the test it belongs to (the `---- NAME stdout ----` header libtest prints before
+/// a failing test's captured output).
 #[derive(Debug, Default)]
 struct PanicDigest {
     /// The failing test whose captured output is being read.
@@ -211,7 +289,7 @@ impl PanicDigest {
         if let Some(name) = line.strip_prefix("---- ").and_then(|l| l.strip_suffix(" stdout ----")) {
             self.test = Some(name.to_owned());
             self.keep = 0;
-        } else if line.starts_with("thread '") && line.contains("' panicked at ") {
+        } else if line.starts_with("thread '") && line.contains(" panicked at ") {
             if self.panics.len() == Self::PANICS {
                 self.keep = 0;
                 return;
@@ -266,7 +344,7 @@ mod tests {
             "stack backtrace:",
             "   0: rust_begin_unwind",
             "---- other stdout ----",
-            "thread 'other' panicked at src/lib.rs:1:1:",
+            "thread 'other' (14636) panicked at src/lib.rs:1:1:",
             "boom",
             "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace",
             "failures:",
@@ -287,7 +365,10 @@ mod tests {
                         "FAILED pod → pod",
                     ]),
                 },
-                Panic { test: "other".into(), lines: lines(&["thread 'other' panicked at src/lib.rs:1:1:", "boom"]) },
+                Panic {
+                    test: "other".into(),
+                    lines: lines(&["thread 'other' (14636) panicked at src/lib.rs:1:1:", "boom"])
+                },
             ]
         );
         assert!(d.to_string().starts_with("---- connectivity_matrix ----\nthread 'connectivity_matrix' panicked"));

@@ -6,7 +6,7 @@
 //! The node image needs the BPF objects: `cargo xtask test` sets `SKIFF_EBPF_DIR`;
 //! without it the test names `target/bpfel-unknown-none/release` (`cargo xtask
 //! build-ebpf` fills it). The first run builds skiff-node statically in release, which
-//! takes minutes on a cold `target/static`.
+//! takes minutes on a cold `target/static-image` (`cargo xtask test` starts that build early).
 //!
 //! The import test is privileged (root, a network namespace, containerd): skipped
 //! locally without root, failed under `CI=true`.
