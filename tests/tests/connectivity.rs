@@ -46,8 +46,8 @@
 //! Pod → addresses off the pod network (the masquerade, which the `kubernetes` Service
 //! needs) is tested in node-agent/tests/overlay_netns.rs.
 //!
-//! One cluster for the whole file; every pod and Service is applied at once, then the
-//! cells run in parallel, each with `kubectl exec` of the echo client in a pod. A failing
+//! One cluster for the whole file; every pod and Service is applied at once, and once
+//! every node's agent has programmed them all, the cells run in parallel, each with `kubectl exec` of the echo client in a pod. A failing
 //! cell is reported with its name, the command and the client's output, all failing
 //! cells together, then the datapath's maps and counters.
 //!
@@ -60,7 +60,7 @@ use std::time::{Duration, Instant};
 
 use std::net::Ipv4Addr;
 
-use skiff_tests::cluster::Cluster;
+use skiff_tests::cluster::{Cluster, ClusterNode};
 use skiff_tests::netns::{Netns, wait_until};
 use skiff_tests::{require_privileges, workspace_bin};
 use support::{Replies, client_pod, cluster_ip, datapath_state, ready_endpoints, two_node_cluster, wait_pods_ready};
@@ -876,15 +876,30 @@ fn connectivity_matrix() {
     // The outside host routes the externalIPs address through node 1; it finds the
     // LoadBalancer address (skiff-control's pool) by ARP.
     outside.sh(&format!("ip route add {EXTERNAL_IP}/32 via {}", cluster.nodes[0].ip));
-    // The agents program the ingress address once its status reaches them.
-    let lb_frontend = format!("{}:80/TCP", lb_ingress_ip(&cluster, "lb"));
+    // Every agent has programmed every Service with its backends (on a slow machine one
+    // may lag the API by seconds, and a frontend without backends refuses at once), and
+    // the LoadBalancer address, once its status reaches it: node 2 answers ARP for it.
+    let mut programmed: Vec<String> = endpoints
+        .iter()
+        .flat_map(|(svc, n)| {
+            // internalTrafficPolicy Local: each node holds its own backend only.
+            let n = if *svc == "itp-local" { 1 } else { *n };
+            let ip = cluster_ip(&cluster, svc);
+            ["TCP", "UDP"].map(|proto| format!("service {ip}:80/{proto} slot 0 count={n} "))
+        })
+        .collect();
+    programmed.push(format!("service {}:80/TCP slot 0 ", lb_ingress_ip(&cluster, "lb")));
+    let missing = |node: &ClusterNode| {
+        let dump = node.datapath_dump().unwrap_or_default();
+        programmed.iter().filter(|line| !dump.contains(line.as_str())).cloned().collect::<Vec<_>>()
+    };
     assert!(
-        wait_until(Duration::from_secs(30), || cluster.nodes[0]
-            .datapath_dump()
-            .is_ok_and(|d| d.contains(&lb_frontend))),
-        "node 1 did not program {lb_frontend}:\n{}",
+        wait_until(Duration::from_secs(30), || cluster.nodes.iter().all(|n| missing(n).is_empty())),
+        "the agents did not program every Service: missing {:?}\n{}",
+        cluster.nodes.iter().map(|n| (n.name.clone(), missing(n))).collect::<Vec<_>>(),
         datapath_state(&cluster)
     );
+    eprintln!("every Service programmed on every node after {:.1?}", started.elapsed());
     let mut failures: Vec<String> = std::thread::scope(|s| {
         let runs: Vec<_> = runs
             .iter()
