@@ -47,9 +47,10 @@
 //! needs) is tested in node-agent/tests/overlay_netns.rs.
 //!
 //! One cluster for the whole file; every pod and Service is applied at once, and once
-//! every node's agent has programmed them all, the cells run in parallel, each with `kubectl exec` of the echo client in a pod. A failing
-//! cell is reported with its name, the command and the client's output, all failing
-//! cells together, then the datapath's maps and counters.
+//! every node's agent has programmed them all, the cells run in parallel, each with
+//! `kubectl exec` of the echo client in a pod. A failing cell is reported with its name,
+//! the command and the client's output, all failing cells together, then the
+//! datapath's maps and counters.
 //!
 //! Needs root; skips without it, fails under CI=true.
 
