@@ -111,6 +111,16 @@ fn readdress(frame: &mut [u8], src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) {
     frame[50..52].copy_from_slice(&l4.to_be_bytes());
 }
 
+/// The frame with another IPv4 TTL, its header checksum recomputed.
+fn with_ttl(frame: &[u8], ttl: u8) -> Vec<u8> {
+    let mut frame = frame.to_vec();
+    frame[22] = ttl;
+    frame[24..26].fill(0);
+    let check = fold(sum16(&frame[14..34], 0));
+    frame[24..26].copy_from_slice(&check.to_be_bytes());
+    frame
+}
+
 /// A parsed output frame; checksums are verified while parsing.
 #[derive(Debug)]
 struct Parsed {
@@ -834,7 +844,7 @@ fn a_pods_packet_for_a_pod_of_this_node_goes_straight_into_that_pod() {
             &[2, 0, 0, 0, 0, 0x21, 2, 0, 0, 0, 0, 0x22],
             "destination: the pod; source: its host veth"
         );
-        assert_eq!(&out[12..], &frame[12..], "only the MACs change");
+        assert_eq!(&out[12..], &with_ttl(&frame, 63)[12..], "only the MACs and the TTL (one hop) change");
         // Through a ClusterIP on the tc path: translated, then redirected the same way.
         h.add_backend(1, BACKENDS[0], PROTO_TCP, 0);
         h.set_service(PROTO_TCP, &[1], 0, 0);
@@ -845,6 +855,61 @@ fn a_pods_packet_for_a_pod_of_this_node_goes_straight_into_that_pod() {
         let other = packet(PROTO_TCP, (CLIENT, 40002), (BACKENDS[1], BPORT), TCP_SYN, b"");
         assert_eq!(h.run(&other), (TC_ACT_OK, other.clone()));
         assert_eq!(h.stat("pod_delivered"), 2);
+    });
+}
+
+#[test]
+fn forwarded_packets_lose_one_ttl_per_node_and_those_whose_ttl_runs_out_go_to_the_stack() {
+    with_harness("forwarded_packets_lose_one_ttl_per_node", |h| {
+        // BACKENDS[0] (10.244.1.11) is a pod of this node, 10.244.2.20 one of another
+        // node's, and the node port's backend is the local pod.
+        node_port_with_backend(h, BACKENDS[0]);
+        let remote_pod = Ipv4Addr::new(10, 244, 2, 20);
+        let outside = Ipv4Addr::new(192, 168, 77, 100);
+        let to_local = packet(PROTO_UDP, (CLIENT, 40000), (BACKENDS[0], BPORT), 0, b"hop");
+        let to_remote = packet(PROTO_UDP, (CLIENT, 40000), (remote_pod, BPORT), 0, b"hop");
+        let from_remote = packet(PROTO_UDP, (remote_pod, 40000), (BACKENDS[0], BPORT), 0, b"hop");
+        for ttl in [64, 2] {
+            // Into a pod of this node: one hop, the header checksum kept right (`parse`
+            // checks every checksum).
+            let (action, out) = h.run(&with_ttl(&to_local, ttl));
+            assert_eq!((action, out[22]), (TC_ACT_REDIRECT, ttl - 1), "pod to local pod, TTL {ttl}");
+            parse(&out);
+            // Into the tunnel: the inner packet one lower, the outer TTL the tunnel's own.
+            let (action, out) = h.run(&with_ttl(&to_remote, ttl));
+            assert_eq!(action, TC_ACT_REDIRECT, "pod to remote pod, TTL {ttl}");
+            let inner = decapsulated(&out);
+            assert_eq!(inner[22], ttl - 1, "the inner TTL after the sending node's hop");
+            parse(&inner);
+            // From the tunnel into the pod: the receiving node's hop.
+            let (action, out) = h.run_prog(Prog::FromOverlay, &with_ttl(&from_remote, ttl));
+            assert_eq!((action, out[22]), (TC_ACT_REDIRECT, ttl - 1), "tunnel to local pod, TTL {ttl}");
+            parse(&out);
+        }
+        assert_eq!(h.stat("ttl_expired"), 0);
+        // A TTL that runs out at this node: untouched, to the stack (which answers with
+        // ICMP time exceeded), counted; never an error.
+        for ttl in [1, 0] {
+            for (prog, frame) in
+                [(Prog::FromPod, &to_local), (Prog::FromPod, &to_remote), (Prog::FromOverlay, &from_remote)]
+            {
+                let frame = with_ttl(frame, ttl);
+                assert_eq!(h.run_prog(prog, &frame), (TC_ACT_OK, frame.clone()), "{prog:?} with TTL {ttl}");
+            }
+        }
+        assert_eq!((h.stat("ttl_expired"), h.stat("errors")), (6, 0));
+        // A NodePort flow: in from the wire to the local backend (one hop), the reply out
+        // of the underlay (one hop); a reply whose TTL runs out is dropped, since the
+        // stack would take its source, the node's own address, for a martian.
+        let (action, out) =
+            h.run_prog(Prog::FromUnderlay, &packet(PROTO_TCP, (outside, 40001), (NODE, NODE_PORT), TCP_SYN, b""));
+        assert_eq!((action, out[22]), (TC_ACT_REDIRECT, 63), "NodePort into the local backend");
+        let reply = packet(PROTO_TCP, (BACKENDS[0], BPORT), (outside, 40001), TCP_SYN | TCP_ACK, b"");
+        let (action, out) = h.run(&reply);
+        let p = parse(&out);
+        assert_eq!((action, p.src, out[22]), (TC_ACT_REDIRECT, NODE, 63), "the reply out of the underlay");
+        let (action, _) = h.run(&with_ttl(&reply, 1));
+        assert_eq!((action, h.stat("ttl_expired")), (TC_ACT_SHOT, 7));
     });
 }
 

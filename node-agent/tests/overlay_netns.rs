@@ -337,6 +337,29 @@ fn pods_on_two_nodes_talk_over_the_ebpf_overlay() {
     // Pods reach the nodes' underlay addresses.
     let node2 = format!("{}:9090", c.node(2).underlay_ip());
     assert_eq!(c.summary(1, "c1", &["tcp", &node2, "--count", "5"]), "sent=5 ok=5 failed=0");
+
+    // Each node is one router hop, as with the kernel's forwarding (and flannel): a UDP
+    // traceroute from c1 meets node 1, then node 2, then the pod; toward a pod of its own
+    // node, node 1 then the pod. Where the TTL runs out, the programs leave the packet
+    // to the node's stack, which answers with ICMP time exceeded.
+    let addresses = |node: u8| c.node(node).node.sh("ip -4 -o addr show");
+    let trace = c.echo(1, "c1", &["hops", "10.244.2.10:8080", "--timeout-ms", "1000"]);
+    eprintln!("c1 -> s2 (10.244.2.10, another node): {trace:?}");
+    assert_eq!(trace.len(), 4, "{trace:?}");
+    for (line, node) in trace[..2].iter().zip([1, 2]) {
+        let router = line.split_whitespace().nth(2).unwrap_or_default();
+        assert!(line.ends_with("time-exceeded"), "hop {node} must be node {node}: {trace:?}");
+        assert!(addresses(node).contains(&format!(" {router}/")), "{router} is not node {node}'s: {trace:?}");
+    }
+    assert_eq!((trace[2].as_str(), trace[3].as_str()), ("hop 3 10.244.2.10 answer s2", "hops=3"));
+    let trace = c.echo(1, "c1", &["hops", "10.244.1.11:8080", "--timeout-ms", "1000"]);
+    assert_eq!(trace[1..], ["hop 2 10.244.1.11 answer s1", "hops=2"], "{trace:?}");
+    assert!(trace[0].ends_with("time-exceeded"), "{trace:?}");
+    for (i, at_least) in [(0, 2), (1, 1)] {
+        let (expired, stats) = c.counter(i, "ttl_expired");
+        assert!(expired >= at_least, "n{} left {expired} packets to its stack at TTL 1\n{stats}", i + 1);
+        assert!(stats.contains("errors: 0"), "{stats}");
+    }
 }
 
 #[test]

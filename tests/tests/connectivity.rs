@@ -821,6 +821,33 @@ fn check_pod_to_pod_same_node_skips_the_node(cluster: &Cluster) -> Option<String
     })
 }
 
+/// Each node is one router hop for pod traffic, as with the kernel's forwarding: a UDP
+/// traceroute (`skiff-echo hops`) from the client pod on node 1 meets node 1, then node
+/// 2, then `srv-n2`; toward `srv-n1`, node 1 then the pod. The programs lower the TTL
+/// as they forward, and leave a packet whose TTL runs out to the node's stack, which
+/// answers with ICMP time exceeded. `Some`: the failure report.
+fn check_each_node_is_one_hop(cluster: &Cluster) -> Option<String> {
+    let mut failures = Vec::new();
+    for (server, hops) in [("srv-n2", 3), ("srv-n1", 2)] {
+        let ip = cluster.kubectl_out(&["get", "pod", server, "-o", "jsonpath={.status.podIP}"]);
+        let target = format!("{ip}:8080");
+        let args = ["exec", "client", "--", "/skiff-echo", "hops", &target, "--timeout-ms", "1000"];
+        let trace = cluster.kubectl_ok(&args).unwrap_or_else(|e| format!("{e:#}"));
+        eprintln!("hops from the client pod to {server} ({ip}):\n{}", indent(&trace));
+        let lines: Vec<&str> = trace.lines().collect();
+        let expired = lines.iter().filter(|l| l.ends_with("time-exceeded")).count();
+        let answered = lines.iter().any(|l| l.ends_with(&format!("{ip} answer {server}")));
+        if lines.last() != Some(&format!("hops={hops}").as_str()) || expired != hops - 1 || !answered {
+            failures.push(format!(
+                "to {server} ({ip}) {hops} hops expected, {} time-exceeded first:\n{}",
+                hops - 1,
+                indent(&trace)
+            ));
+        }
+    }
+    (!failures.is_empty()).then(|| format!("FAILED hop check (TTL):\n{}", failures.join("")))
+}
+
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("    {l}\n")).collect()
 }
@@ -911,6 +938,7 @@ fn connectivity_matrix() {
     failures.extend(check_node_port_sources(&cluster, &outside));
     failures.extend(check_nodeport_snat_spares_node_connections(&cluster, &outside));
     failures.extend(check_pod_to_pod_same_node_skips_the_node(&cluster));
+    failures.extend(check_each_node_is_one_hop(&cluster));
     failures.extend(check_socket_lb_skips_conntrack(&cluster, false));
     failures.extend(check_socket_lb_skips_conntrack(&cluster, true));
     failures.extend(check_socket_lb_unconnected_udp(&cluster));
@@ -920,7 +948,7 @@ fn connectivity_matrix() {
     failures.extend(check_health_check_node_port(&cluster, &outside));
     // Last: it moves the `lb` Service's backend.
     failures.extend(check_announcement_moves(&cluster, &outside));
-    let cells = CELLS.len() * 2 + SOURCE_CHECKS.len() + 9;
+    let cells = CELLS.len() * 2 + SOURCE_CHECKS.len() + 10;
     eprintln!("{} of {cells} cells passed; the whole matrix took {:.1?}", cells - failures.len(), started.elapsed());
     assert!(
         failures.is_empty(),

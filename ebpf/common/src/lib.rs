@@ -496,9 +496,14 @@ pub mod stat {
     /// its namespace, past the node's routing, netfilter and the pod veth's backlog
     /// queue): from this node's pods, from the tunnel and from the wire.
     pub const POD_DELIVERED: u32 = 22;
+    /// Packets whose TTL would have run out at this node's hop (a TTL of 1 or 0), left
+    /// by the programs to the node's stack, which drops them and answers the sender with
+    /// ICMP time exceeded as any router does. The programs forward every other packet
+    /// with its TTL lowered by one per node, as the kernel's forwarding would.
+    pub const TTL_EXPIRED: u32 = 23;
     /// Number of counters in use. `errors` counts every drop of the kinds `DROP_*`
     /// name (and `snat_no_port`), each also counted by its reason.
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 24;
     /// Slots of the counters map: room for counters to come without a new layout.
     pub const SLOTS: u32 = 32;
 
@@ -526,6 +531,7 @@ pub mod stat {
         "arp_answered",
         "xdp_arp_answered",
         "pod_delivered",
+        "ttl_expired",
     ];
 }
 

@@ -15,6 +15,8 @@
 //! - [`masq`]: source NAT of pod traffic that leaves the cluster network, and its
 //!   reverse;
 //! - [`nat`]: address and port rewriting with checksums, for `lb` and `masq`;
+//! - [`hop`]: the TTL a node's forwarding lowers, for `overlay`, `wire` and the XDP
+//!   pipeline, which forward past the kernel's routing;
 //! - [`reject`]: TCP RST and ICMP port-unreachable answers for Services without backends;
 //! - [`overlay`]: the VXLAN overlay: encapsulation toward peers (or tunnel keys for the
 //!   VXLAN device), delivery from the tunnel.
@@ -31,7 +33,7 @@
 //!   `sendmsg()`, `recvmsg()`, `getpeername()`), the `sock` binary's only module.
 //!
 //! Imports run one way: `pipeline` → `lb`, `masq`, `overlay`, `wire`, `arp`, `xdp` →
-//! `conntrack`, `reject`, `nat`, `vxlan`, `fib`, `csum`, `packet`, `maps`, `stack`
+//! `conntrack`, `reject`, `nat`, `hop`, `vxlan`, `fib`, `csum`, `packet`, `maps`, `stack`
 //! (`overlay` also → `wire`, its way out; `arp` → `xdp`, whose `back_out` sends its
 //! answer at XDP; `fib` → `stack`); `sock` → `lb`, `maps`.
 //!
@@ -43,6 +45,7 @@ pub mod arp;
 pub mod conntrack;
 pub mod csum;
 pub mod fib;
+pub mod hop;
 pub mod lb;
 pub mod maps;
 pub mod masq;

@@ -28,7 +28,7 @@ use aya_ebpf::{
 use skiff_ebpf_common::{MARK_TUNNEL_SET, OverlayConfig, stat};
 
 use crate::{
-    Drop,
+    Drop, hop,
     maps::{self, ENDPOINTS_V1, NODES_V1, OVERLAY_CONFIG_V1, count},
     packet::{ETH_HLEN, ETH_P_IP, EthHdr},
     stack, vxlan, wire,
@@ -121,8 +121,10 @@ pub fn to_pod_addr(ctx: &TcContext, daddr: u32) -> Result<Option<i32>, Drop> {
 }
 
 /// Sends a pod's packet for a pod of another node (`daddr`: in the cluster CIDR, outside
-/// this node's podCIDR) into the tunnel: wrapped here ([`encapsulate`]), or else through
-/// the VXLAN device, marked so that the device's egress knows its key is set.
+/// this node's podCIDR) into the tunnel, its TTL lowered as by the node's forwarding
+/// ([`hop`]): wrapped here ([`encapsulate`]), or else through the VXLAN device, marked
+/// so that the device's egress knows its key is set. A packet whose TTL runs out here
+/// goes on to the node's stack, which drops it and answers the sender.
 #[inline(always)]
 fn to_remote_node(ctx: &TcContext, cfg: &OverlayConfig, daddr: u32) -> Result<i32, Drop> {
     let Some(peer) = NODES_V1.get(Key::new(32, daddr)).copied() else {
@@ -130,6 +132,10 @@ fn to_remote_node(ctx: &TcContext, cfg: &OverlayConfig, daddr: u32) -> Result<i3
         count(stat::DROP_NO_PEER);
         return Ok(TC_ACT_SHOT as i32);
     };
+    if !hop::forward(ctx)? {
+        // Its TTL runs out here: the node's stack drops it and answers the sender.
+        return Ok(TC_ACT_OK as i32);
+    }
     if let Some(action) = encapsulate(ctx, cfg, peer.underlay_addr)? {
         return Ok(action);
     }
@@ -214,13 +220,18 @@ pub fn take_tunnel_mark(ctx: &TcContext) -> bool {
 /// Delivers a packet for a pod of this node straight into it, from a tc ingress hook
 /// (a pod veth's, the VXLAN device's, the underlay's): `bpf_redirect_peer` hands it to
 /// the pod's `eth0` ingress in the pod's namespace, without a pass through the host
-/// veth's transmit and the backlog queue. `None` if `daddr` is no local pod.
+/// veth's transmit and the backlog queue, its TTL lowered as by the node's forwarding
+/// ([`hop`]). `None` if `daddr` is no local pod, or if the packet's TTL runs out here:
+/// the node's stack then routes it, or drops it and answers the sender.
 #[inline(always)]
 pub fn to_local_pod(ctx: &TcContext, daddr: u32) -> Result<Option<i32>, Drop> {
     // SAFETY: copied out at once.
     let Some(ep) = unsafe { ENDPOINTS_V1.get(daddr) }.copied() else {
         return Ok(None);
     };
+    if !hop::forward(ctx)? {
+        return Ok(None);
+    }
     let eth = EthHdr { dst: ep.pod_mac, src: ep.host_mac, proto: ETH_P_IP.to_be() };
     ctx.store(0, &eth, 0).map_err(|_| Drop::REWRITE)?;
     // The peer's stack takes the packet type as it is: one from the tunnel carried the

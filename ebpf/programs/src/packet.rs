@@ -11,6 +11,7 @@ pub const IPV4_HLEN: usize = 20;
 pub const ETH_P_IP: u16 = 0x0800;
 
 /// Offsets inside the IPv4 header.
+pub const IP_TTL_OFF: usize = 8;
 pub const IP_CHECK_OFF: usize = 10;
 pub const IP_SADDR_OFF: usize = 12;
 pub const IP_DADDR_OFF: usize = 16;
@@ -85,6 +86,8 @@ pub struct Packet {
     pub dport: u16,
     /// TCP flags; 0 for UDP.
     pub tcp_flags: u8,
+    /// The IPv4 time to live as the packet arrived.
+    pub ttl: u8,
 }
 
 impl Packet {
@@ -127,7 +130,7 @@ pub fn parse(ctx: &TcContext) -> Option<Packet> {
         return None;
     }
     let l4_off = ETH_HLEN + ihl;
-    let (saddr, daddr) = (ip.saddr, ip.daddr);
+    let (saddr, daddr, ttl) = (ip.saddr, ip.daddr, ip.ttl);
     let (sport, dport, tcp_flags) = if ihl == IPV4_HLEN {
         let l4 = data + ETH_HLEN + IPV4_HLEN;
         if proto == PROTO_TCP {
@@ -151,5 +154,5 @@ pub fn parse(ctx: &TcContext) -> Option<Packet> {
         let flags: u8 = if proto == PROTO_TCP { ctx.load(l4_off + 13).ok()? } else { 0 };
         (ports[0], ports[1], flags)
     };
-    Some(Packet { l4_off, proto, saddr, daddr, sport, dport, tcp_flags })
+    Some(Packet { l4_off, proto, saddr, daddr, sport, dport, tcp_flags, ttl })
 }

@@ -10,7 +10,7 @@
 //! route output lookup, a route entry taken and released) per packet.
 //!
 //! This module must not translate addresses nor look anything up but its settings and
-//! the FIB.
+//! the FIB; of a NodePort reply it rewrites only the TTL (`hop`).
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1},
@@ -22,15 +22,21 @@ use skiff_ebpf_common::stat;
 use crate::{
     Drop,
     fib::{self, NextHop},
+    hop,
     maps::{self, NodePort, count},
     packet::{ETH_HLEN, IP_DADDR_OFF},
 };
 
 /// Sends a NodePort flow's reply, whose source is already the node's address, out of
-/// the underlay interface toward its destination.
+/// the underlay interface toward its destination, its TTL lowered as by the node's
+/// forwarding ([`hop`]). One whose TTL runs out here is dropped: the node's stack would
+/// take it for a martian (its source is the node's own address).
 #[inline(always)]
 pub fn to_wire(ctx: &TcContext) -> Result<i32, Drop> {
     let Some(np) = maps::nodeport() else { return Ok(TC_ACT_SHOT as i32) };
+    if !hop::forward(ctx)? {
+        return Ok(TC_ACT_SHOT as i32);
+    }
     let daddr: u32 = ctx.load(ETH_HLEN + IP_DADDR_OFF).map_err(|_| Drop::REWRITE)?;
     out_of_underlay(ctx, &np, daddr)
 }

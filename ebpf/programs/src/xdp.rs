@@ -65,6 +65,7 @@ pub fn parse(ctx: &XdpContext) -> Option<Packet> {
         sport,
         dport,
         tcp_flags,
+        ttl: ip.ttl,
     })
 }
 

@@ -21,6 +21,7 @@
 //! skiff-echo conn-rate ADDR:PORT[,ADDR:PORT...] --duration-ms D [--max N] [--threads T]  (targets in turn)
 //! skiff-echo bulk ADDR:PORT --bytes N                                          one transfer of N bytes
 //! skiff-echo rr ADDR:PORT --duration-ms D                                      requests/s on one connection
+//! skiff-echo hops ADDR:PORT [--max-ttl N] [--timeout-ms T]            UDP traceroute to a skiff-echo server
 //! skiff-echo lookup NAME                                 its addresses, through the C library's resolver
 //! skiff-echo hog MIB                                                          allocates MIB MiB, then holds it
 //! skiff-echo burn SECONDS                                 keeps one CPU busy for SECONDS, then idles
@@ -66,6 +67,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+
+#[path = "skiff-echo/hops.rs"]
+mod hops;
 
 /// A server log line on stdout. Unlike `println!` it never panics: a server whose
 /// stdout went away (a closed pipe) keeps serving.
@@ -168,6 +172,7 @@ fn run() -> Result<()> {
             clients(count, interval, |_| udp_request(target()?, timeout, size, source_port))
         }
         "udp-sendto" => clients(count, interval, |_| udp_sendto_request(target()?, timeout)),
+        "hops" => hops::hops(target()?, num("--max-ttl", 8)? as u32, timeout),
         "rr" => request_response(target()?, Duration::from_millis(num("--duration-ms", 3000)?), timeout),
         "bulk" => {
             let bytes = num("--bytes", 1 << 20)?;

@@ -20,7 +20,7 @@ use aya_ebpf::{
 use skiff_ebpf_common::stat;
 
 use crate::{
-    Drop, arp, lb,
+    Drop, arp, hop, lb,
     maps::{self, count},
     overlay,
     xdp::{self, Tunnel},
@@ -55,6 +55,10 @@ fn nodeport(ctx: &XdpContext) -> Result<u32, Drop> {
     let Some(pkt) = xdp::parse(ctx) else { return Ok(XDP_PASS) };
     if !lb::may_be_wire_frontend(&pkt, &np) {
         return Ok(XDP_PASS);
+    }
+    if pkt.ttl <= 1 {
+        // Its TTL runs out at this node: tc leaves it to the stack, which answers.
+        return to_tc();
     }
     let cfg = maps::config();
     // SAFETY: a plain helper call without arguments.
@@ -91,6 +95,8 @@ fn nodeport(ctx: &XdpContext) -> Result<u32, Drop> {
     count(stat::TRANSLATED);
     count(stat::XDP_TRANSLATED);
     let Some((tunnel, frame_len)) = tunnel else { return Ok(XDP_PASS) };
+    // Toward another node this is the node's hop (a local backend's comes at tc).
+    hop::forward_at_xdp(ctx)?;
     xdp::encapsulate(ctx, frame_len, &tunnel)?;
     count(stat::XDP_TUNNELED);
     Ok(xdp::back_out(ctx))
