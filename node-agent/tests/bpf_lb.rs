@@ -993,6 +993,106 @@ fn node_port_flows_from_two_clients_with_one_source_port_get_their_own_translate
     });
 }
 
+/// A VXLAN frame from `outer_src` to this node (`NODE`) whose header's first 4 bytes
+/// are `flags`, carrying `inner`; the outer UDP checksum is 0 (as the senders write it)
+/// unless `udp_checksum`.
+fn vxlan_frame(outer_src: Ipv4Addr, flags: [u8; 4], inner: &[u8], udp_checksum: bool) -> Vec<u8> {
+    let mut payload = flags.to_vec();
+    payload.extend_from_slice(&[0, 0, skiff_ebpf_common::DEFAULT_VNI as u8, 0]);
+    payload.extend_from_slice(inner);
+    let mut frame = packet(PROTO_UDP, (outer_src, 50000), (NODE, skiff_ebpf_common::VXLAN_PORT), 0, &payload);
+    if !udp_checksum {
+        frame[40..42].fill(0);
+    }
+    frame
+}
+
+#[test]
+fn direct_server_return_keeps_the_clients_address_and_the_backends_node_answers_it() {
+    with_harness("direct_server_return", |h| {
+        use skiff_ebpf_common::SERVICE_FLAG_DSR;
+        let outside = Ipv4Addr::new(192, 168, 77, 100);
+        let peer = Ipv4Addr::new(192, 168, 77, 12);
+        let remote_pod = Ipv4Addr::new(10, 244, 2, 20);
+        let marker = {
+            let port = NODE_PORT.to_be_bytes();
+            [0x88, 0, port[0], port[1]]
+        };
+        // As the frontend: the node port's Service asks for DSR, its backend is another
+        // node's pod. The client's packet keeps its address and goes into the tunnel with
+        // the node port in the VXLAN header (its group policy ID, G flag set).
+        node_port_with_backend(h, remote_pod);
+        let front = Service4Key::new(addr_to_map(NODE.octets()), port_to_map(NODE_PORT), PROTO_TCP, 0);
+        let dsr = Service4Value { count: 1, rev_nat_index: 1, flags: SERVICE_FLAG_DSR, ..Default::default() };
+        h.hash::<Service4Key, Service4Value>(pin::SERVICES).insert(front, dsr, 0).unwrap();
+        for (flags, new_flows) in [(TCP_SYN, 1), (TCP_ACK, 1)] {
+            let (action, out) =
+                h.run_prog(Prog::FromUnderlay, &packet(PROTO_TCP, (outside, 40000), (NODE, NODE_PORT), flags, b""));
+            assert_eq!(action, TC_ACT_REDIRECT, "into the tunnel");
+            let outer = parse(&out);
+            assert_eq!((outer.src, outer.dst, outer.dport), (NODE, peer, skiff_ebpf_common::VXLAN_PORT));
+            assert_eq!(outer.l4[8..12], marker, "the node port in the VXLAN header");
+            let inner = parse(&outer.l4[16..]);
+            assert_eq!((inner.src, inner.sport, inner.dst, inner.dport), (outside, 40000, remote_pod, BPORT));
+            assert_eq!(h.stat("ct_new"), new_flows, "the second packet by the flow's conntrack entry");
+        }
+        assert_eq!((h.stat("dsr_tunneled"), h.stat("errors")), (2, 0));
+        // The same node port without DSR: source NAT, an ordinary header (another client).
+        let snat = Service4Value { count: 1, rev_nat_index: 1, ..Default::default() };
+        h.hash::<Service4Key, Service4Value>(pin::SERVICES).insert(front, snat, 0).unwrap();
+        let (_, out) =
+            h.run_prog(Prog::FromUnderlay, &packet(PROTO_TCP, (outside, 40009), (NODE, NODE_PORT), TCP_SYN, b""));
+        assert_eq!(parse(&decapsulated(&out)).src, Ipv4Addr::new(10, 244, 1, 0), "snat");
+        assert_eq!(h.stat("dsr_tunneled"), 2);
+
+        // As the backend's node: the peer sent a client's SYN for a pod of this node
+        // (BACKENDS[0]) by DSR. The header is cleared for the VXLAN device, the frame
+        // goes on to it, and the flow is recorded with the peer's node port as frontend.
+        let syn = packet(PROTO_TCP, (outside, 41000), (BACKENDS[0], BPORT), TCP_SYN, b"");
+        for udp_checksum in [false, true] {
+            let arriving = vxlan_frame(peer, marker, &syn, udp_checksum);
+            let (action, out) = h.run_prog(Prog::FromUnderlay, &arriving);
+            assert_eq!(action, TC_ACT_OK, "on to the VXLAN device");
+            let outer = parse(&out); // checks the outer UDP checksum where there is one
+            assert_eq!(outer.l4[8..12], [0x08, 0, 0, 0], "an ordinary VXLAN header");
+            assert_eq!(outer.l4[12..], arriving[42 + 4..], "nothing else changed");
+        }
+        assert_eq!(h.stat("dsr_learnt"), 2);
+        // The pod's reply leaves by the underlay straight to the client, from the node
+        // port the client connected to on the other node.
+        let reply = packet(PROTO_TCP, (BACKENDS[0], BPORT), (outside, 41000), TCP_SYN | TCP_ACK, b"");
+        let (action, out) = h.run(&reply);
+        let p = parse(&out);
+        assert_eq!(action, TC_ACT_REDIRECT, "out of the underlay");
+        assert_eq!((p.src, p.sport, p.dst, p.dport), (peer, NODE_PORT, outside, 41000));
+        assert_eq!((h.stat("dsr_replied"), h.stat("errors")), (1, 0));
+        // The user-space collection keeps the live pair (their keys agree with the
+        // programs'), then removes both once the flow is over.
+        use skiff_node::datapath::conntrack_gc;
+        let before = conntrack_gc::collect(&h.pins.path).unwrap();
+        assert_eq!(before.removed, 0, "a live DSR flow must stay");
+        let (_, out) = h.run(&reply);
+        assert_eq!(parse(&out).src, peer, "still translated after a collection");
+        h.datapath.set_config(LbConfig { tcp_closing_timeout_s: 1, ..Default::default() }).unwrap();
+        let fin = packet(PROTO_TCP, (outside, 41000), (BACKENDS[0], BPORT), TCP_FIN | TCP_ACK, b"");
+        h.run_prog(Prog::FromUnderlay, &vxlan_frame(peer, marker, &fin, false));
+        std::thread::sleep(Duration::from_millis(1500));
+        let after = conntrack_gc::collect(&h.pins.path).unwrap();
+        assert_eq!(after.removed, 2, "the closed DSR flow's pair goes (the frontend's live entries stay)");
+        let (_, out) = h.run(&reply);
+        assert_eq!(parse(&out).src, BACKENDS[0], "no entry left to translate with");
+
+        // A marked packet for an address that is no pod here: cleared, nothing recorded;
+        // an unmarked one: untouched.
+        let elsewhere = packet(PROTO_TCP, (outside, 41001), (remote_pod, BPORT), TCP_SYN, b"");
+        let (_, out) = h.run_prog(Prog::FromUnderlay, &vxlan_frame(peer, marker, &elsewhere, false));
+        assert_eq!(parse(&out).l4[8..12], [0x08, 0, 0, 0]);
+        let plain = vxlan_frame(peer, [0x08, 0, 0, 0], &syn, false);
+        assert_eq!(h.run_prog(Prog::FromUnderlay, &plain), (TC_ACT_OK, plain.clone()));
+        assert_eq!((h.stat("dsr_learnt"), h.stat("errors")), (3, 0));
+    });
+}
+
 #[test]
 fn conntrack_collection_removes_expired_flows_both_ways_and_keeps_live_ones() {
     with_harness("conntrack_collection_removes_expired_flows", |h| {

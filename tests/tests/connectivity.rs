@@ -25,7 +25,10 @@
 //!   node 2's backend back into the tunnel at XDP, node 2 translated its own, and
 //!   answered the ARP requests for the LoadBalancer address there); and the
 //!   health-check node port of a LoadBalancer Service with `externalTrafficPolicy:
-//!   Local`: 200 from the node holding its backend, 503 from the other; last, a
+//!   Local`: 200 from the node holding its backend, 503 from the other; a node port
+//!   with `skiff.io/forwarding-mode: dsr` (direct server return) on node 1 with the
+//!   backend on node 2: the backend sees the client's own address, node 2 answers the
+//!   client itself from node 1's address and port, and node 1 sees no reply; last, a
 //!   LoadBalancer Service's backend moves to the other node, whose gratuitous ARP
 //!   updates the outside host's cache at once.
 //!
@@ -86,7 +89,7 @@ spec:
 const SERVICE: &str = r#"
 apiVersion: v1
 kind: Service
-metadata: {name: {name}}
+metadata: {name: {name}{annotations}}
 spec: {{spec}, ports: [{name: tcp, port: 80, targetPort: 8080, protocol: TCP}, {name: udp, port: 80, targetPort: 8080, protocol: UDP}]}
 "#;
 
@@ -103,7 +106,11 @@ const SERVICES: &[(&str, &str)] = &[
     ("itp-local", "internalTrafficPolicy: Local, selector: {app: srv}"),
     ("lb", "type: LoadBalancer, selector: {at: n2}"),
     ("lb-local", "type: LoadBalancer, externalTrafficPolicy: Local, selector: {at: n2}"),
+    ("np-dsr", "type: NodePort, selector: {at: n2}"),
 ];
+
+/// Annotations of the matrix's Services, by name (the others have none).
+const ANNOTATIONS: &[(&str, &str)] = &[("np-dsr", "skiff.io/forwarding-mode: dsr")];
 
 /// The `ext-ip` Service's external address, routed by the outside host through node 1.
 /// (The `lb` Service's address comes from skiff-control's pool; the outside host finds
@@ -129,7 +136,13 @@ fn manifest(n1: &str, n2: &str) -> String {
     let server = |name: &str, at: &str, node: &str| {
         SERVER_POD.replace("{name}", name).replace("{at}", at).replace("{node}", node)
     };
-    let services = SERVICES.iter().map(|(name, spec)| SERVICE.replace("{name}", name).replace("{spec}", spec));
+    let services = SERVICES.iter().map(|(name, spec)| {
+        let annotations = ANNOTATIONS
+            .iter()
+            .find(|(service, _)| service == name)
+            .map_or(String::new(), |(_, a)| format!(", annotations: {{{a}}}"));
+        SERVICE.replace("{name}", name).replace("{annotations}", &annotations).replace("{spec}", spec)
+    });
     [client_pod(n1), server("srv-n1", "n1", n1), server("srv-n2", "n2", n2)]
         .into_iter()
         .chain(services)
@@ -358,6 +371,13 @@ const CELLS: &[Cell] = &[
         expect: Expect::AnsweredBy("srv-n2"),
     },
     Cell {
+        name: "outside → NodePort by direct server return on node 1, backend on node 2",
+        from: OUTSIDE,
+        to: Target::NodePort("np-dsr", 0),
+        requests: 3,
+        expect: Expect::AnsweredBy("srv-n2"),
+    },
+    Cell {
         name: "outside → NodePort on node 2, backend on node 2",
         from: OUTSIDE,
         to: Target::NodePort("np-n2", 1),
@@ -504,6 +524,9 @@ const SOURCE_CHECKS: &[(&str, usize, &str, bool)] = &[
     // The backend on another node: its replies must come back through this node, so
     // the packets reach it from this node's podCIDR network address.
     ("np-n2", 0, "srv-n2", false),
+    // ... unless the Service asks for direct server return: the backend's node answers
+    // the client itself, so the client's address is kept.
+    ("np-dsr", 0, "srv-n2", true),
 ];
 
 /// Runs [`SOURCE_CHECKS`] with `skiff-echo get ADDR /peer` from outside; the failures.
@@ -535,6 +558,45 @@ fn check_node_port_sources(cluster: &Cluster, outside: &Netns) -> Vec<String> {
         }
     }
     failures
+}
+
+/// The direct-server-return cells and source check went as DSR: node 1 sent their
+/// packets into the tunnel with the node port in the header (`dsr_tunneled`), node 2
+/// learnt the flows from it (`dsr_learnt`) and sent their replies to the client itself
+/// (`dsr_replied`), and node 1 reverse-translated no reply of theirs (its
+/// `rev_translated` did not move while only DSR requests ran). `Err`: the report.
+fn check_direct_server_return(cluster: &Cluster, outside: &Netns) -> Option<String> {
+    let (tunneled, learnt, replied) =
+        (counter(cluster, 0, "dsr_tunneled"), counter(cluster, 1, "dsr_learnt"), counter(cluster, 1, "dsr_replied"));
+    eprintln!(
+        "direct server return: node 1 dsr_tunneled {tunneled}; node 2 dsr_learnt {learnt}, dsr_replied {replied}"
+    );
+    let mut failures = Vec::new();
+    if tunneled == 0 || learnt == 0 || replied == 0 {
+        failures.push(format!(
+            "expected node 1 dsr_tunneled, node 2 dsr_learnt and dsr_replied > 0; got {tunneled}, {learnt}, {replied}"
+        ));
+    }
+    let echo = workspace_bin("skiff-echo");
+    let target = format!("{}:{}", cluster.nodes[0].ip, node_port(cluster, "np-dsr", "tcp"));
+    let rev_before = counter(cluster, 0, "rev_translated");
+    let replied_before = counter(cluster, 1, "dsr_replied");
+    let out = outside
+        .command(echo.to_str().expect("UTF-8 path"))
+        .args(["tcp", &target, "--count", "5", "--timeout-ms", TIMEOUT_MS])
+        .output()
+        .expect("running the echo client");
+    let replies = Replies::parse(&String::from_utf8_lossy(&out.stdout));
+    let (rev_after, replied_after) = (counter(cluster, 0, "rev_translated"), counter(cluster, 1, "dsr_replied"));
+    if !(replies.finished && replies.errors.is_empty() && replies.names() == ["srv-n2"]) {
+        failures.push(format!("5 requests to {target}: expected 5 answers from srv-n2: {replies:?}"));
+    }
+    if rev_after != rev_before || replied_after <= replied_before {
+        failures.push(format!(
+            "during 5 requests to {target}: node 1 rev_translated {rev_before} → {rev_after} (expected unchanged), node 2 dsr_replied {replied_before} → {replied_after} (expected more)"
+        ));
+    }
+    (!failures.is_empty()).then(|| format!("FAILED direct server return: {}", failures.join("; ")))
 }
 
 /// The NodePort cells went through XDP: node 1 sent packets for node 2's backend
@@ -879,6 +941,7 @@ fn connectivity_matrix() {
         ("lb", 1),
         ("itp-local", 2),
         ("lb-local", 1),
+        ("np-dsr", 1),
     ];
     assert!(
         wait_until(Duration::from_secs(30), || endpoints
@@ -944,11 +1007,12 @@ fn connectivity_matrix() {
     failures.extend(check_socket_lb_unconnected_udp(&cluster));
     failures.extend(check_trace(&cluster, &pod_ip("client")));
     failures.extend(check_nodeport_fast_path(&cluster));
+    failures.extend(check_direct_server_return(&cluster, &outside));
     failures.extend(check_arp_answered_at_xdp(&cluster));
     failures.extend(check_health_check_node_port(&cluster, &outside));
     // Last: it moves the `lb` Service's backend.
     failures.extend(check_announcement_moves(&cluster, &outside));
-    let cells = CELLS.len() * 2 + SOURCE_CHECKS.len() + 10;
+    let cells = CELLS.len() * 2 + SOURCE_CHECKS.len() + 11;
     eprintln!("{} of {cells} cells passed; the whole matrix took {:.1?}", cells - failures.len(), started.elapsed());
     assert!(
         failures.is_empty(),

@@ -117,6 +117,11 @@ pub const SERVICE_FLAG_AFFINITY: u16 = 1 << 0;
 /// The frontend's slots hold a Maglev lookup table (`count` is its size, a prime): a
 /// new flow takes the slot its hash names instead of a random one.
 pub const SERVICE_FLAG_MAGLEV: u16 = 1 << 1;
+/// Direct server return for the frontend's flows to another node's backend (node-port
+/// frontends only): the client's packets keep its address and go through the tunnel
+/// with the node port in the VXLAN header (the group policy field of VXLAN-GBP), and
+/// the backend's node answers the client itself, from this node's address and port.
+pub const SERVICE_FLAG_DSR: u16 = 1 << 2;
 
 /// Value of the services map. In slot 0: `count`, `rev_nat_index`, `flags`,
 /// `affinity_timeout_s`. In slots 1..N: `backend_id` (and the same `rev_nat_index`).
@@ -196,6 +201,15 @@ pub const CT_FLAG_SNAT: u16 = 1 << 2;
 /// node does not route), which the node's stack would drop as a martian if they
 /// entered it from a pod or the tunnel.
 pub const CT_FLAG_NODEPORT: u16 = 1 << 3;
+/// A node-port flow sent to another node's backend by direct server return (see
+/// [`SERVICE_FLAG_DSR`]): no source NAT, and each packet carries the node port in its
+/// VXLAN header. Its replies never come back through this node.
+pub const CT_FLAG_DSR: u16 = 1 << 4;
+/// On a backend's node, a direct-server-return flow whose frontend is another node's
+/// node port, [`Ct4Entry::snat_addr`]:[`Ct4Entry::snat_port`] (learnt from the tunnel
+/// header): replies get it as their source and leave by the underlay interface straight
+/// to the client. Entries with this flag have no reverse-NAT index.
+pub const CT_FLAG_REMOTE_FRONTEND: u16 = 1 << 5;
 
 /// Conntrack value.
 ///
@@ -219,15 +233,17 @@ pub struct Ct4Entry {
     pub client_addr: u32,
     /// With [`CT_FLAG_SNAT`]: the source address the client's packets are given (the
     /// hairpin address, or for NodePort flows to another node's backend the node's
-    /// address in its podCIDR). 0 otherwise; a hairpin entry of an older agent has 0
-    /// too and means [`LbConfig::hairpin_addr`].
+    /// address in its podCIDR). With [`CT_FLAG_REMOTE_FRONTEND`]: the frontend node's
+    /// address. 0 otherwise; a hairpin entry of an older agent has 0 too and means
+    /// [`LbConfig::hairpin_addr`].
     pub snat_addr: u32,
     /// The client's own port (network byte order): replies of a flow whose source port
     /// was translated get it back.
     pub client_port: u16,
     /// With [`CT_FLAG_SNAT`]: the source port the client's packets are given (network
     /// byte order): the client's own unless another client's flow to the same backend
-    /// already holds that port behind the same source address.
+    /// already holds that port behind the same source address. With
+    /// [`CT_FLAG_REMOTE_FRONTEND`]: the frontend's node port (network byte order).
     pub snat_port: u16,
     pub _pad: u32,
 }
@@ -501,9 +517,18 @@ pub mod stat {
     /// ICMP time exceeded as any router does. The programs forward every other packet
     /// with its TTL lowered by one per node, as the kernel's forwarding would.
     pub const TTL_EXPIRED: u32 = 23;
+    /// Node-port packets sent to another node's backend by direct server return (the
+    /// client's address kept, the node port in the VXLAN header), at XDP or at tc.
+    pub const DSR_TUNNELED: u32 = 24;
+    /// Packets from the tunnel that carried a direct-server-return frontend for a pod
+    /// of this node: its flow's conntrack entries written or refreshed here.
+    pub const DSR_LEARNT: u32 = 25;
+    /// Replies of direct-server-return flows sent straight to their client from this
+    /// node, with the other node's address and node port as their source.
+    pub const DSR_REPLIED: u32 = 26;
     /// Number of counters in use. `errors` counts every drop of the kinds `DROP_*`
     /// name (and `snat_no_port`), each also counted by its reason.
-    pub const COUNT: u32 = 24;
+    pub const COUNT: u32 = 27;
     /// Slots of the counters map: room for counters to come without a new layout.
     pub const SLOTS: u32 = 32;
 
@@ -532,6 +557,9 @@ pub mod stat {
         "xdp_arp_answered",
         "pod_delivered",
         "ttl_expired",
+        "dsr_tunneled",
+        "dsr_learnt",
+        "dsr_replied",
     ];
 }
 

@@ -12,6 +12,12 @@
 //! flows say so ([`Outcome::Wire`], [`Reply::nodeport`]): after reverse NAT they come
 //! from the node's own address and must leave straight by the underlay interface.
 //!
+//! A node port whose Service asks for direct server return (`SERVICE_FLAG_DSR`) sends
+//! another node's backend the client's packets untranslated but for the destination,
+//! with the node port in the tunnel header ([`Outcome::Dsr`]); the backend's node learns
+//! the frontend from it (`crate::dsr`) and answers the client itself, from this node's
+//! address and port ([`CT_FLAG_REMOTE_FRONTEND`] entries, reversed here like any other).
+//!
 //! [`balance`] and [`reverse`] say where a packet goes next ([`Outcome`]); they do not
 //! deliver it. Delivery (the overlay, the node's stack) is the pipelines' business
 //! (`crate::pipeline`), so this module must not call into `overlay`.
@@ -21,19 +27,20 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
+    maps::lpm_trie::Key,
     programs::TcContext,
 };
 use skiff_ebpf_common::{
-    Affinity4Key, Affinity4Value, BACKEND_FLAG_TERMINATING, Backend4, CT_FLAG_CLOSING, CT_FLAG_HAIRPIN,
-    CT_FLAG_NODEPORT, CT_FLAG_SNAT, Ct4Entry, Ct4Key, PROTO_TCP, PROTO_UDP, RevNat4, SERVICE_FLAG_AFFINITY,
-    SERVICE_FLAG_MAGLEV, Service4Key, Service4Value, stat,
+    Affinity4Key, Affinity4Value, BACKEND_FLAG_TERMINATING, Backend4, CT_FLAG_CLOSING, CT_FLAG_DSR, CT_FLAG_HAIRPIN,
+    CT_FLAG_NODEPORT, CT_FLAG_REMOTE_FRONTEND, CT_FLAG_SNAT, Ct4Entry, Ct4Key, PROTO_TCP, PROTO_UDP, RevNat4,
+    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DSR, SERVICE_FLAG_MAGLEV, Service4Key, Service4Value, stat,
 };
 
 use crate::{
     Drop, conntrack,
     maps::{
-        AFFINITY_V1, BACKENDS_V1, CT4_V2, Config, ENDPOINTS_V1, NodePort, REV_NAT_V1, SERVICES_V1, config, count,
-        nodeport as nodeport_settings,
+        AFFINITY_V1, BACKENDS_V1, CT4_V2, Config, ENDPOINTS_V1, NODES_V1, NodePort, REV_NAT_V1, SERVICES_V1, config,
+        count, nodeport as nodeport_settings,
     },
     nat::{rewrite, rewrite_addr},
     packet::{IP_DADDR_OFF, IP_SADDR_OFF, L4_DPORT_OFF, L4_SPORT_OFF, Packet, TCP_FIN, TCP_RST, TCP_SYN},
@@ -56,6 +63,9 @@ pub enum Outcome {
     /// (one of its own addresses as source, arriving on a pod's interface), so it goes
     /// straight into the pod.
     IntoPod(u32),
+    /// A node-port packet for another node's backend by direct server return: into the
+    /// tunnel toward `backend`, with `node_port` (network byte order) in its header.
+    Dsr { backend: u32, node_port: u16 },
 }
 
 /// A reply translated back by [`reverse`].
@@ -172,6 +182,9 @@ pub struct Target {
     pub port: u16,
     pub source: u32,
     pub source_port: u16,
+    /// For direct server return, the node port (network byte order) the tunnel header
+    /// carries to the backend's node; 0 otherwise.
+    pub dsr_port: u16,
 }
 
 /// The target of this packet's flow if it is established (an established flow stays on
@@ -190,7 +203,14 @@ pub fn established(pkt: &Packet, now: u64, cfg: &Config) -> Option<Target> {
     }
     conntrack::touch(entry, pkt, now);
     let source_port = if entry.snat_port != 0 { entry.snat_port } else { pkt.sport };
-    Some(Target { addr: entry.backend_addr, port: entry.backend_port, source: flow_source(entry, cfg), source_port })
+    let dsr_port = if entry.flags & CT_FLAG_DSR != 0 { pkt.dport } else { 0 };
+    Some(Target {
+        addr: entry.backend_addr,
+        port: entry.backend_port,
+        source: flow_source(entry, cfg),
+        source_port,
+        dsr_port,
+    })
 }
 
 /// The frontend this packet is addressed to, with its slot 0.
@@ -250,8 +270,7 @@ pub fn reverse(ctx: &TcContext, pkt: &Packet) -> Result<Option<Reply>, Drop> {
 /// forward entry is there, not past its timeout, and has seen no FIN or RST.
 #[inline(always)]
 fn service_flow_open(reply: &Packet, entry: &Ct4Entry) -> bool {
-    // SAFETY: copied out at once.
-    let Some(vip) = (unsafe { REV_NAT_V1.get(entry.rev_nat_index) }).copied() else { return false };
+    let Some(vip) = frontend_of_entry(entry) else { return false };
     let Some(forward) = CT4_V2.get_ptr(&forward_key_of(entry, reply, &vip)) else { return false };
     // SAFETY: pointer from a successful lookup, copied at once.
     let forward = unsafe { *forward };
@@ -260,6 +279,18 @@ fn service_flow_open(reply: &Packet, entry: &Ct4Entry) -> bool {
     let cfg = config();
     forward.flags & CT_FLAG_CLOSING == 0
         && now.saturating_sub(forward.last_seen_ns) <= conntrack::timeout(forward.flags, reply.proto, &cfg)
+}
+
+/// The frontend a flow's replies must come from: its Service's reverse-NAT entry, or for
+/// a direct-server-return flow of another node's node port, that node's address and
+/// port. `None` if the Service is gone.
+#[inline(always)]
+fn frontend_of_entry(entry: &Ct4Entry) -> Option<RevNat4> {
+    if entry.flags & CT_FLAG_REMOTE_FRONTEND != 0 {
+        return Some(RevNat4 { addr: entry.snat_addr, port: entry.snat_port, _pad: 0 });
+    }
+    // SAFETY: copied out at once.
+    unsafe { REV_NAT_V1.get(entry.rev_nat_index) }.copied()
 }
 
 /// The forward conntrack key of the Service flow that `reply` (whose reply entry is
@@ -324,19 +355,35 @@ pub fn choose(
     } else {
         match np {
             // SAFETY: only tests for the key's presence.
-            Some(np) if unsafe { ENDPOINTS_V1.get(backend.addr) }.is_none() => (CT_FLAG_SNAT, np.snat_addr),
+            Some(np) if unsafe { ENDPOINTS_V1.get(backend.addr) }.is_none() => {
+                if direct_server_return(pkt, svc, np, backend.addr) {
+                    (CT_FLAG_DSR, 0)
+                } else {
+                    (CT_FLAG_SNAT, np.snat_addr)
+                }
+            }
             _ => (0, 0),
         }
     };
     if np.is_some() {
         flags |= CT_FLAG_NODEPORT;
     }
+    let dsr_port = if flags & CT_FLAG_DSR != 0 { pkt.dport } else { 0 };
     Ok(NewFlow {
-        target: Target { addr: backend.addr, port: backend.port, source, source_port: pkt.sport },
+        target: Target { addr: backend.addr, port: backend.port, source, source_port: pkt.sport, dsr_port },
         backend_id,
         rev_nat_index: svc.rev_nat_index,
         flags,
     })
+}
+
+/// Whether a node-port flow to `backend`, a pod of another node, goes by direct server
+/// return: its Service asks for it, the frontend is this node's node port (an external
+/// address would not fit the tunnel header, so those keep source NAT), and the backend
+/// lies in a node's podCIDR, where the tunnel reaches it.
+#[inline(always)]
+fn direct_server_return(pkt: &Packet, svc: &Service4Value, np: &NodePort, backend: u32) -> bool {
+    svc.flags & SERVICE_FLAG_DSR != 0 && pkt.daddr == np.node_addr && NODES_V1.get(Key::new(32, backend)).is_some()
 }
 
 /// Source ports tried for a translated source before giving up: the client's own, then
@@ -489,6 +536,9 @@ fn dnat(ctx: &TcContext, pkt: &Packet, target: &Target) -> Result<Outcome, Drop>
         }
     }
     count(stat::TRANSLATED);
+    if target.dsr_port != 0 {
+        return Ok(Outcome::Dsr { backend: target.addr, node_port: target.dsr_port });
+    }
     Ok(Outcome::Forward(target.addr))
 }
 
@@ -496,8 +546,7 @@ fn dnat(ctx: &TcContext, pkt: &Packet, target: &Target) -> Result<Outcome, Drop>
 /// (0 if the Service is gone and nothing was translated).
 #[inline(always)]
 fn rev_nat(ctx: &TcContext, pkt: &Packet, entry: &Ct4Entry) -> Result<u32, Drop> {
-    // SAFETY: copied out at once.
-    let Some(vip) = (unsafe { REV_NAT_V1.get(entry.rev_nat_index) }).copied() else {
+    let Some(vip) = frontend_of_entry(entry) else {
         // The Service is gone: nothing to translate back to.
         return Ok(0);
     };
@@ -516,6 +565,9 @@ fn rev_nat(ctx: &TcContext, pkt: &Packet, entry: &Ct4Entry) -> Result<u32, Drop>
         }
     }
     count(stat::REV_TRANSLATED);
+    if entry.flags & CT_FLAG_REMOTE_FRONTEND != 0 {
+        count(stat::DSR_REPLIED);
+    }
     Ok(vip.addr)
 }
 

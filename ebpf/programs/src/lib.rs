@@ -12,6 +12,8 @@
 //! - [`stack`]: helper arguments built on the stack without `memset`;
 //! - [`conntrack`]: flow entries that keep a connection on its backend;
 //! - [`lb`]: Service lookup, backend selection, DNAT and reverse NAT;
+//! - [`dsr`]: direct server return on the backend's node: the frontend a tunnelled
+//!   node-port packet carries, read and cleared, and its flow's conntrack entries;
 //! - [`masq`]: source NAT of pod traffic that leaves the cluster network, and its
 //!   reverse;
 //! - [`nat`]: address and port rewriting with checksums, for `lb` and `masq`;
@@ -32,7 +34,7 @@
 //! - [`sock`]: the socket-level load balancer (cgroup hooks of `connect()`,
 //!   `sendmsg()`, `recvmsg()`, `getpeername()`), the `sock` binary's only module.
 //!
-//! Imports run one way: `pipeline` → `lb`, `masq`, `overlay`, `wire`, `arp`, `xdp` →
+//! Imports run one way: `pipeline` → `lb`, `masq`, `overlay`, `wire`, `arp`, `xdp`, `dsr` →
 //! `conntrack`, `reject`, `nat`, `hop`, `vxlan`, `fib`, `csum`, `packet`, `maps`, `stack`
 //! (`overlay` also → `wire`, its way out; `arp` → `xdp`, whose `back_out` sends its
 //! answer at XDP; `fib` → `stack`); `sock` → `lb`, `maps`.
@@ -44,6 +46,7 @@
 pub mod arp;
 pub mod conntrack;
 pub mod csum;
+pub mod dsr;
 pub mod fib;
 pub mod hop;
 pub mod lb;

@@ -20,6 +20,41 @@ const SPORT_FIRST: u32 = 32768;
 const SPORT_SPAN: u32 = 28232;
 /// The VXLAN header's I flag: the VNI is valid.
 const FLAG_VNI: u32 = u32::from_ne_bytes([0x08, 0, 0, 0]);
+/// The G flag of VXLAN-GBP (the group policy extension): the header's last 16 bits
+/// before the VNI carry a policy ID. Skiff puts a direct-server-return flow's node port
+/// there (see `SERVICE_FLAG_DSR`); the receiving node reads and clears it before its
+/// VXLAN device, which does not parse GBP, sees the packet (`dsr`).
+const FLAG_GBP: u8 = 0x80;
+/// Offset of the VXLAN header's first byte (its flags) after the outer UDP header.
+pub const FLAGS_OFF: usize = 0;
+/// Offset of the group policy ID (network byte order) after the outer UDP header.
+pub const POLICY_OFF: usize = 2;
+/// The VXLAN header's length.
+pub const VXLAN_HLEN: usize = 8;
+
+/// The VXLAN header's first 4 bytes (flags, and the node port of a direct-server-return
+/// flow, 0 for none; network byte order) as they sit on the wire.
+#[inline(always)]
+fn flags_word(dsr_port: u16) -> u32 {
+    if dsr_port == 0 {
+        FLAG_VNI
+    } else {
+        let port = dsr_port.to_ne_bytes();
+        u32::from_ne_bytes([0x08 | FLAG_GBP, 0, port[0], port[1]])
+    }
+}
+
+/// The node port of a direct-server-return flow that a VXLAN header's first 4 bytes
+/// (as on the wire) carry, in network byte order; `None` for an ordinary header.
+#[inline(always)]
+pub fn dsr_port(flags_word: [u8; 4]) -> Option<u16> {
+    let port = u16::from_ne_bytes([flags_word[2], flags_word[3]]);
+    (flags_word[0] & FLAG_GBP != 0 && port != 0).then_some(port)
+}
+
+/// What [`dsr_port`]'s header becomes once read: an ordinary one, which a VXLAN
+/// device without GBP accepts.
+pub const PLAIN_FLAGS: [u8; 4] = [0x08, 0, 0, 0];
 
 /// IPv4, UDP and VXLAN headers, as they sit on the wire.
 #[repr(C, packed)]
@@ -36,9 +71,10 @@ const _: () = assert!(core::mem::size_of::<Outer>() == OUTER_LEN);
 
 /// The outer headers from `local` to `remote` (network byte order) for an outer IP
 /// packet of `ip_len` bytes, with the outer IP checksum and no UDP checksum (RFC 7348
-/// allows 0 over IPv4). `None` if the checksum helper fails.
+/// allows 0 over IPv4), and `dsr_port` (network byte order, 0 for none) as the group
+/// policy ID. `None` if the checksum helper fails.
 #[inline(always)]
-pub fn outer(local: u32, remote: u32, vni: u32, flow_hash: u32, ip_len: u16) -> Option<Outer> {
+pub fn outer(local: u32, remote: u32, vni: u32, flow_hash: u32, ip_len: u16, dsr_port: u16) -> Option<Outer> {
     let mut ip = Ipv4Hdr {
         ver_ihl: 0x45,
         tos: 0,
@@ -63,7 +99,7 @@ pub fn outer(local: u32, remote: u32, vni: u32, flow_hash: u32, ip_len: u16) -> 
             len: (ip_len - IPV4_HLEN as u16).to_be(),
             check: 0,
         },
-        vxlan_flags: FLAG_VNI,
+        vxlan_flags: flags_word(dsr_port),
         vxlan_vni: (vni << 8).to_be(),
     })
 }

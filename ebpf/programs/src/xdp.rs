@@ -152,6 +152,9 @@ pub struct Tunnel {
     pub vni: u32,
     /// The inner flow's hash, for the outer UDP source port.
     pub flow_hash: u32,
+    /// A direct-server-return flow's node port (network byte order) for the VXLAN
+    /// header, 0 for none ([`vxlan::outer`]).
+    pub dsr_port: u16,
 }
 
 /// Wraps the whole frame (inner Ethernet header included) in VXLAN toward
@@ -159,7 +162,8 @@ pub struct Tunnel {
 /// before (what [`outer_len`] was computed from).
 #[inline(always)]
 pub fn encapsulate(ctx: &XdpContext, frame_len: usize, tunnel: &Tunnel) -> Result<(), Drop> {
-    let outer = vxlan::outer(tunnel.local, tunnel.remote, tunnel.vni, tunnel.flow_hash, outer_len(frame_len))
+    let ip_len = outer_len(frame_len);
+    let outer = vxlan::outer(tunnel.local, tunnel.remote, tunnel.vni, tunnel.flow_hash, ip_len, tunnel.dsr_port)
         .ok_or(Drop::XDP)?;
     let encap = Encap { eth: EthHdr { dst: tunnel.dmac, src: tunnel.smac, proto: ETH_P_IP.to_be() }, outer };
     // SAFETY: plain helper call on this program's context; a negative delta grows the

@@ -15,8 +15,9 @@ use std::path::Path;
 
 use aya::maps::{Array, HashMap, Map, MapData};
 use skiff_ebpf_common::{
-    CT_DIR_FORWARD, CT_DIR_REPLY, CT_FLAG_CLOSING, CT_FLAG_HAIRPIN, Ct4Entry, Ct4Key, DEFAULT_HAIRPIN_ADDR,
-    DEFAULT_TCP_CLOSING_TIMEOUT_S, DEFAULT_TCP_TIMEOUT_S, DEFAULT_UDP_TIMEOUT_S, LbConfig, PROTO_TCP, RevNat4, pin,
+    CT_DIR_FORWARD, CT_DIR_REPLY, CT_FLAG_CLOSING, CT_FLAG_HAIRPIN, CT_FLAG_REMOTE_FRONTEND, Ct4Entry, Ct4Key,
+    DEFAULT_HAIRPIN_ADDR, DEFAULT_TCP_CLOSING_TIMEOUT_S, DEFAULT_TCP_TIMEOUT_S, DEFAULT_UDP_TIMEOUT_S, LbConfig,
+    PROTO_TCP, RevNat4, pin,
 };
 
 use super::{Error, Result, open_pinned};
@@ -58,7 +59,7 @@ pub fn collect(pin_dir: &Path) -> Result<Collected> {
                 doomed.push(reply_key(key, entry, &config));
             }
         } else if key.dir == CT_DIR_REPLY {
-            let forward = rev_nat.get(&entry.rev_nat_index, 0).ok().map(|vip| forward_key(key, entry, &vip));
+            let forward = frontend(entry, |index| rev_nat.get(&index, 0).ok()).map(|vip| forward_key(key, entry, &vip));
             if forward.is_none_or(|f| !forward_keys.contains(&tuple(&f))) {
                 doomed.push(*key);
             }
@@ -86,19 +87,34 @@ fn timeout_ns(entry: &Ct4Entry, proto: u8, config: &LbConfig) -> u64 {
     }
 }
 
+/// The frontend a flow's replies come from: its Service's reverse-NAT entry (`rev_nat`
+/// by index), or for a direct-server-return flow of another node's node port, the
+/// address and port its entry carries (as the programs' `lb::frontend_of_entry`).
+fn frontend(entry: &Ct4Entry, rev_nat: impl FnOnce(u32) -> Option<RevNat4>) -> Option<RevNat4> {
+    if entry.flags & CT_FLAG_REMOTE_FRONTEND != 0 {
+        Some(RevNat4 { addr: entry.snat_addr, port: entry.snat_port, _pad: 0 })
+    } else {
+        rev_nat(entry.rev_nat_index)
+    }
+}
+
 /// The reply key of a forward entry, as the programs write it (a hairpin entry of an
-/// older agent has no source address: the configured hairpin address).
+/// older agent has no source address: the configured hairpin address). The client's
+/// packets of a direct-server-return flow keep their source, whatever the entry's
+/// source fields say of the frontend.
 fn reply_key(key: &Ct4Key, entry: &Ct4Entry, config: &LbConfig) -> Ct4Key {
     let hairpin = if config.hairpin_addr != 0 { config.hairpin_addr } else { DEFAULT_HAIRPIN_ADDR };
+    let translated = entry.flags & CT_FLAG_REMOTE_FRONTEND == 0;
     Ct4Key {
         saddr: entry.backend_addr,
         daddr: match entry.snat_addr {
+            _ if !translated => key.saddr,
             0 if entry.flags & CT_FLAG_HAIRPIN != 0 => hairpin,
             0 => key.saddr,
             source => source,
         },
         sport: entry.backend_port,
-        dport: if entry.snat_port != 0 { entry.snat_port } else { key.sport },
+        dport: if entry.snat_port != 0 && translated { entry.snat_port } else { key.sport },
         proto: key.proto,
         dir: CT_DIR_REPLY,
         _pad: [0; 2],

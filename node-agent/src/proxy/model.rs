@@ -49,6 +49,11 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Unset: Maglev for node ports and external addresses (a flow reaching another node
 /// after a failover keeps its backend), random for the cluster IP.
 pub const LB_ALGORITHM_ANNOTATION: &str = "skiff.io/lb-algorithm";
+/// The annotation that picks how node ports reach another node's backend: `snat` (the
+/// default, kube-proxy's way: the node's address as source, replies back through the
+/// node) or `dsr` (direct server return: the client's address kept, the backend's node
+/// answers the client itself). External addresses always use `snat`.
+pub const FORWARDING_MODE_ANNOTATION: &str = "skiff.io/forwarding-mode";
 /// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset (the API default).
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 /// The API's upper bound for the affinity timeout.
@@ -182,6 +187,8 @@ pub struct Frontend {
     pub affinity_timeout_s: Option<u32>,
     /// New flows pick their backend by Maglev consistent hashing (else at random).
     pub maglev: bool,
+    /// Flows to another node's backend go by direct server return (node ports only).
+    pub dsr: bool,
     /// Ready backends: they take new flows. Sorted, no duplicates.
     pub backends: Vec<BackendKey>,
     /// Backends that keep their established flows but take no new ones (serving but not
@@ -250,6 +257,8 @@ pub enum ErrorKind {
     BadExternalAddress(String),
     #[error("annotation {LB_ALGORITHM_ANNOTATION}: {0:?} is neither maglev nor random; using the default")]
     UnsupportedAlgorithm(String),
+    #[error("annotation {FORWARDING_MODE_ANNOTATION}: {0:?} is neither snat nor dsr; using snat")]
+    UnsupportedForwardingMode(String),
 }
 
 /// Plans one Service. `slices` may contain any EndpointSlices: only those in the
@@ -323,6 +332,15 @@ pub fn plan_service<'a>(
         Some(other) => {
             plan.problems.push(problem(None, ErrorKind::UnsupportedAlgorithm(other.to_owned())));
             (false, true)
+        }
+    };
+    let forwarding_mode = svc.metadata.annotations.as_ref().and_then(|a| a.get(FORWARDING_MODE_ANNOTATION));
+    let dsr = match forwarding_mode.map(String::as_str) {
+        None | Some("snat") => false,
+        Some("dsr") => true,
+        Some(other) => {
+            plan.problems.push(problem(None, ErrorKind::UnsupportedForwardingMode(other.to_owned())));
+            false
         }
     };
     let only_local = spec.external_traffic_policy.as_deref() == Some("Local");
@@ -413,7 +431,7 @@ pub fn plan_service<'a>(
             }
         }
 
-        let frontend = |key, found: &BTreeMap<BackendKey, (bool, bool)>, only_local: bool, maglev: bool| {
+        let frontend = |key, found: &BTreeMap<BackendKey, (bool, bool)>, only_local: bool, maglev: bool, dsr: bool| {
             let pick = |want_ready: bool| {
                 found
                     .iter()
@@ -427,14 +445,15 @@ pub fn plan_service<'a>(
                 port_name: port_name.clone(),
                 affinity_timeout_s,
                 maglev,
+                dsr,
                 backends: pick(true),
                 terminating: pick(false),
             }
         };
-        plan.frontends.push(frontend(key, &found, internal_local, maglev.0));
+        plan.frontends.push(frontend(key, &found, internal_local, maglev.0, false));
         if let (Some(node), Some(node_port)) = (node, node_port_of(spec, sp)) {
             let key = FrontendKey { vip: node.addr, port: node_port, proto };
-            plan.frontends.push(frontend(key, &found, only_local, maglev.1));
+            plan.frontends.push(frontend(key, &found, only_local, maglev.1, dsr));
         }
         for addr in &external {
             let key = FrontendKey { vip: *addr, port, proto };
@@ -442,7 +461,7 @@ pub fn plan_service<'a>(
                 plan.problems.push(problem(port_label(), ErrorKind::DuplicateFrontend(key)));
                 continue;
             }
-            plan.frontends.push(frontend(key, &found, only_local, maglev.1));
+            plan.frontends.push(frontend(key, &found, only_local, maglev.1, false));
         }
     }
     plan.frontends.sort_by_key(|f| f.key);
@@ -734,6 +753,45 @@ mod tests {
         let plan = plan_service(&svc, [&s], Some(&n1));
         let http = plan.frontends.iter().find(|f| f.key.port == 80).unwrap();
         assert_eq!(http.backends, [be("10.244.1.2")], "internalTrafficPolicy: Local keeps this node's endpoints");
+    }
+
+    #[test]
+    fn forwarding_mode_dsr_applies_to_the_node_port_only() {
+        let mut svc = service("default", "web", "10.96.0.20", &[("http", 80, "TCP")]);
+        let spec = svc.spec.as_mut().unwrap();
+        spec.type_ = Some("NodePort".into());
+        spec.ports.as_mut().unwrap()[0].node_port = Some(30080);
+        spec.external_ips = Some(vec!["192.168.77.150".into()]);
+        let n1 = LocalNode { name: "n1".into(), addr: Ipv4Addr::new(192, 168, 77, 11) };
+        let modes = |svc: &Service| -> Vec<(String, bool)> {
+            plan_service(svc, [], Some(&n1)).frontends.iter().map(|f| (f.key.to_string(), f.dsr)).collect()
+        };
+        let snat = [
+            ("10.96.0.20:80/TCP".to_owned(), false),
+            ("192.168.77.11:30080/TCP".to_owned(), false),
+            ("192.168.77.150:80/TCP".to_owned(), false),
+        ];
+        assert_eq!(modes(&svc), snat, "snat by default");
+
+        let annotate = |svc: &mut Service, mode: &str| {
+            svc.metadata.annotations = Some([(FORWARDING_MODE_ANNOTATION.to_owned(), mode.to_owned())].into());
+        };
+        annotate(&mut svc, "dsr");
+        let mut dsr = snat.clone();
+        dsr[1].1 = true;
+        assert_eq!(modes(&svc), dsr, "dsr on the node port; the cluster IP and the external address keep snat");
+        assert!(plan_service(&svc, [], Some(&n1)).problems.is_empty());
+
+        annotate(&mut svc, "snat");
+        assert_eq!(modes(&svc), snat);
+        annotate(&mut svc, "direct");
+        assert_eq!(modes(&svc), snat, "an unknown mode falls back to snat");
+        let problems = plan_service(&svc, [], Some(&n1)).problems;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(
+            problems[0].to_string(),
+            "Service default/web: annotation skiff.io/forwarding-mode: \"direct\" is neither snat nor dsr; using snat"
+        );
     }
 
     #[test]

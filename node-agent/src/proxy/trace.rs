@@ -15,9 +15,10 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap as AyaHashMap, LpmTrie, Map, MapData, lpm_trie::Key};
 use k8s_openapi::api::core::v1::Service;
 use skiff_ebpf_common::{
-    Affinity4Key, Affinity4Value, BACKEND_FLAG_TERMINATING, Backend4, CT_DIR_FORWARD, CT_FLAG_CLOSING,
-    CT_FLAG_NODEPORT, CT_FLAG_SNAT, Ct4Entry, Ct4Key, Endpoint4, NodeInfo4, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_MAGLEV,
-    Service4Key, Service4Value, SockAffinity4Key, addr_from_map, addr_to_map, pin, port_from_map, port_to_map,
+    Affinity4Key, Affinity4Value, BACKEND_FLAG_TERMINATING, Backend4, CT_DIR_FORWARD, CT_FLAG_CLOSING, CT_FLAG_DSR,
+    CT_FLAG_NODEPORT, CT_FLAG_SNAT, Ct4Entry, Ct4Key, Endpoint4, NodeInfo4, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DSR,
+    SERVICE_FLAG_MAGLEV, Service4Key, Service4Value, SockAffinity4Key, addr_from_map, addr_to_map, pin, port_from_map,
+    port_to_map,
 };
 
 use super::model::{FrontendKey, LocalNode, ObjectRef, plan_service};
@@ -128,6 +129,12 @@ fn trace_frontend(
         (_, false, false) => format!("{n} backend(s); {pick}"),
     };
     let _ = writeln!(out, "{how}");
+    if slot0.flags & SERVICE_FLAG_DSR != 0 {
+        let _ = writeln!(
+            out,
+            "    direct server return: a backend on another node gets the client's own address and answers it from that node"
+        );
+    }
     for (id, entries) in held {
         let Ok(backend) = maps.backends.get(&id, 0) else { continue };
         let terminating = if backend.flags & BACKEND_FLAG_TERMINATING != 0 { " (terminating)" } else { "" };
@@ -183,9 +190,12 @@ fn trace_frontend(
             let backend =
                 Backend4 { addr: entry.backend_addr, port: entry.backend_port, proto: ct_key.proto, flags: 0 };
             let mut flags = Vec::new();
-            for (bit, name) in
-                [(CT_FLAG_CLOSING, "closing"), (CT_FLAG_SNAT, "source translated"), (CT_FLAG_NODEPORT, "from the wire")]
-            {
+            for (bit, name) in [
+                (CT_FLAG_CLOSING, "closing"),
+                (CT_FLAG_SNAT, "source translated"),
+                (CT_FLAG_NODEPORT, "from the wire"),
+                (CT_FLAG_DSR, "direct server return"),
+            ] {
                 if entry.flags & bit != 0 {
                     flags.push(name);
                 }

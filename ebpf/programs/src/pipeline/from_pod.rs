@@ -18,7 +18,10 @@ pub fn from_pod(ctx: &TcContext) -> Result<i32, Drop> {
         return Ok(TC_ACT_OK as i32);
     };
     match lb::balance(ctx, &pkt)? {
-        Outcome::Forward(daddr) => Ok(overlay::to_pod_addr(ctx, daddr)?.unwrap_or(TC_ACT_OK as i32)),
+        // A pod's packets never take a node port by direct server return (`lb::choose`).
+        Outcome::Forward(daddr) | Outcome::Dsr { backend: daddr, .. } => {
+            Ok(overlay::to_pod_addr(ctx, daddr)?.unwrap_or(TC_ACT_OK as i32))
+        }
         Outcome::Done(action) => Ok(action),
         Outcome::Wire => wire::to_wire(ctx),
         Outcome::IntoPod(client) => Ok(overlay::to_local_pod(ctx, client)?.unwrap_or(TC_ACT_OK as i32)),

@@ -4,14 +4,17 @@
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 
 use crate::{
-    Drop, arp,
+    Drop, arp, dsr,
     lb::{self, Outcome},
     masq, overlay, packet,
 };
 
-/// An ARP request for a LoadBalancer address this node announces is answered. A packet
+/// An ARP request for a LoadBalancer address this node announces is answered. A VXLAN
+/// packet that another node sent by direct server return leaves its frontend here
+/// (`dsr`) and goes on to the VXLAN device. A packet
 /// to a NodePort or external frontend goes to its backend: straight into the pod on this
-/// node, or into the tunnel toward another node's. A reply of a masqueraded flow goes
+/// node, or into the tunnel toward another node's (with the node port in the tunnel
+/// header, by direct server return, where its Service asks). A reply of a masqueraded flow goes
 /// back to its pod: its destination translated back, then its source too if the pod
 /// had reached a Service whose backend lives outside the cluster network (the API server
 /// behind `kubernetes`), then delivered straight to the pod. Anything else goes on to
@@ -21,9 +24,13 @@ pub fn from_underlay(ctx: &TcContext) -> Result<i32, Drop> {
     let Some(pkt) = packet::parse(ctx) else {
         return Ok(arp::answer(ctx)?.unwrap_or(TC_ACT_OK as i32));
     };
+    dsr::learn(ctx, &pkt)?;
     match lb::from_wire(ctx, &pkt)? {
         Some(Outcome::Forward(daddr) | Outcome::IntoPod(daddr)) => {
             return Ok(overlay::to_pod_addr(ctx, daddr)?.unwrap_or(TC_ACT_OK as i32));
+        }
+        Some(Outcome::Dsr { backend, node_port }) => {
+            return Ok(overlay::to_pod_addr_dsr(ctx, backend, node_port)?.unwrap_or(TC_ACT_OK as i32));
         }
         Some(Outcome::Done(action)) => return Ok(action),
         Some(Outcome::Wire) | None => {}

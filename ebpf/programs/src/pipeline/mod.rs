@@ -12,8 +12,9 @@
 //! - [`to_underlay`]: tc egress on the underlay interface: masquerade of pod traffic
 //!   leaving the cluster network;
 //! - [`from_underlay`]: tc ingress on the underlay interface: ARP answers for announced
-//!   LoadBalancer addresses, NodePort and external frontends, the masquerade's
-//!   reverse, then reverse NAT and delivery to the local pod;
+//!   LoadBalancer addresses, direct server return's frontends read from the tunnel
+//!   header, NodePort and external frontends, the masquerade's reverse, then reverse
+//!   NAT and delivery to the local pod;
 //! - [`to_pod`]: tc egress on a pod's host-side veth: reverse NAT of replies from the
 //!   node's own stack;
 //! - [`xdp_underlay`]: XDP on the underlay interface: ARP answers for announced

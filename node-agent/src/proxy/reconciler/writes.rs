@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use skiff_ebpf_common::{
-    BACKEND_FLAG_TERMINATING, Backend4, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_MAGLEV, Service4Value,
+    BACKEND_FLAG_TERMINATING, Backend4, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DSR, SERVICE_FLAG_MAGLEV, Service4Value,
 };
 
 use super::error::{Error, Result};
@@ -158,6 +158,9 @@ impl MapState {
         };
         if desired.maglev {
             flags |= SERVICE_FLAG_MAGLEV;
+        }
+        if desired.dsr {
+            flags |= SERVICE_FLAG_DSR;
         }
         let front = Service4Value { backend_id: 0, count, rev_nat_index: rev_nat, flags, affinity_timeout_s };
         if w.slot0 != Some(front) {
