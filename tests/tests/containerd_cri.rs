@@ -27,7 +27,7 @@ use skiff_tests::{
     containerd::{ContainerdNode, ContainerdOptions},
     cri::SandboxSpec,
     image,
-    netns::Netns,
+    netns::{Netns, wait_until},
     ok, require_privileges, unique_tag,
 };
 
@@ -112,9 +112,12 @@ fn containerd_runs_a_pod_sandbox_with_a_reference_cni() {
     let netns_path = ok("netns path", cri.pod_netns_path(&id));
     let addrs = eth0_addrs(&netns_path);
     assert!(addrs.contains(&format!("inet {ip}/24")), "eth0 in {netns_path} lacks {ip}: {addrs}");
-    // The sandbox runs our pause binary.
+    // The sandbox runs our pause binary. Its process may still be `runc init` for a
+    // moment after the sandbox is READY: runc's start only lets it go on to exec.
     let pid = ok("sandbox pid", cri.sandbox_pid(&id)).unwrap_or_else(|| panic!("sandbox {id} reports no pid"));
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmdline = || std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    wait_until(Duration::from_secs(5), || cmdline() == b"/pause\0");
+    let cmdline = cmdline();
     assert_eq!(cmdline, b"/pause\0", "sandbox {id} runs {:?}, not /pause", String::from_utf8_lossy(&cmdline));
     let listed = ok("ListPodSandbox", cri.list_pod_sandboxes());
     assert_eq!(listed.len(), 1, "{listed:?}");
