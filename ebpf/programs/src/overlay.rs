@@ -25,12 +25,12 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::TcContext,
 };
-use skiff_ebpf_common::{MARK_TUNNEL_SET, OverlayConfig, stat};
+use skiff_ebpf_common::{MARK_TUNNEL_SET, OverlayConfig, PROTO_UDP, VXLAN_PORT, stat};
 
 use crate::{
     Drop, hop,
     maps::{self, ENDPOINTS_V1, NODES_V1, OVERLAY_CONFIG_V1, count},
-    packet::{ETH_HLEN, ETH_P_IP, EthHdr},
+    packet::{ETH_HLEN, ETH_P_IP, EthHdr, Packet},
     stack, vxlan, wire,
 };
 
@@ -54,6 +54,18 @@ pub fn config() -> Option<OverlayConfig> {
 #[inline(always)]
 pub fn in_cluster(addr: u32) -> bool {
     config().is_some_and(|cfg| addr & cfg.cluster_mask == cfg.cluster_net)
+}
+
+/// Whether `pkt` (as received from the wire) is a VXLAN packet for this node's own
+/// tunnel endpoint: UDP to the VXLAN port at the node's underlay address. Such a packet
+/// is the VXLAN device's to take apart; nothing else on the underlay's ingress path
+/// concerns it (no frontend, masquerade reply or pod is at that address and port).
+/// `false` while NodePort's settings (the node's address) are not written.
+#[inline(always)]
+pub fn is_own_tunnel_packet(pkt: &Packet) -> bool {
+    pkt.proto == PROTO_UDP
+        && pkt.dport == VXLAN_PORT.to_be()
+        && maps::nodeport().is_some_and(|np| np.node_addr == pkt.daddr)
 }
 
 /// Sets the tunnel key toward the node that owns `daddr`'s podCIDR. `false` if no peer

@@ -10,8 +10,8 @@ use crate::{
 };
 
 /// An ARP request for a LoadBalancer address this node announces is answered. A VXLAN
-/// packet that another node sent by direct server return leaves its frontend here
-/// (`dsr`) and goes on to the VXLAN device. A packet
+/// packet for this node goes on to the VXLAN device, with no lookup but that of the
+/// frontend it carries if another node sent it by direct server return (`dsr`). A packet
 /// to a NodePort or external frontend goes to its backend: straight into the pod on this
 /// node, or into the tunnel toward another node's (with the node port in the tunnel
 /// header, by direct server return, where its Service asks). A reply of a masqueraded flow goes
@@ -24,7 +24,11 @@ pub fn from_underlay(ctx: &TcContext) -> Result<i32, Drop> {
     let Some(pkt) = packet::parse(ctx) else {
         return Ok(arp::answer(ctx)?.unwrap_or(TC_ACT_OK as i32));
     };
-    dsr::learn(ctx, &pkt)?;
+    if overlay::is_own_tunnel_packet(&pkt) {
+        // On to the VXLAN device, once the frontend it may carry is read.
+        dsr::learn(ctx, &pkt)?;
+        return Ok(TC_ACT_OK as i32);
+    }
     match lb::from_wire(ctx, &pkt)? {
         Some(Outcome::Forward(daddr) | Outcome::IntoPod(daddr)) => {
             return Ok(overlay::to_pod_addr(ctx, daddr)?.unwrap_or(TC_ACT_OK as i32));
