@@ -16,28 +16,23 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use skiff_ebpf_common::{
-    CT_DIR_REPLY, CT_FLAG_NODEPORT, CT_FLAG_REMOTE_FRONTEND, Ct4Entry, PROTO_TCP, PROTO_UDP, VXLAN_PORT, stat,
+    CT_DIR_REPLY, CT_FLAG_NODEPORT, CT_FLAG_REMOTE_FRONTEND, Ct4Entry, PROTO_TCP, PROTO_UDP, stat,
 };
 
 use crate::{
     Drop, conntrack,
     maps::{ENDPOINTS_V1, config, count},
-    packet::{ETH_HLEN, IPV4_HLEN, Ipv4Hdr, Packet, UDP_CHECK_OFF},
+    packet::{ETH_HLEN, IPV4_HLEN, Ipv4Hdr, Packet, UDP_CHECK_OFF, UdpHdr},
     vxlan,
 };
 
-/// The outer UDP header's length.
-const UDP_HLEN: usize = 8;
-
-/// For a VXLAN packet to this node (`outer`, the packet as parsed before decapsulation)
-/// that carries a direct-server-return frontend: clears it from the header and records
-/// the flow for the pod it is for. Any other packet is left as it is.
+/// For a VXLAN packet to this node (`outer`, the packet as parsed before decapsulation;
+/// the caller has checked it is one, `overlay::is_own_tunnel_packet`) that carries a
+/// direct-server-return frontend: clears it from the header and records the flow for
+/// the pod it is for. Any other packet is left as it is.
 #[inline(always)]
 pub fn learn(ctx: &TcContext, outer: &Packet) -> Result<(), Drop> {
-    if outer.proto != PROTO_UDP || outer.dport != VXLAN_PORT.to_be() {
-        return Ok(());
-    }
-    let vxlan_off = outer.l4_off + UDP_HLEN;
+    let vxlan_off = outer.l4_off + core::mem::size_of::<UdpHdr>();
     let Some(flags) = vxlan_flags(ctx, vxlan_off) else { return Ok(()) };
     let Some(node_port) = vxlan::dsr_port(flags) else { return Ok(()) };
     clear(ctx, outer, vxlan_off, flags)?;

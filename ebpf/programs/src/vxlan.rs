@@ -18,8 +18,10 @@ pub const TUNNEL_TTL: u8 = 64;
 /// kernel's VXLAN does) so that the receiver's RSS spreads flows over queues.
 const SPORT_FIRST: u32 = 32768;
 const SPORT_SPAN: u32 = 28232;
-/// The VXLAN header's I flag: the VNI is valid.
-const FLAG_VNI: u32 = u32::from_ne_bytes([0x08, 0, 0, 0]);
+/// An ordinary VXLAN header's first 4 bytes: the I flag (the VNI is valid), nothing
+/// else. What a direct-server-return header becomes once read (`dsr`): one a VXLAN
+/// device without GBP accepts.
+pub const PLAIN_FLAGS: [u8; 4] = [0x08, 0, 0, 0];
 /// The G flag of VXLAN-GBP (the group policy extension): the header's last 16 bits
 /// before the VNI carry a policy ID. Skiff puts a direct-server-return flow's node port
 /// there (see `SERVICE_FLAG_DSR`); the receiving node reads and clears it before its
@@ -27,8 +29,6 @@ const FLAG_VNI: u32 = u32::from_ne_bytes([0x08, 0, 0, 0]);
 const FLAG_GBP: u8 = 0x80;
 /// Offset of the VXLAN header's first byte (its flags) after the outer UDP header.
 pub const FLAGS_OFF: usize = 0;
-/// Offset of the group policy ID (network byte order) after the outer UDP header.
-pub const POLICY_OFF: usize = 2;
 /// The VXLAN header's length.
 pub const VXLAN_HLEN: usize = 8;
 
@@ -37,10 +37,10 @@ pub const VXLAN_HLEN: usize = 8;
 #[inline(always)]
 fn flags_word(dsr_port: u16) -> u32 {
     if dsr_port == 0 {
-        FLAG_VNI
+        u32::from_ne_bytes(PLAIN_FLAGS)
     } else {
         let port = dsr_port.to_ne_bytes();
-        u32::from_ne_bytes([0x08 | FLAG_GBP, 0, port[0], port[1]])
+        u32::from_ne_bytes([PLAIN_FLAGS[0] | FLAG_GBP, 0, port[0], port[1]])
     }
 }
 
@@ -51,10 +51,6 @@ pub fn dsr_port(flags_word: [u8; 4]) -> Option<u16> {
     let port = u16::from_ne_bytes([flags_word[2], flags_word[3]]);
     (flags_word[0] & FLAG_GBP != 0 && port != 0).then_some(port)
 }
-
-/// What [`dsr_port`]'s header becomes once read: an ordinary one, which a VXLAN
-/// device without GBP accepts.
-pub const PLAIN_FLAGS: [u8; 4] = [0x08, 0, 0, 0];
 
 /// IPv4, UDP and VXLAN headers, as they sit on the wire.
 #[repr(C, packed)]
