@@ -488,15 +488,52 @@ fn a_direct_connection_reusing_a_closed_service_flows_port_is_not_reverse_transl
         // 2's pod address: its answers must reach the client as the backend's.
         let (action, out) = h.run(&packet(PROTO_TCP, (CLIENT, 42000), (BACKENDS[1], BPORT), TCP_SYN, b""));
         assert_eq!((action, parse(&out).dst), (TC_ACT_OK, BACKENDS[1]));
+        let superseded = h.stat("ct_superseded");
         for flags in [TCP_SYN | TCP_ACK, TCP_ACK] {
             let reply = packet(PROTO_TCP, (BACKENDS[1], BPORT), (CLIENT, 42000), flags, b"direct");
             let (action, out) = h.run(&reply);
             assert_eq!((action, out), (TC_ACT_OK, reply), "flags {flags:#x}: left as the backend sent it");
         }
+        assert_eq!(h.stat("ct_superseded"), superseded + 1, "the SYN-ACK removed the closed flow's reply entry");
         // A live Service flow's SYN-ACK is still translated.
         h.run(&packet(PROTO_TCP, (CLIENT, 42001), (VIP, VPORT), TCP_SYN, b""));
         let (_, out) = h.run(&packet(PROTO_TCP, (BACKENDS[1], BPORT), (CLIENT, 42001), TCP_SYN | TCP_ACK, b""));
         assert_eq!((parse(&out).src, parse(&out).sport), (VIP, VPORT));
+    });
+}
+
+#[test]
+fn a_direct_udp_flow_from_a_live_service_flows_port_takes_its_replies_over() {
+    with_harness("a_direct_udp_flow_from_a_live_service_flows_port", |h| {
+        h.add_backend(1, BACKENDS[1], PROTO_UDP, 0);
+        h.set_service(PROTO_UDP, &[1], 0, 0);
+        // A Service flow from port 43000 to backend 2, answered, and one from 43001.
+        for sport in [43000, 43001] {
+            h.run(&packet(PROTO_UDP, (CLIENT, sport), (VIP, VPORT), 0, b"q"));
+            let (_, out) = h.run(&packet(PROTO_UDP, (BACKENDS[1], BPORT), (CLIENT, sport), 0, b"a"));
+            assert_eq!((parse(&out).src, parse(&out).sport), (VIP, VPORT));
+        }
+        // A socket of the client's (one of the socket LB's, say) now sends from port
+        // 43000 straight to backend 2: the datagram goes as sent, and the backend's
+        // answers come to the client as the backend's, not the Service's.
+        let superseded = h.stat("ct_superseded");
+        let direct = packet(PROTO_UDP, (CLIENT, 43000), (BACKENDS[1], BPORT), 0, b"direct");
+        assert_eq!(h.run(&direct), (TC_ACT_OK, direct.clone()));
+        assert_eq!(h.stat("ct_superseded"), superseded + 1);
+        let reply = packet(PROTO_UDP, (BACKENDS[1], BPORT), (CLIENT, 43000), 0, b"a");
+        assert_eq!(h.run(&reply), (TC_ACT_OK, reply.clone()), "left as the backend sent it");
+        // Both of the old flow's entries are gone: a datagram to the Service from that
+        // port is a new flow.
+        let ct_new = h.stat("ct_new");
+        let (_, out) = h.run(&packet(PROTO_UDP, (CLIENT, 43000), (VIP, VPORT), 0, b"q"));
+        assert_eq!((parse(&out).dst, h.stat("ct_new")), (BACKENDS[1], ct_new + 1));
+        // The other port's flow is untouched, and a datagram of the live direct flow
+        // finds nothing more to remove.
+        let (_, out) = h.run(&packet(PROTO_UDP, (BACKENDS[1], BPORT), (CLIENT, 43001), 0, b"a"));
+        assert_eq!((parse(&out).src, parse(&out).sport), (VIP, VPORT));
+        let other = packet(PROTO_UDP, (CLIENT, 43002), (BACKENDS[1], BPORT), 0, b"direct");
+        assert_eq!(h.run(&other), (TC_ACT_OK, other.clone()));
+        assert_eq!(h.stat("ct_superseded"), superseded + 1);
     });
 }
 

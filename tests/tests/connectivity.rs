@@ -44,7 +44,9 @@
 //! - from the client pod's network namespace entered by the test process, which is not
 //!   in the node's cgroup (so no socket LB): a ClusterIP with a remote backend and the
 //!   client's own node's node port (backend local and remote), translated by the tc
-//!   programs on the pod's interface.
+//!   programs on the pod's interface; then that a UDP port of the pod's that carried
+//!   such a flow, reused by the pod itself for the same Service (which the socket LB
+//!   sends straight to the backend), gets the new flow's answers.
 //!
 //! Pod → addresses off the pod network (the masquerade, which the `kubernetes` Service
 //! needs) is tested in node-agent/tests/overlay_netns.rs.
@@ -812,6 +814,53 @@ fn check_nodeport_snat_spares_node_connections(cluster: &Cluster, outside: &Netn
     (!failures.is_empty()).then(|| format!("FAILED NodePort source NAT check: {}", failures.join("; ")))
 }
 
+/// Source ports the client pod uses first for a Service flow through the tc programs,
+/// then for one the socket-level load balancer sends straight to the same backend; one
+/// per backend (local, remote). Inside Linux's default ephemeral range, where the
+/// kernel picks ports on its own.
+const REUSED_SOURCE_PORTS: [&str; 2] = ["45679", "45680"];
+
+/// The client pod's UDP port that carried a Service flow translated by the tc programs
+/// (the test process in the pod's network namespace, outside its cgroup), then, its
+/// socket closed, carries a flow of the pod's own to the same Service, which the socket
+/// LB sends straight to the backend: the second flow's answers must reach it. Both
+/// flows' replies come from the backend to the same address and port, and until the
+/// first flow's conntrack entry times out, its reverse NAT would rewrite the second
+/// one's replies to come from the ClusterIP, which the second socket (connected to the
+/// backend) drops. The matrix ran into this by chance (a pod's request timing out while
+/// the tc cells ran), so this sets it up on purpose, with the backend on the client's
+/// node and on the other. `Err`: the failure report.
+fn check_udp_port_reused_by_a_direct_flow(cluster: &Cluster) -> Option<String> {
+    let echo = workspace_bin("skiff-echo");
+    let echo = echo.to_str().expect("UTF-8 path");
+    let netns = pod_netns(&cluster.kubectl_out(&["get", "pod", "client", "-o", "jsonpath={.status.podIP}"]));
+    let mut failures = Vec::new();
+    let superseded = counter(cluster, 0, "ct_superseded");
+    for ((service, backend), port) in [("on-n1", "srv-n1"), ("on-n2", "srv-n2")].into_iter().zip(REUSED_SOURCE_PORTS) {
+        let target = format!("{}:80", cluster_ip(cluster, service));
+        let client = ["udp", &target, "--count", "3", "--timeout-ms", TIMEOUT_MS, "--source-port", port];
+        let through_tc = Command::new("nsenter").arg(format!("--net={netns}")).arg(echo).args(client).output();
+        let through_tc = String::from_utf8_lossy(&through_tc.expect("running the echo client").stdout).into_owned();
+        let from_pod = cluster.kubectl_out(&[["exec", "client", "--", "/skiff-echo"].as_slice(), &client].concat());
+        for (how, stdout) in [("through the tc programs", through_tc), ("from the pod (socket LB)", from_pod)] {
+            let replies = Replies::parse(&stdout);
+            if !(replies.finished && replies.errors.is_empty() && replies.names() == [backend]) {
+                failures.push(format!(
+                    "{how} to {target} (source port {port}): expected 3 answers from {backend}\n{}",
+                    indent(&stdout)
+                ));
+            }
+        }
+    }
+    // Each pod flow's first datagram removed its Service flow's entries on node 1, where
+    // the client's packets were translated.
+    let superseded_after = counter(cluster, 0, "ct_superseded");
+    if superseded_after < superseded + 2 {
+        failures.push(format!("node 1's ct_superseded {superseded} → {superseded_after} (expected +2)"));
+    }
+    (!failures.is_empty()).then(|| format!("FAILED UDP port reuse check: {}", failures.join("; ")))
+}
+
 /// Datagrams from an unconnected UDP socket in node 1's host namespace to a ClusterIP
 /// (the socket LB's `sendmsg` and `recvmsg` hooks): answered, and from the ClusterIP as
 /// the application sees it. `Err`: the failure report.
@@ -1005,6 +1054,7 @@ fn connectivity_matrix() {
     failures.extend(check_socket_lb_skips_conntrack(&cluster, false));
     failures.extend(check_socket_lb_skips_conntrack(&cluster, true));
     failures.extend(check_socket_lb_unconnected_udp(&cluster));
+    failures.extend(check_udp_port_reused_by_a_direct_flow(&cluster));
     failures.extend(check_trace(&cluster, &pod_ip("client")));
     failures.extend(check_nodeport_fast_path(&cluster));
     failures.extend(check_direct_server_return(&cluster, &outside));
@@ -1012,7 +1062,7 @@ fn connectivity_matrix() {
     failures.extend(check_health_check_node_port(&cluster, &outside));
     // Last: it moves the `lb` Service's backend.
     failures.extend(check_announcement_moves(&cluster, &outside));
-    let cells = CELLS.len() * 2 + SOURCE_CHECKS.len() + 11;
+    let cells = CELLS.len() * 2 + SOURCE_CHECKS.len() + 12;
     eprintln!("{} of {cells} cells passed; the whole matrix took {:.1?}", cells - failures.len(), started.elapsed());
     assert!(
         failures.is_empty(),

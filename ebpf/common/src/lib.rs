@@ -526,9 +526,14 @@ pub mod stat {
     /// Replies of direct-server-return flows sent straight to their client from this
     /// node, with the other node's address and node port as their source.
     pub const DSR_REPLIED: u32 = 26;
+    /// Service flows whose client's port a new flow straight to the same backend took
+    /// over (a UDP datagram, or a TCP connection after the Service flow closed): the old
+    /// flow's conntrack entries removed, so that its reverse NAT leaves the new flow's
+    /// replies alone.
+    pub const CT_SUPERSEDED: u32 = 27;
     /// Number of counters in use. `errors` counts every drop of the kinds `DROP_*`
     /// name (and `snat_no_port`), each also counted by its reason.
-    pub const COUNT: u32 = 27;
+    pub const COUNT: u32 = 28;
     /// Slots of the counters map: room for counters to come without a new layout.
     pub const SLOTS: u32 = 32;
 
@@ -560,6 +565,7 @@ pub mod stat {
         "dsr_tunneled",
         "dsr_learnt",
         "dsr_replied",
+        "ct_superseded",
     ];
 }
 

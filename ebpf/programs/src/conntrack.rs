@@ -35,6 +35,21 @@ pub fn reply_key(pkt: &Packet) -> Ct4Key {
     Ct4Key { dir: CT_DIR_REPLY, ..forward_key(pkt) }
 }
 
+/// The reply key a packet would have going the other way: that of a flow whose replies
+/// come from this packet's destination to its source.
+#[inline(always)]
+pub fn reply_key_of_reverse(pkt: &Packet) -> Ct4Key {
+    Ct4Key {
+        saddr: pkt.daddr,
+        daddr: pkt.saddr,
+        sport: pkt.dport,
+        dport: pkt.sport,
+        proto: pkt.proto,
+        dir: CT_DIR_REPLY,
+        _pad: [0; 2],
+    }
+}
+
 /// How long a flow lives after its last refresh, by protocol and flags (also the
 /// masquerade's timeouts).
 #[inline(always)]

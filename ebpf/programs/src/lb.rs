@@ -31,9 +31,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use skiff_ebpf_common::{
-    Affinity4Key, Affinity4Value, BACKEND_FLAG_TERMINATING, Backend4, CT_FLAG_CLOSING, CT_FLAG_DSR, CT_FLAG_HAIRPIN,
-    CT_FLAG_NODEPORT, CT_FLAG_REMOTE_FRONTEND, CT_FLAG_SNAT, Ct4Entry, Ct4Key, PROTO_TCP, PROTO_UDP, RevNat4,
-    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DSR, SERVICE_FLAG_MAGLEV, Service4Key, Service4Value, stat,
+    Affinity4Key, Affinity4Value, BACKEND_FLAG_TERMINATING, Backend4, CT_DIR_FORWARD, CT_FLAG_CLOSING, CT_FLAG_DSR,
+    CT_FLAG_HAIRPIN, CT_FLAG_NODEPORT, CT_FLAG_REMOTE_FRONTEND, CT_FLAG_SNAT, Ct4Entry, Ct4Key, PROTO_TCP, PROTO_UDP,
+    RevNat4, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DSR, SERVICE_FLAG_MAGLEV, Service4Key, Service4Value, stat,
 };
 
 use crate::{
@@ -107,8 +107,37 @@ pub fn balance(ctx: &TcContext, pkt: &Packet) -> Result<Outcome, Drop> {
             Ok(Outcome::IntoPod(client))
         }
         Some(Reply { client, .. }) => Ok(Outcome::Forward(client)),
-        None => own_node_port(ctx, pkt, &cfg),
+        None => {
+            if pkt.proto == PROTO_UDP {
+                supersede_service_flow(pkt);
+            }
+            own_node_port(ctx, pkt, &cfg)
+        }
     }
+}
+
+/// A pod's datagram straight to an address and port that an earlier Service flow from
+/// the same pod address and port was translated to (its reply entry is keyed by this
+/// datagram's tuple reversed). Both flows' replies would come from that backend to that
+/// port, and the earlier flow's reverse NAT would rewrite the new one's to come from the
+/// Service, which its socket drops. The port is the new flow's now: a UDP port belongs
+/// to one socket, so the socket of the Service flow is gone (typically: a pod whose
+/// sockets go through the socket-level load balancer reuses a port that a flow the tc
+/// programs translated had before). Removes the earlier flow's entries, as the kernel's
+/// conntrack would give the new flow its own. TCP needs no such check here: a new
+/// connection's SYN-ACK tells it apart in [`reverse`].
+#[inline(always)]
+fn supersede_service_flow(pkt: &Packet) {
+    let reply_key = conntrack::reply_key_of_reverse(pkt);
+    let Some(entry) = CT4_V2.get_ptr(&reply_key) else { return };
+    // SAFETY: pointer from a successful lookup, copied at once.
+    let entry = unsafe { *entry };
+    if let Some(frontend) = frontend_of_entry(&entry) {
+        let client_port = client_port(&entry, pkt.sport);
+        let _ = CT4_V2.remove(&forward_key_of(&entry, pkt.proto, client_port, &frontend));
+    }
+    let _ = CT4_V2.remove(&reply_key);
+    count(stat::CT_SUPERSEDED);
 }
 
 /// A pod's packet to its own node's address within the node port range: a node port,
@@ -260,6 +289,7 @@ pub fn reverse(ctx: &TcContext, pkt: &Packet) -> Result<Option<Reply>, Drop> {
         // Its packets are not the old flow's; its reply entry goes, so that none of
         // them is taken for the old flow's.
         let _ = CT4_V2.remove(&conntrack::reply_key(pkt));
+        count(stat::CT_SUPERSEDED);
         return Ok(None);
     }
     let source = rev_nat(ctx, pkt, &entry)?;
@@ -271,7 +301,10 @@ pub fn reverse(ctx: &TcContext, pkt: &Packet) -> Result<Option<Reply>, Drop> {
 #[inline(always)]
 fn service_flow_open(reply: &Packet, entry: &Ct4Entry) -> bool {
     let Some(vip) = frontend_of_entry(entry) else { return false };
-    let Some(forward) = CT4_V2.get_ptr(&forward_key_of(entry, reply, &vip)) else { return false };
+    let Some(forward) = CT4_V2.get_ptr(&forward_key_of(entry, reply.proto, client_port(entry, reply.dport), &vip))
+    else {
+        return false;
+    };
     // SAFETY: pointer from a successful lookup, copied at once.
     let forward = unsafe { *forward };
     // SAFETY: a plain helper call without arguments.
@@ -293,17 +326,17 @@ fn frontend_of_entry(entry: &Ct4Entry) -> Option<RevNat4> {
     unsafe { REV_NAT_V1.get(entry.rev_nat_index) }.copied()
 }
 
-/// The forward conntrack key of the Service flow that `reply` (whose reply entry is
-/// `entry`) answers: the client's tuple toward the frontend.
+/// The forward conntrack key of the Service flow whose reply entry is `entry`: the
+/// client's tuple toward the frontend. `client_port` as [`client_port`] gives it.
 #[inline(always)]
-fn forward_key_of(entry: &Ct4Entry, reply: &Packet, frontend: &RevNat4) -> Ct4Key {
+fn forward_key_of(entry: &Ct4Entry, proto: u8, client_port: u16, frontend: &RevNat4) -> Ct4Key {
     Ct4Key {
         saddr: entry.client_addr,
         daddr: frontend.addr,
-        sport: client_port(entry, reply),
+        sport: client_port,
         dport: frontend.port,
-        proto: reply.proto,
-        dir: skiff_ebpf_common::CT_DIR_FORWARD,
+        proto,
+        dir: CT_DIR_FORWARD,
         _pad: [0; 2],
     }
 }
@@ -553,11 +586,11 @@ fn rev_nat(ctx: &TcContext, pkt: &Packet, entry: &Ct4Entry) -> Result<u32, Drop>
     if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         // SAFETY: a plain helper call without arguments.
         let now = unsafe { bpf_ktime_get_coarse_ns() };
-        conntrack::mark_closing(&forward_key_of(entry, pkt, &vip), now);
+        conntrack::mark_closing(&forward_key_of(entry, pkt.proto, client_port(entry, pkt.dport), &vip), now);
     }
     rewrite(ctx, pkt, IP_SADDR_OFF, (pkt.saddr, vip.addr), L4_SPORT_OFF, (pkt.sport, vip.port))?;
     if entry.flags & (CT_FLAG_HAIRPIN | CT_FLAG_SNAT) != 0 {
-        let port = client_port(entry, pkt);
+        let port = client_port(entry, pkt.dport);
         if port == pkt.dport {
             rewrite_addr(ctx, pkt, IP_DADDR_OFF, pkt.daddr, entry.client_addr)?;
         } else {
@@ -571,9 +604,10 @@ fn rev_nat(ctx: &TcContext, pkt: &Packet, entry: &Ct4Entry) -> Result<u32, Drop>
     Ok(vip.addr)
 }
 
-/// The client's own port of the flow a reply belongs to (entries of an older layout,
-/// which never translated ports, say 0: the reply's destination port is the client's).
+/// The client's own port of the flow whose reply entry is `entry`. Entries of an older
+/// layout, which never translated ports, say 0: then it is `untranslated`, the port the
+/// packet at hand has on the client's side (a reply's destination port).
 #[inline(always)]
-fn client_port(entry: &Ct4Entry, reply: &Packet) -> u16 {
-    if entry.client_port != 0 { entry.client_port } else { reply.dport }
+fn client_port(entry: &Ct4Entry, untranslated: u16) -> u16 {
+    if entry.client_port != 0 { entry.client_port } else { untranslated }
 }
