@@ -224,7 +224,16 @@ fn encapsulate(ctx: &TcContext, cfg: &OverlayConfig, remote: u32, dsr_port: u16)
     if ctx.adjust_room(INSERTED_LEN as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS).is_err() {
         return Ok(None);
     }
-    ctx.store(ETH_HLEN, &Inserted { outer, inner_eth }, 0).map_err(|_| Drop::REWRITE)?;
+    let inserted = Inserted { outer, inner_eth };
+    // The room just made sits in the linear header (written in place, as `hop` does).
+    let at = ctx.data() + ETH_HLEN;
+    if at + INSERTED_LEN <= ctx.data_end() {
+        // SAFETY: the check covers the inserted headers; tc programs may write packet
+        // data directly, and the pointer is derived after the helper that moved it.
+        unsafe { core::ptr::write_unaligned(at as *mut Inserted, inserted) };
+    } else {
+        ctx.store(ETH_HLEN, &inserted, 0).map_err(|_| Drop::REWRITE)?;
+    }
     count(stat::ENCAPSULATED);
     if dsr_port != 0 {
         count(stat::DSR_TUNNELED);
