@@ -22,7 +22,7 @@ use skiff_ebpf_common::{
 use crate::{
     Drop, conntrack,
     maps::{ENDPOINTS_V1, config, count},
-    packet::{ETH_HLEN, IPV4_HLEN, Ipv4Hdr, Packet, UDP_CHECK_OFF, UdpHdr},
+    packet::{self, ETH_HLEN, IPV4_HLEN, Ipv4Hdr, Packet, UDP_CHECK_OFF, UdpHdr},
     vxlan,
 };
 
@@ -33,7 +33,8 @@ use crate::{
 #[inline(always)]
 pub fn learn(ctx: &TcContext, outer: &Packet) -> Result<(), Drop> {
     let vxlan_off = outer.l4_off + core::mem::size_of::<UdpHdr>();
-    let Some(flags) = vxlan_flags(ctx, vxlan_off) else { return Ok(()) };
+    // Every tunnel packet pays this read.
+    let Some(flags) = packet::load_at::<[u8; 4]>(ctx, vxlan_off + vxlan::FLAGS_OFF) else { return Ok(()) };
     let Some(node_port) = vxlan::dsr_port(flags) else { return Ok(()) };
     clear(ctx, outer, vxlan_off, flags)?;
     let Some(inner) = inner_packet(ctx, vxlan_off + vxlan::VXLAN_HLEN + ETH_HLEN) else { return Ok(()) };
@@ -45,19 +46,6 @@ pub fn learn(ctx: &TcContext, outer: &Packet) -> Result<(), Drop> {
     record(&inner, outer.saddr, node_port)?;
     count(stat::DSR_LEARNT);
     Ok(())
-}
-
-/// The first 4 bytes of the VXLAN header at `vxlan_off`: read in place where the
-/// headers are linear (always on a veth; every tunnel packet pays this read), else
-/// through the helper.
-#[inline(always)]
-fn vxlan_flags(ctx: &TcContext, vxlan_off: usize) -> Option<[u8; 4]> {
-    let at = ctx.data() + vxlan_off + vxlan::FLAGS_OFF;
-    if at + 4 <= ctx.data_end() {
-        // SAFETY: the check above covers the 4 bytes; the read is unaligned-safe.
-        return Some(unsafe { core::ptr::read_unaligned(at as *const [u8; 4]) });
-    }
-    ctx.load::<[u8; 4]>(vxlan_off + vxlan::FLAGS_OFF).ok()
 }
 
 /// Makes the VXLAN header at `vxlan_off`, whose first 4 bytes are `flags`, an ordinary

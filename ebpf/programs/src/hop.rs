@@ -18,7 +18,7 @@ use skiff_ebpf_common::stat;
 use crate::{
     Drop, csum,
     maps::count,
-    packet::{ETH_HLEN, IP_TTL_OFF, IPV4_HLEN},
+    packet::{ETH_HLEN, IP_TTL_OFF, IPV4_HLEN, load_at, store_at},
 };
 
 /// Where the TTL, protocol and header checksum sit in the frame: four bytes, rewritten
@@ -44,25 +44,11 @@ fn after_hop(bytes: [u8; 4]) -> Option<[u8; 4]> {
 
 /// Lowers the TTL of the frame at tc by one. `false` if it would run out: the frame is
 /// left unchanged for the node's stack to answer.
-///
-/// Where the header is linear (always, on a veth) it is rewritten in place: the
-/// programs that call this write packet data directly elsewhere too, so the kernel has
-/// already made the header writable when they start, and a store helper would only add
-/// a call per packet.
 #[inline(always)]
 pub fn forward(ctx: &TcContext) -> Result<bool, Drop> {
-    let data = ctx.data();
-    if data + ETH_HLEN + IPV4_HLEN <= ctx.data_end() {
-        let at = (data + TTL_PROTO_CHECK_OFF) as *mut [u8; 4];
-        // SAFETY: the check covers the fixed IPv4 header, which holds these four bytes.
-        let Some(after) = after_hop(unsafe { core::ptr::read_unaligned(at) }) else { return Ok(false) };
-        // SAFETY: as above; tc programs may write packet data directly.
-        unsafe { core::ptr::write_unaligned(at, after) };
-        return Ok(true);
-    }
-    let bytes: [u8; 4] = ctx.load(TTL_PROTO_CHECK_OFF).map_err(|_| Drop::REWRITE)?;
+    let bytes: [u8; 4] = load_at(ctx, TTL_PROTO_CHECK_OFF).ok_or(Drop::REWRITE)?;
     let Some(after) = after_hop(bytes) else { return Ok(false) };
-    ctx.store(TTL_PROTO_CHECK_OFF, &after, 0).map_err(|_| Drop::REWRITE)?;
+    store_at(ctx, TTL_PROTO_CHECK_OFF, &after)?;
     Ok(true)
 }
 

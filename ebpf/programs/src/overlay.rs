@@ -30,7 +30,7 @@ use skiff_ebpf_common::{MARK_TUNNEL_SET, OverlayConfig, PROTO_UDP, VXLAN_PORT, s
 use crate::{
     Drop, hop,
     maps::{self, ENDPOINTS_V1, NODES_V1, OVERLAY_CONFIG_V1, count},
-    packet::{ETH_HLEN, ETH_P_IP, EthHdr, Packet},
+    packet::{self, ETH_HLEN, ETH_P_IP, EthHdr, Packet},
     stack, vxlan, wire,
 };
 
@@ -224,16 +224,8 @@ fn encapsulate(ctx: &TcContext, cfg: &OverlayConfig, remote: u32, dsr_port: u16)
     if ctx.adjust_room(INSERTED_LEN as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS).is_err() {
         return Ok(None);
     }
-    let inserted = Inserted { outer, inner_eth };
-    // The room just made sits in the linear header (written in place, as `hop` does).
-    let at = ctx.data() + ETH_HLEN;
-    if at + INSERTED_LEN <= ctx.data_end() {
-        // SAFETY: the check covers the inserted headers; tc programs may write packet
-        // data directly, and the pointer is derived after the helper that moved it.
-        unsafe { core::ptr::write_unaligned(at as *mut Inserted, inserted) };
-    } else {
-        ctx.store(ETH_HLEN, &inserted, 0).map_err(|_| Drop::REWRITE)?;
-    }
+    // The room just made sits in the linear header.
+    packet::store_at(ctx, ETH_HLEN, &Inserted { outer, inner_eth })?;
     count(stat::ENCAPSULATED);
     if dsr_port != 0 {
         count(stat::DSR_TUNNELED);

@@ -1,7 +1,8 @@
 //! Header layouts and parsing of IPv4 TCP/UDP packets at tc.
 //!
-//! Parsing only reads; rewriting goes through the helpers in [`crate::lb`] and
-//! [`crate::reject`], which keep checksums right.
+//! Parsing only reads. [`load_at`] and [`store_at`] read and write raw bytes and keep
+//! no checksum; rewriting that must keep checksums right goes through the helpers in
+//! [`crate::lb`] and [`crate::reject`].
 
 use aya_ebpf::programs::TcContext;
 use skiff_ebpf_common::{PROTO_TCP, PROTO_UDP};
@@ -96,6 +97,35 @@ impl Packet {
     pub fn l4_check_off(&self) -> usize {
         self.l4_off + if self.proto == PROTO_TCP { TCP_CHECK_OFF } else { UDP_CHECK_OFF }
     }
+}
+
+/// Reads a `T` at `off` in the frame: in place where the frame is linear there (always
+/// on a veth), else through the load helper. `None` if the frame is shorter.
+#[inline(always)]
+pub fn load_at<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
+    let at = ctx.data() + off;
+    if at + core::mem::size_of::<T>() <= ctx.data_end() {
+        // SAFETY: the check covers the value; the read is unaligned-safe.
+        return Some(unsafe { core::ptr::read_unaligned(at as *const T) });
+    }
+    ctx.load(off).ok()
+}
+
+/// Writes `value` at `off` in the frame: in place where the frame is linear there
+/// (always on a veth), else through the store helper. The programs write packet data
+/// directly anyway (`nat`), so the kernel has made the header writable when they start,
+/// and the helper would only add a call per packet. Callers derive nothing from packet
+/// pointers taken before a helper that may move the data: this takes them afresh.
+#[inline(always)]
+pub fn store_at<T: Copy>(ctx: &TcContext, off: usize, value: &T) -> Result<(), crate::Drop> {
+    let at = ctx.data() + off;
+    if at + core::mem::size_of::<T>() <= ctx.data_end() {
+        // SAFETY: the check covers the value; tc programs may write packet data
+        // directly, and the write is unaligned-safe.
+        unsafe { core::ptr::write_unaligned(at as *mut T, *value) };
+        return Ok(());
+    }
+    ctx.store(off, value, 0).map_err(|_| crate::Drop::REWRITE)
 }
 
 /// Parses an IPv4 TCP or UDP packet. `None` means "not ours to touch" (other

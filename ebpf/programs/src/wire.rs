@@ -24,7 +24,7 @@ use crate::{
     fib::{self, NextHop},
     hop,
     maps::{self, NodePort, count},
-    packet::{ETH_HLEN, IP_DADDR_OFF},
+    packet::{self, ETH_HLEN, IP_DADDR_OFF},
 };
 
 /// Sends a NodePort flow's reply, whose source is already the node's address, out of
@@ -51,14 +51,7 @@ pub fn out_of_underlay(ctx: &TcContext, np: &NodePort, daddr: u32) -> Result<i32
             let mut macs = [0u8; 12];
             macs[..6].copy_from_slice(&dmac);
             macs[6..].copy_from_slice(&smac);
-            let data = ctx.data();
-            if data + macs.len() <= ctx.data_end() {
-                // SAFETY: the check covers both addresses; tc programs may write packet
-                // data directly (in place where it is linear, as `hop` does).
-                unsafe { core::ptr::write_unaligned(data as *mut [u8; 12], macs) };
-            } else {
-                ctx.store(0, &macs, 0).map_err(|_| Drop::REWRITE)?;
-            }
+            packet::store_at(ctx, 0, &macs)?;
             // SAFETY: a plain helper call; flags 0 = the interface's egress.
             unsafe { bpf_redirect(ifindex, 0) }
         }
