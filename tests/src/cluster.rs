@@ -147,7 +147,7 @@ impl Cluster {
         let progress = setup.progress.unwrap_or(|_| {});
         let step = std::time::Instant::now();
         let underlay = Netns::new(&format!("{tag}-ul"));
-        underlay.sh("ip link add br0 type bridge && ip link set br0 up");
+        crate::topology::add_wire_bridge(&underlay);
         let cp_ns = Netns::new(&format!("{tag}-cp"));
         attach(&underlay, &cp_ns, "ulcp", CONTROL_PLANE_IP);
         progress(&format!("namespaces {tag}-ul (underlay bridge) and {tag}-cp ({CONTROL_PLANE_IP}) {}", took(step)));

@@ -157,6 +157,10 @@ pub fn run(args: &[String]) -> Result<()> {
         cluster.congestion_control,
         std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").unwrap_or_default().trim()
     );
+    println!(
+        "# env underlay bridge: bridge-nf-call-iptables {} (a wire runs no firewall)",
+        cluster.underlay.ns.sh("cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null || echo absent").trim()
+    );
     datapaths::check_clean(&cluster, &[]).context("the fresh topology")?;
 
     if let Some(dir) = &options.profile {
