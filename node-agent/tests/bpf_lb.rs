@@ -720,6 +720,11 @@ fn replies_from_the_nodes_own_stack_are_reverse_translated_on_their_way_into_the
 // ---- NodePort at XDP (xdp_underlay) ---------------------------------------------------
 
 const NODE_PORT: u16 = 30080;
+/// A client outside the cluster, on the underlay.
+const OUTSIDE_CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 100);
+/// The other node (`node_port_with_backend`'s peer) and a pod of its podCIDR.
+const PEER_NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 12);
+const PEER_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 20);
 const XDP_PASS: u32 = 2;
 
 /// NodePort on NODE, the overlay set up as node 1's (podCIDR 10.244.1.0/24, a peer owning
@@ -1044,17 +1049,58 @@ fn vxlan_frame(outer_src: Ipv4Addr, flags: [u8; 4], inner: &[u8], udp_checksum: 
     frame
 }
 
+/// The first 4 bytes of a VXLAN header that names a direct-server-return frontend's
+/// `port`: the I and G flags, the port as group policy ID.
+fn dsr_marker(port: u16) -> [u8; 4] {
+    let port = port.to_be_bytes();
+    [0x88, 0, port[0], port[1]]
+}
+
+/// A new flow's SYN, then its ACK, from `client` to `frontend` (a DSR frontend whose
+/// backend `backend` is a pod of [`PEER_NODE`]) as they arrive from the
+/// wire: each goes into the tunnel from the frontend's address with its port in the
+/// VXLAN header, the client's address kept, the destination translated to the backend;
+/// the ACK by the flow's conntrack entry.
+fn assert_tunnelled_by_dsr(
+    h: &mut Harness,
+    client: (Ipv4Addr, u16),
+    frontend: (Ipv4Addr, u16),
+    backend: (Ipv4Addr, u16),
+) {
+    let (new_before, tunneled_before) = (h.stat("ct_new"), h.stat("dsr_tunneled"));
+    for flags in [TCP_SYN, TCP_ACK] {
+        let (action, out) = h.run_prog(Prog::FromUnderlay, &packet(PROTO_TCP, client, frontend, flags, b""));
+        assert_eq!(action, TC_ACT_REDIRECT, "into the tunnel");
+        let outer = parse(&out); // checks the outer IP checksum
+        assert_eq!((outer.src, outer.dst, outer.dport), (frontend.0, PEER_NODE, skiff_ebpf_common::VXLAN_PORT));
+        assert_eq!(outer.l4[8..12], dsr_marker(frontend.1), "the frontend's port in the VXLAN header");
+        let inner = parse(&outer.l4[16..]);
+        assert_eq!((inner.src, inner.sport, inner.dst, inner.dport), (client.0, client.1, backend.0, backend.1));
+        assert_eq!(h.stat("ct_new"), new_before + 1, "one new flow; the ACK by its conntrack entry");
+    }
+    assert_eq!((h.stat("dsr_tunneled") - tunneled_before, h.stat("errors")), (2, 0));
+}
+
+/// The SYN-ACK of a pod of this node (`BACKENDS[0]`) to [`OUTSIDE_CLIENT`]'s
+/// `client_port`, whose flow reached it by direct server return, leaves by the underlay
+/// straight to the client from `frontend`, the address and port it connected to (the
+/// first reply so translated); returns the reply as the pod sent it.
+fn assert_answered_from(h: &mut Harness, frontend: (Ipv4Addr, u16), client_port: u16) -> Vec<u8> {
+    let reply = packet(PROTO_TCP, (BACKENDS[0], BPORT), (OUTSIDE_CLIENT, client_port), TCP_SYN | TCP_ACK, b"");
+    let (action, out) = h.run(&reply);
+    let p = parse(&out);
+    assert_eq!(action, TC_ACT_REDIRECT, "out of the underlay");
+    assert_eq!((p.src, p.sport, p.dst, p.dport), (frontend.0, frontend.1, OUTSIDE_CLIENT, client_port));
+    assert_eq!((h.stat("dsr_replied"), h.stat("errors")), (1, 0));
+    reply
+}
+
 #[test]
 fn direct_server_return_keeps_the_clients_address_and_the_backends_node_answers_it() {
     with_harness("direct_server_return", |h| {
         use skiff_ebpf_common::SERVICE_FLAG_DSR;
-        let outside = Ipv4Addr::new(192, 168, 77, 100);
-        let peer = Ipv4Addr::new(192, 168, 77, 12);
-        let remote_pod = Ipv4Addr::new(10, 244, 2, 20);
-        let marker = {
-            let port = NODE_PORT.to_be_bytes();
-            [0x88, 0, port[0], port[1]]
-        };
+        let (outside, peer, remote_pod) = (OUTSIDE_CLIENT, PEER_NODE, PEER_POD);
+        let marker = dsr_marker(NODE_PORT);
         // As the frontend: the node port's Service asks for DSR, its backend is another
         // node's pod. The client's packet keeps its address and goes into the tunnel with
         // the node port in the VXLAN header (its group policy ID, G flag set).
@@ -1062,18 +1108,7 @@ fn direct_server_return_keeps_the_clients_address_and_the_backends_node_answers_
         let front = Service4Key::new(addr_to_map(NODE.octets()), port_to_map(NODE_PORT), PROTO_TCP, 0);
         let dsr = Service4Value { count: 1, rev_nat_index: 1, flags: SERVICE_FLAG_DSR, ..Default::default() };
         h.hash::<Service4Key, Service4Value>(pin::SERVICES).insert(front, dsr, 0).unwrap();
-        for (flags, new_flows) in [(TCP_SYN, 1), (TCP_ACK, 1)] {
-            let (action, out) =
-                h.run_prog(Prog::FromUnderlay, &packet(PROTO_TCP, (outside, 40000), (NODE, NODE_PORT), flags, b""));
-            assert_eq!(action, TC_ACT_REDIRECT, "into the tunnel");
-            let outer = parse(&out);
-            assert_eq!((outer.src, outer.dst, outer.dport), (NODE, peer, skiff_ebpf_common::VXLAN_PORT));
-            assert_eq!(outer.l4[8..12], marker, "the node port in the VXLAN header");
-            let inner = parse(&outer.l4[16..]);
-            assert_eq!((inner.src, inner.sport, inner.dst, inner.dport), (outside, 40000, remote_pod, BPORT));
-            assert_eq!(h.stat("ct_new"), new_flows, "the second packet by the flow's conntrack entry");
-        }
-        assert_eq!((h.stat("dsr_tunneled"), h.stat("errors")), (2, 0));
+        assert_tunnelled_by_dsr(h, (outside, 40000), (NODE, NODE_PORT), (remote_pod, BPORT));
         // The same node port without DSR: source NAT, an ordinary header (another client).
         let snat = Service4Value { count: 1, rev_nat_index: 1, ..Default::default() };
         h.hash::<Service4Key, Service4Value>(pin::SERVICES).insert(front, snat, 0).unwrap();
@@ -1097,12 +1132,7 @@ fn direct_server_return_keeps_the_clients_address_and_the_backends_node_answers_
         assert_eq!(h.stat("dsr_learnt"), 2);
         // The pod's reply leaves by the underlay straight to the client, from the node
         // port the client connected to on the other node.
-        let reply = packet(PROTO_TCP, (BACKENDS[0], BPORT), (outside, 41000), TCP_SYN | TCP_ACK, b"");
-        let (action, out) = h.run(&reply);
-        let p = parse(&out);
-        assert_eq!(action, TC_ACT_REDIRECT, "out of the underlay");
-        assert_eq!((p.src, p.sport, p.dst, p.dport), (peer, NODE_PORT, outside, 41000));
-        assert_eq!((h.stat("dsr_replied"), h.stat("errors")), (1, 0));
+        let reply = assert_answered_from(h, (peer, NODE_PORT), 41000);
         // The user-space collection keeps the live pair (their keys agree with the
         // programs'), then removes both once the flow is over.
         use skiff_node::datapath::conntrack_gc;
@@ -1127,6 +1157,41 @@ fn direct_server_return_keeps_the_clients_address_and_the_backends_node_answers_
         let plain = vxlan_frame(peer, [0x08, 0, 0, 0], &syn, false);
         assert_eq!(h.run_prog(Prog::FromUnderlay, &plain), (TC_ACT_OK, plain.clone()));
         assert_eq!((h.stat("dsr_learnt"), h.stat("errors")), (3, 0));
+    });
+}
+
+#[test]
+fn direct_server_return_from_an_external_address_names_it_as_the_tunnels_source() {
+    with_harness("direct_server_return_external", |h| {
+        use skiff_ebpf_common::SERVICE_FLAG_DSR;
+        let external = Ipv4Addr::new(192, 168, 77, 150);
+        // As the frontend: an externalIPs address on the Service port, whose Service asks
+        // for DSR, with another node's pod as backend. The tunnel packet comes from the
+        // external address and carries the Service port: the frontend the client used.
+        node_port_with_backend(h, PEER_POD);
+        let mut services = h.hash::<Service4Key, Service4Value>(pin::SERVICES);
+        let front = |slot| Service4Key::new(addr_to_map(external.octets()), port_to_map(VPORT), PROTO_TCP, slot);
+        services.insert(front(1), Service4Value { backend_id: 1, rev_nat_index: 2, ..Default::default() }, 0).unwrap();
+        let dsr = Service4Value { count: 1, rev_nat_index: 2, flags: SERVICE_FLAG_DSR, ..Default::default() };
+        services.insert(front(0), dsr, 0).unwrap();
+        let rev = RevNat4 { addr: addr_to_map(external.octets()), port: port_to_map(VPORT), _pad: 0 };
+        h.hash::<u32, RevNat4>(pin::REV_NAT).insert(2, rev, 0).unwrap();
+        assert_tunnelled_by_dsr(h, (OUTSIDE_CLIENT, 40000), (external, VPORT), (PEER_POD, BPORT));
+        // The node port of the same node, without DSR, still uses source NAT from the
+        // node's own address.
+        let (_, out) = h
+            .run_prog(Prog::FromUnderlay, &packet(PROTO_TCP, (OUTSIDE_CLIENT, 40001), (NODE, NODE_PORT), TCP_SYN, b""));
+        let outer = parse(&out);
+        assert_eq!((outer.src, outer.l4[8..12].to_vec()), (NODE, vec![0x08, 0, 0, 0]));
+        assert_eq!(parse(&outer.l4[16..]).src, Ipv4Addr::new(10, 244, 1, 0), "snat");
+
+        // As the backend's node: such a packet for a pod here. The pod's reply leaves by
+        // the underlay straight to the client, from the external address and port.
+        let syn = packet(PROTO_TCP, (OUTSIDE_CLIENT, 41000), (BACKENDS[0], BPORT), TCP_SYN, b"");
+        let (action, _) = h.run_prog(Prog::FromUnderlay, &vxlan_frame(external, dsr_marker(VPORT), &syn, false));
+        assert_eq!(action, TC_ACT_OK, "on to the VXLAN device");
+        assert_eq!(h.stat("dsr_learnt"), 1);
+        assert_answered_from(h, (external, VPORT), 41000);
     });
 }
 

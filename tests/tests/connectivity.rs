@@ -25,10 +25,11 @@
 //!   node 2's backend back into the tunnel at XDP, node 2 translated its own, and
 //!   answered the ARP requests for the LoadBalancer address there); and the
 //!   health-check node port of a LoadBalancer Service with `externalTrafficPolicy:
-//!   Local`: 200 from the node holding its backend, 503 from the other; a node port
-//!   with `skiff.io/forwarding-mode: dsr` (direct server return) on node 1 with the
-//!   backend on node 2: the backend sees the client's own address, node 2 answers the
-//!   client itself from node 1's address and port, and node 1 sees no reply; last, a
+//!   Local`: 200 from the node holding its backend, 503 from the other; a node port and
+//!   an `externalIPs` address with `skiff.io/forwarding-mode: dsr` (direct server
+//!   return) on node 1 with the backend on node 2: the backend sees the client's own
+//!   address, node 2 answers the client itself from the address and port the client
+//!   connected to, and node 1 sees no reply; last, a
 //!   LoadBalancer Service's backend moves to the other node, whose gratuitous ARP
 //!   updates the outside host's cache at once.
 //!
@@ -109,15 +110,20 @@ const SERVICES: &[(&str, &str)] = &[
     ("lb", "type: LoadBalancer, selector: {at: n2}"),
     ("lb-local", "type: LoadBalancer, externalTrafficPolicy: Local, selector: {at: n2}"),
     ("np-dsr", "type: NodePort, selector: {at: n2}"),
+    ("ext-dsr", "externalIPs: [192.168.77.151], selector: {at: n2}"),
 ];
 
 /// Annotations of the matrix's Services, by name (the others have none).
-const ANNOTATIONS: &[(&str, &str)] = &[("np-dsr", "skiff.io/forwarding-mode: dsr")];
+const ANNOTATIONS: &[(&str, &str)] =
+    &[("np-dsr", "skiff.io/forwarding-mode: dsr"), ("ext-dsr", "skiff.io/forwarding-mode: dsr")];
 
 /// The `ext-ip` Service's external address, routed by the outside host through node 1.
 /// (The `lb` Service's address comes from skiff-control's pool; the outside host finds
 /// it by ARP.)
 const EXTERNAL_IP: &str = "192.168.77.150";
+/// The `ext-dsr` Service's external address (direct server return), routed like
+/// [`EXTERNAL_IP`].
+const EXTERNAL_DSR_IP: &str = "192.168.77.151";
 
 /// Node 1's host namespace (in the node's cgroup), as a cell's `from`.
 const NODE1_HOST: &str = "node 1's host";
@@ -394,6 +400,13 @@ const CELLS: &[Cell] = &[
         expect: Expect::AnsweredBy("srv-n2"),
     },
     Cell {
+        name: "outside → externalIPs address by direct server return through node 1, backend on node 2",
+        from: OUTSIDE,
+        to: Target::External(EXTERNAL_DSR_IP),
+        requests: 3,
+        expect: Expect::AnsweredBy("srv-n2"),
+    },
+    Cell {
         name: "outside → LoadBalancer ingress address, announced by ARP from node 2 (its backend's)",
         from: OUTSIDE,
         to: Target::LoadBalancer("lb"),
@@ -563,10 +576,12 @@ fn check_node_port_sources(cluster: &Cluster, outside: &Netns) -> Vec<String> {
 }
 
 /// The direct-server-return cells and source check went as DSR: node 1 sent their
-/// packets into the tunnel with the node port in the header (`dsr_tunneled`), node 2
+/// packets into the tunnel with the frontend in the header (`dsr_tunneled`), node 2
 /// learnt the flows from it (`dsr_learnt`) and sent their replies to the client itself
 /// (`dsr_replied`), and node 1 reverse-translated no reply of theirs (its
-/// `rev_translated` did not move while only DSR requests ran). `Err`: the report.
+/// `rev_translated` did not move while only DSR requests ran), through the node port
+/// and through the external address alike; and the backend behind the external
+/// address sees the client's own address. `Err`: the report.
 fn check_direct_server_return(cluster: &Cluster, outside: &Netns) -> Option<String> {
     let (tunneled, learnt, replied) =
         (counter(cluster, 0, "dsr_tunneled"), counter(cluster, 1, "dsr_learnt"), counter(cluster, 1, "dsr_replied"));
@@ -580,23 +595,36 @@ fn check_direct_server_return(cluster: &Cluster, outside: &Netns) -> Option<Stri
         ));
     }
     let echo = workspace_bin("skiff-echo");
-    let target = format!("{}:{}", cluster.nodes[0].ip, node_port(cluster, "np-dsr", "tcp"));
-    let rev_before = counter(cluster, 0, "rev_translated");
-    let replied_before = counter(cluster, 1, "dsr_replied");
+    let echo = echo.to_str().expect("UTF-8 path");
+    let node_port_target = format!("{}:{}", cluster.nodes[0].ip, node_port(cluster, "np-dsr", "tcp"));
+    for target in [node_port_target, format!("{EXTERNAL_DSR_IP}:80")] {
+        let rev_before = counter(cluster, 0, "rev_translated");
+        let replied_before = counter(cluster, 1, "dsr_replied");
+        let out = outside
+            .command(echo)
+            .args(["tcp", &target, "--count", "5", "--timeout-ms", TIMEOUT_MS])
+            .output()
+            .expect("running the echo client");
+        let replies = Replies::parse(&String::from_utf8_lossy(&out.stdout));
+        let (rev_after, replied_after) = (counter(cluster, 0, "rev_translated"), counter(cluster, 1, "dsr_replied"));
+        if !(replies.finished && replies.errors.is_empty() && replies.names() == ["srv-n2"]) {
+            failures.push(format!("5 requests to {target}: expected 5 answers from srv-n2: {replies:?}"));
+        }
+        if rev_after != rev_before || replied_after <= replied_before {
+            failures.push(format!(
+                "during 5 requests to {target}: node 1 rev_translated {rev_before} → {rev_after} (expected unchanged), node 2 dsr_replied {replied_before} → {replied_after} (expected more)"
+            ));
+        }
+    }
+    let target = format!("{EXTERNAL_DSR_IP}:80");
     let out = outside
-        .command(echo.to_str().expect("UTF-8 path"))
-        .args(["tcp", &target, "--count", "5", "--timeout-ms", TIMEOUT_MS])
+        .command(echo)
+        .args(["get", &target, "/peer", "--timeout-ms", TIMEOUT_MS])
         .output()
         .expect("running the echo client");
-    let replies = Replies::parse(&String::from_utf8_lossy(&out.stdout));
-    let (rev_after, replied_after) = (counter(cluster, 0, "rev_translated"), counter(cluster, 1, "dsr_replied"));
-    if !(replies.finished && replies.errors.is_empty() && replies.names() == ["srv-n2"]) {
-        failures.push(format!("5 requests to {target}: expected 5 answers from srv-n2: {replies:?}"));
-    }
-    if rev_after != rev_before || replied_after <= replied_before {
-        failures.push(format!(
-            "during 5 requests to {target}: node 1 rev_translated {rev_before} → {rev_after} (expected unchanged), node 2 dsr_replied {replied_before} → {replied_after} (expected more)"
-        ));
+    let (got, want) = (String::from_utf8_lossy(&out.stdout).trim().to_owned(), format!("200 srv-n2 {OUTSIDE_IP}"));
+    if got != want {
+        failures.push(format!("source check through {target}: expected `{want}`, got `{got}` ({})", out.status));
     }
     (!failures.is_empty()).then(|| format!("FAILED direct server return: {}", failures.join("; ")))
 }
@@ -991,6 +1019,7 @@ fn connectivity_matrix() {
         ("itp-local", 2),
         ("lb-local", 1),
         ("np-dsr", 1),
+        ("ext-dsr", 1),
     ];
     assert!(
         wait_until(Duration::from_secs(30), || endpoints
@@ -1015,7 +1044,9 @@ fn connectivity_matrix() {
     let outside = cluster.external_host(OUTSIDE, OUTSIDE_IP);
     // The outside host routes the externalIPs address through node 1; it finds the
     // LoadBalancer address (skiff-control's pool) by ARP.
-    outside.sh(&format!("ip route add {EXTERNAL_IP}/32 via {}", cluster.nodes[0].ip));
+    for ip in [EXTERNAL_IP, EXTERNAL_DSR_IP] {
+        outside.sh(&format!("ip route add {ip}/32 via {}", cluster.nodes[0].ip));
+    }
     // Every agent has programmed every Service with its backends (on a slow machine one
     // may lag the API by seconds, and a frontend without backends refuses at once), and
     // the LoadBalancer address, once its status reaches it: node 2 answers ARP for it.

@@ -117,10 +117,11 @@ pub const SERVICE_FLAG_AFFINITY: u16 = 1 << 0;
 /// The frontend's slots hold a Maglev lookup table (`count` is its size, a prime): a
 /// new flow takes the slot its hash names instead of a random one.
 pub const SERVICE_FLAG_MAGLEV: u16 = 1 << 1;
-/// Direct server return for the frontend's flows to another node's backend (node-port
-/// frontends only): the client's packets keep its address and go through the tunnel
-/// with the node port in the VXLAN header (the group policy field of VXLAN-GBP), and
-/// the backend's node answers the client itself, from this node's address and port.
+/// Direct server return for the frontend's flows to another node's backend (node ports
+/// and external addresses only): the client's packets keep its address and go through
+/// the tunnel with the frontend's port in the VXLAN header (the group policy field of
+/// VXLAN-GBP) and its address as the outer source, and the backend's node answers the
+/// client itself, from the frontend's address and port.
 pub const SERVICE_FLAG_DSR: u16 = 1 << 2;
 
 /// Value of the services map. In slot 0: `count`, `rev_nat_index`, `flags`,

@@ -1,7 +1,8 @@
-//! Direct server return on the backend's node: a node-port packet that another node
-//! sent here by DSR (`lb::Outcome::Dsr`) carries that node's port in its VXLAN header,
-//! and its outer source is that node's address. Together they are the frontend the
-//! client connected to. [`learn`] reads them at the underlay's tc ingress, before the
+//! Direct server return on the backend's node: a packet that another node sent here by
+//! DSR (`lb::Outcome::Dsr`) names the frontend the client connected to
+//! (`vxlan::DsrFrontend`): its port in the VXLAN header, its address as the outer
+//! source (the other node's own for a node port, the external address for an
+//! `externalIPs` or LoadBalancer frontend). [`learn`] reads them at the underlay's tc ingress, before the
 //! node's VXLAN device (which does not parse VXLAN-GBP and would drop the packet) sees
 //! it, clears them, and writes the flow's conntrack entries with
 //! `CT_FLAG_REMOTE_FRONTEND`. The pod's replies then get the frontend as their source
@@ -35,7 +36,7 @@ pub fn learn(ctx: &TcContext, outer: &Packet) -> Result<(), Drop> {
     let vxlan_off = outer.l4_off + core::mem::size_of::<UdpHdr>();
     // Every tunnel packet pays this read.
     let Some(flags) = packet::load_at::<[u8; 4]>(ctx, vxlan_off + vxlan::FLAGS_OFF) else { return Ok(()) };
-    let Some(node_port) = vxlan::dsr_port(flags) else { return Ok(()) };
+    let Some(frontend_port) = vxlan::dsr_port(flags) else { return Ok(()) };
     clear(ctx, outer, vxlan_off, flags)?;
     let Some(inner) = inner_packet(ctx, vxlan_off + vxlan::VXLAN_HLEN + ETH_HLEN) else { return Ok(()) };
     // SAFETY: only tests for the key's presence.
@@ -43,7 +44,7 @@ pub fn learn(ctx: &TcContext, outer: &Packet) -> Result<(), Drop> {
         // Not for a pod of this node: nothing here would see its replies.
         return Ok(());
     }
-    record(&inner, outer.saddr, node_port)?;
+    record(&inner, outer.saddr, frontend_port)?;
     count(stat::DSR_LEARNT);
     Ok(())
 }
@@ -95,13 +96,13 @@ fn inner_packet(ctx: &TcContext, ip_off: usize) -> Option<Packet> {
 }
 
 /// Writes (or refreshes) the entries of the flow `inner` belongs to, whose frontend is
-/// `frontend_addr`:`node_port`. The forward entry is keyed as the client sent its
+/// `frontend_addr`:`frontend_port`. The forward entry is keyed as the client sent its
 /// packets to the frontend, so that replies find it as for any other Service flow;
 /// the reply entry as the backend answers.
 #[inline(always)]
-fn record(inner: &Packet, frontend_addr: u32, node_port: u16) -> Result<(), Drop> {
+fn record(inner: &Packet, frontend_addr: u32, frontend_port: u16) -> Result<(), Drop> {
     // The client's packet as the frontend received it, before its destination NAT.
-    let as_sent = Packet { daddr: frontend_addr, dport: node_port, ..*inner };
+    let as_sent = Packet { daddr: frontend_addr, dport: frontend_port, ..*inner };
     // SAFETY: a plain helper call without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let cfg = config();
@@ -123,7 +124,7 @@ fn record(inner: &Packet, frontend_addr: u32, node_port: u16) -> Result<(), Drop
         client_addr: inner.saddr,
         snat_addr: frontend_addr,
         client_port: inner.sport,
-        snat_port: node_port,
+        snat_port: frontend_port,
         _pad: 0,
     };
     let reply = skiff_ebpf_common::Ct4Key {

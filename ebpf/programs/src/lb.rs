@@ -12,11 +12,12 @@
 //! flows say so ([`Outcome::Wire`], [`Reply::nodeport`]): after reverse NAT they come
 //! from the node's own address and must leave straight by the underlay interface.
 //!
-//! A node port whose Service asks for direct server return (`SERVICE_FLAG_DSR`) sends
-//! another node's backend the client's packets untranslated but for the destination,
-//! with the node port in the tunnel header ([`Outcome::Dsr`]); the backend's node learns
-//! the frontend from it (`crate::dsr`) and answers the client itself, from this node's
-//! address and port ([`CT_FLAG_REMOTE_FRONTEND`] entries, reversed here like any other).
+//! A node port or external address whose Service asks for direct server return
+//! (`SERVICE_FLAG_DSR`) sends another node's backend the client's packets untranslated
+//! but for the destination, with the frontend named in the tunnel header
+//! ([`Outcome::Dsr`]); the backend's node learns it from there (`crate::dsr`) and
+//! answers the client itself, from the frontend's address and port
+//! ([`CT_FLAG_REMOTE_FRONTEND`] entries, reversed here like any other).
 //!
 //! [`balance`] and [`reverse`] say where a packet goes next ([`Outcome`]); they do not
 //! deliver it. Delivery (the overlay, the node's stack) is the pipelines' business
@@ -45,6 +46,7 @@ use crate::{
     nat::{rewrite, rewrite_addr},
     packet::{IP_DADDR_OFF, IP_SADDR_OFF, L4_DPORT_OFF, L4_SPORT_OFF, Packet, TCP_FIN, TCP_RST, TCP_SYN},
     reject,
+    vxlan::DsrFrontend,
 };
 
 /// What load balancing decided for a packet.
@@ -63,9 +65,9 @@ pub enum Outcome {
     /// (one of its own addresses as source, arriving on a pod's interface), so it goes
     /// straight into the pod.
     IntoPod(u32),
-    /// A node-port packet for another node's backend by direct server return: into the
-    /// tunnel toward `backend`, with `node_port` (network byte order) in its header.
-    Dsr { backend: u32, node_port: u16 },
+    /// A node-port or external-address packet for another node's backend by direct
+    /// server return: into the tunnel toward `backend`, the header naming `frontend`.
+    Dsr { backend: u32, frontend: DsrFrontend },
 }
 
 /// A reply translated back by [`reverse`].
@@ -211,9 +213,9 @@ pub struct Target {
     pub port: u16,
     pub source: u32,
     pub source_port: u16,
-    /// For direct server return, the node port (network byte order) the tunnel header
-    /// carries to the backend's node; 0 otherwise.
-    pub dsr_port: u16,
+    /// For direct server return, the frontend the tunnel header names to the backend's
+    /// node; `None` otherwise.
+    pub dsr: Option<DsrFrontend>,
 }
 
 /// The target of this packet's flow if it is established (an established flow stays on
@@ -232,13 +234,12 @@ pub fn established(pkt: &Packet, now: u64, cfg: &Config) -> Option<Target> {
     }
     conntrack::touch(entry, pkt, now);
     let source_port = if entry.snat_port != 0 { entry.snat_port } else { pkt.sport };
-    let dsr_port = if entry.flags & CT_FLAG_DSR != 0 { pkt.dport } else { 0 };
     Some(Target {
         addr: entry.backend_addr,
         port: entry.backend_port,
         source: flow_source(entry, cfg),
         source_port,
-        dsr_port,
+        dsr: dsr_frontend(pkt, entry.flags),
     })
 }
 
@@ -389,11 +390,7 @@ pub fn choose(
         match np {
             // SAFETY: only tests for the key's presence.
             Some(np) if unsafe { ENDPOINTS_V1.get(backend.addr) }.is_none() => {
-                if direct_server_return(pkt, svc, np, backend.addr) {
-                    (CT_FLAG_DSR, 0)
-                } else {
-                    (CT_FLAG_SNAT, np.snat_addr)
-                }
+                if direct_server_return(svc, backend.addr) { (CT_FLAG_DSR, 0) } else { (CT_FLAG_SNAT, np.snat_addr) }
             }
             _ => (0, 0),
         }
@@ -401,22 +398,34 @@ pub fn choose(
     if np.is_some() {
         flags |= CT_FLAG_NODEPORT;
     }
-    let dsr_port = if flags & CT_FLAG_DSR != 0 { pkt.dport } else { 0 };
     Ok(NewFlow {
-        target: Target { addr: backend.addr, port: backend.port, source, source_port: pkt.sport, dsr_port },
+        target: Target {
+            addr: backend.addr,
+            port: backend.port,
+            source,
+            source_port: pkt.sport,
+            dsr: dsr_frontend(pkt, flags),
+        },
         backend_id,
         rev_nat_index: svc.rev_nat_index,
         flags,
     })
 }
 
-/// Whether a node-port flow to `backend`, a pod of another node, goes by direct server
-/// return: its Service asks for it, the frontend is this node's node port (an external
-/// address would not fit the tunnel header, so those keep source NAT), and the backend
-/// lies in a node's podCIDR, where the tunnel reaches it.
+/// Whether a flow from the wire to `backend`, a pod of another node, goes by direct
+/// server return: its frontend asks for it (user space sets the flag on node ports and
+/// external addresses only), and the backend lies in a node's podCIDR, where the
+/// tunnel reaches it.
 #[inline(always)]
-fn direct_server_return(pkt: &Packet, svc: &Service4Value, np: &NodePort, backend: u32) -> bool {
-    svc.flags & SERVICE_FLAG_DSR != 0 && pkt.daddr == np.node_addr && NODES_V1.get(Key::new(32, backend)).is_some()
+fn direct_server_return(svc: &Service4Value, backend: u32) -> bool {
+    svc.flags & SERVICE_FLAG_DSR != 0 && NODES_V1.get(Key::new(32, backend)).is_some()
+}
+
+/// The frontend a packet of a flow with `flags` was sent to, for the tunnel header, if
+/// the flow goes by direct server return: the packet's destination before translation.
+#[inline(always)]
+fn dsr_frontend(pkt: &Packet, flags: u16) -> Option<DsrFrontend> {
+    (flags & CT_FLAG_DSR != 0).then_some(DsrFrontend { addr: pkt.daddr, port: pkt.dport })
 }
 
 /// Source ports tried for a translated source before giving up: the client's own, then
@@ -569,8 +578,8 @@ fn dnat(ctx: &TcContext, pkt: &Packet, target: &Target) -> Result<Outcome, Drop>
         }
     }
     count(stat::TRANSLATED);
-    if target.dsr_port != 0 {
-        return Ok(Outcome::Dsr { backend: target.addr, node_port: target.dsr_port });
+    if let Some(frontend) = target.dsr {
+        return Ok(Outcome::Dsr { backend: target.addr, frontend });
     }
     Ok(Outcome::Forward(target.addr))
 }

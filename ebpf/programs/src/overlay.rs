@@ -31,7 +31,9 @@ use crate::{
     Drop, hop,
     maps::{self, ENDPOINTS_V1, NODES_V1, OVERLAY_CONFIG_V1, count},
     packet::{self, ETH_HLEN, ETH_P_IP, EthHdr, Packet},
-    stack, vxlan, wire,
+    stack,
+    vxlan::{self, DsrFrontend},
+    wire,
 };
 
 const PACKET_HOST: u32 = 0;
@@ -124,21 +126,19 @@ pub fn is_local_pod(addr: u32) -> bool {
 /// node's stack routes it.
 #[inline(always)]
 pub fn to_pod_addr(ctx: &TcContext, daddr: u32) -> Result<Option<i32>, Drop> {
-    to_pod_addr_dsr(ctx, daddr, 0)
+    to_pod_addr_dsr(ctx, daddr, None)
 }
 
-/// [`to_pod_addr`] for a node-port packet sent by direct server return: into the
-/// tunnel with `dsr_port` (network byte order, 0 for none) in the VXLAN header where the
-/// programs wrap it themselves. Where the VXLAN device must (a packet too big for the
+/// [`to_pod_addr`] for a packet sent by direct server return: into the tunnel with a
+/// header that names `dsr`, the frontend its client sent it to, where the programs wrap
+/// it themselves. Where the VXLAN device must (a packet too big for the
 /// tunnel), it goes without: the device answers the client "fragmentation needed"
 /// and the flow's entries on the backend's node stay the ones its earlier packets wrote.
 #[inline(always)]
-pub fn to_pod_addr_dsr(ctx: &TcContext, daddr: u32, dsr_port: u16) -> Result<Option<i32>, Drop> {
+pub fn to_pod_addr_dsr(ctx: &TcContext, daddr: u32, dsr: Option<DsrFrontend>) -> Result<Option<i32>, Drop> {
     match config() {
         Some(cfg) if daddr & cfg.cluster_mask != cfg.cluster_net => Ok(None),
-        Some(cfg) if daddr & cfg.local_pod_mask != cfg.local_pod_net => {
-            to_remote_node(ctx, &cfg, daddr, dsr_port).map(Some)
-        }
+        Some(cfg) if daddr & cfg.local_pod_mask != cfg.local_pod_net => to_remote_node(ctx, &cfg, daddr, dsr).map(Some),
         // No overlay (a single node): its pods are in the endpoints map all the same.
         _ => to_local_pod(ctx, daddr),
     }
@@ -150,7 +150,7 @@ pub fn to_pod_addr_dsr(ctx: &TcContext, daddr: u32, dsr_port: u16) -> Result<Opt
 /// so that the device's egress knows its key is set. A packet whose TTL runs out here
 /// goes on to the node's stack, which drops it and answers the sender.
 #[inline(always)]
-fn to_remote_node(ctx: &TcContext, cfg: &OverlayConfig, daddr: u32, dsr_port: u16) -> Result<i32, Drop> {
+fn to_remote_node(ctx: &TcContext, cfg: &OverlayConfig, daddr: u32, dsr: Option<DsrFrontend>) -> Result<i32, Drop> {
     let Some(peer) = NODES_V1.get(Key::new(32, daddr)).copied() else {
         // A podCIDR no node owns (any more): drop rather than leak it elsewhere.
         count(stat::DROP_NO_PEER);
@@ -160,7 +160,7 @@ fn to_remote_node(ctx: &TcContext, cfg: &OverlayConfig, daddr: u32, dsr_port: u1
         // Its TTL runs out here: the node's stack drops it and answers the sender.
         return Ok(TC_ACT_OK as i32);
     }
-    if let Some(action) = encapsulate(ctx, cfg, peer.underlay_addr, dsr_port)? {
+    if let Some(action) = encapsulate(ctx, cfg, peer.underlay_addr, dsr)? {
         return Ok(action);
     }
     set_tunnel_key_to(ctx, peer.underlay_addr, cfg)?;
@@ -204,7 +204,12 @@ const ENCAP_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO
 /// address) are not written, and for a packet that would not fit the underlay's MTU
 /// once wrapped, for which the device's path answers with "fragmentation needed".
 #[inline(always)]
-fn encapsulate(ctx: &TcContext, cfg: &OverlayConfig, remote: u32, dsr_port: u16) -> Result<Option<i32>, Drop> {
+fn encapsulate(
+    ctx: &TcContext,
+    cfg: &OverlayConfig,
+    remote: u32,
+    dsr: Option<DsrFrontend>,
+) -> Result<Option<i32>, Drop> {
     let Some(np) = maps::nodeport() else { return Ok(None) };
     let mut mtu_len = 0u32;
     // SAFETY: a plain helper call; `mtu_len` is a stack value (0: check the packet's own
@@ -217,7 +222,8 @@ fn encapsulate(ctx: &TcContext, cfg: &OverlayConfig, remote: u32, dsr_port: u16)
     let inner_eth: EthHdr = ctx.load(0).map_err(|_| Drop::REWRITE)?;
     // SAFETY: a plain helper call on this program's context.
     let flow_hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
-    let Some(outer) = vxlan::outer(np.node_addr, remote, cfg.vni, flow_hash, ip_len as u16, dsr_port) else {
+    let (local, dsr_port) = dsr.map_or((np.node_addr, 0), |f| (f.addr, f.port));
+    let Some(outer) = vxlan::outer(local, remote, cfg.vni, flow_hash, ip_len as u16, dsr_port) else {
         return Ok(None);
     };
     // Fails before it changes anything: the device's path then takes the packet as is.
@@ -227,7 +233,7 @@ fn encapsulate(ctx: &TcContext, cfg: &OverlayConfig, remote: u32, dsr_port: u16)
     // The room just made sits in the linear header.
     packet::store_at(ctx, ETH_HLEN, &Inserted { outer, inner_eth })?;
     count(stat::ENCAPSULATED);
-    if dsr_port != 0 {
+    if dsr.is_some() {
         count(stat::DSR_TUNNELED);
     }
     wire::out_of_underlay(ctx, &np, remote).map(Some)

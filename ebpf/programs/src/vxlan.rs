@@ -23,8 +23,8 @@ const SPORT_SPAN: u32 = 28232;
 /// device without GBP accepts.
 pub const PLAIN_FLAGS: [u8; 4] = [0x08, 0, 0, 0];
 /// The G flag of VXLAN-GBP (the group policy extension): the header's last 16 bits
-/// before the VNI carry a policy ID. Skiff puts a direct-server-return flow's node port
-/// there (see `SERVICE_FLAG_DSR`); the receiving node reads and clears it before its
+/// before the VNI carry a policy ID. Skiff puts a direct-server-return flow's frontend
+/// port there (see `SERVICE_FLAG_DSR`, [`DsrFrontend`]); the receiving node reads and clears it before its
 /// VXLAN device, which does not parse GBP, sees the packet (`dsr`).
 const FLAG_GBP: u8 = 0x80;
 /// Offset of the VXLAN header's first byte (its flags) after the outer UDP header.
@@ -32,8 +32,8 @@ pub const FLAGS_OFF: usize = 0;
 /// The VXLAN header's length.
 pub const VXLAN_HLEN: usize = 8;
 
-/// The VXLAN header's first 4 bytes (flags, and the node port of a direct-server-return
-/// flow, 0 for none; network byte order) as they sit on the wire.
+/// The VXLAN header's first 4 bytes (flags, and the frontend port of a
+/// direct-server-return flow, 0 for none; network byte order) as they sit on the wire.
 #[inline(always)]
 fn flags_word(dsr_port: u16) -> u32 {
     if dsr_port == 0 {
@@ -44,12 +44,23 @@ fn flags_word(dsr_port: u16) -> u32 {
     }
 }
 
-/// The node port of a direct-server-return flow that a VXLAN header's first 4 bytes
-/// (as on the wire) carry, in network byte order; `None` for an ordinary header.
+/// The frontend port of a direct-server-return flow that a VXLAN header's first 4
+/// bytes (as on the wire) carry, in network byte order; `None` for an ordinary header.
 #[inline(always)]
 pub fn dsr_port(flags_word: [u8; 4]) -> Option<u16> {
     let port = u16::from_ne_bytes([flags_word[2], flags_word[3]]);
     (flags_word[0] & FLAG_GBP != 0 && port != 0).then_some(port)
+}
+
+/// The frontend a direct-server-return flow's client sent to, as the tunnel header
+/// names it to the backend's node (`dsr`): the outer source address and the group
+/// policy ID. For a node port that is the sending node's own address; for an external
+/// address (`externalIPs`, a LoadBalancer's) that address itself, so that the header
+/// alone tells the backend's node what to answer the client from. Network byte order.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct DsrFrontend {
+    pub addr: u32,
+    pub port: u16,
 }
 
 /// IPv4, UDP and VXLAN headers, as they sit on the wire.
@@ -68,7 +79,8 @@ const _: () = assert!(core::mem::size_of::<Outer>() == OUTER_LEN);
 /// The outer headers from `local` to `remote` (network byte order) for an outer IP
 /// packet of `ip_len` bytes, with the outer IP checksum and no UDP checksum (RFC 7348
 /// allows 0 over IPv4), and `dsr_port` (network byte order, 0 for none) as the group
-/// policy ID. `None` if the checksum helper fails.
+/// policy ID. `local` is the node's own address, or a direct-server-return flow's
+/// frontend address ([`DsrFrontend`]). `None` if the checksum helper fails.
 #[inline(always)]
 pub fn outer(local: u32, remote: u32, vni: u32, flow_hash: u32, ip_len: u16, dsr_port: u16) -> Option<Outer> {
     let mut ip = Ipv4Hdr {

@@ -145,6 +145,8 @@ const _: () = assert!(core::mem::size_of::<Encap>() == ENCAP_LEN);
 /// the VNI.
 #[derive(Clone, Copy)]
 pub struct Tunnel {
+    /// The outer source: the node's address, or a direct-server-return flow's frontend
+    /// address (`vxlan::DsrFrontend`).
     pub local: u32,
     pub remote: u32,
     pub smac: [u8; 6],
@@ -152,7 +154,7 @@ pub struct Tunnel {
     pub vni: u32,
     /// The inner flow's hash, for the outer UDP source port.
     pub flow_hash: u32,
-    /// A direct-server-return flow's node port (network byte order) for the VXLAN
+    /// A direct-server-return flow's frontend port (network byte order) for the VXLAN
     /// header, 0 for none ([`vxlan::outer`]).
     pub dsr_port: u16,
 }

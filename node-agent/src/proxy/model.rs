@@ -49,10 +49,12 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Unset: Maglev for node ports and external addresses (a flow reaching another node
 /// after a failover keeps its backend), random for the cluster IP.
 pub const LB_ALGORITHM_ANNOTATION: &str = "skiff.io/lb-algorithm";
-/// The annotation that picks how node ports reach another node's backend: `snat` (the
-/// default, kube-proxy's way: the node's address as source, replies back through the
-/// node) or `dsr` (direct server return: the client's address kept, the backend's node
-/// answers the client itself). External addresses always use `snat`.
+/// The annotation that picks how node ports and external addresses (`externalIPs`,
+/// LoadBalancer ingress) reach another node's backend: `snat` (the default,
+/// kube-proxy's way: the node's address as source, replies back through the node) or
+/// `dsr` (direct server return: the client's address kept, the backend's node answers
+/// the client itself, from the address and port the client connected to). The cluster
+/// IP never needs either: its clients are the node's own.
 pub const FORWARDING_MODE_ANNOTATION: &str = "skiff.io/forwarding-mode";
 /// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset (the API default).
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
@@ -187,7 +189,8 @@ pub struct Frontend {
     pub affinity_timeout_s: Option<u32>,
     /// New flows pick their backend by Maglev consistent hashing (else at random).
     pub maglev: bool,
-    /// Flows to another node's backend go by direct server return (node ports only).
+    /// Flows to another node's backend go by direct server return (node ports and
+    /// external addresses only).
     pub dsr: bool,
     /// Ready backends: they take new flows. Sorted, no duplicates.
     pub backends: Vec<BackendKey>,
@@ -461,7 +464,7 @@ pub fn plan_service<'a>(
                 plan.problems.push(problem(port_label(), ErrorKind::DuplicateFrontend(key)));
                 continue;
             }
-            plan.frontends.push(frontend(key, &found, only_local, maglev.1, false));
+            plan.frontends.push(frontend(key, &found, only_local, maglev.1, dsr));
         }
     }
     plan.frontends.sort_by_key(|f| f.key);
@@ -756,7 +759,7 @@ mod tests {
     }
 
     #[test]
-    fn forwarding_mode_dsr_applies_to_the_node_port_only() {
+    fn forwarding_mode_dsr_applies_to_the_node_port_and_external_addresses() {
         let mut svc = service("default", "web", "10.96.0.20", &[("http", 80, "TCP")]);
         let spec = svc.spec.as_mut().unwrap();
         spec.type_ = Some("NodePort".into());
@@ -779,7 +782,8 @@ mod tests {
         annotate(&mut svc, "dsr");
         let mut dsr = snat.clone();
         dsr[1].1 = true;
-        assert_eq!(modes(&svc), dsr, "dsr on the node port; the cluster IP and the external address keep snat");
+        dsr[2].1 = true;
+        assert_eq!(modes(&svc), dsr, "dsr on the node port and the external address; the cluster IP has none");
         assert!(plan_service(&svc, [], Some(&n1)).problems.is_empty());
 
         annotate(&mut svc, "snat");

@@ -132,7 +132,7 @@ fn trace_frontend(
     if slot0.flags & SERVICE_FLAG_DSR != 0 {
         let _ = writeln!(
             out,
-            "    direct server return: a backend on another node gets the client's own address and answers it from that node"
+            "    direct server return: a backend on another node gets the client's own address, and its node answers the client from this frontend"
         );
     }
     for (id, entries) in held {

@@ -13,8 +13,8 @@ use crate::{
 /// packet for this node goes on to the VXLAN device, with no lookup but that of the
 /// frontend it carries if another node sent it by direct server return (`dsr`). A packet
 /// to a NodePort or external frontend goes to its backend: straight into the pod on this
-/// node, or into the tunnel toward another node's (with the node port in the tunnel
-/// header, by direct server return, where its Service asks). A reply of a masqueraded flow goes
+/// node, or into the tunnel toward another node's (with the frontend named in the
+/// tunnel header, by direct server return, where its Service asks). A reply of a masqueraded flow goes
 /// back to its pod: its destination translated back, then its source too if the pod
 /// had reached a Service whose backend lives outside the cluster network (the API server
 /// behind `kubernetes`), then delivered straight to the pod. Anything else goes on to
@@ -33,8 +33,8 @@ pub fn from_underlay(ctx: &TcContext) -> Result<i32, Drop> {
         Some(Outcome::Forward(daddr) | Outcome::IntoPod(daddr)) => {
             return Ok(overlay::to_pod_addr(ctx, daddr)?.unwrap_or(TC_ACT_OK as i32));
         }
-        Some(Outcome::Dsr { backend, node_port }) => {
-            return Ok(overlay::to_pod_addr_dsr(ctx, backend, node_port)?.unwrap_or(TC_ACT_OK as i32));
+        Some(Outcome::Dsr { backend, frontend }) => {
+            return Ok(overlay::to_pod_addr_dsr(ctx, backend, Some(frontend))?.unwrap_or(TC_ACT_OK as i32));
         }
         Some(Outcome::Done(action)) => return Ok(action),
         Some(Outcome::Wire) | None => {}

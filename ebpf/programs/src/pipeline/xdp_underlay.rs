@@ -5,7 +5,7 @@
 //! node it goes on to the stack, whose tc ingress (`from_underlay`) delivers it to the
 //! pod untouched; toward another node's pod it is encapsulated in VXLAN and sent
 //! straight back out, never seen by this node's stack (by direct server return, with
-//! the node port in the VXLAN header, where the Service asks for it).
+//! the frontend named in the VXLAN header, where the Service asks for it).
 //!
 //! Whatever this path cannot finish (the next hop's MAC not known yet, a packet too big
 //! for the tunnel, a Service without backends to reject, a backend outside the cluster
@@ -83,8 +83,9 @@ fn nodeport(ctx: &XdpContext) -> Result<u32, Drop> {
         let hop = xdp::next_hop(ctx, ctx.ingress_ifindex() as u32, np.node_addr, remote, xdp::outer_len(frame_len));
         let Some((smac, dmac)) = hop else { return to_tc() };
         let flow_hash = lb::flow_hash(&pkt);
-        let dsr_port = target.dsr_port;
-        Some((Tunnel { local: np.node_addr, remote, smac, dmac, vni, flow_hash, dsr_port }, frame_len))
+        // By direct server return the header names the frontend (`vxlan::DsrFrontend`).
+        let (local, dsr_port) = target.dsr.map_or((np.node_addr, 0), |f| (f.addr, f.port));
+        Some((Tunnel { local, remote, smac, dmac, vni, flow_hash, dsr_port }, frame_len))
     };
     let target = match &new_flow {
         Some(flow) => match lb::record(&pkt, flow, now) {
