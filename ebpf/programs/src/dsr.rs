@@ -2,10 +2,10 @@
 //! DSR (`lb::Outcome::Dsr`) names the frontend the client connected to
 //! (`vxlan::DsrFrontend`): its port in the VXLAN header, its address as the outer
 //! source (the other node's own for a node port, the external address for an
-//! `externalIPs` or LoadBalancer frontend). [`learn`] reads them at the underlay's tc ingress, before the
-//! node's VXLAN device (which does not parse VXLAN-GBP and would drop the packet) sees
-//! it, clears them, and writes the flow's conntrack entries with
-//! `CT_FLAG_REMOTE_FRONTEND`. The pod's replies then get the frontend as their source
+//! `externalIPs` or LoadBalancer frontend). [`learn`] reads them at the underlay's tc
+//! ingress, clears the port before the node's VXLAN device (which does not parse
+//! VXLAN-GBP and would drop the packet) sees it, and writes the flow's conntrack
+//! entries with `CT_FLAG_REMOTE_FRONTEND`. The pod's replies then get the frontend as their source
 //! from `lb::reverse` and leave by the underlay straight to the client.
 //!
 //! This module reads the tunnel header and writes conntrack; it delivers nothing and

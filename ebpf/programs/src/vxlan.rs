@@ -24,8 +24,8 @@ const SPORT_SPAN: u32 = 28232;
 pub const PLAIN_FLAGS: [u8; 4] = [0x08, 0, 0, 0];
 /// The G flag of VXLAN-GBP (the group policy extension): the header's last 16 bits
 /// before the VNI carry a policy ID. Skiff puts a direct-server-return flow's frontend
-/// port there (see `SERVICE_FLAG_DSR`, [`DsrFrontend`]); the receiving node reads and clears it before its
-/// VXLAN device, which does not parse GBP, sees the packet (`dsr`).
+/// port there (see `SERVICE_FLAG_DSR`, [`DsrFrontend`]); the receiving node reads and
+/// clears it before its VXLAN device, which does not parse GBP, sees the packet (`dsr`).
 const FLAG_GBP: u8 = 0x80;
 /// Offset of the VXLAN header's first byte (its flags) after the outer UDP header.
 pub const FLAGS_OFF: usize = 0;

@@ -14,8 +14,8 @@ use crate::{
 /// frontend it carries if another node sent it by direct server return (`dsr`). A packet
 /// to a NodePort or external frontend goes to its backend: straight into the pod on this
 /// node, or into the tunnel toward another node's (with the frontend named in the
-/// tunnel header, by direct server return, where its Service asks). A reply of a masqueraded flow goes
-/// back to its pod: its destination translated back, then its source too if the pod
+/// tunnel header, by direct server return, where its Service asks). A reply of a
+/// masqueraded flow goes back to its pod: its destination translated back, then its source too if the pod
 /// had reached a Service whose backend lives outside the cluster network (the API server
 /// behind `kubernetes`), then delivered straight to the pod. Anything else goes on to
 /// the node's stack untouched.
