@@ -16,9 +16,7 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_coarse_ns,
     programs::TcContext,
 };
-use skiff_ebpf_common::{
-    CT_DIR_REPLY, CT_FLAG_NODEPORT, CT_FLAG_REMOTE_FRONTEND, Ct4Entry, PROTO_TCP, PROTO_UDP, stat,
-};
+use skiff_ebpf_common::{CT_FLAG_NODEPORT, CT_FLAG_REMOTE_FRONTEND, Ct4Entry, PROTO_TCP, PROTO_UDP, stat};
 
 use crate::{
     Drop, conntrack,
@@ -127,16 +125,8 @@ fn record(inner: &Packet, frontend_addr: u32, frontend_port: u16) -> Result<(), 
         snat_port: frontend_port,
         _pad: 0,
     };
-    let reply = skiff_ebpf_common::Ct4Key {
-        saddr: inner.daddr,
-        daddr: inner.saddr,
-        sport: inner.dport,
-        dport: inner.sport,
-        proto: inner.proto,
-        dir: CT_DIR_REPLY,
-        _pad: [0; 2],
-    };
-    conntrack::create(&conntrack::forward_key(&as_sent), &entry, &reply, &entry).map_err(|_| Drop::CT_INSERT)?;
+    conntrack::create(&conntrack::forward_key(&as_sent), &entry, &conntrack::reply_key_of_reverse(inner), &entry)
+        .map_err(|_| Drop::CT_INSERT)?;
     count(stat::CT_NEW);
     Ok(())
 }

@@ -222,8 +222,7 @@ fn encapsulate(
     let inner_eth: EthHdr = ctx.load(0).map_err(|_| Drop::REWRITE)?;
     // SAFETY: a plain helper call on this program's context.
     let flow_hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
-    let (local, dsr_port) = dsr.map_or((np.node_addr, 0), |f| (f.addr, f.port));
-    let Some(outer) = vxlan::outer(local, remote, cfg.vni, flow_hash, ip_len as u16, dsr_port) else {
+    let Some(outer) = vxlan::outer(np.node_addr, remote, cfg.vni, flow_hash, ip_len as u16, dsr) else {
         return Ok(None);
     };
     // Fails before it changes anything: the device's path then takes the packet as is.

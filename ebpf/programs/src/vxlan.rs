@@ -33,14 +33,15 @@ pub const FLAGS_OFF: usize = 0;
 pub const VXLAN_HLEN: usize = 8;
 
 /// The VXLAN header's first 4 bytes (flags, and the frontend port of a
-/// direct-server-return flow, 0 for none; network byte order) as they sit on the wire.
+/// direct-server-return flow; network byte order) as they sit on the wire.
 #[inline(always)]
-fn flags_word(dsr_port: u16) -> u32 {
-    if dsr_port == 0 {
-        u32::from_ne_bytes(PLAIN_FLAGS)
-    } else {
-        let port = dsr_port.to_ne_bytes();
-        u32::from_ne_bytes([PLAIN_FLAGS[0] | FLAG_GBP, 0, port[0], port[1]])
+fn flags_word(dsr: Option<DsrFrontend>) -> u32 {
+    match dsr {
+        None => u32::from_ne_bytes(PLAIN_FLAGS),
+        Some(frontend) => {
+            let port = frontend.port.to_ne_bytes();
+            u32::from_ne_bytes([PLAIN_FLAGS[0] | FLAG_GBP, 0, port[0], port[1]])
+        }
     }
 }
 
@@ -76,13 +77,20 @@ pub struct Outer {
 pub const OUTER_LEN: usize = IPV4_HLEN + 8 + 8;
 const _: () = assert!(core::mem::size_of::<Outer>() == OUTER_LEN);
 
-/// The outer headers from `local` to `remote` (network byte order) for an outer IP
-/// packet of `ip_len` bytes, with the outer IP checksum and no UDP checksum (RFC 7348
-/// allows 0 over IPv4), and `dsr_port` (network byte order, 0 for none) as the group
-/// policy ID. `local` is the node's own address, or a direct-server-return flow's
-/// frontend address ([`DsrFrontend`]). `None` if the checksum helper fails.
+/// The outer headers from this node (`node_addr`) to `remote` (network byte order) for
+/// an outer IP packet of `ip_len` bytes, with the outer IP checksum and no UDP checksum
+/// (RFC 7348 allows 0 over IPv4). A direct-server-return flow's headers name its
+/// frontend instead ([`DsrFrontend`]): its address as the source, its port as the group
+/// policy ID. `None` if the checksum helper fails.
 #[inline(always)]
-pub fn outer(local: u32, remote: u32, vni: u32, flow_hash: u32, ip_len: u16, dsr_port: u16) -> Option<Outer> {
+pub fn outer(
+    node_addr: u32,
+    remote: u32,
+    vni: u32,
+    flow_hash: u32,
+    ip_len: u16,
+    dsr: Option<DsrFrontend>,
+) -> Option<Outer> {
     let mut ip = Ipv4Hdr {
         ver_ihl: 0x45,
         tos: 0,
@@ -92,7 +100,7 @@ pub fn outer(local: u32, remote: u32, vni: u32, flow_hash: u32, ip_len: u16, dsr
         ttl: TUNNEL_TTL,
         proto: PROTO_UDP,
         check: 0,
-        saddr: local,
+        saddr: dsr.map_or(node_addr, |frontend| frontend.addr),
         daddr: remote,
     };
     // SAFETY: `ip` is a 20-byte stack value.
@@ -107,7 +115,7 @@ pub fn outer(local: u32, remote: u32, vni: u32, flow_hash: u32, ip_len: u16, dsr
             len: (ip_len - IPV4_HLEN as u16).to_be(),
             check: 0,
         },
-        vxlan_flags: flags_word(dsr_port),
+        vxlan_flags: flags_word(dsr),
         vxlan_vni: (vni << 8).to_be(),
     })
 }

@@ -145,8 +145,7 @@ const _: () = assert!(core::mem::size_of::<Encap>() == ENCAP_LEN);
 /// the VNI.
 #[derive(Clone, Copy)]
 pub struct Tunnel {
-    /// The outer source: the node's address, or a direct-server-return flow's frontend
-    /// address (`vxlan::DsrFrontend`).
+    /// This node's address.
     pub local: u32,
     pub remote: u32,
     pub smac: [u8; 6],
@@ -154,9 +153,8 @@ pub struct Tunnel {
     pub vni: u32,
     /// The inner flow's hash, for the outer UDP source port.
     pub flow_hash: u32,
-    /// A direct-server-return flow's frontend port (network byte order) for the VXLAN
-    /// header, 0 for none ([`vxlan::outer`]).
-    pub dsr_port: u16,
+    /// The frontend a direct-server-return flow's header names (`vxlan::outer`).
+    pub dsr: Option<vxlan::DsrFrontend>,
 }
 
 /// Wraps the whole frame (inner Ethernet header included) in VXLAN toward
@@ -165,8 +163,8 @@ pub struct Tunnel {
 #[inline(always)]
 pub fn encapsulate(ctx: &XdpContext, frame_len: usize, tunnel: &Tunnel) -> Result<(), Drop> {
     let ip_len = outer_len(frame_len);
-    let outer = vxlan::outer(tunnel.local, tunnel.remote, tunnel.vni, tunnel.flow_hash, ip_len, tunnel.dsr_port)
-        .ok_or(Drop::XDP)?;
+    let outer =
+        vxlan::outer(tunnel.local, tunnel.remote, tunnel.vni, tunnel.flow_hash, ip_len, tunnel.dsr).ok_or(Drop::XDP)?;
     let encap = Encap { eth: EthHdr { dst: tunnel.dmac, src: tunnel.smac, proto: ETH_P_IP.to_be() }, outer };
     // SAFETY: plain helper call on this program's context; a negative delta grows the
     // headroom side.

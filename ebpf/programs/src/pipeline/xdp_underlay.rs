@@ -83,9 +83,7 @@ fn nodeport(ctx: &XdpContext) -> Result<u32, Drop> {
         let hop = xdp::next_hop(ctx, ctx.ingress_ifindex() as u32, np.node_addr, remote, xdp::outer_len(frame_len));
         let Some((smac, dmac)) = hop else { return to_tc() };
         let flow_hash = lb::flow_hash(&pkt);
-        // By direct server return the header names the frontend (`vxlan::DsrFrontend`).
-        let (local, dsr_port) = target.dsr.map_or((np.node_addr, 0), |f| (f.addr, f.port));
-        Some((Tunnel { local, remote, smac, dmac, vni, flow_hash, dsr_port }, frame_len))
+        Some((Tunnel { local: np.node_addr, remote, smac, dmac, vni, flow_hash, dsr: target.dsr }, frame_len))
     };
     let target = match &new_flow {
         Some(flow) => match lb::record(&pkt, flow, now) {
@@ -102,7 +100,7 @@ fn nodeport(ctx: &XdpContext) -> Result<u32, Drop> {
     hop::forward_at_xdp(ctx)?;
     xdp::encapsulate(ctx, frame_len, &tunnel)?;
     count(stat::XDP_TUNNELED);
-    if tunnel.dsr_port != 0 {
+    if tunnel.dsr.is_some() {
         count(stat::DSR_TUNNELED);
     }
     Ok(xdp::back_out(ctx))
